@@ -1,0 +1,3 @@
+"""fercli: facial expression recognition from the command line."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,182 @@
+"""Face alignment: the one implementation that every command uses.
+
+dlib finds faces and 68 landmarks; the image is rotated so that the eye centres are level,
+cropped from 0.6 eye distances above the eye line down to the chin and between the jaw
+points 0 and 16, histogram-equalized and downsampled to 32x32. Pure numpy in and out.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fercli.config import CHIN, JAW_LEFT, JAW_RIGHT, LEFT_EYE, RIGHT_EYE, PreprocessConfig
+from fercli.errors import FerError, NoFaceError
+
+PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+# Large photos are searched for faces at this size at most: dlib's HOG detector costs time
+# in proportion to the pixels, and a face it can find at this size is 80 pixels wide or more.
+DETECT_MAX_SIDE = 1280
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    """One face, aligned and cropped."""
+
+    crop: np.ndarray  # (crop_size, crop_size) uint8, equalized
+    box: tuple[int, int, int, int]  # detector box in the input image: x, y, width, height
+    score: float  # dlib's detection score
+    angle: float  # degrees the eye line was tilted in the input image
+    # 2x3 affine map from input-image pixel coordinates to crop pixel coordinates.
+    transform: np.ndarray
+    landmarks: np.ndarray  # (68, 2) float, input-image coordinates
+
+
+def predictor_path() -> Path:
+    """Where the 68-point landmark model of the face-recognition-models package lies.
+
+    Found with find_spec rather than by importing the package, whose __init__ needs
+    pkg_resources, which new setuptools no longer ships.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / "models" / PREDICTOR_FILE
+        if path.is_file():
+            return path
+    raise FerError(
+        f"dlib's 68-point landmark model ({PREDICTOR_FILE}) is missing: "
+        "pip install face-recognition-models"
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _dlib_models():
+    """dlib's frontal face detector and landmark predictor, loaded once per process."""
+    import dlib
+
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(predictor_path()))
+
+
+def load_models() -> None:
+    """Load the dlib models now (before forking workers, so that they share them)."""
+    _dlib_models()
+
+
+def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[tuple[object, float]]:
+    """dlib face boxes with their scores, largest first, from the first upsampling level
+    (of config.upsample_tries) that finds any."""
+    import dlib
+
+    detector, _ = _dlib_models()
+    scale = 1.0
+    search = gray
+    if max(gray.shape) > DETECT_MAX_SIDE:
+        scale = DETECT_MAX_SIDE / max(gray.shape)
+        search = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    for upsample in config.upsample_tries:
+        boxes, scores, _ = detector.run(search, upsample, config.min_face_score)
+        if len(boxes):
+            found = []
+            for box, score in zip(boxes, scores):
+                if scale != 1.0:
+                    box = dlib.rectangle(
+                        round(box.left() / scale), round(box.top() / scale),
+                        round(box.right() / scale), round(box.bottom() / scale),
+                    )
+                found.append((box, float(score)))
+            return sorted(found, key=lambda item: -item[0].area())
+    return []
+
+
+def find_landmarks(gray: np.ndarray, box) -> np.ndarray:
+    """The 68 landmarks of the face in a dlib box, as a (68, 2) float array."""
+    _, predictor = _dlib_models()
+    shape = predictor(gray, box)
+    return np.array([(point.x, point.y) for point in shape.parts()], dtype=np.float64)
+
+
+def eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of the eye on the image's left and on its right (means of 36-41, 42-47)."""
+    return landmarks[LEFT_EYE].mean(axis=0), landmarks[RIGHT_EYE].mean(axis=0)
+
+
+def crop_transform(landmarks: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, tuple[int, int], float]:
+    """The affine map that levels the eyes and moves the crop box to the origin.
+
+    Returns the 2x3 matrix, the crop's (width, height) in input pixels and the tilt angle.
+    """
+    left, right = eye_centres(landmarks)
+    angle = math.degrees(math.atan2(right[1] - left[1], right[0] - left[0]))
+    eye_distance = float(np.hypot(*(right - left)))
+    centre = (left + right) / 2
+    rotation = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, 1.0)
+    rotated = landmarks @ rotation[:, :2].T + rotation[:, 2]
+    top = centre[1] - config.top_margin * eye_distance
+    left_edge = rotated[JAW_LEFT, 0]
+    width = rotated[JAW_RIGHT, 0] - left_edge
+    height = rotated[CHIN, 1] - top
+    if width < 4 or height < 4 or eye_distance < 2:
+        raise NoFaceError("the landmarks found do not outline a face")
+    transform = rotation.copy()
+    transform[:, 2] -= (left_edge, top)
+    return transform, (max(1, round(width)), max(1, round(height))), angle
+
+
+def align_face(gray: np.ndarray, landmarks: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, float]:
+    """Crop, equalize and downsample one face given its landmarks.
+
+    Returns the (crop_size, crop_size) uint8 crop, the 2x3 map from input to crop pixel
+    coordinates, and the tilt angle of the eye line in degrees.
+    """
+    transform, (width, height), angle = crop_transform(landmarks, config)
+    # Replicated borders where the box runs past the image: black padding would skew the
+    # histogram equalization that follows.
+    face = cv2.warpAffine(
+        gray, transform, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    if config.equalize:
+        face = cv2.equalizeHist(face)
+    size = config.crop_size
+    crop = cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
+    scale = np.array([[size / width], [size / height]])
+    return crop, transform * scale, angle
+
+
+def _align_detection(gray: np.ndarray, box, score: float, config: PreprocessConfig) -> AlignedFace | None:
+    landmarks = find_landmarks(gray, box)
+    try:
+        crop, transform, angle = align_face(gray, landmarks, config)
+    except NoFaceError:
+        return None
+    return AlignedFace(
+        crop=crop,
+        box=(box.left(), box.top(), box.width(), box.height()),
+        score=score,
+        angle=angle,
+        transform=transform,
+        landmarks=landmarks,
+    )
+
+
+def find_faces(gray: np.ndarray, config: PreprocessConfig) -> list[AlignedFace]:
+    """Every face in a 2-D uint8 image, aligned, largest first (empty if there is none)."""
+    faces = (_align_detection(gray, box, score, config) for box, score in detect_faces(gray, config))
+    return [face for face in faces if face is not None]
+
+
+def align_largest(gray: np.ndarray, config: PreprocessConfig) -> tuple[AlignedFace, int]:
+    """The largest face in an image and how many faces were detected; NoFaceError if none."""
+    detections = detect_faces(gray, config)
+    for box, score in detections:
+        face = _align_detection(gray, box, score, config)
+        if face is not None:
+            return face, len(detections)
+    tried = " and ".join(str(level) for level in config.upsample_tries)
+    raise NoFaceError(f"no face found (tried upsampling {tried})")

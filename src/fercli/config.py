@@ -1,0 +1,146 @@
+"""Settings and constants shared by every command."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+# Bumped whenever the alignment code changes what it produces for the same settings, so that
+# cached crops and trained models made by an older implementation are not silently reused.
+ALIGN_VERSION = 1
+
+CROP_SIZE = 32
+# dlib's 68-point scheme: 36-41 is the eye on the image's left, 42-47 the other.
+LEFT_EYE = slice(36, 42)
+RIGHT_EYE = slice(42, 48)
+JAW_LEFT = 0
+JAW_RIGHT = 16
+CHIN = 8
+
+# The seven classes of the paper, in the order reports and models use; CK+ adds contempt.
+BASIC_LABELS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
+KNOWN_LABELS = BASIC_LABELS + ("contempt",)
+
+# Every spelling of a class we have met in public datasets, mapped to our label.
+LABEL_ALIASES = {
+    "anger": "anger", "angry": "anger", "an": "anger",
+    "disgust": "disgust", "disgusted": "disgust", "di": "disgust",
+    "fear": "fear", "fearful": "fear", "afraid": "fear", "scared": "fear", "fe": "fear",
+    "happiness": "happiness", "happy": "happiness", "joy": "happiness", "ha": "happiness",
+    "sadness": "sadness", "sad": "sadness", "sa": "sadness",
+    "surprise": "surprise", "surprised": "surprise", "su": "surprise",
+    "neutral": "neutral", "ne": "neutral", "calm": "neutral",
+    "contempt": "contempt", "contemptuous": "contempt",
+}
+
+
+def canonical_label(name: str) -> str:
+    """Our label for a class name from a dataset; unknown names are kept as they are."""
+    return LABEL_ALIASES.get(name.strip().lower(), name.strip())
+
+
+def label_order(labels: set[str] | list[str]) -> list[str]:
+    """Labels in report order: the paper's seven, then contempt, then the rest sorted."""
+    present = set(labels)
+    known = [label for label in KNOWN_LABELS if label in present]
+    return known + sorted(present - set(known))
+
+
+def fingerprint(payload: object) -> str:
+    """A short, stable hash of a JSON-serialisable value."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a photo becomes an aligned crop. Part of every cache key and every model file."""
+
+    # Side of the square crop that the network sees.
+    crop_size: int = CROP_SIZE
+    # Top edge of the crop this many eye distances above the eye line (the paper: 0.6).
+    top_margin: float = 0.6
+    # Detector upsampling levels tried in turn until a face is found; small pre-cropped
+    # faces (CK+48 is 48x48) are only found after one upsampling.
+    upsample_tries: tuple[int, ...] = (0, 1)
+    # dlib's detection score threshold. Above 0 so that the faint false detections dlib
+    # reports at exactly 0 (a mission patch on the test photo) do not count as faces.
+    min_face_score: float = 0.1
+    # Histogram equalization of the crop before it is downsampled (the paper: yes).
+    equalize: bool = True
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["upsample_tries"] = list(self.upsample_tries)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessConfig:
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        if "upsample_tries" in values:
+            values["upsample_tries"] = tuple(values["upsample_tries"])
+        return cls(**values)
+
+    def fingerprint(self) -> str:
+        """Identifies the crops these settings produce (with the alignment version)."""
+        return fingerprint({"align_version": ALIGN_VERSION, **self.to_dict()})
+
+
+# Refuse to decode an image with more pixels than this (a 64-megapixel photo is ~8000x8000
+# and needs 64 MB as grayscale); decompression bombs declare far more.
+MAX_PIXELS = 64_000_000
+# Refuse to read a file larger than this at all.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How a dataset folder is read into labelled images."""
+
+    # "jaffe", "ck+", "folders", or None to detect it.
+    layout: str | None = None
+    # CK+ tree: how many of the last frames of a labelled sequence carry its label.
+    ck_frames: int = 3
+    # CK+ tree: also take the first frame of each labelled sequence as neutral.
+    ck_neutral_first: bool = False
+
+
+MODEL_VARIANTS = ("paper", "dropout", "batchnorm", "wide")
+OPTIMIZERS = ("sgd", "adam")
+NORMALISATIONS = ("global", "pixel")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a network is trained. Defaults are the paper's so that results compare."""
+
+    # Network shape: "paper" is conv32-pool-conv64-pool-softmax; the rest add to it.
+    variant: str = "paper"
+    epochs: int = 100
+    batch_size: int = 16
+    learning_rate: float = 0.001
+    momentum: float = 0.9
+    optimizer: str = "sgd"
+    # Training images only: random horizontal flips and rotations up to this many degrees.
+    augment: bool = True
+    max_rotation: float = 10.0
+    # z-score statistics from the training images: one mean/std ("global") or per pixel.
+    normalisation: str = "global"
+    seed: int = 0
+    # Classes to keep (empty: all classes in the dataset).
+    classes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["classes"] = list(self.classes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        if "classes" in values:
+            values["classes"] = tuple(values["classes"])
+        return cls(**values)

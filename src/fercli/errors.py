@@ -1,0 +1,29 @@
+"""Typed errors whose messages a user can act on; the CLI prints them as one line."""
+
+
+class FerError(Exception):
+    """Base class: anything the user can fix (bad input, missing data, wrong option)."""
+
+
+class ImageError(FerError):
+    """A file that cannot be read as an image."""
+
+
+class NoFaceError(FerError):
+    """An image in which no face was found."""
+
+
+class LayoutError(FerError):
+    """A dataset folder that is missing, empty or in no layout we know."""
+
+
+class DatasetError(FerError):
+    """A preprocessed dataset that is missing or unusable for what was asked."""
+
+
+class ModelError(FerError):
+    """A model file that is missing, damaged or incompatible."""
+
+
+class StoreError(FerError):
+    """The place where fercli keeps its files cannot be written."""

@@ -1,0 +1,237 @@
+"""fer preprocess: a dataset folder -> cached, aligned crops and a prepared dataset."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fercli.align import align_largest
+from fercli.cache import CacheEntry, CropCache, content_key
+from fercli.config import PreprocessConfig, ScanOptions, label_order
+from fercli.datasets import ImageRecord, Skipped, scan_dataset
+from fercli.errors import FerError, StoreError
+from fercli.images import decode_gray, read_file
+from fercli.store import PreparedDataset, dataset_folder, save_dataset
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class PreprocessReport:
+    """What a preprocess run found, aligned and left out."""
+
+    source: str
+    layout: str
+    found: int
+    aligned: int
+    skipped: list[Skipped]
+    classes: dict[str, int]
+    subjects: dict[str, int]
+    several_faces: list[str]  # images where several faces were found and the largest used
+    cache_hits: int
+    seconds: float
+    workers: int
+    dataset: str | None = None  # the prepared dataset file, when anything was aligned
+    contact_sheet: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "source": self.source,
+            "layout": self.layout,
+            "found": self.found,
+            "aligned": self.aligned,
+            "skipped": [{"path": item.path, "reason": item.reason} for item in self.skipped],
+            "classes": self.classes,
+            "subjects": self.subjects,
+            "several_faces": self.several_faces,
+            "cache_hits": self.cache_hits,
+            "seconds": round(self.seconds, 3),
+            "workers": self.workers,
+            "dataset": self.dataset,
+            "contact_sheet": self.contact_sheet,
+            "notes": self.notes,
+        }
+
+
+def align_file(path: Path, config: PreprocessConfig, cache: CropCache | None) -> tuple[CacheEntry, bool]:
+    """Align the largest face of one image file, through the cache.
+
+    Returns the entry (a crop, or the reason there is none) and whether it came from the
+    cache. Never raises for a bad image; StoreError if the cache cannot be written.
+    """
+    try:
+        data = read_file(path)
+    except FerError as error:
+        return CacheEntry(crop=None, reason=str(error)), False
+    key = content_key(data)
+    if cache is not None:
+        cached = cache.get(key)
+        if cached is not None:
+            return cached, True
+    try:
+        gray = decode_gray(data)
+        face, faces = align_largest(gray, config)
+        entry = CacheEntry(crop=face.crop, faces=faces, box=face.box, angle=round(face.angle, 3))
+    except FerError as error:
+        entry = CacheEntry(crop=None, reason=str(error))
+    except Exception as error:  # noqa: BLE001 - one odd image must not stop a batch of thousands
+        return CacheEntry(crop=None, reason=f"alignment failed: {type(error).__name__}: {error}"), False
+    if cache is not None:
+        cache.put(key, entry)
+    return entry, False
+
+
+# Set in each worker process by _start_worker.
+_worker_state: dict = {}
+
+
+def _start_worker(config: PreprocessConfig, cache: CropCache | None) -> None:
+    # Ctrl-C is the parent's to handle: it stops the pool and reports how far it got.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import cv2
+
+    # One process per core already; OpenCV's own threads would only compete with them.
+    cv2.setNumThreads(1)
+    _worker_state["config"] = config
+    _worker_state["cache"] = cache
+
+
+def _align_task(task: tuple[int, str]) -> tuple[int, CacheEntry, bool]:
+    index, path = task
+    entry, hit = align_file(Path(path), _worker_state["config"], _worker_state["cache"])
+    return index, entry, hit
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _pool_context():
+    # fork shares the parent's already-imported modules and starts in milliseconds; where
+    # it is unavailable or unsafe (Windows, macOS) the workers start fresh.
+    methods = multiprocessing.get_all_start_methods()
+    method = "fork" if "fork" in methods and os.uname().sysname == "Linux" else "spawn"
+    return multiprocessing.get_context(method)
+
+
+def align_records(
+    records: list[ImageRecord],
+    config: PreprocessConfig,
+    cache: CropCache | None,
+    workers: int,
+):
+    """Align every record, yielding (index, entry, cache_hit) as results come in."""
+    tasks = [(index, str(record.path)) for index, record in enumerate(records)]
+    if workers <= 1 or len(tasks) < 2 * workers:
+        for index, path in tasks:
+            entry, hit = align_file(Path(path), config, cache)
+            yield index, entry, hit
+        return
+    context = _pool_context()
+    pool = context.Pool(workers, initializer=_start_worker, initargs=(config, cache))
+    try:
+        chunk = max(1, min(16, len(tasks) // (workers * 8)))
+        yield from pool.imap_unordered(_align_task, tasks, chunksize=chunk)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def preprocess_dataset(
+    root: Path,
+    options: ScanOptions = ScanOptions(),
+    config: PreprocessConfig = PreprocessConfig(),
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> PreprocessReport:
+    """Scan a dataset folder, align every image (through the cache) and save the prepared
+    dataset and its contact sheet. LayoutError if the folder cannot be read as a dataset;
+    StoreError if FER_HOME cannot be written."""
+    started = time.perf_counter()
+    root = Path(root)
+    scan = scan_dataset(root, options)
+    cache = CropCache(config)
+    cache.prepare()
+    workers = workers or default_workers()
+    records = scan.records
+    entries: list[CacheEntry | None] = [None] * len(records)
+    hits = 0
+    if progress:
+        progress(0, len(records))
+    for done, (index, entry, hit) in enumerate(
+        align_records(records, config, cache, workers), start=1
+    ):
+        entries[index] = entry
+        hits += hit
+        if progress:
+            progress(done, len(records))
+
+    skipped = list(scan.skipped)
+    kept = []
+    several = []
+    for record, entry in zip(records, entries):
+        if entry is None or entry.crop is None:
+            skipped.append(Skipped(str(record.path), entry.reason if entry else "not processed"))
+            continue
+        kept.append((record, entry.crop))
+        if entry.faces > 1:
+            several.append(str(record.path))
+
+    classes = Counter(record.label for record, _ in kept)
+    subjects = Counter(record.subject for record, _ in kept if record.subject)
+    report = PreprocessReport(
+        source=str(root),
+        layout=scan.layout,
+        found=len(records) + len(scan.skipped),
+        aligned=len(kept),
+        skipped=skipped,
+        classes={label: classes[label] for label in label_order(classes)},
+        subjects=dict(sorted(subjects.items())),
+        several_faces=several,
+        cache_hits=hits,
+        seconds=0.0,
+        workers=workers,
+        notes=list(scan.notes),
+    )
+    if several:
+        report.notes.append(f"{len(several)} images had several faces; the largest was used")
+    if kept:
+        _save(report, root, scan.layout, options, config, kept)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _save(report, root, layout, options, config, kept) -> None:
+    from fercli.report import contact_sheet
+
+    folder = dataset_folder(root)
+    dataset = PreparedDataset(
+        crops=np.stack([crop for _, crop in kept]),
+        labels=np.array([record.label for record, _ in kept]),
+        subjects=np.array([record.subject or "" for record, _ in kept]),
+        paths=np.array([str(record.path) for record, _ in kept]),
+        meta={
+            "source": str(Path(root).resolve()),
+            "layout": layout,
+            "scan": {"ck_frames": options.ck_frames, "ck_neutral_first": options.ck_neutral_first},
+            "preprocess": config.to_dict(),
+            "preprocess_fingerprint": config.fingerprint(),
+            "classes": report.classes,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    report.dataset = str(save_dataset(dataset, folder))
+    try:
+        report.contact_sheet = str(contact_sheet(dataset.crops, dataset.labels, folder / "contact_sheet.png"))
+    except StoreError as error:
+        report.notes.append(f"contact sheet not written: {error}")

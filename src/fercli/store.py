@@ -1,0 +1,238 @@
+"""Where fercli keeps its files, and how it writes them so that a killed run corrupts nothing.
+
+Everything lives under one folder, FER_HOME (default: $XDG_DATA_HOME/fercli, that is
+~/.local/share/fercli):
+
+    crops/<settings>/<xx>/<sha256>.json   cache of aligned crops, keyed by file content
+    datasets/<name>-<id>/dataset.npz      a preprocessed dataset: crops, labels, subjects
+    datasets/<name>-<id>/contact_sheet.png
+    models/<name>-<time>.npz              trained models
+    runs/crossval-<name>-<time>/          cross-validation reports
+
+Every file is written to a temporary name in the same folder and renamed into place, so
+readers see either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fercli.errors import DatasetError, StoreError
+
+HOME_VARIABLE = "FER_HOME"
+DATASET_FILE = "dataset.npz"
+DATASET_FORMAT = "fercli-dataset"
+
+
+def home() -> Path:
+    """The root of fercli's files: $FER_HOME, else $XDG_DATA_HOME/fercli."""
+    explicit = os.environ.get(HOME_VARIABLE)
+    if explicit:
+        return Path(explicit).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "fercli"
+
+
+def crops_dir() -> Path:
+    return home() / "crops"
+
+
+def datasets_dir() -> Path:
+    return home() / "datasets"
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def runs_dir() -> Path:
+    return home() / "runs"
+
+
+def timestamp() -> str:
+    """A sortable local time for file names."""
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a name."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return cleaned[:40] or "dataset"
+
+
+def _store_error(path: Path, error: OSError) -> StoreError:
+    reason = error.strerror or str(error)
+    return StoreError(f"cannot write {path}: {reason} (set {HOME_VARIABLE} or pass an output path to move it)")
+
+
+def make_dir(path: Path) -> Path:
+    """Create a folder (and parents); StoreError with the reason if that is not possible."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _store_error(path, error) from None
+    return path
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Write a file through write(file_object) to a temporary name, then rename it into place.
+
+    A failure (disk full, read-only folder, a kill) leaves any existing file untouched and no
+    temporary file behind, except after a kill, when the temporary file is named .tmp-*.
+    """
+    make_dir(path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    except OSError as error:
+        raise _store_error(path, error) from None
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(temporary, path)
+    except OSError as error:
+        _remove_quietly(temporary)
+        raise _store_error(path, error) from None
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda stream: stream.write(data))
+
+
+def atomic_write_json(path: Path, payload: object) -> Path:
+    text = json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n"
+    return atomic_write_bytes(path, text.encode())
+
+
+def _remove_quietly(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def pack_json(payload: object) -> np.ndarray:
+    """JSON as a uint8 array, so that metadata travels inside a pickle-free .npz."""
+    return np.frombuffer(json.dumps(payload, default=str).encode(), dtype=np.uint8)
+
+
+def unpack_json(array: np.ndarray) -> object:
+    return json.loads(array.tobytes().decode())
+
+
+@dataclass
+class PreparedDataset:
+    """A preprocessed dataset: aligned crops with their labels, as train and crossval read it."""
+
+    crops: np.ndarray  # (n, size, size) uint8
+    labels: np.ndarray  # (n,) str
+    subjects: np.ndarray  # (n,) str; "" where unknown
+    paths: np.ndarray  # (n,) str: the source images
+    meta: dict  # layout, source folder, preprocessing settings, counts
+    location: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.location.parent.name if self.location else "dataset"
+
+    @property
+    def has_subjects(self) -> bool:
+        return len(self.subjects) > 0 and all(self.subjects)
+
+
+def dataset_folder(source: Path) -> Path:
+    """Where the preprocessed version of a dataset folder is kept (one per source folder)."""
+    resolved = Path(source).resolve()
+    digest = hashlib.sha256(str(resolved).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return datasets_dir() / f"{slug(resolved.name)}-{digest}"
+
+
+def save_dataset(dataset: PreparedDataset, folder: Path) -> Path:
+    """Write a prepared dataset to folder/dataset.npz in one atomic step."""
+    arrays = {
+        "crops": dataset.crops,
+        "labels": dataset.labels.astype(str),
+        "subjects": dataset.subjects.astype(str),
+        "paths": dataset.paths.astype(str),
+        "meta": pack_json({"format": DATASET_FORMAT, **dataset.meta}),
+    }
+    path = atomic_write(folder / DATASET_FILE, lambda stream: np.savez(stream, **arrays))
+    dataset.location = path
+    return path
+
+
+def load_dataset(path: Path) -> PreparedDataset:
+    """Read a dataset.npz (or the folder holding one) without unpickling anything."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DATASET_FILE
+    if not path.is_file():
+        raise DatasetError(f"{path}: no preprocessed dataset here (run `fer preprocess DATASET_DIR`)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = unpack_json(archive["meta"])
+            dataset = PreparedDataset(
+                crops=archive["crops"],
+                labels=archive["labels"],
+                subjects=archive["subjects"],
+                paths=archive["paths"],
+                meta=meta,
+                location=path,
+            )
+    except (OSError, KeyError, ValueError, EOFError) as error:
+        raise DatasetError(f"{path}: not a readable fercli dataset ({error})") from None
+    if meta.get("format") != DATASET_FORMAT:
+        raise DatasetError(f"{path}: not a fercli dataset")
+    return dataset
+
+
+def latest(folder: Path, pattern: str) -> Path | None:
+    """The most recently written file matching a glob pattern below a folder."""
+    try:
+        candidates = [path for path in folder.glob(pattern) if not path.name.startswith(".")]
+    except OSError:
+        return None
+    dated = []
+    for path in candidates:
+        try:
+            dated.append((path.stat().st_mtime, path))
+        except OSError:
+            continue  # removed while we looked
+    return max(dated)[1] if dated else None
+
+
+def resolve_dataset(choice: str | Path | None) -> PreparedDataset:
+    """The dataset a command should use: a path, a dataset name under FER_HOME, or the
+    most recently preprocessed one."""
+    if choice is None:
+        path = latest(datasets_dir(), f"*/{DATASET_FILE}")
+        if path is None:
+            raise DatasetError(
+                f"no preprocessed dataset in {datasets_dir()}: run `fer preprocess DATASET_DIR` first"
+            )
+        return load_dataset(path)
+    candidate = Path(choice)
+    if candidate.is_dir() and not (candidate / DATASET_FILE).exists():
+        # The original dataset folder: use what `fer preprocess` made of it.
+        prepared = dataset_folder(candidate) / DATASET_FILE
+        if not prepared.exists():
+            raise DatasetError(f"{choice}: not preprocessed yet (run `fer preprocess {choice}` first)")
+        return load_dataset(prepared)
+    if candidate.exists():
+        return load_dataset(candidate)
+    named = datasets_dir() / str(choice)
+    if named.exists():
+        return load_dataset(named)
+    raise DatasetError(f"{choice}: no such preprocessed dataset (a path or a name under {datasets_dir()})")
