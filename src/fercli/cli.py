@@ -153,22 +153,239 @@ def render_preprocess(report) -> None:
         out.print(f"contact sheet: {shown(report.contact_sheet)}")
 
 
-@app.command()
-def train() -> None:
-    """Train the network on a preprocessed dataset and save a model for predict."""
-    raise fail("fer train is not yet available")
+# Options shared by train and crossval: one definition each, so they cannot drift apart.
+DatasetArgument = typer.Argument(
+    None, help="A preprocessed dataset: its name or folder under FER_HOME, or the original folder "
+    "(default: the most recently preprocessed)."
+)
+EpochsOption = typer.Option(100, min=1, help="Training epochs (the paper: 80-100).")
+BatchOption = typer.Option(16, "--batch-size", min=1, help="Mini-batch size (the paper: 16).")
+LearningRateOption = typer.Option(0.001, "--lr", min=0.0, help="Learning rate (the paper: 0.001).")
+MomentumOption = typer.Option(0.9, min=0.0, max=1.0, help="SGD momentum.")
+OptimizerOption = typer.Option("sgd", help="sgd (the paper) or adam.")
+VariantOption = typer.Option("paper", help="Network: paper, dropout, batchnorm or wide.")
+ClassesOption = typer.Option(None, help="Comma-separated classes to keep, e.g. anger,disgust,fear,happiness,sadness,surprise.")
+SeedOption = typer.Option(0, help="Random seed: same seed, same data -> same folds and weights.")
+AugmentOption = typer.Option(True, help="Random flips and small rotations of training images.")
+RotationOption = typer.Option(10.0, min=0.0, help="Largest augmentation rotation, in degrees.")
+NormalisationOption = typer.Option("global", help="z-score statistics: global (one mean/std) or pixel.")
+FlipOption = typer.Option(False, "--flip-tta", help="Average each face's prediction with its mirror image.")
+
+
+def train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
+                 max_rotation, normalisation, flip_tta):
+    from fercli.config import MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, TrainConfig
+    from fercli.errors import FerError
+
+    for name, value, allowed in (("--variant", variant, MODEL_VARIANTS), ("--optimizer", optimizer, OPTIMIZERS),
+                                 ("--normalisation", normalisation, NORMALISATIONS)):
+        if value not in allowed:
+            raise FerError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+    chosen = tuple(name.strip() for name in (classes or "").split(",") if name.strip())
+    return TrainConfig(variant=variant, epochs=epochs, batch_size=batch_size, learning_rate=lr,
+                       momentum=momentum, optimizer=optimizer, augment=augment, max_rotation=max_rotation,
+                       normalisation=normalisation, seed=seed, classes=chosen, test_time_flip=flip_tta)
+
+
+def epoch_reporter(bar, task, folds: int):
+    """Turn training events into the progress display."""
+    finished: list[float] = []
+
+    def update(event: dict) -> None:
+        if event["kind"] == "epoch":
+            bar.advance(task)
+            where = f"fold {event['fold'] + 1}/{folds} " if folds > 1 else ""
+            done = f", finished folds {sum(finished) / len(finished):.1%}" if finished else ""
+            bar.update(task, description=f"{where}epoch {event['epoch']}/{event['epochs']} "
+                       f"loss {event['loss']:.3f} train acc {event['accuracy']:.1%}{done}")
+        elif event["kind"] == "fold":
+            finished.append(event["accuracy"])
+
+    return update
 
 
 @app.command()
-def crossval() -> None:
+def train(
+    dataset: Optional[str] = DatasetArgument,
+    output: Optional[Path] = typer.Option(None, help="Model file to write (default: FER_HOME/models/<dataset>-<time>.npz)."),
+    epochs: int = EpochsOption, batch_size: int = BatchOption, lr: float = LearningRateOption,
+    momentum: float = MomentumOption, optimizer: str = OptimizerOption, variant: str = VariantOption,
+    classes: Optional[str] = ClassesOption, seed: int = SeedOption, augment: bool = AugmentOption,
+    max_rotation: float = RotationOption, normalisation: str = NormalisationOption, flip_tta: bool = FlipOption,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+) -> None:
+    """Train the network on every image of a preprocessed dataset and save a model for predict."""
+    with user_errors():
+        from fercli.store import check_writable, models_dir, resolve_dataset, timestamp
+        from fercli.training import train_model
+
+        config = train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
+                              max_rotation, normalisation, flip_tta)
+        prepared = resolve_dataset(dataset)
+        output = output or models_dir() / f"{prepared.name}-{timestamp()}.npz"
+        check_writable(output.parent)
+        bar, _ = progress_bar("training")
+        task = bar.tasks[0].id
+        bar.update(task, total=config.epochs)
+        with bar if not as_json else contextlib.nullcontext():
+            result = train_model(prepared, config, output, progress=None if as_json else epoch_reporter(bar, task, 1))
+    summary = {"model": str(result.path), "dataset": prepared.name, "classes": result.classes,
+               "images": result.images, "epochs": result.epochs, "final_loss": result.loss,
+               "final_train_accuracy": result.accuracy, "seconds": round(result.seconds, 1),
+               "runtime_difference": result.runtime_difference}
+    if as_json:
+        emit_json(summary)
+        return
+    out.print(f"trained on {result.images} images of {prepared.name} ({', '.join(result.classes)}), "
+              f"{result.epochs} epochs in {result.seconds:.1f} s; final training loss {result.loss:.3f}, "
+              f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)")
+    out.print(f"model saved to {shown(result.path)}")
+
+
+@app.command()
+def crossval(
+    dataset: Optional[str] = DatasetArgument,
+    folds: int = typer.Option(10, min=2, help="Number of folds."),
+    group: str = typer.Option("random", help="random (stratified folds) or subject (no person in both train and test)."),
+    epochs: int = EpochsOption, batch_size: int = BatchOption, lr: float = LearningRateOption,
+    momentum: float = MomentumOption, optimizer: str = OptimizerOption, variant: str = VariantOption,
+    classes: Optional[str] = ClassesOption, seed: int = SeedOption, augment: bool = AugmentOption,
+    max_rotation: float = RotationOption, normalisation: str = NormalisationOption, flip_tta: bool = FlipOption,
+    workers: Optional[int] = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
+    output: Optional[Path] = typer.Option(None, help="Report folder (default: FER_HOME/runs/crossval-<dataset>-<time>)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
+) -> None:
     """K-fold cross-validation on a preprocessed dataset, with an honest report."""
-    raise fail("fer crossval is not yet available")
+    with user_errors():
+        from fercli.store import check_writable, resolve_dataset, runs_dir, timestamp
+        from fercli.training import cross_validate, save_crossval
+
+        config = train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
+                              max_rotation, normalisation, flip_tta)
+        prepared = resolve_dataset(dataset)
+        output = output or runs_dir() / f"crossval-{prepared.name}-{timestamp()}"
+        check_writable(output)
+        bar, _ = progress_bar("starting")
+        task = bar.tasks[0].id
+        bar.update(task, total=folds * config.epochs)
+        with bar if not as_json else contextlib.nullcontext():
+            report = cross_validate(prepared, config, folds, group, workers,
+                                    progress=None if as_json else epoch_reporter(bar, task, folds))
+        files = save_crossval(report, output)
+    if as_json:
+        emit_json({**report.to_json(), "files": {name: str(path) for name, path in files.items()}})
+    else:
+        render_crossval(report, files)
+    if report.interrupted:
+        raise fail(f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
+                   f"the finished folds are in {output}", 130)
+
+
+def render_crossval(report, files: dict) -> None:
+    protocol = report.protocol
+    kind = "subject folds (no person in both train and test)" if protocol["group"] == "subject" else "random stratified folds"
+    training = protocol["training"]
+    out.print(f"[bold]protocol[/bold]: {protocol['folds']}-fold {kind}, seed {training['seed']}; "
+              f"{len(report.labels)} classes ({', '.join(report.labels)}); {training['epochs']} epochs, "
+              f"batch {training['batch_size']}, {training['optimizer']} lr {training['learning_rate']}, "
+              f"variant {training['variant']}, augmentation {'on' if training['augment'] else 'off'}; "
+              f"{report.dataset['images']} images of {report.dataset['name']}")
+    folds = Table(title="accuracy per fold")
+    folds.add_column("fold", justify="right")
+    folds.add_column("train", justify="right")
+    folds.add_column("test", justify="right")
+    folds.add_column("accuracy", justify="right")
+    if protocol["group"] == "subject":
+        folds.add_column("test subjects")
+    for fold in report.folds:
+        row = [str(fold.fold), str(fold.train_size), str(fold.test_size), f"{fold.accuracy:.1%}"]
+        if protocol["group"] == "subject":
+            row.append(", ".join(fold.test_subjects))
+        folds.add_row(*row)
+    out.print(folds)
+    out.print(f"[bold]mean accuracy {report.mean_accuracy:.2%} +/- {report.std_accuracy:.2%}[/bold] "
+              f"over {len(report.folds)} folds (pooled {report.pooled_accuracy:.2%}), macro-F1 {report.macro_f1:.3f}")
+    classes = Table(title="per class (summed over folds)")
+    for column in ("class", "precision", "recall", "F1", "images"):
+        classes.add_column(column, justify="left" if column == "class" else "right")
+    for label, values in report.per_class.items():
+        classes.add_row(label, f"{values['precision']:.3f}", f"{values['recall']:.3f}", f"{values['f1']:.3f}", str(values["support"]))
+    out.print(classes)
+    matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
+    matrix.add_column("")
+    for label in report.labels:
+        matrix.add_column(label[:5], justify="right")
+    for label, row in zip(report.labels, report.confusion):
+        matrix.add_row(label, *(str(int(value)) for value in row))
+    out.print(matrix)
+    for warning in report.warnings:
+        out.print(f"[yellow]note:[/yellow] {warning}")
+    for name, path in files.items():
+        out.print(f"{name}: {shown(path)}")
 
 
 @app.command()
-def predict() -> None:
+def predict(
+    paths: list[Path] = typer.Argument(..., help="Image files and folders."),
+    model: Optional[Path] = typer.Option(None, help="Model file (default: the most recently trained)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {path, faces: [{box, label, probabilities}]}."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per face."),
+    annotate_dir: Optional[Path] = typer.Option(None, "--annotate", help="Write copies of the images with boxes and labels here."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Processes for many images (default: one per core)."),
+) -> None:
     """Label the expression of every face in photos."""
-    raise fail("fer predict is not yet available")
+    if as_json and as_csv:
+        raise fail("choose one of --json and --csv")
+    with user_errors():
+        from fercli.predict import annotate, predict_paths, resolve_model
+
+        loaded = resolve_model(model)
+        bar, update = progress_bar("predicting")
+        quiet = as_json or as_csv or len(paths) == 1 and not Path(paths[0]).is_dir()
+        with bar if not quiet else contextlib.nullcontext():
+            report = predict_paths(paths, loaded, workers, progress=None if quiet else update)
+        written = annotate(report, annotate_dir) if annotate_dir else []
+    if as_json:
+        emit_json([image.to_json() for image in report.images])
+    elif as_csv:
+        render_predict_csv(report)
+    elif report.images:
+        render_predict(report)
+    for problem in report.problems:
+        err.print(f"[yellow]skipped[/yellow] {shown(problem.path)}: {problem.reason}")
+    for image in report.images:
+        if image.error:
+            err.print(f"[yellow]skipped[/yellow] {shown(image.path)}: {shown(image.error)}")
+    if annotate_dir:
+        err.print(f"{len(written)} annotated images in {shown(annotate_dir)}")
+    if report.processed == 0:
+        raise fail("no image could be processed")
+
+
+def render_predict(report) -> None:
+    table = Table(title=f"model {shown(Path(report.model).name)}")
+    for column in ("image", "face", "box (x, y, w, h)", "label", "p"):
+        table.add_column(column)
+    for image in report.images:
+        if image.error:
+            continue
+        if not image.faces:
+            table.add_row(shown(image.path), "-", "no face found", "", "")
+        for number, face in enumerate(image.faces, start=1):
+            table.add_row(shown(image.path), str(number), ", ".join(map(str, face.box)), face.label,
+                          f"{face.probabilities[face.label]:.2f}")
+    out.print(table)
+
+
+def render_predict_csv(report) -> None:
+    import csv
+
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["path", "face", "x", "y", "width", "height", "label", *(f"p_{label}" for label in report.classes)])
+    for image in report.images:
+        for number, face in enumerate(image.faces, start=1):
+            writer.writerow([image.path, number, *face.box, face.label,
+                             *(f"{face.probabilities[label]:.6f}" for label in report.classes)])
 
 
 def main() -> None:

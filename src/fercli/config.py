@@ -129,6 +129,8 @@ class TrainConfig:
     # z-score statistics from the training images: one mean/std ("global") or per pixel.
     normalisation: str = "global"
     seed: int = 0
+    # Average the predictions for each face and its mirror image (at test time only).
+    test_time_flip: bool = False
     # Classes to keep (empty: all classes in the dataset).
     classes: tuple[str, ...] = field(default_factory=tuple)
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,9 +13,10 @@ import numpy as np
 from fercli.align import align_largest
 from fercli.cache import CacheEntry, CropCache, content_key
 from fercli.config import PreprocessConfig, ScanOptions, label_order
-from fercli.datasets import ImageRecord, Skipped, scan_dataset
+from fercli.datasets import Skipped, scan_dataset
 from fercli.errors import FerError, StoreError
 from fercli.images import decode_gray, read_file
+from fercli.parallel import default_workers, run_tasks
 from fercli.store import PreparedDataset, dataset_folder, save_dataset
 
 Progress = Callable[[int, int], None]
@@ -90,61 +88,11 @@ def align_file(path: Path, config: PreprocessConfig, cache: CropCache | None) ->
     return entry, False
 
 
-# Set in each worker process by _start_worker.
-_worker_state: dict = {}
-
-
-def _start_worker(config: PreprocessConfig, cache: CropCache | None) -> None:
-    # Ctrl-C is the parent's to handle: it stops the pool and reports how far it got.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import cv2
-
-    # One process per core already; OpenCV's own threads would only compete with them.
-    cv2.setNumThreads(1)
-    _worker_state["config"] = config
-    _worker_state["cache"] = cache
-
-
-def _align_task(task: tuple[int, str]) -> tuple[int, CacheEntry, bool]:
+def _align_task(task: tuple[int, str], shared: tuple[PreprocessConfig, CropCache]) -> tuple[int, CacheEntry, bool]:
     index, path = task
-    entry, hit = align_file(Path(path), _worker_state["config"], _worker_state["cache"])
+    config, cache = shared
+    entry, hit = align_file(Path(path), config, cache)
     return index, entry, hit
-
-
-def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def _pool_context():
-    # fork shares the parent's already-imported modules and starts in milliseconds; where
-    # it is unavailable or unsafe (Windows, macOS) the workers start fresh.
-    methods = multiprocessing.get_all_start_methods()
-    method = "fork" if "fork" in methods and os.uname().sysname == "Linux" else "spawn"
-    return multiprocessing.get_context(method)
-
-
-def align_records(
-    records: list[ImageRecord],
-    config: PreprocessConfig,
-    cache: CropCache | None,
-    workers: int,
-):
-    """Align every record, yielding (index, entry, cache_hit) as results come in."""
-    tasks = [(index, str(record.path)) for index, record in enumerate(records)]
-    if workers <= 1 or len(tasks) < 2 * workers:
-        for index, path in tasks:
-            entry, hit = align_file(Path(path), config, cache)
-            yield index, entry, hit
-        return
-    context = _pool_context()
-    pool = context.Pool(workers, initializer=_start_worker, initargs=(config, cache))
-    try:
-        chunk = max(1, min(16, len(tasks) // (workers * 8)))
-        yield from pool.imap_unordered(_align_task, tasks, chunksize=chunk)
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
 
 
 def preprocess_dataset(
@@ -164,12 +112,13 @@ def preprocess_dataset(
     cache.prepare()
     workers = workers or default_workers()
     records = scan.records
+    tasks = [(index, str(record.path)) for index, record in enumerate(records)]
     entries: list[CacheEntry | None] = [None] * len(records)
     hits = 0
     if progress:
         progress(0, len(records))
     for done, (index, entry, hit) in enumerate(
-        align_records(records, config, cache, workers), start=1
+        run_tasks(_align_task, tasks, (config, cache), workers), start=1
     ):
         entries[index] = entry
         hits += hit

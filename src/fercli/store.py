@@ -83,6 +83,17 @@ def make_dir(path: Path) -> Path:
     return path
 
 
+def check_writable(folder: Path) -> Path:
+    """Make sure files can be created in a folder before hours of work go into them."""
+    make_dir(folder)
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise _store_error(folder, error) from None
+    return folder
+
+
 def atomic_write(path: Path, write) -> Path:
     """Write a file through write(file_object) to a temporary name, then rename it into place.
 

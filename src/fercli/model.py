@@ -1,0 +1,306 @@
+"""The one Keras model factory, and the model file that predict runs without TensorFlow.
+
+A trained network is exported layer by layer into a pickle-free .npz: the weights as plain
+arrays, and a JSON description of the layers with everything predict needs (class names,
+z-score statistics, preprocessing and training settings, versions, a data fingerprint).
+`load_model` reads it with numpy alone and runs the forward pass in numpy, so loading a
+model never executes code from the file and `fer predict` never pays for importing
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fercli.config import ALIGN_VERSION, MODEL_VARIANTS, PreprocessConfig, TrainConfig
+from fercli.errors import ModelError
+from fercli.store import atomic_write, pack_json, unpack_json
+
+MODEL_FORMAT = "fercli-model"
+MODEL_FORMAT_VERSION = 1
+
+
+def build_model(num_classes: int, variant: str = "paper", input_size: int = 32):
+    """The Keras network for a variant; "paper" is conv32-pool-conv64-pool-flatten-softmax.
+
+    Variants keep the paper's two 5x5 convolutions and add to them: "dropout" (dropout before
+    the classifier), "batchnorm" (batch normalisation after each convolution), "wide" (64 and
+    128 filters, a 256-unit hidden layer with dropout).
+    """
+    import keras
+    from keras import layers
+
+    if variant not in MODEL_VARIANTS:
+        raise ModelError(f"unknown model variant {variant!r}; choose from {', '.join(MODEL_VARIANTS)}")
+    filters = (64, 128) if variant == "wide" else (32, 64)
+    stack: list = [keras.Input((input_size, input_size, 1))]
+    for count in filters:
+        if variant == "batchnorm":
+            stack += [layers.Conv2D(count, 5, use_bias=False), layers.BatchNormalization(), layers.Activation("relu")]
+        else:
+            stack.append(layers.Conv2D(count, 5, activation="relu"))
+        stack.append(layers.MaxPooling2D(2))
+    stack.append(layers.Flatten())
+    if variant == "wide":
+        stack += [layers.Dense(256, activation="relu"), layers.Dropout(0.5)]
+    if variant == "dropout":
+        stack.append(layers.Dropout(0.5))
+    stack.append(layers.Dense(num_classes, activation="softmax"))
+    return keras.Sequential(stack, name=f"fercli_{variant}")
+
+
+def make_optimizer(config: TrainConfig):
+    """The optimizer of a training configuration (the paper: SGD, lr 0.001, momentum 0.9)."""
+    import keras
+
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=config.learning_rate)
+    raise ModelError(f"unknown optimizer {config.optimizer!r}; choose sgd or adam")
+
+
+def export_layers(keras_model) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Describe a trained Keras network as layer specs plus named weight arrays."""
+    specs: list[dict] = []
+    weights: dict[str, np.ndarray] = {}
+    for index, layer in enumerate(keras_model.layers):
+        kind = type(layer).__name__
+        config = layer.get_config()
+        values = [np.asarray(weight) for weight in layer.get_weights()]
+        if kind == "Conv2D":
+            if tuple(config["dilation_rate"]) != (1, 1) or config.get("groups", 1) != 1:
+                raise ModelError(f"layer {layer.name}: dilated or grouped convolutions cannot be exported")
+            spec = {"type": "conv2d", "strides": list(config["strides"]), "padding": config["padding"],
+                    "activation": config["activation"]}
+            names = ["kernel", "bias"][: len(values)]
+        elif kind == "MaxPooling2D":
+            spec = {"type": "maxpool2d", "pool_size": list(config["pool_size"]),
+                    "strides": list(config["strides"] or config["pool_size"]), "padding": config["padding"]}
+            names = []
+        elif kind == "BatchNormalization":
+            spec = {"type": "batchnorm", "epsilon": config["epsilon"]}
+            names = [name for name, present in
+                     (("gamma", config["scale"]), ("beta", config["center"]), ("mean", True), ("variance", True))
+                     if present]
+        elif kind == "Activation":
+            spec = {"type": "activation", "activation": config["activation"]}
+            names = []
+        elif kind == "Flatten":
+            spec = {"type": "flatten"}
+            names = []
+        elif kind == "Dense":
+            spec = {"type": "dense", "activation": config["activation"]}
+            names = ["kernel", "bias"][: len(values)]
+        elif kind == "Dropout":
+            continue  # inactive at inference
+        else:
+            raise ModelError(f"layer {layer.name} ({kind}) cannot be exported to the numpy runtime")
+        spec["weights"] = []
+        for name, value in zip(names, values):
+            key = f"layer{index}_{name}"
+            weights[key] = value.astype(np.float32)
+            spec["weights"].append(key)
+        specs.append(spec)
+    return specs, weights
+
+
+def _activation(x: np.ndarray, name: str) -> np.ndarray:
+    if name in ("linear", None):
+        return x
+    if name == "relu":
+        return np.maximum(x, 0)
+    if name == "softmax":
+        shifted = np.exp(x - x.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-x))
+    if name == "tanh":
+        return np.tanh(x)
+    raise ModelError(f"activation {name!r} is not supported by the numpy runtime")
+
+
+def _same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
+    # TensorFlow's "same": output ceil(size/stride); the extra pixel goes after.
+    output = -(-size // stride)
+    total = max((output - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2
+
+
+def _windows(x: np.ndarray, window: tuple[int, int], strides: tuple[int, int], padding: str, fill: float) -> np.ndarray:
+    """Sliding windows over the two spatial axes of an NHWC array: (n, h', w', c, kh, kw)."""
+    if padding == "same":
+        pad_h = _same_padding(x.shape[1], window[0], strides[0])
+        pad_w = _same_padding(x.shape[2], window[1], strides[1])
+        x = np.pad(x, ((0, 0), pad_h, pad_w, (0, 0)), constant_values=fill)
+    views = np.lib.stride_tricks.sliding_window_view(x, window, axis=(1, 2))
+    return views[:, :: strides[0], :: strides[1]]
+
+
+class NumpyNetwork:
+    """The forward pass of an exported network, in float64 numpy."""
+
+    def __init__(self, specs: list[dict], weights: dict[str, np.ndarray]) -> None:
+        self.specs = specs
+        self.weights = {key: value.astype(np.float64) for key, value in weights.items()}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities for a batch of normalised inputs of shape (n, h, w, 1)."""
+        x = x.astype(np.float64)
+        for spec in self.specs:
+            values = [self.weights[key] for key in spec["weights"]]
+            kind = spec["type"]
+            if kind == "conv2d":
+                kernel = values[0]
+                windows = _windows(x, kernel.shape[:2], tuple(spec["strides"]), spec["padding"], 0.0)
+                # windows: (n, h, w, c, kh, kw); kernel: (kh, kw, c, f)
+                x = np.tensordot(windows, kernel.transpose(2, 0, 1, 3), axes=([3, 4, 5], [0, 1, 2]))
+                if len(values) > 1:
+                    x = x + values[1]
+                x = _activation(x, spec["activation"])
+            elif kind == "maxpool2d":
+                windows = _windows(x, tuple(spec["pool_size"]), tuple(spec["strides"]), spec["padding"], -np.inf)
+                x = windows.max(axis=(4, 5))
+            elif kind == "batchnorm":
+                named = dict(zip(_batchnorm_names(spec), values))
+                scale = named.get("gamma", 1.0) / np.sqrt(named["variance"] + spec["epsilon"])
+                x = (x - named["mean"]) * scale + named.get("beta", 0.0)
+            elif kind == "activation":
+                x = _activation(x, spec["activation"])
+            elif kind == "flatten":
+                x = x.reshape(len(x), -1)
+            elif kind == "dense":
+                x = x @ values[0]
+                if len(values) > 1:
+                    x = x + values[1]
+                x = _activation(x, spec["activation"])
+            else:
+                raise ModelError(f"layer type {kind!r} is not supported by the numpy runtime")
+        return x
+
+
+def _batchnorm_names(spec: dict) -> list[str]:
+    return [key.rsplit("_", 1)[1] for key in spec["weights"]]
+
+
+@dataclass
+class FerModel:
+    """A trained classifier: aligned crops in, class probabilities out."""
+
+    network: NumpyNetwork
+    classes: list[str]
+    mean: np.ndarray  # z-score statistics of the training crops (scalar or per pixel)
+    std: np.ndarray
+    preprocess: PreprocessConfig
+    meta: dict
+    path: Path | None = None
+
+    def normalise(self, crops: np.ndarray) -> np.ndarray:
+        """uint8 crops (n, s, s) -> z-scored network input (n, s, s, 1)."""
+        return ((crops.astype(np.float64) - self.mean) / self.std)[..., np.newaxis]
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, classes) for uint8 crops (n, s, s)."""
+        if len(crops) == 0:
+            return np.zeros((0, len(self.classes)))
+        probabilities = self.network(self.normalise(crops))
+        if self.meta.get("test_time_flip"):
+            probabilities = (probabilities + self.network(self.normalise(crops[:, :, ::-1]))) / 2
+        return probabilities
+
+
+def save_model(
+    path: Path,
+    keras_model,
+    classes: list[str],
+    mean: np.ndarray,
+    std: np.ndarray,
+    preprocess: PreprocessConfig,
+    training: TrainConfig,
+    extra: dict | None = None,
+) -> Path:
+    """Export a trained Keras network with everything predict needs; written then renamed."""
+    specs, weights = export_layers(keras_model)
+    meta = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "classes": list(classes),
+        "layers": specs,
+        "input_size": preprocess.crop_size,
+        "preprocess": preprocess.to_dict(),
+        "preprocess_fingerprint": preprocess.fingerprint(),
+        "align_version": ALIGN_VERSION,
+        "training": training.to_dict(),
+        "versions": library_versions(),
+        **(extra or {}),
+    }
+    arrays = {"meta": pack_json(meta), "norm_mean": np.asarray(mean, np.float64),
+              "norm_std": np.asarray(std, np.float64), **weights}
+    return atomic_write(Path(path), lambda stream: np.savez(stream, **arrays))
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a model's numbers."""
+    import importlib.metadata
+
+    from fercli import __version__
+
+    versions = {"fercli": __version__}
+    for package in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "opencv-python-headless", "dlib-bin"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def load_model(path: Path) -> FerModel:
+    """Read a model file written by `fer train`, without TensorFlow and without unpickling.
+
+    ModelError with the reason for a missing, damaged, foreign or incompatible file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = unpack_json(archive["meta"])
+            arrays = {key: archive[key] for key in archive.files if key != "meta"}
+    except Exception as error:  # noqa: BLE001 - zip, npy and JSON each fail their own way
+        raise ModelError(f"{path}: not a fercli model file ({type(error).__name__}: {error})") from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{path}: not a fercli model file")
+    if meta.get("format_version") != MODEL_FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: model format version {meta.get('format_version')} is not supported by this "
+            f"fercli (it reads version {MODEL_FORMAT_VERSION}); retrain with `fer train`"
+        )
+    try:
+        preprocess = PreprocessConfig.from_dict(meta["preprocess"])
+        if meta.get("align_version") != ALIGN_VERSION or meta["preprocess_fingerprint"] != preprocess.fingerprint():
+            raise ModelError(
+                f"{path}: the model was trained on crops from alignment version {meta.get('align_version')}, "
+                f"this fercli aligns with version {ALIGN_VERSION}: retrain it with `fer train`"
+            )
+        network = NumpyNetwork(meta["layers"], {key: arrays[key] for spec in meta["layers"] for key in spec["weights"]})
+        model = FerModel(
+            network=network,
+            classes=list(meta["classes"]),
+            mean=arrays["norm_mean"],
+            std=arrays["norm_std"],
+            preprocess=preprocess,
+            meta=meta,
+            path=path,
+        )
+        # One forward pass proves the layers and weights fit together before any photo is read.
+        probe = model.predict_proba(np.zeros((1, preprocess.crop_size, preprocess.crop_size), np.uint8))
+    except ModelError:
+        raise
+    except Exception as error:  # noqa: BLE001
+        raise ModelError(f"{path}: damaged model file ({type(error).__name__}: {error})") from None
+    if probe.shape != (1, len(model.classes)) or not np.all(np.isfinite(probe)):
+        raise ModelError(f"{path}: damaged model file (its output does not match its {len(model.classes)} classes)")
+    return model

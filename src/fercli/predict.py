@@ -1,0 +1,139 @@
+"""fer predict: faces in photos -> labelled probabilities, without TensorFlow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fercli.align import find_faces
+from fercli.config import PreprocessConfig
+from fercli.datasets import Skipped, discover_images
+from fercli.errors import FerError, ModelError
+from fercli.images import load_gray
+from fercli.model import FerModel, load_model
+from fercli.parallel import default_workers, run_tasks
+from fercli.store import latest, models_dir
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class FacePrediction:
+    box: tuple[int, int, int, int]  # x, y, width, height
+    label: str
+    probabilities: dict[str, float]
+
+    def to_json(self) -> dict:
+        return {"box": list(self.box), "label": self.label, "probabilities": self.probabilities}
+
+
+@dataclass
+class ImagePrediction:
+    path: str
+    faces: list[FacePrediction] = field(default_factory=list)
+    error: str | None = None  # why the image could not be read; None when it was
+
+    def to_json(self) -> dict:
+        data = {"path": self.path, "faces": [face.to_json() for face in self.faces]}
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+@dataclass
+class PredictReport:
+    model: str
+    classes: list[str]
+    images: list[ImagePrediction]
+    problems: list[Skipped]  # paths that named no file
+
+    @property
+    def processed(self) -> int:
+        return sum(1 for image in self.images if image.error is None)
+
+
+def resolve_model(choice: Path | None) -> FerModel:
+    """The model to use: a given file, else the most recently trained one."""
+    if choice is None:
+        path = latest(models_dir(), "*.npz")
+        if path is None:
+            raise ModelError("no trained model: run `fer train` first, or pass --model")
+        return load_model(path)
+    return load_model(Path(choice))
+
+
+def _faces_task(task: tuple[int, str], config: PreprocessConfig) -> tuple[int, list, str | None]:
+    index, path = task
+    try:
+        gray = load_gray(Path(path))
+        faces = find_faces(gray, config)
+    except FerError as error:
+        return index, [], str(error)
+    except Exception as error:  # noqa: BLE001 - one odd image must not stop the others
+        return index, [], f"alignment failed: {type(error).__name__}: {error}"
+    return index, [(face.crop, face.box) for face in faces], None
+
+
+def predict_paths(
+    paths: list[Path],
+    model: FerModel,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> PredictReport:
+    """Find, align and classify every face in the images named by paths (files or folders)."""
+    files, problems = discover_images(paths)
+    tasks = [(index, str(path)) for index, path in enumerate(files)]
+    images = [ImagePrediction(path=str(path)) for path in files]
+    found: list[tuple[int, np.ndarray, tuple]] = []
+    if progress:
+        progress(0, len(tasks))
+    outcomes = run_tasks(_faces_task, tasks, model.preprocess, workers or default_workers())
+    for done, (index, faces, error) in enumerate(outcomes, start=1):
+        images[index].error = error
+        found.extend((index, crop, box) for crop, box in faces)
+        if progress:
+            progress(done, len(tasks))
+    if found:
+        # One batched forward pass for every face of every image.
+        probabilities = model.predict_proba(np.stack([crop for _, crop, _ in found]))
+        for (index, _, box), row in zip(found, probabilities):
+            best = int(np.argmax(row))
+            images[index].faces.append(FacePrediction(
+                box=tuple(int(value) for value in box),
+                label=model.classes[best],
+                probabilities={label: round(float(p), 6) for label, p in zip(model.classes, row)},
+            ))
+    return PredictReport(model=str(model.path), classes=model.classes, images=images, problems=problems)
+
+
+def annotate(report: PredictReport, folder: Path) -> list[Path]:
+    """Write a copy of each image with its faces boxed and labelled; returns the files."""
+    import cv2
+
+    from fercli.images import load_color
+    from fercli.store import atomic_write_bytes
+
+    written = []
+    names: set[str] = set()
+    for image in report.images:
+        if image.error:
+            continue
+        picture = load_color(Path(image.path))
+        thickness = max(1, round(max(picture.shape[:2]) / 400))
+        for face in image.faces:
+            x, y, width, height = face.box
+            cv2.rectangle(picture, (x, y), (x + width, y + height), (0, 200, 0), thickness)
+            text = f"{face.label} {face.probabilities[face.label]:.2f}"
+            cv2.putText(picture, text, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.5 * thickness, (0, 200, 0), thickness, cv2.LINE_AA)
+        name = Path(image.path).stem
+        while name in names:  # two photo.jpg from different folders
+            name += "_"
+        names.add(name)
+        ok, encoded = cv2.imencode(".png", picture)
+        if ok:
+            written.append(atomic_write_bytes(Path(folder) / f"{name}.png", encoded.tobytes()))
+    return written

@@ -1,0 +1,552 @@
+"""Training, augmentation and honest k-fold cross-validation.
+
+Inside a fold everything learned from data comes from its training part alone: the z-score
+statistics, the augmented images, the network. Folds run in worker processes (one
+TensorFlow thread each), which on a small network is about twice as fast on two cores as
+one process with two threads; TensorFlow is only ever imported in those workers and in
+`fer train`, never by the CLI itself.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import queue as queue_module
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fercli.config import NORMALISATIONS, PreprocessConfig, TrainConfig, canonical_label, fingerprint, label_order
+from fercli.errors import DatasetError, FerError
+from fercli.parallel import default_workers
+from fercli.store import PreparedDataset, atomic_write_bytes, atomic_write_json
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class Selection:
+    """The images of a dataset that take part, with integer targets."""
+
+    crops: np.ndarray  # (n, s, s) uint8
+    targets: np.ndarray  # (n,) int, indices into labels
+    labels: list[str]
+    subjects: np.ndarray  # (n,) str, "" where unknown
+    paths: np.ndarray
+
+    @property
+    def has_subjects(self) -> bool:
+        return len(self.subjects) > 0 and all(self.subjects)
+
+
+def select_classes(dataset: PreparedDataset, classes: tuple[str, ...] = ()) -> Selection:
+    """Keep the named classes of a dataset (all when none are named); DatasetError for an
+    unknown name or fewer than two classes."""
+    available = label_order(set(dataset.labels.tolist()))
+    if classes:
+        wanted = [canonical_label(name) for name in classes]
+        unknown = [name for name, label in zip(classes, wanted) if label not in available]
+        if unknown:
+            raise DatasetError(
+                f"unknown class {', '.join(map(repr, unknown))}; this dataset has {', '.join(available)}"
+            )
+        labels = label_order(set(wanted))
+    else:
+        labels = available
+    if len(labels) < 2:
+        raise DatasetError(f"training needs at least two classes; the selection has {', '.join(labels) or 'none'}")
+    keep = np.isin(dataset.labels, labels)
+    index = {label: position for position, label in enumerate(labels)}
+    return Selection(
+        crops=dataset.crops[keep],
+        targets=np.array([index[label] for label in dataset.labels[keep]], dtype=np.int64),
+        labels=labels,
+        subjects=dataset.subjects[keep],
+        paths=dataset.paths[keep],
+    )
+
+
+def normalisation(crops: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """z-score statistics of (training) crops: one mean and std, or one per pixel."""
+    values = crops.astype(np.float64)
+    if mode == "global":
+        mean, std = np.array(values.mean()), np.array(values.std())
+    elif mode == "pixel":
+        mean, std = values.mean(axis=0), values.std(axis=0)
+    else:
+        raise FerError(f"unknown normalisation {mode!r}; choose from {', '.join(NORMALISATIONS)}")
+    return mean, np.maximum(std, 1e-6)
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, max_rotation: float) -> np.ndarray:
+    """Random horizontal flips and rotations of up to max_rotation degrees (float32 in/out)."""
+    import cv2
+
+    count, size = len(images), images.shape[1]
+    flips = rng.random(count) < 0.5
+    angles = rng.uniform(-max_rotation, max_rotation, count)
+    centre = ((size - 1) / 2, (size - 1) / 2)
+    out = np.empty_like(images)
+    for index in range(count):
+        image = images[index, :, ::-1] if flips[index] else images[index]
+        rotation = cv2.getRotationMatrix2D(centre, float(angles[index]), 1.0)
+        out[index] = cv2.warpAffine(
+            np.ascontiguousarray(image), rotation, (size, size),
+            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
+        )
+    return out
+
+
+def _quiet_import_tensorflow():
+    """Import TensorFlow without the log lines its C++ core writes straight to stderr
+    (absl and oneDNN notices that TF_CPP_MIN_LOG_LEVEL no longer reaches)."""
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return tensorflow
+
+
+def configure_tensorflow(threads: int | None) -> None:
+    """Quiet, deterministic TensorFlow on a given number of threads; call before any op runs."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    tf = _quiet_import_tensorflow()
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass  # already initialised in this process (tests train several models)
+    tf.config.experimental.enable_op_determinism()
+
+
+def fit(
+    crops: np.ndarray,
+    targets: np.ndarray,
+    num_classes: int,
+    config: TrainConfig,
+    seed: int,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+):
+    """Train a network on uint8 crops; returns (keras model, mean, std).
+
+    on_epoch(epoch, loss, accuracy) is called after every epoch. Each epoch runs as one
+    TensorFlow graph call over all its batches, which removes most per-batch overhead.
+    """
+    import keras
+    import tensorflow as tf
+
+    from fercli.model import build_model, make_optimizer
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    mean, std = normalisation(crops, config.normalisation)
+    model = build_model(num_classes, config.variant, crops.shape[1])
+    optimizer = make_optimizer(config)
+    optimizer.build(model.trainable_variables)
+    loss_function = keras.losses.CategoricalCrossentropy()
+    batch_size = config.batch_size
+
+    @tf.function(reduce_retracing=True)
+    def run_epoch(x, y):
+        steps = (tf.shape(x)[0] + batch_size - 1) // batch_size
+        total_loss = tf.constant(0.0)
+        correct = tf.constant(0.0)
+        for step in tf.range(steps):
+            x_batch = x[step * batch_size : (step + 1) * batch_size]
+            y_batch = y[step * batch_size : (step + 1) * batch_size]
+            with tf.GradientTape() as tape:
+                predicted = model(x_batch, training=True)
+                loss = loss_function(y_batch, predicted)
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            size = tf.cast(tf.shape(x_batch)[0], tf.float32)
+            total_loss += loss * size
+            hits = tf.equal(tf.argmax(predicted, axis=1), tf.argmax(y_batch, axis=1))
+            correct += tf.reduce_sum(tf.cast(hits, tf.float32))
+        count = tf.cast(tf.shape(x)[0], tf.float32)
+        return total_loss / count, correct / count
+
+    images = crops.astype(np.float32)
+    one_hot = np.eye(num_classes, dtype=np.float32)[targets]
+    for epoch in range(1, config.epochs + 1):
+        order = rng.permutation(len(images))
+        batch = augment(images[order], rng, config.max_rotation) if config.augment else images[order]
+        x = ((batch - mean) / std).astype(np.float32)[..., np.newaxis]
+        loss, accuracy = run_epoch(tf.constant(x), tf.constant(one_hot[order]))
+        if on_epoch:
+            on_epoch(epoch, float(loss), float(accuracy))
+    return model, mean, std
+
+
+def keras_probabilities(model, crops: np.ndarray, mean: np.ndarray, std: np.ndarray, flip: bool = False) -> np.ndarray:
+    """Class probabilities from a Keras model for uint8 crops (batched, inference mode)."""
+    x = ((crops.astype(np.float32) - mean) / std).astype(np.float32)[..., np.newaxis]
+    probabilities = np.asarray(model(x, training=False))
+    if flip:
+        probabilities = (probabilities + np.asarray(model(x[:, :, ::-1], training=False))) / 2
+    return probabilities
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """The seed of one fold, so that a fold's numbers do not depend on which worker ran it."""
+    return (seed * 1_000_003 + fold) % 2**31
+
+
+def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds, shuffled with seed; by subject (no person on both sides) when group
+    is "subject". DatasetError where the data cannot be split so."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if folds < 2:
+        raise DatasetError("--folds must be at least 2")
+    counts = np.bincount(selection.targets, minlength=len(selection.labels))
+    if group == "subject":
+        if not selection.has_subjects:
+            raise DatasetError(
+                "--group subject needs the subject of every image, and this dataset's layout gives none "
+                "(subjects come from JAFFE names, CK+ folders or CK+-style file names)"
+            )
+        subjects = sorted(set(selection.subjects.tolist()))
+        if len(subjects) < folds:
+            raise DatasetError(f"--group subject with {folds} folds needs at least {folds} subjects; there are {len(subjects)}")
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        return list(splitter.split(selection.crops, selection.targets, groups=selection.subjects))
+    if group != "random":
+        raise DatasetError(f"unknown --group {group!r}; choose random or subject")
+    smallest = int(counts.argmin())
+    if counts[smallest] < folds:
+        raise DatasetError(
+            f"class {selection.labels[smallest]!r} has {counts[smallest]} images, fewer than the {folds} folds: "
+            "use fewer --folds or leave it out with --classes"
+        )
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(splitter.split(selection.crops, selection.targets))
+
+
+# State of a cross-validation worker process, set by _start_fold_worker.
+_worker: dict = {}
+
+
+def _start_fold_worker(events, crops, targets, num_classes, config: TrainConfig) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    configure_tensorflow(threads=1)
+    _worker.update(events=events, crops=crops, targets=targets, num_classes=num_classes, config=config)
+
+
+def _run_fold(fold: int, train_index: np.ndarray, test_index: np.ndarray) -> dict:
+    config: TrainConfig = _worker["config"]
+    crops, targets, events = _worker["crops"], _worker["targets"], _worker["events"]
+    started = time.perf_counter()
+
+    def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+        events.put({"kind": "epoch", "fold": fold, "epoch": epoch, "epochs": config.epochs,
+                    "loss": loss, "accuracy": accuracy})
+
+    model, mean, std = fit(crops[train_index], targets[train_index], _worker["num_classes"], config,
+                           fold_seed(config.seed, fold), on_epoch)
+    probabilities = keras_probabilities(model, crops[test_index], mean, std, config.test_time_flip)
+    return {"fold": fold, "probabilities": probabilities, "seconds": time.perf_counter() - started,
+            "mean": float(np.mean(mean)), "std": float(np.mean(std))}
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    accuracy: float
+    train_size: int
+    test_size: int
+    test_subjects: list[str]
+    seconds: float
+
+
+@dataclass
+class CrossvalReport:
+    """The outcome of a cross-validation, with the protocol it followed."""
+
+    dataset: dict
+    protocol: dict
+    labels: list[str]
+    folds: list[FoldResult]
+    confusion: np.ndarray
+    per_class: dict[str, dict[str, float]]
+    macro_f1: float
+    pooled_accuracy: float
+    warnings: list[str]
+    seconds: float
+    interrupted: bool = False
+    planned_folds: int = 0
+    predictions: list[dict] = field(default_factory=list)
+
+    @property
+    def accuracies(self) -> np.ndarray:
+        return np.array([fold.accuracy for fold in self.folds])
+
+    @property
+    def mean_accuracy(self) -> float:
+        return float(self.accuracies.mean()) if self.folds else math.nan
+
+    @property
+    def std_accuracy(self) -> float:
+        return float(self.accuracies.std()) if self.folds else math.nan
+
+    def to_json(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "protocol": self.protocol,
+            "labels": self.labels,
+            "folds": [fold.__dict__ for fold in self.folds],
+            "mean_accuracy": self.mean_accuracy,
+            "std_accuracy": self.std_accuracy,
+            "std_note": "population standard deviation of the fold accuracies (ddof=0)",
+            "pooled_accuracy": self.pooled_accuracy,
+            "macro_f1": self.macro_f1,
+            "per_class": self.per_class,
+            "confusion_matrix": self.confusion.tolist(),
+            "confusion_note": "rows: true class, columns: predicted class, summed over folds",
+            "warnings": self.warnings,
+            "seconds": round(self.seconds, 2),
+            "interrupted": self.interrupted,
+            "completed_folds": len(self.folds),
+            "planned_folds": self.planned_folds,
+        }
+
+
+def protocol_warnings(selection: Selection, group: str) -> list[str]:
+    """What a reader must know to judge the numbers of this protocol."""
+    notes = []
+    if group == "random":
+        if selection.has_subjects:
+            people = len(set(selection.subjects.tolist()))
+            notes.append(
+                f"random folds: the same people ({people} subjects) sit on both sides of every fold, "
+                "so this measures recognition of people the model has seen; --group subject measures new people"
+            )
+        else:
+            notes.append(
+                "random folds on images whose subjects are unknown: the same people may sit on both sides "
+                "of every fold, which flatters the accuracy"
+            )
+        names = [Path(path).name for path in selection.paths.tolist()]
+        sequences = [name.rsplit("_", 1)[0] for name in names if name.count("_") >= 2 and name.startswith("S")]
+        if sequences and len(set(sequences)) < len(sequences):
+            notes.append(
+                "several frames of one CK+ sequence are near-duplicates and fall into different folds"
+            )
+    return notes
+
+
+def cross_validate(
+    dataset: PreparedDataset,
+    config: TrainConfig,
+    folds: int = 10,
+    group: str = "random",
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> CrossvalReport:
+    """K-fold cross-validation. Ctrl-C stops it and returns the folds finished so far, with
+    interrupted set."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    started = time.perf_counter()
+    selection = select_classes(dataset, config.classes)
+    splits = make_folds(selection, folds, group, config.seed)
+    count = len(selection.labels)
+    workers = max(1, min(workers or default_workers(), len(splits)))
+    context = multiprocessing.get_context("spawn")
+    events = context.Queue()
+    results: dict[int, dict] = {}
+    interrupted = False
+    executor = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_start_fold_worker,
+        initargs=(events, selection.crops, selection.targets, count, config),
+    )
+    try:
+        pending = {executor.submit(_run_fold, index, train, test): index for index, (train, test) in enumerate(splits)}
+        while pending:
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(events, progress)
+            for future in done:
+                pending.pop(future)
+                result = future.result()
+                results[result["fold"]] = result
+                if progress:
+                    accuracy = _accuracy(result, selection, splits)
+                    progress({"kind": "fold", "fold": result["fold"], "folds": len(splits), "accuracy": accuracy})
+        _drain(events, progress)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BrokenProcessPool:
+        raise FerError("a training process died (out of memory, or killed); nothing was saved") from None
+    finally:
+        _stop(executor, interrupted)
+        events.close()
+
+    fold_results, true, predicted, rows = [], [], [], []
+    for index in sorted(results):
+        train_index, test_index = splits[index]
+        guesses = results[index]["probabilities"].argmax(axis=1)
+        truth = selection.targets[test_index]
+        true.append(truth)
+        predicted.append(guesses)
+        fold_results.append(FoldResult(
+            fold=index + 1,
+            accuracy=float(np.mean(guesses == truth)),
+            train_size=len(train_index),
+            test_size=len(test_index),
+            test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""}) if group == "subject" else [],
+            seconds=round(results[index]["seconds"], 2),
+        ))
+        rows.extend({"path": str(selection.paths[i]), "fold": index + 1, "true": selection.labels[t],
+                     "predicted": selection.labels[g]} for i, t, g in zip(test_index, truth, guesses))
+    true_all = np.concatenate(true) if true else np.zeros(0, int)
+    predicted_all = np.concatenate(predicted) if predicted else np.zeros(0, int)
+    matrix = confusion_matrix(true_all, predicted_all, labels=range(count)) if true else np.zeros((count, count), int)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true_all, predicted_all, labels=range(count), zero_division=0
+    ) if true else (np.zeros(count),) * 4
+    per_class = {
+        label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        for i, label in enumerate(selection.labels)
+    }
+    subjects = sorted(set(selection.subjects.tolist()) - {""})
+    return CrossvalReport(
+        dataset={"name": dataset.name, "path": str(dataset.location), "layout": dataset.meta.get("layout"),
+                 "source": dataset.meta.get("source"), "images": len(selection.crops), "subjects": len(subjects),
+                 "fingerprint": data_fingerprint(selection)},
+        protocol={"folds": folds, "group": group, "classes": selection.labels, "workers": workers,
+                  "training": config.to_dict(), "preprocess": dataset.meta.get("preprocess")},
+        labels=selection.labels,
+        folds=fold_results,
+        confusion=np.asarray(matrix),
+        per_class=per_class,
+        macro_f1=float(np.mean(f1)) if true else math.nan,
+        pooled_accuracy=float(np.mean(true_all == predicted_all)) if true else math.nan,
+        warnings=protocol_warnings(selection, group),
+        seconds=time.perf_counter() - started,
+        interrupted=interrupted,
+        planned_folds=len(splits),
+        predictions=rows,
+    )
+
+
+def _accuracy(result: dict, selection: Selection, splits) -> float:
+    test_index = splits[result["fold"]][1]
+    return float(np.mean(result["probabilities"].argmax(axis=1) == selection.targets[test_index]))
+
+
+def _drain(events, progress: Progress | None) -> None:
+    while True:
+        try:
+            event = events.get_nowait()
+        except (queue_module.Empty, OSError, ValueError):
+            return
+        if progress:
+            progress(event)
+
+
+def _stop(executor: ProcessPoolExecutor, kill: bool) -> None:
+    if kill:
+        # Workers ignore SIGINT; stop them now rather than after their current fold.
+        for process in list(getattr(executor, "_processes", {}).values()):
+            process.terminate()
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+def data_fingerprint(selection: Selection) -> str:
+    """Identifies the exact training data: crops, labels and class order."""
+    import hashlib
+
+    digest = hashlib.sha256(selection.crops.tobytes())
+    digest.update(selection.targets.tobytes())
+    return fingerprint({"crops": digest.hexdigest(), "labels": selection.labels})
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    classes: list[str]
+    images: int
+    epochs: int
+    loss: float
+    accuracy: float
+    seconds: float
+    runtime_difference: float  # largest |numpy runtime - Keras| probability on the training crops
+
+
+def train_model(
+    dataset: PreparedDataset,
+    config: TrainConfig,
+    output: Path,
+    progress: Progress | None = None,
+    threads: int | None = None,
+) -> TrainResult:
+    """Train on every selected image of a dataset and save the model file predict reads."""
+    from fercli.model import load_model, save_model
+
+    started = time.perf_counter()
+    selection = select_classes(dataset, config.classes)
+    configure_tensorflow(threads)
+    last = {"loss": math.nan, "accuracy": math.nan}
+
+    def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+        last.update(loss=loss, accuracy=accuracy)
+        if progress:
+            progress({"kind": "epoch", "fold": 0, "epoch": epoch, "epochs": config.epochs, "loss": loss, "accuracy": accuracy})
+
+    model, mean, std = fit(selection.crops, selection.targets, len(selection.labels), config, config.seed, on_epoch)
+    preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
+    extra = {"test_time_flip": config.test_time_flip, "data_fingerprint": data_fingerprint(selection),
+             "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops)}}
+    save_model(output, model, selection.labels, mean, std, preprocess, config, extra)
+    # The exported file must give what Keras gives: check on a sample before anyone relies on it.
+    sample = selection.crops[:64]
+    exported = load_model(output).predict_proba(sample)
+    expected = keras_probabilities(model, sample, mean, std, config.test_time_flip)
+    difference = float(np.abs(exported - expected).max())
+    if difference > 1e-4:
+        output.unlink(missing_ok=True)
+        raise FerError(f"the exported model disagrees with Keras by {difference:.2g}; nothing was saved (a bug: please report it)")
+    return TrainResult(
+        path=output, classes=selection.labels, images=len(selection.crops), epochs=config.epochs,
+        loss=last["loss"], accuracy=last["accuracy"], seconds=time.perf_counter() - started,
+        runtime_difference=difference,
+    )
+
+
+def save_crossval(report: CrossvalReport, folder: Path) -> dict[str, Path]:
+    """Write report.json, confusion.png and predictions.csv of a cross-validation."""
+    import csv
+    import io
+
+    from fercli.report import confusion_image
+
+    files = {"report": atomic_write_json(folder / "report.json", report.to_json())}
+    group = "subject" if report.protocol["group"] == "subject" else "random"
+    title = (f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds ({group}), "
+             f"{report.mean_accuracy:.1%} +/- {report.std_accuracy:.1%}")
+    files["confusion"] = confusion_image(report.confusion, report.labels, folder / "confusion.png", title)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["path", "fold", "true", "predicted"])
+    writer.writeheader()
+    writer.writerows(report.predictions)
+    files["predictions"] = atomic_write_bytes(folder / "predictions.csv", text.getvalue().encode())
+    return files
