@@ -155,9 +155,14 @@ def _align_detection(gray: np.ndarray, box, score: float, config: PreprocessConf
         crop, transform, angle = align_face(gray, landmarks, config)
     except NoFaceError:
         return None
+    # dlib reports boxes of faces cut by the edge partly outside the image; clip them so that
+    # image[y:y+h, x:x+w] is the face, not a wrapped slice.
+    height, width = gray.shape
+    left, top = max(0, box.left()), max(0, box.top())
+    right, bottom = min(width, box.right() + 1), min(height, box.bottom() + 1)
     return AlignedFace(
         crop=crop,
-        box=(box.left(), box.top(), box.width(), box.height()),
+        box=(left, top, max(0, right - left), max(0, bottom - top)),
         score=score,
         angle=angle,
         transform=transform,

@@ -75,9 +75,14 @@ class CropCache:
     def get(self, key: str) -> CacheEntry | None:
         """The cached result for a content key, or None (also for an unreadable entry)."""
         try:
-            return CacheEntry.from_json(json.loads(self._path(key).read_bytes()))
+            entry = CacheEntry.from_json(json.loads(self._path(key).read_bytes()))
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        # A damaged entry can still parse; a crop of the wrong size would break the dataset.
+        size = self.config.crop_size
+        if entry.crop is not None and entry.crop.shape != (size, size):
+            return None
+        return entry
 
     def put(self, key: str, entry: CacheEntry) -> None:
         """Store a result atomically; StoreError if the cache cannot be written."""

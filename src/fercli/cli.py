@@ -32,9 +32,12 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def shown(path: object) -> str:
-    """A path as one printable line: control characters and undecodable bytes escaped."""
+    """A path or message as one printable line for rich: control characters, undecodable
+    bytes and rich markup ("[bold]" in a file name) escaped."""
+    from rich.markup import escape
+
     text = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+    return escape("".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text))
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -216,13 +219,13 @@ def train(
 ) -> None:
     """Train the network on every image of a preprocessed dataset and save a model for predict."""
     with user_errors():
-        from fercli.store import check_writable, models_dir, resolve_dataset, timestamp
+        from fercli.store import check_writable, models_dir, resolve_dataset, timestamp, unused_path
         from fercli.training import train_model
 
         config = train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
                               max_rotation, normalisation, flip_tta)
         prepared = resolve_dataset(dataset)
-        output = output or models_dir() / f"{prepared.name}-{timestamp()}.npz"
+        output = output or unused_path(models_dir() / f"{prepared.name}-{timestamp()}.npz")
         check_writable(output.parent)
         bar, _ = progress_bar("training")
         task = bar.tasks[0].id
@@ -257,13 +260,13 @@ def crossval(
 ) -> None:
     """K-fold cross-validation on a preprocessed dataset, with an honest report."""
     with user_errors():
-        from fercli.store import check_writable, resolve_dataset, runs_dir, timestamp
+        from fercli.store import check_writable, resolve_dataset, runs_dir, timestamp, unused_path
         from fercli.training import cross_validate, save_crossval
 
         config = train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
                               max_rotation, normalisation, flip_tta)
         prepared = resolve_dataset(dataset)
-        output = output or runs_dir() / f"crossval-{prepared.name}-{timestamp()}"
+        output = output or unused_path(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
         check_writable(output)
         bar, _ = progress_bar("starting")
         task = bar.tasks[0].id
@@ -338,8 +341,11 @@ def predict(
         raise fail("choose one of --json and --csv")
     with user_errors():
         from fercli.predict import annotate, predict_paths, resolve_model
+        from fercli.store import check_writable
 
         loaded = resolve_model(model)
+        if annotate_dir:
+            check_writable(annotate_dir)
         bar, update = progress_bar("predicting")
         quiet = as_json or as_csv or len(paths) == 1 and not Path(paths[0]).is_dir()
         with bar if not quiet else contextlib.nullcontext():

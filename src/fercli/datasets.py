@@ -81,18 +81,31 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def _files_under(folder: Path) -> list[Path]:
-    """Every visible regular file below a folder, sorted, without following folder links."""
+def _files_under(folder: Path, skipped: list[Skipped] | None = None) -> list[Path]:
+    """Every visible regular file below a folder, sorted, without following folder links.
+
+    Sub-folders that cannot be read are added to skipped (when given) rather than passed
+    over in silence: their images would otherwise just be missing from the dataset.
+    """
+
+    def unreadable(error: OSError) -> None:
+        if skipped is not None:
+            skipped.append(Skipped(str(error.filename), f"cannot read the folder: {error.strerror or error}"))
+
     found = []
-    for directory, subdirectories, names in os.walk(folder):
+    for directory, subdirectories, names in os.walk(folder, onerror=unreadable):
         subdirectories[:] = sorted(name for name in subdirectories if _visible(name))
         found.extend(Path(directory) / name for name in names if _visible(name))
     return sorted(found)
 
 
 def _child(folder: Path, name: str) -> Path | None:
-    """A sub-folder by name, ignoring case."""
-    for entry in folder.iterdir():
+    """A sub-folder by name, ignoring case (None also when the folder cannot be read)."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return None
+    for entry in entries:
         if entry.is_dir() and entry.name.lower() == name.lower():
             return entry
     return None
@@ -159,7 +172,7 @@ def scan_dataset(root: Path, options: ScanOptions = ScanOptions()) -> Scan:
 
 def _scan_jaffe(root: Path, options: ScanOptions) -> Scan:
     records, skipped = [], []
-    for path in _files_under(root):
+    for path in _files_under(root, skipped):
         if path.parent != root:
             skipped.append(Skipped(str(path), "in a sub-folder; JAFFE is one flat folder"))
             continue
@@ -196,7 +209,7 @@ def _scan_ck(root: Path, options: ScanOptions) -> Scan:
     images_root, emotion_root = _child(base, CK_IMAGES), _child(base, CK_EMOTION)
     records, skipped = [], []
     sequences = 0
-    for emotion_file in _files_under(emotion_root):
+    for emotion_file in _files_under(emotion_root, skipped):
         if not emotion_file.name.endswith("_emotion.txt"):
             continue
         relative = emotion_file.parent.relative_to(emotion_root)
@@ -206,7 +219,7 @@ def _scan_ck(root: Path, options: ScanOptions) -> Scan:
             skipped.append(Skipped(str(emotion_file), str(error)))
             continue
         frames_dir = images_root / relative
-        frames = _files_under(frames_dir) if frames_dir.is_dir() else []
+        frames = _files_under(frames_dir, skipped) if frames_dir.is_dir() else []
         if not frames:
             skipped.append(Skipped(str(emotion_file), f"no frames in {frames_dir}"))
             continue
@@ -224,7 +237,7 @@ def _scan_ck(root: Path, options: ScanOptions) -> Scan:
 
 def _scan_folders(root: Path, options: ScanOptions) -> Scan:
     records, skipped = [], []
-    for path in _files_under(root):
+    for path in _files_under(root, skipped):
         relative = path.relative_to(root)
         if len(relative.parts) < 2:
             skipped.append(Skipped(str(path), "not in a class folder"))
@@ -240,7 +253,7 @@ def discover_images(paths: list[Path]) -> tuple[list[Path], list[Skipped]]:
     files, problems = [], []
     for path in map(Path, paths):
         if path.is_dir():
-            inside = _files_under(path)
+            inside = _files_under(path, problems)
             if not inside:
                 problems.append(Skipped(str(path), "folder has no files"))
             files.extend(inside)

@@ -7,9 +7,11 @@ read from the header and checked against a pixel limit before anything is decode
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import struct
+import sys
 from pathlib import Path
 
 # OpenCV's own backstop for formats whose header we do not parse; it must be set before
@@ -168,6 +170,25 @@ def _check_complete(data: bytes, image_format: str) -> None:
             raise ImageError("truncated JPEG (no end-of-image marker after the image data)")
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence what C decoders print straight to the process's stderr ("libpng error: IDAT:
+    CRC error"); the caller reports the failure as one line of its own."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield  # no usable stderr to protect
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def read_file(path: Path) -> bytes:
     """A file's bytes, refusing empty, huge and unreadable files with a reason."""
     try:
@@ -209,7 +230,8 @@ def decode_gray(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """
     image_format = check_image(data, max_pixels)
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH)
+        with _quiet_stderr():
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH)
     except cv2.error:
         image = None
     if image is None or image.size == 0:
@@ -240,7 +262,8 @@ def load_color(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     data = read_file(Path(path))
     image_format = check_image(data, max_pixels)
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        with _quiet_stderr():
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:
         image = None
     if image is None:

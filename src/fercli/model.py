@@ -280,10 +280,18 @@ def load_model(path: Path) -> FerModel:
         )
     try:
         preprocess = PreprocessConfig.from_dict(meta["preprocess"])
-        if meta.get("align_version") != ALIGN_VERSION or meta["preprocess_fingerprint"] != preprocess.fingerprint():
+        if meta.get("align_version") != ALIGN_VERSION:
             raise ModelError(
                 f"{path}: the model was trained on crops from alignment version {meta.get('align_version')}, "
                 f"this fercli aligns with version {ALIGN_VERSION}: retrain it with `fer train`"
+            )
+        if meta["preprocess_fingerprint"] != preprocess.fingerprint():
+            saved = meta["preprocess"]
+            current = preprocess.to_dict()
+            differing = sorted(set(saved) ^ set(current) | {k for k in saved if k in current and saved[k] != current[k]})
+            raise ModelError(
+                f"{path}: the model's preprocessing settings ({', '.join(differing) or 'their fingerprint'}) "
+                "differ from what this fercli can reproduce: retrain it with `fer train`"
             )
         network = NumpyNetwork(meta["layers"], {key: arrays[key] for spec in meta["layers"] for key in spec["weights"]})
         model = FerModel(

@@ -52,11 +52,22 @@ def run_tasks(function: Callable[[Any, Any], Any], tasks: list, shared: Any, wor
         for task in tasks:
             yield function(task, shared)
         return
-    pool = _context().Pool(workers, initializer=_start, initargs=(function, shared))
+    import cv2
+
+    # A forked worker inherits OpenCV's thread pool without its threads and can hang for
+    # ever in its first OpenCV call (cv2.setNumThreads in _start) if this process had used
+    # those threads. Stopping them while the pool lives (it may fork replacements) gives
+    # every worker a clean, single-threaded OpenCV.
+    opencv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     try:
-        chunk = max(1, min(16, len(tasks) // (workers * 8)))
-        yield from pool.imap_unordered(_call, tasks, chunksize=chunk)
-        pool.close()
+        pool = _context().Pool(workers, initializer=_start, initargs=(function, shared))
+        try:
+            chunk = max(1, min(16, len(tasks) // (workers * 8)))
+            yield from pool.imap_unordered(_call, tasks, chunksize=chunk)
+            pool.close()
+        finally:
+            pool.terminate()
+            pool.join()
     finally:
-        pool.terminate()
-        pool.join()
+        cv2.setNumThreads(opencv_threads)

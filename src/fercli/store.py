@@ -63,6 +63,16 @@ def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
+def unused_path(path: Path) -> Path:
+    """path, or path with -2, -3, ... before its suffix if that name is taken (two runs in
+    the same second must not overwrite each other)."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate
+
+
 def slug(text: str) -> str:
     """A file-name-safe version of a name."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")

@@ -309,16 +309,21 @@ class CrossvalReport:
         return float(self.accuracies.std()) if self.folds else math.nan
 
     def to_json(self) -> dict:
+        """The report as standard JSON: figures that do not exist yet (no fold finished) are null."""
+
+        def number(value: float) -> float | None:
+            return None if math.isnan(value) else value
+
         return {
             "dataset": self.dataset,
             "protocol": self.protocol,
             "labels": self.labels,
             "folds": [fold.__dict__ for fold in self.folds],
-            "mean_accuracy": self.mean_accuracy,
-            "std_accuracy": self.std_accuracy,
+            "mean_accuracy": number(self.mean_accuracy),
+            "std_accuracy": number(self.std_accuracy),
             "std_note": "population standard deviation of the fold accuracies (ddof=0)",
-            "pooled_accuracy": self.pooled_accuracy,
-            "macro_f1": self.macro_f1,
+            "pooled_accuracy": number(self.pooled_accuracy),
+            "macro_f1": number(self.macro_f1),
             "per_class": self.per_class,
             "confusion_matrix": self.confusion.tolist(),
             "confusion_note": "rows: true class, columns: predicted class, summed over folds",

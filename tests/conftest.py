@@ -1,0 +1,148 @@
+"""Shared fixtures: a private FER_HOME for every test, the test photo, and small dataset trees
+made from real faces (variants of the photo), so that dlib really has something to find."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+DATA = Path(__file__).parent / "data"
+# The face of the test photo, roughly; resized to 256x256 it is a JAFFE-sized portrait.
+FACE_BOX = (120, 20, 330, 230)  # x0, y0, x1, y1
+# A tight box around the face: at 48x48 (CK+48 size) dlib finds it only after upsampling.
+TIGHT_FACE_BOX = (160, 60, 290, 190)
+
+
+@pytest.fixture(autouse=True)
+def fer_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own FER_HOME, so that no test reads or writes the real one."""
+    home = tmp_path / "fer-home"
+    monkeypatch.setenv("FER_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def astronaut_path() -> Path:
+    """The public-domain test photo: 512x512 RGB, one frontal face (see tests/data/NOTICE.md)."""
+    return DATA / "astronaut.png"
+
+
+@pytest.fixture(scope="session")
+def astronaut_gray(astronaut_path: Path) -> np.ndarray:
+    image = cv2.imread(str(astronaut_path), cv2.IMREAD_GRAYSCALE)
+    assert image is not None and image.shape == (512, 512)
+    return image
+
+
+def crop_box(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    return cv2.resize(image[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
+
+
+def face_variant(photo: np.ndarray, index: int, size: int = 256, box=FACE_BOX) -> np.ndarray:
+    """A distinct (different bytes for each index) but recognisable face: the photo's face,
+    mirrored for odd indices and a little brighter or darker."""
+    face = crop_box(photo, box, size)
+    if index % 2:
+        face = face[:, ::-1]
+    shift = (index // 2) * 3 - 6
+    return np.clip(face.astype(np.int16) + shift, 0, 255).astype(np.uint8)
+
+
+def write_image(path: Path, image: np.ndarray, ext: str | None = None) -> Path:
+    """Write an image with OpenCV, in the format of ext (default: the file's suffix).
+
+    Encoded in memory so that names OpenCV's own file functions trip on (no suffix,
+    non-ASCII) work too.
+    """
+    ok, encoded = cv2.imencode(ext or path.suffix or ".png", image)
+    assert ok
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encoded.tobytes())
+    return path
+
+
+@pytest.fixture
+def faces(astronaut_gray: np.ndarray) -> Callable[..., np.ndarray]:
+    """faces(index, size=256): the index-th distinct face image."""
+    return lambda index, size=256: face_variant(astronaut_gray, index, size)
+
+
+@pytest.fixture
+def no_face_image(astronaut_gray: np.ndarray) -> np.ndarray:
+    """A real photo region without a face (the suit and background below the face)."""
+    return np.ascontiguousarray(astronaut_gray[300:512, 300:512])
+
+
+@pytest.fixture
+def make_jaffe(tmp_path: Path, faces) -> Callable[..., Path]:
+    """make_jaffe(names, folder="jaffe"): a flat JAFFE folder, one face per file name."""
+
+    def make(names: list[str], folder: str = "jaffe") -> Path:
+        root = tmp_path / folder
+        root.mkdir(parents=True, exist_ok=True)
+        for index, name in enumerate(names):
+            write_image(root / name, faces(index), ".tiff")
+        return root
+
+    return make
+
+
+@pytest.fixture
+def make_ck(tmp_path: Path, faces) -> Callable[..., Path]:
+    """make_ck({(subject, sequence): (frames, emotion text or None)}, folder="ckplus"):
+    a CK+ tree, cohn-kanade-images/S005/001/S005_001_00000001.png ... and
+    Emotion/S005/001/S005_001_<last>_emotion.txt where the text is given."""
+
+    def make(
+        sequences: dict[tuple[str, str], tuple[int, str | None]], folder: str = "ckplus"
+    ) -> Path:
+        root = tmp_path / folder
+        images, emotion = root / "cohn-kanade-images", root / "Emotion"
+        images.mkdir(parents=True, exist_ok=True)
+        emotion.mkdir(parents=True, exist_ok=True)
+        index = 0
+        for (subject, sequence), (frames, text) in sequences.items():
+            for frame in range(1, frames + 1):
+                name = f"{subject}_{sequence}_{frame:08d}.png"
+                write_image(images / subject / sequence / name, faces(index))
+                index += 1
+            if text is not None:
+                label_file = (
+                    emotion / subject / sequence / f"{subject}_{sequence}_{frames:08d}_emotion.txt"
+                )
+                label_file.parent.mkdir(parents=True, exist_ok=True)
+                label_file.write_text(text)
+        return root
+
+    return make
+
+
+@pytest.fixture
+def make_folders(tmp_path: Path, faces) -> Callable[..., Path]:
+    """make_folders({class: [file names]}, folder="classes"): <class>/<image> folders, one
+    distinct face per file (PNG bytes whatever the name says)."""
+
+    def make(classes: dict[str, list[str]], folder: str = "classes") -> Path:
+        root = tmp_path / folder
+        root.mkdir(parents=True, exist_ok=True)
+        index = 0
+        for label, names in classes.items():
+            for name in names:
+                write_image(root / label / name, faces(index), ".png")
+                index += 1
+        return root
+
+    return make
+
+
+@pytest.fixture
+def not_root() -> None:
+    """Skip a test of permission errors when running as root, who may read and write anything."""
+    if os.geteuid() == 0:
+        pytest.skip("running as root, who is not stopped by file permissions")

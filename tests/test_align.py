@@ -1,0 +1,102 @@
+"""Alignment on the real test photo with real dlib: level eyes, a crop that holds the face."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import TIGHT_FACE_BOX, crop_box
+from fercli.align import align_largest, eye_centres, find_faces
+from fercli.config import CROP_SIZE, PreprocessConfig
+from fercli.errors import NoFaceError
+
+
+def rotate(image: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image rotated about its centre (counter-clockwise for positive degrees), and the
+    2x3 map from original to rotated pixel coordinates."""
+    height, width = image.shape
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    rotated = cv2.warpAffine(
+        image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    return rotated, matrix
+
+
+def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+@pytest.fixture(scope="module")
+def reference(astronaut_gray):
+    """The unrotated photo's alignment and its eye centres (input-image pixels)."""
+    face, _ = align_largest(astronaut_gray, PreprocessConfig())
+    return face, np.array(eye_centres(face.landmarks))
+
+
+def test_unrotated_photo_eyes_where_the_notice_says(reference):
+    face, eyes = reference
+    np.testing.assert_allclose(eyes, [[203, 101], [246, 104]], atol=3)
+    assert face.crop.shape == (CROP_SIZE, CROP_SIZE) and face.crop.dtype == np.uint8
+    assert 1 < face.angle < 5  # the eyes are tilted about 3 degrees in the photo
+
+
+@pytest.mark.parametrize("degrees", [-20, -10, 10, 20])
+def test_rotated_photo_comes_out_with_level_eyes_and_the_face_in_the_crop(
+    astronaut_gray, reference, degrees
+):
+    reference_face, reference_eyes = reference
+    rotated, rotation = rotate(astronaut_gray, degrees)
+
+    face, _ = align_largest(rotated, PreprocessConfig())
+
+    # The true eye centres (from the unrotated photo, not from this detection) in crop pixels.
+    left, right = apply(face.transform, apply(rotation, reference_eyes))
+    tilt = math.degrees(math.atan2(right[1] - left[1], right[0] - left[0]))
+    assert abs(tilt) < 1.0, (
+        f"eye line tilted {tilt:.2f} degrees after aligning a {degrees} degree rotation"
+    )
+    for x, y in (left, right):
+        assert 0 <= x < CROP_SIZE and 0 <= y < CROP_SIZE / 2, (
+            f"eye centre ({x:.1f}, {y:.1f}) not in the upper half"
+        )
+    assert left[0] < CROP_SIZE / 2 < right[0]
+    # The detected tilt undoes the rotation (plus the photo's own ~3 degrees).
+    assert face.angle == pytest.approx(reference_face.angle - degrees, abs=3)
+    # Same face, same framing: measured correlations are 0.96-0.996 for these angles.
+    correlation = np.corrcoef(
+        face.crop.ravel().astype(float), reference_face.crop.ravel().astype(float)
+    )[0, 1]
+    assert correlation > 0.9
+
+
+def test_two_faces_side_by_side_are_both_found(astronaut_gray):
+    pair = np.hstack([astronaut_gray, astronaut_gray])
+
+    found = find_faces(pair, PreprocessConfig())
+
+    assert len(found) == 2
+    left_x = sorted(face.box[0] for face in found)
+    assert left_x[0] < 512 <= left_x[1]
+    face, count = align_largest(pair, PreprocessConfig())
+    assert count == 2 and face.crop.shape == (CROP_SIZE, CROP_SIZE)
+
+
+def test_blank_image_has_no_face():
+    with pytest.raises(NoFaceError, match="no face found"):
+        align_largest(np.full((256, 256), 128, np.uint8), PreprocessConfig())
+
+
+def test_small_precropped_face_is_found_only_with_upsampling(astronaut_gray):
+    small = crop_box(astronaut_gray, TIGHT_FACE_BOX, 48)  # CK+48-sized
+
+    with pytest.raises(NoFaceError, match="tried upsampling 0"):
+        align_largest(small, PreprocessConfig(upsample_tries=(0,)))
+    face, count = align_largest(small, PreprocessConfig())
+
+    assert count == 1
+    assert face.crop.shape == (CROP_SIZE, CROP_SIZE)
+    left, right = apply(face.transform, np.array(eye_centres(face.landmarks)))
+    assert abs(left[1] - right[1]) < 0.5 and left[0] < right[0]

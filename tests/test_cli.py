@@ -1,0 +1,474 @@
+"""The `fer` command as a user meets it: train, crossval and predict, output and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fercli.cli import app
+from fercli.config import TrainConfig
+from fercli.model import load_model
+from fercli.store import models_dir
+from fercli.training import train_model
+from synthetic import make_dataset, save_synthetic
+
+CLASSES = ["anger", "happiness", "surprise", "neutral"]
+FER = Path(sys.executable).parent / "fer"
+
+runner = CliRunner()
+
+
+def fer(*args: str):
+    """Run `fer ARGS` in this process; the result has exit_code, stdout and stderr."""
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def fer_process(
+    *args: str, timeout: float = 120, python_flags: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Run `python -m fercli ARGS` in a fresh process, as a user's shell would."""
+    command = [sys.executable, *python_flags, "-m", "fercli", *map(str, args)]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(result) -> str:
+    """The single red line a refusal prints; fails on tracebacks or extra lines."""
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.fixture
+def dataset(fer_home) -> Path:
+    """A small synthetic dataset, saved where the CLI looks for the most recent one."""
+    return save_synthetic(make_dataset(labels=tuple(CLASSES), subjects=4))
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("model") / "tiny.npz"
+    train_model(make_dataset(labels=tuple(CLASSES), subjects=4), TrainConfig(epochs=2), output)
+    return output
+
+
+@pytest.fixture
+def photos(astronaut_path, tmp_path) -> dict[str, Path]:
+    """The test photo, two faces side by side, a blank image, a corrupt PNG."""
+    photo = cv2.imread(str(astronaut_path))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = {"one": folder / "one.png", "two": folder / "two.png", "blank": folder / "blank.png"}
+    cv2.imwrite(str(paths["one"]), photo)
+    cv2.imwrite(str(paths["two"]), np.hstack([photo, photo]))
+    cv2.imwrite(str(paths["blank"]), np.full((200, 300, 3), 128, np.uint8))
+    paths["corrupt"] = tmp_path / "corrupt.png"
+    paths["corrupt"].write_bytes(astronaut_path.read_bytes()[:3000])
+    return paths
+
+
+# --- fer train ---------------------------------------------------------------------------
+
+
+def test_train_saves_a_model_and_says_where(dataset, fer_home):
+    result = fer("train", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    saved = [line for line in result.stdout.splitlines() if line.startswith("model saved to ")]
+    assert len(saved) == 1
+    path = Path(saved[0].removeprefix("model saved to "))
+    assert path.parent == fer_home / "models" and path.suffix == ".npz" and path.is_file()
+    assert "trained on 64 images" in result.stdout and "not a test score" in result.stdout
+    model = load_model(path)
+    assert model.classes == CLASSES and model.meta["training"]["epochs"] == 2
+    # Written to a temporary name, then renamed: nothing else is left in the folder.
+    assert sorted(entry.name for entry in path.parent.iterdir()) == [path.name]
+
+
+def test_train_json_and_output_option(dataset, tmp_path):
+    output = tmp_path / "mine.npz"
+    result = fer(
+        "train", "--epochs", "1", "--classes", "happy,surprise", "--output", output, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["model"] == str(output) and output.is_file()
+    assert summary["classes"] == ["happiness", "surprise"] and summary["images"] == 32
+    assert summary["runtime_difference"] <= 1e-5
+    assert not models_dir().exists()
+
+
+def test_train_refuses_an_unwritable_output_before_training(dataset, tmp_path, fer_home):
+    not_a_folder = tmp_path / "file.txt"
+    not_a_folder.write_text("x")
+    # In a fresh process, so that we can see that TensorFlow was never imported: the
+    # refusal comes before any training.
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from fercli.cli import app\n"
+        f"arguments = ['train', '--epochs', '1', '--output', {str(not_a_folder / 'm.npz')!r}]\n"
+        "result = CliRunner().invoke(app, arguments)\n"
+        "print(result.exit_code)\n"
+        "print(result.stderr.strip())\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60
+    )
+    code, message, imported = process.stdout.strip().splitlines()
+    assert code == "1" and imported == "False"
+    assert message.startswith("error: cannot write ") and "file.txt" in message
+    assert not (fer_home / "models").exists()
+
+
+def test_train_refuses_an_unwritable_fer_home(tmp_path, monkeypatch, dataset):
+    # The dataset is named by its path; FER_HOME, where the model would go, is a file.
+    blocked = tmp_path / "home-is-a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("FER_HOME", str(blocked))
+    line = one_error_line(fer("train", dataset, "--epochs", "1"))
+    assert "cannot write" in line and "FER_HOME" in line
+
+
+def test_train_without_a_dataset_says_to_preprocess():
+    line = one_error_line(fer("train", "--epochs", "1"))
+    assert "no preprocessed dataset" in line and "fer preprocess DATASET_DIR" in line
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_train_leaves_no_model_file(dataset, fer_home):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fercli", "train", "--epochs", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(8)  # importing TensorFlow takes ~4 s; after that it trains
+    assert process.poll() is None
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "error: interrupted"
+    assert "model saved" not in stdout
+    models = fer_home / "models"
+    assert not models.exists() or list(models.iterdir()) == []
+
+
+# --- fer crossval ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_crossval_json_report(dataset, fer_home):
+    process = fer_process("crossval", "--folds", "3", "--epochs", "2", "--json")
+    assert process.returncode == 0, process.stderr
+    report = json.loads(process.stdout)  # stdout is the JSON and nothing else
+    assert len(report["folds"]) == 3
+    assert all(0 <= fold["accuracy"] <= 1 for fold in report["folds"])
+    assert report["mean_accuracy"] == pytest.approx(
+        np.mean([fold["accuracy"] for fold in report["folds"]])
+    )
+    assert report["std_accuracy"] == pytest.approx(
+        np.std([fold["accuracy"] for fold in report["folds"]])
+    )
+    assert report["labels"] == CLASSES
+    assert np.array(report["confusion_matrix"]).sum() == 64
+    assert report["protocol"]["folds"] == 3 and report["protocol"]["group"] == "random"
+    assert report["protocol"]["training"]["epochs"] == 2
+    assert any("same people (4 subjects)" in warning for warning in report["warnings"])
+    files = {name: Path(path) for name, path in report["files"].items()}
+    assert all(path.parent.parent == fer_home / "runs" for path in files.values())
+    assert json.loads(files["report"].read_text())["folds"] == report["folds"]
+    assert cv2.imread(str(files["confusion"])) is not None
+    rows = list(csv.DictReader(io.StringIO(files["predictions"].read_text())))
+    assert len(rows) == 64 and set(rows[0]) == {"path", "fold", "true", "predicted"}
+    # No TensorFlow log lines or tracebacks from the workers.
+    assert "Traceback" not in process.stderr and "I0000" not in process.stderr
+
+
+def test_crossval_with_an_unknown_class_is_one_line(dataset):
+    result = fer("crossval", "--folds", "3", "--epochs", "1", "--classes", "anger,joyful")
+    line = one_error_line(result)
+    assert (
+        line
+        == "error: unknown class 'joyful'; this dataset has anger, happiness, surprise, neutral"
+    )
+    assert result.exit_code == 1 and result.stdout == ""
+
+
+def test_crossval_without_a_dataset_says_to_preprocess(fer_home):
+    line = one_error_line(fer("crossval", "--folds", "3", "--epochs", "1"))
+    assert "run `fer preprocess DATASET_DIR` first" in line
+
+
+def test_crossval_refusals_are_one_line(dataset):
+    for args, expected in [
+        (["--folds", "20"], "fewer than the 20 folds"),
+        (["--folds", "5", "--group", "subject"], "needs at least 5 subjects; there are 4"),
+        (["--variant", "huge"], "--variant 'huge' is not one of paper"),
+        (["no-such-dataset"], "no-such-dataset: no such preprocessed dataset"),
+    ]:
+        line = one_error_line(fer("crossval", "--epochs", "1", *args))
+        assert expected in line, line
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_crossval_stops_and_says_how_far_it_got(dataset):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fercli", "crossval", "--folds", "3", "--epochs", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(8)
+    assert process.poll() is None
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted after 0 of 3 folds"), stderr
+    assert "Traceback" not in stderr
+
+
+# --- fer predict -------------------------------------------------------------------------
+
+
+def test_predict_json(trained_model, photos):
+    result = fer(
+        "predict", photos["one"], photos["two"], photos["blank"], "--model", trained_model, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    images = json.loads(result.stdout)
+    assert [image["path"] for image in images] == [
+        str(photos[name]) for name in ("one", "two", "blank")
+    ]
+    assert [len(image["faces"]) for image in images] == [1, 2, 0]
+    for image in images:
+        for face in image["faces"]:
+            assert set(face) == {"box", "label", "probabilities"}
+            assert len(face["box"]) == 4 and all(isinstance(value, int) for value in face["box"])
+            assert list(face["probabilities"]) == CLASSES
+            assert sum(face["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+            assert face["label"] in CLASSES
+    assert "error" not in images[2]  # no face is no error
+
+
+def test_predict_csv_has_one_row_per_face(trained_model, photos):
+    result = fer(
+        "predict", photos["one"], photos["two"], photos["blank"], "--model", trained_model, "--csv"
+    )
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == [
+        "path",
+        "face",
+        "x",
+        "y",
+        "width",
+        "height",
+        "label",
+        *(f"p_{label}" for label in CLASSES),
+    ]
+    body = rows[1:]
+    assert [(row[0], row[1]) for row in body] == [
+        (str(photos["one"]), "1"),
+        (str(photos["two"]), "1"),
+        (str(photos["two"]), "2"),
+    ]
+    for row in body:
+        assert row[6] in CLASSES
+        assert sum(float(value) for value in row[7:]) == pytest.approx(1, abs=1e-5)
+
+
+def test_predict_table_names_faces_and_images_without_one(trained_model, photos):
+    result = fer("predict", photos["one"], photos["blank"], "--model", trained_model)
+    assert result.exit_code == 0, result.output
+    assert "no face found" in result.stdout
+    assert any(label in result.stdout for label in CLASSES)
+
+
+def test_json_and_csv_together_are_refused(trained_model, photos):
+    line = one_error_line(
+        fer("predict", photos["one"], "--model", trained_model, "--json", "--csv")
+    )
+    assert "one of --json and --csv" in line
+
+
+def test_annotate_writes_a_png_per_image(trained_model, photos, tmp_path):
+    folder = tmp_path / "annotated"
+    result = fer(
+        "predict",
+        photos["one"],
+        photos["two"],
+        photos["blank"],
+        photos["corrupt"],
+        "--model",
+        trained_model,
+        "--annotate",
+        folder,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in folder.iterdir()) == ["blank.png", "one.png", "two.png"]
+    assert cv2.imread(str(folder / "two.png")).shape == (512, 1024, 3)
+    assert "3 annotated images in" in result.stderr
+
+
+def test_predict_skips_bad_files_and_goes_on(trained_model, photos, tmp_path):
+    missing = tmp_path / "missing.jpg"
+    result = fer(
+        "predict", photos["corrupt"], missing, photos["one"], "--model", trained_model, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    images = json.loads(result.stdout)
+    assert [len(image["faces"]) for image in images] == [0, 1]
+    assert images[0]["error"] == "truncated PNG (no IEND chunk at the end)"
+    assert f"skipped {missing}: no such file or folder" in result.stderr
+    assert f"skipped {photos['corrupt']}: truncated PNG" in result.stderr
+
+
+def test_an_image_without_a_face_alone_is_success(trained_model, photos):
+    result = fer("predict", photos["blank"], "--model", trained_model, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == [{"path": str(photos["blank"]), "faces": []}]
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "empty folder", "not an image"])
+def test_predict_fails_when_nothing_could_be_processed(trained_model, photos, tmp_path, case):
+    target = {
+        "missing": tmp_path / "missing.jpg",
+        "corrupt": photos["corrupt"],
+        "empty folder": tmp_path / "empty",
+        "not an image": tmp_path / "notes.txt",
+    }[case]
+    if case == "empty folder":
+        target.mkdir()
+    if case == "not an image":
+        target.write_text("hello")
+    result = fer("predict", target, "--model", trained_model)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == "error: no image could be processed"
+    assert lines[0].startswith("skipped ")
+
+
+def test_predict_without_a_model_says_to_train(photos):
+    line = one_error_line(fer("predict", photos["one"]))
+    assert line == "error: no trained model: run `fer train` first, or pass --model"
+
+
+def test_predict_with_a_model_option_that_is_not_a_model(photos, tmp_path):
+    fake = tmp_path / "model.npz"
+    fake.write_text("definitely not weights")
+    line = one_error_line(fer("predict", photos["one"], "--model", fake))
+    assert "model.npz: not a fercli model file" in line
+    line = one_error_line(fer("predict", photos["one"], "--model", tmp_path / "nope.npz"))
+    assert "nope.npz: no such model file" in line
+
+
+def test_predict_uses_the_most_recently_trained_model(trained_model, photos):
+    models_dir().mkdir(parents=True)
+    (models_dir() / "tiny.npz").write_bytes(trained_model.read_bytes())
+    result = fer("predict", photos["one"], "--json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)[0]["faces"]) == 1
+
+
+def test_predict_table_shows_file_names_with_brackets_as_they_are(
+    trained_model, photos, tmp_path, monkeypatch
+):
+    (tmp_path / "[bold]me.png").write_bytes(photos["one"].read_bytes())
+    monkeypatch.chdir(tmp_path)  # a short relative path: the table cell does not wrap
+    result = fer("predict", "[bold]me.png", "--model", trained_model)
+    assert result.exit_code == 0, result.output
+    assert "[bold]me.png" in result.stdout
+
+
+def test_a_skipped_file_with_brackets_in_its_path_is_reported_not_a_crash(
+    trained_model, photos, tmp_path
+):
+    folder = tmp_path / "odd["
+    folder.mkdir()
+    (folder / "x]notes.png").write_text("not a picture")
+    (folder / "x]photo.png").write_bytes(photos["one"].read_bytes())
+    result = fer("predict", folder, "--model", trained_model, "--json")
+    assert result.exit_code == 0, repr(result.exception)
+    assert f"skipped {folder / 'x]notes.png'}: not an image" in result.stderr
+
+
+def test_predict_in_a_fresh_process_never_imports_tensorflow(trained_model, photos):
+    process = fer_process(
+        "predict",
+        photos["one"],
+        "--model",
+        trained_model,
+        "--json",
+        python_flags=("-X", "importtime"),
+    )
+    assert process.returncode == 0, process.stderr
+    [image] = json.loads(process.stdout)
+    assert len(image["faces"]) == 1
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in process.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "numpy" in imported and "cv2" in imported  # -X importtime did report
+    heavy = sorted(name for name in imported if name.split(".")[0] in ("tensorflow", "keras"))
+    assert heavy == []
+
+
+def test_help_imports_no_heavy_library():
+    process = fer_process("--help", python_flags=("-X", "importtime"))
+    assert process.returncode == 0 and "predict" in process.stdout
+    imported = {
+        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        for line in process.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert not imported & {"tensorflow", "keras", "cv2", "dlib", "sklearn", "matplotlib"}
+
+
+def test_installed_fer_command_predicts_many_images_alike_with_one_or_two_workers(
+    trained_model, photos, tmp_path
+):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for index in range(6):
+        source = photos["one"] if index % 2 == 0 else photos["blank"]
+        (folder / f"photo{index}.png").write_bytes(source.read_bytes())
+    outputs = []
+    for workers in ("1", "2"):
+        process = subprocess.run(
+            [
+                str(FER),
+                "predict",
+                str(folder),
+                "--model",
+                str(trained_model),
+                "--json",
+                "--workers",
+                workers,
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert process.returncode == 0, process.stderr
+        outputs.append(json.loads(process.stdout))
+    assert outputs[0] == outputs[1]
+    assert [len(image["faces"]) for image in outputs[0]] == [1, 0, 1, 0, 1, 0]

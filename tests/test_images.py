@@ -1,0 +1,202 @@
+"""Every image comes in as 2-D uint8 grayscale, and every bad file is refused with one line."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import write_image
+from fercli.config import MAX_FILE_BYTES
+from fercli.errors import ImageError
+from fercli.images import load_gray
+
+
+def assert_refused(path: Path, *fragments: str) -> str:
+    """load_gray raises ImageError with a one-line message containing every fragment."""
+    with pytest.raises(ImageError) as raised:
+        load_gray(path)
+    message = str(raised.value)
+    assert message and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message.lower(), message
+    return message
+
+
+def mean_difference(image: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(image.astype(int) - expected.astype(int)).mean())
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tiff", ".bmp"])
+def test_colour_files_written_by_opencv_load_as_gray(
+    tmp_path, astronaut_path, astronaut_gray, suffix
+):
+    colour = cv2.imread(str(astronaut_path), cv2.IMREAD_COLOR)
+    path = write_image(tmp_path / f"photo{suffix}", colour)
+
+    image = load_gray(path)
+
+    assert image.shape == (512, 512) and image.dtype == np.uint8
+    assert mean_difference(image, astronaut_gray) < 2.0
+
+
+def test_format_is_told_by_content_not_name(tmp_path, astronaut_gray):
+    path = write_image(tmp_path / "really-a-png.jpg", astronaut_gray, ".png")
+    np.testing.assert_array_equal(load_gray(path), astronaut_gray)
+
+
+def test_16_bit_png_is_scaled_to_8_bit(tmp_path, astronaut_gray):
+    full_range = tmp_path / "full.png"
+    Image.fromarray(astronaut_gray.astype(np.uint16) * 257).save(full_range)
+    # 12-bit data in a 16-bit file: scaled by its own maximum so that it keeps its contrast.
+    twelve_bit = tmp_path / "twelve.png"
+    Image.fromarray(astronaut_gray.astype(np.uint16) * 16).save(twelve_bit)
+    assert Image.open(full_range).mode.startswith("I;16")
+
+    for path in (full_range, twelve_bit):
+        image = load_gray(path)
+        assert image.shape == (512, 512) and image.dtype == np.uint8
+        assert mean_difference(image, astronaut_gray) < 1.0
+
+
+def test_rgba_png_loads_as_gray(tmp_path, astronaut_path, astronaut_gray):
+    path = tmp_path / "rgba.png"
+    rgba = Image.open(astronaut_path).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(path)
+
+    image = load_gray(path)
+
+    assert image.shape == (512, 512) and image.dtype == np.uint8
+    assert mean_difference(image, astronaut_gray) < 2.0
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tiff"])
+def test_grey_palette_images_load_through_their_palette(tmp_path, astronaut_gray, suffix):
+    # An inverted grey palette: a reader that returned the raw palette indices would give
+    # the negative of the picture.
+    path = tmp_path / f"palette{suffix}"
+    palette_image = Image.fromarray(255 - astronaut_gray, "L").convert("P")
+    palette_image.putpalette([255 - index for index in range(256) for _ in range(3)])
+    palette_image.save(path)
+    assert Image.open(path).mode == "P"
+
+    image = load_gray(path)
+
+    assert image.shape == (512, 512) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, astronaut_gray)
+
+
+def test_zero_byte_file(tmp_path):
+    path = tmp_path / "empty.png"
+    path.touch()
+    assert_refused(path, "empty")
+
+
+@pytest.fixture
+def photo_files(tmp_path, astronaut_gray) -> dict[str, Path]:
+    pillow_tiff = tmp_path / "pillow.tiff"  # Pillow writes the directory first, OpenCV last
+    Image.fromarray(astronaut_gray).save(pillow_tiff)
+    return {
+        "png": write_image(tmp_path / "photo.png", astronaut_gray),
+        "jpeg": write_image(tmp_path / "photo.jpg", astronaut_gray),
+        "opencv tiff": write_image(tmp_path / "photo.tiff", astronaut_gray),
+        "pillow tiff": pillow_tiff,
+        "bmp": write_image(tmp_path / "photo.bmp", astronaut_gray),
+    }
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg", "opencv tiff", "pillow tiff", "bmp"])
+@pytest.mark.parametrize("fraction", [0.05, 0.5, 0.95])
+def test_truncated_files(tmp_path, photo_files, kind, fraction):
+    data = photo_files[kind].read_bytes()
+    path = tmp_path / f"cut{photo_files[kind].suffix}"
+    path.write_bytes(data[: int(len(data) * fraction)])
+    assert_refused(path)
+
+
+def test_random_bytes(tmp_path):
+    path = tmp_path / "noise.png"
+    path.write_bytes(
+        b"\x00" + np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    )
+    assert_refused(path, "not an image")
+
+
+def test_text_file(tmp_path):
+    path = tmp_path / "README.jpg"
+    path.write_text("These are the JAFFE images.\nSee the licence.\n")
+    assert_refused(path, "not an image")
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny, well-formed PNG whose header declares width x height 8-bit gray pixels."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload))
+            + kind
+            + payload
+            + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_png_declaring_a_huge_image_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_declaring(100_000, 100_000))
+
+    # Decoding 10 gigapixels would take 10 GB; the header alone is enough to refuse it.
+    message = assert_refused(path, "too large", "limit", "100000x100000")
+    assert "64,000,000" in message
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "bmp"])
+def test_other_headers_declaring_huge_images_are_refused(tmp_path, photo_files, kind):
+    data = bytearray(photo_files[kind].read_bytes())
+    if kind == "jpeg":
+        start_of_frame = data.find(b"\xff\xc0")
+        data[start_of_frame + 5 : start_of_frame + 9] = struct.pack(">HH", 60_000, 60_000)
+    else:
+        data[18:26] = struct.pack("<ii", 60_000, 60_000)
+    path = tmp_path / f"bomb{photo_files[kind].suffix}"
+    path.write_bytes(bytes(data))
+    assert_refused(path, "too large", "60000x60000")
+
+
+def test_huge_file_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / "huge.png"
+    with open(path, "wb") as stream:
+        stream.truncate(MAX_FILE_BYTES + 1)  # sparse: costs no disk space
+    assert_refused(path, "too large")
+
+
+def test_folder_is_not_an_image(tmp_path):
+    folder = tmp_path / "photo.png"
+    folder.mkdir()
+    assert_refused(folder, "folder")
+
+
+def test_missing_file(tmp_path):
+    assert_refused(tmp_path / "gone.png", "no such file")
+
+
+def test_unreadable_file(tmp_path, astronaut_gray, not_root):
+    path = write_image(tmp_path / "secret.png", astronaut_gray)
+    path.chmod(0)
+    try:
+        assert_refused(path, "permission denied")
+    finally:
+        path.chmod(0o644)

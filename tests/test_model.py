@@ -1,0 +1,376 @@
+"""The Keras model factory, and the model file that predict reads without TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fercli.config import (
+    ALIGN_VERSION,
+    BASIC_LABELS,
+    MODEL_VARIANTS,
+    PreprocessConfig,
+    TrainConfig,
+    fingerprint,
+)
+from fercli.errors import ModelError
+from fercli.model import build_model, load_model, make_optimizer, save_model
+from fercli.store import pack_json, save_dataset, unpack_json
+from fercli.training import configure_tensorflow, fit, select_classes
+from synthetic import make_dataset
+
+CLASSES = 7
+
+
+@pytest.fixture(scope="module")
+def selection():
+    configure_tensorflow(None)
+    return select_classes(make_dataset())
+
+
+@pytest.fixture(scope="module")
+def probe_crops(selection) -> np.ndarray:
+    """Real crops and noise crops, so that every unit of the network sees varied input."""
+    noise = np.random.default_rng(0).integers(0, 256, (16, 32, 32), dtype=np.uint8)
+    return np.concatenate([selection.crops[::7], noise])
+
+
+def keras_output(model, crops: np.ndarray, mean, std) -> np.ndarray:
+    x = ((crops.astype(np.float32) - mean) / std).astype(np.float32)[..., np.newaxis]
+    return np.asarray(model(x, training=False))
+
+
+@pytest.fixture(scope="module")
+def trained(selection, tmp_path_factory):
+    """{variant: (keras model, mean, std, saved model file)}, each trained for two epochs so
+    that batch-normalisation statistics have moved away from their initial values."""
+    folder = tmp_path_factory.mktemp("models")
+    models = {}
+    for variant in MODEL_VARIANTS:
+        config = TrainConfig(variant=variant, epochs=2)
+        model, mean, std = fit(
+            selection.crops[::2], selection.targets[::2], CLASSES, config, seed=1
+        )
+        path = save_model(
+            folder / f"{variant}.npz",
+            model,
+            selection.labels,
+            mean,
+            std,
+            PreprocessConfig(),
+            config,
+        )
+        models[variant] = (model, mean, std, path)
+    return models
+
+
+@pytest.fixture
+def model_file(trained) -> Path:
+    return trained["paper"][3]
+
+
+# --- the factory ------------------------------------------------------------------------
+
+
+def test_default_network_is_the_papers():
+    model = build_model(CLASSES)
+    assert model.input_shape == (None, 32, 32, 1)
+    layers = [(type(layer).__name__, tuple(layer.output.shape)) for layer in model.layers]
+    assert layers == [
+        ("Conv2D", (None, 28, 28, 32)),
+        ("MaxPooling2D", (None, 14, 14, 32)),
+        ("Conv2D", (None, 10, 10, 64)),
+        ("MaxPooling2D", (None, 5, 5, 64)),
+        ("Flatten", (None, 1600)),
+        ("Dense", (None, CLASSES)),
+    ]
+    first, _, second, _, _, classifier = model.layers
+    for layer, filters in ((first, 32), (second, 64)):
+        config = layer.get_config()
+        assert config["filters"] == filters and tuple(config["kernel_size"]) == (5, 5)
+        assert config["activation"] == "relu"
+    assert tuple(model.layers[1].get_config()["pool_size"]) == (2, 2)
+    assert classifier.get_config()["activation"] == "softmax"
+    # (5*5*1*32 + 32) + (5*5*32*64 + 64) + (1600*7 + 7)
+    assert model.count_params() == 832 + 51264 + 11207 == 63303
+
+
+def test_default_optimizer_is_momentum_sgd():
+    optimizer = make_optimizer(TrainConfig())
+    assert type(optimizer).__name__ == "SGD"
+    assert float(optimizer.learning_rate) == pytest.approx(0.001)
+    assert optimizer.momentum == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("variant", MODEL_VARIANTS)
+def test_every_variant_builds_a_softmax_over_the_classes(variant):
+    model = build_model(4, variant)
+    assert model.output_shape == (None, 4)
+    probabilities = np.asarray(model(np.zeros((2, 32, 32, 1), np.float32), training=False))
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-6)
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ModelError, match="unknown model variant 'huge'; choose from paper"):
+        build_model(CLASSES, "huge")
+
+
+# --- save, load, agree ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", MODEL_VARIANTS)
+def test_saved_model_gives_kerass_probabilities(trained, probe_crops, variant):
+    model, mean, std, path = trained[variant]
+    expected = keras_output(model, probe_crops, mean, std)
+    loaded = load_model(path)
+    got = loaded.predict_proba(probe_crops)
+    assert got.shape == expected.shape == (len(probe_crops), CLASSES)
+    assert np.abs(got - expected).max() <= 1e-5
+    assert np.allclose(got.sum(axis=1), 1, atol=1e-9)
+    assert loaded.classes == list(BASIC_LABELS)
+    # Not a degenerate network: the inputs get different answers.
+    assert got.argmax(axis=1).min() != got.argmax(axis=1).max() or got.std(axis=0).max() > 1e-3
+
+
+def test_batchnorm_statistics_survive_the_round_trip(trained):
+    model = trained["batchnorm"][0]
+    norms = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
+    assert norms
+    for layer in norms:
+        moving_mean = np.asarray(layer.moving_mean)
+        assert np.abs(moving_mean).max() > 1e-3  # trained, not the initial zeros
+
+
+def test_test_time_flip_is_applied_by_the_loaded_model(trained, probe_crops, tmp_path):
+    model, mean, std, _ = trained["paper"]
+    path = save_model(
+        tmp_path / "flip.npz",
+        model,
+        list(BASIC_LABELS),
+        mean,
+        std,
+        PreprocessConfig(),
+        TrainConfig(test_time_flip=True),
+        extra={"test_time_flip": True},
+    )
+    x = probe_crops
+    expected = (
+        keras_output(model, x, mean, std) + keras_output(model, x[:, :, ::-1], mean, std)
+    ) / 2
+    assert np.abs(load_model(path).predict_proba(x) - expected).max() <= 1e-5
+
+
+def test_model_file_carries_what_predict_needs(model_file):
+    loaded = load_model(model_file)
+    meta = loaded.meta
+    assert meta["classes"] == list(BASIC_LABELS)
+    assert meta["preprocess"] == PreprocessConfig().to_dict()
+    assert meta["preprocess_fingerprint"] == PreprocessConfig().fingerprint()
+    assert meta["align_version"] == ALIGN_VERSION
+    assert meta["training"]["variant"] == "paper" and meta["training"]["epochs"] == 2
+    assert {"fercli", "numpy", "keras"} <= set(meta["versions"])
+    assert loaded.preprocess == PreprocessConfig()
+    assert np.ndim(loaded.mean) == 0 and float(loaded.std) > 0
+
+
+def test_loading_and_predicting_needs_no_tensorflow(trained, probe_crops, tmp_path):
+    model, mean, std, path = trained["batchnorm"]
+    crops_file, output_file = tmp_path / "crops.npy", tmp_path / "out.npy"
+    np.save(crops_file, probe_crops)
+    script = (
+        "import sys, numpy as np\n"
+        "from fercli.model import load_model\n"
+        f"model = load_model({str(path)!r})\n"
+        f"np.save({str(output_file)!r}, model.predict_proba(np.load({str(crops_file)!r})))\n"
+        "heavy = sorted(name for name in ('tensorflow', 'keras') if name in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    expected = keras_output(model, probe_crops, mean, std)
+    assert np.abs(np.load(output_file) - expected).max() <= 1e-5
+
+
+# --- refusals ---------------------------------------------------------------------------
+
+
+def rewrite(
+    source: Path, target: Path, meta_changes: dict | None = None, arrays: dict | None = None
+) -> Path:
+    """A copy of a model file with some meta fields or arrays replaced."""
+    with np.load(source, allow_pickle=False) as archive:
+        content = {key: archive[key] for key in archive.files}
+    meta = unpack_json(content["meta"])
+    meta.update(meta_changes or {})
+    content["meta"] = pack_json(meta)
+    content.update(arrays or {})
+    np.savez(target, **content)
+    return target
+
+
+def test_missing_model_file_is_refused(tmp_path):
+    with pytest.raises(ModelError, match="no such model file"):
+        load_model(tmp_path / "nothing.npz")
+
+
+def test_a_folder_is_not_a_model(tmp_path):
+    with pytest.raises(ModelError, match="no such model file"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"weights = [1, 2, 3]\n", b"", b"\x00" * 100])
+def test_a_file_that_is_not_a_model_is_refused(tmp_path, content):
+    path = tmp_path / "model.npz"
+    path.write_bytes(content)
+    with pytest.raises(ModelError, match=r"model\.npz: not a fercli model file"):
+        load_model(path)
+
+
+def test_a_truncated_model_file_is_refused(model_file, tmp_path):
+    data = model_file.read_bytes()
+    for keep in (len(data) // 2, len(data) - 10):
+        path = tmp_path / "truncated.npz"
+        path.write_bytes(data[:keep])
+        with pytest.raises(
+            ModelError, match="truncated.npz: (not a fercli model file|damaged model file)"
+        ):
+            load_model(path)
+
+
+def test_a_zip_that_is_not_a_model_is_refused(tmp_path):
+    path = tmp_path / "photos.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    with pytest.raises(ModelError, match="photos.zip: not a fercli model file"):
+        load_model(path)
+
+
+def test_other_npz_files_are_not_models(tmp_path):
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, weights=np.zeros(3))
+    with pytest.raises(ModelError, match="not a fercli model file"):
+        load_model(plain)
+    # A prepared dataset given as --model by mistake.
+    dataset = save_dataset(
+        make_dataset(labels=("anger", "happiness"), subjects=1), tmp_path / "data"
+    )
+    with pytest.raises(ModelError, match="dataset.npz: not a fercli model file"):
+        load_model(dataset)
+    # A lone .npy array.
+    single = tmp_path / "single.npy"
+    np.save(single, np.zeros(3))
+    with pytest.raises(ModelError, match="not a fercli model file"):
+        load_model(single)
+
+
+def test_another_format_version_is_refused(model_file, tmp_path):
+    path = rewrite(model_file, tmp_path / "future.npz", {"format_version": 2})
+    with pytest.raises(ModelError, match="model format version 2 is not supported.*retrain"):
+        load_model(path)
+
+
+def test_a_model_from_another_alignment_version_is_refused(model_file, tmp_path):
+    old = PreprocessConfig().to_dict()
+    path = rewrite(
+        model_file,
+        tmp_path / "old.npz",
+        {
+            "align_version": ALIGN_VERSION - 1,
+            "preprocess_fingerprint": fingerprint({"align_version": ALIGN_VERSION - 1, **old}),
+        },
+    )
+    with pytest.raises(ModelError, match=f"alignment version {ALIGN_VERSION - 1}.*retrain"):
+        load_model(path)
+
+
+def newer_settings_model(model_file: Path, target: Path) -> Path:
+    """A model as a later fercli might write it: same alignment version, one more setting."""
+    settings = {**PreprocessConfig().to_dict(), "clahe": True}
+    return rewrite(
+        model_file,
+        target,
+        {
+            "preprocess": settings,
+            "preprocess_fingerprint": fingerprint({"align_version": ALIGN_VERSION, **settings}),
+        },
+    )
+
+
+def test_a_model_with_preprocessing_settings_this_version_cannot_reproduce_is_refused(
+    model_file, tmp_path
+):
+    path = newer_settings_model(model_file, tmp_path / "newer.npz")
+    with pytest.raises(ModelError, match="newer.npz.*retrain"):
+        load_model(path)
+
+
+def test_a_preprocessing_mismatch_says_what_differs(model_file, tmp_path):
+    path = newer_settings_model(model_file, tmp_path / "newer.npz")
+    with pytest.raises(ModelError) as caught:
+        load_model(path)
+    message = str(caught.value)
+    assert (
+        f"version {ALIGN_VERSION}, this fercli aligns with version {ALIGN_VERSION}" not in message
+    )
+    assert "settings" in message or "fingerprint" in message
+
+
+def test_weights_that_do_not_fit_the_layers_are_refused(model_file, tmp_path):
+    wrong_shape = rewrite(
+        model_file,
+        tmp_path / "shape.npz",
+        arrays={"layer0_kernel": np.zeros((5, 5, 1, 16), np.float32)},
+    )
+    with pytest.raises(ModelError, match="shape.npz: damaged model file"):
+        load_model(wrong_shape)
+    with np.load(model_file) as archive:
+        kernel = archive["layer0_kernel"].copy()
+    kernel[0, 0, 0, 0] = np.nan
+    not_finite = rewrite(model_file, tmp_path / "nan.npz", arrays={"layer0_kernel": kernel})
+    with pytest.raises(ModelError, match="nan.npz: damaged model file"):
+        load_model(not_finite)
+    fewer_classes = rewrite(
+        model_file, tmp_path / "classes.npz", {"classes": ["anger", "happiness"]}
+    )
+    with pytest.raises(ModelError, match="classes.npz: damaged model file.*2 classes"):
+        load_model(fewer_classes)
+
+
+class _Payload:
+    """Unpickling this creates a folder: the proof that a loader ran code from a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("key", ["layer0_kernel", "meta", "norm_mean"])
+def test_loading_never_unpickles(model_file, tmp_path, key):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.npz"
+    with np.load(model_file) as archive:
+        content = {name: archive[name] for name in archive.files}
+    content[key] = np.array([_Payload(marker)], dtype=object)
+    np.savez(path, **content)  # numpy pickles object arrays
+    with pytest.raises(ModelError, match="evil.npz"):
+        load_model(path)
+    assert not marker.exists()
+    # The file is live: a loader that unpickles would have run it.
+    with np.load(path, allow_pickle=True) as archive:
+        archive[key]
+    assert marker.exists()
+
+
+def test_model_meta_is_plain_json(model_file):
+    with np.load(model_file, allow_pickle=False) as archive:
+        meta = json.loads(archive["meta"].tobytes().decode())
+        assert all(archive[name].dtype != object for name in archive.files)
+    assert meta["format"] == "fercli-model"

@@ -1,0 +1,214 @@
+"""fer predict's library: faces in photos -> labelled probabilities, with a model trained here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fercli.config import TrainConfig
+from fercli.errors import ModelError
+from fercli.model import load_model
+from fercli.predict import annotate, predict_paths, resolve_model
+from fercli.store import models_dir
+from fercli.training import train_model
+from synthetic import make_dataset
+
+CLASSES = ["anger", "happiness", "surprise", "neutral"]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    """A tiny model trained on synthetic shapes (four classes, two epochs)."""
+    dataset = make_dataset(labels=tuple(CLASSES), subjects=4)
+    output = tmp_path_factory.mktemp("model") / "tiny.npz"
+    result = train_model(dataset, TrainConfig(epochs=2), output)
+    assert result.path == output and output.is_file()
+    return output
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    return load_model(model_path)
+
+
+@pytest.fixture
+def two_faces(astronaut_path, tmp_path) -> Path:
+    photo = cv2.imread(str(astronaut_path))
+    path = tmp_path / "two.png"
+    assert cv2.imwrite(str(path), np.hstack([photo, photo]))
+    return path
+
+
+@pytest.fixture
+def blank(tmp_path) -> Path:
+    path = tmp_path / "blank.png"
+    assert cv2.imwrite(str(path), np.full((300, 400, 3), 200, np.uint8))
+    return path
+
+
+@pytest.fixture
+def corrupt(astronaut_path, tmp_path) -> Path:
+    """A PNG cut off after its first 3 kB: the header is fine, the pixels are missing."""
+    path = tmp_path / "cut.png"
+    path.write_bytes(astronaut_path.read_bytes()[:3000])
+    return path
+
+
+def check_face(face, classes: list[str], width: int, height: int) -> None:
+    x, y, w, h = face.box
+    assert w > 50 and h > 50
+    assert 0 <= x and 0 <= y and x + w <= width and y + h <= height
+    assert list(face.probabilities) == classes
+    assert sum(face.probabilities.values()) == pytest.approx(1, abs=1e-5)
+    assert all(0 <= p <= 1 for p in face.probabilities.values())
+    assert face.label == max(face.probabilities, key=face.probabilities.get)
+
+
+def test_one_face_in_the_test_photo(model, astronaut_path):
+    report = predict_paths([astronaut_path], model, workers=1)
+    assert report.classes == CLASSES
+    [image] = report.images
+    assert image.path == str(astronaut_path) and image.error is None
+    [face] = image.faces
+    check_face(face, CLASSES, 512, 512)
+    # The box is on the face (eye centres near (203, 101) and (246, 104)).
+    x, y, w, h = face.box
+    assert x < 203 and 246 < x + w and y < 101 < y + h
+    assert report.processed == 1 and report.problems == []
+
+
+def test_face_prediction_uses_the_models_runtime_on_the_aligned_crop(model, astronaut_path):
+    from fercli.align import find_faces
+    from fercli.images import load_gray
+
+    [aligned] = find_faces(load_gray(astronaut_path), model.preprocess)
+    expected = model.predict_proba(aligned.crop[np.newaxis])[0]
+    [face] = predict_paths([astronaut_path], model, workers=1).images[0].faces
+    assert list(face.probabilities.values()) == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_two_faces_side_by_side(model, two_faces):
+    [image] = predict_paths([two_faces], model, workers=1).images
+    assert len(image.faces) == 2
+    for face in image.faces:
+        check_face(face, CLASSES, 1024, 512)
+    left, right = sorted(image.faces, key=lambda face: face.box[0])
+    assert left.box[0] + left.box[2] <= 512 <= right.box[0]
+    # Each box is on its copy's eyes (near (203, 101) and (246, 104) in the photo). The two
+    # boxes need not be equal: dlib's image pyramid does not see both copies alike.
+    for face, offset in ((left, 0), (right, 512)):
+        x, y, w, h = face.box
+        assert x < 203 + offset and 246 + offset < x + w and y < 101 < y + h
+
+
+def test_the_box_of_a_face_cut_by_the_edge_stays_inside_the_image(model, astronaut_path, tmp_path):
+    photo = cv2.imread(str(astronaut_path))
+    path = tmp_path / "edge.png"
+    assert cv2.imwrite(str(path), np.ascontiguousarray(photo[:, 185:]))  # the left eye near x = 18
+    [image] = predict_paths([path], model, workers=1).images
+    [face] = image.faces
+    check_face(face, CLASSES, 512 - 185, 512)
+
+
+def test_an_image_without_a_face_is_no_error(model, blank):
+    report = predict_paths([blank], model, workers=1)
+    [image] = report.images
+    assert image.faces == [] and image.error is None
+    assert image.to_json() == {"path": str(blank), "faces": []}
+    assert report.processed == 1
+
+
+def test_a_corrupt_file_is_reported_and_the_rest_still_processed(
+    model, corrupt, astronaut_path, tmp_path
+):
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture\n")
+    damaged = tmp_path / "damaged.png"
+    pixels = bytearray(astronaut_path.read_bytes())
+    pixels[5000:20000] = bytes(15000)  # whole file, zeroed compressed data
+    damaged.write_bytes(bytes(pixels))
+    missing = tmp_path / "gone.jpg"
+    report = predict_paths([corrupt, astronaut_path, text, damaged, missing], model, workers=1)
+    by_path = {image.path: image for image in report.images}
+    assert set(by_path) == {str(corrupt), str(astronaut_path), str(text), str(damaged)}
+    assert by_path[str(corrupt)].error == "truncated PNG (no IEND chunk at the end)"
+    assert by_path[str(damaged)].error == "corrupt or truncated PNG (the decoder gave up)"
+    assert by_path[str(text)].error == "not an image (unrecognised content)"
+    assert by_path[str(corrupt)].to_json()["error"] == by_path[str(corrupt)].error
+    assert (
+        len(by_path[str(astronaut_path)].faces) == 1 and by_path[str(astronaut_path)].error is None
+    )
+    assert [(problem.path, problem.reason) for problem in report.problems] == [
+        (str(missing), "no such file or folder")
+    ]
+    assert report.processed == 1
+
+
+def test_a_folder_is_searched_and_an_empty_folder_reported(model, astronaut_path, blank, tmp_path):
+    photos = tmp_path / "photos"
+    (photos / "inner").mkdir(parents=True)
+    (photos / "inner" / "a.png").write_bytes(astronaut_path.read_bytes())
+    (photos / "b.png").write_bytes(blank.read_bytes())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    report = predict_paths([photos, empty], model, workers=1)
+    assert [Path(image.path).name for image in report.images] == ["b.png", "a.png"]
+    assert [len(image.faces) for image in report.images] == [0, 1]
+    assert [(problem.path, problem.reason) for problem in report.problems] == [
+        (str(empty), "folder has no files")
+    ]
+    only_empty = predict_paths([empty], model, workers=1)
+    assert only_empty.images == [] and only_empty.processed == 0 and len(only_empty.problems) == 1
+
+
+def test_progress_is_reported_per_image(model, astronaut_path, blank):
+    calls = []
+    predict_paths(
+        [astronaut_path, blank],
+        model,
+        workers=1,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    assert calls == [(0, 2), (1, 2), (2, 2)]
+
+
+def test_annotated_copies_have_the_size_of_the_originals(
+    model, astronaut_path, two_faces, corrupt, tmp_path
+):
+    report = predict_paths([astronaut_path, two_faces, corrupt], model, workers=1)
+    folder = tmp_path / "annotated"
+    written = annotate(report, folder)
+    assert sorted(path.name for path in written) == ["astronaut.png", "two.png"]
+    for path, size in zip(sorted(written), [(512, 512), (512, 1024)]):
+        picture = cv2.imread(str(path))
+        assert picture.shape[:2] == size
+    original = cv2.imread(str(astronaut_path))
+    drawn = cv2.imread(str(folder / "astronaut.png"))
+    assert not np.array_equal(original, drawn)  # a box was drawn
+
+
+def test_without_a_model_the_user_is_told_to_train_one():
+    assert not models_dir().exists()
+    with pytest.raises(ModelError) as caught:
+        resolve_model(None)
+    assert str(caught.value) == "no trained model: run `fer train` first, or pass --model"
+
+
+def test_the_most_recent_model_is_the_default(model_path):
+    models_dir().mkdir(parents=True)
+    (models_dir() / "old.npz").write_bytes(model_path.read_bytes())
+    newest = models_dir() / "new.npz"
+    newest.write_bytes(model_path.read_bytes())
+    os.utime(models_dir() / "old.npz", (1_000_000_000, 1_000_000_000))
+    assert resolve_model(None).path == newest
+
+
+def test_a_model_option_that_is_not_a_model_is_refused(tmp_path, astronaut_path):
+    with pytest.raises(ModelError, match="astronaut.png: not a fercli model file"):
+        resolve_model(astronaut_path)
+    with pytest.raises(ModelError, match="no such model file"):
+        resolve_model(tmp_path / "missing.npz")

@@ -1,0 +1,316 @@
+"""Training, augmentation and cross-validation on synthetic shapes (tests/synthetic.py)."""
+
+from __future__ import annotations
+
+import json
+import queue
+
+import numpy as np
+import pytest
+
+from fercli import training
+from fercli.config import BASIC_LABELS, TrainConfig
+from fercli.errors import DatasetError
+from fercli.training import (
+    augment,
+    configure_tensorflow,
+    cross_validate,
+    fit,
+    make_folds,
+    normalisation,
+    select_classes,
+)
+from synthetic import make_dataset
+
+FOLDS = 5
+EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    """7 classes x 10 subjects x 4 crops = 280 images."""
+    return make_dataset()
+
+
+@pytest.fixture(scope="module")
+def crossval_run(dataset):
+    """One short 5-fold cross-validation with the paper's settings, and its progress events."""
+    events: list[dict] = []
+    report = cross_validate(
+        dataset, TrainConfig(epochs=EPOCHS), folds=FOLDS, group="random", progress=events.append
+    )
+    return report, events
+
+
+# --- cross-validation results -----------------------------------------------------------
+
+
+def test_short_crossval_beats_chance_by_a_wide_margin(crossval_run):
+    report, _ = crossval_run
+    chance = 1 / len(BASIC_LABELS)
+    assert len(report.folds) == FOLDS and not report.interrupted
+    assert report.mean_accuracy >= 0.9, f"{report.mean_accuracy:.1%} (chance {chance:.1%})"
+    assert min(report.accuracies) >= 0.8
+    assert report.confusion.sum() == 280  # every image tested exactly once
+    assert np.trace(report.confusion) / report.confusion.sum() == pytest.approx(
+        report.pooled_accuracy
+    )
+
+
+def test_crossval_json_report_has_the_documented_fields(crossval_run):
+    report, _ = crossval_run
+    # Native JSON types only: a numpy number would need default=str and come out as a string.
+    data = json.loads(json.dumps(report.to_json()))
+    assert len(data["folds"]) == FOLDS
+    assert all(0 <= fold["accuracy"] <= 1 for fold in data["folds"])
+    assert sum(fold["test_size"] for fold in data["folds"]) == 280
+    assert data["mean_accuracy"] == pytest.approx(
+        np.mean([fold["accuracy"] for fold in data["folds"]])
+    )
+    assert data["std_accuracy"] == pytest.approx(
+        np.std([fold["accuracy"] for fold in data["folds"]])
+    )
+    assert data["labels"] == list(BASIC_LABELS)
+    matrix = np.array(data["confusion_matrix"])
+    assert matrix.shape == (7, 7) and matrix.sum(axis=1).tolist() == [40] * 7
+    protocol = data["protocol"]
+    assert protocol["folds"] == FOLDS and protocol["group"] == "random"
+    assert protocol["classes"] == list(BASIC_LABELS)
+    assert protocol["training"]["epochs"] == EPOCHS and protocol["training"]["seed"] == 0
+    assert set(data["per_class"]) == set(BASIC_LABELS)
+    assert 0 <= data["macro_f1"] <= 1
+
+
+def test_random_folds_on_data_with_subjects_warn_that_people_are_on_both_sides(crossval_run):
+    report, _ = crossval_run
+    text = " ".join(report.warnings)
+    assert "same people" in text and "10 subjects" in text and "--group subject" in text
+    # CK+-style names: frames of one sequence straddle folds.
+    assert "sequence" in text
+
+
+def test_crossval_reports_progress_per_fold(crossval_run):
+    report, events = crossval_run
+    finished = [event for event in events if event["kind"] == "fold"]
+    assert sorted(event["fold"] for event in finished) == list(range(FOLDS))
+    by_fold = {event["fold"] + 1: event["accuracy"] for event in finished}
+    assert by_fold == {fold.fold: fold.accuracy for fold in report.folds}
+    epochs = [event for event in events if event["kind"] == "epoch"]
+    assert epochs and all(
+        event["epochs"] == EPOCHS and 1 <= event["epoch"] <= EPOCHS for event in epochs
+    )
+
+
+@pytest.fixture(scope="module")
+def interrupted_run():
+    """A cross-validation stopped by Ctrl-C before its first fold finished (the progress
+    callback runs where the KeyboardInterrupt of a Ctrl-C lands)."""
+
+    def stop(event: dict) -> None:
+        if event["kind"] == "epoch":
+            raise KeyboardInterrupt
+
+    small = make_dataset(labels=("anger", "happiness"), subjects=4)
+    return cross_validate(small, TrainConfig(epochs=100_000), folds=3, workers=1, progress=stop)
+
+
+def test_interrupted_crossval_returns_what_it_has(interrupted_run):
+    report = interrupted_run
+    assert report.interrupted and report.folds == [] and report.planned_folds == 3
+    data = report.to_json()
+    assert (
+        data["interrupted"] is True and data["completed_folds"] == 0 and data["planned_folds"] == 3
+    )
+
+
+def test_interrupted_crossval_report_is_standard_json(interrupted_run):
+    json.dumps(interrupted_run.to_json(), allow_nan=False)
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_subject_folds_and_numbers_whichever_worker_runs_them(dataset):
+    # Two epochs: accuracies well below 100%, so that equal numbers mean something.
+    config = TrainConfig(epochs=2, seed=0)
+    first = cross_validate(dataset, config, folds=3, group="subject", workers=2)
+    second = cross_validate(dataset, config, folds=3, group="subject", workers=1)
+    assert [fold.test_subjects for fold in first.folds] == [
+        fold.test_subjects for fold in second.folds
+    ]
+    assert first.accuracies.tolist() == second.accuracies.tolist()
+    assert first.predictions == second.predictions
+    assert max(first.accuracies) < 1.0  # not trivially equal
+    # Subject folds: every subject tested exactly once, and no same-people warning.
+    tested = [subject for fold in first.folds for subject in fold.test_subjects]
+    assert sorted(tested) == [f"S{number:03d}" for number in range(1, 11)]
+    assert not any("same people" in warning for warning in first.warnings)
+
+
+def test_training_with_the_same_seed_gives_identical_weights(dataset):
+    configure_tensorflow(None)
+    selection = select_classes(dataset)
+    sample = slice(0, 280, 4)
+    config = TrainConfig(epochs=1)
+
+    def weights(seed: int) -> list[np.ndarray]:
+        model, _, _ = fit(selection.crops[sample], selection.targets[sample], 7, config, seed)
+        return model.get_weights()
+
+    first, again, other = weights(3), weights(3), weights(4)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+# --- folds -----------------------------------------------------------------------------
+
+
+def test_subject_folds_never_share_a_subject(dataset):
+    selection = select_classes(dataset)
+    for seed in range(40):
+        for folds in (2, 3, 5, 10):
+            splits = make_folds(selection, folds, "subject", seed)
+            assert len(splits) == folds
+            tested = np.concatenate([test for _, test in splits])
+            assert sorted(tested.tolist()) == list(range(len(selection.targets)))
+            for train, test in splits:
+                shared = set(selection.subjects[train]) & set(selection.subjects[test])
+                assert not shared, f"seed {seed}, {folds} folds: {sorted(shared)} on both sides"
+
+
+def test_subject_folds_with_as_many_folds_as_subjects_leave_one_subject_out(dataset):
+    selection = select_classes(dataset)
+    splits = make_folds(selection, 10, "subject", 0)
+    assert sorted(len(set(selection.subjects[test])) for _, test in splits) == [1] * 10
+
+
+def test_random_folds_are_stratified_and_cover_every_image_once(dataset):
+    selection = select_classes(dataset)
+    splits = make_folds(selection, FOLDS, "random", 0)
+    tested = np.concatenate([test for _, test in splits])
+    assert sorted(tested.tolist()) == list(range(len(selection.targets)))
+    for train, test in splits:
+        assert not set(train) & set(test)
+        assert np.bincount(selection.targets[test], minlength=7).tolist() == [8] * 7
+
+
+@pytest.mark.parametrize("group", ["random", "subject"])
+def test_folds_are_identical_for_a_seed_and_differ_for_another(dataset, group):
+    selection = select_classes(dataset)
+    first = make_folds(selection, FOLDS, group, 7)
+    again = make_folds(selection, FOLDS, group, 7)
+    other = make_folds(selection, FOLDS, group, 8)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, again))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(first, other))
+
+
+# --- what a fold learns from ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["global", "pixel"])
+def test_fold_normalisation_comes_from_the_training_part_only(dataset, monkeypatch, mode):
+    selection = select_classes(dataset)
+    train, test = make_folds(selection, FOLDS, "random", 0)[0]
+    crops = selection.crops.copy()
+    crops[test] = 250  # the test part is nothing like the training part
+    configure_tensorflow(None)
+    # The state a fold worker process holds, set up in this process so that the fold's own
+    # numbers can be inspected.
+    monkeypatch.setattr(
+        training,
+        "_worker",
+        {
+            "events": queue.Queue(),
+            "crops": crops,
+            "targets": selection.targets,
+            "num_classes": len(selection.labels),
+            "config": TrainConfig(epochs=1, normalisation=mode),
+        },
+    )
+    result = training._run_fold(0, train, test)
+    train_mean, train_std = normalisation(crops[train], mode)
+    assert result["mean"] == pytest.approx(float(np.mean(train_mean)))
+    assert result["std"] == pytest.approx(float(np.mean(train_std)))
+    everything_mean, _ = normalisation(crops, mode)
+    assert abs(result["mean"] - float(np.mean(everything_mean))) > 10
+    assert result["probabilities"].shape == (len(test), 7)
+
+
+def test_normalisation_statistics(dataset):
+    crops = dataset.crops
+    mean, std = normalisation(crops, "global")
+    assert (
+        mean.shape == ()
+        and mean == pytest.approx(crops.mean())
+        and std == pytest.approx(crops.std())
+    )
+    mean, std = normalisation(crops, "pixel")
+    assert mean.shape == (32, 32) and std.shape == (32, 32)
+    # A constant pixel must not divide by zero.
+    _, std = normalisation(np.full((4, 32, 32), 7, np.uint8), "global")
+    assert float(std) > 0
+
+
+def test_augment_changes_images_keeps_shape_and_is_reproducible(dataset):
+    images = dataset.crops[:50].astype(np.float32)
+    first = augment(images, np.random.default_rng(5), 10.0)
+    again = augment(images, np.random.default_rng(5), 10.0)
+    other = augment(images, np.random.default_rng(6), 10.0)
+    assert first.shape == images.shape and first.dtype == np.float32
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert all(not np.array_equal(a, b) for a, b in zip(first, images))
+    assert np.array_equal(images, dataset.crops[:50])  # the input is left alone
+    # Without rotation, each image is itself or its mirror image, and both occur.
+    flipped = augment(images, np.random.default_rng(5), 0.0)
+    same = [np.allclose(a, b) for a, b in zip(flipped, images)]
+    mirrored = [np.allclose(a, b[:, ::-1]) for a, b in zip(flipped, images)]
+    assert all(s or m for s, m in zip(same, mirrored))
+    assert any(same) and any(mirrored)
+
+
+# --- refusals ---------------------------------------------------------------------------
+
+
+def test_classes_option_accepts_aliases_and_keeps_report_order(dataset):
+    selection = select_classes(dataset, ("surprised", "happy", "Anger"))
+    assert selection.labels == ["anger", "happiness", "surprise"]
+    assert len(selection.crops) == 120 and set(selection.targets.tolist()) == {0, 1, 2}
+
+
+def test_unknown_class_name_is_refused(dataset):
+    with pytest.raises(
+        DatasetError, match=r"unknown class 'joyful'; this dataset has anger, disgust"
+    ):
+        cross_validate(dataset, TrainConfig(epochs=1, classes=("anger", "joyful")), folds=FOLDS)
+
+
+def test_a_single_class_is_refused(dataset):
+    with pytest.raises(DatasetError, match="at least two classes; the selection has anger"):
+        cross_validate(dataset, TrainConfig(epochs=1, classes=("anger",)), folds=FOLDS)
+    only_one = make_dataset(labels=("happiness",), subjects=3)
+    with pytest.raises(DatasetError, match="at least two classes"):
+        cross_validate(only_one, TrainConfig(epochs=1), folds=2)
+
+
+def test_a_class_with_fewer_images_than_folds_is_refused():
+    small = make_dataset(labels=("anger", "happiness"), subjects=3, per_subject=2)  # 6 each
+    with pytest.raises(DatasetError, match=r"class 'anger' has 6 images, fewer than the 10 folds"):
+        cross_validate(small, TrainConfig(epochs=1), folds=10)
+
+
+def test_subject_folds_without_subjects_are_refused():
+    anonymous = make_dataset(labels=("anger", "happiness"), with_subjects=False)
+    with pytest.raises(DatasetError, match="--group subject needs the subject of every image"):
+        cross_validate(anonymous, TrainConfig(epochs=1), folds=3, group="subject")
+
+
+def test_more_subject_folds_than_subjects_are_refused():
+    four_people = make_dataset(labels=("anger", "happiness"), subjects=4)
+    with pytest.raises(DatasetError, match="10 folds needs at least 10 subjects; there are 4"):
+        cross_validate(four_people, TrainConfig(epochs=1), folds=10, group="subject")
+
+
+def test_unknown_group_and_too_few_folds_are_refused(dataset):
+    with pytest.raises(DatasetError, match="unknown --group 'people'"):
+        cross_validate(dataset, TrainConfig(epochs=1), folds=3, group="people")
+    with pytest.raises(DatasetError, match="at least 2"):
+        cross_validate(dataset, TrainConfig(epochs=1), folds=1)
