@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-PHOTO = Path(__file__).resolve().parent.parent / "tests" / "data" / "astronaut.png"
+PHOTO = Path(__file__).resolve().parent.parent / "tests" / "data" / "faces" / "happiness" / "astronaut.png"
 FER = Path(sys.executable).with_name("fer")
 FACE_BOX = (120, 20, 330, 230)  # x0, y0, x1, y1 of the photo's face, roughly
 SUBJECTS = ("KA", "KL", "KM", "KR", "MK", "NA", "NM", "TM", "UY", "YM")

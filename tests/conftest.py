@@ -29,7 +29,7 @@ def fer_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def astronaut_path() -> Path:
     """The public-domain test photo: 512x512 RGB, one frontal face (see tests/data/NOTICE.md)."""
-    return DATA / "astronaut.png"
+    return DATA / "faces" / "happiness" / "astronaut.png"
 
 
 @pytest.fixture(scope="session")

@@ -74,6 +74,8 @@ def progress_bar(description: str):
         TimeRemainingColumn(),
         console=err,
         transient=True,
+        # Only on a terminal: in a pipe or a log file a progress bar is noise.
+        disable=not err.is_terminal,
     )
     task = bar.add_task(description, total=None)
 

@@ -162,7 +162,9 @@ _HEADER_READERS = {
 
 def _check_complete(data: bytes, image_format: str) -> None:
     """Raise for the truncations that decoders would otherwise patch over or print about."""
-    if image_format == "PNG" and b"IEND" not in data[-64:]:
+    # IEND with its fixed CRC: cannot occur by chance inside compressed data, and trailing
+    # bytes after it (some writers append metadata) do not matter.
+    if image_format == "PNG" and data.rfind(b"IEND\xaeB`\x82") < 0:
         raise ImageError("truncated PNG (no IEND chunk at the end)")
     if image_format == "JPEG":
         last_scan = data.rfind(b"\xff\xda")

@@ -6,6 +6,8 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 
@@ -38,15 +40,16 @@ def _start(function: Callable, shared: Any) -> None:
     _state["shared"] = shared
 
 
-def _call(task: Any) -> Any:
-    return _state["function"](task, _state["shared"])
+def _call_batch(tasks: list) -> list:
+    return [_state["function"](task, _state["shared"]) for task in tasks]
 
 
 def run_tasks(function: Callable[[Any, Any], Any], tasks: list, shared: Any, workers: int) -> Iterator:
     """Yield function(task, shared) for every task, in completion order.
 
     function must be a module-level function (workers find it by name). A handful of tasks
-    run in this process, where starting workers would cost more than it saves.
+    run in this process, where starting workers would cost more than it saves. FerError if
+    a worker dies (killed, out of memory) rather than waiting for it for ever.
     """
     if workers <= 1 or len(tasks) < 2 * workers:
         for task in tasks:
@@ -54,20 +57,28 @@ def run_tasks(function: Callable[[Any, Any], Any], tasks: list, shared: Any, wor
         return
     import cv2
 
+    from fercli.errors import FerError
+
     # A forked worker inherits OpenCV's thread pool without its threads and can hang for
     # ever in its first OpenCV call (cv2.setNumThreads in _start) if this process had used
-    # those threads. Stopping them while the pool lives (it may fork replacements) gives
-    # every worker a clean, single-threaded OpenCV.
+    # those threads. Stopping them while the pool lives gives every worker a clean,
+    # single-threaded OpenCV.
     opencv_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    executor = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_start, initargs=(function, shared))
+    finished = False
     try:
-        pool = _context().Pool(workers, initializer=_start, initargs=(function, shared))
-        try:
-            chunk = max(1, min(16, len(tasks) // (workers * 8)))
-            yield from pool.imap_unordered(_call, tasks, chunksize=chunk)
-            pool.close()
-        finally:
-            pool.terminate()
-            pool.join()
+        # Small batches: few round trips, yet even work for every worker to the end.
+        size = max(1, min(16, len(tasks) // (workers * 8)))
+        batches = [executor.submit(_call_batch, tasks[i : i + size]) for i in range(0, len(tasks), size)]
+        for batch in as_completed(batches):
+            yield from batch.result()
+        finished = True
+    except BrokenProcessPool:
+        raise FerError("a worker process died (killed, or out of memory); nothing more was processed") from None
     finally:
+        if not finished:
+            for process in list((getattr(executor, "_processes", None) or {}).values()):
+                process.terminate()
+        executor.shutdown(wait=True, cancel_futures=True)
         cv2.setNumThreads(opencv_threads)

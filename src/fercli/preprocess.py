@@ -152,6 +152,12 @@ def preprocess_dataset(
         workers=workers,
         notes=list(scan.notes),
     )
+    if len(classes) == 1:
+        only = next(iter(classes))
+        report.notes.append(
+            f"only one class ({only}) in the {scan.layout} layout: training needs two or more; "
+            "is this the dataset's own folder?"
+        )
     if several:
         report.notes.append(f"{len(several)} images had several faces; the largest was used")
     if kept:
