@@ -267,6 +267,19 @@ def test_augment_changes_images_keeps_shape_and_is_reproducible(dataset):
     assert any(same) and any(mirrored)
 
 
+def test_shift_augmentation_moves_the_content_by_up_to_the_limit():
+    image = np.zeros((1, 32, 32), np.float32)
+    image[0, 15:17, 15:17] = 255  # a bright dot at the centre
+    centres = []
+    for seed in range(40):
+        moved = augment(image, np.random.default_rng(seed), 0.0, max_shift=3.0)[0]
+        rows, columns = np.nonzero(moved > 64)
+        centres.append((rows.mean() - 15.5, abs(columns.mean() - 15.5)))
+    offsets = np.array(centres)
+    assert np.abs(offsets).max() <= 3.0 + 0.5
+    assert np.abs(offsets).max() > 1.0  # it does move, by more than rounding
+
+
 # --- refusals ---------------------------------------------------------------------------
 
 

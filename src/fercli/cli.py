@@ -168,17 +168,18 @@ BatchOption = typer.Option(16, "--batch-size", min=1, help="Mini-batch size (the
 LearningRateOption = typer.Option(0.001, "--lr", min=0.0, help="Learning rate (the paper: 0.001).")
 MomentumOption = typer.Option(0.9, min=0.0, max=1.0, help="SGD momentum.")
 OptimizerOption = typer.Option("sgd", help="sgd (the paper) or adam.")
-VariantOption = typer.Option("paper", help="Network: paper, dropout, batchnorm or wide.")
+VariantOption = typer.Option("paper", help="Network: paper, dropout, batchnorm, batchnorm-dropout or wide.")
 ClassesOption = typer.Option(None, help="Comma-separated classes to keep, e.g. anger,disgust,fear,happiness,sadness,surprise.")
 SeedOption = typer.Option(0, help="Random seed: same seed, same data -> same folds and weights.")
 AugmentOption = typer.Option(True, help="Random flips and small rotations of training images.")
 RotationOption = typer.Option(10.0, min=0.0, help="Largest augmentation rotation, in degrees.")
+ShiftOption = typer.Option(0.0, min=0.0, help="Largest augmentation shift, in pixels (the paper: none).")
 NormalisationOption = typer.Option("global", help="z-score statistics: global (one mean/std) or pixel.")
 FlipOption = typer.Option(False, "--flip-tta", help="Average each face's prediction with its mirror image.")
 
 
 def train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
-                 max_rotation, normalisation, flip_tta):
+                 max_rotation, max_shift, normalisation, flip_tta):
     from fercli.config import MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, TrainConfig
     from fercli.errors import FerError
 
@@ -188,7 +189,7 @@ def train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, 
             raise FerError(f"{name} {value!r} is not one of {', '.join(allowed)}")
     chosen = tuple(name.strip() for name in (classes or "").split(",") if name.strip())
     return TrainConfig(variant=variant, epochs=epochs, batch_size=batch_size, learning_rate=lr,
-                       momentum=momentum, optimizer=optimizer, augment=augment, max_rotation=max_rotation,
+                       momentum=momentum, optimizer=optimizer, augment=augment, max_rotation=max_rotation, max_shift=max_shift,
                        normalisation=normalisation, seed=seed, classes=chosen, test_time_flip=flip_tta)
 
 
@@ -216,7 +217,7 @@ def train(
     epochs: int = EpochsOption, batch_size: int = BatchOption, lr: float = LearningRateOption,
     momentum: float = MomentumOption, optimizer: str = OptimizerOption, variant: str = VariantOption,
     classes: Optional[str] = ClassesOption, seed: int = SeedOption, augment: bool = AugmentOption,
-    max_rotation: float = RotationOption, normalisation: str = NormalisationOption, flip_tta: bool = FlipOption,
+    max_rotation: float = RotationOption, max_shift: float = ShiftOption, normalisation: str = NormalisationOption, flip_tta: bool = FlipOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Train the network on every image of a preprocessed dataset and save a model for predict."""
@@ -225,7 +226,7 @@ def train(
         from fercli.training import train_model
 
         config = train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
-                              max_rotation, normalisation, flip_tta)
+                              max_rotation, max_shift, normalisation, flip_tta)
         prepared = resolve_dataset(dataset)
         output = output or unused_path(models_dir() / f"{prepared.name}-{timestamp()}.npz")
         check_writable(output.parent)
@@ -255,7 +256,7 @@ def crossval(
     epochs: int = EpochsOption, batch_size: int = BatchOption, lr: float = LearningRateOption,
     momentum: float = MomentumOption, optimizer: str = OptimizerOption, variant: str = VariantOption,
     classes: Optional[str] = ClassesOption, seed: int = SeedOption, augment: bool = AugmentOption,
-    max_rotation: float = RotationOption, normalisation: str = NormalisationOption, flip_tta: bool = FlipOption,
+    max_rotation: float = RotationOption, max_shift: float = ShiftOption, normalisation: str = NormalisationOption, flip_tta: bool = FlipOption,
     workers: Optional[int] = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
     output: Optional[Path] = typer.Option(None, help="Report folder (default: FER_HOME/runs/crossval-<dataset>-<time>)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
@@ -266,7 +267,7 @@ def crossval(
         from fercli.training import cross_validate, save_crossval
 
         config = train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
-                              max_rotation, normalisation, flip_tta)
+                              max_rotation, max_shift, normalisation, flip_tta)
         prepared = resolve_dataset(dataset)
         output = output or unused_path(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
         check_writable(output)

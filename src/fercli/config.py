@@ -53,8 +53,22 @@ def fingerprint(payload: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class JsonConfig:
+    """Settings that travel as JSON (cache keys, model files, reports): tuples as lists."""
+
+    def to_dict(self) -> dict:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """Settings from JSON; keys this version does not know are ignored."""
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: tuple(value) if isinstance(value, list) else value
+                      for key, value in data.items() if key in known})
+
+
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(JsonConfig):
     """How a photo becomes an aligned crop. Part of every cache key and every model file."""
 
     # Side of the square crop that the network sees.
@@ -69,19 +83,6 @@ class PreprocessConfig:
     min_face_score: float = 0.1
     # Histogram equalization of the crop before it is downsampled (the paper: yes).
     equalize: bool = True
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["upsample_tries"] = list(self.upsample_tries)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PreprocessConfig:
-        known = {f.name for f in fields(cls)}
-        values = {key: value for key, value in data.items() if key in known}
-        if "upsample_tries" in values:
-            values["upsample_tries"] = tuple(values["upsample_tries"])
-        return cls(**values)
 
     def fingerprint(self) -> str:
         """Identifies the crops these settings produce (with the alignment version)."""
@@ -107,13 +108,13 @@ class ScanOptions:
     ck_neutral_first: bool = False
 
 
-MODEL_VARIANTS = ("paper", "dropout", "batchnorm", "wide")
+MODEL_VARIANTS = ("paper", "dropout", "batchnorm", "batchnorm-dropout", "wide")
 OPTIMIZERS = ("sgd", "adam")
 NORMALISATIONS = ("global", "pixel")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """How a network is trained. Defaults are the paper's so that results compare."""
 
     # Network shape: "paper" is conv32-pool-conv64-pool-softmax; the rest add to it.
@@ -126,6 +127,8 @@ class TrainConfig:
     # Training images only: random horizontal flips and rotations up to this many degrees.
     augment: bool = True
     max_rotation: float = 10.0
+    # Training images only: random shifts of up to this many pixels (0: none, the paper).
+    max_shift: float = 0.0
     # z-score statistics from the training images: one mean/std ("global") or per pixel.
     normalisation: str = "global"
     seed: int = 0
@@ -134,15 +137,3 @@ class TrainConfig:
     # Classes to keep (empty: all classes in the dataset).
     classes: tuple[str, ...] = field(default_factory=tuple)
 
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["classes"] = list(self.classes)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        values = {key: value for key, value in data.items() if key in known}
-        if "classes" in values:
-            values["classes"] = tuple(values["classes"])
-        return cls(**values)

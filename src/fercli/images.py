@@ -224,20 +224,26 @@ def check_image(data: bytes, max_pixels: int = MAX_PIXELS) -> str:
     return image_format
 
 
+def _decode(data: bytes, max_pixels: int, flags: int) -> np.ndarray:
+    """OpenCV's decoder behind the checks; ImageError where it gives up."""
+    image_format = check_image(data, max_pixels)
+    try:
+        with _quiet_stderr():
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        image = None
+    if image is None or image.size == 0:
+        raise ImageError(f"corrupt or truncated {image_format} (the decoder gave up)")
+    return image
+
+
 def decode_gray(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode image bytes to a 2-D uint8 array; ImageError with the reason otherwise.
 
     Colour, RGBA, palette and 16-bit or float images all come out as 8-bit grayscale; a
     deeper image is scaled by its own maximum so that 12-bit data keeps its contrast.
     """
-    image_format = check_image(data, max_pixels)
-    try:
-        with _quiet_stderr():
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH)
-    except cv2.error:
-        image = None
-    if image is None or image.size == 0:
-        raise ImageError(f"corrupt or truncated {image_format} (the decoder gave up)")
+    image = _decode(data, max_pixels, cv2.IMREAD_ANYDEPTH)
     if image.ndim == 3:
         image = image[:, :, 0]
     if image.dtype != np.uint8:
@@ -261,13 +267,4 @@ def load_gray(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 def load_color(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file as 8-bit BGR for drawing on (annotated copies)."""
-    data = read_file(Path(path))
-    image_format = check_image(data, max_pixels)
-    try:
-        with _quiet_stderr():
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error:
-        image = None
-    if image is None:
-        raise ImageError(f"corrupt or truncated {image_format} (the decoder gave up)")
-    return image
+    return _decode(read_file(Path(path)), max_pixels, cv2.IMREAD_COLOR)

@@ -26,9 +26,10 @@ MODEL_FORMAT_VERSION = 1
 def build_model(num_classes: int, variant: str = "paper", input_size: int = 32):
     """The Keras network for a variant; "paper" is conv32-pool-conv64-pool-flatten-softmax.
 
-    Variants keep the paper's two 5x5 convolutions and add to them: "dropout" (dropout before
-    the classifier), "batchnorm" (batch normalisation after each convolution), "wide" (64 and
-    128 filters, a 256-unit hidden layer with dropout).
+    Variants keep the paper's two 5x5 convolutions and add to them: "dropout" (dropout 0.5
+    before the classifier), "batchnorm" (batch normalisation after each convolution),
+    "batchnorm-dropout" (both), "wide" (64 and 128 filters, a 256-unit hidden layer with
+    dropout).
     """
     import keras
     from keras import layers
@@ -38,7 +39,7 @@ def build_model(num_classes: int, variant: str = "paper", input_size: int = 32):
     filters = (64, 128) if variant == "wide" else (32, 64)
     stack: list = [keras.Input((input_size, input_size, 1))]
     for count in filters:
-        if variant == "batchnorm":
+        if variant.startswith("batchnorm"):
             stack += [layers.Conv2D(count, 5, use_bias=False), layers.BatchNormalization(), layers.Activation("relu")]
         else:
             stack.append(layers.Conv2D(count, 5, activation="relu"))
@@ -46,10 +47,10 @@ def build_model(num_classes: int, variant: str = "paper", input_size: int = 32):
     stack.append(layers.Flatten())
     if variant == "wide":
         stack += [layers.Dense(256, activation="relu"), layers.Dropout(0.5)]
-    if variant == "dropout":
+    if variant.endswith("dropout"):
         stack.append(layers.Dropout(0.5))
     stack.append(layers.Dense(num_classes, activation="softmax"))
-    return keras.Sequential(stack, name=f"fercli_{variant}")
+    return keras.Sequential(stack, name=f"fercli_{variant.replace('-', '_')}")
 
 
 def make_optimizer(config: TrainConfig):

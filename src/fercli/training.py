@@ -85,20 +85,23 @@ def normalisation(crops: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]
     return mean, np.maximum(std, 1e-6)
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, max_rotation: float) -> np.ndarray:
-    """Random horizontal flips and rotations of up to max_rotation degrees (float32 in/out)."""
+def augment(images: np.ndarray, rng: np.random.Generator, max_rotation: float, max_shift: float = 0.0) -> np.ndarray:
+    """Random horizontal flips, rotations of up to max_rotation degrees and, if asked,
+    shifts of up to max_shift pixels (float32 in/out)."""
     import cv2
 
     count, size = len(images), images.shape[1]
     flips = rng.random(count) < 0.5
     angles = rng.uniform(-max_rotation, max_rotation, count)
+    shifts = rng.uniform(-max_shift, max_shift, (count, 2)) if max_shift > 0 else np.zeros((count, 2))
     centre = ((size - 1) / 2, (size - 1) / 2)
     out = np.empty_like(images)
     for index in range(count):
         image = images[index, :, ::-1] if flips[index] else images[index]
-        rotation = cv2.getRotationMatrix2D(centre, float(angles[index]), 1.0)
+        transform = cv2.getRotationMatrix2D(centre, float(angles[index]), 1.0)
+        transform[:, 2] += shifts[index]
         out[index] = cv2.warpAffine(
-            np.ascontiguousarray(image), rotation, (size, size),
+            np.ascontiguousarray(image), transform, (size, size),
             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
         )
     return out
@@ -189,7 +192,7 @@ def fit(
     one_hot = np.eye(num_classes, dtype=np.float32)[targets]
     for epoch in range(1, config.epochs + 1):
         order = rng.permutation(len(images))
-        batch = augment(images[order], rng, config.max_rotation) if config.augment else images[order]
+        batch = augment(images[order], rng, config.max_rotation, config.max_shift) if config.augment else images[order]
         x = ((batch - mean) / std).astype(np.float32)[..., np.newaxis]
         loss, accuracy = run_epoch(tf.constant(x), tf.constant(one_hot[order]))
         if on_epoch:
