@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -71,6 +70,21 @@ def timed(arguments: list[str], env: dict) -> tuple[float, str]:
     return elapsed, result.stdout
 
 
+PEAK = r"""
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def peak_memory(arguments: list[str], env: dict) -> float:
+    """Peak RSS in MB of the largest process of one fer run (measured by a fresh parent,
+    so that nothing else this script started counts)."""
+    result = subprocess.run([sys.executable, "-c", PEAK, *FER, *arguments], env=env,
+                            capture_output=True, text=True, check=True)
+    return int(result.stdout.strip()) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path)
@@ -104,8 +118,9 @@ def main() -> None:
         faces = sum(len(image["faces"]) for image in results)
         print(f"{options.images} photos of 512x512 in one call: {wall:.2f} s, {options.images / wall:.0f} images/s "
               f"including start-up; {faces} faces found")
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"peak memory of the largest fer process: {peak:.0f} MB")
+        for label, target in (("one photo", single), (f"{options.images} photos", photos)):
+            print(f"peak memory, {label}: {peak_memory(['predict', str(target), '--model', str(model), '--json'], env):.0f} MB "
+                  "(largest single process: fer or one of its workers)")
 
 
 if __name__ == "__main__":

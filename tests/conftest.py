@@ -146,3 +146,25 @@ def not_root() -> None:
     """Skip a test of permission errors when running as root, who may read and write anything."""
     if os.geteuid() == 0:
         pytest.skip("running as root, who is not stopped by file permissions")
+
+
+# The first variants of the photo, whose face dlib finds with room to spare (from index ~69
+# on, the brightened photo has no face dlib finds).
+ALIGNABLE_VARIANTS = 16
+
+
+@pytest.fixture
+def make_face_dataset(tmp_path: Path, astronaut_gray: np.ndarray) -> Callable[..., Path]:
+    """make_face_dataset(count, folder="faces", size=256): count faces with distinct bytes,
+    every one of which aligns, alternately in class folders happy/ and sad/."""
+
+    def make(count: int, folder: str = "faces", size: int = 256) -> Path:
+        root = tmp_path / folder
+        for index in range(count):
+            face = face_variant(astronaut_gray, index % ALIGNABLE_VARIANTS, size)
+            face[0, 0] = index // ALIGNABLE_VARIANTS  # distinct bytes past the variants
+            label = "happy" if index % 2 == 0 else "sad"
+            write_image(root / label / f"face{index:03d}.png", face)
+        return root
+
+    return make

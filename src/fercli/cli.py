@@ -31,12 +31,17 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def printable(text: str) -> str:
+    """Text that any stdout can take: undecodable file-name bytes as \\udcxx escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def shown(path: object) -> str:
     """A path or message as one printable line for rich: control characters, undecodable
     bytes and rich markup ("[bold]" in a file name) escaped."""
     from rich.markup import escape
 
-    text = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    text = printable(str(path))
     return escape("".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text))
 
 
@@ -104,18 +109,20 @@ def preprocess(
     layout: Optional[str] = typer.Option(None, help="Force a layout: jaffe, ck+ or folders (default: detected)."),
     ck_frames: int = typer.Option(3, help="CK+ tree: last frames of each labelled sequence to take."),
     ck_neutral: bool = typer.Option(False, help="CK+ tree: also take each labelled sequence's first frame as neutral."),
+    min_face_score: float = typer.Option(0.3, help="dlib detection score a face needs (lower finds more, and more false faces)."),
     workers: Optional[int] = typer.Option(None, min=1, help="Processes to align with (default: one per core)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Align every face of a dataset and cache the 32x32 crops for train and crossval."""
     with user_errors():
-        from fercli.config import ScanOptions
+        from fercli.config import PreprocessConfig, ScanOptions
         from fercli.preprocess import preprocess_dataset
 
         options = ScanOptions(layout=layout, ck_frames=ck_frames, ck_neutral_first=ck_neutral)
+        config = PreprocessConfig(min_face_score=min_face_score)
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():
-            report = preprocess_dataset(dataset_dir, options, workers=workers, progress=None if as_json else update)
+            report = preprocess_dataset(dataset_dir, options, config, workers, progress=None if as_json else update)
     if as_json:
         emit_json(report.to_json())
     else:
@@ -138,13 +145,13 @@ def render_preprocess(report) -> None:
     classes.add_column("class")
     classes.add_column("images", justify="right")
     for label, count in report.classes.items():
-        classes.add_row(label, str(count))
+        classes.add_row(shown(label), str(count))
     out.print(classes)
     if report.subjects:
         listing = ", ".join(f"{subject} {count}" for subject, count in report.subjects.items())
-        out.print(f"[bold]aligned per subject[/bold] ({len(report.subjects)}): {listing}")
+        out.print(f"[bold]aligned per subject[/bold] ({len(report.subjects)}): {shown(listing)}")
     for note in report.notes:
-        out.print(f"note: {note}")
+        out.print(f"note: {shown(note)}")
     limit = 50
     for item in report.skipped[:limit]:
         out.print(f"[yellow]skipped[/yellow] {shown(item.path)}: {shown(item.reason)}")
@@ -242,7 +249,7 @@ def train(
     if as_json:
         emit_json(summary)
         return
-    out.print(f"trained on {result.images} images of {prepared.name} ({', '.join(result.classes)}), "
+    out.print(f"trained on {result.images} images of {prepared.name} ({shown(', '.join(result.classes))}), "
               f"{result.epochs} epochs in {result.seconds:.1f} s; final training loss {result.loss:.3f}, "
               f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)")
     out.print(f"model saved to {shown(result.path)}")
@@ -292,7 +299,7 @@ def render_crossval(report, files: dict) -> None:
     kind = "subject folds (no person in both train and test)" if protocol["group"] == "subject" else "random stratified folds"
     training = protocol["training"]
     out.print(f"[bold]protocol[/bold]: {protocol['folds']}-fold {kind}, seed {training['seed']}; "
-              f"{len(report.labels)} classes ({', '.join(report.labels)}); {training['epochs']} epochs, "
+              f"{len(report.labels)} classes ({shown(', '.join(report.labels))}); {training['epochs']} epochs, "
               f"batch {training['batch_size']}, {training['optimizer']} lr {training['learning_rate']}, "
               f"variant {training['variant']}, augmentation {'on' if training['augment'] else 'off'}; "
               f"{report.dataset['images']} images of {report.dataset['name']}")
@@ -306,7 +313,7 @@ def render_crossval(report, files: dict) -> None:
     for fold in report.folds:
         row = [str(fold.fold), str(fold.train_size), str(fold.test_size), f"{fold.accuracy:.1%}"]
         if protocol["group"] == "subject":
-            row.append(", ".join(fold.test_subjects))
+            row.append(shown(", ".join(fold.test_subjects)))
         folds.add_row(*row)
     out.print(folds)
     out.print(f"[bold]mean accuracy {report.mean_accuracy:.2%} +/- {report.std_accuracy:.2%}[/bold] "
@@ -315,14 +322,14 @@ def render_crossval(report, files: dict) -> None:
     for column in ("class", "precision", "recall", "F1", "images"):
         classes.add_column(column, justify="left" if column == "class" else "right")
     for label, values in report.per_class.items():
-        classes.add_row(label, f"{values['precision']:.3f}", f"{values['recall']:.3f}", f"{values['f1']:.3f}", str(values["support"]))
+        classes.add_row(shown(label), f"{values['precision']:.3f}", f"{values['recall']:.3f}", f"{values['f1']:.3f}", str(values["support"]))
     out.print(classes)
     matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
     matrix.add_column("")
     for label in report.labels:
-        matrix.add_column(label[:5], justify="right")
+        matrix.add_column(shown(label[:5]), justify="right")
     for label, row in zip(report.labels, report.confusion):
-        matrix.add_row(label, *(str(int(value)) for value in row))
+        matrix.add_row(shown(label), *(str(int(value)) for value in row))
     out.print(matrix)
     for warning in report.warnings:
         out.print(f"[yellow]note:[/yellow] {warning}")
@@ -381,7 +388,7 @@ def render_predict(report) -> None:
         if not image.faces:
             table.add_row(shown(image.path), "-", "no face found", "", "")
         for number, face in enumerate(image.faces, start=1):
-            table.add_row(shown(image.path), str(number), ", ".join(map(str, face.box)), face.label,
+            table.add_row(shown(image.path), str(number), ", ".join(map(str, face.box)), shown(face.label),
                           f"{face.probabilities[face.label]:.2f}")
     out.print(table)
 
@@ -393,7 +400,7 @@ def render_predict_csv(report) -> None:
     writer.writerow(["path", "face", "x", "y", "width", "height", "label", *(f"p_{label}" for label in report.classes)])
     for image in report.images:
         for number, face in enumerate(image.faces, start=1):
-            writer.writerow([image.path, number, *face.box, face.label,
+            writer.writerow([printable(image.path), number, *face.box, printable(face.label),
                              *(f"{face.probabilities[label]:.6f}" for label in report.classes)])
 
 

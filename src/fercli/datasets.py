@@ -190,12 +190,16 @@ def _scan_jaffe(root: Path, options: ScanOptions) -> Scan:
 
 def _read_ck_emotion(path: Path) -> str:
     """The label in a CK+ *_emotion.txt file; ValueError with the reason otherwise."""
+    if not path.is_file():
+        # A named pipe (or a device) would block the scan for ever at the first read.
+        raise ValueError("emotion file is not a regular file")
     try:
         text = path.read_text(encoding="ascii", errors="replace").strip()
         code = float(text.split()[0])
     except (OSError, IndexError, ValueError):
         raise ValueError("emotion file does not hold a number") from None
-    if code != int(code) or int(code) not in CK_CODES:
+    # is_integer is False for "inf" and "nan", which int() would raise for.
+    if not code.is_integer() or int(code) not in CK_CODES:
         raise ValueError(f"emotion code {text!r} is not one of 0-7")
     return CK_CODES[int(code)]
 

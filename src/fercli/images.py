@@ -99,13 +99,17 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
     for index in range(count):
         entry = data[ifd + 2 + 12 * index : ifd + 14 + 12 * index]
         tag, kind = struct.unpack(order + "HH", entry[:4])
-        if tag in (256, 257):
+        # Image width and length, tile width and length. libtiff keeps the first of a
+        # duplicated tag: reading a later one would let a huge first size past the limit.
+        if tag in (256, 257, 322, 323) and tag not in found:
             if kind == 3:
                 found[tag] = struct.unpack(order + "H", entry[8:10])[0]
             elif kind == 4:
                 found[tag] = struct.unpack(order + "I", entry[8:12])[0]
     if 256 in found and 257 in found:
-        return found[256], found[257]
+        # The decoder inflates whole tiles: a 100x100 image in 8192x8192 tiles costs the
+        # memory of an 8192x8192 image, so that is the size to check against the limit.
+        return max(found[256], found.get(322, 0)), max(found[257], found.get(323, 0))
     return None
 
 
@@ -160,12 +164,30 @@ _HEADER_READERS = {
 }
 
 
+def _png_header_chunks_fit(data: bytes) -> bool:
+    """Whether every chunk up to the first IDAT lies inside the data. OpenCV reads these
+    chunks itself and allocates what a chunk's length field says before reading it: one
+    damaged byte in a 7 KB file asked it for 4 GB. (libpng reads the rest within bounds.)"""
+    offset = 8
+    while offset + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        offset += 12 + length  # length, type, payload, CRC
+        if offset > len(data):
+            return False
+        if kind in (b"IDAT", b"IEND"):
+            return True
+    return False
+
+
 def _check_complete(data: bytes, image_format: str) -> None:
     """Raise for the truncations that decoders would otherwise patch over or print about."""
     # IEND with its fixed CRC: cannot occur by chance inside compressed data, and trailing
     # bytes after it (some writers append metadata) do not matter.
     if image_format == "PNG" and data.rfind(b"IEND\xaeB`\x82") < 0:
         raise ImageError("truncated PNG (no IEND chunk at the end)")
+    if image_format == "PNG" and not _png_header_chunks_fit(data):
+        raise ImageError("truncated or damaged PNG (a chunk runs past the end of the file)")
     if image_format == "JPEG":
         last_scan = data.rfind(b"\xff\xda")
         if last_scan < 0 or data.find(b"\xff\xd9", last_scan) < 0:

@@ -21,6 +21,9 @@ from fercli.store import atomic_write, pack_json, unpack_json
 
 MODEL_FORMAT = "fercli-model"
 MODEL_FORMAT_VERSION = 1
+# A model holds a few MB of weights (the widest variant about 4 MB). Refuse files that unpack
+# to more, before unpacking them: a 2 MB compressed file can unpack to gigabytes.
+MAX_MODEL_BYTES = 256 * 2**20
 
 
 def build_model(num_classes: int, variant: str = "paper", input_size: int = 32):
@@ -268,8 +271,16 @@ def load_model(path: Path) -> FerModel:
         raise ModelError(f"{path}: no such model file")
     try:
         with np.load(path, allow_pickle=False) as archive:
+            unpacked = sum(member.file_size for member in archive.zip.infolist())
+            if unpacked > MAX_MODEL_BYTES:
+                raise ModelError(
+                    f"{path}: unpacks to {unpacked / 2**20:.0f} MB, more than any fercli model "
+                    f"(limit {MAX_MODEL_BYTES // 2**20} MB)"
+                )
             meta = unpack_json(archive["meta"])
             arrays = {key: archive[key] for key in archive.files if key != "meta"}
+    except ModelError:
+        raise
     except Exception as error:  # noqa: BLE001 - zip, npy and JSON each fail their own way
         raise ModelError(f"{path}: not a fercli model file ({type(error).__name__}: {error})") from None
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
@@ -306,8 +317,10 @@ def load_model(path: Path) -> FerModel:
         )
         # One forward pass proves the layers and weights fit together before any photo is read.
         probe = model.predict_proba(np.zeros((1, preprocess.crop_size, preprocess.crop_size), np.uint8))
-    except ModelError:
-        raise
+    except ModelError as error:
+        # The runtime's refusals (a layer type it does not know) cannot name the file.
+        message = str(error)
+        raise ModelError(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
     except Exception as error:  # noqa: BLE001
         raise ModelError(f"{path}: damaged model file ({type(error).__name__}: {error})") from None
     if probe.shape != (1, len(model.classes)) or not np.all(np.isfinite(probe)):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -26,10 +28,31 @@ def _context():
     return multiprocessing.get_context("spawn")
 
 
+def stop_with_parent() -> None:
+    """End this worker process as soon as the process that started it has ended.
+
+    A pool's workers wait for tasks on a pipe they hold both ends of, so they never see their
+    parent go: after `kill -9` of fer, or the out-of-memory killer, they would wait for ever,
+    each holding its models in memory. Called first thing in every worker.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        # Once the parent has gone, this process is someone else's child.
+        while os.getppid() == parent.pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
 _state: dict[str, Any] = {}
 
 
 def _start(function: Callable, shared: Any) -> None:
+    stop_with_parent()
     # Ctrl-C is the parent's to handle: it stops the pool and says how far it got.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import cv2
@@ -66,18 +89,23 @@ def run_tasks(function: Callable[[Any, Any], Any], tasks: list, shared: Any, wor
     opencv_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     executor = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_start, initargs=(function, shared))
-    finished = False
+    stop_now = True  # Ctrl-C, or the caller stopped reading: do not wait for the workers
     try:
         # Small batches: few round trips, yet even work for every worker to the end.
         size = max(1, min(16, len(tasks) // (workers * 8)))
         batches = [executor.submit(_call_batch, tasks[i : i + size]) for i in range(0, len(tasks), size)]
         for batch in as_completed(batches):
             yield from batch.result()
-        finished = True
+        stop_now = False
     except BrokenProcessPool:
         raise FerError("a worker process died (killed, or out of memory); nothing more was processed") from None
+    except Exception:
+        # A task failed (a full disk): the other workers end their current batch rather than
+        # being killed half-way through writing a file, which would leave it behind.
+        stop_now = False
+        raise
     finally:
-        if not finished:
+        if stop_now:
             for process in list((getattr(executor, "_processes", None) or {}).values()):
                 process.terminate()
         executor.shutdown(wait=True, cancel_futures=True)

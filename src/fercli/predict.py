@@ -114,6 +114,7 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
     import cv2
 
     from fercli.images import load_color
+    from fercli.report import drawable
     from fercli.store import atomic_write_bytes
 
     written = []
@@ -126,7 +127,7 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
         for face in image.faces:
             x, y, width, height = face.box
             cv2.rectangle(picture, (x, y), (x + width, y + height), (0, 200, 0), thickness)
-            text = f"{face.label} {face.probabilities[face.label]:.2f}"
+            text = drawable(f"{face.label} {face.probabilities[face.label]:.2f}")
             cv2.putText(picture, text, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX,
                         0.5 * thickness, (0, 200, 0), thickness, cv2.LINE_AA)
         name = Path(image.path).stem

@@ -155,8 +155,7 @@ def preprocess_dataset(
     if len(classes) == 1:
         only = next(iter(classes))
         report.notes.append(
-            f"only one class ({only}) in the {scan.layout} layout: training needs two or more; "
-            "is this the dataset's own folder?"
+            f"one class only ({only}, {scan.layout} layout): fer train and fer crossval need two or more"
         )
     if several:
         report.notes.append(f"{len(several)} images had several faces; the largest was used")

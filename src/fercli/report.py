@@ -16,6 +16,13 @@ from fercli.store import atomic_write_bytes
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
+def drawable(text: str) -> str:
+    """Text that cv2.putText can take. A name read from undecodable file-name bytes (a class
+    folder "caf\\xe9" becomes the label "caf\\udce9") holds a lone surrogate, on which
+    OpenCV's string conversion crashes the whole process; such characters become "?"."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _write_png(path: Path, image: np.ndarray) -> Path:
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
@@ -44,7 +51,7 @@ def contact_sheet(
             indices = indices[np.linspace(0, len(indices) - 1, per_class).astype(int)]
         rows = -(-len(indices) // columns)
         block = np.full((header + rows * size, columns * size), 255, np.uint8)
-        title = f"{label} ({np.count_nonzero(labels == label)})"
+        title = drawable(f"{label} ({np.count_nonzero(labels == label)})")
         cv2.putText(block, title, (4, 16), FONT, 0.5, 0, 1, cv2.LINE_AA)
         for position, index in enumerate(indices):
             row, column = divmod(position, columns)
@@ -77,12 +84,12 @@ def confusion_image(matrix: np.ndarray, labels: list[str], path: Path, title: st
             origin = (top_left[0] + (cell - text_width) // 2, top_left[1] + cell // 2 + 5)
             cv2.putText(image, text, origin, FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     for index, label in enumerate(labels):
-        short = label[:10]
+        short = drawable(label[:10])
         cv2.putText(image, short, (6, margin_top + index * cell + cell // 2 + 5), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         x = margin_left + index * cell + 4
         cv2.putText(image, short[:8], (x, margin_top - 10), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(image, "true (rows) vs predicted (columns)", (margin_left, margin_top - 40), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     if title:
-        cv2.putText(image, title[:90], (6, 24), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(image, drawable(title[:90]), (6, 24), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(image, "green: correct; shade: share of the true class", (6, height - 14), FONT, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
     return _write_png(path, image)

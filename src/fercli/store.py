@@ -132,9 +132,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return atomic_write(path, lambda stream: stream.write(data))
 
 
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write text as UTF-8. A name read from undecodable file-name bytes (a folder "caf\\xe9")
+    holds a lone surrogate, which UTF-8 cannot encode: it is written as the escape \\udce9,
+    which a JSON reader turns back into the same name."""
+    return atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
+
+
 def atomic_write_json(path: Path, payload: object) -> Path:
-    text = json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n"
-    return atomic_write_bytes(path, text.encode())
+    return atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def _remove_quietly(path: str | Path) -> None:

@@ -25,8 +25,8 @@ import numpy as np
 
 from fercli.config import NORMALISATIONS, PreprocessConfig, TrainConfig, canonical_label, fingerprint, label_order
 from fercli.errors import DatasetError, FerError
-from fercli.parallel import default_workers
-from fercli.store import PreparedDataset, atomic_write_bytes, atomic_write_json
+from fercli.parallel import default_workers, stop_with_parent
+from fercli.store import PreparedDataset, atomic_write_json, atomic_write_text
 
 Progress = Callable[[dict], None]
 
@@ -250,6 +250,7 @@ _worker: dict = {}
 
 
 def _start_fold_worker(events, crops, targets, num_classes, config: TrainConfig) -> None:
+    stop_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     configure_tensorflow(threads=1)
     _worker.update(events=events, crops=crops, targets=targets, num_classes=num_classes, config=config)
@@ -556,5 +557,5 @@ def save_crossval(report: CrossvalReport, folder: Path) -> dict[str, Path]:
     writer = csv.DictWriter(text, fieldnames=["path", "fold", "true", "predicted"])
     writer.writeheader()
     writer.writerows(report.predictions)
-    files["predictions"] = atomic_write_bytes(folder / "predictions.csv", text.getvalue().encode())
+    files["predictions"] = atomic_write_text(folder / "predictions.csv", text.getvalue())
     return files
