@@ -10,7 +10,6 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -70,7 +69,13 @@ def emit_json(payload: object) -> None:
 
 def progress_bar(description: str):
     """A rich progress bar on stderr and the callback that drives it: callback(done, total)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(
         TextColumn("{task.description}"),
@@ -106,11 +111,11 @@ def main_options(
 @app.command()
 def preprocess(
     dataset_dir: Path = typer.Argument(..., help="The dataset folder (JAFFE, a CK+ tree, or <class>/<image> folders)."),
-    layout: Optional[str] = typer.Option(None, help="Force a layout: jaffe, ck+ or folders (default: detected)."),
+    layout: str | None = typer.Option(None, help="Force a layout: jaffe, ck+ or folders (default: detected)."),
     ck_frames: int = typer.Option(3, help="CK+ tree: last frames of each labelled sequence to take."),
     ck_neutral: bool = typer.Option(False, help="CK+ tree: also take each labelled sequence's first frame as neutral."),
     min_face_score: float = typer.Option(0.3, help="dlib detection score a face needs (lower finds more, and more false faces)."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Processes to align with (default: one per core)."),
+    workers: int | None = typer.Option(None, min=1, help="Processes to align with (default: one per core)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Align every face of a dataset and cache the 32x32 crops for train and crossval."""
@@ -219,11 +224,11 @@ def epoch_reporter(bar, task, folds: int):
 
 @app.command()
 def train(
-    dataset: Optional[str] = DatasetArgument,
-    output: Optional[Path] = typer.Option(None, help="Model file to write (default: FER_HOME/models/<dataset>-<time>.npz)."),
+    dataset: str | None = DatasetArgument,
+    output: Path | None = typer.Option(None, help="Model file to write (default: FER_HOME/models/<dataset>-<time>.npz)."),
     epochs: int = EpochsOption, batch_size: int = BatchOption, lr: float = LearningRateOption,
     momentum: float = MomentumOption, optimizer: str = OptimizerOption, variant: str = VariantOption,
-    classes: Optional[str] = ClassesOption, seed: int = SeedOption, augment: bool = AugmentOption,
+    classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool = AugmentOption,
     max_rotation: float = RotationOption, max_shift: float = ShiftOption, normalisation: str = NormalisationOption, flip_tta: bool = FlipOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
@@ -257,15 +262,15 @@ def train(
 
 @app.command()
 def crossval(
-    dataset: Optional[str] = DatasetArgument,
+    dataset: str | None = DatasetArgument,
     folds: int = typer.Option(10, min=2, help="Number of folds."),
     group: str = typer.Option("random", help="random (stratified folds) or subject (no person in both train and test)."),
     epochs: int = EpochsOption, batch_size: int = BatchOption, lr: float = LearningRateOption,
     momentum: float = MomentumOption, optimizer: str = OptimizerOption, variant: str = VariantOption,
-    classes: Optional[str] = ClassesOption, seed: int = SeedOption, augment: bool = AugmentOption,
+    classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool = AugmentOption,
     max_rotation: float = RotationOption, max_shift: float = ShiftOption, normalisation: str = NormalisationOption, flip_tta: bool = FlipOption,
-    workers: Optional[int] = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
-    output: Optional[Path] = typer.Option(None, help="Report folder (default: FER_HOME/runs/crossval-<dataset>-<time>)."),
+    workers: int | None = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
+    output: Path | None = typer.Option(None, help="Report folder (default: FER_HOME/runs/crossval-<dataset>-<time>)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """K-fold cross-validation on a preprocessed dataset, with an honest report."""
@@ -340,11 +345,11 @@ def render_crossval(report, files: dict) -> None:
 @app.command()
 def predict(
     paths: list[Path] = typer.Argument(..., help="Image files and folders."),
-    model: Optional[Path] = typer.Option(None, help="Model file (default: the most recently trained)."),
+    model: Path | None = typer.Option(None, help="Model file (default: the most recently trained)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {path, faces: [{box, label, probabilities}]}."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per face."),
-    annotate_dir: Optional[Path] = typer.Option(None, "--annotate", help="Write copies of the images with boxes and labels here."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Processes for many images (default: one per core)."),
+    annotate_dir: Path | None = typer.Option(None, "--annotate", help="Write copies of the images with boxes and labels here."),
+    workers: int | None = typer.Option(None, min=1, help="Processes for many images (default: one per core)."),
 ) -> None:
     """Label the expression of every face in photos."""
     if as_json and as_csv:

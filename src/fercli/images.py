@@ -18,11 +18,11 @@ from pathlib import Path
 # cv2 is imported, and only lowers OpenCV's default limit of 2**30 pixels.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**27))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from fercli.config import MAX_FILE_BYTES, MAX_PIXELS  # noqa: E402
-from fercli.errors import ImageError  # noqa: E402
+from fercli.config import MAX_FILE_BYTES, MAX_PIXELS
+from fercli.errors import ImageError
 
 # Corrupt files are reported by us, one line each; OpenCV's own log lines would only repeat it.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)

@@ -281,7 +281,7 @@ def load_model(path: Path) -> FerModel:
             arrays = {key: archive[key] for key in archive.files if key != "meta"}
     except ModelError:
         raise
-    except Exception as error:  # noqa: BLE001 - zip, npy and JSON each fail their own way
+    except Exception as error:
         raise ModelError(f"{path}: not a fercli model file ({type(error).__name__}: {error})") from None
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise ModelError(f"{path}: not a fercli model file")
@@ -321,7 +321,7 @@ def load_model(path: Path) -> FerModel:
         # The runtime's refusals (a layer type it does not know) cannot name the file.
         message = str(error)
         raise ModelError(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise ModelError(f"{path}: damaged model file ({type(error).__name__}: {error})") from None
     if probe.shape != (1, len(model.classes)) or not np.all(np.isfinite(probe)):
         raise ModelError(f"{path}: damaged model file (its output does not match its {len(model.classes)} classes)")

@@ -20,6 +20,12 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def effective_workers(task_count: int, workers: int) -> int:
+    """How many processes run_tasks uses: a handful of tasks run in this process, where
+    starting workers would cost more than it saves."""
+    return 1 if workers <= 1 or task_count < 2 * workers else workers
+
+
 def _context():
     # fork starts a worker in milliseconds and shares what the parent has imported; only
     # Linux gets it, because fork is unsafe with macOS system libraries.
@@ -70,11 +76,11 @@ def _call_batch(tasks: list) -> list:
 def run_tasks(function: Callable[[Any, Any], Any], tasks: list, shared: Any, workers: int) -> Iterator:
     """Yield function(task, shared) for every task, in completion order.
 
-    function must be a module-level function (workers find it by name). A handful of tasks
-    run in this process, where starting workers would cost more than it saves. FerError if
-    a worker dies (killed, out of memory) rather than waiting for it for ever.
+    function must be a module-level function (workers find it by name); see
+    effective_workers for when the tasks run in this process. FerError if a worker dies
+    (killed, out of memory) rather than waiting for it for ever.
     """
-    if workers <= 1 or len(tasks) < 2 * workers:
+    if effective_workers(len(tasks), workers) == 1:
         for task in tasks:
             yield function(task, shared)
         return

@@ -72,7 +72,7 @@ def _faces_task(task: tuple[int, str], config: PreprocessConfig) -> tuple[int, l
         faces = find_faces(gray, config)
     except FerError as error:
         return index, [], str(error)
-    except Exception as error:  # noqa: BLE001 - one odd image must not stop the others
+    except Exception as error:
         return index, [], f"alignment failed: {type(error).__name__}: {error}"
     return index, [(face.crop, face.box) for face in faces], None
 

@@ -16,7 +16,7 @@ from fercli.config import PreprocessConfig, ScanOptions, label_order
 from fercli.datasets import Skipped, scan_dataset
 from fercli.errors import FerError, StoreError
 from fercli.images import decode_gray, read_file
-from fercli.parallel import default_workers, run_tasks
+from fercli.parallel import default_workers, effective_workers, run_tasks
 from fercli.store import PreparedDataset, dataset_folder, save_dataset
 
 Progress = Callable[[int, int], None]
@@ -81,7 +81,7 @@ def align_file(path: Path, config: PreprocessConfig, cache: CropCache | None) ->
         entry = CacheEntry(crop=face.crop, faces=faces, box=face.box, angle=round(face.angle, 3))
     except FerError as error:
         entry = CacheEntry(crop=None, reason=str(error))
-    except Exception as error:  # noqa: BLE001 - one odd image must not stop a batch of thousands
+    except Exception as error:
         return CacheEntry(crop=None, reason=f"alignment failed: {type(error).__name__}: {error}"), False
     if cache is not None:
         cache.put(key, entry)
@@ -149,7 +149,7 @@ def preprocess_dataset(
         several_faces=several,
         cache_hits=hits,
         seconds=0.0,
-        workers=workers,
+        workers=effective_workers(len(tasks), workers),
         notes=list(scan.notes),
     )
     if len(classes) == 1:

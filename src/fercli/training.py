@@ -23,7 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.config import NORMALISATIONS, PreprocessConfig, TrainConfig, canonical_label, fingerprint, label_order
+from fercli.config import (
+    NORMALISATIONS,
+    PreprocessConfig,
+    TrainConfig,
+    canonical_label,
+    fingerprint,
+    label_order,
+)
 from fercli.errors import DatasetError, FerError
 from fercli.parallel import default_workers, stop_with_parent
 from fercli.store import PreparedDataset, atomic_write_json, atomic_write_text
