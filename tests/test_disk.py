@@ -73,42 +73,32 @@ def add_new_faces(root: Path, astronaut_gray, count: int = 4) -> None:
 READ_ONLY = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
 
 
+NAMESPACE = ["unshare", "--user", "--map-root-user", "--mount"]
+
+
+def skip_unless_namespace_allows(script: list[str], what: str) -> None:
+    """Skip the test unless a process may run script (mounts) in a namespace of its own."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare command")
+    probe = subprocess.run(NAMESPACE + script, capture_output=True, text=True, timeout=60, check=False)
+    if probe.returncode != 0:
+        reason = probe.stderr.strip() or f"exit code {probe.returncode}"
+        pytest.skip(f"{what} in a user namespace is not allowed here ({reason})")
+
+
 @pytest.fixture(scope="session")
 def read_only_mounts() -> None:
     """Skip unless this machine lets a process mount a read-only view in its own namespace."""
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare command")
-    probe = subprocess.run(
-        [
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "sh",
-            "-c",
-            READ_ONLY + " 2>/dev/null",
-            "/tmp",
-            "sh",
-            "-c",
-            "! touch /tmp/.fer-read-only-probe 2>/dev/null",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    skip_unless_namespace_allows(
+        ["sh", "-c", READ_ONLY + " 2>/dev/null", "/tmp", "sh", "-c", "! touch /tmp/.fer-read-only-probe 2>/dev/null"],
+        "a read-only bind mount",
     )
-    if probe.returncode != 0:
-        reason = probe.stderr.strip() or f"exit code {probe.returncode}"
-        pytest.skip(f"user namespaces with mounts are not allowed here ({reason})")
 
 
 def run_read_only(home: Path, *args: str) -> subprocess.CompletedProcess:
     """`fer ARGS` with FER_HOME read-only for it alone."""
     command = [
-        "unshare",
-        "--user",
-        "--map-root-user",
-        "--mount",
+        *NAMESPACE,
         "sh",
         "-c",
         READ_ONLY,
@@ -173,27 +163,7 @@ print(json.dumps(outcome))
 @pytest.fixture(scope="session")
 def tmpfs_mounts() -> None:
     """Skip unless this machine lets a process mount a tmpfs in its own namespace."""
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare command")
-    probe = subprocess.run(
-        [
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "sh",
-            "-c",
-            "mount -t tmpfs -o size=64k tmpfs /mnt",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if probe.returncode != 0:
-        pytest.skip(
-            f"mounting a tmpfs in a user namespace is not allowed here ({probe.stderr.strip()})"
-        )
+    skip_unless_namespace_allows(["sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], "mounting a tmpfs")
 
 
 def run_on_a_full_disk(
@@ -207,10 +177,7 @@ def run_on_a_full_disk(
     shutil.rmtree(original, ignore_errors=True)
     shutil.copytree(home, original)
     command = [
-        "unshare",
-        "--user",
-        "--map-root-user",
-        "--mount",
+        *NAMESPACE,
         sys.executable,
         "-c",
         ON_A_FULL_DISK,
