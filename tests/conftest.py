@@ -4,6 +4,7 @@ made from real faces (variants of the photo), so that dlib really has something 
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -168,3 +169,17 @@ def make_face_dataset(tmp_path: Path, astronaut_gray: np.ndarray) -> Callable[..
         return root
 
     return make
+
+
+def tiff(entries: list[tuple[int, int, int]], pixels: bytes, order: str = "<") -> bytes:
+    """A one-strip TIFF with the given (tag, type, value) entries in this order, in Intel
+    ("<") or Motorola (">") byte order; the value of tags 273 and 324 (strip and tile
+    offsets) is replaced by where the pixel data starts."""
+    pixels_at = 8 + 2 + 12 * len(entries) + 4
+    directory = struct.pack(order + "H", len(entries))
+    for tag, kind, value in entries:
+        value = pixels_at if tag in (273, 324) else value
+        packed = struct.pack(order + "HH", value, 0) if kind == 3 else struct.pack(order + "I", value)
+        directory += struct.pack(order + "HHI", tag, kind, 1) + packed
+    magic = b"II*\x00" if order == "<" else b"MM\x00*"
+    return magic + struct.pack(order + "I", 8) + directory + b"\x00" * 4 + pixels

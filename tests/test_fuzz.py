@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import DATA, FACE_BOX, crop_box
+from conftest import DATA, FACE_BOX, crop_box, tiff
 from fercli.config import MAX_PIXELS, PreprocessConfig, ScanOptions
 from fercli.errors import ImageError, LayoutError
 
@@ -249,13 +249,7 @@ def _big_endian_tiff(image: np.ndarray) -> bytes:
         (278, 4, height),
         (279, 4, image.size),
     ]
-    pixels_at = 8 + 2 + 12 * len(entries) + 4
-    directory = struct.pack(">H", len(entries))
-    for tag, kind, value in entries:
-        value = pixels_at if tag == 273 else value
-        packed = struct.pack(">HH", value, 0) if kind == 3 else struct.pack(">I", value)
-        directory += struct.pack(">HHI", tag, kind, 1) + packed
-    return b"MM\x00*" + struct.pack(">I", 8) + directory + b"\x00" * 4 + image.tobytes()
+    return tiff(entries, image.tobytes(), order=">")
 
 
 def _seeds(side: int) -> dict[str, bytes]:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import face_variant, write_image
+from conftest import face_variant, tiff, write_image
 from fercli.config import MAX_PIXELS
 from fercli.errors import ImageError
 from fercli.images import load_gray
@@ -56,18 +56,6 @@ def deflated_zeros(count: int) -> bytes:
     parts = [packer.compress(block) for _ in range(count // len(block))]
     parts.append(packer.compress(bytes(count % len(block))))
     return b"".join(parts) + packer.flush()
-
-
-def tiff(entries: list[tuple[int, int, int]], pixels: bytes) -> bytes:
-    """A little-endian TIFF with the given (tag, type, value) entries in this order; the
-    value 0 of tags 273 and 324 (strip and tile offsets) points at the pixel data."""
-    pixels_at = 8 + 2 + 12 * len(entries) + 4
-    directory = struct.pack("<H", len(entries))
-    for tag, kind, value in entries:
-        value = pixels_at if tag in (273, 324) else value
-        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
-        directory += struct.pack("<HHI", tag, kind, 1) + packed
-    return b"II*\x00" + struct.pack("<I", 8) + directory + b"\x00" * 4 + pixels
 
 
 def jpeg_declaring(face: np.ndarray, width: int, height: int) -> bytes:
