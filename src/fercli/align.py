@@ -64,11 +64,6 @@ def _dlib_models():
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(predictor_path()))
 
 
-def load_models() -> None:
-    """Load the dlib models now (before forking workers, so that they share them)."""
-    _dlib_models()
-
-
 def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[tuple[object, float]]:
     """dlib face boxes with their scores, largest first, from the first upsampling level
     (of config.upsample_tries) that finds any."""
