@@ -100,3 +100,61 @@ def test_small_precropped_face_is_found_only_with_upsampling(astronaut_gray):
     assert face.crop.shape == (CROP_SIZE, CROP_SIZE)
     left, right = apply(face.transform, np.array(eye_centres(face.landmarks)))
     assert abs(left[1] - right[1]) < 0.5 and left[0] < right[0]
+
+
+def detections(detector, image: np.ndarray) -> list:
+    boxes, scores, kinds = detector.run(image, 1, -0.5)
+    return [((box.left(), box.top(), box.right(), box.bottom()), score, kind) for box, score, kind in zip(boxes, scores, kinds)]
+
+
+@pytest.fixture
+def fresh_detector():
+    """face_detector() as in a new process; cleared again afterwards."""
+    from fercli.align import face_detector
+
+    face_detector.cache_clear()
+    yield face_detector
+    face_detector.cache_clear()
+
+
+def test_detector_is_stored_once_and_the_stored_one_finds_the_same_faces(fresh_detector, fer_home, astronaut_gray):
+    import dlib
+
+    built = fresh_detector()
+    [stored] = (fer_home / "dlib").iterdir()
+    written = stored.stat()
+    fresh_detector.cache_clear()
+    loaded = fresh_detector()
+
+    assert loaded is not built
+    assert list((fer_home / "dlib").iterdir()) == [stored]
+    # Read, not written again (a rewrite would be a new file renamed into place).
+    assert (stored.stat().st_ino, stored.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    reference = dlib.get_frontal_face_detector()
+    for degrees in (0, 15):
+        image, _ = rotate(astronaut_gray, degrees)
+        assert detections(loaded, image) == detections(reference, image) != []
+
+
+def test_a_damaged_stored_detector_is_replaced(fresh_detector, fer_home, astronaut_gray):
+    fresh_detector()
+    [stored] = (fer_home / "dlib").iterdir()
+    good = stored.read_bytes()
+    stored.write_bytes(good[: len(good) // 2])
+    fresh_detector.cache_clear()
+
+    detector = fresh_detector()
+
+    assert detections(detector, astronaut_gray) != []
+    assert stored.read_bytes() == good
+
+
+def test_detector_works_where_nothing_can_be_stored(fresh_detector, tmp_path, monkeypatch, astronaut_gray):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("FER_HOME cannot be made below a file")
+    monkeypatch.setenv("FER_HOME", str(blocker / "home"))
+
+    detector = fresh_detector()
+
+    assert detections(detector, astronaut_gray) != []
+    assert blocker.read_text() == "FER_HOME cannot be made below a file"

@@ -270,19 +270,27 @@ def test_interrupted_run_resumes(make_folders, fer_home):
     assert len(cache_entries(fer_home)) == 4
 
 
-def test_workers_give_the_same_crops_as_one_process(make_folders, tmp_path, monkeypatch):
+def test_workers_give_the_same_crops_as_one_process(make_folders, tmp_path, monkeypatch, no_face_image):
     root = make_folders(
         {
             "happy": [f"{index}.png" for index in range(4)],
             "sad": [f"{index}.png" for index in range(4)],
         }
     )
-    results = {}
+    # Workers find faces while this process loads the landmark model, and others finish:
+    # files without a face, or that cannot be decoded, take other paths through both.
+    write_image(root / "sad" / "suit.png", no_face_image)
+    (root / "sad" / "broken.png").write_bytes((root / "sad" / "0.png").read_bytes()[:300])
+    results, skipped = {}, {}
     for workers in (1, 2):
         monkeypatch.setenv("FER_HOME", str(tmp_path / f"home-{workers}"))  # both runs cold
         report = preprocess_dataset(root, workers=workers)
         assert report.cache_hits == 0 and report.workers == workers
         results[workers] = load_dataset(report.dataset)
+        skipped[workers] = sorted((Path(item.path).name, item.reason) for item in report.skipped)
+
+    assert [name for name, _ in skipped[1]] == ["broken.png", "suit.png"]
+    assert skipped[1] == skipped[2]
 
     np.testing.assert_array_equal(results[1].crops, results[2].crops)
     np.testing.assert_array_equal(results[1].labels, results[2].labels)

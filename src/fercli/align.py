@@ -57,11 +57,38 @@ def predictor_path() -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _dlib_models():
-    """dlib's frontal face detector and landmark predictor, loaded once per process."""
+def face_detector():
+    """dlib's frontal face detector, loaded once per process.
+
+    dlib builds it from a compressed copy inside its library, which takes about 240 ms: a
+    cost every worker process would pay before its first image. Stored once in dlib's own
+    format under FER_HOME, it loads in about 1 ms. The file name holds dlib's version; a file
+    that does not load is replaced, and a FER_HOME that cannot be written only costs the time.
+    """
     import dlib
 
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(predictor_path()))
+    from fercli.store import atomic_save, dlib_dir
+
+    path = dlib_dir() / f"frontal_face_detector-{dlib.__version__}.svm"
+    if path.is_file():
+        try:
+            return dlib.fhog_object_detector(str(path))
+        except RuntimeError:
+            pass
+    detector = dlib.get_frontal_face_detector()
+    try:
+        atomic_save(path, lambda name: detector.save(name))
+    except (FerError, RuntimeError):
+        pass
+    return detector
+
+
+@functools.lru_cache(maxsize=1)
+def landmark_predictor():
+    """dlib's 68-point landmark predictor, loaded once per process (about 0.5 s)."""
+    import dlib
+
+    return dlib.shape_predictor(str(predictor_path()))
 
 
 def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[tuple[object, float]]:
@@ -69,7 +96,7 @@ def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[tuple[objec
     (of config.upsample_tries) that finds any."""
     import dlib
 
-    detector, _ = _dlib_models()
+    detector = face_detector()
     scale = 1.0
     search = gray
     if max(gray.shape) > DETECT_MAX_SIDE:
@@ -92,7 +119,7 @@ def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[tuple[objec
 
 def find_landmarks(gray: np.ndarray, box) -> np.ndarray:
     """The 68 landmarks of the face in a dlib box, as a (68, 2) float array."""
-    _, predictor = _dlib_models()
+    predictor = landmark_predictor()
     shape = predictor(gray, box)
     return np.array([(point.x, point.y) for point in shape.parts()], dtype=np.float64)
 
@@ -173,10 +200,20 @@ def find_faces(gray: np.ndarray, config: PreprocessConfig) -> list[AlignedFace]:
 
 def align_largest(gray: np.ndarray, config: PreprocessConfig) -> tuple[AlignedFace, int]:
     """The largest face in an image and how many faces were detected; NoFaceError if none."""
-    detections = detect_faces(gray, config)
+    return align_detected(gray, detect_faces(gray, config), config)
+
+
+def align_detected(gray: np.ndarray, detections: list[tuple[object, float]], config: PreprocessConfig) -> tuple[AlignedFace, int]:
+    """align_largest given detect_faces' result for the same image, which may come from
+    another process (preprocess finds faces while the landmark model is still loading)."""
     for box, score in detections:
         face = _align_detection(gray, box, score, config)
         if face is not None:
             return face, len(detections)
+    raise no_face_error(config)
+
+
+def no_face_error(config: PreprocessConfig) -> NoFaceError:
+    """The error for an image without a face, saying what was tried."""
     tried = " and ".join(str(level) for level in config.upsample_tries)
-    raise NoFaceError(f"no face found (tried upsampling {tried})")
+    return NoFaceError(f"no face found (tried upsampling {tried})")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -116,3 +118,122 @@ def run_tasks(function: Callable[[Any, Any], Any], tasks: list, shared: Any, wor
                 process.terminate()
         executor.shutdown(wait=True, cancel_futures=True)
         cv2.setNumThreads(opencv_threads)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A first-stage result of run_staged that the second stage still has to finish."""
+
+    value: Any
+
+
+def _first_stage_worker(first: Callable, tasks: list, shared: Any, part: int, parts: int, stop, results) -> None:
+    _start(first, shared)
+    try:
+        # Every parts-th task from this worker's number on: no counter to share, which would
+        # need a file in shared memory (fer must run where no file can grow, a full disk).
+        for index in range(part, len(tasks), parts):
+            if stop.is_set():
+                break
+            results.put((index, first(tasks[index], shared)))
+    except BaseException:
+        # The task this worker was on gets no result, so the second stage does it again, in
+        # workers whose errors reach the caller (run_tasks).
+        pass
+    finally:
+        results.put(None)
+        results.close()
+        results.join_thread()
+
+
+def _second_stage(item: tuple, shared: tuple) -> Any:
+    task, value = item
+    second, task_shared = shared
+    return second(task, value, task_shared)
+
+
+def run_staged(
+    first: Callable[[Any, Any], Any],
+    second: Callable[[Any, Any, Any], Any],
+    prepare: Callable[[], Any],
+    tasks: list,
+    shared: Any,
+    workers: int,
+) -> Iterator:
+    """run_tasks for work that needs something slow to load (a model) only part of the way.
+
+    first(task, shared) returns the task's result, or Pending(value) when the rest of its work
+    needs what prepare() loads. Workers start on first at once; at the first Pending this
+    process calls prepare() while they go on. It then stops them, and new workers, which share
+    what prepare loaded instead of each loading their own, finish the pending tasks with
+    second(task, value, shared) and do the tasks not yet started with second(task, None,
+    shared). When no task is pending (every result was cached), prepare is never called.
+    Yields every task's result, in completion order; first, second and prepare must be
+    module-level functions.
+    """
+    if effective_workers(len(tasks), workers) == 1:
+        prepared = False
+        for task in tasks:
+            outcome = first(task, shared)
+            if not isinstance(outcome, Pending):
+                yield outcome
+                continue
+            if not prepared:
+                prepare()
+                prepared = True
+            yield second(task, outcome.value, shared)
+        return
+    import cv2
+
+    from fercli.errors import FerError
+
+    context = _context()
+    stop = context.Event()
+    results = context.Queue()
+    helpers = [
+        context.Process(
+            target=_first_stage_worker, args=(first, tasks, shared, part, workers, stop, results), daemon=True
+        )
+        for part in range(workers)
+    ]
+    pending: dict[int, Any] = {}
+    finished: set[int] = set()
+    opencv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # see run_tasks
+    try:
+        for helper in helpers:
+            helper.start()
+        running = len(helpers)
+        while running:
+            try:
+                item = results.get(timeout=0.5)
+            except queue.Empty:
+                if any(helper.exitcode not in (None, 0) for helper in helpers):
+                    raise FerError("a worker process died (killed, or out of memory); nothing more was processed") from None
+                continue
+            if item is None:
+                running -= 1
+                continue
+            index, outcome = item
+            if not isinstance(outcome, Pending):
+                finished.add(index)
+                yield outcome
+                continue
+            pending[index] = outcome.value
+            if not stop.is_set():
+                prepare()  # the workers go on with first meanwhile
+                stop.set()
+        for helper in helpers:
+            helper.join()
+    finally:
+        for helper in helpers:
+            if helper.is_alive():
+                helper.terminate()
+                helper.join()
+        results.close()
+        cv2.setNumThreads(opencv_threads)
+    # Tasks not started (the whole job each) first, so that the cheap pending ones even out
+    # the end between the workers.
+    rest = [(task, None) for index, task in enumerate(tasks) if index not in finished and index not in pending]
+    rest += [(tasks[index], value) for index, value in sorted(pending.items())]
+    yield from run_tasks(_second_stage, rest, (second, shared), workers)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.align import align_largest
+from fercli.align import align_detected, detect_faces, landmark_predictor, no_face_error
 from fercli.cache import CacheEntry, CropCache, content_key
 from fercli.config import PreprocessConfig, ScanOptions, label_order
 from fercli.datasets import Skipped, scan_dataset
 from fercli.errors import FerError, StoreError
 from fercli.images import decode_gray, read_file
-from fercli.parallel import default_workers, effective_workers, run_tasks
+from fercli.parallel import Pending, default_workers, effective_workers, run_staged
 from fercli.store import PreparedDataset, dataset_folder, save_dataset
 
 Progress = Callable[[int, int], None]
@@ -66,6 +66,29 @@ def align_file(path: Path, config: PreprocessConfig, cache: CropCache | None) ->
     Returns the entry (a crop, or the reason there is none) and whether it came from the
     cache. Never raises for a bad image; StoreError if the cache cannot be written.
     """
+    outcome = _find_faces(path, config, cache)
+    if isinstance(outcome, FacesFound):
+        return _finish_alignment(path, outcome, config, cache), False
+    return outcome
+
+
+# A decoded image of up to this many pixels goes from the worker that found its faces to the
+# one that landmarks them; a larger one is read and decoded again rather than held in memory.
+PASSED_PIXELS = 1 << 20
+
+
+@dataclass(frozen=True)
+class FacesFound:
+    """Faces found in a file whose crop is not cached yet: what landmarking starts from."""
+
+    key: str  # the file's cache key
+    detections: list  # detect_faces' result
+    gray: np.ndarray | None = None  # the decoded image, if it is small (PASSED_PIXELS)
+
+
+def _find_faces(path: Path, config: PreprocessConfig, cache: CropCache | None) -> tuple[CacheEntry, bool] | FacesFound:
+    """The first half of align_file, which needs no landmark model: read the file, look it
+    up in the cache, decode it and find its faces."""
     try:
         data = read_file(path)
     except FerError as error:
@@ -75,24 +98,77 @@ def align_file(path: Path, config: PreprocessConfig, cache: CropCache | None) ->
         cached = cache.get(key)
         if cached is not None:
             return cached, True
-    try:
+
+    def find() -> CacheEntry | FacesFound:
         gray = decode_gray(data)
-        face, faces = align_largest(gray, config)
-        entry = CacheEntry(crop=face.crop, faces=faces, box=face.box, angle=round(face.angle, 3))
+        detections = detect_faces(gray, config)
+        if not detections:
+            raise no_face_error(config)
+        return FacesFound(key, detections, gray if gray.size <= PASSED_PIXELS else None)
+
+    outcome = _attempt(find, key, cache)
+    return outcome if isinstance(outcome, FacesFound) else (outcome, False)
+
+
+def _finish_alignment(path: Path, found: FacesFound, config: PreprocessConfig, cache: CropCache | None) -> CacheEntry:
+    """The second half of align_file: landmarks, crop, cache."""
+    if found.gray is not None:
+        return _attempt(lambda: _crop_entry(found.gray, found.detections, config), found.key, cache)
+    try:
+        data = read_file(path)
     except FerError as error:
-        entry = CacheEntry(crop=None, reason=str(error))
+        return CacheEntry(crop=None, reason=str(error))
+    key = content_key(data)
+
+    def align() -> CacheEntry:
+        gray = decode_gray(data)
+        # The file may have been replaced since its faces were found: then find them again.
+        detections = found.detections if key == found.key else detect_faces(gray, config)
+        return _crop_entry(gray, detections, config)
+
+    return _attempt(align, key, cache)
+
+
+def _crop_entry(gray: np.ndarray, detections: list, config: PreprocessConfig) -> CacheEntry:
+    face, faces = align_detected(gray, detections, config)
+    return CacheEntry(crop=face.crop, faces=faces, box=face.box, angle=round(face.angle, 3))
+
+
+def _attempt(work: Callable, key: str, cache: CropCache | None):
+    """work()'s result; a bad image becomes an entry with the reason, stored in the cache
+    (so that a second run does not try again) unless the failure was not the image's."""
+    try:
+        outcome = work()
+    except FerError as error:
+        outcome = CacheEntry(crop=None, reason=str(error))
     except Exception as error:
-        return CacheEntry(crop=None, reason=f"alignment failed: {type(error).__name__}: {error}"), False
-    if cache is not None:
-        cache.put(key, entry)
-    return entry, False
+        return CacheEntry(crop=None, reason=f"alignment failed: {type(error).__name__}: {error}")
+    if isinstance(outcome, CacheEntry) and cache is not None:
+        cache.put(key, outcome)
+    return outcome
 
 
-def _align_task(task: tuple[int, str], shared: tuple[PreprocessConfig, CropCache]) -> tuple[int, CacheEntry, bool]:
+def _find_task(task: tuple[int, str], shared: tuple[PreprocessConfig, CropCache]):
     index, path = task
     config, cache = shared
-    entry, hit = align_file(Path(path), config, cache)
+    outcome = _find_faces(Path(path), config, cache)
+    if isinstance(outcome, FacesFound):
+        return Pending(outcome)
+    entry, hit = outcome
     return index, entry, hit
+
+
+def _finish_task(task: tuple[int, str], found: FacesFound | None, shared: tuple[PreprocessConfig, CropCache]):
+    index, path = task
+    config, cache = shared
+    if found is None:
+        entry, hit = align_file(Path(path), config, cache)
+        return index, entry, hit
+    return index, _finish_alignment(Path(path), found, config, cache), False
+
+
+def _load_models() -> None:
+    landmark_predictor()
 
 
 def preprocess_dataset(
@@ -118,7 +194,7 @@ def preprocess_dataset(
     if progress:
         progress(0, len(records))
     for done, (index, entry, hit) in enumerate(
-        run_tasks(_align_task, tasks, (config, cache), workers), start=1
+        run_staged(_find_task, _finish_task, _load_models, tasks, (config, cache), workers), start=1
     ):
         entries[index] = entry
         hits += hit

@@ -7,6 +7,7 @@ Everything lives under one folder, FER_HOME (default: $XDG_DATA_HOME/fercli, tha
     datasets/<name>-<id>/dataset.npz      a preprocessed dataset: crops, labels, subjects
     datasets/<name>-<id>/contact_sheet.png
     models/<name>-<time>.npz              trained models
+    dlib/                                 dlib's face detector, stored to load in 1 ms, not 240
     runs/crossval-<name>-<time>/          cross-validation reports
 
 Every file is written to a temporary name in the same folder and renamed into place, so
@@ -56,6 +57,10 @@ def models_dir() -> Path:
 
 def runs_dir() -> Path:
     return home() / "runs"
+
+
+def dlib_dir() -> Path:
+    return home() / "dlib"
 
 
 def timestamp() -> str:
@@ -110,14 +115,24 @@ def atomic_write(path: Path, write) -> Path:
     A failure (disk full, read-only folder, a kill) leaves any existing file untouched and no
     temporary file behind, except after a kill, when the temporary file is named .tmp-*.
     """
+
+    def write_named(name: str) -> None:
+        with open(name, "wb") as stream:
+            write(stream)
+
+    return atomic_save(path, write_named)
+
+
+def atomic_save(path: Path, save) -> Path:
+    """atomic_write for writers that take a file name (dlib's save) rather than a stream."""
     make_dir(path.parent)
     try:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+        os.close(handle)
     except OSError as error:
         raise _store_error(path, error) from None
     try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
+        save(temporary)
         os.replace(temporary, path)
     except OSError as error:
         _remove_quietly(temporary)
