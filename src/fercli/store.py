@@ -116,23 +116,32 @@ def atomic_write(path: Path, write) -> Path:
     temporary file behind, except after a kill, when the temporary file is named .tmp-*.
     """
 
-    def write_named(name: str) -> None:
-        with open(name, "wb") as stream:
+    def fill(handle: int, name: str) -> None:
+        with os.fdopen(handle, "wb") as stream:
             write(stream)
 
-    return atomic_save(path, write_named)
+    return _replace_with(path, fill)
 
 
 def atomic_save(path: Path, save) -> Path:
     """atomic_write for writers that take a file name (dlib's save) rather than a stream."""
+
+    def fill(handle: int, name: str) -> None:
+        os.close(handle)
+        save(name)
+
+    return _replace_with(path, fill)
+
+
+def _replace_with(path: Path, fill) -> Path:
+    """fill(handle, name) writes a temporary file (and closes handle); it then replaces path."""
     make_dir(path.parent)
     try:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-        os.close(handle)
     except OSError as error:
         raise _store_error(path, error) from None
     try:
-        save(temporary)
+        fill(handle, temporary)
         os.replace(temporary, path)
     except OSError as error:
         _remove_quietly(temporary)
