@@ -234,19 +234,21 @@ def train(
 ) -> None:
     """Train the network on every image of a preprocessed dataset and save a model for predict."""
     with user_errors():
-        from fercli.store import check_writable, models_dir, resolve_dataset, timestamp, unused_path
+        from fercli.store import check_writable, models_dir, resolve_dataset, timestamp
         from fercli.training import train_model
 
         config = train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
                               max_rotation, max_shift, normalisation, flip_tta)
         prepared = resolve_dataset(dataset)
-        output = output or unused_path(models_dir() / f"{prepared.name}-{timestamp()}.npz")
+        made_up = output is None  # then another run may make up the same name: never replace
+        output = output or models_dir() / f"{prepared.name}-{timestamp()}.npz"
         check_writable(output.parent)
         bar, _ = progress_bar("training")
         task = bar.tasks[0].id
         bar.update(task, total=config.epochs)
         with bar if not as_json else contextlib.nullcontext():
-            result = train_model(prepared, config, output, progress=None if as_json else epoch_reporter(bar, task, 1))
+            result = train_model(prepared, config, output, progress=None if as_json else epoch_reporter(bar, task, 1),
+                                 keep_existing=made_up)
     summary = {"model": str(result.path), "dataset": prepared.name, "classes": result.classes,
                "images": result.images, "epochs": result.epochs, "final_loss": result.loss,
                "final_train_accuracy": result.accuracy, "seconds": round(result.seconds, 1),
@@ -275,14 +277,13 @@ def crossval(
 ) -> None:
     """K-fold cross-validation on a preprocessed dataset, with an honest report."""
     with user_errors():
-        from fercli.store import check_writable, resolve_dataset, runs_dir, timestamp, unused_path
+        from fercli.store import check_writable, new_dir, resolve_dataset, runs_dir, timestamp
         from fercli.training import cross_validate, save_crossval
 
         config = train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
                               max_rotation, max_shift, normalisation, flip_tta)
         prepared = resolve_dataset(dataset)
-        output = output or unused_path(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
-        check_writable(output)
+        output = check_writable(output) if output else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
         bar, _ = progress_bar("starting")
         task = bar.tasks[0].id
         bar.update(task, total=folds * config.epochs)

@@ -225,8 +225,12 @@ def save_model(
     preprocess: PreprocessConfig,
     training: TrainConfig,
     extra: dict | None = None,
+    keep_existing: bool = False,
 ) -> Path:
-    """Export a trained Keras network with everything predict needs; written then renamed."""
+    """Export a trained Keras network with everything predict needs; written then renamed.
+
+    keep_existing: never replace a file, write to path-2, ... instead. Returns the path written.
+    """
     specs, weights = export_layers(keras_model)
     meta = {
         "format": MODEL_FORMAT,
@@ -243,7 +247,7 @@ def save_model(
     }
     arrays = {"meta": pack_json(meta), "norm_mean": np.asarray(mean, np.float64),
               "norm_std": np.asarray(std, np.float64), **weights}
-    return atomic_write(Path(path), lambda stream: np.savez(stream, **arrays))
+    return atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), keep_existing)
 
 
 def library_versions() -> dict[str, str]:

@@ -17,11 +17,13 @@ readers see either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,14 +70,36 @@ def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
-def unused_path(path: Path) -> Path:
-    """path, or path with -2, -3, ... before its suffix if that name is taken (two runs in
-    the same second must not overwrite each other)."""
-    candidate, number = path, 1
-    while candidate.exists():
-        number += 1
-        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
-    return candidate
+def numbered(path: Path) -> Iterator[Path]:
+    """path, then path with -2, -3, ... before its suffix: names for a new file or folder."""
+    yield path
+    for number in itertools.count(2):
+        yield path.with_name(f"{path.stem}-{number}{path.suffix}")
+
+
+def new_dir(path: Path) -> Path:
+    """Create a new, empty folder at path, or at path-2, path-3, ... if that name is taken.
+
+    Creating is the check, so two runs started in the same second get a folder each.
+    StoreError if the folder cannot be made.
+    """
+    make_dir(path.parent)
+    try:
+        return _first_free(path, Path.mkdir)
+    except OSError as error:
+        raise _store_error(path, error) from None
+
+
+def _first_free(path: Path, create) -> Path:
+    """create(name) for the names of numbered(path) in turn, until one did not exist yet."""
+    names = numbered(path)
+    while True:
+        name = next(names)
+        try:
+            create(name)
+            return name
+        except FileExistsError:
+            pass
 
 
 def slug(text: str) -> str:
@@ -109,18 +133,20 @@ def check_writable(folder: Path) -> Path:
     return folder
 
 
-def atomic_write(path: Path, write) -> Path:
+def atomic_write(path: Path, write, keep_existing: bool = False) -> Path:
     """Write a file through write(file_object) to a temporary name, then rename it into place.
 
     A failure (disk full, read-only folder, a kill) leaves any existing file untouched and no
     temporary file behind, except after a kill, when the temporary file is named .tmp-*.
+    keep_existing: never replace a file; write to path-2, path-3, ... instead (two runs that
+    made up the same name). Returns the path written.
     """
 
     def fill(handle: int, name: str) -> None:
         with os.fdopen(handle, "wb") as stream:
             write(stream)
 
-    return _replace_with(path, fill)
+    return _replace_with(path, fill, keep_existing)
 
 
 def atomic_save(path: Path, save) -> Path:
@@ -133,21 +159,30 @@ def atomic_save(path: Path, save) -> Path:
     return _replace_with(path, fill)
 
 
-def _replace_with(path: Path, fill) -> Path:
+def _replace_with(path: Path, fill, keep_existing: bool = False) -> Path:
     """fill(handle, name) writes a temporary file (and closes handle); it then replaces path."""
     make_dir(path.parent)
     try:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     except OSError as error:
         raise _store_error(path, error) from None
+    claimed = None
     try:
         fill(handle, temporary)
+        if keep_existing:
+            # Taking the name by creating it empty makes the file renamed onto it a moment
+            # later nobody else's.
+            path = claimed = _first_free(path, _create_empty)
         os.replace(temporary, path)
     except OSError as error:
         _remove_quietly(temporary)
+        if claimed:
+            _remove_quietly(claimed)
         raise _store_error(path, error) from None
     except BaseException:
         _remove_quietly(temporary)
+        if claimed:
+            _remove_quietly(claimed)
         raise
     return path
 
@@ -165,6 +200,10 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def atomic_write_json(path: Path, payload: object) -> Path:
     return atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _create_empty(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _remove_quietly(path: str | Path) -> None:

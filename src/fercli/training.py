@@ -514,8 +514,12 @@ def train_model(
     output: Path,
     progress: Progress | None = None,
     threads: int | None = None,
+    keep_existing: bool = False,
 ) -> TrainResult:
-    """Train on every selected image of a dataset and save the model file predict reads."""
+    """Train on every selected image of a dataset and save the model file predict reads.
+
+    keep_existing: if output exists (a name another run made up too), save to output-2, ...
+    """
     from fercli.model import load_model, save_model
 
     started = time.perf_counter()
@@ -532,7 +536,7 @@ def train_model(
     preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
     extra = {"test_time_flip": config.test_time_flip, "data_fingerprint": data_fingerprint(selection),
              "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops)}}
-    save_model(output, model, selection.labels, mean, std, preprocess, config, extra)
+    output = save_model(output, model, selection.labels, mean, std, preprocess, config, extra, keep_existing)
     # The exported file must give what Keras gives: check on a sample before anyone relies on it.
     sample = selection.crops[:64]
     exported = load_model(output).predict_proba(sample)

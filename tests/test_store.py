@@ -1,0 +1,92 @@
+"""Names that runs make up (a model or crossval folder named by the time) are taken by
+creating them, so that runs started in the same second never write over each other."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from fercli.errors import StoreError
+from fercli.store import atomic_write, atomic_write_bytes, new_dir
+
+RUNS = 6
+
+
+def test_keep_existing_writes_beside_a_file_that_is_there(tmp_path):
+    path = tmp_path / "model-20261125-101010.npz"
+    path.write_bytes(b"first")
+
+    second = atomic_write(path, lambda stream: stream.write(b"second"), keep_existing=True)
+    third = atomic_write(path, lambda stream: stream.write(b"third"), keep_existing=True)
+
+    assert [second.name, third.name] == ["model-20261125-101010-2.npz", "model-20261125-101010-3.npz"]
+    assert [path.read_bytes(), second.read_bytes(), third.read_bytes()] == [b"first", b"second", b"third"]
+
+
+def test_without_keep_existing_a_given_path_is_replaced(tmp_path):
+    path = tmp_path / "chosen.npz"
+    path.write_bytes(b"old")
+
+    assert atomic_write_bytes(path, b"new") == path
+    assert path.read_bytes() == b"new"
+
+
+def write_at_once(path: str, barrier, number: int) -> None:
+    barrier.wait()
+    atomic_write(Path(path), lambda stream: stream.write(b"run %d;" % number * 5000), keep_existing=True)
+
+
+def make_dir_at_once(path: str, barrier, made) -> None:
+    barrier.wait()
+    made.put(str(new_dir(Path(path))))
+
+
+def start_together(target, arguments) -> None:
+    """RUNS processes, each calling target(*arguments(barrier, number)); target waits at the
+    barrier, so that they all go at one moment."""
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(RUNS)
+    processes = [context.Process(target=target, args=arguments(barrier, number)) for number in range(RUNS)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+
+
+def test_runs_that_made_up_the_same_model_name_at_once_each_get_a_file(tmp_path):
+    path = tmp_path / "models" / "jaffe-20261125-101010.npz"
+
+    start_together(write_at_once, lambda barrier, number: (str(path), barrier, number))
+
+    files = sorted(path.parent.iterdir())
+    assert len(files) == RUNS  # no temporary or empty file left
+    contents = sorted(file.read_bytes() for file in files)
+    assert contents == sorted(b"run %d;" % number * 5000 for number in range(RUNS))
+
+
+def test_runs_that_made_up_the_same_folder_name_at_once_each_get_a_folder(tmp_path):
+    path = tmp_path / "runs" / "crossval-jaffe-20261125-101010"
+    made = multiprocessing.get_context("fork").SimpleQueue()
+
+    start_together(make_dir_at_once, lambda barrier, number: (str(path), barrier, made))
+
+    folders = sorted(made.get() for _ in range(RUNS))
+    assert len(set(folders)) == RUNS
+    assert sorted(str(folder) for folder in path.parent.iterdir()) == folders
+    assert str(path) in folders and str(path) + "-2" in folders
+
+
+def test_a_failed_write_leaves_neither_a_file_nor_a_taken_name(tmp_path):
+    path = tmp_path / "model.npz"
+    path.write_bytes(b"first")
+
+    def fail(stream) -> None:
+        stream.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(StoreError, match="No space left"):
+        atomic_write(path, fail, keep_existing=True)
+    assert list(tmp_path.iterdir()) == [path] and path.read_bytes() == b"first"
