@@ -142,11 +142,66 @@ def make_folders(tmp_path: Path, faces) -> Callable[..., Path]:
     return make
 
 
-@pytest.fixture
-def not_root() -> None:
-    """Skip a test of permission errors when running as root, who may read and write anything."""
-    if os.geteuid() == 0:
-        pytest.skip("running as root, who is not stopped by file permissions")
+# Linux capabilities that let root read, write and search whatever the permission bits say.
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
+
+
+def _drop_permission_override() -> None:
+    """Drop, in this process, root's capabilities to ignore file permission bits."""
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Sets(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, sets = Header(0x20080522, 0), (Sets * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    if libc.capget(ctypes.byref(header), sets) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    keep = ~((1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH)) & 0xFFFFFFFF
+    sets[0].effective &= keep
+    sets[0].permitted &= keep
+    if libc.capset(ctypes.byref(header), sets) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+
+
+def run_unprivileged(function: Callable[[], None]) -> None:
+    """Run a test of permission errors where permission bits apply.
+
+    For anyone but root that is this process. Root reads and writes whatever the bits say, so
+    for root the function runs in a forked child that has dropped the capabilities allowing
+    that; an assertion that fails there fails the test here, with the child's traceback.
+    """
+    if os.geteuid() != 0:
+        function()
+        return
+    import traceback
+
+    # A forked child inherits OpenCV's thread pool without its threads and can hang in its
+    # first OpenCV call (see fercli.parallel): stop them for the fork.
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, never return into pytest
+        os.close(read_end)
+        try:
+            _drop_permission_override()
+            function()
+            report = b"ok"
+        except BaseException:
+            report = traceback.format_exc().encode()
+        os.write(write_end, report)
+        os._exit(0)
+    os.close(write_end)
+    cv2.setNumThreads(threads)
+    with os.fdopen(read_end, "rb") as stream:
+        report = stream.read()
+    os.waitpid(pid, 0)
+    if report != b"ok":
+        pytest.fail(f"in a child process without root's permission override:\n{report.decode()}")
 
 
 # The first variants of the photo, whose face dlib finds with room to spare (from index ~69

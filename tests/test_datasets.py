@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_unprivileged
 from fercli.config import ScanOptions
 from fercli.datasets import detect_layout, discover_images, scan_dataset, subject_of
 from fercli.errors import LayoutError
@@ -240,13 +241,16 @@ def test_discover_images_takes_files_and_folders(make_folders, tmp_path):
     ]
 
 
-def test_unreadable_sub_folder_is_reported_and_the_rest_read(make_folders, not_root):
+def test_unreadable_sub_folder_is_reported_and_the_rest_read(make_folders):
     root = make_folders({"happy": ["a.png"], "sad": ["b.png"]})
+
+    def check() -> None:
+        scan = scan_dataset(root)
+        assert by_name(scan) == {"a.png": ("happiness", None)}
+        assert reasons(scan) == {"sad": "cannot read the folder: Permission denied"}
+
     (root / "sad").chmod(0)
     try:
-        scan = scan_dataset(root)
+        run_unprivileged(check)
     finally:
         (root / "sad").chmod(0o755)
-
-    assert by_name(scan) == {"a.png": ("happiness", None)}
-    assert reasons(scan) == {"sad": "cannot read the folder: Permission denied"}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_image
+from conftest import run_unprivileged, write_image
 from fercli.config import MAX_FILE_BYTES
 from fercli.errors import ImageError
 from fercli.images import load_gray
@@ -193,10 +193,10 @@ def test_missing_file(tmp_path):
     assert_refused(tmp_path / "gone.png", "no such file")
 
 
-def test_unreadable_file(tmp_path, astronaut_gray, not_root):
+def test_unreadable_file(tmp_path, astronaut_gray):
     path = write_image(tmp_path / "secret.png", astronaut_gray)
     path.chmod(0)
     try:
-        assert_refused(path, "permission denied")
+        run_unprivileged(lambda: assert_refused(path, "permission denied"))
     finally:
         path.chmod(0o644)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import write_image
+from conftest import run_unprivileged, write_image
 from fercli import __version__
 from fercli.cli import app
 from fercli.config import PreprocessConfig
@@ -398,19 +398,24 @@ def test_ck_tree_through_the_cli(make_ck):
 # Where files go ------------------------------------------------------------------------------
 
 
-def test_read_only_home_is_a_store_error(make_folders, fer_home, not_root):
+def test_read_only_home_is_a_store_error(make_folders, fer_home):
     root = make_folders({"happy": ["a.png"]})
     crops = fer_home / "crops"
     crops.mkdir(parents=True)
-    crops.chmod(0o555)
-    try:
+
+    def check() -> None:
         with pytest.raises(StoreError, match="cannot write"):
             preprocess_dataset(root, workers=1)
         result = run_cli("preprocess", str(root))
         assert result.exit_code == 1
         assert "FER_HOME" in one_line_error(result)
+
+    crops.chmod(0o555)
+    try:
+        run_unprivileged(check)
     finally:
         crops.chmod(0o755)
+    assert list(crops.iterdir()) == []
 
 
 def test_home_that_cannot_be_created_is_a_store_error(make_folders, tmp_path, monkeypatch):
