@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 
 from conftest import run_unprivileged, write_image
 from fercli import __version__
+from fercli.cache import CropCache
 from fercli.cli import app
 from fercli.config import PreprocessConfig
-from fercli.errors import StoreError
-from fercli.preprocess import preprocess_dataset
+from fercli.errors import FerError, StoreError
+from fercli.preprocess import align_file, preprocess_dataset
 from fercli.store import load_dataset, resolve_dataset
 
 FER = Path(sys.executable).with_name("fer")
@@ -470,3 +471,30 @@ def test_importing_the_cli_loads_no_heavy_library():
 
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_missing_landmark_model_ends_the_run_and_is_not_blamed_on_the_images(make_folders, fer_home, monkeypatch, workers):
+    from fercli import align
+
+    root = make_folders({"happy": [f"{index}.png" for index in range(4)]})
+
+    def missing() -> None:
+        raise FerError("dlib's 68-point landmark model (x.dat) is missing: pip install face-recognition-models")
+
+    monkeypatch.setattr(align, "predictor_path", missing)
+    align.landmark_predictor.cache_clear()
+    try:
+        with pytest.raises(FerError, match="pip install face-recognition-models"):
+            preprocess_dataset(root, workers=workers)
+        result = run_cli("preprocess", str(root), "--workers", str(workers))
+        cache = CropCache(PreprocessConfig())
+        cache.prepare()
+        with pytest.raises(FerError, match="pip install face-recognition-models"):
+            align_file(root / "happy" / "0.png", PreprocessConfig(), cache)
+    finally:
+        align.landmark_predictor.cache_clear()
+
+    assert result.exit_code == 1
+    assert "landmark model" in one_line_error(result)
+    assert cache_entries(fer_home) == []  # nothing recorded against the images

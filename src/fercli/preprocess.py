@@ -14,7 +14,7 @@ from fercli.align import align_detected, detect_faces, landmark_predictor, no_fa
 from fercli.cache import CacheEntry, CropCache, content_key
 from fercli.config import PreprocessConfig, ScanOptions, label_order
 from fercli.datasets import Skipped, scan_dataset
-from fercli.errors import FerError, StoreError
+from fercli.errors import FerError, ImageError, NoFaceError, StoreError
 from fercli.images import decode_gray, read_file
 from fercli.parallel import Pending, default_workers, effective_workers, run_staged
 from fercli.store import PreparedDataset, dataset_folder, save_dataset
@@ -136,11 +136,14 @@ def _crop_entry(gray: np.ndarray, detections: list, config: PreprocessConfig) ->
 
 def _attempt(work: Callable, key: str, cache: CropCache | None):
     """work()'s result; a bad image becomes an entry with the reason, stored in the cache
-    (so that a second run does not try again) unless the failure was not the image's."""
+    so that a second run does not try again. Other errors a user can fix (dlib's landmark
+    model is missing) end the run; unexpected ones make an entry that is not stored."""
     try:
         outcome = work()
-    except FerError as error:
+    except (ImageError, NoFaceError) as error:
         outcome = CacheEntry(crop=None, reason=str(error))
+    except FerError:
+        raise
     except Exception as error:
         return CacheEntry(crop=None, reason=f"alignment failed: {type(error).__name__}: {error}")
     if isinstance(outcome, CacheEntry) and cache is not None:
