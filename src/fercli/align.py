@@ -194,7 +194,12 @@ def _align_detection(gray: np.ndarray, box, score: float, config: PreprocessConf
 
 def find_faces(gray: np.ndarray, config: PreprocessConfig) -> list[AlignedFace]:
     """Every face in a 2-D uint8 image, aligned, largest first (empty if there is none)."""
-    faces = (_align_detection(gray, box, score, config) for box, score in detect_faces(gray, config))
+    return align_all_detected(gray, detect_faces(gray, config), config)
+
+
+def align_all_detected(gray: np.ndarray, detections: list[tuple[object, float]], config: PreprocessConfig) -> list[AlignedFace]:
+    """find_faces given detect_faces' result for the same image (see align_detected)."""
+    faces = (_align_detection(gray, box, score, config) for box, score in detections)
     return [face for face in faces if face is not None]
 
 

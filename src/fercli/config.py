@@ -96,6 +96,10 @@ class PreprocessConfig(JsonConfig):
 MAX_PIXELS = 64_000_000
 # Refuse to read a file larger than this at all.
 MAX_FILE_BYTES = 256 * 1024 * 1024
+# A decoded image of up to this many pixels goes from the worker process that found its
+# faces to the one that landmarks them; a larger one is read and decoded again there rather
+# than held in memory meanwhile.
+PASSED_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.align import find_faces
-from fercli.config import PreprocessConfig
+from fercli.align import align_all_detected, detect_faces, landmark_predictor
+from fercli.config import PASSED_PIXELS, PreprocessConfig
 from fercli.datasets import Skipped, discover_images
 from fercli.errors import FerError, ModelError
 from fercli.images import load_gray
 from fercli.model import FerModel, load_model
-from fercli.parallel import default_workers, run_tasks
+from fercli.parallel import Pending, default_workers, run_staged
 from fercli.store import latest, models_dir
 
 Progress = Callable[[int, int], None]
@@ -65,16 +65,41 @@ def resolve_model(choice: Path | None) -> FerModel:
     return load_model(Path(choice))
 
 
-def _faces_task(task: tuple[int, str], config: PreprocessConfig) -> tuple[int, list, str | None]:
+def _find_task(task: tuple[int, str], config: PreprocessConfig):
+    """Read an image and find its faces: what needs no landmark model."""
     index, path = task
     try:
         gray = load_gray(Path(path))
-        faces = find_faces(gray, config)
-    except FerError as error:
-        return index, [], str(error)
+        detections = detect_faces(gray, config)
     except Exception as error:
-        return index, [], f"alignment failed: {type(error).__name__}: {error}"
+        return index, [], _reason(error)
+    if not detections:
+        return index, [], None
+    return Pending((gray if gray.size <= PASSED_PIXELS else None, detections))
+
+
+def _align_task(task: tuple[int, str], found: tuple | None, config: PreprocessConfig):
+    """Align the faces _find_task found (all of it, for an image it did not get to)."""
+    index, path = task
+    try:
+        gray, detections = found or (None, None)
+        if gray is None:
+            gray = load_gray(Path(path))
+        faces = align_all_detected(gray, detect_faces(gray, config) if detections is None else detections, config)
+    except Exception as error:
+        return index, [], _reason(error)
     return index, [(face.crop, face.box) for face in faces], None
+
+
+def _reason(error: Exception) -> str:
+    """Why an image gave no faces; a dlib failure is named as such."""
+    if isinstance(error, FerError):
+        return str(error)
+    return f"alignment failed: {type(error).__name__}: {error}"
+
+
+def _load_models() -> None:
+    landmark_predictor()
 
 
 def predict_paths(
@@ -90,7 +115,7 @@ def predict_paths(
     found: list[tuple[int, np.ndarray, tuple]] = []
     if progress:
         progress(0, len(tasks))
-    outcomes = run_tasks(_faces_task, tasks, model.preprocess, workers or default_workers())
+    outcomes = run_staged(_find_task, _align_task, _load_models, tasks, model.preprocess, workers or default_workers())
     for done, (index, faces, error) in enumerate(outcomes, start=1):
         images[index].error = error
         found.extend((index, crop, box) for crop, box in faces)

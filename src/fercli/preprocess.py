@@ -12,7 +12,7 @@ import numpy as np
 
 from fercli.align import align_detected, detect_faces, landmark_predictor, no_face_error
 from fercli.cache import CacheEntry, CropCache, content_key
-from fercli.config import PreprocessConfig, ScanOptions, label_order
+from fercli.config import PASSED_PIXELS, PreprocessConfig, ScanOptions, label_order
 from fercli.datasets import Skipped, scan_dataset
 from fercli.errors import FerError, ImageError, NoFaceError, StoreError
 from fercli.images import decode_gray, read_file
@@ -70,11 +70,6 @@ def align_file(path: Path, config: PreprocessConfig, cache: CropCache | None) ->
     if isinstance(outcome, FacesFound):
         return _finish_alignment(path, outcome, config, cache), False
     return outcome
-
-
-# A decoded image of up to this many pixels goes from the worker that found its faces to the
-# one that landmarks them; a larger one is read and decoded again rather than held in memory.
-PASSED_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
