@@ -57,6 +57,7 @@ def stop_with_parent() -> None:
 
 
 _state: dict[str, Any] = {}
+WORKER_DIED = "a worker process died (killed, or out of memory); nothing more was processed"
 
 
 def _start(function: Callable, shared: Any) -> None:
@@ -106,7 +107,7 @@ def run_tasks(function: Callable[[Any, Any], Any], tasks: list, shared: Any, wor
             yield from batch.result()
         stop_now = False
     except BrokenProcessPool:
-        raise FerError("a worker process died (killed, or out of memory); nothing more was processed") from None
+        raise FerError(WORKER_DIED) from None
     except Exception:
         # A task failed (a full disk): the other workers end their current batch rather than
         # being killed half-way through writing a file, which would leave it behind.
@@ -137,8 +138,8 @@ def _first_stage_worker(first: Callable, tasks: list, shared: Any, part: int, pa
                 break
             results.put((index, first(tasks[index], shared)))
     except BaseException:
-        # The task this worker was on gets no result, so the second stage does it again, in
-        # workers whose errors reach the caller (run_tasks).
+        # This task and the rest of this worker's share get no result, so the second stage
+        # does them whole, in workers whose errors reach the caller (run_tasks).
         pass
     finally:
         results.put(None)
@@ -209,7 +210,7 @@ def run_staged(
                 item = results.get(timeout=0.5)
             except queue.Empty:
                 if any(helper.exitcode not in (None, 0) for helper in helpers):
-                    raise FerError("a worker process died (killed, or out of memory); nothing more was processed") from None
+                    raise FerError(WORKER_DIED) from None
                 continue
             if item is None:
                 running -= 1
