@@ -169,8 +169,8 @@ def run_staged(
     what prepare loaded instead of each loading their own, finish the pending tasks with
     second(task, value, shared) and do the tasks not yet started with second(task, None,
     shared). When no task is pending (every result was cached), prepare is never called.
-    Yields every task's result, in completion order; first, second and prepare must be
-    module-level functions.
+    Yields every task's result, in completion order; first and second must be module-level
+    functions (workers find them by name).
     """
     if effective_workers(len(tasks), workers) == 1:
         prepared = False

@@ -98,10 +98,6 @@ def _reason(error: Exception) -> str:
     return f"alignment failed: {type(error).__name__}: {error}"
 
 
-def _load_models() -> None:
-    landmark_predictor()
-
-
 def predict_paths(
     paths: list[Path],
     model: FerModel,
@@ -115,7 +111,7 @@ def predict_paths(
     found: list[tuple[int, np.ndarray, tuple]] = []
     if progress:
         progress(0, len(tasks))
-    outcomes = run_staged(_find_task, _align_task, _load_models, tasks, model.preprocess, workers or default_workers())
+    outcomes = run_staged(_find_task, _align_task, landmark_predictor, tasks, model.preprocess, workers or default_workers())
     for done, (index, faces, error) in enumerate(outcomes, start=1):
         images[index].error = error
         found.extend((index, crop, box) for crop, box in faces)

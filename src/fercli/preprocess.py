@@ -165,10 +165,6 @@ def _finish_task(task: tuple[int, str], found: FacesFound | None, shared: tuple[
     return index, _finish_alignment(Path(path), found, config, cache), False
 
 
-def _load_models() -> None:
-    landmark_predictor()
-
-
 def preprocess_dataset(
     root: Path,
     options: ScanOptions = ScanOptions(),
@@ -192,7 +188,7 @@ def preprocess_dataset(
     if progress:
         progress(0, len(records))
     for done, (index, entry, hit) in enumerate(
-        run_staged(_find_task, _finish_task, _load_models, tasks, (config, cache), workers), start=1
+        run_staged(_find_task, _finish_task, landmark_predictor, tasks, (config, cache), workers), start=1
     ):
         entries[index] = entry
         hits += hit
