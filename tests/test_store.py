@@ -90,3 +90,12 @@ def test_a_failed_write_leaves_neither_a_file_nor_a_taken_name(tmp_path):
     with pytest.raises(StoreError, match="No space left"):
         atomic_write(path, fail, keep_existing=True)
     assert list(tmp_path.iterdir()) == [path] and path.read_bytes() == b"first"
+
+
+def test_a_folder_name_with_a_dot_is_numbered_at_its_end(tmp_path):
+    path = tmp_path / "crossval-ck48.v2-20261125-101010"
+
+    first, second = new_dir(path), new_dir(path)
+
+    assert (first.name, second.name) == (path.name, f"{path.name}-2")
+    assert first.is_dir() and second.is_dir()

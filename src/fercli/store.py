@@ -70,11 +70,14 @@ def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
-def numbered(path: Path) -> Iterator[Path]:
-    """path, then path with -2, -3, ... before its suffix: names for a new file or folder."""
+def numbered(path: Path, suffix: str | None = None) -> Iterator[Path]:
+    """path, then path with -2, -3, ... before its suffix (default: the file's, as in .npz;
+    "" for a folder, whose name may hold a dot): names for a new file or folder."""
+    suffix = path.suffix if suffix is None else suffix
+    stem = path.name[: len(path.name) - len(suffix)]
     yield path
     for number in itertools.count(2):
-        yield path.with_name(f"{path.stem}-{number}{path.suffix}")
+        yield path.with_name(f"{stem}-{number}{suffix}")
 
 
 def new_dir(path: Path) -> Path:
@@ -85,14 +88,14 @@ def new_dir(path: Path) -> Path:
     """
     make_dir(path.parent)
     try:
-        return _first_free(path, Path.mkdir)
+        return _first_free(path, Path.mkdir, suffix="")
     except OSError as error:
         raise _store_error(path, error) from None
 
 
-def _first_free(path: Path, create) -> Path:
-    """create(name) for the names of numbered(path) in turn, until one did not exist yet."""
-    names = numbered(path)
+def _first_free(path: Path, create, suffix: str | None = None) -> Path:
+    """create(name) for the names of numbered(path, suffix) in turn, until one did not exist."""
+    names = numbered(path, suffix)
     while True:
         name = next(names)
         try:
