@@ -1,6 +1,6 @@
 """Throughput of `fer preprocess`: a first run (empty FER_HOME), cold (no crop cached) and warm.
 
-    python bench/preprocess.py [DATASET_DIR] [--count N] [--workers N]
+    python bench/preprocess.py [DATASET_DIR] [--count N] [--workers N] [--repeat 5] [--scratch DIR]
 
 Without DATASET_DIR it times N (default 213, the size of JAFFE) generated 256x256 JAFFE-named
 TIFFs made from the test photo, each slightly moved, scaled, brightened and noised so that no
@@ -12,6 +12,7 @@ images) and warm (every crop cached). Targets (issue 2, 2 cores): >= 200 aligned
 cold, a warm re-run over 213 images in < 1 s after start-up; (issue 5) < 1 GB peak memory for
 10,000 images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -191,7 +192,8 @@ def main() -> None:
         type=Path,
         default=None,
         help="where the temporary folder (images and FER_HOME) goes (default: the system's "
-        "temporary folder; file creation there was 15x slower than under /root on one machine)",
+        "temporary folder; on one machine creating files there was at times far slower than "
+        "elsewhere on the same disk)",
     )
     args = parser.parse_args()
 
