@@ -169,8 +169,8 @@ def tmpfs_mounts() -> None:
 def run_on_a_full_disk(
     home: Path, keep_kb: int, *args: str
 ) -> tuple[subprocess.CompletedProcess, Path]:
-    """`fer ARGS` with FER_HOME on a 2 MB tmpfs with keep_kb free; returns the outcome and a
-    copy of FER_HOME as the command left it."""
+    """`fer ARGS` with FER_HOME on a tmpfs with keep_kb free (2 MB more than FER_HOME holds,
+    then filled); returns the outcome and a copy of FER_HOME as the command left it."""
     original = home.with_name("home-before")
     after = home.with_name("home-after")
     shutil.rmtree(after, ignore_errors=True)
@@ -184,7 +184,7 @@ def run_on_a_full_disk(
         str(home),
         str(original),
         str(after),
-        "2048",
+        str(2048 + sum(path.stat().st_size // 1024 + 4 for path in home.rglob("*") if path.is_file())),
         str(keep_kb),
         str(FER),
         *args,

@@ -85,10 +85,16 @@ def face_detector():
 
 @functools.lru_cache(maxsize=1)
 def landmark_predictor():
-    """dlib's 68-point landmark predictor, loaded once per process (about 0.5 s)."""
-    import dlib
+    """dlib's 68-point landmark predictor, loaded once per process: predictor(gray, box) ->
+    (68, 2) int64 landmarks.
 
-    return dlib.shape_predictor(str(predictor_path()))
+    dlib's loader takes about 0.5 s; the model's arrays are stored once under FER_HOME
+    (fercli.landmarks) and map from there in milliseconds.
+    """
+    from fercli.landmarks import load_predictor
+    from fercli.store import dlib_dir
+
+    return load_predictor(predictor_path(), dlib_dir())
 
 
 def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[tuple[object, float]]:
@@ -119,9 +125,7 @@ def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[tuple[objec
 
 def find_landmarks(gray: np.ndarray, box) -> np.ndarray:
     """The 68 landmarks of the face in a dlib box, as a (68, 2) float array."""
-    predictor = landmark_predictor()
-    shape = predictor(gray, box)
-    return np.array([(point.x, point.y) for point in shape.parts()], dtype=np.float64)
+    return landmark_predictor()(gray, box).astype(np.float64)
 
 
 def eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
