@@ -7,8 +7,8 @@ TIFFs made from the test photo, each slightly moved, scaled, brightened and nois
 two files have the same content (the cache is keyed by content). The real `fer` runs in a
 subprocess, so that start-up (interpreter and imports) is included; it is also reported on its
 own. Three runs: the first ever (FER_HOME empty: dlib's detector is built and stored there
-too), cold (crops and datasets removed, the stored detector kept: every later run over new
-images) and warm (every crop cached). Targets (issue 2, 2 cores): >= 200 aligned images/s
+too, and dlib's landmark model converted), cold (crops and datasets removed, the stored dlib
+files kept: every later run over new images) and warm (every crop cached). Targets (issue 2, 2 cores): >= 200 aligned images/s
 cold, a warm re-run over 213 images in < 1 s after start-up; (issue 5) < 1 GB peak memory for
 10,000 images.
 """
