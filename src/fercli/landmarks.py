@@ -42,9 +42,6 @@ class ShapeModel:
     anchors: np.ndarray  # (levels, pixels) int32: landmark each feature pixel is placed from
     deltas: np.ndarray  # (levels, pixels, 2) float32: its offset from that landmark
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
 
 class _Reader:
     """dlib's serialized integers, read one at a time (for the small parts of the file)."""
@@ -172,13 +169,14 @@ def parse_shape_predictor(data: bytes) -> ShapeModel:
     row = 0
     for level in range(levels):
         if level:
-            offset = _Reader(data, offset)
-            offset.expect(trees, "trees in a level")
-            offset = offset.offset
+            reader = _Reader(data, offset)
+            reader.expect(trees, "trees in a level")
+            offset = reader.offset
         for tree in range(trees):
             tree_starts[level * trees + tree] = offset
             # The first leaf follows the splits, whose length is read below; here it is the
-            # first candidate far enough on.
+            # first candidate far enough on (a chance one in between makes the check below
+            # fail, and dlib's own predictor is used).
             found = np.searchsorted(candidates, offset + 2 + 8 * splits)
             if found >= len(candidates):
                 raise ModelFormatError("the file ends too early")
@@ -202,10 +200,9 @@ def parse_shape_predictor(data: bytes) -> ShapeModel:
     at = stream.expect(at, leaf_count, "leaves in a tree")
     if np.any(at != candidates[leaf_rows[::leaf_count]]):
         raise ModelFormatError("splits and leaves do not line up")
-    rows = leaf_rows
-    if not well_formed[rows].all():
+    if not well_formed[leaf_rows].all():
         raise ModelFormatError("a leaf value that is not a finite float")
-    leaves = np.ascontiguousarray(values[:, rows].T).reshape(levels, trees, leaf_count, parts2)
+    leaves = np.ascontiguousarray(values[:, leaf_rows].T).reshape(levels, trees, leaf_count, parts2)
     shape = (levels, trees, splits)
     split_left = fields[0].T.reshape(shape)
     split_right = fields[1].T.reshape(shape)
