@@ -119,12 +119,14 @@ def test_the_converted_model_is_stored_once_and_mapped_from_disk(tmp_path, astro
     np.testing.assert_array_equal(second(astronaut_gray, box), dlib_predictor(astronaut_gray, box))
 
 
-def test_a_damaged_stored_model_is_converted_again(tmp_path, astronaut_gray, dlib_predictor):
+@pytest.mark.parametrize("damaged", ["leaves", "arrays"])
+def test_a_damaged_stored_model_is_converted_again(tmp_path, astronaut_gray, dlib_predictor, damaged):
     source = predictor_path()
     folder = tmp_path / "dlib"
     load_predictor(source, folder)
     arrays_path, leaves_path = stored_paths(source, folder)
-    leaves_path.write_bytes(leaves_path.read_bytes()[:1000])
+    path = leaves_path if damaged == "leaves" else arrays_path
+    path.write_bytes(path.read_bytes()[:1000])
     assert load_stored(source, folder) is None
 
     predictor = load_predictor(source, folder)

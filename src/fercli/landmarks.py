@@ -15,6 +15,7 @@ tests compare the two on real faces.
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -359,7 +360,7 @@ def load_stored(source: Path, folder: Path) -> ShapeModel | None:
         with np.load(arrays_path, allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in STORED_ARRAYS}
         leaves = np.load(leaves_path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     model = ShapeModel(leaves=leaves, **arrays)
     levels, trees, splits = model.split_left.shape
