@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from conftest import TIGHT_FACE_BOX, crop_box
-from fercli.align import align_largest, eye_centres, find_faces
+from fercli.align import (
+    align_all_detected,
+    align_all_detected_each,
+    align_detected,
+    align_detected_each,
+    align_largest,
+    detect_faces,
+    eye_centres,
+    find_faces,
+)
 from fercli.config import CROP_SIZE, PreprocessConfig
 from fercli.errors import NoFaceError
 
@@ -158,3 +167,37 @@ def test_detector_works_where_nothing_can_be_stored(fresh_detector, tmp_path, mo
 
     assert detections(detector, astronaut_gray) != []
     assert blocker.read_text() == "FER_HOME cannot be made below a file"
+
+
+def test_images_aligned_together_come_out_as_they_do_one_at_a_time(astronaut_gray):
+    import dlib
+
+    config = PreprocessConfig()
+    pair = np.hstack([astronaut_gray, astronaut_gray[:, ::-1]])
+    small = crop_box(astronaut_gray, TIGHT_FACE_BOX, 48)
+    blank = np.full((100, 120), 128, np.uint8)
+    images = [(gray, detect_faces(gray, config)) for gray in (astronaut_gray, pair, small, blank)]
+    # A largest box whose landmarks outline no face (2 pixels wide): the next box is used.
+    tiny = dlib.rectangle(0, 0, 2, 2)
+    images.append((astronaut_gray, [(tiny, 2.0), *images[0][1]]))
+
+    largest = align_detected_each(images, config)
+    every = align_all_detected_each(images, config)
+
+    assert largest[3] is None and every[3] == []
+    assert [len(faces) for faces in every] == [1, 2, 1, 0, 1]
+    assert largest[4][1] == 2  # detections counted, the tiny box among them
+    for (gray, detections), together, all_together in zip(images, largest, every):
+        if together is None:
+            with pytest.raises(NoFaceError):
+                align_detected(gray, detections, config)
+        else:
+            face, count = align_detected(gray, detections, config)
+            np.testing.assert_array_equal(together[0].crop, face.crop)
+            assert together[1] == count
+        alone = align_all_detected(gray, detections, config)
+        assert len(all_together) == len(alone)
+        for face, face_alone in zip(all_together, alone):
+            np.testing.assert_array_equal(face.crop, face_alone.crop)
+            np.testing.assert_array_equal(face.landmarks, face_alone.landmarks)
+    np.testing.assert_array_equal(largest[4][0].crop, largest[0][0].crop)

@@ -73,6 +73,27 @@ def test_numpy_landmarks_are_dlibs_on_real_faces(model, dlib_predictor, astronau
     np.testing.assert_array_equal(predictor(photo, moved), dlib_predictor(photo, moved))
 
 
+def test_faces_landmarked_together_get_the_landmarks_each_gets_alone(model, dlib_predictor, astronaut_gray):
+    # Images of different sizes in one batch, boxes inside and past the edges, the same
+    # image twice: each face's pixels are read from its own image.
+    rng = np.random.default_rng(1)
+    small = cv2.resize(astronaut_gray, (200, 180), interpolation=cv2.INTER_AREA)
+    noise = rng.integers(0, 256, (150, 230), dtype=np.uint8)
+    faces = [(astronaut_gray, box) for box, _ in detect_faces(astronaut_gray, PreprocessConfig())]
+    faces += [(small, box) for box, _ in detect_faces(small, PreprocessConfig())]
+    faces += [(noise, dlib.rectangle(-20, 10, 120, 170)), (astronaut_gray, dlib.rectangle(300, 300, 560, 560))]
+    assert len(faces) == 4
+    predictor = NumpyShapePredictor(model)
+
+    together = predictor.predict_many(faces)
+
+    assert len(together) == len(faces)
+    for (gray, box), landmarks in zip(faces, together):
+        np.testing.assert_array_equal(landmarks, dlib_predictor(gray, box))
+        np.testing.assert_array_equal(landmarks, predictor(gray, box))
+    assert predictor.predict_many([]) == []
+
+
 def test_a_changed_model_is_caught_by_the_check_against_dlib(model, dlib_predictor):
     assert agrees_with(NumpyShapePredictor(model), dlib_predictor)
     changed = dataclasses.replace(model, thresholds=-model.thresholds)

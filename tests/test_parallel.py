@@ -28,11 +28,15 @@ def first(task: int, shared: int) -> tuple:
     return ("first", task, os.getpid())
 
 
-def second(task: int, value, shared: int) -> tuple:
-    found = first(task, shared) if value is None else Pending(value)
-    if not isinstance(found, Pending):
-        return found
-    return ("second", task, found.value, LOADED.get("by"))
+def second(items: list[tuple[int, object]], shared: int) -> list[tuple]:
+    results = []
+    for task, value in items:
+        found = first(task, shared) if value is None else Pending(value)
+        if not isinstance(found, Pending):
+            results.append(found)
+            continue
+        results.append(("second", task, found.value, LOADED.get("by"), len(items)))
+    return results
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +59,17 @@ def test_every_task_once_and_the_second_stage_sees_what_prepare_loaded():
     assert firsts and all(result[2] != os.getpid() for result in firsts)  # ran in workers
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_second_stage_gets_tasks_in_batches(workers):
+    # Batches let the second stage do some work for several tasks at once (landmarks).
+    results = list(run_staged(first, second, prepare, list(range(300)), 10, workers=workers))
+
+    assert sorted(result[1] for result in results) == list(range(300))
+    batch_sizes = [result[4] for result in results if result[0] == "second"]
+    assert len(batch_sizes) == 100 and max(batch_sizes) > 1
+    assert max(batch_sizes) <= 16
+
+
 def test_prepare_is_not_called_when_nothing_is_pending():
     results = list(run_staged(first, second, prepare, [1, 2, 4, 5, 7, 8, 10, 11], 1, workers=2))
 
@@ -66,7 +81,7 @@ def test_prepare_is_not_called_when_nothing_is_pending():
 def test_one_process_when_there_are_few_tasks():
     results = list(run_staged(first, second, prepare, [0, 1, 2], 5, workers=2))
 
-    assert sorted(results) == [("first", 1, os.getpid()), ("first", 2, os.getpid()), ("second", 0, 0, os.getpid())]
+    assert sorted(results) == [("first", 1, os.getpid()), ("first", 2, os.getpid()), ("second", 0, 0, os.getpid(), 1)]
 
 
 def fails_once(task: int, shared: str) -> tuple:
@@ -75,8 +90,8 @@ def fails_once(task: int, shared: str) -> tuple:
     return ("first", task, os.getpid())
 
 
-def finish_any(task: int, value, shared: str) -> tuple:
-    return ("second", task, value, os.getpid())
+def finish_any(items: list[tuple[int, object]], shared: str) -> list[tuple]:
+    return [("second", task, value, os.getpid()) for task, value in items]
 
 
 def test_a_task_whose_first_stage_failed_is_done_again_by_the_second():

@@ -498,3 +498,33 @@ def test_a_missing_landmark_model_ends_the_run_and_is_not_blamed_on_the_images(m
     assert result.exit_code == 1
     assert "landmark model" in one_line_error(result)
     assert cache_entries(fer_home) == []  # nothing recorded against the images
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_image_that_breaks_its_batchs_landmarks_fails_alone(make_folders, faces, fer_home, monkeypatch, workers):
+    # The landmarks of several images are found together; an unexpected failure caused by
+    # one image must cost only that image.
+    from fercli import preprocess
+
+    root = make_folders({"happy": [f"{index}.png" for index in range(20)], "sad": [f"{index}.png" for index in range(20, 40)]})
+    write_image(root / "sad" / "odd.png", faces(40, size=300))
+    real = preprocess.align_detected_each
+    batch_sizes = []
+
+    def breaks_on_the_odd_one(images, config):
+        batch_sizes.append(len(images))
+        if any(gray.shape == (300, 300) for gray, _ in images):
+            raise RuntimeError("landmarks broke")
+        return real(images, config)
+
+    monkeypatch.setattr(preprocess, "align_detected_each", breaks_on_the_odd_one)
+
+    report = preprocess_dataset(root, workers=workers)
+
+    assert report.aligned == 40
+    assert [(Path(item.path).name, item.reason) for item in report.skipped] == [
+        ("odd.png", "alignment failed: RuntimeError: landmarks broke")
+    ]
+    if workers == 1:  # the workers' calls are not seen here
+        assert max(batch_sizes) > 1
+    assert len(cache_entries(fer_home)) == 40  # the failure is not stored: tried again next run

@@ -175,8 +175,7 @@ def align_face(gray: np.ndarray, landmarks: np.ndarray, config: PreprocessConfig
     return crop, transform * scale, angle
 
 
-def _align_detection(gray: np.ndarray, box, score: float, config: PreprocessConfig) -> AlignedFace | None:
-    landmarks = find_landmarks(gray, box)
+def _align_detection(gray: np.ndarray, box, score: float, landmarks: np.ndarray, config: PreprocessConfig) -> AlignedFace | None:
     try:
         crop, transform, angle = align_face(gray, landmarks, config)
     except NoFaceError:
@@ -196,6 +195,16 @@ def _align_detection(gray: np.ndarray, box, score: float, config: PreprocessConf
     )
 
 
+def _align_boxes(faces: list[tuple[np.ndarray, object, float]], config: PreprocessConfig) -> list[AlignedFace | None]:
+    """Each (gray image, dlib box, score) aligned, the landmarks of all found together (a
+    batch costs less a face than one at a time); None where they outline no face."""
+    points = landmark_predictor().predict_many([(gray, box) for gray, box, _ in faces])
+    return [
+        _align_detection(gray, box, score, landmarks.astype(np.float64), config)
+        for (gray, box, score), landmarks in zip(faces, points)
+    ]
+
+
 def find_faces(gray: np.ndarray, config: PreprocessConfig) -> list[AlignedFace]:
     """Every face in a 2-D uint8 image, aligned, largest first (empty if there is none)."""
     return align_all_detected(gray, detect_faces(gray, config), config)
@@ -203,8 +212,14 @@ def find_faces(gray: np.ndarray, config: PreprocessConfig) -> list[AlignedFace]:
 
 def align_all_detected(gray: np.ndarray, detections: list[tuple[object, float]], config: PreprocessConfig) -> list[AlignedFace]:
     """find_faces given detect_faces' result for the same image (see align_detected)."""
-    faces = (_align_detection(gray, box, score, config) for box, score in detections)
-    return [face for face in faces if face is not None]
+    return align_all_detected_each([(gray, detections)], config)[0]
+
+
+def align_all_detected_each(images: list[tuple[np.ndarray, list[tuple[object, float]]]], config: PreprocessConfig) -> list[list[AlignedFace]]:
+    """align_all_detected for several (image, detections), every face's landmarks found together."""
+    aligned = iter(_align_boxes([(gray, box, score) for gray, detections in images for box, score in detections], config))
+    faces = [[next(aligned) for _ in detections] for _, detections in images]
+    return [[face for face in image if face is not None] for image in faces]
 
 
 def align_largest(gray: np.ndarray, config: PreprocessConfig) -> tuple[AlignedFace, int]:
@@ -215,11 +230,26 @@ def align_largest(gray: np.ndarray, config: PreprocessConfig) -> tuple[AlignedFa
 def align_detected(gray: np.ndarray, detections: list[tuple[object, float]], config: PreprocessConfig) -> tuple[AlignedFace, int]:
     """align_largest given detect_faces' result for the same image, which may come from
     another process (preprocess finds faces while the landmark model is still loading)."""
-    for box, score in detections:
-        face = _align_detection(gray, box, score, config)
-        if face is not None:
-            return face, len(detections)
-    raise no_face_error(config)
+    [aligned] = align_detected_each([(gray, detections)], config)
+    if aligned is None:
+        raise no_face_error(config)
+    return aligned
+
+
+def align_detected_each(images: list[tuple[np.ndarray, list[tuple[object, float]]]], config: PreprocessConfig) -> list[tuple[AlignedFace, int] | None]:
+    """align_detected for several (image, detections), the landmarks of their largest faces
+    found together; None for an image where no face aligns."""
+    largest = iter(_align_boxes([(gray, *detections[0]) for gray, detections in images if detections], config))
+    results = []
+    for gray, detections in images:
+        face = next(largest) if detections else None
+        # Rarely, the largest box's landmarks outline no face; then the next box is tried.
+        for box, score in detections[1:] if face is None else ():
+            [face] = _align_boxes([(gray, box, score)], config)
+            if face is not None:
+                break
+        results.append(None if face is None else (face, len(detections)))
+    return results
 
 
 def no_face_error(config: PreprocessConfig) -> NoFaceError:

@@ -100,6 +100,9 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 # faces to the one that landmarks them; a larger one is read and decoded again there rather
 # than held in memory meanwhile.
 PASSED_PIXELS = 1 << 20
+# Decoded images wait in a worker until the landmarks of a batch of them are found together;
+# the batch is cut short once its images hold this many pixels.
+BATCH_PIXELS = 1 << 22
 
 
 @dataclass(frozen=True)

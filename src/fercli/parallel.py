@@ -23,7 +23,7 @@ def default_workers() -> int:
 
 
 def effective_workers(task_count: int, workers: int) -> int:
-    """How many processes run_tasks uses: a handful of tasks run in this process, where
+    """How many processes run_batches uses: a handful of tasks run in this process, where
     starting workers would cost more than it saves."""
     return 1 if workers <= 1 or task_count < 2 * workers else workers
 
@@ -57,6 +57,7 @@ def stop_with_parent() -> None:
 
 
 _state: dict[str, Any] = {}
+BATCH = 16  # most tasks handed to a worker at a time
 WORKER_DIED = "a worker process died (killed, or out of memory); nothing more was processed"
 
 
@@ -73,19 +74,26 @@ def _start(function: Callable, shared: Any) -> None:
 
 
 def _call_batch(tasks: list) -> list:
-    return [_state["function"](task, _state["shared"]) for task in tasks]
+    return _state["function"](tasks, _state["shared"])
 
 
-def run_tasks(function: Callable[[Any, Any], Any], tasks: list, shared: Any, workers: int) -> Iterator:
-    """Yield function(task, shared) for every task, in completion order.
+def batch_size(task_count: int, workers: int) -> int:
+    """Tasks handed to a worker at a time: few round trips, and batches large enough for
+    work that is cheaper done together, yet even work for every worker to the end."""
+    return max(1, min(BATCH, task_count // (workers * 8)))
+
+
+def run_batches(function: Callable[[list, Any], list], tasks: list, shared: Any, workers: int) -> Iterator:
+    """Yield the results of function(batch, shared), which returns one result for each task
+    of a batch (a list of tasks), for every task, batch by batch in completion order.
 
     function must be a module-level function (workers find it by name); see
     effective_workers for when the tasks run in this process. FerError if a worker dies
     (killed, out of memory) rather than waiting for it for ever.
     """
     if effective_workers(len(tasks), workers) == 1:
-        for task in tasks:
-            yield function(task, shared)
+        for start in range(0, len(tasks), BATCH):
+            yield from function(tasks[start : start + BATCH], shared)
         return
     import cv2
 
@@ -100,8 +108,7 @@ def run_tasks(function: Callable[[Any, Any], Any], tasks: list, shared: Any, wor
     executor = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_start, initargs=(function, shared))
     stop_now = True  # Ctrl-C, or the caller stopped reading: do not wait for the workers
     try:
-        # Small batches: few round trips, yet even work for every worker to the end.
-        size = max(1, min(16, len(tasks) // (workers * 8)))
+        size = batch_size(len(tasks), workers)
         batches = [executor.submit(_call_batch, tasks[i : i + size]) for i in range(0, len(tasks), size)]
         for batch in as_completed(batches):
             yield from batch.result()
@@ -139,7 +146,7 @@ def _first_stage_worker(first: Callable, tasks: list, shared: Any, part: int, pa
             results.put((index, first(tasks[index], shared)))
     except BaseException:
         # This task and the rest of this worker's share get no result, so the second stage
-        # does them whole, in workers whose errors reach the caller (run_tasks).
+        # does them whole, in workers whose errors reach the caller (run_batches).
         pass
     finally:
         results.put(None)
@@ -147,42 +154,45 @@ def _first_stage_worker(first: Callable, tasks: list, shared: Any, part: int, pa
         results.join_thread()
 
 
-def _second_stage(item: tuple, shared: tuple) -> Any:
-    task, value = item
+def _second_stage(items: list[tuple], shared: tuple) -> list:
     second, task_shared = shared
-    return second(task, value, task_shared)
+    return second(items, task_shared)
 
 
 def run_staged(
     first: Callable[[Any, Any], Any],
-    second: Callable[[Any, Any, Any], Any],
+    second: Callable[[list[tuple[Any, Any]], Any], list],
     prepare: Callable[[], Any],
     tasks: list,
     shared: Any,
     workers: int,
 ) -> Iterator:
-    """run_tasks for work that needs something slow to load (a model) only part of the way.
+    """run_batches for work that needs something slow to load (a model) only part of the way.
 
     first(task, shared) returns the task's result, or Pending(value) when the rest of its work
     needs what prepare() loads. Workers start on first at once; at the first Pending this
     process calls prepare() while they go on. It then stops them, and new workers, which share
-    what prepare loaded instead of each loading their own, finish the pending tasks with
-    second(task, value, shared) and do the tasks not yet started with second(task, None,
-    shared). When no task is pending (every result was cached), prepare is never called.
-    Yields every task's result, in completion order; first and second must be module-level
-    functions (workers find them by name).
+    what prepare loaded instead of each loading their own, finish the rest in batches with
+    second(items, shared): items is a list of (task, value), value None for a task not yet
+    started, and second returns one result for each. When no task is pending (every result
+    was cached), prepare is never called. Yields every task's result, in completion order;
+    first and second must be module-level functions (workers find them by name).
     """
     if effective_workers(len(tasks), workers) == 1:
         prepared = False
-        for task in tasks:
-            outcome = first(task, shared)
-            if not isinstance(outcome, Pending):
-                yield outcome
-                continue
-            if not prepared:
+        for start in range(0, len(tasks), BATCH):
+            waiting = []
+            for task in tasks[start : start + BATCH]:
+                outcome = first(task, shared)
+                if isinstance(outcome, Pending):
+                    waiting.append((task, outcome.value))
+                else:
+                    yield outcome
+            if waiting and not prepared:
                 prepare()
                 prepared = True
-            yield second(task, outcome.value, shared)
+            if waiting:
+                yield from second(waiting, shared)
         return
     import cv2
 
@@ -200,7 +210,7 @@ def run_staged(
     pending: dict[int, Any] = {}
     finished: set[int] = set()
     opencv_threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # see run_tasks
+    cv2.setNumThreads(1)  # see run_batches
     try:
         for helper in helpers:
             helper.start()
@@ -237,4 +247,4 @@ def run_staged(
     # the end between the workers.
     rest = [(task, None) for index, task in enumerate(tasks) if index not in finished and index not in pending]
     rest += [(tasks[index], value) for index, value in sorted(pending.items())]
-    yield from run_tasks(_second_stage, rest, (second, shared), workers)
+    yield from run_batches(_second_stage, rest, (second, shared), workers)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.align import align_all_detected, detect_faces, landmark_predictor
-from fercli.config import PASSED_PIXELS, PreprocessConfig
+from fercli.align import align_all_detected_each, detect_faces, landmark_predictor
+from fercli.config import BATCH_PIXELS, PASSED_PIXELS, PreprocessConfig
 from fercli.datasets import Skipped, discover_images
 from fercli.errors import FerError, ModelError
 from fercli.images import load_gray
@@ -78,17 +78,38 @@ def _find_task(task: tuple[int, str], config: PreprocessConfig):
     return Pending((gray if gray.size <= PASSED_PIXELS else None, detections))
 
 
-def _align_task(task: tuple[int, str], found: tuple | None, config: PreprocessConfig):
-    """Align the faces _find_task found (all of it, for an image it did not get to)."""
-    index, path = task
+def _align_tasks(items: list[tuple[tuple[int, str], tuple | None]], config: PreprocessConfig) -> list:
+    """Align the faces _find_task found (all of it, for an image it did not get to), the
+    landmarks of the batch's faces found together."""
+    results = []
+    waiting: list[tuple[int, np.ndarray, list]] = []
+    for (index, path), found in items:
+        try:
+            gray, detections = found or (None, None)
+            if gray is None:
+                gray = load_gray(Path(path))
+            if detections is None:
+                detections = detect_faces(gray, config)
+        except Exception as error:
+            results.append((index, [], _reason(error)))
+            continue
+        waiting.append((index, gray, detections))
+        # A bound on the memory that decoded images waiting for their landmarks hold.
+        if sum(gray.size for _, gray, _ in waiting) >= BATCH_PIXELS:
+            results += _align_found(waiting, config)
+            waiting = []
+    return results + _align_found(waiting, config)
+
+
+def _align_found(waiting: list[tuple[int, np.ndarray, list]], config: PreprocessConfig) -> list:
     try:
-        gray, detections = found or (None, None)
-        if gray is None:
-            gray = load_gray(Path(path))
-        faces = align_all_detected(gray, detect_faces(gray, config) if detections is None else detections, config)
+        aligned = align_all_detected_each([(gray, detections) for _, gray, detections in waiting], config)
     except Exception as error:
-        return index, [], _reason(error)
-    return index, [(face.crop, face.box) for face in faces], None
+        if len(waiting) == 1:
+            return [(waiting[0][0], [], _reason(error))]
+        # Each image alone, so that one cannot take the others with it.
+        return [result for one in waiting for result in _align_found([one], config)]
+    return [(index, [(face.crop, face.box) for face in faces], None) for (index, _, _), faces in zip(waiting, aligned)]
 
 
 def _reason(error: Exception) -> str:
@@ -111,7 +132,7 @@ def predict_paths(
     found: list[tuple[int, np.ndarray, tuple]] = []
     if progress:
         progress(0, len(tasks))
-    outcomes = run_staged(_find_task, _align_task, landmark_predictor, tasks, model.preprocess, workers or default_workers())
+    outcomes = run_staged(_find_task, _align_tasks, landmark_predictor, tasks, model.preprocess, workers or default_workers())
     for done, (index, faces, error) in enumerate(outcomes, start=1):
         images[index].error = error
         found.extend((index, crop, box) for crop, box in faces)

@@ -5,14 +5,20 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from fercli.align import align_detected, detect_faces, landmark_predictor, no_face_error
+from fercli.align import (
+    AlignedFace,
+    align_detected_each,
+    detect_faces,
+    landmark_predictor,
+    no_face_error,
+)
 from fercli.cache import CacheEntry, CropCache, content_key
-from fercli.config import PASSED_PIXELS, PreprocessConfig, ScanOptions, label_order
+from fercli.config import BATCH_PIXELS, PASSED_PIXELS, PreprocessConfig, ScanOptions, label_order
 from fercli.datasets import Skipped, scan_dataset
 from fercli.errors import FerError, ImageError, NoFaceError, StoreError
 from fercli.images import decode_gray, read_file
@@ -68,7 +74,7 @@ def align_file(path: Path, config: PreprocessConfig, cache: CropCache | None) ->
     """
     outcome = _find_faces(path, config, cache)
     if isinstance(outcome, FacesFound):
-        return _finish_alignment(path, outcome, config, cache), False
+        return _align_found([outcome], config, cache)[0], False
     return outcome
 
 
@@ -78,7 +84,8 @@ class FacesFound:
 
     key: str  # the file's cache key
     detections: list  # detect_faces' result
-    gray: np.ndarray | None = None  # the decoded image, if it is small (PASSED_PIXELS)
+    # The decoded image; None once passed to another process if it is large (PASSED_PIXELS).
+    gray: np.ndarray | None = None
 
 
 def _find_faces(path: Path, config: PreprocessConfig, cache: CropCache | None) -> tuple[CacheEntry, bool] | FacesFound:
@@ -99,33 +106,55 @@ def _find_faces(path: Path, config: PreprocessConfig, cache: CropCache | None) -
         detections = detect_faces(gray, config)
         if not detections:
             raise no_face_error(config)
-        return FacesFound(key, detections, gray if gray.size <= PASSED_PIXELS else None)
+        return FacesFound(key, detections, gray)
 
     outcome = _attempt(find, key, cache)
     return outcome if isinstance(outcome, FacesFound) else (outcome, False)
 
 
-def _finish_alignment(path: Path, found: FacesFound, config: PreprocessConfig, cache: CropCache | None) -> CacheEntry:
-    """The second half of align_file: landmarks, crop, cache."""
+def _decoded(path: Path, found: FacesFound, config: PreprocessConfig, cache: CropCache | None) -> tuple[CacheEntry, bool] | FacesFound:
+    """found with its image, which is read and decoded again if it was too large to pass
+    between processes; its faces are found again if the file has changed since."""
     if found.gray is not None:
-        return _attempt(lambda: _crop_entry(found.gray, found.detections, config), found.key, cache)
+        return found
     try:
         data = read_file(path)
     except FerError as error:
-        return CacheEntry(crop=None, reason=str(error))
+        return CacheEntry(crop=None, reason=str(error)), False
     key = content_key(data)
 
-    def align() -> CacheEntry:
+    def decode() -> FacesFound:
         gray = decode_gray(data)
-        # The file may have been replaced since its faces were found: then find them again.
-        detections = found.detections if key == found.key else detect_faces(gray, config)
-        return _crop_entry(gray, detections, config)
+        return FacesFound(key, found.detections if key == found.key else detect_faces(gray, config), gray)
 
-    return _attempt(align, key, cache)
+    outcome = _attempt(decode, key, cache)
+    return outcome if isinstance(outcome, FacesFound) else (outcome, False)
 
 
-def _crop_entry(gray: np.ndarray, detections: list, config: PreprocessConfig) -> CacheEntry:
-    face, faces = align_detected(gray, detections, config)
+def _align_found(found: list[FacesFound], config: PreprocessConfig, cache: CropCache | None) -> list[CacheEntry]:
+    """The second half of align_file for several images: landmarks (of all of them
+    together), crop, cache."""
+    try:
+        aligned = align_detected_each([(item.gray, item.detections) for item in found], config)
+    except FerError:
+        raise
+    except Exception:
+        # Something unexpected: each image alone, so that one cannot take the others with it.
+        return [
+            _attempt(lambda item=item: _entry(align_detected_each([(item.gray, item.detections)], config)[0], config), item.key, cache)
+            for item in found
+        ]
+    entries = [_entry(result, config) for result in aligned]
+    if cache is not None:
+        for item, entry in zip(found, entries):
+            cache.put(item.key, entry)
+    return entries
+
+
+def _entry(aligned: tuple[AlignedFace, int] | None, config: PreprocessConfig) -> CacheEntry:
+    if aligned is None:
+        return CacheEntry(crop=None, reason=str(no_face_error(config)))
+    face, faces = aligned
     return CacheEntry(crop=face.crop, faces=faces, box=face.box, angle=round(face.angle, 3))
 
 
@@ -151,18 +180,36 @@ def _find_task(task: tuple[int, str], shared: tuple[PreprocessConfig, CropCache]
     config, cache = shared
     outcome = _find_faces(Path(path), config, cache)
     if isinstance(outcome, FacesFound):
-        return Pending(outcome)
+        # A large image is read again by the process that finishes it rather than copied.
+        return Pending(outcome if outcome.gray.size <= PASSED_PIXELS else replace(outcome, gray=None))
     entry, hit = outcome
     return index, entry, hit
 
 
-def _finish_task(task: tuple[int, str], found: FacesFound | None, shared: tuple[PreprocessConfig, CropCache]):
-    index, path = task
+def _finish_tasks(items: list[tuple[tuple[int, str], FacesFound | None]], shared: tuple[PreprocessConfig, CropCache]) -> list:
+    """The second stage: finish each task (or do it whole, found None), the landmarks of the
+    batch's images found together."""
     config, cache = shared
-    if found is None:
-        entry, hit = align_file(Path(path), config, cache)
-        return index, entry, hit
-    return index, _finish_alignment(Path(path), found, config, cache), False
+    results = []
+    waiting: list[tuple[int, FacesFound]] = []
+
+    def align_waiting() -> None:
+        entries = _align_found([found for _, found in waiting], config, cache)
+        results.extend((index, entry, False) for (index, _), entry in zip(waiting, entries))
+        waiting.clear()
+
+    for (index, path), found in items:
+        outcome = _find_faces(Path(path), config, cache) if found is None else _decoded(Path(path), found, config, cache)
+        if not isinstance(outcome, FacesFound):
+            results.append((index, *outcome))
+            continue
+        waiting.append((index, outcome))
+        # A bound on the memory that decoded images waiting for their landmarks hold.
+        if sum(found.gray.size for _, found in waiting) >= BATCH_PIXELS:
+            align_waiting()
+    if waiting:
+        align_waiting()
+    return results
 
 
 def preprocess_dataset(
@@ -188,7 +235,7 @@ def preprocess_dataset(
     if progress:
         progress(0, len(records))
     for done, (index, entry, hit) in enumerate(
-        run_staged(_find_task, _finish_task, landmark_predictor, tasks, (config, cache), workers), start=1
+        run_staged(_find_task, _finish_tasks, landmark_predictor, tasks, (config, cache), workers), start=1
     ):
         entries[index] = entry
         hits += hit
