@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import cv2
 import dlib
@@ -20,6 +21,7 @@ from fercli.landmarks import (
     load_predictor,
     load_stored,
     parse_shape_predictor,
+    save_converted,
     stored_paths,
 )
 
@@ -164,3 +166,20 @@ def test_where_nothing_can_be_stored_dlib_predicts_alone(tmp_path, astronaut_gra
     assert isinstance(predictor, DlibShapePredictor)
     box = detect_faces(astronaut_gray, PreprocessConfig())[0][0]
     np.testing.assert_array_equal(predictor(astronaut_gray, box), dlib_predictor(astronaut_gray, box))
+
+
+def test_landmarks_load_quickly_once_the_converted_model_is_stored(model, monkeypatch):
+    # preprocess and predict skip their first stage (finding faces while the model loads)
+    # when this says the model maps from disk.
+    from fercli import align
+    from fercli.store import dlib_dir
+
+    not_loaded = functools.lru_cache(maxsize=1)(align.landmark_predictor.__wrapped__)
+    monkeypatch.setattr(align, "landmark_predictor", not_loaded)
+    assert not align.landmarks_load_quickly()  # this test's FER_HOME holds nothing yet
+
+    save_converted(model, predictor_path(), dlib_dir())
+
+    assert align.landmarks_load_quickly()
+    assert isinstance(not_loaded(), NumpyShapePredictor)
+    assert isinstance(load_stored(predictor_path(), dlib_dir()).leaves, np.memmap)

@@ -70,6 +70,21 @@ def test_the_second_stage_gets_tasks_in_batches(workers):
     assert max(batch_sizes) <= 16
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_quick_loading_needs_no_first_stage_and_no_prepare(workers):
+    # What prepare would load maps from disk in milliseconds: every task goes straight to
+    # second, in workers that load what they need themselves.
+    results = list(run_staged(first, second, prepare, list(range(60)), 10, workers=workers, quick=True))
+
+    assert sorted(result[1] for result in results) == list(range(60))
+    assert LOADED == {}
+    seconds = [result for result in results if result[0] == "second"]
+    assert [result[1] for result in sorted(seconds)] == list(range(0, 60, 3))
+    assert all(result[2] == result[1] * 10 and result[3] is None for result in seconds)
+    worker_pids = {result[2] for result in results if result[0] == "first"}
+    assert (os.getpid() in worker_pids) == (workers == 1)
+
+
 def test_prepare_is_not_called_when_nothing_is_pending():
     results = list(run_staged(first, second, prepare, [1, 2, 4, 5, 7, 8, 10, 11], 1, workers=2))
 

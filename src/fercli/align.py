@@ -97,6 +97,20 @@ def landmark_predictor():
     return load_predictor(predictor_path(), dlib_dir())
 
 
+def landmarks_load_quickly() -> bool:
+    """Whether landmark_predictor() takes milliseconds rather than seconds: it is loaded in
+    this process already, or dlib's model is stored converted under FER_HOME."""
+    from fercli.landmarks import stored_paths
+    from fercli.store import dlib_dir
+
+    if landmark_predictor.cache_info().currsize:
+        return True
+    try:
+        return all(path.is_file() for path in stored_paths(predictor_path(), dlib_dir()))
+    except (FerError, OSError):
+        return False
+
+
 def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[tuple[object, float]]:
     """dlib face boxes with their scores, largest first, from the first upsampling level
     (of config.upsample_tries) that finds any."""

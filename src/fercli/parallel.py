@@ -166,6 +166,7 @@ def run_staged(
     tasks: list,
     shared: Any,
     workers: int,
+    quick: bool = False,
 ) -> Iterator:
     """run_batches for work that needs something slow to load (a model) only part of the way.
 
@@ -177,7 +178,14 @@ def run_staged(
     started, and second returns one result for each. When no task is pending (every result
     was cached), prepare is never called. Yields every task's result, in completion order;
     first and second must be module-level functions (workers find them by name).
+
+    quick: what prepare loads is known to load quickly (a model stored in a form that maps
+    from disk). Then there is no first stage to hide the wait: the workers do every task
+    with second(task, None), and second loads what it needs when it first needs it.
     """
+    if quick:
+        yield from run_batches(_second_stage, [(task, None) for task in tasks], (second, shared), workers)
+        return
     if effective_workers(len(tasks), workers) == 1:
         prepared = False
         for start in range(0, len(tasks), BATCH):

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.align import align_all_detected_each, detect_faces, landmark_predictor
+from fercli.align import (
+    align_all_detected_each,
+    detect_faces,
+    landmark_predictor,
+    landmarks_load_quickly,
+)
 from fercli.config import BATCH_PIXELS, PASSED_PIXELS, PreprocessConfig
 from fercli.datasets import Skipped, discover_images
 from fercli.errors import FerError, ModelError
@@ -132,7 +137,10 @@ def predict_paths(
     found: list[tuple[int, np.ndarray, tuple]] = []
     if progress:
         progress(0, len(tasks))
-    outcomes = run_staged(_find_task, _align_tasks, landmark_predictor, tasks, model.preprocess, workers or default_workers())
+    outcomes = run_staged(
+        _find_task, _align_tasks, landmark_predictor, tasks, model.preprocess, workers or default_workers(),
+        quick=landmarks_load_quickly(),
+    )
     for done, (index, faces, error) in enumerate(outcomes, start=1):
         images[index].error = error
         found.extend((index, crop, box) for crop, box in faces)

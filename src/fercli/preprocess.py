@@ -15,6 +15,7 @@ from fercli.align import (
     align_detected_each,
     detect_faces,
     landmark_predictor,
+    landmarks_load_quickly,
     no_face_error,
 )
 from fercli.cache import CacheEntry, CropCache, content_key
@@ -235,7 +236,10 @@ def preprocess_dataset(
     if progress:
         progress(0, len(records))
     for done, (index, entry, hit) in enumerate(
-        run_staged(_find_task, _finish_tasks, landmark_predictor, tasks, (config, cache), workers), start=1
+        run_staged(
+            _find_task, _finish_tasks, landmark_predictor, tasks, (config, cache), workers, quick=landmarks_load_quickly()
+        ),
+        start=1,
     ):
         entries[index] = entry
         hits += hit
