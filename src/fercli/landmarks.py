@@ -25,6 +25,8 @@ STORE_VERSION = 1  # of the arrays stored under FER_HOME/dlib; raise it to conve
 # Largest exponent in a model of finite, normal float32 numbers; dlib writes inf and NaN as
 # exponents far outside it.
 MAX_EXPONENT = 160
+# Splits in a tree: dlib's default depth of 4 gives 15.
+MAX_SPLITS = 15
 
 
 class ModelFormatError(ValueError):
@@ -146,6 +148,9 @@ def parse_shape_predictor(data: bytes) -> ShapeModel:
         raise ModelFormatError("bad forest sizes")
     if (splits + 1) & splits:
         raise ModelFormatError("trees that are not complete binary trees")
+    if splits > MAX_SPLITS:
+        # The predictor looks leaves up in a table of every outcome of a tree's splits.
+        raise ModelFormatError(f"trees of {splits} splits (at most {MAX_SPLITS} are supported)")
 
     # Leaves: every place the column header occurs may start one (a few may be chance
     # occurrences inside numbers); each is read as far as a leaf would go, and the real
@@ -275,7 +280,11 @@ class NumpyShapePredictor:
             went_left = (outcomes >> np.where(inner, node, 0)) & 1
             node = np.where(inner, 2 * node + 2 - went_left, node)
         self.leaf_of_outcomes = node - self.splits
-        self.bit_values = 1 << np.arange(self.splits)
+        self.bit_values = (1 << np.arange(self.splits)).astype(np.uint16)
+        # dlib compares differences of two pixel values, whole numbers from -255 to 255, with
+        # float thresholds: d > t exactly when d > floor(t), which lets the comparisons run on
+        # 16-bit integers.
+        self.whole_thresholds = np.clip(np.floor(self.thresholds), -256, 255).astype(np.int16)
 
     def _similarity(self, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The scale-and-rotation (cos, sin), as (faces, 1) float32 columns, that best maps
@@ -325,9 +334,10 @@ class NumpyShapePredictor:
             x, y = at[:, :, 0], at[:, :, 1]
             inside = (x >= 0) & (x < widths) & (y >= 0) & (y < heights)
             index = np.where(inside, y * widths + x + starts, 0).astype(np.int64)
-            features = np.where(inside, pixels[index], 0).astype(np.float32)
-            went_left = features[:, self.split_left[level]] - features[:, self.split_right[level]] > self.thresholds[level]
-            outcomes = went_left.reshape(count, self.trees, self.splits) @ self.bit_values
+            features = np.where(inside, pixels[index], 0).astype(np.int16)
+            left = np.take(features, self.split_left[level], axis=1)
+            went_left = left - np.take(features, self.split_right[level], axis=1) > self.whole_thresholds[level]
+            outcomes = went_left.view(np.uint8).reshape(count, self.trees, self.splits) @ self.bit_values
             # (trees, faces): the leaf each tree gives each face.
             leaves = self.leaf_of_outcomes[outcomes.T] + self.first_leaf[:, None] + level * self.trees * self.leaf_count
             summands[0] = shape.reshape(count, -1)
