@@ -94,6 +94,30 @@ def test_faces_landmarked_together_get_the_landmarks_each_gets_alone(model, dlib
         np.testing.assert_array_equal(landmarks, dlib_predictor(gray, box))
         np.testing.assert_array_equal(landmarks, predictor(gray, box))
     assert predictor.predict_many([]) == []
+    # More faces than are landmarked in one go: done in parts, with the same results.
+    many = predictor.predict_many(faces * 9)
+    assert len(many) == 36
+    for landmarks, expected in zip(many, together * 9):
+        np.testing.assert_array_equal(landmarks, expected)
+
+
+def test_many_faces_of_one_large_photo_do_not_copy_it_once_a_face(model):
+    import tracemalloc
+
+    photo = np.random.default_rng(2).integers(0, 256, (3000, 3000), dtype=np.uint8)  # 9 MB
+    boxes = [dlib.rectangle(100 * k, 100 * k, 100 * k + 150, 100 * k + 150) for k in range(25)]
+    predictor = NumpyShapePredictor(model)
+    predictor.predict_many([(photo, boxes[0])])  # its working memory, kept between calls
+
+    tracemalloc.start()
+    try:
+        landmarks = predictor.predict_many([(photo, box) for box in boxes])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert len(landmarks) == 25
+    assert peak < 30_000_000  # 25 copies of the photo would be 225 MB
 
 
 def test_a_changed_model_is_caught_by_the_check_against_dlib(model, dlib_predictor):
