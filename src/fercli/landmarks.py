@@ -318,8 +318,8 @@ class NumpyShapePredictor:
         """The landmarks of several faces, (gray image, dlib box) each, found together.
 
         Every step works on all the faces at once: most of a single face's time goes into
-        NumPy's per-call overhead, which a batch shares (1.4 ms a face in batches of 13,
-        against 2.5 ms one by one). The results are the same as one face at a time.
+        NumPy's per-call overhead, which a batch shares (1.3 ms a face in batches of 13,
+        against 2.4 ms one by one). The results are the same as one face at a time.
         """
         if len(faces) > MAX_FACES_TOGETHER:
             return self.predict_many(faces[:MAX_FACES_TOGETHER]) + self.predict_many(faces[MAX_FACES_TOGETHER:])
