@@ -137,11 +137,6 @@ def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[tuple[objec
     return []
 
 
-def find_landmarks(gray: np.ndarray, box) -> np.ndarray:
-    """The 68 landmarks of the face in a dlib box, as a (68, 2) float array."""
-    return landmark_predictor()(gray, box).astype(np.float64)
-
-
 def eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centres of the eye on the image's left and on its right (means of 36-41, 42-47)."""
     return landmarks[LEFT_EYE].mean(axis=0), landmarks[RIGHT_EYE].mean(axis=0)
