@@ -181,7 +181,7 @@ def run_staged(
 
     quick: what prepare loads is known to load quickly (a model stored in a form that maps
     from disk). Then there is no first stage to hide the wait: the workers do every task
-    with second(task, None), and second loads what it needs when it first needs it.
+    through second, value None, and second loads what it needs when it first needs it.
     """
     if quick:
         yield from run_batches(_second_stage, [(task, None) for task in tasks], (second, shared), workers)

@@ -206,7 +206,7 @@ def _finish_tasks(items: list[tuple[tuple[int, str], FacesFound | None]], shared
             continue
         waiting.append((index, outcome))
         # A bound on the memory that decoded images waiting for their landmarks hold.
-        if sum(found.gray.size for _, found in waiting) >= BATCH_PIXELS:
+        if sum(item.gray.size for _, item in waiting) >= BATCH_PIXELS:
             align_waiting()
     if waiting:
         align_waiting()
