@@ -4,7 +4,7 @@ dlib's own loader takes about 0.5 s of CPU in every process that uses the model:
 file holds 16 million numbers, each stored as variable-length integers that dlib decodes one
 at a time. That was a third of the CPU of a cold `fer preprocess` of JAFFE, and half of a
 one-photo `fer predict`. So the model is converted once, with vectorized NumPy, into arrays
-stored under FER_HOME, and later runs map them from disk in a millisecond.
+stored under FER_HOME, and later runs map them from disk in about 15 ms.
 
 The predictor does what dlib's shape_predictor does, step for step and in the same float32
 arithmetic (an ensemble of regression trees, Kazemi and Sullivan 2014), and gives the same
@@ -250,7 +250,8 @@ def parse_shape_predictor(data: bytes) -> ShapeModel:
 
 
 class NumpyShapePredictor:
-    """dlib's shape_predictor on a ShapeModel: predictor(gray, box) -> (parts, 2) int64 array.
+    """dlib's shape_predictor on a ShapeModel: predictor(gray, box) -> (parts, 2) int64 array,
+    gray a 2-D uint8 image.
 
     Each cascade level places the feature pixels relative to the current shape (through the
     similarity transform from the mean shape), compares pixel pairs at every split of every
