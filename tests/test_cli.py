@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -40,6 +41,26 @@ def fer_process(
     """Run `python -m fercli ARGS` in a fresh process, as a user's shell would."""
     command = [sys.executable, *python_flags, "-m", "fercli", *map(str, args)]
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def interruptible_fer(*args: str):
+    """`python -m fercli ARGS` started as a terminal's foreground command, which Ctrl-C reaches.
+
+    A process started with SIGINT ignored (anything run with `&` from a non-interactive shell,
+    as a CI script or `pytest &` may be) keeps ignoring it, as POSIX says; the test must not
+    depend on how pytest itself was started. The process is killed if the test fails.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fercli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def one_error_line(result) -> str:
@@ -150,16 +171,11 @@ def test_train_without_a_dataset_says_to_preprocess():
 
 @pytest.mark.slow
 def test_ctrl_c_during_train_leaves_no_model_file(dataset, fer_home):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fercli", "train", "--epochs", "100000"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(8)  # importing TensorFlow takes ~4 s; after that it trains
-    assert process.poll() is None
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    with interruptible_fer("train", "--epochs", "100000") as process:
+        time.sleep(8)  # importing TensorFlow takes ~4 s; after that it trains
+        assert process.poll() is None
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert stderr.strip().splitlines()[-1] == "error: interrupted"
     assert "model saved" not in stdout
@@ -187,6 +203,9 @@ def test_crossval_json_report(dataset, fer_home):
     assert np.array(report["confusion_matrix"]).sum() == 64
     assert report["protocol"]["folds"] == 3 and report["protocol"]["group"] == "random"
     assert report["protocol"]["training"]["epochs"] == 2
+    # The recipe is named, with every option that differs from it.
+    assert report["protocol"]["recipe"] == "paper"
+    assert report["protocol"]["differs_from_recipe"] == {"epochs": 2}
     assert any("same people (4 subjects)" in warning for warning in report["warnings"])
     files = {name: Path(path) for name, path in report["files"].items()}
     assert all(path.parent.parent == fer_home / "runs" for path in files.values())
@@ -226,16 +245,11 @@ def test_crossval_refusals_are_one_line(dataset):
 
 @pytest.mark.slow
 def test_ctrl_c_during_crossval_stops_and_says_how_far_it_got(dataset):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fercli", "crossval", "--folds", "3", "--epochs", "100000"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(8)
-    assert process.poll() is None
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    with interruptible_fer("crossval", "--folds", "3", "--epochs", "100000") as process:
+        time.sleep(8)
+        assert process.poll() is None
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: interrupted after 0 of 3 folds"), stderr

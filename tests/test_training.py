@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from fercli import training
-from fercli.config import BASIC_LABELS, TrainConfig
+from fercli.config import BASIC_LABELS, TrainConfig, recipe_config, recipe_differences
 from fercli.errors import DatasetError
 from fercli.training import (
     augment,
     configure_tensorflow,
+    enlarge,
     cross_validate,
     fit,
     make_folds,
@@ -130,7 +131,7 @@ def test_interrupted_crossval_report_is_standard_json(interrupted_run):
 @pytest.mark.slow
 def test_same_seed_gives_the_same_subject_folds_and_numbers_whichever_worker_runs_them(dataset):
     # Two epochs: accuracies well below 100%, so that equal numbers mean something.
-    config = TrainConfig(epochs=2, seed=0)
+    config = TrainConfig(epochs=2, seed=0, augment_mode="online")
     first = cross_validate(dataset, config, folds=3, group="subject", workers=2)
     second = cross_validate(dataset, config, folds=3, group="subject", workers=1)
     assert [fold.test_subjects for fold in first.folds] == [
@@ -278,6 +279,35 @@ def test_shift_augmentation_moves_the_content_by_up_to_the_limit():
     offsets = np.array(centres)
     assert np.abs(offsets).max() <= 3.0 + 0.5
     assert np.abs(offsets).max() > 1.0  # it does move, by more than rounding
+
+
+def test_enlarged_set_keeps_the_originals_and_alternates_mirrored_copies(dataset):
+    images = dataset.crops[:20].astype(np.float32)
+    enlarged = enlarge(images, np.random.default_rng(1), copies=4, flip=True, max_rotation=0.0)
+    assert enlarged.shape == (100, 32, 32)
+    assert np.array_equal(enlarged[:20], images)  # the originals, first and untouched
+    for copy in range(4):
+        block = enlarged[20 * (copy + 1) : 20 * (copy + 2)]
+        expected = images[:, :, ::-1] if copy % 2 == 0 else images
+        assert np.array_equal(block, expected), copy
+    # With rotations, every copy differs from its original and the draw is reproducible.
+    rotated = enlarge(images, np.random.default_rng(1), copies=2, flip=False, max_rotation=3.0)
+    again = enlarge(images, np.random.default_rng(1), copies=2, flip=False, max_rotation=3.0)
+    assert np.array_equal(rotated, again)
+    assert all(not np.array_equal(copy, image) for copy, image in zip(rotated[20:40], images))
+    # A rotation of at most 3 degrees moves a 32x32 face only a little.
+    assert np.abs(rotated[20:40] - images).mean() < np.abs(images[:, :, ::-1] - images).mean()
+
+
+def test_recipes_are_starting_points_that_options_override():
+    paper = recipe_config("paper")
+    assert paper == TrainConfig() and paper.augment_mode == "copies" and paper.variant == "paper"
+    best = recipe_config("best", epochs=7, variant=None)
+    assert best.recipe == "best" and best.epochs == 7 and best.variant != "paper"
+    assert recipe_differences(best) == {"epochs": 7}
+    assert recipe_differences(recipe_config("paper", seed=3, max_rotation=10.0)) == {"max_rotation": 10.0}
+    with pytest.raises(Exception, match="unknown recipe 'fastest'"):
+        recipe_config("fastest")
 
 
 # --- refusals ---------------------------------------------------------------------------

@@ -175,34 +175,64 @@ DatasetArgument = typer.Argument(
     None, help="A preprocessed dataset: its name or folder under FER_HOME, or the original folder "
     "(default: the most recently preprocessed)."
 )
-EpochsOption = typer.Option(100, min=1, help="Training epochs (the paper: 80-100).")
-BatchOption = typer.Option(16, "--batch-size", min=1, help="Mini-batch size (the paper: 16).")
-LearningRateOption = typer.Option(0.001, "--lr", min=0.0, help="Learning rate (the paper: 0.001).")
-MomentumOption = typer.Option(0.9, min=0.0, max=1.0, help="SGD momentum.")
-OptimizerOption = typer.Option("sgd", help="sgd (the paper) or adam.")
-VariantOption = typer.Option("paper", help="Network: paper, dropout, batchnorm, batchnorm-dropout or wide.")
+# Training options default to None: unset, the recipe (--recipe, default "paper") decides.
+RecipeOption = typer.Option("paper", help="Starting settings: paper (the paper's recipe) or best (the best "
+                            "measured; slower). Options given here override the recipe's.")
+EpochsOption = typer.Option(None, min=1, help="Passes over the (enlarged) training set (paper: 100).")
+BatchOption = typer.Option(None, "--batch-size", min=1, help="Mini-batch size (paper: 16).")
+LearningRateOption = typer.Option(None, "--lr", min=0.0, help="Learning rate (paper: 0.001).")
+MomentumOption = typer.Option(None, min=0.0, max=1.0, help="SGD momentum (paper: 0.9).")
+OptimizerOption = typer.Option(None, help="sgd or adam (paper: sgd).")
+VariantOption = typer.Option(None, help="Network: paper, dropout, batchnorm, batchnorm-dropout or wide (paper: paper).")
 ClassesOption = typer.Option(None, help="Comma-separated classes to keep, e.g. anger,disgust,fear,happiness,sadness,surprise.")
 SeedOption = typer.Option(0, help="Random seed: same seed, same data -> same folds and weights.")
-AugmentOption = typer.Option(True, help="Random flips and small rotations of training images.")
-RotationOption = typer.Option(10.0, min=0.0, help="Largest augmentation rotation, in degrees.")
-ShiftOption = typer.Option(0.0, min=0.0, help="Largest augmentation shift, in pixels (the paper: none).")
-NormalisationOption = typer.Option("global", help="z-score statistics: global (one mean/std) or pixel.")
-FlipOption = typer.Option(False, "--flip-tta", help="Average each face's prediction with its mirror image.")
+AugmentOption = typer.Option(None, "--augment/--no-augment", help="Augment training images (paper: on).")
+AugmentModeOption = typer.Option(None, "--augment-mode", help="copies (the training set enlarged with transformed "
+                                 "copies, originals kept) or online (each epoch a new random copy) (paper: copies).")
+CopiesOption = typer.Option(None, min=0, help="--augment-mode copies: transformed copies per image (paper: 5).")
+FlipAugmentOption = typer.Option(None, "--flip/--no-flip", help="Mirror images among the augmentations (paper: on).")
+RotationOption = typer.Option(None, min=0.0, help="Largest augmentation rotation, in degrees (paper: 3).")
+ShiftOption = typer.Option(None, min=0.0, help="Largest augmentation shift, in pixels (paper: 0).")
+NormalisationOption = typer.Option(None, help="z-score statistics: global (one mean/std) or pixel (paper: global).")
+FlipOption = typer.Option(None, "--flip-tta/--no-flip-tta", help="Average each face's prediction with its mirror image (paper: off).")
+
+# Command-line names of the training options -> TrainConfig fields.
+TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate", "momentum": "momentum",
+                 "optimizer": "optimizer", "variant": "variant", "seed": "seed", "augment": "augment",
+                 "augment_mode": "augment_mode", "copies": "copies", "flip": "flip", "max_rotation": "max_rotation",
+                 "max_shift": "max_shift", "normalisation": "normalisation", "flip_tta": "test_time_flip"}
 
 
-def train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
-                 max_rotation, max_shift, normalisation, flip_tta):
-    from fercli.config import MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, TrainConfig
+def train_config(recipe: str, options: dict):
+    """The TrainConfig of a recipe with the training options given on the command line
+    (options: the command's parameters; None means not given)."""
+    from fercli.config import AUGMENTATIONS, MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, recipe_config
     from fercli.errors import FerError
 
-    for name, value, allowed in (("--variant", variant, MODEL_VARIANTS), ("--optimizer", optimizer, OPTIMIZERS),
-                                 ("--normalisation", normalisation, NORMALISATIONS)):
-        if value not in allowed:
-            raise FerError(f"{name} {value!r} is not one of {', '.join(allowed)}")
-    chosen = tuple(name.strip() for name in (classes or "").split(",") if name.strip())
-    return TrainConfig(variant=variant, epochs=epochs, batch_size=batch_size, learning_rate=lr,
-                       momentum=momentum, optimizer=optimizer, augment=augment, max_rotation=max_rotation, max_shift=max_shift,
-                       normalisation=normalisation, seed=seed, classes=chosen, test_time_flip=flip_tta)
+    for name, allowed in (("variant", MODEL_VARIANTS), ("optimizer", OPTIMIZERS),
+                          ("normalisation", NORMALISATIONS), ("augment_mode", AUGMENTATIONS)):
+        value = options.get(name)
+        if value is not None and value not in allowed:
+            raise FerError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}")
+    chosen = tuple(name.strip() for name in (options.get("classes") or "").split(",") if name.strip())
+    given = {field: options.get(name) for name, field in TRAIN_OPTIONS.items()}
+    return recipe_config(recipe, classes=chosen, **given)
+
+
+def recipe_summary(training: dict) -> str:
+    """"recipe paper" and every setting that differs from it, in command-line spelling."""
+    from fercli.config import TrainConfig, recipe_differences
+
+    names = {field: name for name, field in TRAIN_OPTIONS.items()}
+    differences = recipe_differences(TrainConfig.from_dict(training))
+    extra = ", ".join(f"--{names.get(key, key).replace('_', '-')} {value}" for key, value in differences.items())
+    return f"recipe {training.get('recipe', 'paper')}" + (f" with {extra}" if extra else "")
+
+
+def header(bar, text: str) -> None:
+    """A line above the progress bar, shown where the bar is (on a terminal)."""
+    if not bar.disable:
+        err.print(shown(text))
 
 
 def epoch_reporter(bar, task, folds: int):
@@ -226,10 +256,13 @@ def epoch_reporter(bar, task, folds: int):
 def train(
     dataset: str | None = DatasetArgument,
     output: Path | None = typer.Option(None, help="Model file to write (default: FER_HOME/models/<dataset>-<time>.npz)."),
-    epochs: int = EpochsOption, batch_size: int = BatchOption, lr: float = LearningRateOption,
-    momentum: float = MomentumOption, optimizer: str = OptimizerOption, variant: str = VariantOption,
-    classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool = AugmentOption,
-    max_rotation: float = RotationOption, max_shift: float = ShiftOption, normalisation: str = NormalisationOption, flip_tta: bool = FlipOption,
+    recipe: str = RecipeOption,
+    epochs: int | None = EpochsOption, batch_size: int | None = BatchOption, lr: float | None = LearningRateOption,
+    momentum: float | None = MomentumOption, optimizer: str | None = OptimizerOption, variant: str | None = VariantOption,
+    classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool | None = AugmentOption,
+    augment_mode: str | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
+    max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
+    normalisation: str | None = NormalisationOption, flip_tta: bool | None = FlipOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Train the network on every image of a preprocessed dataset and save a model for predict."""
@@ -237,13 +270,13 @@ def train(
         from fercli.store import check_writable, models_dir, resolve_dataset, timestamp
         from fercli.training import train_model
 
-        config = train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
-                              max_rotation, max_shift, normalisation, flip_tta)
+        config = train_config(recipe, locals())
         prepared = resolve_dataset(dataset)
         made_up = output is None  # then another run may make up the same name: never replace
         output = output or models_dir() / f"{prepared.name}-{timestamp()}.npz"
         check_writable(output.parent)
         bar, _ = progress_bar("training")
+        header(bar, f"fer train: {recipe_summary(config.to_dict())}")
         task = bar.tasks[0].id
         bar.update(task, total=config.epochs)
         with bar if not as_json else contextlib.nullcontext():
@@ -267,10 +300,13 @@ def crossval(
     dataset: str | None = DatasetArgument,
     folds: int = typer.Option(10, min=2, help="Number of folds."),
     group: str = typer.Option("random", help="random (stratified folds) or subject (no person in both train and test)."),
-    epochs: int = EpochsOption, batch_size: int = BatchOption, lr: float = LearningRateOption,
-    momentum: float = MomentumOption, optimizer: str = OptimizerOption, variant: str = VariantOption,
-    classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool = AugmentOption,
-    max_rotation: float = RotationOption, max_shift: float = ShiftOption, normalisation: str = NormalisationOption, flip_tta: bool = FlipOption,
+    recipe: str = RecipeOption,
+    epochs: int | None = EpochsOption, batch_size: int | None = BatchOption, lr: float | None = LearningRateOption,
+    momentum: float | None = MomentumOption, optimizer: str | None = OptimizerOption, variant: str | None = VariantOption,
+    classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool | None = AugmentOption,
+    augment_mode: str | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
+    max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
+    normalisation: str | None = NormalisationOption, flip_tta: bool | None = FlipOption,
     workers: int | None = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
     output: Path | None = typer.Option(None, help="Report folder (default: FER_HOME/runs/crossval-<dataset>-<time>)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
@@ -280,11 +316,11 @@ def crossval(
         from fercli.store import check_writable, new_dir, resolve_dataset, runs_dir, timestamp
         from fercli.training import cross_validate, save_crossval
 
-        config = train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
-                              max_rotation, max_shift, normalisation, flip_tta)
+        config = train_config(recipe, locals())
         prepared = resolve_dataset(dataset)
         output = check_writable(output) if output else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
         bar, _ = progress_bar("starting")
+        header(bar, f"fer crossval: {folds} folds ({group}), {recipe_summary(config.to_dict())}")
         task = bar.tasks[0].id
         bar.update(task, total=folds * config.epochs)
         with bar if not as_json else contextlib.nullcontext():
@@ -305,10 +341,8 @@ def render_crossval(report, files: dict) -> None:
     kind = "subject folds (no person in both train and test)" if protocol["group"] == "subject" else "random stratified folds"
     training = protocol["training"]
     out.print(f"[bold]protocol[/bold]: {protocol['folds']}-fold {kind}, seed {training['seed']}; "
-              f"{len(report.labels)} classes ({shown(', '.join(report.labels))}); {training['epochs']} epochs, "
-              f"batch {training['batch_size']}, {training['optimizer']} lr {training['learning_rate']}, "
-              f"variant {training['variant']}, augmentation {'on' if training['augment'] else 'off'}; "
-              f"{report.dataset['images']} images of {report.dataset['name']}")
+              f"{len(report.labels)} classes ({shown(', '.join(report.labels))}); {recipe_summary(training)}; "
+              f"{report.dataset['images']} images of {shown(report.dataset['name'])}")
     folds = Table(title="accuracy per fold")
     folds.add_column("fold", justify="right")
     folds.add_column("train", justify="right")

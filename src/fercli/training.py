@@ -30,6 +30,7 @@ from fercli.config import (
     canonical_label,
     fingerprint,
     label_order,
+    recipe_differences,
 )
 from fercli.errors import DatasetError, FerError
 from fercli.parallel import default_workers, stop_with_parent
@@ -92,19 +93,46 @@ def normalisation(crops: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]
     return mean, np.maximum(std, 1e-6)
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, max_rotation: float, max_shift: float = 0.0) -> np.ndarray:
-    """Random horizontal flips, rotations of up to max_rotation degrees and, if asked,
-    shifts of up to max_shift pixels (float32 in/out)."""
-    import cv2
-
-    count, size = len(images), images.shape[1]
-    flips = rng.random(count) < 0.5
+def augment(images: np.ndarray, rng: np.random.Generator, max_rotation: float, max_shift: float = 0.0,
+            flip: bool = True) -> np.ndarray:
+    """A random transformed copy of every image ("online" augmentation): mirrored half the
+    time (if flip), rotated by up to max_rotation degrees and shifted by up to max_shift
+    pixels (float32 in/out)."""
+    count = len(images)
+    flips = rng.random(count) < 0.5 if flip else np.zeros(count, bool)
     angles = rng.uniform(-max_rotation, max_rotation, count)
     shifts = rng.uniform(-max_shift, max_shift, (count, 2)) if max_shift > 0 else np.zeros((count, 2))
+    return transform_images(images, flips, angles, shifts)
+
+
+def enlarge(images: np.ndarray, rng: np.random.Generator, copies: int, flip: bool, max_rotation: float,
+            max_shift: float = 0.0) -> np.ndarray:
+    """The originals followed by `copies` transformed copies of every image ("copies"
+    augmentation, the paper's "enlarged with flipped and rotated copies"): copy k of an image
+    is mirrored when flip is on and k is even, and rotated (and shifted) at random."""
+    count = len(images)
+    parts = [images]
+    for copy in range(copies):
+        flips = np.full(count, flip and copy % 2 == 0)
+        angles = rng.uniform(-max_rotation, max_rotation, count)
+        shifts = rng.uniform(-max_shift, max_shift, (count, 2)) if max_shift > 0 else np.zeros((count, 2))
+        parts.append(transform_images(images, flips, angles, shifts))
+    return np.concatenate(parts)
+
+
+def transform_images(images: np.ndarray, flips: np.ndarray, angles: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Each image mirrored (where flips), rotated by its angle in degrees about the centre and
+    shifted by its (dx, dy); borders replicated."""
+    import cv2
+
+    size = images.shape[1]
     centre = ((size - 1) / 2, (size - 1) / 2)
     out = np.empty_like(images)
-    for index in range(count):
+    for index in range(len(images)):
         image = images[index, :, ::-1] if flips[index] else images[index]
+        if angles[index] == 0 and not shifts[index].any():
+            out[index] = image
+            continue
         transform = cv2.getRotationMatrix2D(centre, float(angles[index]), 1.0)
         transform[:, 2] += shifts[index]
         out[index] = cv2.warpAffine(
@@ -197,9 +225,13 @@ def fit(
 
     images = crops.astype(np.float32)
     one_hot = np.eye(num_classes, dtype=np.float32)[targets]
+    online = config.augment and config.augment_mode == "online"
+    if config.augment and config.augment_mode == "copies" and config.copies > 0:
+        images = enlarge(images, rng, config.copies, config.flip, config.max_rotation, config.max_shift)
+        one_hot = np.tile(one_hot, (config.copies + 1, 1))
     for epoch in range(1, config.epochs + 1):
         order = rng.permutation(len(images))
-        batch = augment(images[order], rng, config.max_rotation, config.max_shift) if config.augment else images[order]
+        batch = augment(images[order], rng, config.max_rotation, config.max_shift, config.flip) if online else images[order]
         x = ((batch - mean) / std).astype(np.float32)[..., np.newaxis]
         loss, accuracy = run_epoch(tf.constant(x), tf.constant(one_hot[order]))
         if on_epoch:
@@ -449,7 +481,8 @@ def cross_validate(
                  "source": dataset.meta.get("source"), "images": len(selection.crops), "subjects": len(subjects),
                  "fingerprint": data_fingerprint(selection)},
         protocol={"folds": folds, "group": group, "classes": selection.labels, "workers": workers,
-                  "training": config.to_dict(), "preprocess": dataset.meta.get("preprocess")},
+                  "training": config.to_dict(), "recipe": config.recipe,
+                  "differs_from_recipe": recipe_differences(config), "preprocess": dataset.meta.get("preprocess")},
         labels=selection.labels,
         folds=fold_results,
         confusion=np.asarray(matrix),
