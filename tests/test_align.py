@@ -16,8 +16,10 @@ from fercli.align import (
     align_detected_each,
     align_largest,
     detect_faces,
+    equalize,
     eye_centres,
     find_faces,
+    inside_photo,
 )
 from fercli.config import CROP_SIZE, PreprocessConfig
 from fercli.errors import NoFaceError
@@ -201,3 +203,58 @@ def test_images_aligned_together_come_out_as_they_do_one_at_a_time(astronaut_gra
             np.testing.assert_array_equal(face.crop, face_alone.crop)
             np.testing.assert_array_equal(face.landmarks, face_alone.landmarks)
     np.testing.assert_array_equal(largest[4][0].crop, largest[0][0].crop)
+
+
+# --- crops that pass the photo's edge ------------------------------------------------------
+
+
+def test_a_tightly_cropped_face_is_measured_as_padded_and_a_full_frame_one_is_not(astronaut_gray, reference):
+    full, _ = reference
+    assert full.padding == 0.0
+    # The chin sits at the bottom edge of a CK+48-style crop: part of the crop lies below it.
+    tight = astronaut_gray[40:170, 160:290]
+    face, _ = align_largest(tight, PreprocessConfig())
+    assert 0.01 < face.padding < 0.5, face.padding
+
+
+def test_the_filled_in_border_does_not_change_the_faces_grey_levels(astronaut_gray):
+    """Padding the photo with a replicated border (as a crop past the edge is) changes
+    nothing inside the face with "face" equalization; "whole" lets the border shift it."""
+    face = astronaut_gray[80:200, 170:280].copy()
+    width = face.shape[1]
+    padded = cv2.copyMakeBorder(face, 0, 60, 0, 0, cv2.BORDER_REPLICATE)
+    inside = np.zeros(padded.shape, bool)
+    inside[: face.shape[0]] = True
+    by_face = equalize(padded, inside, "face")[: face.shape[0]]
+    alone = equalize(face, np.ones(face.shape, bool), "face")
+    assert np.array_equal(by_face, alone)
+    by_whole = equalize(padded, inside, "whole")[: face.shape[0], :width]
+    assert not np.array_equal(by_whole, alone)
+
+
+def test_face_equalization_is_opencvs_when_the_whole_crop_is_inside(astronaut_gray):
+    face = astronaut_gray[80:200, 170:280]
+    ours = equalize(face, np.ones(face.shape, bool), "face").astype(int)
+    theirs = cv2.equalizeHist(face).astype(int)
+    # The same mapping; at most one grey level apart where a float rounds the other way.
+    assert np.abs(ours - theirs).max() <= 1 and np.mean(ours == theirs) > 0.99
+
+
+def test_midpoint_equalization_does_not_push_a_clipped_patch_to_white(astronaut_gray):
+    face = astronaut_gray[80:200, 170:280].copy()
+    face[:40] = 255  # a third of the face clipped to white, as an overexposed camera does
+    inside = np.ones(face.shape, bool)
+    assert np.mean(equalize(face, inside, "face") >= 250) > 0.3
+    midpoint = equalize(face, inside, "midpoint")
+    assert np.mean(midpoint >= 250) < 0.01
+    # Still an equalization: the levels spread over most of the range, order kept.
+    assert midpoint.min() < 20 and midpoint.max() > 200
+    order = np.argsort(face.ravel(), kind="stable")
+    assert np.all(np.diff(midpoint.ravel()[order].astype(int)) >= 0)
+
+
+def test_inside_photo_marks_what_the_crop_took_from_the_photo():
+    shift = np.array([[1.0, 0.0, 5.0], [0.0, 1.0, 0.0]])  # the crop starts 5 pixels left of the photo
+    inside = inside_photo(shift, (20, 10), (10, 30))
+    assert inside.shape == (10, 20)
+    assert not inside[:, :5].any() and inside[:, 5:].all()

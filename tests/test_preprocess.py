@@ -535,3 +535,16 @@ def test_an_image_that_breaks_its_batchs_landmarks_fails_alone(make_folders, fac
     if workers == 1:  # the workers' calls are not seen here
         assert max(batch_sizes) > 1
     assert len(cache_entries(fer_home)) == 40  # the failure is not stored: tried again next run
+
+
+def test_crops_past_the_photos_edge_are_counted_and_marked(make_folders, astronaut_gray):
+    root = make_folders({"happy": ["a.png"], "sad": ["b.png"]})
+    cv2.imwrite(str(root / "happy" / "tight.png"), astronaut_gray[40:170, 160:290])  # chin at the edge
+
+    report = preprocess_dataset(root, workers=1)
+
+    assert report.edges["happiness"]["crops"] == 2 and report.edges["happiness"]["padded"] == 1
+    assert 0 < report.edges["happiness"]["mean_padding"] < 0.25
+    assert report.edges["sadness"] == {"crops": 1, "padded": 0, "mean_padding": 0.0, "saturated": 0}
+    assert report.to_json()["edges"] == report.edges
+    assert load_dataset(report.dataset).meta["edges"] == report.edges

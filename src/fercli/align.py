@@ -36,6 +36,7 @@ class AlignedFace:
     # 2x3 affine map from input-image pixel coordinates to crop pixel coordinates.
     transform: np.ndarray
     landmarks: np.ndarray  # (68, 2) float, input-image coordinates
+    padding: float = 0.0  # share of the crop that lies outside the photo (filled in)
 
 
 def predictor_path() -> Path:
@@ -164,29 +165,73 @@ def crop_transform(landmarks: np.ndarray, config: PreprocessConfig) -> tuple[np.
     return transform, (max(1, round(width)), max(1, round(height))), angle
 
 
-def align_face(gray: np.ndarray, landmarks: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, float]:
+def align_face(gray: np.ndarray, landmarks: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Crop, equalize and downsample one face given its landmarks.
 
     Returns the (crop_size, crop_size) uint8 crop, the 2x3 map from input to crop pixel
-    coordinates, and the tilt angle of the eye line in degrees.
+    coordinates, the tilt angle of the eye line in degrees, and the share of the crop that
+    lay outside the photo.
     """
     transform, (width, height), angle = crop_transform(landmarks, config)
-    # Replicated borders where the box runs past the image: black padding would skew the
-    # histogram equalization that follows.
+    # Where the box runs past the photo, its edge pixels are repeated outwards (black would
+    # read as a dark background); the equalization below ignores those pixels.
     face = cv2.warpAffine(
         gray, transform, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
-    if config.equalize:
-        face = cv2.equalizeHist(face)
+    inside = inside_photo(transform, (width, height), gray.shape)
+    face = equalize(face, inside, config.equalization)
     size = config.crop_size
     crop = cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
     scale = np.array([[size / width], [size / height]])
-    return crop, transform * scale, angle
+    return crop, transform * scale, angle, float(1 - inside.mean())
+
+
+def inside_photo(transform: np.ndarray, size: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:
+    """Which pixels of a (width, height) crop made with transform come from inside a photo
+    of the given shape (True) rather than from the filled-in border."""
+    width, height = size
+    inverse = cv2.invertAffineTransform(transform)
+    columns, rows = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    x = inverse[0, 0] * columns + inverse[0, 1] * rows + inverse[0, 2]
+    y = inverse[1, 0] * columns + inverse[1, 1] * rows + inverse[1, 2]
+    # Half a pixel of slack: bilinear sampling at the very edge still reads the photo.
+    return (x >= -0.5) & (x <= shape[1] - 0.5) & (y >= -0.5) & (y <= shape[0] - 0.5)
+
+
+def equalize(face: np.ndarray, inside: np.ndarray, method: str) -> np.ndarray:
+    """A uint8 crop with its contrast equalized by method (config.EQUALIZATIONS), the
+    histogram counted over the pixels marked inside."""
+    if method == "none":
+        return face
+    if method == "whole":
+        return cv2.equalizeHist(face)
+    if method == "clahe":
+        return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4)).apply(face)
+    counted = face[inside] if inside.any() else face.ravel()
+    histogram = np.bincount(counted, minlength=256).astype(np.int64)
+    total = int(histogram.sum())
+    if method == "midpoint":
+        below = np.cumsum(histogram) - histogram
+        lut = np.round(255 * (below + histogram / 2) / total)
+        return lut.clip(0, 255).astype(np.uint8)[face]
+    if method != "face":
+        raise FerError(f"unknown equalization {method!r}")
+    # OpenCV's equalizeHist, step for step: the darkest level present goes to 0, each level
+    # above it to 255 x (pixels at or below it, less the darkest level's) / (the rest).
+    darkest = int(np.flatnonzero(histogram)[0])
+    if histogram[darkest] == total:
+        return np.full_like(face, darkest)
+    scale = np.float32(255.0) / np.float32(total - histogram[darkest])
+    running = np.cumsum(histogram) - histogram[darkest]
+    lut = np.zeros(256, np.float32)
+    lut[darkest + 1 :] = running[darkest + 1 :].astype(np.float32) * scale
+    # saturate_cast rounds half to even, as np.rint does.
+    return np.rint(lut).clip(0, 255).astype(np.uint8)[face]
 
 
 def _align_detection(gray: np.ndarray, box, score: float, landmarks: np.ndarray, config: PreprocessConfig) -> AlignedFace | None:
     try:
-        crop, transform, angle = align_face(gray, landmarks, config)
+        crop, transform, angle, padding = align_face(gray, landmarks, config)
     except NoFaceError:
         return None
     # dlib reports boxes of faces cut by the edge partly outside the image; clip them so that
@@ -201,6 +246,7 @@ def _align_detection(gray: np.ndarray, box, score: float, landmarks: np.ndarray,
         angle=angle,
         transform=transform,
         landmarks=landmarks,
+        padding=padding,
     )
 
 

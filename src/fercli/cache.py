@@ -28,6 +28,7 @@ class CacheEntry:
     faces: int = 0  # faces detected (the largest was used)
     box: tuple[int, int, int, int] | None = None
     angle: float = 0.0
+    padding: float = 0.0  # share of the crop outside the photo, filled in
 
     def to_json(self) -> dict:
         if self.crop is None:
@@ -38,6 +39,7 @@ class CacheEntry:
             "faces": self.faces,
             "box": list(self.box) if self.box else None,
             "angle": self.angle,
+            "padding": self.padding,
         }
 
     @classmethod
@@ -47,7 +49,8 @@ class CacheEntry:
         shape = tuple(data["shape"])
         crop = np.frombuffer(base64.b64decode(data["crop"]), dtype=np.uint8).reshape(shape)
         box = tuple(data["box"]) if data.get("box") else None
-        return cls(crop=crop, faces=int(data["faces"]), box=box, angle=float(data["angle"]))
+        return cls(crop=crop, faces=int(data["faces"]), box=box, angle=float(data["angle"]),
+                   padding=float(data.get("padding", 0.0)))
 
 
 def content_key(data: bytes) -> str:

@@ -115,6 +115,8 @@ def preprocess(
     ck_frames: int = typer.Option(3, help="CK+ tree: last frames of each labelled sequence to take."),
     ck_neutral: bool = typer.Option(False, help="CK+ tree: also take each labelled sequence's first frame as neutral."),
     min_face_score: float = typer.Option(0.3, help="dlib detection score a face needs (lower finds more, and more false faces)."),
+    equalization: str = typer.Option("face", help="Contrast equalization: face (the paper's histogram equalization, "
+                                     "counting only pixels inside the photo), midpoint, clahe, whole or none."),
     workers: int | None = typer.Option(None, min=1, help="Processes to align with (default: one per core)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
@@ -124,7 +126,12 @@ def preprocess(
         from fercli.preprocess import preprocess_dataset
 
         options = ScanOptions(layout=layout, ck_frames=ck_frames, ck_neutral_first=ck_neutral)
-        config = PreprocessConfig(min_face_score=min_face_score)
+        from fercli.config import EQUALIZATIONS
+        from fercli.errors import FerError
+
+        if equalization not in EQUALIZATIONS:
+            raise FerError(f"--equalization {equalization!r} is not one of {', '.join(EQUALIZATIONS)}")
+        config = PreprocessConfig(min_face_score=min_face_score, equalization=equalization)
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():
             report = preprocess_dataset(dataset_dir, options, config, workers, progress=None if as_json else update)
@@ -152,6 +159,15 @@ def render_preprocess(report) -> None:
     for label, count in report.classes.items():
         classes.add_row(shown(label), str(count))
     out.print(classes)
+    padded = {label: values for label, values in report.edges.items() if values["padded"] or values["saturated"]}
+    if padded:
+        edges = Table(title="crops past the photo's edge (filled in) and saturated crops (>10% of pixels >= 250)")
+        for column in ("class", "past the edge", "mean share filled", "saturated"):
+            edges.add_column(column, justify="left" if column == "class" else "right")
+        for label, values in padded.items():
+            edges.add_row(shown(label), f"{values['padded']} of {values['crops']}", f"{values['mean_padding']:.1%}",
+                          str(values["saturated"]))
+        out.print(edges)
     if report.subjects:
         listing = ", ".join(f"{subject} {count}" for subject, count in report.subjects.items())
         out.print(f"[bold]aligned per subject[/bold] ({len(report.subjects)}): {shown(listing)}")

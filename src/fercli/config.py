@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 # Bumped whenever the alignment code changes what it produces for the same settings, so that
 # cached crops and trained models made by an older implementation are not silently reused.
-ALIGN_VERSION = 1
+# 2: the histogram equalization counts only pixels inside the photo (see PreprocessConfig).
+ALIGN_VERSION = 2
 
 CROP_SIZE = 32
 # dlib's 68-point scheme: 36-41 is the eye on the image's left, 42-47 the other.
@@ -83,13 +84,23 @@ class PreprocessConfig(JsonConfig):
     # patch scores up to 0.23 in 300 shifted copies, while real faces scored 0.73 or more
     # there and 0.36 or more on all 981 CK+48 crops (after upsampling).
     min_face_score: float = 0.3
-    # Histogram equalization of the crop before it is downsampled (the paper: yes).
-    equalize: bool = True
+    # How the crop's contrast is equalized before it is downsampled (EQUALIZATIONS). The paper
+    # equalizes the histogram; "face" does it as OpenCV's equalizeHist does, but counts only
+    # the pixels inside the photo, so that the border filled in where a crop passes the
+    # photo's edge (tightly cropped sets such as CK+48) does not shift the face's grey levels.
+    equalization: str = "face"
 
     def fingerprint(self) -> str:
         """Identifies the crops these settings produce (with the alignment version)."""
         return fingerprint({"align_version": ALIGN_VERSION, **self.to_dict()})
 
+
+# "face": equalizeHist's mapping from the pixels inside the photo; "midpoint": the same
+# pixels, each grey level to the middle of its rank range, so that a large patch of one level
+# (skin clipped to white by the camera) is not pushed to 255; "clahe": OpenCV's CLAHE (clip
+# limit 2, 4x4 tiles); "whole": equalizeHist over the whole crop, border included (alignment
+# version 1); "none".
+EQUALIZATIONS = ("face", "midpoint", "clahe", "whole", "none")
 
 # Refuse to decode an image with more pixels than this (a 64-megapixel photo is ~8000x8000
 # and needs 64 MB as grayscale); decompression bombs declare far more.

@@ -47,6 +47,9 @@ class PreprocessReport:
     dataset: str | None = None  # the prepared dataset file, when anything was aligned
     contact_sheet: str | None = None
     notes: list[str] = field(default_factory=list)
+    # Per class: crops that passed the photo's edge (filled in), their mean share filled, and
+    # crops with more than SATURATED_SHARE of their pixels at 250 or more.
+    edges: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -64,6 +67,7 @@ class PreprocessReport:
             "dataset": self.dataset,
             "contact_sheet": self.contact_sheet,
             "notes": self.notes,
+            "edges": self.edges,
         }
 
 
@@ -156,7 +160,8 @@ def _entry(aligned: tuple[AlignedFace, int] | None, config: PreprocessConfig) ->
     if aligned is None:
         return CacheEntry(crop=None, reason=str(no_face_error(config)))
     face, faces = aligned
-    return CacheEntry(crop=face.crop, faces=faces, box=face.box, angle=round(face.angle, 3))
+    return CacheEntry(crop=face.crop, faces=faces, box=face.box, angle=round(face.angle, 3),
+                      padding=round(face.padding, 4))
 
 
 def _attempt(work: Callable, key: str, cache: CropCache | None):
@@ -253,7 +258,7 @@ def preprocess_dataset(
         if entry is None or entry.crop is None:
             skipped.append(Skipped(str(record.path), entry.reason if entry else "not processed"))
             continue
-        kept.append((record, entry.crop))
+        kept.append((record, entry))
         if entry.faces > 1:
             several.append(str(record.path))
 
@@ -280,10 +285,28 @@ def preprocess_dataset(
         )
     if several:
         report.notes.append(f"{len(several)} images had several faces; the largest was used")
+    report.edges = edge_summary(kept)
     if kept:
         _save(report, root, scan.layout, options, config, kept)
     report.seconds = time.perf_counter() - started
     return report
+
+
+# A crop counts as saturated when more than this share of its pixels is 250 or brighter.
+SATURATED_SHARE = 0.10
+
+
+def edge_summary(kept: list[tuple[object, CacheEntry]]) -> dict[str, dict]:
+    """Per class: how many crops passed the photo's edge and by how much on average, and how
+    many are saturated (SATURATED_SHARE), so that a washed-out dataset is seen."""
+    summary: dict[str, dict] = {}
+    for label in label_order({record.label for record, _ in kept}):
+        entries = [entry for record, entry in kept if record.label == label]
+        shares = np.array([entry.padding for entry in entries])
+        saturated = sum(float(np.mean(entry.crop >= 250)) > SATURATED_SHARE for entry in entries)
+        summary[label] = {"crops": len(entries), "padded": int(np.count_nonzero(shares > 0)),
+                          "mean_padding": round(float(shares.mean()), 4), "saturated": int(saturated)}
+    return summary
 
 
 def _save(report, root, layout, options, config, kept) -> None:
@@ -291,7 +314,7 @@ def _save(report, root, layout, options, config, kept) -> None:
 
     folder = dataset_folder(root)
     dataset = PreparedDataset(
-        crops=np.stack([crop for _, crop in kept]),
+        crops=np.stack([entry.crop for _, entry in kept]),
         labels=np.array([record.label for record, _ in kept]),
         subjects=np.array([record.subject or "" for record, _ in kept]),
         paths=np.array([str(record.path) for record, _ in kept]),
@@ -302,11 +325,13 @@ def _save(report, root, layout, options, config, kept) -> None:
             "preprocess": config.to_dict(),
             "preprocess_fingerprint": config.fingerprint(),
             "classes": report.classes,
+            "edges": report.edges,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
     report.dataset = str(save_dataset(dataset, folder))
     try:
-        report.contact_sheet = str(contact_sheet(dataset.crops, dataset.labels, folder / "contact_sheet.png"))
+        padding = np.array([entry.padding for _, entry in kept])
+        report.contact_sheet = str(contact_sheet(dataset.crops, dataset.labels, folder / "contact_sheet.png", padding=padding))
     except StoreError as error:
         report.notes.append(f"contact sheet not written: {error}")

@@ -37,14 +37,18 @@ def contact_sheet(
     columns: int = 24,
     scale: int = 2,
     per_class: int = 240,
+    padding: np.ndarray | None = None,
 ) -> Path:
     """A PNG of the aligned crops, one block per class under its name, to check alignment by eye.
 
-    At most per_class crops of each class are shown, evenly spread over the class.
+    At most per_class crops of each class are shown, evenly spread over the class. Crops
+    that passed the photo's edge by more than 5% (padding: the share filled in, per crop)
+    get a black triangle in their top right corner.
     """
     size = crops.shape[1] * scale
     header = 22
     blocks = []
+    marked = padding is not None and bool(np.any(padding > MARKED_PADDING))
     for label in label_order(set(labels.tolist())):
         indices = np.flatnonzero(labels == label)
         if len(indices) > per_class:
@@ -52,13 +56,22 @@ def contact_sheet(
         rows = -(-len(indices) // columns)
         block = np.full((header + rows * size, columns * size), 255, np.uint8)
         title = drawable(f"{label} ({np.count_nonzero(labels == label)})")
+        if marked:
+            title += "   corner mark: more than 5% of the crop lay outside the photo"
         cv2.putText(block, title, (4, 16), FONT, 0.5, 0, 1, cv2.LINE_AA)
         for position, index in enumerate(indices):
             row, column = divmod(position, columns)
             tile = cv2.resize(crops[index], (size, size), interpolation=cv2.INTER_NEAREST)
+            if padding is not None and padding[index] > MARKED_PADDING:
+                corner = np.array([[size - 9, 0], [size - 1, 0], [size - 1, 8]], np.int32)
+                cv2.fillConvexPoly(tile, corner, 0)
             block[header + row * size : header + (row + 1) * size, column * size : (column + 1) * size] = tile
         blocks.append(block)
     return _write_png(path, np.vstack(blocks))
+
+
+# Crops with more than this share filled in past the photo's edge are marked on the sheet.
+MARKED_PADDING = 0.05
 
 
 def confusion_image(matrix: np.ndarray, labels: list[str], path: Path, title: str = "") -> Path:
