@@ -10,7 +10,7 @@ import pytest
 
 from fercli import training
 from fercli.config import BASIC_LABELS, TrainConfig, recipe_config, recipe_differences
-from fercli.errors import DatasetError
+from fercli.errors import DatasetError, FerError
 from fercli.training import (
     augment,
     configure_tensorflow,
@@ -357,3 +357,49 @@ def test_unknown_group_and_too_few_folds_are_refused(dataset):
         cross_validate(dataset, TrainConfig(epochs=1), folds=3, group="people")
     with pytest.raises(DatasetError, match="at least 2"):
         cross_validate(dataset, TrainConfig(epochs=1), folds=1)
+
+
+# --- starting from another model (--init) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def starting_model(tmp_path_factory):
+    """A model trained on one synthetic 'dataset' (anger, happiness, neutral)."""
+    from fercli.training import train_model
+
+    other = make_dataset(labels=("anger", "happiness", "neutral"), subjects=4, seed=7)
+    other.meta["source"] = "/other-lab"
+    path = tmp_path_factory.mktemp("start") / "other.npz"
+    return train_model(other, TrainConfig(epochs=1, copies=0), path).path
+
+
+def test_fine_tuning_starts_from_the_given_model_with_classes_matched_by_name(starting_model, tmp_path):
+    from fercli.model import load_model
+    from fercli.training import train_model
+
+    mine = make_dataset(labels=("anger", "happiness", "surprise"), subjects=4, seed=1)
+    # Learning rate 0: the network keeps exactly the weights it started from.
+    config = TrainConfig(epochs=1, copies=0, learning_rate=0.0, momentum=0.0, init_model=str(starting_model))
+    tuned = load_model(train_model(mine, config, tmp_path / "tuned.npz").path)
+    start = load_model(starting_model)
+    kernels = [spec["weights"] for spec in start.network.specs if spec["weights"]]
+    for spec_start, spec_tuned in zip(kernels[:-1], [s["weights"] for s in tuned.network.specs if s["weights"]][:-1]):
+        for key_start, key_tuned in zip(spec_start, spec_tuned):
+            assert np.array_equal(start.network.weights[key_start], tuned.network.weights[key_tuned])
+    last_start = start.network.weights[kernels[-1][0]]
+    last_tuned = tuned.network.weights[[s["weights"] for s in tuned.network.specs if s["weights"]][-1][0]]
+    assert tuned.classes == ["anger", "happiness", "surprise"]
+    assert np.array_equal(last_tuned[:, 0], last_start[:, 0])  # anger
+    assert np.array_equal(last_tuned[:, 1], last_start[:, 1])  # happiness
+    assert not np.allclose(last_tuned[:, 2], last_start[:, 2])  # surprise: new, not neutral's
+    assert tuned.meta["training"]["init_model"] == str(starting_model)
+
+
+def test_a_starting_model_trained_on_the_same_dataset_is_refused(starting_model, tmp_path):
+    same = make_dataset(labels=("anger", "happiness", "neutral"), subjects=4, seed=7)
+    same.meta["source"] = "/other-lab"
+    with pytest.raises(FerError, match="trained on this dataset"):
+        cross_validate(same, TrainConfig(epochs=1, init_model=str(starting_model)), folds=2)
+    other = make_dataset(labels=("anger", "happiness"), subjects=4, seed=2)
+    with pytest.raises(FerError, match="--variant paper"):
+        cross_validate(other, TrainConfig(epochs=1, variant="batchnorm", init_model=str(starting_model)), folds=2)

@@ -210,13 +210,16 @@ FlipAugmentOption = typer.Option(None, "--flip/--no-flip", help="Mirror images a
 RotationOption = typer.Option(None, min=0.0, help="Largest augmentation rotation, in degrees (paper: 3).")
 ShiftOption = typer.Option(None, min=0.0, help="Largest augmentation shift, in pixels (paper: 0).")
 NormalisationOption = typer.Option(None, help="z-score statistics: global (one mean/std) or pixel (paper: global).")
+InitOption = typer.Option(None, "--init", help="Start from this model's weights (a model trained on other "
+                          "people, e.g. another dataset) and fine-tune.")
 FlipOption = typer.Option(None, "--flip-tta/--no-flip-tta", help="Average each face's prediction with its mirror image (paper: off).")
 
 # Command-line names of the training options -> TrainConfig fields.
 TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate", "momentum": "momentum",
                  "optimizer": "optimizer", "variant": "variant", "seed": "seed", "augment": "augment",
                  "augment_mode": "augment_mode", "copies": "copies", "flip": "flip", "max_rotation": "max_rotation",
-                 "max_shift": "max_shift", "normalisation": "normalisation", "flip_tta": "test_time_flip"}
+                 "max_shift": "max_shift", "normalisation": "normalisation", "flip_tta": "test_time_flip",
+                 "init": "init_model"}
 
 
 def train_config(recipe: str, options: dict):
@@ -232,6 +235,8 @@ def train_config(recipe: str, options: dict):
             raise FerError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}")
     chosen = tuple(name.strip() for name in (options.get("classes") or "").split(",") if name.strip())
     given = {field: options.get(name) for name, field in TRAIN_OPTIONS.items()}
+    if given["init_model"] is not None:
+        given["init_model"] = str(given["init_model"])
     return recipe_config(recipe, classes=chosen, **given)
 
 
@@ -278,7 +283,7 @@ def train(
     classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool | None = AugmentOption,
     augment_mode: str | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
     max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
-    normalisation: str | None = NormalisationOption, flip_tta: bool | None = FlipOption,
+    normalisation: str | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Train the network on every image of a preprocessed dataset and save a model for predict."""
@@ -322,7 +327,7 @@ def crossval(
     classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool | None = AugmentOption,
     augment_mode: str | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
     max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
-    normalisation: str | None = NormalisationOption, flip_tta: bool | None = FlipOption,
+    normalisation: str | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
     workers: int | None = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
     output: Path | None = typer.Option(None, help="Report folder (default: FER_HOME/runs/crossval-<dataset>-<time>)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),

@@ -170,6 +170,9 @@ class TrainConfig(JsonConfig):
     classes: tuple[str, ...] = field(default_factory=tuple)
     # The preset these settings started from (RECIPES); reports name it and what differs.
     recipe: str = "paper"
+    # A fercli model file whose weights the network starts from (fine-tuning); "" for none.
+    # Trained on other people (another dataset), it lends a small set what it learned there.
+    init_model: str = ""
 
 
 # Named starting points for train and crossval; options given on the command line override

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +198,8 @@ def fit(
     rng = np.random.default_rng(seed)
     mean, std = normalisation(crops, config.normalisation)
     model = build_model(num_classes, config.variant, crops.shape[1])
+    if config.init_model:
+        start_from(model, load_starting_model(config), list(config.classes))
     optimizer = make_optimizer(config)
     optimizer.build(model.trainable_variables)
     loss_function = keras.losses.CategoricalCrossentropy()
@@ -237,6 +239,43 @@ def fit(
         if on_epoch:
             on_epoch(epoch, float(loss), float(accuracy))
     return model, mean, std
+
+
+def load_starting_model(config: TrainConfig):
+    """The model of config.init_model, checked to fit config's network; FerError if not."""
+    from fercli.model import load_model
+
+    starting = load_model(Path(config.init_model))
+    variant = starting.meta.get("training", {}).get("variant")
+    if variant != config.variant:
+        raise FerError(f"{config.init_model}: the starting model is a {variant!r} network; "
+                       f"train with --variant {variant} to start from it")
+    return starting
+
+
+def start_from(model, starting, labels: list[str]) -> None:
+    """Copy a fercli model's weights into a Keras network of the same variant. The classifier's
+    columns are matched by class name; classes the starting model lacks keep their fresh
+    initialisation (e.g. neutral, when starting from a CK+48 model)."""
+    layers = [layer for layer in model.layers if layer.get_weights()]
+    specs = [spec for spec in starting.network.specs if spec["weights"]]
+    if len(layers) != len(specs):
+        raise FerError(f"{starting.path}: its layers do not fit this network")
+    for position, (layer, spec) in enumerate(zip(layers, specs)):
+        values = [starting.network.weights[key] for key in spec["weights"]]
+        current = layer.get_weights()
+        if position == len(layers) - 1:
+            # The classifier: one column per class, copied by name.
+            kernel, bias = current
+            for column, label in enumerate(labels):
+                if label in starting.classes:
+                    source = starting.classes.index(label)
+                    kernel[:, column] = values[0][:, source]
+                    bias[column] = values[1][source]
+            values = [kernel, bias]
+        if [value.shape for value in values] != [value.shape for value in current]:
+            raise FerError(f"{starting.path}: its layer shapes do not fit this network (another crop size?)")
+        layer.set_weights([value.astype(np.float32) for value in values])
 
 
 def keras_probabilities(model, crops: np.ndarray, mean: np.ndarray, std: np.ndarray, flip: bool = False) -> np.ndarray:
@@ -416,6 +455,7 @@ def cross_validate(
 
     started = time.perf_counter()
     selection = select_classes(dataset, config.classes)
+    config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     splits = make_folds(selection, folds, group, config.seed)
     count = len(selection.labels)
     workers = max(1, min(workers or default_workers(), len(splits)))
@@ -489,12 +529,41 @@ def cross_validate(
         per_class=per_class,
         macro_f1=float(np.mean(f1)) if true else math.nan,
         pooled_accuracy=float(np.mean(true_all == predicted_all)) if true else math.nan,
-        warnings=protocol_warnings(selection, group),
+        warnings=protocol_warnings(selection, group) + starting_notes(config),
         seconds=time.perf_counter() - started,
         interrupted=interrupted,
         planned_folds=len(splits),
         predictions=rows,
     )
+
+
+def starting_notes(config: TrainConfig) -> list[str]:
+    """What a report says of the starting model: where its knowledge came from."""
+    if not config.init_model:
+        return []
+    starting = load_starting_model(config)
+    trained_on = starting.meta.get("dataset") or {}
+    return [f"every network started from {Path(config.init_model).name}, trained on "
+            f"{trained_on.get('images', '?')} images of {trained_on.get('name', 'another dataset')} "
+            f"(data fingerprint {starting.meta.get('data_fingerprint', '?')}), none of them in this dataset"]
+
+
+def checked_start(config: TrainConfig, dataset: PreparedDataset, selection: Selection) -> TrainConfig:
+    """config, once its starting model (if any) is known to fit and to hold nothing of this
+    dataset: a model trained on the same images would have seen every test fold."""
+    if not config.init_model:
+        return config
+    starting = load_starting_model(config)
+    trained_on = starting.meta.get("dataset") or {}
+    same_source = trained_on.get("source") and trained_on.get("source") == dataset.meta.get("source")
+    if same_source or starting.meta.get("data_fingerprint") == data_fingerprint(selection):
+        raise FerError(f"{config.init_model}: the starting model was trained on this dataset "
+                       f"({trained_on.get('name', dataset.name)}), so every test fold would be in it; "
+                       "start from a model trained on other people")
+    if starting.preprocess.fingerprint() != PreprocessConfig.from_dict(dataset.meta["preprocess"]).fingerprint():
+        raise FerError(f"{config.init_model}: the starting model's crops were made with other "
+                       "preprocessing settings than this dataset's")
+    return config
 
 
 def _accuracy(result: dict, selection: Selection, splits) -> float:
@@ -557,6 +626,7 @@ def train_model(
 
     started = time.perf_counter()
     selection = select_classes(dataset, config.classes)
+    config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     configure_tensorflow(threads)
     last = {"loss": math.nan, "accuracy": math.nan}
 
