@@ -193,9 +193,25 @@ def test_crossval_json_report(dataset, fer_home):
     assert json.loads(files["report"].read_text())["folds"] == report["folds"]
     assert cv2.imread(str(files["confusion"])) is not None
     rows = list(csv.DictReader(io.StringIO(files["predictions"].read_text())))
-    assert len(rows) == 64 and set(rows[0]) == {"path", "fold", "true", "predicted"}
+    assert len(rows) == 64
+    assert list(rows[0]) == ["path", "fold", "true", "predicted", *(f"p_{label}" for label in CLASSES)]
+    for row in rows:
+        probabilities = [float(row[f"p_{label}"]) for label in CLASSES]
+        assert sum(probabilities) == pytest.approx(1, abs=1e-4)
+        assert row["predicted"] == CLASSES[int(np.argmax(probabilities))]
     # No TensorFlow log lines or tracebacks from the workers.
     assert "Traceback" not in process.stderr and "I0000" not in process.stderr
+
+
+@pytest.mark.slow
+def test_piped_crossval_tables_show_whole_class_names(dataset, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "30")  # a narrow terminal's setting: a pipe ignores it
+    process = fer_process("crossval", "--folds", "2", "--epochs", "1", "--workers", "1")
+    assert process.returncode == 0, process.stderr
+    matrix = process.stdout.split("confusion matrix")[1]
+    header = next(line for line in matrix.splitlines() if line.startswith("┃"))
+    assert [name.strip() for name in header.split("┃")[2:-1]] == CLASSES
+    assert "…" not in process.stdout
 
 
 def test_crossval_with_an_unknown_class_is_one_line(dataset):
@@ -363,6 +379,24 @@ def test_predict_fails_when_nothing_could_be_processed(trained_model, photos, tm
     lines = result.stderr.strip().splitlines()
     assert lines[-1] == "error: no image could be processed"
     assert lines[0].startswith("skipped ")
+
+
+@pytest.mark.parametrize("columns", ["30", "200"])
+def test_piped_predict_table_shows_whole_paths_and_labels(trained_model, photos, tmp_path, monkeypatch, columns):
+    folder = tmp_path / ("a-folder-with-a-name-long-enough-to-be-cut-in-a-table-" * 3) / "happiness"
+    folder.mkdir(parents=True)
+    photo = folder / "the-photo-of-a-happy-astronaut-with-a-long-name.png"
+    photo.write_bytes(photos["one"].read_bytes())
+    monkeypatch.setenv("COLUMNS", columns)
+    [image] = json.loads(fer_process("predict", photo, "--model", trained_model, "--json").stdout)
+    process = fer_process("predict", photo, "--model", trained_model)  # stdout is a pipe
+    assert process.returncode == 0, process.stderr
+    assert str(photo) in process.stdout and "happiness" in process.stdout
+    assert f" {image['faces'][0]['label']} " in process.stdout
+    assert "…" not in process.stdout
+    # In this process too (CliRunner's output is no terminal either).
+    result = fer("predict", photo, "--model", trained_model)
+    assert str(photo) in result.stdout and "…" not in result.stdout
 
 
 def test_predict_without_a_model_says_to_train(photos):

@@ -95,6 +95,18 @@ def progress_bar(description: str):
     return bar, update
 
 
+# Output that is not a terminal (a pipe, a file) has no width to fit: tables are laid out at
+# their natural width there, so that paths and class names are never cut. On a terminal,
+# columns of names fold onto more lines instead of ending in "…".
+UNLIMITED_WIDTH = 10_000
+
+
+def fit_output_width() -> None:
+    """Lay out stdout for a pipe or file at its natural width; a terminal keeps its own."""
+    if not out.is_terminal:
+        out.width = UNLIMITED_WIDTH
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"fer (fercli) {__version__}")
@@ -106,6 +118,7 @@ def main_options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Facial expression recognition: align faces, train a small CNN, cross-validate, predict."""
+    fit_output_width()
 
 
 @app.command()
@@ -147,7 +160,7 @@ def render_preprocess(report) -> None:
     table.add_row("time", f"{report.seconds:.2f} s ({report.workers} workers)")
     out.print(table)
     classes = Table(title="aligned per class")
-    classes.add_column("class")
+    classes.add_column("class", overflow="fold")
     classes.add_column("images", justify="right")
     for label, count in report.classes.items():
         classes.add_row(shown(label), str(count))
@@ -315,7 +328,7 @@ def render_crossval(report, files: dict) -> None:
     folds.add_column("test", justify="right")
     folds.add_column("accuracy", justify="right")
     if protocol["group"] == "subject":
-        folds.add_column("test subjects")
+        folds.add_column("test subjects", overflow="fold")
     for fold in report.folds:
         row = [str(fold.fold), str(fold.train_size), str(fold.test_size), f"{fold.accuracy:.1%}"]
         if protocol["group"] == "subject":
@@ -326,14 +339,14 @@ def render_crossval(report, files: dict) -> None:
               f"over {len(report.folds)} folds (pooled {report.pooled_accuracy:.2%}), macro-F1 {report.macro_f1:.3f}")
     classes = Table(title="per class (summed over folds)")
     for column in ("class", "precision", "recall", "F1", "images"):
-        classes.add_column(column, justify="left" if column == "class" else "right")
+        classes.add_column(column, justify="left" if column == "class" else "right", overflow="fold")
     for label, values in report.per_class.items():
         classes.add_row(shown(label), f"{values['precision']:.3f}", f"{values['recall']:.3f}", f"{values['f1']:.3f}", str(values["support"]))
     out.print(classes)
     matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
-    matrix.add_column("")
+    matrix.add_column("", overflow="fold")
     for label in report.labels:
-        matrix.add_column(shown(label[:5]), justify="right")
+        matrix.add_column(shown(label), justify="right", overflow="fold")
     for label, row in zip(report.labels, report.confusion):
         matrix.add_row(shown(label), *(str(int(value)) for value in row))
     out.print(matrix)
@@ -387,7 +400,7 @@ def predict(
 def render_predict(report) -> None:
     table = Table(title=f"model {shown(Path(report.model).name)}")
     for column in ("image", "face", "box (x, y, w, h)", "label", "p"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for image in report.images:
         if image.error:
             continue
