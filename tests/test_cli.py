@@ -438,9 +438,44 @@ def test_a_skipped_file_with_brackets_in_its_path_is_reported_not_a_crash(
     folder.mkdir()
     (folder / "x]notes.png").write_text("not a picture")
     (folder / "x]photo.png").write_bytes(photos["one"].read_bytes())
-    result = fer("predict", folder, "--model", trained_model, "--json")
+    result = fer("predict", folder / "x]notes.png", folder / "x]photo.png", "--model", trained_model, "--json")
     assert result.exit_code == 0, repr(result.exception)
     assert f"skipped {folder / 'x]notes.png'}: not an image" in result.stderr
+
+
+def test_predict_on_a_file_that_is_no_image_prints_no_table(trained_model, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    result = fer("predict", notes, "--model", trained_model)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"skipped {notes}: not an image (unrecognised content)",
+        "error: no image could be processed",
+    ]
+
+
+def test_predict_on_a_folder_counts_its_other_files_and_ends_with_a_summary(trained_model, photos):
+    folder = photos["one"].parent
+    (folder / "README.md").write_text("# my photos\n")
+    (folder / "NOTICE.md").write_text("taken by me\n")
+    (folder / "cut.png").write_bytes(photos["one"].read_bytes()[:3000])  # a broken image is named
+    result = fer("predict", folder, "--model", trained_model)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [f"skipped {folder / 'cut.png'}: truncated PNG (no IEND chunk at the end)"]
+    assert result.stdout.splitlines()[-1] == "3 images, 3 faces; 1 skipped; 2 other files in the folders, not images"
+    assert "README" not in result.stdout
+    # Named on the command line, a file that is no image is reported as such.
+    result = fer("predict", folder / "README.md", photos["one"], "--model", trained_model)
+    assert f"skipped {folder / 'README.md'}: not an image" in result.stderr
+    assert result.stdout.splitlines()[-1] == "1 image, 1 face; 1 skipped"
+    # Only non-images in a folder: the error says what was there.
+    (folder / "more").mkdir()
+    (folder / "more" / "notes.txt").write_text("hello")
+    result = fer("predict", folder / "more", "--model", trained_model)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: no image could be processed (1 other file in the folders, not an image)"
+    ]
 
 
 def test_predict_in_a_fresh_process_never_imports_tensorflow(trained_model, photos):

@@ -157,7 +157,7 @@ def render_preprocess(report) -> None:
     table.add_row("aligned", str(report.aligned))
     table.add_row("skipped", str(len(report.skipped)))
     table.add_row("from cache", str(report.cache_hits))
-    table.add_row("time", f"{report.seconds:.2f} s ({report.workers} workers)")
+    table.add_row("time", f"{report.seconds:.2f} s ({plural(report.workers, 'worker')})")
     out.print(table)
     classes = Table(title="aligned per class")
     classes.add_column("class", overflow="fold")
@@ -384,17 +384,32 @@ def predict(
         emit_json([image.to_json() for image in report.images])
     elif as_csv:
         render_predict_csv(report)
-    elif report.images:
+    elif report.processed:
         render_predict(report)
-    for problem in report.problems:
+    listed = [problem for problem in report.problems if problem.listed]
+    for problem in listed:
         err.print(f"[yellow]skipped[/yellow] {shown(problem.path)}: {problem.reason}")
     for image in report.images:
         if image.error:
             err.print(f"[yellow]skipped[/yellow] {shown(image.path)}: {shown(image.error)}")
     if annotate_dir:
         err.print(f"{len(written)} annotated images in {shown(annotate_dir)}")
+    passed_over = len(report.problems) - len(listed)
+    others = (f"{plural(passed_over, 'other file')} in the folders, not {'an image' if passed_over == 1 else 'images'}"
+              if passed_over else "")
     if report.processed == 0:
-        raise fail("no image could be processed")
+        raise fail("no image could be processed" + (f" ({others})" if others else ""))
+    if not as_json:
+        skipped = len(listed) + len(report.images) - report.processed
+        faces = sum(len(image.faces) for image in report.images)
+        summary = "; ".join(filter(None, [f"{plural(report.processed, 'image')}, {plural(faces, 'face')}",
+                                          f"{skipped} skipped" if skipped else "", others]))
+        (err if as_csv else out).print(summary)
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 image', '2 images'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def render_predict(report) -> None:
