@@ -21,6 +21,7 @@ from fercli.config import TrainConfig
 from fercli.model import load_model
 from fercli.store import models_dir
 from fercli.training import train_model
+from conftest import write_image
 from synthetic import make_dataset, save_synthetic
 
 CLASSES = ["anger", "happiness", "surprise", "neutral"]
@@ -541,3 +542,50 @@ def test_installed_fer_command_predicts_many_images_alike_with_one_or_two_worker
         outputs.append(json.loads(process.stdout))
     assert outputs[0] == outputs[1]
     assert [len(image["faces"]) for image in outputs[0]] == [1, 0, 1, 0, 1, 0]
+
+
+# --- --json on failures ------------------------------------------------------------------
+
+
+def test_every_failure_with_json_is_one_json_document(trained_model, photos, tmp_path, dataset):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    cases = [
+        (["preprocess", empty], 1, "empty"),
+        (["train", "no-such-dataset", "--epochs", "1"], 1, "no-such-dataset: no such preprocessed dataset"),
+        (["crossval", "--folds", "3", "--epochs", "1", "--classes", "anger,joyful"], 1, "unknown class 'joyful'"),
+        (["predict", photos["one"], "--model", tmp_path / "nope.npz"], 1, "nope.npz: no such model file"),
+        (["predict", photos["one"], "--model", trained_model, "--csv"], 1, "choose one of --json and --csv"),
+        (["predict", photos["one"], "--model", trained_model, "--workers", "0"], 2, "--workers"),
+        (["crossval", "--folds", "1"], 2, "--folds"),
+    ]
+    for args, code, expected in cases:
+        result = fer(*args, "--json")
+        assert result.exit_code == code, (args, result.output)
+        document = json.loads(result.stdout)  # all of stdout is one JSON document
+        assert list(document) == ["error"] and expected in document["error"], (args, document)
+        assert "Traceback" not in result.output
+        if code == 1:
+            assert result.stderr.strip() == f"error: {document['error']}"
+
+
+def test_json_failures_that_have_a_report_carry_the_error_in_it(trained_model, tmp_path, make_folders, no_face_image):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    result = fer("predict", notes, tmp_path / "gone.png", "--model", trained_model, "--json")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert document["error"] == "no image could be processed"
+    assert document["images"] == [{"path": str(notes), "faces": [], "error": "not an image (unrecognised content)"}]
+    assert document["skipped"] == [{"path": str(tmp_path / "gone.png"), "reason": "no such file or folder"}]
+    assert result.stderr.splitlines()[-1] == "error: no image could be processed"
+
+    root = tmp_path / "no-faces"
+    write_image(root / "happy" / "wall.png", no_face_image)
+    result = fer("preprocess", root, "--json", "--workers", "1")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert document["aligned"] == 0 and document["error"].endswith("no image could be aligned (1 skipped)")
+    assert result.stderr.strip() == f"error: {document['error']}"

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 
@@ -44,23 +45,45 @@ def shown(path: object) -> str:
     return escape("".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text))
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print one red line on stderr; return the Exit to raise."""
+def fail(message: str, code: int = 1, as_json: bool = False) -> typer.Exit:
+    """Print one red line on stderr, and with as_json {"error": message} on stdout as the
+    command's one JSON document; return the Exit to raise."""
+    if as_json:
+        emit_json({"error": message})
     err.print(f"[red]error:[/red] {shown(message)}", markup=True, highlight=False)
     return typer.Exit(code)
 
 
 @contextlib.contextmanager
-def user_errors():
-    """Turn fercli's typed errors into one red line and exit code 1, Ctrl-C into exit 130."""
+def user_errors(as_json: bool = False):
+    """Turn fercli's typed errors into one red line and exit code 1, Ctrl-C into exit 130;
+    as_json: {"error": ...} on stdout too."""
     from fercli.errors import FerError
 
     try:
         yield
     except FerError as error:
-        raise fail(str(error)) from None
+        raise fail(str(error), as_json=as_json) from None
     except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+        raise fail("interrupted", 130, as_json=as_json) from None
+
+
+# click's UsageError, wherever this typer keeps click (typer 0.28 bundles its own copy).
+USAGE_ERROR = sys.modules[typer.BadParameter.__module__].UsageError
+
+
+class JsonErrorsCommand(typer.core.TyperCommand):
+    """A command whose option errors, when --json was asked for, also print {"error": ...}
+    on stdout: every outcome of a --json run is one JSON document."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        as_json = "--json" in args
+        try:
+            return super().parse_args(ctx, args)
+        except USAGE_ERROR as error:
+            if as_json:
+                emit_json({"error": error.format_message()})
+            raise
 
 
 def emit_json(payload: object) -> None:
@@ -121,7 +144,7 @@ def main_options(
     fit_output_width()
 
 
-@app.command()
+@app.command(cls=JsonErrorsCommand)
 def preprocess(
     dataset_dir: Path = typer.Argument(..., help="The dataset folder (JAFFE, a CK+ tree, or <class>/<image> folders)."),
     layout: str | None = typer.Option(None, help="Force a layout: jaffe, ck+ or folders (default: detected)."),
@@ -132,7 +155,7 @@ def preprocess(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Align every face of a dataset and cache the 32x32 crops for train and crossval."""
-    with user_errors():
+    with user_errors(as_json):
         from fercli.config import PreprocessConfig, ScanOptions
         from fercli.preprocess import preprocess_dataset
 
@@ -141,12 +164,13 @@ def preprocess(
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():
             report = preprocess_dataset(dataset_dir, options, config, workers, progress=None if as_json else update)
+    failure = f"{dataset_dir}: no image could be aligned ({len(report.skipped)} skipped)" if report.aligned == 0 else None
     if as_json:
-        emit_json(report.to_json())
+        emit_json({**report.to_json(), **({"error": failure} if failure else {})})
     else:
         render_preprocess(report)
-    if report.aligned == 0:
-        raise fail(f"{dataset_dir}: no image could be aligned ({len(report.skipped)} skipped)")
+    if failure:
+        raise fail(failure)
 
 
 def render_preprocess(report) -> None:
@@ -235,7 +259,7 @@ def epoch_reporter(bar, task, folds: int):
     return update
 
 
-@app.command()
+@app.command(cls=JsonErrorsCommand)
 def train(
     dataset: str | None = DatasetArgument,
     output: Path | None = typer.Option(None, help="Model file to write (default: FER_HOME/models/<dataset>-<time>.npz)."),
@@ -246,7 +270,7 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Train the network on every image of a preprocessed dataset and save a model for predict."""
-    with user_errors():
+    with user_errors(as_json):
         from fercli.store import check_writable, models_dir, resolve_dataset, timestamp
         from fercli.training import train_model
 
@@ -275,7 +299,7 @@ def train(
     out.print(f"model saved to {shown(result.path)}")
 
 
-@app.command()
+@app.command(cls=JsonErrorsCommand)
 def crossval(
     dataset: str | None = DatasetArgument,
     folds: int = typer.Option(10, min=2, help="Number of folds."),
@@ -289,7 +313,7 @@ def crossval(
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """K-fold cross-validation on a preprocessed dataset, with an honest report."""
-    with user_errors():
+    with user_errors(as_json):
         from fercli.store import check_writable, new_dir, resolve_dataset, runs_dir, timestamp
         from fercli.training import cross_validate, save_crossval
 
@@ -304,13 +328,15 @@ def crossval(
             report = cross_validate(prepared, config, folds, group, workers,
                                     progress=None if as_json else epoch_reporter(bar, task, folds))
         files = save_crossval(report, output)
+    failure = (f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
+               f"the finished folds are in {output}") if report.interrupted else None
     if as_json:
-        emit_json({**report.to_json(), "files": {name: str(path) for name, path in files.items()}})
+        emit_json({**report.to_json(), "files": {name: str(path) for name, path in files.items()},
+                   **({"error": failure} if failure else {})})
     else:
         render_crossval(report, files)
-    if report.interrupted:
-        raise fail(f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
-                   f"the finished folds are in {output}", 130)
+    if failure:
+        raise fail(failure, 130)
 
 
 def render_crossval(report, files: dict) -> None:
@@ -356,7 +382,7 @@ def render_crossval(report, files: dict) -> None:
         out.print(f"{name}: {shown(path)}")
 
 
-@app.command()
+@app.command(cls=JsonErrorsCommand)
 def predict(
     paths: list[Path] = typer.Argument(..., help="Image files and folders."),
     model: Path | None = typer.Option(None, help="Model file (default: the most recently trained)."),
@@ -367,8 +393,8 @@ def predict(
 ) -> None:
     """Label the expression of every face in photos."""
     if as_json and as_csv:
-        raise fail("choose one of --json and --csv")
-    with user_errors():
+        raise fail("choose one of --json and --csv", as_json=True)
+    with user_errors(as_json):
         from fercli.predict import annotate, predict_paths, resolve_model
         from fercli.store import check_writable
 
@@ -380,7 +406,11 @@ def predict(
         with bar if not quiet else contextlib.nullcontext():
             report = predict_paths(paths, loaded, workers, progress=None if quiet else update)
         written = annotate(report, annotate_dir) if annotate_dir else []
-    if as_json:
+    failure = None if report.processed else "no image could be processed"
+    if as_json and failure:
+        emit_json({"error": failure, "images": [image.to_json() for image in report.images],
+                   "skipped": [{"path": problem.path, "reason": problem.reason} for problem in report.problems]})
+    elif as_json:
         emit_json([image.to_json() for image in report.images])
     elif as_csv:
         render_predict_csv(report)
@@ -397,8 +427,8 @@ def predict(
     passed_over = len(report.problems) - len(listed)
     others = (f"{plural(passed_over, 'other file')} in the folders, not {'an image' if passed_over == 1 else 'images'}"
               if passed_over else "")
-    if report.processed == 0:
-        raise fail("no image could be processed" + (f" ({others})" if others else ""))
+    if failure:
+        raise fail(failure + (f" ({others})" if others else ""))
     if not as_json:
         skipped = len(listed) + len(report.images) - report.processed
         faces = sum(len(image.faces) for image in report.images)
