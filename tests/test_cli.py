@@ -234,11 +234,24 @@ def test_crossval_refusals_are_one_line(dataset):
     for args, expected in [
         (["--folds", "20"], "fewer than the 20 folds"),
         (["--folds", "5", "--group", "subject"], "needs at least 5 subjects; there are 4"),
-        (["--variant", "huge"], "--variant 'huge' is not one of paper"),
         (["no-such-dataset"], "no-such-dataset: no such preprocessed dataset"),
     ]:
         line = one_error_line(fer("crossval", "--epochs", "1", *args))
         assert expected in line, line
+
+
+def test_options_with_fixed_values_are_refused_by_the_parser_with_the_list():
+    result = fer("crossval", "--variant", "huge")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "Invalid value for '--variant': 'huge' is not one of 'paper', 'dropout'," in " ".join(result.stderr.split())
+    for args, listed in [
+        (["preprocess", "x", "--layout", "csv"], "'jaffe', 'ck+', 'folders'"),
+        (["train", "--optimizer", "rmsprop"], "'sgd', 'adam'"),
+        (["crossval", "--group", "person"], "'random', 'subject'"),
+        (["crossval", "--normalisation", "none"], "'global', 'pixel'"),
+    ]:
+        result = fer(*args)
+        assert result.exit_code == 2 and listed in " ".join(result.stderr.split()), args
 
 
 @pytest.mark.slow
@@ -499,6 +512,21 @@ def test_predict_in_a_fresh_process_never_imports_tensorflow(trained_model, phot
     assert "numpy" in imported and "cv2" in imported  # -X importtime did report
     heavy = sorted(name for name in imported if name.split(".")[0] in ("tensorflow", "keras"))
     assert heavy == []
+
+
+@pytest.mark.parametrize("command", [[], ["preprocess"], ["train"], ["crossval"], ["predict"]])
+def test_h_is_help_and_no_help_line_is_cut(command, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal's setting; help keeps 80 columns
+    process = fer_process(*command, "-h")
+    assert process.returncode == 0, process.stderr
+    assert process.stdout == fer_process(*command, "--help").stdout
+    usage = next(line for line in process.stdout.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "…" not in process.stdout
+    if command == ["predict"]:
+        assert "[OPTIONS] PATHS..." in process.stdout
+    if command == ["crossval"]:
+        text = " ".join(process.stdout.split())
+        assert "<random|subject>" in text and "<sgd|adam>" in text and "<global|pixel>" in text
 
 
 def test_help_imports_no_heavy_library():

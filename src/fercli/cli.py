@@ -8,18 +8,42 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
+from enum import Enum
 from pathlib import Path
 
 import typer
 import typer.core
+import typer.rich_utils
 from rich.console import Console
 from rich.table import Table
 
 from fercli import __version__
+from fercli.config import MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS
+from fercli.datasets import LAYOUTS
+
+
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """An Enum of an option's fixed values: typer shows them in --help and refuses others,
+    naming them."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+Layout = choices("Layout", LAYOUTS)
+Variant = choices("Variant", MODEL_VARIANTS)
+Optimizer = choices("Optimizer", OPTIMIZERS)
+Normalisation = choices("Normalisation", NORMALISATIONS)
+Group = choices("Group", ("random", "subject"))
+
+# Help is laid out at least 80 columns wide: narrower, rich cuts option names and long
+# words with "…" (a narrower terminal wraps the longer lines instead, losing nothing).
+if typer.rich_utils.MAX_WIDTH is None:
+    typer.rich_utils.MAX_WIDTH = max(80, shutil.get_terminal_size().columns)
 
 app = typer.Typer(
     name="fer",
+    context_settings={"help_option_names": ["-h", "--help"], "terminal_width": typer.rich_utils.MAX_WIDTH},
     help="Facial expression recognition: align faces, train a small CNN, cross-validate, predict.",
     no_args_is_help=True,
     add_completion=False,
@@ -75,6 +99,11 @@ USAGE_ERROR = sys.modules[typer.BadParameter.__module__].UsageError
 class JsonErrorsCommand(typer.core.TyperCommand):
     """A command whose option errors, when --json was asked for, also print {"error": ...}
     on stdout: every outcome of a --json run is one JSON document."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        # typer 0.28 writes a required argument as {NAME}; the usual form is NAME.
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+                for piece in super().collect_usage_pieces(ctx)]
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         as_json = "--json" in args
@@ -146,8 +175,8 @@ def main_options(
 
 @app.command(cls=JsonErrorsCommand)
 def preprocess(
-    dataset_dir: Path = typer.Argument(..., help="The dataset folder (JAFFE, a CK+ tree, or <class>/<image> folders)."),
-    layout: str | None = typer.Option(None, help="Force a layout: jaffe, ck+ or folders (default: detected)."),
+    dataset_dir: Path = typer.Argument(..., metavar="DATASET_DIR", help="The dataset folder (JAFFE, a CK+ tree, or <class>/<image> folders)."),
+    layout: Layout | None = typer.Option(None, help="Force a layout (default: detected)."),
     ck_frames: int = typer.Option(3, help="CK+ tree: last frames of each labelled sequence to take."),
     ck_neutral: bool = typer.Option(False, help="CK+ tree: also take each labelled sequence's first frame as neutral."),
     min_face_score: float = typer.Option(0.3, help="dlib detection score a face needs (lower finds more, and more false faces)."),
@@ -159,7 +188,7 @@ def preprocess(
         from fercli.config import PreprocessConfig, ScanOptions
         from fercli.preprocess import preprocess_dataset
 
-        options = ScanOptions(layout=layout, ck_frames=ck_frames, ck_neutral_first=ck_neutral)
+        options = ScanOptions(layout=layout and layout.value, ck_frames=ck_frames, ck_neutral_first=ck_neutral)
         config = PreprocessConfig(min_face_score=min_face_score)
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():
@@ -209,29 +238,30 @@ def render_preprocess(report) -> None:
 
 # Options shared by train and crossval: one definition each, so they cannot drift apart.
 DatasetArgument = typer.Argument(
-    None, help="A preprocessed dataset: its name or folder under FER_HOME, or the original folder "
+    None, metavar="DATASET", help="A preprocessed dataset: its name or folder under FER_HOME, or the original folder "
     "(default: the most recently preprocessed)."
 )
 EpochsOption = typer.Option(100, min=1, help="Training epochs (the paper: 80-100).")
 BatchOption = typer.Option(16, "--batch-size", min=1, help="Mini-batch size (the paper: 16).")
 LearningRateOption = typer.Option(0.001, "--lr", min=0.0, help="Learning rate (the paper: 0.001).")
 MomentumOption = typer.Option(0.9, min=0.0, max=1.0, help="SGD momentum.")
-OptimizerOption = typer.Option("sgd", help="sgd (the paper) or adam.")
-VariantOption = typer.Option("paper", help="Network: paper, dropout, batchnorm, batchnorm-dropout or wide.")
-ClassesOption = typer.Option(None, help="Comma-separated classes to keep, e.g. anger,disgust,fear,happiness,sadness,surprise.")
+OptimizerOption = typer.Option(Optimizer.sgd, help="Optimizer (the paper: sgd).")
+VariantOption = typer.Option(Variant.paper, help="Network (the paper's, or with dropout, batch normalisation, more filters).")
+ClassesOption = typer.Option(None, help="Classes to keep, comma-separated, e.g. anger,fear,sadness (default: all).")
 SeedOption = typer.Option(0, help="Random seed: same seed, same data -> same folds and weights.")
 AugmentOption = typer.Option(True, help="Random flips and small rotations of training images.")
 RotationOption = typer.Option(10.0, min=0.0, help="Largest augmentation rotation, in degrees.")
 ShiftOption = typer.Option(0.0, min=0.0, help="Largest augmentation shift, in pixels (the paper: none).")
-NormalisationOption = typer.Option("global", help="z-score statistics: global (one mean/std) or pixel.")
+NormalisationOption = typer.Option(Normalisation["global"], help="z-score statistics: global (one mean and std) or per pixel.")
 FlipOption = typer.Option(False, "--flip-tta", help="Average each face's prediction with its mirror image.")
 
 
 def train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
                  max_rotation, max_shift, normalisation, flip_tta):
-    from fercli.config import MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, TrainConfig
+    from fercli.config import TrainConfig
     from fercli.errors import FerError
 
+    variant, optimizer, normalisation = (getattr(value, "value", value) for value in (variant, optimizer, normalisation))
     for name, value, allowed in (("--variant", variant, MODEL_VARIANTS), ("--optimizer", optimizer, OPTIMIZERS),
                                  ("--normalisation", normalisation, NORMALISATIONS)):
         if value not in allowed:
@@ -262,11 +292,11 @@ def epoch_reporter(bar, task, folds: int):
 @app.command(cls=JsonErrorsCommand)
 def train(
     dataset: str | None = DatasetArgument,
-    output: Path | None = typer.Option(None, help="Model file to write (default: FER_HOME/models/<dataset>-<time>.npz)."),
+    output: Path | None = typer.Option(None, help="Model file to write (default: a new file in FER_HOME/models)."),
     epochs: int = EpochsOption, batch_size: int = BatchOption, lr: float = LearningRateOption,
-    momentum: float = MomentumOption, optimizer: str = OptimizerOption, variant: str = VariantOption,
+    momentum: float = MomentumOption, optimizer: Optimizer = OptimizerOption, variant: Variant = VariantOption,
     classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool = AugmentOption,
-    max_rotation: float = RotationOption, max_shift: float = ShiftOption, normalisation: str = NormalisationOption, flip_tta: bool = FlipOption,
+    max_rotation: float = RotationOption, max_shift: float = ShiftOption, normalisation: Normalisation = NormalisationOption, flip_tta: bool = FlipOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Train the network on every image of a preprocessed dataset and save a model for predict."""
@@ -303,13 +333,13 @@ def train(
 def crossval(
     dataset: str | None = DatasetArgument,
     folds: int = typer.Option(10, min=2, help="Number of folds."),
-    group: str = typer.Option("random", help="random (stratified folds) or subject (no person in both train and test)."),
+    group: Group = typer.Option(Group.random, help="random: stratified folds; subject: no person in both train and test."),
     epochs: int = EpochsOption, batch_size: int = BatchOption, lr: float = LearningRateOption,
-    momentum: float = MomentumOption, optimizer: str = OptimizerOption, variant: str = VariantOption,
+    momentum: float = MomentumOption, optimizer: Optimizer = OptimizerOption, variant: Variant = VariantOption,
     classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool = AugmentOption,
-    max_rotation: float = RotationOption, max_shift: float = ShiftOption, normalisation: str = NormalisationOption, flip_tta: bool = FlipOption,
+    max_rotation: float = RotationOption, max_shift: float = ShiftOption, normalisation: Normalisation = NormalisationOption, flip_tta: bool = FlipOption,
     workers: int | None = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
-    output: Path | None = typer.Option(None, help="Report folder (default: FER_HOME/runs/crossval-<dataset>-<time>)."),
+    output: Path | None = typer.Option(None, help="Report folder (default: a new folder in FER_HOME/runs)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """K-fold cross-validation on a preprocessed dataset, with an honest report."""
@@ -325,7 +355,7 @@ def crossval(
         task = bar.tasks[0].id
         bar.update(task, total=folds * config.epochs)
         with bar if not as_json else contextlib.nullcontext():
-            report = cross_validate(prepared, config, folds, group, workers,
+            report = cross_validate(prepared, config, folds, group.value, workers,
                                     progress=None if as_json else epoch_reporter(bar, task, folds))
         files = save_crossval(report, output)
     failure = (f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
@@ -384,7 +414,7 @@ def render_crossval(report, files: dict) -> None:
 
 @app.command(cls=JsonErrorsCommand)
 def predict(
-    paths: list[Path] = typer.Argument(..., help="Image files and folders."),
+    paths: list[Path] = typer.Argument(..., metavar="PATHS...", help="Image files and folders."),
     model: Path | None = typer.Option(None, help="Model file (default: the most recently trained)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {path, faces: [{box, label, probabilities}]}."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per face."),
