@@ -287,7 +287,8 @@ def test_predict_json(trained_model, photos):
     assert [len(image["faces"]) for image in images] == [1, 2, 0]
     for image in images:
         for face in image["faces"]:
-            assert set(face) == {"box", "label", "probabilities"}
+            assert set(face) == {"box", "label", "probabilities", "in_training_data"}
+            assert face["in_training_data"] is False  # trained on synthetic shapes
             assert len(face["box"]) == 4 and all(isinstance(value, int) for value in face["box"])
             assert list(face["probabilities"]) == CLASSES
             assert sum(face["probabilities"].values()) == pytest.approx(1, abs=1e-5)
@@ -617,3 +618,31 @@ def test_json_failures_that_have_a_report_carry_the_error_in_it(trained_model, t
     document = json.loads(result.stdout)
     assert document["aligned"] == 0 and document["error"].endswith("no image could be aligned (1 skipped)")
     assert result.stderr.strip() == f"error: {document['error']}"
+
+
+# --- predict on a model's own training images -------------------------------------------
+
+
+@pytest.mark.slow
+def test_predict_notes_an_image_the_model_was_trained_on(make_face_dataset, faces, tmp_path, fer_home):
+    root = make_face_dataset(4)
+    assert fer("preprocess", root, "--workers", "1").exit_code == 0
+    model = tmp_path / "faces.npz"
+    assert fer("train", "--epochs", "1", "--output", model).exit_code == 0, "train"
+    seen = root / "happy" / "face000.png"
+    new = write_image(tmp_path / "new.png", faces(9))
+    result = fer("predict", seen, new, "--model", model)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: {seen} was in this model's training data: its score says nothing about new faces"]
+    images = json.loads(fer("predict", seen, new, "--model", model, "--json").stdout)
+    assert [image["faces"][0]["in_training_data"] for image in images] == [True, False]
+    # A model file from before fercli kept the hashes loads as before, and does not say.
+    with np.load(model, allow_pickle=False) as archive:
+        content = {key: archive[key] for key in archive.files if key != "training_hashes"}
+    older = tmp_path / "older.npz"
+    np.savez(older, **content)
+    result = fer("predict", seen, "--model", older, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["faces"][0]["in_training_data"] is None
+    assert "note:" not in fer("predict", seen, "--model", older).stdout

@@ -454,6 +454,11 @@ def predict(
             err.print(f"[yellow]skipped[/yellow] {shown(image.path)}: {shown(image.error)}")
     if annotate_dir:
         err.print(f"{len(written)} annotated images in {shown(annotate_dir)}")
+    if not as_json:
+        for image in report.images:
+            if any(face.in_training_data for face in image.faces):
+                (err if as_csv else out).print(f"note: {shown(image.path)} was in this model's training data: "
+                                               "its score says nothing about new faces")
     passed_over = len(report.problems) - len(listed)
     others = (f"{plural(passed_over, 'other file')} in the folders, not {'an image' if passed_over == 1 else 'images'}"
               if passed_over else "")

@@ -538,7 +538,8 @@ def train_model(
     preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
     extra = {"test_time_flip": config.test_time_flip, "data_fingerprint": data_fingerprint(selection),
              "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops)}}
-    output = save_model(output, model, selection.labels, mean, std, preprocess, config, extra, keep_existing)
+    output = save_model(output, model, selection.labels, mean, std, preprocess, config, extra, keep_existing,
+                        training_crops=selection.crops)
     # The exported file must give what Keras gives: check on a sample before anyone relies on it.
     sample = selection.crops[:64]
     exported = load_model(output).predict_proba(sample)
