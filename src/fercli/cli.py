@@ -10,6 +10,7 @@ import contextlib
 import json
 import shutil
 import sys
+import time
 from enum import Enum
 from pathlib import Path
 
@@ -501,6 +502,96 @@ def render_predict_csv(report) -> None:
         for number, face in enumerate(image.faces, start=1):
             writer.writerow([printable(image.path), number, *face.box, printable(face.label),
                              *(f"{face.probabilities[label]:.6f}" for label in report.classes)])
+
+
+@app.command("list", cls=JsonErrorsCommand)
+def list_entries(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """What FER_HOME holds: datasets, models (with their cross-validation score) and runs."""
+    with user_errors(as_json):
+        from fercli.inventory import list_home
+
+        inventory = list_home()
+    if as_json:
+        emit_json(inventory.to_json())
+    else:
+        render_inventory(inventory)
+
+
+def render_inventory(inventory) -> None:
+    now = time.time()
+    if not (inventory.datasets or inventory.models or inventory.runs):
+        out.print(f"no datasets, models or runs in {shown(inventory.home)} yet")
+    tables = {
+        "datasets": (["name", "images", "classes", "age", "size"], inventory.datasets, lambda details: [
+            str(details.get("images", "")), shown(", ".join(details.get("classes") or {}))]),
+        "models": (["name", "dataset", "recipe", "crossval", "age", "size"], inventory.models, lambda details: [
+            shown(details.get("dataset") or "?"), shown(details.get("recipe", "")), crossval_score(details.get("crossval"))]),
+        "runs": (["name", "dataset", "folds", "mean accuracy", "age", "size"], inventory.runs, lambda details: [
+            shown(details.get("dataset", "")), f"{details.get('folds')} {details.get('group')}",
+            percent(details.get("mean_accuracy"), details.get("std_accuracy"))]),
+    }
+    for title, (columns, entries, cells) in tables.items():
+        if not entries:
+            continue
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column, overflow="fold", justify="right" if column in ("images", "size") else "left")
+        for entry in entries:
+            middle = cells(entry.details) if "error" not in entry.details else [f"unreadable: {shown(entry.details['error'])}", *[""] * (len(columns) - 4)]
+            table.add_row(shown(entry.name), *middle, age(now - entry.modified), size_text(entry.size))
+        out.print(table)
+    other = ", ".join(f"{name} {size_text(size)}" for name, size in inventory.other.items())
+    out.print(f"{shown(inventory.home)}: {size_text(inventory.total)} in all ({other}); "
+              "remove an entry with fer remove NAME")
+
+
+def crossval_score(crossval: dict | None) -> str:
+    if not crossval:
+        return "-"
+    return f"{percent(crossval['mean_accuracy'], crossval['std_accuracy'])} ({crossval['folds']} {crossval['group']} folds)"
+
+
+def percent(mean: float | None, std: float | None) -> str:
+    return "-" if mean is None else f"{mean:.1%} +/- {std or 0:.1%}"
+
+
+def age(seconds: float) -> str:
+    """A duration in the largest whole unit: '40 s', '5 min', '3 h', '12 d'."""
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"{int(seconds // length)} {unit}"
+    return f"{max(0, int(seconds))} s"
+
+
+def size_text(size: int) -> str:
+    """Bytes for people: '812 B', '2.4 kB', '66.1 MB'."""
+    for unit, length in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= length:
+            return f"{size / length:.1f} {unit}"
+    return f"{size} B"
+
+
+@app.command(cls=JsonErrorsCommand)
+def remove(
+    names: list[str] = typer.Argument(..., metavar="NAMES...", help="Datasets, models or runs, as fer list names them (or their paths)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+) -> None:
+    """Delete datasets, models or cross-validation runs from FER_HOME, saying how much was freed."""
+    with user_errors(as_json):
+        from fercli.inventory import find_entry, remove_entry
+
+        for name in names:  # every name checked before anything is removed
+            find_entry(name)
+        removed = [remove_entry(name) for name in names]
+    if as_json:
+        emit_json({"removed": [entry.to_json() for entry in removed], "freed": sum(entry.size for entry in removed)})
+        return
+    for entry in removed:
+        out.print(f"removed {entry.kind} {shown(entry.path)} ({size_text(entry.size)})")
+    if len(removed) > 1:
+        out.print(f"{size_text(sum(entry.size for entry in removed))} freed")
 
 
 def main() -> None:
