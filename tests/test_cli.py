@@ -22,6 +22,7 @@ from fercli.config import TrainConfig
 from fercli.model import load_model
 from fercli.store import models_dir
 from fercli.training import train_model
+from conftest import write_image
 from synthetic import make_dataset, save_synthetic
 
 CLASSES = ["anger", "happiness", "surprise", "neutral"]
@@ -212,9 +213,25 @@ def test_crossval_json_report(dataset, fer_home):
     assert json.loads(files["report"].read_text())["folds"] == report["folds"]
     assert cv2.imread(str(files["confusion"])) is not None
     rows = list(csv.DictReader(io.StringIO(files["predictions"].read_text())))
-    assert len(rows) == 64 and set(rows[0]) == {"path", "fold", "true", "predicted"}
+    assert len(rows) == 64
+    assert list(rows[0]) == ["path", "fold", "true", "predicted", *(f"p_{label}" for label in CLASSES)]
+    for row in rows:
+        probabilities = [float(row[f"p_{label}"]) for label in CLASSES]
+        assert sum(probabilities) == pytest.approx(1, abs=1e-4)
+        assert float(row[f"p_{row['predicted']}"]) == max(probabilities)  # ties allowed (rounded)
     # No TensorFlow log lines or tracebacks from the workers.
     assert "Traceback" not in process.stderr and "I0000" not in process.stderr
+
+
+@pytest.mark.slow
+def test_piped_crossval_tables_show_whole_class_names(dataset, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "30")  # a narrow terminal's setting: a pipe ignores it
+    process = fer_process("crossval", "--folds", "2", "--epochs", "1", "--workers", "1")
+    assert process.returncode == 0, process.stderr
+    matrix = process.stdout.split("confusion matrix")[1]
+    header = next(line for line in matrix.splitlines() if line.startswith("┃"))
+    assert [name.strip() for name in header.split("┃")[2:-1]] == CLASSES
+    assert "…" not in process.stdout
 
 
 def test_crossval_with_an_unknown_class_is_one_line(dataset):
@@ -236,11 +253,24 @@ def test_crossval_refusals_are_one_line(dataset):
     for args, expected in [
         (["--folds", "20"], "fewer than the 20 folds"),
         (["--folds", "5", "--group", "subject"], "needs at least 5 subjects; there are 4"),
-        (["--variant", "huge"], "--variant 'huge' is not one of paper"),
         (["no-such-dataset"], "no-such-dataset: no such preprocessed dataset"),
     ]:
         line = one_error_line(fer("crossval", "--epochs", "1", *args))
         assert expected in line, line
+
+
+def test_options_with_fixed_values_are_refused_by_the_parser_with_the_list():
+    result = fer("crossval", "--variant", "huge")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "Invalid value for '--variant': 'huge' is not one of 'paper', 'dropout'," in " ".join(result.stderr.split())
+    for args, listed in [
+        (["preprocess", "x", "--layout", "csv"], "'jaffe', 'ck+', 'folders'"),
+        (["train", "--optimizer", "rmsprop"], "'sgd', 'adam'"),
+        (["crossval", "--group", "person"], "'random', 'subject'"),
+        (["crossval", "--normalisation", "none"], "'global', 'pixel'"),
+    ]:
+        result = fer(*args)
+        assert result.exit_code == 2 and listed in " ".join(result.stderr.split()), args
 
 
 @pytest.mark.slow
@@ -271,7 +301,8 @@ def test_predict_json(trained_model, photos):
     assert [len(image["faces"]) for image in images] == [1, 2, 0]
     for image in images:
         for face in image["faces"]:
-            assert set(face) == {"box", "label", "probabilities"}
+            assert set(face) == {"box", "label", "probabilities", "in_training_data"}
+            assert face["in_training_data"] is False  # trained on synthetic shapes
             assert len(face["box"]) == 4 and all(isinstance(value, int) for value in face["box"])
             assert list(face["probabilities"]) == CLASSES
             assert sum(face["probabilities"].values()) == pytest.approx(1, abs=1e-5)
@@ -379,6 +410,24 @@ def test_predict_fails_when_nothing_could_be_processed(trained_model, photos, tm
     assert lines[0].startswith("skipped ")
 
 
+@pytest.mark.parametrize("columns", ["30", "200"])
+def test_piped_predict_table_shows_whole_paths_and_labels(trained_model, photos, tmp_path, monkeypatch, columns):
+    folder = tmp_path / ("a-folder-with-a-name-long-enough-to-be-cut-in-a-table-" * 3) / "happiness"
+    folder.mkdir(parents=True)
+    photo = folder / "the-photo-of-a-happy-astronaut-with-a-long-name.png"
+    photo.write_bytes(photos["one"].read_bytes())
+    monkeypatch.setenv("COLUMNS", columns)
+    [image] = json.loads(fer_process("predict", photo, "--model", trained_model, "--json").stdout)
+    process = fer_process("predict", photo, "--model", trained_model)  # stdout is a pipe
+    assert process.returncode == 0, process.stderr
+    assert str(photo) in process.stdout and "happiness" in process.stdout
+    assert f" {image['faces'][0]['label']} " in process.stdout
+    assert "…" not in process.stdout
+    # In this process too (CliRunner's output is no terminal either).
+    result = fer("predict", photo, "--model", trained_model)
+    assert str(photo) in result.stdout and "…" not in result.stdout
+
+
 def test_predict_without_a_model_says_to_train(photos):
     line = one_error_line(fer("predict", photos["one"]))
     assert line == "error: no trained model: run `fer train` first, or pass --model"
@@ -418,9 +467,44 @@ def test_a_skipped_file_with_brackets_in_its_path_is_reported_not_a_crash(
     folder.mkdir()
     (folder / "x]notes.png").write_text("not a picture")
     (folder / "x]photo.png").write_bytes(photos["one"].read_bytes())
-    result = fer("predict", folder, "--model", trained_model, "--json")
+    result = fer("predict", folder / "x]notes.png", folder / "x]photo.png", "--model", trained_model, "--json")
     assert result.exit_code == 0, repr(result.exception)
     assert f"skipped {folder / 'x]notes.png'}: not an image" in result.stderr
+
+
+def test_predict_on_a_file_that_is_no_image_prints_no_table(trained_model, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    result = fer("predict", notes, "--model", trained_model)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"skipped {notes}: not an image (unrecognised content)",
+        "error: no image could be processed",
+    ]
+
+
+def test_predict_on_a_folder_counts_its_other_files_and_ends_with_a_summary(trained_model, photos):
+    folder = photos["one"].parent
+    (folder / "README.md").write_text("# my photos\n")
+    (folder / "NOTICE.md").write_text("taken by me\n")
+    (folder / "cut.png").write_bytes(photos["one"].read_bytes()[:3000])  # a broken image is named
+    result = fer("predict", folder, "--model", trained_model)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [f"skipped {folder / 'cut.png'}: truncated PNG (no IEND chunk at the end)"]
+    assert result.stdout.splitlines()[-1] == "3 images, 3 faces; 1 skipped; 2 other files in the folders, not images"
+    assert "README" not in result.stdout
+    # Named on the command line, a file that is no image is reported as such.
+    result = fer("predict", folder / "README.md", photos["one"], "--model", trained_model)
+    assert f"skipped {folder / 'README.md'}: not an image" in result.stderr
+    assert result.stdout.splitlines()[-1] == "1 image, 1 face; 1 skipped"
+    # Only non-images in a folder: the error says what was there.
+    (folder / "more").mkdir()
+    (folder / "more" / "notes.txt").write_text("hello")
+    result = fer("predict", folder / "more", "--model", trained_model)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: no image could be processed (1 other file in the folders, not an image)"
+    ]
 
 
 def test_predict_in_a_fresh_process_never_imports_tensorflow(trained_model, photos):
@@ -443,6 +527,21 @@ def test_predict_in_a_fresh_process_never_imports_tensorflow(trained_model, phot
     assert "numpy" in imported and "cv2" in imported  # -X importtime did report
     heavy = sorted(name for name in imported if name.split(".")[0] in ("tensorflow", "keras"))
     assert heavy == []
+
+
+@pytest.mark.parametrize("command", [[], ["preprocess"], ["train"], ["crossval"], ["predict"]])
+def test_h_is_help_and_no_help_line_is_cut(command, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal's setting; help keeps 80 columns
+    process = fer_process(*command, "-h")
+    assert process.returncode == 0, process.stderr
+    assert process.stdout == fer_process(*command, "--help").stdout
+    usage = next(line for line in process.stdout.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "…" not in process.stdout
+    if command == ["predict"]:
+        assert "[OPTIONS] PATHS..." in process.stdout
+    if command == ["crossval"]:
+        text = " ".join(process.stdout.split())
+        assert "<random|subject>" in text and "<sgd|adam>" in text and "<global|pixel>" in text
 
 
 def test_help_imports_no_heavy_library():
@@ -486,3 +585,78 @@ def test_installed_fer_command_predicts_many_images_alike_with_one_or_two_worker
         outputs.append(json.loads(process.stdout))
     assert outputs[0] == outputs[1]
     assert [len(image["faces"]) for image in outputs[0]] == [1, 0, 1, 0, 1, 0]
+
+
+# --- --json on failures ------------------------------------------------------------------
+
+
+def test_every_failure_with_json_is_one_json_document(trained_model, photos, tmp_path, dataset):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    cases = [
+        (["preprocess", empty], 1, "empty"),
+        (["train", "no-such-dataset", "--epochs", "1"], 1, "no-such-dataset: no such preprocessed dataset"),
+        (["crossval", "--folds", "3", "--epochs", "1", "--classes", "anger,joyful"], 1, "unknown class 'joyful'"),
+        (["predict", photos["one"], "--model", tmp_path / "nope.npz"], 1, "nope.npz: no such model file"),
+        (["predict", photos["one"], "--model", trained_model, "--csv"], 1, "choose one of --json and --csv"),
+        (["predict", photos["one"], "--model", trained_model, "--workers", "0"], 2, "--workers"),
+        (["crossval", "--folds", "1"], 2, "--folds"),
+    ]
+    for args, code, expected in cases:
+        result = fer(*args, "--json")
+        assert result.exit_code == code, (args, result.output)
+        document = json.loads(result.stdout)  # all of stdout is one JSON document
+        assert list(document) == ["error"] and expected in document["error"], (args, document)
+        assert "Traceback" not in result.output
+        if code == 1:
+            assert result.stderr.strip() == f"error: {document['error']}"
+
+
+def test_json_failures_that_have_a_report_carry_the_error_in_it(trained_model, tmp_path, make_folders, no_face_image):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    result = fer("predict", notes, tmp_path / "gone.png", "--model", trained_model, "--json")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert document["error"] == "no image could be processed"
+    assert document["images"] == [{"path": str(notes), "faces": [], "error": "not an image (unrecognised content)"}]
+    assert document["skipped"] == [{"path": str(tmp_path / "gone.png"), "reason": "no such file or folder"}]
+    assert result.stderr.splitlines()[-1] == "error: no image could be processed"
+
+    root = tmp_path / "no-faces"
+    write_image(root / "happy" / "wall.png", no_face_image)
+    result = fer("preprocess", root, "--json", "--workers", "1")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert document["aligned"] == 0 and document["error"].endswith("no image could be aligned (1 skipped)")
+    assert result.stderr.strip() == f"error: {document['error']}"
+
+
+# --- predict on a model's own training images -------------------------------------------
+
+
+@pytest.mark.slow
+def test_predict_notes_an_image_the_model_was_trained_on(make_face_dataset, faces, tmp_path, fer_home):
+    root = make_face_dataset(4)
+    assert fer("preprocess", root, "--workers", "1").exit_code == 0
+    model = tmp_path / "faces.npz"
+    assert fer("train", "--epochs", "1", "--output", model).exit_code == 0, "train"
+    seen = root / "happy" / "face000.png"
+    new = write_image(tmp_path / "new.png", faces(9))
+    result = fer("predict", seen, new, "--model", model)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: {seen} was in this model's training data: its score says nothing about new faces"]
+    images = json.loads(fer("predict", seen, new, "--model", model, "--json").stdout)
+    assert [image["faces"][0]["in_training_data"] for image in images] == [True, False]
+    # A model file from before fercli kept the hashes loads as before, and does not say.
+    with np.load(model, allow_pickle=False) as archive:
+        content = {key: archive[key] for key in archive.files if key != "training_hashes"}
+    older = tmp_path / "older.npz"
+    np.savez(older, **content)
+    result = fer("predict", seen, "--model", older, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["faces"][0]["in_training_data"] is None
+    assert "note:" not in fer("predict", seen, "--model", older).stdout

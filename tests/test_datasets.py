@@ -241,6 +241,17 @@ def test_discover_images_takes_files_and_folders(make_folders, tmp_path):
     ]
 
 
+def test_discover_images_passes_over_what_is_no_image_in_a_folder_but_not_a_named_file(make_folders, tmp_path):
+    root = make_folders({"happy": ["a.png"]})
+    (root / "happy" / "README.md").write_text("notes")
+    (root / "happy" / "empty.png").touch()  # for the reader to report: empty file
+
+    files, problems = discover_images([root, root / "happy" / "README.md"])
+
+    assert [path.name for path in files] == ["a.png", "empty.png", "README.md"]
+    assert [(Path(item.path).name, item.listed) for item in problems] == [("README.md", False)]
+
+
 def test_unreadable_sub_folder_is_reported_and_the_rest_read(make_folders):
     root = make_folders({"happy": ["a.png"], "sad": ["b.png"]})
 

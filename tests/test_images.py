@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -200,3 +203,40 @@ def test_unreadable_file(tmp_path, astronaut_gray):
         run_unprivileged(lambda: assert_refused(path, "permission denied"))
     finally:
         path.chmod(0o644)
+
+
+def _png_1bit(width: int, height: int) -> bytes:
+    """A valid black 1-bit grayscale PNG of width x height, built without holding its pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte, then the bits
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def test_opencvs_own_pixel_limit_is_in_force_in_a_fresh_process(tmp_path):
+    # 16385 x 8192 is just over the 2**27 pixels fercli sets, far under OpenCV's own 2**30.
+    path = tmp_path / "large.png"
+    path.write_bytes(_png_1bit(16385, 8192))
+    script = (
+        "import fercli.align\n"  # imports cv2 the way every command does
+        "import cv2, numpy\n"
+        "try:\n"
+        f"    print(cv2.imdecode(numpy.fromfile({str(path)!r}, numpy.uint8), cv2.IMREAD_GRAYSCALE).shape)\n"
+        "except cv2.error as error:\n"
+        "    print('refused' if 'CV_IO_MAX_IMAGE_PIXELS' in str(error) else error)\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+
+    def run(extra: dict) -> str:
+        process = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
+                                 timeout=120, env={**environment, **extra})
+        return process.stdout.strip()
+
+    assert run({}) == "refused"
+    # The file is a good PNG: with a higher limit set by the user (which fercli keeps), it decodes.
+    assert run({"OPENCV_IO_MAX_IMAGE_PIXELS": str(2**28)}) == "(8192, 16385)"

@@ -374,3 +374,23 @@ def test_model_meta_is_plain_json(model_file):
         meta = json.loads(archive["meta"].tobytes().decode())
         assert all(archive[name].dtype != object for name in archive.files)
     assert meta["format"] == "fercli-model"
+
+
+def test_the_model_file_keeps_hashes_of_its_training_crops(trained, selection, tmp_path):
+    from fercli.model import TRAINING_HASH_BYTES, crop_hashes
+
+    crops = np.random.default_rng(0).integers(0, 256, (5, 32, 32), np.uint8)
+    hashes = crop_hashes(np.concatenate([crops, crops[:2]]))  # repeats are kept once
+    assert hashes.dtype == np.uint8 and hashes.shape == (5, TRAINING_HASH_BYTES)
+    assert [row.tobytes() for row in hashes] == sorted(row.tobytes() for row in hashes)
+    model, mean, std, _ = trained["paper"]
+    path = save_model(tmp_path / "m.npz", model, selection.labels, mean, std, PreprocessConfig(), TrainConfig(),
+                      training_crops=crops)
+    loaded = load_model(path)
+    other = crops[0].copy()
+    other[0, 0] ^= 1
+    assert loaded.seen_in_training(np.stack([crops[3], other])) == [True, False]
+    # A damaged hash array is refused like any damaged part of a model file.
+    bad = rewrite(path, tmp_path / "bad.npz", arrays={"training_hashes": np.zeros((3, 5), np.uint8)})
+    with pytest.raises(ModelError, match="bad.npz: training_hashes"):
+        load_model(bad)

@@ -173,8 +173,10 @@ def test_cli_errors_for_folders_that_are_not_datasets(tmp_path):
         for extra in ([], ["--json"]):
             result = run_cli("preprocess", str(path), *extra)
             assert result.exit_code == 1
-            assert fragment in one_line_error(result)
-            assert result.stdout == ""
+            line = one_line_error(result)
+            assert fragment in line
+            # With --json, stdout holds one JSON document saying the same; else nothing.
+            assert result.stdout == ("" if not extra else json.dumps({"error": line.removeprefix("error: ")}, indent=2) + "\n")
 
 
 def test_real_command_has_no_traceback_for_user_error(tmp_path):

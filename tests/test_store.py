@@ -4,12 +4,16 @@ creating them, so that runs started in the same second never write over each oth
 from __future__ import annotations
 
 import multiprocessing
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from fercli.errors import StoreError
-from fercli.store import atomic_write, atomic_write_bytes, new_dir
+from fercli.store import atomic_save, atomic_write, atomic_write_bytes, new_dir
 
 RUNS = 6
 
@@ -99,3 +103,39 @@ def test_a_folder_name_with_a_dot_is_numbered_at_its_end(tmp_path):
 
     assert (first.name, second.name) == (path.name, f"{path.name}-2")
     assert first.is_dir() and second.is_dir()
+
+
+@pytest.fixture(params=[0o022, 0o077])
+def umask(request):
+    """Run a test under a umask, restoring the old one after."""
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_files_get_the_mode_open_would_give_them(tmp_path, umask):
+    expected = 0o666 & ~umask
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"made with open()")
+    plain = atomic_write_bytes(tmp_path / "plain.json", b"{}")
+    chosen = tmp_path / "model.npz"
+    chosen.write_bytes(b"first")
+    beside = atomic_write(chosen, lambda stream: stream.write(b"second"), keep_existing=True)
+    saved = atomic_save(tmp_path / "saved.npy", lambda name: Path(name).write_bytes(b"x"))
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (reference, plain, beside, saved)}
+    assert modes == dict.fromkeys(modes, expected)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_every_file_a_command_writes_gets_the_usual_mode(tmp_path, fer_home, astronaut_path, mask):
+    # A fresh process started under the umask, as a user's shell would start it; its
+    # worker processes inherit it.
+    process = subprocess.run(
+        [sys.executable, "-m", "fercli", "preprocess", str(astronaut_path.parent.parent), "--json"],
+        check=False, capture_output=True, text=True, timeout=300, umask=mask,
+    )
+    assert process.returncode == 0, process.stderr
+    files = [path for path in fer_home.rglob("*") if path.is_file()]
+    assert any(path.name == "dataset.npz" for path in files) and any(path.suffix == ".png" for path in files)
+    modes = {str(path.relative_to(fer_home)): oct(stat.S_IMODE(path.stat().st_mode)) for path in files}
+    assert modes == dict.fromkeys(modes, oct(0o666 & ~mask))

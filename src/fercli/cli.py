@@ -8,17 +8,46 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
+import time
+from enum import Enum
 from pathlib import Path
 
 import typer
+import typer.core
+import typer.rich_utils
 from rich.console import Console
 from rich.table import Table
 
 from fercli import __version__
+from fercli.config import AUGMENTATIONS, EQUALIZATIONS, MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, RECIPES
+from fercli.datasets import LAYOUTS
+
+
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """An Enum of an option's fixed values: typer shows them in --help and refuses others,
+    naming them."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+Layout = choices("Layout", LAYOUTS)
+Variant = choices("Variant", MODEL_VARIANTS)
+Optimizer = choices("Optimizer", OPTIMIZERS)
+Normalisation = choices("Normalisation", NORMALISATIONS)
+Group = choices("Group", ("random", "subject"))
+AugmentMode = choices("AugmentMode", AUGMENTATIONS)
+Recipe = choices("Recipe", tuple(RECIPES))
+Equalization = choices("Equalization", EQUALIZATIONS)
+
+# Help is laid out at least 80 columns wide: narrower, rich cuts option names and long
+# words with "…" (a narrower terminal wraps the longer lines instead, losing nothing).
+if typer.rich_utils.MAX_WIDTH is None:
+    typer.rich_utils.MAX_WIDTH = max(80, shutil.get_terminal_size().columns)
 
 app = typer.Typer(
     name="fer",
+    context_settings={"help_option_names": ["-h", "--help"], "terminal_width": typer.rich_utils.MAX_WIDTH},
     help="Facial expression recognition: align faces, train a small CNN, cross-validate, predict.",
     no_args_is_help=True,
     add_completion=False,
@@ -44,23 +73,50 @@ def shown(path: object) -> str:
     return escape("".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text))
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print one red line on stderr; return the Exit to raise."""
+def fail(message: str, code: int = 1, as_json: bool = False) -> typer.Exit:
+    """Print one red line on stderr, and with as_json {"error": message} on stdout as the
+    command's one JSON document; return the Exit to raise."""
+    if as_json:
+        emit_json({"error": message})
     err.print(f"[red]error:[/red] {shown(message)}", markup=True, highlight=False)
     return typer.Exit(code)
 
 
 @contextlib.contextmanager
-def user_errors():
-    """Turn fercli's typed errors into one red line and exit code 1, Ctrl-C into exit 130."""
+def user_errors(as_json: bool = False):
+    """Turn fercli's typed errors into one red line and exit code 1, Ctrl-C into exit 130;
+    as_json: {"error": ...} on stdout too."""
     from fercli.errors import FerError
 
     try:
         yield
     except FerError as error:
-        raise fail(str(error)) from None
+        raise fail(str(error), as_json=as_json) from None
     except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+        raise fail("interrupted", 130, as_json=as_json) from None
+
+
+# click's UsageError, wherever this typer keeps click (typer 0.28 bundles its own copy).
+USAGE_ERROR = sys.modules[typer.BadParameter.__module__].UsageError
+
+
+class JsonErrorsCommand(typer.core.TyperCommand):
+    """A command whose option errors, when --json was asked for, also print {"error": ...}
+    on stdout: every outcome of a --json run is one JSON document."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        # typer 0.28 writes a required argument as {NAME}; the usual form is NAME.
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+                for piece in super().collect_usage_pieces(ctx)]
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        as_json = "--json" in args
+        try:
+            return super().parse_args(ctx, args)
+        except USAGE_ERROR as error:
+            if as_json:
+                emit_json({"error": error.format_message()})
+            raise
 
 
 def emit_json(payload: object) -> None:
@@ -95,6 +151,18 @@ def progress_bar(description: str):
     return bar, update
 
 
+# Output that is not a terminal (a pipe, a file) has no width to fit: tables are laid out at
+# their natural width there, so that paths and class names are never cut. On a terminal,
+# columns of names fold onto more lines instead of ending in "…".
+UNLIMITED_WIDTH = 10_000
+
+
+def fit_output_width() -> None:
+    """Lay out stdout for a pipe or file at its natural width; a terminal keeps its own."""
+    if not out.is_terminal:
+        out.width = UNLIMITED_WIDTH
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"fer (fercli) {__version__}")
@@ -106,41 +174,38 @@ def main_options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Facial expression recognition: align faces, train a small CNN, cross-validate, predict."""
+    fit_output_width()
 
 
-@app.command()
+@app.command(cls=JsonErrorsCommand)
 def preprocess(
-    dataset_dir: Path = typer.Argument(..., help="The dataset folder (JAFFE, a CK+ tree, or <class>/<image> folders)."),
-    layout: str | None = typer.Option(None, help="Force a layout: jaffe, ck+ or folders (default: detected)."),
+    dataset_dir: Path = typer.Argument(..., metavar="DATASET_DIR", help="The dataset folder (JAFFE, a CK+ tree, or <class>/<image> folders)."),
+    layout: Layout | None = typer.Option(None, help="Force a layout (default: detected)."),
     ck_frames: int = typer.Option(3, help="CK+ tree: last frames of each labelled sequence to take."),
     ck_neutral: bool = typer.Option(False, help="CK+ tree: also take each labelled sequence's first frame as neutral."),
     min_face_score: float = typer.Option(0.3, help="dlib detection score a face needs (lower finds more, and more false faces)."),
-    equalization: str = typer.Option("face", help="Contrast equalization: face (the paper's histogram equalization, "
+    equalization: Equalization = typer.Option(Equalization.face, help="Contrast equalization: face (the paper's histogram equalization, "
                                      "counting only pixels inside the photo), midpoint, clahe, whole or none."),
     workers: int | None = typer.Option(None, min=1, help="Processes to align with (default: one per core)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Align every face of a dataset and cache the 32x32 crops for train and crossval."""
-    with user_errors():
+    with user_errors(as_json):
         from fercli.config import PreprocessConfig, ScanOptions
         from fercli.preprocess import preprocess_dataset
 
-        options = ScanOptions(layout=layout, ck_frames=ck_frames, ck_neutral_first=ck_neutral)
-        from fercli.config import EQUALIZATIONS
-        from fercli.errors import FerError
-
-        if equalization not in EQUALIZATIONS:
-            raise FerError(f"--equalization {equalization!r} is not one of {', '.join(EQUALIZATIONS)}")
-        config = PreprocessConfig(min_face_score=min_face_score, equalization=equalization)
+        options = ScanOptions(layout=layout and layout.value, ck_frames=ck_frames, ck_neutral_first=ck_neutral)
+        config = PreprocessConfig(min_face_score=min_face_score, equalization=equalization.value)
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():
             report = preprocess_dataset(dataset_dir, options, config, workers, progress=None if as_json else update)
+    failure = f"{dataset_dir}: no image could be aligned ({len(report.skipped)} skipped)" if report.aligned == 0 else None
     if as_json:
-        emit_json(report.to_json())
+        emit_json({**report.to_json(), **({"error": failure} if failure else {})})
     else:
         render_preprocess(report)
-    if report.aligned == 0:
-        raise fail(f"{dataset_dir}: no image could be aligned ({len(report.skipped)} skipped)")
+    if failure:
+        raise fail(failure)
 
 
 def render_preprocess(report) -> None:
@@ -151,10 +216,10 @@ def render_preprocess(report) -> None:
     table.add_row("aligned", str(report.aligned))
     table.add_row("skipped", str(len(report.skipped)))
     table.add_row("from cache", str(report.cache_hits))
-    table.add_row("time", f"{report.seconds:.2f} s ({report.workers} workers)")
+    table.add_row("time", f"{report.seconds:.2f} s ({plural(report.workers, 'worker')})")
     out.print(table)
     classes = Table(title="aligned per class")
-    classes.add_column("class")
+    classes.add_column("class", overflow="fold")
     classes.add_column("images", justify="right")
     for label, count in report.classes.items():
         classes.add_row(shown(label), str(count))
@@ -188,11 +253,11 @@ def render_preprocess(report) -> None:
 
 # Options shared by train and crossval: one definition each, so they cannot drift apart.
 DatasetArgument = typer.Argument(
-    None, help="A preprocessed dataset: its name or folder under FER_HOME, or the original folder "
+    None, metavar="DATASET", help="A preprocessed dataset: its name or folder under FER_HOME, or the original folder "
     "(default: the most recently preprocessed)."
 )
 # Training options default to None: unset, the recipe (--recipe, default "paper") decides.
-RecipeOption = typer.Option("paper", help="Starting settings: paper (the paper's recipe) or best (the best "
+RecipeOption = typer.Option(Recipe.paper, help="Starting settings: paper (the paper's recipe) or best (the best "
                             "measured; slower). Options given here override the recipe's.")
 EpochsOption = typer.Option(None, min=1, help="Passes over the (enlarged) training set (paper: 100).")
 BatchOption = typer.Option(None, "--batch-size", min=1, help="Mini-batch size (paper: 16).")
@@ -228,6 +293,8 @@ def train_config(recipe: str, options: dict):
     from fercli.config import AUGMENTATIONS, MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, recipe_config
     from fercli.errors import FerError
 
+    # Enum choices (Variant, Optimizer, ...) as their plain values.
+    options = {name: getattr(value, "value", value) for name, value in options.items()}
     for name, allowed in (("variant", MODEL_VARIANTS), ("optimizer", OPTIMIZERS),
                           ("normalisation", NORMALISATIONS), ("augment_mode", AUGMENTATIONS)):
         value = options.get(name)
@@ -237,7 +304,7 @@ def train_config(recipe: str, options: dict):
     given = {field: options.get(name) for name, field in TRAIN_OPTIONS.items()}
     if given["init_model"] is not None:
         given["init_model"] = str(given["init_model"])
-    return recipe_config(recipe, classes=chosen, **given)
+    return recipe_config(getattr(recipe, "value", recipe), classes=chosen, **given)
 
 
 def recipe_summary(training: dict) -> str:
@@ -273,21 +340,21 @@ def epoch_reporter(bar, task, folds: int):
     return update
 
 
-@app.command()
+@app.command(cls=JsonErrorsCommand)
 def train(
     dataset: str | None = DatasetArgument,
-    output: Path | None = typer.Option(None, help="Model file to write (default: FER_HOME/models/<dataset>-<time>.npz)."),
-    recipe: str = RecipeOption,
+    output: Path | None = typer.Option(None, help="Model file to write (default: a new file in FER_HOME/models)."),
+    recipe: Recipe = RecipeOption,
     epochs: int | None = EpochsOption, batch_size: int | None = BatchOption, lr: float | None = LearningRateOption,
-    momentum: float | None = MomentumOption, optimizer: str | None = OptimizerOption, variant: str | None = VariantOption,
+    momentum: float | None = MomentumOption, optimizer: Optimizer | None = OptimizerOption, variant: Variant | None = VariantOption,
     classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool | None = AugmentOption,
-    augment_mode: str | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
+    augment_mode: AugmentMode | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
     max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
-    normalisation: str | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
+    normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Train the network on every image of a preprocessed dataset and save a model for predict."""
-    with user_errors():
+    with user_errors(as_json):
         from fercli.store import check_writable, models_dir, resolve_dataset, timestamp
         from fercli.training import train_model
 
@@ -316,24 +383,24 @@ def train(
     out.print(f"model saved to {shown(result.path)}")
 
 
-@app.command()
+@app.command(cls=JsonErrorsCommand)
 def crossval(
     dataset: str | None = DatasetArgument,
     folds: int = typer.Option(10, min=2, help="Number of folds."),
-    group: str = typer.Option("random", help="random (stratified folds) or subject (no person in both train and test)."),
-    recipe: str = RecipeOption,
+    group: Group = typer.Option(Group.random, help="random: stratified folds; subject: no person in both train and test."),
+    recipe: Recipe = RecipeOption,
     epochs: int | None = EpochsOption, batch_size: int | None = BatchOption, lr: float | None = LearningRateOption,
-    momentum: float | None = MomentumOption, optimizer: str | None = OptimizerOption, variant: str | None = VariantOption,
+    momentum: float | None = MomentumOption, optimizer: Optimizer | None = OptimizerOption, variant: Variant | None = VariantOption,
     classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool | None = AugmentOption,
-    augment_mode: str | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
+    augment_mode: AugmentMode | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
     max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
-    normalisation: str | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
+    normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
     workers: int | None = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
-    output: Path | None = typer.Option(None, help="Report folder (default: FER_HOME/runs/crossval-<dataset>-<time>)."),
+    output: Path | None = typer.Option(None, help="Report folder (default: a new folder in FER_HOME/runs)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """K-fold cross-validation on a preprocessed dataset, with an honest report."""
-    with user_errors():
+    with user_errors(as_json):
         from fercli.store import check_writable, new_dir, resolve_dataset, runs_dir, timestamp
         from fercli.training import cross_validate, save_crossval
 
@@ -341,20 +408,22 @@ def crossval(
         prepared = resolve_dataset(dataset)
         output = check_writable(output) if output else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
         bar, _ = progress_bar("starting")
-        header(bar, f"fer crossval: {folds} folds ({group}), {recipe_summary(config.to_dict())}")
+        header(bar, f"fer crossval: {folds} folds ({group.value}), {recipe_summary(config.to_dict())}")
         task = bar.tasks[0].id
         bar.update(task, total=folds * config.epochs)
         with bar if not as_json else contextlib.nullcontext():
-            report = cross_validate(prepared, config, folds, group, workers,
+            report = cross_validate(prepared, config, folds, group.value, workers,
                                     progress=None if as_json else epoch_reporter(bar, task, folds))
         files = save_crossval(report, output)
+    failure = (f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
+               f"the finished folds are in {output}") if report.interrupted else None
     if as_json:
-        emit_json({**report.to_json(), "files": {name: str(path) for name, path in files.items()}})
+        emit_json({**report.to_json(), "files": {name: str(path) for name, path in files.items()},
+                   **({"error": failure} if failure else {})})
     else:
         render_crossval(report, files)
-    if report.interrupted:
-        raise fail(f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
-                   f"the finished folds are in {output}", 130)
+    if failure:
+        raise fail(failure, 130)
 
 
 def render_crossval(report, files: dict) -> None:
@@ -370,7 +439,7 @@ def render_crossval(report, files: dict) -> None:
     folds.add_column("test", justify="right")
     folds.add_column("accuracy", justify="right")
     if protocol["group"] == "subject":
-        folds.add_column("test subjects")
+        folds.add_column("test subjects", overflow="fold")
     for fold in report.folds:
         row = [str(fold.fold), str(fold.train_size), str(fold.test_size), f"{fold.accuracy:.1%}"]
         if protocol["group"] == "subject":
@@ -381,14 +450,14 @@ def render_crossval(report, files: dict) -> None:
               f"over {len(report.folds)} folds (pooled {report.pooled_accuracy:.2%}), macro-F1 {report.macro_f1:.3f}")
     classes = Table(title="per class (summed over folds)")
     for column in ("class", "precision", "recall", "F1", "images"):
-        classes.add_column(column, justify="left" if column == "class" else "right")
+        classes.add_column(column, justify="left" if column == "class" else "right", overflow="fold")
     for label, values in report.per_class.items():
         classes.add_row(shown(label), f"{values['precision']:.3f}", f"{values['recall']:.3f}", f"{values['f1']:.3f}", str(values["support"]))
     out.print(classes)
     matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
-    matrix.add_column("")
+    matrix.add_column("", overflow="fold")
     for label in report.labels:
-        matrix.add_column(shown(label[:5]), justify="right")
+        matrix.add_column(shown(label), justify="right", overflow="fold")
     for label, row in zip(report.labels, report.confusion):
         matrix.add_row(shown(label), *(str(int(value)) for value in row))
     out.print(matrix)
@@ -398,9 +467,9 @@ def render_crossval(report, files: dict) -> None:
         out.print(f"{name}: {shown(path)}")
 
 
-@app.command()
+@app.command(cls=JsonErrorsCommand)
 def predict(
-    paths: list[Path] = typer.Argument(..., help="Image files and folders."),
+    paths: list[Path] = typer.Argument(..., metavar="PATHS...", help="Image files and folders."),
     model: Path | None = typer.Option(None, help="Model file (default: the most recently trained)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {path, faces: [{box, label, probabilities}]}."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per face."),
@@ -409,8 +478,8 @@ def predict(
 ) -> None:
     """Label the expression of every face in photos."""
     if as_json and as_csv:
-        raise fail("choose one of --json and --csv")
-    with user_errors():
+        raise fail("choose one of --json and --csv", as_json=True)
+    with user_errors(as_json):
         from fercli.predict import annotate, predict_paths, resolve_model
         from fercli.store import check_writable
 
@@ -422,27 +491,51 @@ def predict(
         with bar if not quiet else contextlib.nullcontext():
             report = predict_paths(paths, loaded, workers, progress=None if quiet else update)
         written = annotate(report, annotate_dir) if annotate_dir else []
-    if as_json:
+    failure = None if report.processed else "no image could be processed"
+    if as_json and failure:
+        emit_json({"error": failure, "images": [image.to_json() for image in report.images],
+                   "skipped": [{"path": problem.path, "reason": problem.reason} for problem in report.problems]})
+    elif as_json:
         emit_json([image.to_json() for image in report.images])
     elif as_csv:
         render_predict_csv(report)
-    elif report.images:
+    elif report.processed:
         render_predict(report)
-    for problem in report.problems:
+    listed = [problem for problem in report.problems if problem.listed]
+    for problem in listed:
         err.print(f"[yellow]skipped[/yellow] {shown(problem.path)}: {problem.reason}")
     for image in report.images:
         if image.error:
             err.print(f"[yellow]skipped[/yellow] {shown(image.path)}: {shown(image.error)}")
     if annotate_dir:
         err.print(f"{len(written)} annotated images in {shown(annotate_dir)}")
-    if report.processed == 0:
-        raise fail("no image could be processed")
+    if not as_json:
+        for image in report.images:
+            if any(face.in_training_data for face in image.faces):
+                (err if as_csv else out).print(f"note: {shown(image.path)} was in this model's training data: "
+                                               "its score says nothing about new faces")
+    passed_over = len(report.problems) - len(listed)
+    others = (f"{plural(passed_over, 'other file')} in the folders, not {'an image' if passed_over == 1 else 'images'}"
+              if passed_over else "")
+    if failure:
+        raise fail(failure + (f" ({others})" if others else ""))
+    if not as_json:
+        skipped = len(listed) + len(report.images) - report.processed
+        faces = sum(len(image.faces) for image in report.images)
+        summary = "; ".join(filter(None, [f"{plural(report.processed, 'image')}, {plural(faces, 'face')}",
+                                          f"{skipped} skipped" if skipped else "", others]))
+        (err if as_csv else out).print(summary)
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 image', '2 images'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def render_predict(report) -> None:
     table = Table(title=f"model {shown(Path(report.model).name)}")
     for column in ("image", "face", "box (x, y, w, h)", "label", "p"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for image in report.images:
         if image.error:
             continue
@@ -463,6 +556,96 @@ def render_predict_csv(report) -> None:
         for number, face in enumerate(image.faces, start=1):
             writer.writerow([printable(image.path), number, *face.box, printable(face.label),
                              *(f"{face.probabilities[label]:.6f}" for label in report.classes)])
+
+
+@app.command("list", cls=JsonErrorsCommand)
+def list_entries(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """What FER_HOME holds: datasets, models (with their cross-validation score) and runs."""
+    with user_errors(as_json):
+        from fercli.inventory import list_home
+
+        inventory = list_home()
+    if as_json:
+        emit_json(inventory.to_json())
+    else:
+        render_inventory(inventory)
+
+
+def render_inventory(inventory) -> None:
+    now = time.time()
+    if not (inventory.datasets or inventory.models or inventory.runs):
+        out.print(f"no datasets, models or runs in {shown(inventory.home)} yet")
+    tables = {
+        "datasets": (["name", "images", "classes", "age", "size"], inventory.datasets, lambda details: [
+            str(details.get("images", "")), shown(", ".join(details.get("classes") or {}))]),
+        "models": (["name", "dataset", "recipe", "crossval", "age", "size"], inventory.models, lambda details: [
+            shown(details.get("dataset") or "?"), shown(details.get("recipe", "")), crossval_score(details.get("crossval"))]),
+        "runs": (["name", "dataset", "folds", "mean accuracy", "age", "size"], inventory.runs, lambda details: [
+            shown(details.get("dataset", "")), f"{details.get('folds')} {details.get('group')}",
+            percent(details.get("mean_accuracy"), details.get("std_accuracy"))]),
+    }
+    for title, (columns, entries, cells) in tables.items():
+        if not entries:
+            continue
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column, overflow="fold", justify="right" if column in ("images", "size") else "left")
+        for entry in entries:
+            middle = cells(entry.details) if "error" not in entry.details else [f"unreadable: {shown(entry.details['error'])}", *[""] * (len(columns) - 4)]
+            table.add_row(shown(entry.name), *middle, age(now - entry.modified), size_text(entry.size))
+        out.print(table)
+    other = ", ".join(f"{name} {size_text(size)}" for name, size in inventory.other.items())
+    out.print(f"{shown(inventory.home)}: {size_text(inventory.total)} in all ({other}); "
+              "remove an entry with fer remove NAME")
+
+
+def crossval_score(crossval: dict | None) -> str:
+    if not crossval:
+        return "-"
+    return f"{percent(crossval['mean_accuracy'], crossval['std_accuracy'])} ({crossval['folds']} {crossval['group']} folds)"
+
+
+def percent(mean: float | None, std: float | None) -> str:
+    return "-" if mean is None else f"{mean:.1%} +/- {std or 0:.1%}"
+
+
+def age(seconds: float) -> str:
+    """A duration in the largest whole unit: '40 s', '5 min', '3 h', '12 d'."""
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"{int(seconds // length)} {unit}"
+    return f"{max(0, int(seconds))} s"
+
+
+def size_text(size: int) -> str:
+    """Bytes for people: '812 B', '2.4 kB', '66.1 MB'."""
+    for unit, length in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= length:
+            return f"{size / length:.1f} {unit}"
+    return f"{size} B"
+
+
+@app.command(cls=JsonErrorsCommand)
+def remove(
+    names: list[str] = typer.Argument(..., metavar="NAMES...", help="Datasets, models or runs, as fer list names them (or their paths)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+) -> None:
+    """Delete datasets, models or cross-validation runs from FER_HOME, saying how much was freed."""
+    with user_errors(as_json):
+        from fercli.inventory import find_entry, remove_entry
+
+        for name in names:  # every name checked before anything is removed
+            find_entry(name)
+        removed = [remove_entry(name) for name in names]
+    if as_json:
+        emit_json({"removed": [entry.to_json() for entry in removed], "freed": sum(entry.size for entry in removed)})
+        return
+    for entry in removed:
+        out.print(f"removed {entry.kind} {shown(entry.path)} ({size_text(entry.size)})")
+    if len(removed) > 1:
+        out.print(f"{size_text(sum(entry.size for entry in removed))} freed")
 
 
 def main() -> None:

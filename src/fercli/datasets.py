@@ -48,6 +48,9 @@ class Skipped:
 
     path: str
     reason: str
+    # False for a file that is no image, met while searching a folder (a README.md beside the
+    # photos): counted, not named one by one, as it was never asked for.
+    listed: bool = True
 
 
 @dataclass
@@ -253,16 +256,38 @@ def _scan_folders(root: Path, options: ScanOptions) -> Scan:
 
 def discover_images(paths: list[Path]) -> tuple[list[Path], list[Skipped]]:
     """The image files named by a list of files and folders (folders searched through),
-    in the order given, and the paths that named nothing."""
+    in the order given, and the paths that named nothing. Files inside folders whose first
+    bytes are no image's are left out, as Skipped with listed False; files named
+    themselves are always returned, so that the reader says why one cannot be used."""
     files, problems = [], []
     for path in map(Path, paths):
         if path.is_dir():
             inside = _files_under(path, problems)
             if not inside:
                 problems.append(Skipped(str(path), "folder has no files"))
-            files.extend(inside)
+            for file in inside:
+                if _may_be_image(file):
+                    files.append(file)
+                else:
+                    problems.append(Skipped(str(file), "not an image (unrecognised content)", listed=False))
         elif path.exists():
             files.append(path)
         else:
             problems.append(Skipped(str(path), "no such file or folder"))
     return files, problems
+
+
+def _may_be_image(path: Path) -> bool:
+    """False only for a regular file whose first bytes are readable and no image format's; an
+    empty or unreadable file, or a FIFO (reading it could wait for ever), is for the image
+    reader to report."""
+    from fercli.images import sniff_format
+
+    try:
+        if not path.is_file():
+            return True
+        with open(path, "rb") as stream:
+            head = stream.read(16)
+    except OSError:
+        return True
+    return not head or sniff_format(head) is not None

@@ -14,10 +14,8 @@ import struct
 import sys
 from pathlib import Path
 
-# OpenCV's own backstop for formats whose header we do not parse; it must be set before
-# cv2 is imported, and only lowers OpenCV's default limit of 2**30 pixels.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**27))
-
+# OpenCV's own pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS) is set in fercli/__init__.py,
+# which runs before any fercli module imports cv2.
 import cv2
 import numpy as np
 

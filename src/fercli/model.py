@@ -10,7 +10,9 @@ TensorFlow.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,15 @@ MODEL_FORMAT_VERSION = 1
 # A model holds a few MB of weights (the widest variant about 4 MB). Refuse files that unpack
 # to more, before unpacking them: a 2 MB compressed file can unpack to gigabytes.
 MAX_MODEL_BYTES = 256 * 2**20
+# The training crops' SHA-256 digests are kept cut to 8 bytes: 80 KB for 10,000 crops, and a
+# chance of about n / 2**64 that a new face is taken for a training face.
+TRAINING_HASH_BYTES = 8
+
+
+def crop_hashes(crops: np.ndarray) -> np.ndarray:
+    """The sorted, distinct first TRAINING_HASH_BYTES bytes of each crop's SHA-256:
+    (n, TRAINING_HASH_BYTES) uint8, for a model file to recognise its training faces."""
+    return np.unique(crop_hashes_each(crops), axis=0)
 
 
 def build_model(num_classes: int, variant: str = "paper", input_size: int = 32):
@@ -201,6 +212,19 @@ class FerModel:
     preprocess: PreprocessConfig
     meta: dict
     path: Path | None = None
+    # crop_hashes of the training crops; None for a model file written before fercli kept them.
+    training_hashes: np.ndarray | None = None
+
+    @cached_property
+    def _training_digests(self) -> frozenset[bytes]:
+        return frozenset(row.tobytes() for row in self.training_hashes)
+
+    def seen_in_training(self, crops: np.ndarray) -> list[bool] | None:
+        """For each uint8 crop (n, s, s), whether the model was trained on exactly these
+        pixels; None when the model file does not say."""
+        if self.training_hashes is None:
+            return None
+        return [row.tobytes() in self._training_digests for row in crop_hashes_each(crops)]
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
         """uint8 crops (n, s, s) -> z-scored network input (n, s, s, 1)."""
@@ -226,10 +250,12 @@ def save_model(
     training: TrainConfig,
     extra: dict | None = None,
     keep_existing: bool = False,
+    training_crops: np.ndarray | None = None,
 ) -> Path:
     """Export a trained Keras network with everything predict needs; written then renamed.
 
-    keep_existing: never replace a file, write to path-2, ... instead. Returns the path written.
+    keep_existing: never replace a file, write to path-2, ... instead. training_crops: the
+    crops it was trained on, whose crop_hashes the file keeps. Returns the path written.
     """
     specs, weights = export_layers(keras_model)
     meta = {
@@ -247,7 +273,24 @@ def save_model(
     }
     arrays = {"meta": pack_json(meta), "norm_mean": np.asarray(mean, np.float64),
               "norm_std": np.asarray(std, np.float64), **weights}
+    if training_crops is not None:
+        arrays["training_hashes"] = crop_hashes(training_crops)
     return atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), keep_existing)
+
+
+def crop_hashes_each(crops: np.ndarray) -> np.ndarray:
+    """crop_hashes of each crop, in order and with repeats: (n, TRAINING_HASH_BYTES) uint8."""
+    digests = [hashlib.sha256(np.ascontiguousarray(crop).tobytes()).digest()[:TRAINING_HASH_BYTES] for crop in crops]
+    return np.frombuffer(b"".join(digests), np.uint8).reshape(-1, TRAINING_HASH_BYTES)
+
+
+def _training_hashes(array: np.ndarray | None) -> np.ndarray | None:
+    """A model file's training_hashes, checked; None where the file has none (older files)."""
+    if array is None:
+        return None
+    if array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != TRAINING_HASH_BYTES:
+        raise ModelError(f"training_hashes is {array.dtype} {array.shape}, not (n, {TRAINING_HASH_BYTES}) uint8")
+    return array
 
 
 def library_versions() -> dict[str, str]:
@@ -318,6 +361,7 @@ def load_model(path: Path) -> FerModel:
             preprocess=preprocess,
             meta=meta,
             path=path,
+            training_hashes=_training_hashes(arrays.get("training_hashes")),
         )
         # One forward pass proves the layers and weights fit together before any photo is read.
         probe = model.predict_proba(np.zeros((1, preprocess.crop_size, preprocess.crop_size), np.uint8))

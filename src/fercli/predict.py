@@ -30,9 +30,13 @@ class FacePrediction:
     box: tuple[int, int, int, int]  # x, y, width, height
     label: str
     probabilities: dict[str, float]
+    # Whether the model was trained on exactly this crop (then its score says nothing about
+    # new faces); None when the model file does not say (written by an older fercli).
+    in_training_data: bool | None = None
 
     def to_json(self) -> dict:
-        return {"box": list(self.box), "label": self.label, "probabilities": self.probabilities}
+        return {"box": list(self.box), "label": self.label, "probabilities": self.probabilities,
+                "in_training_data": self.in_training_data}
 
 
 @dataclass
@@ -148,13 +152,16 @@ def predict_paths(
             progress(done, len(tasks))
     if found:
         # One batched forward pass for every face of every image.
-        probabilities = model.predict_proba(np.stack([crop for _, crop, _ in found]))
-        for (index, _, box), row in zip(found, probabilities):
+        crops = np.stack([crop for _, crop, _ in found])
+        probabilities = model.predict_proba(crops)
+        seen = model.seen_in_training(crops) or [None] * len(found)
+        for (index, _, box), row, in_training in zip(found, probabilities, seen):
             best = int(np.argmax(row))
             images[index].faces.append(FacePrediction(
                 box=tuple(int(value) for value in box),
                 label=model.classes[best],
                 probabilities={label: round(float(p), 6) for label, p in zip(model.classes, row)},
+                in_training_data=in_training,
             ))
     return PredictReport(model=str(model.path), classes=model.classes, images=images, problems=problems)
 

@@ -74,12 +74,23 @@ def contact_sheet(
 MARKED_PADDING = 0.05
 
 
+def _text_width(text: str, scale: float) -> int:
+    (width, _), _ = cv2.getTextSize(text, FONT, scale, 1)
+    return width
+
+
 def confusion_image(matrix: np.ndarray, labels: list[str], path: Path, title: str = "") -> Path:
     """A readable PNG of a confusion matrix: counts in each cell, shaded by row share."""
-    cell, margin_left, margin_top = 64, 110, 90
+    names = [drawable(label) for label in labels]
+    # Sized to the longest class name, so that none is cut ("happiness" is wider than 64 px).
+    row_names = max((_text_width(name, 0.45) for name in names), default=0)
+    column_names = max((_text_width(name, 0.4) for name in names), default=0)
+    cell = max(64, column_names + 8)
+    margin_left, margin_top = max(110, row_names + 16), 90
     count = len(labels)
     height = margin_top + count * cell + 40
-    width = margin_left + count * cell + 20
+    title = drawable(title)
+    width = max(margin_left + count * cell + 20, _text_width(title, 0.5) + 12)
     image = np.full((height, width, 3), 255, np.uint8)
     totals = matrix.sum(axis=1, keepdims=True).clip(min=1)
     shares = matrix / totals
@@ -96,13 +107,12 @@ def confusion_image(matrix: np.ndarray, labels: list[str], path: Path, title: st
             (text_width, _), _ = cv2.getTextSize(text, FONT, 0.5, 1)
             origin = (top_left[0] + (cell - text_width) // 2, top_left[1] + cell // 2 + 5)
             cv2.putText(image, text, origin, FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    for index, label in enumerate(labels):
-        short = drawable(label[:10])
-        cv2.putText(image, short, (6, margin_top + index * cell + cell // 2 + 5), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    for index, name in enumerate(names):
+        cv2.putText(image, name, (6, margin_top + index * cell + cell // 2 + 5), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         x = margin_left + index * cell + 4
-        cv2.putText(image, short[:8], (x, margin_top - 10), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(image, name, (x, margin_top - 10), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(image, "true (rows) vs predicted (columns)", (margin_left, margin_top - 40), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     if title:
-        cv2.putText(image, drawable(title[:90]), (6, 24), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(image, title, (6, 24), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(image, "green: correct; shade: share of the true class", (6, height - 14), FONT, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
     return _write_png(path, image)

@@ -172,6 +172,8 @@ def _replace_with(path: Path, fill, keep_existing: bool = False) -> Path:
         raise _store_error(path, error) from None
     claimed = None
     try:
+        # mkstemp makes the file owner-only; give it the mode open() would (0666 less the umask).
+        os.fchmod(handle, 0o666 & ~_umask())
         fill(handle, temporary)
         if keep_existing:
             # Taking the name by creating it empty makes the file renamed onto it a moment
@@ -207,7 +209,14 @@ def atomic_write_json(path: Path, payload: object) -> Path:
 
 
 def _create_empty(path: Path) -> None:
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def _umask() -> int:
+    """The process's umask. Reading it means setting it, so it is set straight back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _remove_quietly(path: str | Path) -> None:

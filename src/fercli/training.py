@@ -504,7 +504,9 @@ def cross_validate(
             seconds=round(results[index]["seconds"], 2),
         ))
         rows.extend({"path": str(selection.paths[i]), "fold": index + 1, "true": selection.labels[t],
-                     "predicted": selection.labels[g]} for i, t, g in zip(test_index, truth, guesses))
+                     "predicted": selection.labels[g],
+                     **{f"p_{label}": round(float(p), 6) for label, p in zip(selection.labels, probabilities)}}
+                    for i, t, g, probabilities in zip(test_index, truth, guesses, results[index]["probabilities"]))
     true_all = np.concatenate(true) if true else np.zeros(0, int)
     predicted_all = np.concatenate(predicted) if predicted else np.zeros(0, int)
     matrix = confusion_matrix(true_all, predicted_all, labels=range(count)) if true else np.zeros((count, count), int)
@@ -639,7 +641,8 @@ def train_model(
     preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
     extra = {"test_time_flip": config.test_time_flip, "data_fingerprint": data_fingerprint(selection),
              "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops)}}
-    output = save_model(output, model, selection.labels, mean, std, preprocess, config, extra, keep_existing)
+    output = save_model(output, model, selection.labels, mean, std, preprocess, config, extra, keep_existing,
+                        training_crops=selection.crops)
     # The exported file must give what Keras gives: check on a sample before anyone relies on it.
     sample = selection.crops[:64]
     exported = load_model(output).predict_proba(sample)
@@ -668,7 +671,7 @@ def save_crossval(report: CrossvalReport, folder: Path) -> dict[str, Path]:
              f"{report.mean_accuracy:.1%} +/- {report.std_accuracy:.1%}")
     files["confusion"] = confusion_image(report.confusion, report.labels, folder / "confusion.png", title)
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["path", "fold", "true", "predicted"])
+    writer = csv.DictWriter(text, fieldnames=["path", "fold", "true", "predicted", *(f"p_{label}" for label in report.labels)])
     writer.writeheader()
     writer.writerows(report.predictions)
     files["predictions"] = atomic_write_text(folder / "predictions.csv", text.getvalue())
