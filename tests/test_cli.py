@@ -64,6 +64,17 @@ def interruptible_fer(*args: str):
             process.communicate()
 
 
+def wait_for_children(process: subprocess.Popen, count: int, timeout: float = 120) -> None:
+    """Wait until a process has started count child processes (however loaded the machine)."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if children.exists() and len(children.read_text().split()) >= count:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"fer did not start {count} worker processes in {timeout} s")
+
+
 def one_error_line(result) -> str:
     """The single red line a refusal prints; fails on tracebacks or extra lines."""
     lines = result.stderr.strip().splitlines()
@@ -276,7 +287,8 @@ def test_options_with_fixed_values_are_refused_by_the_parser_with_the_list():
 @pytest.mark.slow
 def test_ctrl_c_during_crossval_stops_and_says_how_far_it_got(dataset):
     with interruptible_fer("crossval", "--folds", "3", "--epochs", "100000") as process:
-        time.sleep(8)
+        wait_for_children(process, 2)  # the fold workers: the folds have started
+        time.sleep(3)
         assert process.poll() is None
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
