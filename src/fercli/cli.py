@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -35,13 +36,18 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def escaped(text: object) -> str:
+    """Text as one printable line: control characters (ESC, newlines, tabs) and undecodable
+    bytes as backslash escapes, so that no name can move the cursor or retitle a terminal."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in printable(str(text)))
+
+
 def shown(path: object) -> str:
     """A path or message as one printable line for rich: control characters, undecodable
     bytes and rich markup ("[bold]" in a file name) escaped."""
     from rich.markup import escape
 
-    text = printable(str(path))
-    return escape("".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text))
+    return escape(escaped(path))
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -51,20 +57,24 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @contextlib.contextmanager
-def user_errors():
-    """Turn fercli's typed errors into one red line and exit code 1, Ctrl-C into exit 130."""
+def user_errors(as_json: bool = False):
+    """Turn fercli's typed errors into one red line and exit code 1, Ctrl-C into exit 130.
+    as_json: also print {"error": message} on stdout, so that --json output is always JSON."""
     from fercli.errors import FerError
 
     try:
         yield
     except FerError as error:
+        if as_json:
+            emit_json({"error": str(error)})
         raise fail(str(error)) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
 
 
 def emit_json(payload: object) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=True, default=str) + "\n")
+    # allow_nan=False: NaN is not JSON, and nothing fercli reports may be NaN.
+    sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=True, default=str, allow_nan=False) + "\n")
 
 
 def progress_bar(description: str):
@@ -106,6 +116,14 @@ def main_options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Facial expression recognition: align faces, train a small CNN, cross-validate, predict."""
+    if sys.stdout is None:  # started with stdout closed (`fer ... >&-`): results would vanish
+        raise fail("standard output is closed: fer prints its results there (redirect it to a file "
+                   "or /dev/null instead)")
+    # A name the terminal's encoding cannot show (PYTHONIOENCODING=ascii, a Latin-1 locale)
+    # comes out as a backslash escape rather than as a UnicodeEncodeError.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure:
+        reconfigure(errors="backslashreplace")
 
 
 @app.command()
@@ -121,8 +139,11 @@ def preprocess(
     """Align every face of a dataset and cache the 32x32 crops for train and crossval."""
     with user_errors():
         from fercli.config import PreprocessConfig, ScanOptions
+        from fercli.errors import FerError
         from fercli.preprocess import preprocess_dataset
 
+        if not math.isfinite(min_face_score):
+            raise FerError(f"--min-face-score must be a finite number, not {min_face_score}")
         options = ScanOptions(layout=layout, ck_frames=ck_frames, ck_neutral_first=ck_neutral)
         config = PreprocessConfig(min_face_score=min_face_score)
         bar, update = progress_bar("aligning")
@@ -192,9 +213,17 @@ FlipOption = typer.Option(False, "--flip-tta", help="Average each face's predict
 
 def train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
                  max_rotation, max_shift, normalisation, flip_tta):
-    from fercli.config import MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, TrainConfig
+    from fercli.config import CROP_SIZE, MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, TrainConfig
     from fercli.errors import FerError
 
+    # NaN passes every range check (each comparison is false), and a huge finite shift
+    # overflows the random generator: both are refused here, before any work.
+    for name, value, largest in (("--lr", lr, math.inf), ("--momentum", momentum, 1.0),
+                                 ("--max-rotation", max_rotation, 180.0), ("--max-shift", max_shift, float(CROP_SIZE))):
+        if not math.isfinite(value):
+            raise FerError(f"{name} must be a finite number, not {value}")
+        if value > largest:
+            raise FerError(f"{name} {value:g} is more than {largest:g}, the largest that makes sense")
     for name, value, allowed in (("--variant", variant, MODEL_VARIANTS), ("--optimizer", optimizer, OPTIMIZERS),
                                  ("--normalisation", normalisation, NORMALISATIONS)):
         if value not in allowed:
@@ -214,9 +243,10 @@ def epoch_reporter(bar, task, folds: int):
             bar.advance(task)
             where = f"fold {event['fold'] + 1}/{folds} " if folds > 1 else ""
             done = f", finished folds {sum(finished) / len(finished):.1%}" if finished else ""
-            bar.update(task, description=f"{where}epoch {event['epoch']}/{event['epochs']} "
-                       f"loss {event['loss']:.3f} train acc {event['accuracy']:.1%}{done}")
-        elif event["kind"] == "fold":
+            figures = (f"loss {event['loss']:.3f} train acc {event['accuracy']:.1%}"
+                       if math.isfinite(event["loss"]) else "diverged (loss not finite)")
+            bar.update(task, description=f"{where}epoch {event['epoch']}/{event['epochs']} {figures}{done}")
+        elif event["kind"] == "fold" and event["accuracy"] is not None:  # None: it diverged
             finished.append(event["accuracy"])
 
     return update
@@ -233,12 +263,14 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Train the network on every image of a preprocessed dataset and save a model for predict."""
-    with user_errors():
-        from fercli.store import check_writable, models_dir, resolve_dataset, timestamp
+    with user_errors(as_json):
+        from fercli.store import check_output_file, check_writable, models_dir, resolve_dataset, timestamp
         from fercli.training import train_model
 
         config = train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
                               max_rotation, max_shift, normalisation, flip_tta)
+        if output is not None:
+            check_output_file(output)
         prepared = resolve_dataset(dataset)
         made_up = output is None  # then another run may make up the same name: never replace
         output = output or models_dir() / f"{prepared.name}-{timestamp()}.npz"
@@ -276,7 +308,7 @@ def crossval(
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """K-fold cross-validation on a preprocessed dataset, with an honest report."""
-    with user_errors():
+    with user_errors(as_json):
         from fercli.store import check_writable, new_dir, resolve_dataset, runs_dir, timestamp
         from fercli.training import cross_validate, save_crossval
 
@@ -298,6 +330,10 @@ def crossval(
     if report.interrupted:
         raise fail(f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
                    f"the finished folds are in {output}", 130)
+    if report.diverged_folds:
+        raise fail(f"training diverged in {len(report.diverged_folds)} of {len(report.folds)} folds "
+                   f"({', '.join(map(str, report.diverged_folds))}), so there is no result (try a smaller --lr); "
+                   f"the report is in {output}")
 
 
 def render_crossval(report, files: dict) -> None:
@@ -317,13 +353,18 @@ def render_crossval(report, files: dict) -> None:
     if protocol["group"] == "subject":
         folds.add_column("test subjects")
     for fold in report.folds:
-        row = [str(fold.fold), str(fold.train_size), str(fold.test_size), f"{fold.accuracy:.1%}"]
+        row = [str(fold.fold), str(fold.train_size), str(fold.test_size),
+               "diverged" if fold.accuracy is None else f"{fold.accuracy:.1%}"]
         if protocol["group"] == "subject":
             row.append(shown(", ".join(fold.test_subjects)))
         folds.add_row(*row)
     out.print(folds)
-    out.print(f"[bold]mean accuracy {report.mean_accuracy:.2%} +/- {report.std_accuracy:.2%}[/bold] "
-              f"over {len(report.folds)} folds (pooled {report.pooled_accuracy:.2%}), macro-F1 {report.macro_f1:.3f}")
+    if report.diverged_folds:
+        out.print(f"[bold]no mean accuracy[/bold]: training diverged in {len(report.diverged_folds)} of "
+                  f"{len(report.folds)} folds; the figures below count only the folds that did not")
+    elif report.folds:
+        out.print(f"[bold]mean accuracy {report.mean_accuracy:.2%} +/- {report.std_accuracy:.2%}[/bold] "
+                  f"over {len(report.folds)} folds (pooled {report.pooled_accuracy:.2%}), macro-F1 {report.macro_f1:.3f}")
     classes = Table(title="per class (summed over folds)")
     for column in ("class", "precision", "recall", "F1", "images"):
         classes.add_column(column, justify="left" if column == "class" else "right")
@@ -356,11 +397,12 @@ def predict(
     if as_json and as_csv:
         raise fail("choose one of --json and --csv")
     with user_errors():
-        from fercli.predict import annotate, predict_paths, resolve_model
+        from fercli.predict import annotate, check_annotate_folder, predict_paths, resolve_model
         from fercli.store import check_writable
 
         loaded = resolve_model(model)
         if annotate_dir:
+            check_annotate_folder(paths, annotate_dir)
             check_writable(annotate_dir)
         bar, update = progress_bar("predicting")
         quiet = as_json or as_csv or len(paths) == 1 and not Path(paths[0]).is_dir()
@@ -378,6 +420,8 @@ def predict(
     for image in report.images:
         if image.error:
             err.print(f"[yellow]skipped[/yellow] {shown(image.path)}: {shown(image.error)}")
+    for note in report.notes:
+        err.print(f"note: {shown(note)}")
     if annotate_dir:
         err.print(f"{len(written)} annotated images in {shown(annotate_dir)}")
     if report.processed == 0:
@@ -400,13 +444,14 @@ def render_predict(report) -> None:
 
 
 def render_predict_csv(report) -> None:
+    """CSV on stdout; names escaped as in tables, so that no control byte reaches a terminal."""
     import csv
 
     writer = csv.writer(sys.stdout)
-    writer.writerow(["path", "face", "x", "y", "width", "height", "label", *(f"p_{label}" for label in report.classes)])
+    writer.writerow(["path", "face", "x", "y", "width", "height", "label", *(f"p_{escaped(label)}" for label in report.classes)])
     for image in report.images:
         for number, face in enumerate(image.faces, start=1):
-            writer.writerow([printable(image.path), number, *face.box, printable(face.label),
+            writer.writerow([escaped(image.path), number, *face.box, escaped(face.label),
                              *(f"{face.probabilities[label]:.6f}" for label in report.classes)])
 
 
