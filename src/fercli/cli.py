@@ -32,8 +32,13 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def printable(text: str) -> str:
-    """Text that any stdout can take: undecodable file-name bytes as \\udcxx escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """Text that any stdout can take: undecodable file-name bytes as \\udcxx escapes, and
+    characters that stdout's encoding lacks (ASCII, Latin-1) as \\xe9 or \\U0001f600."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # an encoding Python does not know
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def escaped(text: object) -> str:
@@ -456,4 +461,18 @@ def render_predict_csv(report) -> None:
 
 
 def main() -> None:
-    app()
+    import errno
+    import os
+
+    try:
+        app()
+    except OSError as error:
+        # fercli's library turns the errors of the files it reads and writes into one-line
+        # FerErrors; an OSError without a file name that gets here is stdout failing (a full
+        # disk, a read-only descriptor).
+        if error.filename is not None or error.errno not in (errno.ENOSPC, errno.EIO, errno.EBADF, errno.EDQUOT, errno.EFBIG):
+            raise
+        with contextlib.suppress(OSError):  # so that Python's final flush does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        err.print(f"[red]error:[/red] cannot write the results to standard output: {shown(error.strerror)}")
+        sys.exit(1)
