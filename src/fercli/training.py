@@ -344,7 +344,7 @@ class CrossvalReport:
         return float(self.accuracies.std()) if self.folds and not self.diverged_folds else math.nan
 
     def to_json(self) -> dict:
-        """The report as standard JSON: figures that do not exist yet (no fold finished) are null."""
+        """The report as standard JSON: figures that do not exist (no fold finished, or one diverged) are null."""
 
         def number(value: float) -> float | None:
             return None if math.isnan(value) else value
