@@ -323,7 +323,8 @@ def load_dataset(path: Path) -> PreparedDataset:
         raise DatasetError(f"{path}: not a fercli dataset")
     problem = _dataset_problem(dataset)
     if problem:
-        raise DatasetError(f"{path}: damaged dataset file ({problem}); run `fer preprocess` on its folder again")
+        source = meta.get("source") if isinstance(meta.get("source"), str) else "DATASET_DIR"
+        raise DatasetError(f"{path}: damaged dataset file ({problem}); run `fer preprocess {source}` again")
     return dataset
 
 
@@ -350,7 +351,7 @@ def _dataset_problem(dataset: PreparedDataset) -> str | None:
         return f"format version {version!r}; this fercli reads version {DATASET_FORMAT_VERSION}"
     settings = meta.get("preprocess")
     if not isinstance(settings, dict):
-        return "its preprocessing settings are missing"
+        return "its preprocessing settings are missing or not an object"
     try:
         config = PreprocessConfig.from_dict(settings)
     except (TypeError, ValueError) as error:
