@@ -171,11 +171,14 @@ def check_annotate_folder(paths: list[Path], folder: Path) -> None:
     """Refuse an annotation folder that holds any of the images to be read: annotated copies
     must never take the place of inputs. FerError naming one of them."""
     target = _resolved(Path(folder))
+    if target is None:
+        return  # cannot be followed, so it holds nothing; writes never replace a file anyway
     files, _ = discover_images(paths)
     for path in files:
+        parent = _resolved(path.parent)
         # The entry itself and, for a link, what it points to.
-        for place in (_resolved(path.parent) / path.name, _resolved(path)):
-            if target and (place == target or target in place.parents):
+        for place in (parent / path.name if parent else None, _resolved(path)):
+            if place and (place == target or target in place.parents):
                 raise FerError(f"--annotate {folder}: the folder holds images to be read ({path}); "
                                "annotated copies go to a folder of their own")
 
