@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import sys
 import time
@@ -60,8 +61,19 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def printable(text: str) -> str:
-    """Text that any stdout can take: undecodable file-name bytes as \\udcxx escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """Text that any stdout can take: undecodable file-name bytes as \\udcxx escapes, and
+    characters that stdout's encoding lacks (ASCII, Latin-1) as \\xe9 or \\U0001f600."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # an encoding Python does not know
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def escaped(text: object) -> str:
+    """Text as one printable line: control characters (ESC, newlines, tabs) and undecodable
+    bytes as backslash escapes, so that no name can move the cursor or retitle a terminal."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in printable(str(text)))
 
 
 def shown(path: object) -> str:
@@ -69,8 +81,7 @@ def shown(path: object) -> str:
     bytes and rich markup ("[bold]" in a file name) escaped."""
     from rich.markup import escape
 
-    text = printable(str(path))
-    return escape("".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text))
+    return escape(escaped(path))
 
 
 def fail(message: str, code: int = 1, as_json: bool = False) -> typer.Exit:
@@ -120,7 +131,8 @@ class JsonErrorsCommand(typer.core.TyperCommand):
 
 
 def emit_json(payload: object) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=True, default=str) + "\n")
+    # allow_nan=False: NaN is not JSON, and nothing fercli reports may be NaN.
+    sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=True, default=str, allow_nan=False) + "\n")
 
 
 def progress_bar(description: str):
@@ -174,6 +186,14 @@ def main_options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Facial expression recognition: align faces, train a small CNN, cross-validate, predict."""
+    if sys.stdout is None:  # started with stdout closed (`fer ... >&-`): results would vanish
+        raise fail("standard output is closed: fer prints its results there (redirect it to a file "
+                   "or /dev/null instead)")
+    # A name the terminal's encoding cannot show (PYTHONIOENCODING=ascii, a Latin-1 locale)
+    # comes out as a backslash escape rather than as a UnicodeEncodeError.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure:
+        reconfigure(errors="backslashreplace")
     fit_output_width()
 
 
@@ -192,8 +212,11 @@ def preprocess(
     """Align every face of a dataset and cache the 32x32 crops for train and crossval."""
     with user_errors(as_json):
         from fercli.config import PreprocessConfig, ScanOptions
+        from fercli.errors import FerError
         from fercli.preprocess import preprocess_dataset
 
+        if not math.isfinite(min_face_score):
+            raise FerError(f"--min-face-score must be a finite number, not {min_face_score}")
         options = ScanOptions(layout=layout and layout.value, ck_frames=ck_frames, ck_neutral_first=ck_neutral)
         config = PreprocessConfig(min_face_score=min_face_score, equalization=equalization.value)
         bar, update = progress_bar("aligning")
@@ -290,7 +313,7 @@ TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning
 def train_config(recipe: str, options: dict):
     """The TrainConfig of a recipe with the training options given on the command line
     (options: the command's parameters; None means not given)."""
-    from fercli.config import AUGMENTATIONS, MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, recipe_config
+    from fercli.config import AUGMENTATIONS, CROP_SIZE, MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, recipe_config
     from fercli.errors import FerError
 
     # Enum choices (Variant, Optimizer, ...) as their plain values.
@@ -300,6 +323,16 @@ def train_config(recipe: str, options: dict):
         value = options.get(name)
         if value is not None and value not in allowed:
             raise FerError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}")
+    # NaN passes every range check (each comparison is false), and a huge finite shift
+    # overflows the random generator: both are refused here, before any work.
+    for name, largest in (("lr", math.inf), ("momentum", 1.0), ("max_rotation", 180.0), ("max_shift", float(CROP_SIZE))):
+        value = options.get(name)
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise FerError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
+        if value > largest:
+            raise FerError(f"--{name.replace('_', '-')} {value:g} is more than {largest:g}, the largest that makes sense")
     chosen = tuple(name.strip() for name in (options.get("classes") or "").split(",") if name.strip())
     given = {field: options.get(name) for name, field in TRAIN_OPTIONS.items()}
     if given["init_model"] is not None:
@@ -332,9 +365,10 @@ def epoch_reporter(bar, task, folds: int):
             bar.advance(task)
             where = f"fold {event['fold'] + 1}/{folds} " if folds > 1 else ""
             done = f", finished folds {sum(finished) / len(finished):.1%}" if finished else ""
-            bar.update(task, description=f"{where}epoch {event['epoch']}/{event['epochs']} "
-                       f"loss {event['loss']:.3f} train acc {event['accuracy']:.1%}{done}")
-        elif event["kind"] == "fold":
+            figures = (f"loss {event['loss']:.3f} train acc {event['accuracy']:.1%}"
+                       if math.isfinite(event["loss"]) else "diverged (loss not finite)")
+            bar.update(task, description=f"{where}epoch {event['epoch']}/{event['epochs']} {figures}{done}")
+        elif event["kind"] == "fold" and event["accuracy"] is not None:  # None: it diverged
             finished.append(event["accuracy"])
 
     return update
@@ -355,10 +389,12 @@ def train(
 ) -> None:
     """Train the network on every image of a preprocessed dataset and save a model for predict."""
     with user_errors(as_json):
-        from fercli.store import check_writable, models_dir, resolve_dataset, timestamp
+        from fercli.store import check_output_file, check_writable, models_dir, resolve_dataset, timestamp
         from fercli.training import train_model
 
         config = train_config(recipe, locals())
+        if output is not None:
+            check_output_file(output)
         prepared = resolve_dataset(dataset)
         made_up = output is None  # then another run may make up the same name: never replace
         output = output or models_dir() / f"{prepared.name}-{timestamp()}.npz"
@@ -415,15 +451,21 @@ def crossval(
             report = cross_validate(prepared, config, folds, group.value, workers,
                                     progress=None if as_json else epoch_reporter(bar, task, folds))
         files = save_crossval(report, output)
-    failure = (f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
-               f"the finished folds are in {output}") if report.interrupted else None
+    failure, code = None, 1
+    if report.interrupted:
+        failure, code = (f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
+                         f"the finished folds are in {output}"), 130
+    elif report.diverged_folds:
+        failure = (f"training diverged in {len(report.diverged_folds)} of {len(report.folds)} folds "
+                   f"({', '.join(map(str, report.diverged_folds))}), so there is no result (try a smaller --lr); "
+                   f"the report is in {output}")
     if as_json:
         emit_json({**report.to_json(), "files": {name: str(path) for name, path in files.items()},
                    **({"error": failure} if failure else {})})
     else:
         render_crossval(report, files)
     if failure:
-        raise fail(failure, 130)
+        raise fail(failure, code)
 
 
 def render_crossval(report, files: dict) -> None:
@@ -441,13 +483,18 @@ def render_crossval(report, files: dict) -> None:
     if protocol["group"] == "subject":
         folds.add_column("test subjects", overflow="fold")
     for fold in report.folds:
-        row = [str(fold.fold), str(fold.train_size), str(fold.test_size), f"{fold.accuracy:.1%}"]
+        row = [str(fold.fold), str(fold.train_size), str(fold.test_size),
+               "diverged" if fold.accuracy is None else f"{fold.accuracy:.1%}"]
         if protocol["group"] == "subject":
             row.append(shown(", ".join(fold.test_subjects)))
         folds.add_row(*row)
     out.print(folds)
-    out.print(f"[bold]mean accuracy {report.mean_accuracy:.2%} +/- {report.std_accuracy:.2%}[/bold] "
-              f"over {len(report.folds)} folds (pooled {report.pooled_accuracy:.2%}), macro-F1 {report.macro_f1:.3f}")
+    if report.diverged_folds:
+        out.print(f"[bold]no mean accuracy[/bold]: training diverged in {len(report.diverged_folds)} of "
+                  f"{len(report.folds)} folds; the figures below count only the folds that did not")
+    elif report.folds:
+        out.print(f"[bold]mean accuracy {report.mean_accuracy:.2%} +/- {report.std_accuracy:.2%}[/bold] "
+                  f"over {len(report.folds)} folds (pooled {report.pooled_accuracy:.2%}), macro-F1 {report.macro_f1:.3f}")
     classes = Table(title="per class (summed over folds)")
     for column in ("class", "precision", "recall", "F1", "images"):
         classes.add_column(column, justify="left" if column == "class" else "right", overflow="fold")
@@ -480,11 +527,12 @@ def predict(
     if as_json and as_csv:
         raise fail("choose one of --json and --csv", as_json=True)
     with user_errors(as_json):
-        from fercli.predict import annotate, predict_paths, resolve_model
+        from fercli.predict import annotate, check_annotate_folder, predict_paths, resolve_model
         from fercli.store import check_writable
 
         loaded = resolve_model(model)
         if annotate_dir:
+            check_annotate_folder(paths, annotate_dir)
             check_writable(annotate_dir)
         bar, update = progress_bar("predicting")
         quiet = as_json or as_csv or len(paths) == 1 and not Path(paths[0]).is_dir()
@@ -507,6 +555,8 @@ def predict(
     for image in report.images:
         if image.error:
             err.print(f"[yellow]skipped[/yellow] {shown(image.path)}: {shown(image.error)}")
+    for note in report.notes:
+        err.print(f"note: {shown(note)}")
     if annotate_dir:
         err.print(f"{len(written)} annotated images in {shown(annotate_dir)}")
     if not as_json:
@@ -548,13 +598,14 @@ def render_predict(report) -> None:
 
 
 def render_predict_csv(report) -> None:
+    """CSV on stdout; names escaped as in tables, so that no control byte reaches a terminal."""
     import csv
 
     writer = csv.writer(sys.stdout)
-    writer.writerow(["path", "face", "x", "y", "width", "height", "label", *(f"p_{label}" for label in report.classes)])
+    writer.writerow(["path", "face", "x", "y", "width", "height", "label", *(f"p_{escaped(label)}" for label in report.classes)])
     for image in report.images:
         for number, face in enumerate(image.faces, start=1):
-            writer.writerow([printable(image.path), number, *face.box, printable(face.label),
+            writer.writerow([escaped(image.path), number, *face.box, escaped(face.label),
                              *(f"{face.probabilities[label]:.6f}" for label in report.classes)])
 
 
@@ -649,4 +700,18 @@ def remove(
 
 
 def main() -> None:
-    app()
+    import errno
+    import os
+
+    try:
+        app()
+    except OSError as error:
+        # fercli's library turns the errors of the files it reads and writes into one-line
+        # FerErrors; an OSError without a file name that gets here is stdout failing (a full
+        # disk, a read-only descriptor).
+        if error.filename is not None or error.errno not in (errno.ENOSPC, errno.EIO, errno.EBADF, errno.EDQUOT, errno.EFBIG):
+            raise
+        with contextlib.suppress(OSError):  # so that Python's final flush does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        err.print(f"[red]error:[/red] cannot write the results to standard output: {shown(error.strerror)}")
+        sys.exit(1)

@@ -27,3 +27,8 @@ class ModelError(FerError):
 
 class StoreError(FerError):
     """The place where fercli keeps its files cannot be written."""
+
+
+class TrainingError(FerError):
+    """Training that gave no usable network: it diverged (the loss or weights stopped being
+    finite numbers)."""

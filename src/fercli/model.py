@@ -164,6 +164,12 @@ class NumpyNetwork:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of normalised inputs of shape (n, h, w, 1)."""
+        # Overflow in a damaged network gives inf or NaN, which callers check for; numpy's
+        # warnings about it would only be stray lines on stderr.
+        with np.errstate(all="ignore"):
+            return self._forward(x)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         x = x.astype(np.float64)
         for spec in self.specs:
             values = [self.weights[key] for key in spec["weights"]]
@@ -234,9 +240,10 @@ class FerModel:
         """Class probabilities (n, classes) for uint8 crops (n, s, s)."""
         if len(crops) == 0:
             return np.zeros((0, len(self.classes)))
-        probabilities = self.network(self.normalise(crops))
-        if self.meta.get("test_time_flip"):
-            probabilities = (probabilities + self.network(self.normalise(crops[:, :, ::-1]))) / 2
+        with np.errstate(all="ignore"):
+            probabilities = self.network(self.normalise(crops))
+            if self.meta.get("test_time_flip"):
+                probabilities = (probabilities + self.network(self.normalise(crops[:, :, ::-1]))) / 2
         return probabilities
 
 
@@ -251,11 +258,14 @@ def save_model(
     extra: dict | None = None,
     keep_existing: bool = False,
     training_crops: np.ndarray | None = None,
+    check=None,
 ) -> Path:
     """Export a trained Keras network with everything predict needs; written then renamed.
 
     keep_existing: never replace a file, write to path-2, ... instead. training_crops: the
-    crops it was trained on, whose crop_hashes the file keeps. Returns the path written.
+    crops it was trained on, whose crop_hashes the file keeps. check(temporary_path) runs on
+    the complete file before the rename; what it raises leaves path untouched.
+    Returns the path written.
     """
     specs, weights = export_layers(keras_model)
     meta = {
@@ -275,7 +285,7 @@ def save_model(
               "norm_std": np.asarray(std, np.float64), **weights}
     if training_crops is not None:
         arrays["training_hashes"] = crop_hashes(training_crops)
-    return atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), keep_existing)
+    return atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), keep_existing, check)
 
 
 def crop_hashes_each(crops: np.ndarray) -> np.ndarray:
@@ -352,10 +362,21 @@ def load_model(path: Path) -> FerModel:
                 f"{path}: the model's preprocessing settings ({', '.join(differing) or 'their fingerprint'}) "
                 "differ from what this fercli can reproduce: retrain it with `fer train`"
             )
-        network = NumpyNetwork(meta["layers"], {key: arrays[key] for spec in meta["layers"] for key in spec["weights"]})
+        weights = {key: arrays[key] for spec in meta["layers"] for key in spec["weights"]}
+        classes = meta["classes"]
+        if not isinstance(classes, list) or not all(isinstance(name, str) and name for name in classes):
+            raise ModelError("damaged model file (its classes are not a list of names)")
+        if len(set(classes)) != len(classes):
+            raise ModelError("damaged model file (a class name appears twice)")
+        for key, value in [("norm_mean", arrays["norm_mean"]), ("norm_std", arrays["norm_std"]), *weights.items()]:
+            if value.dtype.kind not in "fiu" or not np.all(np.isfinite(value)):
+                raise ModelError(f"damaged model file ({key} holds values that are not finite numbers)")
+        if not np.all(arrays["norm_std"] > 0):
+            raise ModelError("damaged model file (norm_std is not positive)")
+        network = NumpyNetwork(meta["layers"], weights)
         model = FerModel(
             network=network,
-            classes=list(meta["classes"]),
+            classes=list(classes),
             mean=arrays["norm_mean"],
             std=arrays["norm_std"],
             preprocess=preprocess,
@@ -363,14 +384,26 @@ def load_model(path: Path) -> FerModel:
             path=path,
             training_hashes=_training_hashes(arrays.get("training_hashes")),
         )
-        # One forward pass proves the layers and weights fit together before any photo is read.
-        probe = model.predict_proba(np.zeros((1, preprocess.crop_size, preprocess.crop_size), np.uint8))
+        # One forward pass proves the layers and weights fit together before any photo is read;
+        # on varied images, since weights that overflow can give finite numbers on a blank one.
+        probe = model.predict_proba(probe_crops(preprocess.crop_size))
     except ModelError as error:
         # The runtime's refusals (a layer type it does not know) cannot name the file.
         message = str(error)
         raise ModelError(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
     except Exception as error:
         raise ModelError(f"{path}: damaged model file ({type(error).__name__}: {error})") from None
-    if probe.shape != (1, len(model.classes)) or not np.all(np.isfinite(probe)):
+    if probe.shape != (len(probe_crops(preprocess.crop_size)), len(model.classes)):
         raise ModelError(f"{path}: damaged model file (its output does not match its {len(model.classes)} classes)")
+    if not np.all(np.isfinite(probe)):
+        raise ModelError(f"{path}: damaged model file (its probabilities are not finite numbers)")
     return model
+
+
+def probe_crops(size: int) -> np.ndarray:
+    """A few uint8 crops that exercise a network: black, white, mid-grey, gradients, noise."""
+    ramp = np.linspace(0, 255, size).astype(np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (2, size, size), dtype=np.uint8)
+    return np.stack([np.zeros((size, size), np.uint8), np.full((size, size), 255, np.uint8),
+                     np.full((size, size), 128, np.uint8), np.tile(ramp, (size, 1)),
+                     np.tile(ramp[:, None], (1, size)), *noise])

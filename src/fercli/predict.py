@@ -58,6 +58,8 @@ class PredictReport:
     classes: list[str]
     images: list[ImagePrediction]
     problems: list[Skipped]  # paths that named no file
+    inputs: list[str] = field(default_factory=list)  # the files and folders asked for
+    notes: list[str] = field(default_factory=list)  # what the user should know (renamed copies)
 
     @property
     def processed(self) -> int:
@@ -154,6 +156,11 @@ def predict_paths(
         # One batched forward pass for every face of every image.
         crops = np.stack([crop for _, crop, _ in found])
         probabilities = model.predict_proba(crops)
+        for (index, _, _), row in zip(found, probabilities):
+            if not np.all(np.isfinite(row)):
+                # The load check passed, yet this face overflows the network: the model is broken.
+                raise ModelError(f"{model.path}: damaged model file (its probabilities for a face in "
+                                 f"{images[index].path} are not finite numbers)")
         seen = model.seen_in_training(crops) or [None] * len(found)
         for (index, _, box), row, in_training in zip(found, probabilities, seen):
             best = int(np.argmax(row))
@@ -163,23 +170,64 @@ def predict_paths(
                 probabilities={label: round(float(p), 6) for label, p in zip(model.classes, row)},
                 in_training_data=in_training,
             ))
-    return PredictReport(model=str(model.path), classes=model.classes, images=images, problems=problems)
+    return PredictReport(model=str(model.path), classes=model.classes, images=images, problems=problems,
+                         inputs=[str(path) for path in paths])
+
+
+def check_annotate_folder(paths: list[Path], folder: Path) -> None:
+    """Refuse an annotation folder that holds any of the images to be read: annotated copies
+    must never take the place of inputs. FerError naming one of them."""
+    target = _resolved(Path(folder))
+    if target is None:
+        return  # cannot be followed, so it holds nothing; writes never replace a file anyway
+    files, _ = discover_images(paths)
+    for path in files:
+        parent = _resolved(path.parent)
+        # The entry itself and, for a link, what it points to.
+        for place in (parent / path.name if parent else None, _resolved(path)):
+            if place and (place == target or target in place.parents):
+                raise FerError(f"--annotate {folder}: the folder holds images to be read ({path}); "
+                               "annotated copies go to a folder of their own")
+
+
+def _resolved(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a link loop, before Python 3.13
+        return None
+
+
+def annotated_name(image_path: str, inputs: list[str]) -> Path:
+    """Where the annotated copy of an image goes, relative to the annotation folder: its path
+    below the input folder it was found in (a named file: its name), as .png."""
+    path = Path(image_path)
+    for given in map(Path, inputs):
+        if given != path and given in path.parents:
+            return path.relative_to(given).with_suffix(".png")
+    return Path(path.name).with_suffix(".png")
 
 
 def annotate(report: PredictReport, folder: Path) -> list[Path]:
-    """Write a copy of each image with its faces boxed and labelled; returns the files."""
+    """Write a copy of each image with its faces boxed and labelled; returns the files.
+
+    Copies mirror the images' paths below the folders given (photos/a/x.jpg -> a/x.png).
+    No file is ever replaced: where the name is taken (an earlier run, or x.jpg and x.png
+    side by side) the copy gets the next free name (x-2.png), and report.notes says so."""
     import cv2
 
     from fercli.images import load_color
     from fercli.report import drawable
-    from fercli.store import atomic_write_bytes
+    from fercli.store import atomic_write
 
     written = []
-    names: set[str] = set()
     for image in report.images:
         if image.error:
             continue
-        picture = load_color(Path(image.path))
+        try:
+            picture = load_color(Path(image.path))
+        except FerError as error:  # changed since it was read
+            report.notes.append(f"no annotated copy of {image.path}: {error}")
+            continue
         thickness = max(1, round(max(picture.shape[:2]) / 400))
         for face in image.faces:
             x, y, width, height = face.box
@@ -187,11 +235,17 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
             text = drawable(f"{face.label} {face.probabilities[face.label]:.2f}")
             cv2.putText(picture, text, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX,
                         0.5 * thickness, (0, 200, 0), thickness, cv2.LINE_AA)
-        name = Path(image.path).stem
-        while name in names:  # two photo.jpg from different folders
-            name += "_"
-        names.add(name)
         ok, encoded = cv2.imencode(".png", picture)
-        if ok:
-            written.append(atomic_write_bytes(Path(folder) / f"{name}.png", encoded.tobytes()))
+        wanted = Path(folder) / annotated_name(image.path, report.inputs)
+        try:
+            if not ok:
+                raise FerError("OpenCV could not encode it as PNG")
+            data = encoded.tobytes()
+            path = atomic_write(wanted, lambda stream: stream.write(data), keep_existing=True)
+        except FerError as error:  # a sub-folder name taken by a file, a full disk
+            report.notes.append(f"no annotated copy of {image.path}: {error}")
+            continue
+        if path != wanted:
+            report.notes.append(f"{wanted} exists: the annotated copy of {image.path} is {path}")
+        written.append(path)
     return written

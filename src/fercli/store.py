@@ -35,6 +35,8 @@ from fercli.errors import DatasetError, StoreError
 HOME_VARIABLE = "FER_HOME"
 DATASET_FILE = "dataset.npz"
 DATASET_FORMAT = "fercli-dataset"
+# Files written before the version was recorded hold the same arrays: they read as version 1.
+DATASET_FORMAT_VERSION = 1
 
 
 def home() -> Path:
@@ -137,20 +139,41 @@ def check_writable(folder: Path) -> Path:
     return folder
 
 
-def atomic_write(path: Path, write, keep_existing: bool = False) -> Path:
+def check_output_file(path: Path) -> Path:
+    """Refuse, before any work, an output file name that a finished run must not replace:
+    anything but a regular file or a new name (a folder, a device, a FIFO), and any file in
+    FER_HOME's datasets folder. StoreError with the reason; makes sure the folder is writable."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a device, FIFO or socket)"
+        raise StoreError(f"{path}: is {kind}; give the name of a new or regular file")
+    try:
+        places = [path.parent.resolve() / path.name, path.resolve()]
+        datasets = datasets_dir().resolve()
+    except (OSError, RuntimeError) as error:  # RuntimeError: a link loop, before Python 3.13
+        raise StoreError(f"{path}: cannot follow the path ({error})") from None
+    if any(place == datasets or datasets in place.parents for place in places):
+        raise StoreError(f"{path}: is inside {datasets_dir()}, where fercli keeps preprocessed datasets; "
+                         "choose another place for the model")
+    check_writable(path.parent)
+    return path
+
+
+def atomic_write(path: Path, write, keep_existing: bool = False, check=None) -> Path:
     """Write a file through write(file_object) to a temporary name, then rename it into place.
 
     A failure (disk full, read-only folder, a kill) leaves any existing file untouched and no
     temporary file behind, except after a kill, when the temporary file is named .tmp-*.
     keep_existing: never replace a file; write to path-2, path-3, ... instead (two runs that
-    made up the same name). Returns the path written.
+    made up the same name). check(temporary_path), when given, runs on the complete file
+    before the rename: whatever it raises leaves path as it was. Returns the path written.
     """
 
     def fill(handle: int, name: str) -> None:
         with os.fdopen(handle, "wb") as stream:
             write(stream)
 
-    return _replace_with(path, fill, keep_existing)
+    return _replace_with(path, fill, keep_existing, check)
 
 
 def atomic_save(path: Path, save) -> Path:
@@ -163,8 +186,9 @@ def atomic_save(path: Path, save) -> Path:
     return _replace_with(path, fill)
 
 
-def _replace_with(path: Path, fill, keep_existing: bool = False) -> Path:
-    """fill(handle, name) writes a temporary file (and closes handle); it then replaces path."""
+def _replace_with(path: Path, fill, keep_existing: bool = False, check=None) -> Path:
+    """fill(handle, name) writes a temporary file (and closes handle); check(name), if given,
+    accepts it; it then replaces path."""
     make_dir(path.parent)
     try:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
@@ -175,6 +199,8 @@ def _replace_with(path: Path, fill, keep_existing: bool = False) -> Path:
         # mkstemp makes the file owner-only; give it the mode open() would (0666 less the umask).
         os.fchmod(handle, 0o666 & ~_umask())
         fill(handle, temporary)
+        if check:
+            check(Path(temporary))
         if keep_existing:
             # Taking the name by creating it empty makes the file renamed onto it a moment
             # later nobody else's.
@@ -205,7 +231,8 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 
 def atomic_write_json(path: Path, payload: object) -> Path:
-    return atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+    # allow_nan=False: NaN and Infinity are not JSON; a report never holds them.
+    return atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n")
 
 
 def _create_empty(path: Path) -> None:
@@ -228,11 +255,16 @@ def _remove_quietly(path: str | Path) -> None:
 
 def pack_json(payload: object) -> np.ndarray:
     """JSON as a uint8 array, so that metadata travels inside a pickle-free .npz."""
-    return np.frombuffer(json.dumps(payload, default=str).encode(), dtype=np.uint8)
+    return np.frombuffer(json.dumps(payload, default=str, allow_nan=False).encode(), dtype=np.uint8)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def unpack_json(array: np.ndarray) -> object:
-    return json.loads(array.tobytes().decode())
+    """The JSON that pack_json stored; ValueError for NaN or Infinity, which it never writes."""
+    return json.loads(array.tobytes().decode(), parse_constant=_no_constant)
 
 
 @dataclass
@@ -269,7 +301,7 @@ def save_dataset(dataset: PreparedDataset, folder: Path) -> Path:
         "labels": dataset.labels.astype(str),
         "subjects": dataset.subjects.astype(str),
         "paths": dataset.paths.astype(str),
-        "meta": pack_json({"format": DATASET_FORMAT, **dataset.meta}),
+        "meta": pack_json({"format": DATASET_FORMAT, **dataset.meta, "format_version": DATASET_FORMAT_VERSION}),
     }
     path = atomic_write(folder / DATASET_FILE, lambda stream: np.savez(stream, **arrays))
     dataset.location = path
@@ -296,9 +328,58 @@ def load_dataset(path: Path) -> PreparedDataset:
             )
     except (OSError, KeyError, ValueError, EOFError) as error:
         raise DatasetError(f"{path}: not a readable fercli dataset ({error})") from None
-    if meta.get("format") != DATASET_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != DATASET_FORMAT:
         raise DatasetError(f"{path}: not a fercli dataset")
+    problem = _dataset_problem(dataset)
+    if problem:
+        source = meta.get("source") if isinstance(meta.get("source"), str) else "DATASET_DIR"
+        raise DatasetError(f"{path}: damaged dataset file ({problem}); run `fer preprocess {source}` again")
     return dataset
+
+
+def _same_kind(value: object, default: object) -> bool:
+    """Whether a setting read from JSON has the type of its default (a whole number for a
+    float too), lists element by element."""
+    if isinstance(default, list):
+        return isinstance(value, list) and all(_same_kind(item, default[0]) for item in value)
+    if isinstance(default, bool) or isinstance(value, bool):
+        return type(value) is type(default)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and np.isfinite(value)
+    return type(value) is type(default)
+
+
+def _dataset_problem(dataset: PreparedDataset) -> str | None:
+    """What makes a loaded dataset unusable (None when nothing does): checked once, at load,
+    so that train and crossval never meet a shape, type or setting they cannot use."""
+    from fercli.config import PreprocessConfig
+
+    meta = dataset.meta
+    version = meta.get("format_version", 1)
+    if type(version) is not int or version != DATASET_FORMAT_VERSION:
+        return f"format version {version!r}; this fercli reads version {DATASET_FORMAT_VERSION}"
+    settings = meta.get("preprocess")
+    if not isinstance(settings, dict):
+        return "its preprocessing settings are missing or not an object"
+    try:
+        config = PreprocessConfig.from_dict(settings)
+    except (TypeError, ValueError) as error:
+        return f"preprocessing settings: {error}"
+    for name, default in PreprocessConfig().to_dict().items():
+        value = config.to_dict()[name]
+        if not _same_kind(value, default):
+            return f"preprocessing setting {name} is {value!r}"
+    size = config.crop_size
+    crops = dataset.crops
+    if crops.dtype != np.uint8 or crops.ndim != 3 or crops.shape[1:] != (size, size):
+        return f"crops are {crops.dtype} {crops.shape}, not 8-bit {size}x{size} images"
+    for name in ("labels", "subjects", "paths"):
+        column = getattr(dataset, name)
+        if column.dtype.kind != "U" or column.shape != (len(crops),):
+            return f"{name} are {column.dtype} {column.shape}, not {len(crops)} texts"
+    if not all(dataset.labels):
+        return "an empty label"
+    return None
 
 
 def latest(folder: Path, pattern: str) -> Path | None:

@@ -32,7 +32,7 @@ from fercli.config import (
     label_order,
     recipe_differences,
 )
-from fercli.errors import DatasetError, FerError
+from fercli.errors import DatasetError, FerError, TrainingError
 from fercli.parallel import default_workers, stop_with_parent
 from fercli.store import PreparedDataset, atomic_write_json, atomic_write_text
 
@@ -238,6 +238,8 @@ def fit(
         loss, accuracy = run_epoch(tf.constant(x), tf.constant(one_hot[order]))
         if on_epoch:
             on_epoch(epoch, float(loss), float(accuracy))
+        if not math.isfinite(float(loss)):
+            break  # diverged: more epochs cannot bring it back (divergence() says so)
     return model, mean, std
 
 
@@ -276,6 +278,18 @@ def start_from(model, starting, labels: list[str]) -> None:
         if [value.shape for value in values] != [value.shape for value in current]:
             raise FerError(f"{starting.path}: its layer shapes do not fit this network (another crop size?)")
         layer.set_weights([value.astype(np.float32) for value in values])
+
+
+def divergence(model, last_loss: float, epoch: int, probabilities: np.ndarray) -> str | None:
+    """Why a trained network is unusable, None when it is not: the training loss, a weight or
+    a probability (on crops the caller chose) that is not a finite number."""
+    if not math.isfinite(last_loss):
+        return f"the training loss was no longer a finite number at epoch {epoch}"
+    if not all(np.all(np.isfinite(np.asarray(weight))) for weight in model.get_weights()):
+        return "the network's weights are no longer finite numbers"
+    if not np.all(np.isfinite(probabilities)):
+        return "the network's probabilities are not finite numbers"
+    return None
 
 
 def keras_probabilities(model, crops: np.ndarray, mean: np.ndarray, std: np.ndarray, flip: bool = False) -> np.ndarray:
@@ -338,26 +352,30 @@ def _run_fold(fold: int, train_index: np.ndarray, test_index: np.ndarray) -> dic
     config: TrainConfig = _worker["config"]
     crops, targets, events = _worker["crops"], _worker["targets"], _worker["events"]
     started = time.perf_counter()
+    last = {"epoch": 0, "loss": math.nan}
 
     def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+        last.update(epoch=epoch, loss=loss)
         events.put({"kind": "epoch", "fold": fold, "epoch": epoch, "epochs": config.epochs,
                     "loss": loss, "accuracy": accuracy})
 
     model, mean, std = fit(crops[train_index], targets[train_index], _worker["num_classes"], config,
                            fold_seed(config.seed, fold), on_epoch)
     probabilities = keras_probabilities(model, crops[test_index], mean, std, config.test_time_flip)
-    return {"fold": fold, "probabilities": probabilities, "seconds": time.perf_counter() - started,
-            "mean": float(np.mean(mean)), "std": float(np.mean(std))}
+    diverged = divergence(model, last["loss"], last["epoch"], probabilities)
+    return {"fold": fold, "probabilities": None if diverged else probabilities, "diverged": diverged,
+            "seconds": time.perf_counter() - started, "mean": float(np.mean(mean)), "std": float(np.mean(std))}
 
 
 @dataclass
 class FoldResult:
     fold: int
-    accuracy: float
+    accuracy: float | None  # None: the fold's training diverged, it has no result
     train_size: int
     test_size: int
     test_subjects: list[str]
     seconds: float
+    diverged: str | None = None  # why the fold's network is unusable
 
 
 @dataclass
@@ -380,18 +398,24 @@ class CrossvalReport:
 
     @property
     def accuracies(self) -> np.ndarray:
-        return np.array([fold.accuracy for fold in self.folds])
+        """The accuracies of the folds whose training did not diverge."""
+        return np.array([fold.accuracy for fold in self.folds if fold.diverged is None], dtype=float)
+
+    @property
+    def diverged_folds(self) -> list[int]:
+        return [fold.fold for fold in self.folds if fold.diverged is not None]
 
     @property
     def mean_accuracy(self) -> float:
-        return float(self.accuracies.mean()) if self.folds else math.nan
+        """NaN (null in JSON) without folds, or when a fold diverged: the rest is no protocol's result."""
+        return float(self.accuracies.mean()) if self.folds and not self.diverged_folds else math.nan
 
     @property
     def std_accuracy(self) -> float:
-        return float(self.accuracies.std()) if self.folds else math.nan
+        return float(self.accuracies.std()) if self.folds and not self.diverged_folds else math.nan
 
     def to_json(self) -> dict:
-        """The report as standard JSON: figures that do not exist yet (no fold finished) are null."""
+        """The report as standard JSON: figures that do not exist (no fold finished, or one diverged) are null."""
 
         def number(value: float) -> float | None:
             return None if math.isnan(value) else value
@@ -414,6 +438,7 @@ class CrossvalReport:
             "interrupted": self.interrupted,
             "completed_folds": len(self.folds),
             "planned_folds": self.planned_folds,
+            "diverged_folds": self.diverged_folds,
         }
 
 
@@ -477,7 +502,7 @@ def cross_validate(
                 result = future.result()
                 results[result["fold"]] = result
                 if progress:
-                    accuracy = _accuracy(result, selection, splits)
+                    accuracy = None if result["diverged"] else _accuracy(result, selection, splits)
                     progress({"kind": "fold", "fold": result["fold"], "folds": len(splits), "accuracy": accuracy})
         _drain(events, progress)
     except KeyboardInterrupt:
@@ -491,6 +516,14 @@ def cross_validate(
     fold_results, true, predicted, rows = [], [], [], []
     for index in sorted(results):
         train_index, test_index = splits[index]
+        if results[index]["diverged"]:
+            # No result: argmax of NaN is class 0, which would pass for predictions.
+            fold_results.append(FoldResult(
+                fold=index + 1, accuracy=None, train_size=len(train_index), test_size=len(test_index),
+                test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""}) if group == "subject" else [],
+                seconds=round(results[index]["seconds"], 2), diverged=results[index]["diverged"],
+            ))
+            continue
         guesses = results[index]["probabilities"].argmax(axis=1)
         truth = selection.targets[test_index]
         true.append(truth)
@@ -529,8 +562,9 @@ def cross_validate(
         folds=fold_results,
         confusion=np.asarray(matrix),
         per_class=per_class,
-        macro_f1=float(np.mean(f1)) if true else math.nan,
-        pooled_accuracy=float(np.mean(true_all == predicted_all)) if true else math.nan,
+        # Figures over every fold, or none: the folds left after a divergence are no protocol's.
+        macro_f1=float(np.mean(f1)) if true and len(true) == len(results) else math.nan,
+        pooled_accuracy=float(np.mean(true_all == predicted_all)) if true and len(true) == len(results) else math.nan,
         warnings=protocol_warnings(selection, group) + starting_notes(config),
         seconds=time.perf_counter() - started,
         interrupted=interrupted,
@@ -623,17 +657,20 @@ def train_model(
     """Train on every selected image of a dataset and save the model file predict reads.
 
     keep_existing: if output exists (a name another run made up too), save to output-2, ...
+    The model is checked before it takes the name (finite weights and probabilities, the
+    numpy runtime within 1e-4 of Keras): TrainingError when training diverged, and whatever
+    was at output stays as it was.
     """
-    from fercli.model import load_model, save_model
+    from fercli.model import load_model, probe_crops, save_model
 
     started = time.perf_counter()
     selection = select_classes(dataset, config.classes)
     config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     configure_tensorflow(threads)
-    last = {"loss": math.nan, "accuracy": math.nan}
+    last = {"loss": math.nan, "accuracy": math.nan, "epoch": 0}
 
     def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
-        last.update(loss=loss, accuracy=accuracy)
+        last.update(loss=loss, accuracy=accuracy, epoch=epoch)
         if progress:
             progress({"kind": "epoch", "fold": 0, "epoch": epoch, "epochs": config.epochs, "loss": loss, "accuracy": accuracy})
 
@@ -641,20 +678,30 @@ def train_model(
     preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
     extra = {"test_time_flip": config.test_time_flip, "data_fingerprint": data_fingerprint(selection),
              "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops)}}
-    output = save_model(output, model, selection.labels, mean, std, preprocess, config, extra, keep_existing,
-                        training_crops=selection.crops)
-    # The exported file must give what Keras gives: check on a sample before anyone relies on it.
-    sample = selection.crops[:64]
-    exported = load_model(output).predict_proba(sample)
+    # The exported file must give what Keras gives, in finite numbers: checked on a sample
+    # and on the load check's own images, before the file takes its name.
+    sample = np.concatenate([selection.crops[:64], probe_crops(selection.crops.shape[1])])
     expected = keras_probabilities(model, sample, mean, std, config.test_time_flip)
-    difference = float(np.abs(exported - expected).max())
-    if difference > 1e-4:
-        output.unlink(missing_ok=True)
-        raise FerError(f"the exported model disagrees with Keras by {difference:.2g}; nothing was saved (a bug: please report it)")
+    diverged = divergence(model, last["loss"], last["epoch"], expected)
+    if diverged:
+        left = "" if keep_existing or not Path(output).exists() else f"; {output} was left as it was"
+        raise TrainingError(f"training diverged: {diverged}; no model was saved{left} (try a smaller --lr)")
+    checked: dict[str, float] = {}
+
+    def check(temporary: Path) -> None:
+        exported = load_model(temporary).predict_proba(sample)
+        difference = float(np.abs(exported - expected).max())
+        if not difference <= 1e-4:  # also NaN
+            raise FerError(f"the exported model disagrees with Keras by {difference:.2g}; nothing was saved "
+                           "(a bug: please report it)")
+        checked["difference"] = difference
+
+    output = save_model(output, model, selection.labels, mean, std, preprocess, config, extra, keep_existing,
+                        training_crops=selection.crops, check=check)
     return TrainResult(
         path=output, classes=selection.labels, images=len(selection.crops), epochs=config.epochs,
         loss=last["loss"], accuracy=last["accuracy"], seconds=time.perf_counter() - started,
-        runtime_difference=difference,
+        runtime_difference=checked["difference"],
     )
 
 
@@ -667,8 +714,13 @@ def save_crossval(report: CrossvalReport, folder: Path) -> dict[str, Path]:
 
     files = {"report": atomic_write_json(folder / "report.json", report.to_json())}
     group = "subject" if report.protocol["group"] == "subject" else "random"
-    title = (f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds ({group}), "
-             f"{report.mean_accuracy:.1%} +/- {report.std_accuracy:.1%}")
+    if report.diverged_folds:
+        figures = f"{len(report.diverged_folds)} diverged"
+    elif math.isnan(report.mean_accuracy):
+        figures = "no result"
+    else:
+        figures = f"{report.mean_accuracy:.1%} +/- {report.std_accuracy:.1%}"
+    title = f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds ({group}), {figures}"
     files["confusion"] = confusion_image(report.confusion, report.labels, folder / "confusion.png", title)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=["path", "fold", "true", "predicted", *(f"p_{label}" for label in report.labels)])

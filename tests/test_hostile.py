@@ -1,0 +1,425 @@
+"""What a hostile tester or a careless user feeds fercli (issue 20): an annotate folder that
+holds the photos, a training run that diverges onto a good model, NaN and huge options,
+tampered dataset files, crafted model files, a closed or full stdout, an ASCII terminal and
+file names that carry terminal escapes. Nothing a user had is lost, nothing non-finite is
+reported, and every refusal is one line.
+
+Models for predict are written with numpy (no TensorFlow); the training cases train for real
+on tiny synthetic data, where a learning rate of 1e12 or more makes the loss NaN at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fercli.cli import app
+from fercli.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
+from fercli.errors import DatasetError, ModelError
+from fercli.model import MODEL_FORMAT, MODEL_FORMAT_VERSION, load_model
+from fercli.store import DATASET_FILE, datasets_dir, load_dataset, pack_json, unpack_json
+from synthetic import make_dataset, save_synthetic
+
+CLASSES = ("anger", "happiness", "surprise")
+runner = CliRunner()
+
+
+def fer(*args: object):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def fer_process(*args: object, env: dict | None = None, shell_prefix: str = "", stdout=subprocess.PIPE):
+    """`python -m fercli ARGS` in a fresh process; shell_prefix runs it through sh first
+    (for redirections such as closing stdout)."""
+    command = [sys.executable, "-m", "fercli", *map(str, args)]
+    if shell_prefix:
+        command = ["sh", "-c", f'{shell_prefix} exec "$@"', "sh", *command]
+    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, timeout=300, check=False,
+                          env={**os.environ, **(env or {})})
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+def strict_json(text: str) -> object:
+    """Parse JSON as the standard has it: NaN and Infinity are not JSON."""
+
+    def refuse(name: str):
+        raise AssertionError(f"{name} in JSON output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def numpy_model(path: Path, classes=CLASSES, layers=None, arrays=None, meta_changes=None,
+                mean: float = 128.0, std: float = 64.0) -> Path:
+    """A fercli model file written with numpy: by default flatten -> dense softmax with small
+    random weights; layers and arrays replace the network."""
+    config = PreprocessConfig()
+    rng = np.random.default_rng(0)
+    if layers is None:
+        layers = [{"type": "flatten", "weights": []},
+                  {"type": "dense", "activation": "softmax", "weights": ["layer1_kernel", "layer1_bias"]}]
+        arrays = {"layer1_kernel": rng.normal(0, 0.01, (config.crop_size**2, len(classes))).astype(np.float32),
+                  "layer1_bias": np.zeros(len(classes), np.float32), **(arrays or {})}
+    meta = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "classes": list(classes),
+            "layers": layers, "input_size": config.crop_size, "preprocess": config.to_dict(),
+            "preprocess_fingerprint": config.fingerprint(), "align_version": ALIGN_VERSION,
+            "training": TrainConfig().to_dict(), "versions": {}, **(meta_changes or {})}
+    np.savez(path, meta=pack_json(meta), norm_mean=np.float64(mean), norm_std=np.float64(std), **arrays)
+    return path
+
+
+@pytest.fixture
+def model_file(tmp_path) -> Path:
+    return numpy_model(tmp_path / "good.npz")
+
+
+@pytest.fixture
+def photo_folder(tmp_path, astronaut_path) -> Path:
+    """photos/x.png, photos/x.jpg (the same name as PNG), photos/a/x.jpg, photos/b/x.jpg."""
+    import cv2
+
+    folder = tmp_path / "photos"
+    (folder / "a").mkdir(parents=True)
+    (folder / "b").mkdir()
+    picture = cv2.imread(str(astronaut_path))
+    shutil.copy(astronaut_path, folder / "x.png")
+    for path in (folder / "x.jpg", folder / "a" / "x.jpg", folder / "b" / "x.jpg"):
+        ok, encoded = cv2.imencode(".jpg", picture)
+        path.write_bytes(encoded.tobytes())
+    return folder
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+# --- data loss: annotate ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["same", "parent"])
+def test_an_annotate_folder_that_holds_the_inputs_is_refused(model_file, photo_folder, where):
+    before = contents(photo_folder)
+    target = photo_folder if where == "same" else photo_folder.parent
+    result = fer("predict", photo_folder, "--model", model_file, "--annotate", target)
+    assert result.exit_code == 1
+    line = one_error_line(result.stderr)
+    assert "--annotate" in line and "holds images to be read" in line
+    assert contents(photo_folder) == before
+
+
+def test_annotated_copies_mirror_the_folders_and_never_replace_a_file(model_file, photo_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.png").write_bytes(b"the user's own file")
+    result = fer("predict", photo_folder, "--model", model_file, "--annotate", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "x.png").read_bytes() == b"the user's own file"
+    written = sorted(str(path.relative_to(out)) for path in out.rglob("*.png"))
+    # a/x.jpg and b/x.jpg keep their folders; x.jpg and x.png both want x.png, which is taken.
+    assert written == ["a/x.png", "b/x.png", "x-2.png", "x-3.png", "x.png"]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 2 and all("x.png exists" in note for note in notes)
+    assert "4 annotated images in" in result.stderr
+    # A second run replaces nothing either, its own earlier copies included.
+    again = fer("predict", photo_folder / "a", "--model", model_file, "--annotate", out)
+    assert again.exit_code == 0 and (out / "x-4.png").is_file()
+    assert "x.png exists" in again.stderr
+
+
+# --- data loss: train ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_dataset(fer_home) -> Path:
+    return save_synthetic(make_dataset(labels=CLASSES, subjects=3))
+
+
+def test_a_diverged_train_leaves_the_model_at_output_as_it_was(tiny_dataset, model_file, tmp_path):
+    keep = tmp_path / "keep.npz"
+    shutil.copy(model_file, keep)
+    result = fer("train", "--epochs", "2", "--lr", "1e30", "--output", keep)
+    assert result.exit_code == 1
+    line = one_error_line(result.stderr)
+    assert "training diverged" in line and "left as it was" in line
+    assert keep.read_bytes() == model_file.read_bytes()
+    assert sorted(path.name for path in tmp_path.iterdir() if path.suffix == ".npz") == ["good.npz", "keep.npz"]
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".tmp-")]
+
+
+def test_a_diverged_train_with_json_is_an_error_in_json_and_no_newest_model(tiny_dataset, model_file, fer_home):
+    models = fer_home / "models"
+    models.mkdir()
+    shutil.copy(model_file, models / "older.npz")
+    result = fer("train", "--epochs", "3", "--lr", "1e12", "--json")
+    assert result.exit_code == 1
+    assert "training diverged" in one_error_line(result.stderr)
+    assert "training diverged" in strict_json(result.stdout)["error"]
+    assert [path.name for path in models.iterdir()] == ["older.npz"]
+
+
+def test_output_that_is_not_a_regular_file_or_in_the_datasets_folder_is_refused_before_training(
+    tiny_dataset, tmp_path
+):
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.npz"
+    folder.mkdir()
+    inside = datasets_dir() / "synthetic" / DATASET_FILE
+    dataset_bytes = inside.read_bytes()
+    # In a fresh process, to see that TensorFlow was never imported: refused before training.
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from fercli.cli import app\n"
+        f"for output in {[str(fifo), str(folder), str(inside), str(datasets_dir() / 'new.npz')]!r}:\n"
+        "    result = CliRunner().invoke(app, ['train', '--epochs', '1', '--output', output])\n"
+        "    print(result.exit_code, result.stderr.strip().replace('\\n', ' | '))\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                             check=False)
+    *lines, imported = process.stdout.strip().splitlines()
+    assert imported == "False", process.stdout + process.stderr
+    assert len(lines) == 4
+    for line, expected in zip(lines, ["not a regular file", "is a folder", "preprocessed datasets",
+                                      "preprocessed datasets"]):
+        assert line.startswith("1 error: ") and " | " not in line and expected in line, line
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and folder.is_dir()
+    assert inside.read_bytes() == dataset_bytes
+
+
+# --- NaN and infinity -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--lr", "nan"), ("--momentum", "nan"), ("--max-rotation", "inf"), ("--max-rotation", "nan"),
+    ("--max-shift", "1e308"), ("--max-shift", "inf"),
+])
+@pytest.mark.parametrize("command", ["train", "crossval"])
+def test_non_finite_or_absurd_training_options_are_one_line(tiny_dataset, command, option, value):
+    result = fer(command, "--epochs", "1", option, value)
+    assert result.exit_code == 1
+    assert option in one_error_line(result.stderr)
+
+
+def test_a_non_finite_face_score_is_one_line(tmp_path):
+    result = fer("preprocess", Path(__file__).parent / "data" / "faces", "--min-face-score", "nan")
+    assert result.exit_code == 1
+    assert "--min-face-score" in one_error_line(result.stderr)
+
+
+@pytest.mark.slow
+def test_a_crossval_whose_folds_diverge_has_no_result(tiny_dataset):
+    result = fer("crossval", "--folds", "2", "--epochs", "2", "--lr", "1e30", "--workers", "1", "--json")
+    assert result.exit_code == 1
+    line = one_error_line(result.stderr)
+    assert "diverged in 2 of 2 folds" in line and "no result" in line
+    report = strict_json(result.stdout)
+    assert report["diverged_folds"] == [1, 2]
+    assert all(fold["accuracy"] is None and "finite" in fold["diverged"] for fold in report["folds"])
+    for figure in ("mean_accuracy", "std_accuracy", "pooled_accuracy", "macro_f1"):
+        assert report[figure] is None
+    saved = strict_json(Path(report["files"]["report"]).read_text())
+    assert saved["mean_accuracy"] is None and saved["diverged_folds"] == [1, 2]
+
+
+def overflowing_model(path: Path) -> Path:
+    """Finite weights of 1e200 that overflow on any image but a black one: with a zero mean,
+    black is all zeros inside the network, which the old load check tried alone."""
+    rng = np.random.default_rng(1)
+    signs = lambda shape: np.where(rng.random(shape) < 0.5, -1.0, 1.0)  # noqa: E731
+    layers = [{"type": "flatten", "weights": []},
+              {"type": "dense", "activation": "relu", "weights": ["layer1_kernel"]},
+              {"type": "dense", "activation": "softmax", "weights": ["layer2_kernel"]}]
+    arrays = {"layer1_kernel": 1e200 * signs((32 * 32, 8)), "layer2_kernel": 1e200 * signs((8, len(CLASSES)))}
+    return numpy_model(path, layers=layers, arrays=arrays, mean=0.0, std=1.0)
+
+
+def test_a_model_whose_weights_overflow_is_refused_and_never_prints_nan(tmp_path, astronaut_path):
+    path = overflowing_model(tmp_path / "overflow.npz")
+    with pytest.raises(ModelError, match="not finite numbers"):
+        load_model(path)
+    result = fer_process("predict", astronaut_path, "--model", path)
+    assert result.returncode == 1
+    assert "not finite" in one_error_line(result.stderr.decode())
+    assert b"nan" not in result.stdout.lower()
+
+
+# --- crafted model files ----------------------------------------------------------------------
+
+
+def crafted_models(folder: Path) -> dict[str, tuple[Path, str]]:
+    """{case: (model file, what the refusal says)}."""
+    rng = np.random.default_rng(0)
+    return {
+        "a class that is a number": (numpy_model(folder / "number.npz", classes=(1, "happiness", "surprise")),
+                                     "not a list of names"),
+        "a class twice": (numpy_model(folder / "twice.npz", classes=("anger", "anger", "surprise")),
+                          "appears twice"),
+        "an empty class name": (numpy_model(folder / "empty.npz", classes=("", "happiness", "surprise")),
+                                "not a list of names"),
+        "infinite weights": (numpy_model(folder / "inf.npz", arrays={
+            "layer1_kernel": np.where(rng.random((1024, 3)) < 0.5, -np.inf, np.inf).astype(np.float32)}),
+            "not finite"),
+        "NaN in the z-score": (numpy_model(folder / "nan-std.npz", std=float("nan")), "not finite"),
+        "a zero z-score spread": (numpy_model(folder / "zero-std.npz", std=0.0), "not positive"),
+    }
+
+
+def test_crafted_models_are_refused_at_load_in_one_line(tmp_path):
+    for case, (path, expected) in crafted_models(tmp_path).items():
+        with pytest.raises(ModelError) as raised:
+            load_model(path)
+        message = str(raised.value)
+        assert path.name in message and expected in message and "\n" not in message, (case, message)
+
+
+def test_predict_with_a_crafted_model_is_one_line(tmp_path, astronaut_path):
+    for case, (path, expected) in crafted_models(tmp_path).items():
+        result = fer("predict", astronaut_path, "--model", path, "--json")
+        assert result.exit_code == 1, case
+        assert expected in one_error_line(result.stderr), case
+
+
+def test_a_model_meta_with_nan_is_refused(tmp_path):
+    path = tmp_path / "nan-meta.npz"
+    numpy_model(path)
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    text = arrays["meta"].tobytes().decode().replace('"learning_rate": 0.001', '"learning_rate": NaN')
+    assert "NaN" in text
+    np.savez(path, **{**arrays, "meta": np.frombuffer(text.encode(), np.uint8)})
+    with pytest.raises(ModelError, match="not a fercli model file"):
+        load_model(path)
+
+
+# --- tampered datasets ----------------------------------------------------------------------
+
+
+def tamper(path: Path, **changes) -> None:
+    """Rewrite a dataset.npz with some arrays replaced; meta=callable(meta dict) edits the meta."""
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = dict(archive)
+    meta = unpack_json(arrays["meta"])
+    edit = changes.pop("meta", None)
+    if edit is not None:
+        meta = edit(meta)
+    arrays.update(changes)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **arrays)
+
+
+def without(key):
+    return lambda meta: {name: value for name, value in meta.items() if name != key}
+
+
+TAMPERED = {
+    "fewer labels than crops": lambda d: {"labels": d["labels"][:-1]},
+    "more paths than crops": lambda d: {"paths": np.concatenate([d["paths"], d["paths"][:1]])},
+    "crops of the wrong shape": lambda d: {"crops": d["crops"][:, :, :31]},
+    "crops of the wrong size": lambda d: {"crops": np.zeros((len(d["crops"]), 64, 64), np.uint8)},
+    "flat crops": lambda d: {"crops": d["crops"].reshape(len(d["crops"]), -1)},
+    "float crops": lambda d: {"crops": d["crops"].astype(np.float64)},
+    "integer labels": lambda d: {"labels": np.arange(len(d["labels"]))},
+    "no preprocess settings": lambda d: {"meta": without("preprocess")},
+    "preprocess settings that are a list": lambda d: {"meta": lambda m: {**m, "preprocess": [1, 2]}},
+    "a crop size that is text": lambda d: {"meta": lambda m: {**m, "preprocess": {**m["preprocess"], "crop_size": "32"}}},
+    "meta that is a list": lambda d: {"meta": lambda m: [m]},
+    "a future format version": lambda d: {"meta": lambda m: {**m, "format_version": 99}},
+}
+
+
+@pytest.fixture
+def dataset_arrays(tiny_dataset) -> dict:
+    with np.load(tiny_dataset, allow_pickle=False) as archive:
+        return dict(archive)
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_a_tampered_dataset_is_one_line_at_load(tiny_dataset, dataset_arrays, case, fer_home):
+    assert len(load_dataset(tiny_dataset).crops) == 36  # the control: untouched, it loads
+    tamper(tiny_dataset, **TAMPERED[case](dataset_arrays))
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(tiny_dataset)
+    assert str(tiny_dataset) in str(raised.value) and "\n" not in str(raised.value)
+    for command in ("train", "crossval"):
+        result = fer(command, "--epochs", "1", "--folds" if command == "crossval" else "--seed", "2")
+        assert result.exit_code == 1, (case, result.output)
+        assert DATASET_FILE in one_error_line(result.stderr)
+    assert not (fer_home / "models").exists()
+
+
+def test_a_dataset_records_its_format_version(tiny_dataset):
+    assert load_dataset(tiny_dataset).meta["format_version"] == 1
+
+
+def test_a_dataset_written_before_format_versions_still_loads(tiny_dataset):
+    tamper(tiny_dataset, meta=without("format_version"))
+    assert len(load_dataset(tiny_dataset).crops) == 36
+
+
+# --- odd outputs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["--json", "--csv", "table"])
+def test_predict_with_stdout_closed_says_so_and_fails(model_file, astronaut_path, mode):
+    arguments = ["predict", astronaut_path, "--model", model_file] + ([mode] if mode != "table" else [])
+    result = fer_process(*arguments, shell_prefix=">&-")
+    assert result.returncode == 1
+    assert "standard output is closed" in one_error_line(result.stderr.decode())
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("mode", ["--json", "--csv", "table"])
+def test_predict_into_a_full_stdout_is_one_line(model_file, astronaut_path, mode):
+    arguments = ["predict", astronaut_path, "--model", model_file] + ([mode] if mode != "table" else [])
+    with open("/dev/full", "wb") as full:
+        result = fer_process(*arguments, stdout=full)
+    assert result.returncode == 1
+    assert "cannot write the results to standard output" in one_error_line(result.stderr.decode())
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+@pytest.mark.parametrize("mode", ["--csv", "table", "--json"])
+def test_a_name_the_terminal_cannot_encode_is_escaped_not_a_crash(model_file, astronaut_path, tmp_path,
+                                                                   encoding, mode):
+    photo = tmp_path / "café_😀.png"
+    shutil.copy(astronaut_path, photo)
+    arguments = ["predict", photo, "--model", model_file] + ([mode] if mode != "table" else [])
+    result = fer_process(*arguments, env={"PYTHONIOENCODING": encoding, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr == b""
+    text = result.stdout.decode(encoding)
+    if mode == "--json":
+        assert strict_json(text)[0]["path"] == str(photo)
+    else:
+        assert "\\U0001f600.png" in text
+        assert ("café" if encoding == "latin-1" else "caf\\xe9") in text
+
+
+def test_csv_lets_no_control_byte_reach_the_terminal(tmp_path, astronaut_path):
+    hostile = "a\x1b]0;PWNED\x07\x1b[2Jb"
+    photo = tmp_path / f"{hostile}.png"
+    shutil.copy(astronaut_path, photo)
+    model = numpy_model(tmp_path / "model.npz", classes=("anger", "happy\x1b[31m", "surprise"))
+    result = fer_process("predict", photo, "--model", model, "--csv")
+    assert result.returncode == 0, result.stderr.decode()
+    text = result.stdout.decode()
+    assert not [ch for ch in text if ord(ch) < 32 and ch not in "\r\n"], repr(text)
+    header, row = text.splitlines()
+    assert "p_happy\\x1b[31m" in header
+    assert "a\\x1b]0;PWNED\\x07\\x1b[2Jb.png" in row
