@@ -60,11 +60,11 @@ def sequence_of(path: str) -> tuple[str, int]:
     return f"{subject}_{sequence}", int(frame)
 
 
-def make_views(source: Path, env: dict) -> dict[str, str]:
+def make_views(source: Path, env: dict, preprocess_options: list[str]) -> dict[str, str]:
     """Preprocess the CK+48 folder and save its views as datasets under FER_HOME; their names."""
     from fercli.store import PreparedDataset, load_dataset, save_dataset
 
-    report = run_json(["preprocess", str(source)], env)
+    report = run_json(["preprocess", str(source), *preprocess_options], env)
     full = load_dataset(Path(report["dataset"]))
     last: dict[str, tuple[int, int]] = {}
     for index, path in enumerate(full.paths.tolist()):
@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path("/tmp/fercli-devviews"))
     parser.add_argument("--results", type=Path, default=None, help="JSON-lines results file (default: HOME/results.jsonl)")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--preprocess", default="", help="options for fer preprocess (e.g. '--equalization midpoint'); "
+                        "use a --home of its own for each")
     options = parser.parse_args()
 
     env = dict(os.environ, FER_HOME=str(options.home))
@@ -113,7 +115,7 @@ def main() -> None:
         for line in results_path.read_text().splitlines():
             row = json.loads(line)
             done[(row["options"], row["view"], row["seed"], row.get("folds", 10))] = row
-    views = make_views(options.dataset, env)
+    views = make_views(options.dataset, env, shlex.split(options.preprocess))
     recipes = [item.split("=", 1) for item in options.recipe]
     seeds = [int(seed) for seed in options.seeds.split(",")]
     chosen = options.views.split(",")
