@@ -557,7 +557,7 @@ def predict(
         report = media.images
         written = annotate(report, annotate_dir) if annotate_dir else []
         written_videos = annotate_videos(media, loaded.classes, annotate_dir) if annotate_dir else []
-    failure = None if media.processed else "no image could be processed"
+    failure = None if media.processed else f"no image{' or video' if media.videos else ''} could be processed"
     videos = [video.to_json(report.classes) for video in media.videos]
     if as_json and failure:
         emit_json({"error": failure, "images": [image.to_json() for image in report.images] + videos,
@@ -607,7 +607,7 @@ def predict(
         analysed = [video for video in media.videos if video.processed]
         tracks = sum(len(video.tracks) for video in analysed)
         summary = "; ".join(filter(None, [
-            f"{plural(report.processed, 'image')}, {plural(faces, 'face')}" if report.images or not media.videos else "",
+            f"{plural(report.processed, 'image')}, {plural(faces, 'face')}" if report.processed or not media.videos else "",
             f"{plural(len(analysed), 'video')}, {plural(tracks, 'track')}" if media.videos else "",
             f"{skipped} skipped" if skipped else "", others]))
         (err if as_csv else out).print(summary)

@@ -38,6 +38,10 @@ SAME_FACE_CORRELATION = 0.5
 # A detection continues a track when their boxes overlap by at least this much (intersection
 # over union).
 MATCH_IOU = 0.3
+# A track lost (the face not found where it was) is continued by a face detected where it was
+# last seen for this many seconds after: a face hidden for a moment, or missed by one
+# detection, keeps its id.
+KEEP_LOST_SECONDS = 1.0
 # Crops classified in one forward pass.
 CLASSIFY_BATCH = 64
 # Decoded frames the reader thread may hold ahead of the analysis.
@@ -254,9 +258,62 @@ def _open(path: Path):
     with _quiet_stderr():
         capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not capture.isOpened():
-        raise FerError("cannot open it as a video: no video stream, or a container or codec this OpenCV "
-                       "build cannot read")
+        raise FerError(f"cannot open it as a video: {_why_unreadable(path)}")
     return capture
+
+
+def _why_unreadable(path: Path) -> str:
+    """Why FFmpeg could not open a video, as far as its container's structure tells."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(16)
+            size = path.stat().st_size
+            if sniff_video(head) == "MP4/QuickTime":
+                return _mp4_problem(stream, size)
+            if sniff_video(head) == "AVI":
+                return _avi_problem(head + stream.read(1 << 16))
+    except OSError as error:
+        return f"cannot read the file: {error.strerror or error}"
+    return "no video stream, or a container or codec this OpenCV build cannot read"
+
+
+def _mp4_problem(stream, size: int) -> str:
+    """What is wrong with an MP4/QuickTime file's top-level boxes."""
+    offset, boxes = 0, {}
+    while offset + 8 <= size:
+        stream.seek(offset)
+        header = stream.read(16)
+        length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+        if length == 1 and len(header) >= 16:
+            length = int.from_bytes(header[8:16], "big")
+        elif length == 0:
+            length = size - offset
+        if length < 8 or offset + length > size:
+            return (f"truncated MP4 (its {kind.decode('latin-1')!r} box runs past the end of the file, "
+                    f"at byte {size:,})")
+        boxes[kind] = (offset, length)
+        offset += length
+    if b"moov" not in boxes:
+        return "MP4 without its index (no 'moov' box): cut off before its end, or still being written"
+    start, length = boxes[b"moov"]
+    stream.seek(start)
+    index = stream.read(min(length, 1 << 24))
+    if b"vide" not in index:
+        return "no video stream (the file's tracks hold no video)"
+    return "a codec this OpenCV build cannot decode, or damaged data"
+
+
+def _avi_problem(data: bytes) -> str:
+    """What is wrong with an AVI file, from its stream headers ('strh' chunks: size, then the
+    stream type, then the codec)."""
+    found = data.find(b"strh")
+    while found >= 0 and data[found + 8 : found + 12] != b"vids":
+        found = data.find(b"strh", found + 4)
+    if found < 0:
+        return "no video stream (the AVI has no video stream header)"
+    codec = data[found + 12 : found + 16]
+    name = codec.decode("latin-1") if codec.isascii() and codec.strip(b"\x00 ") else "unknown"
+    return f"a codec ({name!r}) this OpenCV build cannot decode, or damaged data"
 
 
 def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
@@ -322,6 +379,7 @@ class _Tracker:
         self.detector = face_detector()
         self.predictor = landmark_predictor()
         self.active: list[_Follow] = []
+        self.lost: list[tuple[_Follow, float]] = []  # tracks lost lately, and when
         self.tracks: list[Track] = []
         self.since_detection = math.inf
         self.detections = 0
@@ -373,7 +431,7 @@ class _Tracker:
                     continue
                 results.append((follow, _box_from(landmarks, follow.relation), landmarks, crop))
         if detect or lost:
-            results = self._detect_and_match(gray)
+            results = self._detect_and_match(gray, seconds)
             self.since_detection = 0
         faces = []
         for follow, box, landmarks, crop in results:
@@ -385,11 +443,13 @@ class _Tracker:
         self.active = [follow for follow, _, _, _ in results]
         return faces
 
-    def _detect_and_match(self, gray: np.ndarray) -> list:
+    def _detect_and_match(self, gray: np.ndarray, seconds: float) -> list:
         boxes = self._detect(gray)
         aligned = [(box, found) for box, found in zip(boxes, self._align(gray, boxes)) if found is not None]
+        self.lost = [(follow, when) for follow, when in self.lost if seconds - when <= KEEP_LOST_SECONDS]
+        candidates = self.active + [follow for follow, _ in self.lost]
         # Greedy matching, best overlap first: each detection continues at most one track.
-        pairs = sorted(((_iou(follow.box, box), f, d) for f, follow in enumerate(self.active)
+        pairs = sorted(((_iou(follow.box, box), f, d) for f, follow in enumerate(candidates)
                         for d, (box, _) in enumerate(aligned)), reverse=True)
         taken_tracks, taken_faces, matched = set(), set(), {}
         for overlap, f, d in pairs:
@@ -397,7 +457,10 @@ class _Tracker:
                 continue
             taken_tracks.add(f)
             taken_faces.add(d)
-            matched[d] = self.active[f]
+            matched[d] = candidates[f]
+        continued = {id(follow) for follow in matched.values()}
+        self.lost = [(follow, when) for follow, when in self.lost if id(follow) not in continued]
+        self.lost += [(follow, seconds) for follow in self.active if id(follow) not in continued]
         results = []
         for d, (box, (landmarks, crop)) in enumerate(aligned):
             follow = matched.get(d)
