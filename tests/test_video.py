@@ -188,7 +188,8 @@ def test_json_of_a_video(model_path, clip):
     assert video["path"] == str(path) and video["fps"] == 30.0 and video["frames"] == 20
     assert [track["id"] for track in video["tracks"]] == [1, 2]
     for track in video["tracks"]:
-        assert {"id", "frames", "seconds", "first", "last", "shares"} <= set(track)
+        assert set(track) == {"id", "frames_seen", "seconds", "first", "last", "shares", "frames"}
+        assert track["frames_seen"] == len(track["frames"])
         assert set(track["shares"]) == set(CLASSES)
         for face in track["frames"]:
             assert set(face) == {"frame", "time", "box", "label", "probabilities"}

@@ -516,11 +516,13 @@ def render_crossval(report, files: dict) -> None:
 
 @app.command(cls=JsonErrorsCommand)
 def predict(
-    paths: list[Path] = typer.Argument(..., metavar="PATHS...", help="Image files and folders."),
+    paths: list[Path] = typer.Argument(..., metavar="PATHS...", help="Image and video files, and folders."),
     model: Path | None = typer.Option(None, help="Model file (default: the most recently trained)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {path, faces: [{box, label, probabilities}]}."),
-    as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per face."),
-    annotate_dir: Path | None = typer.Option(None, "--annotate", help="Write copies of the images with boxes and labels here."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {path, faces: [{box, label, probabilities}]} "
+                                 "(a video: {path, fps, frames, tracks: [{id, frames: [{frame, time, box, label, probabilities}]}]})."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per face (videos: per face per analysed frame)."),
+    annotate_dir: Path | None = typer.Option(None, "--annotate", help="Write copies of the images with boxes and labels here "
+                                             "(videos: an annotated .avi and a .timeline.png each)."),
     workers: int | None = typer.Option(None, min=1, help="Processes for many images (default: one per core)."),
     every: int = typer.Option(1, min=1, help="Videos: analyse one frame in every N."),
     fps: float | None = typer.Option(None, help="Videos: analyse this many frames a second instead of --every."),
@@ -672,7 +674,7 @@ def render_videos(media) -> None:
         if not video.processed:
             continue
         duration = f", {video.frames / video.fps:.1f} s at {video.fps:g} frames/s" if video.fps else ""
-        speed = f"; {video.analysed / video.seconds:.0f} frames/s" if video.seconds > 0 else ""
+        speed = f" in {video.seconds:.1f} s ({video.analysed / video.seconds:.0f} frames/s)" if video.seconds > 0 else ""
         title = (f"{shown(video.path)}: {plural(video.frames, 'frame')}{duration}, {video.analysed} analysed{speed}"
                  f"{' (labels smoothed)' if video.smoothed else ''}")
         table = Table(title=title)
@@ -682,7 +684,7 @@ def render_videos(media) -> None:
             table.add_row("-", "0", "", "no face found", *[""] * len(classes))
         for track in video.tracks:
             summary = track.summary(classes, video.interval)
-            table.add_row(str(track.id), str(summary["frames"]), f"{summary['seconds']:.1f} s",
+            table.add_row(str(track.id), str(summary["frames_seen"]), f"{summary['seconds']:.1f} s",
                           f"{summary['first']:.1f}-{summary['last']:.1f} s",
                           *(f"{summary['shares'][label]:.0%}" for label in classes))
         out.print(table)

@@ -133,7 +133,7 @@ class Track:
         labels = [face.smoothed_label or face.label for face in self.frames]
         count = len(labels)
         return {
-            "frames": count,
+            "frames_seen": count,
             "seconds": round(count * interval, 3),
             "first": round(self.frames[0].time, 3) if count else None,
             "last": round(self.frames[-1].time, 3) if count else None,
