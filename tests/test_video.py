@@ -340,3 +340,17 @@ def test_files_that_are_no_readable_video(model_path, clip, suffix, tmp_path):
     assert result.stdout.splitlines()[-1] == "1 video, 1 track; 4 skipped"
     alone = fer("predict", fake, "--model", model_path)
     assert alone.exit_code == 1
+
+
+def test_a_video_without_a_face_says_so(model_path, clip):
+    path = clip("empty", 6, lambda index: [])
+    result = fer("predict", path, "--model", model_path)
+    assert result.exit_code == 0, result.output
+    assert "no face found" in result.stdout
+    assert result.stdout.splitlines()[-1] == "1 video, 0 tracks"
+
+
+@pytest.mark.parametrize("option", [["--fps", "0"], ["--fps", "nan"], ["--smooth", "inf"], ["--every", "0"]])
+def test_sampling_options_out_of_range_are_refused(model_path, clip, option):
+    result = fer("predict", clip("moving", 2), "--model", model_path, *option)
+    assert result.exit_code != 0 and "Traceback" not in result.output

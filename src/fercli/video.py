@@ -75,8 +75,11 @@ def sniff_video(head: bytes) -> str | None:
 
 
 def is_video(path: Path) -> bool:
-    """Whether a file's first bytes are a video container's."""
+    """Whether a file's first bytes are a video container's (False for anything but a
+    regular file: reading a FIFO could wait for ever)."""
     try:
+        if not path.is_file():
+            return False
         with open(path, "rb") as stream:
             return sniff_video(stream.read(16)) is not None
     except OSError:
