@@ -20,17 +20,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fercli.align import align_face, face_detector, landmark_predictor
+from fercli.align import DETECT_MAX_SIDE, align_face, face_detector, landmark_predictor
 from fercli.config import PreprocessConfig
 from fercli.errors import FerError, NoFaceError
 from fercli.model import FerModel
 
 Progress = Callable[[int, int], None]
 
-# Frames are searched for faces at this size at most (the longer side): dlib's detector costs
-# time in proportion to the pixels; at this size it finds faces of about 80 pixels and more
-# without upsampling (which would cost four times as much).
-DETECT_MAX_SIDE = 640
+# Frames are searched for faces at align.DETECT_MAX_SIDE (1280) at most on the longer side, as
+# photos are: dlib's detector costs time in proportion to the pixels. Without upsampling (which
+# would cost four times as much) it finds faces of about 80 pixels and more at the size
+# searched: in a 1080p video, faces of 120 pixels and more.
 # A tracked face whose crop correlates less than this with its crop in the previous analysed
 # frame is taken as lost (the landmark predictor always answers, even where the face has gone):
 # the same face a frame later correlates at 0.8 or more.
