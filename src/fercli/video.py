@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from fercli.align import DETECT_MAX_SIDE, align_face, face_detector, landmark_predictor
-from fercli.config import PreprocessConfig
+from fercli.config import MAX_PIXELS, PreprocessConfig
 from fercli.errors import FerError, NoFaceError
 from fercli.model import FerModel
 
@@ -44,8 +44,10 @@ MATCH_IOU = 0.3
 KEEP_LOST_SECONDS = 1.0
 # Crops classified in one forward pass.
 CLASSIFY_BATCH = 64
-# Decoded frames the reader thread may hold ahead of the analysis.
+# Decoded frames the reader thread may hold ahead of the analysis, and the most memory they
+# may take together (a 4K frame is 25 MB: then one frame ahead).
 READ_AHEAD = 4
+READ_AHEAD_BYTES = 32 * 2**20
 # A video whose header declares more frames than could be read, by more than this share
 # (containers estimate the count from the duration), was cut short or is damaged.
 FRAME_COUNT_SLACK = 0.01
@@ -183,11 +185,11 @@ class _Reader:
     """The frames of a video, decoded by a thread a few frames ahead: (number, seconds, BGR
     frame) for the frames wanted(number, seconds) accepts; the others are only grabbed."""
 
-    def __init__(self, capture, fps: float | None, wanted: Callable[[int, float], bool]) -> None:
+    def __init__(self, capture, fps: float | None, wanted: Callable[[int, float], bool], frame_bytes: int) -> None:
         self.capture = capture
         self.fps = fps
         self.wanted = wanted
-        self.frames = queue.Queue(READ_AHEAD)
+        self.frames = queue.Queue(max(1, min(READ_AHEAD, READ_AHEAD_BYTES // max(1, frame_bytes))))
         self.stop = threading.Event()
         self.count = 0  # frames read
         self.failure: str | None = None
@@ -532,12 +534,18 @@ def predict_video(path: Path, model: FerModel, options: VideoOptions = VideoOpti
         else:
             result.interval = options.every / result.fps if result.fps else 0.0
         tracker = _Tracker(model.preprocess, options)
-        reader = _Reader(capture, result.fps, _sampler(options, result.fps))
+        if result.width * result.height > MAX_PIXELS:
+            result.error = (f"video too large: {result.width}x{result.height} pixels a frame, limit "
+                            f"{MAX_PIXELS:,} pixels")
+            return result
+        reader = _Reader(capture, result.fps, _sampler(options, result.fps), result.width * result.height * 3)
         waiting: list[tuple[FaceFrame, np.ndarray]] = []
         reported, last = 0.0, 0.0
         for number, seconds, frame in reader:
             last = seconds
             gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+            if not result.analysed:  # the header's size may be missing; the frame's is what was drawn on
+                result.height, result.width = gray.shape
             waiting += tracker.step(gray, number, seconds)
             result.analysed += 1
             if len(waiting) >= CLASSIFY_BATCH:
