@@ -4,7 +4,7 @@ Frames are read as a stream (cv2.VideoCapture, one frame at a time, a few decode
 reader thread), so memory does not grow with the length of the video. Each face becomes a
 track with an id. A full face detection runs every few analysed frames (and whenever a track
 is lost); in between, a face's landmarks are found from its box in the previous analysed
-frame, which costs a tenth of a detection. Library code: plain records out, no printing.
+frame, which costs a sixth of a detection. Library code: plain records out, no printing.
 """
 
 from __future__ import annotations
@@ -31,16 +31,23 @@ Progress = Callable[[int, int], None]
 # photos are: dlib's detector costs time in proportion to the pixels. Without upsampling (which
 # would cost four times as much) it finds faces of about 80 pixels and more at the size
 # searched: in a 1080p video, faces of 120 pixels and more.
+
 # A tracked face whose crop correlates less than this with its crop in the previous analysed
-# frame is taken as lost (the landmark predictor always answers, even where the face has gone):
-# the same face a frame later correlates at 0.8 or more.
+# frame is taken as lost (the landmark predictor always answers, even where the face has gone).
+# On the benchmark's moving face: 0.96 or more a frame later; a third of a second later
+# (--every 10) 0.43 at the least and above 0.58 in 99% of frames.
 SAME_FACE_CORRELATION = 0.5
-# A detection continues a track when their boxes overlap by at least this much (intersection
-# over union).
-MATCH_IOU = 0.3
-# A track lost (the face not found where it was) is continued by a face detected where it was
-# last seen for this many seconds after: a face hidden for a moment, or missed by one
-# detection, keeps its id.
+# A detection continues a track when its centre lies within this share of the face's width
+# of the track's last box, and its width differs by less than MATCH_SIZE times: boxes that
+# overlap hardly at all when frames are analysed far apart (--every 10: a moving face moves
+# half its width, and the box followed by landmarks drifts) still match; the centres of two
+# people side by side are a face's width apart or more.
+MATCH_DISTANCE = 0.8
+MATCH_SIZE = 2.0
+# A track lost (the face not found where it was) is continued by a face detected near where it
+# was last seen for this many seconds after, or two full detections' time if that is longer
+# (frames analysed far apart): a face hidden for a moment, or missed by one detection, keeps
+# its id.
 KEEP_LOST_SECONDS = 1.0
 # Crops classified in one forward pass.
 CLASSIFY_BATCH = 64
@@ -321,14 +328,15 @@ def _avi_problem(data: bytes) -> str:
     return f"a codec ({name!r}) this OpenCV build cannot decode, or damaged data"
 
 
-def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    """Intersection over union of two (x0, y0, x1, y1) boxes."""
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    inner = width * height
-    return inner / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inner)
+def _distance(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """How far apart two (x0, y0, x1, y1) boxes are, for matching: the distance of their
+    centres in face widths (their mean width); infinite for boxes of too different sizes."""
+    width_a, width_b = a[2] - a[0], b[2] - b[0]
+    if min(width_a, width_b) <= 0 or max(width_a, width_b) > MATCH_SIZE * min(width_a, width_b):
+        return math.inf
+    dx = (a[0] + a[2] - b[0] - b[2]) / 2
+    dy = (a[1] + a[3] - b[1] - b[3]) / 2
+    return math.hypot(dx, dy) / ((width_a + width_b) / 2)
 
 
 @dataclass
@@ -378,9 +386,11 @@ def _clipped(box, width: int, height: int) -> tuple[int, int, int, int]:
 class _Tracker:
     """Faces of successive analysed frames -> tracks (detection, landmark following, matching)."""
 
-    def __init__(self, config: PreprocessConfig, options: VideoOptions) -> None:
+    def __init__(self, config: PreprocessConfig, options: VideoOptions, interval: float) -> None:
+        """interval: seconds between analysed frames."""
         self.config = config
         self.options = options
+        self.keep_lost = max(KEEP_LOST_SECONDS, 2 * options.detect_every * interval)
         self.detector = face_detector()
         self.predictor = landmark_predictor()
         self.active: list[_Follow] = []
@@ -451,14 +461,14 @@ class _Tracker:
     def _detect_and_match(self, gray: np.ndarray, seconds: float) -> list:
         boxes = self._detect(gray)
         aligned = [(box, found) for box, found in zip(boxes, self._align(gray, boxes)) if found is not None]
-        self.lost = [(follow, when) for follow, when in self.lost if seconds - when <= KEEP_LOST_SECONDS]
+        self.lost = [(follow, when) for follow, when in self.lost if seconds - when <= self.keep_lost]
         candidates = self.active + [follow for follow, _ in self.lost]
-        # Greedy matching, best overlap first: each detection continues at most one track.
-        pairs = sorted(((_iou(follow.box, box), f, d) for f, follow in enumerate(candidates)
-                        for d, (box, _) in enumerate(aligned)), reverse=True)
+        # Greedy matching, nearest first: each detection continues at most one track.
+        pairs = sorted((_distance(follow.box, box), f, d) for f, follow in enumerate(candidates)
+                       for d, (box, _) in enumerate(aligned))
         taken_tracks, taken_faces, matched = set(), set(), {}
-        for overlap, f, d in pairs:
-            if overlap < MATCH_IOU or f in taken_tracks or d in taken_faces:
+        for distance, f, d in pairs:
+            if distance > MATCH_DISTANCE or f in taken_tracks or d in taken_faces:
                 continue
             taken_tracks.add(f)
             taken_faces.add(d)
@@ -533,7 +543,7 @@ def predict_video(path: Path, model: FerModel, options: VideoOptions = VideoOpti
             result.interval = 1.0 / options.fps
         else:
             result.interval = options.every / result.fps if result.fps else 0.0
-        tracker = _Tracker(model.preprocess, options)
+        tracker = _Tracker(model.preprocess, options, result.interval)
         if result.width * result.height > MAX_PIXELS:
             result.error = (f"video too large: {result.width}x{result.height} pixels a frame, limit "
                             f"{MAX_PIXELS:,} pixels")
