@@ -354,3 +354,11 @@ def test_a_video_without_a_face_says_so(model_path, clip):
 def test_sampling_options_out_of_range_are_refused(model_path, clip, option):
     result = fer("predict", clip("moving", 2), "--model", model_path, *option)
     assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+def test_a_face_moving_half_its_width_between_analysed_frames_keeps_its_id(model, clip):
+    # From x = 100 to 380 in 40 frames: 42 pixels (half the face) between frames 6 apart.
+    path = clip("fast", 40, lambda index: [(100.0 + 7 * index, 120.0, 1.0)], WIDE)
+    result = predict_video(path, model, VideoOptions(every=6, detect_every=2))
+    [track] = result.tracks
+    assert [face.frame for face in track.frames] == list(range(0, 40, 6))
