@@ -6,5 +6,8 @@ import os
 # (only lowering its default of 2**30 pixels). OpenCV reads the variable once, when cv2 is
 # first imported, so it is set here, before any fercli module imports cv2.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**27))
+# FFmpeg's complaints about a damaged video ("[mjpeg @ 0x...] overread 8") would go straight
+# to stderr: fercli reports the damage itself, in one line. 0 is FFmpeg's AV_LOG_PANIC.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "0")
 
 __version__ = "0.1.0"

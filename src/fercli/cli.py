@@ -516,49 +516,82 @@ def render_crossval(report, files: dict) -> None:
 
 @app.command(cls=JsonErrorsCommand)
 def predict(
-    paths: list[Path] = typer.Argument(..., metavar="PATHS...", help="Image files and folders."),
+    paths: list[Path] = typer.Argument(..., metavar="PATHS...", help="Image and video files, and folders."),
     model: Path | None = typer.Option(None, help="Model file (default: the most recently trained)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {path, faces: [{box, label, probabilities}]}."),
-    as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per face."),
-    annotate_dir: Path | None = typer.Option(None, "--annotate", help="Write copies of the images with boxes and labels here."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {path, faces: [{box, label, probabilities}]} "
+                                 "(a video: {path, fps, frames, tracks: [{id, frames: [{frame, time, box, label, probabilities}]}]})."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per face (videos: per face per analysed frame)."),
+    annotate_dir: Path | None = typer.Option(None, "--annotate", help="Write copies of the images with boxes and labels here "
+                                             "(videos: an annotated .avi and a .timeline.png each)."),
     workers: int | None = typer.Option(None, min=1, help="Processes for many images (default: one per core)."),
+    every: int = typer.Option(1, min=1, help="Videos: analyse one frame in every N."),
+    fps: float | None = typer.Option(None, help="Videos: analyse this many frames a second instead of --every."),
+    detect_every: int = typer.Option(5, min=1, help="Videos: a full face detection every K analysed frames; in "
+                                     "between, faces are followed by their landmarks (1: detect on every frame)."),
+    smooth: float = typer.Option(0.0, min=0.0, help="Videos: also give each track's probabilities averaged over "
+                                 "this many seconds (0: off; the raw values stay)."),
 ) -> None:
-    """Label the expression of every face in photos."""
+    """Label the expression of every face in photos and videos."""
     if as_json and as_csv:
         raise fail("choose one of --json and --csv", as_json=True)
     with user_errors(as_json):
-        from fercli.predict import annotate, check_annotate_folder, predict_paths, resolve_model
+        from fercli.errors import FerError
+        from fercli.predict import annotate, check_annotate_folder, resolve_model
         from fercli.store import check_writable
+        from fercli.video import VideoOptions, annotate_videos, predict_media
 
+        if fps is not None and not (math.isfinite(fps) and fps > 0):
+            raise FerError(f"--fps must be a number above 0, not {fps}")
+        if not math.isfinite(smooth):
+            raise FerError(f"--smooth must be a finite number of seconds, not {smooth}")
+        options = VideoOptions(every=every, fps=fps, detect_every=detect_every, smooth=smooth)
         loaded = resolve_model(model)
         if annotate_dir:
             check_annotate_folder(paths, annotate_dir)
             check_writable(annotate_dir)
         bar, update = progress_bar("predicting")
         quiet = as_json or as_csv or len(paths) == 1 and not Path(paths[0]).is_dir()
-        with bar if not quiet else contextlib.nullcontext():
-            report = predict_paths(paths, loaded, workers, progress=None if quiet else update)
+        if quiet:  # the images' bar; a long video still gets its own below, except with --json or --csv
+            bar.update(bar.tasks[0].id, visible=False)
+        with bar if not (as_json or as_csv) else contextlib.nullcontext():
+            media = predict_media(paths, loaded, options, workers, progress=None if quiet else update,
+                                  video_progress=None if as_json or as_csv else video_progress(bar))
+        report = media.images
         written = annotate(report, annotate_dir) if annotate_dir else []
-    failure = None if report.processed else "no image could be processed"
+        written_videos = annotate_videos(media, loaded.classes, annotate_dir) if annotate_dir else []
+    failure = None if media.processed else f"no image{' or video' if media.videos else ''} could be processed"
+    videos = [video.to_json(report.classes) for video in media.videos]
     if as_json and failure:
-        emit_json({"error": failure, "images": [image.to_json() for image in report.images],
+        emit_json({"error": failure, "images": [image.to_json() for image in report.images] + videos,
                    "skipped": [{"path": problem.path, "reason": problem.reason} for problem in report.problems]})
     elif as_json:
-        emit_json([image.to_json() for image in report.images])
+        emit_json([image.to_json() for image in report.images] + videos)
+    elif as_csv and media.videos:
+        render_media_csv(media)
     elif as_csv:
         render_predict_csv(report)
-    elif report.processed:
-        render_predict(report)
+    else:
+        if report.processed:
+            render_predict(report)
+        render_videos(media)
     listed = [problem for problem in report.problems if problem.listed]
     for problem in listed:
         err.print(f"[yellow]skipped[/yellow] {shown(problem.path)}: {problem.reason}")
     for image in report.images:
         if image.error:
             err.print(f"[yellow]skipped[/yellow] {shown(image.path)}: {shown(image.error)}")
+    for video in media.videos:
+        if video.error:
+            err.print(f"[yellow]{'error in' if video.processed else 'skipped'}[/yellow] {shown(video.path)}: "
+                      f"{shown(video.error)}")
     for note in report.notes:
         err.print(f"note: {shown(note)}")
     if annotate_dir:
         err.print(f"{len(written)} annotated images in {shown(annotate_dir)}")
+        if media.videos:
+            videos_written = sum(1 for path in written_videos if path.suffix == ".avi")
+            err.print(f"{plural(videos_written, 'annotated video')} and "
+                      f"{plural(len(written_videos) - videos_written, 'timeline')} in {shown(annotate_dir)}")
     if not as_json:
         for image in report.images:
             if any(face.in_training_data for face in image.faces):
@@ -571,9 +604,14 @@ def predict(
         raise fail(failure + (f" ({others})" if others else ""))
     if not as_json:
         skipped = len(listed) + len(report.images) - report.processed
+        skipped += sum(1 for video in media.videos if not video.processed)
         faces = sum(len(image.faces) for image in report.images)
-        summary = "; ".join(filter(None, [f"{plural(report.processed, 'image')}, {plural(faces, 'face')}",
-                                          f"{skipped} skipped" if skipped else "", others]))
+        analysed = [video for video in media.videos if video.processed]
+        tracks = sum(len(video.tracks) for video in analysed)
+        summary = "; ".join(filter(None, [
+            f"{plural(report.processed, 'image')}, {plural(faces, 'face')}" if report.processed or not media.videos else "",
+            f"{plural(len(analysed), 'video')}, {plural(tracks, 'track')}" if media.videos else "",
+            f"{skipped} skipped" if skipped else "", others]))
         (err if as_csv else out).print(summary)
 
 
@@ -607,6 +645,80 @@ def render_predict_csv(report) -> None:
         for number, face in enumerate(image.faces, start=1):
             writer.writerow([escaped(image.path), number, *face.box, escaped(face.label),
                              *(f"{face.probabilities[label]:.6f}" for label in report.classes)])
+
+
+def video_progress(bar):
+    """video_progress(bar)(path): a progress callback for one video, a line of bar (which
+    shows only on a terminal) with frames done, of how many, and frames read a second."""
+
+    def start(path: str):
+        for task in bar.tasks:
+            bar.update(task.id, visible=False)
+        task = bar.add_task(f"{shown(Path(path).name)}", total=None)
+        started = time.perf_counter()
+
+        def update(done: int, total: int) -> None:
+            elapsed = time.perf_counter() - started
+            rate = f" ({done / elapsed:.0f} frames/s)" if elapsed > 0 else ""
+            bar.update(task, completed=done, total=total, description=f"{shown(Path(path).name)}{rate}")
+
+        return update
+
+    return start
+
+
+def render_videos(media) -> None:
+    """Per video: one row per track (frames seen, time on screen, share of each expression)."""
+    classes = media.images.classes
+    for video in media.videos:
+        if not video.processed:
+            continue
+        duration = f", {video.frames / video.fps:.1f} s at {video.fps:g} frames/s" if video.fps else ""
+        speed = f" in {video.seconds:.1f} s ({video.analysed / video.seconds:.0f} frames/s)" if video.seconds > 0 else ""
+        title = (f"{shown(video.path)}: {plural(video.frames, 'frame')}{duration}, {video.analysed} analysed{speed}"
+                 f"{' (labels smoothed)' if video.smoothed else ''}")
+        table = Table(title=title)
+        for column in ("track", "frames", "on screen", "seen", *classes):
+            table.add_column(shown(column), justify="left" if column in ("track", "seen") else "right", overflow="fold")
+        if not video.tracks:
+            table.add_row("-", "0", "", "no face found", *[""] * len(classes))
+        for track in video.tracks:
+            summary = track.summary(classes, video.interval)
+            table.add_row(str(track.id), str(summary["frames_seen"]), f"{summary['seconds']:.1f} s",
+                          f"{summary['first']:.1f}-{summary['last']:.1f} s",
+                          *(f"{summary['shares'][label]:.0%}" for label in classes))
+        out.print(table)
+
+
+def render_media_csv(media) -> None:
+    """CSV of a run with videos: one row per face per analysed frame, and one per face of each
+    image (its frame, time and track empty; a video's face column empty)."""
+    import csv
+
+    classes = media.images.classes
+    images = media.images.images
+    smoothed = any(video.smoothed for video in media.videos)
+    writer = csv.writer(sys.stdout)
+    header = ["path", *(["face"] if images else []), "frame", "time", "track", "x", "y", "width", "height", "label",
+              *(f"p_{escaped(label)}" for label in classes)]
+    if smoothed:
+        header += ["smoothed_label", *(f"smoothed_p_{escaped(label)}" for label in classes)]
+    writer.writerow(header)
+    for image in images:
+        for number, face in enumerate(image.faces, start=1):
+            writer.writerow([escaped(image.path), number, "", "", "", *face.box, escaped(face.label),
+                             *(f"{face.probabilities[label]:.6f}" for label in classes),
+                             *([""] * (len(classes) + 1) if smoothed else [])])
+    for video in media.videos:
+        rows = sorted(((face.frame, track.id, face) for track in video.tracks for face in track.frames),
+                      key=lambda row: row[:2])
+        for frame, track, face in rows:
+            row = [escaped(video.path), *([""] if images else []), frame, f"{face.time:.3f}", track, *face.box,
+                   escaped(face.label), *(f"{face.probabilities[label]:.6f}" for label in classes)]
+            if smoothed:
+                row += [escaped(face.smoothed_label or ""),
+                        *(f"{(face.smoothed or {}).get(label, 0.0):.6f}" for label in classes)]
+            writer.writerow(row)
 
 
 @app.command("list", cls=JsonErrorsCommand)

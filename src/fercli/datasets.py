@@ -255,7 +255,7 @@ def _scan_folders(root: Path, options: ScanOptions) -> Scan:
 
 
 def discover_images(paths: list[Path]) -> tuple[list[Path], list[Skipped]]:
-    """The image files named by a list of files and folders (folders searched through),
+    """The image (and video) files named by a list of files and folders (folders searched through),
     in the order given, and the paths that named nothing. Files inside folders whose first
     bytes are no image's are left out, as Skipped with listed False; files named
     themselves are always returned, so that the reader says why one cannot be used."""
@@ -282,6 +282,7 @@ def _may_be_image(path: Path) -> bool:
     empty or unreadable file, or a FIFO (reading it could wait for ever), is for the image
     reader to report."""
     from fercli.images import sniff_format
+    from fercli.video import sniff_video
 
     try:
         if not path.is_file():
@@ -290,4 +291,4 @@ def _may_be_image(path: Path) -> bool:
             head = stream.read(16)
     except OSError:
         return True
-    return not head or sniff_format(head) is not None
+    return not head or sniff_format(head) is not None or sniff_video(head) is not None

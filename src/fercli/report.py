@@ -116,3 +116,60 @@ def confusion_image(matrix: np.ndarray, labels: list[str], path: Path, title: st
         cv2.putText(image, title, (6, 24), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(image, "green: correct; shade: share of the true class", (6, height - 14), FONT, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
     return _write_png(path, image)
+
+
+# Line colours (BGR) of the classes on a timeline, in class order; more classes reuse them.
+TIMELINE_COLOURS = [(40, 40, 220), (40, 150, 40), (160, 60, 160), (0, 170, 240), (200, 120, 30),
+                    (30, 200, 200), (120, 120, 120), (90, 60, 20), (200, 60, 200), (0, 100, 200)]
+
+
+def timeline_image(tracks: list[tuple[int, list[float], np.ndarray]], classes: list[str], duration: float,
+                   path: Path, title: str = "", gap: float = 1.0) -> Path:
+    """A PNG of each class's probability over time, one panel per track.
+
+    tracks: (track id, times in seconds, (frames, classes) probabilities) each; duration: the
+    video's length, the width of every panel's time axis. Lines break where a track was not
+    seen for more than gap seconds."""
+    width, left, right, panel, top = 960, 60, 20, 130, 56
+    plot_width = width - left - right
+    height = top + max(1, len(tracks)) * (panel + 16) + 30
+    image = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(image, drawable(title), (8, 20), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    x = 8
+    for index, label in enumerate(classes):  # legend
+        colour = TIMELINE_COLOURS[index % len(TIMELINE_COLOURS)]
+        cv2.line(image, (x, 38), (x + 18, 38), colour, 3)
+        cv2.putText(image, drawable(label), (x + 22, 43), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        x += 22 + _text_width(drawable(label), 0.42) + 14
+    scale = plot_width / duration if duration > 0 else 0.0
+    if not tracks:
+        cv2.putText(image, "no face found", (left, top + 40), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    for row, (track_id, times, probabilities) in enumerate(tracks):
+        y0 = top + row * (panel + 16) + 12
+        y1 = y0 + panel - 12
+        cv2.rectangle(image, (left, y0), (left + plot_width, y1), (180, 180, 180), 1)
+        for level in (0.5,):
+            y = round(y1 - level * (y1 - y0))
+            cv2.line(image, (left, y), (left + plot_width, y), (225, 225, 225), 1)
+        cv2.putText(image, f"track {track_id}", (4, y0 + 12), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(image, "1", (left - 12, y0 + 5), FONT, 0.35, (80, 80, 80), 1, cv2.LINE_AA)
+        cv2.putText(image, "0", (left - 12, y1 + 4), FONT, 0.35, (80, 80, 80), 1, cv2.LINE_AA)
+        times = np.asarray(times, np.float64)
+        xs = left + times * scale
+        # Runs of frames without a gap longer than gap seconds, each drawn as one line.
+        breaks = np.flatnonzero(np.diff(times) > gap) + 1
+        for index in range(len(classes)):
+            colour = TIMELINE_COLOURS[index % len(TIMELINE_COLOURS)]
+            ys = y1 - probabilities[:, index] * (y1 - y0)
+            for start, end in zip(np.r_[0, breaks], np.r_[breaks, len(times)]):
+                points = np.round(np.column_stack([xs[start:end], ys[start:end]])).astype(np.int32)
+                if len(points) == 1:
+                    cv2.circle(image, tuple(int(v) for v in points[0]), 1, colour, -1)
+                else:
+                    cv2.polylines(image, [points], False, colour, 1, cv2.LINE_AA)
+    axis_y = height - 16
+    for step in range(6):  # time ticks under the last panel
+        seconds = duration * step / 5
+        x = round(left + seconds * scale)
+        cv2.putText(image, f"{seconds:.1f} s", (max(0, x - 14), axis_y), FONT, 0.38, (80, 80, 80), 1, cv2.LINE_AA)
+    return _write_png(path, image)

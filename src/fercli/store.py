@@ -176,14 +176,15 @@ def atomic_write(path: Path, write, keep_existing: bool = False, check=None) -> 
     return _replace_with(path, fill, keep_existing, check)
 
 
-def atomic_save(path: Path, save) -> Path:
-    """atomic_write for writers that take a file name (dlib's save) rather than a stream."""
+def atomic_save(path: Path, save, keep_existing: bool = False) -> Path:
+    """atomic_write for writers that take a file name (dlib's save, OpenCV's VideoWriter)
+    rather than a stream."""
 
     def fill(handle: int, name: str) -> None:
         os.close(handle)
         save(name)
 
-    return _replace_with(path, fill)
+    return _replace_with(path, fill, keep_existing)
 
 
 def _replace_with(path: Path, fill, keep_existing: bool = False, check=None) -> Path:
