@@ -188,6 +188,8 @@ RotationOption = typer.Option(10.0, min=0.0, help="Largest augmentation rotation
 ShiftOption = typer.Option(0.0, min=0.0, help="Largest augmentation shift, in pixels (the paper: none).")
 NormalisationOption = typer.Option("global", help="z-score statistics: global (one mean/std) or pixel.")
 FlipOption = typer.Option(False, "--flip-tta", help="Average each face's prediction with its mirror image.")
+RayOption = typer.Option(None, "--ray", metavar="ADDRESS", help="Train the folds on the Ray cluster at HOST:PORT, "
+                         "or auto (the one this machine belongs to); needs pip install 'fercli[ray]'.")
 
 
 def train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
@@ -272,11 +274,13 @@ def crossval(
     classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool = AugmentOption,
     max_rotation: float = RotationOption, max_shift: float = ShiftOption, normalisation: str = NormalisationOption, flip_tta: bool = FlipOption,
     workers: int | None = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
+    ray: str | None = RayOption,
     output: Path | None = typer.Option(None, help="Report folder (default: FER_HOME/runs/crossval-<dataset>-<time>)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """K-fold cross-validation on a preprocessed dataset, with an honest report."""
     with user_errors():
+        from fercli.engines import make_engine
         from fercli.store import check_writable, new_dir, resolve_dataset, runs_dir, timestamp
         from fercli.training import cross_validate, save_crossval
 
@@ -287,9 +291,9 @@ def crossval(
         bar, _ = progress_bar("starting")
         task = bar.tasks[0].id
         bar.update(task, total=folds * config.epochs)
-        with bar if not as_json else contextlib.nullcontext():
+        with make_engine(ray, workers) as engine, bar if not as_json else contextlib.nullcontext():
             report = cross_validate(prepared, config, folds, group, workers,
-                                    progress=None if as_json else epoch_reporter(bar, task, folds))
+                                    progress=None if as_json else epoch_reporter(bar, task, folds), engine=engine)
         files = save_crossval(report, output)
     if as_json:
         emit_json({**report.to_json(), "files": {name: str(path) for name, path in files.items()}})
@@ -340,6 +344,67 @@ def render_crossval(report, files: dict) -> None:
     for warning in report.warnings:
         out.print(f"[yellow]note:[/yellow] {warning}")
     for name, path in files.items():
+        out.print(f"{name}: {shown(path)}")
+
+
+@app.command()
+def sweep(
+    dataset: str | None = DatasetArgument,
+    grid: Path = typer.Option(..., "--grid", help="The grid file (TOML): [base], [vary], seeds, folds, group."),
+    settings: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                              help="Override the grid: a [base] setting (epochs=20), seeds=[0], vary.variant=[...]."),
+    ray: str | None = RayOption,
+    workers: int | None = typer.Option(None, min=1, help="Folds trained at once on this machine (default: one per core)."),
+    as_json: bool = typer.Option(False, "--json", help="Print sweep.json instead of the table."),
+) -> None:
+    """Cross-validate every recipe of a grid with several seeds on identical folds and rank them.
+
+    Each finished fold is stored at once: the same command again resumes where it stopped.
+    """
+    with user_errors():
+        from fercli.engines import make_engine
+        from fercli.store import resolve_dataset
+        from fercli.sweep import read_grid, run_sweep
+
+        plan = read_grid(grid, settings or [])
+        prepared = resolve_dataset(dataset)
+        bar, update = progress_bar("sweep")
+
+        def progress(event: dict) -> None:
+            if event["kind"] == "fold":
+                update(event["done"], event["total"])
+
+        with make_engine(ray, workers) as engine, bar if not as_json else contextlib.nullcontext():
+            report = run_sweep(prepared, plan, engine, progress=None if as_json else progress)
+    if report.interrupted:
+        done = report.stored_folds + report.trained_folds
+        raise fail(f"interrupted after {done} of {report.planned_folds} folds, stored in {report.folder}: "
+                   "run the same command again to go on", 130)
+    if as_json:
+        emit_json({**report.to_json(), "files": {name: str(path) for name, path in report.files.items()}})
+    else:
+        render_sweep(report)
+
+
+def render_sweep(report) -> None:
+    grid = report.grid
+    out.print(f"[bold]sweep[/bold]: {len(report.recipes)} recipes x {len(grid.seeds)} seeds "
+              f"({', '.join(map(str, grid.seeds))}) x {grid.folds} {grid.group} folds on {report.dataset['images']} "
+              f"images of {shown(report.dataset['name'])}; {report.trained_folds} folds trained now, "
+              f"{report.stored_folds} found stored; {report.seconds:.1f} s on {report.engine['name']}")
+    table = Table(title="recipes, best first (accuracy: mean over seeds of the mean fold accuracy)")
+    for column in ("#", "recipe", "accuracy", "95% CI", "spread", "F1", "vs base", "95% CI ", "time"):
+        table.add_column(column, justify="left" if column == "recipe" else "right", no_wrap=column != "recipe")
+    for item in report.recipes:
+        low, high = (min(max(value, 0.0), 1.0) for value in item.accuracy_interval)
+        d_low, d_high = item.difference_interval
+        table.add_row(str(item.rank), shown(item.name), f"{item.accuracy:.2%}", f"{low:.1%}-{high:.1%}",
+                      f"{item.spread:.2%}", f"{item.macro_f1:.3f}", "base" if item.is_base else f"{item.difference:+.2%}",
+                      "" if item.is_base else f"{d_low:+.1%} {d_high:+.1%}", f"{item.seconds:.0f} s")
+    out.print(table)
+    out.print("spread: standard deviation of the per-seed means; intervals: corrected resampled t-test for "
+              "repeated k-fold CV (Nadeau & Bengio 2003) on the same (seed, fold) pairs")
+    for name, path in report.files.items():
         out.print(f"{name}: {shown(path)}")
 
 
