@@ -255,7 +255,7 @@ def test_cli_sweep_of_a_finished_sweep_trains_nothing(full_and_resumed, tmp_path
     assert data["trained_folds"] == 0 and data["stored_folds"] == 8
     assert [item["accuracy"] for item in data["recipes"]] == [item.accuracy for item in full.recipes]
     table = runner.invoke(app, ["sweep", "--grid", str(grid)])
-    assert table.exit_code == 0 and "test_time_flip=true" in table.output and "Nadeau & Bengio" in table.output
+    assert table.exit_code == 0 and "test_time_flip" in table.output and "Nadeau & Bengio" in table.output
 
 
 def test_another_grid_is_another_sweep(tmp_path):

@@ -393,17 +393,18 @@ def render_sweep(report) -> None:
               f"images of {shown(report.dataset['name'])}; {report.trained_folds} folds trained now, "
               f"{report.stored_folds} found stored; {report.seconds:.1f} s on {report.engine['name']}")
     table = Table(title="recipes, best first (accuracy: mean over seeds of the mean fold accuracy)")
-    for column in ("#", "recipe", "accuracy", "95% CI", "spread", "F1", "vs base", "95% CI ", "time"):
-        table.add_column(column, justify="left" if column == "recipe" else "right", no_wrap=column != "recipe")
+    for column in ("#", "recipe", "accuracy", "spread", "F1", "vs base", "95% interval", "time"):
+        table.add_column(column, justify="left" if column == "recipe" else "right", no_wrap=column != "recipe",
+                         min_width=16 if column == "recipe" else None, overflow="fold" if column == "recipe" else "ellipsis")
     for item in report.recipes:
-        low, high = (min(max(value, 0.0), 1.0) for value in item.accuracy_interval)
         d_low, d_high = item.difference_interval
-        table.add_row(str(item.rank), shown(item.name), f"{item.accuracy:.2%}", f"{low:.1%}-{high:.1%}",
-                      f"{item.spread:.2%}", f"{item.macro_f1:.3f}", "base" if item.is_base else f"{item.difference:+.2%}",
+        table.add_row(str(item.rank), shown(item.name), f"{item.accuracy:.2%}", f"{item.spread:.2%}",
+                      f"{item.macro_f1:.3f}", "base" if item.is_base else f"{item.difference:+.2%}",
                       "" if item.is_base else f"{d_low:+.1%} {d_high:+.1%}", f"{item.seconds:.0f} s")
     out.print(table)
-    out.print("spread: standard deviation of the per-seed means; intervals: corrected resampled t-test for "
-              "repeated k-fold CV (Nadeau & Bengio 2003) on the same (seed, fold) pairs")
+    out.print("spread: standard deviation of the per-seed means; vs base: mean paired difference on the same "
+              "(seed, fold) pairs, 95% interval from the corrected resampled t-test for repeated k-fold CV "
+              "(Nadeau & Bengio 2003); time: training time of the recipe's folds")
     for name, path in report.files.items():
         out.print(f"{name}: {shown(path)}")
 
