@@ -220,9 +220,9 @@ class RayEngine:
             import ray
         except ImportError:
             raise EngineError(f"--ray needs Ray: {RAY_INSTALL}") from None
+        if self.address != "auto":
+            _check_reachable(self.address)
         if not ray.is_initialized():
-            if self.address != "auto":
-                _check_reachable(self.address)
             try:
                 ray.init(address=self.address, logging_level="ERROR", log_to_driver=False,
                          include_dashboard=False)
