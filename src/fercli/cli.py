@@ -287,13 +287,14 @@ def crossval(
         config = train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, seed, augment,
                               max_rotation, max_shift, normalisation, flip_tta)
         prepared = resolve_dataset(dataset)
-        output = check_writable(output) if output else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
-        bar, _ = progress_bar("starting")
-        task = bar.tasks[0].id
-        bar.update(task, total=folds * config.epochs)
-        with make_engine(ray, workers) as engine, bar if not as_json else contextlib.nullcontext():
-            report = cross_validate(prepared, config, folds, group, workers,
-                                    progress=None if as_json else epoch_reporter(bar, task, folds), engine=engine)
+        with make_engine(ray, workers) as engine:
+            output = check_writable(output) if output else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
+            bar, _ = progress_bar("starting")
+            task = bar.tasks[0].id
+            bar.update(task, total=folds * config.epochs)
+            with bar if not as_json else contextlib.nullcontext():
+                report = cross_validate(prepared, config, folds, group, workers,
+                                        progress=None if as_json else epoch_reporter(bar, task, folds), engine=engine)
         files = save_crossval(report, output)
     if as_json:
         emit_json({**report.to_json(), "files": {name: str(path) for name, path in files.items()}})

@@ -12,10 +12,13 @@ and propagates; what was yielded before is the caller's to keep.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import queue as queue_module
 import signal
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -183,6 +186,21 @@ def _ray_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task) ->
     return train_fold(crops, targets, num_classes, task)
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Keep the log lines Ray's C++ core writes straight to stderr while it connects (a
+    retry line a second when the address answers but is no Ray head) off the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _check_reachable(address: str) -> None:
     """EngineError within seconds if nothing listens at host:port (ray.init would wait)."""
     target = address.split("://", 1)[-1]
@@ -216,16 +234,17 @@ class RayEngine:
         """Connect (once) and check that the cluster runs this code; returns the ray module."""
         if self._ray is not None:
             return self._ray
+        if self.address != "auto":
+            _check_reachable(self.address)  # before the slow import of ray
         try:
             import ray
         except ImportError:
             raise EngineError(f"--ray needs Ray: {RAY_INSTALL}") from None
-        if self.address != "auto":
-            _check_reachable(self.address)
         if not ray.is_initialized():
             try:
-                ray.init(address=self.address, logging_level="ERROR", log_to_driver=False,
-                         include_dashboard=False)
+                with _quiet_stderr():
+                    ray.init(address=self.address, logging_level="ERROR", log_to_driver=False,
+                             include_dashboard=False)
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise EngineError(f"cannot connect to a Ray cluster at {self.address}: "
                                   f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
@@ -254,6 +273,7 @@ class RayEngine:
                               "its results would not be comparable; install this fercli there")
 
     def __enter__(self) -> RayEngine:
+        self.connect()  # a cluster that is not there fails the command before any work
         return self
 
     def __exit__(self, *exc) -> None:
