@@ -372,7 +372,7 @@ def sweep(
         bar, update = progress_bar("sweep")
 
         def progress(event: dict) -> None:
-            if event["kind"] == "fold":
+            if event["kind"] in ("start", "fold"):
                 update(event["done"], event["total"])
 
         with make_engine(ray, workers) as engine, bar if not as_json else contextlib.nullcontext():

@@ -421,6 +421,7 @@ def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progr
     """Cross-validate every recipe of grid with every seed, resuming from stored folds.
 
     engine: fercli.engines engine (default: this machine's cores). progress receives
+    {"kind": "start", "done", "total"} (done: the folds found stored), then
     {"kind": "fold", "done", "total", "recipe", "seed", "fold", "accuracy"} as folds finish
     (and the engine's epoch events). Ctrl-C: returns with interrupted set and no ranking; the
     finished folds are stored.
@@ -452,6 +453,8 @@ def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progr
     stored_count = planned - len(tasks)
     done = stored_count
     interrupted = False
+    if progress:
+        progress({"kind": "start", "done": done, "total": planned})
     try:
         with contextlib.closing(engine.run(selection.crops, selection.targets, len(selection.labels), tasks,
                                            progress)) as finished:
