@@ -98,9 +98,12 @@ def confusion_image(matrix: np.ndarray, labels: list[str], path: Path, title: st
 def sweep_image(rows: list[tuple[str, float, float, float]], path: Path, title: str = "") -> Path:
     """A PNG of a sweep: one line per recipe (best first), a dot at its mean accuracy and a
     bar across its interval; rows are (recipe, mean, low, high) as fractions."""
+    # An accuracy is in [0, 1] whatever the t interval says.
+    rows = [(name, mean, *(min(max(value, 0.0), 1.0) if np.isfinite(value) else value for value in (lo, hi)))
+            for name, mean, lo, hi in rows]
     row_height, label_width, plot_width, top, bottom = 34, 330, 420, 50, 44
     height = top + row_height * max(1, len(rows)) + bottom
-    width = label_width + plot_width + 70
+    width = label_width + plot_width + 80
     image = np.full((height, width, 3), 255, np.uint8)
     values = [value for _, *numbers in rows for value in numbers if np.isfinite(value)]
     low = min(values) if values else 0.0
@@ -125,7 +128,7 @@ def sweep_image(rows: list[tuple[str, float, float, float]], path: Path, title: 
             for end in (interval_low, interval_high):
                 cv2.line(image, (x_of(end), y - 6), (x_of(end), y + 6), (160, 90, 20), 2, cv2.LINE_AA)
         cv2.circle(image, (x_of(mean), y), 5, (20, 20, 200), -1, cv2.LINE_AA)
-        cv2.putText(image, f"{mean:.2%}", (label_width + plot_width + 8, y + 5), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(image, f"{mean:.2%}", (label_width + plot_width + 14, y + 5), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
     if title:
         cv2.putText(image, drawable(title[:100]), (6, 24), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(image, "accuracy (dot: mean over seeds; bar: 95% interval)", (label_width, height - 10), FONT, 0.4,
