@@ -25,15 +25,11 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from fercli.errors import FerError
+from fercli.errors import EngineError, FerError
 from fercli.parallel import default_workers, stop_with_parent
 
 Progress = Callable[[dict], None]
 RAY_INSTALL = "pip install 'fercli[ray]'"
-
-
-class EngineError(FerError):
-    """An engine that cannot run folds: a cluster that does not answer or runs other code."""
 
 
 def _fold_failed(task, error: BaseException) -> FerError:

@@ -27,3 +27,11 @@ class ModelError(FerError):
 
 class StoreError(FerError):
     """The place where fercli keeps its files cannot be written."""
+
+
+class GridError(FerError):
+    """A sweep's grid file that cannot be a sweep (unknown setting, wrong type, nothing to vary)."""
+
+
+class EngineError(FerError):
+    """Folds cannot run where asked: Ray missing, a cluster that does not answer or runs other code."""

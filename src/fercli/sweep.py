@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from fercli.config import MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, TrainConfig, fingerprint
-from fercli.errors import FerError
+from fercli.errors import GridError
 from fercli.store import (
     PreparedDataset,
     atomic_write,
@@ -59,10 +59,6 @@ TOP_LEVEL = ("seeds", "folds", "group", "classes")
 METHOD = ("paired differences over the same (seed, fold) pairs; 95% interval from the corrected "
           "resampled t-test for repeated k-fold cross-validation (Nadeau & Bengio 2003): the variance "
           "of the differences times (1/(k*r) + n_test/n_train), t with k*r-1 degrees of freedom")
-
-
-class GridError(FerError):
-    """A grid file that cannot be a sweep."""
 
 
 @dataclass(frozen=True)
