@@ -207,12 +207,15 @@ def train_config(epochs, batch_size, lr, momentum, optimizer, variant, classes, 
                        normalisation=normalisation, seed=seed, classes=chosen, test_time_flip=flip_tta)
 
 
-def epoch_reporter(bar, task, folds: int):
-    """Turn training events into the progress display."""
+def epoch_reporter(bar, task, folds: int, epochs: int | None = None):
+    """Turn training events into the progress display. With epochs (per fold), a finished
+    fold completes its share of the bar even where no epoch events come (folds on Ray)."""
     finished: list[float] = []
+    seen: dict[int, int] = {}
 
     def update(event: dict) -> None:
         if event["kind"] == "epoch":
+            seen[event["fold"]] = seen.get(event["fold"], 0) + 1
             bar.advance(task)
             where = f"fold {event['fold'] + 1}/{folds} " if folds > 1 else ""
             done = f", finished folds {sum(finished) / len(finished):.1%}" if finished else ""
@@ -220,6 +223,8 @@ def epoch_reporter(bar, task, folds: int):
                        f"loss {event['loss']:.3f} train acc {event['accuracy']:.1%}{done}")
         elif event["kind"] == "fold":
             finished.append(event["accuracy"])
+            if epochs:
+                bar.advance(task, max(0, epochs - seen.get(event["fold"], 0)))
 
     return update
 
@@ -294,7 +299,8 @@ def crossval(
             bar.update(task, total=folds * config.epochs)
             with bar if not as_json else contextlib.nullcontext():
                 report = cross_validate(prepared, config, folds, group, workers,
-                                        progress=None if as_json else epoch_reporter(bar, task, folds), engine=engine)
+                                        progress=None if as_json else epoch_reporter(bar, task, folds, config.epochs),
+                                        engine=engine)
         files = save_crossval(report, output)
     if as_json:
         emit_json({**report.to_json(), "files": {name: str(path) for name, path in files.items()}})
