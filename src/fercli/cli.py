@@ -215,6 +215,8 @@ def epoch_reporter(bar, task, folds: int, epochs: int | None = None):
 
     def update(event: dict) -> None:
         if event["kind"] == "epoch":
+            if epochs and seen.get(event["fold"]) == -1:
+                return  # a late event of a fold already counted in full
             seen[event["fold"]] = seen.get(event["fold"], 0) + 1
             bar.advance(task)
             where = f"fold {event['fold'] + 1}/{folds} " if folds > 1 else ""
@@ -225,6 +227,7 @@ def epoch_reporter(bar, task, folds: int, epochs: int | None = None):
             finished.append(event["accuracy"])
             if epochs:
                 bar.advance(task, max(0, epochs - seen.get(event["fold"], 0)))
+                seen[event["fold"]] = -1
 
     return update
 
