@@ -410,7 +410,7 @@ def render_sweep(report) -> None:
         d_low, d_high = item.difference_interval
         table.add_row(str(item.rank), shown(item.name), f"{item.accuracy:.2%}", f"{item.spread:.2%}",
                       f"{item.macro_f1:.3f}", "base" if item.is_base else f"{item.difference:+.2%}",
-                      "" if item.is_base else f"{d_low:+.1%} {d_high:+.1%}", f"{item.seconds:.0f} s")
+                      "" if item.is_base else f"{d_low:+.1%} .. {d_high:+.1%}", f"{item.seconds:.0f} s")
     out.print(table)
     out.print("spread: standard deviation of the per-seed means; vs base: mean paired difference on the same "
               "(seed, fold) pairs, 95% interval from the corrected resampled t-test for repeated k-fold CV "
