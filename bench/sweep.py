@@ -41,7 +41,7 @@ def run(dataset: str, grid: str, ray: str | None, extra: list[str]) -> None:
     for item in report["recipes"]:
         low, high = item["difference_interval"]
         versus = "(base)" if not item["changes"] else f"{item['difference_to_base']:+.2%} ({low:+.2%} .. {high:+.2%})"
-        print(f"| {item['rank']} | {item['recipe']} | {item['accuracy']:.2%} | {item['spread']:.2%} | "
+        print(f"| {item['rank']} | {item['recipe']} | {item['accuracy']:.2%} | {'-' if item['spread'] is None else format(item['spread'], '.2%')} | "
               f"{item['macro_f1']:.3f} | {versus} | {item['seconds']:.0f} s |")
     print(f"sweep folder: {report['folder']}")
 
