@@ -290,6 +290,20 @@ def test_ray_address_that_does_not_answer_fails_at_once(tmp_path):
     assert "no Ray cluster answers at 127.0.0.1" in lines[0]  # checked before Ray is even imported
 
 
+@needs_ray
+def test_ray_auto_pointing_at_a_cluster_that_has_gone_fails_at_once(tmp_path, monkeypatch):
+    # RAY_ADDRESS, or the file a stopped cluster leaves behind, names a port nobody listens on:
+    # ray.init(address="auto") would wait there for ever.
+    port = unused_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    save_synthetic(small_dataset())
+    result = runner.invoke(app, ["crossval", "--folds", "2", "--epochs", "1", "--ray", "auto"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    # (Ray names 127.0.0.1 by this machine's address)
+    assert len(lines) == 1 and "no Ray cluster answers at" in lines[0] and f":{port} (the address of --ray auto)" in lines[0]
+
+
 def test_without_ray_the_message_says_how_to_install_it(monkeypatch):
     import sys
 
@@ -304,7 +318,7 @@ def local_ray():
         pytest.skip("Ray is not installed (pip install 'fercli[ray]')")
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
              object_store_memory=100 * 1024 * 1024)
     yield ray
     ray.shutdown()

@@ -197,8 +197,25 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def _check_reachable(address: str) -> None:
+def _auto_address() -> str:
+    """The address `ray.init(address="auto")` would use: $RAY_ADDRESS, else the cluster
+    last started on this machine; EngineError if there is none."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        address = canonicalize_bootstrap_address("auto")
+    except Exception:  # a private function of Ray's: if it moves, let ray.init decide
+        return ""
+    if not address:
+        raise EngineError("--ray auto: no Ray cluster runs on this machine "
+                          "(start one with `ray start --head`, or give --ray HOST:PORT)")
+    return address
+
+
+def _check_reachable(address: str, asked: str | None = None) -> None:
     """EngineError within seconds if nothing listens at host:port (ray.init would wait)."""
+    if not address:
+        return
     target = address.split("://", 1)[-1]
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
@@ -207,7 +224,8 @@ def _check_reachable(address: str) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
     except OSError as error:
         reason = error.strerror or str(error) or type(error).__name__
-        raise EngineError(f"no Ray cluster answers at {address} ({reason})") from None
+        where = f"{address} (the address of --ray {asked})" if asked else address
+        raise EngineError(f"no Ray cluster answers at {where} ({reason})") from None
 
 
 class RayEngine:
@@ -237,6 +255,9 @@ class RayEngine:
         except ImportError:
             raise EngineError(f"--ray needs Ray: {RAY_INSTALL}") from None
         if not ray.is_initialized():
+            if self.address == "auto":
+                # Ray would wait for ever on the address a cluster that has gone left behind.
+                _check_reachable(_auto_address(), asked="auto")
             try:
                 with _quiet_stderr():
                     ray.init(address=self.address, logging_level="ERROR", log_to_driver=False,
