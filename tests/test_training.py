@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import queue
 
 import numpy as np
 import pytest
@@ -213,20 +212,8 @@ def test_fold_normalisation_comes_from_the_training_part_only(dataset, monkeypat
     crops = selection.crops.copy()
     crops[test] = 250  # the test part is nothing like the training part
     configure_tensorflow(None)
-    # The state a fold worker process holds, set up in this process so that the fold's own
-    # numbers can be inspected.
-    monkeypatch.setattr(
-        training,
-        "_worker",
-        {
-            "events": queue.Queue(),
-            "crops": crops,
-            "targets": selection.targets,
-            "num_classes": len(selection.labels),
-            "config": TrainConfig(epochs=1, normalisation=mode),
-        },
-    )
-    result = training._run_fold(0, train, test)
+    task = training.FoldTask(0, TrainConfig(epochs=1, normalisation=mode), 0, train, test)
+    result = training.train_fold(crops, selection.targets, len(selection.labels), task)
     train_mean, train_std = normalisation(crops[train], mode)
     assert result["mean"] == pytest.approx(float(np.mean(train_mean)))
     assert result["std"] == pytest.approx(float(np.mean(train_std)))

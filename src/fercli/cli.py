@@ -301,6 +301,8 @@ NormalisationOption = typer.Option(None, help="z-score statistics: global (one m
 InitOption = typer.Option(None, "--init", help="Start from this model's weights (a model trained on other "
                           "people, e.g. another dataset) and fine-tune.")
 FlipOption = typer.Option(None, "--flip-tta/--no-flip-tta", help="Average each face's prediction with its mirror image (paper: off).")
+RayOption = typer.Option(None, "--ray", metavar="ADDRESS", help="Train the folds on the Ray cluster at HOST:PORT, "
+                         "or auto (the one this machine belongs to); needs pip install 'fercli[ray]'.")
 
 # Command-line names of the training options -> TrainConfig fields.
 TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate", "momentum": "momentum",
@@ -356,12 +358,17 @@ def header(bar, text: str) -> None:
         err.print(shown(text))
 
 
-def epoch_reporter(bar, task, folds: int):
-    """Turn training events into the progress display."""
+def epoch_reporter(bar, task, folds: int, epochs: int | None = None):
+    """Turn training events into the progress display. With epochs (per fold), a finished
+    fold completes its share of the bar even where no epoch events come (folds on Ray)."""
     finished: list[float] = []
+    seen: dict[int, int] = {}
 
     def update(event: dict) -> None:
         if event["kind"] == "epoch":
+            if epochs and seen.get(event["fold"]) == -1:
+                return  # a late event of a fold already counted in full
+            seen[event["fold"]] = seen.get(event["fold"], 0) + 1
             bar.advance(task)
             where = f"fold {event['fold'] + 1}/{folds} " if folds > 1 else ""
             done = f", finished folds {sum(finished) / len(finished):.1%}" if finished else ""
@@ -370,6 +377,9 @@ def epoch_reporter(bar, task, folds: int):
             bar.update(task, description=f"{where}epoch {event['epoch']}/{event['epochs']} {figures}{done}")
         elif event["kind"] == "fold" and event["accuracy"] is not None:  # None: it diverged
             finished.append(event["accuracy"])
+            if epochs:
+                bar.advance(task, max(0, epochs - seen.get(event["fold"], 0)))
+                seen[event["fold"]] = -1
 
     return update
 
@@ -432,24 +442,28 @@ def crossval(
     max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
     normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
     workers: int | None = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
+    ray: str | None = RayOption,
     output: Path | None = typer.Option(None, help="Report folder (default: a new folder in FER_HOME/runs)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """K-fold cross-validation on a preprocessed dataset, with an honest report."""
     with user_errors(as_json):
+        from fercli.engines import make_engine
         from fercli.store import check_writable, new_dir, resolve_dataset, runs_dir, timestamp
         from fercli.training import cross_validate, save_crossval
 
         config = train_config(recipe, locals())
         prepared = resolve_dataset(dataset)
-        output = check_writable(output) if output else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
-        bar, _ = progress_bar("starting")
-        header(bar, f"fer crossval: {folds} folds ({group.value}), {recipe_summary(config.to_dict())}")
-        task = bar.tasks[0].id
-        bar.update(task, total=folds * config.epochs)
-        with bar if not as_json else contextlib.nullcontext():
-            report = cross_validate(prepared, config, folds, group.value, workers,
-                                    progress=None if as_json else epoch_reporter(bar, task, folds))
+        with make_engine(ray, workers) as engine:
+            output = check_writable(output) if output else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
+            bar, _ = progress_bar("starting")
+            header(bar, f"fer crossval: {folds} folds ({group.value}), {recipe_summary(config.to_dict())}")
+            task = bar.tasks[0].id
+            bar.update(task, total=folds * config.epochs)
+            with bar if not as_json else contextlib.nullcontext():
+                report = cross_validate(prepared, config, folds, group.value, workers,
+                                        progress=None if as_json else epoch_reporter(bar, task, folds, config.epochs),
+                                        engine=engine)
         files = save_crossval(report, output)
     failure, code = None, 1
     if report.interrupted:
@@ -511,6 +525,68 @@ def render_crossval(report, files: dict) -> None:
     for warning in report.warnings:
         out.print(f"[yellow]note:[/yellow] {warning}")
     for name, path in files.items():
+        out.print(f"{name}: {shown(path)}")
+
+
+@app.command(cls=JsonErrorsCommand)
+def sweep(
+    dataset: str | None = DatasetArgument,
+    grid: Path = typer.Option(..., "--grid", help="The grid file (TOML): [base], [vary], seeds, folds, group."),
+    settings: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                              help="Override the grid: a [base] setting (epochs=20), seeds=[0], vary.variant=[...]."),
+    ray: str | None = RayOption,
+    workers: int | None = typer.Option(None, min=1, help="Folds trained at once on this machine (default: one per core)."),
+    as_json: bool = typer.Option(False, "--json", help="Print sweep.json instead of the table."),
+) -> None:
+    """Cross-validate every recipe of a grid with several seeds on identical folds and rank them.
+
+    Each finished fold is stored at once: the same command again resumes where it stopped.
+    """
+    with user_errors(as_json):
+        from fercli.engines import make_engine
+        from fercli.store import resolve_dataset
+        from fercli.sweep import read_grid, run_sweep
+
+        plan = read_grid(grid, settings or [])
+        prepared = resolve_dataset(dataset)
+        bar, update = progress_bar("sweep")
+
+        def progress(event: dict) -> None:
+            if event["kind"] in ("start", "fold"):
+                update(event["done"], event["total"])
+
+        with make_engine(ray, workers) as engine, bar if not as_json else contextlib.nullcontext():
+            report = run_sweep(prepared, plan, engine, progress=None if as_json else progress)
+    if report.interrupted:
+        done = report.stored_folds + report.trained_folds
+        raise fail(f"interrupted after {done} of {report.planned_folds} folds, stored in {report.folder}: "
+                   "run the same command again to go on", 130)
+    if as_json:
+        emit_json({**report.to_json(), "files": {name: str(path) for name, path in report.files.items()}})
+    else:
+        render_sweep(report)
+
+
+def render_sweep(report) -> None:
+    grid = report.grid
+    out.print(f"[bold]sweep[/bold]: {len(report.recipes)} recipes x {len(grid.seeds)} seeds "
+              f"({', '.join(map(str, grid.seeds))}) x {grid.folds} {grid.group} folds on {report.dataset['images']} "
+              f"images of {shown(report.dataset['name'])}; {report.trained_folds} folds trained now, "
+              f"{report.stored_folds} found stored; {report.seconds:.1f} s on {report.engine['name']}")
+    table = Table(title="recipes, best first (accuracy: mean over seeds of the mean fold accuracy)")
+    for column in ("#", "recipe", "accuracy", "spread", "F1", "vs base", "95% interval", "time"):
+        table.add_column(column, justify="left" if column == "recipe" else "right", no_wrap=column != "recipe",
+                         min_width=16 if column == "recipe" else None, overflow="fold" if column == "recipe" else "ellipsis")
+    for item in report.recipes:
+        d_low, d_high = item.difference_interval
+        table.add_row(str(item.rank), shown(item.name), f"{item.accuracy:.2%}", f"{item.spread:.2%}",
+                      f"{item.macro_f1:.3f}", "base" if item.is_base else f"{item.difference:+.2%}",
+                      "" if item.is_base else f"{d_low:+.1%} .. {d_high:+.1%}", f"{item.seconds:.0f} s")
+    out.print(table)
+    out.print("spread: standard deviation of the per-seed means; vs base: mean paired difference on the same "
+              "(seed, fold) pairs, 95% interval from the corrected resampled t-test for repeated k-fold CV "
+              "(Nadeau & Bengio 2003); time: training time of the recipe's folds")
+    for name, path in report.files.items():
         out.print(f"{name}: {shown(path)}")
 
 

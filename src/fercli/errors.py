@@ -32,3 +32,11 @@ class StoreError(FerError):
 class TrainingError(FerError):
     """Training that gave no usable network: it diverged (the loss or weights stopped being
     finite numbers)."""
+
+
+class GridError(FerError):
+    """A sweep's grid file that cannot be a sweep (unknown setting, wrong type, nothing to vary)."""
+
+
+class EngineError(FerError):
+    """Folds cannot run where asked: Ray missing, a cluster that does not answer or runs other code."""

@@ -172,4 +172,44 @@ def timeline_image(tracks: list[tuple[int, list[float], np.ndarray]], classes: l
         seconds = duration * step / 5
         x = round(left + seconds * scale)
         cv2.putText(image, f"{seconds:.1f} s", (max(0, x - 14), axis_y), FONT, 0.38, (80, 80, 80), 1, cv2.LINE_AA)
+
+
+def sweep_image(rows: list[tuple[str, float, float, float]], path: Path, title: str = "") -> Path:
+    """A PNG of a sweep: one line per recipe (best first), a dot at its mean accuracy and a
+    bar across its interval; rows are (recipe, mean, low, high) as fractions."""
+    # An accuracy is in [0, 1] whatever the t interval says.
+    rows = [(name, mean, *(min(max(value, 0.0), 1.0) if np.isfinite(value) else value for value in (lo, hi)))
+            for name, mean, lo, hi in rows]
+    row_height, label_width, plot_width, top, bottom = 34, 330, 420, 50, 44
+    height = top + row_height * max(1, len(rows)) + bottom
+    width = label_width + plot_width + 80
+    image = np.full((height, width, 3), 255, np.uint8)
+    values = [value for _, *numbers in rows for value in numbers if np.isfinite(value)]
+    low = min(values) if values else 0.0
+    high = max(values) if values else 1.0
+    pad = max(0.005, (high - low) * 0.08)
+    low, high = max(0.0, low - pad), min(1.0, high + pad)
+    if high <= low:
+        low, high = max(0.0, low - 0.01), min(1.0, high + 0.01)
+
+    def x_of(value: float) -> int:
+        return int(round(label_width + (value - low) / (high - low) * plot_width))
+
+    for tick in np.linspace(low, high, 5):
+        x = x_of(float(tick))
+        cv2.line(image, (x, top - 6), (x, height - bottom), (225, 225, 225), 1)
+        cv2.putText(image, f"{tick:.1%}", (x - 22, height - bottom + 18), FONT, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
+    for index, (name, mean, interval_low, interval_high) in enumerate(rows):
+        y = top + index * row_height + row_height // 2
+        cv2.putText(image, drawable(name[:44]), (6, y + 5), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        if np.isfinite(interval_low) and np.isfinite(interval_high):
+            cv2.line(image, (x_of(interval_low), y), (x_of(interval_high), y), (160, 90, 20), 2, cv2.LINE_AA)
+            for end in (interval_low, interval_high):
+                cv2.line(image, (x_of(end), y - 6), (x_of(end), y + 6), (160, 90, 20), 2, cv2.LINE_AA)
+        cv2.circle(image, (x_of(mean), y), 5, (20, 20, 200), -1, cv2.LINE_AA)
+        cv2.putText(image, f"{mean:.2%}", (label_width + plot_width + 14, y + 5), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    if title:
+        cv2.putText(image, drawable(title[:100]), (6, 24), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(image, "accuracy (dot: mean over seeds; bar: 95% interval)", (label_width, height - 10), FONT, 0.4,
+                (80, 80, 80), 1, cv2.LINE_AA)
     return _write_png(path, image)

@@ -9,15 +9,11 @@ one process with two threads; TensorFlow is only ever imported in those workers 
 
 from __future__ import annotations
 
+import contextlib
 import math
-import multiprocessing
 import os
-import queue as queue_module
-import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,7 +29,6 @@ from fercli.config import (
     recipe_differences,
 )
 from fercli.errors import DatasetError, FerError, TrainingError
-from fercli.parallel import default_workers, stop_with_parent
 from fercli.store import PreparedDataset, atomic_write_json, atomic_write_text
 
 Progress = Callable[[dict], None]
@@ -337,33 +332,37 @@ def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[
     return list(splitter.split(selection.crops, selection.targets))
 
 
-# State of a cross-validation worker process, set by _start_fold_worker.
-_worker: dict = {}
+@dataclass(frozen=True)
+class FoldTask:
+    """One fold to train: the settings, which images train and which test. key is the
+    caller's name for it (a fold number, or a sweep member and fold), returned with the result."""
+
+    key: object
+    config: TrainConfig
+    fold: int  # 0-based; with config.seed it seeds the network (fold_seed)
+    train_index: np.ndarray
+    test_index: np.ndarray
 
 
-def _start_fold_worker(events, crops, targets, num_classes, config: TrainConfig) -> None:
-    stop_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    configure_tensorflow(threads=1)
-    _worker.update(events=events, crops=crops, targets=targets, num_classes=num_classes, config=config)
-
-
-def _run_fold(fold: int, train_index: np.ndarray, test_index: np.ndarray) -> dict:
-    config: TrainConfig = _worker["config"]
-    crops, targets, events = _worker["crops"], _worker["targets"], _worker["events"]
+def train_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task: FoldTask,
+               on_epoch: Callable[[int, float, float], None] | None = None) -> dict:
+    """Train one fold's network and predict its test images. Every engine runs folds through
+    this, so that a fold gives the same numbers wherever it runs (with the same TensorFlow
+    threads and op determinism: see configure_tensorflow)."""
     started = time.perf_counter()
+    train_index, test_index = task.train_index, task.test_index
     last = {"epoch": 0, "loss": math.nan}
 
-    def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+    def tracked(epoch: int, loss: float, accuracy: float) -> None:
         last.update(epoch=epoch, loss=loss)
-        events.put({"kind": "epoch", "fold": fold, "epoch": epoch, "epochs": config.epochs,
-                    "loss": loss, "accuracy": accuracy})
+        if on_epoch:
+            on_epoch(epoch, loss, accuracy)
 
-    model, mean, std = fit(crops[train_index], targets[train_index], _worker["num_classes"], config,
-                           fold_seed(config.seed, fold), on_epoch)
-    probabilities = keras_probabilities(model, crops[test_index], mean, std, config.test_time_flip)
+    model, mean, std = fit(crops[train_index], targets[train_index], num_classes, task.config,
+                           fold_seed(task.config.seed, task.fold), tracked)
+    probabilities = keras_probabilities(model, crops[test_index], mean, std, task.config.test_time_flip)
     diverged = divergence(model, last["loss"], last["epoch"], probabilities)
-    return {"fold": fold, "probabilities": None if diverged else probabilities, "diverged": diverged,
+    return {"key": task.key, "fold": task.fold, "probabilities": None if diverged else probabilities, "diverged": diverged,
             "seconds": time.perf_counter() - started, "mean": float(np.mean(mean)), "std": float(np.mean(std))}
 
 
@@ -473,55 +472,62 @@ def cross_validate(
     group: str = "random",
     workers: int | None = None,
     progress: Progress | None = None,
+    engine=None,
 ) -> CrossvalReport:
     """K-fold cross-validation. Ctrl-C stops it and returns the folds finished so far, with
-    interrupted set."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    interrupted set.
+
+    engine: where the folds train (fercli.engines); default a LocalEngine of workers processes.
+    """
+    from fercli.engines import LocalEngine
 
     started = time.perf_counter()
     selection = select_classes(dataset, config.classes)
     config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     splits = make_folds(selection, folds, group, config.seed)
-    count = len(selection.labels)
-    workers = max(1, min(workers or default_workers(), len(splits)))
-    context = multiprocessing.get_context("spawn")
-    events = context.Queue()
+    engine = engine or LocalEngine(workers)
+    tasks = [FoldTask(index, config, index, train, test) for index, (train, test) in enumerate(splits)]
     results: dict[int, dict] = {}
     interrupted = False
-    executor = ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_start_fold_worker,
-        initargs=(events, selection.crops, selection.targets, count, config),
-    )
     try:
-        pending = {executor.submit(_run_fold, index, train, test): index for index, (train, test) in enumerate(splits)}
-        while pending:
-            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(events, progress)
-            for future in done:
-                pending.pop(future)
-                result = future.result()
+        with contextlib.closing(engine.run(selection.crops, selection.targets, len(selection.labels), tasks,
+                                           progress)) as finished:
+            for result in finished:
                 results[result["fold"]] = result
                 if progress:
-                    accuracy = None if result["diverged"] else _accuracy(result, selection, splits)
+                    accuracy = None if result.get("diverged") else _accuracy(result, selection, splits)
                     progress({"kind": "fold", "fold": result["fold"], "folds": len(splits), "accuracy": accuracy})
-        _drain(events, progress)
     except KeyboardInterrupt:
         interrupted = True
-    except BrokenProcessPool:
-        raise FerError("a training process died (out of memory, or killed); nothing was saved") from None
-    finally:
-        _stop(executor, interrupted)
-        events.close()
+    return assemble_crossval(dataset, selection, splits, config, group, results, engine.describe(len(tasks)),
+                             time.perf_counter() - started, interrupted)
 
+
+def assemble_crossval(
+    dataset: PreparedDataset,
+    selection: Selection,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    config: TrainConfig,
+    group: str,
+    results: dict[int, dict],
+    engine: dict,
+    seconds: float,
+    interrupted: bool = False,
+) -> CrossvalReport:
+    """The report of a cross-validation from the results of its finished folds (by 0-based
+    fold number: each a dict with "probabilities" of the fold's test images and "seconds")."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    count = len(selection.labels)
     fold_results, true, predicted, rows = [], [], [], []
     for index in sorted(results):
         train_index, test_index = splits[index]
-        if results[index]["diverged"]:
+        if results[index].get("diverged"):
             # No result: argmax of NaN is class 0, which would pass for predictions.
             fold_results.append(FoldResult(
                 fold=index + 1, accuracy=None, train_size=len(train_index), test_size=len(test_index),
                 test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""}) if group == "subject" else [],
-                seconds=round(results[index]["seconds"], 2), diverged=results[index]["diverged"],
+                seconds=round(results[index]["seconds"], 2), diverged=results[index].get("diverged"),
             ))
             continue
         guesses = results[index]["probabilities"].argmax(axis=1)
@@ -534,7 +540,7 @@ def cross_validate(
             train_size=len(train_index),
             test_size=len(test_index),
             test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""}) if group == "subject" else [],
-            seconds=round(results[index]["seconds"], 2),
+            seconds=round(float(results[index]["seconds"]), 2),
         ))
         rows.extend({"path": str(selection.paths[i]), "fold": index + 1, "true": selection.labels[t],
                      "predicted": selection.labels[g],
@@ -555,7 +561,8 @@ def cross_validate(
         dataset={"name": dataset.name, "path": str(dataset.location), "layout": dataset.meta.get("layout"),
                  "source": dataset.meta.get("source"), "images": len(selection.crops), "subjects": len(subjects),
                  "fingerprint": data_fingerprint(selection)},
-        protocol={"folds": folds, "group": group, "classes": selection.labels, "workers": workers,
+        protocol={"folds": len(splits), "group": group, "classes": selection.labels,
+                  "workers": engine.get("workers"), "engine": engine,
                   "training": config.to_dict(), "recipe": config.recipe,
                   "differs_from_recipe": recipe_differences(config), "preprocess": dataset.meta.get("preprocess")},
         labels=selection.labels,
@@ -566,7 +573,7 @@ def cross_validate(
         macro_f1=float(np.mean(f1)) if true and len(true) == len(results) else math.nan,
         pooled_accuracy=float(np.mean(true_all == predicted_all)) if true and len(true) == len(results) else math.nan,
         warnings=protocol_warnings(selection, group) + starting_notes(config),
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         interrupted=interrupted,
         planned_folds=len(splits),
         predictions=rows,
@@ -605,24 +612,6 @@ def checked_start(config: TrainConfig, dataset: PreparedDataset, selection: Sele
 def _accuracy(result: dict, selection: Selection, splits) -> float:
     test_index = splits[result["fold"]][1]
     return float(np.mean(result["probabilities"].argmax(axis=1) == selection.targets[test_index]))
-
-
-def _drain(events, progress: Progress | None) -> None:
-    while True:
-        try:
-            event = events.get_nowait()
-        except (queue_module.Empty, OSError, ValueError):
-            return
-        if progress:
-            progress(event)
-
-
-def _stop(executor: ProcessPoolExecutor, kill: bool) -> None:
-    if kill:
-        # Workers ignore SIGINT; stop them now rather than after their current fold.
-        for process in list(getattr(executor, "_processes", {}).values()):
-            process.terminate()
-    executor.shutdown(wait=True, cancel_futures=True)
 
 
 def data_fingerprint(selection: Selection) -> str:
