@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.config import TrainConfig
+from fercli.config import TrainConfig, recipe_differences
 from fercli.errors import StoreError
 from fercli.store import DATASET_FILE, crops_dir, datasets_dir, dlib_dir, home, models_dir, runs_dir, unpack_json
 
@@ -116,11 +116,10 @@ def _run(folder: Path) -> Entry:
 
 
 def recipe(training: dict) -> str:
-    """A training configuration in a few words: the variant, then what differs from the paper's."""
-    defaults = TrainConfig().to_dict()
-    changed = [f"{key} {value}" for key, value in training.items()
-               if key not in ("variant", "seed") and key in defaults and value != defaults[key]]
-    return ", ".join([str(training.get("variant", "?")), *changed])
+    """A training configuration in a few words: its recipe, then the settings that differ from it."""
+    config = TrainConfig.from_dict(training)
+    changed = [f"{key} {value}" for key, value in recipe_differences(config).items()]
+    return ", ".join([config.recipe, *changed])
 
 
 def _model(path: Path, runs: list[Entry]) -> Entry:
