@@ -34,7 +34,7 @@ from fercli.config import (
 )
 from fercli.errors import DatasetError, FerError, TrainingError
 from fercli.parallel import default_workers, stop_with_parent
-from fercli.store import PreparedDataset, atomic_write_json, atomic_write_text
+from fercli.store import PreparedDataset, atomic_write_json, atomic_write_text, slug
 
 Progress = Callable[[dict], None]
 
@@ -48,6 +48,7 @@ class Selection:
     labels: list[str]
     subjects: np.ndarray  # (n,) str, "" where unknown
     paths: np.ndarray
+    origins: np.ndarray | None = None  # (n,) str: each image's dataset, for several datasets combined
 
     @property
     def has_subjects(self) -> bool:
@@ -72,12 +73,14 @@ def select_classes(dataset: PreparedDataset, classes: tuple[str, ...] = ()) -> S
         raise DatasetError(f"training needs at least two classes; the selection has {', '.join(labels) or 'none'}")
     keep = np.isin(dataset.labels, labels)
     index = {label: position for position, label in enumerate(labels)}
+    origins = getattr(dataset, "origins", None)
     return Selection(
         crops=dataset.crops[keep],
         targets=np.array([index[label] for label in dataset.labels[keep]], dtype=np.int64),
         labels=labels,
         subjects=dataset.subjects[keep],
         paths=dataset.paths[keep],
+        origins=None if origins is None else origins[keep],
     )
 
 
@@ -308,7 +311,9 @@ def fold_seed(seed: int, fold: int) -> int:
 
 def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified folds, shuffled with seed; by subject (no person on both sides) when group
-    is "subject". DatasetError where the data cannot be split so."""
+    is "subject"; one fold per dataset of a combined selection, which it tests on while the
+    others train (leave-one-dataset-out), when group is "dataset" (folds is then ignored).
+    DatasetError where the data cannot be split so."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     if folds < 2:
@@ -325,8 +330,10 @@ def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[
             raise DatasetError(f"--group subject with {folds} folds needs at least {folds} subjects; there are {len(subjects)}")
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         return list(splitter.split(selection.crops, selection.targets, groups=selection.subjects))
+    if group == "dataset":
+        return dataset_folds(selection)
     if group != "random":
-        raise DatasetError(f"unknown --group {group!r}; choose random or subject")
+        raise DatasetError(f"unknown --group {group!r}; choose random, subject or dataset")
     smallest = int(counts.argmin())
     if counts[smallest] < folds:
         raise DatasetError(
@@ -335,6 +342,16 @@ def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[
         )
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return list(splitter.split(selection.crops, selection.targets))
+
+
+def dataset_folds(selection: Selection) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Leave-one-dataset-out: fold k tests on the k-th dataset and trains on all the others."""
+    if selection.origins is None:
+        raise DatasetError("--group dataset needs several datasets: give two or more (fer crossval A B ...)")
+    names = list(dict.fromkeys(selection.origins.tolist()))
+    if len(names) < 2:
+        raise DatasetError("--group dataset needs images of at least two datasets")
+    return [(np.flatnonzero(selection.origins != name), np.flatnonzero(selection.origins == name)) for name in names]
 
 
 # State of a cross-validation worker process, set by _start_fold_worker.
@@ -376,6 +393,8 @@ class FoldResult:
     test_subjects: list[str]
     seconds: float
     diverged: str | None = None  # why the fold's network is unusable
+    # Several datasets combined: per dataset in the test part, {"images", "accuracy"}.
+    per_dataset: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -395,6 +414,8 @@ class CrossvalReport:
     interrupted: bool = False
     planned_folds: int = 0
     predictions: list[dict] = field(default_factory=list)
+    # Several datasets combined: per dataset, its test images' figures (per_dataset_figures).
+    per_dataset: dict[str, dict] = field(default_factory=dict)
 
     @property
     def accuracies(self) -> np.ndarray:
@@ -439,12 +460,71 @@ class CrossvalReport:
             "completed_folds": len(self.folds),
             "planned_folds": self.planned_folds,
             "diverged_folds": self.diverged_folds,
+            **({"per_dataset": self.per_dataset} if self.per_dataset else {}),
         }
 
 
-def protocol_warnings(selection: Selection, group: str) -> list[str]:
+def per_dataset_figures(selection: Selection, splits, results: dict[int, dict], fold_results: list[FoldResult],
+                        complete: bool) -> dict[str, dict]:
+    """Several datasets combined: each dataset's test images' accuracy (pooled over the folds,
+    and the mean and spread of its folds), its confusion matrix and its class counts; and each
+    fold's figures per dataset (set on fold_results). {} for a single dataset. A single mean
+    hides that one dataset can carry the other. Accuracies are None unless every fold finished."""
+    if selection.origins is None:
+        return {}
+    count = len(selection.labels)
+    figures: dict[str, dict] = {}
+    for name in dict.fromkeys(selection.origins.tolist()):
+        mine = selection.origins == name
+        labels = selection.targets[mine]
+        figures[name] = {"images": int(mine.sum()),
+                         "classes": {label: int(np.count_nonzero(labels == i)) for i, label in enumerate(selection.labels)
+                                     if np.any(labels == i)},
+                         "fold_accuracies": [], "hits": 0, "tested": 0, "confusion": np.zeros((count, count), np.int64)}
+    for fold in fold_results:
+        result = results[fold.fold - 1]
+        if result["diverged"]:
+            continue
+        test_index = splits[fold.fold - 1][1]
+        guesses = result["probabilities"].argmax(axis=1)
+        for name, entry in figures.items():
+            mine = selection.origins[test_index] == name
+            if not mine.any():
+                continue
+            truth = selection.targets[test_index][mine]
+            hits = guesses[mine] == truth
+            np.add.at(entry["confusion"], (truth, guesses[mine]), 1)
+            entry["hits"] += int(hits.sum())
+            entry["tested"] += int(mine.sum())
+            entry["fold_accuracies"].append(float(hits.mean()))
+            fold.per_dataset[name] = {"images": int(mine.sum()), "accuracy": float(hits.mean())}
+    report = {}
+    for name, entry in figures.items():
+        accuracies = np.array(entry["fold_accuracies"])
+        known = complete and entry["tested"] > 0
+        report[name] = {
+            "images": entry["images"], "classes": entry["classes"], "tested": entry["tested"],
+            "accuracy": entry["hits"] / entry["tested"] if known else None,
+            "mean_accuracy": float(accuracies.mean()) if known else None,
+            "std_accuracy": float(accuracies.std()) if known else None,
+            "folds": len(accuracies),
+            "confusion_matrix": entry["confusion"].tolist(),
+        }
+    return report
+
+
+def protocol_warnings(selection: Selection, group: str, config: TrainConfig | None = None) -> list[str]:
     """What a reader must know to judge the numbers of this protocol."""
     notes = []
+    if group == "dataset":
+        names = list(dict.fromkeys(selection.origins.tolist()))
+        notes.append(f"leave-one-dataset-out: each of {', '.join(names)} is tested by a network trained on the "
+                     "other datasets only: new people, and whatever else differs between the datasets (camera, lighting, posing)")
+        if config is not None and config.normalisation == "per-dataset":
+            notes.append("--normalisation per-dataset: a left-out dataset's z-score statistics come from its own "
+                         "test images (no labels), which is transductive: the network saw none of its images, "
+                         "but its statistics assume a batch of them at hand")
+        return notes
     if group == "random":
         if selection.has_subjects:
             people = len(set(selection.subjects.tolist()))
@@ -536,7 +616,9 @@ def cross_validate(
             test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""}) if group == "subject" else [],
             seconds=round(results[index]["seconds"], 2),
         ))
-        rows.extend({"path": str(selection.paths[i]), "fold": index + 1, "true": selection.labels[t],
+        rows.extend({"path": str(selection.paths[i]), "fold": index + 1,
+                     **({"dataset": str(selection.origins[i])} if selection.origins is not None else {}),
+                     "true": selection.labels[t],
                      "predicted": selection.labels[g],
                      **{f"p_{label}": round(float(p), 6) for label, p in zip(selection.labels, probabilities)}}
                     for i, t, g, probabilities in zip(test_index, truth, guesses, results[index]["probabilities"]))
@@ -551,11 +633,13 @@ def cross_validate(
         for i, label in enumerate(selection.labels)
     }
     subjects = sorted(set(selection.subjects.tolist()) - {""})
+    complete = bool(true) and len(true) == len(results)
     return CrossvalReport(
         dataset={"name": dataset.name, "path": str(dataset.location), "layout": dataset.meta.get("layout"),
                  "source": dataset.meta.get("source"), "images": len(selection.crops), "subjects": len(subjects),
-                 "fingerprint": data_fingerprint(selection)},
-        protocol={"folds": folds, "group": group, "classes": selection.labels, "workers": workers,
+                 "fingerprint": data_fingerprint(selection),
+                 **({"datasets": dataset.meta["datasets"]} if "datasets" in dataset.meta else {})},
+        protocol={"folds": len(splits) if group == "dataset" else folds, "group": group, "classes": selection.labels, "workers": workers,
                   "training": config.to_dict(), "recipe": config.recipe,
                   "differs_from_recipe": recipe_differences(config), "preprocess": dataset.meta.get("preprocess")},
         labels=selection.labels,
@@ -565,11 +649,12 @@ def cross_validate(
         # Figures over every fold, or none: the folds left after a divergence are no protocol's.
         macro_f1=float(np.mean(f1)) if true and len(true) == len(results) else math.nan,
         pooled_accuracy=float(np.mean(true_all == predicted_all)) if true and len(true) == len(results) else math.nan,
-        warnings=protocol_warnings(selection, group) + starting_notes(config),
+        warnings=getattr(dataset, "notes", []) + protocol_warnings(selection, group, config) + starting_notes(config),
         seconds=time.perf_counter() - started,
         interrupted=interrupted,
         planned_folds=len(splits),
         predictions=rows,
+        per_dataset=per_dataset_figures(selection, splits, results, fold_results, complete),
     )
 
 
@@ -678,6 +763,9 @@ def train_model(
     preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
     extra = {"test_time_flip": config.test_time_flip, "data_fingerprint": data_fingerprint(selection),
              "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops)}}
+    if "datasets" in dataset.meta:  # several combined: every one, with what it gave
+        extra["datasets"] = [{key: part[key] for key in ("name", "dataset", "source", "fingerprint", "images", "classes")}
+                             for part in dataset.meta["datasets"]]
     # The exported file must give what Keras gives, in finite numbers: checked on a sample
     # and on the load check's own images, before the file takes its name.
     sample = np.concatenate([selection.crops[:64], probe_crops(selection.crops.shape[1])])
@@ -713,7 +801,7 @@ def save_crossval(report: CrossvalReport, folder: Path) -> dict[str, Path]:
     from fercli.report import confusion_image
 
     files = {"report": atomic_write_json(folder / "report.json", report.to_json())}
-    group = "subject" if report.protocol["group"] == "subject" else "random"
+    group = report.protocol["group"] if report.protocol["group"] in ("subject", "dataset") else "random"
     if report.diverged_folds:
         figures = f"{len(report.diverged_folds)} diverged"
     elif math.isnan(report.mean_accuracy):
@@ -722,8 +810,15 @@ def save_crossval(report: CrossvalReport, folder: Path) -> dict[str, Path]:
         figures = f"{report.mean_accuracy:.1%} +/- {report.std_accuracy:.1%}"
     title = f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds ({group}), {figures}"
     files["confusion"] = confusion_image(report.confusion, report.labels, folder / "confusion.png", title)
+    for number, (name, figures) in enumerate(report.per_dataset.items(), start=1):
+        accuracy = "no result" if figures["accuracy"] is None else f"{figures['accuracy']:.1%} of {figures['tested']}"
+        files[f"confusion {name}"] = confusion_image(
+            np.array(figures["confusion_matrix"]), report.labels,
+            folder / f"confusion-{number}-{slug(name)}.png", f"{name}: {accuracy} ({group} folds)")
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["path", "fold", "true", "predicted", *(f"p_{label}" for label in report.labels)])
+    origin = ["dataset"] if report.per_dataset else []
+    writer = csv.DictWriter(text, fieldnames=["path", "fold", *origin, "true", "predicted",
+                                              *(f"p_{label}" for label in report.labels)])
     writer.writeheader()
     writer.writerows(report.predictions)
     files["predictions"] = atomic_write_text(folder / "predictions.csv", text.getvalue())
