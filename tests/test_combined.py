@@ -17,7 +17,7 @@ from fercli.config import PreprocessConfig, TrainConfig
 from fercli.errors import DatasetError
 from fercli.model import load_model
 from fercli.store import PreparedDataset, dataset_folder, datasets_dir, save_dataset
-from fercli.training import cross_validate, make_folds, select_classes
+from fercli.training import cross_validate, fold_inputs, make_folds, select_classes
 from synthetic import make_dataset, save_synthetic
 
 SHARED = ("anger", "happiness", "surprise")
@@ -251,3 +251,45 @@ def test_cli_refuses_classes_of_only_some_datasets_in_one_line(fer_home):
     line = one_error_line(fer("crossval", "jaffe-1", "ck48-2", "--group", "dataset", "--shared-classes",
                               "--classes", "anger,happiness", "--epochs", "1"))
     assert "give --classes or --shared-classes, not both" in line
+
+
+# --- per-dataset normalisation -------------------------------------------------------------
+
+
+def test_per_dataset_statistics_come_from_each_datasets_training_part():
+    rows = [[10, 30], [10, 30], [200, 200], [0, 0],  # dataset a
+            [100, 140], [100, 140], [100, 140], [7, 7]]  # dataset b
+    crops = np.array(rows, np.uint8)[:, np.newaxis, :]
+    origins = np.array(["a"] * 4 + ["b"] * 4)
+    train, test = np.array([0, 1, 4, 5]), np.array([2, 3, 6, 7])
+    train_crops, test_crops = fold_inputs(crops, origins, train, test, "per-dataset")
+    # a's training part has mean 20 and std 10, b's mean 120 and std 20: its test images use them.
+    assert np.allclose(train_crops[0], [[-1, 1]]) and np.allclose(train_crops[2], [[-1, 1]])
+    assert np.allclose(test_crops[0], 18) and np.allclose(test_crops[1], -2)
+    assert np.allclose(test_crops[2], [[-1, 1]]) and np.allclose(test_crops[3], (7 - 120) / 20)
+    same_train, same_test = fold_inputs(crops, origins, train, test, "global")
+    assert same_train.dtype == np.uint8 and np.array_equal(same_test, crops[test])
+
+
+def test_a_left_out_dataset_uses_its_own_statistics():
+    crops = np.array([[[10, 30]], [[10, 30]], [[50, 150]], [[50, 150]]], np.uint8)
+    origins = np.array(["a", "a", "b", "b"])
+    _, test_crops = fold_inputs(crops, origins, np.array([0, 1]), np.array([2, 3]), "per-dataset")
+    assert np.allclose(test_crops, [[[-1, 1]], [[-1, 1]]])
+
+
+def test_per_dataset_normalisation_in_leave_one_dataset_out_says_it_is_transductive(two_saved):
+    result = fer("crossval", *two_saved, "--group", "dataset", "--normalisation", "per-dataset",
+                 "--epochs", "1", "--copies", "0", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["protocol"]["training"]["normalisation"] == "per-dataset"
+    assert any("transductive" in warning for warning in report["warnings"])
+    assert all(0 <= figures["accuracy"] <= 1 for figures in report["per_dataset"].values())
+
+
+def test_train_refuses_per_dataset_normalisation_on_combined_data(two_saved, tmp_path):
+    line = one_error_line(fer("train", *two_saved, "--normalisation", "per-dataset", "--epochs", "1",
+                              "--output", tmp_path / "model.npz"))
+    assert "--normalisation per-dataset is for fer crossval" in line
+    assert not (tmp_path / "model.npz").exists()

@@ -298,7 +298,8 @@ CopiesOption = typer.Option(None, min=0, help="--augment-mode copies: transforme
 FlipAugmentOption = typer.Option(None, "--flip/--no-flip", help="Mirror images among the augmentations (paper: on).")
 RotationOption = typer.Option(None, min=0.0, help="Largest augmentation rotation, in degrees (paper: 3).")
 ShiftOption = typer.Option(None, min=0.0, help="Largest augmentation shift, in pixels (paper: 0).")
-NormalisationOption = typer.Option(None, help="z-score statistics: global (one mean/std) or pixel (paper: global).")
+NormalisationOption = typer.Option(None, help="z-score statistics: global (one mean/std), pixel, or per-dataset (several "
+                                   "datasets, crossval only: each dataset's own mean/std) (paper: global).")
 InitOption = typer.Option(None, "--init", help="Start from this model's weights (a model trained on other "
                           "people, e.g. another dataset) and fine-tune.")
 FlipOption = typer.Option(None, "--flip-tta/--no-flip-tta", help="Average each face's prediction with its mirror image (paper: off).")

@@ -85,9 +85,10 @@ def select_classes(dataset: PreparedDataset, classes: tuple[str, ...] = ()) -> S
 
 
 def normalisation(crops: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """z-score statistics of (training) crops: one mean and std, or one per pixel."""
+    """z-score statistics of (training) crops: one mean and std, or one per pixel.
+    "per-dataset" is "global" here: its per-dataset step happens before (fold_inputs)."""
     values = crops.astype(np.float64)
-    if mode == "global":
+    if mode in ("global", "per-dataset"):
         mean, std = np.array(values.mean()), np.array(values.std())
     elif mode == "pixel":
         mean, std = values.mean(axis=0), values.std(axis=0)
@@ -354,15 +355,35 @@ def dataset_folds(selection: Selection) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.flatnonzero(selection.origins != name), np.flatnonzero(selection.origins == name)) for name in names]
 
 
+def fold_inputs(crops: np.ndarray, origins: np.ndarray | None, train_index: np.ndarray, test_index: np.ndarray,
+                mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """A fold's training and test crops. With --normalisation per-dataset on combined data,
+    each dataset's crops are z-scored (float32) with that dataset's statistics from the
+    fold's training part; a dataset with no training image (the one left out) can only use
+    its own test images' statistics, without their labels (transductive; the report says
+    so). Otherwise the crops as they are (fit normalises them)."""
+    if mode != "per-dataset" or origins is None:
+        return crops[train_index], crops[test_index]
+    standardised = np.empty(crops.shape, np.float32)
+    in_training = np.zeros(len(crops), bool)
+    in_training[train_index] = True
+    for name in np.unique(origins):
+        mine = origins == name
+        source = mine & in_training if np.any(mine & in_training) else mine
+        mean, std = normalisation(crops[source], "global")
+        standardised[mine] = (crops[mine] - mean) / std
+    return standardised[train_index], standardised[test_index]
+
+
 # State of a cross-validation worker process, set by _start_fold_worker.
 _worker: dict = {}
 
 
-def _start_fold_worker(events, crops, targets, num_classes, config: TrainConfig) -> None:
+def _start_fold_worker(events, crops, targets, num_classes, config: TrainConfig, origins=None) -> None:
     stop_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     configure_tensorflow(threads=1)
-    _worker.update(events=events, crops=crops, targets=targets, num_classes=num_classes, config=config)
+    _worker.update(events=events, crops=crops, targets=targets, num_classes=num_classes, config=config, origins=origins)
 
 
 def _run_fold(fold: int, train_index: np.ndarray, test_index: np.ndarray) -> dict:
@@ -376,9 +397,10 @@ def _run_fold(fold: int, train_index: np.ndarray, test_index: np.ndarray) -> dic
         events.put({"kind": "epoch", "fold": fold, "epoch": epoch, "epochs": config.epochs,
                     "loss": loss, "accuracy": accuracy})
 
-    model, mean, std = fit(crops[train_index], targets[train_index], _worker["num_classes"], config,
+    train_crops, test_crops = fold_inputs(crops, _worker["origins"], train_index, test_index, config.normalisation)
+    model, mean, std = fit(train_crops, targets[train_index], _worker["num_classes"], config,
                            fold_seed(config.seed, fold), on_epoch)
-    probabilities = keras_probabilities(model, crops[test_index], mean, std, config.test_time_flip)
+    probabilities = keras_probabilities(model, test_crops, mean, std, config.test_time_flip)
     diverged = divergence(model, last["loss"], last["epoch"], probabilities)
     return {"fold": fold, "probabilities": None if diverged else probabilities, "diverged": diverged,
             "seconds": time.perf_counter() - started, "mean": float(np.mean(mean)), "std": float(np.mean(std))}
@@ -570,7 +592,7 @@ def cross_validate(
     interrupted = False
     executor = ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_start_fold_worker,
-        initargs=(events, selection.crops, selection.targets, count, config),
+        initargs=(events, selection.crops, selection.targets, count, config, selection.origins),
     )
     try:
         pending = {executor.submit(_run_fold, index, train, test): index for index, (train, test) in enumerate(splits)}
@@ -750,6 +772,10 @@ def train_model(
 
     started = time.perf_counter()
     selection = select_classes(dataset, config.classes)
+    if config.normalisation == "per-dataset" and selection.origins is not None:
+        raise FerError("--normalisation per-dataset is for fer crossval: a saved model normalises a face from any "
+                       "camera, and fer predict cannot know which dataset a face belongs to; train with "
+                       "--normalisation global")
     config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     configure_tensorflow(threads)
     last = {"loss": math.nan, "accuracy": math.nan, "epoch": 0}
