@@ -179,6 +179,22 @@ def test_subject_folds_on_combined_data_keep_each_person_on_one_side(two_saved):
         assert not set(selection.subjects[train]) & set(selection.subjects[test])
 
 
+def test_random_folds_on_combined_data_give_each_fold_its_share_of_every_dataset(two_saved):
+    selection = select_classes(load_combined(two_saved))
+    for _, test in make_folds(selection, 3, "random", 0):
+        assert list(selection.origins[test]).count("jaffe") == 12 and list(selection.origins[test]).count("ck48") == 15
+
+
+def test_a_starting_model_trained_on_one_of_the_datasets_is_refused(two_saved, tmp_path):
+    from fercli.errors import FerError
+    from fercli.training import train_model
+
+    starting = tmp_path / "jaffe.npz"
+    train_model(load_combined(["jaffe-1"]), TrainConfig(epochs=1, copies=0), starting)
+    with pytest.raises(FerError, match="the starting model was trained on this dataset"):
+        cross_validate(load_combined(two_saved), TrainConfig(epochs=1, copies=0, init_model=str(starting)), folds=2)
+
+
 def test_dataset_folds_on_a_single_dataset_are_refused(fer_home):
     with pytest.raises(DatasetError, match="--group dataset needs several datasets"):
         make_folds(select_classes(synthetic("jaffe")), 10, "dataset", 0)

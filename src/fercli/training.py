@@ -342,7 +342,15 @@ def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[
             "use fewer --folds or leave it out with --classes"
         )
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return list(splitter.split(selection.crops, selection.targets))
+    strata = selection.targets
+    if selection.origins is not None:
+        # Several datasets: every fold gets each dataset's classes in proportion, so that the
+        # per-dataset figures of a fold rest on a fair share of that dataset.
+        combined = np.unique(np.char.add(np.char.add(selection.origins, "/"), np.array(selection.labels)[strata]),
+                             return_inverse=True)[1]
+        if np.bincount(combined).min() >= folds:
+            strata = combined
+    return list(splitter.split(selection.crops, strata))
 
 
 def dataset_folds(selection: Selection) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -698,7 +706,10 @@ def checked_start(config: TrainConfig, dataset: PreparedDataset, selection: Sele
         return config
     starting = load_starting_model(config)
     trained_on = starting.meta.get("dataset") or {}
-    same_source = trained_on.get("source") and trained_on.get("source") == dataset.meta.get("source")
+    # Several datasets (ours or the starting model's): any one of them in common counts.
+    sources = {dataset.meta.get("source")} | {part.get("source") for part in dataset.meta.get("datasets", [])}
+    theirs = {trained_on.get("source")} | {part.get("source") for part in starting.meta.get("datasets") or []}
+    same_source = bool((sources - {None}) & (theirs - {None}))
     if same_source or starting.meta.get("data_fingerprint") == data_fingerprint(selection):
         raise FerError(f"{config.init_model}: the starting model was trained on this dataset "
                        f"({trained_on.get('name', dataset.name)}), so every test fold would be in it; "
