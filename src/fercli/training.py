@@ -405,7 +405,7 @@ def _run_fold(fold: int, train_index: np.ndarray, test_index: np.ndarray) -> dic
         events.put({"kind": "epoch", "fold": fold, "epoch": epoch, "epochs": config.epochs,
                     "loss": loss, "accuracy": accuracy})
 
-    train_crops, test_crops = fold_inputs(crops, _worker["origins"], train_index, test_index, config.normalisation)
+    train_crops, test_crops = fold_inputs(crops, _worker.get("origins"), train_index, test_index, config.normalisation)
     model, mean, std = fit(train_crops, targets[train_index], _worker["num_classes"], config,
                            fold_seed(config.seed, fold), on_epoch)
     probabilities = keras_probabilities(model, test_crops, mean, std, config.test_time_flip)
