@@ -389,7 +389,7 @@ def train(
     normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
-    """Train the network on every image of a preprocessed dataset and save a model for predict."""
+    """Train the network on every image of one preprocessed dataset or several combined, and save a model for predict."""
     with user_errors(as_json):
         from fercli.combined import load_combined
         from fercli.store import check_output_file, check_writable, models_dir, timestamp
@@ -433,7 +433,8 @@ def crossval(
     datasets: list[str] | None = DatasetArgument,
     folds: int = typer.Option(10, min=2, help="Number of folds."),
     group: Group = typer.Option(Group.random, help="random: stratified folds; subject: no person in both train and test; "
-                                "dataset: leave-one-dataset-out (several datasets; --folds is ignored)."),
+                                "dataset: each of several datasets tested in turn by a network trained on the others "
+                                "(--folds is ignored)."),
     recipe: Recipe = RecipeOption,
     epochs: int | None = EpochsOption, batch_size: int | None = BatchOption, lr: float | None = LearningRateOption,
     momentum: float | None = MomentumOption, optimizer: Optimizer | None = OptimizerOption, variant: Variant | None = VariantOption,
@@ -445,7 +446,7 @@ def crossval(
     output: Path | None = typer.Option(None, help="Report folder (default: a new folder in FER_HOME/runs)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
-    """K-fold cross-validation on a preprocessed dataset, with an honest report."""
+    """K-fold cross-validation on one preprocessed dataset or several combined, with an honest report."""
     with user_errors(as_json):
         from fercli.combined import load_combined
         from fercli.store import check_writable, new_dir, runs_dir, timestamp
@@ -501,8 +502,9 @@ def render_per_dataset(report) -> None:
         if figures["accuracy"] is None:
             table.add_row(shown(name), str(figures["tested"]), "-", "-")
         else:
-            table.add_row(shown(name), str(figures["tested"]), f"{figures['accuracy']:.2%}",
-                          f"{figures['mean_accuracy']:.2%} +/- {figures['std_accuracy']:.2%} ({figures['folds']})")
+            spread = (f"{figures['mean_accuracy']:.2%} +/- {figures['std_accuracy']:.2%} ({figures['folds']} folds)"
+                      if figures["folds"] > 1 else "one fold")
+            table.add_row(shown(name), str(figures["tested"]), f"{figures['accuracy']:.2%}", spread)
     out.print(table)
 
 

@@ -475,7 +475,9 @@ class CrossvalReport:
             "dataset": self.dataset,
             "protocol": self.protocol,
             "labels": self.labels,
-            "folds": [fold.__dict__ for fold in self.folds],
+            # per_dataset only where several datasets were combined: one dataset's report is as it was.
+            "folds": [{key: value for key, value in fold.__dict__.items() if key != "per_dataset" or self.per_dataset}
+                      for fold in self.folds],
             "mean_accuracy": number(self.mean_accuracy),
             "std_accuracy": number(self.std_accuracy),
             "std_note": "population standard deviation of the fold accuracies (ddof=0)",
