@@ -287,19 +287,19 @@ EpochsOption = typer.Option(None, min=1, help="Passes over the (enlarged) traini
 BatchOption = typer.Option(None, "--batch-size", min=1, help="Mini-batch size (paper: 16).")
 LearningRateOption = typer.Option(None, "--lr", min=0.0, help="Learning rate (paper: 0.001).")
 MomentumOption = typer.Option(None, min=0.0, max=1.0, help="SGD momentum (paper: 0.9).")
-OptimizerOption = typer.Option(None, help="sgd or adam (paper: sgd).")
-VariantOption = typer.Option(None, help="Network: paper, dropout, batchnorm, batchnorm-dropout or wide (paper: paper).")
-ClassesOption = typer.Option(None, help="Comma-separated classes to keep, e.g. anger,disgust,fear,happiness,sadness,surprise.")
+OptimizerOption = typer.Option(None, help="Optimizer (paper: sgd).")
+VariantOption = typer.Option(None, help="Network: the paper's, or with dropout, batch normalisation, more filters (paper: paper).")
+ClassesOption = typer.Option(None, help="Classes to keep, comma-separated, e.g. anger,fear,sadness (default: all).")
 SeedOption = typer.Option(0, help="Random seed: same seed, same data -> same folds and weights.")
 AugmentOption = typer.Option(None, "--augment/--no-augment", help="Augment training images (paper: on).")
-AugmentModeOption = typer.Option(None, "--augment-mode", help="copies (the training set enlarged with transformed "
-                                 "copies, originals kept) or online (each epoch a new random copy) (paper: copies).")
+AugmentModeOption = typer.Option(None, "--augment-mode", help="copies: the training set enlarged with transformed "
+                                 "copies, originals kept; online: each epoch a new random copy (paper: copies).")
 CopiesOption = typer.Option(None, min=0, help="--augment-mode copies: transformed copies per image (paper: 5).")
 FlipAugmentOption = typer.Option(None, "--flip/--no-flip", help="Mirror images among the augmentations (paper: on).")
 RotationOption = typer.Option(None, min=0.0, help="Largest augmentation rotation, in degrees (paper: 3).")
 ShiftOption = typer.Option(None, min=0.0, help="Largest augmentation shift, in pixels (paper: 0).")
-NormalisationOption = typer.Option(None, help="z-score statistics: global (one mean/std), pixel, or per-dataset (several "
-                                   "datasets, crossval only: each dataset's own mean/std) (paper: global).")
+NormalisationOption = typer.Option(None, help="z-score statistics: global (one mean and std), per pixel, or "
+                                   "per-dataset (several datasets, crossval only: each dataset's own) (paper: global).")
 InitOption = typer.Option(None, "--init", help="Start from this model's weights (a model trained on other "
                           "people, e.g. another dataset) and fine-tune.")
 FlipOption = typer.Option(None, "--flip-tta/--no-flip-tta", help="Average each face's prediction with its mirror image (paper: off).")

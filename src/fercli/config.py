@@ -6,6 +6,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from fercli.errors import FerError
+
 # Bumped whenever the alignment code changes what it produces for the same settings, so that
 # cached crops and trained models made by an older implementation are not silently reused.
 # 2: the histogram equalization counts only pixels inside the photo (see PreprocessConfig).
@@ -190,8 +192,6 @@ RECIPES: dict[str, dict] = {
 
 def recipe_config(name: str, **overrides) -> TrainConfig:
     """The TrainConfig of a recipe with some settings overridden (None values are ignored)."""
-    from fercli.errors import FerError
-
     if name not in RECIPES:
         raise FerError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
     chosen = {key: value for key, value in overrides.items() if value is not None}
