@@ -853,7 +853,7 @@ def save_crossval(report: CrossvalReport, folder: Path) -> dict[str, Path]:
         accuracy = "no result" if figures["accuracy"] is None else f"{figures['accuracy']:.1%} of {figures['tested']}"
         files[f"confusion {name}"] = confusion_image(
             np.array(figures["confusion_matrix"]), report.labels,
-            folder / f"confusion-{number}-{slug(name)}.png", f"{name}: {accuracy} ({group} folds)")
+            folder / f"confusion-{number}-{slug(name)}.png", f"{name}: {accuracy} ({'left out, trained on the others' if group == 'dataset' else group + ' folds'})")
     text = io.StringIO()
     origin = ["dataset"] if report.per_dataset else []
     writer = csv.DictWriter(text, fieldnames=["path", "fold", *origin, "true", "predicted",
