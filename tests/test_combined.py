@@ -195,6 +195,16 @@ def test_a_starting_model_trained_on_one_of_the_datasets_is_refused(two_saved, t
         cross_validate(load_combined(two_saved), TrainConfig(epochs=1, copies=0, init_model=str(starting)), folds=2)
 
 
+def test_leave_one_dataset_out_warns_of_classes_only_the_left_out_dataset_has(fer_home):
+    from fercli.training import protocol_warnings
+
+    first = synthetic("jaffe", SHARED + ("neutral",), seed=1)
+    combined = combine([first, synthetic("ck48", seed=2)], classes=SHARED + ("neutral",))
+    notes = protocol_warnings(select_classes(combined), "dataset")
+    assert any(note.startswith("jaffe left out: no other dataset has neutral") for note in notes)
+    assert not any(note.startswith("ck48 left out") for note in notes)
+
+
 def test_dataset_folds_on_a_single_dataset_are_refused(fer_home):
     with pytest.raises(DatasetError, match="--group dataset needs several datasets"):
         make_folds(select_classes(synthetic("jaffe")), 10, "dataset", 0)

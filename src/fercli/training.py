@@ -552,6 +552,12 @@ def protocol_warnings(selection: Selection, group: str, config: TrainConfig | No
         names = list(dict.fromkeys(selection.origins.tolist()))
         notes.append(f"leave-one-dataset-out: each of {', '.join(names)} is tested by a network trained on the "
                      "other datasets only: new people, and whatever else differs between the datasets (camera, lighting, posing)")
+        for name in names:
+            others = set(selection.targets[selection.origins != name].tolist())
+            unseen = [selection.labels[t] for t in sorted(set(selection.targets[selection.origins == name].tolist()) - others)]
+            if unseen:
+                notes.append(f"{name} left out: no other dataset has {', '.join(unseen)}, so its network cannot "
+                             "predict that class and its images of it count as errors")
         if config is not None and config.normalisation == "per-dataset":
             notes.append("--normalisation per-dataset: a left-out dataset's z-score statistics come from its own "
                          "test images (no labels), which is transductive: the network saw none of its images, "
