@@ -36,7 +36,7 @@ Layout = choices("Layout", LAYOUTS)
 Variant = choices("Variant", MODEL_VARIANTS)
 Optimizer = choices("Optimizer", OPTIMIZERS)
 Normalisation = choices("Normalisation", NORMALISATIONS)
-Group = choices("Group", ("random", "subject"))
+Group = choices("Group", ("random", "subject", "dataset"))
 AugmentMode = choices("AugmentMode", AUGMENTATIONS)
 Recipe = choices("Recipe", tuple(RECIPES))
 Equalization = choices("Equalization", EQUALIZATIONS)
@@ -276,9 +276,10 @@ def render_preprocess(report) -> None:
 
 # Options shared by train and crossval: one definition each, so they cannot drift apart.
 DatasetArgument = typer.Argument(
-    None, metavar="DATASET", help="A preprocessed dataset: its name or folder under FER_HOME, or the original folder "
-    "(default: the most recently preprocessed)."
+    None, metavar="DATASET...", help="Preprocessed datasets: each a name or folder under FER_HOME, or the original folder "
+    "(default: the most recently preprocessed). Several are combined into one selection."
 )
+SharedClassesOption = typer.Option(False, "--shared-classes", help="Several datasets: keep the classes every one of them has.")
 # Training options default to None: unset, the recipe (--recipe, default "paper") decides.
 RecipeOption = typer.Option(Recipe.paper, help="Starting settings: paper (the paper's recipe) or best (the best "
                             "measured; slower). Options given here override the recipe's.")
@@ -297,7 +298,8 @@ CopiesOption = typer.Option(None, min=0, help="--augment-mode copies: transforme
 FlipAugmentOption = typer.Option(None, "--flip/--no-flip", help="Mirror images among the augmentations (paper: on).")
 RotationOption = typer.Option(None, min=0.0, help="Largest augmentation rotation, in degrees (paper: 3).")
 ShiftOption = typer.Option(None, min=0.0, help="Largest augmentation shift, in pixels (paper: 0).")
-NormalisationOption = typer.Option(None, help="z-score statistics: global (one mean and std) or per pixel (paper: global).")
+NormalisationOption = typer.Option(None, help="z-score statistics: global (one mean and std), per pixel, or "
+                                   "per-dataset (several datasets, crossval only: each dataset's own) (paper: global).")
 InitOption = typer.Option(None, "--init", help="Start from this model's weights (a model trained on other "
                           "people, e.g. another dataset) and fine-tune.")
 FlipOption = typer.Option(None, "--flip-tta/--no-flip-tta", help="Average each face's prediction with its mirror image (paper: off).")
@@ -386,26 +388,27 @@ def epoch_reporter(bar, task, folds: int, epochs: int | None = None):
 
 @app.command(cls=JsonErrorsCommand)
 def train(
-    dataset: str | None = DatasetArgument,
+    datasets: list[str] | None = DatasetArgument,
     output: Path | None = typer.Option(None, help="Model file to write (default: a new file in FER_HOME/models)."),
     recipe: Recipe = RecipeOption,
     epochs: int | None = EpochsOption, batch_size: int | None = BatchOption, lr: float | None = LearningRateOption,
     momentum: float | None = MomentumOption, optimizer: Optimizer | None = OptimizerOption, variant: Variant | None = VariantOption,
-    classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool | None = AugmentOption,
+    classes: str | None = ClassesOption, shared_classes: bool = SharedClassesOption, seed: int = SeedOption, augment: bool | None = AugmentOption,
     augment_mode: AugmentMode | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
     max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
     normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
-    """Train the network on every image of a preprocessed dataset and save a model for predict."""
+    """Train the network on every image of one preprocessed dataset or several combined, and save a model for predict."""
     with user_errors(as_json):
-        from fercli.store import check_output_file, check_writable, models_dir, resolve_dataset, timestamp
+        from fercli.combined import load_combined
+        from fercli.store import check_output_file, check_writable, models_dir, timestamp
         from fercli.training import train_model
 
         config = train_config(recipe, locals())
         if output is not None:
             check_output_file(output)
-        prepared = resolve_dataset(dataset)
+        prepared = load_combined(datasets or [], config.classes, shared_classes)
         made_up = output is None  # then another run may make up the same name: never replace
         output = output or models_dir() / f"{prepared.name}-{timestamp()}.npz"
         check_writable(output.parent)
@@ -416,7 +419,9 @@ def train(
         with bar if not as_json else contextlib.nullcontext():
             result = train_model(prepared, config, output, progress=None if as_json else epoch_reporter(bar, task, 1),
                                  keep_existing=made_up)
+    parts = getattr(prepared, "parts", [])
     summary = {"model": str(result.path), "dataset": prepared.name, "classes": result.classes,
+               **({"datasets": parts} if parts else {}),
                "images": result.images, "epochs": result.epochs, "final_loss": result.loss,
                "final_train_accuracy": result.accuracy, "seconds": round(result.seconds, 1),
                "runtime_difference": result.runtime_difference}
@@ -426,18 +431,24 @@ def train(
     out.print(f"trained on {result.images} images of {prepared.name} ({shown(', '.join(result.classes))}), "
               f"{result.epochs} epochs in {result.seconds:.1f} s; final training loss {result.loss:.3f}, "
               f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)")
+    if parts:
+        render_sources(parts, result.classes)
+        for note in prepared.notes:
+            out.print(f"[yellow]note:[/yellow] {shown(note)}")
     out.print(f"model saved to {shown(result.path)}")
 
 
 @app.command(cls=JsonErrorsCommand)
 def crossval(
-    dataset: str | None = DatasetArgument,
+    datasets: list[str] | None = DatasetArgument,
     folds: int = typer.Option(10, min=2, help="Number of folds."),
-    group: Group = typer.Option(Group.random, help="random: stratified folds; subject: no person in both train and test."),
+    group: Group = typer.Option(Group.random, help="random: stratified folds; subject: no person in both train and test; "
+                                "dataset: each of several datasets tested in turn by a network trained on the others "
+                                "(--folds is ignored)."),
     recipe: Recipe = RecipeOption,
     epochs: int | None = EpochsOption, batch_size: int | None = BatchOption, lr: float | None = LearningRateOption,
     momentum: float | None = MomentumOption, optimizer: Optimizer | None = OptimizerOption, variant: Variant | None = VariantOption,
-    classes: str | None = ClassesOption, seed: int = SeedOption, augment: bool | None = AugmentOption,
+    classes: str | None = ClassesOption, shared_classes: bool = SharedClassesOption, seed: int = SeedOption, augment: bool | None = AugmentOption,
     augment_mode: AugmentMode | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
     max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
     normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
@@ -446,23 +457,25 @@ def crossval(
     output: Path | None = typer.Option(None, help="Report folder (default: a new folder in FER_HOME/runs)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
-    """K-fold cross-validation on a preprocessed dataset, with an honest report."""
+    """K-fold cross-validation on one preprocessed dataset or several combined, with an honest report."""
     with user_errors(as_json):
+        from fercli.combined import load_combined
         from fercli.engines import make_engine
-        from fercli.store import check_writable, new_dir, resolve_dataset, runs_dir, timestamp
+        from fercli.store import check_writable, new_dir, runs_dir, timestamp
         from fercli.training import cross_validate, save_crossval
 
         config = train_config(recipe, locals())
-        prepared = resolve_dataset(dataset)
+        prepared = load_combined(datasets or [], config.classes, shared_classes)
         with make_engine(ray, workers) as engine:
             output = check_writable(output) if output else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
             bar, _ = progress_bar("starting")
-            header(bar, f"fer crossval: {folds} folds ({group.value}), {recipe_summary(config.to_dict())}")
+            planned = len(getattr(prepared, "parts", ())) if group.value == "dataset" else folds
+            header(bar, f"fer crossval: {planned} folds ({group.value}), {recipe_summary(config.to_dict())}")
             task = bar.tasks[0].id
-            bar.update(task, total=folds * config.epochs)
+            bar.update(task, total=planned * config.epochs)
             with bar if not as_json else contextlib.nullcontext():
                 report = cross_validate(prepared, config, folds, group.value, workers,
-                                        progress=None if as_json else epoch_reporter(bar, task, folds, config.epochs),
+                                        progress=None if as_json else epoch_reporter(bar, task, planned, config.epochs),
                                         engine=engine)
         files = save_crossval(report, output)
     failure, code = None, 1
@@ -482,9 +495,38 @@ def crossval(
         raise fail(failure, code)
 
 
+def render_sources(parts: list[dict], labels: list[str]) -> None:
+    """Several datasets combined: which classes came from where, and how many images each gave."""
+    table = Table(title="images per dataset and class")
+    table.add_column("class", overflow="fold")
+    for part in parts:
+        table.add_column(shown(part["name"]), justify="right", overflow="fold")
+    for label in labels:
+        table.add_row(shown(label), *(str(part["classes"].get(label, 0)) for part in parts))
+    table.add_row("all", *(str(part["images"]) for part in parts), style="bold")
+    out.print(table)
+
+
+def render_per_dataset(report) -> None:
+    """Each dataset's accuracy on its own test images: one mean can hide that one carries the other."""
+    table = Table(title="accuracy per dataset (its own test images, over the folds)")
+    for column in ("dataset", "tested", "accuracy", "mean +/- std over folds"):
+        table.add_column(column, justify="left" if column == "dataset" else "right", overflow="fold")
+    for name, figures in report.per_dataset.items():
+        if figures["accuracy"] is None:
+            table.add_row(shown(name), str(figures["tested"]), "-", "-")
+        else:
+            spread = (f"{figures['mean_accuracy']:.2%} +/- {figures['std_accuracy']:.2%} ({figures['folds']} folds)"
+                      if figures["folds"] > 1 else "one fold")
+            table.add_row(shown(name), str(figures["tested"]), f"{figures['accuracy']:.2%}", spread)
+    out.print(table)
+
+
 def render_crossval(report, files: dict) -> None:
     protocol = report.protocol
-    kind = "subject folds (no person in both train and test)" if protocol["group"] == "subject" else "random stratified folds"
+    kind = {"subject": "subject folds (no person in both train and test)",
+            "dataset": "leave-one-dataset-out folds (each dataset tested by a network trained on the others)"}.get(
+        protocol["group"], "random stratified folds")
     training = protocol["training"]
     out.print(f"[bold]protocol[/bold]: {protocol['folds']}-fold {kind}, seed {training['seed']}; "
               f"{len(report.labels)} classes ({shown(', '.join(report.labels))}); {recipe_summary(training)}; "
@@ -494,14 +536,20 @@ def render_crossval(report, files: dict) -> None:
     folds.add_column("train", justify="right")
     folds.add_column("test", justify="right")
     folds.add_column("accuracy", justify="right")
+    names = list(report.per_dataset)
     if protocol["group"] == "subject":
         folds.add_column("test subjects", overflow="fold")
+    for name in names:
+        folds.add_column(shown(name), justify="right", overflow="fold")
     for fold in report.folds:
         row = [str(fold.fold), str(fold.train_size), str(fold.test_size),
                "diverged" if fold.accuracy is None else f"{fold.accuracy:.1%}"]
         if protocol["group"] == "subject":
             row.append(shown(", ".join(fold.test_subjects)))
+        row.extend(f"{fold.per_dataset[name]['accuracy']:.1%}" if name in fold.per_dataset else "-" for name in names)
         folds.add_row(*row)
+    if "datasets" in report.dataset:
+        render_sources(report.dataset["datasets"], report.labels)
     out.print(folds)
     if report.diverged_folds:
         out.print(f"[bold]no mean accuracy[/bold]: training diverged in {len(report.diverged_folds)} of "
@@ -509,6 +557,8 @@ def render_crossval(report, files: dict) -> None:
     elif report.folds:
         out.print(f"[bold]mean accuracy {report.mean_accuracy:.2%} +/- {report.std_accuracy:.2%}[/bold] "
                   f"over {len(report.folds)} folds (pooled {report.pooled_accuracy:.2%}), macro-F1 {report.macro_f1:.3f}")
+    if report.per_dataset:
+        render_per_dataset(report)
     classes = Table(title="per class (summed over folds)")
     for column in ("class", "precision", "recall", "F1", "images"):
         classes.add_column(column, justify="left" if column == "class" else "right", overflow="fold")

@@ -132,7 +132,10 @@ class ScanOptions:
 
 MODEL_VARIANTS = ("paper", "dropout", "batchnorm", "batchnorm-dropout", "wide")
 OPTIMIZERS = ("sgd", "adam")
-NORMALISATIONS = ("global", "pixel")
+# z-score statistics: "global" (one mean/std of the training images), "pixel" (one per pixel),
+# "per-dataset" (several datasets combined: each dataset's own mean/std from its training
+# images, the left-out dataset's from its own images in leave-one-dataset-out; "global" on one).
+NORMALISATIONS = ("global", "pixel", "per-dataset")
 # "copies": the training set is enlarged once with transformed copies, the originals kept (the
 # paper's wording); "online": every epoch replaces each image by a random transformed copy.
 AUGMENTATIONS = ("copies", "online")
@@ -163,7 +166,8 @@ class TrainConfig(JsonConfig):
     max_rotation: float = 3.0
     # Random shifts of up to this many pixels (0: none, the paper).
     max_shift: float = 0.0
-    # z-score statistics from the training images: one mean/std ("global") or per pixel.
+    # z-score statistics from the training images (NORMALISATIONS): one mean/std ("global"),
+    # per pixel, or one mean/std per dataset of a combination ("per-dataset").
     normalisation: str = "global"
     seed: int = 0
     # Average the predictions for each face and its mirror image (at test time only).

@@ -29,7 +29,7 @@ from fercli.config import (
     recipe_differences,
 )
 from fercli.errors import DatasetError, FerError, TrainingError
-from fercli.store import PreparedDataset, atomic_write_json, atomic_write_text
+from fercli.store import PreparedDataset, atomic_write_json, atomic_write_text, slug
 
 Progress = Callable[[dict], None]
 
@@ -43,6 +43,7 @@ class Selection:
     labels: list[str]
     subjects: np.ndarray  # (n,) str, "" where unknown
     paths: np.ndarray
+    origins: np.ndarray | None = None  # (n,) str: each image's dataset, for several datasets combined
 
     @property
     def has_subjects(self) -> bool:
@@ -67,19 +68,22 @@ def select_classes(dataset: PreparedDataset, classes: tuple[str, ...] = ()) -> S
         raise DatasetError(f"training needs at least two classes; the selection has {', '.join(labels) or 'none'}")
     keep = np.isin(dataset.labels, labels)
     index = {label: position for position, label in enumerate(labels)}
+    origins = getattr(dataset, "origins", None)
     return Selection(
         crops=dataset.crops[keep],
         targets=np.array([index[label] for label in dataset.labels[keep]], dtype=np.int64),
         labels=labels,
         subjects=dataset.subjects[keep],
         paths=dataset.paths[keep],
+        origins=None if origins is None else origins[keep],
     )
 
 
 def normalisation(crops: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """z-score statistics of (training) crops: one mean and std, or one per pixel."""
+    """z-score statistics of (training) crops: one mean and std, or one per pixel.
+    "per-dataset" is "global" here: its per-dataset step happens before (fold_inputs)."""
     values = crops.astype(np.float64)
-    if mode == "global":
+    if mode in ("global", "per-dataset"):
         mean, std = np.array(values.mean()), np.array(values.std())
     elif mode == "pixel":
         mean, std = values.mean(axis=0), values.std(axis=0)
@@ -303,7 +307,9 @@ def fold_seed(seed: int, fold: int) -> int:
 
 def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified folds, shuffled with seed; by subject (no person on both sides) when group
-    is "subject". DatasetError where the data cannot be split so."""
+    is "subject"; one fold per dataset of a combined selection, which it tests on while the
+    others train (leave-one-dataset-out), when group is "dataset" (folds is then ignored).
+    DatasetError where the data cannot be split so."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     if folds < 2:
@@ -320,8 +326,10 @@ def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[
             raise DatasetError(f"--group subject with {folds} folds needs at least {folds} subjects; there are {len(subjects)}")
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         return list(splitter.split(selection.crops, selection.targets, groups=selection.subjects))
+    if group == "dataset":
+        return dataset_folds(selection)
     if group != "random":
-        raise DatasetError(f"unknown --group {group!r}; choose random or subject")
+        raise DatasetError(f"unknown --group {group!r}; choose random, subject or dataset")
     smallest = int(counts.argmin())
     if counts[smallest] < folds:
         raise DatasetError(
@@ -329,7 +337,45 @@ def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[
             "use fewer --folds or leave it out with --classes"
         )
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return list(splitter.split(selection.crops, selection.targets))
+    strata = selection.targets
+    if selection.origins is not None:
+        # Several datasets: every fold gets each dataset's classes in proportion, so that the
+        # per-dataset figures of a fold rest on a fair share of that dataset.
+        combined = np.unique(np.char.add(np.char.add(selection.origins, "/"), np.array(selection.labels)[strata]),
+                             return_inverse=True)[1]
+        if np.bincount(combined).min() >= folds:
+            strata = combined
+    return list(splitter.split(selection.crops, strata))
+
+
+def dataset_folds(selection: Selection) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Leave-one-dataset-out: fold k tests on the k-th dataset and trains on all the others."""
+    if selection.origins is None:
+        raise DatasetError("--group dataset needs several datasets: give two or more (fer crossval A B ...)")
+    names = list(dict.fromkeys(selection.origins.tolist()))
+    if len(names) < 2:
+        raise DatasetError("--group dataset needs images of at least two datasets")
+    return [(np.flatnonzero(selection.origins != name), np.flatnonzero(selection.origins == name)) for name in names]
+
+
+def fold_inputs(crops: np.ndarray, origins: np.ndarray | None, train_index: np.ndarray, test_index: np.ndarray,
+                mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """A fold's training and test crops. With --normalisation per-dataset on combined data,
+    each dataset's crops are z-scored (float32) with that dataset's statistics from the
+    fold's training part; a dataset with no training image (the one left out) can only use
+    its own test images' statistics, without their labels (transductive; the report says
+    so). Otherwise the crops as they are (fit normalises them)."""
+    if mode != "per-dataset" or origins is None:
+        return crops[train_index], crops[test_index]
+    standardised = np.empty(crops.shape, np.float32)
+    in_training = np.zeros(len(crops), bool)
+    in_training[train_index] = True
+    for name in np.unique(origins):
+        mine = origins == name
+        source = mine & in_training if np.any(mine & in_training) else mine
+        mean, std = normalisation(crops[source], "global")
+        standardised[mine] = (crops[mine] - mean) / std
+    return standardised[train_index], standardised[test_index]
 
 
 @dataclass(frozen=True)
@@ -342,6 +388,8 @@ class FoldTask:
     fold: int  # 0-based; with config.seed it seeds the network (fold_seed)
     train_index: np.ndarray
     test_index: np.ndarray
+    # Each image's dataset, for --normalisation per-dataset on combined data (else None).
+    origins: np.ndarray | None = None
 
 
 def train_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task: FoldTask,
@@ -358,9 +406,10 @@ def train_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task: F
         if on_epoch:
             on_epoch(epoch, loss, accuracy)
 
-    model, mean, std = fit(crops[train_index], targets[train_index], num_classes, task.config,
+    train_crops, test_crops = fold_inputs(crops, task.origins, train_index, test_index, task.config.normalisation)
+    model, mean, std = fit(train_crops, targets[train_index], num_classes, task.config,
                            fold_seed(task.config.seed, task.fold), tracked)
-    probabilities = keras_probabilities(model, crops[test_index], mean, std, task.config.test_time_flip)
+    probabilities = keras_probabilities(model, test_crops, mean, std, task.config.test_time_flip)
     diverged = divergence(model, last["loss"], last["epoch"], probabilities)
     return {"key": task.key, "fold": task.fold, "probabilities": None if diverged else probabilities, "diverged": diverged,
             "seconds": time.perf_counter() - started, "mean": float(np.mean(mean)), "std": float(np.mean(std))}
@@ -375,6 +424,8 @@ class FoldResult:
     test_subjects: list[str]
     seconds: float
     diverged: str | None = None  # why the fold's network is unusable
+    # Several datasets combined: per dataset in the test part, {"images", "accuracy"}.
+    per_dataset: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -394,6 +445,8 @@ class CrossvalReport:
     interrupted: bool = False
     planned_folds: int = 0
     predictions: list[dict] = field(default_factory=list)
+    # Several datasets combined: per dataset, its test images' figures (per_dataset_figures).
+    per_dataset: dict[str, dict] = field(default_factory=dict)
 
     @property
     def accuracies(self) -> np.ndarray:
@@ -423,7 +476,9 @@ class CrossvalReport:
             "dataset": self.dataset,
             "protocol": self.protocol,
             "labels": self.labels,
-            "folds": [fold.__dict__ for fold in self.folds],
+            # per_dataset only where several datasets were combined: one dataset's report is as it was.
+            "folds": [{key: value for key, value in fold.__dict__.items() if key != "per_dataset" or self.per_dataset}
+                      for fold in self.folds],
             "mean_accuracy": number(self.mean_accuracy),
             "std_accuracy": number(self.std_accuracy),
             "std_note": "population standard deviation of the fold accuracies (ddof=0)",
@@ -438,12 +493,77 @@ class CrossvalReport:
             "completed_folds": len(self.folds),
             "planned_folds": self.planned_folds,
             "diverged_folds": self.diverged_folds,
+            **({"per_dataset": self.per_dataset} if self.per_dataset else {}),
         }
 
 
-def protocol_warnings(selection: Selection, group: str) -> list[str]:
+def per_dataset_figures(selection: Selection, splits, results: dict[int, dict], fold_results: list[FoldResult],
+                        complete: bool) -> dict[str, dict]:
+    """Several datasets combined: each dataset's test images' accuracy (pooled over the folds,
+    and the mean and spread of its folds), its confusion matrix and its class counts; and each
+    fold's figures per dataset (set on fold_results). {} for a single dataset. A single mean
+    hides that one dataset can carry the other. Accuracies are None unless every fold finished."""
+    if selection.origins is None:
+        return {}
+    count = len(selection.labels)
+    figures: dict[str, dict] = {}
+    for name in dict.fromkeys(selection.origins.tolist()):
+        mine = selection.origins == name
+        labels = selection.targets[mine]
+        figures[name] = {"images": int(mine.sum()),
+                         "classes": {label: int(np.count_nonzero(labels == i)) for i, label in enumerate(selection.labels)
+                                     if np.any(labels == i)},
+                         "fold_accuracies": [], "hits": 0, "tested": 0, "confusion": np.zeros((count, count), np.int64)}
+    for fold in fold_results:
+        result = results[fold.fold - 1]
+        if result["diverged"]:
+            continue
+        test_index = splits[fold.fold - 1][1]
+        guesses = result["probabilities"].argmax(axis=1)
+        for name, entry in figures.items():
+            mine = selection.origins[test_index] == name
+            if not mine.any():
+                continue
+            truth = selection.targets[test_index][mine]
+            hits = guesses[mine] == truth
+            np.add.at(entry["confusion"], (truth, guesses[mine]), 1)
+            entry["hits"] += int(hits.sum())
+            entry["tested"] += int(mine.sum())
+            entry["fold_accuracies"].append(float(hits.mean()))
+            fold.per_dataset[name] = {"images": int(mine.sum()), "accuracy": float(hits.mean())}
+    report = {}
+    for name, entry in figures.items():
+        accuracies = np.array(entry["fold_accuracies"])
+        known = complete and entry["tested"] > 0
+        report[name] = {
+            "images": entry["images"], "classes": entry["classes"], "tested": entry["tested"],
+            "accuracy": entry["hits"] / entry["tested"] if known else None,
+            "mean_accuracy": float(accuracies.mean()) if known else None,
+            "std_accuracy": float(accuracies.std()) if known else None,
+            "folds": len(accuracies),
+            "confusion_matrix": entry["confusion"].tolist(),
+        }
+    return report
+
+
+def protocol_warnings(selection: Selection, group: str, config: TrainConfig | None = None) -> list[str]:
     """What a reader must know to judge the numbers of this protocol."""
     notes = []
+    if group == "dataset":
+        names = list(dict.fromkeys(selection.origins.tolist()))
+        notes.append(f"leave-one-dataset-out: each of {', '.join(names)} is tested by a network trained on the "
+                     "other datasets only: new people, and whatever else differs between the datasets (camera, lighting, posing)")
+        for name in names:
+            others = set(selection.targets[selection.origins != name].tolist())
+            unseen = [selection.labels[t] for t in sorted(set(selection.targets[selection.origins == name].tolist()) - others)]
+            if unseen:
+                notes.append(f"{name} left out: no other dataset has {', '.join(unseen)}, so its network cannot "
+                             "predict that class and its images of it count as errors")
+        if config is not None and config.normalisation == "per-dataset":
+            notes.append("--normalisation per-dataset: a left-out dataset's z-score statistics come from its own "
+                         "test images (no labels), which is transductive: the network saw none of its images, "
+                         "but its statistics assume a batch of them at hand")
+        return notes
     if group == "random":
         if selection.has_subjects:
             people = len(set(selection.subjects.tolist()))
@@ -486,7 +606,7 @@ def cross_validate(
     config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     splits = make_folds(selection, folds, group, config.seed)
     engine = engine or LocalEngine(workers)
-    tasks = [FoldTask(index, config, index, train, test) for index, (train, test) in enumerate(splits)]
+    tasks = [FoldTask(index, config, index, train, test, selection.origins) for index, (train, test) in enumerate(splits)]
     results: dict[int, dict] = {}
     interrupted = False
     try:
@@ -542,7 +662,9 @@ def assemble_crossval(
             test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""}) if group == "subject" else [],
             seconds=round(float(results[index]["seconds"]), 2),
         ))
-        rows.extend({"path": str(selection.paths[i]), "fold": index + 1, "true": selection.labels[t],
+        rows.extend({"path": str(selection.paths[i]), "fold": index + 1,
+                     **({"dataset": str(selection.origins[i])} if selection.origins is not None else {}),
+                     "true": selection.labels[t],
                      "predicted": selection.labels[g],
                      **{f"p_{label}": round(float(p), 6) for label, p in zip(selection.labels, probabilities)}}
                     for i, t, g, probabilities in zip(test_index, truth, guesses, results[index]["probabilities"]))
@@ -557,10 +679,12 @@ def assemble_crossval(
         for i, label in enumerate(selection.labels)
     }
     subjects = sorted(set(selection.subjects.tolist()) - {""})
+    complete = bool(true) and len(true) == len(results)
     return CrossvalReport(
         dataset={"name": dataset.name, "path": str(dataset.location), "layout": dataset.meta.get("layout"),
                  "source": dataset.meta.get("source"), "images": len(selection.crops), "subjects": len(subjects),
-                 "fingerprint": data_fingerprint(selection)},
+                 "fingerprint": data_fingerprint(selection),
+                 **({"datasets": dataset.meta["datasets"]} if "datasets" in dataset.meta else {})},
         protocol={"folds": len(splits), "group": group, "classes": selection.labels,
                   "workers": engine.get("workers"), "engine": engine,
                   "training": config.to_dict(), "recipe": config.recipe,
@@ -572,11 +696,12 @@ def assemble_crossval(
         # Figures over every fold, or none: the folds left after a divergence are no protocol's.
         macro_f1=float(np.mean(f1)) if true and len(true) == len(results) else math.nan,
         pooled_accuracy=float(np.mean(true_all == predicted_all)) if true and len(true) == len(results) else math.nan,
-        warnings=protocol_warnings(selection, group) + starting_notes(config),
+        warnings=getattr(dataset, "notes", []) + protocol_warnings(selection, group, config) + starting_notes(config),
         seconds=seconds,
         interrupted=interrupted,
         planned_folds=len(splits),
         predictions=rows,
+        per_dataset=per_dataset_figures(selection, splits, results, fold_results, complete),
     )
 
 
@@ -598,7 +723,10 @@ def checked_start(config: TrainConfig, dataset: PreparedDataset, selection: Sele
         return config
     starting = load_starting_model(config)
     trained_on = starting.meta.get("dataset") or {}
-    same_source = trained_on.get("source") and trained_on.get("source") == dataset.meta.get("source")
+    # Several datasets (ours or the starting model's): any one of them in common counts.
+    sources = {dataset.meta.get("source")} | {part.get("source") for part in dataset.meta.get("datasets", [])}
+    theirs = {trained_on.get("source")} | {part.get("source") for part in starting.meta.get("datasets") or []}
+    same_source = bool((sources - {None}) & (theirs - {None}))
     if same_source or starting.meta.get("data_fingerprint") == data_fingerprint(selection):
         raise FerError(f"{config.init_model}: the starting model was trained on this dataset "
                        f"({trained_on.get('name', dataset.name)}), so every test fold would be in it; "
@@ -654,6 +782,10 @@ def train_model(
 
     started = time.perf_counter()
     selection = select_classes(dataset, config.classes)
+    if config.normalisation == "per-dataset" and selection.origins is not None:
+        raise FerError("--normalisation per-dataset is for fer crossval: a saved model normalises a face from any "
+                       "camera, and fer predict cannot know which dataset a face belongs to; train with "
+                       "--normalisation global")
     config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     configure_tensorflow(threads)
     last = {"loss": math.nan, "accuracy": math.nan, "epoch": 0}
@@ -667,6 +799,9 @@ def train_model(
     preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
     extra = {"test_time_flip": config.test_time_flip, "data_fingerprint": data_fingerprint(selection),
              "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops)}}
+    if "datasets" in dataset.meta:  # several combined: every one, with what it gave
+        extra["datasets"] = [{key: part[key] for key in ("name", "dataset", "source", "fingerprint", "images", "classes")}
+                             for part in dataset.meta["datasets"]]
     # The exported file must give what Keras gives, in finite numbers: checked on a sample
     # and on the load check's own images, before the file takes its name.
     sample = np.concatenate([selection.crops[:64], probe_crops(selection.crops.shape[1])])
@@ -702,7 +837,7 @@ def save_crossval(report: CrossvalReport, folder: Path) -> dict[str, Path]:
     from fercli.report import confusion_image
 
     files = {"report": atomic_write_json(folder / "report.json", report.to_json())}
-    group = "subject" if report.protocol["group"] == "subject" else "random"
+    group = report.protocol["group"] if report.protocol["group"] in ("subject", "dataset") else "random"
     if report.diverged_folds:
         figures = f"{len(report.diverged_folds)} diverged"
     elif math.isnan(report.mean_accuracy):
@@ -711,8 +846,15 @@ def save_crossval(report: CrossvalReport, folder: Path) -> dict[str, Path]:
         figures = f"{report.mean_accuracy:.1%} +/- {report.std_accuracy:.1%}"
     title = f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds ({group}), {figures}"
     files["confusion"] = confusion_image(report.confusion, report.labels, folder / "confusion.png", title)
+    for number, (name, figures) in enumerate(report.per_dataset.items(), start=1):
+        accuracy = "no result" if figures["accuracy"] is None else f"{figures['accuracy']:.1%} of {figures['tested']}"
+        files[f"confusion {name}"] = confusion_image(
+            np.array(figures["confusion_matrix"]), report.labels,
+            folder / f"confusion-{number}-{slug(name)}.png", f"{name}: {accuracy} ({'left out, trained on the others' if group == 'dataset' else group + ' folds'})")
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["path", "fold", "true", "predicted", *(f"p_{label}" for label in report.labels)])
+    origin = ["dataset"] if report.per_dataset else []
+    writer = csv.DictWriter(text, fieldnames=["path", "fold", *origin, "true", "predicted",
+                                              *(f"p_{label}" for label in report.labels)])
     writer.writeheader()
     writer.writerows(report.predictions)
     files["predictions"] = atomic_write_text(folder / "predictions.csv", text.getvalue())
