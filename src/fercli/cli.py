@@ -385,6 +385,8 @@ def train(
     augment_mode: AugmentMode | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
     max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
     normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
+    ensemble: int = typer.Option(1, min=1, max=50, help="Train this many networks (seeds differ) into one model "
+                                 "file; predict averages them."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Train the network on every image of a preprocessed dataset and save a model for predict."""
@@ -402,21 +404,21 @@ def train(
         bar, _ = progress_bar("training")
         header(bar, f"fer train: {recipe_summary(config.to_dict())}")
         task = bar.tasks[0].id
-        bar.update(task, total=config.epochs)
+        bar.update(task, total=config.epochs * ensemble)
         with bar if not as_json else contextlib.nullcontext():
-            result = train_model(prepared, config, output, progress=None if as_json else epoch_reporter(bar, task, 1),
-                                 keep_existing=made_up)
+            result = train_model(prepared, config, output, progress=None if as_json else epoch_reporter(bar, task, ensemble),
+                                 keep_existing=made_up, ensemble=ensemble)
     summary = {"model": str(result.path), "dataset": prepared.name, "classes": result.classes,
                "images": result.images, "epochs": result.epochs, "final_loss": result.loss,
                "final_train_accuracy": result.accuracy, "seconds": round(result.seconds, 1),
-               "runtime_difference": result.runtime_difference}
+               "runtime_difference": result.runtime_difference, "networks": ensemble}
     if as_json:
         emit_json(summary)
         return
     out.print(f"trained on {result.images} images of {prepared.name} ({shown(', '.join(result.classes))}), "
               f"{result.epochs} epochs in {result.seconds:.1f} s; final training loss {result.loss:.3f}, "
               f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)")
-    out.print(f"model saved to {shown(result.path)}")
+    out.print(f"model saved to {shown(result.path)}" + (f" (an ensemble of {ensemble} networks)" if ensemble > 1 else ""))
 
 
 @app.command(cls=JsonErrorsCommand)
@@ -433,6 +435,8 @@ def crossval(
     normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
     workers: int | None = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
     output: Path | None = typer.Option(None, help="Report folder (default: a new folder in FER_HOME/runs)."),
+    save_model: bool = typer.Option(True, "--save-model/--no-save-model", help="Save the fold networks as one "
+                                    "ensemble model file in FER_HOME/models, which predict then uses."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """K-fold cross-validation on a preprocessed dataset, with an honest report."""
@@ -451,6 +455,12 @@ def crossval(
             report = cross_validate(prepared, config, folds, group.value, workers,
                                     progress=None if as_json else epoch_reporter(bar, task, folds))
         files = save_crossval(report, output)
+        if save_model and not report.interrupted and not report.diverged_folds:
+            from fercli.store import models_dir
+            from fercli.training import save_crossval_model
+
+            files["model"] = save_crossval_model(report, prepared, models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz",
+                                                 run=output)
     failure, code = None, 1
     if report.interrupted:
         failure, code = (f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
@@ -495,7 +505,16 @@ def render_crossval(report, files: dict) -> None:
     elif report.folds:
         out.print(f"[bold]mean accuracy {report.mean_accuracy:.2%} +/- {report.std_accuracy:.2%}[/bold] "
                   f"over {len(report.folds)} folds (pooled {report.pooled_accuracy:.2%}), macro-F1 {report.macro_f1:.3f}")
-    classes = Table(title="per class (summed over folds)")
+    render_scores(report, "per class (summed over folds)")
+    for warning in report.warnings:
+        out.print(f"[yellow]note:[/yellow] {warning}")
+    for name, path in files.items():
+        out.print(f"{name}: {shown(path)}")
+
+
+def render_scores(report, title: str) -> None:
+    """The per-class table and the confusion matrix of a crossval or evaluate report."""
+    classes = Table(title=title)
     for column in ("class", "precision", "recall", "F1", "images"):
         classes.add_column(column, justify="left" if column == "class" else "right", overflow="fold")
     for label, values in report.per_class.items():
@@ -508,10 +527,51 @@ def render_crossval(report, files: dict) -> None:
     for label, row in zip(report.labels, report.confusion):
         matrix.add_row(shown(label), *(str(int(value)) for value in row))
     out.print(matrix)
+
+
+@app.command(cls=JsonErrorsCommand)
+def evaluate(
+    dataset: str = typer.Argument(..., metavar="DATASET", help="A preprocessed dataset (its name or folder under "
+                                  "FER_HOME) or an original dataset folder, then preprocessed with the model's settings."),
+    model: Path | None = typer.Option(None, help="Model file (default: the most recently trained)."),
+    split: str | None = typer.Option(None, help="Only this predefined split of the dataset (FER2013: Training, "
+                                     "PublicTest, PrivateTest)."),
+    workers: int | None = typer.Option(None, min=1, help="Processes to align with, if the dataset needs preprocessing."),
+    output: Path | None = typer.Option(None, help="Report folder (default: a new folder in FER_HOME/runs)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
+) -> None:
+    """Score a trained model on another dataset: only the classes both have count."""
+    with user_errors(as_json):
+        from fercli.evaluate import evaluate_model, prepare_for_model
+        from fercli.predict import resolve_model
+        from fercli.store import check_writable, new_dir, runs_dir, slug, timestamp
+        from fercli.training import save_crossval
+
+        loaded = resolve_model(model)
+        bar, update = progress_bar("aligning")
+        with bar if not as_json else contextlib.nullcontext():
+            prepared, _ = prepare_for_model(dataset, loaded, workers, progress=None if as_json else update)
+        report = evaluate_model(loaded, prepared, split)
+        name = slug(Path(str(loaded.path)).stem)
+        output = check_writable(output) if output else new_dir(runs_dir() / f"evaluate-{name}-{prepared.name}-{timestamp()}")
+        files = save_crossval(report, output, title=f"{name} on {prepared.name}: {report.pooled_accuracy:.1%}")
+    if as_json:
+        emit_json({**report.to_json(), "files": {key: str(path) for key, path in files.items()}})
+        return
+    model_info = report.protocol["model"]
+    trained_on = model_info.get("dataset") or {}
+    networks = f", an ensemble of {model_info['networks']} networks" if model_info["networks"] > 1 else ""
+    out.print(f"[bold]protocol[/bold]: model {shown(Path(model_info['path']).name)} ({recipe_summary(model_info['training'] or {})}"
+              f"{networks}; trained on {trained_on.get('images', '?')} images of {shown(trained_on.get('name', '?'))}, "
+              f"data fingerprint {model_info.get('data_fingerprint') or '?'}) on {report.dataset['images']} images of "
+              f"{shown(report.dataset['name'])}{f' (split {shown(split)})' if split else ''}; "
+              f"{len(report.labels)} shared classes ({shown(', '.join(report.labels))})")
+    out.print(f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold], macro-F1 {report.macro_f1:.3f}")
+    render_scores(report, "per class")
     for warning in report.warnings:
-        out.print(f"[yellow]note:[/yellow] {warning}")
-    for name, path in files.items():
-        out.print(f"{name}: {shown(path)}")
+        out.print(f"[yellow]note:[/yellow] {shown(warning)}")
+    for key, path in files.items():
+        out.print(f"{key}: {shown(path)}")
 
 
 @app.command(cls=JsonErrorsCommand)
