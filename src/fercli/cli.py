@@ -387,6 +387,7 @@ def train(
     normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
     ensemble: int = typer.Option(1, min=1, max=50, help="Train this many networks (seeds differ) into one model "
                                  "file; predict averages them."),
+    split: str | None = typer.Option(None, help="Train only on this predefined split of the dataset (FER2013: Training)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Train the network on every image of a preprocessed dataset and save a model for predict."""
@@ -397,7 +398,9 @@ def train(
         config = train_config(recipe, locals())
         if output is not None:
             check_output_file(output)
-        prepared = resolve_dataset(dataset)
+        from fercli.evaluate import dataset_split
+
+        prepared = dataset_split(resolve_dataset(dataset), split)
         made_up = output is None  # then another run may make up the same name: never replace
         output = output or models_dir() / f"{prepared.name}-{timestamp()}.npz"
         check_writable(output.parent)

@@ -16,6 +16,7 @@ import numpy as np
 
 from fercli.config import PreprocessConfig, ScanOptions, label_order
 from fercli.errors import DatasetError
+from fercli.fer2013 import is_fer2013
 from fercli.model import FerModel
 from fercli.store import DATASET_FILE, PreparedDataset, dataset_folder, datasets_dir, load_dataset, resolve_dataset
 from fercli.training import (
@@ -47,8 +48,8 @@ def prepare_for_model(
 
     wanted = model.preprocess.fingerprint()
     candidate = Path(choice)
-    original = (candidate.is_dir() and not (candidate / DATASET_FILE).exists()
-                and not _inside(candidate, datasets_dir()))
+    original = ((candidate.is_dir() and not (candidate / DATASET_FILE).exists()
+                 or is_fer2013(candidate)) and not _inside(candidate, datasets_dir()))
     if original:
         prepared = dataset_folder(candidate) / DATASET_FILE
         if prepared.exists():
@@ -88,16 +89,17 @@ def dataset_split(dataset: PreparedDataset, split: str | None) -> PreparedDatase
     DatasetError when the dataset has no such split."""
     if split is None:
         return dataset
-    splits = dataset.meta.get("splits")
-    column = getattr(dataset, "splits", None)
-    if column is None or not splits:
+    column = dataset.splits
+    names = sorted(set(column.tolist()) - {""}) if column is not None else []
+    if not names:
         raise DatasetError(f"{dataset.name} has no predefined splits (FER2013's Usage column has them); "
                            "leave out --split")
     keep = column == split
     if not keep.any():
-        raise DatasetError(f"{dataset.name} has no split {split!r}; it has {', '.join(splits)}")
+        raise DatasetError(f"{dataset.name} has no split {split!r}; it has {', '.join(names)}")
     return PreparedDataset(crops=dataset.crops[keep], labels=dataset.labels[keep], subjects=dataset.subjects[keep],
-                           paths=dataset.paths[keep], meta=dataset.meta, location=dataset.location)
+                           paths=dataset.paths[keep], meta={**dataset.meta, "split": split},
+                           location=dataset.location, splits=column[keep])
 
 
 def evaluate_model(model: FerModel, dataset: PreparedDataset, split: str | None = None) -> CrossvalReport:

@@ -574,7 +574,7 @@ def cross_validate(
         # Figures over every fold, or none: the folds left after a divergence are no protocol's.
         macro_f1=float(np.mean(f1)) if true and len(true) == len(results) else math.nan,
         pooled_accuracy=float(np.mean(true_all == predicted_all)) if true and len(true) == len(results) else math.nan,
-        warnings=protocol_warnings(selection, group) + starting_notes(config),
+        warnings=protocol_warnings(selection, group) + starting_notes(config) + split_notes(dataset),
         seconds=time.perf_counter() - started,
         interrupted=interrupted,
         planned_folds=len(splits),
@@ -615,6 +615,16 @@ def _runtime_difference(exported: dict, crops: np.ndarray, expected: np.ndarray,
     member = Member(NumpyNetwork(network.specs, network.weights), network.mean, network.std)
     with np.errstate(all="ignore"):
         return float(np.abs(member.predict_proba(crops, flip) - expected).max()) if len(crops) else 0.0
+
+
+def split_notes(dataset: PreparedDataset) -> list[str]:
+    """What crossval says of a dataset's predefined splits (FER2013's Usage): it ignores them."""
+    splits = getattr(dataset, "splits", None)
+    names = sorted(set(splits.tolist()) - {""}) if splits is not None else []
+    if not names:
+        return []
+    return [f"the dataset's predefined splits ({', '.join(names)}) are ignored: the folds are drawn from all its "
+            "images; fer train --split and fer evaluate --split use them"]
 
 
 def starting_notes(config: TrainConfig) -> list[str]:
@@ -726,7 +736,8 @@ def train_model(
 
     preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
     extra = {"test_time_flip": config.test_time_flip, "data_fingerprint": data_fingerprint(selection),
-             "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops)}}
+             "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops),
+                         "split": dataset.meta.get("split")}}
     # The exported file must give what Keras gives, in finite numbers: checked on a sample
     # and on the load check's own images, before the file takes its name.
     sample = np.concatenate([selection.crops[:64], probe_crops(selection.crops.shape[1])])
