@@ -385,8 +385,8 @@ def train(
     augment_mode: AugmentMode | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
     max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
     normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
-    ensemble: int = typer.Option(1, min=1, max=50, help="Train this many networks (seeds differ) into one model "
-                                 "file; predict averages them."),
+    ensemble: int = typer.Option(1, help="Train this many networks (seeds differ) into one model file; "
+                                 "predict averages them."),
     split: str | None = typer.Option(None, help="Train only on this predefined split of the dataset (FER2013: Training)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
@@ -438,8 +438,8 @@ def crossval(
     normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
     workers: int | None = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
     output: Path | None = typer.Option(None, help="Report folder (default: a new folder in FER_HOME/runs)."),
-    save_model: bool = typer.Option(True, "--save-model/--no-save-model", help="Save the fold networks as one "
-                                    "ensemble model file in FER_HOME/models, which predict then uses."),
+    no_save_model: bool = typer.Option(False, "--no-save-model", help="Do not save the fold networks as one "
+                                       "ensemble model file in FER_HOME/models (which predict then uses)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """K-fold cross-validation on a preprocessed dataset, with an honest report."""
@@ -458,7 +458,7 @@ def crossval(
             report = cross_validate(prepared, config, folds, group.value, workers,
                                     progress=None if as_json else epoch_reporter(bar, task, folds))
         files = save_crossval(report, output)
-        if save_model and not report.interrupted and not report.diverged_folds:
+        if not no_save_model and not report.interrupted and not report.diverged_folds:
             from fercli.store import models_dir
             from fercli.training import save_crossval_model
 

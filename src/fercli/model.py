@@ -468,12 +468,13 @@ def load_model(path: Path) -> FerModel:
             path=path,
             training_hashes=_training_hashes(arrays.get("training_hashes")),
         )
-        if members:
-            model.members = [Member(network, model.mean, model.std), *members]
-            _check_members(model)
         # One forward pass proves the layers and weights fit together before any photo is read;
         # on varied images, since weights that overflow can give finite numbers on a blank one.
-        probe = model.predict_proba(probe_crops(preprocess.crop_size))
+        if members:
+            model.members = [Member(network, model.mean, model.std), *members]
+            probe = _check_members(model)
+        else:
+            probe = model.predict_proba(probe_crops(preprocess.crop_size))
     except ModelError as error:
         # The runtime's refusals (a layer type it does not know) cannot name the file.
         message = str(error)
@@ -504,11 +505,14 @@ def _member_descriptions(meta: dict, size: int) -> list[dict]:
     return members
 
 
-def _check_members(model: FerModel) -> None:
+def _check_members(model: FerModel) -> np.ndarray:
     """Every member of an ensemble must take the file's crops and give its classes: ModelError
-    naming the first one that does not (mismatched members, say from another dataset)."""
+    naming the first one that does not (mismatched members, say from another dataset).
+    Returns the model's probabilities on probe_crops (each member run once)."""
     crops = probe_crops(model.preprocess.crop_size)
     count = len(model.members)
+    flip = bool(model.meta.get("test_time_flip"))
+    outputs = []
     for number, member in enumerate(model.members, start=1):
         if member.mean.ndim not in (0, 2) or (member.mean.ndim == 2 and member.mean.shape != crops.shape[1:]) \
                 or member.std.shape != member.mean.shape:
@@ -516,7 +520,7 @@ def _check_members(model: FerModel) -> None:
                              f"{member.mean.shape}/{member.std.shape}, not those of {crops.shape[1]}x{crops.shape[2]} crops")
         try:
             with np.errstate(all="ignore"):
-                output = member.predict_proba(crops, flip=False)
+                output = member.predict_proba(crops, flip)
         except ModelError:
             raise
         except Exception as error:
@@ -525,6 +529,8 @@ def _check_members(model: FerModel) -> None:
         if output.shape != (len(crops), len(model.classes)):
             raise ModelError(f"ensemble member {number} of {count} gives {output.shape[-1] if output.ndim == 2 else '?'} "
                              f"probabilities, and the file has {len(model.classes)} classes (mismatched members)")
+        outputs.append(output)
+    return np.mean(outputs, axis=0)
 
 
 def probe_crops(size: int) -> np.ndarray:

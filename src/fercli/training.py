@@ -741,6 +741,11 @@ def train_model(
     # The exported file must give what Keras gives, in finite numbers: checked on a sample
     # and on the load check's own images, before the file takes its name.
     sample = np.concatenate([selection.crops[:64], probe_crops(selection.crops.shape[1])])
+    if ensemble > 1:
+        import tensorflow as tf
+
+        # Each member traces its own epoch function; TensorFlow's warning about retracing is noise here.
+        tf.get_logger().setLevel("ERROR")
     networks, outputs = [], []
     for member in range(ensemble):
         seed = config.seed if member == 0 else fold_seed(config.seed, member)
