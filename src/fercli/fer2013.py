@@ -156,7 +156,7 @@ def aligned_rows(path: Path, config: PreprocessConfig, workers: int, skipped: li
             results = align_chunk(chunk, config)
             done += len(results)
             if progress:
-                progress(done, 0)
+                progress(done, None)  # the total is not known before the end of the file
             yield from results
         return
     import multiprocessing
@@ -173,13 +173,13 @@ def aligned_rows(path: Path, config: PreprocessConfig, workers: int, skipped: li
                 results = in_flight.pop(0).result()
                 done += len(results)
                 if progress:
-                    progress(done, 0)
+                    progress(done, None)  # the total is not known before the end of the file
                 yield from results
         for future in in_flight:
             results = future.result()
             done += len(results)
             if progress:
-                progress(done, 0)
+                progress(done, None)  # the total is not known before the end of the file
             yield from results
 
 

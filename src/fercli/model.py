@@ -183,8 +183,12 @@ class NumpyNetwork:
             if kind == "conv2d":
                 kernel = values[0]
                 windows = _windows(x, kernel.shape[:2], tuple(spec["strides"]), spec["padding"], 0.0)
-                # windows: (n, h, w, c, kh, kw); kernel: (kh, kw, c, f)
-                x = np.tensordot(windows, kernel.transpose(2, 0, 1, 3), axes=([3, 4, 5], [0, 1, 2]))
+                # windows: (n, h, w, c, kh, kw); kernel: (kh, kw, c, f). Each output pixel's window
+                # copied into one contiguous row in the kernel's order, then one matrix product:
+                # about twice as fast as tensordot on the strided view (ensembles run many networks).
+                n, height, width = windows.shape[:3]
+                columns = np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3)).reshape(n * height * width, -1)
+                x = (columns @ kernel.reshape(-1, kernel.shape[3])).reshape(n, height, width, kernel.shape[3])
                 if len(values) > 1:
                     x = x + values[1]
                 x = _activation(x, spec["activation"])
