@@ -220,6 +220,8 @@ def test_crossval_json_report(dataset, fer_home):
     assert report["protocol"]["differs_from_recipe"] == {"epochs": 2}
     assert any("same people (4 subjects)" in warning for warning in report["warnings"])
     files = {name: Path(path) for name, path in report["files"].items()}
+    # The fold networks, saved as one ensemble where predict finds the newest model.
+    assert files.pop("model").parent == fer_home / "models"
     assert all(path.parent.parent == fer_home / "runs" for path in files.values())
     assert json.loads(files["report"].read_text())["folds"] == report["folds"]
     assert cv2.imread(str(files["confusion"])) is not None

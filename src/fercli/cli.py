@@ -397,6 +397,9 @@ def train(
     augment_mode: AugmentMode | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
     max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
     normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
+    ensemble: int = typer.Option(1, help="Train this many networks (seeds differ) into one model file; "
+                                 "predict averages them."),
+    split: str | None = typer.Option(None, help="Train only on this predefined split of the dataset (FER2013: Training)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Train the network on every image of one preprocessed dataset or several combined, and save a model for predict."""
@@ -408,23 +411,25 @@ def train(
         config = train_config(recipe, locals())
         if output is not None:
             check_output_file(output)
-        prepared = load_combined(datasets or [], config.classes, shared_classes)
+        from fercli.evaluate import dataset_split
+
+        prepared = dataset_split(load_combined(datasets or [], config.classes, shared_classes), split)
         made_up = output is None  # then another run may make up the same name: never replace
         output = output or models_dir() / f"{prepared.name}-{timestamp()}.npz"
         check_writable(output.parent)
         bar, _ = progress_bar("training")
         header(bar, f"fer train: {recipe_summary(config.to_dict())}")
         task = bar.tasks[0].id
-        bar.update(task, total=config.epochs)
+        bar.update(task, total=config.epochs * ensemble)
         with bar if not as_json else contextlib.nullcontext():
-            result = train_model(prepared, config, output, progress=None if as_json else epoch_reporter(bar, task, 1),
-                                 keep_existing=made_up)
+            result = train_model(prepared, config, output, progress=None if as_json else epoch_reporter(bar, task, ensemble),
+                                 keep_existing=made_up, ensemble=ensemble)
     parts = getattr(prepared, "parts", [])
     summary = {"model": str(result.path), "dataset": prepared.name, "classes": result.classes,
                **({"datasets": parts} if parts else {}),
                "images": result.images, "epochs": result.epochs, "final_loss": result.loss,
                "final_train_accuracy": result.accuracy, "seconds": round(result.seconds, 1),
-               "runtime_difference": result.runtime_difference}
+               "runtime_difference": result.runtime_difference, "networks": ensemble}
     if as_json:
         emit_json(summary)
         return
@@ -435,7 +440,7 @@ def train(
         render_sources(parts, result.classes)
         for note in prepared.notes:
             out.print(f"[yellow]note:[/yellow] {shown(note)}")
-    out.print(f"model saved to {shown(result.path)}")
+    out.print(f"model saved to {shown(result.path)}" + (f" (an ensemble of {ensemble} networks)" if ensemble > 1 else ""))
 
 
 @app.command(cls=JsonErrorsCommand)
@@ -455,6 +460,8 @@ def crossval(
     workers: int | None = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
     ray: str | None = RayOption,
     output: Path | None = typer.Option(None, help="Report folder (default: a new folder in FER_HOME/runs)."),
+    no_save_model: bool = typer.Option(False, "--no-save-model", help="Do not save the fold networks as one "
+                                       "ensemble model file in FER_HOME/models (which predict then uses)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """K-fold cross-validation on one preprocessed dataset or several combined, with an honest report."""
@@ -478,6 +485,14 @@ def crossval(
                                         progress=None if as_json else epoch_reporter(bar, task, planned, config.epochs),
                                         engine=engine)
         files = save_crossval(report, output)
+        # Networks z-scored per dataset inside each fold have no statistics a model file could keep.
+        if (not no_save_model and not report.interrupted and not report.diverged_folds
+                and config.normalisation != "per-dataset"):
+            from fercli.store import models_dir
+            from fercli.training import save_crossval_model
+
+            files["model"] = save_crossval_model(report, prepared, models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz",
+                                                 run=output)
     failure, code = None, 1
     if report.interrupted:
         failure, code = (f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
@@ -559,7 +574,16 @@ def render_crossval(report, files: dict) -> None:
                   f"over {len(report.folds)} folds (pooled {report.pooled_accuracy:.2%}), macro-F1 {report.macro_f1:.3f}")
     if report.per_dataset:
         render_per_dataset(report)
-    classes = Table(title="per class (summed over folds)")
+    render_scores(report, "per class (summed over folds)")
+    for warning in report.warnings:
+        out.print(f"[yellow]note:[/yellow] {warning}")
+    for name, path in files.items():
+        out.print(f"{name}: {shown(path)}")
+
+
+def render_scores(report, title: str) -> None:
+    """The per-class table and the confusion matrix of a crossval or evaluate report."""
+    classes = Table(title=title)
     for column in ("class", "precision", "recall", "F1", "images"):
         classes.add_column(column, justify="left" if column == "class" else "right", overflow="fold")
     for label, values in report.per_class.items():
@@ -572,10 +596,51 @@ def render_crossval(report, files: dict) -> None:
     for label, row in zip(report.labels, report.confusion):
         matrix.add_row(shown(label), *(str(int(value)) for value in row))
     out.print(matrix)
+
+
+@app.command(cls=JsonErrorsCommand)
+def evaluate(
+    dataset: str = typer.Argument(..., metavar="DATASET", help="A preprocessed dataset (its name or folder under "
+                                  "FER_HOME) or an original dataset folder, then preprocessed with the model's settings."),
+    model: Path | None = typer.Option(None, help="Model file (default: the most recently trained)."),
+    split: str | None = typer.Option(None, help="Only this predefined split of the dataset (FER2013: Training, "
+                                     "PublicTest, PrivateTest)."),
+    workers: int | None = typer.Option(None, min=1, help="Processes to align with, if the dataset needs preprocessing."),
+    output: Path | None = typer.Option(None, help="Report folder (default: a new folder in FER_HOME/runs)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
+) -> None:
+    """Score a trained model on another dataset: only the classes both have count."""
+    with user_errors(as_json):
+        from fercli.evaluate import evaluate_model, prepare_for_model
+        from fercli.predict import resolve_model
+        from fercli.store import check_writable, new_dir, runs_dir, slug, timestamp
+        from fercli.training import save_crossval
+
+        loaded = resolve_model(model)
+        bar, update = progress_bar("aligning")
+        with bar if not as_json else contextlib.nullcontext():
+            prepared, _ = prepare_for_model(dataset, loaded, workers, progress=None if as_json else update)
+        report = evaluate_model(loaded, prepared, split)
+        name = slug(Path(str(loaded.path)).stem)
+        output = check_writable(output) if output else new_dir(runs_dir() / f"evaluate-{name}-{prepared.name}-{timestamp()}")
+        files = save_crossval(report, output, title=f"{name} on {prepared.name}: {report.pooled_accuracy:.1%}")
+    if as_json:
+        emit_json({**report.to_json(), "files": {key: str(path) for key, path in files.items()}})
+        return
+    model_info = report.protocol["model"]
+    trained_on = model_info.get("dataset") or {}
+    networks = f", an ensemble of {model_info['networks']} networks" if model_info["networks"] > 1 else ""
+    out.print(f"[bold]protocol[/bold]: model {shown(Path(model_info['path']).name)} ({recipe_summary(model_info['training'] or {})}"
+              f"{networks}; trained on {trained_on.get('images', '?')} images of {shown(trained_on.get('name', '?'))}, "
+              f"data fingerprint {model_info.get('data_fingerprint') or '?'}) on {report.dataset['images']} images of "
+              f"{shown(report.dataset['name'])}{f' (split {shown(split)})' if split else ''}; "
+              f"{len(report.labels)} shared classes ({shown(', '.join(report.labels))})")
+    out.print(f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold], macro-F1 {report.macro_f1:.3f}")
+    render_scores(report, "per class")
     for warning in report.warnings:
-        out.print(f"[yellow]note:[/yellow] {warning}")
-    for name, path in files.items():
-        out.print(f"{name}: {shown(path)}")
+        out.print(f"[yellow]note:[/yellow] {shown(warning)}")
+    for key, path in files.items():
+        out.print(f"{key}: {shown(path)}")
 
 
 @app.command(cls=JsonErrorsCommand)

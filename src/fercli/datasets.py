@@ -10,7 +10,8 @@ from pathlib import Path
 from fercli.config import ScanOptions, canonical_label
 from fercli.errors import LayoutError
 
-LAYOUTS = ("jaffe", "ck+", "folders")
+# fer2013: a CSV file (emotion,pixels,Usage), read by fercli.fer2013 rather than scanned here.
+LAYOUTS = ("jaffe", "ck+", "folders", "fer2013")
 LAYOUT_ALIASES = {
     "jaffe": "jaffe",
     "ck+": "ck+", "ck": "ck+", "ckplus": "ck+", "cohn-kanade": "ck+",

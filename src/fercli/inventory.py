@@ -132,7 +132,8 @@ def _model(path: Path, runs: list[Entry]) -> Entry:
                          "recipe": recipe(training), "training": training, "crossval": None}
         # A cross-validation of the same recipe on the same data is this model's honest score.
         matching = [run for run in runs if run.details.get("fingerprint") == meta.get("data_fingerprint")
-                    and run.details.get("training") == training and run.details.get("mean_accuracy") is not None]
+                    and run.details.get("training") == training and run.details.get("mean_accuracy") is not None
+                    and run.details.get("group") != "none"]  # "none": a fer evaluate run, not a crossval
         if matching:
             best = max(matching, key=lambda run: (run.details["folds"] or 0, run.modified))
             entry.details["crossval"] = {key: best.details[key] for key in ("mean_accuracy", "std_accuracy", "folds", "group")}

@@ -22,6 +22,7 @@ from fercli.cache import CacheEntry, CropCache, content_key
 from fercli.config import BATCH_PIXELS, PASSED_PIXELS, PreprocessConfig, ScanOptions, label_order
 from fercli.datasets import Skipped, scan_dataset
 from fercli.errors import FerError, ImageError, NoFaceError, StoreError
+from fercli.fer2013 import is_fer2013
 from fercli.images import decode_gray, read_file
 from fercli.parallel import Pending, default_workers, effective_workers, run_staged
 from fercli.store import PreparedDataset, dataset_folder, save_dataset
@@ -230,6 +231,10 @@ def preprocess_dataset(
     StoreError if FER_HOME cannot be written."""
     started = time.perf_counter()
     root = Path(root)
+    if is_fer2013(root) or (options.layout or "").lower() == "fer2013":
+        from fercli.fer2013 import preprocess_fer2013
+
+        return preprocess_fer2013(root, config, workers or default_workers(), progress)
     scan = scan_dataset(root, options)
     cache = CropCache(config)
     cache.prepare()

@@ -278,6 +278,8 @@ class PreparedDataset:
     paths: np.ndarray  # (n,) str: the source images
     meta: dict  # layout, source folder, preprocessing settings, counts
     location: Path | None = None
+    # (n,) str: each image's predefined split (FER2013's Usage); None for datasets without.
+    splits: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -304,6 +306,8 @@ def save_dataset(dataset: PreparedDataset, folder: Path) -> Path:
         "paths": dataset.paths.astype(str),
         "meta": pack_json({"format": DATASET_FORMAT, **dataset.meta, "format_version": DATASET_FORMAT_VERSION}),
     }
+    if dataset.splits is not None:
+        arrays["splits"] = dataset.splits.astype(str)
     path = atomic_write(folder / DATASET_FILE, lambda stream: np.savez(stream, **arrays))
     dataset.location = path
     return path
@@ -326,6 +330,7 @@ def load_dataset(path: Path) -> PreparedDataset:
                 paths=archive["paths"],
                 meta=meta,
                 location=path,
+                splits=archive["splits"] if "splits" in archive.files else None,
             )
     except (OSError, KeyError, ValueError, EOFError) as error:
         raise DatasetError(f"{path}: not a readable fercli dataset ({error})") from None
@@ -380,6 +385,8 @@ def _dataset_problem(dataset: PreparedDataset) -> str | None:
             return f"{name} are {column.dtype} {column.shape}, not {len(crops)} texts"
     if not all(dataset.labels):
         return "an empty label"
+    if dataset.splits is not None and (dataset.splits.dtype.kind != "U" or dataset.splits.shape != (len(crops),)):
+        return f"splits are {dataset.splits.dtype} {dataset.splits.shape}, not {len(crops)} texts"
     return None
 
 

@@ -412,7 +412,19 @@ def train_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task: F
     probabilities = keras_probabilities(model, test_crops, mean, std, task.config.test_time_flip)
     diverged = divergence(model, last["loss"], last["epoch"], probabilities)
     return {"key": task.key, "fold": task.fold, "probabilities": None if diverged else probabilities, "diverged": diverged,
-            "seconds": time.perf_counter() - started, "mean": float(np.mean(mean)), "std": float(np.mean(std))}
+            "seconds": time.perf_counter() - started, "mean": float(np.mean(mean)), "std": float(np.mean(std)),
+            # Per-dataset statistics exist only inside the fold: such a network cannot be saved.
+            "export": None if diverged or test_crops.dtype != np.uint8
+            else fold_export(model, mean, std, task.config.test_time_flip)}
+
+
+def fold_export(model, mean: np.ndarray, std: np.ndarray, flip: bool) -> dict:
+    """A fold's network as plain arrays for the crossval ensemble file, with what Keras gives
+    on the load check's crops (probe_crops), which the saved file must reproduce."""
+    from fercli.model import export_network, probe_crops
+
+    probe = keras_probabilities(model, probe_crops(model.input_shape[1]), mean, std, flip)
+    return {"network": export_network(model, mean, std), "probe": probe}
 
 
 @dataclass
@@ -447,6 +459,9 @@ class CrossvalReport:
     predictions: list[dict] = field(default_factory=list)
     # Several datasets combined: per dataset, its test images' figures (per_dataset_figures).
     per_dataset: dict[str, dict] = field(default_factory=dict)
+    # Each finished fold's fold_export and its largest |numpy runtime - Keras| on its test
+    # crops, for save_crossval_model; not part of the JSON report.
+    exports: list[dict] = field(default_factory=list, repr=False)
 
     @property
     def accuracies(self) -> np.ndarray:
@@ -636,10 +651,7 @@ def assemble_crossval(
 ) -> CrossvalReport:
     """The report of a cross-validation from the results of its finished folds (by 0-based
     fold number: each a dict with "probabilities" of the fold's test images and "seconds")."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    count = len(selection.labels)
-    fold_results, true, predicted, rows = [], [], [], []
+    fold_results, true, predicted, rows, exports = [], [], [], [], []
     for index in sorted(results):
         train_index, test_index = splits[index]
         if results[index].get("diverged"):
@@ -662,6 +674,11 @@ def assemble_crossval(
             test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""}) if group == "subject" else [],
             seconds=round(float(results[index]["seconds"]), 2),
         ))
+        exported = results[index].get("export")
+        if exported is not None:
+            exports.append({**exported, "fold": index + 1,
+                            "difference": _runtime_difference(exported, selection.crops[test_index],
+                                                              results[index]["probabilities"], config.test_time_flip)})
         rows.extend({"path": str(selection.paths[i]), "fold": index + 1,
                      **({"dataset": str(selection.origins[i])} if selection.origins is not None else {}),
                      "true": selection.labels[t],
@@ -670,14 +687,7 @@ def assemble_crossval(
                     for i, t, g, probabilities in zip(test_index, truth, guesses, results[index]["probabilities"]))
     true_all = np.concatenate(true) if true else np.zeros(0, int)
     predicted_all = np.concatenate(predicted) if predicted else np.zeros(0, int)
-    matrix = confusion_matrix(true_all, predicted_all, labels=range(count)) if true else np.zeros((count, count), int)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        true_all, predicted_all, labels=range(count), zero_division=0
-    ) if true else (np.zeros(count),) * 4
-    per_class = {
-        label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
-        for i, label in enumerate(selection.labels)
-    }
+    matrix, per_class, f1 = score_predictions(true_all, predicted_all, selection.labels)
     subjects = sorted(set(selection.subjects.tolist()) - {""})
     complete = bool(true) and len(true) == len(results)
     return CrossvalReport(
@@ -696,13 +706,59 @@ def assemble_crossval(
         # Figures over every fold, or none: the folds left after a divergence are no protocol's.
         macro_f1=float(np.mean(f1)) if true and len(true) == len(results) else math.nan,
         pooled_accuracy=float(np.mean(true_all == predicted_all)) if true and len(true) == len(results) else math.nan,
-        warnings=getattr(dataset, "notes", []) + protocol_warnings(selection, group, config) + starting_notes(config),
+        warnings=(getattr(dataset, "notes", []) + protocol_warnings(selection, group, config) + starting_notes(config)
+                  + split_notes(dataset)),
         seconds=seconds,
         interrupted=interrupted,
         planned_folds=len(splits),
         predictions=rows,
         per_dataset=per_dataset_figures(selection, splits, results, fold_results, complete),
+        exports=exports,
     )
+
+
+def score_predictions(true: np.ndarray, predicted: np.ndarray, labels: list[str]) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Confusion matrix (rows true, columns predicted), per-class precision/recall/F1/support
+    and the F1 of each class, for integer targets into labels (crossval and evaluate)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    count = len(labels)
+    if len(true) == 0:
+        matrix, (precision, recall, f1, support) = np.zeros((count, count), int), (np.zeros(count),) * 4
+    else:
+        import warnings
+
+        with warnings.catch_warnings():
+            # One class only (an evaluation on one shared class): sklearn warns though labels are given.
+            warnings.simplefilter("ignore", UserWarning)
+            matrix = confusion_matrix(true, predicted, labels=range(count))
+        precision, recall, f1, support = precision_recall_fscore_support(true, predicted, labels=range(count),
+                                                                         zero_division=0)
+    per_class = {
+        label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        for i, label in enumerate(labels)
+    }
+    return np.asarray(matrix), per_class, np.asarray(f1)
+
+
+def _runtime_difference(exported: dict, crops: np.ndarray, expected: np.ndarray, flip: bool) -> float:
+    """Largest |numpy runtime - Keras| of a fold's exported network on its test crops."""
+    from fercli.model import Member, NumpyNetwork
+
+    network = exported["network"]
+    member = Member(NumpyNetwork(network.specs, network.weights), network.mean, network.std)
+    with np.errstate(all="ignore"):
+        return float(np.abs(member.predict_proba(crops, flip) - expected).max()) if len(crops) else 0.0
+
+
+def split_notes(dataset: PreparedDataset) -> list[str]:
+    """What crossval says of a dataset's predefined splits (FER2013's Usage): it ignores them."""
+    splits = getattr(dataset, "splits", None)
+    names = sorted(set(splits.tolist()) - {""}) if splits is not None else []
+    if not names:
+        return []
+    return [f"the dataset's predefined splits ({', '.join(names)}) are ignored: the folds are drawn from all its "
+            "images; fer train --split and fer evaluate --split use them"]
 
 
 def starting_notes(config: TrainConfig) -> list[str]:
@@ -770,16 +826,21 @@ def train_model(
     progress: Progress | None = None,
     threads: int | None = None,
     keep_existing: bool = False,
+    ensemble: int = 1,
 ) -> TrainResult:
     """Train on every selected image of a dataset and save the model file predict reads.
 
     keep_existing: if output exists (a name another run made up too), save to output-2, ...
+    ensemble: train this many networks with different seeds (the first with config.seed)
+    into one file, whose probabilities are their mean.
     The model is checked before it takes the name (finite weights and probabilities, the
     numpy runtime within 1e-4 of Keras): TrainingError when training diverged, and whatever
     was at output stays as it was.
     """
-    from fercli.model import load_model, probe_crops, save_model
+    from fercli.model import MAX_ENSEMBLE_MEMBERS, export_network, load_model, probe_crops, save_networks
 
+    if not 1 <= ensemble <= MAX_ENSEMBLE_MEMBERS:
+        raise FerError(f"--ensemble must be 1 to {MAX_ENSEMBLE_MEMBERS}, not {ensemble}")
     started = time.perf_counter()
     selection = select_classes(dataset, config.classes)
     if config.normalisation == "per-dataset" and selection.origins is not None:
@@ -789,27 +850,43 @@ def train_model(
     config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     configure_tensorflow(threads)
     last = {"loss": math.nan, "accuracy": math.nan, "epoch": 0}
+    member = 0
 
     def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
         last.update(loss=loss, accuracy=accuracy, epoch=epoch)
         if progress:
-            progress({"kind": "epoch", "fold": 0, "epoch": epoch, "epochs": config.epochs, "loss": loss, "accuracy": accuracy})
+            progress({"kind": "epoch", "fold": member, "epoch": epoch, "epochs": config.epochs, "loss": loss, "accuracy": accuracy})
 
-    model, mean, std = fit(selection.crops, selection.targets, len(selection.labels), config, config.seed, on_epoch)
     preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
     extra = {"test_time_flip": config.test_time_flip, "data_fingerprint": data_fingerprint(selection),
-             "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops)}}
+             "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops),
+                         "split": dataset.meta.get("split")}}
     if "datasets" in dataset.meta:  # several combined: every one, with what it gave
         extra["datasets"] = [{key: part[key] for key in ("name", "dataset", "source", "fingerprint", "images", "classes")}
                              for part in dataset.meta["datasets"]]
     # The exported file must give what Keras gives, in finite numbers: checked on a sample
     # and on the load check's own images, before the file takes its name.
     sample = np.concatenate([selection.crops[:64], probe_crops(selection.crops.shape[1])])
-    expected = keras_probabilities(model, sample, mean, std, config.test_time_flip)
-    diverged = divergence(model, last["loss"], last["epoch"], expected)
-    if diverged:
-        left = "" if keep_existing or not Path(output).exists() else f"; {output} was left as it was"
-        raise TrainingError(f"training diverged: {diverged}; no model was saved{left} (try a smaller --lr)")
+    if ensemble > 1:
+        import tensorflow as tf
+
+        # Each member traces its own epoch function; TensorFlow's warning about retracing is noise here.
+        tf.get_logger().setLevel("ERROR")
+    networks, outputs = [], []
+    for member in range(ensemble):
+        seed = config.seed if member == 0 else fold_seed(config.seed, member)
+        model, mean, std = fit(selection.crops, selection.targets, len(selection.labels), config, seed, on_epoch)
+        outputs.append(keras_probabilities(model, sample, mean, std, config.test_time_flip))
+        diverged = divergence(model, last["loss"], last["epoch"], outputs[-1])
+        if diverged:
+            left = "" if keep_existing or not Path(output).exists() else f"; {output} was left as it was"
+            which = f" (network {member + 1} of {ensemble})" if ensemble > 1 else ""
+            raise TrainingError(f"training diverged{which}: {diverged}; no model was saved{left} (try a smaller --lr)")
+        networks.append(export_network(model, mean, std))
+    expected = np.mean(outputs, axis=0)
+    if ensemble > 1:
+        extra["ensemble"] = {"kind": "seeds", "members": ensemble,
+                             "seeds": [config.seed] + [fold_seed(config.seed, number) for number in range(1, ensemble)]}
     checked: dict[str, float] = {}
 
     def check(temporary: Path) -> None:
@@ -820,8 +897,8 @@ def train_model(
                            "(a bug: please report it)")
         checked["difference"] = difference
 
-    output = save_model(output, model, selection.labels, mean, std, preprocess, config, extra, keep_existing,
-                        training_crops=selection.crops, check=check)
+    output = save_networks(output, networks, selection.labels, preprocess, config, extra, keep_existing,
+                           training_crops=selection.crops, check=check)
     return TrainResult(
         path=output, classes=selection.labels, images=len(selection.crops), epochs=config.epochs,
         loss=last["loss"], accuracy=last["accuracy"], seconds=time.perf_counter() - started,
@@ -829,8 +906,9 @@ def train_model(
     )
 
 
-def save_crossval(report: CrossvalReport, folder: Path) -> dict[str, Path]:
-    """Write report.json, confusion.png and predictions.csv of a cross-validation."""
+def save_crossval(report: CrossvalReport, folder: Path, title: str | None = None) -> dict[str, Path]:
+    """Write report.json, confusion.png and predictions.csv of a cross-validation (or of an
+    evaluation, its one "fold"; title: the confusion image's, default the crossval's)."""
     import csv
     import io
 
@@ -844,7 +922,7 @@ def save_crossval(report: CrossvalReport, folder: Path) -> dict[str, Path]:
         figures = "no result"
     else:
         figures = f"{report.mean_accuracy:.1%} +/- {report.std_accuracy:.1%}"
-    title = f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds ({group}), {figures}"
+    title = title or f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds ({group}), {figures}"
     files["confusion"] = confusion_image(report.confusion, report.labels, folder / "confusion.png", title)
     for number, (name, figures) in enumerate(report.per_dataset.items(), start=1):
         accuracy = "no result" if figures["accuracy"] is None else f"{figures['accuracy']:.1%} of {figures['tested']}"
@@ -859,3 +937,41 @@ def save_crossval(report: CrossvalReport, folder: Path) -> dict[str, Path]:
     writer.writerows(report.predictions)
     files["predictions"] = atomic_write_text(folder / "predictions.csv", text.getvalue())
     return files
+
+
+def save_crossval_model(report: CrossvalReport, dataset: PreparedDataset, output: Path, run: Path | None = None,
+                        keep_existing: bool = True) -> Path:
+    """Save a finished cross-validation's fold networks as one ensemble model file, which
+    predict and evaluate average. Checked before it takes its name: each network within 1e-4
+    of Keras on its fold's test crops, the file's ensemble within 1e-4 of the folds' Keras
+    networks averaged on the load check's crops. TrainingError when a fold diverged or the
+    run was interrupted (no ensemble of every fold exists). Returns the path written."""
+    from fercli.model import load_model, probe_crops, save_networks
+
+    if report.interrupted or report.diverged_folds or len(report.exports) != report.planned_folds:
+        raise TrainingError("no model saved: the cross-validation did not finish every fold")
+    for exported in report.exports:
+        if not exported["difference"] <= 1e-4:
+            raise FerError(f"fold {exported['fold']}'s exported network disagrees with Keras by "
+                           f"{exported['difference']:.2g}; no model was saved (a bug: please report it)")
+    config = TrainConfig.from_dict(report.protocol["training"])
+    selection = select_classes(dataset, tuple(report.labels))
+    expected = np.mean([exported["probe"] for exported in report.exports], axis=0)
+
+    def check(temporary: Path) -> None:
+        exported = load_model(temporary).predict_proba(probe_crops(selection.crops.shape[1]))
+        difference = float(np.abs(exported - expected).max())
+        if not difference <= 1e-4:  # also NaN
+            raise FerError(f"the exported ensemble disagrees with Keras by {difference:.2g}; nothing was saved "
+                           "(a bug: please report it)")
+
+    extra = {"test_time_flip": config.test_time_flip, "data_fingerprint": report.dataset["fingerprint"],
+             "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops)},
+             "ensemble": {"kind": "crossval", "members": len(report.exports), "folds": report.planned_folds,
+                          "group": report.protocol["group"], "run": str(run) if run else None,
+                          "mean_accuracy": report.mean_accuracy, "std_accuracy": report.std_accuracy,
+                          "note": "each member was trained on all folds but one; together they saw every image"}}
+    preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
+    networks = [exported["network"] for exported in sorted(report.exports, key=lambda item: item["fold"])]
+    return save_networks(output, networks, selection.labels, preprocess, config, extra, keep_existing,
+                         training_crops=selection.crops, check=check)

@@ -1,0 +1,128 @@
+"""The FER2013 CSV layout, with small CSVs written here from the test photo's face at 48x48."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TIGHT_FACE_BOX, crop_box
+from fercli.cli import app
+from fercli.config import PreprocessConfig, TrainConfig
+from fercli.errors import DatasetError, LayoutError
+from fercli.evaluate import dataset_split
+from fercli.fer2013 import is_fer2013, preprocess_fer2013
+from fercli.model import load_model
+from fercli.preprocess import preprocess_dataset
+from fercli.store import load_dataset
+from fercli.training import cross_validate
+
+runner = CliRunner()
+HEADER = "emotion,pixels,Usage\n"
+
+
+def fer(*args):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def face48(gray: np.ndarray, index: int) -> np.ndarray:
+    """A distinct 48x48 face: the test photo's, mirrored for odd indices, a little brighter or darker."""
+    face = crop_box(gray, TIGHT_FACE_BOX, 48)
+    if index % 2:
+        face = face[:, ::-1]
+    return np.clip(face.astype(np.int16) + (index // 2) * 2 - 8, 0, 255).astype(np.uint8)
+
+
+def row(label, image: np.ndarray, usage: str = "Training") -> str:
+    return f"{label},{' '.join(map(str, image.ravel().tolist()))},{usage}\n"
+
+
+@pytest.fixture
+def fer_csv(astronaut_gray, tmp_path) -> Path:
+    """8 faces (labels 3 and 6, three splits), one blank image, and three bad rows."""
+    lines = [HEADER]
+    usages = ["Training", "Training", "Training", "Training", "PublicTest", "PrivateTest", "PrivateTest", "Training"]
+    for index, usage in enumerate(usages):
+        lines.append(row(3 if index % 2 == 0 else 6, face48(astronaut_gray, index), usage))
+    lines.append(row(0, np.full((48, 48), 128, np.uint8)))  # row 10: no face
+    lines.append("3,1 2 3,Training\n")  # row 11: wrong pixel count
+    lines.append(row(9, face48(astronaut_gray, 0)))  # row 12: label out of range
+    lines.append(row(-1, face48(astronaut_gray, 0)))  # row 13: label out of range
+    path = tmp_path / "fer2013.csv"
+    path.write_text("".join(lines))
+    return path
+
+
+def test_the_layout_is_detected_by_its_header(fer_csv, tmp_path):
+    assert is_fer2013(fer_csv)
+    other = tmp_path / "other.csv"
+    other.write_text("label,image\n1,2\n")
+    assert not is_fer2013(other)
+    assert not is_fer2013(tmp_path)
+
+
+def test_rows_are_aligned_and_bad_rows_skipped_with_the_reason(fer_csv):
+    report = preprocess_dataset(fer_csv, workers=1)
+    assert report.layout == "fer2013"
+    assert report.found == 12 and report.aligned == 8
+    reasons = {item.path.rsplit("#", 1)[1]: item.reason for item in report.skipped}
+    assert reasons["row11"] == "row 11: 3 pixels, not 2304 (48x48)"
+    assert reasons["row12"] == "row 12: label '9' is not one of 0-6"
+    assert reasons["row13"] == "row 13: label '-1' is not one of 0-6"
+    assert "no face found" in reasons["row10"] and "48x48" in reasons["row10"]
+    assert any("1 of 9 faces not found by dlib" in note for note in report.notes)
+    dataset = load_dataset(Path(report.dataset))
+    assert dataset.crops.shape == (8, 32, 32)
+    assert sorted(set(dataset.labels.tolist())) == ["happiness", "neutral"]
+    assert dataset.splits.tolist() == ["Training"] * 4 + ["PublicTest", "PrivateTest", "PrivateTest", "Training"]
+    assert dataset.meta["layout"] == "fer2013" and dataset.meta["splits"] == ["PrivateTest", "PublicTest", "Training"]
+
+
+def test_workers_give_what_one_process_gives(fer_csv):
+    one = load_dataset(Path(preprocess_fer2013(fer_csv, PreprocessConfig(), workers=1).dataset))
+    two = load_dataset(Path(preprocess_fer2013(fer_csv, PreprocessConfig(), workers=2).dataset))
+    assert np.array_equal(one.crops, two.crops) and one.paths.tolist() == two.paths.tolist()
+
+
+def test_a_bad_header_is_one_clear_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("emotion,image,Usage\n0,1 2,Training\n")
+    with pytest.raises(LayoutError, match=r"not a FER2013 CSV: the header is 'emotion,image,Usage', expected emotion,pixels,Usage"):
+        preprocess_fer2013(path, PreprocessConfig(), workers=1)
+    result = fer("preprocess", "--layout", "fer2013", path)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "not a FER2013 CSV" in result.stderr
+
+
+def test_splits_select_training_and_test_images(fer_csv):
+    dataset = load_dataset(Path(preprocess_dataset(fer_csv, workers=1).dataset))
+    assert len(dataset_split(dataset, "Training").crops) == 5
+    assert len(dataset_split(dataset, "PrivateTest").crops) == 2
+    with pytest.raises(DatasetError, match="no split 'Validation'; it has PrivateTest, PublicTest, Training"):
+        dataset_split(dataset, "Validation")
+
+
+def test_train_on_one_split_and_evaluate_on_another(fer_csv):
+    result = fer("preprocess", "--json", "--workers", "1", fer_csv)
+    assert result.exit_code == 0, result.output
+    name = Path(json.loads(result.stdout)["dataset"]).parent.name
+    trained = fer("train", "--epochs", "1", "--copies", "0", "--split", "Training", "--json", name)
+    assert trained.exit_code == 0, trained.output
+    summary = json.loads(trained.stdout)
+    assert summary["images"] == 5
+    model = load_model(Path(summary["model"]))
+    assert model.meta["dataset"]["split"] == "Training"
+    evaluated = fer("evaluate", "--split", "PrivateTest", "--json", name)
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.stdout)
+    assert report["dataset"]["images"] == 2 and report["dataset"]["split"] == "PrivateTest"
+    # The PrivateTest faces are not crops the model was trained on.
+    assert not any("trained on" in note for note in report["warnings"])
+
+
+def test_crossval_says_it_ignores_the_splits(fer_csv):
+    dataset = load_dataset(Path(preprocess_dataset(fer_csv, workers=1).dataset))
+    report = cross_validate(dataset, TrainConfig(epochs=1, copies=0), folds=2, workers=1)
+    assert any("predefined splits (PrivateTest, PublicTest, Training) are ignored" in note for note in report.warnings)
