@@ -172,6 +172,7 @@ def timeline_image(tracks: list[tuple[int, list[float], np.ndarray]], classes: l
         seconds = duration * step / 5
         x = round(left + seconds * scale)
         cv2.putText(image, f"{seconds:.1f} s", (max(0, x - 14), axis_y), FONT, 0.38, (80, 80, 80), 1, cv2.LINE_AA)
+    return _write_png(path, image)
 
 
 def sweep_image(rows: list[tuple[str, float, float, float]], path: Path, title: str = "") -> Path:
