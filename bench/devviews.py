@@ -65,6 +65,10 @@ def make_views(source: Path, env: dict, preprocess_options: list[str]) -> dict[s
     from fercli.store import PreparedDataset, load_dataset, save_dataset
 
     report = run_json(["preprocess", str(source), *preprocess_options], env)
+    edges = report.get("edges", {})
+    crops = sum(values["crops"] for values in edges.values()) or 1
+    print(f"crops: {report['aligned']}; past the photo's edge {sum(v['padded'] for v in edges.values()) / crops:.1%}, "
+          f"saturated (>10% of pixels >= 250) {sum(v['saturated'] for v in edges.values()) / crops:.1%}", flush=True)
     full = load_dataset(Path(report["dataset"]))
     last: dict[str, tuple[int, int]] = {}
     for index, path in enumerate(full.paths.tolist()):
