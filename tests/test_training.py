@@ -390,3 +390,12 @@ def test_a_starting_model_trained_on_the_same_dataset_is_refused(starting_model,
     other = make_dataset(labels=("anger", "happiness"), subjects=4, seed=2)
     with pytest.raises(FerError, match="--variant paper"):
         cross_validate(other, TrainConfig(epochs=1, variant="batchnorm", init_model=str(starting_model)), folds=2)
+
+
+def test_a_starting_model_that_saw_these_images_under_another_name_is_refused(starting_model):
+    copied = make_dataset(labels=("anger", "happiness", "neutral"), subjects=4, seed=7)
+    copied.meta["source"] = "/a-copy-elsewhere"  # same crops, another folder
+    # Two of its three classes: another data fingerprint, yet every crop was in the training.
+    config = TrainConfig(epochs=1, init_model=str(starting_model), classes=("anger", "happiness"))
+    with pytest.raises(FerError, match="trained on 32 of these 32 images"):
+        cross_validate(copied, config, folds=2)

@@ -787,6 +787,12 @@ def checked_start(config: TrainConfig, dataset: PreparedDataset, selection: Sele
         raise FerError(f"{config.init_model}: the starting model was trained on this dataset "
                        f"({trained_on.get('name', dataset.name)}), so every test fold would be in it; "
                        "start from a model trained on other people")
+    # The same images under another name (a copied folder): the crops' own hashes tell.
+    seen = sum(starting.seen_in_training(selection.crops) or [])
+    if seen:
+        raise FerError(f"{config.init_model}: the starting model was trained on {seen} of these "
+                       f"{len(selection.crops)} images, so test folds would hold images it has seen; "
+                       "start from a model trained on other people")
     if starting.preprocess.fingerprint() != PreprocessConfig.from_dict(dataset.meta["preprocess"]).fingerprint():
         raise FerError(f"{config.init_model}: the starting model's crops were made with other "
                        "preprocessing settings than this dataset's")
