@@ -12,13 +12,10 @@ and propagates; what was yielded before is the caller's to keep.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
-import os
 import queue as queue_module
 import signal
 import socket
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -182,21 +179,6 @@ def _ray_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task) ->
     return train_fold(crops, targets, num_classes, task)
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Keep the log lines Ray's C++ core writes straight to stderr while it connects (a
-    retry line a second when the address answers but is no Ray head) off the terminal."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def _auto_address() -> str:
     """The address `ray.init(address="auto")` would use: $RAY_ADDRESS, else the cluster
     last started on this machine; EngineError if there is none."""
@@ -255,11 +237,13 @@ class RayEngine:
         except ImportError:
             raise EngineError(f"--ray needs Ray: {RAY_INSTALL}") from None
         if not ray.is_initialized():
+            from fercli.images import quiet_stderr
+
             if self.address == "auto":
                 # Ray would wait for ever on the address a cluster that has gone left behind.
                 _check_reachable(_auto_address(), asked="auto")
             try:
-                with _quiet_stderr():
+                with quiet_stderr():
                     ray.init(address=self.address, logging_level="ERROR", log_to_driver=False,
                              include_dashboard=False)
             except (ConnectionError, RuntimeError, ValueError) as error:

@@ -193,9 +193,10 @@ def _check_complete(data: bytes, image_format: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """Silence what C decoders print straight to the process's stderr ("libpng error: IDAT:
-    CRC error"); the caller reports the failure as one line of its own."""
+def quiet_stderr():
+    """Silence what C libraries print straight to the process's stderr (a decoder's "libpng
+    error: IDAT: CRC error", Ray's connection retries); the caller reports a failure as one
+    line of its own."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -248,7 +249,7 @@ def _decode(data: bytes, max_pixels: int, flags: int) -> np.ndarray:
     """OpenCV's decoder behind the checks; ImageError where it gives up."""
     image_format = check_image(data, max_pixels)
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error:
         image = None

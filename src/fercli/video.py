@@ -263,11 +263,11 @@ def _sampler(options: VideoOptions, fps: float | None) -> Callable[[int, float],
 
 def _open(path: Path):
     """cv2.VideoCapture on path, through FFmpeg; FerError if it does not open."""
-    from fercli.images import _quiet_stderr
+    from fercli.images import quiet_stderr
 
     if not path.is_file():
         raise FerError("no such file" if not path.exists() else "not a regular file")
-    with _quiet_stderr():
+    with quiet_stderr():
         capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not capture.isOpened():
         raise FerError(f"cannot open it as a video: {_why_unreadable(path)}")
