@@ -886,14 +886,15 @@ def render_media_csv(media) -> None:
     image (its frame, time and track empty; a video's face column empty)."""
     import csv
 
+    from fercli.video import csv_header, csv_row
+
     classes = media.images.classes
     images = media.images.images
     smoothed = any(video.smoothed for video in media.videos)
     writer = csv.writer(sys.stdout)
-    header = ["path", *(["face"] if images else []), "frame", "time", "track", "x", "y", "width", "height", "label",
-              *(f"p_{escaped(label)}" for label in classes)]
-    if smoothed:
-        header += ["smoothed_label", *(f"smoothed_p_{escaped(label)}" for label in classes)]
+    header = csv_header(classes, smoothed, escaped)
+    if images:
+        header.insert(1, "face")
     writer.writerow(header)
     for image in images:
         for number, face in enumerate(image.faces, start=1):
@@ -903,12 +904,10 @@ def render_media_csv(media) -> None:
     for video in media.videos:
         rows = sorted(((face.frame, track.id, face) for track in video.tracks for face in track.frames),
                       key=lambda row: row[:2])
-        for frame, track, face in rows:
-            row = [escaped(video.path), *([""] if images else []), frame, f"{face.time:.3f}", track, *face.box,
-                   escaped(face.label), *(f"{face.probabilities[label]:.6f}" for label in classes)]
-            if smoothed:
-                row += [escaped(face.smoothed_label or ""),
-                        *(f"{(face.smoothed or {}).get(label, 0.0):.6f}" for label in classes)]
+        for _, track, face in rows:
+            row = csv_row(video.path, track, face, classes, smoothed, escaped)
+            if images:
+                row.insert(1, "")
             writer.writerow(row)
 
 
