@@ -911,6 +911,56 @@ def render_media_csv(media) -> None:
             writer.writerow(row)
 
 
+@app.command(cls=JsonErrorsCommand)
+def live(
+    source: str = typer.Argument("0", help="A camera index, a video file or a stream URL OpenCV opens."),
+    model: Path | None = typer.Option(None, help="Model file (default: the most recently trained)."),
+    host: str = typer.Option("127.0.0.1", help="Address to serve the page on (0.0.0.0: every network)."),
+    port: int = typer.Option(8017, min=0, max=65535, help="Port to serve the page on (0: any free one)."),
+    detect_every: int = typer.Option(5, min=1, help="A full face detection every K frames; in between, faces "
+                                     "are followed by their landmarks."),
+    record: Path | None = typer.Option(None, help="Also write the per-frame CSV of fer predict --csv here."),
+    loop: bool = typer.Option(False, help="A video file starts again at its end instead of ending."),
+) -> None:
+    """Label a camera, video file or stream live, on a local web page (the 'live' extra)."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise fail("fer live needs its web server: pip install 'fercli[live]'") from None
+    with user_errors():
+        from fercli.live import LiveOptions, LiveSession, bind_socket
+        from fercli.live.server import serve
+        from fercli.predict import resolve_model
+        from fercli.store import check_writable
+
+        loaded = resolve_model(model)
+        if record:
+            check_writable(record.parent if str(record.parent) else Path("."))
+        sock = bind_socket(host, port)
+        try:
+            session = LiveSession(source, loaded, LiveOptions(detect_every=detect_every, loop=loop, record=record),
+                                  escaped)
+        except BaseException:
+            sock.close()
+            raise
+        address = sock.getsockname()
+        shown_host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        try:
+            session.start()
+            serve(session, sock, on_started=lambda: out.print(
+                f"fer live: {shown(source)} with {shown(Path(str(loaded.path)).name)} on "
+                f"http://{shown_host}:{address[1]}/ (Ctrl-C to stop)"))
+        finally:
+            session.stop()
+            sock.close()
+    state = session.state()
+    if state["status"] == "failed":
+        raise fail(state["error"] or "the source failed")
+    out.print(f"fer live: {shown(source)} {'ended' if state['status'] == 'ended' else 'stopped'} after "
+              f"{plural(state['frame'], 'frame')}" + (f"; recorded in {shown(record)}" if record else ""))
+
+
 @app.command("list", cls=JsonErrorsCommand)
 def list_entries(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
