@@ -98,6 +98,7 @@ class LiveSession:
         self.source_fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else None
         self.condition = threading.Condition()
         self.jpeg: bytes | None = None  # the latest labelled frame
+        self.read_at = 0.0  # when it was read (time.time(), to measure the delay to the browser)
         self.sequence = 0  # frames labelled so far
         self.faces: list[dict] = []  # the latest frame's faces: {track, box, label, probabilities}
         self.times: deque[float] = deque()  # when the recent frames were labelled, for the rate
@@ -133,11 +134,12 @@ class LiveSession:
                 "status": self.status, "error": self.error, "faces": self.faces,
             }
 
-    def wait_frame(self, after: int, timeout: float) -> tuple[int, bytes | None]:
-        """The latest JPEG once there is one newer than frame number after (or at timeout)."""
+    def wait_frame(self, after: int, timeout: float) -> tuple[int, bytes | None, float]:
+        """(frame number, JPEG, when it was read) of the latest frame, once there is one newer
+        than frame number after (or at timeout)."""
         with self.condition:
             self.condition.wait_for(lambda: self.sequence > after or self.finished, timeout)
-            return self.sequence, self.jpeg
+            return self.sequence, self.jpeg, self.read_at
 
     def _run(self) -> None:
         recording = open(self.options.record, "w", newline="", encoding="utf-8") if self.options.record else None
@@ -151,7 +153,7 @@ class LiveSession:
             number, failures, restart = 0, 0, 0
             while not self.stopping.is_set():
                 ok, frame = self.capture.read()
-                read_at = time.perf_counter()
+                read_at, read_wall = time.perf_counter(), time.time()
                 if not ok or frame is None:
                     if self.kind == "file" and self.options.loop and number > 0:
                         self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
@@ -185,6 +187,7 @@ class LiveSession:
                 with self.condition:
                     self.jpeg = encoded.tobytes() if ok else self.jpeg
                     self.sequence += 1
+                    self.read_at = read_wall
                     self.latency = now - read_at
                     self.faces = [{"track": track_id, "box": list(face.box), "label": face.label,
                                    "probabilities": face.probabilities} for track_id, face in faces]

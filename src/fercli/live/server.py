@@ -37,11 +37,12 @@ def build_app(session: LiveSession) -> Starlette:
         seen = 0
         while True:
             # The wait is a blocking one: in a worker thread, so the server keeps answering.
-            number, jpeg = await asyncio.to_thread(session.wait_frame, seen, FRAME_WAIT)
+            number, jpeg, read_at = await asyncio.to_thread(session.wait_frame, seen, FRAME_WAIT)
             if number > seen and jpeg is not None:
                 seen = number
-                yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
-                       .encode() + jpeg + b"\r\n")
+                # X-Read-At: when the frame was read (Unix time), for bench/live.py's delay.
+                yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
+                       f"X-Read-At: {read_at:.6f}\r\n\r\n".encode() + jpeg + b"\r\n")
             elif session.finished:
                 return
 
