@@ -116,7 +116,8 @@ def mjpeg_frames(port: int, count: int) -> list[np.ndarray]:
             line = response.readline()
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":")[1])
-                response.readline()  # the blank line before the JPEG
+                while response.readline() not in (b"\r\n", b""):  # the other headers, to the blank line
+                    pass
                 image = cv2.imdecode(np.frombuffer(response.read(length), np.uint8), cv2.IMREAD_COLOR)
                 assert image is not None
                 frames.append(image)
