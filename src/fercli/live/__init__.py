@@ -94,6 +94,11 @@ class LiveSession:
         self.options = options
         self.escape = escape
         self.capture, self.kind = open_source(source)
+        try:
+            self.recording = open(options.record, "w", newline="", encoding="utf-8") if options.record else None
+        except OSError as error:
+            self.capture.release()
+            raise FerError(f"cannot write {options.record}: {error.strerror or error}") from None
         fps = self.capture.get(cv2.CAP_PROP_FPS)
         self.source_fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else None
         self.condition = threading.Condition()
@@ -142,7 +147,7 @@ class LiveSession:
             return self.sequence, self.jpeg, self.read_at
 
     def _run(self) -> None:
-        recording = open(self.options.record, "w", newline="", encoding="utf-8") if self.options.record else None
+        recording = self.recording
         try:
             writer = csv.writer(recording) if recording else None
             if writer:
