@@ -237,3 +237,64 @@ def test_without_the_extra_says_how_to_install_it(monkeypatch, model_path):
     result = runner.invoke(app, ["live", "--model", str(model_path)])
     assert result.exit_code == 1
     assert "pip install 'fercli[live]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def mjpeg_source(clip: Path):
+    """An HTTP server on 127.0.0.1 that streams the clip once as MJPEG, then hangs up: a
+    stream that disappears while fer live reads it. Returns (server, URL)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    capture, jpegs = cv2.VideoCapture(str(clip)), []
+    for _ in range(FRAMES):
+        ok, frame = capture.read()
+        if ok:
+            jpegs.append(cv2.imencode(".jpg", frame)[1].tobytes())
+    capture.release()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            for jpeg in jpegs:
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                                 + jpeg + b"\r\n")
+                time.sleep(1 / 30)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/clip.mjpg"
+
+
+def test_a_stream_that_disappears_is_shown_and_ends_with_one_line(clip, model_path):
+    source, url = mjpeg_source(clip)
+    probe = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+    opened = probe.isOpened()
+    probe.release()
+    if not opened:
+        source.shutdown()
+        pytest.skip("this OpenCV build does not read MJPEG over HTTP")
+    port = free_port()
+    process = start_live(url, "--model", model_path, "--port", port)
+    try:
+        wait_listening(process, port)
+        deadline, state = time.monotonic() + 30, {}
+        while time.monotonic() < deadline and state.get("status") != "failed":
+            try:
+                state = json.loads(get(port, "/state.json"))
+            except OSError:
+                break  # already gone: the exit code and message below still tell
+            time.sleep(0.1)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        source.shutdown()
+    assert state.get("status") == "failed" and "stopped giving frames" in state["error"]
+    assert process.returncode == 1
+    assert "stopped giving frames" in err and len(err.strip().splitlines()) == 1
