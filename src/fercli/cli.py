@@ -886,14 +886,15 @@ def render_media_csv(media) -> None:
     image (its frame, time and track empty; a video's face column empty)."""
     import csv
 
+    from fercli.video import csv_header, csv_row
+
     classes = media.images.classes
     images = media.images.images
     smoothed = any(video.smoothed for video in media.videos)
     writer = csv.writer(sys.stdout)
-    header = ["path", *(["face"] if images else []), "frame", "time", "track", "x", "y", "width", "height", "label",
-              *(f"p_{escaped(label)}" for label in classes)]
-    if smoothed:
-        header += ["smoothed_label", *(f"smoothed_p_{escaped(label)}" for label in classes)]
+    header = csv_header(classes, smoothed, escaped)
+    if images:
+        header.insert(1, "face")
     writer.writerow(header)
     for image in images:
         for number, face in enumerate(image.faces, start=1):
@@ -903,13 +904,61 @@ def render_media_csv(media) -> None:
     for video in media.videos:
         rows = sorted(((face.frame, track.id, face) for track in video.tracks for face in track.frames),
                       key=lambda row: row[:2])
-        for frame, track, face in rows:
-            row = [escaped(video.path), *([""] if images else []), frame, f"{face.time:.3f}", track, *face.box,
-                   escaped(face.label), *(f"{face.probabilities[label]:.6f}" for label in classes)]
-            if smoothed:
-                row += [escaped(face.smoothed_label or ""),
-                        *(f"{(face.smoothed or {}).get(label, 0.0):.6f}" for label in classes)]
+        for _, track, face in rows:
+            row = csv_row(video.path, track, face, classes, smoothed, escaped)
+            if images:
+                row.insert(1, "")
             writer.writerow(row)
+
+
+@app.command(cls=JsonErrorsCommand)
+def live(
+    source: str = typer.Argument("0", help="A camera index, a video file or a stream URL OpenCV opens."),
+    model: Path | None = typer.Option(None, help="Model file (default: the most recently trained)."),
+    host: str = typer.Option("127.0.0.1", help="Address to serve the page on (0.0.0.0: every network)."),
+    port: int = typer.Option(8017, min=0, max=65535, help="Port to serve the page on (0: any free one)."),
+    detect_every: int = typer.Option(5, min=1, help="A full face detection every K frames; in between, faces "
+                                     "are followed by their landmarks."),
+    record: Path | None = typer.Option(None, help="Also write the per-frame CSV of fer predict --csv here."),
+    loop: bool = typer.Option(False, help="A video file starts again at its end instead of ending."),
+) -> None:
+    """Label a camera, video file or stream live, on a local web page (the 'live' extra)."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise fail("fer live needs its web server: pip install 'fercli[live]'") from None
+    with user_errors():
+        from fercli.live import LiveOptions, LiveSession, bind_socket
+        from fercli.live.server import serve
+        from fercli.predict import resolve_model
+        from fercli.store import check_writable
+
+        loaded = resolve_model(model)
+        if record:
+            check_writable(record.parent if str(record.parent) else Path("."))
+        sock = bind_socket(host, port)
+        try:
+            session = LiveSession(source, loaded, LiveOptions(detect_every=detect_every, loop=loop, record=record),
+                                  escaped)
+        except BaseException:
+            sock.close()
+            raise
+        address = sock.getsockname()
+        shown_host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        try:
+            session.start()
+            serve(session, sock, on_started=lambda: out.print(
+                f"fer live: {shown(source)} with {shown(Path(str(loaded.path)).name)} on "
+                f"http://{shown_host}:{address[1]}/ (Ctrl-C to stop)"))
+        finally:
+            session.stop()
+            sock.close()
+    state = session.state()
+    if state["status"] == "failed":
+        raise fail(state["error"] or "the source failed")
+    out.print(f"fer live: {shown(source)} {'ended' if state['status'] == 'ended' else 'stopped'} after "
+              f"{plural(state['frame'], 'frame')}" + (f"; recorded in {shown(record)}" if record else ""))
 
 
 @app.command("list", cls=JsonErrorsCommand)

@@ -503,6 +503,30 @@ def _classify(waiting: list[tuple[FaceFrame, np.ndarray]], model: FerModel) -> N
     waiting.clear()
 
 
+class FramePipeline:
+    """The per-frame step shared by fer predict on videos and fer live: a frame in, its faces
+    followed (tracks, landmarks from the previous box, detection every few frames) and queued
+    for classification; classify() labels the queued faces in one forward pass."""
+
+    def __init__(self, model: FerModel, options: VideoOptions, interval: float) -> None:
+        """interval: seconds between analysed frames."""
+        self.model = model
+        self.tracker = _Tracker(model.preprocess, options, interval)
+        self.waiting: list[tuple[FaceFrame, np.ndarray]] = []
+
+    def step(self, frame: np.ndarray, number: int, seconds: float) -> list[tuple[int, FaceFrame]]:
+        """The faces of one frame (BGR or grey) as (track id, record) pairs; the records get
+        their labels at the next classify()."""
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        faces = self.tracker.step(gray, number, seconds)
+        self.waiting += faces
+        # step() leaves the faces' tracks in tracker.active, in the order of the faces.
+        return [(follow.track.id, record) for follow, (record, _) in zip(self.tracker.active, faces)]
+
+    def classify(self) -> None:
+        _classify(self.waiting, self.model)
+
+
 def smooth_track(track: Track, classes: list[str], seconds: float) -> None:
     """Average each frame's probabilities with those of the track's frames at most seconds / 2
     before or after it (a centred moving average); sets smoothed and smoothed_label."""
@@ -543,30 +567,28 @@ def predict_video(path: Path, model: FerModel, options: VideoOptions = VideoOpti
             result.interval = 1.0 / options.fps
         else:
             result.interval = options.every / result.fps if result.fps else 0.0
-        tracker = _Tracker(model.preprocess, options, result.interval)
+        pipeline = FramePipeline(model, options, result.interval)
         if result.width * result.height > MAX_PIXELS:
             result.error = (f"video too large: {result.width}x{result.height} pixels a frame, limit "
                             f"{MAX_PIXELS:,} pixels")
             return result
         reader = _Reader(capture, result.fps, _sampler(options, result.fps), result.width * result.height * 3)
-        waiting: list[tuple[FaceFrame, np.ndarray]] = []
         reported, last = 0.0, 0.0
         for number, seconds, frame in reader:
             last = seconds
-            gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
             if not result.analysed:  # the header's size may be missing; the frame's is what was drawn on
-                result.height, result.width = gray.shape
-            waiting += tracker.step(gray, number, seconds)
+                result.height, result.width = frame.shape[:2]
+            pipeline.step(frame, number, seconds)
             result.analysed += 1
-            if len(waiting) >= CLASSIFY_BATCH:
-                _classify(waiting, model)
+            if len(pipeline.waiting) >= CLASSIFY_BATCH:
+                pipeline.classify()
             if progress and time.perf_counter() - reported > 0.2:
                 progress(reader.count, max(declared, reader.count))
                 reported = time.perf_counter()
-        _classify(waiting, model)
+        pipeline.classify()
         result.frames = reader.count
-        result.tracks = [track for track in tracker.tracks if track.frames]
-        result.detections = tracker.detections
+        result.tracks = [track for track in pipeline.tracker.tracks if track.frames]
+        result.detections = pipeline.tracker.detections
         result.error = _reading_problem(reader, declared)
         if result.interval == 0.0 and result.analysed > 1:
             result.interval = last / (result.analysed - 1)  # no frame rate: times from the stream
@@ -682,7 +704,6 @@ def _write_timeline(video: VideoPrediction, classes: list[str], path: Path) -> P
 
 def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> Path:
     """The video read again, each frame with the faces of the latest analysed frame drawn on it."""
-    from fercli.report import drawable
     from fercli.store import atomic_save
 
     by_frame: dict[int, list[tuple[int, FaceFrame]]] = {}
@@ -708,18 +729,44 @@ def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> 
                 seconds = number / video.fps if video.fps else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
                 if sampled(number, seconds):
                     current = by_frame.get(number, [])
-                for track_id, face in current:
-                    colour = TRACK_COLOURS[(track_id - 1) % len(TRACK_COLOURS)]
-                    x, y, width, height = face.box
-                    cv2.rectangle(frame, (x, y), (x + width, y + height), colour, thickness)
-                    label = face.smoothed_label or face.label
-                    probability = (face.smoothed or face.probabilities).get(label, 0.0)
-                    text = drawable(f"#{track_id} {label} {probability:.2f}")
-                    cv2.putText(frame, text, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thickness,
-                                colour, thickness, cv2.LINE_AA)
+                draw_faces(frame, current, thickness)
                 writer.write(frame)
         finally:
             writer.release()
             capture.release()
 
     return atomic_save(path, save, keep_existing=True)
+
+
+def draw_faces(frame: np.ndarray, faces: list[tuple[int, FaceFrame]], thickness: int) -> None:
+    """Draw each (track id, face) on a BGR frame, in place: its box, and "#id label p" above it."""
+    from fercli.report import drawable
+
+    for track_id, face in faces:
+        colour = TRACK_COLOURS[(track_id - 1) % len(TRACK_COLOURS)]
+        x, y, width, height = face.box
+        cv2.rectangle(frame, (x, y), (x + width, y + height), colour, thickness)
+        label = face.smoothed_label or face.label
+        probability = (face.smoothed or face.probabilities).get(label, 0.0)
+        text = drawable(f"#{track_id} {label} {probability:.2f}")
+        cv2.putText(frame, text, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thickness,
+                    colour, thickness, cv2.LINE_AA)
+
+
+def csv_header(classes: list[str], smoothed: bool = False, escape: Callable[[str], str] = str) -> list[str]:
+    """The header of the per-frame CSV of videos (fer predict --csv, fer live --record)."""
+    header = ["path", "frame", "time", "track", "x", "y", "width", "height", "label",
+              *(f"p_{escape(label)}" for label in classes)]
+    if smoothed:
+        header += ["smoothed_label", *(f"smoothed_p_{escape(label)}" for label in classes)]
+    return header
+
+
+def csv_row(path: str, track_id: int, face: FaceFrame, classes: list[str], smoothed: bool = False,
+            escape: Callable[[str], str] = str) -> list:
+    """One row of the per-frame CSV: one face in one analysed frame."""
+    row = [escape(path), face.frame, f"{face.time:.3f}", track_id, *face.box, escape(face.label),
+           *(f"{face.probabilities[label]:.6f}" for label in classes)]
+    if smoothed:
+        row += [escape(face.smoothed_label or ""), *(f"{(face.smoothed or {}).get(label, 0.0):.6f}" for label in classes)]
+    return row
