@@ -224,7 +224,7 @@ def test_port_in_use_is_one_line(clip, model_path):
     assert "in use" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="no chromium on this machine (Debian's package; CI installs it)")
+@pytest.mark.skipif(not shutil.which("chromium"), reason="no chromium on this machine (apt-get install chromium to run this test)")
 def test_page_in_a_headless_browser_shows_bars(server):
     """The page as a browser renders it after a few seconds: a card with bars per face."""
     result = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=4000",

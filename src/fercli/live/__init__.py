@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from fercli.config import MAX_PIXELS
 from fercli.errors import FerError
@@ -40,11 +39,11 @@ RATE_WINDOW = 2.0
 def open_source(source: str):
     """cv2.VideoCapture on a camera index, a video file or a stream URL; FerError (one line)
     if it does not open. Returns (capture, kind), kind "camera", "file" or "stream"."""
-    from fercli.images import _quiet_stderr
+    from fercli.images import quiet_stderr
 
     if source.isdigit():
         kind = "camera"
-        with _quiet_stderr():
+        with quiet_stderr():
             capture = cv2.VideoCapture(int(source))
         if not capture.isOpened():
             raise FerError(f"no camera at index {source} (or it is in use)")
@@ -52,7 +51,7 @@ def open_source(source: str):
     if "://" in source:
         kind = "stream"
         parameters = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
-        with _quiet_stderr():
+        with quiet_stderr():
             capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, parameters)
         if not capture.isOpened():
             raise FerError(f"the stream {source} does not open (no answer within {OPEN_TIMEOUT_MS / 1000:g} s, "
@@ -63,7 +62,7 @@ def open_source(source: str):
         raise FerError(f"{source}: no such file (and not a camera index or a URL)")
     if not path.is_file():
         raise FerError(f"{source}: not a regular file")
-    with _quiet_stderr():
+    with quiet_stderr():
         capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not capture.isOpened():
         raise FerError(f"{source}: cannot open it as a video")
