@@ -11,3 +11,15 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**27))
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "0")
 
 __version__ = "0.1.0"
+
+# The library's public functions (fercli.api), imported on first use so that `import fercli`
+# and `fer --help` stay quick.
+__all__ = ["align_faces", "crossval", "label_faces", "load_model", "prepare_dataset", "train"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from fercli import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'fercli' has no attribute {name!r}")

@@ -285,6 +285,13 @@ class FerModel:
         """uint8 crops (n, s, s) -> z-scored network input (n, s, s, 1)."""
         return ((crops.astype(np.float64) - self.mean) / self.std)[..., np.newaxis]
 
+    def predict(self, image):
+        """The expression of every face in an image (a path, or a BGR or grayscale uint8
+        array): a list of FacePrediction (box, label, probabilities). See fercli.api."""
+        from fercli.api import label_faces
+
+        return label_faces(image, self)
+
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
         """Class probabilities (n, classes) for uint8 crops (n, s, s)."""
         if len(crops) == 0:

@@ -154,24 +154,33 @@ def predict_paths(
             progress(done, len(tasks))
     if found:
         # One batched forward pass for every face of every image.
-        crops = np.stack([crop for _, crop, _ in found])
-        probabilities = model.predict_proba(crops)
-        for (index, _, _), row in zip(found, probabilities):
-            if not np.all(np.isfinite(row)):
-                # The load check passed, yet this face overflows the network: the model is broken.
-                raise ModelError(f"{model.path}: damaged model file (its probabilities for a face in "
-                                 f"{images[index].path} are not finite numbers)")
-        seen = model.seen_in_training(crops) or [None] * len(found)
-        for (index, _, box), row, in_training in zip(found, probabilities, seen):
-            best = int(np.argmax(row))
-            images[index].faces.append(FacePrediction(
-                box=tuple(int(value) for value in box),
-                label=model.classes[best],
-                probabilities={label: round(float(p), 6) for label, p in zip(model.classes, row)},
-                in_training_data=in_training,
-            ))
+        labelled = classify(model, np.stack([crop for _, crop, _ in found]), [box for _, _, box in found],
+                            [images[index].path for index, _, _ in found])
+        for (index, _, _), face in zip(found, labelled):
+            images[index].faces.append(face)
     return PredictReport(model=str(model.path), classes=model.classes, images=images, problems=problems,
                          inputs=[str(path) for path in paths])
+
+
+def classify(model: FerModel, crops: np.ndarray, boxes: list, sources: list[str]) -> list[FacePrediction]:
+    """Label aligned uint8 crops (n, s, s) in one forward pass; boxes and the source of each
+    (for messages) in the same order. ModelError if the network gives a non-finite number."""
+    probabilities = model.predict_proba(crops)
+    for source, row in zip(sources, probabilities):
+        if not np.all(np.isfinite(row)):
+            # The load check passed, yet this face overflows the network: the model is broken.
+            raise ModelError(f"{model.path}: damaged model file (its probabilities for a face in "
+                             f"{source} are not finite numbers)")
+    seen = model.seen_in_training(crops) or [None] * len(crops)
+    return [
+        FacePrediction(
+            box=tuple(int(value) for value in box),
+            label=model.classes[int(np.argmax(row))],
+            probabilities={label: round(float(p), 6) for label, p in zip(model.classes, row)},
+            in_training_data=in_training,
+        )
+        for box, row, in_training in zip(boxes, probabilities, seen, strict=True)
+    ]
 
 
 def check_annotate_folder(paths: list[Path], folder: Path) -> None:
