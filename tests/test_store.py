@@ -139,3 +139,35 @@ def test_every_file_a_command_writes_gets_the_usual_mode(tmp_path, fer_home, ast
     assert any(path.name == "dataset.npz" for path in files) and any(path.suffix == ".png" for path in files)
     modes = {str(path.relative_to(fer_home)): oct(stat.S_IMODE(path.stat().st_mode)) for path in files}
     assert modes == dict.fromkeys(modes, oct(0o666 & ~mask))
+
+
+def test_a_made_up_name_appears_with_the_whole_file_behind_it(tmp_path, monkeypatch):
+    """keep_existing takes the first free name by hard-linking the finished file to it: no
+    moment in which a reader could find that name empty (an empty claim file, renamed onto
+    later, was once seen by a watcher as a damaged newest model)."""
+    from fercli.store import atomic_write
+
+    (tmp_path / "m.npz").write_bytes(b"older")
+    names_seen_empty = []
+    real_replace = os.replace
+
+    def replace(source, target):
+        # A rename onto a name that is already there and empty: the window readers could see.
+        if os.path.exists(target) and os.path.getsize(target) == 0:
+            names_seen_empty.append(target)
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    written = atomic_write(tmp_path / "m.npz", lambda stream: stream.write(b"newer"), keep_existing=True)
+    assert written == tmp_path / "m-2.npz" and written.read_bytes() == b"newer"
+    assert (tmp_path / "m.npz").read_bytes() == b"older" and names_seen_empty == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m-2.npz", "m.npz"]  # no temporary left
+
+    # Where hard links are not supported: the name is claimed, then the file renamed onto it.
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    third = atomic_write(tmp_path / "m.npz", lambda stream: stream.write(b"third"), keep_existing=True)
+    assert third == tmp_path / "m-3.npz" and third.read_bytes() == b"third"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m-2.npz", "m-3.npz", "m.npz"]

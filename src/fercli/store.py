@@ -195,7 +195,6 @@ def _replace_with(path: Path, fill, keep_existing: bool = False, check=None) -> 
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     except OSError as error:
         raise _store_error(path, error) from None
-    claimed = None
     try:
         # mkstemp makes the file owner-only; give it the mode open() would (0666 less the umask).
         os.fchmod(handle, 0o666 & ~_umask())
@@ -203,21 +202,42 @@ def _replace_with(path: Path, fill, keep_existing: bool = False, check=None) -> 
         if check:
             check(Path(temporary))
         if keep_existing:
-            # Taking the name by creating it empty makes the file renamed onto it a moment
-            # later nobody else's.
-            path = claimed = _first_free(path, _create_empty)
-        os.replace(temporary, path)
+            path = _link_first_free(temporary, path)
+            _remove_quietly(temporary)
+        else:
+            os.replace(temporary, path)
     except OSError as error:
         _remove_quietly(temporary)
-        if claimed:
-            _remove_quietly(claimed)
         raise _store_error(path, error) from None
     except BaseException:
         _remove_quietly(temporary)
-        if claimed:
-            _remove_quietly(claimed)
         raise
     return path
+
+
+def _link_first_free(temporary: str, path: Path) -> Path:
+    """Give the finished temporary file the first free name of numbered(path) and return it.
+
+    A hard link takes a name only if it is free, and the name appears with the whole file
+    behind it: a reader never sees it empty or half written (the latest model, as predict
+    looks for it). Where hard links are not supported, the name is claimed by creating it
+    empty and the file renamed onto it, so two runs still never get one name.
+    """
+    for name in numbered(path):
+        try:
+            os.link(temporary, name)
+            return name
+        except FileExistsError:
+            continue
+        except OSError:
+            claimed = _first_free(name, _create_empty)
+            try:
+                os.replace(temporary, claimed)
+            except BaseException:
+                _remove_quietly(claimed)
+                raise
+            return claimed
+    raise RuntimeError("unreachable: numbered() never ends")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
