@@ -108,3 +108,12 @@ def save_synthetic(dataset: PreparedDataset, name: str = "synthetic") -> Path:
     """Save a dataset where the CLI finds it (FER_HOME/datasets/<name>/dataset.npz, the most
     recent one); returns the file."""
     return save_dataset(dataset, datasets_dir() / name)
+
+
+def train_tiny_model(path: Path, labels: tuple[str, ...]) -> Path:
+    """A small model trained on synthetic shapes of the given classes (its labels mean nothing
+    on a real face: for tests that count faces, tracks and boxes); returns its file."""
+    from fercli.config import TrainConfig
+    from fercli.training import train_model
+
+    return train_model(make_dataset(labels=labels, subjects=4), TrainConfig(epochs=2), path).path

@@ -25,9 +25,7 @@ pytest.importorskip("uvicorn", reason="fer live needs the 'live' extra: pip inst
 
 from clips import can_write, moving_face, write_clip  # noqa: E402
 from fercli.cli import app  # noqa: E402
-from fercli.config import TrainConfig  # noqa: E402
-from fercli.training import train_model  # noqa: E402
-from synthetic import make_dataset  # noqa: E402
+from synthetic import train_tiny_model  # noqa: E402
 
 CLASSES = ["anger", "happiness", "surprise", "neutral"]
 WIDTH, HEIGHT, FRAMES = 480, 240, 60
@@ -58,9 +56,7 @@ def clip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     """A tiny model trained on synthetic shapes (its labels mean nothing; the tests count faces)."""
-    output = tmp_path_factory.mktemp("model") / "tiny.npz"
-    train_model(make_dataset(labels=tuple(CLASSES), subjects=4), TrainConfig(epochs=2), output)
-    return output
+    return train_tiny_model(tmp_path_factory.mktemp("model") / "tiny.npz", tuple(CLASSES))
 
 
 def free_port() -> int:

@@ -14,11 +14,9 @@ from typer.testing import CliRunner
 
 from clips import can_write, moving_face, write_clip
 from fercli.cli import app
-from fercli.config import TrainConfig
 from fercli.model import load_model
-from fercli.training import train_model
 from fercli.video import VideoOptions, predict_video, sniff_video
-from synthetic import make_dataset
+from synthetic import train_tiny_model
 
 CLASSES = ["anger", "happiness", "surprise", "neutral"]
 WIDTH, HEIGHT = 320, 240
@@ -41,9 +39,7 @@ def suffix() -> str:
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     """A tiny model trained on synthetic shapes (its labels mean nothing; the tests count faces)."""
-    output = tmp_path_factory.mktemp("model") / "tiny.npz"
-    train_model(make_dataset(labels=tuple(CLASSES), subjects=4), TrainConfig(epochs=2), output)
-    return output
+    return train_tiny_model(tmp_path_factory.mktemp("model") / "tiny.npz", tuple(CLASSES))
 
 
 @pytest.fixture(scope="module")
