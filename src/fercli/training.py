@@ -146,17 +146,12 @@ def _quiet_import_tensorflow():
     (absl and oneDNN notices that TF_CPP_MIN_LOG_LEVEL no longer reaches)."""
     import sys
 
+    from fercli.images import quiet_stderr
+
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with quiet_stderr():
+        import tensorflow
     return tensorflow
 
 
