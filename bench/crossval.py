@@ -38,7 +38,7 @@ def matmul_rate(size: int = 2048, repeats: int = 10) -> float:
 def synthetic_dataset(home: Path, images: int, classes: int = 7, seed: int = 0) -> str:
     """A JAFFE-sized set of class-dependent patterns, saved where `fer crossval` finds it."""
     from fercli.config import PreprocessConfig
-    from fercli.store import PreparedDataset, save_dataset
+    from fercli.prepared import PreparedDataset, save_dataset
 
     rng = np.random.default_rng(seed)
     labels = np.arange(images) % classes
@@ -62,8 +62,9 @@ PLAIN_FIT = r"""
 import json, os, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np
-from fercli.store import resolve_dataset
-from fercli.training import select_classes, make_folds, normalisation
+from fercli.prepared import resolve_dataset
+from fercli.crossvalidation import make_folds
+from fercli.training import normalisation, select_classes
 dataset = resolve_dataset(sys.argv[1]); epochs = int(sys.argv[2])
 selection = select_classes(dataset)
 train, test = make_folds(selection, 10, "random", 0)[0]

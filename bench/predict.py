@@ -33,7 +33,7 @@ def make_model(home: Path) -> Path:
 import sys, numpy as np
 from pathlib import Path
 from fercli.config import PreprocessConfig, TrainConfig
-from fercli.store import PreparedDataset
+from fercli.prepared import PreparedDataset
 from fercli.training import train_model
 rng = np.random.default_rng(0)
 labels = np.array(["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"] * 30)

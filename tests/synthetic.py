@@ -14,8 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fercli.config import BASIC_LABELS, CROP_SIZE, PreprocessConfig
-from fercli.store import PreparedDataset, datasets_dir, save_dataset
+from fercli.config import CROP_SIZE, PreprocessConfig
+from fercli.labels import BASIC_LABELS
+from fercli.prepared import PreparedDataset, save_dataset
+from fercli.store import datasets_dir
 
 SHAPES = ("disc", "hbar", "vbar", "cross", "ring", "diagonal", "checker")
 

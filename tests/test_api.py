@@ -70,7 +70,7 @@ def test_import_fercli_is_cheap():
 
 
 def test_crossval_and_train_take_a_recipe_and_settings(fer_home):
-    from fercli.store import save_dataset
+    from fercli.prepared import save_dataset
 
     save_dataset(make_dataset(labels=("anger", "happiness"), subjects=3), fer_home / "datasets" / "shapes")
     report = fercli.crossval("shapes", folds=2, recipe="best", epochs=1, copies=0)

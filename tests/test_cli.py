@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_image
 from fercli.cli import app
 from fercli.config import TrainConfig
 from fercli.model import load_model
 from fercli.store import models_dir
 from fercli.training import train_model
-from conftest import write_image
 from synthetic import make_dataset, save_synthetic
 
 CLASSES = ["anger", "happiness", "surprise", "neutral"]

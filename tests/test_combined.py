@@ -13,10 +13,12 @@ from typer.testing import CliRunner
 from fercli.cli import app
 from fercli.combined import combine, load_combined, resolve_datasets
 from fercli.config import PreprocessConfig, TrainConfig
+from fercli.crossvalidation import cross_validate, fold_inputs, make_folds
 from fercli.errors import DatasetError
 from fercli.model import load_model
-from fercli.store import PreparedDataset, dataset_folder, datasets_dir, save_dataset
-from fercli.training import cross_validate, fold_inputs, make_folds, select_classes
+from fercli.prepared import PreparedDataset, dataset_folder, save_dataset
+from fercli.store import datasets_dir
+from fercli.training import select_classes
 from synthetic import make_dataset, save_synthetic
 
 SHARED = ("anger", "happiness", "surprise")
@@ -195,7 +197,7 @@ def test_a_starting_model_trained_on_one_of_the_datasets_is_refused(two_saved, t
 
 
 def test_leave_one_dataset_out_warns_of_classes_only_the_left_out_dataset_has(fer_home):
-    from fercli.training import protocol_warnings
+    from fercli.crossvalidation import protocol_warnings
 
     first = synthetic("jaffe", SHARED + ("neutral",), seed=1)
     combined = combine([first, synthetic("ck48", seed=2)], classes=SHARED + ("neutral",))

@@ -23,7 +23,7 @@ from fercli.align import align_largest
 from fercli.cache import CropCache, content_key
 from fercli.config import PreprocessConfig
 from fercli.images import decode_gray
-from fercli.store import dataset_folder, load_dataset
+from fercli.prepared import dataset_folder, load_dataset
 
 FER = Path(sys.executable).with_name("fer")
 IMAGES = 60

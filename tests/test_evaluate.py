@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 
 from fercli.cli import app
 from fercli.config import PreprocessConfig, TrainConfig
+from fercli.crossvalidation import cross_validate, save_crossval_model
 from fercli.errors import DatasetError, ModelError
 from fercli.evaluate import RENORMALISED, evaluate_model, prepare_for_model
 from fercli.model import load_model, save_networks
 from fercli.store import models_dir, pack_json, unpack_json
-from fercli.training import cross_validate, save_crossval_model, train_model
+from fercli.training import train_model
 from synthetic import make_dataset, save_synthetic
 
 TRAINED = ("anger", "disgust", "fear", "happiness")

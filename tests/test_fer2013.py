@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 from conftest import TIGHT_FACE_BOX, crop_box
 from fercli.cli import app
 from fercli.config import PreprocessConfig, TrainConfig
+from fercli.crossvalidation import cross_validate
 from fercli.errors import DatasetError, LayoutError
 from fercli.evaluate import dataset_split
 from fercli.fer2013 import is_fer2013, preprocess_fer2013
 from fercli.model import load_model
+from fercli.prepared import load_dataset
 from fercli.preprocess import preprocess_dataset
-from fercli.store import load_dataset
-from fercli.training import cross_validate
 
 runner = CliRunner()
 HEADER = "emotion,pixels,Usage\n"

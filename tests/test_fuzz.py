@@ -33,8 +33,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import DATA, FACE_BOX, crop_box, tiff
-from fercli.config import MAX_PIXELS, PreprocessConfig, ScanOptions
+from fercli.config import PreprocessConfig, ScanOptions
 from fercli.errors import ImageError, LayoutError
+from fercli.images import MAX_PIXELS
 
 # A case that takes longer than this is a hang (decoding a seed takes milliseconds).
 CASE_TIMEOUT = 60

@@ -26,7 +26,8 @@ from fercli.cli import app
 from fercli.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
 from fercli.errors import DatasetError, ModelError
 from fercli.model import MODEL_FORMAT, MODEL_FORMAT_VERSION, load_model
-from fercli.store import DATASET_FILE, datasets_dir, load_dataset, pack_json, unpack_json
+from fercli.prepared import DATASET_FILE, load_dataset
+from fercli.store import datasets_dir, pack_json, unpack_json
 from synthetic import make_dataset, save_synthetic
 
 CLASSES = ("anger", "happiness", "surprise")

@@ -15,9 +15,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_unprivileged, write_image
-from fercli.config import MAX_FILE_BYTES
 from fercli.errors import ImageError
-from fercli.images import load_gray
+from fercli.images import MAX_FILE_BYTES, load_gray
 
 
 def assert_refused(path: Path, *fragments: str) -> str:

@@ -9,10 +9,12 @@ from typer.testing import CliRunner
 
 from fercli.cli import app
 from fercli.config import TrainConfig
+from fercli.crossvalidation import cross_validate, save_crossval
 from fercli.errors import StoreError
 from fercli.inventory import list_home, remove_entry
-from fercli.store import models_dir, resolve_dataset, runs_dir
-from fercli.training import cross_validate, save_crossval, train_model
+from fercli.prepared import resolve_dataset
+from fercli.store import models_dir, runs_dir
+from fercli.training import train_model
 from synthetic import make_dataset, save_synthetic
 
 CLASSES = ("anger", "happiness", "surprise")

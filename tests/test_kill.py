@@ -27,7 +27,7 @@ from fercli.cache import CropCache, content_key
 from fercli.config import PreprocessConfig
 from fercli.images import decode_gray
 from fercli.model import load_model
-from fercli.store import load_dataset
+from fercli.prepared import load_dataset
 from synthetic import make_dataset, save_synthetic
 
 FER = Path(sys.executable).with_name("fer")

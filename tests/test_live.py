@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 pytest.importorskip("starlette", reason="fer live needs the 'live' extra: pip install 'fercli[live]'")
 pytest.importorskip("uvicorn", reason="fer live needs the 'live' extra: pip install 'fercli[live]'")
 
-from clips import can_write, moving_face, write_clip  # noqa: E402
-from fercli.cli import app  # noqa: E402
-from synthetic import train_tiny_model  # noqa: E402
+from clips import can_write, moving_face, write_clip
+from fercli.cli import app
+from synthetic import train_tiny_model
 
 CLASSES = ["anger", "happiness", "surprise", "neutral"]
 WIDTH, HEIGHT, FRAMES = 480, 240, 60

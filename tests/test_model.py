@@ -12,17 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fercli.config import (
-    ALIGN_VERSION,
-    BASIC_LABELS,
-    MODEL_VARIANTS,
-    PreprocessConfig,
-    TrainConfig,
-    fingerprint,
-)
+from fercli.config import ALIGN_VERSION, MODEL_VARIANTS, PreprocessConfig, TrainConfig, fingerprint
 from fercli.errors import ModelError
+from fercli.labels import BASIC_LABELS
 from fercli.model import build_model, load_model, make_optimizer, save_model
-from fercli.store import pack_json, save_dataset, unpack_json
+from fercli.prepared import save_dataset
+from fercli.store import pack_json, unpack_json
 from fercli.training import configure_tensorflow, fit, select_classes
 from synthetic import make_dataset
 

@@ -314,7 +314,7 @@ def unusable_models(folder: Path, model_file: Path) -> dict[str, tuple[Path, str
     cases["plain.npz"] = (folder / "plain.npz", "not a fercli model file")
     np.savez(folder / "json-list.npz", meta=pack_json([1, 2, 3]))
     cases["json-list.npz"] = (folder / "json-list.npz", "not a fercli model file")
-    from fercli.store import save_dataset
+    from fercli.prepared import save_dataset
 
     dataset = save_dataset(make_dataset(labels=("anger", "happiness"), subjects=1), folder / "data")
     cases["dataset.npz"] = (dataset, "not a fercli model file")

@@ -174,9 +174,9 @@ def test_progress_is_reported_per_image(model, astronaut_path, blank):
         [astronaut_path, blank],
         model,
         workers=1,
-        progress=lambda done, total: calls.append((done, total)),
+        progress=lambda event: calls.append((event.kind, event.done, event.total)),
     )
-    assert calls == [(0, 2), (1, 2), (2, 2)]
+    assert calls == [("items", 0, 2), ("items", 1, 2), ("items", 2, 2)]
 
 
 def test_annotated_copies_have_the_size_of_the_originals(

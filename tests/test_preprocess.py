@@ -21,8 +21,8 @@ from fercli.cache import CropCache
 from fercli.cli import app
 from fercli.config import PreprocessConfig
 from fercli.errors import FerError, StoreError
+from fercli.prepared import load_dataset, resolve_dataset
 from fercli.preprocess import align_file, preprocess_dataset
-from fercli.store import load_dataset, resolve_dataset
 
 FER = Path(sys.executable).with_name("fer")
 NON_UTF8_NAME = os.fsdecode(b"caf\xe9.png")
@@ -97,7 +97,7 @@ def test_bad_files_are_skipped_with_reasons_and_the_rest_aligned(mixed_dataset):
     calls = []
 
     report = preprocess_dataset(
-        mixed_dataset, workers=1, progress=lambda done, total: calls.append((done, total))
+        mixed_dataset, workers=1, progress=lambda event: calls.append((event.done, event.total))
     )
 
     assert report.found == GOOD + len(BAD_REASONS)

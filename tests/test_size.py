@@ -21,9 +21,8 @@ import pytest
 from PIL import Image
 
 from conftest import face_variant, tiff, write_image
-from fercli.config import MAX_PIXELS
 from fercli.errors import ImageError
-from fercli.images import load_gray
+from fercli.images import MAX_PIXELS, load_gray
 
 FER = Path(sys.executable).with_name("fer")
 HUGE = 60_000  # 60000 x 60000 = 3.6 gigapixels: 3.6 GB as 8-bit gray

@@ -17,7 +17,16 @@ from fercli.cli import app
 from fercli.config import TrainConfig
 from fercli.engines import LocalEngine, RayEngine
 from fercli.errors import FerError
-from fercli.sweep import Grid, GridError, _toml, corrected_interval, parse_grid, read_grid, recipes, run_sweep
+from fercli.sweep import (
+    Grid,
+    GridError,
+    _toml,
+    corrected_interval,
+    parse_grid,
+    read_grid,
+    recipes,
+    run_sweep,
+)
 from synthetic import make_dataset, save_synthetic
 
 runner = CliRunner()
@@ -169,13 +178,13 @@ def full_and_resumed(tmp_path_factory):
         os.environ["FER_HOME"] = str(tmp_path_factory.mktemp("resumed"))
         save_synthetic(dataset)
 
-        def stop_after_first_fold(event: dict) -> None:
-            if event["kind"] == "fold":
+        def stop_after_first_fold(event) -> None:
+            if event.kind == "fold":
                 raise KeyboardInterrupt
 
         interrupted = run_sweep(dataset, grid, LocalEngine(1), progress=stop_after_first_fold)
         after_interrupt = fold_files(interrupted.folder)
-        events: list[dict] = []
+        events: list = []
         resumed = run_sweep(dataset, grid, LocalEngine(2), progress=events.append)
         return full, interrupted, after_interrupt, resumed, events
     finally:
@@ -233,8 +242,8 @@ def test_rerun_trains_only_the_missing_folds_and_gives_the_same_numbers(full_and
     assert resumed.folder.name == full.folder.name  # same data, same grid: same sweep
     assert resumed.stored_folds == len(after_interrupt)
     assert resumed.trained_folds == 8 - len(after_interrupt)
-    assert len([event for event in events if event["kind"] == "fold"]) == resumed.trained_folds
-    assert events[0] == {"kind": "start", "done": resumed.stored_folds, "total": 8}
+    assert len([event for event in events if event.kind == "fold"]) == resumed.trained_folds
+    assert (events[0].kind, events[0].done, events[0].total) == ("start", resumed.stored_folds, 8)
     straight, again = fold_files(full.folder), fold_files(resumed.folder)
     assert straight.keys() == again.keys() and len(straight) == 8
     for name, arrays in after_interrupt.items():  # what was stored was not trained again

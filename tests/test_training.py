@@ -7,16 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from fercli import training
-from fercli.config import BASIC_LABELS, TrainConfig, recipe_config, recipe_differences
+from fercli import crossvalidation
+from fercli.config import TrainConfig, recipe_config, recipe_differences
+from fercli.crossvalidation import cross_validate, make_folds
 from fercli.errors import DatasetError, FerError
+from fercli.labels import BASIC_LABELS
 from fercli.training import (
     augment,
     configure_tensorflow,
     enlarge,
-    cross_validate,
     fit,
-    make_folds,
     normalisation,
     select_classes,
 )
@@ -91,13 +91,13 @@ def test_random_folds_on_data_with_subjects_warn_that_people_are_on_both_sides(c
 
 def test_crossval_reports_progress_per_fold(crossval_run):
     report, events = crossval_run
-    finished = [event for event in events if event["kind"] == "fold"]
-    assert sorted(event["fold"] for event in finished) == list(range(FOLDS))
-    by_fold = {event["fold"] + 1: event["accuracy"] for event in finished}
+    finished = [event for event in events if event.kind == "fold"]
+    assert sorted(event.fold for event in finished) == list(range(FOLDS))
+    by_fold = {event.fold + 1: event.accuracy for event in finished}
     assert by_fold == {fold.fold: fold.accuracy for fold in report.folds}
-    epochs = [event for event in events if event["kind"] == "epoch"]
+    epochs = [event for event in events if event.kind == "epoch"]
     assert epochs and all(
-        event["epochs"] == EPOCHS and 1 <= event["epoch"] <= EPOCHS for event in epochs
+        event.epochs == EPOCHS and 1 <= event.epoch <= EPOCHS for event in epochs
     )
 
 
@@ -106,8 +106,8 @@ def interrupted_run():
     """A cross-validation stopped by Ctrl-C before its first fold finished (the progress
     callback runs where the KeyboardInterrupt of a Ctrl-C lands)."""
 
-    def stop(event: dict) -> None:
-        if event["kind"] == "epoch":
+    def stop(event) -> None:
+        if event.kind == "epoch":
             raise KeyboardInterrupt
 
     small = make_dataset(labels=("anger", "happiness"), subjects=4)
@@ -212,8 +212,8 @@ def test_fold_normalisation_comes_from_the_training_part_only(dataset, monkeypat
     crops = selection.crops.copy()
     crops[test] = 250  # the test part is nothing like the training part
     configure_tensorflow(None)
-    task = training.FoldTask(0, TrainConfig(epochs=1, normalisation=mode), 0, train, test)
-    result = training.train_fold(crops, selection.targets, len(selection.labels), task)
+    task = crossvalidation.FoldTask(0, TrainConfig(epochs=1, normalisation=mode), 0, train, test)
+    result = crossvalidation.train_fold(crops, selection.targets, len(selection.labels), task)
     train_mean, train_std = normalisation(crops[train], mode)
     assert result["mean"] == pytest.approx(float(np.mean(train_mean)))
     assert result["std"] == pytest.approx(float(np.mean(train_std)))

@@ -85,8 +85,8 @@ def crossval(dataset: str | Path | None = None, folds: int = 10, group: str = "r
              workers: int | None = None, **settings):
     """fer crossval: the CrossvalReport of a recipe (settings: TrainConfig fields that
     override it, e.g. epochs=50) on a preprocessed dataset (default: the newest)."""
-    from fercli.store import resolve_dataset
-    from fercli.training import cross_validate
+    from fercli.crossvalidation import cross_validate
+    from fercli.prepared import resolve_dataset
 
     return cross_validate(resolve_dataset(dataset), recipe_config(recipe, **settings), folds, group, workers)
 
@@ -94,7 +94,8 @@ def crossval(dataset: str | Path | None = None, folds: int = 10, group: str = "r
 def train(dataset: str | Path | None = None, output: str | Path | None = None, recipe: str = "paper", **settings):
     """fer train: train on every image of a dataset and save a model (default: a new file in
     FER_HOME/models); the TrainResult, whose path load_model takes."""
-    from fercli.store import models_dir, resolve_dataset, timestamp
+    from fercli.prepared import resolve_dataset
+    from fercli.store import models_dir, timestamp
     from fercli.training import train_model
 
     prepared = resolve_dataset(dataset)

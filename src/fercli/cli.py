@@ -22,7 +22,14 @@ from rich.console import Console
 from rich.table import Table
 
 from fercli import __version__
-from fercli.config import AUGMENTATIONS, EQUALIZATIONS, MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, RECIPES
+from fercli.config import (
+    AUGMENTATIONS,
+    EQUALIZATIONS,
+    MODEL_VARIANTS,
+    NORMALISATIONS,
+    OPTIMIZERS,
+    RECIPES,
+)
 from fercli.datasets import LAYOUTS
 
 
@@ -136,7 +143,8 @@ def emit_json(payload: object) -> None:
 
 
 def progress_bar(description: str):
-    """A rich progress bar on stderr and the callback that drives it: callback(done, total)."""
+    """A rich progress bar on stderr and the progress callback that drives it with "items"
+    events (done of total)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -157,8 +165,8 @@ def progress_bar(description: str):
     )
     task = bar.add_task(description, total=None)
 
-    def update(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
+    def update(event) -> None:
+        bar.update(task, completed=event.done, total=event.total)
 
     return bar, update
 
@@ -314,10 +322,67 @@ TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning
                  "init": "init_model"}
 
 
-def train_config(recipe: str, options: dict):
-    """The TrainConfig of a recipe with the training options given on the command line
-    (options: the command's parameters; None means not given)."""
-    from fercli.config import AUGMENTATIONS, CROP_SIZE, MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, recipe_config
+def training_options(
+    recipe: Recipe = RecipeOption,
+    epochs: int | None = EpochsOption,
+    batch_size: int | None = BatchOption,
+    lr: float | None = LearningRateOption,
+    momentum: float | None = MomentumOption,
+    optimizer: Optimizer | None = OptimizerOption,
+    variant: Variant | None = VariantOption,
+    classes: str | None = ClassesOption,
+    shared_classes: bool = SharedClassesOption,
+    seed: int = SeedOption,
+    augment: bool | None = AugmentOption,
+    augment_mode: AugmentMode | None = AugmentModeOption,
+    copies: int | None = CopiesOption,
+    flip: bool | None = FlipAugmentOption,
+    max_rotation: float | None = RotationOption,
+    max_shift: float | None = ShiftOption,
+    normalisation: Normalisation | None = NormalisationOption,
+    flip_tta: bool | None = FlipOption,
+    init: Path | None = InitOption,
+) -> None:
+    """The options train and crossval share: one signature, spliced into both commands by
+    with_training_options."""
+
+
+# Where a command takes the shared training options: `training: dict = TRAINING`.
+TRAINING = None
+
+
+def with_training_options(command):
+    """A command with the shared training options (training_options) in place of its
+    `training` parameter; the command receives them as one dict, `training`."""
+    import functools
+    import inspect
+
+    shared = list(inspect.signature(training_options, eval_str=True).parameters.values())
+    own = list(inspect.signature(command, eval_str=True).parameters.values())
+    place = [parameter.name for parameter in own].index("training")
+    parameters = own[:place] + shared + own[place + 1:]
+
+    @functools.wraps(command)
+    def wrapper(**values):
+        training = {parameter.name: values.pop(parameter.name) for parameter in shared}
+        return command(training=training, **values)
+
+    wrapper.__signature__ = inspect.signature(command).replace(parameters=parameters)
+    wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return wrapper
+
+
+def train_config(options: dict):
+    """The TrainConfig of the recipe with the training options given on the command line
+    (options: the values of training_options' parameters; None means not given)."""
+    from fercli.config import (
+        AUGMENTATIONS,
+        CROP_SIZE,
+        MODEL_VARIANTS,
+        NORMALISATIONS,
+        OPTIMIZERS,
+        recipe_config,
+    )
     from fercli.errors import FerError
 
     # Enum choices (Variant, Optimizer, ...) as their plain values.
@@ -341,7 +406,7 @@ def train_config(recipe: str, options: dict):
     given = {field: options.get(name) for name, field in TRAIN_OPTIONS.items()}
     if given["init_model"] is not None:
         given["init_model"] = str(given["init_model"])
-    return recipe_config(getattr(recipe, "value", recipe), classes=chosen, **given)
+    return recipe_config(options["recipe"], classes=chosen, **given)
 
 
 def recipe_summary(training: dict) -> str:
@@ -366,37 +431,32 @@ def epoch_reporter(bar, task, folds: int, epochs: int | None = None):
     finished: list[float] = []
     seen: dict[int, int] = {}
 
-    def update(event: dict) -> None:
-        if event["kind"] == "epoch":
-            if epochs and seen.get(event["fold"]) == -1:
+    def update(event) -> None:
+        if event.kind == "epoch":
+            if epochs and seen.get(event.fold) == -1:
                 return  # a late event of a fold already counted in full
-            seen[event["fold"]] = seen.get(event["fold"], 0) + 1
+            seen[event.fold] = seen.get(event.fold, 0) + 1
             bar.advance(task)
-            where = f"fold {event['fold'] + 1}/{folds} " if folds > 1 else ""
+            where = f"fold {event.fold + 1}/{folds} " if folds > 1 else ""
             done = f", finished folds {sum(finished) / len(finished):.1%}" if finished else ""
-            figures = (f"loss {event['loss']:.3f} train acc {event['accuracy']:.1%}"
-                       if math.isfinite(event["loss"]) else "diverged (loss not finite)")
-            bar.update(task, description=f"{where}epoch {event['epoch']}/{event['epochs']} {figures}{done}")
-        elif event["kind"] == "fold" and event["accuracy"] is not None:  # None: it diverged
-            finished.append(event["accuracy"])
+            figures = (f"loss {event.loss:.3f} train acc {event.accuracy:.1%}"
+                       if math.isfinite(event.loss) else "diverged (loss not finite)")
+            bar.update(task, description=f"{where}epoch {event.epoch}/{event.epochs} {figures}{done}")
+        elif event.kind == "fold" and event.accuracy is not None:  # None: it diverged
+            finished.append(event.accuracy)
             if epochs:
-                bar.advance(task, max(0, epochs - seen.get(event["fold"], 0)))
-                seen[event["fold"]] = -1
+                bar.advance(task, max(0, epochs - seen.get(event.fold, 0)))
+                seen[event.fold] = -1
 
     return update
 
 
 @app.command(cls=JsonErrorsCommand)
+@with_training_options
 def train(
     datasets: list[str] | None = DatasetArgument,
     output: Path | None = typer.Option(None, help="Model file to write (default: a new file in FER_HOME/models)."),
-    recipe: Recipe = RecipeOption,
-    epochs: int | None = EpochsOption, batch_size: int | None = BatchOption, lr: float | None = LearningRateOption,
-    momentum: float | None = MomentumOption, optimizer: Optimizer | None = OptimizerOption, variant: Variant | None = VariantOption,
-    classes: str | None = ClassesOption, shared_classes: bool = SharedClassesOption, seed: int = SeedOption, augment: bool | None = AugmentOption,
-    augment_mode: AugmentMode | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
-    max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
-    normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
+    training: dict = TRAINING,
     ensemble: int = typer.Option(1, help="Train this many networks (seeds differ) into one model file; "
                                  "predict averages them."),
     split: str | None = typer.Option(None, help="Train only on this predefined split of the dataset (FER2013: Training)."),
@@ -408,12 +468,12 @@ def train(
         from fercli.store import check_output_file, check_writable, models_dir, timestamp
         from fercli.training import train_model
 
-        config = train_config(recipe, locals())
+        config = train_config(training)
         if output is not None:
             check_output_file(output)
         from fercli.evaluate import dataset_split
 
-        prepared = dataset_split(load_combined(datasets or [], config.classes, shared_classes), split)
+        prepared = dataset_split(load_combined(datasets or [], config.classes, training["shared_classes"]), split)
         made_up = output is None  # then another run may make up the same name: never replace
         output = output or models_dir() / f"{prepared.name}-{timestamp()}.npz"
         check_writable(output.parent)
@@ -444,19 +504,14 @@ def train(
 
 
 @app.command(cls=JsonErrorsCommand)
+@with_training_options
 def crossval(
     datasets: list[str] | None = DatasetArgument,
     folds: int = typer.Option(10, min=2, help="Number of folds."),
     group: Group = typer.Option(Group.random, help="random: stratified folds; subject: no person in both train and test; "
                                 "dataset: each of several datasets tested in turn by a network trained on the others "
                                 "(--folds is ignored)."),
-    recipe: Recipe = RecipeOption,
-    epochs: int | None = EpochsOption, batch_size: int | None = BatchOption, lr: float | None = LearningRateOption,
-    momentum: float | None = MomentumOption, optimizer: Optimizer | None = OptimizerOption, variant: Variant | None = VariantOption,
-    classes: str | None = ClassesOption, shared_classes: bool = SharedClassesOption, seed: int = SeedOption, augment: bool | None = AugmentOption,
-    augment_mode: AugmentMode | None = AugmentModeOption, copies: int | None = CopiesOption, flip: bool | None = FlipAugmentOption,
-    max_rotation: float | None = RotationOption, max_shift: float | None = ShiftOption,
-    normalisation: Normalisation | None = NormalisationOption, flip_tta: bool | None = FlipOption, init: Path | None = InitOption,
+    training: dict = TRAINING,
     workers: int | None = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
     ray: str | None = RayOption,
     output: Path | None = typer.Option(None, help="Report folder (default: a new folder in FER_HOME/runs)."),
@@ -467,12 +522,12 @@ def crossval(
     """K-fold cross-validation on one preprocessed dataset or several combined, with an honest report."""
     with user_errors(as_json):
         from fercli.combined import load_combined
+        from fercli.crossvalidation import cross_validate, save_crossval
         from fercli.engines import make_engine
         from fercli.store import check_writable, new_dir, runs_dir, timestamp
-        from fercli.training import cross_validate, save_crossval
 
-        config = train_config(recipe, locals())
-        prepared = load_combined(datasets or [], config.classes, shared_classes)
+        config = train_config(training)
+        prepared = load_combined(datasets or [], config.classes, training["shared_classes"])
         with make_engine(ray, workers) as engine:
             output = check_writable(output) if output else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
             bar, _ = progress_bar("starting")
@@ -488,8 +543,8 @@ def crossval(
         # Networks z-scored per dataset inside each fold have no statistics a model file could keep.
         if (not no_save_model and not report.interrupted and not report.diverged_folds
                 and config.normalisation != "per-dataset"):
+            from fercli.crossvalidation import save_crossval_model
             from fercli.store import models_dir
-            from fercli.training import save_crossval_model
 
             files["model"] = save_crossval_model(report, prepared, models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz",
                                                  run=output)
@@ -611,10 +666,10 @@ def evaluate(
 ) -> None:
     """Score a trained model on another dataset: only the classes both have count."""
     with user_errors(as_json):
+        from fercli.crossvalidation import save_crossval
         from fercli.evaluate import evaluate_model, prepare_for_model
         from fercli.predict import resolve_model
         from fercli.store import check_writable, new_dir, runs_dir, slug, timestamp
-        from fercli.training import save_crossval
 
         loaded = resolve_model(model)
         bar, update = progress_bar("aligning")
@@ -659,16 +714,16 @@ def sweep(
     """
     with user_errors(as_json):
         from fercli.engines import make_engine
-        from fercli.store import resolve_dataset
+        from fercli.prepared import resolve_dataset
         from fercli.sweep import read_grid, run_sweep
 
         plan = read_grid(grid, settings or [])
         prepared = resolve_dataset(dataset)
         bar, update = progress_bar("sweep")
 
-        def progress(event: dict) -> None:
-            if event["kind"] in ("start", "fold"):
-                update(event["done"], event["total"])
+        def progress(event) -> None:
+            if event.kind in ("start", "fold"):
+                update(event)
 
         with make_engine(ray, workers) as engine, bar if not as_json else contextlib.nullcontext():
             report = run_sweep(prepared, plan, engine, progress=None if as_json else progress)
@@ -848,10 +903,10 @@ def video_progress(bar):
         task = bar.add_task(f"{shown(Path(path).name)}", total=None)
         started = time.perf_counter()
 
-        def update(done: int, total: int) -> None:
+        def update(event) -> None:
             elapsed = time.perf_counter() - started
-            rate = f" ({done / elapsed:.0f} frames/s)" if elapsed > 0 else ""
-            bar.update(task, completed=done, total=total, description=f"{shown(Path(path).name)}{rate}")
+            rate = f" ({event.done / elapsed:.0f} frames/s)" if elapsed > 0 else ""
+            bar.update(task, completed=event.done, total=event.total, description=f"{shown(Path(path).name)}{rate}")
 
         return update
 

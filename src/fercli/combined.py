@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.config import PreprocessConfig, canonical_label, label_order
+from fercli.config import PreprocessConfig
 from fercli.errors import DatasetError
-from fercli.store import DATASET_FILE, PreparedDataset, dataset_folder, resolve_dataset
+from fercli.labels import canonical_label, label_order
+from fercli.prepared import DATASET_FILE, PreparedDataset, dataset_folder, resolve_dataset
 
 # Settings `fer preprocess` takes on its command line, by PreprocessConfig field.
 PREPROCESS_OPTIONS = {"min_face_score": "--min-face-score", "equalization": "--equalization"}

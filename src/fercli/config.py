@@ -21,36 +21,6 @@ JAW_LEFT = 0
 JAW_RIGHT = 16
 CHIN = 8
 
-# The seven classes of the paper, in the order reports and models use; CK+ adds contempt.
-BASIC_LABELS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
-KNOWN_LABELS = BASIC_LABELS + ("contempt",)
-
-# Every spelling of a class we have met in public datasets, mapped to our label.
-LABEL_ALIASES = {
-    "anger": "anger", "angry": "anger", "an": "anger",
-    "disgust": "disgust", "disgusted": "disgust", "di": "disgust",
-    "fear": "fear", "fearful": "fear", "afraid": "fear", "scared": "fear", "fe": "fear",
-    "happiness": "happiness", "happy": "happiness", "joy": "happiness", "ha": "happiness",
-    "sadness": "sadness", "sad": "sadness", "sa": "sadness",
-    "surprise": "surprise", "surprised": "surprise", "su": "surprise",
-    "neutral": "neutral", "ne": "neutral", "calm": "neutral",
-    "contempt": "contempt", "contemptuous": "contempt",
-}
-
-
-def canonical_label(name: str) -> str:
-    """Our label for a class name from a dataset; unknown names are kept as they are
-    (without surrounding spaces, unless the name is nothing but spaces: a label is never empty)."""
-    return LABEL_ALIASES.get(name.strip().lower(), name.strip() or name)
-
-
-def label_order(labels: set[str] | list[str]) -> list[str]:
-    """Labels in report order: the paper's seven, then contempt, then the rest sorted."""
-    present = set(labels)
-    known = [label for label in KNOWN_LABELS if label in present]
-    return known + sorted(present - set(known))
-
-
 def fingerprint(payload: object) -> str:
     """A short, stable hash of a JSON-serialisable value."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
@@ -104,11 +74,6 @@ class PreprocessConfig(JsonConfig):
 # version 1); "none".
 EQUALIZATIONS = ("face", "midpoint", "clahe", "whole", "none")
 
-# Refuse to decode an image with more pixels than this (a 64-megapixel photo is ~8000x8000
-# and needs 64 MB as grayscale); decompression bombs declare far more.
-MAX_PIXELS = 64_000_000
-# Refuse to read a file larger than this at all.
-MAX_FILE_BYTES = 256 * 1024 * 1024
 # A decoded image of up to this many pixels goes from the worker process that found its
 # faces to the one that landmarks them; a larger one is read and decoded again there rather
 # than held in memory meanwhile.

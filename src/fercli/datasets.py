@@ -7,8 +7,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fercli.config import ScanOptions, canonical_label
+from fercli.config import ScanOptions
 from fercli.errors import LayoutError
+from fercli.labels import canonical_label
 
 # fer2013: a CSV file (emotion,pixels,Usage), read by fercli.fer2013 rather than scanned here.
 LAYOUTS = ("jaffe", "ck+", "folders", "fer2013")

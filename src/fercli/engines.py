@@ -1,8 +1,8 @@
 """Where folds train: this machine's cores, or a Ray cluster.
 
 An engine takes the shared data of a cross-validation (crops, targets, class count) and a
-list of fold tasks (fercli.training.FoldTask) and yields each task's result as soon as it
-finishes, in completion order. Both engines run a fold through training.train_fold in a
+list of fold tasks (fercli.crossvalidation.FoldTask) and yields each task's result as soon as it
+finishes, in completion order. Both engines run a fold through crossvalidation.train_fold in a
 process with one TensorFlow thread and op determinism, so a fold gives the same numbers,
 to the last digit, on either engine (on the same machine and library versions).
 
@@ -16,16 +16,16 @@ import multiprocessing
 import queue as queue_module
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
 from fercli.errors import EngineError, FerError
+from fercli.events import Event, Progress
 from fercli.parallel import default_workers, stop_with_parent
 
-Progress = Callable[[dict], None]
 RAY_INSTALL = "pip install 'fercli[ray]'"
 
 
@@ -58,13 +58,13 @@ def _quiet_retracing() -> None:
 
 
 def _run_fold(task) -> dict:
-    from fercli.training import train_fold
+    from fercli.crossvalidation import train_fold
 
     events = _worker["events"]
 
     def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
-        events.put({"kind": "epoch", "fold": task.fold, "key": task.key, "epoch": epoch,
-                    "epochs": task.config.epochs, "loss": loss, "accuracy": accuracy})
+        events.put(Event("epoch", fold=task.fold, key=task.key, epoch=epoch, epochs=task.config.epochs,
+                         loss=loss, accuracy=accuracy))
 
     return train_fold(_worker["crops"], _worker["targets"], _worker["num_classes"], task, on_epoch)
 
@@ -172,7 +172,8 @@ def code_identity() -> dict:
 
 def _ray_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task) -> dict:
     """A fold as a Ray task (crops and targets come from the object store)."""
-    from fercli.training import configure_tensorflow, train_fold
+    from fercli.crossvalidation import train_fold
+    from fercli.training import configure_tensorflow
 
     configure_tensorflow(threads=1)
     _quiet_retracing()

@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from fercli.config import PreprocessConfig, ScanOptions, label_order
+from fercli.config import PreprocessConfig, ScanOptions
+from fercli.crossvalidation import CrossvalReport, FoldResult, score_predictions
 from fercli.errors import DatasetError
+from fercli.events import Progress
 from fercli.fer2013 import is_fer2013
+from fercli.labels import label_order
 from fercli.model import FerModel
-from fercli.store import DATASET_FILE, PreparedDataset, dataset_folder, datasets_dir, load_dataset, resolve_dataset
-from fercli.training import (
-    CrossvalReport,
-    FoldResult,
-    Selection,
-    data_fingerprint,
-    score_predictions,
-    select_classes,
+from fercli.prepared import (
+    DATASET_FILE,
+    PreparedDataset,
+    dataset_folder,
+    load_dataset,
+    resolve_dataset,
 )
+from fercli.store import datasets_dir
+from fercli.training import Selection, data_fingerprint, select_classes
 
 # Crops classified at once: bounds the memory of the forward pass on a large dataset.
 CHUNK = 2048
@@ -37,7 +39,7 @@ def prepare_for_model(
     choice: str | Path,
     model: FerModel,
     workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[PreparedDataset, object | None]:
     """The dataset to evaluate on, in crops made with the model's own preprocessing settings:
     a preprocessed dataset (name or folder under FER_HOME, or its dataset.npz), or an original

@@ -12,14 +12,16 @@ from __future__ import annotations
 import csv
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from fercli.config import PreprocessConfig, label_order
+from fercli.config import PreprocessConfig
 from fercli.datasets import Skipped
 from fercli.errors import LayoutError
+from fercli.events import Progress, items
+from fercli.labels import label_order
 
 HEADER = ("emotion", "pixels", "Usage")
 SIDE = 48
@@ -146,7 +148,7 @@ def _worker_start() -> None:
 
 
 def aligned_rows(path: Path, config: PreprocessConfig, workers: int, skipped: list[Skipped],
-                 progress: Callable[[int, int], None] | None = None) -> Iterator[tuple]:
+                 progress: Progress | None = None) -> Iterator[tuple]:
     """align_chunk's results for every good row, in row order, with at most 2 chunks per
     worker in flight."""
     chunks = _chunks(read_rows(path, skipped), CHUNK)
@@ -156,7 +158,7 @@ def aligned_rows(path: Path, config: PreprocessConfig, workers: int, skipped: li
             results = align_chunk(chunk, config)
             done += len(results)
             if progress:
-                progress(done, None)  # the total is not known before the end of the file
+                progress(items(done, None))  # the total is not known before the end of the file
             yield from results
         return
     import multiprocessing
@@ -173,23 +175,23 @@ def aligned_rows(path: Path, config: PreprocessConfig, workers: int, skipped: li
                 results = in_flight.pop(0).result()
                 done += len(results)
                 if progress:
-                    progress(done, None)  # the total is not known before the end of the file
+                    progress(items(done, None))  # the total is not known before the end of the file
                 yield from results
         for future in in_flight:
             results = future.result()
             done += len(results)
             if progress:
-                progress(done, None)  # the total is not known before the end of the file
+                progress(items(done, None))  # the total is not known before the end of the file
             yield from results
 
 
-def preprocess_fer2013(path: Path, config: PreprocessConfig, workers: int, progress=None):
+def preprocess_fer2013(path: Path, config: PreprocessConfig, workers: int, progress: Progress | None = None):
     """Align every face of a FER2013 CSV and save the prepared dataset (with each image's
     split); returns a PreprocessReport. Rows that are not FER2013 rows and faces dlib cannot
     find are skipped with the reason."""
+    from fercli.pictures import contact_sheet
+    from fercli.prepared import PreparedDataset, dataset_folder, save_dataset
     from fercli.preprocess import PreprocessReport
-    from fercli.report import contact_sheet
-    from fercli.store import PreparedDataset, dataset_folder, save_dataset
 
     started = time.perf_counter()
     path = Path(path)

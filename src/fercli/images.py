@@ -19,8 +19,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fercli.config import MAX_FILE_BYTES, MAX_PIXELS
 from fercli.errors import ImageError
+
+# Refuse to decode an image with more pixels than this (a 64-megapixel photo is ~8000x8000
+# and needs 64 MB as grayscale); decompression bombs declare far more.
+MAX_PIXELS = 64_000_000
+# Refuse to read a file larger than this at all.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 # Corrupt files are reported by us, one line each; OpenCV's own log lines would only repeat it.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)

@@ -17,7 +17,8 @@ import numpy as np
 
 from fercli.config import TrainConfig, recipe_differences
 from fercli.errors import StoreError
-from fercli.store import DATASET_FILE, crops_dir, datasets_dir, dlib_dir, home, models_dir, runs_dir, unpack_json
+from fercli.prepared import DATASET_FILE
+from fercli.store import crops_dir, datasets_dir, dlib_dir, home, models_dir, runs_dir, unpack_json
 
 KINDS = ("dataset", "model", "run")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,12 +16,11 @@ from fercli.align import (
 from fercli.config import BATCH_PIXELS, PASSED_PIXELS, PreprocessConfig
 from fercli.datasets import Skipped, discover_images
 from fercli.errors import FerError, ModelError
+from fercli.events import Progress, items
 from fercli.images import load_gray
 from fercli.model import FerModel, load_model
 from fercli.parallel import Pending, default_workers, run_staged
 from fercli.store import latest, models_dir
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -142,7 +140,7 @@ def predict_paths(
     images = [ImagePrediction(path=str(path)) for path in files]
     found: list[tuple[int, np.ndarray, tuple]] = []
     if progress:
-        progress(0, len(tasks))
+        progress(items(0, len(tasks)))
     outcomes = run_staged(
         _find_task, _align_tasks, landmark_predictor, tasks, model.preprocess, workers or default_workers(),
         quick=landmarks_load_quickly(),
@@ -151,7 +149,7 @@ def predict_paths(
         images[index].error = error
         found.extend((index, crop, box) for crop, box in faces)
         if progress:
-            progress(done, len(tasks))
+            progress(items(done, len(tasks)))
     if found:
         # One batched forward pass for every face of every image.
         labelled = classify(model, np.stack([crop for _, crop, _ in found]), [box for _, _, box in found],
@@ -225,7 +223,7 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
     import cv2
 
     from fercli.images import load_color
-    from fercli.report import drawable
+    from fercli.pictures import drawable
     from fercli.store import atomic_write
 
     written = []

@@ -19,15 +19,15 @@ from fercli.align import (
     no_face_error,
 )
 from fercli.cache import CacheEntry, CropCache, content_key
-from fercli.config import BATCH_PIXELS, PASSED_PIXELS, PreprocessConfig, ScanOptions, label_order
+from fercli.config import BATCH_PIXELS, PASSED_PIXELS, PreprocessConfig, ScanOptions
 from fercli.datasets import Skipped, scan_dataset
 from fercli.errors import FerError, ImageError, NoFaceError, StoreError
+from fercli.events import Progress, items
 from fercli.fer2013 import is_fer2013
 from fercli.images import decode_gray, read_file
+from fercli.labels import label_order
 from fercli.parallel import Pending, default_workers, effective_workers, run_staged
-from fercli.store import PreparedDataset, dataset_folder, save_dataset
-
-Progress = Callable[[int, int], None]
+from fercli.prepared import PreparedDataset, dataset_folder, save_dataset
 
 
 @dataclass
@@ -244,7 +244,7 @@ def preprocess_dataset(
     entries: list[CacheEntry | None] = [None] * len(records)
     hits = 0
     if progress:
-        progress(0, len(records))
+        progress(items(0, len(records)))
     for done, (index, entry, hit) in enumerate(
         run_staged(
             _find_task, _finish_tasks, landmark_predictor, tasks, (config, cache), workers, quick=landmarks_load_quickly()
@@ -254,7 +254,7 @@ def preprocess_dataset(
         entries[index] = entry
         hits += hit
         if progress:
-            progress(done, len(records))
+            progress(items(done, len(records)))
 
     skipped = list(scan.skipped)
     kept = []
@@ -315,7 +315,7 @@ def edge_summary(kept: list[tuple[object, CacheEntry]]) -> dict[str, dict]:
 
 
 def _save(report, root, layout, options, config, kept) -> None:
-    from fercli.report import contact_sheet
+    from fercli.pictures import contact_sheet
 
     folder = dataset_folder(root)
     dataset = PreparedDataset(

@@ -30,16 +30,23 @@ import math
 import time
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from fercli.config import MODEL_VARIANTS, NORMALISATIONS, OPTIMIZERS, TrainConfig, fingerprint, recipe_config
+from fercli.config import (
+    MODEL_VARIANTS,
+    NORMALISATIONS,
+    OPTIMIZERS,
+    TrainConfig,
+    fingerprint,
+    recipe_config,
+)
 from fercli.errors import FerError, GridError, TrainingError
+from fercli.events import Event, Progress
+from fercli.prepared import PreparedDataset
 from fercli.store import (
-    PreparedDataset,
     atomic_write,
     atomic_write_json,
     atomic_write_text,
@@ -47,8 +54,6 @@ from fercli.store import (
     runs_dir,
     slug,
 )
-
-Progress = Callable[[dict], None]
 
 # Spellings of the command line (and of habit) for TrainConfig's field names.
 ALIASES = {"lr": "learning_rate", "flip_tta": "test_time_flip", "normalization": "normalisation"}
@@ -422,14 +427,14 @@ def _store_fold(path: Path, result: dict, test_index: np.ndarray) -> None:
 def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progress | None = None) -> SweepReport:
     """Cross-validate every recipe of grid with every seed, resuming from stored folds.
 
-    engine: fercli.engines engine (default: this machine's cores). progress receives
-    {"kind": "start", "done", "total"} (done: the folds found stored), then
-    {"kind": "fold", "done", "total", "recipe", "seed", "fold", "accuracy"} as folds finish
-    (and the engine's epoch events). Ctrl-C: returns with interrupted set and no ranking; the
+    engine: fercli.engines engine (default: this machine's cores). progress receives a
+    "start" event (done: the folds found stored), then a "fold" event (done, total, recipe,
+    seed, fold, accuracy) as each fold finishes, and the engine's "epoch" events. Ctrl-C: returns with interrupted set and no ranking; the
     finished folds are stored.
     """
+    from fercli.crossvalidation import FoldTask, assemble_crossval, make_folds, save_crossval
     from fercli.engines import LocalEngine
-    from fercli.training import FoldTask, assemble_crossval, data_fingerprint, make_folds, save_crossval, select_classes
+    from fercli.training import data_fingerprint, select_classes
 
     started = time.perf_counter()
     engine = engine or LocalEngine()
@@ -456,7 +461,7 @@ def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progr
     done = stored_count
     interrupted = False
     if progress:
-        progress({"kind": "start", "done": done, "total": planned})
+        progress(Event("start", done=done, total=planned))
     try:
         with contextlib.closing(engine.run(selection.crops, selection.targets, len(selection.labels), tasks,
                                            progress)) as finished:
@@ -473,8 +478,8 @@ def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progr
                 done += 1
                 if progress:
                     accuracy = float(np.mean(result["probabilities"].argmax(axis=1) == selection.targets[test_index]))
-                    progress({"kind": "fold", "done": done, "total": planned, "recipe": plan[recipe_index].name,
-                              "seed": seed, "fold": fold, "accuracy": accuracy})
+                    progress(Event("fold", done=done, total=planned, recipe=plan[recipe_index].name, seed=seed,
+                                   fold=fold, accuracy=accuracy))
     except KeyboardInterrupt:
         interrupted = True
     engine_info = engine.describe(len(tasks))
@@ -535,7 +540,7 @@ def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progr
 
 def save_sweep(report: SweepReport) -> dict[str, Path]:
     """Write sweep.json, sweep.csv and sweep.png into the sweep's folder."""
-    from fercli.report import sweep_image
+    from fercli.pictures import sweep_image
 
     folder = report.folder
     files = {"json": folder / "sweep.json", "csv": folder / "sweep.csv", "plot": folder / "sweep.png"}

@@ -21,11 +21,11 @@ import cv2
 import numpy as np
 
 from fercli.align import DETECT_MAX_SIDE, align_face, face_detector, landmark_predictor
-from fercli.config import MAX_PIXELS, PreprocessConfig
+from fercli.config import PreprocessConfig
 from fercli.errors import FerError, NoFaceError
+from fercli.events import Progress, items
+from fercli.images import MAX_PIXELS
 from fercli.model import FerModel
-
-Progress = Callable[[int, int], None]
 
 # Frames are searched for faces at align.DETECT_MAX_SIDE (1280) at most on the longer side, as
 # photos are: dlib's detector costs time in proportion to the pixels. Without upsampling (which
@@ -548,7 +548,7 @@ def predict_video(path: Path, model: FerModel, options: VideoOptions = VideoOpti
     """Follow and classify every face of a video, frame by frame as it is read.
 
     Errors that concern this video are in the result's error (the frames read before a damaged
-    part are kept); progress(frames read, frames in the video) is called as it goes."""
+    part are kept); progress gets items events (frames read, of the frames in the video) as it goes."""
     result = VideoPrediction(path=str(path), smoothed=options.smooth > 0, options=options)
     started = time.perf_counter()
     try:
@@ -583,7 +583,7 @@ def predict_video(path: Path, model: FerModel, options: VideoOptions = VideoOpti
             if len(pipeline.waiting) >= CLASSIFY_BATCH:
                 pipeline.classify()
             if progress and time.perf_counter() - reported > 0.2:
-                progress(reader.count, max(declared, reader.count))
+                progress(items(reader.count, max(declared, reader.count)))
                 reported = time.perf_counter()
         pipeline.classify()
         result.frames = reader.count
@@ -593,7 +593,7 @@ def predict_video(path: Path, model: FerModel, options: VideoOptions = VideoOpti
         if result.interval == 0.0 and result.analysed > 1:
             result.interval = last / (result.analysed - 1)  # no frame rate: times from the stream
         if progress:
-            progress(reader.count, reader.count)
+            progress(items(reader.count, reader.count))
     finally:
         capture.release()
     if options.smooth > 0:
@@ -684,7 +684,7 @@ def annotate_videos(media: MediaReport, classes: list[str], folder: Path) -> lis
 
 
 def _write_timeline(video: VideoPrediction, classes: list[str], path: Path) -> Path:
-    from fercli.report import timeline_image
+    from fercli.pictures import timeline_image
     from fercli.store import atomic_save
 
     tracks = []
@@ -740,7 +740,7 @@ def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> 
 
 def draw_faces(frame: np.ndarray, faces: list[tuple[int, FaceFrame]], thickness: int) -> None:
     """Draw each (track id, face) on a BGR frame, in place: its box, and "#id label p" above it."""
-    from fercli.report import drawable
+    from fercli.pictures import drawable
 
     for track_id, face in faces:
         colour = TRACK_COLOURS[(track_id - 1) % len(TRACK_COLOURS)]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import cv2
 
-from fercli.config import MAX_PIXELS
 from fercli.errors import FerError
+from fercli.images import MAX_PIXELS
 from fercli.model import FerModel
 from fercli.video import FramePipeline, VideoOptions, csv_header, csv_row, draw_faces
 

@@ -1,4 +1,5 @@
-"""Pictures for people: the contact sheet of aligned crops and the confusion matrix.
+"""Pictures for people (PNG files): the contact sheet of aligned crops, the confusion matrix,
+the video timeline and the sweep chart.
 
 Drawn with OpenCV, which fercli needs anyway, rather than with a plotting library.
 """
@@ -10,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fercli.config import label_order
+from fercli.labels import label_order
 from fercli.store import atomic_write_bytes
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
