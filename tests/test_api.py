@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -78,3 +79,19 @@ def test_crossval_and_train_take_a_recipe_and_settings(fer_home):
     assert report.protocol["differs_from_recipe"] == {"epochs": 1, "copies": 0}
     result = fercli.train("shapes", epochs=1, copies=0)
     assert fercli.load_model(result.path).classes == ["anger", "happiness"]
+    # crossval writes what fer crossval writes: its report files and the fold ensemble.
+    assert set(report.files) >= {"report", "confusion", "predictions", "model"}
+    assert len(fercli.load_model(report.files["model"]).networks) == 2
+
+
+def test_evaluate_model_scores_a_model_on_a_dataset_and_writes_its_report(fer_home):
+    from fercli.prepared import save_dataset
+
+    save_dataset(make_dataset(labels=("anger", "happiness"), subjects=3), fer_home / "datasets" / "shapes")
+    others = make_dataset(labels=("anger", "happiness", "fear"), subjects=2, seed=5)
+    save_dataset(others, fer_home / "datasets" / "others")
+    trained = fercli.train("shapes", epochs=1, copies=0)
+    report = fercli.evaluate_model("others", trained.path)
+    assert report.labels == ["anger", "happiness"]  # fear: a class the model does not know
+    assert report.dataset["images"] == int(np.isin(others.labels, ["anger", "happiness"]).sum())
+    assert json.loads(report.files["report"].read_text())["labels"] == ["anger", "happiness"]

@@ -15,7 +15,7 @@ from fercli.cli import app
 from fercli.config import PreprocessConfig, TrainConfig
 from fercli.crossvalidation import cross_validate, save_crossval_model
 from fercli.errors import DatasetError, ModelError
-from fercli.evaluate import RENORMALISED, evaluate_model, prepare_for_model
+from fercli.evaluate import RENORMALISED, score_model, prepare_for_model
 from fercli.model import load_model, save_networks
 from fercli.store import models_dir, pack_json, unpack_json
 from fercli.training import train_model
@@ -61,7 +61,7 @@ def other_people(labels=("anger", "disgust", "fear", "happiness", "sadness"), se
 
 
 def test_shared_classes_are_scored_and_the_rest_named(ensemble_path):
-    report = evaluate_model(load_model(ensemble_path), other_people())
+    report = score_model(load_model(ensemble_path), other_people())
     assert report.labels == list(TRAINED)
     assert report.protocol["left_out"] == {"model_only": [], "dataset_only": ["sadness"], "images_dropped": 12,
                                            "dropped_per_class": {"sadness": 12}}
@@ -74,7 +74,7 @@ def test_shared_classes_are_scored_and_the_rest_named(ensemble_path):
 
 def test_probabilities_are_renormalised_over_the_shared_classes(single_path):
     dataset = other_people(labels=("anger", "happiness", "surprise"))
-    report = evaluate_model(load_model(single_path), dataset)
+    report = score_model(load_model(single_path), dataset)
     assert report.labels == ["anger", "happiness"]
     assert RENORMALISED in report.warnings
     assert report.protocol["left_out"]["model_only"] == ["disgust", "fear"]
@@ -85,14 +85,14 @@ def test_probabilities_are_renormalised_over_the_shared_classes(single_path):
 
 def test_no_shared_class_is_one_clear_error(single_path):
     with pytest.raises(DatasetError, match="share none"):
-        evaluate_model(load_model(single_path), other_people(labels=("sadness", "surprise")))
+        score_model(load_model(single_path), other_people(labels=("sadness", "surprise")))
 
 
 def test_evaluating_on_the_training_data_is_flagged(single_path, training_data):
-    report = evaluate_model(load_model(single_path), training_data)
+    report = score_model(load_model(single_path), training_data)
     assert any("80 of 80 evaluated images are crops this model was trained on" in note for note in report.warnings)
     assert any("trained on this dataset" in note for note in report.warnings)
-    fresh = evaluate_model(load_model(single_path), other_people())
+    fresh = score_model(load_model(single_path), other_people())
     assert not any("trained on" in note for note in fresh.warnings)
 
 
@@ -117,7 +117,7 @@ def test_an_original_folder_is_preprocessed_with_the_models_settings(single_path
     assert dataset.meta["preprocess_fingerprint"] == model.preprocess.fingerprint()
     again, preprocessed = prepare_for_model(tmp_path / "photos", model, workers=1)
     assert preprocessed is None and len(again.crops) == 4  # the prepared dataset is reused
-    report = evaluate_model(model, dataset)
+    report = score_model(model, dataset)
     assert report.labels == ["happiness"] and report.dataset["images"] == 2
     assert any("only one shared class" in note for note in report.warnings)
 

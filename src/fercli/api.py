@@ -14,14 +14,20 @@ and fercli.preprocess are the modules behind the commands.)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fercli.align import AlignedFace
-from fercli.config import PreprocessConfig, ScanOptions, recipe_config
+from fercli.config import PreprocessConfig, ScanOptions, TrainConfig, recipe_config
 from fercli.errors import ImageError
+from fercli.events import Progress
 from fercli.model import FerModel
 from fercli.predict import FacePrediction
+
+if TYPE_CHECKING:
+    from fercli.crossvalidation import CrossvalReport
+    from fercli.training import TrainResult
 
 
 def load_model(path: str | Path | None = None) -> FerModel:
@@ -74,31 +80,97 @@ def label_faces(image: str | Path | np.ndarray, model: FerModel | None = None) -
 
 
 def prepare_dataset(folder: str | Path, options: ScanOptions | None = None, config: PreprocessConfig | None = None,
-               workers: int | None = None):
+                    workers: int | None = None, progress: Progress | None = None):
     """fer preprocess: align and cache every image of a dataset folder; the PreprocessReport."""
     from fercli.preprocess import preprocess_dataset
 
-    return preprocess_dataset(Path(folder), options or ScanOptions(), config or PreprocessConfig(), workers)
+    return preprocess_dataset(Path(folder), options or ScanOptions(), config or PreprocessConfig(), workers,
+                              progress=progress)
 
 
-def crossval(dataset: str | Path | None = None, folds: int = 10, group: str = "random", recipe: str = "paper",
-             workers: int | None = None, **settings):
-    """fer crossval: the CrossvalReport of a recipe (settings: TrainConfig fields that
-    override it, e.g. epochs=50) on a preprocessed dataset (default: the newest)."""
-    from fercli.crossvalidation import cross_validate
-    from fercli.prepared import resolve_dataset
+def _names(dataset: str | Path | list | tuple | None) -> list[str]:
+    """Dataset choices as load_combined takes them: none (the newest), one, or several."""
+    if dataset is None:
+        return []
+    if isinstance(dataset, (list, tuple)):
+        return [str(item) for item in dataset]
+    return [str(dataset)]
 
-    return cross_validate(resolve_dataset(dataset), recipe_config(recipe, **settings), folds, group, workers)
 
+def train(dataset: str | Path | list | None = None, output: str | Path | None = None, recipe: str = "paper", *,
+          config: TrainConfig | None = None, shared_classes: bool = False, split: str | None = None,
+          ensemble: int = 1, progress: Progress | None = None, **settings) -> TrainResult:
+    """fer train: train on every image of a dataset (or of several combined) and save a model
+    (default: a new file in FER_HOME/models); the TrainResult, whose path load_model takes.
 
-def train(dataset: str | Path | None = None, output: str | Path | None = None, recipe: str = "paper", **settings):
-    """fer train: train on every image of a dataset and save a model (default: a new file in
-    FER_HOME/models); the TrainResult, whose path load_model takes."""
-    from fercli.prepared import resolve_dataset
-    from fercli.store import models_dir, timestamp
+    config: the TrainConfig to use; else the recipe with settings (TrainConfig fields, e.g.
+    epochs=50) overriding it. split: only this predefined split (FER2013's "Training").
+    ensemble: this many networks with different seeds in one file.
+    """
+    from fercli.combined import load_combined
+    from fercli.evaluate import dataset_split
+    from fercli.store import check_output_file, check_writable, models_dir, timestamp
     from fercli.training import train_model
 
-    prepared = resolve_dataset(dataset)
-    made_up = output is None
-    path = Path(output) if output else models_dir() / f"{prepared.name}-{timestamp()}.npz"
-    return train_model(prepared, recipe_config(recipe, **settings), path, keep_existing=made_up)
+    config = config or recipe_config(recipe, **settings)
+    if output is not None:
+        check_output_file(Path(output))  # refused before any data is read
+    prepared = dataset_split(load_combined(_names(dataset), config.classes, shared_classes), split)
+    made_up = output is None  # then another run may make up the same name: never replace
+    path = Path(output) if output is not None else models_dir() / f"{prepared.name}-{timestamp()}.npz"
+    check_writable(path.parent)
+    return train_model(prepared, config, path, progress=progress, keep_existing=made_up, ensemble=ensemble)
+
+
+def crossval(dataset: str | Path | list | None = None, folds: int = 10, group: str = "random", recipe: str = "paper",
+             *, config: TrainConfig | None = None, shared_classes: bool = False, workers: int | None = None,
+             ray: str | None = None, output: str | Path | None = None, save_model: bool = True,
+             progress: Progress | None = None, **settings) -> CrossvalReport:
+    """fer crossval: the CrossvalReport of a recipe on a preprocessed dataset (default: the
+    newest) or several combined, with its files written (report.files): report.json,
+    confusion.png and predictions.csv in output (default: a new folder in FER_HOME/runs), and,
+    when every fold finished and save_model, the fold networks as one ensemble model file in
+    FER_HOME/models, which predict then uses.
+
+    config: the TrainConfig to use; else the recipe with settings (TrainConfig fields, e.g.
+    epochs=50) overriding it. ray: a Ray cluster's address (or "auto") to train the folds on.
+    """
+    from fercli.combined import load_combined
+    from fercli.crossvalidation import cross_validate, save_crossval, save_crossval_model
+    from fercli.engines import make_engine
+    from fercli.store import check_writable, models_dir, new_dir, runs_dir, timestamp
+
+    config = config or recipe_config(recipe, **settings)
+    prepared = load_combined(_names(dataset), config.classes, shared_classes)
+    with make_engine(ray, workers) as engine:
+        folder = (check_writable(Path(output)) if output is not None
+                  else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}"))
+        report = cross_validate(prepared, config, folds, group, workers, progress=progress, engine=engine)
+    report.files = save_crossval(report, folder)
+    # Networks z-scored per dataset inside each fold have no statistics a model file could keep.
+    if (save_model and not report.interrupted and not report.diverged_folds
+            and config.normalisation != "per-dataset"):
+        report.files["model"] = save_crossval_model(
+            report, prepared, models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz", run=folder)
+    return report
+
+
+def evaluate_model(dataset: str | Path, model: FerModel | str | Path | None = None, split: str | None = None,
+             workers: int | None = None, output: str | Path | None = None,
+             progress: Progress | None = None) -> CrossvalReport:
+    """fer evaluate: score a model (default: the newest) on another dataset, a preprocessed one
+    or an original folder (then preprocessed with the model's settings; progress follows the
+    alignment); only the classes both have count. The report (one "fold") with its files
+    written in output (default: a new folder in FER_HOME/runs)."""
+    from fercli.crossvalidation import save_crossval
+    from fercli.evaluate import prepare_for_model, score_model
+    from fercli.store import check_writable, new_dir, runs_dir, slug, timestamp
+
+    loaded = model if isinstance(model, FerModel) else load_model(model)
+    prepared, _ = prepare_for_model(dataset, loaded, workers, progress)
+    report = score_model(loaded, prepared, split)
+    name = slug(Path(str(loaded.path)).stem)
+    folder = (check_writable(Path(output)) if output is not None
+              else new_dir(runs_dir() / f"evaluate-{name}-{prepared.name}-{timestamp()}"))
+    report.files = save_crossval(report, folder, title=f"{name} on {prepared.name}: {report.pooled_accuracy:.1%}")
+    return report

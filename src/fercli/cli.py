@@ -219,9 +219,9 @@ def preprocess(
 ) -> None:
     """Align every face of a dataset and cache the 32x32 crops for train and crossval."""
     with user_errors(as_json):
+        from fercli.api import prepare_dataset
         from fercli.config import PreprocessConfig, ScanOptions
         from fercli.errors import FerError
-        from fercli.preprocess import preprocess_dataset
 
         if not math.isfinite(min_face_score):
             raise FerError(f"--min-face-score must be a finite number, not {min_face_score}")
@@ -229,7 +229,7 @@ def preprocess(
         config = PreprocessConfig(min_face_score=min_face_score, equalization=equalization.value)
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():
-            report = preprocess_dataset(dataset_dir, options, config, workers, progress=None if as_json else update)
+            report = prepare_dataset(dataset_dir, options, config, workers, progress=None if as_json else update)
     failure = f"{dataset_dir}: no image could be aligned ({len(report.skipped)} skipped)" if report.aligned == 0 else None
     if as_json:
         emit_json({**report.to_json(), **({"error": failure} if failure else {})})
@@ -425,14 +425,22 @@ def header(bar, text: str) -> None:
         err.print(shown(text))
 
 
-def epoch_reporter(bar, task, folds: int, epochs: int | None = None):
+def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header: str | None = None):
     """Turn training events into the progress display. With epochs (per fold), a finished
-    fold completes its share of the bar even where no epoch events come (folds on Ray)."""
+    fold completes its share of the bar even where no epoch events come (folds on Ray). A
+    crossval's "start" event gives both, and shows header (its "{folds}" filled in)."""
     finished: list[float] = []
     seen: dict[int, int] = {}
+    plan = {"folds": folds, "epochs": epochs}
 
     def update(event) -> None:
-        if event.kind == "epoch":
+        folds, epochs = plan["folds"], plan["epochs"]
+        if event.kind == "start":
+            plan.update(folds=event.folds, epochs=event.epochs)
+            bar.update(task, total=event.folds * event.epochs)
+            if header and not bar.disable:
+                err.print(shown(header.format(folds=event.folds)))
+        elif event.kind == "epoch":
             if epochs and seen.get(event.fold) == -1:
                 return  # a late event of a fold already counted in full
             seen[event.fold] = seen.get(event.fold, 0) + 1
@@ -464,28 +472,19 @@ def train(
 ) -> None:
     """Train the network on every image of one preprocessed dataset or several combined, and save a model for predict."""
     with user_errors(as_json):
-        from fercli.combined import load_combined
-        from fercli.store import check_output_file, check_writable, models_dir, timestamp
-        from fercli.training import train_model
+        from fercli.api import train as train_network
 
         config = train_config(training)
-        if output is not None:
-            check_output_file(output)
-        from fercli.evaluate import dataset_split
-
-        prepared = dataset_split(load_combined(datasets or [], config.classes, training["shared_classes"]), split)
-        made_up = output is None  # then another run may make up the same name: never replace
-        output = output or models_dir() / f"{prepared.name}-{timestamp()}.npz"
-        check_writable(output.parent)
         bar, _ = progress_bar("training")
         header(bar, f"fer train: {recipe_summary(config.to_dict())}")
         task = bar.tasks[0].id
         bar.update(task, total=config.epochs * ensemble)
         with bar if not as_json else contextlib.nullcontext():
-            result = train_model(prepared, config, output, progress=None if as_json else epoch_reporter(bar, task, ensemble),
-                                 keep_existing=made_up, ensemble=ensemble)
-    parts = getattr(prepared, "parts", [])
-    summary = {"model": str(result.path), "dataset": prepared.name, "classes": result.classes,
+            result = train_network(datasets, output, config=config, shared_classes=training["shared_classes"],
+                                   split=split, ensemble=ensemble,
+                                   progress=None if as_json else epoch_reporter(bar, task, ensemble))
+    parts = result.parts
+    summary = {"model": str(result.path), "dataset": result.dataset, "classes": result.classes,
                **({"datasets": parts} if parts else {}),
                "images": result.images, "epochs": result.epochs, "final_loss": result.loss,
                "final_train_accuracy": result.accuracy, "seconds": round(result.seconds, 1),
@@ -493,12 +492,12 @@ def train(
     if as_json:
         emit_json(summary)
         return
-    out.print(f"trained on {result.images} images of {prepared.name} ({shown(', '.join(result.classes))}), "
+    out.print(f"trained on {result.images} images of {shown(result.dataset)} ({shown(', '.join(result.classes))}), "
               f"{result.epochs} epochs in {result.seconds:.1f} s; final training loss {result.loss:.3f}, "
               f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)")
     if parts:
         render_sources(parts, result.classes)
-        for note in prepared.notes:
+        for note in result.notes:
             out.print(f"[yellow]note:[/yellow] {shown(note)}")
     out.print(f"model saved to {shown(result.path)}" + (f" (an ensemble of {ensemble} networks)" if ensemble > 1 else ""))
 
@@ -521,33 +520,18 @@ def crossval(
 ) -> None:
     """K-fold cross-validation on one preprocessed dataset or several combined, with an honest report."""
     with user_errors(as_json):
-        from fercli.combined import load_combined
-        from fercli.crossvalidation import cross_validate, save_crossval
-        from fercli.engines import make_engine
-        from fercli.store import check_writable, new_dir, runs_dir, timestamp
+        from fercli.api import crossval as cross_validate
 
         config = train_config(training)
-        prepared = load_combined(datasets or [], config.classes, training["shared_classes"])
-        with make_engine(ray, workers) as engine:
-            output = check_writable(output) if output else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
-            bar, _ = progress_bar("starting")
-            planned = len(getattr(prepared, "parts", ())) if group.value == "dataset" else folds
-            header(bar, f"fer crossval: {planned} folds ({group.value}), {recipe_summary(config.to_dict())}")
-            task = bar.tasks[0].id
-            bar.update(task, total=planned * config.epochs)
-            with bar if not as_json else contextlib.nullcontext():
-                report = cross_validate(prepared, config, folds, group.value, workers,
-                                        progress=None if as_json else epoch_reporter(bar, task, planned, config.epochs),
-                                        engine=engine)
-        files = save_crossval(report, output)
-        # Networks z-scored per dataset inside each fold have no statistics a model file could keep.
-        if (not no_save_model and not report.interrupted and not report.diverged_folds
-                and config.normalisation != "per-dataset"):
-            from fercli.crossvalidation import save_crossval_model
-            from fercli.store import models_dir
-
-            files["model"] = save_crossval_model(report, prepared, models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz",
-                                                 run=output)
+        bar, _ = progress_bar("starting")
+        reporter = epoch_reporter(bar, bar.tasks[0].id, header=f"fer crossval: {{folds}} folds ({group.value}), "
+                                  f"{recipe_summary(config.to_dict())}")
+        with bar if not as_json else contextlib.nullcontext():
+            report = cross_validate(datasets, folds, group.value, config=config,
+                                    shared_classes=training["shared_classes"], workers=workers, ray=ray,
+                                    output=output, save_model=not no_save_model,
+                                    progress=None if as_json else reporter)
+    files, output = report.files, report.files["report"].parent
     failure, code = None, 1
     if report.interrupted:
         failure, code = (f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
@@ -666,19 +650,12 @@ def evaluate(
 ) -> None:
     """Score a trained model on another dataset: only the classes both have count."""
     with user_errors(as_json):
-        from fercli.crossvalidation import save_crossval
-        from fercli.evaluate import evaluate_model, prepare_for_model
-        from fercli.predict import resolve_model
-        from fercli.store import check_writable, new_dir, runs_dir, slug, timestamp
+        from fercli.api import evaluate_model
 
-        loaded = resolve_model(model)
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():
-            prepared, _ = prepare_for_model(dataset, loaded, workers, progress=None if as_json else update)
-        report = evaluate_model(loaded, prepared, split)
-        name = slug(Path(str(loaded.path)).stem)
-        output = check_writable(output) if output else new_dir(runs_dir() / f"evaluate-{name}-{prepared.name}-{timestamp()}")
-        files = save_crossval(report, output, title=f"{name} on {prepared.name}: {report.pooled_accuracy:.1%}")
+            report = evaluate_model(dataset, model, split, workers, output, progress=None if as_json else update)
+    files = report.files
     if as_json:
         emit_json({**report.to_json(), "files": {key: str(path) for key, path in files.items()}})
         return

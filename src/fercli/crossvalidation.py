@@ -194,6 +194,8 @@ class CrossvalReport:
     # Each finished fold's fold_export and its largest |numpy runtime - Keras| on its test
     # crops, for save_crossval_model; not part of the JSON report.
     exports: list[dict] = field(default_factory=list, repr=False)
+    # The files written for it (report, confusion, predictions, model), once they are.
+    files: dict[str, Path] = field(default_factory=dict)
 
     @property
     def accuracies(self) -> np.ndarray:
@@ -352,6 +354,8 @@ def cross_validate(
     selection = select_classes(dataset, config.classes)
     config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     splits = make_folds(selection, folds, group, config.seed)
+    if progress:
+        progress(Event("start", folds=len(splits), epochs=config.epochs))
     engine = engine or LocalEngine(workers)
     tasks = [FoldTask(index, config, index, train, test, selection.origins) for index, (train, test) in enumerate(splits)]
     results: dict[int, dict] = {}

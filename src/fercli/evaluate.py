@@ -104,7 +104,7 @@ def dataset_split(dataset: PreparedDataset, split: str | None) -> PreparedDatase
                            location=dataset.location, splits=column[keep])
 
 
-def evaluate_model(model: FerModel, dataset: PreparedDataset, split: str | None = None) -> CrossvalReport:
+def score_model(model: FerModel, dataset: PreparedDataset, split: str | None = None) -> CrossvalReport:
     """Score a model on every image of a dataset whose class the model knows.
 
     DatasetError when the model and the dataset share no class. The report's warnings name

@@ -20,7 +20,8 @@ class Event:
       `epoch` of `epochs`, with its training loss and accuracy.
     - "fold": fold `fold` (0-based) of `folds` finished; accuracy None when it diverged.
       In a sweep, done and total count its folds, and recipe and seed say which one.
-    - "start": a sweep starts, with done folds of total already stored.
+    - "start": a cross-validation starts, with its folds of epochs each; a sweep starts,
+      with done folds of total already stored.
     """
 
     kind: str

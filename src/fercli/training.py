@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -339,6 +339,8 @@ def data_fingerprint(selection: Selection) -> str:
 
 @dataclass
 class TrainResult:
+    """What fer train did: the model file it saved and the figures of its last epoch."""
+
     path: Path
     classes: list[str]
     images: int
@@ -347,6 +349,11 @@ class TrainResult:
     accuracy: float
     seconds: float
     runtime_difference: float  # largest |numpy runtime - Keras| probability on the training crops
+    networks: int = 1  # an ensemble's members
+    dataset: str = ""  # the (combined) dataset's name
+    # Several datasets combined: each one's name, images and classes, and notes on the combination.
+    parts: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def train_model(
@@ -438,7 +445,8 @@ def train_model(
     return TrainResult(
         path=output, classes=selection.labels, images=len(selection.crops), epochs=config.epochs,
         loss=last["loss"], accuracy=last["accuracy"], seconds=time.perf_counter() - started,
-        runtime_difference=checked["difference"],
+        runtime_difference=checked["difference"], networks=ensemble, dataset=dataset.name,
+        parts=getattr(dataset, "parts", []), notes=getattr(dataset, "notes", []),
     )
 
 
