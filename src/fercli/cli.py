@@ -255,31 +255,42 @@ def render_preprocess(report) -> None:
     for label, count in report.classes.items():
         classes.add_row(shown(label), str(count))
     out.print(classes)
-    padded = {label: values for label, values in report.edges.items() if values["padded"] or values["saturated"]}
-    if padded:
-        edges = Table(title="crops past the photo's edge (filled in) and saturated crops (>10% of pixels >= 250)")
-        for column in ("class", "past the edge", "mean share filled", "saturated"):
-            edges.add_column(column, justify="left" if column == "class" else "right")
-        for label, values in padded.items():
-            edges.add_row(shown(label), f"{values['padded']} of {values['crops']}", f"{values['mean_padding']:.1%}",
-                          str(values["saturated"]))
-        out.print(edges)
+    render_edges(report.edges)
     if report.subjects:
         listing = ", ".join(f"{subject} {count}" for subject, count in report.subjects.items())
         out.print(f"[bold]aligned per subject[/bold] ({len(report.subjects)}): {shown(listing)}")
     for note in report.notes:
         out.print(f"note: {shown(note)}")
-    limit = 50
-    for item in report.skipped[:limit]:
-        out.print(f"[yellow]skipped[/yellow] {shown(item.path)}: {shown(item.reason)}")
-    if len(report.skipped) > limit:
-        out.print(f"... and {len(report.skipped) - limit} more skipped (all of them: fer preprocess --json)")
-    if report.skipped:
-        out.print(f"{len(report.skipped)} of {report.found} skipped")
+    render_skipped(report.skipped, report.found)
     if report.dataset:
         out.print(f"dataset: {shown(report.dataset)}")
     if report.contact_sheet:
         out.print(f"contact sheet: {shown(report.contact_sheet)}")
+
+
+def render_edges(edges: dict) -> None:
+    """Per class: crops that pass the photo's edge (and how much of them was filled in) and
+    saturated crops; nothing when there are none."""
+    shown_classes = {label: values for label, values in edges.items() if values["padded"] or values["saturated"]}
+    if not shown_classes:
+        return
+    table = Table(title="crops past the photo's edge (filled in) and saturated crops (>10% of pixels >= 250)")
+    for column in ("class", "past the edge", "mean share filled", "saturated"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for label, values in shown_classes.items():
+        table.add_row(shown(label), f"{values['padded']} of {values['crops']}", f"{values['mean_padding']:.1%}",
+                      str(values["saturated"]))
+    out.print(table)
+
+
+def render_skipped(skipped: list, found: int, limit: int = 50) -> None:
+    """The first limit skipped files with their reasons, and how many were skipped."""
+    for item in skipped[:limit]:
+        out.print(f"[yellow]skipped[/yellow] {shown(item.path)}: {shown(item.reason)}")
+    if len(skipped) > limit:
+        out.print(f"... and {len(skipped) - limit} more skipped (all of them: fer preprocess --json)")
+    if skipped:
+        out.print(f"{len(skipped)} of {found} skipped")
 
 
 # Options shared by train and crossval: one definition each, so they cannot drift apart.
@@ -585,23 +596,7 @@ def render_crossval(report, files: dict) -> None:
     out.print(f"[bold]protocol[/bold]: {protocol['folds']}-fold {kind}, seed {training['seed']}; "
               f"{len(report.labels)} classes ({shown(', '.join(report.labels))}); {recipe_summary(training)}; "
               f"{report.dataset['images']} images of {shown(report.dataset['name'])}")
-    folds = Table(title="accuracy per fold")
-    folds.add_column("fold", justify="right")
-    folds.add_column("train", justify="right")
-    folds.add_column("test", justify="right")
-    folds.add_column("accuracy", justify="right")
-    names = list(report.per_dataset)
-    if protocol["group"] == "subject":
-        folds.add_column("test subjects", overflow="fold")
-    for name in names:
-        folds.add_column(shown(name), justify="right", overflow="fold")
-    for fold in report.folds:
-        row = [str(fold.fold), str(fold.train_size), str(fold.test_size),
-               "diverged" if fold.accuracy is None else f"{fold.accuracy:.1%}"]
-        if protocol["group"] == "subject":
-            row.append(shown(", ".join(fold.test_subjects)))
-        row.extend(f"{fold.per_dataset[name]['accuracy']:.1%}" if name in fold.per_dataset else "-" for name in names)
-        folds.add_row(*row)
+    folds = fold_table(report)
     if "datasets" in report.dataset:
         render_sources(report.dataset["datasets"], report.labels)
     out.print(folds)
@@ -618,6 +613,28 @@ def render_crossval(report, files: dict) -> None:
         out.print(f"[yellow]note:[/yellow] {warning}")
     for name, path in files.items():
         out.print(f"{name}: {shown(path)}")
+
+
+def fold_table(report) -> Table:
+    """One row per fold: its sizes and accuracy, with the test subjects (subject folds) and
+    each dataset's accuracy (several datasets)."""
+    subject_folds = report.protocol["group"] == "subject"
+    table = Table(title="accuracy per fold")
+    for column in ("fold", "train", "test", "accuracy"):
+        table.add_column(column, justify="right")
+    names = list(report.per_dataset)
+    if subject_folds:
+        table.add_column("test subjects", overflow="fold")
+    for name in names:
+        table.add_column(shown(name), justify="right", overflow="fold")
+    for fold in report.folds:
+        row = [str(fold.fold), str(fold.train_size), str(fold.test_size),
+               "diverged" if fold.accuracy is None else f"{fold.accuracy:.1%}"]
+        if subject_folds:
+            row.append(shown(", ".join(fold.test_subjects)))
+        row.extend(f"{fold.per_dataset[name]['accuracy']:.1%}" if name in fold.per_dataset else "-" for name in names)
+        table.add_row(*row)
+    return table
 
 
 def render_scores(report, title: str) -> None:
@@ -758,16 +775,11 @@ def predict(
     if as_json and as_csv:
         raise fail("choose one of --json and --csv", as_json=True)
     with user_errors(as_json):
-        from fercli.errors import FerError
         from fercli.predict import annotate, check_annotate_folder, resolve_model
         from fercli.store import check_writable
-        from fercli.video import VideoOptions, annotate_videos, predict_media
+        from fercli.video import annotate_videos, predict_media
 
-        if fps is not None and not (math.isfinite(fps) and fps > 0):
-            raise FerError(f"--fps must be a number above 0, not {fps}")
-        if not math.isfinite(smooth):
-            raise FerError(f"--smooth must be a finite number of seconds, not {smooth}")
-        options = VideoOptions(every=every, fps=fps, detect_every=detect_every, smooth=smooth)
+        options = video_options(every, fps, detect_every, smooth)
         loaded = resolve_model(model)
         if annotate_dir:
             check_annotate_folder(paths, annotate_dir)
@@ -779,10 +791,40 @@ def predict(
         with bar if not (as_json or as_csv) else contextlib.nullcontext():
             media = predict_media(paths, loaded, options, workers, progress=None if quiet else update,
                                   video_progress=None if as_json or as_csv else video_progress(bar))
-        report = media.images
-        written = annotate(report, annotate_dir) if annotate_dir else []
+        written = annotate(media.images, annotate_dir) if annotate_dir else []
         written_videos = annotate_videos(media, loaded.classes, annotate_dir) if annotate_dir else []
     failure = None if media.processed else f"no image{' or video' if media.videos else ''} could be processed"
+    render_media(media, as_json, as_csv, failure)
+    render_media_problems(media)
+    if annotate_dir:
+        render_annotated(media, written, written_videos, annotate_dir)
+    if not as_json:
+        render_training_notes(media, as_csv)
+    listed = sum(1 for problem in media.images.problems if problem.listed)
+    passed_over = len(media.images.problems) - listed
+    others = (f"{plural(passed_over, 'other file')} in the folders, not {'an image' if passed_over == 1 else 'images'}"
+              if passed_over else "")
+    if failure:
+        raise fail(failure + (f" ({others})" if others else ""))
+    if not as_json:
+        render_media_summary(media, listed, others, as_csv)
+
+
+def video_options(every: int, fps: float | None, detect_every: int, smooth: float):
+    """predict's video settings; FerError for a value no option range catches (NaN, infinity)."""
+    from fercli.errors import FerError
+    from fercli.video import VideoOptions
+
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise FerError(f"--fps must be a number above 0, not {fps}")
+    if not math.isfinite(smooth):
+        raise FerError(f"--smooth must be a finite number of seconds, not {smooth}")
+    return VideoOptions(every=every, fps=fps, detect_every=detect_every, smooth=smooth)
+
+
+def render_media(media, as_json: bool, as_csv: bool, failure: str | None) -> None:
+    """predict's results on stdout: JSON, CSV, or tables."""
+    report = media.images
     videos = [video.to_json(report.classes) for video in media.videos]
     if as_json and failure:
         emit_json({"error": failure, "images": [image.to_json() for image in report.images] + videos,
@@ -797,9 +839,14 @@ def predict(
         if report.processed:
             render_predict(report)
         render_videos(media)
-    listed = [problem for problem in report.problems if problem.listed]
-    for problem in listed:
-        err.print(f"[yellow]skipped[/yellow] {shown(problem.path)}: {problem.reason}")
+
+
+def render_media_problems(media) -> None:
+    """What predict skipped and why, and its notes, on stderr."""
+    report = media.images
+    for problem in report.problems:
+        if problem.listed:
+            err.print(f"[yellow]skipped[/yellow] {shown(problem.path)}: {problem.reason}")
     for image in report.images:
         if image.error:
             err.print(f"[yellow]skipped[/yellow] {shown(image.path)}: {shown(image.error)}")
@@ -809,33 +856,37 @@ def predict(
                       f"{shown(video.error)}")
     for note in report.notes:
         err.print(f"note: {shown(note)}")
-    if annotate_dir:
-        err.print(f"{len(written)} annotated images in {shown(annotate_dir)}")
-        if media.videos:
-            videos_written = sum(1 for path in written_videos if path.suffix == ".avi")
-            err.print(f"{plural(videos_written, 'annotated video')} and "
-                      f"{plural(len(written_videos) - videos_written, 'timeline')} in {shown(annotate_dir)}")
-    if not as_json:
-        for image in report.images:
-            if any(face.in_training_data for face in image.faces):
-                (err if as_csv else out).print(f"note: {shown(image.path)} was in this model's training data: "
-                                               "its score says nothing about new faces")
-    passed_over = len(report.problems) - len(listed)
-    others = (f"{plural(passed_over, 'other file')} in the folders, not {'an image' if passed_over == 1 else 'images'}"
-              if passed_over else "")
-    if failure:
-        raise fail(failure + (f" ({others})" if others else ""))
-    if not as_json:
-        skipped = len(listed) + len(report.images) - report.processed
-        skipped += sum(1 for video in media.videos if not video.processed)
-        faces = sum(len(image.faces) for image in report.images)
-        analysed = [video for video in media.videos if video.processed]
-        tracks = sum(len(video.tracks) for video in analysed)
-        summary = "; ".join(filter(None, [
-            f"{plural(report.processed, 'image')}, {plural(faces, 'face')}" if report.processed or not media.videos else "",
-            f"{plural(len(analysed), 'video')}, {plural(tracks, 'track')}" if media.videos else "",
-            f"{skipped} skipped" if skipped else "", others]))
-        (err if as_csv else out).print(summary)
+
+
+def render_training_notes(media, as_csv: bool) -> None:
+    """A note for each image the model was trained on: its label is no test of the model."""
+    for image in media.images.images:
+        if any(face.in_training_data for face in image.faces):
+            (err if as_csv else out).print(f"note: {shown(image.path)} was in this model's training data: "
+                                           "its score says nothing about new faces")
+
+
+def render_annotated(media, written: list, written_videos: list, annotate_dir: Path) -> None:
+    err.print(f"{len(written)} annotated images in {shown(annotate_dir)}")
+    if media.videos:
+        videos_written = sum(1 for path in written_videos if path.suffix == ".avi")
+        err.print(f"{plural(videos_written, 'annotated video')} and "
+                  f"{plural(len(written_videos) - videos_written, 'timeline')} in {shown(annotate_dir)}")
+
+
+def render_media_summary(media, listed: int, others: str, as_csv: bool) -> None:
+    """predict's last line: images and faces, videos and tracks, what was skipped."""
+    report = media.images
+    skipped = listed + len(report.images) - report.processed
+    skipped += sum(1 for video in media.videos if not video.processed)
+    faces = sum(len(image.faces) for image in report.images)
+    analysed = [video for video in media.videos if video.processed]
+    tracks = sum(len(video.tracks) for video in analysed)
+    summary = "; ".join(filter(None, [
+        f"{plural(report.processed, 'image')}, {plural(faces, 'face')}" if report.processed or not media.videos else "",
+        f"{plural(len(analysed), 'video')}, {plural(tracks, 'track')}" if media.videos else "",
+        f"{skipped} skipped" if skipped else "", others]))
+    (err if as_csv else out).print(summary)
 
 
 def plural(count: int, noun: str) -> str:

@@ -97,46 +97,48 @@ def _type_name(hint) -> str:
     return getattr(hint, "__name__", None) or str(hint)
 
 
+# The plain types a setting can have: how to tell a value of it, and its name in an error.
+SCALARS = {
+    bool: (lambda value: isinstance(value, bool), "true or false"),
+    int: (lambda value: isinstance(value, int) and not isinstance(value, bool), "a whole number"),
+    float: (lambda value: isinstance(value, (int, float)) and not isinstance(value, bool), "a number"),
+    str: (lambda value: isinstance(value, str), "a string"),
+}
+
+
 def _coerce(value, hint, where: str):
     """value as the type hint of a TrainConfig field says, or GridError naming where."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, where)
-            except GridError:
-                continue
-        raise GridError(f"{where}: {value!r} is not a {_type_name(hint)}")
+        return _coerce_union(value, hint, where)
     if origin is tuple:
-        args = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
             raise GridError(f"{where}: {value!r} is not a list")
-        item = args[0] if args else str
+        item = (typing.get_args(hint) or (str,))[0]
         return tuple(_coerce(element, item, where) for element in value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise GridError(f"{where}: {value!r} is not true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise GridError(f"{where}: {value!r} is not a whole number")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise GridError(f"{where}: {value!r} is not a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise GridError(f"{where}: {value!r} is not a string")
-        return value
+    if hint in SCALARS:
+        accepts, name = SCALARS[hint]
+        if not accepts(value):
+            raise GridError(f"{where}: {value!r} is not {name}")
+        return float(value) if hint is float else value
     if isinstance(hint, type) and not isinstance(value, hint):
         raise GridError(f"{where}: {value!r} is not a {_type_name(hint)}")
     return value
+
+
+def _coerce_union(value, hint, where: str):
+    """value as the first type of a union (X | None) it fits."""
+    options = typing.get_args(hint)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce(value, option, where)
+        except GridError:
+            continue
+    raise GridError(f"{where}: {value!r} is not a {_type_name(hint)}")
 
 
 def setting_name(key: str, source: str) -> str:
@@ -170,27 +172,8 @@ def parse_grid(data: dict, source: str = "grid") -> Grid:
     for table in ("base", "vary"):
         if not isinstance(data.get(table, {}), dict):
             raise GridError(f"{source}: {table} must be a table ([{table}])")
-    base: dict = {}
-    for key, value in data.get("base", {}).items():
-        name, coerced = _setting(key, value, source, "base")
-        base[name] = coerced
-    vary: dict = {}
-    for key, values in data.get("vary", {}).items():
-        if not isinstance(values, list):
-            raise GridError(f"{source}: [vary] {key} must be a list of values, e.g. {key} = [{values!r}]")
-        if not values:
-            raise GridError(f"{source}: [vary] {key} is an empty list: nothing to try")
-        coerced = [_setting(key, value, source, "vary")[1] for value in values]
-        name = setting_name(key, f"{source} [vary]")
-        if name == "classes":
-            raise GridError(f"{source}: [vary] classes: recipes are compared on the same classes; "
-                            "run a sweep per class set")
-        if name in vary:
-            raise GridError(f"{source}: [vary] {key} names {name} a second time")
-        unique = list(dict.fromkeys(coerced))
-        vary[name] = tuple(unique)
-    if not vary:
-        raise GridError(f"{source}: [vary] names no setting to vary: a sweep needs something to compare")
+    base = dict(_setting(key, value, source, "base") for key, value in data.get("base", {}).items())
+    vary = _vary(data.get("vary", {}), source)
     seeds = data.get("seeds", [0, 1, 2])
     if not isinstance(seeds, list) or not seeds:
         raise GridError(f"{source}: seeds must be a non-empty list of whole numbers, e.g. seeds = [0, 1, 2]")
@@ -203,6 +186,27 @@ def parse_grid(data: dict, source: str = "grid") -> Grid:
         raise GridError(f"{source}: group {group!r} is not one of random, subject")
     classes = _coerce(data.get("classes", list(base.pop("classes", ()))), tuple[str, ...], f"{source}: classes")
     return Grid(base=base, vary=vary, seeds=seeds, folds=folds, group=group, classes=classes, source=source)
+
+
+def _vary(table: dict, source: str) -> dict:
+    """The [vary] table: each setting's values, checked, without repeats."""
+    vary: dict = {}
+    for key, values in table.items():
+        if not isinstance(values, list):
+            raise GridError(f"{source}: [vary] {key} must be a list of values, e.g. {key} = [{values!r}]")
+        if not values:
+            raise GridError(f"{source}: [vary] {key} is an empty list: nothing to try")
+        coerced = [_setting(key, value, source, "vary")[1] for value in values]
+        name = setting_name(key, f"{source} [vary]")
+        if name == "classes":
+            raise GridError(f"{source}: [vary] classes: recipes are compared on the same classes; "
+                            "run a sweep per class set")
+        if name in vary:
+            raise GridError(f"{source}: [vary] {key} names {name} a second time")
+        vary[name] = tuple(dict.fromkeys(coerced))
+    if not vary:
+        raise GridError(f"{source}: [vary] names no setting to vary: a sweep needs something to compare")
+    return vary
 
 
 def _toml():
@@ -429,10 +433,10 @@ def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progr
 
     engine: fercli.engines engine (default: this machine's cores). progress receives a
     "start" event (done: the folds found stored), then a "fold" event (done, total, recipe,
-    seed, fold, accuracy) as each fold finishes, and the engine's "epoch" events. Ctrl-C: returns with interrupted set and no ranking; the
-    finished folds are stored.
+    seed, fold, accuracy) as each fold finishes, and the engine's "epoch" events. Ctrl-C:
+    returns with interrupted set and no ranking; the finished folds are stored.
     """
-    from fercli.crossvalidation import FoldTask, assemble_crossval, make_folds, save_crossval
+    from fercli.crossvalidation import make_folds
     from fercli.engines import LocalEngine
     from fercli.training import data_fingerprint, select_classes
 
@@ -445,7 +449,31 @@ def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progr
     atomic_write_json(folder / "grid.json", {"grid": grid.to_json(), "source": grid.source,
                                              "recipes": [item.name for item in plan], "data_fingerprint": data_id})
     splits = {seed: make_folds(selection, grid.folds, grid.group, seed) for seed in grid.seeds}
-    members = [(index, seed) for seed in grid.seeds for index in range(len(plan))]
+    results, tasks = _stored_and_missing(folder, plan, grid.seeds, splits)
+    planned = len(results) * grid.folds
+    stored_count = planned - len(tasks)
+    if progress:
+        progress(Event("start", done=stored_count, total=planned))
+    trained, interrupted = _train_missing(folder, plan, selection, splits, tasks, results, engine,
+                                          (stored_count, planned), progress)
+    report = SweepReport(folder=folder, grid=grid, dataset={"name": dataset.name, "images": len(selection.crops),
+                         "classes": selection.labels, "fingerprint": data_id}, engine=engine.describe(len(tasks)),
+                         recipes=[], planned_folds=planned, stored_folds=stored_count, trained_folds=trained,
+                         seconds=0.0, interrupted=interrupted)
+    if not interrupted:
+        report.recipes, report.test_train_ratio = _rank(dataset, selection, plan, grid, splits, results, report)
+    report.seconds = time.perf_counter() - started
+    if not interrupted:
+        report.files = save_sweep(report)
+    return report
+
+
+def _stored_and_missing(folder: Path, plan: list, seeds: tuple[int, ...], splits: dict):
+    """Each member's (recipe index, seed) folds found stored, and a FoldTask for every fold
+    still to train."""
+    from fercli.crossvalidation import FoldTask
+
+    members = [(index, seed) for seed in seeds for index in range(len(plan))]
     results: dict[tuple[int, int], dict[int, dict]] = {member: {} for member in members}
     tasks = []
     for recipe_index, seed in members:
@@ -456,12 +484,15 @@ def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progr
                 results[(recipe_index, seed)][fold] = stored
             else:
                 tasks.append(FoldTask((recipe_index, seed), config, fold, train_index, test_index))
-    planned = len(members) * grid.folds
-    stored_count = planned - len(tasks)
-    done = stored_count
-    interrupted = False
-    if progress:
-        progress(Event("start", done=done, total=planned))
+    return results, tasks
+
+
+def _train_missing(folder: Path, plan: list, selection, splits: dict, tasks: list, results: dict, engine,
+                   counts: tuple[int, int], progress: Progress | None) -> tuple[int, bool]:
+    """Train the missing folds on the engine, storing each as it finishes; (folds trained,
+    whether Ctrl-C stopped it). TrainingError when a fold diverged."""
+    done, planned = counts
+    trained = 0
     try:
         with contextlib.closing(engine.run(selection.crops, selection.targets, len(selection.labels), tasks,
                                            progress)) as finished:
@@ -475,21 +506,22 @@ def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progr
                                         f"diverged ({result['diverged']}); change that recipe (a smaller lr)")
                 _store_fold(_fold_file(folder, _member_name(recipe_index, seed), fold), result, test_index)
                 results[(recipe_index, seed)][fold] = result
-                done += 1
+                trained += 1
                 if progress:
                     accuracy = float(np.mean(result["probabilities"].argmax(axis=1) == selection.targets[test_index]))
-                    progress(Event("fold", done=done, total=planned, recipe=plan[recipe_index].name, seed=seed,
-                                   fold=fold, accuracy=accuracy))
+                    progress(Event("fold", done=done + trained, total=planned, recipe=plan[recipe_index].name,
+                                   seed=seed, fold=fold, accuracy=accuracy))
     except KeyboardInterrupt:
-        interrupted = True
-    engine_info = engine.describe(len(tasks))
-    report = SweepReport(folder=folder, grid=grid, dataset={"name": dataset.name, "images": len(selection.crops),
-                         "classes": selection.labels, "fingerprint": data_id}, engine=engine_info, recipes=[],
-                         planned_folds=planned, stored_folds=stored_count, trained_folds=done - stored_count,
-                         seconds=0.0, interrupted=interrupted)
-    if interrupted:
-        report.seconds = time.perf_counter() - started
-        return report
+        return trained, True
+    return trained, False
+
+
+def _rank(dataset: PreparedDataset, selection, plan: list, grid: Grid, splits: dict, results: dict,
+          report: SweepReport) -> tuple[list[RecipeResult], float]:
+    """Every recipe's figures over its seeds (each seed's crossval report saved in its own
+    folder), best first, with its paired difference to the base recipe; and the test/train
+    size ratio the corrected intervals use."""
+    from fercli.crossvalidation import assemble_crossval, save_crossval
 
     train_sizes = [len(train) for seed in grid.seeds for train, _ in splits[seed]]
     test_sizes = [len(test) for seed in grid.seeds for _, test in splits[seed]]
@@ -503,8 +535,8 @@ def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progr
             config = replace(recipe.config, seed=seed)
             member_seconds = sum(float(item["seconds"]) for item in member_results.values())
             crossval = assemble_crossval(dataset, selection, splits[seed], config, grid.group, member_results,
-                                         engine_info, member_seconds)
-            member_folder = folder / _member_name(recipe_index, seed)
+                                         report.engine, member_seconds)
+            member_folder = report.folder / _member_name(recipe_index, seed)
             save_crossval(crossval, member_folder)
             per_seed[seed] = [fold.accuracy for fold in crossval.folds]
             f1s.append(crossval.macro_f1)
@@ -512,13 +544,12 @@ def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progr
             seconds += member_seconds
         accuracies[recipe_index] = np.array([per_seed[seed] for seed in grid.seeds])
         summaries.append((recipe, per_seed, f1s, reports, seconds))
-    base_accuracies = accuracies[0]
     ranked = []
     for recipe_index, (recipe, per_seed, f1s, reports, seconds) in enumerate(summaries):
         values = accuracies[recipe_index]
         seed_means = values.mean(axis=1)
         own = corrected_interval(values, ratio)
-        paired = corrected_interval(values - base_accuracies, ratio)
+        paired = corrected_interval(values - accuracies[0], ratio)
         ranked.append(RecipeResult(
             rank=0, name=recipe.name, changes=recipe.changes, accuracy=float(seed_means.mean()),
             accuracy_interval=(own["low"], own["high"]),
@@ -531,11 +562,7 @@ def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progr
     ranked.sort(key=lambda item: (-item.accuracy, item.name))
     for rank, item in enumerate(ranked, start=1):
         item.rank = rank
-    report.recipes = ranked
-    report.test_train_ratio = ratio
-    report.seconds = time.perf_counter() - started
-    report.files = save_sweep(report)
-    return report
+    return ranked, ratio
 
 
 def save_sweep(report: SweepReport) -> dict[str, Path]:

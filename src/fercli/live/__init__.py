@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from fercli.errors import FerError
 from fercli.images import MAX_PIXELS
@@ -159,57 +160,73 @@ class LiveSession:
                 ok, frame = self.capture.read()
                 read_at, read_wall = time.perf_counter(), time.time()
                 if not ok or frame is None:
-                    if self.kind == "file" and self.options.loop and number > 0:
-                        self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                        restart, started = number, time.perf_counter()
-                        continue
-                    if self.kind == "file":
-                        self._finish("ended", None)
-                        return
                     failures += 1
-                    if failures < FAILED_READS and self.kind == "camera":
-                        time.sleep(0.02)
-                        continue
-                    self._finish("failed", f"the {self.kind} {self.source} stopped giving frames")
-                    return
+                    step = self._no_frame(number, failures)
+                    if step == "restart":
+                        restart, started = number, time.perf_counter()
+                    if step == "stop":
+                        return
+                    continue
                 failures = 0
                 if frame.shape[0] * frame.shape[1] > MAX_PIXELS:
                     self._finish("failed", f"frames too large: {frame.shape[1]}x{frame.shape[0]} pixels")
                     return
                 # A camera's or stream's time is the clock's; a file's comes from its frame rate.
                 seconds = number * interval if self.kind == "file" else read_at - started
-                faces = pipeline.step(frame, number, seconds)
-                pipeline.classify()
-                for track in pipeline.tracker.tracks:  # live runs for hours: keep no history
-                    track.frames.clear()
-                draw_faces(frame, faces, max(1, round(max(frame.shape[:2]) / 400)))
-                ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-                if writer:
-                    for track_id, face in faces:
-                        writer.writerow(csv_row(self.source, track_id, face, self.model.classes, escape=self.escape))
-                now = time.perf_counter()
-                with self.condition:
-                    self.jpeg = encoded.tobytes() if ok else self.jpeg
-                    self.sequence += 1
-                    self.read_at = read_wall
-                    self.latency = now - read_at
-                    self.faces = [{"track": track_id, "box": list(face.box), "label": face.label,
-                                   "probabilities": face.probabilities} for track_id, face in faces]
-                    self.times.append(now)
-                    while self.times and now - self.times[0] > RATE_WINDOW:
-                        self.times.popleft()
-                    self.condition.notify_all()
+                faces, jpeg = self._label(pipeline, frame, number, seconds)
+                for track_id, face in faces if writer else ():
+                    writer.writerow(csv_row(self.source, track_id, face, self.model.classes, escape=self.escape))
+                self._publish(faces, jpeg, read_at, read_wall)
                 number += 1
                 if self.kind == "file":  # a file plays at its own pace, as a camera would
-                    due = started + (number - restart) * interval
-                    delay = due - time.perf_counter()
-                    if delay > 0:
-                        self.stopping.wait(delay)
+                    self.stopping.wait(max(0.0, started + (number - restart) * interval - time.perf_counter()))
         except Exception as error:  # the page and the command must learn of it, not a dead thread
             self._finish("failed", f"{type(error).__name__}: {error}")
         finally:
             if recording:
                 recording.close()
+
+    def _label(self, pipeline: FramePipeline, frame: np.ndarray, number: int, seconds: float):
+        """A frame's (track id, face) pairs and the frame drawn with them as JPEG (None if it
+        cannot be encoded)."""
+        faces = pipeline.step(frame, number, seconds)
+        pipeline.classify()
+        for track in pipeline.tracker.tracks:  # live runs for hours: keep no history
+            track.frames.clear()
+        draw_faces(frame, faces, max(1, round(max(frame.shape[:2]) / 400)))
+        ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        return faces, encoded.tobytes() if ok else None
+
+    def _no_frame(self, number: int, failures: int) -> str:
+        """What to do when the source gave no frame (failures in a row): "restart" (a looped
+        file, rewound), "retry" (a camera's hiccup) or "stop" (the status set)."""
+        if self.kind == "file" and self.options.loop and number > 0:
+            self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            return "restart"
+        if self.kind == "file":
+            self._finish("ended", None)
+            return "stop"
+        if failures < FAILED_READS and self.kind == "camera":
+            time.sleep(0.02)
+            return "retry"
+        self._finish("failed", f"the {self.kind} {self.source} stopped giving frames")
+        return "stop"
+
+    def _publish(self, faces: list, jpeg: bytes | None, read_at: float, read_wall: float) -> None:
+        """Make a labelled frame the one the page shows (an unencodable one keeps the last
+        picture), and count it for the frame rate."""
+        now = time.perf_counter()
+        with self.condition:
+            self.jpeg = jpeg or self.jpeg
+            self.sequence += 1
+            self.read_at = read_wall
+            self.latency = now - read_at
+            self.faces = [{"track": track_id, "box": list(face.box), "label": face.label,
+                           "probabilities": face.probabilities} for track_id, face in faces]
+            self.times.append(now)
+            while self.times and now - self.times[0] > RATE_WINDOW:
+                self.times.popleft()
+            self.condition.notify_all()
 
     def _finish(self, status: str, error: str | None) -> None:
         with self.condition:
