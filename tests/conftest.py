@@ -174,7 +174,7 @@ def run_unprivileged(function: Callable[[], None]) -> None:
     for root the function runs in a forked child that has dropped the capabilities allowing
     that; an assertion that fails there fails the test here, with the child's traceback.
     """
-    if os.geteuid() != 0:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:  # no root (or no such thing): as it is
         function()
         return
     import traceback
@@ -238,3 +238,13 @@ def tiff(entries: list[tuple[int, int, int]], pixels: bytes, order: str = "<") -
         directory += struct.pack(order + "HHI", tag, kind, 1) + packed
     magic = b"II*\x00" if order == "<" else b"MM\x00*"
     return magic + struct.pack(order + "I", 8) + directory + b"\x00" * 4 + pixels
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Tests marked fork need os.fork (not on Windows): skipped there, not failed."""
+    if hasattr(os, "fork"):
+        return
+    skip = pytest.mark.skip(reason="needs os.fork, which this platform lacks")
+    for item in items:
+        if item.get_closest_marker("fork"):
+            item.add_marker(skip)

@@ -60,6 +60,7 @@ def start_together(target, arguments) -> None:
         assert process.exitcode == 0
 
 
+@pytest.mark.fork
 def test_runs_that_made_up_the_same_model_name_at_once_each_get_a_file(tmp_path):
     path = tmp_path / "models" / "jaffe-20261125-101010.npz"
 
@@ -71,6 +72,7 @@ def test_runs_that_made_up_the_same_model_name_at_once_each_get_a_file(tmp_path)
     assert contents == sorted(b"run %d;" % number * 5000 for number in range(RUNS))
 
 
+@pytest.mark.fork
 def test_runs_that_made_up_the_same_folder_name_at_once_each_get_a_folder(tmp_path):
     path = tmp_path / "runs" / "crossval-jaffe-20261125-101010"
     made = multiprocessing.get_context("fork").SimpleQueue()
