@@ -194,7 +194,9 @@ def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[Detection]:
 
 
 def align_detected(
-    images: list[tuple[np.ndarray, list[Detection]]], config: PreprocessConfig, largest_only: bool = False
+    images: list[tuple[np.ndarray, list[Detection]]],
+    config: PreprocessConfig,
+    largest_only: bool = False,
 ) -> list[list[AlignedFace]]:
     """The detected faces of one or many images, aligned: for each (2-D uint8 image,
     detect_faces' result for it), its faces largest first, less any whose landmarks outline
@@ -213,8 +215,11 @@ def align_detected(
     return [[face for face in image if face is not None] for image in faces]
 
 
-def _align_largest(images: list[tuple[np.ndarray, list[Detection]]], config: PreprocessConfig) -> list[list[AlignedFace]]:
-    largest = iter(_align_boxes([(gray, *detections[0]) for gray, detections in images if detections], config))
+def _align_largest(
+    images: list[tuple[np.ndarray, list[Detection]]], config: PreprocessConfig
+) -> list[list[AlignedFace]]:
+    firsts = [(gray, *detections[0]) for gray, detections in images if detections]
+    largest = iter(_align_boxes(firsts, config))
     results = []
     for gray, detections in images:
         face = next(largest) if detections else None
@@ -226,17 +231,21 @@ def _align_largest(images: list[tuple[np.ndarray, list[Detection]]], config: Pre
     return results
 
 
-def _align_boxes(faces: list[tuple[np.ndarray, object, float]], config: PreprocessConfig) -> list[AlignedFace | None]:
+def _align_boxes(
+    faces: list[tuple[np.ndarray, object, float]], config: PreprocessConfig
+) -> list[AlignedFace | None]:
     """Each (gray image, dlib box, score) aligned, the landmarks of all found together; None
     where they outline no face."""
     points = landmark_predictor().predict_many([(gray, box) for gray, box, _ in faces])
     return [
         _aligned_face(gray, box, score, landmarks.astype(np.float64), config)
-        for (gray, box, score), landmarks in zip(faces, points)
+        for (gray, box, score), landmarks in zip(faces, points, strict=True)
     ]
 
 
-def _aligned_face(gray: np.ndarray, box, score: float, landmarks: np.ndarray, config: PreprocessConfig) -> AlignedFace | None:
+def _aligned_face(
+    gray: np.ndarray, box, score: float, landmarks: np.ndarray, config: PreprocessConfig
+) -> AlignedFace | None:
     try:
         crop, transform, angle, padding = align_face(gray, landmarks, config)
     except NoFaceError:

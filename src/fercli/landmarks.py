@@ -159,10 +159,12 @@ def parse_shape_predictor(data: bytes) -> ShapeModel:
     stream = _Lockstep(data)
     leaves = _LeafCandidates(data, stream, forest)
     tree_starts, leaf_rows, end = _follow_trees(data, forest, leaves)
-    fields = _read_splits(stream, forest, tree_starts, leaves.offsets[leaf_rows[:: forest.leaf_count]])
+    first_leaves = leaves.offsets[leaf_rows[:: forest.leaf_count]]
+    fields = _read_splits(stream, forest, tree_starts, first_leaves)
     if not leaves.well_formed[leaf_rows].all():
         raise ModelFormatError("a leaf value that is not a finite float")
     shape = (forest.levels, forest.trees, forest.splits)
+    leaf_values = np.ascontiguousarray(leaves.values[:, leaf_rows].T)
     thresholds = _reals(fields[2].T, fields[3].T).reshape(shape)
     anchors, deltas = _read_feature_pixels(data, end, forest)
     _check_indices(forest, anchors, deltas, fields[:2])
@@ -171,7 +173,7 @@ def parse_shape_predictor(data: bytes) -> ShapeModel:
         split_left=fields[0].T.reshape(shape).astype(np.int32),
         split_right=fields[1].T.reshape(shape).astype(np.int32),
         thresholds=thresholds,
-        leaves=np.ascontiguousarray(leaves.values[:, leaf_rows].T).reshape(*shape[:2], forest.leaf_count, forest.parts2),
+        leaves=leaf_values.reshape(*shape[:2], forest.leaf_count, forest.parts2),
         anchors=anchors.astype(np.int32),
         deltas=deltas,
     )
@@ -216,7 +218,8 @@ class _LeafCandidates:
 
     def __init__(self, data: bytes, stream: _Lockstep, forest: _Forest) -> None:
         header = forest.column_header
-        self.offsets = np.array([match.start() for match in re.finditer(re.escape(header), data)], np.int64)
+        matches = re.finditer(re.escape(header), data)
+        self.offsets = np.array([match.start() for match in matches], np.int64)
         self.index_of = {int(offset): index for index, offset in enumerate(self.offsets)}
         self.values = np.empty((forest.parts2, len(self.offsets)), np.float32)
         self.well_formed = np.ones(len(self.offsets), bool)
@@ -226,7 +229,8 @@ class _LeafCandidates:
             self.well_formed &= good
             exponent, position, good = stream.read(position)
             # A mantissa has at most 24 bits, so it and the value are exact in float32.
-            self.well_formed &= good & (np.abs(exponent) <= MAX_EXPONENT) & (np.abs(mantissa) < 1 << 24)
+            in_range = (np.abs(exponent) <= MAX_EXPONENT) & (np.abs(mantissa) < 1 << 24)
+            self.well_formed &= good & in_range
             exponent = np.clip(exponent, -MAX_EXPONENT, MAX_EXPONENT).astype(np.int32)
             np.ldexp(mantissa.astype(np.float32), exponent, out=self.values[part])
         self.ends = position  # where the leaf read from each candidate would end
@@ -239,7 +243,9 @@ class _LeafCandidates:
         return int(self.offsets[found])
 
 
-def _follow_trees(data: bytes, forest: _Forest, leaves: _LeafCandidates) -> tuple[np.ndarray, np.ndarray, int]:
+def _follow_trees(
+    data: bytes, forest: _Forest, leaves: _LeafCandidates
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Where each tree starts, the candidate row of each of its leaves (in file order), and
     the byte after the forest: the file followed leaf by leaf."""
     tree_starts = np.empty(forest.levels * forest.trees, np.int64)
@@ -268,7 +274,9 @@ def _follow_trees(data: bytes, forest: _Forest, leaves: _LeafCandidates) -> tupl
     return tree_starts, leaf_rows, offset
 
 
-def _read_splits(stream: _Lockstep, forest: _Forest, tree_starts: np.ndarray, first_leaves: np.ndarray) -> np.ndarray:
+def _read_splits(
+    stream: _Lockstep, forest: _Forest, tree_starts: np.ndarray, first_leaves: np.ndarray
+) -> np.ndarray:
     """The (4, splits, trees) fields of every split (two feature pixels, a threshold's
     mantissa and exponent), all trees side by side; each tree's splits must end just where
     its first leaf was found to begin."""
@@ -285,7 +293,9 @@ def _read_splits(stream: _Lockstep, forest: _Forest, tree_starts: np.ndarray, fi
     return fields
 
 
-def _read_feature_pixels(data: bytes, offset: int, forest: _Forest) -> tuple[np.ndarray, np.ndarray]:
+def _read_feature_pixels(
+    data: bytes, offset: int, forest: _Forest
+) -> tuple[np.ndarray, np.ndarray]:
     """The (levels, pixels) anchors and (levels, pixels, 2) deltas that end the file."""
     tail = _Reader(data, offset)
     tail.expect(forest.levels, "anchor levels")
@@ -306,7 +316,9 @@ def _read_feature_pixels(data: bytes, offset: int, forest: _Forest) -> tuple[np.
     return anchors, deltas
 
 
-def _check_indices(forest: _Forest, anchors: np.ndarray, deltas: np.ndarray, split_pixels: np.ndarray) -> None:
+def _check_indices(
+    forest: _Forest, anchors: np.ndarray, deltas: np.ndarray, split_pixels: np.ndarray
+) -> None:
     """Every index points at something that exists: the predictor reads arrays by them."""
     if anchors.min() < 0 or anchors.max() >= len(forest.initial):
         raise ModelFormatError("a feature pixel placed from a landmark that does not exist")
