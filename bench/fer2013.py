@@ -6,6 +6,12 @@ The CSV is synthetic: the public-domain test photo's face at 48x48, each row shi
 pixel or two and made brighter or darker, so that every row is a distinct face dlib can find
 (after one upsampling, as in FER2013). Target on the 2-core development machine: at least
 500 rows/s. Prints one JSON line: rows, aligned, skipped, seconds, rows/s, peak memory.
+
+FER_HOME is a new, empty folder unless the variable is set: then the time includes the first
+run's conversion of dlib's landmark model (done once, in the main process, before the workers
+start). Set FER_HOME to a folder that holds the converted model to measure without it. For
+an A/B of two versions, run this script with PYTHONPATH pointing at each version's src in
+turns, on the same --keep CSV.
 """
 
 from __future__ import annotations

@@ -10,19 +10,24 @@ import pytest
 
 from conftest import TIGHT_FACE_BOX, crop_box
 from fercli.align import (
-    align_all_detected,
-    align_all_detected_each,
+    AlignedFace,
     align_detected,
-    align_detected_each,
-    align_largest,
     detect_faces,
     equalize,
     eye_centres,
-    find_faces,
     inside_photo,
+    no_face_error,
 )
+from fercli.api import align_faces
 from fercli.config import CROP_SIZE, PreprocessConfig
 from fercli.errors import NoFaceError
+
+
+def largest_face(gray: np.ndarray, config: PreprocessConfig) -> tuple[AlignedFace, int]:
+    """An image's largest face, aligned, and how many faces dlib found: what preprocess keeps."""
+    detections = detect_faces(gray, config)
+    [[face]] = align_detected([(gray, detections)], config, largest_only=True)
+    return face, len(detections)
 
 
 def rotate(image: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +48,7 @@ def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def reference(astronaut_gray):
     """The unrotated photo's alignment and its eye centres (input-image pixels)."""
-    face, _ = align_largest(astronaut_gray, PreprocessConfig())
+    face, _ = largest_face(astronaut_gray, PreprocessConfig())
     return face, np.array(eye_centres(face.landmarks))
 
 
@@ -61,7 +66,7 @@ def test_rotated_photo_comes_out_with_level_eyes_and_the_face_in_the_crop(
     reference_face, reference_eyes = reference
     rotated, rotation = rotate(astronaut_gray, degrees)
 
-    face, _ = align_largest(rotated, PreprocessConfig())
+    face, _ = largest_face(rotated, PreprocessConfig())
 
     # The true eye centres (from the unrotated photo, not from this detection) in crop pixels.
     left, right = apply(face.transform, apply(rotation, reference_eyes))
@@ -86,26 +91,34 @@ def test_rotated_photo_comes_out_with_level_eyes_and_the_face_in_the_crop(
 def test_two_faces_side_by_side_are_both_found(astronaut_gray):
     pair = np.hstack([astronaut_gray, astronaut_gray])
 
-    found = find_faces(pair, PreprocessConfig())
+    found = align_faces(pair, PreprocessConfig())
 
     assert len(found) == 2
     left_x = sorted(face.box[0] for face in found)
     assert left_x[0] < 512 <= left_x[1]
-    face, count = align_largest(pair, PreprocessConfig())
+    face, count = largest_face(pair, PreprocessConfig())
     assert count == 2 and face.crop.shape == (CROP_SIZE, CROP_SIZE)
 
 
 def test_blank_image_has_no_face():
+    blank = np.full((256, 256), 128, np.uint8)
+    config = PreprocessConfig()
+    assert detect_faces(blank, config) == []
+    assert align_detected([(blank, [])], config, largest_only=True) == [[]]
+    assert align_faces(blank, config) == []
+    # What preprocess records for such an image.
     with pytest.raises(NoFaceError, match="no face found"):
-        align_largest(np.full((256, 256), 128, np.uint8), PreprocessConfig())
+        raise no_face_error(config)
 
 
 def test_small_precropped_face_is_found_only_with_upsampling(astronaut_gray):
     small = crop_box(astronaut_gray, TIGHT_FACE_BOX, 48)  # CK+48-sized
 
+    without_upsampling = PreprocessConfig(upsample_tries=(0,))
+    assert detect_faces(small, without_upsampling) == []
     with pytest.raises(NoFaceError, match="tried upsampling 0"):
-        align_largest(small, PreprocessConfig(upsample_tries=(0,)))
-    face, count = align_largest(small, PreprocessConfig())
+        raise no_face_error(without_upsampling)
+    face, count = largest_face(small, PreprocessConfig())
 
     assert count == 1
     assert face.crop.shape == (CROP_SIZE, CROP_SIZE)
@@ -183,21 +196,22 @@ def test_images_aligned_together_come_out_as_they_do_one_at_a_time(astronaut_gra
     tiny = dlib.rectangle(0, 0, 2, 2)
     images.append((astronaut_gray, [(tiny, 2.0), *images[0][1]]))
 
-    largest = align_detected_each(images, config)
-    every = align_all_detected_each(images, config)
+    largest = align_detected(images, config, largest_only=True)
+    every = align_detected(images, config)
 
-    assert largest[3] is None and every[3] == []
+    assert largest[3] == [] and every[3] == []
     assert [len(faces) for faces in every] == [1, 2, 1, 0, 1]
-    assert largest[4][1] == 2  # detections counted, the tiny box among them
+    assert [len(faces) for faces in largest] == [1, 1, 1, 0, 1]
+    assert len(images[4][1]) == 2  # the tiny box is among the detections
     for (gray, detections), together, all_together in zip(images, largest, every):
-        if together is None:
-            with pytest.raises(NoFaceError):
-                align_detected(gray, detections, config)
-        else:
-            face, count = align_detected(gray, detections, config)
-            np.testing.assert_array_equal(together[0].crop, face.crop)
-            assert together[1] == count
-        alone = align_all_detected(gray, detections, config)
+        [largest_alone] = align_detected([(gray, detections)], config, largest_only=True)
+        assert len(together) == len(largest_alone)
+        for face, face_alone in zip(together, largest_alone):
+            np.testing.assert_array_equal(face.crop, face_alone.crop)
+        # The largest face that aligns comes first among all the faces.
+        for face, first in zip(together, all_together):
+            np.testing.assert_array_equal(face.crop, first.crop)
+        [alone] = align_detected([(gray, detections)], config)
         assert len(all_together) == len(alone)
         for face, face_alone in zip(all_together, alone):
             np.testing.assert_array_equal(face.crop, face_alone.crop)
@@ -213,7 +227,7 @@ def test_a_tightly_cropped_face_is_measured_as_padded_and_a_full_frame_one_is_no
     assert full.padding == 0.0
     # The chin sits at the bottom edge of a CK+48-style crop: part of the crop lies below it.
     tight = astronaut_gray[40:170, 160:290]
-    face, _ = align_largest(tight, PreprocessConfig())
+    face, _ = largest_face(tight, PreprocessConfig())
     assert 0.01 < face.padding < 0.5, face.padding
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import face_variant, write_image
-from fercli.align import align_largest
+from fercli.api import align_faces
 from fercli.cache import CropCache, content_key
 from fercli.config import PreprocessConfig
 from fercli.images import decode_gray
@@ -56,7 +56,7 @@ def assert_consistent(home: Path, dataset_dir: Path, images: int) -> None:
     by_path = dict(zip(dataset.paths.tolist(), dataset.crops))
     for path in sorted(dataset_dir.glob("*/*.png"))[:: max(1, images // 6)]:
         data = path.read_bytes()
-        fresh, _ = align_largest(decode_gray(data), PreprocessConfig())
+        fresh = align_faces(decode_gray(data), PreprocessConfig())[0]
         np.testing.assert_array_equal(cache.get(content_key(data)).crop, fresh.crop)
         np.testing.assert_array_equal(by_path[str(path)], fresh.crop)
     assert cv2.imread(str(dataset_folder(dataset_dir) / "contact_sheet.png")) is not None

@@ -15,7 +15,7 @@ from fercli.cli import app
 from fercli.config import PreprocessConfig, TrainConfig
 from fercli.crossvalidation import cross_validate, save_crossval_model
 from fercli.errors import DatasetError, ModelError
-from fercli.evaluate import RENORMALISED, score_model, prepare_for_model
+from fercli.evaluate import RENORMALISED, prepare_for_model, score_model
 from fercli.model import load_model, save_networks
 from fercli.store import models_dir, pack_json, unpack_json
 from fercli.training import train_model

@@ -81,6 +81,32 @@ def test_rows_are_aligned_and_bad_rows_skipped_with_the_reason(fer_csv):
     assert dataset.meta["layout"] == "fer2013" and dataset.meta["splits"] == ["PrivateTest", "PublicTest", "Training"]
 
 
+def test_rows_whose_pixels_are_not_whole_numbers_from_0_to_255_are_skipped(astronaut_gray, tmp_path):
+    from fercli.fer2013 import read_rows
+
+    pixels = face48(astronaut_gray, 0).ravel().tolist()
+    tabbed = "\t".join(map(str, pixels))
+    lines = [HEADER, row(3, face48(astronaut_gray, 0))]
+    for bad in ("1.5", "x", "1e2", "99999999999999999999", "256"):
+        lines.append(f"3,{' '.join([bad] + list(map(str, pixels[1:])))},Training\n")
+    lines.append(f'3,"{tabbed}",Training\n')  # other white space between the numbers is read too
+    path = tmp_path / "fer2013.csv"
+    path.write_text("".join(lines))
+    skipped = []
+
+    rows = list(read_rows(path, skipped))
+
+    assert [number for number, *_ in rows] == [2, 8]
+    assert np.array_equal(rows[0][3], face48(astronaut_gray, 0)) and np.array_equal(rows[1][3], rows[0][3])
+    assert [item.reason for item in skipped] == [
+        "row 3: the pixels are not whole numbers",
+        "row 4: the pixels are not whole numbers",
+        "row 5: the pixels are not whole numbers",
+        "row 6: a pixel value outside 0-255",  # too large for any integer type: no traceback
+        "row 7: a pixel value outside 0-255",
+    ]
+
+
 def test_workers_give_what_one_process_gives(fer_csv):
     one = load_dataset(Path(preprocess_fer2013(fer_csv, PreprocessConfig(), workers=1).dataset))
     two = load_dataset(Path(preprocess_fer2013(fer_csv, PreprocessConfig(), workers=2).dataset))

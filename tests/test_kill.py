@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fercli.align import align_largest
+from fercli.api import align_faces
 from fercli.cache import CropCache, content_key
 from fercli.config import PreprocessConfig
 from fercli.images import decode_gray
@@ -96,8 +96,8 @@ def assert_cache_readable(home: Path) -> None:
 
 
 def fresh_crop(path: Path) -> np.ndarray:
-    face, _ = align_largest(decode_gray(path.read_bytes()), PreprocessConfig())
-    return face.crop
+    largest = align_faces(decode_gray(path.read_bytes()), PreprocessConfig())[0]
+    return largest.crop
 
 
 @pytest.mark.slow

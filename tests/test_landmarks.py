@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import TIGHT_FACE_BOX, crop_box
-from fercli.align import detect_faces, predictor_path
+from fercli.align import detect_faces, load_landmark_predictor, predictor_path
 from fercli.config import PreprocessConfig
 from fercli.landmarks import (
     DlibShapePredictor,
     ModelFormatError,
     NumpyShapePredictor,
     agrees_with,
-    load_predictor,
     load_stored,
     parse_shape_predictor,
     save_converted,
@@ -154,14 +153,14 @@ def test_a_file_that_is_not_the_model_is_refused(model_bytes, damage):
 def test_the_converted_model_is_stored_once_and_mapped_from_disk(tmp_path, astronaut_gray, dlib_predictor):
     source = predictor_path()
     folder = tmp_path / "dlib"
-    first = load_predictor(source, folder)
+    first = load_landmark_predictor(source, folder)
     assert isinstance(first, NumpyShapePredictor)
     arrays_path, leaves_path = stored_paths(source, folder)
     assert arrays_path.is_file() and leaves_path.is_file()
 
     stored = load_stored(source, folder)
     assert isinstance(stored.leaves, np.memmap)
-    second = load_predictor(source, folder)
+    second = load_landmark_predictor(source, folder)
     box = detect_faces(astronaut_gray, PreprocessConfig())[0][0]
     np.testing.assert_array_equal(second(astronaut_gray, box), dlib_predictor(astronaut_gray, box))
 
@@ -170,13 +169,13 @@ def test_the_converted_model_is_stored_once_and_mapped_from_disk(tmp_path, astro
 def test_a_damaged_stored_model_is_converted_again(tmp_path, astronaut_gray, dlib_predictor, damaged):
     source = predictor_path()
     folder = tmp_path / "dlib"
-    load_predictor(source, folder)
+    load_landmark_predictor(source, folder)
     arrays_path, leaves_path = stored_paths(source, folder)
     path = leaves_path if damaged == "leaves" else arrays_path
     path.write_bytes(path.read_bytes()[:1000])
     assert load_stored(source, folder) is None
 
-    predictor = load_predictor(source, folder)
+    predictor = load_landmark_predictor(source, folder)
     assert isinstance(predictor, NumpyShapePredictor)
     assert load_stored(source, folder) is not None
     box = detect_faces(astronaut_gray, PreprocessConfig())[0][0]
@@ -186,7 +185,7 @@ def test_a_damaged_stored_model_is_converted_again(tmp_path, astronaut_gray, dli
 def test_where_nothing_can_be_stored_dlib_predicts_alone(tmp_path, astronaut_gray, dlib_predictor):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    predictor = load_predictor(predictor_path(), blocker / "dlib")
+    predictor = load_landmark_predictor(predictor_path(), blocker / "dlib")
     assert isinstance(predictor, DlibShapePredictor)
     box = detect_faces(astronaut_gray, PreprocessConfig())[0][0]
     np.testing.assert_array_equal(predictor(astronaut_gray, box), dlib_predictor(astronaut_gray, box))

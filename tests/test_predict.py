@@ -85,10 +85,10 @@ def test_one_face_in_the_test_photo(model, astronaut_path):
 
 
 def test_face_prediction_uses_the_models_runtime_on_the_aligned_crop(model, astronaut_path):
-    from fercli.align import find_faces
+    from fercli.api import align_faces
     from fercli.images import load_gray
 
-    [aligned] = find_faces(load_gray(astronaut_path), model.preprocess)
+    [aligned] = align_faces(load_gray(astronaut_path), model.preprocess)
     expected = model.predict_proba(aligned.crop[np.newaxis])[0]
     [face] = predict_paths([astronaut_path], model, workers=1).images[0].faces
     assert list(face.probabilities.values()) == pytest.approx(expected.tolist(), abs=1e-6)

@@ -517,16 +517,16 @@ def test_an_image_that_breaks_its_batchs_landmarks_fails_alone(make_folders, fac
 
     root = make_folders({"happy": [f"{index}.png" for index in range(20)], "sad": [f"{index}.png" for index in range(20, 40)]})
     write_image(root / "sad" / "odd.png", faces(40, size=300))
-    real = preprocess.align_detected_each
+    real = preprocess.align_detected
     batch_sizes = []
 
-    def breaks_on_the_odd_one(images, config):
+    def breaks_on_the_odd_one(images, config, **options):
         batch_sizes.append(len(images))
         if any(gray.shape == (300, 300) for gray, _ in images):
             raise RuntimeError("landmarks broke")
-        return real(images, config)
+        return real(images, config, **options)
 
-    monkeypatch.setattr(preprocess, "align_detected_each", breaks_on_the_odd_one)
+    monkeypatch.setattr(preprocess, "align_detected", breaks_on_the_odd_one)
 
     report = preprocess_dataset(root, workers=workers)
 

@@ -3,6 +3,11 @@
 dlib finds faces and 68 landmarks; the image is rotated so that the eye centres are level,
 cropped from 0.6 eye distances above the eye line down to the chin and between the jaw
 points 0 and 16, histogram-equalized and downsampled to 32x32. Pure numpy in and out.
+
+The vocabulary: detect_faces(gray) finds the faces of one image; align_detected([(gray,
+detections), ...]) aligns them, for one image or many at once (largest_only=True for each
+image's largest face); align_face(gray, landmarks) crops one face whose landmarks are known.
+dlib's two models are loaded here too, lazily and once per process.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 # Large photos are searched for faces at this size at most: dlib's HOG detector costs time
 # in proportion to the pixels, and a face it can find at this size is 80 pixels wide or more.
 DETECT_MAX_SIDE = 1280
+# A face detect_faces found: dlib's box (a dlib.rectangle) and its detection score.
+Detection = tuple[object, float]
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,12 @@ class AlignedFace:
     transform: np.ndarray
     landmarks: np.ndarray  # (68, 2) float, input-image coordinates
     padding: float = 0.0  # share of the crop that lies outside the photo (filled in)
+
+
+# --- dlib's models, each loaded lazily and once per process --------------------------------
+# Both are stored under FER_HOME/dlib in a form that loads in milliseconds: the detector in
+# dlib's own format, the landmark model as NumPy arrays (fercli.landmarks). Where nothing can
+# be stored, or the conversion fails, dlib's own loaders are used; that only costs time.
 
 
 def predictor_path() -> Path:
@@ -87,15 +100,54 @@ def face_detector():
 @functools.lru_cache(maxsize=1)
 def landmark_predictor():
     """dlib's 68-point landmark predictor, loaded once per process: predictor(gray, box) ->
-    (68, 2) int64 landmarks.
+    (68, 2) int64 landmarks, predictor.predict_many([(gray, box), ...]) for several.
 
     dlib's loader takes about 0.5 s; the model's arrays are stored once under FER_HOME
-    (fercli.landmarks) and map from there in milliseconds.
+    and map from there in milliseconds.
     """
-    from fercli.landmarks import load_predictor
     from fercli.store import dlib_dir
 
-    return load_predictor(predictor_path(), dlib_dir())
+    return load_landmark_predictor(predictor_path(), dlib_dir())
+
+
+def load_landmark_predictor(source: Path, folder: Path):
+    """The 68-point predictor of the dlib model file source: NumPy arrays stored in folder
+    when they are there; else dlib loads the file once more, the file is converted, checked
+    against dlib and stored. dlib's own predictor is used when folder cannot be written or
+    the conversion fails or disagrees."""
+    import dlib
+
+    from fercli.landmarks import (
+        DlibShapePredictor,
+        ModelFormatError,
+        NumpyShapePredictor,
+        agrees_with,
+        load_stored,
+        parse_shape_predictor,
+        save_converted,
+    )
+    from fercli.store import check_writable, make_dir
+
+    model = load_stored(source, folder)
+    if model is not None:
+        return NumpyShapePredictor(model)
+    reference = DlibShapePredictor(dlib.shape_predictor(str(source)))
+    try:
+        check_writable(make_dir(folder))
+    except FerError:
+        return reference  # converting on every run would cost more than dlib's loading
+    try:
+        model = parse_shape_predictor(source.read_bytes())
+    except (ModelFormatError, OSError, MemoryError):
+        return reference
+    predictor = NumpyShapePredictor(model)
+    if not agrees_with(predictor, reference):
+        return reference
+    try:
+        save_converted(model, source, folder)
+    except FerError:
+        pass  # full disk: converted again next time
+    return predictor
 
 
 def landmarks_load_quickly() -> bool:
@@ -112,7 +164,10 @@ def landmarks_load_quickly() -> bool:
         return False
 
 
-def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[tuple[object, float]]:
+# --- finding and aligning faces ----------------------------------------------------------
+
+
+def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[Detection]:
     """dlib face boxes with their scores, largest first, from the first upsampling level
     (of config.upsample_tries) that finds any."""
     import dlib
@@ -136,6 +191,88 @@ def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[tuple[objec
                 found.append((box, float(score)))
             return sorted(found, key=lambda item: -item[0].area())
     return []
+
+
+def align_detected(
+    images: list[tuple[np.ndarray, list[Detection]]],
+    config: PreprocessConfig,
+    largest_only: bool = False,
+) -> list[list[AlignedFace]]:
+    """The detected faces of one or many images, aligned: for each (2-D uint8 image,
+    detect_faces' result for it), its faces largest first, less any whose landmarks outline
+    no face. The landmarks of every face are found together (a batch costs less a face than
+    one at a time). The detections may come from another process: preprocess and predict
+    find faces while the landmark model is still loading.
+
+    largest_only: only each image's largest face (a list of one, or empty); when its
+    landmarks outline no face, which is rare, the next largest box is tried.
+    """
+    if largest_only:
+        return _align_largest(images, config)
+    boxes = [(gray, box, score) for gray, detections in images for box, score in detections]
+    aligned = iter(_align_boxes(boxes, config))
+    faces = [[next(aligned) for _ in detections] for _, detections in images]
+    return [[face for face in image if face is not None] for image in faces]
+
+
+def _align_largest(
+    images: list[tuple[np.ndarray, list[Detection]]], config: PreprocessConfig
+) -> list[list[AlignedFace]]:
+    firsts = [(gray, *detections[0]) for gray, detections in images if detections]
+    largest = iter(_align_boxes(firsts, config))
+    results = []
+    for gray, detections in images:
+        face = next(largest) if detections else None
+        for box, score in detections[1:] if face is None else ():
+            [face] = _align_boxes([(gray, box, score)], config)
+            if face is not None:
+                break
+        results.append([] if face is None else [face])
+    return results
+
+
+def _align_boxes(
+    faces: list[tuple[np.ndarray, object, float]], config: PreprocessConfig
+) -> list[AlignedFace | None]:
+    """Each (gray image, dlib box, score) aligned, the landmarks of all found together; None
+    where they outline no face."""
+    points = landmark_predictor().predict_many([(gray, box) for gray, box, _ in faces])
+    return [
+        _aligned_face(gray, box, score, landmarks.astype(np.float64), config)
+        for (gray, box, score), landmarks in zip(faces, points, strict=True)
+    ]
+
+
+def _aligned_face(
+    gray: np.ndarray, box, score: float, landmarks: np.ndarray, config: PreprocessConfig
+) -> AlignedFace | None:
+    try:
+        crop, transform, angle, padding = align_face(gray, landmarks, config)
+    except NoFaceError:
+        return None
+    # dlib reports boxes of faces cut by the edge partly outside the image; clip them so that
+    # image[y:y+h, x:x+w] is the face, not a wrapped slice.
+    height, width = gray.shape
+    left, top = max(0, box.left()), max(0, box.top())
+    right, bottom = min(width, box.right() + 1), min(height, box.bottom() + 1)
+    return AlignedFace(
+        crop=crop,
+        box=(left, top, max(0, right - left), max(0, bottom - top)),
+        score=score,
+        angle=angle,
+        transform=transform,
+        landmarks=landmarks,
+        padding=padding,
+    )
+
+
+def no_face_error(config: PreprocessConfig) -> NoFaceError:
+    """The error for an image without a face, saying what was tried."""
+    tried = " and ".join(str(level) for level in config.upsample_tries)
+    return NoFaceError(f"no face found (tried upsampling {tried})")
+
+
+# --- one face: eyes levelled, cropped, equalized, downsampled ------------------------------
 
 
 def eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -227,87 +364,3 @@ def equalize(face: np.ndarray, inside: np.ndarray, method: str) -> np.ndarray:
     lut[darkest + 1 :] = running[darkest + 1 :].astype(np.float32) * scale
     # saturate_cast rounds half to even, as np.rint does.
     return np.rint(lut).clip(0, 255).astype(np.uint8)[face]
-
-
-def _align_detection(gray: np.ndarray, box, score: float, landmarks: np.ndarray, config: PreprocessConfig) -> AlignedFace | None:
-    try:
-        crop, transform, angle, padding = align_face(gray, landmarks, config)
-    except NoFaceError:
-        return None
-    # dlib reports boxes of faces cut by the edge partly outside the image; clip them so that
-    # image[y:y+h, x:x+w] is the face, not a wrapped slice.
-    height, width = gray.shape
-    left, top = max(0, box.left()), max(0, box.top())
-    right, bottom = min(width, box.right() + 1), min(height, box.bottom() + 1)
-    return AlignedFace(
-        crop=crop,
-        box=(left, top, max(0, right - left), max(0, bottom - top)),
-        score=score,
-        angle=angle,
-        transform=transform,
-        landmarks=landmarks,
-        padding=padding,
-    )
-
-
-def _align_boxes(faces: list[tuple[np.ndarray, object, float]], config: PreprocessConfig) -> list[AlignedFace | None]:
-    """Each (gray image, dlib box, score) aligned, the landmarks of all found together (a
-    batch costs less a face than one at a time); None where they outline no face."""
-    points = landmark_predictor().predict_many([(gray, box) for gray, box, _ in faces])
-    return [
-        _align_detection(gray, box, score, landmarks.astype(np.float64), config)
-        for (gray, box, score), landmarks in zip(faces, points)
-    ]
-
-
-def find_faces(gray: np.ndarray, config: PreprocessConfig) -> list[AlignedFace]:
-    """Every face in a 2-D uint8 image, aligned, largest first (empty if there is none)."""
-    return align_all_detected(gray, detect_faces(gray, config), config)
-
-
-def align_all_detected(gray: np.ndarray, detections: list[tuple[object, float]], config: PreprocessConfig) -> list[AlignedFace]:
-    """find_faces given detect_faces' result for the same image (see align_detected)."""
-    return align_all_detected_each([(gray, detections)], config)[0]
-
-
-def align_all_detected_each(images: list[tuple[np.ndarray, list[tuple[object, float]]]], config: PreprocessConfig) -> list[list[AlignedFace]]:
-    """align_all_detected for several (image, detections), every face's landmarks found together."""
-    aligned = iter(_align_boxes([(gray, box, score) for gray, detections in images for box, score in detections], config))
-    faces = [[next(aligned) for _ in detections] for _, detections in images]
-    return [[face for face in image if face is not None] for image in faces]
-
-
-def align_largest(gray: np.ndarray, config: PreprocessConfig) -> tuple[AlignedFace, int]:
-    """The largest face in an image and how many faces were detected; NoFaceError if none."""
-    return align_detected(gray, detect_faces(gray, config), config)
-
-
-def align_detected(gray: np.ndarray, detections: list[tuple[object, float]], config: PreprocessConfig) -> tuple[AlignedFace, int]:
-    """align_largest given detect_faces' result for the same image, which may come from
-    another process (preprocess finds faces while the landmark model is still loading)."""
-    [aligned] = align_detected_each([(gray, detections)], config)
-    if aligned is None:
-        raise no_face_error(config)
-    return aligned
-
-
-def align_detected_each(images: list[tuple[np.ndarray, list[tuple[object, float]]]], config: PreprocessConfig) -> list[tuple[AlignedFace, int] | None]:
-    """align_detected for several (image, detections), the landmarks of their largest faces
-    found together; None for an image where no face aligns."""
-    largest = iter(_align_boxes([(gray, *detections[0]) for gray, detections in images if detections], config))
-    results = []
-    for gray, detections in images:
-        face = next(largest) if detections else None
-        # Rarely, the largest box's landmarks outline no face; then the next box is tried.
-        for box, score in detections[1:] if face is None else ():
-            [face] = _align_boxes([(gray, box, score)], config)
-            if face is not None:
-                break
-        results.append(None if face is None else (face, len(detections)))
-    return results
-
-
-def no_face_error(config: PreprocessConfig) -> NoFaceError:
-    """The error for an image without a face, saying what was tried."""
-    tried = " and ".join(str(level) for level in config.upsample_tries)
-    return NoFaceError(f"no face found (tried upsampling {tried})")

@@ -60,9 +60,11 @@ def as_gray(image: str | Path | np.ndarray) -> np.ndarray:
 def align_faces(image: str | Path | np.ndarray, config: PreprocessConfig | None = None) -> list[AlignedFace]:
     """Every face in an image, aligned as for training (32x32 crops), largest first: each
     with its crop, box, landmarks and the map from image to crop coordinates."""
-    from fercli.align import find_faces
+    from fercli.align import align_detected, detect_faces
 
-    return find_faces(as_gray(image), config or PreprocessConfig())
+    gray = as_gray(image)
+    config = config or PreprocessConfig()
+    return align_detected([(gray, detect_faces(gray, config))], config)[0]
 
 
 def label_faces(image: str | Path | np.ndarray, model: FerModel | None = None) -> list[FacePrediction]:

@@ -126,9 +126,61 @@ class _Lockstep:
         return after
 
 
+@dataclass(frozen=True)
+class _Forest:
+    """The sizes of a model's forest and where its parts start, read from the file's head."""
+
+    initial: np.ndarray  # (parts, 2) float32: the mean shape
+    column_header: bytes  # the header bytes of a (parts * 2)-row column, which every leaf repeats
+    levels: int
+    trees: int  # in each level
+    splits: int  # in each tree
+    first_tree: int  # byte where the first tree starts
+
+    @property
+    def leaf_count(self) -> int:
+        return self.splits + 1
+
+    @property
+    def parts2(self) -> int:
+        return self.initial.size
+
+
 def parse_shape_predictor(data: bytes) -> ShapeModel:
     """A dlib shape_predictor file (dlib's serialize format, version 1) as arrays.
-    ModelFormatError if it is anything else."""
+    ModelFormatError if it is anything else.
+
+    The file holds, in order: the mean shape, the forest (per cascade level, per tree: the
+    splits, then the leaves, each a column of shape updates) and the feature pixels (per
+    level: the landmark each is placed from, then its offset). The forest is nearly all of
+    it and is read with NumPy, every leaf (and then every tree's splits) side by side.
+    """
+    forest = _read_head(data)
+    stream = _Lockstep(data)
+    leaves = _LeafCandidates(data, stream, forest)
+    tree_starts, leaf_rows, end = _follow_trees(data, forest, leaves)
+    first_leaves = leaves.offsets[leaf_rows[:: forest.leaf_count]]
+    fields = _read_splits(stream, forest, tree_starts, first_leaves)
+    if not leaves.well_formed[leaf_rows].all():
+        raise ModelFormatError("a leaf value that is not a finite float")
+    shape = (forest.levels, forest.trees, forest.splits)
+    leaf_values = np.ascontiguousarray(leaves.values[:, leaf_rows].T)
+    thresholds = _reals(fields[2].T, fields[3].T).reshape(shape)
+    anchors, deltas = _read_feature_pixels(data, end, forest)
+    _check_indices(forest, anchors, deltas, fields[:2])
+    return ShapeModel(
+        initial=forest.initial,
+        split_left=fields[0].T.reshape(shape).astype(np.int32),
+        split_right=fields[1].T.reshape(shape).astype(np.int32),
+        thresholds=thresholds,
+        leaves=leaf_values.reshape(*shape[:2], forest.leaf_count, forest.parts2),
+        anchors=anchors.astype(np.int32),
+        deltas=deltas,
+    )
+
+
+def _read_head(data: bytes) -> _Forest:
+    """The mean shape and the forest's sizes, read up to the first tree's leaves."""
     head = _Reader(data)
     head.expect(1, "version")
     start = head.offset
@@ -153,100 +205,127 @@ def parse_shape_predictor(data: bytes) -> ShapeModel:
     if splits > MAX_SPLITS:
         # The predictor looks leaves up in a table of every outcome of a tree's splits.
         raise ModelFormatError(f"trees of {splits} splits (at most {MAX_SPLITS} are supported)")
+    return _Forest(initial, column_header, levels, trees, splits, first_tree)
 
-    # Leaves: every place the column header occurs may start one (a few may be chance
-    # occurrences inside numbers); each is read as far as a leaf would go, and the real
-    # leaves are then found by following the file from its first leaf.
-    candidates = np.array([match.start() for match in re.finditer(re.escape(column_header), data)], np.int64)
-    stream = _Lockstep(data)
-    values = np.empty((parts2, len(candidates)), np.float32)
-    well_formed = np.ones(len(candidates), bool)
-    position = candidates + len(column_header)
-    for part in range(parts2):
-        mantissa, position, good = stream.read(position)
-        well_formed &= good
-        exponent, position, good = stream.read(position)
-        # A mantissa has at most 24 bits, so it and the value are exact in float32.
-        well_formed &= good & (np.abs(exponent) <= MAX_EXPONENT) & (np.abs(mantissa) < 1 << 24)
-        np.ldexp(mantissa.astype(np.float32), np.clip(exponent, -MAX_EXPONENT, MAX_EXPONENT).astype(np.int32), out=values[part])
-    index_of = {int(offset): index for index, offset in enumerate(candidates)}
 
-    tree_starts = np.empty(levels * trees, np.int64)
-    leaf_rows = np.empty(levels * trees * leaf_count, np.int64)
-    offset = first_tree
+class _LeafCandidates:
+    """Every place the column header occurs, read as a leaf.
+
+    Each may start a leaf (a few are chance occurrences inside numbers); each is read as far
+    as a leaf would go, all side by side, and _follow_trees then picks the real leaves by
+    following the file from its first leaf.
+    """
+
+    def __init__(self, data: bytes, stream: _Lockstep, forest: _Forest) -> None:
+        header = forest.column_header
+        matches = re.finditer(re.escape(header), data)
+        self.offsets = np.array([match.start() for match in matches], np.int64)
+        self.index_of = {int(offset): index for index, offset in enumerate(self.offsets)}
+        self.values = np.empty((forest.parts2, len(self.offsets)), np.float32)
+        self.well_formed = np.ones(len(self.offsets), bool)
+        position = self.offsets + len(header)
+        for part in range(forest.parts2):
+            mantissa, position, good = stream.read(position)
+            self.well_formed &= good
+            exponent, position, good = stream.read(position)
+            # A mantissa has at most 24 bits, so it and the value are exact in float32.
+            in_range = (np.abs(exponent) <= MAX_EXPONENT) & (np.abs(mantissa) < 1 << 24)
+            self.well_formed &= good & in_range
+            exponent = np.clip(exponent, -MAX_EXPONENT, MAX_EXPONENT).astype(np.int32)
+            np.ldexp(mantissa.astype(np.float32), exponent, out=self.values[part])
+        self.ends = position  # where the leaf read from each candidate would end
+
+    def first_after(self, offset: int) -> int:
+        """The first candidate at or after offset."""
+        found = np.searchsorted(self.offsets, offset)
+        if found >= len(self.offsets):
+            raise ModelFormatError("the file ends too early")
+        return int(self.offsets[found])
+
+
+def _follow_trees(
+    data: bytes, forest: _Forest, leaves: _LeafCandidates
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Where each tree starts, the candidate row of each of its leaves (in file order), and
+    the byte after the forest: the file followed leaf by leaf."""
+    tree_starts = np.empty(forest.levels * forest.trees, np.int64)
+    leaf_rows = np.empty(forest.levels * forest.trees * forest.leaf_count, np.int64)
+    offset = forest.first_tree
     row = 0
-    for level in range(levels):
+    for level in range(forest.levels):
         if level:
             reader = _Reader(data, offset)
-            reader.expect(trees, "trees in a level")
+            reader.expect(forest.trees, "trees in a level")
             offset = reader.offset
-        for tree in range(trees):
-            tree_starts[level * trees + tree] = offset
-            # The first leaf follows the splits, whose length is read below; here it is the
-            # first candidate far enough on (a chance one in between makes the check below
-            # fail, and dlib's own predictor is used).
-            found = np.searchsorted(candidates, offset + 2 + 8 * splits)
-            if found >= len(candidates):
-                raise ModelFormatError("the file ends too early")
-            leaf = int(candidates[found])
-            for _ in range(leaf_count):
-                index = index_of.get(leaf)
+        for tree in range(forest.trees):
+            tree_starts[level * forest.trees + tree] = offset
+            # The first leaf follows the splits, whose length _read_splits reads; here it is
+            # the first candidate far enough on (a chance one in between makes _read_splits'
+            # check fail, and dlib's own predictor is used).
+            leaf = leaves.first_after(offset + 2 + 8 * forest.splits)
+            for _ in range(forest.leaf_count):
+                index = leaves.index_of.get(leaf)
                 if index is None:
                     raise ModelFormatError(f"no leaf at byte {leaf}")
                 leaf_rows[row] = index
                 row += 1
-                leaf = int(position[index])
+                leaf = int(leaves.ends[index])
             offset = leaf
-    # Splits, all trees side by side; each must end just where its first leaf begins.
-    at = stream.expect(tree_starts, splits, "splits in a tree")
-    fields = np.empty((4, splits, len(tree_starts)), np.int64)
-    for split in range(splits):
+    return tree_starts, leaf_rows, offset
+
+
+def _read_splits(
+    stream: _Lockstep, forest: _Forest, tree_starts: np.ndarray, first_leaves: np.ndarray
+) -> np.ndarray:
+    """The (4, splits, trees) fields of every split (two feature pixels, a threshold's
+    mantissa and exponent), all trees side by side; each tree's splits must end just where
+    its first leaf was found to begin."""
+    at = stream.expect(tree_starts, forest.splits, "splits in a tree")
+    fields = np.empty((4, forest.splits, len(tree_starts)), np.int64)
+    for split in range(forest.splits):
         for field in range(4):
             fields[field, split], at, good = stream.read(at)
             if not good.all():
                 raise ModelFormatError("bad integer header in a split")
-    at = stream.expect(at, leaf_count, "leaves in a tree")
-    if np.any(at != candidates[leaf_rows[::leaf_count]]):
+    at = stream.expect(at, forest.leaf_count, "leaves in a tree")
+    if np.any(at != first_leaves):
         raise ModelFormatError("splits and leaves do not line up")
-    if not well_formed[leaf_rows].all():
-        raise ModelFormatError("a leaf value that is not a finite float")
-    leaves = np.ascontiguousarray(values[:, leaf_rows].T).reshape(levels, trees, leaf_count, parts2)
-    shape = (levels, trees, splits)
-    split_left = fields[0].T.reshape(shape)
-    split_right = fields[1].T.reshape(shape)
-    thresholds = _reals(fields[2].T, fields[3].T).reshape(shape)
+    return fields
 
+
+def _read_feature_pixels(
+    data: bytes, offset: int, forest: _Forest
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (levels, pixels) anchors and (levels, pixels, 2) deltas that end the file."""
     tail = _Reader(data, offset)
-    tail.expect(levels, "anchor levels")
+    tail.expect(forest.levels, "anchor levels")
     anchors = []
-    for _ in range(levels):
+    for _ in range(forest.levels):
         anchors.append([tail.integer() for _ in range(tail.integer())])
-    tail.expect(levels, "offset levels")
+    tail.expect(forest.levels, "offset levels")
     deltas = []
-    for _ in range(levels):
+    for _ in range(forest.levels):
         deltas.append([(tail.real(), tail.real()) for _ in range(tail.integer())])
     if tail.offset != len(data):
         raise ModelFormatError("data after the end of the model")
     anchors = np.array(anchors, np.int64)
     deltas = np.array(deltas, np.float32)
     pixels = deltas.shape[1] if deltas.ndim == 3 else -1
-    if anchors.shape != (levels, pixels) or deltas.shape != (levels, pixels, 2):
+    if anchors.shape != (forest.levels, pixels) or deltas.shape != (forest.levels, pixels, 2):
         raise ModelFormatError("feature pixels of different counts")
-    parts = parts2 // 2
-    if anchors.min() < 0 or anchors.max() >= parts:
+    return anchors, deltas
+
+
+def _check_indices(
+    forest: _Forest, anchors: np.ndarray, deltas: np.ndarray, split_pixels: np.ndarray
+) -> None:
+    """Every index points at something that exists: the predictor reads arrays by them."""
+    if anchors.min() < 0 or anchors.max() >= len(forest.initial):
         raise ModelFormatError("a feature pixel placed from a landmark that does not exist")
-    for index in (split_left, split_right):
+    pixels = deltas.shape[1]
+    for index in split_pixels:
         if index.min() < 0 or index.max() >= pixels:
             raise ModelFormatError("a split on a feature pixel that does not exist")
-    return ShapeModel(
-        initial=initial,
-        split_left=split_left.astype(np.int32),
-        split_right=split_right.astype(np.int32),
-        thresholds=thresholds,
-        leaves=leaves,
-        anchors=anchors.astype(np.int32),
-        deltas=deltas,
-    )
 
 
 class NumpyShapePredictor:
@@ -363,7 +442,9 @@ class NumpyShapePredictor:
             # (trees, faces): the leaf each tree gives each face.
             leaves = self.leaf_of_outcomes[outcomes.T] + self.first_leaf[:, None] + level * self.trees * self.leaf_count
             summands[0] = shape.reshape(count, -1)
-            np.take(self.leaves, leaves, axis=0, out=summands[1:])
+            # mode="clip" (the indices are in range): with the default, NumPy gathers into a
+            # buffer and copies that into out, which doubled this step's time.
+            np.take(self.leaves, leaves, axis=0, out=summands[1:], mode="clip")
             # Reducing over the first axis adds row after row: dlib's order of sums.
             shape = np.add.reduce(summands, axis=0).reshape(count, -1, 2)
         return list(np.floor(shape.astype(np.float64) * scale + origin + 0.5).astype(np.int64))
@@ -432,34 +513,3 @@ def save_converted(model: ShapeModel, source: Path, folder: Path) -> None:
     arrays_path, leaves_path = stored_paths(source, folder)
     atomic_save(leaves_path, lambda name: np.save(name, model.leaves))
     atomic_save(arrays_path, lambda name: np.savez(name, **{key: getattr(model, key) for key in STORED_ARRAYS}))
-
-
-def load_predictor(source: Path, folder: Path):
-    """The 68-point predictor of source: NumPy arrays stored in folder when they are there;
-    else dlib loads the file once more, the file is converted, checked against dlib and
-    stored. dlib's own predictor is used when the conversion fails or disagrees."""
-    import dlib
-
-    from fercli.errors import FerError
-    from fercli.store import check_writable, make_dir
-
-    model = load_stored(source, folder)
-    if model is not None:
-        return NumpyShapePredictor(model)
-    reference = DlibShapePredictor(dlib.shape_predictor(str(source)))
-    try:
-        check_writable(make_dir(folder))
-    except FerError:
-        return reference  # converting on every run would cost more than dlib's loading
-    try:
-        model = parse_shape_predictor(source.read_bytes())
-    except (ModelFormatError, OSError, MemoryError):
-        return reference
-    predictor = NumpyShapePredictor(model)
-    if not agrees_with(predictor, reference):
-        return reference
-    try:
-        save_converted(model, source, folder)
-    except FerError:
-        pass  # full disk: converted again next time
-    return predictor

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fercli.align import (
-    align_all_detected_each,
+    align_detected,
     detect_faces,
     landmark_predictor,
     landmarks_load_quickly,
@@ -112,7 +112,7 @@ def _align_tasks(items: list[tuple[tuple[int, str], tuple | None]], config: Prep
 
 def _align_found(waiting: list[tuple[int, np.ndarray, list]], config: PreprocessConfig) -> list:
     try:
-        aligned = align_all_detected_each([(gray, detections) for _, gray, detections in waiting], config)
+        aligned = align_detected([(gray, detections) for _, gray, detections in waiting], config)
     except Exception as error:
         if len(waiting) == 1:
             return [(waiting[0][0], [], _reason(error))]

@@ -12,7 +12,7 @@ import numpy as np
 
 from fercli.align import (
     AlignedFace,
-    align_detected_each,
+    align_detected,
     detect_faces,
     landmark_predictor,
     landmarks_load_quickly,
@@ -141,27 +141,30 @@ def _align_found(found: list[FacesFound], config: PreprocessConfig, cache: CropC
     """The second half of align_file for several images: landmarks (of all of them
     together), crop, cache."""
     try:
-        aligned = align_detected_each([(item.gray, item.detections) for item in found], config)
+        aligned = align_detected([(item.gray, item.detections) for item in found], config, largest_only=True)
     except FerError:
         raise
     except Exception:
         # Something unexpected: each image alone, so that one cannot take the others with it.
-        return [
-            _attempt(lambda item=item: _entry(align_detected_each([(item.gray, item.detections)], config)[0], config), item.key, cache)
-            for item in found
-        ]
-    entries = [_entry(result, config) for result in aligned]
+        def alone(item: FacesFound) -> CacheEntry:
+            [largest] = align_detected([(item.gray, item.detections)], config, largest_only=True)
+            return _entry(largest, len(item.detections), config)
+
+        return [_attempt(lambda item=item: alone(item), item.key, cache) for item in found]
+    entries = [_entry(faces, len(item.detections), config) for item, faces in zip(found, aligned)]
     if cache is not None:
         for item, entry in zip(found, entries):
             cache.put(item.key, entry)
     return entries
 
 
-def _entry(aligned: tuple[AlignedFace, int] | None, config: PreprocessConfig) -> CacheEntry:
-    if aligned is None:
+def _entry(largest: list[AlignedFace], detected: int, config: PreprocessConfig) -> CacheEntry:
+    """An image's entry: its largest face (align_detected's list of one), or why there is
+    none; detected: how many faces dlib found in it."""
+    if not largest:
         return CacheEntry(crop=None, reason=str(no_face_error(config)))
-    face, faces = aligned
-    return CacheEntry(crop=face.crop, faces=faces, box=face.box, angle=round(face.angle, 3),
+    [face] = largest
+    return CacheEntry(crop=face.crop, faces=detected, box=face.box, angle=round(face.angle, 3),
                       padding=round(face.padding, 4))
 
 
