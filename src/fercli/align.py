@@ -21,8 +21,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fercli.config import CHIN, JAW_LEFT, JAW_RIGHT, LEFT_EYE, RIGHT_EYE, PreprocessConfig
+from fercli.config import PreprocessConfig
 from fercli.errors import FerError, NoFaceError
+
+# dlib's 68-point scheme: 36-41 is the eye on the image's left, 42-47 the other.
+LEFT_EYE = slice(36, 42)
+RIGHT_EYE = slice(42, 48)
+JAW_LEFT = 0
+JAW_RIGHT = 16
+CHIN = 8
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 # Large photos are searched for faces at this size at most: dlib's HOG detector costs time

@@ -1,4 +1,5 @@
-"""Settings and constants shared by every command."""
+"""The settings of each step as frozen dataclasses (preprocessing, dataset scanning,
+training), the recipes, and the values they may take."""
 
 from __future__ import annotations
 
@@ -14,12 +15,7 @@ from fercli.errors import FerError
 ALIGN_VERSION = 2
 
 CROP_SIZE = 32
-# dlib's 68-point scheme: 36-41 is the eye on the image's left, 42-47 the other.
-LEFT_EYE = slice(36, 42)
-RIGHT_EYE = slice(42, 48)
-JAW_LEFT = 0
-JAW_RIGHT = 16
-CHIN = 8
+
 
 def fingerprint(payload: object) -> str:
     """A short, stable hash of a JSON-serialisable value."""
