@@ -6,6 +6,7 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -144,15 +145,12 @@ def predict_paths(
     workers = workers or default_workers()
     work = partial(_align_files, config=model.preprocess)
     parts = batches([str(path) for path in files], workers)
-    done = 0
     with closing(run_tasks(work, parts, workers, initializer=single_threaded_opencv)) as results:
-        for batch in results:
-            for faces, error in batch:
-                images[done].error = error
-                found.extend((done, crop, box) for crop, box in faces)
-                done += 1
+        for index, (faces, error) in enumerate(chain.from_iterable(results)):
+            images[index].error = error
+            found.extend((index, crop, box) for crop, box in faces)
             if progress:
-                progress(done, len(files))
+                progress(index + 1, len(files))
     if found:
         # One batched forward pass for every face of every image.
         labelled = classify(model, np.stack([crop for _, crop, _ in found]), [box for _, _, box in found],

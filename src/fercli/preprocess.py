@@ -8,6 +8,7 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -217,8 +218,8 @@ def preprocess_dataset(
     outcomes: list[tuple[CacheEntry, bool]] = []
     work = partial(align_files, config=config, cache=cache)
     with closing(run_tasks(work, parts, workers, initializer=single_threaded_opencv)) as results:
-        for batch in results:
-            outcomes += batch
+        for outcome in chain.from_iterable(results):
+            outcomes.append(outcome)
             if progress:
                 progress(len(outcomes), len(records))
 
