@@ -238,3 +238,38 @@ def test_preprocess_where_workers_are_spawned_gives_what_one_process_gives(make_
         crops[workers] = load_dataset(report.dataset).crops
 
     np.testing.assert_array_equal(crops[1], crops[2])
+
+
+def test_the_landmark_model_is_converted_once_here_and_shared_with_the_workers(make_folders, fer_home, tmp_path,
+                                                                               monkeypatch):
+    # The first run converts dlib's model to NumPy arrays: here, before the workers fork,
+    # rather than in each of them; they use what this process converted and stored.
+    from fercli import align, landmarks
+    from fercli.preprocess import preprocess_dataset
+
+    root = make_folders({"happy": [f"{index}.png" for index in range(6)], "sad": [f"{index}.png" for index in range(6)]})
+    conversions = tmp_path / "conversions"
+    real = landmarks.parse_shape_predictor
+
+    def recorded(data: bytes):
+        with conversions.open("a") as record:
+            record.write(f"{os.getpid()}\n")
+        return real(data)
+
+    monkeypatch.setattr(landmarks, "parse_shape_predictor", recorded)
+    align.landmark_predictor.cache_clear()
+
+    report = preprocess_dataset(root, workers=2)
+
+    assert report.workers == 2 and report.aligned == 12
+    assert conversions.read_text().split() == [str(os.getpid())]
+    assert align.landmark_predictor.cache_info().currsize == 1
+    assert all(path.is_file() for path in landmarks.stored_paths(align.predictor_path(), fer_home / "dlib"))
+
+
+@pytest.mark.parametrize("in_process", [True, False])
+def test_no_tasks_no_workers(in_process):
+    results = run_tasks(square, [], 2, set_up, in_process=in_process)
+
+    assert list(results) == [] and no_workers_left()
+    results.close()  # a generator like any other: callers close it

@@ -46,7 +46,6 @@ from typing import Any
 
 WORKER_DIED = "a worker process died (killed, or out of memory); nothing more was processed"
 BATCH = 16  # most items in a batch (see batches)
-_STOP = None  # sent to a worker instead of a task: end
 
 
 def default_workers() -> int:
@@ -143,19 +142,19 @@ def run_tasks(
     """Yield function(task) for every task, computed in up to workers processes (see the
     module's docstring for the rules).
 
-    tasks: a list, or any iterable (read as workers become free, so a long stream is never
-    all in memory; then a handful of tasks still get workers). initializer: called once in
-    every worker before its first task (not when the tasks run in this process). ordered:
-    results in the tasks' order, with at most 4 * workers tasks started ahead of the oldest
-    unfinished one; False: each result as soon as it is ready. start_method: "fork" or
-    "spawn"; default_start_method() if None.
+    tasks: a list, or any iterable (read as workers become free, so that a long stream is
+    never all in memory; one of unknown length gets workers, if workers > 1, however short it
+    turns out). initializer: called once in every worker before its first task (not when the
+    tasks run in this process). ordered: results in the tasks' order, with at most
+    4 * workers tasks started ahead of the oldest unfinished one; False: each result as soon
+    as it is ready. start_method: "fork" or "spawn"; default_start_method() if None.
     """
     count = workers
     if isinstance(tasks, Sized):
-        count = effective_workers(len(tasks), workers) if in_process else max(1, min(workers, len(tasks)))
-    if in_process and count <= 1:
+        count = effective_workers(len(tasks), workers) if in_process else min(workers, len(tasks))
+    if count < 1 or (in_process and count == 1):
         return _run_here(function, tasks, on_message)
-    return _run_in_workers(function, tasks, max(1, count), initializer, ordered, finish_running, on_message,
+    return _run_in_workers(function, tasks, count, initializer, ordered, finish_running, on_message,
                            start_method or default_start_method())
 
 
@@ -282,12 +281,16 @@ def _stop(processes: dict, busy: dict, stop_now: bool) -> None:
             process.terminate()
         else:
             try:
-                connection.send(_STOP)
+                connection.send(_Stop)
             except OSError:
                 pass
     for connection, process in processes.items():
         process.join()
         connection.close()
+
+
+class _Stop:
+    """Sent to a worker instead of a task: end."""
 
 
 def _serve(connection: Connection, function: Callable, initializer: Callable | None) -> None:
@@ -297,7 +300,11 @@ def _serve(connection: Connection, function: Callable, initializer: Callable | N
     stop_with_parent()
     # Ctrl-C is the parent's to handle: it stops the workers and says how far it got.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _listener = lambda message: connection.send(("message", message))  # noqa: E731
+
+    def tell_parent(message: Any) -> None:
+        connection.send(("message", message))
+
+    _listener = tell_parent
     set_up_failed = None
     try:
         if initializer is not None:
@@ -309,7 +316,7 @@ def _serve(connection: Connection, function: Callable, initializer: Callable | N
             task = connection.recv()
         except (EOFError, OSError):
             return
-        if task is _STOP:
+        if task is _Stop:
             return
         try:
             if set_up_failed is not None:
