@@ -65,7 +65,9 @@ def test_every_result_once_in_order_from_set_up_workers(method):
 
 
 def test_what_a_worker_needs_goes_in_the_function():
-    assert list(run_tasks(partial(scaled, 10), list(range(20)), 2)) == [10 * task for task in range(20)]
+    results = run_tasks(partial(scaled, 10), list(range(20)), 2)
+
+    assert list(results) == [10 * task for task in range(20)]
 
 
 def test_results_as_they_finish_when_order_does_not_matter():
@@ -204,7 +206,8 @@ def test_messages_of_a_task_arrive_before_its_result(tasks, ordered):
     seen = []
     for result in run_tasks(counts_aloud, tasks, 2, ordered=ordered, on_message=received.append):
         seen.append(result)
-        assert [(task, step) for task, step in received if task == result] == [(result, 0), (result, 1), (result, 2)]
+        its_own = [(task, step) for task, step in received if task == result]
+        assert its_own == [(result, 0), (result, 1), (result, 2)]
 
     assert sorted(seen) == tasks and len(received) == 3 * len(tasks)
 
@@ -220,13 +223,15 @@ def test_batches_keep_every_worker_busy_to_the_end():
     assert [len(part) for part in batches(items[:40], 1)] == [16, 16, 8]  # one process: large
 
 
-def test_preprocess_where_workers_are_spawned_gives_what_one_process_gives(make_folders, tmp_path, monkeypatch,
-                                                                            astronaut_gray):
+def test_preprocess_where_workers_are_spawned_gives_what_one_process_gives(
+    make_folders, tmp_path, monkeypatch
+):
     # A platform without fork: the workers are new interpreters that load everything anew.
     from fercli.preprocess import preprocess_dataset
     from fercli.store import load_dataset
 
-    root = make_folders({"happy": [f"{index}.png" for index in range(5)], "sad": [f"{index}.png" for index in range(5)]})
+    names = [f"{index}.png" for index in range(5)]
+    root = make_folders({"happy": names, "sad": names})
     write_image(root / "sad" / "blank.png", np.full((120, 120), 128, np.uint8))
     crops = {}
     for workers in (1, 2):
@@ -240,14 +245,16 @@ def test_preprocess_where_workers_are_spawned_gives_what_one_process_gives(make_
     np.testing.assert_array_equal(crops[1], crops[2])
 
 
-def test_the_landmark_model_is_converted_once_here_and_shared_with_the_workers(make_folders, fer_home, tmp_path,
-                                                                               monkeypatch):
+def test_the_landmark_model_is_converted_once_here_and_shared_with_the_workers(
+    make_folders, fer_home, tmp_path, monkeypatch
+):
     # The first run converts dlib's model to NumPy arrays: here, before the workers fork,
     # rather than in each of them; they use what this process converted and stored.
     from fercli import align, landmarks
     from fercli.preprocess import preprocess_dataset
 
-    root = make_folders({"happy": [f"{index}.png" for index in range(6)], "sad": [f"{index}.png" for index in range(6)]})
+    names = [f"{index}.png" for index in range(6)]
+    root = make_folders({"happy": names, "sad": names})
     conversions = tmp_path / "conversions"
     real = landmarks.parse_shape_predictor
 
@@ -264,7 +271,8 @@ def test_the_landmark_model_is_converted_once_here_and_shared_with_the_workers(m
     assert report.workers == 2 and report.aligned == 12
     assert conversions.read_text().split() == [str(os.getpid())]
     assert align.landmark_predictor.cache_info().currsize == 1
-    assert all(path.is_file() for path in landmarks.stored_paths(align.predictor_path(), fer_home / "dlib"))
+    stored = landmarks.stored_paths(align.predictor_path(), fer_home / "dlib")
+    assert all(path.is_file() for path in stored)
 
 
 @pytest.mark.parametrize("in_process", [True, False])
@@ -273,3 +281,25 @@ def test_no_tasks_no_workers(in_process):
 
     assert list(results) == [] and no_workers_left()
     results.close()  # a generator like any other: callers close it
+
+
+def test_a_failing_fold_is_reported_with_its_number_and_the_other_folds_stopped():
+    from fercli.config import TrainConfig
+    from fercli.engines import LocalEngine
+    from fercli.training import FoldTask
+
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (40, 32, 32), dtype=np.uint8)
+    targets = np.eye(2, dtype=np.float32)[np.arange(40) % 2]
+    everything = np.arange(40)
+    tasks = [
+        FoldTask(key=0, config=TrainConfig(epochs=100_000), fold=0,
+                 train_index=everything[:30], test_index=everything[30:]),
+        # Images that are not there: the fold fails at once.
+        FoldTask(key=1, config=TrainConfig(epochs=1), fold=1,
+                 train_index=everything + 1000, test_index=everything[:5]),
+    ]
+
+    with pytest.raises(FerError, match=r"^training fold 2 failed: IndexError"):
+        list(LocalEngine(2).run(crops, targets, 2, tasks))
+    assert no_workers_left()  # the endless fold was stopped, not waited for

@@ -93,8 +93,9 @@ class LocalEngine:
         # spawn: TensorFlow's threads and state do not survive a fork. A fold that fails stops
         # the others at once: they write nothing, and may have minutes to go.
         yield from run_tasks(
-            partial(_run_fold, crops, targets, num_classes), tasks, self._count(len(tasks)), _set_up_fold_worker,
-            ordered=False, in_process=False, finish_running=False, on_message=progress, start_method="spawn",
+            partial(_run_fold, crops, targets, num_classes), tasks, self._count(len(tasks)),
+            _set_up_fold_worker, ordered=False, in_process=False, finish_running=False,
+            on_message=progress, start_method="spawn",
         )
 
 

@@ -169,7 +169,8 @@ def _run_here(function: Callable, tasks: Iterable, on_message: Callable | None) 
         yield result
 
 
-def _run_in_workers(function, tasks, count, initializer, ordered, finish_running, on_message, method) -> Iterator:
+def _run_in_workers(function, tasks, count, initializer, ordered, finish_running, on_message,
+                    method) -> Iterator:
     from fercli.errors import FerError
 
     context = multiprocessing.get_context(method)
@@ -203,7 +204,8 @@ def _run_in_workers(function, tasks, count, initializer, ordered, finish_running
         with _threads_stopped_for_fork(method):
             for _ in range(count):
                 ours, theirs = context.Pipe()
-                process = context.Process(target=_serve, args=(theirs, function, initializer), daemon=True)
+                process = context.Process(target=_serve, args=(theirs, function, initializer),
+                                          daemon=True)
                 process.start()
                 theirs.close()
                 processes[ours] = process
@@ -211,7 +213,8 @@ def _run_in_workers(function, tasks, count, initializer, ordered, finish_running
         hand_out()
         while busy:
             ready = wait([*busy, *(processes[connection].sentinel for connection in busy)])
-            for connection in [item for item in busy if item in ready or processes[item].sentinel in ready]:
+            answered = [item for item in busy if item in ready or processes[item].sentinel in ready]
+            for connection in answered:
                 kind, payload = _receive(connection)
                 if kind == "message":
                     if on_message:
@@ -271,8 +274,10 @@ def _stop(processes: dict, busy: dict, stop_now: bool) -> None:
     for connection in busy if not stop_now else ():
         try:
             # Its result is not wanted (the run has failed), only its end.
-            while wait([connection, processes[connection].sentinel]) and _receive(connection)[0] == "message":
-                pass
+            kind = "message"
+            while kind == "message":
+                wait([connection, processes[connection].sentinel])
+                kind, _ = _receive(connection)
         except Exception:
             stop_now = True  # it died meanwhile
             break
@@ -327,7 +332,8 @@ def _serve(connection: Connection, function: Callable, initializer: Callable | N
         try:
             data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:  # a result that cannot be pickled
-            data = pickle.dumps(("failed", RuntimeError(f"a task's result cannot be passed on: {error}")))
+            unsent = RuntimeError(f"a task's result cannot be passed on: {error}")
+            data = pickle.dumps(("failed", unsent))
         try:
             connection.send_bytes(data)
         except OSError:

@@ -27,7 +27,13 @@ from fercli.datasets import Skipped, scan_dataset
 from fercli.errors import FerError, ImageError, NoFaceError, StoreError
 from fercli.fer2013 import is_fer2013
 from fercli.images import decode_gray, read_file
-from fercli.parallel import batches, default_workers, effective_workers, run_tasks, single_threaded_opencv
+from fercli.parallel import (
+    batches,
+    default_workers,
+    effective_workers,
+    run_tasks,
+    single_threaded_opencv,
+)
 from fercli.store import PreparedDataset, dataset_folder, save_dataset
 
 Progress = Callable[[int, int], None]
@@ -84,7 +90,9 @@ def align_file(path: Path, config: PreprocessConfig, cache: CropCache | None) ->
     return align_files([path], config, cache)[0]
 
 
-def align_files(paths: list[Path | str], config: PreprocessConfig, cache: CropCache | None) -> list[tuple[CacheEntry, bool]]:
+def align_files(
+    paths: list[Path | str], config: PreprocessConfig, cache: CropCache | None
+) -> list[tuple[CacheEntry, bool]]:
     """align_file for several files, in their order; the landmarks of their faces are found
     together (much cheaper than one by one), a bounded number of pixels at a time."""
     results: list = [None] * len(paths)
