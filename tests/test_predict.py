@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fercli.config import PASSED_PIXELS, TrainConfig
+from fercli.config import TrainConfig
 from fercli.errors import ModelError
 from fercli.model import load_model
 from fercli.predict import annotate, predict_paths, resolve_model
@@ -218,12 +218,12 @@ def test_a_model_option_that_is_not_a_model_is_refused(tmp_path, astronaut_path)
 
 
 def test_workers_give_what_one_process_gives(model, astronaut_path, two_faces, blank, corrupt, tmp_path):
-    # Workers find faces while this process loads the landmark model; others, started after,
-    # align them. A photo over PASSED_PIXELS is read again by them rather than passed on.
+    # Images of every kind, a large one among them, in workers forked after this process
+    # loaded the landmark model.
     photo = cv2.imread(str(astronaut_path))
     large = tmp_path / "large.png"
     assert cv2.imwrite(str(large), cv2.resize(photo, None, fx=2.5, fy=2.5))
-    assert cv2.imread(str(large), cv2.IMREAD_GRAYSCALE).size > PASSED_PIXELS
+    assert cv2.imread(str(large), cv2.IMREAD_GRAYSCALE).size > 1 << 20
     paths = [astronaut_path, two_faces, blank, corrupt, large, astronaut_path, two_faces, large]
 
     reports = [predict_paths(paths, model, workers=workers) for workers in (1, 2)]

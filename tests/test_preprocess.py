@@ -280,8 +280,7 @@ def test_workers_give_the_same_crops_as_one_process(make_folders, tmp_path, monk
             "sad": [f"{index}.png" for index in range(4)],
         }
     )
-    # Workers find faces while this process loads the landmark model, and others finish:
-    # files without a face, or that cannot be decoded, take other paths through both.
+    # Files without a face, or that cannot be decoded, take other paths through both.
     write_image(root / "sad" / "suit.png", no_face_image)
     (root / "sad" / "broken.png").write_bytes((root / "sad" / "0.png").read_bytes()[:300])
     results, skipped = {}, {}

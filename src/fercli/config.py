@@ -70,10 +70,6 @@ class PreprocessConfig(JsonConfig):
 # version 1); "none".
 EQUALIZATIONS = ("face", "midpoint", "clahe", "whole", "none")
 
-# A decoded image of up to this many pixels goes from the worker process that found its
-# faces to the one that landmarks them; a larger one is read and decoded again there rather
-# than held in memory meanwhile.
-PASSED_PIXELS = 1 << 20
 # Decoded images wait in a worker until the landmarks of a batch of them are found together;
 # the batch is cut short once its images hold this many pixels.
 BATCH_PIXELS = 1 << 22

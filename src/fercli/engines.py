@@ -12,19 +12,15 @@ and propagates; what was yielded before is the caller's to keep.
 
 from __future__ import annotations
 
-import multiprocessing
-import queue as queue_module
-import signal
 import socket
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 
 import numpy as np
 
 from fercli.errors import EngineError, FerError
 from fercli.events import Event, Progress
-from fercli.parallel import default_workers, stop_with_parent
+from fercli.parallel import default_workers, notify, run_tasks
 
 RAY_INSTALL = "pip install 'fercli[ray]'"
 
@@ -35,18 +31,12 @@ def _fold_failed(task, error: BaseException) -> FerError:
 
 # --- this machine ---------------------------------------------------------------------
 
-# State of a fold worker process, set by _start_fold_worker.
-_worker: dict = {}
-
-
-def _start_fold_worker(events, crops, targets, num_classes) -> None:
+def _set_up_fold_worker() -> None:
+    """The set-up of a fold worker process: one TensorFlow thread, op determinism."""
     from fercli.training import configure_tensorflow
 
-    stop_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     configure_tensorflow(threads=1)
     _quiet_retracing()
-    _worker.update(events=events, crops=crops, targets=targets, num_classes=num_classes)
 
 
 def _quiet_retracing() -> None:
@@ -57,16 +47,18 @@ def _quiet_retracing() -> None:
     tf.get_logger().setLevel("ERROR")
 
 
-def _run_fold(task) -> dict:
+def _run_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task) -> dict:
+    """train_fold in a worker; its epochs go to the engine's caller as progress events."""
     from fercli.crossvalidation import train_fold
 
-    events = _worker["events"]
-
     def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
-        events.put(Event("epoch", fold=task.fold, key=task.key, epoch=epoch, epochs=task.config.epochs,
-                         loss=loss, accuracy=accuracy))
+        notify(Event("epoch", fold=task.fold, key=task.key, epoch=epoch, epochs=task.config.epochs,
+                     loss=loss, accuracy=accuracy))
 
-    return train_fold(_worker["crops"], _worker["targets"], _worker["num_classes"], task, on_epoch)
+    try:
+        return train_fold(crops, targets, num_classes, task, on_epoch)
+    except Exception as error:
+        raise _fold_failed(task, error) from error
 
 
 class LocalEngine:
@@ -98,50 +90,13 @@ class LocalEngine:
         """Yield train_fold's result for every task, as each finishes."""
         if not tasks:
             return
-        context = multiprocessing.get_context("spawn")
-        events = context.Queue()
-        executor = ProcessPoolExecutor(
-            max_workers=self._count(len(tasks)), mp_context=context, initializer=_start_fold_worker,
-            initargs=(events, crops, targets, num_classes),
+        # spawn: TensorFlow's threads and state do not survive a fork. A fold that fails stops
+        # the others at once: they write nothing, and may have minutes to go.
+        yield from run_tasks(
+            partial(_run_fold, crops, targets, num_classes), tasks, self._count(len(tasks)),
+            _set_up_fold_worker, ordered=False, in_process=False, finish_running=False,
+            on_message=progress, start_method="spawn",
         )
-        kill = True  # unless every result was read: Ctrl-C, an error, or the caller stopped
-        try:
-            pending = {executor.submit(_run_fold, task): task for task in tasks}
-            while pending:
-                done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(events, progress)
-                for future in done:
-                    task = pending.pop(future)
-                    try:
-                        result = future.result()
-                    except BrokenProcessPool:
-                        raise FerError("a training process died (out of memory, or killed)") from None
-                    except Exception as error:
-                        raise _fold_failed(task, error) from error
-                    yield result
-            _drain(events, progress)
-            kill = False
-        finally:
-            _stop(executor, kill)
-            events.close()
-
-
-def _drain(events, progress: Progress | None) -> None:
-    while True:
-        try:
-            event = events.get_nowait()
-        except (queue_module.Empty, OSError, ValueError):
-            return
-        if progress:
-            progress(event)
-
-
-def _stop(executor: ProcessPoolExecutor, kill: bool) -> None:
-    if kill:
-        # Workers ignore SIGINT; stop them now rather than after their current fold.
-        for process in list(getattr(executor, "_processes", {}).values()):
-            process.terminate()
-    executor.shutdown(wait=True, cancel_futures=True)
 
 
 # --- a Ray cluster --------------------------------------------------------------------

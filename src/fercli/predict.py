@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +16,13 @@ from fercli.align import (
     landmark_predictor,
     landmarks_load_quickly,
 )
-from fercli.config import BATCH_PIXELS, PASSED_PIXELS, PreprocessConfig
+from fercli.config import BATCH_PIXELS, PreprocessConfig
 from fercli.datasets import Skipped, discover_images
 from fercli.errors import FerError, ModelError
 from fercli.events import Progress, items
 from fercli.images import load_gray
 from fercli.model import FerModel, load_model
-from fercli.parallel import Pending, default_workers, run_staged
+from fercli.parallel import batches, default_workers, run_tasks, single_threaded_opencv
 from fercli.store import latest, models_dir
 
 
@@ -74,51 +77,46 @@ def resolve_model(choice: Path | None) -> FerModel:
     return load_model(Path(choice))
 
 
-def _find_task(task: tuple[int, str], config: PreprocessConfig):
-    """Read an image and find its faces: what needs no landmark model."""
-    index, path = task
-    try:
-        gray = load_gray(Path(path))
-        detections = detect_faces(gray, config)
-    except Exception as error:
-        return index, [], _reason(error)
-    if not detections:
-        return index, [], None
-    return Pending((gray if gray.size <= PASSED_PIXELS else None, detections))
-
-
-def _align_tasks(items: list[tuple[tuple[int, str], tuple | None]], config: PreprocessConfig) -> list:
-    """Align the faces _find_task found (all of it, for an image it did not get to), the
-    landmarks of the batch's faces found together."""
-    results = []
+def _align_files(paths: list[str], config: PreprocessConfig) -> list[tuple[list, str | None]]:
+    """The faces of each image, aligned: (crop, box) each, and why the image could not be read
+    (None when it could); the landmarks of the images' faces found together."""
+    results: list = [([], None)] * len(paths)
     waiting: list[tuple[int, np.ndarray, list]] = []
-    for (index, path), found in items:
+
+    def align_waiting() -> None:
+        for index, outcome in _align_found(waiting, config):
+            results[index] = outcome
+        waiting.clear()
+
+    for index, path in enumerate(paths):
         try:
-            gray, detections = found or (None, None)
-            if gray is None:
-                gray = load_gray(Path(path))
-            if detections is None:
-                detections = detect_faces(gray, config)
+            gray = load_gray(Path(path))
+            detections = detect_faces(gray, config)
         except Exception as error:
-            results.append((index, [], _reason(error)))
+            results[index] = [], _reason(error)
+            continue
+        if not detections:
             continue
         waiting.append((index, gray, detections))
         # A bound on the memory that decoded images waiting for their landmarks hold.
         if sum(gray.size for _, gray, _ in waiting) >= BATCH_PIXELS:
-            results += _align_found(waiting, config)
-            waiting = []
-    return results + _align_found(waiting, config)
+            align_waiting()
+    if waiting:
+        align_waiting()
+    return results
 
 
 def _align_found(waiting: list[tuple[int, np.ndarray, list]], config: PreprocessConfig) -> list:
+    """(index, (faces, None)) for each image of waiting, or (index, ([], why)) if it failed."""
     try:
         aligned = align_detected([(gray, detections) for _, gray, detections in waiting], config)
     except Exception as error:
         if len(waiting) == 1:
-            return [(waiting[0][0], [], _reason(error))]
+            return [(waiting[0][0], ([], _reason(error)))]
         # Each image alone, so that one cannot take the others with it.
         return [result for one in waiting for result in _align_found([one], config)]
-    return [(index, [(face.crop, face.box) for face in faces], None) for (index, _, _), faces in zip(waiting, aligned)]
+    return [(index, ([(face.crop, face.box) for face in faces], None))
+            for (index, _, _), faces in zip(waiting, aligned, strict=True)]
 
 
 def _reason(error: Exception) -> str:
@@ -136,20 +134,21 @@ def predict_paths(
 ) -> PredictReport:
     """Find, align and classify every face in the images named by paths (files or folders)."""
     files, problems = discover_images(paths)
-    tasks = [(index, str(path)) for index, path in enumerate(files)]
     images = [ImagePrediction(path=str(path)) for path in files]
     found: list[tuple[int, np.ndarray, tuple]] = []
     if progress:
-        progress(items(0, len(tasks)))
-    outcomes = run_staged(
-        _find_task, _align_tasks, landmark_predictor, tasks, model.preprocess, workers or default_workers(),
-        quick=landmarks_load_quickly(),
-    )
-    for done, (index, faces, error) in enumerate(outcomes, start=1):
-        images[index].error = error
-        found.extend((index, crop, box) for crop, box in faces)
-        if progress:
-            progress(items(done, len(tasks)))
+        progress(items(0, len(files)))
+    if files and not landmarks_load_quickly():
+        landmark_predictor()  # converted once, here, before the workers fork (see preprocess)
+    workers = workers or default_workers()
+    work = partial(_align_files, config=model.preprocess)
+    parts = batches([str(path) for path in files], workers)
+    with closing(run_tasks(work, parts, workers, initializer=single_threaded_opencv)) as results:
+        for index, (faces, error) in enumerate(chain.from_iterable(results)):
+            images[index].error = error
+            found.extend((index, crop, box) for crop, box in faces)
+            if progress:
+                progress(items(index + 1, len(files)))
     if found:
         # One batched forward pass for every face of every image.
         labelled = classify(model, np.stack([crop for _, crop, _ in found]), [box for _, _, box in found],

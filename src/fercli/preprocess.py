@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from contextlib import closing
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +22,20 @@ from fercli.align import (
     no_face_error,
 )
 from fercli.cache import CacheEntry, CropCache, content_key
-from fercli.config import BATCH_PIXELS, PASSED_PIXELS, PreprocessConfig, ScanOptions
+from fercli.config import BATCH_PIXELS, PreprocessConfig, ScanOptions
 from fercli.datasets import Skipped, scan_dataset
 from fercli.errors import FerError, ImageError, NoFaceError, StoreError
 from fercli.events import Progress, items
 from fercli.fer2013 import is_fer2013
 from fercli.images import decode_gray, read_file
 from fercli.labels import label_order
-from fercli.parallel import Pending, default_workers, effective_workers, run_staged
+from fercli.parallel import (
+    batches,
+    default_workers,
+    effective_workers,
+    run_tasks,
+    single_threaded_opencv,
+)
 from fercli.prepared import PreparedDataset, dataset_folder, save_dataset
 
 
@@ -78,10 +87,35 @@ def align_file(path: Path, config: PreprocessConfig, cache: CropCache | None) ->
     Returns the entry (a crop, or the reason there is none) and whether it came from the
     cache. Never raises for a bad image; StoreError if the cache cannot be written.
     """
-    outcome = _find_faces(path, config, cache)
-    if isinstance(outcome, FacesFound):
-        return _align_found([outcome], config, cache)[0], False
-    return outcome
+    return align_files([path], config, cache)[0]
+
+
+def align_files(
+    paths: list[Path | str], config: PreprocessConfig, cache: CropCache | None
+) -> list[tuple[CacheEntry, bool]]:
+    """align_file for several files, in their order; the landmarks of their faces are found
+    together (much cheaper than one by one), a bounded number of pixels at a time."""
+    results: list = [None] * len(paths)
+    waiting: list[tuple[int, FacesFound]] = []
+
+    def align_waiting() -> None:
+        entries = _align_found([found for _, found in waiting], config, cache)
+        for (index, _), entry in zip(waiting, entries, strict=True):
+            results[index] = entry, False
+        waiting.clear()
+
+    for index, path in enumerate(paths):
+        outcome = _find_faces(Path(path), config, cache)
+        if not isinstance(outcome, FacesFound):
+            results[index] = outcome
+            continue
+        waiting.append((index, outcome))
+        # A bound on the memory that decoded images waiting for their landmarks hold.
+        if sum(found.gray.size for _, found in waiting) >= BATCH_PIXELS:
+            align_waiting()
+    if waiting:
+        align_waiting()
+    return results
 
 
 @dataclass(frozen=True)
@@ -90,13 +124,12 @@ class FacesFound:
 
     key: str  # the file's cache key
     detections: list  # detect_faces' result
-    # The decoded image; None once passed to another process if it is large (PASSED_PIXELS).
-    gray: np.ndarray | None = None
+    gray: np.ndarray  # the decoded image
 
 
 def _find_faces(path: Path, config: PreprocessConfig, cache: CropCache | None) -> tuple[CacheEntry, bool] | FacesFound:
-    """The first half of align_file, which needs no landmark model: read the file, look it
-    up in the cache, decode it and find its faces."""
+    """The first half of align_file: read the file, look it up in the cache, decode it and
+    find its faces."""
     try:
         data = read_file(path)
     except FerError as error:
@@ -118,28 +151,8 @@ def _find_faces(path: Path, config: PreprocessConfig, cache: CropCache | None) -
     return outcome if isinstance(outcome, FacesFound) else (outcome, False)
 
 
-def _decoded(path: Path, found: FacesFound, config: PreprocessConfig, cache: CropCache | None) -> tuple[CacheEntry, bool] | FacesFound:
-    """found with its image, which is read and decoded again if it was too large to pass
-    between processes; its faces are found again if the file has changed since."""
-    if found.gray is not None:
-        return found
-    try:
-        data = read_file(path)
-    except FerError as error:
-        return CacheEntry(crop=None, reason=str(error)), False
-    key = content_key(data)
-
-    def decode() -> FacesFound:
-        gray = decode_gray(data)
-        return FacesFound(key, found.detections if key == found.key else detect_faces(gray, config), gray)
-
-    outcome = _attempt(decode, key, cache)
-    return outcome if isinstance(outcome, FacesFound) else (outcome, False)
-
-
 def _align_found(found: list[FacesFound], config: PreprocessConfig, cache: CropCache | None) -> list[CacheEntry]:
-    """The second half of align_file for several images: landmarks (of all of them
-    together), crop, cache."""
+    """The second half of align_files: landmarks (of all the images together), crop, cache."""
     try:
         aligned = align_detected([(item.gray, item.detections) for item in found], config, largest_only=True)
     except FerError:
@@ -185,43 +198,6 @@ def _attempt(work: Callable, key: str, cache: CropCache | None):
     return outcome
 
 
-def _find_task(task: tuple[int, str], shared: tuple[PreprocessConfig, CropCache]):
-    index, path = task
-    config, cache = shared
-    outcome = _find_faces(Path(path), config, cache)
-    if isinstance(outcome, FacesFound):
-        # A large image is read again by the process that finishes it rather than copied.
-        return Pending(outcome if outcome.gray.size <= PASSED_PIXELS else replace(outcome, gray=None))
-    entry, hit = outcome
-    return index, entry, hit
-
-
-def _finish_tasks(items: list[tuple[tuple[int, str], FacesFound | None]], shared: tuple[PreprocessConfig, CropCache]) -> list:
-    """The second stage: finish each task (or do it whole, found None), the landmarks of the
-    batch's images found together."""
-    config, cache = shared
-    results = []
-    waiting: list[tuple[int, FacesFound]] = []
-
-    def align_waiting() -> None:
-        entries = _align_found([found for _, found in waiting], config, cache)
-        results.extend((index, entry, False) for (index, _), entry in zip(waiting, entries))
-        waiting.clear()
-
-    for (index, path), found in items:
-        outcome = _find_faces(Path(path), config, cache) if found is None else _decoded(Path(path), found, config, cache)
-        if not isinstance(outcome, FacesFound):
-            results.append((index, *outcome))
-            continue
-        waiting.append((index, outcome))
-        # A bound on the memory that decoded images waiting for their landmarks hold.
-        if sum(item.gray.size for _, item in waiting) >= BATCH_PIXELS:
-            align_waiting()
-    if waiting:
-        align_waiting()
-    return results
-
-
 def preprocess_dataset(
     root: Path,
     options: ScanOptions = ScanOptions(),
@@ -243,28 +219,27 @@ def preprocess_dataset(
     cache.prepare()
     workers = workers or default_workers()
     records = scan.records
-    tasks = [(index, str(record.path)) for index, record in enumerate(records)]
-    entries: list[CacheEntry | None] = [None] * len(records)
-    hits = 0
     if progress:
         progress(items(0, len(records)))
-    for done, (index, entry, hit) in enumerate(
-        run_staged(
-            _find_task, _finish_tasks, landmark_predictor, tasks, (config, cache), workers, quick=landmarks_load_quickly()
-        ),
-        start=1,
-    ):
-        entries[index] = entry
-        hits += hit
-        if progress:
-            progress(items(done, len(records)))
+    if not landmarks_load_quickly():
+        # dlib's landmark model is converted (the first run only) here, once, rather than in
+        # every worker; forked workers share it, later runs map the stored arrays.
+        landmark_predictor()
+    parts = batches([str(record.path) for record in records], workers)
+    outcomes: list[tuple[CacheEntry, bool]] = []
+    work = partial(align_files, config=config, cache=cache)
+    with closing(run_tasks(work, parts, workers, initializer=single_threaded_opencv)) as results:
+        for outcome in chain.from_iterable(results):
+            outcomes.append(outcome)
+            if progress:
+                progress(items(len(outcomes), len(records)))
 
     skipped = list(scan.skipped)
     kept = []
     several = []
-    for record, entry in zip(records, entries):
-        if entry is None or entry.crop is None:
-            skipped.append(Skipped(str(record.path), entry.reason if entry else "not processed"))
+    for record, (entry, _) in zip(records, outcomes, strict=True):
+        if entry.crop is None:
+            skipped.append(Skipped(str(record.path), entry.reason))
             continue
         kept.append((record, entry))
         if entry.faces > 1:
@@ -281,9 +256,9 @@ def preprocess_dataset(
         classes={label: classes[label] for label in label_order(classes)},
         subjects=dict(sorted(subjects.items())),
         several_faces=several,
-        cache_hits=hits,
+        cache_hits=sum(hit for _, hit in outcomes),
         seconds=0.0,
-        workers=effective_workers(len(tasks), workers),
+        workers=effective_workers(len(parts), workers),
         notes=list(scan.notes),
     )
     if len(classes) == 1:
