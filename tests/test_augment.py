@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import tracemalloc
 
+import cv2
 import numpy as np
 import pytest
 
 from fercli import augment as augment_module
-from fercli.augment import TrainingImages, augment, enlarge, transform_images
+from fercli.augment import TrainingImages, augment, enlarge
 from fercli.config import TrainConfig
 from fercli.training import configure_tensorflow, fit, normalisation
 from synthetic import make_dataset
@@ -73,6 +74,25 @@ def test_enlarged_set_keeps_the_originals_and_alternates_mirrored_copies(dataset
 # --- the training images, lazily ---------------------------------------------------------
 
 
+def old_transform_images(images, flips, angles, shifts):
+    """transform_images as it was when every augmented image was made up front."""
+    size = images.shape[1]
+    centre = ((size - 1) / 2, (size - 1) / 2)
+    out = np.empty_like(images)
+    for index in range(len(images)):
+        image = images[index, :, ::-1] if flips[index] else images[index]
+        if angles[index] == 0 and not shifts[index].any():
+            out[index] = image
+            continue
+        transform = cv2.getRotationMatrix2D(centre, float(angles[index]), 1.0)
+        transform[:, 2] += shifts[index]
+        out[index] = cv2.warpAffine(
+            np.ascontiguousarray(image), transform, (size, size),
+            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
+        )
+    return out
+
+
 def eager_epochs(crops: np.ndarray, targets: np.ndarray, num_classes: int, config: TrainConfig,
                  rng: np.random.Generator, mean: np.ndarray, std: np.ndarray, epochs: int):
     """Each epoch's (x, y) as fit built them before they were made lazily: every augmented
@@ -89,7 +109,7 @@ def eager_epochs(crops: np.ndarray, targets: np.ndarray, num_classes: int, confi
             shifts = np.zeros((count, 2))
             if config.max_shift > 0:
                 shifts = rng.uniform(-config.max_shift, config.max_shift, (count, 2))
-            parts.append(transform_images(images, flips, angles, shifts))
+            parts.append(old_transform_images(images, flips, angles, shifts))
         images = np.concatenate(parts)
         one_hot = np.tile(one_hot, (config.copies + 1, 1))
     for _ in range(epochs):
@@ -101,7 +121,7 @@ def eager_epochs(crops: np.ndarray, targets: np.ndarray, num_classes: int, confi
             shifts = np.zeros((count, 2))
             if config.max_shift > 0:
                 shifts = rng.uniform(-config.max_shift, config.max_shift, (count, 2))
-            batch = transform_images(batch, flips, angles, shifts)
+            batch = old_transform_images(batch, flips, angles, shifts)
         yield ((batch - mean) / std).astype(np.float32)[..., np.newaxis], one_hot[order]
 
 

@@ -98,17 +98,25 @@ def transform_images(images: np.ndarray, flips: np.ndarray, angles: np.ndarray,
     size = images.shape[1]
     centre = ((size - 1) / 2, (size - 1) / 2)
     out = np.empty_like(images)
-    for index in range(len(images)):
-        image = images[index, :, ::-1] if flips[index] else images[index]
-        if angles[index] == 0 and not shifts[index].any():
-            out[index] = image
-            continue
-        transform = cv2.getRotationMatrix2D(centre, float(angles[index]), 1.0)
-        transform[:, 2] += shifts[index]
-        out[index] = cv2.warpAffine(
-            np.ascontiguousarray(image), transform, (size, size),
-            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
-        )
+    # A 32x32 image is too small to share out: OpenCV's threads would double the time of each
+    # call (the same pixels either way). Training makes these every epoch.
+    opencv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        # Python numbers: numpy's per-element indexing would cost more than the warp.
+        parameters = zip(flips.tolist(), angles.tolist(), shifts.tolist(), strict=True)
+        for index, (flip, angle, (dx, dy)) in enumerate(parameters):
+            image = images[index, :, ::-1] if flip else images[index]
+            if angle == 0 and dx == 0 and dy == 0:
+                out[index] = image
+                continue
+            transform = cv2.getRotationMatrix2D(centre, angle, 1.0)
+            transform[0, 2] += dx
+            transform[1, 2] += dy
+            cv2.warpAffine(np.ascontiguousarray(image), transform, (size, size), dst=out[index],
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    finally:
+        cv2.setNumThreads(opencv_threads)
     return out
 
 
