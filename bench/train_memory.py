@@ -1,6 +1,7 @@
 """Memory and speed of training with augmentation ("copies": the originals plus 5 copies).
 
     python bench/train_memory.py [--src SRC ...] [--rounds 5] [--skip-memory] [--skip-speed]
+    python bench/train_memory.py --in-process OLD_SRC/fercli/training.py [--rounds 10]
 
 Each measurement runs in a new process on the fercli source folder given by --src (default:
 this tree's src; give an old tree's src too, e.g. one made with `git archive`, to compare):
@@ -13,6 +14,10 @@ alike. Two measurements, on synthetic crops (no face data):
   (which hold float64 copies of the crops for a moment), which is what the epochs cost;
 - speed: fit on 213 images (JAFFE's size; synthetic shapes) for --epochs of the paper recipe;
   the median time of an epoch after the first (which traces the graph).
+
+--in-process compares the speed of an old training.py's fit with this tree's in one process,
+taking turns (the order swapped every round), which takes the load of the other processes
+on the machine out of the comparison better than separate processes do.
 
 One TensorFlow thread, as in a crossval worker. Each process also prints a hash of the
 trained weights: the same from every source means the same training. Prints one JSON line
@@ -81,12 +86,7 @@ def child(kind: str, epochs: int, threads: int, copies: int) -> dict:
         targets = rng.integers(0, 7, len(crops))
         config = TrainConfig(epochs=1, copies=copies)
     else:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from synthetic import make_dataset
-
-        dataset = make_dataset(subjects=10, per_subject=4)  # 280 images; the first 213
-        labels = sorted(set(dataset.labels.tolist()))
-        crops, targets = dataset.crops[:213], np.array([labels.index(x) for x in dataset.labels[:213]])
+        crops, targets = speed_data()
         config = TrainConfig(epochs=epochs)
     import tensorflow as tf
 
@@ -104,6 +104,48 @@ def child(kind: str, epochs: int, threads: int, copies: int) -> dict:
             "first_epoch_s": round(float(epochs_seconds[0]), 3),
             "epoch_s": round(float(np.median(epochs_seconds[1:])), 4) if len(epochs_seconds) > 1 else None,
             "weights": digest[:16], "load_average": os.getloadavg()[0]}
+
+
+def speed_data() -> tuple[np.ndarray, np.ndarray]:
+    """213 synthetic 32x32 crops of 7 classes (tests/synthetic.py's shapes) and their targets."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from synthetic import make_dataset
+
+    dataset = make_dataset(subjects=10, per_subject=4)  # 280 images; the first 213
+    labels = sorted(set(dataset.labels.tolist()))
+    return dataset.crops[:213], np.array([labels.index(label) for label in dataset.labels[:213]])
+
+
+def in_process(old_training: Path, rounds: int, epochs: int, threads: int) -> None:
+    """The old fit and this tree's, in turns in this process; each run's median epoch time."""
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from fercli import training
+    from fercli.config import TrainConfig
+
+    spec = importlib.util.spec_from_file_location("old_training", old_training)
+    old = importlib.util.module_from_spec(spec)
+    sys.modules["old_training"] = old
+    spec.loader.exec_module(old)
+    training.configure_tensorflow(threads)
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # each fit traces its own function
+    crops, targets = speed_data()
+    seconds: dict[str, list[float]] = {"old": [], "new": []}
+    for number in range(rounds):
+        turns = [("old", old.fit), ("new", training.fit)]
+        for name, fit in turns if number % 2 == 0 else turns[::-1]:
+            times = [time.perf_counter()]
+            fit(crops, targets, 7, TrainConfig(epochs=epochs), 0,
+                on_epoch=lambda epoch, loss, accuracy: times.append(time.perf_counter()))
+            seconds[name].append(float(np.median(np.diff(times)[1:])))
+    ratios = [new / old for old, new in zip(seconds["old"], seconds["new"], strict=True)]
+    print(json.dumps({"epoch_s": seconds, "median_old": statistics.median(seconds["old"]),
+                      "median_new": statistics.median(seconds["new"]),
+                      "median_ratio_new_old": round(statistics.median(ratios), 3),
+                      "load_average": os.getloadavg()[0]}))
 
 
 def run(src: Path, kind: str, epochs: int, threads: int, copies: int) -> dict:
@@ -127,10 +169,14 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=5, help="copies of the memory run")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--in-process", type=Path, metavar="OLD_TRAINING_PY")
     parser.add_argument("--child", choices=("memory", "speed"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.child:
         print(json.dumps(child(arguments.child, arguments.epochs, arguments.threads, arguments.copies)))
+        return
+    if arguments.in_process:
+        in_process(arguments.in_process, arguments.rounds, arguments.epochs, arguments.threads)
         return
     sources = arguments.src or [ROOT / "src"]
     results: list[dict] = []
