@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.augment import TrainingImages
 from fercli.config import (
     NORMALISATIONS,
     PreprocessConfig,
@@ -139,6 +138,7 @@ def fit(
     import keras
     import tensorflow as tf
 
+    from fercli.augment import TrainingImages
     from fercli.model import build_model, make_optimizer
 
     keras.utils.set_random_seed(seed)
