@@ -1,4 +1,4 @@
-"""Training, augmentation and cross-validation on synthetic shapes (tests/synthetic.py)."""
+"""Training and cross-validation on synthetic shapes (tests/synthetic.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from fercli.crossvalidation import cross_validate, make_folds
 from fercli.errors import DatasetError, FerError
 from fercli.labels import BASIC_LABELS
 from fercli.training import (
-    augment,
     configure_tensorflow,
-    enlarge,
     fit,
     normalisation,
     select_classes,
@@ -235,55 +233,6 @@ def test_normalisation_statistics(dataset):
     # A constant pixel must not divide by zero.
     _, std = normalisation(np.full((4, 32, 32), 7, np.uint8), "global")
     assert float(std) > 0
-
-
-def test_augment_changes_images_keeps_shape_and_is_reproducible(dataset):
-    images = dataset.crops[:50].astype(np.float32)
-    first = augment(images, np.random.default_rng(5), 10.0)
-    again = augment(images, np.random.default_rng(5), 10.0)
-    other = augment(images, np.random.default_rng(6), 10.0)
-    assert first.shape == images.shape and first.dtype == np.float32
-    assert np.array_equal(first, again)
-    assert not np.array_equal(first, other)
-    assert all(not np.array_equal(a, b) for a, b in zip(first, images))
-    assert np.array_equal(images, dataset.crops[:50])  # the input is left alone
-    # Without rotation, each image is itself or its mirror image, and both occur.
-    flipped = augment(images, np.random.default_rng(5), 0.0)
-    same = [np.allclose(a, b) for a, b in zip(flipped, images)]
-    mirrored = [np.allclose(a, b[:, ::-1]) for a, b in zip(flipped, images)]
-    assert all(s or m for s, m in zip(same, mirrored))
-    assert any(same) and any(mirrored)
-
-
-def test_shift_augmentation_moves_the_content_by_up_to_the_limit():
-    image = np.zeros((1, 32, 32), np.float32)
-    image[0, 15:17, 15:17] = 255  # a bright dot at the centre
-    centres = []
-    for seed in range(40):
-        moved = augment(image, np.random.default_rng(seed), 0.0, max_shift=3.0)[0]
-        rows, columns = np.nonzero(moved > 64)
-        centres.append((rows.mean() - 15.5, abs(columns.mean() - 15.5)))
-    offsets = np.array(centres)
-    assert np.abs(offsets).max() <= 3.0 + 0.5
-    assert np.abs(offsets).max() > 1.0  # it does move, by more than rounding
-
-
-def test_enlarged_set_keeps_the_originals_and_alternates_mirrored_copies(dataset):
-    images = dataset.crops[:20].astype(np.float32)
-    enlarged = enlarge(images, np.random.default_rng(1), copies=4, flip=True, max_rotation=0.0)
-    assert enlarged.shape == (100, 32, 32)
-    assert np.array_equal(enlarged[:20], images)  # the originals, first and untouched
-    for copy in range(4):
-        block = enlarged[20 * (copy + 1) : 20 * (copy + 2)]
-        expected = images[:, :, ::-1] if copy % 2 == 0 else images
-        assert np.array_equal(block, expected), copy
-    # With rotations, every copy differs from its original and the draw is reproducible.
-    rotated = enlarge(images, np.random.default_rng(1), copies=2, flip=False, max_rotation=3.0)
-    again = enlarge(images, np.random.default_rng(1), copies=2, flip=False, max_rotation=3.0)
-    assert np.array_equal(rotated, again)
-    assert all(not np.array_equal(copy, image) for copy, image in zip(rotated[20:40], images))
-    # A rotation of at most 3 degrees moves a 32x32 face only a little.
-    assert np.abs(rotated[20:40] - images).mean() < np.abs(images[:, :, ::-1] - images).mean()
 
 
 def test_recipes_are_starting_points_that_options_override():

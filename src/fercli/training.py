@@ -82,55 +82,6 @@ def normalisation(crops: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]
     return mean, np.maximum(std, 1e-6)
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, max_rotation: float, max_shift: float = 0.0,
-            flip: bool = True) -> np.ndarray:
-    """A random transformed copy of every image ("online" augmentation): mirrored half the
-    time (if flip), rotated by up to max_rotation degrees and shifted by up to max_shift
-    pixels (float32 in/out)."""
-    count = len(images)
-    flips = rng.random(count) < 0.5 if flip else np.zeros(count, bool)
-    angles = rng.uniform(-max_rotation, max_rotation, count)
-    shifts = rng.uniform(-max_shift, max_shift, (count, 2)) if max_shift > 0 else np.zeros((count, 2))
-    return transform_images(images, flips, angles, shifts)
-
-
-def enlarge(images: np.ndarray, rng: np.random.Generator, copies: int, flip: bool, max_rotation: float,
-            max_shift: float = 0.0) -> np.ndarray:
-    """The originals followed by `copies` transformed copies of every image ("copies"
-    augmentation, the paper's "enlarged with flipped and rotated copies"): copy k of an image
-    is mirrored when flip is on and k is even, and rotated (and shifted) at random."""
-    count = len(images)
-    parts = [images]
-    for copy in range(copies):
-        flips = np.full(count, flip and copy % 2 == 0)
-        angles = rng.uniform(-max_rotation, max_rotation, count)
-        shifts = rng.uniform(-max_shift, max_shift, (count, 2)) if max_shift > 0 else np.zeros((count, 2))
-        parts.append(transform_images(images, flips, angles, shifts))
-    return np.concatenate(parts)
-
-
-def transform_images(images: np.ndarray, flips: np.ndarray, angles: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """Each image mirrored (where flips), rotated by its angle in degrees about the centre and
-    shifted by its (dx, dy); borders replicated."""
-    import cv2
-
-    size = images.shape[1]
-    centre = ((size - 1) / 2, (size - 1) / 2)
-    out = np.empty_like(images)
-    for index in range(len(images)):
-        image = images[index, :, ::-1] if flips[index] else images[index]
-        if angles[index] == 0 and not shifts[index].any():
-            out[index] = image
-            continue
-        transform = cv2.getRotationMatrix2D(centre, float(angles[index]), 1.0)
-        transform[:, 2] += shifts[index]
-        out[index] = cv2.warpAffine(
-            np.ascontiguousarray(image), transform, (size, size),
-            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
-        )
-    return out
-
-
 def _quiet_import_tensorflow():
     """Import TensorFlow without the log lines its C++ core writes straight to stderr
     (absl and oneDNN notices that TF_CPP_MIN_LOG_LEVEL no longer reaches)."""
@@ -170,12 +121,14 @@ def fit(
 ):
     """Train a network on uint8 crops; returns (keras model, mean, std).
 
-    on_epoch(epoch, loss, accuracy) is called after every epoch. Each epoch runs as one
-    TensorFlow graph call over all its batches, which removes most per-batch overhead.
+    on_epoch(epoch, loss, accuracy) is called after every epoch. The augmented images are
+    made a chunk at a time (augment.TrainingImages), and each chunk runs as one TensorFlow
+    graph call over its batches, which removes most per-batch overhead.
     """
     import keras
     import tensorflow as tf
 
+    from fercli.augment import TrainingImages
     from fercli.model import build_model, make_optimizer
 
     keras.utils.set_random_seed(seed)
@@ -188,9 +141,13 @@ def fit(
     optimizer.build(model.trainable_variables)
     loss_function = keras.losses.CategoricalCrossentropy()
     batch_size = config.batch_size
+    size = crops.shape[1]
 
-    @tf.function(reduce_retracing=True)
-    def run_epoch(x, y):
+    # One trace for every chunk size (a full chunk, the epoch's last one).
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32),
+                                  tf.TensorSpec([None, num_classes], tf.float32)])
+    def run_chunk(x, y):
+        """Train on x's batches in order; the summed loss (per image) and hits."""
         steps = (tf.shape(x)[0] + batch_size - 1) // batch_size
         total_loss = tf.constant(0.0)
         correct = tf.constant(0.0)
@@ -202,27 +159,22 @@ def fit(
                 loss = loss_function(y_batch, predicted)
             gradients = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-            size = tf.cast(tf.shape(x_batch)[0], tf.float32)
-            total_loss += loss * size
+            total_loss += loss * tf.cast(tf.shape(x_batch)[0], tf.float32)
             hits = tf.equal(tf.argmax(predicted, axis=1), tf.argmax(y_batch, axis=1))
             correct += tf.reduce_sum(tf.cast(hits, tf.float32))
-        count = tf.cast(tf.shape(x)[0], tf.float32)
-        return total_loss / count, correct / count
+        return total_loss, correct
 
-    images = crops.astype(np.float32)
-    one_hot = np.eye(num_classes, dtype=np.float32)[targets]
-    online = config.augment and config.augment_mode == "online"
-    if config.augment and config.augment_mode == "copies" and config.copies > 0:
-        images = enlarge(images, rng, config.copies, config.flip, config.max_rotation, config.max_shift)
-        one_hot = np.tile(one_hot, (config.copies + 1, 1))
+    images = TrainingImages(crops, targets, num_classes, config, rng, mean, std)
     for epoch in range(1, config.epochs + 1):
-        order = rng.permutation(len(images))
-        batch = augment(images[order], rng, config.max_rotation, config.max_shift, config.flip) if online else images[order]
-        x = ((batch - mean) / std).astype(np.float32)[..., np.newaxis]
-        loss, accuracy = run_epoch(tf.constant(x), tf.constant(one_hot[order]))
+        total_loss = correct = 0.0
+        for x, y in images.epoch():
+            chunk_loss, chunk_correct = run_chunk(tf.constant(x), tf.constant(y))
+            total_loss += float(chunk_loss)
+            correct += float(chunk_correct)
+        loss, accuracy = total_loss / len(images), correct / len(images)
         if on_epoch:
-            on_epoch(epoch, float(loss), float(accuracy))
-        if not math.isfinite(float(loss)):
+            on_epoch(epoch, loss, accuracy)
+        if not math.isfinite(loss):
             break  # diverged: more epochs cannot bring it back (divergence() says so)
     return model, mean, std
 
