@@ -15,7 +15,15 @@ import pytest
 from fercli.config import ALIGN_VERSION, MODEL_VARIANTS, PreprocessConfig, TrainConfig, fingerprint
 from fercli.errors import ModelError
 from fercli.labels import BASIC_LABELS
-from fercli.model import build_model, load_model, make_optimizer, save_model
+from fercli.model import (
+    FORWARD_BATCH,
+    NumpyNetwork,
+    build_model,
+    export_layers,
+    load_model,
+    make_optimizer,
+    save_model,
+)
 from fercli.prepared import save_dataset
 from fercli.store import pack_json, unpack_json
 from fercli.training import configure_tensorflow, fit, select_classes
@@ -160,6 +168,71 @@ def test_test_time_flip_is_applied_by_the_loaded_model(trained, probe_crops, tmp
         keras_output(model, x, mean, std) + keras_output(model, x[:, :, ::-1], mean, std)
     ) / 2
     assert np.abs(load_model(path).predict_proba(x) - expected).max() <= 1e-5
+
+
+@pytest.mark.parametrize("variant", MODEL_VARIANTS)
+def test_the_float32_runtime_gives_the_float64_probabilities(trained, probe_crops, variant):
+    loaded = load_model(trained[variant][3])
+    network = loaded.network
+    exact = NumpyNetwork(network.specs, network.weights, dtype=np.float64)
+    x = loaded.normalise(probe_crops)
+    fast = network(x)
+    assert network.dtype == np.float32 and fast.dtype == np.float64
+    assert np.abs(fast - exact(x)).max() <= 1e-5
+    assert np.allclose(fast.sum(axis=1), 1, atol=1e-9)
+
+
+def test_a_big_batch_gives_each_face_its_own_probabilities(trained, probe_crops):
+    loaded = load_model(trained["batchnorm-dropout"][3])
+    crops = np.concatenate([probe_crops] * (FORWARD_BATCH // len(probe_crops) + 2))
+    assert len(crops) > 2 * FORWARD_BATCH  # several passes, the last one partly filled
+    together = loaded.predict_proba(crops)
+    alone = np.concatenate([loaded.predict_proba(crop[np.newaxis]) for crop in crops])
+    assert np.abs(together - alone).max() <= 1e-6
+    # The same face gets the same answer wherever it falls among the passes.
+    copies = together.reshape(-1, len(probe_crops), CLASSES)
+    assert np.abs(copies - copies[0]).max() <= 1e-6
+
+
+def test_the_runtime_folds_layers_together_as_keras_computes_them():
+    """Every way the runtime joins layers (batch normalisation into the product before it,
+    pooling before bias and activation) and every way it must not (a batch normalisation
+    with negative scales after a pooling; "same" padding; pooling windows that overlap)."""
+    import keras
+    from keras import layers
+
+    configure_tensorflow(None)
+    network = keras.Sequential([
+        keras.Input((13, 13, 1)),
+        layers.Conv2D(6, 3, padding="same", use_bias=False), layers.BatchNormalization(), layers.Activation("relu"),
+        layers.MaxPooling2D(3, strides=2, padding="same"),
+        layers.Conv2D(5, 3, strides=2), layers.MaxPooling2D(2, padding="same"),
+        layers.BatchNormalization(), layers.Activation("tanh"),
+        layers.Conv2D(4, 1, activation="sigmoid"), layers.MaxPooling2D(2, padding="same"),
+        layers.Flatten(), layers.Dense(8, use_bias=False), layers.BatchNormalization(center=False),
+        layers.Activation("relu"), layers.Dense(5, activation="softmax"),
+    ])
+    rng = np.random.default_rng(3)
+    for layer in network.layers:
+        weights = layer.get_weights()
+        if isinstance(layer, layers.BatchNormalization):
+            count = weights[0].shape[0]
+            # Negative scales: a pooling must not move in front of them.
+            values = [rng.uniform(-2, 2, count)] + ([rng.normal(0, 1, count)] if layer.center else [])
+            layer.set_weights([*values, rng.normal(0, 1, count), rng.uniform(0.2, 3, count)])
+        elif weights:
+            # Seeded, and large enough that the answers differ from input to input.
+            kernel = weights[0]
+            layer.set_weights([rng.normal(0, 2 / np.sqrt(np.prod(kernel.shape[:-1])), kernel.shape),
+                               *[rng.normal(0, 0.5, bias.shape) for bias in weights[1:]]])
+    x = rng.normal(0, 1, (2 * FORWARD_BATCH + 5, 13, 13, 1)).astype(np.float32)
+    expected = np.asarray(network(x, training=False))
+    specs, weights = export_layers(network)
+    fast = NumpyNetwork(specs, weights)(x)
+    exact = NumpyNetwork(specs, weights, dtype=np.float64)(x)
+    assert fast.shape == expected.shape == (len(x), 5)
+    assert np.abs(fast - expected).max() <= 1e-5 and np.abs(exact - expected).max() <= 1e-5
+    assert expected.std(axis=0).max() > 1e-2  # the inputs get different answers
 
 
 def test_model_file_carries_what_predict_needs(model_file):
