@@ -14,6 +14,8 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -163,53 +165,27 @@ def _chunks(rows: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _worker_start() -> None:
-    from fercli.parallel import stop_with_parent
-
-    stop_with_parent()
-
-
 def aligned_rows(path: Path, config: PreprocessConfig, workers: int, skipped: list[Skipped],
                  progress: Progress | None = None) -> Iterator[tuple]:
-    """align_chunk's results for every good row, in row order, with at most 2 chunks per
-    worker in flight."""
-    chunks = _chunks(read_rows(path, skipped), CHUNK)
-    done = 0
-    if workers <= 1:
-        for chunk in chunks:
-            results = align_chunk(chunk, config)
-            done += len(results)
-            if progress:
-                progress(items(done, None))  # the total is not known before the end of the file
-            yield from results
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
+    """align_chunk's results for every good row, in row order. The rows are read as workers
+    become free (parallel.run_tasks), so the file is never all in memory."""
     from fercli.align import face_detector, landmark_predictor
-    from fercli.parallel import _context
+    from fercli.parallel import run_tasks, single_threaded_opencv
 
-    # Loaded here first: on a first run the landmark model is converted once, not once in
-    # every worker, and forked workers share both models.
-    face_detector()
-    landmark_predictor()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_context() or multiprocessing.get_context("spawn"),
-                             initializer=_worker_start) as executor:
-        in_flight = []
-        for chunk in chunks:
-            in_flight.append(executor.submit(align_chunk, chunk, config))
-            if len(in_flight) >= 2 * workers:
-                results = in_flight.pop(0).result()
-                done += len(results)
-                if progress:
-                    progress(items(done, None))  # the total is not known before the end of the file
-                yield from results
-        for future in in_flight:
-            results = future.result()
-            done += len(results)
+    if workers > 1:
+        # Loaded here first: on a first run the landmark model is converted once, not once in
+        # every worker, and forked workers share both models.
+        face_detector()
+        landmark_predictor()
+    done = 0
+    chunks = _chunks(read_rows(path, skipped), CHUNK)
+    with closing(run_tasks(partial(align_chunk, config=config), chunks, workers,
+                           initializer=single_threaded_opencv)) as results:
+        for chunk_results in results:
+            done += len(chunk_results)
             if progress:
                 progress(items(done, None))  # the total is not known before the end of the file
-            yield from results
+            yield from chunk_results
 
 
 def preprocess_fer2013(path: Path, config: PreprocessConfig, workers: int, progress: Progress | None = None):

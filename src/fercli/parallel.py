@@ -81,12 +81,6 @@ def default_start_method() -> str:
     return "spawn"
 
 
-def _context():
-    """The multiprocessing context of default_start_method(). Kept only for fer2013.py's own
-    pool until it moves onto run_tasks; then remove."""
-    return multiprocessing.get_context(default_start_method())
-
-
 def stop_with_parent() -> None:
     """End this worker process as soon as the process that started it has ended.
 
