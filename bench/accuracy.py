@@ -29,12 +29,18 @@ def run_json(arguments: list[str], env: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--groups", default="random,subject", help="comma-separated: random, subject")
-    parser.add_argument("--keep", action="store_true", help="use the real FER_HOME instead of a temporary one")
+    parser.add_argument(
+        "--groups", default="random,subject", help="comma-separated: random, subject"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="use the real FER_HOME instead of a temporary one"
+    )
     parser.add_argument("extra", nargs="*", help="more crossval options, after --")
     options = parser.parse_args()
 
@@ -44,21 +50,38 @@ def main() -> None:
             env["FER_HOME"] = scratch
         started = time.perf_counter()
         prepared = run_json(["preprocess", str(options.dataset)], env)
-        print(f"preprocess: {prepared['aligned']} of {prepared['found']} aligned "
-              f"in {time.perf_counter() - started:.1f} s; classes {prepared['classes']}")
+        print(
+            f"preprocess: {prepared['aligned']} of {prepared['found']} aligned "
+            f"in {time.perf_counter() - started:.1f} s; classes {prepared['classes']}"
+        )
         for group in options.groups.split(","):
             started = time.perf_counter()
-            report = run_json(["crossval", str(options.dataset), "--folds", str(options.folds),
-                               "--epochs", str(options.epochs), "--group", group, *options.extra], env)
+            report = run_json(
+                [
+                    "crossval",
+                    str(options.dataset),
+                    "--folds",
+                    str(options.folds),
+                    "--epochs",
+                    str(options.epochs),
+                    "--group",
+                    group,
+                    *options.extra,
+                ],
+                env,
+            )
             accuracies = ", ".join(f"{fold['accuracy']:.3f}" for fold in report["folds"])
-            print(f"\n{options.folds}-fold {group}: {report['mean_accuracy']:.2%} +/- {report['std_accuracy']:.2%} "
-                  f"(pooled {report['pooled_accuracy']:.2%}, macro-F1 {report['macro_f1']:.3f}) "
-                  f"in {time.perf_counter() - started:.0f} s")
+            print(
+                f"\n{options.folds}-fold {group}: {report['mean_accuracy']:.2%} +/- "
+                f"{report['std_accuracy']:.2%} "
+                f"(pooled {report['pooled_accuracy']:.2%}, macro-F1 {report['macro_f1']:.3f}) "
+                f"in {time.perf_counter() - started:.0f} s"
+            )
             print(f"folds: {accuracies}")
             labels = report["labels"]
             print("confusion (rows true, columns predicted):")
             print("            " + " ".join(f"{label[:6]:>6}" for label in labels))
-            for label, row in zip(labels, report["confusion_matrix"]):
+            for label, row in zip(labels, report["confusion_matrix"], strict=True):
                 print(f"{label[:11]:<11} " + " ".join(f"{value:>6}" for value in row))
             for warning in report["warnings"]:
                 print(f"note: {warning}")

@@ -51,8 +51,12 @@ def synthetic_dataset(home: Path, images: int, classes: int = 7, seed: int = 0) 
         labels=np.array([f"class{label}" for label in labels]),
         subjects=np.array([f"P{index % 10}" for index in range(images)]),
         paths=np.array([f"synthetic/{index}.png" for index in range(images)]),
-        meta={"layout": "synthetic", "source": "synthetic", "preprocess": PreprocessConfig().to_dict(),
-              "preprocess_fingerprint": PreprocessConfig().fingerprint()},
+        meta={
+            "layout": "synthetic",
+            "source": "synthetic",
+            "preprocess": PreprocessConfig().to_dict(),
+            "preprocess_fingerprint": PreprocessConfig().fingerprint(),
+        },
     )
     save_dataset(dataset, home / "datasets" / "synthetic")
     return "synthetic"
@@ -74,7 +78,11 @@ mean, std = normalisation(selection.crops[train], "global")
 x = ((selection.crops[train] - mean) / std).astype("float32")[..., None]
 y = np.eye(len(selection.labels), dtype="float32")[selection.targets[train]]
 model = build_model(len(selection.labels))
-model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), loss="categorical_crossentropy", metrics=["accuracy"])
+model.compile(
+    optimizer=keras.optimizers.SGD(0.001, momentum=0.9),
+    loss="categorical_crossentropy",
+    metrics=["accuracy"],
+)
 started = time.perf_counter()
 model.fit(x, y, batch_size=16, epochs=epochs, verbose=0)
 print(json.dumps({"seconds": time.perf_counter() - started, "train_size": len(train)}))
@@ -91,7 +99,9 @@ def training_flops_per_image() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("dataset", nargs="?")
     parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=100)
@@ -111,9 +121,23 @@ def main() -> None:
 
         started = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, "-m", "fercli", "crossval", dataset, "--folds", str(options.folds),
-             "--epochs", str(options.epochs), "--json", "--output", str(Path(scratch) / "run")],
-            env=env, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "fercli",
+                "crossval",
+                dataset,
+                "--folds",
+                str(options.folds),
+                "--epochs",
+                str(options.epochs),
+                "--json",
+                "--output",
+                str(Path(scratch) / "run"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
         )
         wall = time.perf_counter() - started
         if result.returncode != 0:
@@ -122,25 +146,42 @@ def main() -> None:
         trained = sum(fold["train_size"] for fold in report["folds"]) * options.epochs
         fold_seconds = [fold["seconds"] for fold in report["folds"]]
         flops = training_flops_per_image()
-        print(f"fer crossval: {options.folds} folds x {options.epochs} epochs on {report['dataset']['images']} images: "
-              f"{wall:.1f} s wall (command start to end), {report['protocol']['workers']} workers")
-        print(f"  per fold (in its worker): mean {np.mean(fold_seconds):.1f} s; "
-              f"throughput {trained / wall:.0f} images x epochs / s over the whole run")
-        print(f"  ~{trained / wall * flops / 1e9:.0f} GFLOP/s of training arithmetic = "
-              f"{trained / wall * flops / 1e9 / rate:.0%} of the matmul rate")
+        print(
+            f"fer crossval: {options.folds} folds x {options.epochs} epochs on "
+            f"{report['dataset']['images']} images: "
+            f"{wall:.1f} s wall (command start to end), {report['protocol']['workers']} workers"
+        )
+        print(
+            f"  per fold (in its worker): mean {np.mean(fold_seconds):.1f} s; "
+            f"throughput {trained / wall:.0f} images x epochs / s over the whole run"
+        )
+        print(
+            f"  ~{trained / wall * flops / 1e9:.0f} GFLOP/s of training arithmetic = "
+            f"{trained / wall * flops / 1e9 / rate:.0%} of the matmul rate"
+        )
         print(f"  mean accuracy {report['mean_accuracy']:.2%} +/- {report['std_accuracy']:.2%}")
 
-        plain = subprocess.run([sys.executable, "-c", PLAIN_FIT, dataset, str(options.epochs)],
-                               env=env, capture_output=True, text=True)
+        plain = subprocess.run(
+            [sys.executable, "-c", PLAIN_FIT, dataset, str(options.epochs)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if plain.returncode != 0:
             sys.exit(f"plain fit failed: {plain.stderr.strip()[-2000:]}")
         measured = json.loads(plain.stdout.strip().splitlines()[-1])
         per_image = measured["train_size"] * options.epochs / measured["seconds"]
-        print(f"plain model.fit, one fold ({measured['train_size']} images x {options.epochs} epochs, "
-              f"default threads): {measured['seconds']:.1f} s, {per_image:.0f} images x epochs / s, "
-              f"{per_image * flops / 1e9 / rate:.0%} of the matmul rate; x{options.folds} folds = "
-              f"{measured['seconds'] * options.folds:.0f} s")
-        print(f"speed-up of fer crossval over plain fits: {measured['seconds'] * options.folds / wall:.1f}x")
+        print(
+            f"plain model.fit, one fold ({measured['train_size']} images x {options.epochs} "
+            "epochs, "
+            f"default threads): {measured['seconds']:.1f} s, {per_image:.0f} images x epochs / s, "
+            f"{per_image * flops / 1e9 / rate:.0%} of the matmul rate; x{options.folds} folds = "
+            f"{measured['seconds'] * options.folds:.0f} s"
+        )
+        print(
+            "speed-up of fer crossval over plain fits: "
+            f"{measured['seconds'] * options.folds / wall:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,10 @@ SMALL_SIZE = 200
 def run_json(arguments: list[str], env: dict) -> dict:
     result = subprocess.run(FER + arguments + ["--json"], env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"fer {' '.join(arguments)} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+        sys.exit(
+            f"fer {' '.join(arguments)} failed ({result.returncode}): "
+            f"{result.stderr.strip()[-2000:]}"
+        )
     return json.loads(result.stdout)
 
 
@@ -67,8 +70,13 @@ def make_views(source: Path, env: dict, preprocess_options: list[str]) -> dict[s
     report = run_json(["preprocess", str(source), *preprocess_options], env)
     edges = report.get("edges", {})
     crops = sum(values["crops"] for values in edges.values()) or 1
-    print(f"crops: {report['aligned']}; past the photo's edge {sum(v['padded'] for v in edges.values()) / crops:.1%}, "
-          f"saturated (>10% of pixels >= 250) {sum(v['saturated'] for v in edges.values()) / crops:.1%}", flush=True)
+    print(
+        f"crops: {report['aligned']}; past the photo's edge "
+        f"{sum(v['padded'] for v in edges.values()) / crops:.1%}, "
+        "saturated (>10% of pixels >= 250) "
+        f"{sum(v['saturated'] for v in edges.values()) / crops:.1%}",
+        flush=True,
+    )
     full = load_dataset(Path(report["dataset"]))
     last: dict[str, tuple[int, int]] = {}
     for index, path in enumerate(full.paths.tolist()):
@@ -80,16 +88,27 @@ def make_views(source: Path, env: dict, preprocess_options: list[str]) -> dict[s
     rng = np.random.default_rng(12345)
     labels = full.labels[last_index]
     share = SMALL_SIZE / len(last_index)
-    small_index = np.sort(np.concatenate([
-        rng.choice(last_index[labels == label], round(share * np.count_nonzero(labels == label)), replace=False)
-        for label in sorted(set(labels.tolist()))
-    ]))
+    small_index = np.sort(
+        np.concatenate(
+            [
+                rng.choice(
+                    last_index[labels == label],
+                    round(share * np.count_nonzero(labels == label)),
+                    replace=False,
+                )
+                for label in sorted(set(labels.tolist()))
+            ]
+        )
+    )
     names = {"all": Path(report["dataset"]).parent.name}
     home = Path(env["FER_HOME"])
     for name, index in (("last", last_index), ("small", small_index)):
         view = PreparedDataset(
-            crops=full.crops[index], labels=full.labels[index], subjects=full.subjects[index],
-            paths=full.paths[index], meta={**full.meta, "view": name},
+            crops=full.crops[index],
+            labels=full.labels[index],
+            subjects=full.subjects[index],
+            paths=full.paths[index],
+            meta={**full.meta, "view": name},
         )
         folder = home / "datasets" / f"ck48view-{name}"
         save_dataset(view, folder)
@@ -98,17 +117,30 @@ def make_views(source: Path, env: dict, preprocess_options: list[str]) -> dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("dataset", type=Path, help="the CK+48 folder")
-    parser.add_argument("--recipe", action="append", required=True, help="NAME=CROSSVAL OPTIONS (repeatable)")
+    parser.add_argument(
+        "--recipe", action="append", required=True, help="NAME=CROSSVAL OPTIONS (repeatable)"
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--views", default="last-random,last-subject,small-random")
     parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--home", type=Path, default=Path("/tmp/fercli-devviews"))
-    parser.add_argument("--results", type=Path, default=None, help="JSON-lines results file (default: HOME/results.jsonl)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="JSON-lines results file (default: HOME/results.jsonl)",
+    )
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--preprocess", default="", help="options for fer preprocess (e.g. '--equalization midpoint'); "
-                        "use a --home of its own for each")
+    parser.add_argument(
+        "--preprocess",
+        default="",
+        help="options for fer preprocess (e.g. '--equalization midpoint'); "
+        "use a --home of its own for each",
+    )
     options = parser.parse_args()
 
     env = dict(os.environ, FER_HOME=str(options.home))
@@ -132,26 +164,53 @@ def main() -> None:
                 if key in done:
                     continue
                 started = time.perf_counter()
-                arguments = ["crossval", views[data], "--folds", str(options.folds), "--group", group,
-                             "--seed", str(seed), *shlex.split(extra)]
+                arguments = [
+                    "crossval",
+                    views[data],
+                    "--folds",
+                    str(options.folds),
+                    "--group",
+                    group,
+                    "--seed",
+                    str(seed),
+                    *shlex.split(extra),
+                ]
                 if options.workers:
                     arguments += ["--workers", str(options.workers)]
                 report = run_json(arguments, env)
-                row = {"recipe": name, "options": extra.strip(), "view": view, "seed": seed, "folds": options.folds,
-                       "mean_accuracy": report["mean_accuracy"], "std_folds": report["std_accuracy"],
-                       "macro_f1": report["macro_f1"], "images": report["dataset"]["images"],
-                       "seconds": round(time.perf_counter() - started, 1)}
+                row = {
+                    "recipe": name,
+                    "options": extra.strip(),
+                    "view": view,
+                    "seed": seed,
+                    "folds": options.folds,
+                    "mean_accuracy": report["mean_accuracy"],
+                    "std_folds": report["std_accuracy"],
+                    "macro_f1": report["macro_f1"],
+                    "images": report["dataset"]["images"],
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
                 done[key] = row
                 with results_path.open("a") as stream:
                     stream.write(json.dumps(row) + "\n")
-                print(f"{name:<24} {view:<13} seed {seed}: {row['mean_accuracy']:.2%} "
-                      f"(macro-F1 {row['macro_f1']:.3f}) in {row['seconds']:.0f} s", flush=True)
-    summarise([row for row in done.values() if row["options"] in {extra.strip() for _, extra in recipes}], chosen)
+                print(
+                    f"{name:<24} {view:<13} seed {seed}: {row['mean_accuracy']:.2%} "
+                    f"(macro-F1 {row['macro_f1']:.3f}) in {row['seconds']:.0f} s",
+                    flush=True,
+                )
+    summarise(
+        [row for row in done.values() if row["options"] in {extra.strip() for _, extra in recipes}],
+        chosen,
+    )
 
 
 def summarise(rows: list[dict], views: list[str]) -> None:
     """Per recipe and view: mean over seeds +/- standard deviation over seeds."""
-    print("\nrecipe".ljust(26) + "".join(f"{view:>22}" for view in views) + f"{'mean of views':>16}{'s/run':>8}")
+    print(
+        "\nrecipe".ljust(26)
+        + "".join(f"{view:>22}" for view in views)
+        + f"{'mean of views':>16}{'s/run':>8}"
+    )
     by_recipe: dict[str, list[dict]] = {}
     for row in rows:
         by_recipe.setdefault(row["options"] or "(defaults)", []).append(row)

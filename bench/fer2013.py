@@ -27,7 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-PHOTO = Path(__file__).resolve().parent.parent / "tests" / "data" / "faces" / "happiness" / "astronaut.png"
+PHOTO = (
+    Path(__file__).resolve().parent.parent
+    / "tests"
+    / "data"
+    / "faces"
+    / "happiness"
+    / "astronaut.png"
+)
 TIGHT_FACE_BOX = (160, 60, 290, 190)
 
 
@@ -42,18 +49,24 @@ def write_csv(path: Path, rows: int) -> None:
         stream.write("emotion,pixels,Usage\n")
         for index in range(rows):
             dx, dy = rng.integers(-3, 4, 2)
-            face = cv2.resize(gray[y0 + dy:y1 + dy, x0 + dx:x1 + dx], (48, 48), interpolation=cv2.INTER_AREA)
+            face = cv2.resize(
+                gray[y0 + dy : y1 + dy, x0 + dx : x1 + dx], (48, 48), interpolation=cv2.INTER_AREA
+            )
             face = np.clip(face.astype(np.int16) + int(rng.integers(-20, 21)), 0, 255)
             if index % 2:
                 face = face[:, ::-1]
-            stream.write(f"{index % 7},{' '.join(map(str, face.ravel().tolist()))},{usages[index % 10]}\n")
+            stream.write(
+                f"{index % 7},{' '.join(map(str, face.ravel().tolist()))},{usages[index % 10]}\n"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=35887)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--keep", type=Path, help="CSV to write (or reuse) instead of a temporary one")
+    parser.add_argument(
+        "--keep", type=Path, help="CSV to write (or reuse) instead of a temporary one"
+    )
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         os.environ.setdefault("FER_HOME", str(Path(folder) / "home"))
@@ -67,10 +80,21 @@ def main() -> None:
         report = preprocess_fer2013(path, PreprocessConfig(), arguments.workers)
         seconds = time.perf_counter() - started
         rows = report.found
-        print(json.dumps({"rows": rows, "aligned": report.aligned, "skipped": len(report.skipped),
-                          "seconds": round(seconds, 1), "rows_per_second": round(rows / seconds, 1),
-                          "workers": arguments.workers, "load_average": os.getloadavg(),
-                          "peak_rss_mb_parent": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+        print(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "aligned": report.aligned,
+                    "skipped": len(report.skipped),
+                    "seconds": round(seconds, 1),
+                    "rows_per_second": round(rows / seconds, 1),
+                    "workers": arguments.workers,
+                    "load_average": os.getloadavg(),
+                    "peak_rss_mb_parent": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                    // 1024,
+                }
+            )
+        )
         sys.stdout.flush()
 
 

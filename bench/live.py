@@ -70,18 +70,40 @@ def read_stream(port: int, seconds: float) -> tuple[int, float, list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path)
     parser.add_argument("--seconds", type=float, default=20)
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])
+            ),
+        }
         env.setdefault("FER_HOME", str(Path(scratch) / "fer-home"))
         model = options.model or load_bench("predict").make_model(Path(scratch))
         clip = load_bench("video").bench_clip(Path(scratch) / "live", 30)
         port = free_port()
-        process = subprocess.Popen([sys.executable, "-m", "fercli", "live", str(clip), "--model", str(model),
-                                    "--port", str(port), "--loop"], env=env, stdout=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fercli",
+                "live",
+                str(clip),
+                "--model",
+                str(model),
+                "--port",
+                str(port),
+                "--loop",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             process.stdout.readline()  # the address: listening
             frames, seconds, delays = read_stream(port, options.seconds)
@@ -89,9 +111,12 @@ def main() -> None:
             process.send_signal(2)
             process.wait(timeout=30)
     delays_ms = sorted(1000 * delay for delay in delays)
-    print(f"640x480 at 30 frames/s, {seconds:.1f} s read: {frames / seconds:.1f} frames/s served; delay from read "
-          f"to received: median {statistics.median(delays_ms):.0f} ms, 95th percentile "
-          f"{delays_ms[int(0.95 * (len(delays_ms) - 1))]:.0f} ms, max {delays_ms[-1]:.0f} ms")
+    print(
+        f"640x480 at 30 frames/s, {seconds:.1f} s read: {frames / seconds:.1f} frames/s served; "
+        "delay from read "
+        f"to received: median {statistics.median(delays_ms):.0f} ms, 95th percentile "
+        f"{delays_ms[int(0.95 * (len(delays_ms) - 1))]:.0f} ms, max {delays_ms[-1]:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

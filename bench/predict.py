@@ -47,13 +47,19 @@ from fercli.prepared import PreparedDataset
 from fercli.training import train_model
 rng = np.random.default_rng(0)
 labels = np.array(["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"] * 30)
-dataset = PreparedDataset(crops=rng.integers(0, 256, (len(labels), 32, 32), dtype=np.uint8), labels=labels,
+crops = rng.integers(0, 256, (len(labels), 32, 32), dtype=np.uint8)
+dataset = PreparedDataset(crops=crops, labels=labels,
     subjects=np.array([""] * len(labels)), paths=np.array(["x"] * len(labels)),
     meta={"preprocess": PreprocessConfig().to_dict()})
 train_model(dataset, TrainConfig(epochs=1), Path(sys.argv[1]), ensemble=int(sys.argv[2]))
 """
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    subprocess.run([sys.executable, "-c", script, str(path), str(networks)], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [sys.executable, "-c", script, str(path), str(networks)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     return path
 
 
@@ -94,8 +100,13 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 def peak_memory(arguments: list[str], env: dict) -> float:
     """Peak RSS in MB of the largest process of one fer run (measured by a fresh parent,
     so that nothing else this script started counts)."""
-    result = subprocess.run([sys.executable, "-c", PEAK, *FER, *arguments], env=env,
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK, *FER, *arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(result.stdout.strip()) / 1024
 
 
@@ -119,12 +130,18 @@ def median(values: list[float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, help="a single-network model (default: made here)")
-    parser.add_argument("--ensemble", type=Path, help="a model of several networks (default: 10, made here)")
+    parser.add_argument(
+        "--ensemble", type=Path, help="a model of several networks (default: 10, made here)"
+    )
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--against", type=Path, help="an older fercli source folder (holding fercli/) to compare")
+    parser.add_argument(
+        "--against", type=Path, help="an older fercli source folder (holding fercli/) to compare"
+    )
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -133,8 +150,10 @@ def main() -> None:
         sources = {"this": dict(base, PYTHONPATH=str(ROOT / "src"))}
         if options.against:
             sources = {"old": dict(base, PYTHONPATH=str(options.against.resolve())), **sources}
-        models = {"1 network": options.model or make_model(scratch / "single.npz", 1),
-                  "ensemble": options.ensemble or make_model(scratch / "ensemble.npz", 10)}
+        models = {
+            "1 network": options.model or make_model(scratch / "single.npz", 1),
+            "ensemble": options.ensemble or make_model(scratch / "ensemble.npz", 10),
+        }
         photos = scratch / "photos"
         make_photos(photos, options.images)
         single = photos / "photo0000.jpg"
@@ -142,34 +161,53 @@ def main() -> None:
         cold = in_turns(sources, models, single, options.repeats)
         batch = in_turns(sources, models, photos, options.repeats)
         for source in sources:
-            print(f"== {source} ({sources[source]['PYTHONPATH']}), medians of {options.repeats} runs")
-            for title, runs, per_image in (("one photo, new process, end to end", cold, False),
-                                           (f"{options.images} photos of 512x512 in one call", batch, True)):
+            print(
+                f"== {source} ({sources[source]['PYTHONPATH']}), medians of {options.repeats} runs"
+            )
+            for title, runs, per_image in (
+                ("one photo, new process, end to end", cold, False),
+                (f"{options.images} photos of 512x512 in one call", batch, True),
+            ):
                 figures = {}
                 for name in models:
-                    walls, cpus = zip(*runs[(source, name)])
+                    walls, cpus = zip(*runs[(source, name)], strict=True)
                     figures[name] = (median(walls), median(cpus))
                     rate = f", {options.images / median(walls):.0f} images/s" if per_image else ""
-                    print(f"  {title}, {name}: {median(walls):.2f} s (min {min(walls):.2f}, max {max(walls):.2f}){rate}; "
-                          f"cpu {median(cpus):.2f} s")
+                    print(
+                        f"  {title}, {name}: {median(walls):.2f} s (min {min(walls):.2f}, max "
+                        f"{max(walls):.2f}){rate}; "
+                        f"cpu {median(cpus):.2f} s"
+                    )
                 wall_ratio = figures["ensemble"][0] / figures["1 network"][0] - 1
                 cpu_ratio = figures["ensemble"][1] / figures["1 network"][1] - 1
                 print(f"  {title}: the ensemble takes {wall_ratio:+.0%} wall, {cpu_ratio:+.0%} cpu")
 
         env = sources["this"]
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import tensorflow"], env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"),
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", "import tensorflow"],
+            env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"),
+            capture_output=True,
+        )
         print(f"for comparison, `import tensorflow` alone: {time.perf_counter() - started:.2f} s")
         print(f"`fer --help`: {timed(['--help'], env)[0]:.2f} s")
-        results = json.loads(timed(["predict", str(photos), "--model", str(models["1 network"]), "--json"], env)[2])
-        print(f"{sum(len(image['faces']) for image in results)} faces found in {options.images} photos")
+        results = json.loads(
+            timed(["predict", str(photos), "--model", str(models["1 network"]), "--json"], env)[2]
+        )
+        print(
+            f"{sum(len(image['faces']) for image in results)} faces found in {options.images} "
+            "photos"
+        )
         for source, env in sources.items():
             for name, model in models.items():
                 for label, target in (("one photo", single), (f"{options.images} photos", photos)):
-                    peak = peak_memory(["predict", str(target), "--model", str(model), "--json"], env)
-                    print(f"peak memory, {source}, {name}, {label}: {peak:.0f} MB "
-                          "(largest single process: fer or one of its workers)")
+                    peak = peak_memory(
+                        ["predict", str(target), "--model", str(model), "--json"], env
+                    )
+                    print(
+                        f"peak memory, {source}, {name}, {label}: {peak:.0f} MB "
+                        "(largest single process: fer or one of its workers)"
+                    )
 
 
 if __name__ == "__main__":

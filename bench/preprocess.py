@@ -8,7 +8,8 @@ two files have the same content (the cache is keyed by content). The real `fer` 
 subprocess, so that start-up (interpreter and imports) is included; it is also reported on its
 own. Three runs: the first ever (FER_HOME empty: dlib's detector is built and stored there
 too, and dlib's landmark model converted), cold (crops and datasets removed, the stored dlib
-files kept: every later run over new images) and warm (every crop cached). Targets (issue 2, 2 cores): >= 200 aligned images/s
+files kept: every later run over new images) and warm (every crop cached). Targets (issue 2, 2
+cores): >= 200 aligned images/s
 cold, a warm re-run over 213 images in < 1 s after start-up; (issue 5) < 1 GB peak memory for
 10,000 images.
 """
@@ -31,7 +32,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-PHOTO = Path(__file__).resolve().parent.parent / "tests" / "data" / "faces" / "happiness" / "astronaut.png"
+PHOTO = (
+    Path(__file__).resolve().parent.parent
+    / "tests"
+    / "data"
+    / "faces"
+    / "happiness"
+    / "astronaut.png"
+)
 FER = Path(sys.executable).with_name("fer")
 FACE_BOX = (120, 20, 330, 230)  # x0, y0, x1, y1 of the photo's face, roughly
 SUBJECTS = ("KA", "KL", "KM", "KR", "MK", "NA", "NM", "TM", "UY", "YM")
@@ -251,7 +259,10 @@ def main() -> None:
         if len(colds) > 1:
             walls = ", ".join(f"{run['wall']:.2f}" for run, _ in colds)
             inside = ", ".join(f"{report['seconds']:.2f}" for _, report in colds)
-            print(f"cold runs, sorted: wall {walls} s; preprocess alone {inside} s (median shown above)")
+            print(
+                f"cold runs, sorted: wall {walls} s; preprocess alone {inside} s (median shown "
+                "above)"
+            )
         print(
             f"peak RSS of one process (getrusage maxrss): this script {self_maxrss_mb():.0f} MB; "
             f"fer or a worker: {cold_children_mb:.0f} MB cold, {children_maxrss_mb():.0f} MB in all"

@@ -1,6 +1,7 @@
 """Time a `fer sweep` and summarise it; compare two sweeps fold by fold.
 
-    python bench/sweep.py DATASET [--grid bench/sweep-ck48.toml] [--ray ADDRESS] [-- fer sweep options]
+    python bench/sweep.py DATASET [--grid bench/sweep-ck48.toml] [--ray ADDRESS] [-- fer sweep
+    options]
     python bench/sweep.py --compare SWEEP_FOLDER OTHER_SWEEP_FOLDER
 
 The first form runs `fer sweep DATASET --grid GRID --json` in a new process (FER_HOME as set),
@@ -33,16 +34,28 @@ def run(dataset: str, grid: str, ray: str | None, extra: list[str]) -> None:
         sys.exit(f"fer sweep failed ({finished.returncode}): {finished.stderr.strip()[-2000:]}")
     report = json.loads(finished.stdout)
     fold_seconds = _all_fold_seconds(report)
-    print(f"engine {report['engine']}: {report['trained_folds']} folds trained, {report['stored_folds']} stored; "
-          f"wall {wall:.0f} s (sweep {report['seconds']:.0f} s), training time per fold "
-          f"{np.mean(fold_seconds):.1f} s mean, {np.sum(fold_seconds):.0f} s in all")
-    print("| # | recipe | accuracy | spread over seeds | macro-F1 | vs base (95% interval) | time |")
+    print(
+        f"engine {report['engine']}: {report['trained_folds']} folds trained, "
+        f"{report['stored_folds']} stored; "
+        f"wall {wall:.0f} s (sweep {report['seconds']:.0f} s), training time per fold "
+        f"{np.mean(fold_seconds):.1f} s mean, {np.sum(fold_seconds):.0f} s in all"
+    )
+    print(
+        "| # | recipe | accuracy | spread over seeds | macro-F1 | vs base (95% interval) | time |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for item in report["recipes"]:
         low, high = item["difference_interval"]
-        versus = "(base)" if not item["changes"] else f"{item['difference_to_base']:+.2%} ({low:+.2%} .. {high:+.2%})"
-        print(f"| {item['rank']} | {item['recipe']} | {item['accuracy']:.2%} | {'-' if item['spread'] is None else format(item['spread'], '.2%')} | "
-              f"{item['macro_f1']:.3f} | {versus} | {item['seconds']:.0f} s |")
+        versus = (
+            "(base)"
+            if not item["changes"]
+            else f"{item['difference_to_base']:+.2%} ({low:+.2%} .. {high:+.2%})"
+        )
+        print(
+            f"| {item['rank']} | {item['recipe']} | {item['accuracy']:.2%} | "
+            f"{'-' if item['spread'] is None else format(item['spread'], '.2%')} | "
+            f"{item['macro_f1']:.3f} | {versus} | {item['seconds']:.0f} s |"
+        )
     print(f"sweep folder: {report['folder']}")
 
 
@@ -50,7 +63,10 @@ def _all_fold_seconds(report: dict) -> list[float]:
     seconds = []
     for item in report["recipes"]:
         for folder in item["reports"].values():
-            seconds += [fold["seconds"] for fold in json.loads((Path(folder) / "report.json").read_text())["folds"]]
+            seconds += [
+                fold["seconds"]
+                for fold in json.loads((Path(folder) / "report.json").read_text())["folds"]
+            ]
     return seconds
 
 
@@ -63,8 +79,11 @@ def compare(one: Path, two: Path) -> None:
             seconds_one.append(float(a["seconds"]))
             seconds_two.append(float(b["seconds"]))
     print(f"{same} of {len(names)} folds have identical test probabilities")
-    print(f"training time per fold: {np.mean(seconds_one):.2f} s in {one.name}, {np.mean(seconds_two):.2f} s in "
-          f"{two.name} (difference {np.mean(seconds_two) - np.mean(seconds_one):+.2f} s)")
+    print(
+        f"training time per fold: {np.mean(seconds_one):.2f} s in {one.name}, "
+        f"{np.mean(seconds_two):.2f} s in "
+        f"{two.name} (difference {np.mean(seconds_two) - np.mean(seconds_one):+.2f} s)"
+    )
 
 
 def main() -> None:
@@ -77,7 +96,12 @@ def main() -> None:
     if arguments.compare:
         compare(*arguments.compare)
     elif arguments.dataset:
-        run(arguments.dataset, arguments.grid, arguments.ray, [item for item in extra if item != "--"])
+        run(
+            arguments.dataset,
+            arguments.grid,
+            arguments.ray,
+            [item for item in extra if item != "--"],
+        )
     else:
         parser.error("give a DATASET or --compare")
 

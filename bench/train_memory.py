@@ -93,17 +93,33 @@ def child(kind: str, epochs: int, threads: int, copies: int) -> dict:
     tf.constant(0.0)  # TensorFlow's runtime up before the baseline
     before = rss_mb()
     times = [time.perf_counter()]
-    model, _, _ = fit(crops, targets, 7, config, seed=0,
-                      on_epoch=lambda epoch, loss, accuracy: times.append(time.perf_counter()))
+    model, _, _ = fit(
+        crops,
+        targets,
+        7,
+        config,
+        seed=0,
+        on_epoch=lambda epoch, loss, accuracy: times.append(time.perf_counter()),
+    )
     epochs_seconds = np.diff(times)
-    digest = hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in model.get_weights())).hexdigest()
-    return {"kind": kind, "images": len(crops), "copies": config.copies, "epoch_images": len(crops) * (config.copies + 1),
-            "rss_before_fit_mb": round(before, 1),
-            "peak_rss_mb": round(max([*peaks, peak_since_reset_mb()]), 1),
-            "peak_rss_after_statistics_mb": round(peak_since_reset_mb(), 1),
-            "first_epoch_s": round(float(epochs_seconds[0]), 3),
-            "epoch_s": round(float(np.median(epochs_seconds[1:])), 4) if len(epochs_seconds) > 1 else None,
-            "weights": digest[:16], "load_average": os.getloadavg()[0]}
+    digest = hashlib.sha256(
+        b"".join(np.asarray(w).tobytes() for w in model.get_weights())
+    ).hexdigest()
+    return {
+        "kind": kind,
+        "images": len(crops),
+        "copies": config.copies,
+        "epoch_images": len(crops) * (config.copies + 1),
+        "rss_before_fit_mb": round(before, 1),
+        "peak_rss_mb": round(max([*peaks, peak_since_reset_mb()]), 1),
+        "peak_rss_after_statistics_mb": round(peak_since_reset_mb(), 1),
+        "first_epoch_s": round(float(epochs_seconds[0]), 3),
+        "epoch_s": round(float(np.median(epochs_seconds[1:])), 4)
+        if len(epochs_seconds) > 1
+        else None,
+        "weights": digest[:16],
+        "load_average": os.getloadavg()[0],
+    }
 
 
 def speed_data() -> tuple[np.ndarray, np.ndarray]:
@@ -138,21 +154,46 @@ def in_process(old_training: Path, rounds: int, epochs: int, threads: int) -> No
         turns = [("old", old.fit), ("new", training.fit)]
         for name, fit in turns if number % 2 == 0 else turns[::-1]:
             times = [time.perf_counter()]
-            fit(crops, targets, 7, TrainConfig(epochs=epochs), 0,
-                on_epoch=lambda epoch, loss, accuracy: times.append(time.perf_counter()))
+            fit(
+                crops,
+                targets,
+                7,
+                TrainConfig(epochs=epochs),
+                0,
+                on_epoch=lambda epoch, loss, accuracy: times.append(time.perf_counter()),
+            )
             seconds[name].append(float(np.median(np.diff(times)[1:])))
     ratios = [new / old for old, new in zip(seconds["old"], seconds["new"], strict=True)]
-    print(json.dumps({"epoch_s": seconds, "median_old": statistics.median(seconds["old"]),
-                      "median_new": statistics.median(seconds["new"]),
-                      "median_ratio_new_old": round(statistics.median(ratios), 3),
-                      "load_average": os.getloadavg()[0]}))
+    print(
+        json.dumps(
+            {
+                "epoch_s": seconds,
+                "median_old": statistics.median(seconds["old"]),
+                "median_new": statistics.median(seconds["new"]),
+                "median_ratio_new_old": round(statistics.median(ratios), 3),
+                "load_average": os.getloadavg()[0],
+            }
+        )
+    )
 
 
 def run(src: Path, kind: str, epochs: int, threads: int, copies: int) -> dict:
     environment = {**os.environ, "PYTHONPATH": str(src), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, __file__, "--child", kind, "--epochs", str(epochs), "--threads", str(threads),
-               "--copies", str(copies)]
-    output = subprocess.run(command, env=environment, capture_output=True, text=True, check=True).stdout
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--epochs",
+        str(epochs),
+        "--threads",
+        str(threads),
+        "--copies",
+        str(copies),
+    ]
+    output = subprocess.run(
+        command, env=environment, capture_output=True, text=True, check=True
+    ).stdout
     result = json.loads(output.strip().splitlines()[-1])
     result["src"] = str(src)
     print(json.dumps(result), flush=True)
@@ -161,7 +202,9 @@ def run(src: Path, kind: str, epochs: int, threads: int, copies: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--src", type=Path, action="append", help="fercli source folders (default: this tree's)")
+    parser.add_argument(
+        "--src", type=Path, action="append", help="fercli source folders (default: this tree's)"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="speed runs per source")
     parser.add_argument("--memory-rounds", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=20, help="epochs of a speed run")
@@ -173,23 +216,33 @@ def main() -> None:
     parser.add_argument("--child", choices=("memory", "speed"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.child:
-        print(json.dumps(child(arguments.child, arguments.epochs, arguments.threads, arguments.copies)))
+        print(
+            json.dumps(
+                child(arguments.child, arguments.epochs, arguments.threads, arguments.copies)
+            )
+        )
         return
     if arguments.in_process:
         in_process(arguments.in_process, arguments.rounds, arguments.epochs, arguments.threads)
         return
     sources = arguments.src or [ROOT / "src"]
     results: list[dict] = []
-    plan = ([("memory", 1)] * arguments.memory_rounds if not arguments.skip_memory else []) + \
-           ([("speed", arguments.epochs)] * arguments.rounds if not arguments.skip_speed else [])
+    plan = ([("memory", 1)] * arguments.memory_rounds if not arguments.skip_memory else []) + (
+        [("speed", arguments.epochs)] * arguments.rounds if not arguments.skip_speed else []
+    )
     for kind, epochs in plan:
         for src in sources:
             results.append(run(src, kind, epochs, arguments.threads, arguments.copies))
     for src in sources:
         mine = [result for result in results if result["src"] == str(src)]
         summary = {"src": str(src)}
-        for kind, key in (("memory", "peak_rss_mb"), ("memory", "peak_rss_after_statistics_mb"),
-                          ("memory", "rss_before_fit_mb"), ("memory", "first_epoch_s"), ("speed", "epoch_s")):
+        for kind, key in (
+            ("memory", "peak_rss_mb"),
+            ("memory", "peak_rss_after_statistics_mb"),
+            ("memory", "rss_before_fit_mb"),
+            ("memory", "first_epoch_s"),
+            ("speed", "epoch_s"),
+        ):
             values = [result[key] for result in mine if result["kind"] == kind]
             if values:
                 summary[f"{kind} {key} (median of {len(values)})"] = statistics.median(values)

@@ -38,9 +38,13 @@ def bench_clip(path: Path, seconds: float) -> Path:
 
     def place(index: int) -> list[tuple[float, float, float]]:
         t = index / FPS
-        return [(WIDTH * (0.5 + 0.25 * math.sin(2 * math.pi * t / 8)),
-                 HEIGHT * (0.5 + 0.15 * math.sin(2 * math.pi * t / 5)),
-                 1.1 + 0.25 * math.sin(2 * math.pi * t / 6))]
+        return [
+            (
+                WIDTH * (0.5 + 0.25 * math.sin(2 * math.pi * t / 8)),
+                HEIGHT * (0.5 + 0.15 * math.sin(2 * math.pi * t / 5)),
+                1.1 + 0.25 * math.sin(2 * math.pi * t / 6),
+            )
+        ]
 
     path = path.with_suffix(".mp4" if can_write(".mp4") else ".avi")
     return write_clip(path, round(seconds * FPS), WIDTH, HEIGHT, FPS, place)
@@ -70,20 +74,31 @@ def analysis(stdout: str) -> tuple[int, int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path)
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--long", type=float, default=600, help="length of the clip for the memory figure (0: skip)")
+    parser.add_argument(
+        "--long", type=float, default=600, help="length of the clip for the memory figure (0: skip)"
+    )
     parser.add_argument("--keep", type=Path, help="keep the clips here (and reuse them)")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = options.keep or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])
+            ),
+        }
         env.setdefault("FER_HOME", str(Path(scratch) / "fer-home"))
         model = options.model
         if model is None:
-            spec = importlib.util.spec_from_file_location("bench_predict", ROOT / "bench" / "predict.py")
+            spec = importlib.util.spec_from_file_location(
+                "bench_predict", ROOT / "bench" / "predict.py"
+            )
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             model = module.make_model(Path(scratch))
@@ -97,23 +112,40 @@ def main() -> None:
                 continue
             started = time.perf_counter()
             clips[name] = bench_clip(folder / f"bench-{seconds:g}s", seconds)
-            print(f"made {clips[name]} ({clips[name].stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.0f} s",
-                  flush=True)
+            print(
+                f"made {clips[name]} ({clips[name].stat().st_size / 1e6:.0f} MB) in "
+                f"{time.perf_counter() - started:.0f} s",
+                flush=True,
+            )
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
-        run_measured(["predict", clips["short"], "--model", model, "--every", "30"], env)  # warm: converts dlib's model
-        for label, extra in (("every frame (landmarks between detections every 5)", []),
-                             ("every frame, full detection on each (--detect-every 1)", ["--detect-every", "1"]),
-                             ("--every 3", ["--every", "3"])):
-            wall, peak, stdout = run_measured(["predict", clips["short"], "--model", model, *extra], env)
+        run_measured(
+            ["predict", clips["short"], "--model", model, "--every", "30"], env
+        )  # warm: converts dlib's model
+        for label, extra in (
+            ("every frame (landmarks between detections every 5)", []),
+            ("every frame, full detection on each (--detect-every 1)", ["--detect-every", "1"]),
+            ("--every 3", ["--every", "3"]),
+        ):
+            wall, peak, stdout = run_measured(
+                ["predict", clips["short"], "--model", model, *extra], env
+            )
             frames, analysed, seconds = analysis(stdout)
-            print(f"{label}: {analysed} of {frames} frames analysed in {seconds:.1f} s: {analysed / seconds:.0f} "
-                  f"frames analysed/s, {frames / seconds:.0f} video frames/s ({frames / seconds / FPS:.1f}x real time); "
-                  f"{wall:.1f} s in all; peak {peak / 2**20:.0f} MB", flush=True)
+            print(
+                f"{label}: {analysed} of {frames} frames analysed in {seconds:.1f} s: "
+                f"{analysed / seconds:.0f} "
+                f"frames analysed/s, {frames / seconds:.0f} video frames/s "
+                f"({frames / seconds / FPS:.1f}x real time); "
+                f"{wall:.1f} s in all; peak {peak / 2**20:.0f} MB",
+                flush=True,
+            )
         for name in ("short", "long"):
             if name not in clips:
                 continue
             wall, peak, _ = run_measured(["predict", clips[name], "--model", model, "--json"], env)
-            print(f"--json on {clips[name].name}: {wall:.1f} s in all; peak {peak / 2**20:.0f} MB", flush=True)
+            print(
+                f"--json on {clips[name].name}: {wall:.1f} s in all; peak {peak / 2**20:.0f} MB",
+                flush=True,
+            )
         print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
 

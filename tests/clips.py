@@ -84,10 +84,18 @@ def render_frames(frames: int, width: int, height: int, place: Placement) -> Ite
         yield frame
 
 
-def write_clip(path: Path, frames: int, width: int = 320, height: int = 240, fps: float = 30.0,
-               place: Placement | None = None) -> Path:
+def write_clip(
+    path: Path,
+    frames: int,
+    width: int = 320,
+    height: int = 240,
+    fps: float = 30.0,
+    place: Placement | None = None,
+) -> Path:
     """Write a clip of frames frames; place (default: one moving face) says where the faces are."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*CODECS[path.suffix]), fps, (width, height))
+    writer = cv2.VideoWriter(
+        str(path), cv2.VideoWriter_fourcc(*CODECS[path.suffix]), fps, (width, height)
+    )
     assert writer.isOpened(), f"OpenCV cannot write {path.suffix}"
     for frame in render_frames(frames, width, height, place or moving_face(frames, width, height)):
         writer.write(frame)

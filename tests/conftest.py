@@ -154,7 +154,11 @@ def _drop_permission_override() -> None:
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
     class Sets(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+        _fields_ = [
+            ("effective", ctypes.c_uint32),
+            ("permitted", ctypes.c_uint32),
+            ("inheritable", ctypes.c_uint32),
+        ]
 
     libc = ctypes.CDLL(None, use_errno=True)
     header, sets = Header(0x20080522, 0), (Sets * 2)()  # _LINUX_CAPABILITY_VERSION_3
@@ -234,7 +238,9 @@ def tiff(entries: list[tuple[int, int, int]], pixels: bytes, order: str = "<") -
     directory = struct.pack(order + "H", len(entries))
     for tag, kind, value in entries:
         value = pixels_at if tag in (273, 324) else value
-        packed = struct.pack(order + "HH", value, 0) if kind == 3 else struct.pack(order + "I", value)
+        packed = (
+            struct.pack(order + "HH", value, 0) if kind == 3 else struct.pack(order + "I", value)
+        )
         directory += struct.pack(order + "HHI", tag, kind, 1) + packed
     magic = b"II*\x00" if order == "<" else b"MM\x00*"
     return magic + struct.pack(order + "I", 8) + directory + b"\x00" * 4 + pixels

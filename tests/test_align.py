@@ -128,7 +128,10 @@ def test_small_precropped_face_is_found_only_with_upsampling(astronaut_gray):
 
 def detections(detector, image: np.ndarray) -> list:
     boxes, scores, kinds = detector.run(image, 1, -0.5)
-    return [((box.left(), box.top(), box.right(), box.bottom()), score, kind) for box, score, kind in zip(boxes, scores, kinds)]
+    return [
+        ((box.left(), box.top(), box.right(), box.bottom()), score, kind)
+        for box, score, kind in zip(boxes, scores, kinds, strict=True)
+    ]
 
 
 @pytest.fixture
@@ -141,7 +144,9 @@ def fresh_detector():
     face_detector.cache_clear()
 
 
-def test_detector_is_stored_once_and_the_stored_one_finds_the_same_faces(fresh_detector, fer_home, astronaut_gray):
+def test_detector_is_stored_once_and_the_stored_one_finds_the_same_faces(
+    fresh_detector, fer_home, astronaut_gray
+):
     import dlib
 
     built = fresh_detector()
@@ -153,7 +158,10 @@ def test_detector_is_stored_once_and_the_stored_one_finds_the_same_faces(fresh_d
     assert loaded is not built
     assert list((fer_home / "dlib").iterdir()) == [stored]
     # Read, not written again (a rewrite would be a new file renamed into place).
-    assert (stored.stat().st_ino, stored.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    assert (stored.stat().st_ino, stored.stat().st_mtime_ns) == (
+        written.st_ino,
+        written.st_mtime_ns,
+    )
     reference = dlib.get_frontal_face_detector()
     for degrees in (0, 15):
         image, _ = rotate(astronaut_gray, degrees)
@@ -173,7 +181,9 @@ def test_a_damaged_stored_detector_is_replaced(fresh_detector, fer_home, astrona
     assert stored.read_bytes() == good
 
 
-def test_detector_works_where_nothing_can_be_stored(fresh_detector, tmp_path, monkeypatch, astronaut_gray):
+def test_detector_works_where_nothing_can_be_stored(
+    fresh_detector, tmp_path, monkeypatch, astronaut_gray
+):
     blocker = tmp_path / "a-file"
     blocker.write_text("FER_HOME cannot be made below a file")
     monkeypatch.setenv("FER_HOME", str(blocker / "home"))
@@ -203,17 +213,17 @@ def test_images_aligned_together_come_out_as_they_do_one_at_a_time(astronaut_gra
     assert [len(faces) for faces in every] == [1, 2, 1, 0, 1]
     assert [len(faces) for faces in largest] == [1, 1, 1, 0, 1]
     assert len(images[4][1]) == 2  # the tiny box is among the detections
-    for (gray, detections), together, all_together in zip(images, largest, every):
+    for (gray, detections), together, all_together in zip(images, largest, every, strict=True):
         [largest_alone] = align_detected([(gray, detections)], config, largest_only=True)
         assert len(together) == len(largest_alone)
-        for face, face_alone in zip(together, largest_alone):
+        for face, face_alone in zip(together, largest_alone, strict=True):
             np.testing.assert_array_equal(face.crop, face_alone.crop)
         # The largest face that aligns comes first among all the faces.
-        for face, first in zip(together, all_together):
+        for face, first in zip(together, all_together, strict=True):
             np.testing.assert_array_equal(face.crop, first.crop)
         [alone] = align_detected([(gray, detections)], config)
         assert len(all_together) == len(alone)
-        for face, face_alone in zip(all_together, alone):
+        for face, face_alone in zip(all_together, alone, strict=True):
             np.testing.assert_array_equal(face.crop, face_alone.crop)
             np.testing.assert_array_equal(face.landmarks, face_alone.landmarks)
     np.testing.assert_array_equal(largest[4][0].crop, largest[0][0].crop)
@@ -222,7 +232,9 @@ def test_images_aligned_together_come_out_as_they_do_one_at_a_time(astronaut_gra
 # --- crops that pass the photo's edge ------------------------------------------------------
 
 
-def test_a_tightly_cropped_face_is_measured_as_padded_and_a_full_frame_one_is_not(astronaut_gray, reference):
+def test_a_tightly_cropped_face_is_measured_as_padded_and_a_full_frame_one_is_not(
+    astronaut_gray, reference
+):
     full, _ = reference
     assert full.padding == 0.0
     # The chin sits at the bottom edge of a CK+48-style crop: part of the crop lies below it.
@@ -268,7 +280,9 @@ def test_midpoint_equalization_does_not_push_a_clipped_patch_to_white(astronaut_
 
 
 def test_inside_photo_marks_what_the_crop_took_from_the_photo():
-    shift = np.array([[1.0, 0.0, 5.0], [0.0, 1.0, 0.0]])  # the crop starts 5 pixels left of the photo
+    shift = np.array(
+        [[1.0, 0.0, 5.0], [0.0, 1.0, 0.0]]
+    )  # the crop starts 5 pixels left of the photo
     inside = inside_photo(shift, (20, 10), (10, 30))
     assert inside.shape == (10, 20)
     assert not inside[:, :5].any() and inside[:, 5:].all()

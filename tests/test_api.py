@@ -31,15 +31,24 @@ def readme_example() -> str:
 @pytest.fixture
 def newest_model(fer_home):
     dataset = make_dataset(labels=("anger", "happiness", "surprise"), subjects=3)
-    return train_model(dataset, TrainConfig(epochs=1, copies=0), fer_home / "models" / "shapes.npz").path
+    return train_model(
+        dataset, TrainConfig(epochs=1, copies=0), fer_home / "models" / "shapes.npz"
+    ).path
 
 
 def test_the_readme_example_runs_and_never_imports_tensorflow(newest_model):
-    code = readme_example() + "\nimport sys\nassert 'tensorflow' not in sys.modules, 'TensorFlow imported'\n"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    code = (
+        readme_example()
+        + "\nimport sys\nassert 'tensorflow' not in sys.modules, 'TensorFlow imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert re.fullmatch(r"face at \d+,\d+ \(\d+x\d+\): (anger|happiness|surprise) [01]\.\d\d", lines[0]), lines
+    assert re.fullmatch(
+        r"face at \d+,\d+ \(\d+x\d+\): (anger|happiness|surprise) [01]\.\d\d", lines[0]
+    ), lines
     assert lines[-1] == "1 (32, 32) (68, 2)"
 
 
@@ -65,15 +74,25 @@ def test_a_bad_array_is_a_typed_error(newest_model):
 
 
 def test_import_fercli_is_cheap():
-    result = subprocess.run([sys.executable, "-c", "import fercli, sys; print(sorted(m for m in ('cv2', 'dlib', "
-                             "'tensorflow', 'keras') if m in sys.modules))"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import fercli, sys; print(sorted(m for m in ('cv2', 'dlib', "
+            "'tensorflow', 'keras') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 def test_crossval_and_train_take_a_recipe_and_settings(fer_home):
     from fercli.prepared import save_dataset
 
-    save_dataset(make_dataset(labels=("anger", "happiness"), subjects=3), fer_home / "datasets" / "shapes")
+    save_dataset(
+        make_dataset(labels=("anger", "happiness"), subjects=3), fer_home / "datasets" / "shapes"
+    )
     report = fercli.crossval("shapes", folds=2, recipe="best", epochs=1, copies=0)
     assert len(report.folds) == 2 and report.protocol["recipe"] == "best"
     assert report.protocol["differs_from_recipe"] == {"epochs": 1, "copies": 0}
@@ -87,7 +106,9 @@ def test_crossval_and_train_take_a_recipe_and_settings(fer_home):
 def test_evaluate_model_scores_a_model_on_a_dataset_and_writes_its_report(fer_home):
     from fercli.prepared import save_dataset
 
-    save_dataset(make_dataset(labels=("anger", "happiness"), subjects=3), fer_home / "datasets" / "shapes")
+    save_dataset(
+        make_dataset(labels=("anger", "happiness"), subjects=3), fer_home / "datasets" / "shapes"
+    )
     others = make_dataset(labels=("anger", "happiness", "fear"), subjects=2, seed=5)
     save_dataset(others, fer_home / "datasets" / "others")
     trained = fercli.train("shapes", epochs=1, copies=0)

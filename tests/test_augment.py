@@ -87,14 +87,25 @@ def old_transform_images(images, flips, angles, shifts):
         transform = cv2.getRotationMatrix2D(centre, float(angles[index]), 1.0)
         transform[:, 2] += shifts[index]
         out[index] = cv2.warpAffine(
-            np.ascontiguousarray(image), transform, (size, size),
-            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
+            np.ascontiguousarray(image),
+            transform,
+            (size, size),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
         )
     return out
 
 
-def eager_epochs(crops: np.ndarray, targets: np.ndarray, num_classes: int, config: TrainConfig,
-                 rng: np.random.Generator, mean: np.ndarray, std: np.ndarray, epochs: int):
+def eager_epochs(
+    crops: np.ndarray,
+    targets: np.ndarray,
+    num_classes: int,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    mean: np.ndarray,
+    std: np.ndarray,
+    epochs: int,
+):
     """Each epoch's (x, y) as fit built them before they were made lazily: every augmented
     image in memory at once (the old code, kept here as the reference)."""
     count = len(crops)
@@ -145,8 +156,9 @@ def test_chunks_are_the_eager_epochs_exactly(dataset, name, standardised):
         crops = ((crops - crops.mean()) / crops.std()).astype(np.float32)
     targets = np.arange(70) % 7
     mean, std = normalisation(crops, config.normalisation)
-    lazy = TrainingImages(crops, targets, 7, config, np.random.default_rng(11), mean, std,
-                          chunk_images=40)
+    lazy = TrainingImages(
+        crops, targets, 7, config, np.random.default_rng(11), mean, std, chunk_images=40
+    )
     expected = eager_epochs(crops, targets, 7, config, np.random.default_rng(11), mean, std, 3)
     copies = config.copies if config.augment and config.augment_mode == "copies" else 0
     for eager_x, eager_y in expected:
@@ -198,8 +210,9 @@ def test_fit_trains_on_the_same_batches_in_chunks(dataset, monkeypatch):
         whole, _, _ = fit(crops, targets, 7, config, seed=5)
         monkeypatch.setattr(augment_module, "CHUNK_IMAGES", 32)
         losses = []
-        chunked, _, _ = fit(crops, targets, 7, config, seed=5,
-                            on_epoch=lambda *figures: losses.append(figures))
+        chunked, _, _ = fit(
+            crops, targets, 7, config, seed=5, on_epoch=lambda *figures: losses.append(figures)
+        )
         monkeypatch.undo()
         assert [epoch for epoch, _, _ in losses] == [1, 2]
         assert all(np.isfinite(loss) and 0 <= accuracy <= 1 for _, loss, accuracy in losses)

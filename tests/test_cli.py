@@ -53,7 +53,10 @@ def interruptible_fer(*args: str):
     depend on how pytest itself was started. The process is killed if the test fails.
     """
     process = subprocess.Popen(
-        [sys.executable, "-m", "fercli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "fercli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
@@ -227,7 +230,13 @@ def test_crossval_json_report(dataset, fer_home):
     assert cv2.imread(str(files["confusion"])) is not None
     rows = list(csv.DictReader(io.StringIO(files["predictions"].read_text())))
     assert len(rows) == 64
-    assert list(rows[0]) == ["path", "fold", "true", "predicted", *(f"p_{label}" for label in CLASSES)]
+    assert list(rows[0]) == [
+        "path",
+        "fold",
+        "true",
+        "predicted",
+        *(f"p_{label}" for label in CLASSES),
+    ]
     for row in rows:
         probabilities = [float(row[f"p_{label}"]) for label in CLASSES]
         assert sum(probabilities) == pytest.approx(1, abs=1e-4)
@@ -275,7 +284,9 @@ def test_crossval_refusals_are_one_line(dataset):
 def test_options_with_fixed_values_are_refused_by_the_parser_with_the_list():
     result = fer("crossval", "--variant", "huge")
     assert result.exit_code == 2 and result.stdout == ""
-    assert "Invalid value for '--variant': 'huge' is not one of 'paper', 'dropout'," in " ".join(result.stderr.split())
+    assert "Invalid value for '--variant': 'huge' is not one of 'paper', 'dropout'," in " ".join(
+        result.stderr.split()
+    )
     for args, listed in [
         (["preprocess", "x", "--layout", "csv"], "'jaffe', 'ck+', 'folders'"),
         (["train", "--optimizer", "rmsprop"], "'sgd', 'adam'"),
@@ -425,7 +436,9 @@ def test_predict_fails_when_nothing_could_be_processed(trained_model, photos, tm
 
 
 @pytest.mark.parametrize("columns", ["30", "200"])
-def test_piped_predict_table_shows_whole_paths_and_labels(trained_model, photos, tmp_path, monkeypatch, columns):
+def test_piped_predict_table_shows_whole_paths_and_labels(
+    trained_model, photos, tmp_path, monkeypatch, columns
+):
     folder = tmp_path / ("a-folder-with-a-name-long-enough-to-be-cut-in-a-table-" * 3) / "happiness"
     folder.mkdir(parents=True)
     photo = folder / "the-photo-of-a-happy-astronaut-with-a-long-name.png"
@@ -481,7 +494,14 @@ def test_a_skipped_file_with_brackets_in_its_path_is_reported_not_a_crash(
     folder.mkdir()
     (folder / "x]notes.png").write_text("not a picture")
     (folder / "x]photo.png").write_bytes(photos["one"].read_bytes())
-    result = fer("predict", folder / "x]notes.png", folder / "x]photo.png", "--model", trained_model, "--json")
+    result = fer(
+        "predict",
+        folder / "x]notes.png",
+        folder / "x]photo.png",
+        "--model",
+        trained_model,
+        "--json",
+    )
     assert result.exit_code == 0, repr(result.exception)
     assert f"skipped {folder / 'x]notes.png'}: not an image" in result.stderr
 
@@ -504,8 +524,13 @@ def test_predict_on_a_folder_counts_its_other_files_and_ends_with_a_summary(trai
     (folder / "cut.png").write_bytes(photos["one"].read_bytes()[:3000])  # a broken image is named
     result = fer("predict", folder, "--model", trained_model)
     assert result.exit_code == 0, result.output
-    assert result.stderr.splitlines() == [f"skipped {folder / 'cut.png'}: truncated PNG (no IEND chunk at the end)"]
-    assert result.stdout.splitlines()[-1] == "3 images, 3 faces; 1 skipped; 2 other files in the folders, not images"
+    assert result.stderr.splitlines() == [
+        f"skipped {folder / 'cut.png'}: truncated PNG (no IEND chunk at the end)"
+    ]
+    assert (
+        result.stdout.splitlines()[-1]
+        == "3 images, 3 faces; 1 skipped; 2 other files in the folders, not images"
+    )
     assert "README" not in result.stdout
     # Named on the command line, a file that is no image is reported as such.
     result = fer("predict", folder / "README.md", photos["one"], "--model", trained_model)
@@ -557,7 +582,11 @@ def test_h_is_help_and_no_help_line_is_cut(command, monkeypatch):
         # At 80 columns the longer choices wrap inside their column; wide, each is on one line.
         monkeypatch.setenv("COLUMNS", "200")
         text = " ".join(fer_process(*command, "-h").stdout.split())
-        assert "<random|subject|dataset>" in text and "<sgd|adam>" in text and "<global|pixel|per-dataset>" in text
+        assert (
+            "<random|subject|dataset>" in text
+            and "<sgd|adam>" in text
+            and "<global|pixel|per-dataset>" in text
+        )
 
 
 def test_help_imports_no_heavy_library():
@@ -613,10 +642,26 @@ def test_every_failure_with_json_is_one_json_document(trained_model, photos, tmp
     notes.write_text("hello")
     cases = [
         (["preprocess", empty], 1, "empty"),
-        (["train", "no-such-dataset", "--epochs", "1"], 1, "no-such-dataset: no such preprocessed dataset"),
-        (["crossval", "--folds", "3", "--epochs", "1", "--classes", "anger,joyful"], 1, "unknown class 'joyful'"),
-        (["predict", photos["one"], "--model", tmp_path / "nope.npz"], 1, "nope.npz: no such model file"),
-        (["predict", photos["one"], "--model", trained_model, "--csv"], 1, "choose one of --json and --csv"),
+        (
+            ["train", "no-such-dataset", "--epochs", "1"],
+            1,
+            "no-such-dataset: no such preprocessed dataset",
+        ),
+        (
+            ["crossval", "--folds", "3", "--epochs", "1", "--classes", "anger,joyful"],
+            1,
+            "unknown class 'joyful'",
+        ),
+        (
+            ["predict", photos["one"], "--model", tmp_path / "nope.npz"],
+            1,
+            "nope.npz: no such model file",
+        ),
+        (
+            ["predict", photos["one"], "--model", trained_model, "--csv"],
+            1,
+            "choose one of --json and --csv",
+        ),
         (["predict", photos["one"], "--model", trained_model, "--workers", "0"], 2, "--workers"),
         (["crossval", "--folds", "1"], 2, "--folds"),
     ]
@@ -630,15 +675,21 @@ def test_every_failure_with_json_is_one_json_document(trained_model, photos, tmp
             assert result.stderr.strip() == f"error: {document['error']}"
 
 
-def test_json_failures_that_have_a_report_carry_the_error_in_it(trained_model, tmp_path, make_folders, no_face_image):
+def test_json_failures_that_have_a_report_carry_the_error_in_it(
+    trained_model, tmp_path, make_folders, no_face_image
+):
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
     result = fer("predict", notes, tmp_path / "gone.png", "--model", trained_model, "--json")
     assert result.exit_code == 1
     document = json.loads(result.stdout)
     assert document["error"] == "no image could be processed"
-    assert document["images"] == [{"path": str(notes), "faces": [], "error": "not an image (unrecognised content)"}]
-    assert document["skipped"] == [{"path": str(tmp_path / "gone.png"), "reason": "no such file or folder"}]
+    assert document["images"] == [
+        {"path": str(notes), "faces": [], "error": "not an image (unrecognised content)"}
+    ]
+    assert document["skipped"] == [
+        {"path": str(tmp_path / "gone.png"), "reason": "no such file or folder"}
+    ]
     assert result.stderr.splitlines()[-1] == "error: no image could be processed"
 
     root = tmp_path / "no-faces"
@@ -646,7 +697,9 @@ def test_json_failures_that_have_a_report_carry_the_error_in_it(trained_model, t
     result = fer("preprocess", root, "--json", "--workers", "1")
     assert result.exit_code == 1
     document = json.loads(result.stdout)
-    assert document["aligned"] == 0 and document["error"].endswith("no image could be aligned (1 skipped)")
+    assert document["aligned"] == 0 and document["error"].endswith(
+        "no image could be aligned (1 skipped)"
+    )
     assert result.stderr.strip() == f"error: {document['error']}"
 
 
@@ -654,7 +707,9 @@ def test_json_failures_that_have_a_report_carry_the_error_in_it(trained_model, t
 
 
 @pytest.mark.slow
-def test_predict_notes_an_image_the_model_was_trained_on(make_face_dataset, faces, tmp_path, fer_home):
+def test_predict_notes_an_image_the_model_was_trained_on(
+    make_face_dataset, faces, tmp_path, fer_home
+):
     root = make_face_dataset(4)
     assert fer("preprocess", root, "--workers", "1").exit_code == 0
     model = tmp_path / "faces.npz"
@@ -664,7 +719,9 @@ def test_predict_notes_an_image_the_model_was_trained_on(make_face_dataset, face
     result = fer("predict", seen, new, "--model", model)
     assert result.exit_code == 0, result.output
     notes = [line for line in result.stdout.splitlines() if line.startswith("note: ")]
-    assert notes == [f"note: {seen} was in this model's training data: its score says nothing about new faces"]
+    assert notes == [
+        f"note: {seen} was in this model's training data: its score says nothing about new faces"
+    ]
     images = json.loads(fer("predict", seen, new, "--model", model, "--json").stdout)
     assert [image["faces"][0]["in_training_data"] for image in images] == [True, False]
     # A model file from before fercli kept the hashes loads as before, and does not say.

@@ -39,7 +39,9 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-def synthetic(source: str, labels: tuple[str, ...] = SHARED, seed: int = 0, subjects: int = 4) -> PreparedDataset:
+def synthetic(
+    source: str, labels: tuple[str, ...] = SHARED, seed: int = 0, subjects: int = 4
+) -> PreparedDataset:
     """A small synthetic dataset that says it came from the folder `source`."""
     dataset = make_dataset(labels=labels, subjects=subjects, per_subject=3, seed=seed)
     dataset.meta["source"] = f"/data/{source}"
@@ -61,10 +63,15 @@ def test_combined_images_keep_their_dataset_and_subjects_are_unique_per_dataset(
     combined = load_combined(two_saved)
     assert combined.dataset_names == ["jaffe", "ck48"]
     assert len(combined.crops) == 3 * 3 * 4 + 3 * 3 * 5
-    assert list(combined.origins).count("jaffe") == 36 and list(combined.origins).count("ck48") == 45
+    assert (
+        list(combined.origins).count("jaffe") == 36 and list(combined.origins).count("ck48") == 45
+    )
     # Both datasets have a subject S001: combined, they are two people.
     assert {"jaffe:S001", "ck48:S001"} <= set(combined.subjects.tolist())
-    assert all(subject.split(":")[0] == origin for subject, origin in zip(combined.subjects, combined.origins))
+    assert all(
+        subject.split(":")[0] == origin
+        for subject, origin in zip(combined.subjects, combined.origins, strict=True)
+    )
     assert [part["images"] for part in combined.parts] == [36, 45]
     assert combined.parts[0]["classes"] == {"anger": 12, "happiness": 12, "surprise": 12}
     assert all(part["fingerprint"] for part in combined.parts)
@@ -75,8 +82,11 @@ def test_combined_images_keep_their_dataset_and_subjects_are_unique_per_dataset(
 def test_classes_of_only_some_datasets_are_refused_naming_them(fer_home):
     first = synthetic("jaffe", SHARED + ("neutral",), seed=1)
     second = synthetic("ck48", SHARED + ("sadness",), seed=2)
-    with pytest.raises(DatasetError, match=r"classes in only some datasets: .*sadness \(ck48 only\).*neutral \(jaffe only\)"
-                                           r".*--shared-classes \(anger, happiness, surprise\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"classes in only some datasets: .*sadness \(ck48 only\).*neutral \(jaffe only\)"
+        r".*--shared-classes \(anger, happiness, surprise\)",
+    ):
         combine([first, second])
 
 
@@ -99,7 +109,10 @@ def test_named_classes_may_come_from_some_datasets_and_the_report_says_where(fer
 def test_datasets_without_a_shared_class_are_refused(fer_home):
     first = synthetic("jaffe", ("anger", "happiness"), seed=1)
     second = synthetic("ck48", ("fear", "sadness"), seed=2)
-    with pytest.raises(DatasetError, match="the datasets share no class: jaffe has anger, happiness; ck48 has fear, sadness"):
+    with pytest.raises(
+        DatasetError,
+        match="the datasets share no class: jaffe has anger, happiness; ck48 has fear, sadness",
+    ):
         combine([first, second], shared_classes=True)
     with pytest.raises(DatasetError, match="share no class among those chosen"):
         combine([first, second], classes=("anger", "fear"))
@@ -112,7 +125,9 @@ def test_the_same_dataset_given_twice_is_refused(two_saved):
 
 def test_the_same_data_under_two_names_is_refused(two_saved):
     save_synthetic(synthetic("jaffe", seed=1), "jaffe-copy")
-    with pytest.raises(DatasetError, match=r"jaffe-1 and jaffe-copy hold the same data \(fingerprint \w+\)"):
+    with pytest.raises(
+        DatasetError, match=r"jaffe-1 and jaffe-copy hold the same data \(fingerprint \w+\)"
+    ):
         resolve_datasets(["jaffe-1", "jaffe-copy"])
 
 
@@ -121,9 +136,12 @@ def test_crops_in_an_earlier_dataset_too_are_dropped_and_counted(fer_home):
     second = synthetic("ck48", seed=2)
     # The second dataset holds 5 of the first's images besides its own.
     overlap = PreparedDataset(
-        crops=np.concatenate([second.crops, first.crops[:5]]), labels=np.concatenate([second.labels, first.labels[:5]]),
-        subjects=np.concatenate([second.subjects, first.subjects[:5]]), paths=np.concatenate([second.paths, first.paths[:5]]),
-        meta=second.meta)
+        crops=np.concatenate([second.crops, first.crops[:5]]),
+        labels=np.concatenate([second.labels, first.labels[:5]]),
+        subjects=np.concatenate([second.subjects, first.subjects[:5]]),
+        paths=np.concatenate([second.paths, first.paths[:5]]),
+        meta=second.meta,
+    )
     combined = combine([first, overlap])
     assert combined.parts[1]["duplicates_dropped"] == 5
     assert combined.parts[1]["images"] == len(second.crops)
@@ -136,20 +154,28 @@ def test_datasets_preprocessed_with_different_settings_are_refused_with_the_comm
     settings = PreprocessConfig(equalization="midpoint")
     other.meta.update(preprocess=settings.to_dict(), preprocess_fingerprint=settings.fingerprint())
     save_synthetic(other, "ck48-2")
-    with pytest.raises(DatasetError, match=r"preprocessed with different settings \(equalization face against midpoint\)"
-                                           r".*`fer preprocess /data/ck48`"):
+    with pytest.raises(
+        DatasetError,
+        match=r"preprocessed with different settings \(equalization face against midpoint\)"
+        r".*`fer preprocess /data/ck48`",
+    ):
         resolve_datasets(["jaffe-1", "ck48-2"])
 
 
-def test_an_original_folder_not_yet_preprocessed_is_refused_with_the_exact_command(fer_home, tmp_path):
+def test_an_original_folder_not_yet_preprocessed_is_refused_with_the_exact_command(
+    fer_home, tmp_path
+):
     settings = PreprocessConfig(equalization="midpoint")
     first = synthetic("jaffe", seed=1)
     first.meta.update(preprocess=settings.to_dict(), preprocess_fingerprint=settings.fingerprint())
     save_synthetic(first, "jaffe-1")
     original = tmp_path / "ck48"
     original.mkdir()
-    with pytest.raises(DatasetError, match=rf"{original}: not preprocessed yet; run `fer preprocess {original} "
-                                           r"--equalization midpoint` first with the settings of the others"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"{original}: not preprocessed yet; run `fer preprocess {original} "
+        r"--equalization midpoint` first with the settings of the others",
+    ):
         resolve_datasets(["jaffe-1", str(original)])
 
 
@@ -168,7 +194,7 @@ def test_dataset_folds_leave_one_dataset_out(two_saved):
     selection = select_classes(load_combined(two_saved))
     splits = make_folds(selection, 10, "dataset", 0)
     assert len(splits) == 2
-    for (train, test), name in zip(splits, ["jaffe", "ck48"]):
+    for (train, test), name in zip(splits, ["jaffe", "ck48"], strict=True):
         assert set(selection.origins[test]) == {name}
         assert name not in set(selection.origins[train])
         assert len(train) + len(test) == len(selection.crops)
@@ -183,7 +209,10 @@ def test_subject_folds_on_combined_data_keep_each_person_on_one_side(two_saved):
 def test_random_folds_on_combined_data_give_each_fold_its_share_of_every_dataset(two_saved):
     selection = select_classes(load_combined(two_saved))
     for _, test in make_folds(selection, 3, "random", 0):
-        assert list(selection.origins[test]).count("jaffe") == 12 and list(selection.origins[test]).count("ck48") == 15
+        assert (
+            list(selection.origins[test]).count("jaffe") == 12
+            and list(selection.origins[test]).count("ck48") == 15
+        )
 
 
 def test_a_starting_model_trained_on_one_of_the_datasets_is_refused(two_saved, tmp_path):
@@ -193,7 +222,11 @@ def test_a_starting_model_trained_on_one_of_the_datasets_is_refused(two_saved, t
     starting = tmp_path / "jaffe.npz"
     train_model(load_combined(["jaffe-1"]), TrainConfig(epochs=1, copies=0), starting)
     with pytest.raises(FerError, match="the starting model was trained on this dataset"):
-        cross_validate(load_combined(two_saved), TrainConfig(epochs=1, copies=0, init_model=str(starting)), folds=2)
+        cross_validate(
+            load_combined(two_saved),
+            TrainConfig(epochs=1, copies=0, init_model=str(starting)),
+            folds=2,
+        )
 
 
 def test_leave_one_dataset_out_warns_of_classes_only_the_left_out_dataset_has(fer_home):
@@ -217,8 +250,13 @@ def test_dataset_folds_on_a_single_dataset_are_refused(fer_home):
 def test_leave_one_dataset_out_report_has_figures_per_dataset(two_saved):
     report = cross_validate(load_combined(two_saved), FAST, group="dataset", workers=1)
     assert report.protocol["folds"] == 2 and report.planned_folds == 2
-    assert [fold.per_dataset.keys() for fold in report.folds] == [{"jaffe": 0}.keys(), {"ck48": 0}.keys()]
-    assert report.per_dataset["jaffe"]["tested"] == 36 and report.per_dataset["ck48"]["tested"] == 45
+    assert [fold.per_dataset.keys() for fold in report.folds] == [
+        {"jaffe": 0}.keys(),
+        {"ck48": 0}.keys(),
+    ]
+    assert (
+        report.per_dataset["jaffe"]["tested"] == 36 and report.per_dataset["ck48"]["tested"] == 45
+    )
     for name, figures in report.per_dataset.items():
         assert 0 <= figures["accuracy"] <= 1
         assert np.array(figures["confusion_matrix"]).sum() == figures["tested"]
@@ -229,7 +267,18 @@ def test_leave_one_dataset_out_report_has_figures_per_dataset(two_saved):
 
 
 def test_crossval_cli_on_two_datasets_prints_and_saves_per_dataset_figures(two_saved, tmp_path):
-    result = fer("crossval", *two_saved, "--folds", "2", "--epochs", "1", "--copies", "0", "--output", tmp_path / "run")
+    result = fer(
+        "crossval",
+        *two_saved,
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--copies",
+        "0",
+        "--output",
+        tmp_path / "run",
+    )
     assert result.exit_code == 0, result.output
     assert "images per dataset and class" in result.stdout
     assert "accuracy per dataset" in result.stdout
@@ -243,7 +292,9 @@ def test_crossval_cli_on_two_datasets_prints_and_saves_per_dataset_figures(two_s
 
 
 def test_crossval_cli_group_dataset_json(two_saved):
-    result = fer("crossval", *two_saved, "--group", "dataset", "--epochs", "1", "--copies", "0", "--json")
+    result = fer(
+        "crossval", *two_saved, "--group", "dataset", "--epochs", "1", "--copies", "0", "--json"
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["protocol"]["group"] == "dataset" and report["protocol"]["folds"] == 2
@@ -257,14 +308,20 @@ def test_train_cli_on_two_datasets_records_every_dataset_in_the_model(two_saved,
     assert "images per dataset and class" in result.stdout
     meta = load_model(output).meta
     assert meta["dataset"]["name"] == "jaffe+ck48" and meta["dataset"]["images"] == 81
-    assert [(part["name"], part["images"]) for part in meta["datasets"]] == [("jaffe", 36), ("ck48", 45)]
+    assert [(part["name"], part["images"]) for part in meta["datasets"]] == [
+        ("jaffe", 36),
+        ("ck48", 45),
+    ]
     assert all(len(part["fingerprint"]) == 16 for part in meta["datasets"])
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["jaffe-1", "jaffe-1"], "are the same dataset"),
-    (["jaffe-1", "nowhere"], "nowhere: no such preprocessed dataset"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["jaffe-1", "jaffe-1"], "are the same dataset"),
+        (["jaffe-1", "nowhere"], "nowhere: no such preprocessed dataset"),
+    ],
+)
 def test_cli_refusals_are_one_line(two_saved, arguments, message):
     result = fer("crossval", *arguments, "--epochs", "1")
     assert message in one_error_line(result)
@@ -275,8 +332,20 @@ def test_cli_refuses_classes_of_only_some_datasets_in_one_line(fer_home):
     save_synthetic(synthetic("ck48", SHARED, seed=2), "ck48-2")
     line = one_error_line(fer("train", "jaffe-1", "ck48-2", "--epochs", "1"))
     assert "classes in only some datasets: neutral (jaffe only)" in line
-    line = one_error_line(fer("crossval", "jaffe-1", "ck48-2", "--group", "dataset", "--shared-classes",
-                              "--classes", "anger,happiness", "--epochs", "1"))
+    line = one_error_line(
+        fer(
+            "crossval",
+            "jaffe-1",
+            "ck48-2",
+            "--group",
+            "dataset",
+            "--shared-classes",
+            "--classes",
+            "anger,happiness",
+            "--epochs",
+            "1",
+        )
+    )
     assert "give --classes or --shared-classes, not both" in line
 
 
@@ -284,8 +353,16 @@ def test_cli_refuses_classes_of_only_some_datasets_in_one_line(fer_home):
 
 
 def test_per_dataset_statistics_come_from_each_datasets_training_part():
-    rows = [[10, 30], [10, 30], [200, 200], [0, 0],  # dataset a
-            [100, 140], [100, 140], [100, 140], [7, 7]]  # dataset b
+    rows = [
+        [10, 30],
+        [10, 30],
+        [200, 200],
+        [0, 0],  # dataset a
+        [100, 140],
+        [100, 140],
+        [100, 140],
+        [7, 7],
+    ]  # dataset b
     crops = np.array(rows, np.uint8)[:, np.newaxis, :]
     origins = np.array(["a"] * 4 + ["b"] * 4)
     train, test = np.array([0, 1, 4, 5]), np.array([2, 3, 6, 7])
@@ -306,8 +383,19 @@ def test_a_left_out_dataset_uses_its_own_statistics():
 
 
 def test_per_dataset_normalisation_in_leave_one_dataset_out_says_it_is_transductive(two_saved):
-    result = fer("crossval", *two_saved, "--group", "dataset", "--normalisation", "per-dataset",
-                 "--epochs", "1", "--copies", "0", "--json")
+    result = fer(
+        "crossval",
+        *two_saved,
+        "--group",
+        "dataset",
+        "--normalisation",
+        "per-dataset",
+        "--epochs",
+        "1",
+        "--copies",
+        "0",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["protocol"]["training"]["normalisation"] == "per-dataset"
@@ -316,7 +404,17 @@ def test_per_dataset_normalisation_in_leave_one_dataset_out_says_it_is_transduct
 
 
 def test_train_refuses_per_dataset_normalisation_on_combined_data(two_saved, tmp_path):
-    line = one_error_line(fer("train", *two_saved, "--normalisation", "per-dataset", "--epochs", "1",
-                              "--output", tmp_path / "model.npz"))
+    line = one_error_line(
+        fer(
+            "train",
+            *two_saved,
+            "--normalisation",
+            "per-dataset",
+            "--epochs",
+            "1",
+            "--output",
+            tmp_path / "model.npz",
+        )
+    )
     assert "--normalisation per-dataset is for fer crossval" in line
     assert not (tmp_path / "model.npz").exists()

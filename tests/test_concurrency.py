@@ -53,7 +53,7 @@ def assert_consistent(home: Path, dataset_dir: Path, images: int) -> None:
     assert list(home.rglob(".tmp-*")) == []
     dataset = load_dataset(dataset_folder(dataset_dir))
     assert len(dataset.crops) == images
-    by_path = dict(zip(dataset.paths.tolist(), dataset.crops))
+    by_path = dict(zip(dataset.paths.tolist(), dataset.crops, strict=True))
     for path in sorted(dataset_dir.glob("*/*.png"))[:: max(1, images // 6)]:
         data = path.read_bytes()
         fresh = align_faces(decode_gray(data), PreprocessConfig())[0]

@@ -241,7 +241,9 @@ def test_discover_images_takes_files_and_folders(make_folders, tmp_path):
     ]
 
 
-def test_discover_images_passes_over_what_is_no_image_in_a_folder_but_not_a_named_file(make_folders, tmp_path):
+def test_discover_images_passes_over_what_is_no_image_in_a_folder_but_not_a_named_file(
+    make_folders, tmp_path
+):
     root = make_folders({"happy": ["a.png"]})
     (root / "happy" / "README.md").write_text("notes")
     (root / "happy" / "empty.png").touch()  # for the reader to report: empty file

@@ -80,7 +80,9 @@ def skip_unless_namespace_allows(script: list[str], what: str) -> None:
     """Skip the test unless a process may run script (mounts) in a namespace of its own."""
     if shutil.which("unshare") is None:
         pytest.skip("no unshare command")
-    probe = subprocess.run(NAMESPACE + script, capture_output=True, text=True, timeout=60, check=False)
+    probe = subprocess.run(
+        NAMESPACE + script, capture_output=True, text=True, timeout=60, check=False
+    )
     if probe.returncode != 0:
         reason = probe.stderr.strip() or f"exit code {probe.returncode}"
         pytest.skip(f"{what} in a user namespace is not allowed here ({reason})")
@@ -90,7 +92,15 @@ def skip_unless_namespace_allows(script: list[str], what: str) -> None:
 def read_only_mounts() -> None:
     """Skip unless this machine lets a process mount a read-only view in its own namespace."""
     skip_unless_namespace_allows(
-        ["sh", "-c", READ_ONLY + " 2>/dev/null", "/tmp", "sh", "-c", "! touch /tmp/.fer-read-only-probe 2>/dev/null"],
+        [
+            "sh",
+            "-c",
+            READ_ONLY + " 2>/dev/null",
+            "/tmp",
+            "sh",
+            "-c",
+            "! touch /tmp/.fer-read-only-probe 2>/dev/null",
+        ],
         "a read-only bind mount",
     )
 
@@ -163,7 +173,9 @@ print(json.dumps(outcome))
 @pytest.fixture(scope="session")
 def tmpfs_mounts() -> None:
     """Skip unless this machine lets a process mount a tmpfs in its own namespace."""
-    skip_unless_namespace_allows(["sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], "mounting a tmpfs")
+    skip_unless_namespace_allows(
+        ["sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], "mounting a tmpfs"
+    )
 
 
 def run_on_a_full_disk(
@@ -184,7 +196,10 @@ def run_on_a_full_disk(
         str(home),
         str(original),
         str(after),
-        str(2048 + sum(path.stat().st_size // 1024 + 4 for path in home.rglob("*") if path.is_file())),
+        str(
+            2048
+            + sum(path.stat().st_size // 1024 + 4 for path in home.rglob("*") if path.is_file())
+        ),
         str(keep_kb),
         str(FER),
         *args,

@@ -63,8 +63,12 @@ def other_people(labels=("anger", "disgust", "fear", "happiness", "sadness"), se
 def test_shared_classes_are_scored_and_the_rest_named(ensemble_path):
     report = score_model(load_model(ensemble_path), other_people())
     assert report.labels == list(TRAINED)
-    assert report.protocol["left_out"] == {"model_only": [], "dataset_only": ["sadness"], "images_dropped": 12,
-                                           "dropped_per_class": {"sadness": 12}}
+    assert report.protocol["left_out"] == {
+        "model_only": [],
+        "dataset_only": ["sadness"],
+        "images_dropped": 12,
+        "dropped_per_class": {"sadness": 12},
+    }
     assert any("sadness" in note and "12 images dropped" in note for note in report.warnings)
     assert report.confusion.sum() == report.dataset["images"] == 48
     assert report.pooled_accuracy >= 0.7  # separable shapes: far above chance (25%)
@@ -90,7 +94,10 @@ def test_no_shared_class_is_one_clear_error(single_path):
 
 def test_evaluating_on_the_training_data_is_flagged(single_path, training_data):
     report = score_model(load_model(single_path), training_data)
-    assert any("80 of 80 evaluated images are crops this model was trained on" in note for note in report.warnings)
+    assert any(
+        "80 of 80 evaluated images are crops this model was trained on" in note
+        for note in report.warnings
+    )
     assert any("trained on this dataset" in note for note in report.warnings)
     fresh = score_model(load_model(single_path), other_people())
     assert not any("trained on" in note for note in fresh.warnings)
@@ -99,9 +106,13 @@ def test_evaluating_on_the_training_data_is_flagged(single_path, training_data):
 def test_a_dataset_made_with_other_settings_is_refused(single_path):
     dataset = other_people()
     settings = PreprocessConfig(equalization="clahe")
-    dataset.meta.update(preprocess=settings.to_dict(), preprocess_fingerprint=settings.fingerprint())
+    dataset.meta.update(
+        preprocess=settings.to_dict(), preprocess_fingerprint=settings.fingerprint()
+    )
     save_synthetic(dataset, "clahe")
-    with pytest.raises(DatasetError, match="other preprocessing settings than the model's.*equalization"):
+    with pytest.raises(
+        DatasetError, match="other preprocessing settings than the model's.*equalization"
+    ):
         prepare_for_model("clahe", load_model(single_path))
 
 
@@ -126,7 +137,11 @@ def test_cli_writes_the_crossval_shaped_report(ensemble_path):
     save_synthetic(other_people(), "others")
     result = fer("evaluate", "--model", ensemble_path, "others")
     assert result.exit_code == 0, result.output
-    assert "accuracy" in result.stdout and "sadness" in result.stdout and "ensemble of 3 networks" in result.stdout
+    assert (
+        "accuracy" in result.stdout
+        and "sadness" in result.stdout
+        and "ensemble of 3 networks" in result.stdout
+    )
     folder = Path(result.stdout.split("report: ")[1].split("\n")[0].strip())
     assert folder.parent.name.startswith("evaluate-three-others-")
     report = json.loads(folder.read_text())
@@ -161,8 +176,10 @@ def test_an_ensemble_averages_its_members(ensemble_path, training_data):
     assert np.allclose(model.predict_proba(crops), np.mean(each, axis=0))
     # Different seeds, different networks.
     assert not np.allclose(each[0], each[1])
-    assert not np.array_equal(model.networks[0].network.weights["layer0_kernel"],
-                              model.networks[1].network.weights["member1_layer0_kernel"])
+    assert not np.array_equal(
+        model.networks[0].network.weights["layer0_kernel"],
+        model.networks[1].network.weights["member1_layer0_kernel"],
+    )
 
 
 def test_a_single_network_file_still_loads(single_path, tmp_path):
@@ -175,17 +192,28 @@ def test_a_single_network_file_still_loads(single_path, tmp_path):
     np.savez(tmp_path / "v1.npz", **content)
     old = load_model(tmp_path / "v1.npz")
     assert len(old.networks) == 1
-    assert np.allclose(old.predict_proba(make_dataset(labels=TRAINED, subjects=1).crops),
-                       load_model(single_path).predict_proba(make_dataset(labels=TRAINED, subjects=1).crops))
+    assert np.allclose(
+        old.predict_proba(make_dataset(labels=TRAINED, subjects=1).crops),
+        load_model(single_path).predict_proba(make_dataset(labels=TRAINED, subjects=1).crops),
+    )
 
 
 def _networks(path: Path):
     from fercli.model import ExportedNetwork
 
     model = load_model(path)
-    return [ExportedNetwork(m.network.specs, {k.removeprefix("member1_").removeprefix("member2_"): v
-                                              for k, v in m.network.weights.items()}, m.mean, m.std)
-            for m in model.networks], model
+    return [
+        ExportedNetwork(
+            m.network.specs,
+            {
+                k.removeprefix("member1_").removeprefix("member2_"): v
+                for k, v in m.network.weights.items()
+            },
+            m.mean,
+            m.std,
+        )
+        for m in model.networks
+    ], model
 
 
 def test_an_ensemble_with_mismatched_members_is_one_clear_error(ensemble_path, tmp_path):
@@ -193,10 +221,20 @@ def test_an_ensemble_with_mismatched_members_is_one_clear_error(ensemble_path, t
     five = make_dataset(labels=(*TRAINED, "sadness"), subjects=2)
     other = train_model(five, TrainConfig(epochs=1, copies=0), tmp_path / "five.npz")
     stranger, _ = _networks(other.path)
-    # Hand-made: save_networks does not check members against each other (training never mixes them).
-    path = save_networks(tmp_path / "mixed.npz", [networks[0], stranger[0]], model.classes, model.preprocess,
-                         TrainConfig.from_dict(model.meta["training"]))
-    with pytest.raises(ModelError, match=r"mixed.npz: ensemble member 2 of 2 gives 5 probabilities, and the file has 4 classes"):
+    # Hand-made: save_networks does not check members against each other (training never mixes
+    # them).
+    path = save_networks(
+        tmp_path / "mixed.npz",
+        [networks[0], stranger[0]],
+        model.classes,
+        model.preprocess,
+        TrainConfig.from_dict(model.meta["training"]),
+    )
+    with pytest.raises(
+        ModelError,
+        match=r"mixed.npz: ensemble member 2 of 2 gives 5 probabilities, and the file has 4 "
+        r"classes",
+    ):
         load_model(path)
 
 
@@ -226,14 +264,28 @@ def test_crossval_folds_become_one_ensemble(training_data, tmp_path):
 
 def test_crossval_then_predict(training_data, astronaut_path):
     save_synthetic(training_data, "shapes")
-    result = fer("crossval", "--folds", "2", "--epochs", "1", "--copies", "0", "--workers", "1", "shapes")
+    result = fer(
+        "crossval", "--folds", "2", "--epochs", "1", "--copies", "0", "--workers", "1", "shapes"
+    )
     assert result.exit_code == 0, result.output
     saved = list(models_dir().glob("shapes-crossval-*.npz"))
     assert len(saved) == 1 and f"model: {saved[0]}" in result.stdout
     predicted = fer("predict", "--json", astronaut_path)
     assert predicted.exit_code == 0, predicted.output
     assert json.loads(predicted.stdout)[0]["faces"][0]["label"] in TRAINED
-    skipped = fer("crossval", "--folds", "2", "--epochs", "1", "--copies", "0", "--workers", "1", "--no-save-model", "shapes")
+    skipped = fer(
+        "crossval",
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--copies",
+        "0",
+        "--workers",
+        "1",
+        "--no-save-model",
+        "shapes",
+    )
     assert skipped.exit_code == 0 and len(list(models_dir().glob("*.npz"))) == 1
 
 

@@ -29,7 +29,8 @@ def fer(*args):
 
 
 def face48(gray: np.ndarray, index: int) -> np.ndarray:
-    """A distinct 48x48 face: the test photo's, mirrored for odd indices, a little brighter or darker."""
+    """A distinct 48x48 face: the test photo's, mirrored for odd indices, a little brighter or
+    darker."""
     face = crop_box(gray, TIGHT_FACE_BOX, 48)
     if index % 2:
         face = face[:, ::-1]
@@ -44,7 +45,16 @@ def row(label, image: np.ndarray, usage: str = "Training") -> str:
 def fer_csv(astronaut_gray, tmp_path) -> Path:
     """8 faces (labels 3 and 6, three splits), one blank image, and three bad rows."""
     lines = [HEADER]
-    usages = ["Training", "Training", "Training", "Training", "PublicTest", "PrivateTest", "PrivateTest", "Training"]
+    usages = [
+        "Training",
+        "Training",
+        "Training",
+        "Training",
+        "PublicTest",
+        "PrivateTest",
+        "PrivateTest",
+        "Training",
+    ]
     for index, usage in enumerate(usages):
         lines.append(row(3 if index % 2 == 0 else 6, face48(astronaut_gray, index), usage))
     lines.append(row(0, np.full((48, 48), 128, np.uint8)))  # row 10: no face
@@ -77,11 +87,22 @@ def test_rows_are_aligned_and_bad_rows_skipped_with_the_reason(fer_csv):
     dataset = load_dataset(Path(report.dataset))
     assert dataset.crops.shape == (8, 32, 32)
     assert sorted(set(dataset.labels.tolist())) == ["happiness", "neutral"]
-    assert dataset.splits.tolist() == ["Training"] * 4 + ["PublicTest", "PrivateTest", "PrivateTest", "Training"]
-    assert dataset.meta["layout"] == "fer2013" and dataset.meta["splits"] == ["PrivateTest", "PublicTest", "Training"]
+    assert dataset.splits.tolist() == ["Training"] * 4 + [
+        "PublicTest",
+        "PrivateTest",
+        "PrivateTest",
+        "Training",
+    ]
+    assert dataset.meta["layout"] == "fer2013" and dataset.meta["splits"] == [
+        "PrivateTest",
+        "PublicTest",
+        "Training",
+    ]
 
 
-def test_rows_whose_pixels_are_not_whole_numbers_from_0_to_255_are_skipped(astronaut_gray, tmp_path):
+def test_rows_whose_pixels_are_not_whole_numbers_from_0_to_255_are_skipped(
+    astronaut_gray, tmp_path
+):
     from fercli.fer2013 import read_rows
 
     pixels = face48(astronaut_gray, 0).ravel().tolist()
@@ -97,7 +118,9 @@ def test_rows_whose_pixels_are_not_whole_numbers_from_0_to_255_are_skipped(astro
     rows = list(read_rows(path, skipped))
 
     assert [number for number, *_ in rows] == [2, 8]
-    assert np.array_equal(rows[0][3], face48(astronaut_gray, 0)) and np.array_equal(rows[1][3], rows[0][3])
+    assert np.array_equal(rows[0][3], face48(astronaut_gray, 0)) and np.array_equal(
+        rows[1][3], rows[0][3]
+    )
     assert [item.reason for item in skipped] == [
         "row 3: the pixels are not whole numbers",
         "row 4: the pixels are not whole numbers",
@@ -116,17 +139,27 @@ def test_workers_give_what_one_process_gives(fer_csv):
 def test_a_bad_header_is_one_clear_line(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("emotion,image,Usage\n0,1 2,Training\n")
-    with pytest.raises(LayoutError, match=r"not a FER2013 CSV: the header is 'emotion,image,Usage', expected emotion,pixels,Usage"):
+    with pytest.raises(
+        LayoutError,
+        match=r"not a FER2013 CSV: the header is 'emotion,image,Usage', expected "
+        r"emotion,pixels,Usage",
+    ):
         preprocess_fer2013(path, PreprocessConfig(), workers=1)
     result = fer("preprocess", "--layout", "fer2013", path)
-    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "not a FER2013 CSV" in result.stderr
+    assert (
+        result.exit_code == 1
+        and result.stderr.count("\n") == 1
+        and "not a FER2013 CSV" in result.stderr
+    )
 
 
 def test_splits_select_training_and_test_images(fer_csv):
     dataset = load_dataset(Path(preprocess_dataset(fer_csv, workers=1).dataset))
     assert len(dataset_split(dataset, "Training").crops) == 5
     assert len(dataset_split(dataset, "PrivateTest").crops) == 2
-    with pytest.raises(DatasetError, match="no split 'Validation'; it has PrivateTest, PublicTest, Training"):
+    with pytest.raises(
+        DatasetError, match="no split 'Validation'; it has PrivateTest, PublicTest, Training"
+    ):
         dataset_split(dataset, "Validation")
 
 
@@ -151,4 +184,7 @@ def test_train_on_one_split_and_evaluate_on_another(fer_csv):
 def test_crossval_says_it_ignores_the_splits(fer_csv):
     dataset = load_dataset(Path(preprocess_dataset(fer_csv, workers=1).dataset))
     report = cross_validate(dataset, TrainConfig(epochs=1, copies=0), folds=2, workers=1)
-    assert any("predefined splits (PrivateTest, PublicTest, Training) are ignored" in note for note in report.warnings)
+    assert any(
+        "predefined splits (PrivateTest, PublicTest, Training) are ignored" in note
+        for note in report.warnings
+    )

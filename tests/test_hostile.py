@@ -38,14 +38,22 @@ def fer(*args: object):
     return runner.invoke(app, [str(arg) for arg in args])
 
 
-def fer_process(*args: object, env: dict | None = None, shell_prefix: str = "", stdout=subprocess.PIPE):
+def fer_process(
+    *args: object, env: dict | None = None, shell_prefix: str = "", stdout=subprocess.PIPE
+):
     """`python -m fercli ARGS` in a fresh process; shell_prefix runs it through sh first
     (for redirections such as closing stdout)."""
     command = [sys.executable, "-m", "fercli", *map(str, args)]
     if shell_prefix:
         command = ["sh", "-c", f'{shell_prefix} exec "$@"', "sh", *command]
-    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, timeout=300, check=False,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        command,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        timeout=300,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def one_error_line(stderr: str) -> str:
@@ -64,22 +72,47 @@ def strict_json(text: str) -> object:
     return json.loads(text, parse_constant=refuse)
 
 
-def numpy_model(path: Path, classes=CLASSES, layers=None, arrays=None, meta_changes=None,
-                mean: float = 128.0, std: float = 64.0) -> Path:
+def numpy_model(
+    path: Path,
+    classes=CLASSES,
+    layers=None,
+    arrays=None,
+    meta_changes=None,
+    mean: float = 128.0,
+    std: float = 64.0,
+) -> Path:
     """A fercli model file written with numpy: by default flatten -> dense softmax with small
     random weights; layers and arrays replace the network."""
     config = PreprocessConfig()
     rng = np.random.default_rng(0)
     if layers is None:
-        layers = [{"type": "flatten", "weights": []},
-                  {"type": "dense", "activation": "softmax", "weights": ["layer1_kernel", "layer1_bias"]}]
-        arrays = {"layer1_kernel": rng.normal(0, 0.01, (config.crop_size**2, len(classes))).astype(np.float32),
-                  "layer1_bias": np.zeros(len(classes), np.float32), **(arrays or {})}
-    meta = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "classes": list(classes),
-            "layers": layers, "input_size": config.crop_size, "preprocess": config.to_dict(),
-            "preprocess_fingerprint": config.fingerprint(), "align_version": ALIGN_VERSION,
-            "training": TrainConfig().to_dict(), "versions": {}, **(meta_changes or {})}
-    np.savez(path, meta=pack_json(meta), norm_mean=np.float64(mean), norm_std=np.float64(std), **arrays)
+        layers = [
+            {"type": "flatten", "weights": []},
+            {"type": "dense", "activation": "softmax", "weights": ["layer1_kernel", "layer1_bias"]},
+        ]
+        arrays = {
+            "layer1_kernel": rng.normal(0, 0.01, (config.crop_size**2, len(classes))).astype(
+                np.float32
+            ),
+            "layer1_bias": np.zeros(len(classes), np.float32),
+            **(arrays or {}),
+        }
+    meta = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "classes": list(classes),
+        "layers": layers,
+        "input_size": config.crop_size,
+        "preprocess": config.to_dict(),
+        "preprocess_fingerprint": config.fingerprint(),
+        "align_version": ALIGN_VERSION,
+        "training": TrainConfig().to_dict(),
+        "versions": {},
+        **(meta_changes or {}),
+    }
+    np.savez(
+        path, meta=pack_json(meta), norm_mean=np.float64(mean), norm_std=np.float64(std), **arrays
+    )
     return path
 
 
@@ -105,7 +138,11 @@ def photo_folder(tmp_path, astronaut_path) -> Path:
 
 
 def contents(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 # --- data loss: annotate ----------------------------------------------------------------------
@@ -122,7 +159,9 @@ def test_an_annotate_folder_that_holds_the_inputs_is_refused(model_file, photo_f
     assert contents(photo_folder) == before
 
 
-def test_annotated_copies_mirror_the_folders_and_never_replace_a_file(model_file, photo_folder, tmp_path):
+def test_annotated_copies_mirror_the_folders_and_never_replace_a_file(
+    model_file, photo_folder, tmp_path
+):
     out = tmp_path / "out"
     out.mkdir()
     (out / "x.png").write_bytes(b"the user's own file")
@@ -157,11 +196,16 @@ def test_a_diverged_train_leaves_the_model_at_output_as_it_was(tiny_dataset, mod
     line = one_error_line(result.stderr)
     assert "training diverged" in line and "left as it was" in line
     assert keep.read_bytes() == model_file.read_bytes()
-    assert sorted(path.name for path in tmp_path.iterdir() if path.suffix == ".npz") == ["good.npz", "keep.npz"]
+    assert sorted(path.name for path in tmp_path.iterdir() if path.suffix == ".npz") == [
+        "good.npz",
+        "keep.npz",
+    ]
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".tmp-")]
 
 
-def test_a_diverged_train_with_json_is_an_error_in_json_and_no_newest_model(tiny_dataset, model_file, fer_home):
+def test_a_diverged_train_with_json_is_an_error_in_json_and_no_newest_model(
+    tiny_dataset, model_file, fer_home
+):
     models = fer_home / "models"
     models.mkdir()
     shutil.copy(model_file, models / "older.npz")
@@ -186,18 +230,23 @@ def test_output_that_is_not_a_regular_file_or_in_the_datasets_folder_is_refused_
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from fercli.cli import app\n"
-        f"for output in {[str(fifo), str(folder), str(inside), str(datasets_dir() / 'new.npz')]!r}:\n"
+        "for output in "
+        f"{[str(fifo), str(folder), str(inside), str(datasets_dir() / 'new.npz')]!r}:\n"
         "    result = CliRunner().invoke(app, ['train', '--epochs', '1', '--output', output])\n"
         "    print(result.exit_code, result.stderr.strip().replace('\\n', ' | '))\n"
         "print('tensorflow' in sys.modules)\n"
     )
-    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                             check=False)
+    process = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
     *lines, imported = process.stdout.strip().splitlines()
     assert imported == "False", process.stdout + process.stderr
     assert len(lines) == 4
-    for line, expected in zip(lines, ["not a regular file", "is a folder", "preprocessed datasets",
-                                      "preprocessed datasets"]):
+    for line, expected in zip(
+        lines,
+        ["not a regular file", "is a folder", "preprocessed datasets", "preprocessed datasets"],
+        strict=True,
+    ):
         assert line.startswith("1 error: ") and " | " not in line and expected in line, line
     assert stat.S_ISFIFO(fifo.stat().st_mode) and folder.is_dir()
     assert inside.read_bytes() == dataset_bytes
@@ -206,10 +255,17 @@ def test_output_that_is_not_a_regular_file_or_in_the_datasets_folder_is_refused_
 # --- NaN and infinity -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("option, value", [
-    ("--lr", "nan"), ("--momentum", "nan"), ("--max-rotation", "inf"), ("--max-rotation", "nan"),
-    ("--max-shift", "1e308"), ("--max-shift", "inf"),
-])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--lr", "nan"),
+        ("--momentum", "nan"),
+        ("--max-rotation", "inf"),
+        ("--max-rotation", "nan"),
+        ("--max-shift", "1e308"),
+        ("--max-shift", "inf"),
+    ],
+)
 @pytest.mark.parametrize("command", ["train", "crossval"])
 def test_non_finite_or_absurd_training_options_are_one_line(tiny_dataset, command, option, value):
     result = fer(command, "--epochs", "1", option, value)
@@ -225,13 +281,17 @@ def test_a_non_finite_face_score_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_crossval_whose_folds_diverge_has_no_result(tiny_dataset):
-    result = fer("crossval", "--folds", "2", "--epochs", "2", "--lr", "1e30", "--workers", "1", "--json")
+    result = fer(
+        "crossval", "--folds", "2", "--epochs", "2", "--lr", "1e30", "--workers", "1", "--json"
+    )
     assert result.exit_code == 1
     line = one_error_line(result.stderr)
     assert "diverged in 2 of 2 folds" in line and "no result" in line
     report = strict_json(result.stdout)
     assert report["diverged_folds"] == [1, 2]
-    assert all(fold["accuracy"] is None and "finite" in fold["diverged"] for fold in report["folds"])
+    assert all(
+        fold["accuracy"] is None and "finite" in fold["diverged"] for fold in report["folds"]
+    )
     for figure in ("mean_accuracy", "std_accuracy", "pooled_accuracy", "macro_f1"):
         assert report[figure] is None
     saved = strict_json(Path(report["files"]["report"]).read_text())
@@ -243,10 +303,15 @@ def overflowing_model(path: Path) -> Path:
     black is all zeros inside the network, which the old load check tried alone."""
     rng = np.random.default_rng(1)
     signs = lambda shape: np.where(rng.random(shape) < 0.5, -1.0, 1.0)  # noqa: E731
-    layers = [{"type": "flatten", "weights": []},
-              {"type": "dense", "activation": "relu", "weights": ["layer1_kernel"]},
-              {"type": "dense", "activation": "softmax", "weights": ["layer2_kernel"]}]
-    arrays = {"layer1_kernel": 1e200 * signs((32 * 32, 8)), "layer2_kernel": 1e200 * signs((8, len(CLASSES)))}
+    layers = [
+        {"type": "flatten", "weights": []},
+        {"type": "dense", "activation": "relu", "weights": ["layer1_kernel"]},
+        {"type": "dense", "activation": "softmax", "weights": ["layer2_kernel"]},
+    ]
+    arrays = {
+        "layer1_kernel": 1e200 * signs((32 * 32, 8)),
+        "layer2_kernel": 1e200 * signs((8, len(CLASSES))),
+    }
     return numpy_model(path, layers=layers, arrays=arrays, mean=0.0, std=1.0)
 
 
@@ -267,15 +332,29 @@ def crafted_models(folder: Path) -> dict[str, tuple[Path, str]]:
     """{case: (model file, what the refusal says)}."""
     rng = np.random.default_rng(0)
     return {
-        "a class that is a number": (numpy_model(folder / "number.npz", classes=(1, "happiness", "surprise")),
-                                     "not a list of names"),
-        "a class twice": (numpy_model(folder / "twice.npz", classes=("anger", "anger", "surprise")),
-                          "appears twice"),
-        "an empty class name": (numpy_model(folder / "empty.npz", classes=("", "happiness", "surprise")),
-                                "not a list of names"),
-        "infinite weights": (numpy_model(folder / "inf.npz", arrays={
-            "layer1_kernel": np.where(rng.random((1024, 3)) < 0.5, -np.inf, np.inf).astype(np.float32)}),
-            "not finite"),
+        "a class that is a number": (
+            numpy_model(folder / "number.npz", classes=(1, "happiness", "surprise")),
+            "not a list of names",
+        ),
+        "a class twice": (
+            numpy_model(folder / "twice.npz", classes=("anger", "anger", "surprise")),
+            "appears twice",
+        ),
+        "an empty class name": (
+            numpy_model(folder / "empty.npz", classes=("", "happiness", "surprise")),
+            "not a list of names",
+        ),
+        "infinite weights": (
+            numpy_model(
+                folder / "inf.npz",
+                arrays={
+                    "layer1_kernel": np.where(rng.random((1024, 3)) < 0.5, -np.inf, np.inf).astype(
+                        np.float32
+                    )
+                },
+            ),
+            "not finite",
+        ),
         "NaN in the z-score": (numpy_model(folder / "nan-std.npz", std=float("nan")), "not finite"),
         "a zero z-score spread": (numpy_model(folder / "zero-std.npz", std=0.0), "not positive"),
     }
@@ -301,7 +380,9 @@ def test_a_model_meta_with_nan_is_refused(tmp_path):
     numpy_model(path)
     with np.load(path) as archive:
         arrays = dict(archive)
-    text = arrays["meta"].tobytes().decode().replace('"learning_rate": 0.001', '"learning_rate": NaN')
+    text = (
+        arrays["meta"].tobytes().decode().replace('"learning_rate": 0.001', '"learning_rate": NaN')
+    )
     assert "NaN" in text
     np.savez(path, **{**arrays, "meta": np.frombuffer(text.encode(), np.uint8)})
     with pytest.raises(ModelError, match="not a fercli model file"):
@@ -337,8 +418,12 @@ TAMPERED = {
     "float crops": lambda d: {"crops": d["crops"].astype(np.float64)},
     "integer labels": lambda d: {"labels": np.arange(len(d["labels"]))},
     "no preprocess settings": lambda d: {"meta": without("preprocess")},
-    "preprocess settings that are a list": lambda d: {"meta": lambda m: {**m, "preprocess": [1, 2]}},
-    "a crop size that is text": lambda d: {"meta": lambda m: {**m, "preprocess": {**m["preprocess"], "crop_size": "32"}}},
+    "preprocess settings that are a list": lambda d: {
+        "meta": lambda m: {**m, "preprocess": [1, 2]}
+    },
+    "a crop size that is text": lambda d: {
+        "meta": lambda m: {**m, "preprocess": {**m["preprocess"], "crop_size": "32"}}
+    },
     "meta that is a list": lambda d: {"meta": lambda m: [m]},
     "a future format version": lambda d: {"meta": lambda m: {**m, "format_version": 99}},
 }
@@ -358,7 +443,9 @@ def test_a_tampered_dataset_is_one_line_at_load(tiny_dataset, dataset_arrays, ca
         load_dataset(tiny_dataset)
     assert str(tiny_dataset) in str(raised.value) and "\n" not in str(raised.value)
     for command in ("train", "crossval"):
-        result = fer(command, "--epochs", "1", "--folds" if command == "crossval" else "--seed", "2")
+        result = fer(
+            command, "--epochs", "1", "--folds" if command == "crossval" else "--seed", "2"
+        )
         assert result.exit_code == 1, (case, result.output)
         assert DATASET_FILE in one_error_line(result.stderr)
     assert not (fer_home / "models").exists()
@@ -378,7 +465,9 @@ def test_a_dataset_written_before_format_versions_still_loads(tiny_dataset):
 
 @pytest.mark.parametrize("mode", ["--json", "--csv", "table"])
 def test_predict_with_stdout_closed_says_so_and_fails(model_file, astronaut_path, mode):
-    arguments = ["predict", astronaut_path, "--model", model_file] + ([mode] if mode != "table" else [])
+    arguments = ["predict", astronaut_path, "--model", model_file] + (
+        [mode] if mode != "table" else []
+    )
     result = fer_process(*arguments, shell_prefix=">&-")
     assert result.returncode == 1
     assert "standard output is closed" in one_error_line(result.stderr.decode())
@@ -387,7 +476,9 @@ def test_predict_with_stdout_closed_says_so_and_fails(model_file, astronaut_path
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 @pytest.mark.parametrize("mode", ["--json", "--csv", "table"])
 def test_predict_into_a_full_stdout_is_one_line(model_file, astronaut_path, mode):
-    arguments = ["predict", astronaut_path, "--model", model_file] + ([mode] if mode != "table" else [])
+    arguments = ["predict", astronaut_path, "--model", model_file] + (
+        [mode] if mode != "table" else []
+    )
     with open("/dev/full", "wb") as full:
         result = fer_process(*arguments, stdout=full)
     assert result.returncode == 1
@@ -396,8 +487,9 @@ def test_predict_into_a_full_stdout_is_one_line(model_file, astronaut_path, mode
 
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
 @pytest.mark.parametrize("mode", ["--csv", "table", "--json"])
-def test_a_name_the_terminal_cannot_encode_is_escaped_not_a_crash(model_file, astronaut_path, tmp_path,
-                                                                   encoding, mode):
+def test_a_name_the_terminal_cannot_encode_is_escaped_not_a_crash(
+    model_file, astronaut_path, tmp_path, encoding, mode
+):
     photo = tmp_path / "café_😀.png"
     shutil.copy(astronaut_path, photo)
     arguments = ["predict", photo, "--model", model_file] + ([mode] if mode != "table" else [])

@@ -208,13 +208,17 @@ def _png_1bit(width: int, height: int) -> bytes:
     """A valid black 1-bit grayscale PNG of width x height, built without holding its pixels."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     packer = zlib.compressobj(9)
     row = b"\x00" * (1 + (width + 7) // 8)  # filter byte, then the bits
     data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
 
 
 def test_opencvs_own_pixel_limit_is_in_force_in_a_fresh_process(tmp_path):
@@ -225,15 +229,24 @@ def test_opencvs_own_pixel_limit_is_in_force_in_a_fresh_process(tmp_path):
         "import fercli.align\n"  # imports cv2 the way every command does
         "import cv2, numpy\n"
         "try:\n"
-        f"    print(cv2.imdecode(numpy.fromfile({str(path)!r}, numpy.uint8), cv2.IMREAD_GRAYSCALE).shape)\n"
+        f"    print(cv2.imdecode(numpy.fromfile({str(path)!r}, numpy.uint8), "
+        "cv2.IMREAD_GRAYSCALE).shape)\n"
         "except cv2.error as error:\n"
         "    print('refused' if 'CV_IO_MAX_IMAGE_PIXELS' in str(error) else error)\n"
     )
-    environment = {key: value for key, value in os.environ.items() if key != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    environment = {
+        key: value for key, value in os.environ.items() if key != "OPENCV_IO_MAX_IMAGE_PIXELS"
+    }
 
     def run(extra: dict) -> str:
-        process = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
-                                 timeout=120, env={**environment, **extra})
+        process = subprocess.run(
+            [sys.executable, "-c", script],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**environment, **extra},
+        )
         return process.stdout.strip()
 
     assert run({}) == "refused"

@@ -48,14 +48,22 @@ def test_list_and_remove(filled_home, fer_home, tmp_path):
     assert model.name == "shapes-1.npz" and model.details["dataset"] == "shapes"
     assert model.details["recipe"] == "paper, epochs 1"
     score = model.details["crossval"]
-    assert score["run"] == "crossval-shapes-1" and score["folds"] == 2 and score["group"] == "random"
+    assert (
+        score["run"] == "crossval-shapes-1" and score["folds"] == 2 and score["group"] == "random"
+    )
     assert score["mean_accuracy"] == filled_home["report"].mean_accuracy
     assert [entry.name for entry in inventory.runs] == ["crossval-shapes-1"]
     assert all(entry.size > 0 for entry in inventory.datasets + inventory.models + inventory.runs)
 
     result = fer("list")
     assert result.exit_code == 0, result.output
-    for text in ("shapes-1.npz", "crossval-shapes-1", "paper, epochs 1", "random folds", "anger, happiness, surprise"):
+    for text in (
+        "shapes-1.npz",
+        "crossval-shapes-1",
+        "paper, epochs 1",
+        "random folds",
+        "anger, happiness, surprise",
+    ):
         assert text in result.stdout, text
     listed = json.loads(fer("list", "--json").stdout)
     assert [entry["name"] for entry in listed["models"]] == ["shapes-1.npz"]
@@ -63,7 +71,14 @@ def test_list_and_remove(filled_home, fer_home, tmp_path):
     # Nothing is removed when one of the names is not an entry.
     outside = tmp_path / "mine.npz"
     outside.write_bytes(b"the user's own file")
-    for name in (outside, fer_home, fer_home / "models", "../mine.npz", "no-such-thing", fer_home / "crops"):
+    for name in (
+        outside,
+        fer_home,
+        fer_home / "models",
+        "../mine.npz",
+        "no-such-thing",
+        fer_home / "crops",
+    ):
         result = fer("remove", "shapes-1", name)
         assert result.exit_code == 1 and result.stderr.startswith("error: "), name
         assert filled_home["model"].exists() and outside.exists()

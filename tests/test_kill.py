@@ -142,7 +142,7 @@ def test_preprocess_killed_at_any_point_then_run_again_completes(face_dataset, f
     assert_cache_readable(fer_home)
     assert len(cache_entries(fer_home)) == IMAGES
     dataset = load_dataset(report["dataset"])
-    crops_by_path = dict(zip(dataset.paths.tolist(), dataset.crops))
+    crops_by_path = dict(zip(dataset.paths.tolist(), dataset.crops, strict=True))
     cache = CropCache(PreprocessConfig(), fer_home / "crops")
     sample = sorted(face_dataset.glob("*/*.png"))[:: IMAGES // 8]
     for path in sample:

@@ -53,11 +53,17 @@ def test_the_arrays_have_the_shape_of_dlibs_68_point_model(model):
     assert model.initial[8, 1] > model.initial[36:48, 1].max() + 0.4
 
 
-@pytest.mark.parametrize("size, degrees", [(48, 0), (256, -20), (256, 0), (256, 20), (512, -10), (512, 10)])
-def test_numpy_landmarks_are_dlibs_on_real_faces(model, dlib_predictor, astronaut_gray, degrees, size):
+@pytest.mark.parametrize(
+    "size, degrees", [(48, 0), (256, -20), (256, 0), (256, 20), (512, -10), (512, 10)]
+)
+def test_numpy_landmarks_are_dlibs_on_real_faces(
+    model, dlib_predictor, astronaut_gray, degrees, size
+):
     height, width = astronaut_gray.shape
     rotation = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
-    photo = cv2.warpAffine(astronaut_gray, rotation, (width, height), borderMode=cv2.BORDER_REPLICATE)
+    photo = cv2.warpAffine(
+        astronaut_gray, rotation, (width, height), borderMode=cv2.BORDER_REPLICATE
+    )
     if size == 48:  # a CK+48-like crop, where dlib finds the face after upsampling
         photo = crop_box(photo, TIGHT_FACE_BOX, size)
     else:
@@ -70,11 +76,15 @@ def test_numpy_landmarks_are_dlibs_on_real_faces(model, dlib_predictor, astronau
         np.testing.assert_array_equal(predictor(photo, box), dlib_predictor(photo, box))
     # A box running past the image: feature pixels outside it read as 0, as in dlib.
     box = faces[0][0]
-    moved = dlib.rectangle(box.left() - box.width() // 2, box.top() - box.height() // 3, box.right(), box.bottom())
+    moved = dlib.rectangle(
+        box.left() - box.width() // 2, box.top() - box.height() // 3, box.right(), box.bottom()
+    )
     np.testing.assert_array_equal(predictor(photo, moved), dlib_predictor(photo, moved))
 
 
-def test_faces_landmarked_together_get_the_landmarks_each_gets_alone(model, dlib_predictor, astronaut_gray):
+def test_faces_landmarked_together_get_the_landmarks_each_gets_alone(
+    model, dlib_predictor, astronaut_gray
+):
     # Images of different sizes in one batch, boxes inside and past the edges, the same
     # image twice: each face's pixels are read from its own image.
     rng = np.random.default_rng(1)
@@ -82,21 +92,24 @@ def test_faces_landmarked_together_get_the_landmarks_each_gets_alone(model, dlib
     noise = rng.integers(0, 256, (150, 230), dtype=np.uint8)
     faces = [(astronaut_gray, box) for box, _ in detect_faces(astronaut_gray, PreprocessConfig())]
     faces += [(small, box) for box, _ in detect_faces(small, PreprocessConfig())]
-    faces += [(noise, dlib.rectangle(-20, 10, 120, 170)), (astronaut_gray, dlib.rectangle(300, 300, 560, 560))]
+    faces += [
+        (noise, dlib.rectangle(-20, 10, 120, 170)),
+        (astronaut_gray, dlib.rectangle(300, 300, 560, 560)),
+    ]
     assert len(faces) == 4
     predictor = NumpyShapePredictor(model)
 
     together = predictor.predict_many(faces)
 
     assert len(together) == len(faces)
-    for (gray, box), landmarks in zip(faces, together):
+    for (gray, box), landmarks in zip(faces, together, strict=True):
         np.testing.assert_array_equal(landmarks, dlib_predictor(gray, box))
         np.testing.assert_array_equal(landmarks, predictor(gray, box))
     assert predictor.predict_many([]) == []
     # More faces than are landmarked in one go: done in parts, with the same results.
     many = predictor.predict_many(faces * 9)
     assert len(many) == 36
-    for landmarks, expected in zip(many, together * 9):
+    for landmarks, expected in zip(many, together * 9, strict=True):
         np.testing.assert_array_equal(landmarks, expected)
 
 
@@ -130,7 +143,7 @@ def _break_a_leaf(data: bytes) -> bytes:
     column_header = data[2:6]  # the mean shape's (-136, -1); every leaf starts with it too
     leaf = data.find(column_header, len(data) // 2)
     number = leaf + len(column_header)
-    return data[:number] + bytes([0x0F]) + data[number + 1:]
+    return data[:number] + bytes([0x0F]) + data[number + 1 :]
 
 
 @pytest.mark.parametrize(
@@ -150,7 +163,9 @@ def test_a_file_that_is_not_the_model_is_refused(model_bytes, damage):
         parse_shape_predictor(damage(model_bytes))
 
 
-def test_the_converted_model_is_stored_once_and_mapped_from_disk(tmp_path, astronaut_gray, dlib_predictor):
+def test_the_converted_model_is_stored_once_and_mapped_from_disk(
+    tmp_path, astronaut_gray, dlib_predictor
+):
     source = predictor_path()
     folder = tmp_path / "dlib"
     first = load_landmark_predictor(source, folder)
@@ -166,7 +181,9 @@ def test_the_converted_model_is_stored_once_and_mapped_from_disk(tmp_path, astro
 
 
 @pytest.mark.parametrize("damaged", ["leaves", "arrays"])
-def test_a_damaged_stored_model_is_converted_again(tmp_path, astronaut_gray, dlib_predictor, damaged):
+def test_a_damaged_stored_model_is_converted_again(
+    tmp_path, astronaut_gray, dlib_predictor, damaged
+):
     source = predictor_path()
     folder = tmp_path / "dlib"
     load_landmark_predictor(source, folder)
@@ -179,7 +196,9 @@ def test_a_damaged_stored_model_is_converted_again(tmp_path, astronaut_gray, dli
     assert isinstance(predictor, NumpyShapePredictor)
     assert load_stored(source, folder) is not None
     box = detect_faces(astronaut_gray, PreprocessConfig())[0][0]
-    np.testing.assert_array_equal(predictor(astronaut_gray, box), dlib_predictor(astronaut_gray, box))
+    np.testing.assert_array_equal(
+        predictor(astronaut_gray, box), dlib_predictor(astronaut_gray, box)
+    )
 
 
 def test_where_nothing_can_be_stored_dlib_predicts_alone(tmp_path, astronaut_gray, dlib_predictor):
@@ -188,7 +207,9 @@ def test_where_nothing_can_be_stored_dlib_predicts_alone(tmp_path, astronaut_gra
     predictor = load_landmark_predictor(predictor_path(), blocker / "dlib")
     assert isinstance(predictor, DlibShapePredictor)
     box = detect_faces(astronaut_gray, PreprocessConfig())[0][0]
-    np.testing.assert_array_equal(predictor(astronaut_gray, box), dlib_predictor(astronaut_gray, box))
+    np.testing.assert_array_equal(
+        predictor(astronaut_gray, box), dlib_predictor(astronaut_gray, box)
+    )
 
 
 def test_landmarks_load_quickly_once_the_converted_model_is_stored(model, monkeypatch):

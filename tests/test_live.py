@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-pytest.importorskip("starlette", reason="fer live needs the 'live' extra: pip install 'fercli[live]'")
+pytest.importorskip(
+    "starlette", reason="fer live needs the 'live' extra: pip install 'fercli[live]'"
+)
 pytest.importorskip("uvicorn", reason="fer live needs the 'live' extra: pip install 'fercli[live]'")
 
 from clips import can_write, moving_face, write_clip
@@ -49,7 +51,14 @@ def scene(index: int) -> list[tuple[float, float, float]]:
 def clip(tmp_path_factory) -> Path:
     for suffix in (".avi", ".mp4"):
         if can_write(suffix):
-            return write_clip(tmp_path_factory.mktemp("clip") / f"scene{suffix}", FRAMES, WIDTH, HEIGHT, 30.0, scene)
+            return write_clip(
+                tmp_path_factory.mktemp("clip") / f"scene{suffix}",
+                FRAMES,
+                WIDTH,
+                HEIGHT,
+                30.0,
+                scene,
+            )
     pytest.skip("this OpenCV build writes no video format")
 
 
@@ -67,9 +76,17 @@ def free_port() -> int:
 
 def start_live(*args) -> subprocess.Popen:
     """fer live in a subprocess, as a user runs it."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "fercli", "live", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "fercli", "live", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_listening(process: subprocess.Popen, port: int) -> None:
@@ -104,7 +121,9 @@ def get(port: int, path: str) -> bytes:
 def mjpeg_frames(port: int, count: int) -> list[np.ndarray]:
     """The first count frames of the MJPEG stream, decoded."""
     frames = []
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stream.mjpg", timeout=HTTP_TIMEOUT) as response:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/stream.mjpg", timeout=HTTP_TIMEOUT
+    ) as response:
         assert response.headers["Content-Type"].startswith("multipart/x-mixed-replace")
         for _ in range(count * 10):
             if len(frames) >= count:
@@ -112,9 +131,14 @@ def mjpeg_frames(port: int, count: int) -> list[np.ndarray]:
             line = response.readline()
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":")[1])
-                while response.readline() not in (b"\r\n", b""):  # the other headers, to the blank line
+                while response.readline() not in (
+                    b"\r\n",
+                    b"",
+                ):  # the other headers, to the blank line
                     pass
-                image = cv2.imdecode(np.frombuffer(response.read(length), np.uint8), cv2.IMREAD_COLOR)
+                image = cv2.imdecode(
+                    np.frombuffer(response.read(length), np.uint8), cv2.IMREAD_COLOR
+                )
                 assert image is not None
                 frames.append(image)
     return frames
@@ -199,13 +223,24 @@ def test_record_writes_the_csv_of_predict_and_ends_with_the_file(clip, model_pat
     key = lambda row: (int(row[1]), int(row[3]))  # noqa: E731
     live_body, predict_body = sorted(live_rows[1:], key=key), sorted(predict_rows[1:], key=key)
     assert [row[:8] for row in live_body] == [row[:8] for row in predict_body]
-    for live_row, predict_row in zip(live_body, predict_body):
-        assert [float(v) for v in live_row[9:]] == pytest.approx([float(v) for v in predict_row[9:]], abs=1e-4)
+    for live_row, predict_row in zip(live_body, predict_body, strict=True):
+        assert [float(v) for v in live_row[9:]] == pytest.approx(
+            [float(v) for v in predict_row[9:]], abs=1e-4
+        )
 
 
 def test_missing_file_is_one_line(model_path, tmp_path):
-    result = runner.invoke(app, ["live", str(tmp_path / "nothing.avi"), "--model", str(model_path),
-                                 "--port", str(free_port())])
+    result = runner.invoke(
+        app,
+        [
+            "live",
+            str(tmp_path / "nothing.avi"),
+            "--model",
+            str(model_path),
+            "--port",
+            str(free_port()),
+        ],
+    )
     assert result.exit_code == 1
     assert "no such file" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -215,25 +250,44 @@ def test_port_in_use_is_one_line(clip, model_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        result = runner.invoke(app, ["live", str(clip), "--model", str(model_path), "--port", str(port)])
+        result = runner.invoke(
+            app, ["live", str(clip), "--model", str(model_path), "--port", str(port)]
+        )
     assert result.exit_code == 1
     assert "in use" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="no chromium on this machine (apt-get install chromium to run this test)")
+@pytest.mark.skipif(
+    not shutil.which("chromium"),
+    reason="no chromium on this machine (apt-get install chromium to run this test)",
+)
 def test_page_in_a_headless_browser_shows_bars(server):
     """The page as a browser renders it after a few seconds: a card with bars per face."""
     # The server works in real time and the browser's clock is virtual: a few tries, so that
     # a page loaded before the first face was labelled does not fail the test.
     for _ in range(6):
-        result = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                                 "--virtual-time-budget=4000", "--dump-dom", f"http://127.0.0.1:{server}/"],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--virtual-time-budget=4000",
+                "--dump-dom",
+                f"http://127.0.0.1:{server}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if 'class="face"' in result.stdout:
             break
         time.sleep(1)
-    body = result.stdout[result.stdout.find("<body"):]
+    body = result.stdout[result.stdout.find("<body") :]
     assert 'class="face"' in body and 'class="bar"' in body, body[:3000]
 
 
@@ -241,7 +295,10 @@ def test_without_the_extra_says_how_to_install_it(monkeypatch, model_path):
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn then raises ImportError
     result = runner.invoke(app, ["live", "--model", str(model_path)])
     assert result.exit_code == 1
-    assert "pip install 'fercli[live]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (
+        "pip install 'fercli[live]'" in result.stderr
+        and len(result.stderr.strip().splitlines()) == 1
+    )
 
 
 def mjpeg_source(clip: Path):
@@ -263,8 +320,11 @@ def mjpeg_source(clip: Path):
             self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
             self.end_headers()
             for jpeg in jpegs:
-                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
-                                 + jpeg + b"\r\n")
+                self.wfile.write(
+                    b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                    + jpeg
+                    + b"\r\n"
+                )
                 time.sleep(1 / 30)
 
         def log_message(self, *args):

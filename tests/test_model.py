@@ -202,29 +202,45 @@ def test_the_runtime_folds_layers_together_as_keras_computes_them():
     from keras import layers
 
     configure_tensorflow(None)
-    network = keras.Sequential([
-        keras.Input((13, 13, 1)),
-        layers.Conv2D(6, 3, padding="same", use_bias=False), layers.BatchNormalization(), layers.Activation("relu"),
-        layers.MaxPooling2D(3, strides=2, padding="same"),
-        layers.Conv2D(5, 3, strides=2), layers.MaxPooling2D(2, padding="same"),
-        layers.BatchNormalization(), layers.Activation("tanh"),
-        layers.Conv2D(4, 1, activation="sigmoid"), layers.MaxPooling2D(2, padding="same"),
-        layers.Flatten(), layers.Dense(8, use_bias=False), layers.BatchNormalization(center=False),
-        layers.Activation("relu"), layers.Dense(5, activation="softmax"),
-    ])
+    network = keras.Sequential(
+        [
+            keras.Input((13, 13, 1)),
+            layers.Conv2D(6, 3, padding="same", use_bias=False),
+            layers.BatchNormalization(),
+            layers.Activation("relu"),
+            layers.MaxPooling2D(3, strides=2, padding="same"),
+            layers.Conv2D(5, 3, strides=2),
+            layers.MaxPooling2D(2, padding="same"),
+            layers.BatchNormalization(),
+            layers.Activation("tanh"),
+            layers.Conv2D(4, 1, activation="sigmoid"),
+            layers.MaxPooling2D(2, padding="same"),
+            layers.Flatten(),
+            layers.Dense(8, use_bias=False),
+            layers.BatchNormalization(center=False),
+            layers.Activation("relu"),
+            layers.Dense(5, activation="softmax"),
+        ]
+    )
     rng = np.random.default_rng(3)
     for layer in network.layers:
         weights = layer.get_weights()
         if isinstance(layer, layers.BatchNormalization):
             count = weights[0].shape[0]
             # Negative scales: a pooling must not move in front of them.
-            values = [rng.uniform(-2, 2, count)] + ([rng.normal(0, 1, count)] if layer.center else [])
+            values = [rng.uniform(-2, 2, count)] + (
+                [rng.normal(0, 1, count)] if layer.center else []
+            )
             layer.set_weights([*values, rng.normal(0, 1, count), rng.uniform(0.2, 3, count)])
         elif weights:
             # Seeded, and large enough that the answers differ from input to input.
             kernel = weights[0]
-            layer.set_weights([rng.normal(0, 2 / np.sqrt(np.prod(kernel.shape[:-1])), kernel.shape),
-                               *[rng.normal(0, 0.5, bias.shape) for bias in weights[1:]]])
+            layer.set_weights(
+                [
+                    rng.normal(0, 2 / np.sqrt(np.prod(kernel.shape[:-1])), kernel.shape),
+                    *[rng.normal(0, 0.5, bias.shape) for bias in weights[1:]],
+                ]
+            )
     x = rng.normal(0, 1, (2 * FORWARD_BATCH + 5, 13, 13, 1)).astype(np.float32)
     expected = np.asarray(network(x, training=False))
     specs, weights = export_layers(network)
@@ -452,13 +468,23 @@ def test_the_model_file_keeps_hashes_of_its_training_crops(trained, selection, t
     assert hashes.dtype == np.uint8 and hashes.shape == (5, TRAINING_HASH_BYTES)
     assert [row.tobytes() for row in hashes] == sorted(row.tobytes() for row in hashes)
     model, mean, std, _ = trained["paper"]
-    path = save_model(tmp_path / "m.npz", model, selection.labels, mean, std, PreprocessConfig(), TrainConfig(),
-                      training_crops=crops)
+    path = save_model(
+        tmp_path / "m.npz",
+        model,
+        selection.labels,
+        mean,
+        std,
+        PreprocessConfig(),
+        TrainConfig(),
+        training_crops=crops,
+    )
     loaded = load_model(path)
     other = crops[0].copy()
     other[0, 0] ^= 1
     assert loaded.seen_in_training(np.stack([crops[3], other])) == [True, False]
     # A damaged hash array is refused like any damaged part of a model file.
-    bad = rewrite(path, tmp_path / "bad.npz", arrays={"training_hashes": np.zeros((3, 5), np.uint8)})
+    bad = rewrite(
+        path, tmp_path / "bad.npz", arrays={"training_hashes": np.zeros((3, 5), np.uint8)}
+    )
     with pytest.raises(ModelError, match="bad.npz: training_hashes"):
         load_model(bad)

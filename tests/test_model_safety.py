@@ -180,28 +180,37 @@ def test_nothing_in_the_source_unpickles_or_evaluates():
             problems.append(f"{path.name}: allow_pickle=True")
         for node in ast.walk(ast.parse(text, filename=str(path))):
             where = f"{path.name}:{getattr(node, 'lineno', '?')}"
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [alias.name for alias in node.names] + (
-                    [node.module] if isinstance(node, ast.ImportFrom) else []
-                )
-                for name in filter(None, names):
-                    if name.split(".")[0] in UNSAFE_MODULES:
-                        problems.append(f"{where}: imports {name}")
-            if not isinstance(node, ast.Call):
-                continue
-            called = ast.unparse(node.func)
-            keywords = {keyword.arg: keyword.value for keyword in node.keywords}
-            if called in UNSAFE_CALLS:
-                problems.append(f"{where}: calls {called}")
-            if called in ("np.load", "numpy.load", "np.lib.format.read_array", "read_array"):
-                flag = keywords.get("allow_pickle")
-                if not (isinstance(flag, ast.Constant) and flag.value is False):
-                    problems.append(f"{where}: {called} without allow_pickle=False")
-            if called.endswith("load_model") and "keras" in called:
-                flag = keywords.get("safe_mode")
-                if not (isinstance(flag, ast.Constant) and flag.value is True):
-                    problems.append(f"{where}: {called} without safe_mode=True")
+            problems += [f"{where}: {problem}" for problem in _unsafe_use(node)]
     assert not problems, "\n".join(problems)
+
+
+def _unsafe_use(node: ast.AST) -> list[str]:
+    """What is unsafe in one syntax node: an unpickling import, an unsafe call, a load
+    without its safety flag."""
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        names = [alias.name for alias in node.names]
+        names += [node.module] if isinstance(node, ast.ImportFrom) else []
+        return [
+            f"imports {name}"
+            for name in filter(None, names)
+            if name.split(".")[0] in UNSAFE_MODULES
+        ]
+    if not isinstance(node, ast.Call):
+        return []
+    called = ast.unparse(node.func)
+    keywords = {keyword.arg: keyword.value for keyword in node.keywords}
+    problems = [f"calls {called}"] if called in UNSAFE_CALLS else []
+    if called in ("np.load", "numpy.load", "np.lib.format.read_array", "read_array"):
+        if not _is_constant(keywords.get("allow_pickle"), False):
+            problems.append(f"{called} without allow_pickle=False")
+    if called.endswith("load_model") and "keras" in called:
+        if not _is_constant(keywords.get("safe_mode"), True):
+            problems.append(f"{called} without safe_mode=True")
+    return problems
+
+
+def _is_constant(node: ast.AST | None, value: bool) -> bool:
+    return isinstance(node, ast.Constant) and node.value is value
 
 
 def test_the_source_check_finds_what_it_looks_for(tmp_path, monkeypatch):

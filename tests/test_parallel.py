@@ -293,11 +293,21 @@ def test_a_failing_fold_is_reported_with_its_number_and_the_other_folds_stopped(
     targets = np.eye(2, dtype=np.float32)[np.arange(40) % 2]
     everything = np.arange(40)
     tasks = [
-        FoldTask(key=0, config=TrainConfig(epochs=100_000), fold=0,
-                 train_index=everything[:30], test_index=everything[30:]),
+        FoldTask(
+            key=0,
+            config=TrainConfig(epochs=100_000),
+            fold=0,
+            train_index=everything[:30],
+            test_index=everything[30:],
+        ),
         # Images that are not there: the fold fails at once.
-        FoldTask(key=1, config=TrainConfig(epochs=1), fold=1,
-                 train_index=everything + 1000, test_index=everything[:5]),
+        FoldTask(
+            key=1,
+            config=TrainConfig(epochs=1),
+            fold=1,
+            train_index=everything + 1000,
+            test_index=everything[:5],
+        ),
     ]
 
     with pytest.raises(FerError, match=r"^training fold 2 failed: IndexError"):

@@ -31,7 +31,10 @@ def _appears_in(patch: np.ndarray, picture: np.ndarray) -> bool:
 def test_confusion_image_shows_every_class_name_whole(tmp_path):
     labels = ["anger", "happiness", "a rather long class name"]
     matrix = np.array([[5, 1, 0], [0, 7, 2], [1, 0, 9]])
-    title = "a dataset with a long name: 3/3 folds (subject), 80.0% +/- 5.0%, which is more than 90 characters"
+    title = (
+        "a dataset with a long name: 3/3 folds (subject), 80.0% +/- 5.0%, "
+        "which is more than 90 characters"
+    )
     picture = cv2.imread(str(confusion_image(matrix, labels, tmp_path / "confusion.png", title)))
     for label in labels:
         assert _appears_in(_drawn_alone(label, 0.45), picture), f"row name {label!r}"

@@ -186,7 +186,7 @@ def test_annotated_copies_have_the_size_of_the_originals(
     folder = tmp_path / "annotated"
     written = annotate(report, folder)
     assert sorted(path.name for path in written) == ["astronaut.png", "two.png"]
-    for path, size in zip(sorted(written), [(512, 512), (512, 1024)]):
+    for path, size in zip(sorted(written), [(512, 512), (512, 1024)], strict=True):
         picture = cv2.imread(str(path))
         assert picture.shape[:2] == size
     original = cv2.imread(str(astronaut_path))
@@ -217,7 +217,9 @@ def test_a_model_option_that_is_not_a_model_is_refused(tmp_path, astronaut_path)
         resolve_model(tmp_path / "missing.npz")
 
 
-def test_workers_give_what_one_process_gives(model, astronaut_path, two_faces, blank, corrupt, tmp_path):
+def test_workers_give_what_one_process_gives(
+    model, astronaut_path, two_faces, blank, corrupt, tmp_path
+):
     # Images of every kind, a large one among them, in workers forked after this process
     # loaded the landmark model.
     photo = cv2.imread(str(astronaut_path))

@@ -176,7 +176,11 @@ def test_cli_errors_for_folders_that_are_not_datasets(tmp_path):
             line = one_line_error(result)
             assert fragment in line
             # With --json, stdout holds one JSON document saying the same; else nothing.
-            assert result.stdout == ("" if not extra else json.dumps({"error": line.removeprefix("error: ")}, indent=2) + "\n")
+            assert result.stdout == (
+                ""
+                if not extra
+                else json.dumps({"error": line.removeprefix("error: ")}, indent=2) + "\n"
+            )
 
 
 def test_real_command_has_no_traceback_for_user_error(tmp_path):
@@ -273,7 +277,9 @@ def test_interrupted_run_resumes(make_folders, fer_home):
     assert len(cache_entries(fer_home)) == 4
 
 
-def test_workers_give_the_same_crops_as_one_process(make_folders, tmp_path, monkeypatch, no_face_image):
+def test_workers_give_the_same_crops_as_one_process(
+    make_folders, tmp_path, monkeypatch, no_face_image
+):
     root = make_folders(
         {
             "happy": [f"{index}.png" for index in range(4)],
@@ -384,7 +390,9 @@ def _appears_in(tile: np.ndarray, picture: np.ndarray) -> bool:
     """Whether tile sits in picture pixel for pixel: exact integer comparison, which no float
     kernel (OpenCV's matchTemplate differs in its last bits between versions and CPUs) can sway."""
     height, width = tile.shape
-    candidates = np.argwhere(picture[: picture.shape[0] - height + 1, : picture.shape[1] - width + 1] == tile[0, 0])
+    candidates = np.argwhere(
+        picture[: picture.shape[0] - height + 1, : picture.shape[1] - width + 1] == tile[0, 0]
+    )
     return any(np.array_equal(picture[y : y + height, x : x + width], tile) for y, x in candidates)
 
 
@@ -482,13 +490,17 @@ def test_importing_the_cli_loads_no_heavy_library():
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_missing_landmark_model_ends_the_run_and_is_not_blamed_on_the_images(make_folders, fer_home, monkeypatch, workers):
+def test_a_missing_landmark_model_ends_the_run_and_is_not_blamed_on_the_images(
+    make_folders, fer_home, monkeypatch, workers
+):
     from fercli import align
 
     root = make_folders({"happy": [f"{index}.png" for index in range(4)]})
 
     def missing() -> None:
-        raise FerError("dlib's 68-point landmark model (x.dat) is missing: pip install face-recognition-models")
+        raise FerError(
+            "dlib's 68-point landmark model (x.dat) is missing: pip install face-recognition-models"
+        )
 
     monkeypatch.setattr(align, "predictor_path", missing)
     align.landmark_predictor.cache_clear()
@@ -509,12 +521,19 @@ def test_a_missing_landmark_model_ends_the_run_and_is_not_blamed_on_the_images(m
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_an_image_that_breaks_its_batchs_landmarks_fails_alone(make_folders, faces, fer_home, monkeypatch, workers):
+def test_an_image_that_breaks_its_batchs_landmarks_fails_alone(
+    make_folders, faces, fer_home, monkeypatch, workers
+):
     # The landmarks of several images are found together; an unexpected failure caused by
     # one image must cost only that image.
     from fercli import preprocess
 
-    root = make_folders({"happy": [f"{index}.png" for index in range(20)], "sad": [f"{index}.png" for index in range(20, 40)]})
+    root = make_folders(
+        {
+            "happy": [f"{index}.png" for index in range(20)],
+            "sad": [f"{index}.png" for index in range(20, 40)],
+        }
+    )
     write_image(root / "sad" / "odd.png", faces(40, size=300))
     real = preprocess.align_detected
     batch_sizes = []
@@ -540,7 +559,9 @@ def test_an_image_that_breaks_its_batchs_landmarks_fails_alone(make_folders, fac
 
 def test_crops_past_the_photos_edge_are_counted_and_marked(make_folders, astronaut_gray):
     root = make_folders({"happy": ["a.png"], "sad": ["b.png"]})
-    cv2.imwrite(str(root / "happy" / "tight.png"), astronaut_gray[40:170, 160:290])  # chin at the edge
+    cv2.imwrite(
+        str(root / "happy" / "tight.png"), astronaut_gray[40:170, 160:290]
+    )  # chin at the edge
 
     report = preprocess_dataset(root, workers=1)
 

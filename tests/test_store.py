@@ -25,8 +25,15 @@ def test_keep_existing_writes_beside_a_file_that_is_there(tmp_path):
     second = atomic_write(path, lambda stream: stream.write(b"second"), keep_existing=True)
     third = atomic_write(path, lambda stream: stream.write(b"third"), keep_existing=True)
 
-    assert [second.name, third.name] == ["model-20261125-101010-2.npz", "model-20261125-101010-3.npz"]
-    assert [path.read_bytes(), second.read_bytes(), third.read_bytes()] == [b"first", b"second", b"third"]
+    assert [second.name, third.name] == [
+        "model-20261125-101010-2.npz",
+        "model-20261125-101010-3.npz",
+    ]
+    assert [path.read_bytes(), second.read_bytes(), third.read_bytes()] == [
+        b"first",
+        b"second",
+        b"third",
+    ]
 
 
 def test_without_keep_existing_a_given_path_is_replaced(tmp_path):
@@ -39,7 +46,9 @@ def test_without_keep_existing_a_given_path_is_replaced(tmp_path):
 
 def write_at_once(path: str, barrier, number: int) -> None:
     barrier.wait()
-    atomic_write(Path(path), lambda stream: stream.write(b"run %d;" % number * 5000), keep_existing=True)
+    atomic_write(
+        Path(path), lambda stream: stream.write(b"run %d;" % number * 5000), keep_existing=True
+    )
 
 
 def make_dir_at_once(path: str, barrier, made) -> None:
@@ -52,7 +61,9 @@ def start_together(target, arguments) -> None:
     barrier, so that they all go at one moment."""
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(RUNS)
-    processes = [context.Process(target=target, args=arguments(barrier, number)) for number in range(RUNS)]
+    processes = [
+        context.Process(target=target, args=arguments(barrier, number)) for number in range(RUNS)
+    ]
     for process in processes:
         process.start()
     for process in processes:
@@ -124,7 +135,9 @@ def test_files_get_the_mode_open_would_give_them(tmp_path, umask):
     chosen.write_bytes(b"first")
     beside = atomic_write(chosen, lambda stream: stream.write(b"second"), keep_existing=True)
     saved = atomic_save(tmp_path / "saved.npy", lambda name: Path(name).write_bytes(b"x"))
-    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (reference, plain, beside, saved)}
+    modes = {
+        path.name: stat.S_IMODE(path.stat().st_mode) for path in (reference, plain, beside, saved)
+    }
     assert modes == dict.fromkeys(modes, expected)
 
 
@@ -134,12 +147,20 @@ def test_every_file_a_command_writes_gets_the_usual_mode(tmp_path, fer_home, ast
     # worker processes inherit it.
     process = subprocess.run(
         [sys.executable, "-m", "fercli", "preprocess", str(astronaut_path.parent.parent), "--json"],
-        check=False, capture_output=True, text=True, timeout=300, umask=mask,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        umask=mask,
     )
     assert process.returncode == 0, process.stderr
     files = [path for path in fer_home.rglob("*") if path.is_file()]
-    assert any(path.name == "dataset.npz" for path in files) and any(path.suffix == ".png" for path in files)
-    modes = {str(path.relative_to(fer_home)): oct(stat.S_IMODE(path.stat().st_mode)) for path in files}
+    assert any(path.name == "dataset.npz" for path in files) and any(
+        path.suffix == ".png" for path in files
+    )
+    modes = {
+        str(path.relative_to(fer_home)): oct(stat.S_IMODE(path.stat().st_mode)) for path in files
+    }
     assert modes == dict.fromkeys(modes, oct(0o666 & ~mask))
 
 
@@ -160,16 +181,23 @@ def test_a_made_up_name_appears_with_the_whole_file_behind_it(tmp_path, monkeypa
         real_replace(source, target)
 
     monkeypatch.setattr(os, "replace", replace)
-    written = atomic_write(tmp_path / "m.npz", lambda stream: stream.write(b"newer"), keep_existing=True)
+    written = atomic_write(
+        tmp_path / "m.npz", lambda stream: stream.write(b"newer"), keep_existing=True
+    )
     assert written == tmp_path / "m-2.npz" and written.read_bytes() == b"newer"
     assert (tmp_path / "m.npz").read_bytes() == b"older" and names_seen_empty == []
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["m-2.npz", "m.npz"]  # no temporary left
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "m-2.npz",
+        "m.npz",
+    ]  # no temporary left
 
     # Where hard links are not supported: the name is claimed, then the file renamed onto it.
     def no_links(source, target):
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", no_links)
-    third = atomic_write(tmp_path / "m.npz", lambda stream: stream.write(b"third"), keep_existing=True)
+    third = atomic_write(
+        tmp_path / "m.npz", lambda stream: stream.write(b"third"), keep_existing=True
+    )
     assert third == tmp_path / "m-3.npz" and third.read_bytes() == b"third"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["m-2.npz", "m-3.npz", "m.npz"]

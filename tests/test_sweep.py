@@ -31,7 +31,9 @@ from synthetic import make_dataset, save_synthetic
 
 runner = CliRunner()
 HAS_RAY = importlib.util.find_spec("ray") is not None
-needs_ray = pytest.mark.skipif(not HAS_RAY, reason="Ray is not installed (pip install 'fercli[ray]')")
+needs_ray = pytest.mark.skipif(
+    not HAS_RAY, reason="Ray is not installed (pip install 'fercli[ray]')"
+)
 
 # Two recipes that differ only at test time (mirror averaging), so that the trainings are
 # cheap; two seeds x two folds: 8 folds in all.
@@ -63,15 +65,22 @@ def write(tmp_path: Path, text: str, name: str = "grid.toml") -> Path:
 
 
 def test_grid_reads_settings_with_cli_spellings(tmp_path):
-    path = write(tmp_path, 'seeds = [3]\nfolds = 4\n[base]\nlr = 0.01\nepochs = 5\nmax-shift = 2\n'
-                           '[vary]\nflip_tta = [false, true]\nvariant = ["paper", "batchnorm"]\n')
+    path = write(
+        tmp_path,
+        "seeds = [3]\nfolds = 4\n[base]\nlr = 0.01\nepochs = 5\nmax-shift = 2\n"
+        '[vary]\nflip_tta = [false, true]\nvariant = ["paper", "batchnorm"]\n',
+    )
     grid = read_grid(path)
     assert grid.base == {"learning_rate": 0.01, "epochs": 5, "max_shift": 2.0}
     assert grid.vary == {"test_time_flip": (False, True), "variant": ("paper", "batchnorm")}
     assert grid.seeds == (3,) and grid.folds == 4 and grid.group == "random"
     found = recipes(grid)
     assert [item.name for item in found] == [
-        "base", "variant=batchnorm", "test_time_flip=true", "test_time_flip=true variant=batchnorm"]
+        "base",
+        "variant=batchnorm",
+        "test_time_flip=true",
+        "test_time_flip=true variant=batchnorm",
+    ]
     assert found[0].config == TrainConfig(learning_rate=0.01, epochs=5, max_shift=2.0)
 
 
@@ -91,18 +100,24 @@ def test_every_train_setting_can_be_varied():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[base]\nlearning_rat = 0.1\n[vary]\nepochs = [1]", "g.toml [base]: unknown setting 'learning_rat'"),
-        ("[vary]\nepochs = [1, \"two\"]", "g.toml: [vary] epochs: 'two' is not a whole number"),
+        (
+            "[base]\nlearning_rat = 0.1\n[vary]\nepochs = [1]",
+            "g.toml [base]: unknown setting 'learning_rat'",
+        ),
+        ('[vary]\nepochs = [1, "two"]', "g.toml: [vary] epochs: 'two' is not a whole number"),
         ("[vary]\nflip_tta = [1]", "g.toml: [vary] flip_tta: 1 is not true or false"),
-        ("[base]\nlr = \"fast\"\n[vary]\nepochs = [1]", "g.toml: [base] lr: 'fast' is not a number"),
-        ("[vary]\nvariant = [\"huge\"]", "g.toml: [vary] variant: 'huge' is not one of paper"),
+        ('[base]\nlr = "fast"\n[vary]\nepochs = [1]', "g.toml: [base] lr: 'fast' is not a number"),
+        ('[vary]\nvariant = ["huge"]', "g.toml: [vary] variant: 'huge' is not one of paper"),
         ("[vary]\nepochs = []", "g.toml: [vary] epochs is an empty list"),
         ("[vary]\nepochs = 3", "g.toml: [vary] epochs must be a list of values"),
         ("seeds = [0]", "g.toml: [vary] names no setting to vary"),
         ("[base]\nseed = 1\n[vary]\nepochs = [1]", "list the seeds in seeds = [...]"),
         ("seeds = []\n[vary]\nepochs = [1]", "g.toml: seeds must be a non-empty list"),
         ("folds = 1\n[vary]\nepochs = [1]", "g.toml: folds = 1: at least 2"),
-        ("group = \"person\"\n[vary]\nepochs = [1]", "g.toml: group 'person' is not one of random, subject"),
+        (
+            'group = "person"\n[vary]\nepochs = [1]',
+            "g.toml: group 'person' is not one of random, subject",
+        ),
         ("epochs = 3\n[vary]\nlr = [0.1]", "g.toml: unknown key 'epochs'"),
     ],
 )
@@ -115,7 +130,9 @@ def test_bad_grids_are_refused_naming_the_file_and_key(tmp_path, text, message):
 
 def test_set_overrides_base_top_level_and_vary(tmp_path):
     path = write(tmp_path, GRID)
-    grid = read_grid(path, ["epochs=3", "seeds=[5]", "vary.variant=[\"paper\", \"wide\"]", "optimizer=adam"])
+    grid = read_grid(
+        path, ["epochs=3", "seeds=[5]", 'vary.variant=["paper", "wide"]', "optimizer=adam"]
+    )
     assert grid.base["epochs"] == 3 and grid.base["optimizer"] == "adam" and grid.seeds == (5,)
     assert grid.vary["variant"] == ("paper", "wide")
     with pytest.raises(GridError, match="unknown setting 'epoch'"):
@@ -203,8 +220,12 @@ def test_sweep_ranks_every_recipe_with_the_base_as_reference(full_and_resumed):
     assert [item.rank for item in full.recipes] == [1, 2]
     assert full.recipes[0].accuracy >= full.recipes[1].accuracy
     for item in full.recipes:
-        assert set(item.fold_accuracies) == {0, 1} and all(len(v) == 2 for v in item.fold_accuracies.values())
-        assert item.accuracy == pytest.approx(np.mean([np.mean(v) for v in item.fold_accuracies.values()]))
+        assert set(item.fold_accuracies) == {0, 1} and all(
+            len(v) == 2 for v in item.fold_accuracies.values()
+        )
+        assert item.accuracy == pytest.approx(
+            np.mean([np.mean(v) for v in item.fold_accuracies.values()])
+        )
         low, high = item.accuracy_interval
         assert low <= item.accuracy <= high
 
@@ -227,8 +248,13 @@ def test_sweep_writes_its_files_and_a_report_per_member(full_and_resumed):
 def test_same_seed_same_folds_for_every_recipe(full_and_resumed):
     full = full_and_resumed[0]
     for seed in (0, 1):
-        subjects = [json.loads((item.reports[seed] / "report.json").read_text())["folds"] for item in full.recipes]
-        assert [fold["test_subjects"] for fold in subjects[0]] == [fold["test_subjects"] for fold in subjects[1]]
+        subjects = [
+            json.loads((item.reports[seed] / "report.json").read_text())["folds"]
+            for item in full.recipes
+        ]
+        assert [fold["test_subjects"] for fold in subjects[0]] == [
+            fold["test_subjects"] for fold in subjects[1]
+        ]
 
 
 def test_an_interrupted_sweep_keeps_its_finished_folds(full_and_resumed):
@@ -251,8 +277,13 @@ def test_rerun_trains_only_the_missing_folds_and_gives_the_same_numbers(full_and
         assert arrays["seconds"] == again[name]["seconds"]
     for name in straight:
         np.testing.assert_array_equal(straight[name]["probabilities"], again[name]["probabilities"])
-    assert [(item.name, item.accuracy, item.difference, item.difference_interval) for item in full.recipes] == \
-        [(item.name, item.accuracy, item.difference, item.difference_interval) for item in resumed.recipes]
+    assert [
+        (item.name, item.accuracy, item.difference, item.difference_interval)
+        for item in full.recipes
+    ] == [
+        (item.name, item.accuracy, item.difference, item.difference_interval)
+        for item in resumed.recipes
+    ]
 
 
 def test_cli_sweep_of_a_finished_sweep_trains_nothing(full_and_resumed, tmp_path, monkeypatch):
@@ -263,9 +294,15 @@ def test_cli_sweep_of_a_finished_sweep_trains_nothing(full_and_resumed, tmp_path
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["trained_folds"] == 0 and data["stored_folds"] == 8
-    assert [item["accuracy"] for item in data["recipes"]] == [item.accuracy for item in full.recipes]
+    assert [item["accuracy"] for item in data["recipes"]] == [
+        item.accuracy for item in full.recipes
+    ]
     table = runner.invoke(app, ["sweep", "--grid", str(grid)])
-    assert table.exit_code == 0 and "test_time_flip" in table.output and "Nadeau & Bengio" in table.output
+    assert (
+        table.exit_code == 0
+        and "test_time_flip" in table.output
+        and "Nadeau & Bengio" in table.output
+    )
 
 
 def test_another_grid_is_another_sweep(tmp_path):
@@ -275,7 +312,9 @@ def test_another_grid_is_another_sweep(tmp_path):
     from fercli.sweep import sweep_folder
 
     assert sweep_folder(dataset, "x", one) != sweep_folder(dataset, "x", two)
-    assert sweep_folder(dataset, "x", one) == sweep_folder(dataset, "x", Grid(**{**one.__dict__, "source": "b.toml"}))
+    assert sweep_folder(dataset, "x", one) == sweep_folder(
+        dataset, "x", Grid(**{**one.__dict__, "source": "b.toml"})
+    )
 
 
 # --- Ray ----------------------------------------------------------------------------------
@@ -291,7 +330,9 @@ def test_ray_address_that_does_not_answer_fails_at_once(tmp_path):
     save_synthetic(small_dataset())
     grid = write(tmp_path, GRID)
     started = time.monotonic()
-    result = runner.invoke(app, ["sweep", "--grid", str(grid), "--ray", f"127.0.0.1:{unused_port()}"])
+    result = runner.invoke(
+        app, ["sweep", "--grid", str(grid), "--ray", f"127.0.0.1:{unused_port()}"]
+    )
     assert time.monotonic() - started < 30  # a generous bound against a hang, not a timing test
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -310,7 +351,11 @@ def test_ray_auto_pointing_at_a_cluster_that_has_gone_fails_at_once(tmp_path, mo
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     # (Ray names 127.0.0.1 by this machine's address)
-    assert len(lines) == 1 and "no Ray cluster answers at" in lines[0] and f":{port} (the address of --ray auto)" in lines[0]
+    assert (
+        len(lines) == 1
+        and "no Ray cluster answers at" in lines[0]
+        and f":{port} (the address of --ray auto)" in lines[0]
+    )
 
 
 def test_without_ray_the_message_says_how_to_install_it(monkeypatch):
@@ -327,14 +372,22 @@ def local_ray():
         pytest.skip("Ray is not installed (pip install 'fercli[ray]')")
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             object_store_memory=100 * 1024 * 1024)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+        object_store_memory=100 * 1024 * 1024,
+    )
     yield ray
     ray.shutdown()
 
 
 @needs_ray
-def test_ray_folds_equal_local_folds_to_the_last_digit(local_ray, full_and_resumed, tmp_path_factory):
+def test_ray_folds_equal_local_folds_to_the_last_digit(
+    local_ray, full_and_resumed, tmp_path_factory
+):
     full = full_and_resumed[0]
     dataset = small_dataset()
     grid = parse_grid(_toml().loads(GRID), "grid.toml")
@@ -354,7 +407,9 @@ def test_ray_folds_equal_local_folds_to_the_last_digit(local_ray, full_and_resum
 @needs_ray
 def test_crossval_runs_on_ray_through_the_cli(local_ray):
     save_synthetic(small_dataset())
-    result = runner.invoke(app, ["crossval", "--folds", "2", "--epochs", "1", "--ray", "auto", "--json"])
+    result = runner.invoke(
+        app, ["crossval", "--folds", "2", "--epochs", "1", "--ray", "auto", "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["protocol"]["engine"]["name"] == "ray" and report["completed_folds"] == 2

@@ -94,9 +94,7 @@ def test_crossval_reports_progress_per_fold(crossval_run):
     by_fold = {event.fold + 1: event.accuracy for event in finished}
     assert by_fold == {fold.fold: fold.accuracy for fold in report.folds}
     epochs = [event for event in events if event.kind == "epoch"]
-    assert epochs and all(
-        event.epochs == EPOCHS and 1 <= event.epoch <= EPOCHS for event in epochs
-    )
+    assert epochs and all(event.epochs == EPOCHS and 1 <= event.epoch <= EPOCHS for event in epochs)
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +152,8 @@ def test_training_with_the_same_seed_gives_identical_weights(dataset):
         return model.get_weights()
 
     first, again, other = weights(3), weights(3), weights(4)
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
-    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 # --- folds -----------------------------------------------------------------------------
@@ -196,8 +194,8 @@ def test_folds_are_identical_for_a_seed_and_differ_for_another(dataset, group):
     first = make_folds(selection, FOLDS, group, 7)
     again = make_folds(selection, FOLDS, group, 7)
     other = make_folds(selection, FOLDS, group, 8)
-    assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, again))
-    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(first, other))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(first, other, strict=True))
 
 
 # --- what a fold learns from ------------------------------------------------------------
@@ -241,7 +239,9 @@ def test_recipes_are_starting_points_that_options_override():
     best = recipe_config("best", epochs=7, variant=None)
     assert best.recipe == "best" and best.epochs == 7 and best.variant != "paper"
     assert recipe_differences(best) == {"epochs": 7}
-    assert recipe_differences(recipe_config("paper", seed=3, max_rotation=10.0)) == {"max_rotation": 10.0}
+    assert recipe_differences(recipe_config("paper", seed=3, max_rotation=10.0)) == {
+        "max_rotation": 10.0
+    }
     with pytest.raises(Exception, match="unknown recipe 'fastest'"):
         recipe_config("fastest")
 
@@ -309,21 +309,31 @@ def starting_model(tmp_path_factory):
     return train_model(other, TrainConfig(epochs=1, copies=0), path).path
 
 
-def test_fine_tuning_starts_from_the_given_model_with_classes_matched_by_name(starting_model, tmp_path):
+def test_fine_tuning_starts_from_the_given_model_with_classes_matched_by_name(
+    starting_model, tmp_path
+):
     from fercli.model import load_model
     from fercli.training import train_model
 
     mine = make_dataset(labels=("anger", "happiness", "surprise"), subjects=4, seed=1)
     # Learning rate 0: the network keeps exactly the weights it started from.
-    config = TrainConfig(epochs=1, copies=0, learning_rate=0.0, momentum=0.0, init_model=str(starting_model))
+    config = TrainConfig(
+        epochs=1, copies=0, learning_rate=0.0, momentum=0.0, init_model=str(starting_model)
+    )
     tuned = load_model(train_model(mine, config, tmp_path / "tuned.npz").path)
     start = load_model(starting_model)
     kernels = [spec["weights"] for spec in start.network.specs if spec["weights"]]
-    for spec_start, spec_tuned in zip(kernels[:-1], [s["weights"] for s in tuned.network.specs if s["weights"]][:-1]):
-        for key_start, key_tuned in zip(spec_start, spec_tuned):
-            assert np.array_equal(start.network.weights[key_start], tuned.network.weights[key_tuned])
+    for spec_start, spec_tuned in zip(
+        kernels[:-1], [s["weights"] for s in tuned.network.specs if s["weights"]][:-1], strict=True
+    ):
+        for key_start, key_tuned in zip(spec_start, spec_tuned, strict=True):
+            assert np.array_equal(
+                start.network.weights[key_start], tuned.network.weights[key_tuned]
+            )
     last_start = start.network.weights[kernels[-1][0]]
-    last_tuned = tuned.network.weights[[s["weights"] for s in tuned.network.specs if s["weights"]][-1][0]]
+    last_tuned = tuned.network.weights[
+        [s["weights"] for s in tuned.network.specs if s["weights"]][-1][0]
+    ]
     assert tuned.classes == ["anger", "happiness", "surprise"]
     assert np.array_equal(last_tuned[:, 0], last_start[:, 0])  # anger
     assert np.array_equal(last_tuned[:, 1], last_start[:, 1])  # happiness
@@ -338,7 +348,11 @@ def test_a_starting_model_trained_on_the_same_dataset_is_refused(starting_model,
         cross_validate(same, TrainConfig(epochs=1, init_model=str(starting_model)), folds=2)
     other = make_dataset(labels=("anger", "happiness"), subjects=4, seed=2)
     with pytest.raises(FerError, match="--variant paper"):
-        cross_validate(other, TrainConfig(epochs=1, variant="batchnorm", init_model=str(starting_model)), folds=2)
+        cross_validate(
+            other,
+            TrainConfig(epochs=1, variant="batchnorm", init_model=str(starting_model)),
+            folds=2,
+        )
 
 
 def test_a_starting_model_that_saw_these_images_under_another_name_is_refused(starting_model):

@@ -1,4 +1,5 @@
-"""fer predict on videos: tracks, sampling, outputs and bad files, on clips made from the test photo."""
+"""fer predict on videos: tracks, sampling, outputs and bad files, on clips made from the test
+photo."""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ WIDE = 480  # clips with two faces side by side
 
 
 def two_faces(frames: int, joins: int):
-    """A face moving in the left half, and from frame joins on a second one (mirrored) at the right."""
+    """A face moving in the left half, and from frame joins on a second one (mirrored) at the
+    right."""
 
     def place(index: int) -> list[tuple[float, float, float]]:
         phase = index / max(1, frames - 1)
@@ -96,7 +98,9 @@ def test_a_moving_face_keeps_one_track(model, clip):
     [track] = result.tracks
     assert track.id == 1
     assert [face.frame for face in track.frames] == list(range(24))
-    assert [face.time for face in track.frames] == pytest.approx([index / 30 for index in range(24)])
+    assert [face.time for face in track.frames] == pytest.approx(
+        [index / 30 for index in range(24)]
+    )
     for face in track.frames:
         check_frame(face)
     # The face drifts right by about 0.3 of the width: the box follows it.
@@ -154,14 +158,19 @@ def test_smoothing_keeps_the_raw_values(model, clip):
     path = clip("moving", 24)
     raw = predict_video(path, model)
     smoothed = predict_video(path, model, VideoOptions(smooth=0.5))
-    for before, after in zip(raw.tracks[0].frames, smoothed.tracks[0].frames):
+    for before, after in zip(raw.tracks[0].frames, smoothed.tracks[0].frames, strict=True):
         assert after.probabilities == before.probabilities
         assert list(after.smoothed) == CLASSES
         assert sum(after.smoothed.values()) == pytest.approx(1, abs=1e-4)
         assert after.smoothed[after.smoothed_label] == max(after.smoothed.values())
     # The first frame's window holds the frames up to 0.25 s later (0 to 7 at 30 frames/s).
-    first = np.mean([[face.probabilities[label] for label in CLASSES] for face in raw.tracks[0].frames[:8]], axis=0)
-    assert [smoothed.tracks[0].frames[0].smoothed[label] for label in CLASSES] == pytest.approx(first, abs=1e-5)
+    first = np.mean(
+        [[face.probabilities[label] for label in CLASSES] for face in raw.tracks[0].frames[:8]],
+        axis=0,
+    )
+    assert [smoothed.tracks[0].frames[0].smoothed[label] for label in CLASSES] == pytest.approx(
+        first, abs=1e-5
+    )
 
 
 def test_videos_are_recognised_by_content(clip, tmp_path):
@@ -196,12 +205,22 @@ def test_json_of_a_video(model_path, clip):
 
 def test_json_with_images_keeps_their_shape(model_path, clip, astronaut_path):
     path = clip("moving", 6)
-    result = fer("predict", astronaut_path, path, "--model", model_path, "--json", "--smooth", "0.2")
+    result = fer(
+        "predict", astronaut_path, path, "--model", model_path, "--json", "--smooth", "0.2"
+    )
     assert result.exit_code == 0, result.output
     image, video = json.loads(result.stdout)
     assert set(image) == {"path", "faces"} and len(image["faces"]) == 1
     face = video["tracks"][0]["frames"][0]
-    assert set(face) == {"frame", "time", "box", "label", "probabilities", "smoothed_label", "smoothed_probabilities"}
+    assert set(face) == {
+        "frame",
+        "time",
+        "box",
+        "label",
+        "probabilities",
+        "smoothed_label",
+        "smoothed_probabilities",
+    }
 
 
 def test_csv_one_row_per_face_per_frame(model_path, clip, astronaut_path):
@@ -209,9 +228,21 @@ def test_csv_one_row_per_face_per_frame(model_path, clip, astronaut_path):
     result = fer("predict", path, "--model", model_path, "--csv", "--every", "2")
     assert result.exit_code == 0, result.output
     rows = list(csv.reader(io.StringIO(result.stdout)))
-    assert rows[0] == ["path", "frame", "time", "track", "x", "y", "width", "height", "label",
-                       *(f"p_{label}" for label in CLASSES)]
-    assert [(row[1], row[3]) for row in rows[1:]] == [(str(frame), track) for frame in range(0, 12, 2) for track in "12"]
+    assert rows[0] == [
+        "path",
+        "frame",
+        "time",
+        "track",
+        "x",
+        "y",
+        "width",
+        "height",
+        "label",
+        *(f"p_{label}" for label in CLASSES),
+    ]
+    assert [(row[1], row[3]) for row in rows[1:]] == [
+        (str(frame), track) for frame in range(0, 12, 2) for track in "12"
+    ]
     assert rows[2][2] == "0.000" and rows[3][2] == "0.067"
     mixed = fer("predict", astronaut_path, path, "--model", model_path, "--csv")
     rows = list(csv.reader(io.StringIO(mixed.stdout)))
@@ -225,10 +256,14 @@ def test_table_summarises_each_track(model_path, clip):
     result = fer("predict", path, "--model", model_path)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert any(line.startswith(f"{path}: 20 frames, 0.7 s at 30 frames/s, 20 analysed") for line in lines)
+    assert any(
+        line.startswith(f"{path}: 20 frames, 0.7 s at 30 frames/s, 20 analysed") for line in lines
+    )
     rows = [line.split("│")[1:-1] for line in lines if line.startswith("│")]
     assert [[cell.strip() for cell in row[:4]] for row in rows] == [
-        ["1", "20", "0.7 s", "0.0-0.6 s"], ["2", "10", "0.3 s", "0.3-0.6 s"]]
+        ["1", "20", "0.7 s", "0.0-0.6 s"],
+        ["2", "10", "0.3 s", "0.3-0.6 s"],
+    ]
     for row in rows:
         shares = [int(cell.strip().rstrip("%")) for cell in row[4:]]
         assert len(shares) == len(CLASSES) and 99 <= sum(shares) <= 101
@@ -238,7 +273,9 @@ def test_table_summarises_each_track(model_path, clip):
 def test_annotated_video_and_timeline(model_path, clip, tmp_path, astronaut_path):
     path = clip("two", 15, two_faces(15, joins=5), WIDE)
     folder = tmp_path / "annotated"
-    result = fer("predict", path, astronaut_path, "--model", model_path, "--annotate", folder, "--every", "2")
+    result = fer(
+        "predict", path, astronaut_path, "--model", model_path, "--annotate", folder, "--every", "2"
+    )
     assert result.exit_code == 0, result.output
     video = folder / "two.avi"
     capture = cv2.VideoCapture(str(video))
@@ -286,9 +323,13 @@ def test_a_folder_of_images_and_videos(model_path, clip, tmp_path, astronaut_pat
 # --- bad files -------------------------------------------------------------------------
 
 
-def test_a_truncated_video_reports_the_frames_before_then_the_error(model_path, clip, suffix, tmp_path):
+def test_a_truncated_video_reports_the_frames_before_then_the_error(
+    model_path, clip, suffix, tmp_path
+):
     if suffix != ".avi":
-        pytest.skip("an MP4 cut short loses its index at the end: nothing before the cut can be read")
+        pytest.skip(
+            "an MP4 cut short loses its index at the end: nothing before the cut can be read"
+        )
     whole = clip("whole", 30)
     cut = tmp_path / f"cut{suffix}"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
@@ -299,7 +340,9 @@ def test_a_truncated_video_reports_the_frames_before_then_the_error(model_path, 
     assert "truncated or damaged" in damaged["error"]
     assert len(damaged["tracks"][0]["frames"]) == damaged["frames"]
     [line] = [line for line in result.stderr.splitlines() if str(cut) in line]
-    assert line.startswith(f"error in {cut}: the video ends after {damaged['frames']} of the 30 frames")
+    assert line.startswith(
+        f"error in {cut}: the video ends after {damaged['frames']} of the 30 frames"
+    )
 
 
 def test_an_mp4_cut_short_is_named_so(model, tmp_path):
@@ -309,25 +352,35 @@ def test_an_mp4_cut_short_is_named_so(model, tmp_path):
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     result = predict_video(cut, model)
-    assert result.analysed == 0 and result.error.startswith("cannot open it as a video: truncated MP4")
+    assert result.analysed == 0 and result.error.startswith(
+        "cannot open it as a video: truncated MP4"
+    )
 
 
 def test_files_that_are_no_readable_video(model_path, clip, suffix, tmp_path):
     good = clip("good", 6)
     fake = tmp_path / "fake.mp4"
-    fake.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 200)  # looks like an MP4, holds nothing
+    fake.write_bytes(
+        b"\x00\x00\x00\x18ftypisom" + b"\x00" * 200
+    )  # looks like an MP4, holds nothing
     empty = tmp_path / "empty.avi"
     writer = cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 30, (WIDTH, HEIGHT))
     writer.release()
     codec = tmp_path / "codec.avi"
-    codec.write_bytes(write_clip(tmp_path / "mjpg.avi", 4, WIDTH, HEIGHT).read_bytes().replace(b"MJPG", b"ZZZZ"))
+    codec.write_bytes(
+        write_clip(tmp_path / "mjpg.avi", 4, WIDTH, HEIGHT).read_bytes().replace(b"MJPG", b"ZZZZ")
+    )
     text = tmp_path / "notes.mp4"
     text.write_text("no video at all")
     result = fer("predict", fake, empty, codec, text, good, "--model", model_path)
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
     assert "Traceback" not in result.output
-    reasons = {Path(line.split(": ")[0].split()[-1]).name: line for line in lines if line.startswith("skipped")}
+    reasons = {
+        Path(line.split(": ")[0].split()[-1]).name: line
+        for line in lines
+        if line.startswith("skipped")
+    }
     assert set(reasons) == {"fake.mp4", "empty.avi", "codec.avi", "notes.mp4"}
     assert "cannot open it as a video" in reasons["fake.mp4"]
     assert "no frames: the video is empty" in reasons["empty.avi"]
@@ -346,7 +399,9 @@ def test_a_video_without_a_face_says_so(model_path, clip):
     assert result.stdout.splitlines()[-1] == "1 video, 0 tracks"
 
 
-@pytest.mark.parametrize("option", [["--fps", "0"], ["--fps", "nan"], ["--smooth", "inf"], ["--every", "0"]])
+@pytest.mark.parametrize(
+    "option", [["--fps", "0"], ["--fps", "nan"], ["--smooth", "inf"], ["--every", "0"]]
+)
 def test_sampling_options_out_of_range_are_refused(model_path, clip, option):
     result = fer("predict", clip("moving", 2), "--model", model_path, *option)
     assert result.exit_code != 0 and "Traceback" not in result.output

@@ -14,7 +14,15 @@ __version__ = "0.1.0"
 
 # The library's public functions (fercli.api), imported on first use so that `import fercli`
 # and `fer --help` stay quick.
-__all__ = ["align_faces", "crossval", "evaluate_model", "label_faces", "load_model", "prepare_dataset", "train"]
+__all__ = [
+    "align_faces",
+    "crossval",
+    "evaluate_model",
+    "label_faces",
+    "load_model",
+    "prepare_dataset",
+    "train",
+]
 
 
 def __getattr__(name: str):

@@ -189,11 +189,13 @@ def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[Detection]:
         boxes, scores, _ = detector.run(search, upsample, config.min_face_score)
         if len(boxes):
             found = []
-            for box, score in zip(boxes, scores):
+            for box, score in zip(boxes, scores, strict=True):
                 if scale != 1.0:
                     box = dlib.rectangle(
-                        round(box.left() / scale), round(box.top() / scale),
-                        round(box.right() / scale), round(box.bottom() / scale),
+                        round(box.left() / scale),
+                        round(box.top() / scale),
+                        round(box.right() / scale),
+                        round(box.bottom() / scale),
                     )
                 found.append((box, float(score)))
             return sorted(found, key=lambda item: -item[0].area())
@@ -287,7 +289,9 @@ def eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return landmarks[LEFT_EYE].mean(axis=0), landmarks[RIGHT_EYE].mean(axis=0)
 
 
-def crop_transform(landmarks: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, tuple[int, int], float]:
+def crop_transform(
+    landmarks: np.ndarray, config: PreprocessConfig
+) -> tuple[np.ndarray, tuple[int, int], float]:
     """The affine map that levels the eyes and moves the crop box to the origin.
 
     Returns the 2x3 matrix, the crop's (width, height) in input pixels and the tilt angle.
@@ -309,7 +313,9 @@ def crop_transform(landmarks: np.ndarray, config: PreprocessConfig) -> tuple[np.
     return transform, (max(1, round(width)), max(1, round(height))), angle
 
 
-def align_face(gray: np.ndarray, landmarks: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, float, float]:
+def align_face(
+    gray: np.ndarray, landmarks: np.ndarray, config: PreprocessConfig
+) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Crop, equalize and downsample one face given its landmarks.
 
     Returns the (crop_size, crop_size) uint8 crop, the 2x3 map from input to crop pixel
@@ -330,12 +336,16 @@ def align_face(gray: np.ndarray, landmarks: np.ndarray, config: PreprocessConfig
     return crop, transform * scale, angle, float(1 - inside.mean())
 
 
-def inside_photo(transform: np.ndarray, size: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:
+def inside_photo(
+    transform: np.ndarray, size: tuple[int, int], shape: tuple[int, ...]
+) -> np.ndarray:
     """Which pixels of a (width, height) crop made with transform come from inside a photo
     of the given shape (True) rather than from the filled-in border."""
     width, height = size
     inverse = cv2.invertAffineTransform(transform)
-    columns, rows = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    columns, rows = np.meshgrid(
+        np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64)
+    )
     x = inverse[0, 0] * columns + inverse[0, 1] * rows + inverse[0, 2]
     y = inverse[1, 0] * columns + inverse[1, 1] * rows + inverse[1, 2]
     # Half a pixel of slack: bilinear sampling at the very edge still reads the photo.

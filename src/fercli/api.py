@@ -53,11 +53,17 @@ def as_gray(image: str | Path | np.ndarray) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] in (3, 4):
         import cv2
 
-        return cv2.cvtColor(array, cv2.COLOR_BGR2GRAY if array.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
-    raise ImageError(f"an image array must be (height, width) or (height, width, 3 or 4), not {array.shape}")
+        return cv2.cvtColor(
+            array, cv2.COLOR_BGR2GRAY if array.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+        )
+    raise ImageError(
+        f"an image array must be (height, width) or (height, width, 3 or 4), not {array.shape}"
+    )
 
 
-def align_faces(image: str | Path | np.ndarray, config: PreprocessConfig | None = None) -> list[AlignedFace]:
+def align_faces(
+    image: str | Path | np.ndarray, config: PreprocessConfig | None = None
+) -> list[AlignedFace]:
     """Every face in an image, aligned as for training (32x32 crops), largest first: each
     with its crop, box, landmarks and the map from image to crop coordinates."""
     from fercli.align import align_detected, detect_faces
@@ -67,7 +73,9 @@ def align_faces(image: str | Path | np.ndarray, config: PreprocessConfig | None 
     return align_detected([(gray, detect_faces(gray, config))], config)[0]
 
 
-def label_faces(image: str | Path | np.ndarray, model: FerModel | None = None) -> list[FacePrediction]:
+def label_faces(
+    image: str | Path | np.ndarray, model: FerModel | None = None
+) -> list[FacePrediction]:
     """The expression of every face in an image (box, label, probabilities), aligned with
     the model's own preprocessing settings; model: default the newest, as fer predict."""
     from fercli.predict import classify
@@ -77,17 +85,31 @@ def label_faces(image: str | Path | np.ndarray, model: FerModel | None = None) -
     if not faces:
         return []
     source = str(image) if isinstance(image, (str, Path)) else "the image"
-    return classify(model, np.stack([face.crop for face in faces]), [face.box for face in faces],
-                    [source] * len(faces))
+    return classify(
+        model,
+        np.stack([face.crop for face in faces]),
+        [face.box for face in faces],
+        [source] * len(faces),
+    )
 
 
-def prepare_dataset(folder: str | Path, options: ScanOptions | None = None, config: PreprocessConfig | None = None,
-                    workers: int | None = None, progress: Progress | None = None):
+def prepare_dataset(
+    folder: str | Path,
+    options: ScanOptions | None = None,
+    config: PreprocessConfig | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+):
     """fer preprocess: align and cache every image of a dataset folder; the PreprocessReport."""
     from fercli.preprocess import preprocess_dataset
 
-    return preprocess_dataset(Path(folder), options or ScanOptions(), config or PreprocessConfig(), workers,
-                              progress=progress)
+    return preprocess_dataset(
+        Path(folder),
+        options or ScanOptions(),
+        config or PreprocessConfig(),
+        workers,
+        progress=progress,
+    )
 
 
 def _names(dataset: str | Path | list | tuple | None) -> list[str]:
@@ -99,9 +121,18 @@ def _names(dataset: str | Path | list | tuple | None) -> list[str]:
     return [str(dataset)]
 
 
-def train(dataset: str | Path | list | None = None, output: str | Path | None = None, recipe: str = "paper", *,
-          config: TrainConfig | None = None, shared_classes: bool = False, split: str | None = None,
-          ensemble: int = 1, progress: Progress | None = None, **settings) -> TrainResult:
+def train(
+    dataset: str | Path | list | None = None,
+    output: str | Path | None = None,
+    recipe: str = "paper",
+    *,
+    config: TrainConfig | None = None,
+    shared_classes: bool = False,
+    split: str | None = None,
+    ensemble: int = 1,
+    progress: Progress | None = None,
+    **settings,
+) -> TrainResult:
     """fer train: train on every image of a dataset (or of several combined) and save a model
     (default: a new file in FER_HOME/models); the TrainResult, whose path load_model takes.
 
@@ -119,15 +150,30 @@ def train(dataset: str | Path | list | None = None, output: str | Path | None = 
         check_output_file(Path(output))  # refused before any data is read
     prepared = dataset_split(load_combined(_names(dataset), config.classes, shared_classes), split)
     made_up = output is None  # then another run may make up the same name: never replace
-    path = Path(output) if output is not None else models_dir() / f"{prepared.name}-{timestamp()}.npz"
+    path = (
+        Path(output) if output is not None else models_dir() / f"{prepared.name}-{timestamp()}.npz"
+    )
     check_writable(path.parent)
-    return train_model(prepared, config, path, progress=progress, keep_existing=made_up, ensemble=ensemble)
+    return train_model(
+        prepared, config, path, progress=progress, keep_existing=made_up, ensemble=ensemble
+    )
 
 
-def crossval(dataset: str | Path | list | None = None, folds: int = 10, group: str = "random", recipe: str = "paper",
-             *, config: TrainConfig | None = None, shared_classes: bool = False, workers: int | None = None,
-             ray: str | None = None, output: str | Path | None = None, save_model: bool = True,
-             progress: Progress | None = None, **settings) -> CrossvalReport:
+def crossval(
+    dataset: str | Path | list | None = None,
+    folds: int = 10,
+    group: str = "random",
+    recipe: str = "paper",
+    *,
+    config: TrainConfig | None = None,
+    shared_classes: bool = False,
+    workers: int | None = None,
+    ray: str | None = None,
+    output: str | Path | None = None,
+    save_model: bool = True,
+    progress: Progress | None = None,
+    **settings,
+) -> CrossvalReport:
     """fer crossval: the CrossvalReport of a recipe on a preprocessed dataset (default: the
     newest) or several combined, with its files written (report.files): report.json,
     confusion.png and predictions.csv in output (default: a new folder in FER_HOME/runs), and,
@@ -145,21 +191,39 @@ def crossval(dataset: str | Path | list | None = None, folds: int = 10, group: s
     config = config or recipe_config(recipe, **settings)
     prepared = load_combined(_names(dataset), config.classes, shared_classes)
     with make_engine(ray, workers) as engine:
-        folder = (check_writable(Path(output)) if output is not None
-                  else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}"))
-        report = cross_validate(prepared, config, folds, group, workers, progress=progress, engine=engine)
+        folder = (
+            check_writable(Path(output))
+            if output is not None
+            else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
+        )
+        report = cross_validate(
+            prepared, config, folds, group, workers, progress=progress, engine=engine
+        )
     report.files = save_crossval(report, folder)
     # Networks z-scored per dataset inside each fold have no statistics a model file could keep.
-    if (save_model and not report.interrupted and not report.diverged_folds
-            and config.normalisation != "per-dataset"):
+    if (
+        save_model
+        and not report.interrupted
+        and not report.diverged_folds
+        and config.normalisation != "per-dataset"
+    ):
         report.files["model"] = save_crossval_model(
-            report, prepared, models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz", run=folder)
+            report,
+            prepared,
+            models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz",
+            run=folder,
+        )
     return report
 
 
-def evaluate_model(dataset: str | Path, model: FerModel | str | Path | None = None, split: str | None = None,
-             workers: int | None = None, output: str | Path | None = None,
-             progress: Progress | None = None) -> CrossvalReport:
+def evaluate_model(
+    dataset: str | Path,
+    model: FerModel | str | Path | None = None,
+    split: str | None = None,
+    workers: int | None = None,
+    output: str | Path | None = None,
+    progress: Progress | None = None,
+) -> CrossvalReport:
     """fer evaluate: score a model (default: the newest) on another dataset, a preprocessed one
     or an original folder (then preprocessed with the model's settings; progress follows the
     alignment); only the classes both have count. The report (one "fold") with its files
@@ -172,7 +236,12 @@ def evaluate_model(dataset: str | Path, model: FerModel | str | Path | None = No
     prepared, _ = prepare_for_model(dataset, loaded, workers, progress)
     report = score_model(loaded, prepared, split)
     name = slug(Path(str(loaded.path)).stem)
-    folder = (check_writable(Path(output)) if output is not None
-              else new_dir(runs_dir() / f"evaluate-{name}-{prepared.name}-{timestamp()}"))
-    report.files = save_crossval(report, folder, title=f"{name} on {prepared.name}: {report.pooled_accuracy:.1%}")
+    folder = (
+        check_writable(Path(output))
+        if output is not None
+        else new_dir(runs_dir() / f"evaluate-{name}-{prepared.name}-{timestamp()}")
+    )
+    report.files = save_crossval(
+        report, folder, title=f"{name} on {prepared.name}: {report.pooled_accuracy:.1%}"
+    )
     return report

@@ -42,8 +42,13 @@ class Transforms:
         return transform_images(images, self.flips, self.angles, self.shifts)
 
 
-def online_transforms(count: int, rng: np.random.Generator, max_rotation: float,
-                      max_shift: float = 0.0, flip: bool = True) -> Transforms:
+def online_transforms(
+    count: int,
+    rng: np.random.Generator,
+    max_rotation: float,
+    max_shift: float = 0.0,
+    flip: bool = True,
+) -> Transforms:
     """Random parameters for count images ("online" augmentation): mirrored half the time (if
     flip), rotated by up to max_rotation degrees, shifted by up to max_shift pixels."""
     flips = rng.random(count) < 0.5 if flip else np.zeros(count, bool)
@@ -51,8 +56,14 @@ def online_transforms(count: int, rng: np.random.Generator, max_rotation: float,
     return Transforms(flips, angles, random_shifts(count, rng, max_shift))
 
 
-def copies_transforms(count: int, rng: np.random.Generator, copies: int, flip: bool,
-                      max_rotation: float, max_shift: float = 0.0) -> Transforms:
+def copies_transforms(
+    count: int,
+    rng: np.random.Generator,
+    copies: int,
+    flip: bool,
+    max_rotation: float,
+    max_shift: float = 0.0,
+) -> Transforms:
     """Parameters of the enlarged set of count images ("copies" augmentation): the originals
     (no transform) followed by `copies` transformed copies of every image; copy k is mirrored
     when flip is on and k is even, and rotated (and shifted) at random. Image i of the
@@ -62,8 +73,12 @@ def copies_transforms(count: int, rng: np.random.Generator, copies: int, flip: b
         flips = np.full(count, flip and copy % 2 == 0)
         angles = rng.uniform(-max_rotation, max_rotation, count)
         parts.append(Transforms(flips, angles, random_shifts(count, rng, max_shift)))
-    return Transforms(*(np.concatenate([getattr(part, name) for part in parts])
-                        for name in ("flips", "angles", "shifts")))
+    return Transforms(
+        *(
+            np.concatenate([getattr(part, name) for part in parts])
+            for name in ("flips", "angles", "shifts")
+        )
+    )
 
 
 def random_shifts(count: int, rng: np.random.Generator, max_shift: float) -> np.ndarray:
@@ -73,15 +88,26 @@ def random_shifts(count: int, rng: np.random.Generator, max_shift: float) -> np.
     return np.zeros((count, 2))
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, max_rotation: float,
-            max_shift: float = 0.0, flip: bool = True) -> np.ndarray:
+def augment(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    max_rotation: float,
+    max_shift: float = 0.0,
+    flip: bool = True,
+) -> np.ndarray:
     """A random transformed copy of every image ("online" augmentation; float32 in/out): see
     online_transforms."""
     return online_transforms(len(images), rng, max_rotation, max_shift, flip).apply(images)
 
 
-def enlarge(images: np.ndarray, rng: np.random.Generator, copies: int, flip: bool,
-            max_rotation: float, max_shift: float = 0.0) -> np.ndarray:
+def enlarge(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    copies: int,
+    flip: bool,
+    max_rotation: float,
+    max_shift: float = 0.0,
+) -> np.ndarray:
     """The originals followed by `copies` transformed copies of every image, all in memory
     ("copies" augmentation, the paper's "enlarged with flipped and rotated copies"): see
     copies_transforms. Training builds the same images lazily (TrainingImages)."""
@@ -89,8 +115,9 @@ def enlarge(images: np.ndarray, rng: np.random.Generator, copies: int, flip: boo
     return transforms.apply(images[np.arange(len(transforms)) % len(images)])
 
 
-def transform_images(images: np.ndarray, flips: np.ndarray, angles: np.ndarray,
-                     shifts: np.ndarray) -> np.ndarray:
+def transform_images(
+    images: np.ndarray, flips: np.ndarray, angles: np.ndarray, shifts: np.ndarray
+) -> np.ndarray:
     """Each image mirrored (where flips), rotated by its angle in degrees about the centre and
     shifted by its (dx, dy); borders replicated."""
     import cv2
@@ -113,8 +140,14 @@ def transform_images(images: np.ndarray, flips: np.ndarray, angles: np.ndarray,
             transform = cv2.getRotationMatrix2D(centre, angle, 1.0)
             transform[0, 2] += dx
             transform[1, 2] += dy
-            cv2.warpAffine(np.ascontiguousarray(image), transform, (size, size), dst=out[index],
-                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            cv2.warpAffine(
+                np.ascontiguousarray(image),
+                transform,
+                (size, size),
+                dst=out[index],
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
     finally:
         cv2.setNumThreads(opencv_threads)
     return out
@@ -130,17 +163,26 @@ class TrainingImages:
     construction gave (enlarge or augment, then index with the order, then z-score).
     """
 
-    def __init__(self, crops: np.ndarray, targets: np.ndarray, num_classes: int,
-                 config: TrainConfig, rng: np.random.Generator, mean: np.ndarray, std: np.ndarray,
-                 chunk_images: int | None = None):
+    def __init__(
+        self,
+        crops: np.ndarray,
+        targets: np.ndarray,
+        num_classes: int,
+        config: TrainConfig,
+        rng: np.random.Generator,
+        mean: np.ndarray,
+        std: np.ndarray,
+        chunk_images: int | None = None,
+    ):
         self.crops, self.targets, self.num_classes = crops, targets, num_classes
         self.config, self.rng, self.mean, self.std = config, rng, mean, std
         self.online = config.augment and config.augment_mode == "online"
         # The enlarged set's parameters, drawn once ("copies"); None: the crops as they are.
         self.copies = None
         if config.augment and config.augment_mode == "copies" and config.copies > 0:
-            self.copies = copies_transforms(len(crops), rng, config.copies, config.flip,
-                                            config.max_rotation, config.max_shift)
+            self.copies = copies_transforms(
+                len(crops), rng, config.copies, config.flip, config.max_rotation, config.max_shift
+            )
         # Whole batches, so that chunks cut the epoch exactly where its batches begin.
         self.chunk = config.batch_size * max(1, (chunk_images or CHUNK_IMAGES) // config.batch_size)
 
@@ -154,14 +196,16 @@ class TrainingImages:
         order = self.rng.permutation(len(self))
         config = self.config
         if self.online:
-            transforms = online_transforms(len(order), self.rng, config.max_rotation,
-                                           config.max_shift, config.flip)
+            transforms = online_transforms(
+                len(order), self.rng, config.max_rotation, config.max_shift, config.flip
+            )
         else:
             transforms = None if self.copies is None else self.copies[order]
         return self._chunks(order % len(self.crops), transforms)
 
-    def _chunks(self, sources: np.ndarray,
-                transforms: Transforms | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _chunks(
+        self, sources: np.ndarray, transforms: Transforms | None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         one_hot = np.eye(self.num_classes, dtype=np.float32)
         for start in range(0, len(sources), self.chunk):
             part = slice(start, start + self.chunk)

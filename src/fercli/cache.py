@@ -49,8 +49,13 @@ class CacheEntry:
         shape = tuple(data["shape"])
         crop = np.frombuffer(base64.b64decode(data["crop"]), dtype=np.uint8).reshape(shape)
         box = tuple(data["box"]) if data.get("box") else None
-        return cls(crop=crop, faces=int(data["faces"]), box=box, angle=float(data["angle"]),
-                   padding=float(data.get("padding", 0.0)))
+        return cls(
+            crop=crop,
+            faces=int(data["faces"]),
+            box=box,
+            angle=float(data["angle"]),
+            padding=float(data.get("padding", 0.0)),
+        )
 
 
 def content_key(data: bytes) -> str:

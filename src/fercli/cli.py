@@ -55,7 +55,10 @@ if typer.rich_utils.MAX_WIDTH is None:
 
 app = typer.Typer(
     name="fer",
-    context_settings={"help_option_names": ["-h", "--help"], "terminal_width": typer.rich_utils.MAX_WIDTH},
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "terminal_width": typer.rich_utils.MAX_WIDTH,
+    },
     help="Facial expression recognition: align faces, train a small CNN, cross-validate, predict.",
     no_args_is_help=True,
     add_completion=False,
@@ -80,7 +83,10 @@ def printable(text: str) -> str:
 def escaped(text: object) -> str:
     """Text as one printable line: control characters (ESC, newlines, tabs) and undecodable
     bytes as backslash escapes, so that no name can move the cursor or retitle a terminal."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in printable(str(text)))
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode()
+        for ch in printable(str(text))
+    )
 
 
 def shown(path: object) -> str:
@@ -124,8 +130,10 @@ class JsonErrorsCommand(typer.core.TyperCommand):
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         # typer 0.28 writes a required argument as {NAME}; the usual form is NAME.
-        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
-                for piece in super().collect_usage_pieces(ctx)]
+        return [
+            piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+            for piece in super().collect_usage_pieces(ctx)
+        ]
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         as_json = "--json" in args
@@ -139,7 +147,9 @@ class JsonErrorsCommand(typer.core.TyperCommand):
 
 def emit_json(payload: object) -> None:
     # allow_nan=False: NaN is not JSON, and nothing fercli reports may be NaN.
-    sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=True, default=str, allow_nan=False) + "\n")
+    sys.stdout.write(
+        json.dumps(payload, indent=2, ensure_ascii=True, default=str, allow_nan=False) + "\n"
+    )
 
 
 def progress_bar(description: str):
@@ -191,12 +201,16 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Facial expression recognition: align faces, train a small CNN, cross-validate, predict."""
     if sys.stdout is None:  # started with stdout closed (`fer ... >&-`): results would vanish
-        raise fail("standard output is closed: fer prints its results there (redirect it to a file "
-                   "or /dev/null instead)")
+        raise fail(
+            "standard output is closed: fer prints its results there (redirect it to a file "
+            "or /dev/null instead)"
+        )
     # A name the terminal's encoding cannot show (PYTHONIOENCODING=ascii, a Latin-1 locale)
     # comes out as a backslash escape rather than as a UnicodeEncodeError.
     reconfigure = getattr(sys.stdout, "reconfigure", None)
@@ -207,14 +221,29 @@ def main_options(
 
 @app.command(cls=JsonErrorsCommand)
 def preprocess(
-    dataset_dir: Path = typer.Argument(..., metavar="DATASET_DIR", help="The dataset folder (JAFFE, a CK+ tree, or <class>/<image> folders)."),
+    dataset_dir: Path = typer.Argument(
+        ...,
+        metavar="DATASET_DIR",
+        help="The dataset folder (JAFFE, a CK+ tree, or <class>/<image> folders).",
+    ),
     layout: Layout | None = typer.Option(None, help="Force a layout (default: detected)."),
-    ck_frames: int = typer.Option(3, help="CK+ tree: last frames of each labelled sequence to take."),
-    ck_neutral: bool = typer.Option(False, help="CK+ tree: also take each labelled sequence's first frame as neutral."),
-    min_face_score: float = typer.Option(0.3, help="dlib detection score a face needs (lower finds more, and more false faces)."),
-    equalization: Equalization = typer.Option(Equalization.face, help="Contrast equalization: face (the paper's histogram equalization, "
-                                     "counting only pixels inside the photo), midpoint, clahe, whole or none."),
-    workers: int | None = typer.Option(None, min=1, help="Processes to align with (default: one per core)."),
+    ck_frames: int = typer.Option(
+        3, help="CK+ tree: last frames of each labelled sequence to take."
+    ),
+    ck_neutral: bool = typer.Option(
+        False, help="CK+ tree: also take each labelled sequence's first frame as neutral."
+    ),
+    min_face_score: float = typer.Option(
+        0.3, help="dlib detection score a face needs (lower finds more, and more false faces)."
+    ),
+    equalization: Equalization = typer.Option(
+        Equalization.face,
+        help="Contrast equalization: face (the paper's histogram equalization, "
+        "counting only pixels inside the photo), midpoint, clahe, whole or none.",
+    ),
+    workers: int | None = typer.Option(
+        None, min=1, help="Processes to align with (default: one per core)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Align every face of a dataset and cache the 32x32 crops for train and crossval."""
@@ -225,12 +254,20 @@ def preprocess(
 
         if not math.isfinite(min_face_score):
             raise FerError(f"--min-face-score must be a finite number, not {min_face_score}")
-        options = ScanOptions(layout=layout and layout.value, ck_frames=ck_frames, ck_neutral_first=ck_neutral)
+        options = ScanOptions(
+            layout=layout and layout.value, ck_frames=ck_frames, ck_neutral_first=ck_neutral
+        )
         config = PreprocessConfig(min_face_score=min_face_score, equalization=equalization.value)
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():
-            report = prepare_dataset(dataset_dir, options, config, workers, progress=None if as_json else update)
-    failure = f"{dataset_dir}: no image could be aligned ({len(report.skipped)} skipped)" if report.aligned == 0 else None
+            report = prepare_dataset(
+                dataset_dir, options, config, workers, progress=None if as_json else update
+            )
+    failure = (
+        f"{dataset_dir}: no image could be aligned ({len(report.skipped)} skipped)"
+        if report.aligned == 0
+        else None
+    )
     if as_json:
         emit_json({**report.to_json(), **({"error": failure} if failure else {})})
     else:
@@ -240,7 +277,9 @@ def preprocess(
 
 
 def render_preprocess(report) -> None:
-    table = Table(title=f"fer preprocess {shown(report.source)} ({report.layout})", show_header=False)
+    table = Table(
+        title=f"fer preprocess {shown(report.source)} ({report.layout})", show_header=False
+    )
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("images found", str(report.found))
@@ -271,15 +310,23 @@ def render_preprocess(report) -> None:
 def render_edges(edges: dict) -> None:
     """Per class: crops that pass the photo's edge (and how much of them was filled in) and
     saturated crops; nothing when there are none."""
-    shown_classes = {label: values for label, values in edges.items() if values["padded"] or values["saturated"]}
+    shown_classes = {
+        label: values for label, values in edges.items() if values["padded"] or values["saturated"]
+    }
     if not shown_classes:
         return
-    table = Table(title="crops past the photo's edge (filled in) and saturated crops (>10% of pixels >= 250)")
+    table = Table(
+        title="crops past the photo's edge (filled in) and saturated crops (>10% of pixels >= 250)"
+    )
     for column in ("class", "past the edge", "mean share filled", "saturated"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for label, values in shown_classes.items():
-        table.add_row(shown(label), f"{values['padded']} of {values['crops']}", f"{values['mean_padding']:.1%}",
-                      str(values["saturated"]))
+        table.add_row(
+            shown(label),
+            f"{values['padded']} of {values['crops']}",
+            f"{values['mean_padding']:.1%}",
+            str(values["saturated"]),
+        )
     out.print(table)
 
 
@@ -288,49 +335,106 @@ def render_skipped(skipped: list, found: int, limit: int = 50) -> None:
     for item in skipped[:limit]:
         out.print(f"[yellow]skipped[/yellow] {shown(item.path)}: {shown(item.reason)}")
     if len(skipped) > limit:
-        out.print(f"... and {len(skipped) - limit} more skipped (all of them: fer preprocess --json)")
+        out.print(
+            f"... and {len(skipped) - limit} more skipped (all of them: fer preprocess --json)"
+        )
     if skipped:
         out.print(f"{len(skipped)} of {found} skipped")
 
 
 # Options shared by train and crossval: one definition each, so they cannot drift apart.
 DatasetArgument = typer.Argument(
-    None, metavar="DATASET...", help="Preprocessed datasets: each a name or folder under FER_HOME, or the original folder "
-    "(default: the most recently preprocessed). Several are combined into one selection."
+    None,
+    metavar="DATASET...",
+    help="Preprocessed datasets: each a name or folder under FER_HOME, or the original folder "
+    "(default: the most recently preprocessed). Several are combined into one selection.",
 )
-SharedClassesOption = typer.Option(False, "--shared-classes", help="Several datasets: keep the classes every one of them has.")
+SharedClassesOption = typer.Option(
+    False, "--shared-classes", help="Several datasets: keep the classes every one of them has."
+)
 # Training options default to None: unset, the recipe (--recipe, default "paper") decides.
-RecipeOption = typer.Option(Recipe.paper, help="Starting settings: paper (the paper's recipe) or best (the best "
-                            "measured; slower). Options given here override the recipe's.")
-EpochsOption = typer.Option(None, min=1, help="Passes over the (enlarged) training set (paper: 100).")
+RecipeOption = typer.Option(
+    Recipe.paper,
+    help="Starting settings: paper (the paper's recipe) or best (the best "
+    "measured; slower). Options given here override the recipe's.",
+)
+EpochsOption = typer.Option(
+    None, min=1, help="Passes over the (enlarged) training set (paper: 100)."
+)
 BatchOption = typer.Option(None, "--batch-size", min=1, help="Mini-batch size (paper: 16).")
 LearningRateOption = typer.Option(None, "--lr", min=0.0, help="Learning rate (paper: 0.001).")
 MomentumOption = typer.Option(None, min=0.0, max=1.0, help="SGD momentum (paper: 0.9).")
 OptimizerOption = typer.Option(None, help="Optimizer (paper: sgd).")
-VariantOption = typer.Option(None, help="Network: the paper's, or with dropout, batch normalisation, more filters (paper: paper).")
-ClassesOption = typer.Option(None, help="Classes to keep, comma-separated, e.g. anger,fear,sadness (default: all).")
+VariantOption = typer.Option(
+    None,
+    help="Network: the paper's, or with dropout, batch normalisation, more filters (paper: paper).",
+)
+ClassesOption = typer.Option(
+    None, help="Classes to keep, comma-separated, e.g. anger,fear,sadness (default: all)."
+)
 SeedOption = typer.Option(0, help="Random seed: same seed, same data -> same folds and weights.")
-AugmentOption = typer.Option(None, "--augment/--no-augment", help="Augment training images (paper: on).")
-AugmentModeOption = typer.Option(None, "--augment-mode", help="copies: the training set enlarged with transformed "
-                                 "copies, originals kept; online: each epoch a new random copy (paper: copies).")
-CopiesOption = typer.Option(None, min=0, help="--augment-mode copies: transformed copies per image (paper: 5).")
-FlipAugmentOption = typer.Option(None, "--flip/--no-flip", help="Mirror images among the augmentations (paper: on).")
-RotationOption = typer.Option(None, min=0.0, help="Largest augmentation rotation, in degrees (paper: 3).")
+AugmentOption = typer.Option(
+    None, "--augment/--no-augment", help="Augment training images (paper: on)."
+)
+AugmentModeOption = typer.Option(
+    None,
+    "--augment-mode",
+    help="copies: the training set enlarged with transformed "
+    "copies, originals kept; online: each epoch a new random copy (paper: copies).",
+)
+CopiesOption = typer.Option(
+    None, min=0, help="--augment-mode copies: transformed copies per image (paper: 5)."
+)
+FlipAugmentOption = typer.Option(
+    None, "--flip/--no-flip", help="Mirror images among the augmentations (paper: on)."
+)
+RotationOption = typer.Option(
+    None, min=0.0, help="Largest augmentation rotation, in degrees (paper: 3)."
+)
 ShiftOption = typer.Option(None, min=0.0, help="Largest augmentation shift, in pixels (paper: 0).")
-NormalisationOption = typer.Option(None, help="z-score statistics: global (one mean and std), per pixel, or "
-                                   "per-dataset (several datasets, crossval only: each dataset's own) (paper: global).")
-InitOption = typer.Option(None, "--init", help="Start from this model's weights (a model trained on other "
-                          "people, e.g. another dataset) and fine-tune.")
-FlipOption = typer.Option(None, "--flip-tta/--no-flip-tta", help="Average each face's prediction with its mirror image (paper: off).")
-RayOption = typer.Option(None, "--ray", metavar="ADDRESS", help="Train the folds on the Ray cluster at HOST:PORT, "
-                         "or auto (the one this machine belongs to); needs pip install 'fercli[ray]'.")
+NormalisationOption = typer.Option(
+    None,
+    help="z-score statistics: global (one mean and std), per pixel, or "
+    "per-dataset (several datasets, crossval only: each dataset's own) (paper: global).",
+)
+InitOption = typer.Option(
+    None,
+    "--init",
+    help="Start from this model's weights (a model trained on other "
+    "people, e.g. another dataset) and fine-tune.",
+)
+FlipOption = typer.Option(
+    None,
+    "--flip-tta/--no-flip-tta",
+    help="Average each face's prediction with its mirror image (paper: off).",
+)
+RayOption = typer.Option(
+    None,
+    "--ray",
+    metavar="ADDRESS",
+    help="Train the folds on the Ray cluster at HOST:PORT, "
+    "or auto (the one this machine belongs to); needs pip install 'fercli[ray]'.",
+)
 
 # Command-line names of the training options -> TrainConfig fields.
-TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate", "momentum": "momentum",
-                 "optimizer": "optimizer", "variant": "variant", "seed": "seed", "augment": "augment",
-                 "augment_mode": "augment_mode", "copies": "copies", "flip": "flip", "max_rotation": "max_rotation",
-                 "max_shift": "max_shift", "normalisation": "normalisation", "flip_tta": "test_time_flip",
-                 "init": "init_model"}
+TRAIN_OPTIONS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "momentum": "momentum",
+    "optimizer": "optimizer",
+    "variant": "variant",
+    "seed": "seed",
+    "augment": "augment",
+    "augment_mode": "augment_mode",
+    "copies": "copies",
+    "flip": "flip",
+    "max_rotation": "max_rotation",
+    "max_shift": "max_shift",
+    "normalisation": "normalisation",
+    "flip_tta": "test_time_flip",
+    "init": "init_model",
+}
 
 
 def training_options(
@@ -371,7 +475,7 @@ def with_training_options(command):
     shared = list(inspect.signature(training_options, eval_str=True).parameters.values())
     own = list(inspect.signature(command, eval_str=True).parameters.values())
     place = [parameter.name for parameter in own].index("training")
-    parameters = own[:place] + shared + own[place + 1:]
+    parameters = own[:place] + shared + own[place + 1 :]
 
     @functools.wraps(command)
     def wrapper(**values):
@@ -398,22 +502,38 @@ def train_config(options: dict):
 
     # Enum choices (Variant, Optimizer, ...) as their plain values.
     options = {name: getattr(value, "value", value) for name, value in options.items()}
-    for name, allowed in (("variant", MODEL_VARIANTS), ("optimizer", OPTIMIZERS),
-                          ("normalisation", NORMALISATIONS), ("augment_mode", AUGMENTATIONS)):
+    for name, allowed in (
+        ("variant", MODEL_VARIANTS),
+        ("optimizer", OPTIMIZERS),
+        ("normalisation", NORMALISATIONS),
+        ("augment_mode", AUGMENTATIONS),
+    ):
         value = options.get(name)
         if value is not None and value not in allowed:
-            raise FerError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}")
+            raise FerError(
+                f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}"
+            )
     # NaN passes every range check (each comparison is false), and a huge finite shift
     # overflows the random generator: both are refused here, before any work.
-    for name, largest in (("lr", math.inf), ("momentum", 1.0), ("max_rotation", 180.0), ("max_shift", float(CROP_SIZE))):
+    for name, largest in (
+        ("lr", math.inf),
+        ("momentum", 1.0),
+        ("max_rotation", 180.0),
+        ("max_shift", float(CROP_SIZE)),
+    ):
         value = options.get(name)
         if value is None:
             continue
         if not math.isfinite(value):
             raise FerError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
         if value > largest:
-            raise FerError(f"--{name.replace('_', '-')} {value:g} is more than {largest:g}, the largest that makes sense")
-    chosen = tuple(name.strip() for name in (options.get("classes") or "").split(",") if name.strip())
+            raise FerError(
+                f"--{name.replace('_', '-')} {value:g} is more than {largest:g}, the largest that "
+                "makes sense"
+            )
+    chosen = tuple(
+        name.strip() for name in (options.get("classes") or "").split(",") if name.strip()
+    )
     given = {field: options.get(name) for name, field in TRAIN_OPTIONS.items()}
     if given["init_model"] is not None:
         given["init_model"] = str(given["init_model"])
@@ -421,12 +541,14 @@ def train_config(options: dict):
 
 
 def recipe_summary(training: dict) -> str:
-    """"recipe paper" and every setting that differs from it, in command-line spelling."""
+    """ "recipe paper" and every setting that differs from it, in command-line spelling."""
     from fercli.config import TrainConfig, recipe_differences
 
     names = {field: name for name, field in TRAIN_OPTIONS.items()}
     differences = recipe_differences(TrainConfig.from_dict(training))
-    extra = ", ".join(f"--{names.get(key, key).replace('_', '-')} {value}" for key, value in differences.items())
+    extra = ", ".join(
+        f"--{names.get(key, key).replace('_', '-')} {value}" for key, value in differences.items()
+    )
     return f"recipe {training.get('recipe', 'paper')}" + (f" with {extra}" if extra else "")
 
 
@@ -458,9 +580,14 @@ def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header:
             bar.advance(task)
             where = f"fold {event.fold + 1}/{folds} " if folds > 1 else ""
             done = f", finished folds {sum(finished) / len(finished):.1%}" if finished else ""
-            figures = (f"loss {event.loss:.3f} train acc {event.accuracy:.1%}"
-                       if math.isfinite(event.loss) else "diverged (loss not finite)")
-            bar.update(task, description=f"{where}epoch {event.epoch}/{event.epochs} {figures}{done}")
+            figures = (
+                f"loss {event.loss:.3f} train acc {event.accuracy:.1%}"
+                if math.isfinite(event.loss)
+                else "diverged (loss not finite)"
+            )
+            bar.update(
+                task, description=f"{where}epoch {event.epoch}/{event.epochs} {figures}{done}"
+            )
         elif event.kind == "fold" and event.accuracy is not None:  # None: it diverged
             finished.append(event.accuracy)
             if epochs:
@@ -474,14 +601,21 @@ def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header:
 @with_training_options
 def train(
     datasets: list[str] | None = DatasetArgument,
-    output: Path | None = typer.Option(None, help="Model file to write (default: a new file in FER_HOME/models)."),
+    output: Path | None = typer.Option(
+        None, help="Model file to write (default: a new file in FER_HOME/models)."
+    ),
     training: dict = TRAINING,
-    ensemble: int = typer.Option(1, help="Train this many networks (seeds differ) into one model file; "
-                                 "predict averages them."),
-    split: str | None = typer.Option(None, help="Train only on this predefined split of the dataset (FER2013: Training)."),
+    ensemble: int = typer.Option(
+        1,
+        help="Train this many networks (seeds differ) into one model file; predict averages them.",
+    ),
+    split: str | None = typer.Option(
+        None, help="Train only on this predefined split of the dataset (FER2013: Training)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
-    """Train the network on every image of one preprocessed dataset or several combined, and save a model for predict."""
+    """Train the network on every image of one preprocessed dataset or several combined, and save a
+    model for predict."""
     with user_errors(as_json):
         from fercli.api import train as train_network
 
@@ -491,26 +625,46 @@ def train(
         task = bar.tasks[0].id
         bar.update(task, total=config.epochs * ensemble)
         with bar if not as_json else contextlib.nullcontext():
-            result = train_network(datasets, output, config=config, shared_classes=training["shared_classes"],
-                                   split=split, ensemble=ensemble,
-                                   progress=None if as_json else epoch_reporter(bar, task, ensemble))
+            result = train_network(
+                datasets,
+                output,
+                config=config,
+                shared_classes=training["shared_classes"],
+                split=split,
+                ensemble=ensemble,
+                progress=None if as_json else epoch_reporter(bar, task, ensemble),
+            )
     parts = result.parts
-    summary = {"model": str(result.path), "dataset": result.dataset, "classes": result.classes,
-               **({"datasets": parts} if parts else {}),
-               "images": result.images, "epochs": result.epochs, "final_loss": result.loss,
-               "final_train_accuracy": result.accuracy, "seconds": round(result.seconds, 1),
-               "runtime_difference": result.runtime_difference, "networks": ensemble}
+    summary = {
+        "model": str(result.path),
+        "dataset": result.dataset,
+        "classes": result.classes,
+        **({"datasets": parts} if parts else {}),
+        "images": result.images,
+        "epochs": result.epochs,
+        "final_loss": result.loss,
+        "final_train_accuracy": result.accuracy,
+        "seconds": round(result.seconds, 1),
+        "runtime_difference": result.runtime_difference,
+        "networks": ensemble,
+    }
     if as_json:
         emit_json(summary)
         return
-    out.print(f"trained on {result.images} images of {shown(result.dataset)} ({shown(', '.join(result.classes))}), "
-              f"{result.epochs} epochs in {result.seconds:.1f} s; final training loss {result.loss:.3f}, "
-              f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)")
+    out.print(
+        f"trained on {result.images} images of {shown(result.dataset)} "
+        f"({shown(', '.join(result.classes))}), "
+        f"{result.epochs} epochs in {result.seconds:.1f} s; final training loss {result.loss:.3f}, "
+        f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)"
+    )
     if parts:
         render_sources(parts, result.classes)
         for note in result.notes:
             out.print(f"[yellow]note:[/yellow] {shown(note)}")
-    out.print(f"model saved to {shown(result.path)}" + (f" (an ensemble of {ensemble} networks)" if ensemble > 1 else ""))
+    out.print(
+        f"model saved to {shown(result.path)}"
+        + (f" (an ensemble of {ensemble} networks)" if ensemble > 1 else "")
+    )
 
 
 @app.command(cls=JsonErrorsCommand)
@@ -518,42 +672,79 @@ def train(
 def crossval(
     datasets: list[str] | None = DatasetArgument,
     folds: int = typer.Option(10, min=2, help="Number of folds."),
-    group: Group = typer.Option(Group.random, help="random: stratified folds; subject: no person in both train and test; "
-                                "dataset: each of several datasets tested in turn by a network trained on the others "
-                                "(--folds is ignored)."),
+    group: Group = typer.Option(
+        Group.random,
+        help="random: stratified folds; subject: no person in both train and test; "
+        "dataset: each of several datasets tested in turn by a network trained on the others "
+        "(--folds is ignored).",
+    ),
     training: dict = TRAINING,
-    workers: int | None = typer.Option(None, min=1, help="Folds trained at once (default: one per core)."),
+    workers: int | None = typer.Option(
+        None, min=1, help="Folds trained at once (default: one per core)."
+    ),
     ray: str | None = RayOption,
-    output: Path | None = typer.Option(None, help="Report folder (default: a new folder in FER_HOME/runs)."),
-    no_save_model: bool = typer.Option(False, "--no-save-model", help="Do not save the fold networks as one "
-                                       "ensemble model file in FER_HOME/models (which predict then uses)."),
+    output: Path | None = typer.Option(
+        None, help="Report folder (default: a new folder in FER_HOME/runs)."
+    ),
+    no_save_model: bool = typer.Option(
+        False,
+        "--no-save-model",
+        help="Do not save the fold networks as one "
+        "ensemble model file in FER_HOME/models (which predict then uses).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
-    """K-fold cross-validation on one preprocessed dataset or several combined, with an honest report."""
+    """K-fold cross-validation on one preprocessed dataset or several combined, with an honest
+    report."""
     with user_errors(as_json):
         from fercli.api import crossval as cross_validate
 
         config = train_config(training)
         bar, _ = progress_bar("starting")
-        reporter = epoch_reporter(bar, bar.tasks[0].id, header=f"fer crossval: {{folds}} folds ({group.value}), "
-                                  f"{recipe_summary(config.to_dict())}")
+        reporter = epoch_reporter(
+            bar,
+            bar.tasks[0].id,
+            header=f"fer crossval: {{folds}} folds ({group.value}), "
+            f"{recipe_summary(config.to_dict())}",
+        )
         with bar if not as_json else contextlib.nullcontext():
-            report = cross_validate(datasets, folds, group.value, config=config,
-                                    shared_classes=training["shared_classes"], workers=workers, ray=ray,
-                                    output=output, save_model=not no_save_model,
-                                    progress=None if as_json else reporter)
+            report = cross_validate(
+                datasets,
+                folds,
+                group.value,
+                config=config,
+                shared_classes=training["shared_classes"],
+                workers=workers,
+                ray=ray,
+                output=output,
+                save_model=not no_save_model,
+                progress=None if as_json else reporter,
+            )
     files, output = report.files, report.files["report"].parent
     failure, code = None, 1
     if report.interrupted:
-        failure, code = (f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
-                         f"the finished folds are in {output}"), 130
+        failure, code = (
+            (
+                f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
+                f"the finished folds are in {output}"
+            ),
+            130,
+        )
     elif report.diverged_folds:
-        failure = (f"training diverged in {len(report.diverged_folds)} of {len(report.folds)} folds "
-                   f"({', '.join(map(str, report.diverged_folds))}), so there is no result (try a smaller --lr); "
-                   f"the report is in {output}")
+        failure = (
+            f"training diverged in {len(report.diverged_folds)} of {len(report.folds)} folds "
+            f"({', '.join(map(str, report.diverged_folds))}), so there is no result (try a smaller "
+            "--lr); "
+            f"the report is in {output}"
+        )
     if as_json:
-        emit_json({**report.to_json(), "files": {name: str(path) for name, path in files.items()},
-                   **({"error": failure} if failure else {})})
+        emit_json(
+            {
+                **report.to_json(),
+                "files": {name: str(path) for name, path in files.items()},
+                **({"error": failure} if failure else {}),
+            }
+        )
     else:
         render_crossval(report, files)
     if failure:
@@ -573,39 +764,56 @@ def render_sources(parts: list[dict], labels: list[str]) -> None:
 
 
 def render_per_dataset(report) -> None:
-    """Each dataset's accuracy on its own test images: one mean can hide that one carries the other."""
+    """Each dataset's accuracy on its own test images: one mean can hide that one carries the
+    other."""
     table = Table(title="accuracy per dataset (its own test images, over the folds)")
     for column in ("dataset", "tested", "accuracy", "mean +/- std over folds"):
-        table.add_column(column, justify="left" if column == "dataset" else "right", overflow="fold")
+        table.add_column(
+            column, justify="left" if column == "dataset" else "right", overflow="fold"
+        )
     for name, figures in report.per_dataset.items():
         if figures["accuracy"] is None:
             table.add_row(shown(name), str(figures["tested"]), "-", "-")
         else:
-            spread = (f"{figures['mean_accuracy']:.2%} +/- {figures['std_accuracy']:.2%} ({figures['folds']} folds)"
-                      if figures["folds"] > 1 else "one fold")
+            spread = (
+                f"{figures['mean_accuracy']:.2%} +/- {figures['std_accuracy']:.2%} "
+                f"({figures['folds']} folds)"
+                if figures["folds"] > 1
+                else "one fold"
+            )
             table.add_row(shown(name), str(figures["tested"]), f"{figures['accuracy']:.2%}", spread)
     out.print(table)
 
 
 def render_crossval(report, files: dict) -> None:
     protocol = report.protocol
-    kind = {"subject": "subject folds (no person in both train and test)",
-            "dataset": "leave-one-dataset-out folds (each dataset tested by a network trained on the others)"}.get(
-        protocol["group"], "random stratified folds")
+    kind = {
+        "subject": "subject folds (no person in both train and test)",
+        "dataset": "leave-one-dataset-out folds (each dataset tested by a network trained on the "
+        "others)",
+    }.get(protocol["group"], "random stratified folds")
     training = protocol["training"]
-    out.print(f"[bold]protocol[/bold]: {protocol['folds']}-fold {kind}, seed {training['seed']}; "
-              f"{len(report.labels)} classes ({shown(', '.join(report.labels))}); {recipe_summary(training)}; "
-              f"{report.dataset['images']} images of {shown(report.dataset['name'])}")
+    out.print(
+        f"[bold]protocol[/bold]: {protocol['folds']}-fold {kind}, seed {training['seed']}; "
+        f"{len(report.labels)} classes ({shown(', '.join(report.labels))}); "
+        f"{recipe_summary(training)}; "
+        f"{report.dataset['images']} images of {shown(report.dataset['name'])}"
+    )
     folds = fold_table(report)
     if "datasets" in report.dataset:
         render_sources(report.dataset["datasets"], report.labels)
     out.print(folds)
     if report.diverged_folds:
-        out.print(f"[bold]no mean accuracy[/bold]: training diverged in {len(report.diverged_folds)} of "
-                  f"{len(report.folds)} folds; the figures below count only the folds that did not")
+        out.print(
+            f"[bold]no mean accuracy[/bold]: training diverged in {len(report.diverged_folds)} of "
+            f"{len(report.folds)} folds; the figures below count only the folds that did not"
+        )
     elif report.folds:
-        out.print(f"[bold]mean accuracy {report.mean_accuracy:.2%} +/- {report.std_accuracy:.2%}[/bold] "
-                  f"over {len(report.folds)} folds (pooled {report.pooled_accuracy:.2%}), macro-F1 {report.macro_f1:.3f}")
+        out.print(
+            f"[bold]mean accuracy {report.mean_accuracy:.2%} +/- {report.std_accuracy:.2%}[/bold] "
+            f"over {len(report.folds)} folds (pooled {report.pooled_accuracy:.2%}), macro-F1 "
+            f"{report.macro_f1:.3f}"
+        )
     if report.per_dataset:
         render_per_dataset(report)
     render_scores(report, "per class (summed over folds)")
@@ -628,11 +836,18 @@ def fold_table(report) -> Table:
     for name in names:
         table.add_column(shown(name), justify="right", overflow="fold")
     for fold in report.folds:
-        row = [str(fold.fold), str(fold.train_size), str(fold.test_size),
-               "diverged" if fold.accuracy is None else f"{fold.accuracy:.1%}"]
+        row = [
+            str(fold.fold),
+            str(fold.train_size),
+            str(fold.test_size),
+            "diverged" if fold.accuracy is None else f"{fold.accuracy:.1%}",
+        ]
         if subject_folds:
             row.append(shown(", ".join(fold.test_subjects)))
-        row.extend(f"{fold.per_dataset[name]['accuracy']:.1%}" if name in fold.per_dataset else "-" for name in names)
+        row.extend(
+            f"{fold.per_dataset[name]['accuracy']:.1%}" if name in fold.per_dataset else "-"
+            for name in names
+        )
         table.add_row(*row)
     return table
 
@@ -641,28 +856,49 @@ def render_scores(report, title: str) -> None:
     """The per-class table and the confusion matrix of a crossval or evaluate report."""
     classes = Table(title=title)
     for column in ("class", "precision", "recall", "F1", "images"):
-        classes.add_column(column, justify="left" if column == "class" else "right", overflow="fold")
+        classes.add_column(
+            column, justify="left" if column == "class" else "right", overflow="fold"
+        )
     for label, values in report.per_class.items():
-        classes.add_row(shown(label), f"{values['precision']:.3f}", f"{values['recall']:.3f}", f"{values['f1']:.3f}", str(values["support"]))
+        classes.add_row(
+            shown(label),
+            f"{values['precision']:.3f}",
+            f"{values['recall']:.3f}",
+            f"{values['f1']:.3f}",
+            str(values["support"]),
+        )
     out.print(classes)
     matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
     matrix.add_column("", overflow="fold")
     for label in report.labels:
         matrix.add_column(shown(label), justify="right", overflow="fold")
-    for label, row in zip(report.labels, report.confusion):
+    for label, row in zip(report.labels, report.confusion, strict=True):
         matrix.add_row(shown(label), *(str(int(value)) for value in row))
     out.print(matrix)
 
 
 @app.command(cls=JsonErrorsCommand)
 def evaluate(
-    dataset: str = typer.Argument(..., metavar="DATASET", help="A preprocessed dataset (its name or folder under "
-                                  "FER_HOME) or an original dataset folder, then preprocessed with the model's settings."),
-    model: Path | None = typer.Option(None, help="Model file (default: the most recently trained)."),
-    split: str | None = typer.Option(None, help="Only this predefined split of the dataset (FER2013: Training, "
-                                     "PublicTest, PrivateTest)."),
-    workers: int | None = typer.Option(None, min=1, help="Processes to align with, if the dataset needs preprocessing."),
-    output: Path | None = typer.Option(None, help="Report folder (default: a new folder in FER_HOME/runs)."),
+    dataset: str = typer.Argument(
+        ...,
+        metavar="DATASET",
+        help="A preprocessed dataset (its name or folder under "
+        "FER_HOME) or an original dataset folder, then preprocessed with the model's settings.",
+    ),
+    model: Path | None = typer.Option(
+        None, help="Model file (default: the most recently trained)."
+    ),
+    split: str | None = typer.Option(
+        None,
+        help="Only this predefined split of the dataset (FER2013: Training, "
+        "PublicTest, PrivateTest).",
+    ),
+    workers: int | None = typer.Option(
+        None, min=1, help="Processes to align with, if the dataset needs preprocessing."
+    ),
+    output: Path | None = typer.Option(
+        None, help="Report folder (default: a new folder in FER_HOME/runs)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """Score a trained model on another dataset: only the classes both have count."""
@@ -671,19 +907,28 @@ def evaluate(
 
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():
-            report = evaluate_model(dataset, model, split, workers, output, progress=None if as_json else update)
+            report = evaluate_model(
+                dataset, model, split, workers, output, progress=None if as_json else update
+            )
     files = report.files
     if as_json:
         emit_json({**report.to_json(), "files": {key: str(path) for key, path in files.items()}})
         return
     model_info = report.protocol["model"]
     trained_on = model_info.get("dataset") or {}
-    networks = f", an ensemble of {model_info['networks']} networks" if model_info["networks"] > 1 else ""
-    out.print(f"[bold]protocol[/bold]: model {shown(Path(model_info['path']).name)} ({recipe_summary(model_info['training'] or {})}"
-              f"{networks}; trained on {trained_on.get('images', '?')} images of {shown(trained_on.get('name', '?'))}, "
-              f"data fingerprint {model_info.get('data_fingerprint') or '?'}) on {report.dataset['images']} images of "
-              f"{shown(report.dataset['name'])}{f' (split {shown(split)})' if split else ''}; "
-              f"{len(report.labels)} shared classes ({shown(', '.join(report.labels))})")
+    networks = (
+        f", an ensemble of {model_info['networks']} networks" if model_info["networks"] > 1 else ""
+    )
+    out.print(
+        f"[bold]protocol[/bold]: model {shown(Path(model_info['path']).name)} "
+        f"({recipe_summary(model_info['training'] or {})}"
+        f"{networks}; trained on {trained_on.get('images', '?')} images of "
+        f"{shown(trained_on.get('name', '?'))}, "
+        f"data fingerprint {model_info.get('data_fingerprint') or '?'}) on "
+        f"{report.dataset['images']} images of "
+        f"{shown(report.dataset['name'])}{f' (split {shown(split)})' if split else ''}; "
+        f"{len(report.labels)} shared classes ({shown(', '.join(report.labels))})"
+    )
     out.print(f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold], macro-F1 {report.macro_f1:.3f}")
     render_scores(report, "per class")
     for warning in report.warnings:
@@ -695,11 +940,19 @@ def evaluate(
 @app.command(cls=JsonErrorsCommand)
 def sweep(
     dataset: str | None = DatasetArgument,
-    grid: Path = typer.Option(..., "--grid", help="The grid file (TOML): [base], [vary], seeds, folds, group."),
-    settings: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE",
-                                              help="Override the grid: a [base] setting (epochs=20), seeds=[0], vary.variant=[...]."),
+    grid: Path = typer.Option(
+        ..., "--grid", help="The grid file (TOML): [base], [vary], seeds, folds, group."
+    ),
+    settings: list[str] | None = typer.Option(
+        None,
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override the grid: a [base] setting (epochs=20), seeds=[0], vary.variant=[...].",
+    ),
     ray: str | None = RayOption,
-    workers: int | None = typer.Option(None, min=1, help="Folds trained at once on this machine (default: one per core)."),
+    workers: int | None = typer.Option(
+        None, min=1, help="Folds trained at once on this machine (default: one per core)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print sweep.json instead of the table."),
 ) -> None:
     """Cross-validate every recipe of a grid with several seeds on identical folds and rank them.
@@ -723,53 +976,104 @@ def sweep(
             report = run_sweep(prepared, plan, engine, progress=None if as_json else progress)
     if report.interrupted:
         done = report.stored_folds + report.trained_folds
-        raise fail(f"interrupted after {done} of {report.planned_folds} folds, stored in {report.folder}: "
-                   "run the same command again to go on", 130)
+        raise fail(
+            f"interrupted after {done} of {report.planned_folds} folds, stored in {report.folder}: "
+            "run the same command again to go on",
+            130,
+        )
     if as_json:
-        emit_json({**report.to_json(), "files": {name: str(path) for name, path in report.files.items()}})
+        emit_json(
+            {**report.to_json(), "files": {name: str(path) for name, path in report.files.items()}}
+        )
     else:
         render_sweep(report)
 
 
 def render_sweep(report) -> None:
     grid = report.grid
-    out.print(f"[bold]sweep[/bold]: {len(report.recipes)} recipes x {len(grid.seeds)} seeds "
-              f"({', '.join(map(str, grid.seeds))}) x {grid.folds} {grid.group} folds on {report.dataset['images']} "
-              f"images of {shown(report.dataset['name'])}; {report.trained_folds} folds trained now, "
-              f"{report.stored_folds} found stored; {report.seconds:.1f} s on {report.engine['name']}")
+    out.print(
+        f"[bold]sweep[/bold]: {len(report.recipes)} recipes x {len(grid.seeds)} seeds "
+        f"({', '.join(map(str, grid.seeds))}) x {grid.folds} {grid.group} folds on "
+        f"{report.dataset['images']} "
+        f"images of {shown(report.dataset['name'])}; {report.trained_folds} folds trained now, "
+        f"{report.stored_folds} found stored; {report.seconds:.1f} s on {report.engine['name']}"
+    )
     table = Table(title="recipes, best first (accuracy: mean over seeds of the mean fold accuracy)")
     for column in ("#", "recipe", "accuracy", "spread", "F1", "vs base", "95% interval", "time"):
-        table.add_column(column, justify="left" if column == "recipe" else "right", no_wrap=column != "recipe",
-                         min_width=16 if column == "recipe" else None, overflow="fold" if column == "recipe" else "ellipsis")
+        table.add_column(
+            column,
+            justify="left" if column == "recipe" else "right",
+            no_wrap=column != "recipe",
+            min_width=16 if column == "recipe" else None,
+            overflow="fold" if column == "recipe" else "ellipsis",
+        )
     for item in report.recipes:
         d_low, d_high = item.difference_interval
-        table.add_row(str(item.rank), shown(item.name), f"{item.accuracy:.2%}", f"{item.spread:.2%}",
-                      f"{item.macro_f1:.3f}", "base" if item.is_base else f"{item.difference:+.2%}",
-                      "" if item.is_base else f"{d_low:+.1%} .. {d_high:+.1%}", f"{item.seconds:.0f} s")
+        table.add_row(
+            str(item.rank),
+            shown(item.name),
+            f"{item.accuracy:.2%}",
+            f"{item.spread:.2%}",
+            f"{item.macro_f1:.3f}",
+            "base" if item.is_base else f"{item.difference:+.2%}",
+            "" if item.is_base else f"{d_low:+.1%} .. {d_high:+.1%}",
+            f"{item.seconds:.0f} s",
+        )
     out.print(table)
-    out.print("spread: standard deviation of the per-seed means; vs base: mean paired difference on the same "
-              "(seed, fold) pairs, 95% interval from the corrected resampled t-test for repeated k-fold CV "
-              "(Nadeau & Bengio 2003); time: training time of the recipe's folds")
+    out.print(
+        "spread: standard deviation of the per-seed means; vs base: mean paired difference on the "
+        "same "
+        "(seed, fold) pairs, 95% interval from the corrected resampled t-test for repeated k-fold "
+        "CV "
+        "(Nadeau & Bengio 2003); time: training time of the recipe's folds"
+    )
     for name, path in report.files.items():
         out.print(f"{name}: {shown(path)}")
 
 
 @app.command(cls=JsonErrorsCommand)
 def predict(
-    paths: list[Path] = typer.Argument(..., metavar="PATHS...", help="Image and video files, and folders."),
-    model: Path | None = typer.Option(None, help="Model file (default: the most recently trained)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {path, faces: [{box, label, probabilities}]} "
-                                 "(a video: {path, fps, frames, tracks: [{id, frames: [{frame, time, box, label, probabilities}]}]})."),
-    as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per face (videos: per face per analysed frame)."),
-    annotate_dir: Path | None = typer.Option(None, "--annotate", help="Write copies of the images with boxes and labels here "
-                                             "(videos: an annotated .avi and a .timeline.png each)."),
-    workers: int | None = typer.Option(None, min=1, help="Processes for many images (default: one per core)."),
+    paths: list[Path] = typer.Argument(
+        ..., metavar="PATHS...", help="Image and video files, and folders."
+    ),
+    model: Path | None = typer.Option(
+        None, help="Model file (default: the most recently trained)."
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print JSON: a list of {path, faces: [{box, label, probabilities}]} "
+        "(a video: "
+        "{path, fps, frames, tracks: [{id, frames: [{frame, time, box, label, probabilities}]}]}).",
+    ),
+    as_csv: bool = typer.Option(
+        False, "--csv", help="Print CSV, one row per face (videos: per face per analysed frame)."
+    ),
+    annotate_dir: Path | None = typer.Option(
+        None,
+        "--annotate",
+        help="Write copies of the images with boxes and labels here "
+        "(videos: an annotated .avi and a .timeline.png each).",
+    ),
+    workers: int | None = typer.Option(
+        None, min=1, help="Processes for many images (default: one per core)."
+    ),
     every: int = typer.Option(1, min=1, help="Videos: analyse one frame in every N."),
-    fps: float | None = typer.Option(None, help="Videos: analyse this many frames a second instead of --every."),
-    detect_every: int = typer.Option(5, min=1, help="Videos: a full face detection every K analysed frames; in "
-                                     "between, faces are followed by their landmarks (1: detect on every frame)."),
-    smooth: float = typer.Option(0.0, min=0.0, help="Videos: also give each track's probabilities averaged over "
-                                 "this many seconds (0: off; the raw values stay)."),
+    fps: float | None = typer.Option(
+        None, help="Videos: analyse this many frames a second instead of --every."
+    ),
+    detect_every: int = typer.Option(
+        5,
+        min=1,
+        help="Videos: a full face detection every K analysed frames; in "
+        "between, faces are followed by their landmarks (1: detect on every frame).",
+    ),
+    smooth: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Videos: also give each track's probabilities averaged over "
+        "this many seconds (0: off; the raw values stay).",
+    ),
 ) -> None:
     """Label the expression of every face in photos and videos."""
     if as_json and as_csv:
@@ -786,14 +1090,28 @@ def predict(
             check_writable(annotate_dir)
         bar, update = progress_bar("predicting")
         quiet = as_json or as_csv or len(paths) == 1 and not Path(paths[0]).is_dir()
-        if quiet:  # the images' bar; a long video still gets its own below, except with --json or --csv
+        if (
+            quiet
+        ):  # the images' bar; a long video still gets its own below, except with --json or --csv
             bar.update(bar.tasks[0].id, visible=False)
         with bar if not (as_json or as_csv) else contextlib.nullcontext():
-            media = predict_media(paths, loaded, options, workers, progress=None if quiet else update,
-                                  video_progress=None if as_json or as_csv else video_progress(bar))
+            media = predict_media(
+                paths,
+                loaded,
+                options,
+                workers,
+                progress=None if quiet else update,
+                video_progress=None if as_json or as_csv else video_progress(bar),
+            )
         written = annotate(media.images, annotate_dir) if annotate_dir else []
-        written_videos = annotate_videos(media, loaded.classes, annotate_dir) if annotate_dir else []
-    failure = None if media.processed else f"no image{' or video' if media.videos else ''} could be processed"
+        written_videos = (
+            annotate_videos(media, loaded.classes, annotate_dir) if annotate_dir else []
+        )
+    failure = (
+        None
+        if media.processed
+        else f"no image{' or video' if media.videos else ''} could be processed"
+    )
     render_media(media, as_json, as_csv, failure)
     render_media_problems(media)
     if annotate_dir:
@@ -802,8 +1120,12 @@ def predict(
         render_training_notes(media, as_csv)
     listed = sum(1 for problem in media.images.problems if problem.listed)
     passed_over = len(media.images.problems) - listed
-    others = (f"{plural(passed_over, 'other file')} in the folders, not {'an image' if passed_over == 1 else 'images'}"
-              if passed_over else "")
+    others = (
+        f"{plural(passed_over, 'other file')} in the folders, not "
+        f"{'an image' if passed_over == 1 else 'images'}"
+        if passed_over
+        else ""
+    )
     if failure:
         raise fail(failure + (f" ({others})" if others else ""))
     if not as_json:
@@ -827,8 +1149,15 @@ def render_media(media, as_json: bool, as_csv: bool, failure: str | None) -> Non
     report = media.images
     videos = [video.to_json(report.classes) for video in media.videos]
     if as_json and failure:
-        emit_json({"error": failure, "images": [image.to_json() for image in report.images] + videos,
-                   "skipped": [{"path": problem.path, "reason": problem.reason} for problem in report.problems]})
+        emit_json(
+            {
+                "error": failure,
+                "images": [image.to_json() for image in report.images] + videos,
+                "skipped": [
+                    {"path": problem.path, "reason": problem.reason} for problem in report.problems
+                ],
+            }
+        )
     elif as_json:
         emit_json([image.to_json() for image in report.images] + videos)
     elif as_csv and media.videos:
@@ -852,8 +1181,11 @@ def render_media_problems(media) -> None:
             err.print(f"[yellow]skipped[/yellow] {shown(image.path)}: {shown(image.error)}")
     for video in media.videos:
         if video.error:
-            err.print(f"[yellow]{'error in' if video.processed else 'skipped'}[/yellow] {shown(video.path)}: "
-                      f"{shown(video.error)}")
+            err.print(
+                f"[yellow]{'error in' if video.processed else 'skipped'}[/yellow] "
+                f"{shown(video.path)}: "
+                f"{shown(video.error)}"
+            )
     for note in report.notes:
         err.print(f"note: {shown(note)}")
 
@@ -862,16 +1194,20 @@ def render_training_notes(media, as_csv: bool) -> None:
     """A note for each image the model was trained on: its label is no test of the model."""
     for image in media.images.images:
         if any(face.in_training_data for face in image.faces):
-            (err if as_csv else out).print(f"note: {shown(image.path)} was in this model's training data: "
-                                           "its score says nothing about new faces")
+            (err if as_csv else out).print(
+                f"note: {shown(image.path)} was in this model's training data: "
+                "its score says nothing about new faces"
+            )
 
 
 def render_annotated(media, written: list, written_videos: list, annotate_dir: Path) -> None:
     err.print(f"{len(written)} annotated images in {shown(annotate_dir)}")
     if media.videos:
         videos_written = sum(1 for path in written_videos if path.suffix == ".avi")
-        err.print(f"{plural(videos_written, 'annotated video')} and "
-                  f"{plural(len(written_videos) - videos_written, 'timeline')} in {shown(annotate_dir)}")
+        err.print(
+            f"{plural(videos_written, 'annotated video')} and "
+            f"{plural(len(written_videos) - videos_written, 'timeline')} in {shown(annotate_dir)}"
+        )
 
 
 def render_media_summary(media, listed: int, others: str, as_csv: bool) -> None:
@@ -882,10 +1218,21 @@ def render_media_summary(media, listed: int, others: str, as_csv: bool) -> None:
     faces = sum(len(image.faces) for image in report.images)
     analysed = [video for video in media.videos if video.processed]
     tracks = sum(len(video.tracks) for video in analysed)
-    summary = "; ".join(filter(None, [
-        f"{plural(report.processed, 'image')}, {plural(faces, 'face')}" if report.processed or not media.videos else "",
-        f"{plural(len(analysed), 'video')}, {plural(tracks, 'track')}" if media.videos else "",
-        f"{skipped} skipped" if skipped else "", others]))
+    summary = "; ".join(
+        filter(
+            None,
+            [
+                f"{plural(report.processed, 'image')}, {plural(faces, 'face')}"
+                if report.processed or not media.videos
+                else "",
+                f"{plural(len(analysed), 'video')}, {plural(tracks, 'track')}"
+                if media.videos
+                else "",
+                f"{skipped} skipped" if skipped else "",
+                others,
+            ],
+        )
+    )
     (err if as_csv else out).print(summary)
 
 
@@ -904,8 +1251,13 @@ def render_predict(report) -> None:
         if not image.faces:
             table.add_row(shown(image.path), "-", "no face found", "", "")
         for number, face in enumerate(image.faces, start=1):
-            table.add_row(shown(image.path), str(number), ", ".join(map(str, face.box)), shown(face.label),
-                          f"{face.probabilities[face.label]:.2f}")
+            table.add_row(
+                shown(image.path),
+                str(number),
+                ", ".join(map(str, face.box)),
+                shown(face.label),
+                f"{face.probabilities[face.label]:.2f}",
+            )
     out.print(table)
 
 
@@ -914,11 +1266,29 @@ def render_predict_csv(report) -> None:
     import csv
 
     writer = csv.writer(sys.stdout)
-    writer.writerow(["path", "face", "x", "y", "width", "height", "label", *(f"p_{escaped(label)}" for label in report.classes)])
+    writer.writerow(
+        [
+            "path",
+            "face",
+            "x",
+            "y",
+            "width",
+            "height",
+            "label",
+            *(f"p_{escaped(label)}" for label in report.classes),
+        ]
+    )
     for image in report.images:
         for number, face in enumerate(image.faces, start=1):
-            writer.writerow([escaped(image.path), number, *face.box, escaped(face.label),
-                             *(f"{face.probabilities[label]:.6f}" for label in report.classes)])
+            writer.writerow(
+                [
+                    escaped(image.path),
+                    number,
+                    *face.box,
+                    escaped(face.label),
+                    *(f"{face.probabilities[label]:.6f}" for label in report.classes),
+                ]
+            )
 
 
 def video_progress(bar):
@@ -934,7 +1304,12 @@ def video_progress(bar):
         def update(event) -> None:
             elapsed = time.perf_counter() - started
             rate = f" ({event.done / elapsed:.0f} frames/s)" if elapsed > 0 else ""
-            bar.update(task, completed=event.done, total=event.total, description=f"{shown(Path(path).name)}{rate}")
+            bar.update(
+                task,
+                completed=event.done,
+                total=event.total,
+                description=f"{shown(Path(path).name)}{rate}",
+            )
 
         return update
 
@@ -947,20 +1322,37 @@ def render_videos(media) -> None:
     for video in media.videos:
         if not video.processed:
             continue
-        duration = f", {video.frames / video.fps:.1f} s at {video.fps:g} frames/s" if video.fps else ""
-        speed = f" in {video.seconds:.1f} s ({video.analysed / video.seconds:.0f} frames/s)" if video.seconds > 0 else ""
-        title = (f"{shown(video.path)}: {plural(video.frames, 'frame')}{duration}, {video.analysed} analysed{speed}"
-                 f"{' (labels smoothed)' if video.smoothed else ''}")
+        duration = (
+            f", {video.frames / video.fps:.1f} s at {video.fps:g} frames/s" if video.fps else ""
+        )
+        speed = (
+            f" in {video.seconds:.1f} s ({video.analysed / video.seconds:.0f} frames/s)"
+            if video.seconds > 0
+            else ""
+        )
+        title = (
+            f"{shown(video.path)}: {plural(video.frames, 'frame')}{duration}, {video.analysed} "
+            f"analysed{speed}"
+            f"{' (labels smoothed)' if video.smoothed else ''}"
+        )
         table = Table(title=title)
         for column in ("track", "frames", "on screen", "seen", *classes):
-            table.add_column(shown(column), justify="left" if column in ("track", "seen") else "right", overflow="fold")
+            table.add_column(
+                shown(column),
+                justify="left" if column in ("track", "seen") else "right",
+                overflow="fold",
+            )
         if not video.tracks:
             table.add_row("-", "0", "", "no face found", *[""] * len(classes))
         for track in video.tracks:
             summary = track.summary(classes, video.interval)
-            table.add_row(str(track.id), str(summary["frames_seen"]), f"{summary['seconds']:.1f} s",
-                          f"{summary['first']:.1f}-{summary['last']:.1f} s",
-                          *(f"{summary['shares'][label]:.0%}" for label in classes))
+            table.add_row(
+                str(track.id),
+                str(summary["frames_seen"]),
+                f"{summary['seconds']:.1f} s",
+                f"{summary['first']:.1f}-{summary['last']:.1f} s",
+                *(f"{summary['shares'][label]:.0%}" for label in classes),
+            )
         out.print(table)
 
 
@@ -981,12 +1373,24 @@ def render_media_csv(media) -> None:
     writer.writerow(header)
     for image in images:
         for number, face in enumerate(image.faces, start=1):
-            writer.writerow([escaped(image.path), number, "", "", "", *face.box, escaped(face.label),
-                             *(f"{face.probabilities[label]:.6f}" for label in classes),
-                             *([""] * (len(classes) + 1) if smoothed else [])])
+            writer.writerow(
+                [
+                    escaped(image.path),
+                    number,
+                    "",
+                    "",
+                    "",
+                    *face.box,
+                    escaped(face.label),
+                    *(f"{face.probabilities[label]:.6f}" for label in classes),
+                    *([""] * (len(classes) + 1) if smoothed else []),
+                ]
+            )
     for video in media.videos:
-        rows = sorted(((face.frame, track.id, face) for track in video.tracks for face in track.frames),
-                      key=lambda row: row[:2])
+        rows = sorted(
+            ((face.frame, track.id, face) for track in video.tracks for face in track.frames),
+            key=lambda row: row[:2],
+        )
         for _, track, face in rows:
             row = csv_row(video.path, track, face, classes, smoothed, escaped)
             if images:
@@ -996,14 +1400,30 @@ def render_media_csv(media) -> None:
 
 @app.command(cls=JsonErrorsCommand)
 def live(
-    source: str = typer.Argument("0", help="A camera index, a video file or a stream URL OpenCV opens."),
-    model: Path | None = typer.Option(None, help="Model file (default: the most recently trained)."),
-    host: str = typer.Option("127.0.0.1", help="Address to serve the page on (0.0.0.0: every network)."),
-    port: int = typer.Option(8017, min=0, max=65535, help="Port to serve the page on (0: any free one)."),
-    detect_every: int = typer.Option(5, min=1, help="A full face detection every K frames; in between, faces "
-                                     "are followed by their landmarks."),
-    record: Path | None = typer.Option(None, help="Also write the per-frame CSV of fer predict --csv here."),
-    loop: bool = typer.Option(False, help="A video file starts again at its end instead of ending."),
+    source: str = typer.Argument(
+        "0", help="A camera index, a video file or a stream URL OpenCV opens."
+    ),
+    model: Path | None = typer.Option(
+        None, help="Model file (default: the most recently trained)."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to serve the page on (0.0.0.0: every network)."
+    ),
+    port: int = typer.Option(
+        8017, min=0, max=65535, help="Port to serve the page on (0: any free one)."
+    ),
+    detect_every: int = typer.Option(
+        5,
+        min=1,
+        help="A full face detection every K frames; in between, faces "
+        "are followed by their landmarks.",
+    ),
+    record: Path | None = typer.Option(
+        None, help="Also write the per-frame CSV of fer predict --csv here."
+    ),
+    loop: bool = typer.Option(
+        False, help="A video file starts again at its end instead of ending."
+    ),
 ) -> None:
     """Label a camera, video file or stream live, on a local web page (the 'live' extra)."""
     try:
@@ -1022,8 +1442,12 @@ def live(
             check_writable(record.parent if str(record.parent) else Path("."))
         sock = bind_socket(host, port)
         try:
-            session = LiveSession(source, loaded, LiveOptions(detect_every=detect_every, loop=loop, record=record),
-                                  escaped)
+            session = LiveSession(
+                source,
+                loaded,
+                LiveOptions(detect_every=detect_every, loop=loop, record=record),
+                escaped,
+            )
         except BaseException:
             sock.close()
             raise
@@ -1031,17 +1455,24 @@ def live(
         shown_host = f"[{address[0]}]" if ":" in address[0] else address[0]
         try:
             session.start()
-            serve(session, sock, on_started=lambda: out.print(
-                f"fer live: {shown(source)} with {shown(Path(str(loaded.path)).name)} on "
-                f"http://{shown_host}:{address[1]}/ (Ctrl-C to stop)"))
+            serve(
+                session,
+                sock,
+                on_started=lambda: out.print(
+                    f"fer live: {shown(source)} with {shown(Path(str(loaded.path)).name)} on "
+                    f"http://{shown_host}:{address[1]}/ (Ctrl-C to stop)"
+                ),
+            )
         finally:
             session.stop()
             sock.close()
     state = session.state()
     if state["status"] == "failed":
         raise fail(state["error"] or "the source failed")
-    out.print(f"fer live: {shown(source)} {'ended' if state['status'] == 'ended' else 'stopped'} after "
-              f"{plural(state['frame'], 'frame')}" + (f"; recorded in {shown(record)}" if record else ""))
+    out.print(
+        f"fer live: {shown(source)} {'ended' if state['status'] == 'ended' else 'stopped'} after "
+        f"{plural(state['frame'], 'frame')}" + (f"; recorded in {shown(record)}" if record else "")
+    )
 
 
 @app.command("list", cls=JsonErrorsCommand)
@@ -1064,33 +1495,63 @@ def render_inventory(inventory) -> None:
     if not (inventory.datasets or inventory.models or inventory.runs):
         out.print(f"no datasets, models or runs in {shown(inventory.home)} yet")
     tables = {
-        "datasets": (["name", "images", "classes", "age", "size"], inventory.datasets, lambda details: [
-            str(details.get("images", "")), shown(", ".join(details.get("classes") or {}))]),
-        "models": (["name", "dataset", "recipe", "crossval", "age", "size"], inventory.models, lambda details: [
-            shown(details.get("dataset") or "?"), shown(details.get("recipe", "")), crossval_score(details.get("crossval"))]),
-        "runs": (["name", "dataset", "folds", "mean accuracy", "age", "size"], inventory.runs, lambda details: [
-            shown(details.get("dataset", "")), f"{details.get('folds')} {details.get('group')}",
-            percent(details.get("mean_accuracy"), details.get("std_accuracy"))]),
+        "datasets": (
+            ["name", "images", "classes", "age", "size"],
+            inventory.datasets,
+            lambda details: [
+                str(details.get("images", "")),
+                shown(", ".join(details.get("classes") or {})),
+            ],
+        ),
+        "models": (
+            ["name", "dataset", "recipe", "crossval", "age", "size"],
+            inventory.models,
+            lambda details: [
+                shown(details.get("dataset") or "?"),
+                shown(details.get("recipe", "")),
+                crossval_score(details.get("crossval")),
+            ],
+        ),
+        "runs": (
+            ["name", "dataset", "folds", "mean accuracy", "age", "size"],
+            inventory.runs,
+            lambda details: [
+                shown(details.get("dataset", "")),
+                f"{details.get('folds')} {details.get('group')}",
+                percent(details.get("mean_accuracy"), details.get("std_accuracy")),
+            ],
+        ),
     }
     for title, (columns, entries, cells) in tables.items():
         if not entries:
             continue
         table = Table(title=title)
         for column in columns:
-            table.add_column(column, overflow="fold", justify="right" if column in ("images", "size") else "left")
+            table.add_column(
+                column, overflow="fold", justify="right" if column in ("images", "size") else "left"
+            )
         for entry in entries:
-            middle = cells(entry.details) if "error" not in entry.details else [f"unreadable: {shown(entry.details['error'])}", *[""] * (len(columns) - 4)]
-            table.add_row(shown(entry.name), *middle, age(now - entry.modified), size_text(entry.size))
+            middle = (
+                cells(entry.details)
+                if "error" not in entry.details
+                else [f"unreadable: {shown(entry.details['error'])}", *[""] * (len(columns) - 4)]
+            )
+            table.add_row(
+                shown(entry.name), *middle, age(now - entry.modified), size_text(entry.size)
+            )
         out.print(table)
     other = ", ".join(f"{name} {size_text(size)}" for name, size in inventory.other.items())
-    out.print(f"{shown(inventory.home)}: {size_text(inventory.total)} in all ({other}); "
-              "remove an entry with fer remove NAME")
+    out.print(
+        f"{shown(inventory.home)}: {size_text(inventory.total)} in all ({other}); "
+        "remove an entry with fer remove NAME"
+    )
 
 
 def crossval_score(crossval: dict | None) -> str:
     if not crossval:
         return "-"
-    return f"{percent(crossval['mean_accuracy'], crossval['std_accuracy'])} ({crossval['folds']} {crossval['group']} folds)"
+    figures = percent(crossval["mean_accuracy"], crossval["std_accuracy"])
+    return f"{figures} ({crossval['folds']} {crossval['group']} folds)"
 
 
 def percent(mean: float | None, std: float | None) -> str:
@@ -1115,7 +1576,11 @@ def size_text(size: int) -> str:
 
 @app.command(cls=JsonErrorsCommand)
 def remove(
-    names: list[str] = typer.Argument(..., metavar="NAMES...", help="Datasets, models or runs, as fer list names them (or their paths)."),
+    names: list[str] = typer.Argument(
+        ...,
+        metavar="NAMES...",
+        help="Datasets, models or runs, as fer list names them (or their paths).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Delete datasets, models or cross-validation runs from FER_HOME, saying how much was freed."""
@@ -1126,7 +1591,12 @@ def remove(
             find_entry(name)
         removed = [remove_entry(name) for name in names]
     if as_json:
-        emit_json({"removed": [entry.to_json() for entry in removed], "freed": sum(entry.size for entry in removed)})
+        emit_json(
+            {
+                "removed": [entry.to_json() for entry in removed],
+                "freed": sum(entry.size for entry in removed),
+            }
+        )
         return
     for entry in removed:
         out.print(f"removed {entry.kind} {shown(entry.path)} ({size_text(entry.size)})")
@@ -1144,9 +1614,18 @@ def main() -> None:
         # fercli's library turns the errors of the files it reads and writes into one-line
         # FerErrors; an OSError without a file name that gets here is stdout failing (a full
         # disk, a read-only descriptor).
-        if error.filename is not None or error.errno not in (errno.ENOSPC, errno.EIO, errno.EBADF, errno.EDQUOT, errno.EFBIG):
+        if error.filename is not None or error.errno not in (
+            errno.ENOSPC,
+            errno.EIO,
+            errno.EBADF,
+            errno.EDQUOT,
+            errno.EFBIG,
+        ):
             raise
         with contextlib.suppress(OSError):  # so that Python's final flush does not fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-        err.print(f"[red]error:[/red] cannot write the results to standard output: {shown(error.strerror)}")
+        err.print(
+            "[red]error:[/red] cannot write the results to standard output: "
+            f"{shown(error.strerror)}"
+        )
         sys.exit(1)

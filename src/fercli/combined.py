@@ -31,8 +31,12 @@ class CombinedDataset(PreparedDataset):
     """Several datasets as one: the PreparedDataset columns plus the dataset of every image."""
 
     origins: np.ndarray | None = None  # (n,) str: short name of the dataset each image came from
-    parts: list[dict] = field(default_factory=list)  # per dataset: names, fingerprint, images, classes
-    notes: list[str] = field(default_factory=list)  # what a report must say (duplicates dropped, ...)
+    parts: list[dict] = field(
+        default_factory=list
+    )  # per dataset: names, fingerprint, images, classes
+    notes: list[str] = field(
+        default_factory=list
+    )  # what a report must say (duplicates dropped, ...)
 
     @property
     def name(self) -> str:
@@ -61,7 +65,9 @@ def short_names(datasets: list[PreparedDataset]) -> list[str]:
     names = []
     for dataset in datasets:
         source = dataset.meta.get("source")
-        names.append(Path(source).name if isinstance(source, str) and Path(source).name else dataset.name)
+        names.append(
+            Path(source).name if isinstance(source, str) and Path(source).name else dataset.name
+        )
     if len(set(names)) < len(names):
         names = [dataset.name for dataset in datasets]
     if len(set(names)) < len(names):
@@ -72,8 +78,11 @@ def short_names(datasets: list[PreparedDataset]) -> list[str]:
 def preprocess_command(source: str, settings: dict) -> str:
     """The `fer preprocess` command that makes crops of source with the given settings."""
     defaults = PreprocessConfig().to_dict()
-    options = [f"{option} {settings[key]}" for key, option in PREPROCESS_OPTIONS.items()
-               if key in settings and settings[key] != defaults[key]]
+    options = [
+        f"{option} {settings[key]}"
+        for key, option in PREPROCESS_OPTIONS.items()
+        if key in settings and settings[key] != defaults[key]
+    ]
     return " ".join(["fer preprocess", source, *options])
 
 
@@ -85,8 +94,11 @@ def resolve_datasets(choices: list[str]) -> list[PreparedDataset]:
     missing: list[str] = []
     for choice in choices:
         candidate = Path(choice)
-        if (candidate.is_dir() and not (candidate / DATASET_FILE).exists()
-                and not (dataset_folder(candidate) / DATASET_FILE).exists()):
+        if (
+            candidate.is_dir()
+            and not (candidate / DATASET_FILE).exists()
+            and not (dataset_folder(candidate) / DATASET_FILE).exists()
+        ):
             missing.append(choice)  # an original folder not yet preprocessed
             continue
         found.append((choice, resolve_dataset(choice)))
@@ -96,19 +108,26 @@ def resolve_datasets(choices: list[str]) -> list[PreparedDataset]:
         settings = found[0][1].meta["preprocess"] if found else {}
         commands = "; ".join(f"`{preprocess_command(choice, settings)}`" for choice in missing)
         same = " with the settings of the others" if found else ""
-        raise DatasetError(f"{', '.join(missing)}: not preprocessed yet; run {commands} first{same}")
+        raise DatasetError(
+            f"{', '.join(missing)}: not preprocessed yet; run {commands} first{same}"
+        )
     seen: dict[Path, str] = {}
     for choice, dataset in found:
         where = Path(dataset.location).resolve()
         if where in seen:
-            raise DatasetError(f"{seen[where]} and {choice} are the same dataset ({dataset.location}); give each dataset once")
+            raise DatasetError(
+                f"{seen[where]} and {choice} are the same dataset ({dataset.location}); give each "
+                "dataset once"
+            )
         seen[where] = choice
     fingerprints: dict[str, str] = {}
     for choice, dataset in found:
         digest = dataset_fingerprint(dataset)
         if digest in fingerprints:
-            raise DatasetError(f"{fingerprints[digest]} and {choice} hold the same data (fingerprint {digest}): "
-                               "one dataset under two names; give it once")
+            raise DatasetError(
+                f"{fingerprints[digest]} and {choice} hold the same data (fingerprint {digest}): "
+                "one dataset under two names; give it once"
+            )
         fingerprints[digest] = choice
     first_choice, first = found[0]
     for choice, dataset in found[1:]:
@@ -116,9 +135,12 @@ def resolve_datasets(choices: list[str]) -> list[PreparedDataset]:
         if problem:
             source = dataset.meta.get("source") or choice
             raise DatasetError(
-                f"{first_choice} and {choice} were preprocessed with different settings ({problem}), so their "
-                f"crops do not compare; run `{preprocess_command(str(source), first.meta['preprocess'])}` to make "
-                f"{choice}'s crops as {first_choice}'s")
+                f"{first_choice} and {choice} were preprocessed with different settings "
+                f"({problem}), so their "
+                "crops do not compare; run "
+                f"`{preprocess_command(str(source), first.meta['preprocess'])}` to make "
+                f"{choice}'s crops as {first_choice}'s"
+            )
     return [dataset for _, dataset in found]
 
 
@@ -129,40 +151,58 @@ def settings_difference(first: dict, second: dict) -> str | None:
     if one.fingerprint() == other.fingerprint():
         return None
     mine, theirs = one.to_dict(), other.to_dict()
-    return ", ".join(f"{key} {mine[key]} against {theirs[key]}" for key in mine if mine[key] != theirs[key])
+    return ", ".join(
+        f"{key} {mine[key]} against {theirs[key]}" for key in mine if mine[key] != theirs[key]
+    )
 
 
-def choose_classes(names: list[str], class_sets: list[set[str]], classes: tuple[str, ...],
-                   shared_classes: bool) -> list[str]:
+def choose_classes(
+    names: list[str], class_sets: list[set[str]], classes: tuple[str, ...], shared_classes: bool
+) -> list[str]:
     """The classes a combination keeps: the named ones, the shared ones, or all when every
     dataset has the same. DatasetError for classes only some datasets have (unless named),
     unknown names, or datasets without a shared class."""
     every = set().union(*class_sets)
     shared = set.intersection(*class_sets)
-    having = "; ".join(f"{name} has {', '.join(label_order(labels))}" for name, labels in zip(names, class_sets))
+    having = "; ".join(
+        f"{name} has {', '.join(label_order(labels))}"
+        for name, labels in zip(names, class_sets, strict=True)
+    )
     if classes and shared_classes:
         raise DatasetError("give --classes or --shared-classes, not both")
     if classes:
         wanted = [canonical_label(name) for name in classes]
-        unknown = [name for name, label in zip(classes, wanted) if label not in every]
+        unknown = [name for name, label in zip(classes, wanted, strict=True) if label not in every]
         if unknown:
             raise DatasetError(f"unknown class {', '.join(map(repr, unknown))}: {having}")
         chosen = label_order(set(wanted))
     elif shared_classes:
         chosen = label_order(shared)
     elif shared != every:
-        only = "; ".join(f"{label} ({', '.join(name for name, labels in zip(names, class_sets) if label in labels)} only)"
-                         for label in label_order(every - shared))
-        raise DatasetError(f"classes in only some datasets: {only}; keep the classes all datasets have with "
-                           f"--shared-classes ({', '.join(label_order(shared)) or 'none'}) or name them with --classes")
+        having = {
+            label: ", ".join(
+                name for name, labels in zip(names, class_sets, strict=True) if label in labels
+            )
+            for label in label_order(every - shared)
+        }
+        only = "; ".join(f"{label} ({names_of} only)" for label, names_of in having.items())
+        raise DatasetError(
+            f"classes in only some datasets: {only}; keep the classes all datasets have with "
+            f"--shared-classes ({', '.join(label_order(shared)) or 'none'}) or name them with "
+            "--classes"
+        )
     else:
         chosen = label_order(every)
     if not shared & set(chosen):
-        raise DatasetError(f"the datasets share no class{' among those chosen' if classes else ''}: {having}")
+        raise DatasetError(
+            f"the datasets share no class{' among those chosen' if classes else ''}: {having}"
+        )
     return chosen
 
 
-def combine(datasets: list[PreparedDataset], classes: tuple[str, ...] = (), shared_classes: bool = False) -> CombinedDataset:
+def combine(
+    datasets: list[PreparedDataset], classes: tuple[str, ...] = (), shared_classes: bool = False
+) -> CombinedDataset:
     """One selection from several datasets (see the module's docstring).
 
     classes: keep these (a class may come from some datasets only); shared_classes: keep the
@@ -174,9 +214,15 @@ def combine(datasets: list[PreparedDataset], classes: tuple[str, ...] = (), shar
     class_sets = [set(dataset.labels.tolist()) for dataset in datasets]
     chosen = choose_classes(names, class_sets, classes, shared_classes)
     seen: set[bytes] = set()
-    columns: dict[str, list[np.ndarray]] = {"crops": [], "labels": [], "subjects": [], "paths": [], "origins": []}
+    columns: dict[str, list[np.ndarray]] = {
+        "crops": [],
+        "labels": [],
+        "subjects": [],
+        "paths": [],
+        "origins": [],
+    }
     parts, notes = [], []
-    for name, dataset in zip(names, datasets):
+    for name, dataset in zip(names, datasets, strict=True):
         digests = crop_digests(dataset.crops)
         duplicate = np.array([digest in seen for digest in digests], dtype=bool)
         seen.update(digests)
@@ -184,47 +230,75 @@ def combine(datasets: list[PreparedDataset], classes: tuple[str, ...] = (), shar
         keep = wanted & ~duplicate
         dropped = int(np.count_nonzero(wanted & duplicate))
         if dropped:
-            notes.append(f"{dropped} crops of {name} are also in an earlier dataset (the same images): "
-                         f"dropped from {name}, so that no image is on both sides of a fold")
+            notes.append(
+                f"{dropped} crops of {name} are also in an earlier dataset (the same images): "
+                f"dropped from {name}, so that no image is on both sides of a fold"
+            )
         if not keep.any():
-            reason = "are all in an earlier dataset" if wanted.any() else f"include none of {', '.join(chosen)}"
+            reason = (
+                "are all in an earlier dataset"
+                if wanted.any()
+                else f"include none of {', '.join(chosen)}"
+            )
             raise DatasetError(f"{name}: its images {reason}; leave it out")
         subjects = dataset.subjects[keep]
         columns["crops"].append(dataset.crops[keep])
         columns["labels"].append(dataset.labels[keep])
-        columns["subjects"].append(np.array([f"{name}:{subject}" if subject else "" for subject in subjects.tolist()],
-                                            dtype=str))
+        columns["subjects"].append(
+            np.array(
+                [f"{name}:{subject}" if subject else "" for subject in subjects.tolist()], dtype=str
+            )
+        )
         columns["paths"].append(dataset.paths[keep])
         columns["origins"].append(np.full(int(keep.sum()), name))
         kept = dataset.labels[keep].tolist()
-        parts.append({
-            "name": name, "dataset": dataset.name, "path": str(dataset.location), "source": dataset.meta.get("source"),
-            "layout": dataset.meta.get("layout"), "fingerprint": dataset_fingerprint(dataset),
-            "images": int(keep.sum()), "subjects": len(set(subjects.tolist()) - {""}),
-            "classes": {label: kept.count(label) for label in chosen if label in kept},
-            "duplicates_dropped": dropped,
-        })
-    missing = {label: [part["name"] for part in parts if label not in part["classes"]] for label in chosen}
+        parts.append(
+            {
+                "name": name,
+                "dataset": dataset.name,
+                "path": str(dataset.location),
+                "source": dataset.meta.get("source"),
+                "layout": dataset.meta.get("layout"),
+                "fingerprint": dataset_fingerprint(dataset),
+                "images": int(keep.sum()),
+                "subjects": len(set(subjects.tolist()) - {""}),
+                "classes": {label: kept.count(label) for label in chosen if label in kept},
+                "duplicates_dropped": dropped,
+            }
+        )
+    missing = {
+        label: [part["name"] for part in parts if label not in part["classes"]] for label in chosen
+    }
     for label, without in missing.items():
         if without:
-            notes.append(f"class {label} comes from {', '.join(p['name'] for p in parts if label in p['classes'])} "
-                         f"only ({', '.join(without)} has none)")
+            notes.append(
+                f"class {label} comes from "
+                f"{', '.join(p['name'] for p in parts if label in p['classes'])} "
+                f"only ({', '.join(without)} has none)"
+            )
     labels = np.concatenate(columns["labels"])
     return CombinedDataset(
         crops=np.concatenate(columns["crops"]),
         labels=labels,
         subjects=np.concatenate(columns["subjects"]),
         paths=np.concatenate(columns["paths"]),
-        meta={"layout": "combined", "source": None, "preprocess": datasets[0].meta["preprocess"],
-              "preprocess_fingerprint": datasets[0].meta.get("preprocess_fingerprint"),
-              "classes": {label: int(np.count_nonzero(labels == label)) for label in chosen}, "datasets": parts},
+        meta={
+            "layout": "combined",
+            "source": None,
+            "preprocess": datasets[0].meta["preprocess"],
+            "preprocess_fingerprint": datasets[0].meta.get("preprocess_fingerprint"),
+            "classes": {label: int(np.count_nonzero(labels == label)) for label in chosen},
+            "datasets": parts,
+        },
         origins=np.concatenate(columns["origins"]),
         parts=parts,
         notes=notes,
     )
 
 
-def load_combined(choices: list[str], classes: tuple[str, ...] = (), shared_classes: bool = False) -> PreparedDataset:
+def load_combined(
+    choices: list[str], classes: tuple[str, ...] = (), shared_classes: bool = False
+) -> PreparedDataset:
     """What train and crossval use for their DATASET arguments: the one dataset named (or the
     most recent), or several combined. --shared-classes on one dataset changes nothing."""
     if len(choices) <= 1:

@@ -27,14 +27,22 @@ class JsonConfig:
     """Settings that travel as JSON (cache keys, model files, reports): tuples as lists."""
 
     def to_dict(self) -> dict:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, data: dict):
         """Settings from JSON; keys this version does not know are ignored."""
         known = {item.name for item in fields(cls)}
-        return cls(**{key: tuple(value) if isinstance(value, list) else value
-                      for key, value in data.items() if key in known})
+        return cls(
+            **{
+                key: tuple(value) if isinstance(value, list) else value
+                for key, value in data.items()
+                if key in known
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -159,5 +167,8 @@ def recipe_differences(config: TrainConfig) -> dict:
     """The settings of config that differ from its recipe (seed and classes aside)."""
     base = recipe_config(config.recipe) if config.recipe in RECIPES else TrainConfig()
     mine, theirs = config.to_dict(), base.to_dict()
-    return {key: value for key, value in mine.items()
-            if key not in ("seed", "classes", "recipe") and theirs.get(key) != value}
+    return {
+        key: value
+        for key, value in mine.items()
+        if key not in ("seed", "classes", "recipe") and theirs.get(key) != value
+    }

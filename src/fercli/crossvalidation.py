@@ -37,7 +37,9 @@ from fercli.training import (
 )
 
 
-def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def make_folds(
+    selection: Selection, folds: int, group: str, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified folds, shuffled with seed; by subject (no person on both sides) when group
     is "subject"; one fold per dataset of a combined selection, which it tests on while the
     others train (leave-one-dataset-out), when group is "dataset" (folds is then ignored).
@@ -50,12 +52,16 @@ def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[
     if group == "subject":
         if not selection.has_subjects:
             raise DatasetError(
-                "--group subject needs the subject of every image, and this dataset's layout gives none "
+                "--group subject needs the subject of every image, and this dataset's layout gives "
+                "none "
                 "(subjects come from JAFFE names, CK+ folders or CK+-style file names)"
             )
         subjects = sorted(set(selection.subjects.tolist()))
         if len(subjects) < folds:
-            raise DatasetError(f"--group subject with {folds} folds needs at least {folds} subjects; there are {len(subjects)}")
+            raise DatasetError(
+                f"--group subject with {folds} folds needs at least {folds} subjects; there are "
+                f"{len(subjects)}"
+            )
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         return list(splitter.split(selection.crops, selection.targets, groups=selection.subjects))
     if group == "dataset":
@@ -65,7 +71,8 @@ def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[
     smallest = int(counts.argmin())
     if counts[smallest] < folds:
         raise DatasetError(
-            f"class {selection.labels[smallest]!r} has {counts[smallest]} images, fewer than the {folds} folds: "
+            f"class {selection.labels[smallest]!r} has {counts[smallest]} images, fewer than the "
+            f"{folds} folds: "
             "use fewer --folds or leave it out with --classes"
         )
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -73,8 +80,10 @@ def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[
     if selection.origins is not None:
         # Several datasets: every fold gets each dataset's classes in proportion, so that the
         # per-dataset figures of a fold rest on a fair share of that dataset.
-        combined = np.unique(np.char.add(np.char.add(selection.origins, "/"), np.array(selection.labels)[strata]),
-                             return_inverse=True)[1]
+        combined = np.unique(
+            np.char.add(np.char.add(selection.origins, "/"), np.array(selection.labels)[strata]),
+            return_inverse=True,
+        )[1]
         if np.bincount(combined).min() >= folds:
             strata = combined
     return list(splitter.split(selection.crops, strata))
@@ -83,15 +92,25 @@ def make_folds(selection: Selection, folds: int, group: str, seed: int) -> list[
 def dataset_folds(selection: Selection) -> list[tuple[np.ndarray, np.ndarray]]:
     """Leave-one-dataset-out: fold k tests on the k-th dataset and trains on all the others."""
     if selection.origins is None:
-        raise DatasetError("--group dataset needs several datasets: give two or more (fer crossval A B ...)")
+        raise DatasetError(
+            "--group dataset needs several datasets: give two or more (fer crossval A B ...)"
+        )
     names = list(dict.fromkeys(selection.origins.tolist()))
     if len(names) < 2:
         raise DatasetError("--group dataset needs images of at least two datasets")
-    return [(np.flatnonzero(selection.origins != name), np.flatnonzero(selection.origins == name)) for name in names]
+    return [
+        (np.flatnonzero(selection.origins != name), np.flatnonzero(selection.origins == name))
+        for name in names
+    ]
 
 
-def fold_inputs(crops: np.ndarray, origins: np.ndarray | None, train_index: np.ndarray, test_index: np.ndarray,
-                mode: str) -> tuple[np.ndarray, np.ndarray]:
+def fold_inputs(
+    crops: np.ndarray,
+    origins: np.ndarray | None,
+    train_index: np.ndarray,
+    test_index: np.ndarray,
+    mode: str,
+) -> tuple[np.ndarray, np.ndarray]:
     """A fold's training and test crops. With --normalisation per-dataset on combined data,
     each dataset's crops are z-scored (float32) with that dataset's statistics from the
     fold's training part; a dataset with no training image (the one left out) can only use
@@ -124,8 +143,13 @@ class FoldTask:
     origins: np.ndarray | None = None
 
 
-def train_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task: FoldTask,
-               on_epoch: Callable[[int, float, float], None] | None = None) -> dict:
+def train_fold(
+    crops: np.ndarray,
+    targets: np.ndarray,
+    num_classes: int,
+    task: FoldTask,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> dict:
     """Train one fold's network and predict its test images. Every engine runs folds through
     this, so that a fold gives the same numbers wherever it runs (with the same TensorFlow
     threads and op determinism: see configure_tensorflow)."""
@@ -138,16 +162,32 @@ def train_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task: F
         if on_epoch:
             on_epoch(epoch, loss, accuracy)
 
-    train_crops, test_crops = fold_inputs(crops, task.origins, train_index, test_index, task.config.normalisation)
-    model, mean, std = fit(train_crops, targets[train_index], num_classes, task.config,
-                           fold_seed(task.config.seed, task.fold), tracked)
+    train_crops, test_crops = fold_inputs(
+        crops, task.origins, train_index, test_index, task.config.normalisation
+    )
+    model, mean, std = fit(
+        train_crops,
+        targets[train_index],
+        num_classes,
+        task.config,
+        fold_seed(task.config.seed, task.fold),
+        tracked,
+    )
     probabilities = keras_probabilities(model, test_crops, mean, std, task.config.test_time_flip)
     diverged = divergence(model, last["loss"], last["epoch"], probabilities)
-    return {"key": task.key, "fold": task.fold, "probabilities": None if diverged else probabilities, "diverged": diverged,
-            "seconds": time.perf_counter() - started, "mean": float(np.mean(mean)), "std": float(np.mean(std)),
-            # Per-dataset statistics exist only inside the fold: such a network cannot be saved.
-            "export": None if diverged or test_crops.dtype != np.uint8
-            else fold_export(model, mean, std, task.config.test_time_flip)}
+    return {
+        "key": task.key,
+        "fold": task.fold,
+        "probabilities": None if diverged else probabilities,
+        "diverged": diverged,
+        "seconds": time.perf_counter() - started,
+        "mean": float(np.mean(mean)),
+        "std": float(np.mean(std)),
+        # Per-dataset statistics exist only inside the fold: such a network cannot be saved.
+        "export": None
+        if diverged or test_crops.dtype != np.uint8
+        else fold_export(model, mean, std, task.config.test_time_flip),
+    }
 
 
 def fold_export(model, mean: np.ndarray, std: np.ndarray, flip: bool) -> dict:
@@ -200,7 +240,9 @@ class CrossvalReport:
     @property
     def accuracies(self) -> np.ndarray:
         """The accuracies of the folds whose training did not diverge."""
-        return np.array([fold.accuracy for fold in self.folds if fold.diverged is None], dtype=float)
+        return np.array(
+            [fold.accuracy for fold in self.folds if fold.diverged is None], dtype=float
+        )
 
     @property
     def diverged_folds(self) -> list[int]:
@@ -208,7 +250,8 @@ class CrossvalReport:
 
     @property
     def mean_accuracy(self) -> float:
-        """NaN (null in JSON) without folds, or when a fold diverged: the rest is no protocol's result."""
+        """NaN (null in JSON) without folds, or when a fold diverged: the rest is no protocol's
+        result."""
         return float(self.accuracies.mean()) if self.folds and not self.diverged_folds else math.nan
 
     @property
@@ -216,7 +259,8 @@ class CrossvalReport:
         return float(self.accuracies.std()) if self.folds and not self.diverged_folds else math.nan
 
     def to_json(self) -> dict:
-        """The report as standard JSON: figures that do not exist (no fold finished, or one diverged) are null."""
+        """The report as standard JSON: figures that do not exist (no fold finished, or one
+        diverged) are null."""
 
         def number(value: float) -> float | None:
             return None if math.isnan(value) else value
@@ -225,9 +269,16 @@ class CrossvalReport:
             "dataset": self.dataset,
             "protocol": self.protocol,
             "labels": self.labels,
-            # per_dataset only where several datasets were combined: one dataset's report is as it was.
-            "folds": [{key: value for key, value in fold.__dict__.items() if key != "per_dataset" or self.per_dataset}
-                      for fold in self.folds],
+            # per_dataset only where several datasets were combined: one dataset's report is as it
+            # was.
+            "folds": [
+                {
+                    key: value
+                    for key, value in fold.__dict__.items()
+                    if key != "per_dataset" or self.per_dataset
+                }
+                for fold in self.folds
+            ],
             "mean_accuracy": number(self.mean_accuracy),
             "std_accuracy": number(self.std_accuracy),
             "std_note": "population standard deviation of the fold accuracies (ddof=0)",
@@ -246,8 +297,13 @@ class CrossvalReport:
         }
 
 
-def per_dataset_figures(selection: Selection, splits, results: dict[int, dict], fold_results: list[FoldResult],
-                        complete: bool) -> dict[str, dict]:
+def per_dataset_figures(
+    selection: Selection,
+    splits,
+    results: dict[int, dict],
+    fold_results: list[FoldResult],
+    complete: bool,
+) -> dict[str, dict]:
     """Several datasets combined: each dataset's test images' accuracy (pooled over the folds,
     and the mean and spread of its folds), its confusion matrix and its class counts; and each
     fold's figures per dataset (set on fold_results). {} for a single dataset. A single mean
@@ -259,10 +315,18 @@ def per_dataset_figures(selection: Selection, splits, results: dict[int, dict], 
     for name in dict.fromkeys(selection.origins.tolist()):
         mine = selection.origins == name
         labels = selection.targets[mine]
-        figures[name] = {"images": int(mine.sum()),
-                         "classes": {label: int(np.count_nonzero(labels == i)) for i, label in enumerate(selection.labels)
-                                     if np.any(labels == i)},
-                         "fold_accuracies": [], "hits": 0, "tested": 0, "confusion": np.zeros((count, count), np.int64)}
+        figures[name] = {
+            "images": int(mine.sum()),
+            "classes": {
+                label: int(np.count_nonzero(labels == i))
+                for i, label in enumerate(selection.labels)
+                if np.any(labels == i)
+            },
+            "fold_accuracies": [],
+            "hits": 0,
+            "tested": 0,
+            "confusion": np.zeros((count, count), np.int64),
+        }
     for fold in fold_results:
         result = results[fold.fold - 1]
         if result["diverged"]:
@@ -285,7 +349,9 @@ def per_dataset_figures(selection: Selection, splits, results: dict[int, dict], 
         accuracies = np.array(entry["fold_accuracies"])
         known = complete and entry["tested"] > 0
         report[name] = {
-            "images": entry["images"], "classes": entry["classes"], "tested": entry["tested"],
+            "images": entry["images"],
+            "classes": entry["classes"],
+            "tested": entry["tested"],
             "accuracy": entry["hits"] / entry["tested"] if known else None,
             "mean_accuracy": float(accuracies.mean()) if known else None,
             "std_accuracy": float(accuracies.std()) if known else None,
@@ -295,41 +361,65 @@ def per_dataset_figures(selection: Selection, splits, results: dict[int, dict], 
     return report
 
 
-def protocol_warnings(selection: Selection, group: str, config: TrainConfig | None = None) -> list[str]:
+def protocol_warnings(
+    selection: Selection, group: str, config: TrainConfig | None = None
+) -> list[str]:
     """What a reader must know to judge the numbers of this protocol."""
     notes = []
     if group == "dataset":
         names = list(dict.fromkeys(selection.origins.tolist()))
-        notes.append(f"leave-one-dataset-out: each of {', '.join(names)} is tested by a network trained on the "
-                     "other datasets only: new people, and whatever else differs between the datasets (camera, lighting, posing)")
+        notes.append(
+            f"leave-one-dataset-out: each of {', '.join(names)} is tested by a network trained on "
+            "the "
+            "other datasets only: new people, and whatever else differs between the datasets "
+            "(camera, lighting, posing)"
+        )
         for name in names:
             others = set(selection.targets[selection.origins != name].tolist())
-            unseen = [selection.labels[t] for t in sorted(set(selection.targets[selection.origins == name].tolist()) - others)]
+            unseen = [
+                selection.labels[t]
+                for t in sorted(set(selection.targets[selection.origins == name].tolist()) - others)
+            ]
             if unseen:
-                notes.append(f"{name} left out: no other dataset has {', '.join(unseen)}, so its network cannot "
-                             "predict that class and its images of it count as errors")
+                notes.append(
+                    f"{name} left out: no other dataset has {', '.join(unseen)}, so its network "
+                    "cannot "
+                    "predict that class and its images of it count as errors"
+                )
         if config is not None and config.normalisation == "per-dataset":
-            notes.append("--normalisation per-dataset: a left-out dataset's z-score statistics come from its own "
-                         "test images (no labels), which is transductive: the network saw none of its images, "
-                         "but its statistics assume a batch of them at hand")
+            notes.append(
+                "--normalisation per-dataset: a left-out dataset's z-score statistics come from "
+                "its own "
+                "test images (no labels), which is transductive: the network saw none of its "
+                "images, "
+                "but its statistics assume a batch of them at hand"
+            )
         return notes
     if group == "random":
         if selection.has_subjects:
             people = len(set(selection.subjects.tolist()))
             notes.append(
-                f"random folds: the same people ({people} subjects) sit on both sides of every fold, "
-                "so this measures recognition of people the model has seen; --group subject measures new people"
+                f"random folds: the same people ({people} subjects) sit on both sides of every "
+                "fold, "
+                "so this measures recognition of people the model has seen; --group subject "
+                "measures new people"
             )
         else:
             notes.append(
-                "random folds on images whose subjects are unknown: the same people may sit on both sides "
+                "random folds on images whose subjects are unknown: the same people may sit on "
+                "both sides "
                 "of every fold, which flatters the accuracy"
             )
         names = [Path(path).name for path in selection.paths.tolist()]
-        sequences = [name.rsplit("_", 1)[0] for name in names if name.count("_") >= 2 and name.startswith("S")]
+        sequences = [
+            name.rsplit("_", 1)[0]
+            for name in names
+            if name.count("_") >= 2 and name.startswith("S")
+        ]
         if sequences and len(set(sequences)) < len(sequences):
             notes.append(
-                "several frames of one CK+ sequence are near-duplicates and fall into different folds"
+                "several frames of one CK+ sequence are near-duplicates and fall into different "
+                "folds"
             )
     return notes
 
@@ -357,21 +447,38 @@ def cross_validate(
     if progress:
         progress(Event("start", folds=len(splits), epochs=config.epochs))
     engine = engine or LocalEngine(workers)
-    tasks = [FoldTask(index, config, index, train, test, selection.origins) for index, (train, test) in enumerate(splits)]
+    tasks = [
+        FoldTask(index, config, index, train, test, selection.origins)
+        for index, (train, test) in enumerate(splits)
+    ]
     results: dict[int, dict] = {}
     interrupted = False
     try:
-        with contextlib.closing(engine.run(selection.crops, selection.targets, len(selection.labels), tasks,
-                                           progress)) as finished:
+        with contextlib.closing(
+            engine.run(selection.crops, selection.targets, len(selection.labels), tasks, progress)
+        ) as finished:
             for result in finished:
                 results[result["fold"]] = result
                 if progress:
-                    accuracy = None if result.get("diverged") else _accuracy(result, selection, splits)
-                    progress(Event("fold", fold=result["fold"], folds=len(splits), accuracy=accuracy))
+                    accuracy = (
+                        None if result.get("diverged") else _accuracy(result, selection, splits)
+                    )
+                    progress(
+                        Event("fold", fold=result["fold"], folds=len(splits), accuracy=accuracy)
+                    )
     except KeyboardInterrupt:
         interrupted = True
-    return assemble_crossval(dataset, selection, splits, config, group, results, engine.describe(len(tasks)),
-                             time.perf_counter() - started, interrupted)
+    return assemble_crossval(
+        dataset,
+        selection,
+        splits,
+        config,
+        group,
+        results,
+        engine.describe(len(tasks)),
+        time.perf_counter() - started,
+        interrupted,
+    )
 
 
 def assemble_crossval(
@@ -392,58 +499,108 @@ def assemble_crossval(
         train_index, test_index = splits[index]
         if results[index].get("diverged"):
             # No result: argmax of NaN is class 0, which would pass for predictions.
-            fold_results.append(FoldResult(
-                fold=index + 1, accuracy=None, train_size=len(train_index), test_size=len(test_index),
-                test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""}) if group == "subject" else [],
-                seconds=round(results[index]["seconds"], 2), diverged=results[index].get("diverged"),
-            ))
+            fold_results.append(
+                FoldResult(
+                    fold=index + 1,
+                    accuracy=None,
+                    train_size=len(train_index),
+                    test_size=len(test_index),
+                    test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""})
+                    if group == "subject"
+                    else [],
+                    seconds=round(results[index]["seconds"], 2),
+                    diverged=results[index].get("diverged"),
+                )
+            )
             continue
         guesses = results[index]["probabilities"].argmax(axis=1)
         truth = selection.targets[test_index]
         true.append(truth)
         predicted.append(guesses)
-        fold_results.append(FoldResult(
-            fold=index + 1,
-            accuracy=float(np.mean(guesses == truth)),
-            train_size=len(train_index),
-            test_size=len(test_index),
-            test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""}) if group == "subject" else [],
-            seconds=round(float(results[index]["seconds"]), 2),
-        ))
+        fold_results.append(
+            FoldResult(
+                fold=index + 1,
+                accuracy=float(np.mean(guesses == truth)),
+                train_size=len(train_index),
+                test_size=len(test_index),
+                test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""})
+                if group == "subject"
+                else [],
+                seconds=round(float(results[index]["seconds"]), 2),
+            )
+        )
         exported = results[index].get("export")
         if exported is not None:
-            exports.append({**exported, "fold": index + 1,
-                            "difference": _runtime_difference(exported, selection.crops[test_index],
-                                                              results[index]["probabilities"], config.test_time_flip)})
-        rows.extend({"path": str(selection.paths[i]), "fold": index + 1,
-                     **({"dataset": str(selection.origins[i])} if selection.origins is not None else {}),
-                     "true": selection.labels[t],
-                     "predicted": selection.labels[g],
-                     **{f"p_{label}": round(float(p), 6) for label, p in zip(selection.labels, probabilities)}}
-                    for i, t, g, probabilities in zip(test_index, truth, guesses, results[index]["probabilities"]))
+            exports.append(
+                {
+                    **exported,
+                    "fold": index + 1,
+                    "difference": _runtime_difference(
+                        exported,
+                        selection.crops[test_index],
+                        results[index]["probabilities"],
+                        config.test_time_flip,
+                    ),
+                }
+            )
+        rows.extend(
+            {
+                "path": str(selection.paths[i]),
+                "fold": index + 1,
+                **({"dataset": str(selection.origins[i])} if selection.origins is not None else {}),
+                "true": selection.labels[t],
+                "predicted": selection.labels[g],
+                **{
+                    f"p_{label}": round(float(p), 6)
+                    for label, p in zip(selection.labels, probabilities, strict=True)
+                },
+            }
+            for i, t, g, probabilities in zip(
+                test_index, truth, guesses, results[index]["probabilities"], strict=True
+            )
+        )
     true_all = np.concatenate(true) if true else np.zeros(0, int)
     predicted_all = np.concatenate(predicted) if predicted else np.zeros(0, int)
     matrix, per_class, f1 = score_predictions(true_all, predicted_all, selection.labels)
     subjects = sorted(set(selection.subjects.tolist()) - {""})
     complete = bool(true) and len(true) == len(results)
     return CrossvalReport(
-        dataset={"name": dataset.name, "path": str(dataset.location), "layout": dataset.meta.get("layout"),
-                 "source": dataset.meta.get("source"), "images": len(selection.crops), "subjects": len(subjects),
-                 "fingerprint": data_fingerprint(selection),
-                 **({"datasets": dataset.meta["datasets"]} if "datasets" in dataset.meta else {})},
-        protocol={"folds": len(splits), "group": group, "classes": selection.labels,
-                  "workers": engine.get("workers"), "engine": engine,
-                  "training": config.to_dict(), "recipe": config.recipe,
-                  "differs_from_recipe": recipe_differences(config), "preprocess": dataset.meta.get("preprocess")},
+        dataset={
+            "name": dataset.name,
+            "path": str(dataset.location),
+            "layout": dataset.meta.get("layout"),
+            "source": dataset.meta.get("source"),
+            "images": len(selection.crops),
+            "subjects": len(subjects),
+            "fingerprint": data_fingerprint(selection),
+            **({"datasets": dataset.meta["datasets"]} if "datasets" in dataset.meta else {}),
+        },
+        protocol={
+            "folds": len(splits),
+            "group": group,
+            "classes": selection.labels,
+            "workers": engine.get("workers"),
+            "engine": engine,
+            "training": config.to_dict(),
+            "recipe": config.recipe,
+            "differs_from_recipe": recipe_differences(config),
+            "preprocess": dataset.meta.get("preprocess"),
+        },
         labels=selection.labels,
         folds=fold_results,
         confusion=np.asarray(matrix),
         per_class=per_class,
         # Figures over every fold, or none: the folds left after a divergence are no protocol's.
         macro_f1=float(np.mean(f1)) if true and len(true) == len(results) else math.nan,
-        pooled_accuracy=float(np.mean(true_all == predicted_all)) if true and len(true) == len(results) else math.nan,
-        warnings=(getattr(dataset, "notes", []) + protocol_warnings(selection, group, config) + starting_notes(config)
-                  + split_notes(dataset)),
+        pooled_accuracy=float(np.mean(true_all == predicted_all))
+        if true and len(true) == len(results)
+        else math.nan,
+        warnings=(
+            getattr(dataset, "notes", [])
+            + protocol_warnings(selection, group, config)
+            + starting_notes(config)
+            + split_notes(dataset)
+        ),
         seconds=seconds,
         interrupted=interrupted,
         planned_folds=len(splits),
@@ -453,38 +610,54 @@ def assemble_crossval(
     )
 
 
-def score_predictions(true: np.ndarray, predicted: np.ndarray, labels: list[str]) -> tuple[np.ndarray, dict, np.ndarray]:
+def score_predictions(
+    true: np.ndarray, predicted: np.ndarray, labels: list[str]
+) -> tuple[np.ndarray, dict, np.ndarray]:
     """Confusion matrix (rows true, columns predicted), per-class precision/recall/F1/support
     and the F1 of each class, for integer targets into labels (crossval and evaluate)."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     count = len(labels)
     if len(true) == 0:
-        matrix, (precision, recall, f1, support) = np.zeros((count, count), int), (np.zeros(count),) * 4
+        matrix, (precision, recall, f1, support) = (
+            np.zeros((count, count), int),
+            (np.zeros(count),) * 4,
+        )
     else:
         import warnings
 
         with warnings.catch_warnings():
-            # One class only (an evaluation on one shared class): sklearn warns though labels are given.
+            # One class only (an evaluation on one shared class): sklearn warns though labels are
+            # given.
             warnings.simplefilter("ignore", UserWarning)
             matrix = confusion_matrix(true, predicted, labels=range(count))
-        precision, recall, f1, support = precision_recall_fscore_support(true, predicted, labels=range(count),
-                                                                         zero_division=0)
+        precision, recall, f1, support = precision_recall_fscore_support(
+            true, predicted, labels=range(count), zero_division=0
+        )
     per_class = {
-        label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, label in enumerate(labels)
     }
     return np.asarray(matrix), per_class, np.asarray(f1)
 
 
-def _runtime_difference(exported: dict, crops: np.ndarray, expected: np.ndarray, flip: bool) -> float:
+def _runtime_difference(
+    exported: dict, crops: np.ndarray, expected: np.ndarray, flip: bool
+) -> float:
     """Largest |numpy runtime - Keras| of a fold's exported network on its test crops."""
     from fercli.model import Member, NumpyNetwork
 
     network = exported["network"]
     member = Member(NumpyNetwork(network.specs, network.weights), network.mean, network.std)
     with np.errstate(all="ignore"):
-        return float(np.abs(member.predict_proba(crops, flip) - expected).max()) if len(crops) else 0.0
+        return (
+            float(np.abs(member.predict_proba(crops, flip) - expected).max()) if len(crops) else 0.0
+        )
 
 
 def split_notes(dataset: PreparedDataset) -> list[str]:
@@ -493,8 +666,11 @@ def split_notes(dataset: PreparedDataset) -> list[str]:
     names = sorted(set(splits.tolist()) - {""}) if splits is not None else []
     if not names:
         return []
-    return [f"the dataset's predefined splits ({', '.join(names)}) are ignored: the folds are drawn from all its "
-            "images; fer train --split and fer evaluate --split use them"]
+    return [
+        f"the dataset's predefined splits ({', '.join(names)}) are ignored: the folds are drawn "
+        "from all its "
+        "images; fer train --split and fer evaluate --split use them"
+    ]
 
 
 def _accuracy(result: dict, selection: Selection, splits) -> float:
@@ -502,7 +678,9 @@ def _accuracy(result: dict, selection: Selection, splits) -> float:
     return float(np.mean(result["probabilities"].argmax(axis=1) == selection.targets[test_index]))
 
 
-def save_crossval(report: CrossvalReport, folder: Path, title: str | None = None) -> dict[str, Path]:
+def save_crossval(
+    report: CrossvalReport, folder: Path, title: str | None = None
+) -> dict[str, Path]:
     """Write report.json, confusion.png and predictions.csv of a cross-validation (or of an
     evaluation, its one "fold"; title: the confusion image's, default the crossval's)."""
     import csv
@@ -511,32 +689,62 @@ def save_crossval(report: CrossvalReport, folder: Path, title: str | None = None
     from fercli.pictures import confusion_image
 
     files = {"report": atomic_write_json(folder / "report.json", report.to_json())}
-    group = report.protocol["group"] if report.protocol["group"] in ("subject", "dataset") else "random"
+    group = (
+        report.protocol["group"] if report.protocol["group"] in ("subject", "dataset") else "random"
+    )
     if report.diverged_folds:
         figures = f"{len(report.diverged_folds)} diverged"
     elif math.isnan(report.mean_accuracy):
         figures = "no result"
     else:
         figures = f"{report.mean_accuracy:.1%} +/- {report.std_accuracy:.1%}"
-    title = title or f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds ({group}), {figures}"
-    files["confusion"] = confusion_image(report.confusion, report.labels, folder / "confusion.png", title)
+    title = (
+        title
+        or f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds ({group}), "
+        f"{figures}"
+    )
+    files["confusion"] = confusion_image(
+        report.confusion, report.labels, folder / "confusion.png", title
+    )
     for number, (name, figures) in enumerate(report.per_dataset.items(), start=1):
-        accuracy = "no result" if figures["accuracy"] is None else f"{figures['accuracy']:.1%} of {figures['tested']}"
+        accuracy = (
+            "no result"
+            if figures["accuracy"] is None
+            else f"{figures['accuracy']:.1%} of {figures['tested']}"
+        )
         files[f"confusion {name}"] = confusion_image(
-            np.array(figures["confusion_matrix"]), report.labels,
-            folder / f"confusion-{number}-{slug(name)}.png", f"{name}: {accuracy} ({'left out, trained on the others' if group == 'dataset' else group + ' folds'})")
+            np.array(figures["confusion_matrix"]),
+            report.labels,
+            folder / f"confusion-{number}-{slug(name)}.png",
+            f"{name}: {accuracy} "
+            f"({'left out, trained on the others' if group == 'dataset' else group + ' folds'})",
+        )
     text = io.StringIO()
     origin = ["dataset"] if report.per_dataset else []
-    writer = csv.DictWriter(text, fieldnames=["path", "fold", *origin, "true", "predicted",
-                                              *(f"p_{label}" for label in report.labels)])
+    writer = csv.DictWriter(
+        text,
+        fieldnames=[
+            "path",
+            "fold",
+            *origin,
+            "true",
+            "predicted",
+            *(f"p_{label}" for label in report.labels),
+        ],
+    )
     writer.writeheader()
     writer.writerows(report.predictions)
     files["predictions"] = atomic_write_text(folder / "predictions.csv", text.getvalue())
     return files
 
 
-def save_crossval_model(report: CrossvalReport, dataset: PreparedDataset, output: Path, run: Path | None = None,
-                        keep_existing: bool = True) -> Path:
+def save_crossval_model(
+    report: CrossvalReport,
+    dataset: PreparedDataset,
+    output: Path,
+    run: Path | None = None,
+    keep_existing: bool = True,
+) -> Path:
     """Save a finished cross-validation's fold networks as one ensemble model file, which
     predict and evaluate average. Checked before it takes its name: each network within 1e-4
     of Keras on its fold's test crops, the file's ensemble within 1e-4 of the folds' Keras
@@ -548,8 +756,10 @@ def save_crossval_model(report: CrossvalReport, dataset: PreparedDataset, output
         raise TrainingError("no model saved: the cross-validation did not finish every fold")
     for exported in report.exports:
         if not exported["difference"] <= 1e-4:
-            raise FerError(f"fold {exported['fold']}'s exported network disagrees with Keras by "
-                           f"{exported['difference']:.2g}; no model was saved (a bug: please report it)")
+            raise FerError(
+                f"fold {exported['fold']}'s exported network disagrees with Keras by "
+                f"{exported['difference']:.2g}; no model was saved (a bug: please report it)"
+            )
     config = TrainConfig.from_dict(report.protocol["training"])
     selection = select_classes(dataset, tuple(report.labels))
     expected = np.mean([exported["probe"] for exported in report.exports], axis=0)
@@ -558,16 +768,43 @@ def save_crossval_model(report: CrossvalReport, dataset: PreparedDataset, output
         exported = load_model(temporary).predict_proba(probe_crops(selection.crops.shape[1]))
         difference = float(np.abs(exported - expected).max())
         if not difference <= 1e-4:  # also NaN
-            raise FerError(f"the exported ensemble disagrees with Keras by {difference:.2g}; nothing was saved "
-                           "(a bug: please report it)")
+            raise FerError(
+                f"the exported ensemble disagrees with Keras by {difference:.2g}; nothing was "
+                "saved "
+                "(a bug: please report it)"
+            )
 
-    extra = {"test_time_flip": config.test_time_flip, "data_fingerprint": report.dataset["fingerprint"],
-             "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops)},
-             "ensemble": {"kind": "crossval", "members": len(report.exports), "folds": report.planned_folds,
-                          "group": report.protocol["group"], "run": str(run) if run else None,
-                          "mean_accuracy": report.mean_accuracy, "std_accuracy": report.std_accuracy,
-                          "note": "each member was trained on all folds but one; together they saw every image"}}
+    extra = {
+        "test_time_flip": config.test_time_flip,
+        "data_fingerprint": report.dataset["fingerprint"],
+        "dataset": {
+            "name": dataset.name,
+            "source": dataset.meta.get("source"),
+            "images": len(selection.crops),
+        },
+        "ensemble": {
+            "kind": "crossval",
+            "members": len(report.exports),
+            "folds": report.planned_folds,
+            "group": report.protocol["group"],
+            "run": str(run) if run else None,
+            "mean_accuracy": report.mean_accuracy,
+            "std_accuracy": report.std_accuracy,
+            "note": "each member was trained on all folds but one; together they saw every image",
+        },
+    }
     preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
-    networks = [exported["network"] for exported in sorted(report.exports, key=lambda item: item["fold"])]
-    return save_networks(output, networks, selection.labels, preprocess, config, extra, keep_existing,
-                         training_crops=selection.crops, check=check)
+    networks = [
+        exported["network"] for exported in sorted(report.exports, key=lambda item: item["fold"])
+    ]
+    return save_networks(
+        output,
+        networks,
+        selection.labels,
+        preprocess,
+        config,
+        extra,
+        keep_existing,
+        training_crops=selection.crops,
+        check=check,
+    )

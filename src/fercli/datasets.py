@@ -15,21 +15,37 @@ from fercli.labels import canonical_label
 LAYOUTS = ("jaffe", "ck+", "folders", "fer2013")
 LAYOUT_ALIASES = {
     "jaffe": "jaffe",
-    "ck+": "ck+", "ck": "ck+", "ckplus": "ck+", "cohn-kanade": "ck+",
-    "folders": "folders", "class-folders": "folders", "classes": "folders",
+    "ck+": "ck+",
+    "ck": "ck+",
+    "ckplus": "ck+",
+    "cohn-kanade": "ck+",
+    "folders": "folders",
+    "class-folders": "folders",
+    "classes": "folders",
 }
 
 # KA.AN1.39.tiff: subject initials, expression code and repeat, serial number.
 JAFFE_NAME = re.compile(r"^([A-Z]{2})\.([A-Z]{2})(\d+)\.(\d+)\.tiff?$", re.IGNORECASE)
 JAFFE_CODES = {
-    "AN": "anger", "DI": "disgust", "FE": "fear", "HA": "happiness",
-    "NE": "neutral", "SA": "sadness", "SU": "surprise",
+    "AN": "anger",
+    "DI": "disgust",
+    "FE": "fear",
+    "HA": "happiness",
+    "NE": "neutral",
+    "SA": "sadness",
+    "SU": "surprise",
 }
 # S005_001_00000011.png (CK+ frames and the CK+48 crops made from them).
 CK_NAME = re.compile(r"^(S\d{3})_(\d{3})_(\d+)")
 CK_CODES = {
-    0: "neutral", 1: "anger", 2: "contempt", 3: "disgust",
-    4: "fear", 5: "happiness", 6: "sadness", 7: "surprise",
+    0: "neutral",
+    1: "anger",
+    2: "contempt",
+    3: "disgust",
+    4: "fear",
+    5: "happiness",
+    6: "sadness",
+    7: "surprise",
 }
 CK_IMAGES = "cohn-kanade-images"
 CK_EMOTION = "Emotion"
@@ -95,7 +111,9 @@ def _files_under(folder: Path, skipped: list[Skipped] | None = None) -> list[Pat
 
     def unreadable(error: OSError) -> None:
         if skipped is not None:
-            skipped.append(Skipped(str(error.filename), f"cannot read the folder: {error.strerror or error}"))
+            skipped.append(
+                Skipped(str(error.filename), f"cannot read the folder: {error.strerror or error}")
+            )
 
     found = []
     for directory, subdirectories, names in os.walk(folder, onerror=unreadable):
@@ -163,14 +181,20 @@ def scan_dataset(root: Path, options: ScanOptions = ScanOptions()) -> Scan:
     if options.layout:
         layout = LAYOUT_ALIASES.get(options.layout.lower())
         if layout is None:
-            raise LayoutError(f"unknown layout {options.layout!r}; choose from {', '.join(LAYOUTS)}")
+            raise LayoutError(
+                f"unknown layout {options.layout!r}; choose from {', '.join(LAYOUTS)}"
+            )
         _check_folder(root)
     else:
         layout = detect_layout(root)
     reader = {"jaffe": _scan_jaffe, "ck+": _scan_ck, "folders": _scan_folders}[layout]
     scan = reader(root, options)
     if not scan.records:
-        reasons = f" ({len(scan.skipped)} files left out: {scan.skipped[0].reason}, ...)" if scan.skipped else ""
+        reasons = (
+            f" ({len(scan.skipped)} files left out: {scan.skipped[0].reason}, ...)"
+            if scan.skipped
+            else ""
+        )
         raise LayoutError(f"{root}: no labelled images found in the {layout} layout{reasons}")
     return scan
 
@@ -239,8 +263,10 @@ def _scan_ck(root: Path, options: ScanOptions) -> Scan:
         if options.ck_neutral_first and len(frames) > len(last):
             records.append(ImageRecord(frames[0], "neutral", subject))
     scan = Scan("ck+", root, records, skipped)
-    scan.notes.append(f"{sequences} labelled sequences, last {options.ck_frames} frames each"
-                      + (", first frame as neutral" if options.ck_neutral_first else ""))
+    scan.notes.append(
+        f"{sequences} labelled sequences, last {options.ck_frames} frames each"
+        + (", first frame as neutral" if options.ck_neutral_first else "")
+    )
     return scan
 
 
@@ -271,7 +297,9 @@ def discover_images(paths: list[Path]) -> tuple[list[Path], list[Skipped]]:
                 if _may_be_image(file):
                     files.append(file)
                 else:
-                    problems.append(Skipped(str(file), "not an image (unrecognised content)", listed=False))
+                    problems.append(
+                        Skipped(str(file), "not an image (unrecognised content)", listed=False)
+                    )
         elif path.exists():
             files.append(path)
         else:

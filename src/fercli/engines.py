@@ -31,6 +31,7 @@ def _fold_failed(task, error: BaseException) -> FerError:
 
 # --- this machine ---------------------------------------------------------------------
 
+
 def _set_up_fold_worker() -> None:
     """The set-up of a fold worker process: one TensorFlow thread, op determinism."""
     from fercli.training import configure_tensorflow
@@ -52,8 +53,17 @@ def _run_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task) ->
     from fercli.crossvalidation import train_fold
 
     def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
-        notify(Event("epoch", fold=task.fold, key=task.key, epoch=epoch, epochs=task.config.epochs,
-                     loss=loss, accuracy=accuracy))
+        notify(
+            Event(
+                "epoch",
+                fold=task.fold,
+                key=task.key,
+                epoch=epoch,
+                epochs=task.config.epochs,
+                loss=loss,
+                accuracy=accuracy,
+            )
+        )
 
     try:
         return train_fold(crops, targets, num_classes, task, on_epoch)
@@ -85,17 +95,29 @@ class LocalEngine:
     def _count(self, task_count: int) -> int:
         return max(1, min(self.workers or default_workers(), task_count or 1))
 
-    def run(self, crops: np.ndarray, targets: np.ndarray, num_classes: int, tasks: list,
-            progress: Progress | None = None) -> Iterator[dict]:
+    def run(
+        self,
+        crops: np.ndarray,
+        targets: np.ndarray,
+        num_classes: int,
+        tasks: list,
+        progress: Progress | None = None,
+    ) -> Iterator[dict]:
         """Yield train_fold's result for every task, as each finishes."""
         if not tasks:
             return
         # spawn: TensorFlow's threads and state do not survive a fork. A fold that fails stops
         # the others at once: they write nothing, and may have minutes to go.
         yield from run_tasks(
-            partial(_run_fold, crops, targets, num_classes), tasks, self._count(len(tasks)),
-            _set_up_fold_worker, ordered=False, in_process=False, finish_running=False,
-            on_message=progress, start_method="spawn",
+            partial(_run_fold, crops, targets, num_classes),
+            tasks,
+            self._count(len(tasks)),
+            _set_up_fold_worker,
+            ordered=False,
+            in_process=False,
+            finish_running=False,
+            on_message=progress,
+            start_method="spawn",
         )
 
 
@@ -145,8 +167,10 @@ def _auto_address() -> str:
     except Exception:  # a private function of Ray's: if it moves, let ray.init decide
         return ""
     if not address:
-        raise EngineError("--ray auto: no Ray cluster runs on this machine "
-                          "(start one with `ray start --head`, or give --ray HOST:PORT)")
+        raise EngineError(
+            "--ray auto: no Ray cluster runs on this machine "
+            "(start one with `ray start --head`, or give --ray HOST:PORT)"
+        )
     return address
 
 
@@ -200,11 +224,17 @@ class RayEngine:
                 _check_reachable(_auto_address(), asked="auto")
             try:
                 with quiet_stderr():
-                    ray.init(address=self.address, logging_level="ERROR", log_to_driver=False,
-                             include_dashboard=False)
+                    ray.init(
+                        address=self.address,
+                        logging_level="ERROR",
+                        log_to_driver=False,
+                        include_dashboard=False,
+                    )
             except (ConnectionError, RuntimeError, ValueError) as error:
-                raise EngineError(f"cannot connect to a Ray cluster at {self.address}: "
-                                  f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+                raise EngineError(
+                    f"cannot connect to a Ray cluster at {self.address}: "
+                    f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                ) from None
             self._connected_here = True
         self._ray = ray
         try:
@@ -221,13 +251,20 @@ class RayEngine:
         try:
             there = ray.get(probe.remote(), timeout=120)
         except Exception as error:
-            raise EngineError(f"the Ray cluster at {self.address} cannot run fercli "
-                              f"({type(error).__name__}); install fercli {here['fercli']} there") from None
+            raise EngineError(
+                f"the Ray cluster at {self.address} cannot run fercli "
+                f"({type(error).__name__}); install fercli {here['fercli']} there"
+            ) from None
         if there != here:
-            differences = ", ".join(f"{key} {there.get(key)} there, {here.get(key)} here"
-                                    for key in sorted(set(here) | set(there)) if here.get(key) != there.get(key))
-            raise EngineError(f"the Ray cluster at {self.address} runs other code ({differences}): "
-                              "its results would not be comparable; install this fercli there")
+            differences = ", ".join(
+                f"{key} {there.get(key)} there, {here.get(key)} here"
+                for key in sorted(set(here) | set(there))
+                if here.get(key) != there.get(key)
+            )
+            raise EngineError(
+                f"the Ray cluster at {self.address} runs other code ({differences}): "
+                "its results would not be comparable; install this fercli there"
+            )
 
     def __enter__(self) -> RayEngine:
         self.connect()  # a cluster that is not there fails the command before any work
@@ -243,8 +280,14 @@ class RayEngine:
         self._ray = None
         self._connected_here = False
 
-    def run(self, crops: np.ndarray, targets: np.ndarray, num_classes: int, tasks: list,
-            progress: Progress | None = None) -> Iterator[dict]:
+    def run(
+        self,
+        crops: np.ndarray,
+        targets: np.ndarray,
+        num_classes: int,
+        tasks: list,
+        progress: Progress | None = None,
+    ) -> Iterator[dict]:
         """Yield train_fold's result for every task, as each finishes."""
         if not tasks:
             return
@@ -272,4 +315,3 @@ def make_engine(ray_address: str | None, workers: int | None = None):
     """The engine a command asked for: Ray at ray_address ("auto": the cluster this machine
     belongs to), else this machine with workers processes."""
     return RayEngine(ray_address) if ray_address else LocalEngine(workers)
-

@@ -39,4 +39,5 @@ class GridError(FerError):
 
 
 class EngineError(FerError):
-    """Folds cannot run where asked: Ray missing, a cluster that does not answer or runs other code."""
+    """Folds cannot run where asked: Ray missing, a cluster that does not answer or runs other
+    code."""

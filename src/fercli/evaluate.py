@@ -32,7 +32,9 @@ from fercli.training import Selection, data_fingerprint, select_classes
 
 # Crops classified at once: bounds the memory of the forward pass on a large dataset.
 CHUNK = 2048
-RENORMALISED = "probabilities renormalised over the shared classes (the model's other classes left out)"
+RENORMALISED = (
+    "probabilities renormalised over the shared classes (the model's other classes left out)"
+)
 
 
 def prepare_for_model(
@@ -50,8 +52,9 @@ def prepare_for_model(
 
     wanted = model.preprocess.fingerprint()
     candidate = Path(choice)
-    original = ((candidate.is_dir() and not (candidate / DATASET_FILE).exists()
-                 or is_fer2013(candidate)) and not _inside(candidate, datasets_dir()))
+    original = (
+        candidate.is_dir() and not (candidate / DATASET_FILE).exists() or is_fer2013(candidate)
+    ) and not _inside(candidate, datasets_dir())
     if original:
         prepared = dataset_folder(candidate) / DATASET_FILE
         if prepared.exists():
@@ -60,15 +63,20 @@ def prepare_for_model(
                 return dataset, None
         report = preprocess_dataset(candidate, ScanOptions(), model.preprocess, workers, progress)
         if not report.dataset:
-            raise DatasetError(f"{choice}: no image could be aligned ({len(report.skipped)} skipped)")
+            raise DatasetError(
+                f"{choice}: no image could be aligned ({len(report.skipped)} skipped)"
+            )
         return load_dataset(Path(report.dataset)), report
     dataset = resolve_dataset(choice)
     if _fingerprint(dataset) != wanted:
         saved, current = dataset.meta["preprocess"], model.preprocess.to_dict()
-        differing = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+        differing = sorted(
+            key for key in set(saved) | set(current) if saved.get(key) != current.get(key)
+        )
         raise DatasetError(
             f"{choice}: its crops were made with other preprocessing settings than the model's "
-            f"({', '.join(differing) or 'their fingerprint'}); give the original dataset folder instead, "
+            f"({', '.join(differing) or 'their fingerprint'}); give the original dataset folder "
+            "instead, "
             "and it is preprocessed with the model's settings"
         )
     return dataset, None
@@ -94,17 +102,27 @@ def dataset_split(dataset: PreparedDataset, split: str | None) -> PreparedDatase
     column = dataset.splits
     names = sorted(set(column.tolist()) - {""}) if column is not None else []
     if not names:
-        raise DatasetError(f"{dataset.name} has no predefined splits (FER2013's Usage column has them); "
-                           "leave out --split")
+        raise DatasetError(
+            f"{dataset.name} has no predefined splits (FER2013's Usage column has them); "
+            "leave out --split"
+        )
     keep = column == split
     if not keep.any():
         raise DatasetError(f"{dataset.name} has no split {split!r}; it has {', '.join(names)}")
-    return PreparedDataset(crops=dataset.crops[keep], labels=dataset.labels[keep], subjects=dataset.subjects[keep],
-                           paths=dataset.paths[keep], meta={**dataset.meta, "split": split},
-                           location=dataset.location, splits=column[keep])
+    return PreparedDataset(
+        crops=dataset.crops[keep],
+        labels=dataset.labels[keep],
+        subjects=dataset.subjects[keep],
+        paths=dataset.paths[keep],
+        meta={**dataset.meta, "split": split},
+        location=dataset.location,
+        splits=column[keep],
+    )
 
 
-def score_model(model: FerModel, dataset: PreparedDataset, split: str | None = None) -> CrossvalReport:
+def score_model(
+    model: FerModel, dataset: PreparedDataset, split: str | None = None
+) -> CrossvalReport:
     """Score a model on every image of a dataset whose class the model knows.
 
     DatasetError when the model and the dataset share no class. The report's warnings name
@@ -126,9 +144,13 @@ def score_model(model: FerModel, dataset: PreparedDataset, split: str | None = N
     keep = np.isin(dataset.labels, shared)
     dropped = Counter(dataset.labels[~keep].tolist())
     index = {label: position for position, label in enumerate(shared)}
-    selection = Selection(crops=dataset.crops[keep], labels=shared, subjects=dataset.subjects[keep],
-                          paths=dataset.paths[keep],
-                          targets=np.array([index[label] for label in dataset.labels[keep]], dtype=np.int64))
+    selection = Selection(
+        crops=dataset.crops[keep],
+        labels=shared,
+        subjects=dataset.subjects[keep],
+        paths=dataset.paths[keep],
+        targets=np.array([index[label] for label in dataset.labels[keep]], dtype=np.int64),
+    )
     probabilities = shared_probabilities(model, selection.crops, shared)
     predicted = probabilities.argmax(axis=1)
     matrix, per_class, f1 = score_predictions(selection.targets, predicted, shared)
@@ -137,26 +159,62 @@ def score_model(model: FerModel, dataset: PreparedDataset, split: str | None = N
     if model_only or data_only:
         warnings.append(left_out_note(model_only, data_only, dropped, dataset_name))
     if len(shared) == 1:
-        warnings.append(f"only one shared class ({shared[0]}): renormalised, every image is predicted as it, "
-                        "so the accuracy says nothing")
+        warnings.append(
+            f"only one shared class ({shared[0]}): renormalised, every image is predicted as it, "
+            "so the accuracy says nothing"
+        )
     warnings += overlap_notes(model, dataset, selection)
-    rows = [{"path": str(path), "fold": 1, "true": shared[truth], "predicted": shared[guess],
-             **{f"p_{label}": round(float(p), 6) for label, p in zip(shared, row)}}
-            for path, truth, guess, row in zip(selection.paths, selection.targets, predicted, probabilities)]
+    rows = [
+        {
+            "path": str(path),
+            "fold": 1,
+            "true": shared[truth],
+            "predicted": shared[guess],
+            **{f"p_{label}": round(float(p), 6) for label, p in zip(shared, row, strict=True)},
+        }
+        for path, truth, guess, row in zip(
+            selection.paths, selection.targets, predicted, probabilities, strict=True
+        )
+    ]
     trained_on = model.meta.get("dataset") or {}
-    fold = FoldResult(fold=1, accuracy=accuracy, train_size=int(trained_on.get("images") or 0),
-                      test_size=len(selection.crops), test_subjects=[], seconds=round(time.perf_counter() - started, 2))
+    fold = FoldResult(
+        fold=1,
+        accuracy=accuracy,
+        train_size=int(trained_on.get("images") or 0),
+        test_size=len(selection.crops),
+        test_subjects=[],
+        seconds=round(time.perf_counter() - started, 2),
+    )
     subjects = sorted(set(selection.subjects.tolist()) - {""})
     return CrossvalReport(
-        dataset={"name": dataset_name, "path": str(dataset.location), "layout": dataset.meta.get("layout"),
-                 "source": dataset.meta.get("source"), "images": len(selection.crops), "subjects": len(subjects),
-                 "fingerprint": data_fingerprint(selection), "split": split},
-        protocol={"kind": "evaluate", "folds": 1, "group": "none", "classes": shared,
-                  "model": model_protocol(model), "training": model.meta.get("training"),
-                  "recipe": (model.meta.get("training") or {}).get("recipe"), "preprocess": model.preprocess.to_dict(),
-                  "renormalised": bool(model_only), "split": split,
-                  "left_out": {"model_only": model_only, "dataset_only": data_only,
-                               "images_dropped": sum(dropped.values()), "dropped_per_class": dict(dropped)}},
+        dataset={
+            "name": dataset_name,
+            "path": str(dataset.location),
+            "layout": dataset.meta.get("layout"),
+            "source": dataset.meta.get("source"),
+            "images": len(selection.crops),
+            "subjects": len(subjects),
+            "fingerprint": data_fingerprint(selection),
+            "split": split,
+        },
+        protocol={
+            "kind": "evaluate",
+            "folds": 1,
+            "group": "none",
+            "classes": shared,
+            "model": model_protocol(model),
+            "training": model.meta.get("training"),
+            "recipe": (model.meta.get("training") or {}).get("recipe"),
+            "preprocess": model.preprocess.to_dict(),
+            "renormalised": bool(model_only),
+            "split": split,
+            "left_out": {
+                "model_only": model_only,
+                "dataset_only": data_only,
+                "images_dropped": sum(dropped.values()),
+                "dropped_per_class": dict(dropped),
+            },
+        },
         labels=shared,
         folds=[fold],
         confusion=matrix,
@@ -175,12 +233,19 @@ def shared_probabilities(model: FerModel, crops: np.ndarray, shared: list[str]) 
     from fercli.errors import ModelError
 
     columns = [model.classes.index(label) for label in shared]
-    parts = [model.predict_proba(crops[start:start + CHUNK])[:, columns] for start in range(0, len(crops), CHUNK)]
+    parts = [
+        model.predict_proba(crops[start : start + CHUNK])[:, columns]
+        for start in range(0, len(crops), CHUNK)
+    ]
     raw = np.concatenate(parts) if parts else np.zeros((0, len(shared)))
     if not np.all(np.isfinite(raw)):
-        raise ModelError(f"{model.path}: damaged model file (its probabilities for some crops are not finite numbers)")
+        raise ModelError(
+            f"{model.path}: damaged model file (its probabilities for some crops are not finite "
+            "numbers)"
+        )
     total = raw.sum(axis=1, keepdims=True)
-    # A face the model gives (to float precision) none of the shared classes: no preference among them.
+    # A face the model gives (to float precision) none of the shared classes: no preference among
+    # them.
     return np.where(total > 0, raw / np.where(total > 0, total, 1), 1 / len(shared))
 
 
@@ -191,8 +256,10 @@ def left_out_note(model_only: list[str], data_only: list[str], dropped: Counter,
         parts.append(f"the model's {', '.join(model_only)} (not in {name})")
     if data_only:
         counts = ", ".join(f"{label} {dropped[label]}" for label in data_only)
-        parts.append(f"{name}'s {', '.join(data_only)} (the model does not know them: "
-                     f"{sum(dropped.values())} images dropped: {counts})")
+        parts.append(
+            f"{name}'s {', '.join(data_only)} (the model does not know them: "
+            f"{sum(dropped.values())} images dropped: {counts})"
+        )
     return "classes left out: " + "; ".join(parts)
 
 
@@ -201,28 +268,48 @@ def overlap_notes(model: FerModel, dataset: PreparedDataset, selection: Selectio
     notes = []
     seen = model.seen_in_training(selection.crops)
     if seen is not None and any(seen):
-        notes.append(f"{sum(seen)} of {len(seen)} evaluated images are crops this model was trained on: "
-                     "on them this is not a test")
+        notes.append(
+            f"{sum(seen)} of {len(seen)} evaluated images are crops this model was trained on: "
+            "on them this is not a test"
+        )
     same_data = False
     try:
-        same_data = data_fingerprint(select_classes(dataset, tuple(model.classes))) == model.meta.get("data_fingerprint")
+        same_data = data_fingerprint(
+            select_classes(dataset, tuple(model.classes))
+        ) == model.meta.get("data_fingerprint")
     except DatasetError:
         pass  # the dataset lacks some of the model's classes: it cannot be its training data
     trained_on = model.meta.get("dataset") or {}
     # Without the training crops' hashes, the same source folder is the best evidence there is.
-    same_source = seen is None and trained_on.get("source") and trained_on.get("source") == dataset.meta.get("source")
+    same_source = (
+        seen is None
+        and trained_on.get("source")
+        and trained_on.get("source") == dataset.meta.get("source")
+    )
     if same_data or same_source:
-        notes.append(f"the model was trained on this dataset ({trained_on.get('name', dataset.name)}): this is not a test")
+        notes.append(
+            f"the model was trained on this dataset ({trained_on.get('name', dataset.name)}): this "
+            "is not a test"
+        )
     if seen is None:
-        notes.append("the model file does not list its training crops (written by an older fercli): "
-                     "overlap with its training data is checked by dataset only")
+        notes.append(
+            "the model file does not list its training crops (written by an older fercli): "
+            "overlap with its training data is checked by dataset only"
+        )
     return notes
 
 
 def model_protocol(model: FerModel) -> dict:
     """What a report says of the model evaluated: file, training data and settings."""
     meta = model.meta
-    return {"path": str(model.path), "classes": model.classes, "networks": len(model.networks),
-            "ensemble": meta.get("ensemble"), "data_fingerprint": meta.get("data_fingerprint"),
-            "dataset": meta.get("dataset"), "training": meta.get("training"), "preprocess": meta.get("preprocess"),
-            "test_time_flip": bool(meta.get("test_time_flip"))}
+    return {
+        "path": str(model.path),
+        "classes": model.classes,
+        "networks": len(model.networks),
+        "ensemble": meta.get("ensemble"),
+        "data_fingerprint": meta.get("data_fingerprint"),
+        "dataset": meta.get("dataset"),
+        "training": meta.get("training"),
+        "preprocess": meta.get("preprocess"),
+        "test_time_flip": bool(meta.get("test_time_flip")),
+    }

@@ -45,7 +45,10 @@ def is_fer2013(path: Path) -> bool:
             first = stream.readline(4096)
     except OSError:
         return False
-    return [name.strip().lower() for name in first.strip().lstrip("\ufeff").split(",")][:2] == ["emotion", "pixels"]
+    return [name.strip().lower() for name in first.strip().lstrip("\ufeff").split(",")][:2] == [
+        "emotion",
+        "pixels",
+    ]
 
 
 def read_rows(path: Path, skipped: list[Skipped]) -> Iterator[tuple[int, int, str, np.ndarray]]:
@@ -66,8 +69,10 @@ def read_rows(path: Path, skipped: list[Skipped]) -> Iterator[tuple[int, int, st
             raise LayoutError(f"{path}: not a FER2013 CSV ({error})") from None
         lowered = [name.lower() for name in header]
         if "emotion" not in lowered or "pixels" not in lowered:
-            raise LayoutError(f"{path}: not a FER2013 CSV: the header is {','.join(header)[:80]!r}, "
-                              f"expected {','.join(HEADER)}")
+            raise LayoutError(
+                f"{path}: not a FER2013 CSV: the header is {','.join(header)[:80]!r}, "
+                f"expected {','.join(HEADER)}"
+            )
         label_column, pixel_column = lowered.index("emotion"), lowered.index("pixels")
         usage_column = lowered.index("usage") if "usage" in lowered else None
         number = 1
@@ -89,7 +94,9 @@ def read_rows(path: Path, skipped: list[Skipped]) -> Iterator[tuple[int, int, st
                 yield item
 
 
-def _parse(row: list[str], label_column: int, pixel_column: int, usage_column: int | None, number: int):
+def _parse(
+    row: list[str], label_column: int, pixel_column: int, usage_column: int | None, number: int
+):
     """(problem, None) or (None, (number, label, split, image)) for one CSV row."""
     if len(row) <= max(label_column, pixel_column, usage_column or 0):
         return f"row {number}: {len(row)} fields, the header has more", None
@@ -128,7 +135,9 @@ def _pixels(text: str) -> np.ndarray | None:
         return None
 
 
-def align_chunk(chunk: list[tuple[int, int, str, np.ndarray]], config: PreprocessConfig) -> list[tuple]:
+def align_chunk(
+    chunk: list[tuple[int, int, str, np.ndarray]], config: PreprocessConfig
+) -> list[tuple]:
     """(number, label, split, crop or None, reason) for each row of a chunk; runs in workers."""
     from fercli.align import align_detected, detect_faces, no_face_error
 
@@ -143,11 +152,27 @@ def align_chunk(chunk: list[tuple[int, int, str, np.ndarray]], config: Preproces
             except Exception:
                 aligned.append(error)
     results = []
-    for (number, label, split, _), outcome in zip(chunk, aligned):
+    for (number, label, split, _), outcome in zip(chunk, aligned, strict=True):
         if isinstance(outcome, Exception):
-            results.append((number, label, split, None, f"row {number}: alignment failed: {type(outcome).__name__}"))
+            results.append(
+                (
+                    number,
+                    label,
+                    split,
+                    None,
+                    f"row {number}: alignment failed: {type(outcome).__name__}",
+                )
+            )
         elif not outcome:
-            results.append((number, label, split, None, f"row {number}: {no_face_error(config)} in the 48x48 image"))
+            results.append(
+                (
+                    number,
+                    label,
+                    split,
+                    None,
+                    f"row {number}: {no_face_error(config)} in the 48x48 image",
+                )
+            )
         else:
             [face] = outcome
             results.append((number, label, split, face.crop, None))
@@ -165,8 +190,13 @@ def _chunks(rows: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def aligned_rows(path: Path, config: PreprocessConfig, workers: int, skipped: list[Skipped],
-                 progress: Progress | None = None) -> Iterator[tuple]:
+def aligned_rows(
+    path: Path,
+    config: PreprocessConfig,
+    workers: int,
+    skipped: list[Skipped],
+    progress: Progress | None = None,
+) -> Iterator[tuple]:
     """align_chunk's results for every good row, in row order. The rows are read as workers
     become free (parallel.run_tasks), so the file is never all in memory."""
     from fercli.align import face_detector, landmark_predictor
@@ -179,8 +209,11 @@ def aligned_rows(path: Path, config: PreprocessConfig, workers: int, skipped: li
         landmark_predictor()
     done = 0
     chunks = _chunks(read_rows(path, skipped), CHUNK)
-    with closing(run_tasks(partial(align_chunk, config=config), chunks, workers,
-                           initializer=single_threaded_opencv)) as results:
+    with closing(
+        run_tasks(
+            partial(align_chunk, config=config), chunks, workers, initializer=single_threaded_opencv
+        )
+    ) as results:
         for chunk_results in results:
             done += len(chunk_results)
             if progress:
@@ -188,7 +221,9 @@ def aligned_rows(path: Path, config: PreprocessConfig, workers: int, skipped: li
             yield from chunk_results
 
 
-def preprocess_fer2013(path: Path, config: PreprocessConfig, workers: int, progress: Progress | None = None):
+def preprocess_fer2013(
+    path: Path, config: PreprocessConfig, workers: int, progress: Progress | None = None
+):
     """Align every face of a FER2013 CSV and save the prepared dataset (with each image's
     split); returns a PreprocessReport. Rows that are not FER2013 rows and faces dlib cannot
     find are skipped with the reason."""
@@ -202,7 +237,9 @@ def preprocess_fer2013(path: Path, config: PreprocessConfig, workers: int, progr
     no_face: list[Skipped] = []
     crops, labels, splits, paths = [], [], [], []
     rows = 0
-    for number, label, split, crop, reason in aligned_rows(path, config, workers, bad_rows, progress):
+    for number, label, split, crop, reason in aligned_rows(
+        path, config, workers, bad_rows, progress
+    ):
         rows += 1
         if crop is None:
             no_face.append(Skipped(f"{path}#row{number}", reason))
@@ -213,31 +250,57 @@ def preprocess_fer2013(path: Path, config: PreprocessConfig, workers: int, progr
         paths.append(f"{path}#row{number}")
     classes = Counter(labels)
     report = PreprocessReport(
-        source=str(path), layout="fer2013", found=rows + len(bad_rows), aligned=len(crops),
-        skipped=bad_rows + no_face, classes={label: classes[label] for label in label_order(classes)},
-        subjects={}, several_faces=[], cache_hits=0, seconds=0.0, workers=workers,
+        source=str(path),
+        layout="fer2013",
+        found=rows + len(bad_rows),
+        aligned=len(crops),
+        skipped=bad_rows + no_face,
+        classes={label: classes[label] for label in label_order(classes)},
+        subjects={},
+        several_faces=[],
+        cache_hits=0,
+        seconds=0.0,
+        workers=workers,
     )
     if bad_rows:
-        report.notes.append(f"{len(bad_rows)} rows are not FER2013 rows (skipped; the first: {bad_rows[0].reason})")
+        report.notes.append(
+            f"{len(bad_rows)} rows are not FER2013 rows (skipped; the first: {bad_rows[0].reason})"
+        )
     if no_face:
-        report.notes.append(f"{len(no_face)} of {rows} faces not found by dlib in their 48x48 image (skipped)")
+        report.notes.append(
+            f"{len(no_face)} of {rows} faces not found by dlib in their 48x48 image (skipped)"
+        )
     counted = Counter(splits)
     if any(counted):
-        report.notes.append("predefined splits (Usage): " + ", ".join(f"{name} {count}" for name, count in counted.items()))
+        report.notes.append(
+            "predefined splits (Usage): "
+            + ", ".join(f"{name} {count}" for name, count in counted.items())
+        )
     if crops:
         stacked = np.stack(crops)
         folder = dataset_folder(path)
         dataset = PreparedDataset(
-            crops=stacked, labels=np.array(labels), subjects=np.array([""] * len(crops)), paths=np.array(paths),
-            meta={"source": str(path.resolve()), "layout": "fer2013", "scan": {},
-                  "preprocess": config.to_dict(), "preprocess_fingerprint": config.fingerprint(),
-                  "classes": report.classes, "splits": sorted(set(splits) - {""}),
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+            crops=stacked,
+            labels=np.array(labels),
+            subjects=np.array([""] * len(crops)),
+            paths=np.array(paths),
+            meta={
+                "source": str(path.resolve()),
+                "layout": "fer2013",
+                "scan": {},
+                "preprocess": config.to_dict(),
+                "preprocess_fingerprint": config.fingerprint(),
+                "classes": report.classes,
+                "splits": sorted(set(splits) - {""}),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
             splits=np.array(splits),
         )
         report.dataset = str(save_dataset(dataset, folder))
         try:
-            report.contact_sheet = str(contact_sheet(stacked, dataset.labels, folder / "contact_sheet.png"))
+            report.contact_sheet = str(
+                contact_sheet(stacked, dataset.labels, folder / "contact_sheet.png")
+            )
         except Exception as error:  # a report without its picture is still a report
             report.notes.append(f"contact sheet not written: {error}")
     report.seconds = time.perf_counter() - started

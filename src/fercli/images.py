@@ -224,7 +224,9 @@ def read_file(path: Path) -> bytes:
         if size == 0:
             raise ImageError("empty file (0 bytes)")
         if size > MAX_FILE_BYTES:
-            raise ImageError(f"file too large ({size / 2**20:.0f} MB; limit {MAX_FILE_BYTES // 2**20} MB)")
+            raise ImageError(
+                f"file too large ({size / 2**20:.0f} MB; limit {MAX_FILE_BYTES // 2**20} MB)"
+            )
         return path.read_bytes()
     except PermissionError:
         raise ImageError("cannot read the file: permission denied") from None

@@ -32,11 +32,19 @@ class Entry:
     path: Path
     size: int  # bytes of every file in it
     modified: float  # time of its last change (seconds since the epoch)
-    details: dict = field(default_factory=dict)  # what the entry says about itself; "error" if unreadable
+    details: dict = field(
+        default_factory=dict
+    )  # what the entry says about itself; "error" if unreadable
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "path": str(self.path), "size": self.size,
-                "modified": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.modified)), **self.details}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "path": str(self.path),
+            "size": self.size,
+            "modified": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.modified)),
+            **self.details,
+        }
 
 
 @dataclass
@@ -49,12 +57,19 @@ class Inventory:
 
     @property
     def total(self) -> int:
-        return sum(entry.size for entry in self.datasets + self.models + self.runs) + sum(self.other.values())
+        return sum(entry.size for entry in self.datasets + self.models + self.runs) + sum(
+            self.other.values()
+        )
 
     def to_json(self) -> dict:
-        return {"home": str(self.home), "datasets": [entry.to_json() for entry in self.datasets],
-                "models": [entry.to_json() for entry in self.models], "runs": [entry.to_json() for entry in self.runs],
-                "other": self.other, "total": self.total}
+        return {
+            "home": str(self.home),
+            "datasets": [entry.to_json() for entry in self.datasets],
+            "models": [entry.to_json() for entry in self.models],
+            "runs": [entry.to_json() for entry in self.runs],
+            "other": self.other,
+            "total": self.total,
+        }
 
 
 def size_of(path: Path) -> int:
@@ -79,7 +94,9 @@ def _children(folder: Path, want_dir: bool) -> list[Path]:
         children = sorted(folder.iterdir())
     except OSError:
         return []
-    return [child for child in children if not child.name.startswith(".") and child.is_dir() == want_dir]
+    return [
+        child for child in children if not child.name.startswith(".") and child.is_dir() == want_dir
+    ]
 
 
 def _modified(path: Path) -> float:
@@ -95,7 +112,11 @@ def _dataset(folder: Path) -> Entry:
         with np.load(folder / DATASET_FILE, allow_pickle=False) as archive:
             meta = unpack_json(archive["meta"])
             images = len(archive["labels"])
-        entry.details = {"images": images, "classes": meta.get("classes", {}), "source": meta.get("source")}
+        entry.details = {
+            "images": images,
+            "classes": meta.get("classes", {}),
+            "source": meta.get("source"),
+        }
     except Exception as error:
         entry.details = {"error": f"{type(error).__name__}: {error}"}
     return entry
@@ -106,9 +127,12 @@ def _run(folder: Path) -> Entry:
     try:
         report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
         entry.details = {
-            "dataset": report["dataset"]["name"], "fingerprint": report["dataset"].get("fingerprint"),
-            "folds": report.get("completed_folds"), "group": report["protocol"]["group"],
-            "training": report["protocol"]["training"], "mean_accuracy": report.get("mean_accuracy"),
+            "dataset": report["dataset"]["name"],
+            "fingerprint": report["dataset"].get("fingerprint"),
+            "folds": report.get("completed_folds"),
+            "group": report["protocol"]["group"],
+            "training": report["protocol"]["training"],
+            "mean_accuracy": report.get("mean_accuracy"),
             "std_accuracy": report.get("std_accuracy"),
         }
     except Exception as error:
@@ -117,7 +141,8 @@ def _run(folder: Path) -> Entry:
 
 
 def recipe(training: dict) -> str:
-    """A training configuration in a few words: its recipe, then the settings that differ from it."""
+    """A training configuration in a few words: its recipe, then the settings that differ from
+    it."""
     config = TrainConfig.from_dict(training)
     changed = [f"{key} {value}" for key, value in recipe_differences(config).items()]
     return ", ".join([config.recipe, *changed])
@@ -129,15 +154,28 @@ def _model(path: Path, runs: list[Entry]) -> Entry:
         with np.load(path, allow_pickle=False) as archive:
             meta = unpack_json(archive["meta"])
         training = meta.get("training", {})
-        entry.details = {"dataset": (meta.get("dataset") or {}).get("name"), "classes": meta.get("classes"),
-                         "recipe": recipe(training), "training": training, "crossval": None}
+        entry.details = {
+            "dataset": (meta.get("dataset") or {}).get("name"),
+            "classes": meta.get("classes"),
+            "recipe": recipe(training),
+            "training": training,
+            "crossval": None,
+        }
         # A cross-validation of the same recipe on the same data is this model's honest score.
-        matching = [run for run in runs if run.details.get("fingerprint") == meta.get("data_fingerprint")
-                    and run.details.get("training") == training and run.details.get("mean_accuracy") is not None
-                    and run.details.get("group") != "none"]  # "none": a fer evaluate run, not a crossval
+        matching = [
+            run
+            for run in runs
+            if run.details.get("fingerprint") == meta.get("data_fingerprint")
+            and run.details.get("training") == training
+            and run.details.get("mean_accuracy") is not None
+            and run.details.get("group") != "none"
+        ]  # "none": a fer evaluate run, not a crossval
         if matching:
             best = max(matching, key=lambda run: (run.details["folds"] or 0, run.modified))
-            entry.details["crossval"] = {key: best.details[key] for key in ("mean_accuracy", "std_accuracy", "folds", "group")}
+            entry.details["crossval"] = {
+                key: best.details[key]
+                for key in ("mean_accuracy", "std_accuracy", "folds", "group")
+            }
             entry.details["crossval"]["run"] = best.name
     except Exception as error:
         entry.details = {"error": f"not a readable model file ({type(error).__name__})"}
@@ -148,7 +186,11 @@ def list_home() -> Inventory:
     """Every dataset, model and cross-validation run under FER_HOME, oldest first."""
     runs = [_run(folder) for folder in _children(runs_dir(), want_dir=True)]
     datasets = [_dataset(folder) for folder in _children(datasets_dir(), want_dir=True)]
-    models = [_model(path, runs) for path in _children(models_dir(), want_dir=False) if path.suffix == ".npz"]
+    models = [
+        _model(path, runs)
+        for path in _children(models_dir(), want_dir=False)
+        if path.suffix == ".npz"
+    ]
     other = {"crop cache": size_of(crops_dir()), "dlib models": size_of(dlib_dir())}
 
     def by_age(entries: list[Entry]) -> list[Entry]:
@@ -170,17 +212,28 @@ def find_entry(name: str) -> tuple[str, Path]:
         # A path: it must be an entry itself, straight inside one of FER_HOME's folders.
         parent = given.parent.resolve()
         for kind, folder in folders.items():
-            if parent == folder.resolve() and given.name not in ("", ".", "..") and os.path.lexists(given):
+            if (
+                parent == folder.resolve()
+                and given.name not in ("", ".", "..")
+                and os.path.lexists(given)
+            ):
                 return kind, folder / given.name
         raise StoreError(f"{name}: not a dataset, model or run in {home()}; nothing removed")
-    found = [(kind, folder / candidate) for kind, folder in folders.items()
-             for candidate in (name, f"{name}.npz" if kind == "model" else None)
-             if candidate and candidate not in (".", "..") and os.path.lexists(folder / candidate)]
+    found = [
+        (kind, folder / candidate)
+        for kind, folder in folders.items()
+        for candidate in (name, f"{name}.npz" if kind == "model" else None)
+        if candidate and candidate not in (".", "..") and os.path.lexists(folder / candidate)
+    ]
     if not found:
-        raise StoreError(f"{name}: no dataset, model or run of that name in {home()} (see fer list)")
+        raise StoreError(
+            f"{name}: no dataset, model or run of that name in {home()} (see fer list)"
+        )
     if len(found) > 1:
-        raise StoreError(f"{name}: names both the {found[0][0]} {found[0][1]} and the {found[1][0]} "
-                         f"{found[1][1]}; give its path")
+        raise StoreError(
+            f"{name}: names both the {found[0][0]} {found[0][1]} and the {found[1][0]} "
+            f"{found[1][1]}; give its path"
+        )
     return found[0]
 
 

@@ -62,7 +62,7 @@ class _Reader:
         size = head & 0x0F
         if size > 8 or head & 0x70:
             raise ModelFormatError(f"bad integer header at byte {self.offset}")
-        value = int.from_bytes(self.data[self.offset + 1:self.offset + 1 + size], "little")
+        value = int.from_bytes(self.data[self.offset + 1 : self.offset + 1 + size], "little")
         self.offset += 1 + size
         return -value if head & 0x80 else value
 
@@ -189,7 +189,7 @@ def _read_head(data: bytes) -> _Forest:
     if parts2 <= 0 or parts2 % 2:
         raise ModelFormatError("bad mean shape")
     # Every leaf is a column of the same size, so its header bytes recur before each leaf.
-    column_header = data[start:head.offset]
+    column_header = data[start : head.offset]
     initial = np.array([head.real() for _ in range(parts2)], np.float32).reshape(-1, 2)
     levels = head.integer()
     trees = head.integer()
@@ -402,7 +402,9 @@ class NumpyShapePredictor:
         against 2.4 ms one by one). The results are the same as one face at a time.
         """
         if len(faces) > MAX_FACES_TOGETHER:
-            return self.predict_many(faces[:MAX_FACES_TOGETHER]) + self.predict_many(faces[MAX_FACES_TOGETHER:])
+            return self.predict_many(faces[:MAX_FACES_TOGETHER]) + self.predict_many(
+                faces[MAX_FACES_TOGETHER:]
+            )
         count = len(faces)
         if count == 0:
             return []
@@ -411,13 +413,19 @@ class NumpyShapePredictor:
         first_face_of = {}
         for number, (gray, _) in enumerate(faces):
             first_face_of.setdefault(id(gray), number)
-        images = [np.ascontiguousarray(faces[number][0]).reshape(-1) for number in first_face_of.values()]
+        images = [
+            np.ascontiguousarray(faces[number][0]).reshape(-1) for number in first_face_of.values()
+        ]
         pixels = np.concatenate(images) if len(images) > 1 else images[0]
-        image_starts = dict(zip(first_face_of, np.cumsum([0] + [image.size for image in images[:-1]])))
+        image_starts = dict(
+            zip(first_face_of, np.cumsum([0] + [image.size for image in images[:-1]]), strict=True)
+        )
         starts = np.array([image_starts[id(gray)] for gray, _ in faces], np.float64)[:, None]
         heights = np.array([gray.shape[0] for gray, _ in faces], np.float64)[:, None]
         widths = np.array([gray.shape[1] for gray, _ in faces], np.float64)[:, None]
-        boxes = np.array([(box.left(), box.top(), box.right(), box.bottom()) for _, box in faces], np.float64)
+        boxes = np.array(
+            [(box.left(), box.top(), box.right(), box.bottom()) for _, box in faces], np.float64
+        )
         # dlib maps the unit square onto the box by its corners: right - left wide.
         scale = (boxes[:, 2:] - boxes[:, :2])[:, None, :]
         origin = boxes[:, None, :2]
@@ -437,10 +445,19 @@ class NumpyShapePredictor:
             index = np.where(inside, y * widths + x + starts, 0).astype(np.int64)
             features = np.where(inside, pixels[index], 0).astype(np.int16)
             left = np.take(features, self.split_left[level], axis=1)
-            went_left = left - np.take(features, self.split_right[level], axis=1) > self.whole_thresholds[level]
-            outcomes = went_left.view(np.uint8).reshape(count, self.trees, self.splits) @ self.bit_values
+            went_left = (
+                left - np.take(features, self.split_right[level], axis=1)
+                > self.whole_thresholds[level]
+            )
+            outcomes = (
+                went_left.view(np.uint8).reshape(count, self.trees, self.splits) @ self.bit_values
+            )
             # (trees, faces): the leaf each tree gives each face.
-            leaves = self.leaf_of_outcomes[outcomes.T] + self.first_leaf[:, None] + level * self.trees * self.leaf_count
+            leaves = (
+                self.leaf_of_outcomes[outcomes.T]
+                + self.first_leaf[:, None]
+                + level * self.trees * self.leaf_count
+            )
             summands[0] = shape.reshape(count, -1)
             # mode="clip" (the indices are in range): with the default, NumPy gathers into a
             # buffer and copies that into out, which doubled this step's time.
@@ -465,13 +482,20 @@ class DlibShapePredictor:
         return [self(gray, box) for gray, box in faces]
 
 
-def agrees_with(predictor: NumpyShapePredictor, reference: DlibShapePredictor, seed: int = 0) -> bool:
+def agrees_with(
+    predictor: NumpyShapePredictor, reference: DlibShapePredictor, seed: int = 0
+) -> bool:
     """Whether predictor gives dlib's landmarks, to the pixel, on noise images in boxes of
     several sizes, some running past the image's edges."""
     import dlib
 
     rng = np.random.default_rng(seed)
-    for size, box in ((200, (20, 30, 180, 190)), (120, (-30, -10, 100, 140)), (64, (5, 0, 80, 70)), (300, (100, 90, 181, 171))):
+    for size, box in (
+        (200, (20, 30, 180, 190)),
+        (120, (-30, -10, 100, 140)),
+        (64, (5, 0, 80, 70)),
+        (300, (100, 90, 181, 171)),
+    ):
         gray = np.ascontiguousarray(rng.integers(0, 256, (size, size + 7), dtype=np.uint8))
         rect = dlib.rectangle(*box)
         if not np.array_equal(predictor(gray, rect), reference(gray, rect)):
@@ -501,7 +525,12 @@ def load_stored(source: Path, folder: Path) -> ShapeModel | None:
         return None
     model = ShapeModel(leaves=leaves, **arrays)
     levels, trees, splits = model.split_left.shape
-    if leaves.dtype != np.float32 or leaves.shape != (levels, trees, splits + 1, model.initial.size):
+    if leaves.dtype != np.float32 or leaves.shape != (
+        levels,
+        trees,
+        splits + 1,
+        model.initial.size,
+    ):
         return None
     return model
 
@@ -512,4 +541,7 @@ def save_converted(model: ShapeModel, source: Path, folder: Path) -> None:
 
     arrays_path, leaves_path = stored_paths(source, folder)
     atomic_save(leaves_path, lambda name: np.save(name, model.leaves))
-    atomic_save(arrays_path, lambda name: np.savez(name, **{key: getattr(model, key) for key in STORED_ARRAYS}))
+    atomic_save(
+        arrays_path,
+        lambda name: np.savez(name, **{key: getattr(model, key) for key in STORED_ARRAYS}),
+    )

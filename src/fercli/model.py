@@ -56,12 +56,18 @@ def build_model(num_classes: int, variant: str = "paper", input_size: int = 32):
     from keras import layers
 
     if variant not in MODEL_VARIANTS:
-        raise ModelError(f"unknown model variant {variant!r}; choose from {', '.join(MODEL_VARIANTS)}")
+        raise ModelError(
+            f"unknown model variant {variant!r}; choose from {', '.join(MODEL_VARIANTS)}"
+        )
     filters = (64, 128) if variant == "wide" else (32, 64)
     stack: list = [keras.Input((input_size, input_size, 1))]
     for count in filters:
         if variant.startswith("batchnorm"):
-            stack += [layers.Conv2D(count, 5, use_bias=False), layers.BatchNormalization(), layers.Activation("relu")]
+            stack += [
+                layers.Conv2D(count, 5, use_bias=False),
+                layers.BatchNormalization(),
+                layers.Activation("relu"),
+            ]
         else:
             stack.append(layers.Conv2D(count, 5, activation="relu"))
         stack.append(layers.MaxPooling2D(2))
@@ -95,19 +101,36 @@ def export_layers(keras_model) -> tuple[list[dict], dict[str, np.ndarray]]:
         values = [np.asarray(weight) for weight in layer.get_weights()]
         if kind == "Conv2D":
             if tuple(config["dilation_rate"]) != (1, 1) or config.get("groups", 1) != 1:
-                raise ModelError(f"layer {layer.name}: dilated or grouped convolutions cannot be exported")
-            spec = {"type": "conv2d", "strides": list(config["strides"]), "padding": config["padding"],
-                    "activation": config["activation"]}
+                raise ModelError(
+                    f"layer {layer.name}: dilated or grouped convolutions cannot be exported"
+                )
+            spec = {
+                "type": "conv2d",
+                "strides": list(config["strides"]),
+                "padding": config["padding"],
+                "activation": config["activation"],
+            }
             names = ["kernel", "bias"][: len(values)]
         elif kind == "MaxPooling2D":
-            spec = {"type": "maxpool2d", "pool_size": list(config["pool_size"]),
-                    "strides": list(config["strides"] or config["pool_size"]), "padding": config["padding"]}
+            spec = {
+                "type": "maxpool2d",
+                "pool_size": list(config["pool_size"]),
+                "strides": list(config["strides"] or config["pool_size"]),
+                "padding": config["padding"],
+            }
             names = []
         elif kind == "BatchNormalization":
             spec = {"type": "batchnorm", "epsilon": config["epsilon"]}
-            names = [name for name, present in
-                     (("gamma", config["scale"]), ("beta", config["center"]), ("mean", True), ("variance", True))
-                     if present]
+            names = [
+                name
+                for name, present in (
+                    ("gamma", config["scale"]),
+                    ("beta", config["center"]),
+                    ("mean", True),
+                    ("variance", True),
+                )
+                if present
+            ]
         elif kind == "Activation":
             spec = {"type": "activation", "activation": config["activation"]}
             names = []
@@ -122,7 +145,7 @@ def export_layers(keras_model) -> tuple[list[dict], dict[str, np.ndarray]]:
         else:
             raise ModelError(f"layer {layer.name} ({kind}) cannot be exported to the numpy runtime")
         spec["weights"] = []
-        for name, value in zip(names, values):
+        for name, value in zip(names, values, strict=True):
             key = f"layer{index}_{name}"
             weights[key] = value.astype(np.float32)
             spec["weights"].append(key)
@@ -167,7 +190,9 @@ def _same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _padded(x: np.ndarray, window: tuple[int, int], strides: tuple[int, int], padding: str, fill: float) -> np.ndarray:
+def _padded(
+    x: np.ndarray, window: tuple[int, int], strides: tuple[int, int], padding: str, fill: float
+) -> np.ndarray:
     if padding != "same":
         return x
     pad_h = _same_padding(x.shape[1], window[0], strides[0])
@@ -175,18 +200,29 @@ def _padded(x: np.ndarray, window: tuple[int, int], strides: tuple[int, int], pa
     return np.pad(x, ((0, 0), pad_h, pad_w, (0, 0)), constant_values=fill)
 
 
-def _convolve(x: np.ndarray, kernel: np.ndarray, window: tuple[int, int], strides: tuple[int, int],
-              padding: str) -> np.ndarray:
+def _convolve(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    window: tuple[int, int],
+    strides: tuple[int, int],
+    padding: str,
+) -> np.ndarray:
     """An NHWC convolution as one matrix product: each output pixel's window copied into one
     contiguous row in the kernel's (kh, kw, c) order (im2col); kernel: (kh * kw * c, f)."""
     x = _padded(x, window, strides, padding, 0.0)
-    windows = np.lib.stride_tricks.sliding_window_view(x, window, axis=(1, 2))[:, :: strides[0], :: strides[1]]
+    windows = np.lib.stride_tricks.sliding_window_view(x, window, axis=(1, 2))[
+        :, :: strides[0], :: strides[1]
+    ]
     n, height, width = windows.shape[:3]
-    columns = np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3)).reshape(n * height * width, -1)
+    columns = np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3)).reshape(
+        n * height * width, -1
+    )
     return (columns @ kernel).reshape(n, height, width, kernel.shape[1])
 
 
-def _max_pool(x: np.ndarray, window: tuple[int, int], strides: tuple[int, int], padding: str) -> np.ndarray:
+def _max_pool(
+    x: np.ndarray, window: tuple[int, int], strides: tuple[int, int], padding: str
+) -> np.ndarray:
     """Max pooling as the elementwise maximum of one strided slice per window position: about
     5 times faster than reducing sliding windows."""
     x = _padded(x, window, strides, padding, -np.inf)
@@ -195,8 +231,11 @@ def _max_pool(x: np.ndarray, window: tuple[int, int], strides: tuple[int, int], 
     pooled = None
     for row in range(window[0]):
         for column in range(window[1]):
-            part = x[:, row: row + strides[0] * (height - 1) + 1: strides[0],
-                     column: column + strides[1] * (width - 1) + 1: strides[1]]
+            part = x[
+                :,
+                row : row + strides[0] * (height - 1) + 1 : strides[0],
+                column : column + strides[1] * (width - 1) + 1 : strides[1],
+            ]
             pooled = part.copy() if pooled is None else np.maximum(pooled, part, out=pooled)
     return pooled
 
@@ -240,40 +279,11 @@ def _compile(specs: list[dict], weights: dict[str, np.ndarray], dtype: np.dtype)
     steps: list = []
     for spec in specs:
         values = [np.asarray(weights[key], np.float64) for key in spec["weights"]]
-        kind = spec["type"]
         last = steps[-1] if steps and isinstance(steps[-1], _Linear) else None
-        if kind in ("conv2d", "dense"):
-            kernel = values[0]
-            bias = values[1] if len(values) > 1 else None
-            if kind == "dense":
-                steps.append(_Linear(kernel, bias, spec["activation"]))
-            else:
-                steps.append(_Linear(kernel.reshape(-1, kernel.shape[3]), bias, spec["activation"],
-                                     tuple(kernel.shape[:2]), tuple(spec["strides"]), spec["padding"]))
-        elif kind == "batchnorm":
-            named = dict(zip(_batchnorm_names(spec), values))
-            scale = named.get("gamma", 1.0) / np.sqrt(named["variance"] + spec["epsilon"])
-            shift = named.get("beta", 0.0) - named["mean"] * scale
-            if last is not None and last.activation in ("linear", None) and last.pool is None:
-                last.kernel = last.kernel * scale
-                last.bias = shift if last.bias is None else last.bias * scale + shift
-            else:
-                steps.append(lambda x, scale=scale.astype(dtype), shift=shift.astype(dtype): x * scale + shift)
-        elif kind == "activation":
-            if last is not None and last.activation in ("linear", None):
-                last.activation = spec["activation"]
-            else:
-                steps.append(lambda x, name=spec["activation"]: _activation(x, name))
-        elif kind == "maxpool2d":
-            pool = (tuple(spec["pool_size"]), tuple(spec["strides"]), spec["padding"])
-            if last is not None and last.window is not None and last.pool is None and last.activation in _MONOTONE:
-                last.pool = pool
-            else:
-                steps.append(lambda x, pool=pool: _max_pool(x, *pool))
-        elif kind == "flatten":
-            steps.append(lambda x: x.reshape(len(x), -1))
-        else:
-            raise ModelError(f"layer type {kind!r} is not supported by the numpy runtime")
+        compile_layer = _LAYER_STEPS.get(spec["type"])
+        if compile_layer is None:
+            raise ModelError(f"layer type {spec['type']!r} is not supported by the numpy runtime")
+        compile_layer(steps, spec, values, last, dtype)
     for step in steps:
         if isinstance(step, _Linear):
             step.kernel = np.ascontiguousarray(step.kernel, dtype)
@@ -281,9 +291,64 @@ def _compile(specs: list[dict], weights: dict[str, np.ndarray], dtype: np.dtype)
     return steps
 
 
+def _linear_step(steps: list, spec: dict, values: list, last, dtype) -> None:
+    kernel = values[0]
+    bias = values[1] if len(values) > 1 else None
+    if spec["type"] == "dense":
+        steps.append(_Linear(kernel, bias, spec["activation"]))
+        return
+    window, strides = tuple(kernel.shape[:2]), tuple(spec["strides"])
+    flat = kernel.reshape(-1, kernel.shape[3])
+    steps.append(_Linear(flat, bias, spec["activation"], window, strides, spec["padding"]))
+
+
+def _batchnorm_step(steps: list, spec: dict, values: list, last, dtype) -> None:
+    named = dict(zip(_batchnorm_names(spec), values, strict=True))
+    scale = named.get("gamma", 1.0) / np.sqrt(named["variance"] + spec["epsilon"])
+    shift = named.get("beta", 0.0) - named["mean"] * scale
+    if last is not None and last.activation in ("linear", None) and last.pool is None:
+        last.kernel = last.kernel * scale
+        last.bias = shift if last.bias is None else last.bias * scale + shift
+        return
+    scale, shift = scale.astype(dtype), shift.astype(dtype)
+    steps.append(lambda x: x * scale + shift)
+
+
+def _activation_step(steps: list, spec: dict, values: list, last, dtype) -> None:
+    if last is not None and last.activation in ("linear", None):
+        last.activation = spec["activation"]
+    else:
+        steps.append(lambda x, name=spec["activation"]: _activation(x, name))
+
+
+def _maxpool_step(steps: list, spec: dict, values: list, last, dtype) -> None:
+    pool = (tuple(spec["pool_size"]), tuple(spec["strides"]), spec["padding"])
+    foldable = last is not None and last.window is not None and last.pool is None
+    if foldable and last.activation in _MONOTONE:
+        last.pool = pool
+    else:
+        steps.append(lambda x: _max_pool(x, *pool))
+
+
+def _flatten_step(steps: list, spec: dict, values: list, last, dtype) -> None:
+    steps.append(lambda x: x.reshape(len(x), -1))
+
+
+# How each exported layer type becomes steps of the forward pass (see _compile).
+_LAYER_STEPS = {
+    "conv2d": _linear_step,
+    "dense": _linear_step,
+    "batchnorm": _batchnorm_step,
+    "activation": _activation_step,
+    "maxpool2d": _maxpool_step,
+    "flatten": _flatten_step,
+}
+
+
 @lru_cache(maxsize=1)
 def _blas_controller():
-    # A dependency (pyproject.toml); should an install lack it, the forward pass runs as numpy is set up.
+    # A dependency (pyproject.toml); should an install lack it, the forward pass runs as numpy is
+    # set up.
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
@@ -301,13 +366,19 @@ def one_blas_thread() -> contextlib.AbstractContextManager:
     spreads its work over the cores with processes instead.
     """
     controller = _blas_controller()
-    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+    return (
+        contextlib.nullcontext()
+        if controller is None
+        else controller.limit(limits=1, user_api="blas")
+    )
 
 
 class NumpyNetwork:
     """The forward pass of an exported network in numpy (float32, as Keras computes)."""
 
-    def __init__(self, specs: list[dict], weights: dict[str, np.ndarray], dtype: type = RUNTIME_DTYPE) -> None:
+    def __init__(
+        self, specs: list[dict], weights: dict[str, np.ndarray], dtype: type = RUNTIME_DTYPE
+    ) -> None:
         self.specs = specs
         # Its own arrays, as the file stores them (fine-tuning starts Keras from them).
         self.weights = {key: weights[key] for spec in specs for key in spec["weights"]}
@@ -327,8 +398,12 @@ class NumpyNetwork:
             x = np.asarray(x, self.dtype)
             if len(x) <= FORWARD_BATCH:
                 return self._forward(x)
-            return np.concatenate([self._forward(x[start: start + FORWARD_BATCH])
-                                   for start in range(0, len(x), FORWARD_BATCH)])
+            return np.concatenate(
+                [
+                    self._forward(x[start : start + FORWARD_BATCH])
+                    for start in range(0, len(x), FORWARD_BATCH)
+                ]
+            )
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         for step in self._steps:
@@ -354,7 +429,7 @@ class Member:
             return self.network(x)
         # The faces and their mirror images in one pass.
         both = self.network(np.concatenate([x, x[:, :, ::-1]]))
-        return (both[: len(x)] + both[len(x):]) / 2
+        return (both[: len(x)] + both[len(x) :]) / 2
 
 
 @dataclass
@@ -370,7 +445,9 @@ class ExportedNetwork:
 def export_network(keras_model, mean: np.ndarray, std: np.ndarray) -> ExportedNetwork:
     """A trained Keras network and its statistics, as plain arrays (picklable, no Keras)."""
     specs, weights = export_layers(keras_model)
-    return ExportedNetwork(specs, weights, np.asarray(mean, np.float64), np.asarray(std, np.float64))
+    return ExportedNetwork(
+        specs, weights, np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    )
 
 
 @dataclass
@@ -449,8 +526,17 @@ def save_model(
     the complete file before the rename; what it raises leaves path untouched.
     Returns the path written.
     """
-    return save_networks(path, [export_network(keras_model, mean, std)], classes, preprocess, training, extra,
-                         keep_existing, training_crops, check)
+    return save_networks(
+        path,
+        [export_network(keras_model, mean, std)],
+        classes,
+        preprocess,
+        training,
+        extra,
+        keep_existing,
+        training_crops,
+        check,
+    )
 
 
 def save_networks(
@@ -467,17 +553,23 @@ def save_networks(
     """save_model for exported networks: one, or several that predict averages (an ensemble).
     The arguments are save_model's; returns the path written."""
     if not 1 <= len(networks) <= MAX_ENSEMBLE_MEMBERS:
-        raise ModelError(f"a model file holds 1 to {MAX_ENSEMBLE_MEMBERS} networks, not {len(networks)}")
+        raise ModelError(
+            f"a model file holds 1 to {MAX_ENSEMBLE_MEMBERS} networks, not {len(networks)}"
+        )
     first, others = networks[0], networks[1:]
     weights = dict(first.weights)
     members = []
     for number, network in enumerate(others, start=1):
         prefix = f"member{number}_"
-        specs = [{**spec, "weights": [prefix + key for key in spec["weights"]]} for spec in network.specs]
+        specs = [
+            {**spec, "weights": [prefix + key for key in spec["weights"]]} for spec in network.specs
+        ]
         weights.update({prefix + key: value for key, value in network.weights.items()})
         weights[prefix + "norm_mean"] = np.asarray(network.mean, np.float64)
         weights[prefix + "norm_std"] = np.asarray(network.std, np.float64)
-        members.append({"layers": specs, "norm_mean": prefix + "norm_mean", "norm_std": prefix + "norm_std"})
+        members.append(
+            {"layers": specs, "norm_mean": prefix + "norm_mean", "norm_std": prefix + "norm_std"}
+        )
     meta = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
@@ -492,8 +584,12 @@ def save_networks(
         "versions": library_versions(),
         **(extra or {}),
     }
-    arrays = {"meta": pack_json(meta), "norm_mean": np.asarray(first.mean, np.float64),
-              "norm_std": np.asarray(first.std, np.float64), **weights}
+    arrays = {
+        "meta": pack_json(meta),
+        "norm_mean": np.asarray(first.mean, np.float64),
+        "norm_std": np.asarray(first.std, np.float64),
+        **weights,
+    }
     if training_crops is not None:
         arrays["training_hashes"] = crop_hashes(training_crops)
     return atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), keep_existing, check)
@@ -501,7 +597,10 @@ def save_networks(
 
 def crop_hashes_each(crops: np.ndarray) -> np.ndarray:
     """crop_hashes of each crop, in order and with repeats: (n, TRAINING_HASH_BYTES) uint8."""
-    digests = [hashlib.sha256(np.ascontiguousarray(crop).tobytes()).digest()[:TRAINING_HASH_BYTES] for crop in crops]
+    digests = [
+        hashlib.sha256(np.ascontiguousarray(crop).tobytes()).digest()[:TRAINING_HASH_BYTES]
+        for crop in crops
+    ]
     return np.frombuffer(b"".join(digests), np.uint8).reshape(-1, TRAINING_HASH_BYTES)
 
 
@@ -510,7 +609,9 @@ def _training_hashes(array: np.ndarray | None) -> np.ndarray | None:
     if array is None:
         return None
     if array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != TRAINING_HASH_BYTES:
-        raise ModelError(f"training_hashes is {array.dtype} {array.shape}, not (n, {TRAINING_HASH_BYTES}) uint8")
+        raise ModelError(
+            f"training_hashes is {array.dtype} {array.shape}, not (n, {TRAINING_HASH_BYTES}) uint8"
+        )
     return array
 
 
@@ -521,7 +622,14 @@ def library_versions() -> dict[str, str]:
     from fercli import __version__
 
     versions = {"fercli": __version__}
-    for package in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "opencv-python-headless", "dlib-bin"):
+    for package in (
+        "tensorflow",
+        "tensorflow-cpu",
+        "keras",
+        "numpy",
+        "opencv-python-headless",
+        "dlib-bin",
+    ):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -535,6 +643,37 @@ def load_model(path: Path) -> FerModel:
     ModelError with the reason for a missing, damaged, foreign or incompatible file.
     """
     path = Path(path)
+    meta, arrays = _read_model_file(path)
+    try:
+        preprocess = _checked_preprocess(meta, path)
+        model = _assemble_model(meta, arrays, preprocess, path)
+        # One forward pass proves the layers and weights fit together before any photo is read;
+        # on varied images, since weights that overflow can give finite numbers on a blank one.
+        if model.members:
+            probe = _check_members(model)
+        else:
+            probe = model.predict_proba(probe_crops(preprocess.crop_size))
+    except ModelError as error:
+        # The runtime's refusals (a layer type it does not know) cannot name the file.
+        message = str(error)
+        raise ModelError(
+            message if message.startswith(f"{path}:") else f"{path}: {message}"
+        ) from None
+    except Exception as error:
+        raise ModelError(f"{path}: damaged model file ({type(error).__name__}: {error})") from None
+    if probe.shape != (len(probe_crops(preprocess.crop_size)), len(model.classes)):
+        raise ModelError(
+            f"{path}: damaged model file (its output does not match its {len(model.classes)} "
+            "classes)"
+        )
+    if not np.all(np.isfinite(probe)):
+        raise ModelError(f"{path}: damaged model file (its probabilities are not finite numbers)")
+    return model
+
+
+def _read_model_file(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """A model file's meta and arrays, read without unpickling; ModelError for a missing,
+    oversized, unreadable or foreign file, or a format version this fercli cannot read."""
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     try:
@@ -550,76 +689,85 @@ def load_model(path: Path) -> FerModel:
     except ModelError:
         raise
     except Exception as error:
-        raise ModelError(f"{path}: not a fercli model file ({type(error).__name__}: {error})") from None
+        raise ModelError(
+            f"{path}: not a fercli model file ({type(error).__name__}: {error})"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise ModelError(f"{path}: not a fercli model file")
     if meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise ModelError(
             f"{path}: model format version {meta.get('format_version')} is not supported by this "
-            f"fercli (it reads versions {' and '.join(map(str, READABLE_FORMAT_VERSIONS))}); retrain with `fer train`"
+            f"fercli (it reads versions {' and '.join(map(str, READABLE_FORMAT_VERSIONS))}); "
+            "retrain with `fer train`"
         )
-    try:
-        preprocess = PreprocessConfig.from_dict(meta["preprocess"])
-        if meta.get("align_version") != ALIGN_VERSION:
-            raise ModelError(
-                f"{path}: the model was trained on crops from alignment version {meta.get('align_version')}, "
-                f"this fercli aligns with version {ALIGN_VERSION}: retrain it with `fer train`"
-            )
-        if meta["preprocess_fingerprint"] != preprocess.fingerprint():
-            saved = meta["preprocess"]
-            current = preprocess.to_dict()
-            differing = sorted(set(saved) ^ set(current) | {k for k in saved if k in current and saved[k] != current[k]})
-            raise ModelError(
-                f"{path}: the model's preprocessing settings ({', '.join(differing) or 'their fingerprint'}) "
-                "differ from what this fercli can reproduce: retrain it with `fer train`"
-            )
-        weights = {key: arrays[key] for spec in meta["layers"] for key in spec["weights"]}
-        described = _member_descriptions(meta, preprocess.crop_size)
-        statistics = [("norm_mean", arrays["norm_mean"]), ("norm_std", arrays["norm_std"])]
-        for member in described:
-            weights.update({key: arrays[key] for spec in member["layers"] for key in spec["weights"]})
-            statistics += [(member[key], arrays[member[key]]) for key in ("norm_mean", "norm_std")]
-        classes = meta["classes"]
-        if not isinstance(classes, list) or not all(isinstance(name, str) and name for name in classes):
-            raise ModelError("damaged model file (its classes are not a list of names)")
-        if len(set(classes)) != len(classes):
-            raise ModelError("damaged model file (a class name appears twice)")
-        for key, value in [*statistics, *weights.items()]:
-            if value.dtype.kind not in "fiu" or not np.all(np.isfinite(value)):
-                raise ModelError(f"damaged model file ({key} holds values that are not finite numbers)")
-        for key, value in statistics:
-            if key.endswith("norm_std") and not np.all(value > 0):
-                raise ModelError(f"damaged model file ({key} is not positive)")
-        network = NumpyNetwork(meta["layers"], weights)
-        members = [Member(NumpyNetwork(member["layers"], weights), arrays[member["norm_mean"]].astype(np.float64),
-                          arrays[member["norm_std"]].astype(np.float64)) for member in described]
-        model = FerModel(
-            network=network,
-            classes=list(classes),
-            mean=arrays["norm_mean"],
-            std=arrays["norm_std"],
-            preprocess=preprocess,
-            meta=meta,
-            path=path,
-            training_hashes=_training_hashes(arrays.get("training_hashes")),
+    return meta, arrays
+
+
+def _checked_preprocess(meta: dict, path: Path) -> PreprocessConfig:
+    """The model's preprocessing settings, once this fercli is known to make the same crops
+    (same alignment version, same settings fingerprint); ModelError saying what differs."""
+    preprocess = PreprocessConfig.from_dict(meta["preprocess"])
+    if meta.get("align_version") != ALIGN_VERSION:
+        raise ModelError(
+            f"{path}: the model was trained on crops from alignment version "
+            f"{meta.get('align_version')}, "
+            f"this fercli aligns with version {ALIGN_VERSION}: retrain it with `fer train`"
         )
-        # One forward pass proves the layers and weights fit together before any photo is read;
-        # on varied images, since weights that overflow can give finite numbers on a blank one.
-        if members:
-            model.members = [Member(network, model.mean, model.std), *members]
-            probe = _check_members(model)
-        else:
-            probe = model.predict_proba(probe_crops(preprocess.crop_size))
-    except ModelError as error:
-        # The runtime's refusals (a layer type it does not know) cannot name the file.
-        message = str(error)
-        raise ModelError(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
-    except Exception as error:
-        raise ModelError(f"{path}: damaged model file ({type(error).__name__}: {error})") from None
-    if probe.shape != (len(probe_crops(preprocess.crop_size)), len(model.classes)):
-        raise ModelError(f"{path}: damaged model file (its output does not match its {len(model.classes)} classes)")
-    if not np.all(np.isfinite(probe)):
-        raise ModelError(f"{path}: damaged model file (its probabilities are not finite numbers)")
+    if meta["preprocess_fingerprint"] != preprocess.fingerprint():
+        saved = meta["preprocess"]
+        current = preprocess.to_dict()
+        differing = sorted(
+            set(saved) ^ set(current)
+            | {k for k in saved if k in current and saved[k] != current[k]}
+        )
+        raise ModelError(
+            f"{path}: the model's preprocessing settings "
+            f"({', '.join(differing) or 'their fingerprint'}) "
+            "differ from what this fercli can reproduce: retrain it with `fer train`"
+        )
+    return preprocess
+
+
+def _assemble_model(meta: dict, arrays: dict, preprocess: PreprocessConfig, path: Path) -> FerModel:
+    """The FerModel of a file's meta and arrays, its classes, weights and statistics checked
+    (names, finite numbers, positive standard deviations); ModelError if damaged."""
+    weights = {key: arrays[key] for spec in meta["layers"] for key in spec["weights"]}
+    described = _member_descriptions(meta, preprocess.crop_size)
+    statistics = [("norm_mean", arrays["norm_mean"]), ("norm_std", arrays["norm_std"])]
+    for member in described:
+        weights.update({key: arrays[key] for spec in member["layers"] for key in spec["weights"]})
+        statistics += [(member[key], arrays[member[key]]) for key in ("norm_mean", "norm_std")]
+    classes = meta["classes"]
+    if not isinstance(classes, list) or not all(isinstance(name, str) and name for name in classes):
+        raise ModelError("damaged model file (its classes are not a list of names)")
+    if len(set(classes)) != len(classes):
+        raise ModelError("damaged model file (a class name appears twice)")
+    for key, value in [*statistics, *weights.items()]:
+        if value.dtype.kind not in "fiu" or not np.all(np.isfinite(value)):
+            raise ModelError(f"damaged model file ({key} holds values that are not finite numbers)")
+    for key, value in statistics:
+        if key.endswith("norm_std") and not np.all(value > 0):
+            raise ModelError(f"damaged model file ({key} is not positive)")
+    network = NumpyNetwork(meta["layers"], weights)
+    model = FerModel(
+        network=network,
+        classes=list(classes),
+        mean=arrays["norm_mean"],
+        std=arrays["norm_std"],
+        preprocess=preprocess,
+        meta=meta,
+        path=path,
+        training_hashes=_training_hashes(arrays.get("training_hashes")),
+    )
+    if described:
+        model.members = [Member(network, model.mean, model.std)] + [
+            Member(
+                NumpyNetwork(member["layers"], weights),
+                arrays[member["norm_mean"]].astype(np.float64),
+                arrays[member["norm_std"]].astype(np.float64),
+            )
+            for member in described
+        ]
     return model
 
 
@@ -630,13 +778,25 @@ def _member_descriptions(meta: dict, size: int) -> list[dict]:
     if meta.get("format_version") == 1 and members:
         raise ModelError("damaged model file (a version 1 file holds one network)")
     if not isinstance(members, list) or len(members) + 1 > MAX_ENSEMBLE_MEMBERS:
-        raise ModelError(f"damaged model file (members is not a list of at most {MAX_ENSEMBLE_MEMBERS - 1} networks)")
+        raise ModelError(
+            f"damaged model file (members is not a list of at most {MAX_ENSEMBLE_MEMBERS - 1} "
+            "networks)"
+        )
     for number, member in enumerate(members, start=2):
-        if not (isinstance(member, dict) and isinstance(member.get("layers"), list)
-                and isinstance(member.get("norm_mean"), str) and isinstance(member.get("norm_std"), str)
-                and all(isinstance(spec, dict) and isinstance(spec.get("weights"), list) for spec in member["layers"])):
-            raise ModelError(f"damaged model file (ensemble member {number} of {len(members) + 1} is not "
-                             "described by layers, norm_mean and norm_std)")
+        if not (
+            isinstance(member, dict)
+            and isinstance(member.get("layers"), list)
+            and isinstance(member.get("norm_mean"), str)
+            and isinstance(member.get("norm_std"), str)
+            and all(
+                isinstance(spec, dict) and isinstance(spec.get("weights"), list)
+                for spec in member["layers"]
+            )
+        ):
+            raise ModelError(
+                f"damaged model file (ensemble member {number} of {len(members) + 1} is not "
+                "described by layers, norm_mean and norm_std)"
+            )
     return members
 
 
@@ -649,21 +809,33 @@ def _check_members(model: FerModel) -> np.ndarray:
     flip = bool(model.meta.get("test_time_flip"))
     outputs = []
     for number, member in enumerate(model.members, start=1):
-        if member.mean.ndim not in (0, 2) or (member.mean.ndim == 2 and member.mean.shape != crops.shape[1:]) \
-                or member.std.shape != member.mean.shape:
-            raise ModelError(f"ensemble member {number} of {count} has z-score statistics of shape "
-                             f"{member.mean.shape}/{member.std.shape}, not those of {crops.shape[1]}x{crops.shape[2]} crops")
+        if (
+            member.mean.ndim not in (0, 2)
+            or (member.mean.ndim == 2 and member.mean.shape != crops.shape[1:])
+            or member.std.shape != member.mean.shape
+        ):
+            raise ModelError(
+                f"ensemble member {number} of {count} has z-score statistics of shape "
+                f"{member.mean.shape}/{member.std.shape}, not those of "
+                f"{crops.shape[1]}x{crops.shape[2]} crops"
+            )
         try:
             with np.errstate(all="ignore"):
                 output = member.predict_proba(crops, flip)
         except ModelError:
             raise
         except Exception as error:
-            raise ModelError(f"ensemble member {number} of {count} does not fit {crops.shape[1]}x{crops.shape[2]} "
-                             f"crops ({type(error).__name__}: {error})") from None
+            raise ModelError(
+                f"ensemble member {number} of {count} does not fit "
+                f"{crops.shape[1]}x{crops.shape[2]} "
+                f"crops ({type(error).__name__}: {error})"
+            ) from None
         if output.shape != (len(crops), len(model.classes)):
-            raise ModelError(f"ensemble member {number} of {count} gives {output.shape[-1] if output.ndim == 2 else '?'} "
-                             f"probabilities, and the file has {len(model.classes)} classes (mismatched members)")
+            raise ModelError(
+                f"ensemble member {number} of {count} gives "
+                f"{output.shape[-1] if output.ndim == 2 else '?'} "
+                f"probabilities, and the file has {len(model.classes)} classes (mismatched members)"
+            )
         outputs.append(output)
     return np.mean(outputs, axis=0)
 
@@ -672,6 +844,13 @@ def probe_crops(size: int) -> np.ndarray:
     """A few uint8 crops that exercise a network: black, white, mid-grey, gradients, noise."""
     ramp = np.linspace(0, 255, size).astype(np.uint8)
     noise = np.random.default_rng(0).integers(0, 256, (2, size, size), dtype=np.uint8)
-    return np.stack([np.zeros((size, size), np.uint8), np.full((size, size), 255, np.uint8),
-                     np.full((size, size), 128, np.uint8), np.tile(ramp, (size, 1)),
-                     np.tile(ramp[:, None], (1, size)), *noise])
+    return np.stack(
+        [
+            np.zeros((size, size), np.uint8),
+            np.full((size, size), 255, np.uint8),
+            np.full((size, size), 128, np.uint8),
+            np.tile(ramp, (size, 1)),
+            np.tile(ramp[:, None], (1, size)),
+            *noise,
+        ]
+    )

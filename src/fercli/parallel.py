@@ -148,8 +148,16 @@ def run_tasks(
         count = effective_workers(len(tasks), workers) if in_process else min(workers, len(tasks))
     if count < 1 or (in_process and count == 1):
         return _run_here(function, tasks, on_message)
-    return _run_in_workers(function, tasks, count, initializer, ordered, finish_running, on_message,
-                           start_method or default_start_method())
+    return _run_in_workers(
+        function,
+        tasks,
+        count,
+        initializer,
+        ordered,
+        finish_running,
+        on_message,
+        start_method or default_start_method(),
+    )
 
 
 def _run_here(function: Callable, tasks: Iterable, on_message: Callable | None) -> Iterator:
@@ -163,8 +171,9 @@ def _run_here(function: Callable, tasks: Iterable, on_message: Callable | None) 
         yield result
 
 
-def _run_in_workers(function, tasks, count, initializer, ordered, finish_running, on_message,
-                    method) -> Iterator:
+def _run_in_workers(
+    function, tasks, count, initializer, ordered, finish_running, on_message, method
+) -> Iterator:
     from fercli.errors import FerError
 
     context = multiprocessing.get_context(method)
@@ -195,15 +204,8 @@ def _run_in_workers(function, tasks, count, initializer, ordered, finish_running
             started += 1
 
     try:
-        with _threads_stopped_for_fork(method):
-            for _ in range(count):
-                ours, theirs = context.Pipe()
-                process = context.Process(target=_serve, args=(theirs, function, initializer),
-                                          daemon=True)
-                process.start()
-                theirs.close()
-                processes[ours] = process
-                idle.append(ours)
+        processes.update(_start_workers(context, count, function, initializer, method))
+        idle.extend(processes)
         hand_out()
         while busy:
             ready = wait([*busy, *(processes[connection].sentinel for connection in busy)])
@@ -221,18 +223,37 @@ def _run_in_workers(function, tasks, count, initializer, ordered, finish_running
                     raise payload
                 finished[index] = payload
             hand_out()
-            if ordered:
-                while yielded in finished:
-                    yield finished.pop(yielded)
-                    yielded += 1
-            else:
-                while finished:
-                    yield finished.pop(next(iter(finished)))
-                    yielded += 1
+            for index in _in_order(finished, yielded) if ordered else list(finished):
+                yield finished.pop(index)
+                yielded += 1
             hand_out()
         stop_now = False
     finally:
         _stop(processes, busy, stop_now)
+
+
+def _start_workers(context, count: int, function, initializer, method: str) -> dict:
+    """count worker processes serving function, each with its end of a pipe: {our end: process}."""
+    processes = {}
+    with _threads_stopped_for_fork(method):
+        for _ in range(count):
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=_serve, args=(theirs, function, initializer), daemon=True
+            )
+            process.start()
+            theirs.close()
+            processes[ours] = process
+    return processes
+
+
+def _in_order(finished: dict[int, Any], next_index: int) -> list[int]:
+    """The indexes of finished results that can be yielded in order from next_index on."""
+    indexes = []
+    while next_index in finished:
+        indexes.append(next_index)
+        next_index += 1
+    return indexes
 
 
 @contextlib.contextmanager

@@ -66,7 +66,9 @@ def contact_sheet(
             if padding is not None and padding[index] > MARKED_PADDING:
                 corner = np.array([[size - 9, 0], [size - 1, 0], [size - 1, 8]], np.int32)
                 cv2.fillConvexPoly(tile, corner, 0)
-            block[header + row * size : header + (row + 1) * size, column * size : (column + 1) * size] = tile
+            block[
+                header + row * size : header + (row + 1) * size, column * size : (column + 1) * size
+            ] = tile
         blocks.append(block)
     return _write_png(path, np.vstack(blocks))
 
@@ -109,23 +111,66 @@ def confusion_image(matrix: np.ndarray, labels: list[str], path: Path, title: st
             origin = (top_left[0] + (cell - text_width) // 2, top_left[1] + cell // 2 + 5)
             cv2.putText(image, text, origin, FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     for index, name in enumerate(names):
-        cv2.putText(image, name, (6, margin_top + index * cell + cell // 2 + 5), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            image,
+            name,
+            (6, margin_top + index * cell + cell // 2 + 5),
+            FONT,
+            0.45,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
         x = margin_left + index * cell + 4
         cv2.putText(image, name, (x, margin_top - 10), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(image, "true (rows) vs predicted (columns)", (margin_left, margin_top - 40), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        image,
+        "true (rows) vs predicted (columns)",
+        (margin_left, margin_top - 40),
+        FONT,
+        0.45,
+        (0, 0, 0),
+        1,
+        cv2.LINE_AA,
+    )
     if title:
         cv2.putText(image, title, (6, 24), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(image, "green: correct; shade: share of the true class", (6, height - 14), FONT, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
+    cv2.putText(
+        image,
+        "green: correct; shade: share of the true class",
+        (6, height - 14),
+        FONT,
+        0.4,
+        (80, 80, 80),
+        1,
+        cv2.LINE_AA,
+    )
     return _write_png(path, image)
 
 
 # Line colours (BGR) of the classes on a timeline, in class order; more classes reuse them.
-TIMELINE_COLOURS = [(40, 40, 220), (40, 150, 40), (160, 60, 160), (0, 170, 240), (200, 120, 30),
-                    (30, 200, 200), (120, 120, 120), (90, 60, 20), (200, 60, 200), (0, 100, 200)]
+TIMELINE_COLOURS = [
+    (40, 40, 220),
+    (40, 150, 40),
+    (160, 60, 160),
+    (0, 170, 240),
+    (200, 120, 30),
+    (30, 200, 200),
+    (120, 120, 120),
+    (90, 60, 20),
+    (200, 60, 200),
+    (0, 100, 200),
+]
 
 
-def timeline_image(tracks: list[tuple[int, list[float], np.ndarray]], classes: list[str], duration: float,
-                   path: Path, title: str = "", gap: float = 1.0) -> Path:
+def timeline_image(
+    tracks: list[tuple[int, list[float], np.ndarray]],
+    classes: list[str],
+    duration: float,
+    path: Path,
+    title: str = "",
+    gap: float = 1.0,
+) -> Path:
     """A PNG of each class's probability over time, one panel per track.
 
     tracks: (track id, times in seconds, (frames, classes) probabilities) each; duration: the
@@ -162,7 +207,7 @@ def timeline_image(tracks: list[tuple[int, list[float], np.ndarray]], classes: l
         for index in range(len(classes)):
             colour = TIMELINE_COLOURS[index % len(TIMELINE_COLOURS)]
             ys = y1 - probabilities[:, index] * (y1 - y0)
-            for start, end in zip(np.r_[0, breaks], np.r_[breaks, len(times)]):
+            for start, end in zip(np.r_[0, breaks], np.r_[breaks, len(times)], strict=True):
                 points = np.round(np.column_stack([xs[start:end], ys[start:end]])).astype(np.int32)
                 if len(points) == 1:
                     cv2.circle(image, tuple(int(v) for v in points[0]), 1, colour, -1)
@@ -172,7 +217,16 @@ def timeline_image(tracks: list[tuple[int, list[float], np.ndarray]], classes: l
     for step in range(6):  # time ticks under the last panel
         seconds = duration * step / 5
         x = round(left + seconds * scale)
-        cv2.putText(image, f"{seconds:.1f} s", (max(0, x - 14), axis_y), FONT, 0.38, (80, 80, 80), 1, cv2.LINE_AA)
+        cv2.putText(
+            image,
+            f"{seconds:.1f} s",
+            (max(0, x - 14), axis_y),
+            FONT,
+            0.38,
+            (80, 80, 80),
+            1,
+            cv2.LINE_AA,
+        )
     return _write_png(path, image)
 
 
@@ -180,8 +234,14 @@ def sweep_image(rows: list[tuple[str, float, float, float]], path: Path, title: 
     """A PNG of a sweep: one line per recipe (best first), a dot at its mean accuracy and a
     bar across its interval; rows are (recipe, mean, low, high) as fractions."""
     # An accuracy is in [0, 1] whatever the t interval says.
-    rows = [(name, mean, *(min(max(value, 0.0), 1.0) if np.isfinite(value) else value for value in (lo, hi)))
-            for name, mean, lo, hi in rows]
+    rows = [
+        (
+            name,
+            mean,
+            *(min(max(value, 0.0), 1.0) if np.isfinite(value) else value for value in (lo, hi)),
+        )
+        for name, mean, lo, hi in rows
+    ]
     row_height, label_width, plot_width, top, bottom = 34, 330, 420, 50, 44
     height = top + row_height * max(1, len(rows)) + bottom
     width = label_width + plot_width + 80
@@ -200,18 +260,53 @@ def sweep_image(rows: list[tuple[str, float, float, float]], path: Path, title: 
     for tick in np.linspace(low, high, 5):
         x = x_of(float(tick))
         cv2.line(image, (x, top - 6), (x, height - bottom), (225, 225, 225), 1)
-        cv2.putText(image, f"{tick:.1%}", (x - 22, height - bottom + 18), FONT, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
+        cv2.putText(
+            image,
+            f"{tick:.1%}",
+            (x - 22, height - bottom + 18),
+            FONT,
+            0.4,
+            (80, 80, 80),
+            1,
+            cv2.LINE_AA,
+        )
     for index, (name, mean, interval_low, interval_high) in enumerate(rows):
         y = top + index * row_height + row_height // 2
         cv2.putText(image, drawable(name[:44]), (6, y + 5), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
         if np.isfinite(interval_low) and np.isfinite(interval_high):
-            cv2.line(image, (x_of(interval_low), y), (x_of(interval_high), y), (160, 90, 20), 2, cv2.LINE_AA)
+            cv2.line(
+                image,
+                (x_of(interval_low), y),
+                (x_of(interval_high), y),
+                (160, 90, 20),
+                2,
+                cv2.LINE_AA,
+            )
             for end in (interval_low, interval_high):
-                cv2.line(image, (x_of(end), y - 6), (x_of(end), y + 6), (160, 90, 20), 2, cv2.LINE_AA)
+                cv2.line(
+                    image, (x_of(end), y - 6), (x_of(end), y + 6), (160, 90, 20), 2, cv2.LINE_AA
+                )
         cv2.circle(image, (x_of(mean), y), 5, (20, 20, 200), -1, cv2.LINE_AA)
-        cv2.putText(image, f"{mean:.2%}", (label_width + plot_width + 14, y + 5), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            image,
+            f"{mean:.2%}",
+            (label_width + plot_width + 14, y + 5),
+            FONT,
+            0.42,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     if title:
         cv2.putText(image, drawable(title[:100]), (6, 24), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(image, "accuracy (dot: mean over seeds; bar: 95% interval)", (label_width, height - 10), FONT, 0.4,
-                (80, 80, 80), 1, cv2.LINE_AA)
+    cv2.putText(
+        image,
+        "accuracy (dot: mean over seeds; bar: 95% interval)",
+        (label_width, height - 10),
+        FONT,
+        0.4,
+        (80, 80, 80),
+        1,
+        cv2.LINE_AA,
+    )
     return _write_png(path, image)

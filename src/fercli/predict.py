@@ -36,8 +36,12 @@ class FacePrediction:
     in_training_data: bool | None = None
 
     def to_json(self) -> dict:
-        return {"box": list(self.box), "label": self.label, "probabilities": self.probabilities,
-                "in_training_data": self.in_training_data}
+        return {
+            "box": list(self.box),
+            "label": self.label,
+            "probabilities": self.probabilities,
+            "in_training_data": self.in_training_data,
+        }
 
 
 @dataclass
@@ -115,8 +119,10 @@ def _align_found(waiting: list[tuple[int, np.ndarray, list]], config: Preprocess
             return [(waiting[0][0], ([], _reason(error)))]
         # Each image alone, so that one cannot take the others with it.
         return [result for one in waiting for result in _align_found([one], config)]
-    return [(index, ([(face.crop, face.box) for face in faces], None))
-            for (index, _, _), faces in zip(waiting, aligned, strict=True)]
+    return [
+        (index, ([(face.crop, face.box) for face in faces], None))
+        for (index, _, _), faces in zip(waiting, aligned, strict=True)
+    ]
 
 
 def _reason(error: Exception) -> str:
@@ -151,29 +157,44 @@ def predict_paths(
                 progress(items(index + 1, len(files)))
     if found:
         # One batched forward pass for every face of every image.
-        labelled = classify(model, np.stack([crop for _, crop, _ in found]), [box for _, _, box in found],
-                            [images[index].path for index, _, _ in found])
-        for (index, _, _), face in zip(found, labelled):
+        labelled = classify(
+            model,
+            np.stack([crop for _, crop, _ in found]),
+            [box for _, _, box in found],
+            [images[index].path for index, _, _ in found],
+        )
+        for (index, _, _), face in zip(found, labelled, strict=True):
             images[index].faces.append(face)
-    return PredictReport(model=str(model.path), classes=model.classes, images=images, problems=problems,
-                         inputs=[str(path) for path in paths])
+    return PredictReport(
+        model=str(model.path),
+        classes=model.classes,
+        images=images,
+        problems=problems,
+        inputs=[str(path) for path in paths],
+    )
 
 
-def classify(model: FerModel, crops: np.ndarray, boxes: list, sources: list[str]) -> list[FacePrediction]:
+def classify(
+    model: FerModel, crops: np.ndarray, boxes: list, sources: list[str]
+) -> list[FacePrediction]:
     """Label aligned uint8 crops (n, s, s) in one forward pass; boxes and the source of each
     (for messages) in the same order. ModelError if the network gives a non-finite number."""
     probabilities = model.predict_proba(crops)
-    for source, row in zip(sources, probabilities):
+    for source, row in zip(sources, probabilities, strict=True):
         if not np.all(np.isfinite(row)):
             # The load check passed, yet this face overflows the network: the model is broken.
-            raise ModelError(f"{model.path}: damaged model file (its probabilities for a face in "
-                             f"{source} are not finite numbers)")
+            raise ModelError(
+                f"{model.path}: damaged model file (its probabilities for a face in "
+                f"{source} are not finite numbers)"
+            )
     seen = model.seen_in_training(crops) or [None] * len(crops)
     return [
         FacePrediction(
             box=tuple(int(value) for value in box),
             label=model.classes[int(np.argmax(row))],
-            probabilities={label: round(float(p), 6) for label, p in zip(model.classes, row)},
+            probabilities={
+                label: round(float(p), 6) for label, p in zip(model.classes, row, strict=True)
+            },
             in_training_data=in_training,
         )
         for box, row, in_training in zip(boxes, probabilities, seen, strict=True)
@@ -192,8 +213,10 @@ def check_annotate_folder(paths: list[Path], folder: Path) -> None:
         # The entry itself and, for a link, what it points to.
         for place in (parent / path.name if parent else None, _resolved(path)):
             if place and (place == target or target in place.parents):
-                raise FerError(f"--annotate {folder}: the folder holds images to be read ({path}); "
-                               "annotated copies go to a folder of their own")
+                raise FerError(
+                    f"--annotate {folder}: the folder holds images to be read ({path}); "
+                    "annotated copies go to a folder of their own"
+                )
 
 
 def _resolved(path: Path) -> Path | None:
@@ -239,8 +262,16 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
             x, y, width, height = face.box
             cv2.rectangle(picture, (x, y), (x + width, y + height), (0, 200, 0), thickness)
             text = drawable(f"{face.label} {face.probabilities[face.label]:.2f}")
-            cv2.putText(picture, text, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.5 * thickness, (0, 200, 0), thickness, cv2.LINE_AA)
+            cv2.putText(
+                picture,
+                text,
+                (x, max(12, y - 6)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.5 * thickness,
+                (0, 200, 0),
+                thickness,
+                cv2.LINE_AA,
+            )
         ok, encoded = cv2.imencode(".png", picture)
         wanted = Path(folder) / annotated_name(image.path, report.inputs)
         try:

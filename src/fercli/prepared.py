@@ -58,7 +58,9 @@ def save_dataset(dataset: PreparedDataset, folder: Path) -> Path:
         "labels": dataset.labels.astype(str),
         "subjects": dataset.subjects.astype(str),
         "paths": dataset.paths.astype(str),
-        "meta": pack_json({"format": DATASET_FORMAT, **dataset.meta, "format_version": DATASET_FORMAT_VERSION}),
+        "meta": pack_json(
+            {"format": DATASET_FORMAT, **dataset.meta, "format_version": DATASET_FORMAT_VERSION}
+        ),
     }
     if dataset.splits is not None:
         arrays["splits"] = dataset.splits.astype(str)
@@ -73,7 +75,9 @@ def load_dataset(path: Path) -> PreparedDataset:
     if path.is_dir():
         path = path / DATASET_FILE
     if not path.is_file():
-        raise DatasetError(f"{path}: no preprocessed dataset here (run `fer preprocess DATASET_DIR`)")
+        raise DatasetError(
+            f"{path}: no preprocessed dataset here (run `fer preprocess DATASET_DIR`)"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = unpack_json(archive["meta"])
@@ -93,7 +97,9 @@ def load_dataset(path: Path) -> PreparedDataset:
     problem = _dataset_problem(dataset)
     if problem:
         source = meta.get("source") if isinstance(meta.get("source"), str) else "DATASET_DIR"
-        raise DatasetError(f"{path}: damaged dataset file ({problem}); run `fer preprocess {source}` again")
+        raise DatasetError(
+            f"{path}: damaged dataset file ({problem}); run `fer preprocess {source}` again"
+        )
     return dataset
 
 
@@ -139,7 +145,9 @@ def _dataset_problem(dataset: PreparedDataset) -> str | None:
             return f"{name} are {column.dtype} {column.shape}, not {len(crops)} texts"
     if not all(dataset.labels):
         return "an empty label"
-    if dataset.splits is not None and (dataset.splits.dtype.kind != "U" or dataset.splits.shape != (len(crops),)):
+    if dataset.splits is not None and (
+        dataset.splits.dtype.kind != "U" or dataset.splits.shape != (len(crops),)
+    ):
         return f"splits are {dataset.splits.dtype} {dataset.splits.shape}, not {len(crops)} texts"
     return None
 
@@ -151,7 +159,8 @@ def resolve_dataset(choice: str | Path | None) -> PreparedDataset:
         path = latest(datasets_dir(), f"*/{DATASET_FILE}")
         if path is None:
             raise DatasetError(
-                f"no preprocessed dataset in {datasets_dir()}: run `fer preprocess DATASET_DIR` first"
+                f"no preprocessed dataset in {datasets_dir()}: run `fer preprocess DATASET_DIR` "
+                "first"
             )
         return load_dataset(path)
     candidate = Path(choice)
@@ -159,11 +168,15 @@ def resolve_dataset(choice: str | Path | None) -> PreparedDataset:
         # The original dataset folder: use what `fer preprocess` made of it.
         prepared = dataset_folder(candidate) / DATASET_FILE
         if not prepared.exists():
-            raise DatasetError(f"{choice}: not preprocessed yet (run `fer preprocess {choice}` first)")
+            raise DatasetError(
+                f"{choice}: not preprocessed yet (run `fer preprocess {choice}` first)"
+            )
         return load_dataset(prepared)
     if candidate.exists():
         return load_dataset(candidate)
     named = datasets_dir() / str(choice)
     if named.exists():
         return load_dataset(named)
-    raise DatasetError(f"{choice}: no such preprocessed dataset (a path or a name under {datasets_dir()})")
+    raise DatasetError(
+        f"{choice}: no such preprocessed dataset (a path or a name under {datasets_dir()})"
+    )

@@ -81,7 +81,9 @@ class PreprocessReport:
         }
 
 
-def align_file(path: Path, config: PreprocessConfig, cache: CropCache | None) -> tuple[CacheEntry, bool]:
+def align_file(
+    path: Path, config: PreprocessConfig, cache: CropCache | None
+) -> tuple[CacheEntry, bool]:
     """Align the largest face of one image file, through the cache.
 
     Returns the entry (a crop, or the reason there is none) and whether it came from the
@@ -127,7 +129,9 @@ class FacesFound:
     gray: np.ndarray  # the decoded image
 
 
-def _find_faces(path: Path, config: PreprocessConfig, cache: CropCache | None) -> tuple[CacheEntry, bool] | FacesFound:
+def _find_faces(
+    path: Path, config: PreprocessConfig, cache: CropCache | None
+) -> tuple[CacheEntry, bool] | FacesFound:
     """The first half of align_file: read the file, look it up in the cache, decode it and
     find its faces."""
     try:
@@ -151,10 +155,14 @@ def _find_faces(path: Path, config: PreprocessConfig, cache: CropCache | None) -
     return outcome if isinstance(outcome, FacesFound) else (outcome, False)
 
 
-def _align_found(found: list[FacesFound], config: PreprocessConfig, cache: CropCache | None) -> list[CacheEntry]:
+def _align_found(
+    found: list[FacesFound], config: PreprocessConfig, cache: CropCache | None
+) -> list[CacheEntry]:
     """The second half of align_files: landmarks (of all the images together), crop, cache."""
     try:
-        aligned = align_detected([(item.gray, item.detections) for item in found], config, largest_only=True)
+        aligned = align_detected(
+            [(item.gray, item.detections) for item in found], config, largest_only=True
+        )
     except FerError:
         raise
     except Exception:
@@ -164,9 +172,12 @@ def _align_found(found: list[FacesFound], config: PreprocessConfig, cache: CropC
             return _entry(largest, len(item.detections), config)
 
         return [_attempt(lambda item=item: alone(item), item.key, cache) for item in found]
-    entries = [_entry(faces, len(item.detections), config) for item, faces in zip(found, aligned)]
+    entries = [
+        _entry(faces, len(item.detections), config)
+        for item, faces in zip(found, aligned, strict=True)
+    ]
     if cache is not None:
-        for item, entry in zip(found, entries):
+        for item, entry in zip(found, entries, strict=True):
             cache.put(item.key, entry)
     return entries
 
@@ -177,8 +188,13 @@ def _entry(largest: list[AlignedFace], detected: int, config: PreprocessConfig) 
     if not largest:
         return CacheEntry(crop=None, reason=str(no_face_error(config)))
     [face] = largest
-    return CacheEntry(crop=face.crop, faces=detected, box=face.box, angle=round(face.angle, 3),
-                      padding=round(face.padding, 4))
+    return CacheEntry(
+        crop=face.crop,
+        faces=detected,
+        box=face.box,
+        angle=round(face.angle, 3),
+        padding=round(face.padding, 4),
+    )
 
 
 def _attempt(work: Callable, key: str, cache: CropCache | None):
@@ -264,7 +280,8 @@ def preprocess_dataset(
     if len(classes) == 1:
         only = next(iter(classes))
         report.notes.append(
-            f"one class only ({only}, {scan.layout} layout): fer train and fer crossval need two or more"
+            f"one class only ({only}, {scan.layout} layout): fer train and fer crossval need two "
+            "or more"
         )
     if several:
         report.notes.append(f"{len(several)} images had several faces; the largest was used")
@@ -287,8 +304,12 @@ def edge_summary(kept: list[tuple[object, CacheEntry]]) -> dict[str, dict]:
         entries = [entry for record, entry in kept if record.label == label]
         shares = np.array([entry.padding for entry in entries])
         saturated = sum(float(np.mean(entry.crop >= 250)) > SATURATED_SHARE for entry in entries)
-        summary[label] = {"crops": len(entries), "padded": int(np.count_nonzero(shares > 0)),
-                          "mean_padding": round(float(shares.mean()), 4), "saturated": int(saturated)}
+        summary[label] = {
+            "crops": len(entries),
+            "padded": int(np.count_nonzero(shares > 0)),
+            "mean_padding": round(float(shares.mean()), 4),
+            "saturated": int(saturated),
+        }
     return summary
 
 
@@ -315,6 +336,10 @@ def _save(report, root, layout, options, config, kept) -> None:
     report.dataset = str(save_dataset(dataset, folder))
     try:
         padding = np.array([entry.padding for _, entry in kept])
-        report.contact_sheet = str(contact_sheet(dataset.crops, dataset.labels, folder / "contact_sheet.png", padding=padding))
+        report.contact_sheet = str(
+            contact_sheet(
+                dataset.crops, dataset.labels, folder / "contact_sheet.png", padding=padding
+            )
+        )
     except StoreError as error:
         report.notes.append(f"contact sheet not written: {error}")

@@ -110,7 +110,9 @@ def slug(text: str) -> str:
 
 def _store_error(path: Path, error: OSError) -> StoreError:
     reason = error.strerror or str(error)
-    return StoreError(f"cannot write {path}: {reason} (set {HOME_VARIABLE} or pass an output path to move it)")
+    return StoreError(
+        f"cannot write {path}: {reason} (set {HOME_VARIABLE} or pass an output path to move it)"
+    )
 
 
 def make_dir(path: Path) -> Path:
@@ -147,8 +149,10 @@ def check_output_file(path: Path) -> Path:
     except (OSError, RuntimeError) as error:  # RuntimeError: a link loop, before Python 3.13
         raise StoreError(f"{path}: cannot follow the path ({error})") from None
     if any(place == datasets or datasets in place.parents for place in places):
-        raise StoreError(f"{path}: is inside {datasets_dir()}, where fercli keeps preprocessed datasets; "
-                         "choose another place for the model")
+        raise StoreError(
+            f"{path}: is inside {datasets_dir()}, where fercli keeps preprocessed datasets; "
+            "choose another place for the model"
+        )
     check_writable(path.parent)
     return path
 
@@ -247,7 +251,9 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def atomic_write_json(path: Path, payload: object) -> Path:
     # allow_nan=False: NaN and Infinity are not JSON; a report never holds them.
-    return atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n")
+    return atomic_write_text(
+        path, json.dumps(payload, indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n"
+    )
 
 
 def _create_empty(path: Path) -> None:
@@ -295,5 +301,3 @@ def latest(folder: Path, pattern: str) -> Path | None:
         except OSError:
             continue  # removed while we looked
     return max(dated)[1] if dated else None
-
-

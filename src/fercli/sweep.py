@@ -61,9 +61,11 @@ ALIASES = {"lr": "learning_rate", "flip_tta": "test_time_flip", "normalization":
 CHOICES = {"variant": MODEL_VARIANTS, "optimizer": OPTIMIZERS, "normalisation": NORMALISATIONS}
 # Settings that belong to the sweep as a whole, not to a recipe.
 TOP_LEVEL = ("seeds", "folds", "group", "classes")
-METHOD = ("paired differences over the same (seed, fold) pairs; 95% interval from the corrected "
-          "resampled t-test for repeated k-fold cross-validation (Nadeau & Bengio 2003): the variance "
-          "of the differences times (1/(k*r) + n_test/n_train), t with k*r-1 degrees of freedom")
+METHOD = (
+    "paired differences over the same (seed, fold) pairs; 95% interval from the corrected "
+    "resampled t-test for repeated k-fold cross-validation (Nadeau & Bengio 2003): the variance "
+    "of the differences times (1/(k*r) + n_test/n_train), t with k*r-1 degrees of freedom"
+)
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,14 @@ class Grid:
     source: str = "grid"
 
     def to_json(self) -> dict:
-        return {"base": _jsonable(self.base), "vary": {key: [_jsonable(v) for v in values] for key, values in self.vary.items()},
-                "seeds": list(self.seeds), "folds": self.folds, "group": self.group, "classes": list(self.classes)}
+        return {
+            "base": _jsonable(self.base),
+            "vary": {key: [_jsonable(v) for v in values] for key, values in self.vary.items()},
+            "seeds": list(self.seeds),
+            "folds": self.folds,
+            "group": self.group,
+            "classes": list(self.classes),
+        }
 
 
 def _jsonable(value):
@@ -101,7 +109,10 @@ def _type_name(hint) -> str:
 SCALARS = {
     bool: (lambda value: isinstance(value, bool), "true or false"),
     int: (lambda value: isinstance(value, int) and not isinstance(value, bool), "a whole number"),
-    float: (lambda value: isinstance(value, (int, float)) and not isinstance(value, bool), "a number"),
+    float: (
+        lambda value: isinstance(value, (int, float)) and not isinstance(value, bool),
+        "a number",
+    ),
     str: (lambda value: isinstance(value, str), "a string"),
 }
 
@@ -149,7 +160,9 @@ def setting_name(key: str, source: str) -> str:
     if name not in known:
         raise GridError(f"{source}: unknown setting {key!r}; settings are {', '.join(known)}")
     if name == "seed":
-        raise GridError(f"{source}: {key!r} is not a recipe setting: list the seeds in seeds = [...]")
+        raise GridError(
+            f"{source}: {key!r} is not a recipe setting: list the seeds in seeds = [...]"
+        )
     return name
 
 
@@ -167,8 +180,10 @@ def parse_grid(data: dict, source: str = "grid") -> Grid:
     """A Grid from the contents of a grid file; GridError naming the file and the key."""
     unknown = sorted(set(data) - {"base", "vary", *TOP_LEVEL})
     if unknown:
-        raise GridError(f"{source}: unknown key {unknown[0]!r}; a grid has [base], [vary], "
-                        f"{', '.join(TOP_LEVEL)} (settings go in [base] or [vary])")
+        raise GridError(
+            f"{source}: unknown key {unknown[0]!r}; a grid has [base], [vary], "
+            f"{', '.join(TOP_LEVEL)} (settings go in [base] or [vary])"
+        )
     for table in ("base", "vary"):
         if not isinstance(data.get(table, {}), dict):
             raise GridError(f"{source}: {table} must be a table ([{table}])")
@@ -176,7 +191,9 @@ def parse_grid(data: dict, source: str = "grid") -> Grid:
     vary = _vary(data.get("vary", {}), source)
     seeds = data.get("seeds", [0, 1, 2])
     if not isinstance(seeds, list) or not seeds:
-        raise GridError(f"{source}: seeds must be a non-empty list of whole numbers, e.g. seeds = [0, 1, 2]")
+        raise GridError(
+            f"{source}: seeds must be a non-empty list of whole numbers, e.g. seeds = [0, 1, 2]"
+        )
     seeds = tuple(dict.fromkeys(_coerce(seed, int, f"{source}: seeds") for seed in seeds))
     folds = _coerce(data.get("folds", 10), int, f"{source}: folds")
     if folds < 2:
@@ -184,8 +201,12 @@ def parse_grid(data: dict, source: str = "grid") -> Grid:
     group = _coerce(data.get("group", "random"), str, f"{source}: group")
     if group not in ("random", "subject"):
         raise GridError(f"{source}: group {group!r} is not one of random, subject")
-    classes = _coerce(data.get("classes", list(base.pop("classes", ()))), tuple[str, ...], f"{source}: classes")
-    return Grid(base=base, vary=vary, seeds=seeds, folds=folds, group=group, classes=classes, source=source)
+    classes = _coerce(
+        data.get("classes", list(base.pop("classes", ()))), tuple[str, ...], f"{source}: classes"
+    )
+    return Grid(
+        base=base, vary=vary, seeds=seeds, folds=folds, group=group, classes=classes, source=source
+    )
 
 
 def _vary(table: dict, source: str) -> dict:
@@ -193,19 +214,25 @@ def _vary(table: dict, source: str) -> dict:
     vary: dict = {}
     for key, values in table.items():
         if not isinstance(values, list):
-            raise GridError(f"{source}: [vary] {key} must be a list of values, e.g. {key} = [{values!r}]")
+            raise GridError(
+                f"{source}: [vary] {key} must be a list of values, e.g. {key} = [{values!r}]"
+            )
         if not values:
             raise GridError(f"{source}: [vary] {key} is an empty list: nothing to try")
         coerced = [_setting(key, value, source, "vary")[1] for value in values]
         name = setting_name(key, f"{source} [vary]")
         if name == "classes":
-            raise GridError(f"{source}: [vary] classes: recipes are compared on the same classes; "
-                            "run a sweep per class set")
+            raise GridError(
+                f"{source}: [vary] classes: recipes are compared on the same classes; "
+                "run a sweep per class set"
+            )
         if name in vary:
             raise GridError(f"{source}: [vary] {key} names {name} a second time")
         vary[name] = tuple(dict.fromkeys(coerced))
     if not vary:
-        raise GridError(f"{source}: [vary] names no setting to vary: a sweep needs something to compare")
+        raise GridError(
+            f"{source}: [vary] names no setting to vary: a sweep needs something to compare"
+        )
     return vary
 
 
@@ -274,11 +301,14 @@ def describe_changes(changes: dict) -> str:
 
 def recipes(grid: Grid) -> list[Recipe]:
     """The base first, then every combination of the varied values that is not the base."""
+
     def config_of(settings: dict) -> TrainConfig:
         # A recipe setting names a preset (config.RECIPES) that the other settings override.
         try:
-            return recipe_config(settings.get("recipe", "paper"),
-                                 **{key: value for key, value in settings.items() if key != "recipe"})
+            return recipe_config(
+                settings.get("recipe", "paper"),
+                **{key: value for key, value in settings.items() if key != "recipe"},
+            )
         except (TypeError, FerError) as error:
             raise GridError(f"{grid.source}: {error}") from None
 
@@ -289,13 +319,15 @@ def recipes(grid: Grid) -> list[Recipe]:
     seen = {fingerprint(reference)}
     names = list(grid.vary)
     for values in itertools.product(*(grid.vary[name] for name in names)):
-        config = config_of({**common, **dict(zip(names, values))})
+        config = config_of({**common, **dict(zip(names, values, strict=True))})
         settings = config.to_dict()
         key = fingerprint(settings)
         if key in seen:
             continue
         seen.add(key)
-        changes = {name: getattr(config, name) for name in names if settings[name] != reference[name]}
+        changes = {
+            name: getattr(config, name) for name in names if settings[name] != reference[name]
+        }
         found.append(Recipe(changes, config))
     return found
 
@@ -303,7 +335,9 @@ def recipes(grid: Grid) -> list[Recipe]:
 # --- statistics ---------------------------------------------------------------------------
 
 
-def corrected_interval(values: np.ndarray, test_train_ratio: float, confidence: float = 0.95) -> dict:
+def corrected_interval(
+    values: np.ndarray, test_train_ratio: float, confidence: float = 0.95
+) -> dict:
     """Mean of per-(seed, fold) values with the corrected resampled t interval (Nadeau &
     Bengio 2003) for r repetitions of k-fold CV: n = k*r values, variance s^2 (ddof 1) times
     (1/n + n_test/n_train), t with n-1 degrees of freedom."""
@@ -317,11 +351,22 @@ def corrected_interval(values: np.ndarray, test_train_ratio: float, confidence: 
     variance = float(values.var(ddof=1)) * (1 / count + test_train_ratio)
     quantile = float(stats.t.ppf(0.5 + confidence / 2, count - 1))
     if variance == 0:
-        return {"mean": mean, "low": mean, "high": mean, "p": 1.0 if mean == 0 else 0.0, "df": count - 1}
+        return {
+            "mean": mean,
+            "low": mean,
+            "high": mean,
+            "p": 1.0 if mean == 0 else 0.0,
+            "df": count - 1,
+        }
     half = quantile * math.sqrt(variance)
     t_value = mean / math.sqrt(variance)
-    return {"mean": mean, "low": mean - half, "high": mean + half,
-            "p": float(2 * stats.t.sf(abs(t_value), count - 1)), "df": count - 1}
+    return {
+        "mean": mean,
+        "low": mean - half,
+        "high": mean + half,
+        "p": float(2 * stats.t.sf(abs(t_value), count - 1)),
+        "df": count - 1,
+    }
 
 
 # --- running ------------------------------------------------------------------------------
@@ -377,14 +422,24 @@ class SweepReport:
             "spread_note": "standard deviation (ddof=1) of the per-seed mean fold accuracies",
             "test_train_ratio": number(self.test_train_ratio),
             "recipes": [
-                {"rank": item.rank, "recipe": item.name, "changes": _jsonable(item.changes),
-                 "accuracy": item.accuracy, "accuracy_interval": [number(v) for v in item.accuracy_interval],
-                 "spread": number(item.spread), "seed_means": item.seed_means, "macro_f1": item.macro_f1,
-                 "difference_to_base": item.difference,
-                 "difference_interval": [number(v) for v in item.difference_interval],
-                 "p_value": number(item.p_value), "seconds": round(item.seconds, 2),
-                 "fold_accuracies": {str(seed): values for seed, values in item.fold_accuracies.items()},
-                 "reports": {str(seed): str(path) for seed, path in item.reports.items()}}
+                {
+                    "rank": item.rank,
+                    "recipe": item.name,
+                    "changes": _jsonable(item.changes),
+                    "accuracy": item.accuracy,
+                    "accuracy_interval": [number(v) for v in item.accuracy_interval],
+                    "spread": number(item.spread),
+                    "seed_means": item.seed_means,
+                    "macro_f1": item.macro_f1,
+                    "difference_to_base": item.difference,
+                    "difference_interval": [number(v) for v in item.difference_interval],
+                    "p_value": number(item.p_value),
+                    "seconds": round(item.seconds, 2),
+                    "fold_accuracies": {
+                        str(seed): values for seed, values in item.fold_accuracies.items()
+                    },
+                    "reports": {str(seed): str(path) for seed, path in item.reports.items()},
+                }
                 for item in self.recipes
             ],
             "planned_folds": self.planned_folds,
@@ -399,7 +454,9 @@ def sweep_folder(dataset: PreparedDataset, data_fingerprint: str, grid: Grid) ->
     """The folder of a sweep: the same data and grid always give the same folder."""
     from fercli import __version__
 
-    identity = fingerprint({"data": data_fingerprint, "grid": grid.to_json(), "fercli": __version__})
+    identity = fingerprint(
+        {"data": data_fingerprint, "grid": grid.to_json(), "fercli": __version__}
+    )
     return runs_dir() / f"sweep-{slug(dataset.name)}-{identity[:12]}"
 
 
@@ -423,12 +480,17 @@ def _load_fold(path: Path, test_index: np.ndarray) -> dict | None:
 
 
 def _store_fold(path: Path, result: dict, test_index: np.ndarray) -> None:
-    arrays = {"probabilities": np.asarray(result["probabilities"]), "test_index": test_index,
-              "seconds": np.float64(result["seconds"])}
+    arrays = {
+        "probabilities": np.asarray(result["probabilities"]),
+        "test_index": test_index,
+        "seconds": np.float64(result["seconds"]),
+    }
     atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
 
-def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progress | None = None) -> SweepReport:
+def run_sweep(
+    dataset: PreparedDataset, grid: Grid, engine=None, progress: Progress | None = None
+) -> SweepReport:
     """Cross-validate every recipe of grid with every seed, resuming from stored folds.
 
     engine: fercli.engines engine (default: this machine's cores). progress receives a
@@ -446,22 +508,45 @@ def run_sweep(dataset: PreparedDataset, grid: Grid, engine=None, progress: Progr
     data_id = data_fingerprint(selection)
     folder = make_dir(sweep_folder(dataset, data_id, grid))
     plan = recipes(grid)
-    atomic_write_json(folder / "grid.json", {"grid": grid.to_json(), "source": grid.source,
-                                             "recipes": [item.name for item in plan], "data_fingerprint": data_id})
+    atomic_write_json(
+        folder / "grid.json",
+        {
+            "grid": grid.to_json(),
+            "source": grid.source,
+            "recipes": [item.name for item in plan],
+            "data_fingerprint": data_id,
+        },
+    )
     splits = {seed: make_folds(selection, grid.folds, grid.group, seed) for seed in grid.seeds}
     results, tasks = _stored_and_missing(folder, plan, grid.seeds, splits)
     planned = len(results) * grid.folds
     stored_count = planned - len(tasks)
     if progress:
         progress(Event("start", done=stored_count, total=planned))
-    trained, interrupted = _train_missing(folder, plan, selection, splits, tasks, results, engine,
-                                          (stored_count, planned), progress)
-    report = SweepReport(folder=folder, grid=grid, dataset={"name": dataset.name, "images": len(selection.crops),
-                         "classes": selection.labels, "fingerprint": data_id}, engine=engine.describe(len(tasks)),
-                         recipes=[], planned_folds=planned, stored_folds=stored_count, trained_folds=trained,
-                         seconds=0.0, interrupted=interrupted)
+    trained, interrupted = _train_missing(
+        folder, plan, selection, splits, tasks, results, engine, (stored_count, planned), progress
+    )
+    report = SweepReport(
+        folder=folder,
+        grid=grid,
+        dataset={
+            "name": dataset.name,
+            "images": len(selection.crops),
+            "classes": selection.labels,
+            "fingerprint": data_id,
+        },
+        engine=engine.describe(len(tasks)),
+        recipes=[],
+        planned_folds=planned,
+        stored_folds=stored_count,
+        trained_folds=trained,
+        seconds=0.0,
+        interrupted=interrupted,
+    )
     if not interrupted:
-        report.recipes, report.test_train_ratio = _rank(dataset, selection, plan, grid, splits, results, report)
+        report.recipes, report.test_train_ratio = _rank(
+            dataset, selection, plan, grid, splits, results, report
+        )
     report.seconds = time.perf_counter() - started
     if not interrupted:
         report.files = save_sweep(report)
@@ -479,7 +564,9 @@ def _stored_and_missing(folder: Path, plan: list, seeds: tuple[int, ...], splits
     for recipe_index, seed in members:
         config = replace(plan[recipe_index].config, seed=seed)
         for fold, (train_index, test_index) in enumerate(splits[seed]):
-            stored = _load_fold(_fold_file(folder, _member_name(recipe_index, seed), fold), test_index)
+            stored = _load_fold(
+                _fold_file(folder, _member_name(recipe_index, seed), fold), test_index
+            )
             if stored is not None:
                 results[(recipe_index, seed)][fold] = stored
             else:
@@ -487,37 +574,71 @@ def _stored_and_missing(folder: Path, plan: list, seeds: tuple[int, ...], splits
     return results, tasks
 
 
-def _train_missing(folder: Path, plan: list, selection, splits: dict, tasks: list, results: dict, engine,
-                   counts: tuple[int, int], progress: Progress | None) -> tuple[int, bool]:
+def _train_missing(
+    folder: Path,
+    plan: list,
+    selection,
+    splits: dict,
+    tasks: list,
+    results: dict,
+    engine,
+    counts: tuple[int, int],
+    progress: Progress | None,
+) -> tuple[int, bool]:
     """Train the missing folds on the engine, storing each as it finishes; (folds trained,
     whether Ctrl-C stopped it). TrainingError when a fold diverged."""
     done, planned = counts
     trained = 0
     try:
-        with contextlib.closing(engine.run(selection.crops, selection.targets, len(selection.labels), tasks,
-                                           progress)) as finished:
+        with contextlib.closing(
+            engine.run(selection.crops, selection.targets, len(selection.labels), tasks, progress)
+        ) as finished:
             for result in finished:
                 recipe_index, seed = result["key"]
                 fold = result["fold"]
                 test_index = splits[seed][fold][1]
                 if result.get("diverged"):
                     # No number to rank: the recipe's training is unusable as it stands.
-                    raise TrainingError(f"recipe {plan[recipe_index].name}, seed {seed}, fold {fold + 1}: training "
-                                        f"diverged ({result['diverged']}); change that recipe (a smaller lr)")
-                _store_fold(_fold_file(folder, _member_name(recipe_index, seed), fold), result, test_index)
+                    raise TrainingError(
+                        f"recipe {plan[recipe_index].name}, seed {seed}, fold {fold + 1}: training "
+                        f"diverged ({result['diverged']}); change that recipe (a smaller lr)"
+                    )
+                _store_fold(
+                    _fold_file(folder, _member_name(recipe_index, seed), fold), result, test_index
+                )
                 results[(recipe_index, seed)][fold] = result
                 trained += 1
                 if progress:
-                    accuracy = float(np.mean(result["probabilities"].argmax(axis=1) == selection.targets[test_index]))
-                    progress(Event("fold", done=done + trained, total=planned, recipe=plan[recipe_index].name,
-                                   seed=seed, fold=fold, accuracy=accuracy))
+                    accuracy = float(
+                        np.mean(
+                            result["probabilities"].argmax(axis=1) == selection.targets[test_index]
+                        )
+                    )
+                    progress(
+                        Event(
+                            "fold",
+                            done=done + trained,
+                            total=planned,
+                            recipe=plan[recipe_index].name,
+                            seed=seed,
+                            fold=fold,
+                            accuracy=accuracy,
+                        )
+                    )
     except KeyboardInterrupt:
         return trained, True
     return trained, False
 
 
-def _rank(dataset: PreparedDataset, selection, plan: list, grid: Grid, splits: dict, results: dict,
-          report: SweepReport) -> tuple[list[RecipeResult], float]:
+def _rank(
+    dataset: PreparedDataset,
+    selection,
+    plan: list,
+    grid: Grid,
+    splits: dict,
+    results: dict,
+    report: SweepReport,
+) -> tuple[list[RecipeResult], float]:
     """Every recipe's figures over its seeds (each seed's crossval report saved in its own
     folder), best first, with its paired difference to the base recipe; and the test/train
     size ratio the corrected intervals use."""
@@ -534,8 +655,16 @@ def _rank(dataset: PreparedDataset, selection, plan: list, grid: Grid, splits: d
             member_results = results[(recipe_index, seed)]
             config = replace(recipe.config, seed=seed)
             member_seconds = sum(float(item["seconds"]) for item in member_results.values())
-            crossval = assemble_crossval(dataset, selection, splits[seed], config, grid.group, member_results,
-                                         report.engine, member_seconds)
+            crossval = assemble_crossval(
+                dataset,
+                selection,
+                splits[seed],
+                config,
+                grid.group,
+                member_results,
+                report.engine,
+                member_seconds,
+            )
             member_folder = report.folder / _member_name(recipe_index, seed)
             save_crossval(crossval, member_folder)
             per_seed[seed] = [fold.accuracy for fold in crossval.folds]
@@ -550,15 +679,24 @@ def _rank(dataset: PreparedDataset, selection, plan: list, grid: Grid, splits: d
         seed_means = values.mean(axis=1)
         own = corrected_interval(values, ratio)
         paired = corrected_interval(values - accuracies[0], ratio)
-        ranked.append(RecipeResult(
-            rank=0, name=recipe.name, changes=recipe.changes, accuracy=float(seed_means.mean()),
-            accuracy_interval=(own["low"], own["high"]),
-            spread=float(seed_means.std(ddof=1)) if len(seed_means) > 1 else math.nan,
-            seed_means=[float(value) for value in seed_means], macro_f1=float(np.mean(f1s)),
-            difference=paired["mean"], difference_interval=(paired["low"], paired["high"]),
-            p_value=paired["p"] if recipe_index else math.nan, seconds=seconds,
-            fold_accuracies=per_seed, reports=reports,
-        ))
+        ranked.append(
+            RecipeResult(
+                rank=0,
+                name=recipe.name,
+                changes=recipe.changes,
+                accuracy=float(seed_means.mean()),
+                accuracy_interval=(own["low"], own["high"]),
+                spread=float(seed_means.std(ddof=1)) if len(seed_means) > 1 else math.nan,
+                seed_means=[float(value) for value in seed_means],
+                macro_f1=float(np.mean(f1s)),
+                difference=paired["mean"],
+                difference_interval=(paired["low"], paired["high"]),
+                p_value=paired["p"] if recipe_index else math.nan,
+                seconds=seconds,
+                fold_accuracies=per_seed,
+                reports=reports,
+            )
+        )
     ranked.sort(key=lambda item: (-item.accuracy, item.name))
     for rank, item in enumerate(ranked, start=1):
         item.rank = rank
@@ -570,20 +708,54 @@ def save_sweep(report: SweepReport) -> dict[str, Path]:
     from fercli.pictures import sweep_image
 
     folder = report.folder
-    files = {"json": folder / "sweep.json", "csv": folder / "sweep.csv", "plot": folder / "sweep.png"}
+    files = {
+        "json": folder / "sweep.json",
+        "csv": folder / "sweep.csv",
+        "plot": folder / "sweep.png",
+    }
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(["rank", "recipe", "accuracy", "accuracy_low", "accuracy_high", "spread_over_seeds",
-                     "macro_f1", "difference_to_base", "difference_low", "difference_high", "p_value", "seconds"])
+    writer.writerow(
+        [
+            "rank",
+            "recipe",
+            "accuracy",
+            "accuracy_low",
+            "accuracy_high",
+            "spread_over_seeds",
+            "macro_f1",
+            "difference_to_base",
+            "difference_low",
+            "difference_high",
+            "p_value",
+            "seconds",
+        ]
+    )
     for item in report.recipes:
-        writer.writerow([item.rank, item.name, f"{item.accuracy:.6f}", *(f"{v:.6f}" for v in item.accuracy_interval),
-                         f"{item.spread:.6f}", f"{item.macro_f1:.6f}", f"{item.difference:.6f}",
-                         *(f"{v:.6f}" for v in item.difference_interval),
-                         "" if math.isnan(item.p_value) else f"{item.p_value:.6f}", f"{item.seconds:.2f}"])
+        writer.writerow(
+            [
+                item.rank,
+                item.name,
+                f"{item.accuracy:.6f}",
+                *(f"{v:.6f}" for v in item.accuracy_interval),
+                f"{item.spread:.6f}",
+                f"{item.macro_f1:.6f}",
+                f"{item.difference:.6f}",
+                *(f"{v:.6f}" for v in item.difference_interval),
+                "" if math.isnan(item.p_value) else f"{item.p_value:.6f}",
+                f"{item.seconds:.2f}",
+            ]
+        )
     atomic_write_text(files["csv"], text.getvalue())
-    title = (f"{report.dataset['name']}: {len(report.grid.seeds)} seeds x {report.grid.folds} folds "
-             f"({report.grid.group}); mean accuracy, 95% corrected interval")
-    sweep_image([(item.name, item.accuracy, *item.accuracy_interval) for item in report.recipes], files["plot"], title)
+    title = (
+        f"{report.dataset['name']}: {len(report.grid.seeds)} seeds x {report.grid.folds} folds "
+        f"({report.grid.group}); mean accuracy, 95% corrected interval"
+    )
+    sweep_image(
+        [(item.name, item.accuracy, *item.accuracy_interval) for item in report.recipes],
+        files["plot"],
+        title,
+    )
     payload = report.to_json()
     payload["files"] = {name: str(path) for name, path in files.items()}
     atomic_write_json(files["json"], payload)

@@ -33,7 +33,9 @@ class Selection:
     labels: list[str]
     subjects: np.ndarray  # (n,) str, "" where unknown
     paths: np.ndarray
-    origins: np.ndarray | None = None  # (n,) str: each image's dataset, for several datasets combined
+    origins: np.ndarray | None = (
+        None  # (n,) str: each image's dataset, for several datasets combined
+    )
 
     @property
     def has_subjects(self) -> bool:
@@ -46,16 +48,21 @@ def select_classes(dataset: PreparedDataset, classes: tuple[str, ...] = ()) -> S
     available = label_order(set(dataset.labels.tolist()))
     if classes:
         wanted = [canonical_label(name) for name in classes]
-        unknown = [name for name, label in zip(classes, wanted) if label not in available]
+        unknown = [
+            name for name, label in zip(classes, wanted, strict=True) if label not in available
+        ]
         if unknown:
             raise DatasetError(
-                f"unknown class {', '.join(map(repr, unknown))}; this dataset has {', '.join(available)}"
+                f"unknown class {', '.join(map(repr, unknown))}; this dataset has "
+                f"{', '.join(available)}"
             )
         labels = label_order(set(wanted))
     else:
         labels = available
     if len(labels) < 2:
-        raise DatasetError(f"training needs at least two classes; the selection has {', '.join(labels) or 'none'}")
+        raise DatasetError(
+            f"training needs at least two classes; the selection has {', '.join(labels) or 'none'}"
+        )
     keep = np.isin(dataset.labels, labels)
     index = {label: position for position, label in enumerate(labels)}
     origins = getattr(dataset, "origins", None)
@@ -144,8 +151,12 @@ def fit(
     size = crops.shape[1]
 
     # One trace for every chunk size (a full chunk, the epoch's last one).
-    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32),
-                                  tf.TensorSpec([None, num_classes], tf.float32)])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, size, size, 1], tf.float32),
+            tf.TensorSpec([None, num_classes], tf.float32),
+        ]
+    )
     def run_chunk(x, y):
         """Train on x's batches in order; the summed loss (per image) and hits."""
         steps = (tf.shape(x)[0] + batch_size - 1) // batch_size
@@ -158,7 +169,7 @@ def fit(
                 predicted = model(x_batch, training=True)
                 loss = loss_function(y_batch, predicted)
             gradients = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             total_loss += loss * tf.cast(tf.shape(x_batch)[0], tf.float32)
             hits = tf.equal(tf.argmax(predicted, axis=1), tf.argmax(y_batch, axis=1))
             correct += tf.reduce_sum(tf.cast(hits, tf.float32))
@@ -186,8 +197,10 @@ def load_starting_model(config: TrainConfig):
     starting = load_model(Path(config.init_model))
     variant = starting.meta.get("training", {}).get("variant")
     if variant != config.variant:
-        raise FerError(f"{config.init_model}: the starting model is a {variant!r} network; "
-                       f"train with --variant {variant} to start from it")
+        raise FerError(
+            f"{config.init_model}: the starting model is a {variant!r} network; "
+            f"train with --variant {variant} to start from it"
+        )
     return starting
 
 
@@ -199,7 +212,7 @@ def start_from(model, starting, labels: list[str]) -> None:
     specs = [spec for spec in starting.network.specs if spec["weights"]]
     if len(layers) != len(specs):
         raise FerError(f"{starting.path}: its layers do not fit this network")
-    for position, (layer, spec) in enumerate(zip(layers, specs)):
+    for position, (layer, spec) in enumerate(zip(layers, specs, strict=True)):
         values = [starting.network.weights[key] for key in spec["weights"]]
         current = layer.get_weights()
         if position == len(layers) - 1:
@@ -212,7 +225,9 @@ def start_from(model, starting, labels: list[str]) -> None:
                     bias[column] = values[1][source]
             values = [kernel, bias]
         if [value.shape for value in values] != [value.shape for value in current]:
-            raise FerError(f"{starting.path}: its layer shapes do not fit this network (another crop size?)")
+            raise FerError(
+                f"{starting.path}: its layer shapes do not fit this network (another crop size?)"
+            )
         layer.set_weights([value.astype(np.float32) for value in values])
 
 
@@ -228,7 +243,9 @@ def divergence(model, last_loss: float, epoch: int, probabilities: np.ndarray) -
     return None
 
 
-def keras_probabilities(model, crops: np.ndarray, mean: np.ndarray, std: np.ndarray, flip: bool = False) -> np.ndarray:
+def keras_probabilities(
+    model, crops: np.ndarray, mean: np.ndarray, std: np.ndarray, flip: bool = False
+) -> np.ndarray:
     """Class probabilities from a Keras model for uint8 crops (batched, inference mode)."""
     x = ((crops.astype(np.float32) - mean) / std).astype(np.float32)[..., np.newaxis]
     probabilities = np.asarray(model(x, training=False))
@@ -248,12 +265,17 @@ def starting_notes(config: TrainConfig) -> list[str]:
         return []
     starting = load_starting_model(config)
     trained_on = starting.meta.get("dataset") or {}
-    return [f"every network started from {Path(config.init_model).name}, trained on "
-            f"{trained_on.get('images', '?')} images of {trained_on.get('name', 'another dataset')} "
-            f"(data fingerprint {starting.meta.get('data_fingerprint', '?')}), none of them in this dataset"]
+    return [
+        f"every network started from {Path(config.init_model).name}, trained on "
+        f"{trained_on.get('images', '?')} images of {trained_on.get('name', 'another dataset')} "
+        f"(data fingerprint {starting.meta.get('data_fingerprint', '?')}), none of them in this "
+        "dataset"
+    ]
 
 
-def checked_start(config: TrainConfig, dataset: PreparedDataset, selection: Selection) -> TrainConfig:
+def checked_start(
+    config: TrainConfig, dataset: PreparedDataset, selection: Selection
+) -> TrainConfig:
     """config, once its starting model (if any) is known to fit and to hold nothing of this
     dataset: a model trained on the same images would have seen every test fold."""
     if not config.init_model:
@@ -261,22 +283,35 @@ def checked_start(config: TrainConfig, dataset: PreparedDataset, selection: Sele
     starting = load_starting_model(config)
     trained_on = starting.meta.get("dataset") or {}
     # Several datasets (ours or the starting model's): any one of them in common counts.
-    sources = {dataset.meta.get("source")} | {part.get("source") for part in dataset.meta.get("datasets", [])}
-    theirs = {trained_on.get("source")} | {part.get("source") for part in starting.meta.get("datasets") or []}
+    sources = {dataset.meta.get("source")} | {
+        part.get("source") for part in dataset.meta.get("datasets", [])
+    }
+    theirs = {trained_on.get("source")} | {
+        part.get("source") for part in starting.meta.get("datasets") or []
+    }
     same_source = bool((sources - {None}) & (theirs - {None}))
     if same_source or starting.meta.get("data_fingerprint") == data_fingerprint(selection):
-        raise FerError(f"{config.init_model}: the starting model was trained on this dataset "
-                       f"({trained_on.get('name', dataset.name)}), so every test fold would be in it; "
-                       "start from a model trained on other people")
+        raise FerError(
+            f"{config.init_model}: the starting model was trained on this dataset "
+            f"({trained_on.get('name', dataset.name)}), so every test fold would be in it; "
+            "start from a model trained on other people"
+        )
     # The same images under another name (a copied folder): the crops' own hashes tell.
     seen = sum(starting.seen_in_training(selection.crops) or [])
     if seen:
-        raise FerError(f"{config.init_model}: the starting model was trained on {seen} of these "
-                       f"{len(selection.crops)} images, so test folds would hold images it has seen; "
-                       "start from a model trained on other people")
-    if starting.preprocess.fingerprint() != PreprocessConfig.from_dict(dataset.meta["preprocess"]).fingerprint():
-        raise FerError(f"{config.init_model}: the starting model's crops were made with other "
-                       "preprocessing settings than this dataset's")
+        raise FerError(
+            f"{config.init_model}: the starting model was trained on {seen} of these "
+            f"{len(selection.crops)} images, so test folds would hold images it has seen; "
+            "start from a model trained on other people"
+        )
+    if (
+        starting.preprocess.fingerprint()
+        != PreprocessConfig.from_dict(dataset.meta["preprocess"]).fingerprint()
+    ):
+        raise FerError(
+            f"{config.init_model}: the starting model's crops were made with other "
+            "preprocessing settings than this dataset's"
+        )
     return config
 
 
@@ -339,9 +374,12 @@ def train_model(
     started = time.perf_counter()
     selection = select_classes(dataset, config.classes)
     if config.normalisation == "per-dataset" and selection.origins is not None:
-        raise FerError("--normalisation per-dataset is for fer crossval: a saved model normalises a face from any "
-                       "camera, and fer predict cannot know which dataset a face belongs to; train with "
-                       "--normalisation global")
+        raise FerError(
+            "--normalisation per-dataset is for fer crossval: a saved model normalises a face from "
+            "any "
+            "camera, and fer predict cannot know which dataset a face belongs to; train with "
+            "--normalisation global"
+        )
     config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     configure_tensorflow(threads)
     last = {"loss": math.nan, "accuracy": math.nan, "epoch": 0}
@@ -350,55 +388,107 @@ def train_model(
     def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
         last.update(loss=loss, accuracy=accuracy, epoch=epoch)
         if progress:
-            progress(Event("epoch", fold=member, epoch=epoch, epochs=config.epochs, loss=loss, accuracy=accuracy))
+            progress(
+                Event(
+                    "epoch",
+                    fold=member,
+                    epoch=epoch,
+                    epochs=config.epochs,
+                    loss=loss,
+                    accuracy=accuracy,
+                )
+            )
 
     preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
-    extra = {"test_time_flip": config.test_time_flip, "data_fingerprint": data_fingerprint(selection),
-             "dataset": {"name": dataset.name, "source": dataset.meta.get("source"), "images": len(selection.crops),
-                         "split": dataset.meta.get("split")}}
+    extra = {
+        "test_time_flip": config.test_time_flip,
+        "data_fingerprint": data_fingerprint(selection),
+        "dataset": {
+            "name": dataset.name,
+            "source": dataset.meta.get("source"),
+            "images": len(selection.crops),
+            "split": dataset.meta.get("split"),
+        },
+    }
     if "datasets" in dataset.meta:  # several combined: every one, with what it gave
-        extra["datasets"] = [{key: part[key] for key in ("name", "dataset", "source", "fingerprint", "images", "classes")}
-                             for part in dataset.meta["datasets"]]
+        extra["datasets"] = [
+            {
+                key: part[key]
+                for key in ("name", "dataset", "source", "fingerprint", "images", "classes")
+            }
+            for part in dataset.meta["datasets"]
+        ]
     # The exported file must give what Keras gives, in finite numbers: checked on a sample
     # and on the load check's own images, before the file takes its name.
     sample = np.concatenate([selection.crops[:64], probe_crops(selection.crops.shape[1])])
     if ensemble > 1:
         import tensorflow as tf
 
-        # Each member traces its own epoch function; TensorFlow's warning about retracing is noise here.
+        # Each member traces its own epoch function; TensorFlow's warning about retracing is noise
+        # here.
         tf.get_logger().setLevel("ERROR")
     networks, outputs = [], []
     for member in range(ensemble):
         seed = config.seed if member == 0 else fold_seed(config.seed, member)
-        model, mean, std = fit(selection.crops, selection.targets, len(selection.labels), config, seed, on_epoch)
+        model, mean, std = fit(
+            selection.crops, selection.targets, len(selection.labels), config, seed, on_epoch
+        )
         outputs.append(keras_probabilities(model, sample, mean, std, config.test_time_flip))
         diverged = divergence(model, last["loss"], last["epoch"], outputs[-1])
         if diverged:
-            left = "" if keep_existing or not Path(output).exists() else f"; {output} was left as it was"
+            left = (
+                ""
+                if keep_existing or not Path(output).exists()
+                else f"; {output} was left as it was"
+            )
             which = f" (network {member + 1} of {ensemble})" if ensemble > 1 else ""
-            raise TrainingError(f"training diverged{which}: {diverged}; no model was saved{left} (try a smaller --lr)")
+            raise TrainingError(
+                f"training diverged{which}: {diverged}; no model was saved{left} (try a smaller "
+                "--lr)"
+            )
         networks.append(export_network(model, mean, std))
     expected = np.mean(outputs, axis=0)
     if ensemble > 1:
-        extra["ensemble"] = {"kind": "seeds", "members": ensemble,
-                             "seeds": [config.seed] + [fold_seed(config.seed, number) for number in range(1, ensemble)]}
+        extra["ensemble"] = {
+            "kind": "seeds",
+            "members": ensemble,
+            "seeds": [config.seed]
+            + [fold_seed(config.seed, number) for number in range(1, ensemble)],
+        }
     checked: dict[str, float] = {}
 
     def check(temporary: Path) -> None:
         exported = load_model(temporary).predict_proba(sample)
         difference = float(np.abs(exported - expected).max())
         if not difference <= 1e-4:  # also NaN
-            raise FerError(f"the exported model disagrees with Keras by {difference:.2g}; nothing was saved "
-                           "(a bug: please report it)")
+            raise FerError(
+                f"the exported model disagrees with Keras by {difference:.2g}; nothing was saved "
+                "(a bug: please report it)"
+            )
         checked["difference"] = difference
 
-    output = save_networks(output, networks, selection.labels, preprocess, config, extra, keep_existing,
-                           training_crops=selection.crops, check=check)
-    return TrainResult(
-        path=output, classes=selection.labels, images=len(selection.crops), epochs=config.epochs,
-        loss=last["loss"], accuracy=last["accuracy"], seconds=time.perf_counter() - started,
-        runtime_difference=checked["difference"], networks=ensemble, dataset=dataset.name,
-        parts=getattr(dataset, "parts", []), notes=getattr(dataset, "notes", []),
+    output = save_networks(
+        output,
+        networks,
+        selection.labels,
+        preprocess,
+        config,
+        extra,
+        keep_existing,
+        training_crops=selection.crops,
+        check=check,
     )
-
-
+    return TrainResult(
+        path=output,
+        classes=selection.labels,
+        images=len(selection.crops),
+        epochs=config.epochs,
+        loss=last["loss"],
+        accuracy=last["accuracy"],
+        seconds=time.perf_counter() - started,
+        runtime_difference=checked["difference"],
+        networks=ensemble,
+        dataset=dataset.name,
+        parts=getattr(dataset, "parts", []),
+        notes=getattr(dataset, "notes", []),
+    )

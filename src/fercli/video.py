@@ -124,8 +124,13 @@ class FaceFrame:
     smoothed_label: str | None = None
 
     def to_json(self) -> dict:
-        data = {"frame": self.frame, "time": round(self.time, 3), "box": list(self.box), "label": self.label,
-                "probabilities": self.probabilities}
+        data = {
+            "frame": self.frame,
+            "time": round(self.time, 3),
+            "box": list(self.box),
+            "label": self.label,
+            "probabilities": self.probabilities,
+        }
         if self.smoothed is not None:
             data["smoothed_label"] = self.smoothed_label
             data["smoothed_probabilities"] = self.smoothed
@@ -149,7 +154,9 @@ class Track:
             "seconds": round(count * interval, 3),
             "first": round(self.frames[0].time, 3) if count else None,
             "last": round(self.frames[-1].time, 3) if count else None,
-            "shares": {label: round(labels.count(label) / count, 4) if count else 0.0 for label in classes},
+            "shares": {
+                label: round(labels.count(label) / count, 4) if count else 0.0 for label in classes
+            },
         }
 
 
@@ -178,10 +185,20 @@ class VideoPrediction:
 
     def to_json(self, classes: list[str]) -> dict:
         data = {
-            "path": self.path, "fps": self.fps, "frames": self.frames, "analysed": self.analysed,
-            "width": self.width, "height": self.height,
-            "tracks": [{"id": track.id, **track.summary(classes, self.interval),
-                        "frames": [face.to_json() for face in track.frames]} for track in self.tracks],
+            "path": self.path,
+            "fps": self.fps,
+            "frames": self.frames,
+            "analysed": self.analysed,
+            "width": self.width,
+            "height": self.height,
+            "tracks": [
+                {
+                    "id": track.id,
+                    **track.summary(classes, self.interval),
+                    "frames": [face.to_json() for face in track.frames],
+                }
+                for track in self.tracks
+            ],
         }
         if self.error:
             data["error"] = self.error
@@ -192,7 +209,9 @@ class _Reader:
     """The frames of a video, decoded by a thread a few frames ahead: (number, seconds, BGR
     frame) for the frames wanted(number, seconds) accepts; the others are only grabbed."""
 
-    def __init__(self, capture, fps: float | None, wanted: Callable[[int, float], bool], frame_bytes: int) -> None:
+    def __init__(
+        self, capture, fps: float | None, wanted: Callable[[int, float], bool], frame_bytes: int
+    ) -> None:
         self.capture = capture
         self.fps = fps
         self.wanted = wanted
@@ -209,7 +228,11 @@ class _Reader:
                     break
                 number = self.count
                 self.count += 1
-                seconds = number / self.fps if self.fps else self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+                seconds = (
+                    number / self.fps
+                    if self.fps
+                    else self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+                )
                 if not self.wanted(number, seconds):
                     continue
                 ok, frame = self.capture.retrieve()
@@ -301,12 +324,16 @@ def _mp4_problem(stream, size: int) -> str:
         elif length == 0:
             length = size - offset
         if length < 8 or offset + length > size:
-            return (f"truncated MP4 (its {kind.decode('latin-1')!r} box runs past the end of the file, "
-                    f"at byte {size:,})")
+            return (
+                f"truncated MP4 (its {kind.decode('latin-1')!r} box runs past the end of the file, "
+                f"at byte {size:,})"
+            )
         boxes[kind] = (offset, length)
         offset += length
     if b"moov" not in boxes:
-        return "MP4 without its index (no 'moov' box): cut off before its end, or still being written"
+        return (
+            "MP4 without its index (no 'moov' box): cut off before its end, or still being written"
+        )
     start, length = boxes[b"moov"]
     stream.seek(start)
     index = stream.read(min(length, 1 << 24))
@@ -349,7 +376,9 @@ class _Follow:
     # shares of it), learnt at the last detection: boxes made from landmarks then look like
     # the detector's, which is what the landmark predictor was trained on.
     relation: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
-    crop: np.ndarray | None = None  # the last crop, z-scored, to tell whether the face is still there
+    crop: np.ndarray | None = (
+        None  # the last crop, z-scored, to tell whether the face is still there
+    )
 
 
 def _landmark_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
@@ -403,15 +432,24 @@ class _Tracker:
         """Face boxes (x0, y0, x1, y1) in the frame, from a search at DETECT_MAX_SIDE at most."""
         self.detections += 1
         scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
-        search = gray if scale == 1.0 else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        search = (
+            gray
+            if scale == 1.0
+            else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        )
         boxes, _, _ = self.detector.run(search, 0, self.config.min_face_score)
-        return [(box.left() / scale, box.top() / scale, box.right() / scale, box.bottom() / scale) for box in boxes]
+        return [
+            (box.left() / scale, box.top() / scale, box.right() / scale, box.bottom() / scale)
+            for box in boxes
+        ]
 
     def _align(self, gray: np.ndarray, boxes: list) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """(landmarks, crop) of the face in each box, None where the landmarks outline none."""
         import dlib
 
-        rectangles = [dlib.rectangle(round(b[0]), round(b[1]), round(b[2]), round(b[3])) for b in boxes]
+        rectangles = [
+            dlib.rectangle(round(b[0]), round(b[1]), round(b[2]), round(b[3])) for b in boxes
+        ]
         found = []
         for landmarks in self.predictor.predict_many([(gray, box) for box in rectangles]):
             landmarks = landmarks.astype(np.float64)
@@ -423,7 +461,9 @@ class _Tracker:
             found.append((landmarks, crop))
         return found
 
-    def step(self, gray: np.ndarray, frame: int, seconds: float) -> list[tuple[FaceFrame, np.ndarray]]:
+    def step(
+        self, gray: np.ndarray, frame: int, seconds: float
+    ) -> list[tuple[FaceFrame, np.ndarray]]:
         """The faces of one analysed frame, each added to its track: (record, crop) pairs, the
         records still without probabilities."""
         height, width = gray.shape
@@ -435,13 +475,18 @@ class _Tracker:
         if not detect:
             self.since_detection += 1
             # Follow each face from where it was: its landmarks from its previous box.
-            for follow, found in zip(self.active, self._align(gray, [follow.box for follow in self.active])):
+            for follow, found in zip(
+                self.active, self._align(gray, [follow.box for follow in self.active]), strict=True
+            ):
                 if found is None:
                     lost = True
                     continue
                 landmarks, crop = found
                 scored = _zscored(crop)
-                if follow.crop is not None and float(scored @ follow.crop) / scored.size < SAME_FACE_CORRELATION:
+                if (
+                    follow.crop is not None
+                    and float(scored @ follow.crop) / scored.size < SAME_FACE_CORRELATION
+                ):
                     lost = True
                     continue
                 results.append((follow, _box_from(landmarks, follow.relation), landmarks, crop))
@@ -460,12 +505,21 @@ class _Tracker:
 
     def _detect_and_match(self, gray: np.ndarray, seconds: float) -> list:
         boxes = self._detect(gray)
-        aligned = [(box, found) for box, found in zip(boxes, self._align(gray, boxes)) if found is not None]
-        self.lost = [(follow, when) for follow, when in self.lost if seconds - when <= self.keep_lost]
+        aligned = [
+            (box, found)
+            for box, found in zip(boxes, self._align(gray, boxes), strict=True)
+            if found is not None
+        ]
+        self.lost = [
+            (follow, when) for follow, when in self.lost if seconds - when <= self.keep_lost
+        ]
         candidates = self.active + [follow for follow, _ in self.lost]
         # Greedy matching, nearest first: each detection continues at most one track.
-        pairs = sorted((_distance(follow.box, box), f, d) for f, follow in enumerate(candidates)
-                       for d, (box, _) in enumerate(aligned))
+        pairs = sorted(
+            (_distance(follow.box, box), f, d)
+            for f, follow in enumerate(candidates)
+            for d, (box, _) in enumerate(aligned)
+        )
         taken_tracks, taken_faces, matched = set(), set(), {}
         for distance, f, d in pairs:
             if distance > MATCH_DISTANCE or f in taken_tracks or d in taken_faces:
@@ -496,10 +550,15 @@ def _classify(waiting: list[tuple[FaceFrame, np.ndarray]], model: FerModel) -> N
         return
     probabilities = model.predict_proba(np.stack([crop for _, crop in waiting]))
     if not np.all(np.isfinite(probabilities)):
-        raise ModelError(f"{model.path}: damaged model file (its probabilities for a face are not finite numbers)")
-    for (record, _), row in zip(waiting, probabilities):
+        raise ModelError(
+            f"{model.path}: damaged model file (its probabilities for a face are not finite "
+            "numbers)"
+        )
+    for (record, _), row in zip(waiting, probabilities, strict=True):
         record.label = model.classes[int(np.argmax(row))]
-        record.probabilities = {label: round(float(p), 6) for label, p in zip(model.classes, row)}
+        record.probabilities = {
+            label: round(float(p), 6) for label, p in zip(model.classes, row, strict=True)
+        }
     waiting.clear()
 
 
@@ -521,7 +580,10 @@ class FramePipeline:
         faces = self.tracker.step(gray, number, seconds)
         self.waiting += faces
         # step() leaves the faces' tracks in tracker.active, in the order of the faces.
-        return [(follow.track.id, record) for follow, (record, _) in zip(self.tracker.active, faces)]
+        return [
+            (follow.track.id, record)
+            for follow, (record, _) in zip(self.tracker.active, faces, strict=True)
+        ]
 
     def classify(self) -> None:
         _classify(self.waiting, self.model)
@@ -538,17 +600,22 @@ def smooth_track(track: Track, classes: list[str], seconds: float) -> None:
     start = np.searchsorted(times, times - seconds / 2 - 1e-9, side="left")
     end = np.searchsorted(times, times + seconds / 2 + 1e-9, side="right")
     means = (sums[end] - sums[start]) / (end - start)[:, None]
-    for face, row in zip(track.frames, means):
-        face.smoothed = {label: round(float(p), 6) for label, p in zip(classes, row)}
+    for face, row in zip(track.frames, means, strict=True):
+        face.smoothed = {label: round(float(p), 6) for label, p in zip(classes, row, strict=True)}
         face.smoothed_label = classes[int(np.argmax(row))]
 
 
-def predict_video(path: Path, model: FerModel, options: VideoOptions = VideoOptions(),
-                  progress: Progress | None = None) -> VideoPrediction:
+def predict_video(
+    path: Path,
+    model: FerModel,
+    options: VideoOptions = VideoOptions(),
+    progress: Progress | None = None,
+) -> VideoPrediction:
     """Follow and classify every face of a video, frame by frame as it is read.
 
     Errors that concern this video are in the result's error (the frames read before a damaged
-    part are kept); progress gets items events (frames read, of the frames in the video) as it goes."""
+    part are kept); progress gets items events (frames read, of the frames in the video) as it
+    goes."""
     result = VideoPrediction(path=str(path), smoothed=options.smooth > 0, options=options)
     started = time.perf_counter()
     try:
@@ -569,14 +636,20 @@ def predict_video(path: Path, model: FerModel, options: VideoOptions = VideoOpti
             result.interval = options.every / result.fps if result.fps else 0.0
         pipeline = FramePipeline(model, options, result.interval)
         if result.width * result.height > MAX_PIXELS:
-            result.error = (f"video too large: {result.width}x{result.height} pixels a frame, limit "
-                            f"{MAX_PIXELS:,} pixels")
+            result.error = (
+                f"video too large: {result.width}x{result.height} pixels a frame, limit "
+                f"{MAX_PIXELS:,} pixels"
+            )
             return result
-        reader = _Reader(capture, result.fps, _sampler(options, result.fps), result.width * result.height * 3)
+        reader = _Reader(
+            capture, result.fps, _sampler(options, result.fps), result.width * result.height * 3
+        )
         reported, last = 0.0, 0.0
         for number, seconds, frame in reader:
             last = seconds
-            if not result.analysed:  # the header's size may be missing; the frame's is what was drawn on
+            if (
+                not result.analysed
+            ):  # the header's size may be missing; the frame's is what was drawn on
                 result.height, result.width = frame.shape[:2]
             pipeline.step(frame, number, seconds)
             result.analysed += 1
@@ -609,12 +682,17 @@ def _reading_problem(reader: _Reader, declared: int) -> str | None:
         return f"the decoder failed after {reader.count} frames ({reader.failure})"
     if reader.count == 0:
         if declared:
-            return f"no frame could be decoded (the header declares {declared}): a codec this OpenCV build " \
-                   "cannot decode, or damaged data"
+            return (
+                f"no frame could be decoded (the header declares {declared}): a codec this OpenCV "
+                "build "
+                "cannot decode, or damaged data"
+            )
         return "no frames: the video is empty"
     if declared and reader.count < declared * (1 - FRAME_COUNT_SLACK) - 1:
-        return (f"the video ends after {reader.count} of the {declared} frames its header declares "
-                "(truncated or damaged); the frames before are reported")
+        return (
+            f"the video ends after {reader.count} of the {declared} frames its header declares "
+            "(truncated or damaged); the frames before are reported"
+        )
     return None
 
 
@@ -631,11 +709,17 @@ class MediaReport:
         return self.images.processed + sum(1 for video in self.videos if video.processed)
 
 
-def predict_media(paths: list[Path], model: FerModel, options: VideoOptions = VideoOptions(),
-                  workers: int | None = None, progress: Progress | None = None,
-                  video_progress: Callable[[str], Progress | None] | None = None) -> MediaReport:
+def predict_media(
+    paths: list[Path],
+    model: FerModel,
+    options: VideoOptions = VideoOptions(),
+    workers: int | None = None,
+    progress: Progress | None = None,
+    video_progress: Callable[[str], Progress | None] | None = None,
+) -> MediaReport:
     """predict_paths for the images among paths (files and folders, as there) and predict_video
-    for the videos, told apart by content. video_progress(path) gives a video's progress callback."""
+    for the videos, told apart by content. video_progress(path) gives a video's progress
+    callback."""
     from fercli.datasets import discover_images
     from fercli.predict import predict_paths
 
@@ -646,13 +730,22 @@ def predict_media(paths: list[Path], model: FerModel, options: VideoOptions = Vi
     # As if the images had been found from the paths given (annotated copies keep the folders).
     report.problems = problems + report.problems
     report.inputs = [str(path) for path in paths]
-    results = [predict_video(path, model, options, video_progress(str(path)) if video_progress else None)
-               for path in videos]
+    results = [
+        predict_video(path, model, options, video_progress(str(path)) if video_progress else None)
+        for path in videos
+    ]
     return MediaReport(images=report, videos=results)
 
 
 # Box colours (BGR) of tracks in annotated videos, by track id.
-TRACK_COLOURS = [(0, 200, 0), (0, 140, 255), (255, 120, 0), (200, 0, 200), (0, 220, 220), (60, 60, 255)]
+TRACK_COLOURS = [
+    (0, 200, 0),
+    (0, 140, 255),
+    (255, 120, 0),
+    (200, 0, 200),
+    (0, 220, 220),
+    (60, 60, 255),
+]
 
 
 def annotate_videos(media: MediaReport, classes: list[str], folder: Path) -> list[Path]:
@@ -670,8 +763,10 @@ def annotate_videos(media: MediaReport, classes: list[str], folder: Path) -> lis
         if not video.processed:
             continue
         base = Path(folder) / annotated_name(video.path, media.images.inputs)
-        for wanted, write in ((base.with_suffix(".avi"), _write_annotated),
-                              (base.with_name(base.stem + ".timeline.png"), _write_timeline)):
+        for wanted, write in (
+            (base.with_suffix(".avi"), _write_annotated),
+            (base.with_name(base.stem + ".timeline.png"), _write_timeline),
+        ):
             try:
                 path = write(video, classes, wanted)
             except FerError as error:
@@ -690,10 +785,20 @@ def _write_timeline(video: VideoPrediction, classes: list[str], path: Path) -> P
     tracks = []
     for track in video.tracks:
         times = [face.time for face in track.frames]
-        values = np.array([[(face.smoothed or face.probabilities)[label] for label in classes] for face in track.frames])
+        values = np.array(
+            [
+                [(face.smoothed or face.probabilities)[label] for label in classes]
+                for face in track.frames
+            ]
+        )
         tracks.append((track.id, times, values))
-    duration = video.frames / video.fps if video.fps else max((face.time for t in video.tracks for face in t.frames), default=0)
-    title = f"{Path(video.path).name}: probability of each class over time{' (smoothed)' if video.smoothed else ''}"
+    duration = (
+        video.frames / video.fps
+        if video.fps
+        else max((face.time for t in video.tracks for face in t.frames), default=0)
+    )
+    smoothed = " (smoothed)" if video.smoothed else ""
+    title = f"{Path(video.path).name}: probability of each class over time{smoothed}"
     gap = max(1.0, 3 * video.interval)
 
     def save(name: str) -> None:
@@ -716,7 +821,9 @@ def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> 
 
     def save(name: str) -> None:
         capture = _open(Path(video.path))
-        writer = cv2.VideoWriter(name, cv2.VideoWriter_fourcc(*"MJPG"), video.fps or 25.0, (video.width, video.height))
+        writer = cv2.VideoWriter(
+            name, cv2.VideoWriter_fourcc(*"MJPG"), video.fps or 25.0, (video.width, video.height)
+        )
         try:
             if not writer.isOpened():
                 raise FerError("OpenCV cannot write an MJPG video here")
@@ -726,7 +833,9 @@ def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> 
                 ok, frame = capture.read()
                 if not ok or frame is None:
                     break
-                seconds = number / video.fps if video.fps else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+                seconds = (
+                    number / video.fps if video.fps else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+                )
                 if sampled(number, seconds):
                     current = by_frame.get(number, [])
                 draw_faces(frame, current, thickness)
@@ -749,24 +858,60 @@ def draw_faces(frame: np.ndarray, faces: list[tuple[int, FaceFrame]], thickness:
         label = face.smoothed_label or face.label
         probability = (face.smoothed or face.probabilities).get(label, 0.0)
         text = drawable(f"#{track_id} {label} {probability:.2f}")
-        cv2.putText(frame, text, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thickness,
-                    colour, thickness, cv2.LINE_AA)
+        cv2.putText(
+            frame,
+            text,
+            (x, max(12, y - 6)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5 * thickness,
+            colour,
+            thickness,
+            cv2.LINE_AA,
+        )
 
 
-def csv_header(classes: list[str], smoothed: bool = False, escape: Callable[[str], str] = str) -> list[str]:
+def csv_header(
+    classes: list[str], smoothed: bool = False, escape: Callable[[str], str] = str
+) -> list[str]:
     """The header of the per-frame CSV of videos (fer predict --csv, fer live --record)."""
-    header = ["path", "frame", "time", "track", "x", "y", "width", "height", "label",
-              *(f"p_{escape(label)}" for label in classes)]
+    header = [
+        "path",
+        "frame",
+        "time",
+        "track",
+        "x",
+        "y",
+        "width",
+        "height",
+        "label",
+        *(f"p_{escape(label)}" for label in classes),
+    ]
     if smoothed:
         header += ["smoothed_label", *(f"smoothed_p_{escape(label)}" for label in classes)]
     return header
 
 
-def csv_row(path: str, track_id: int, face: FaceFrame, classes: list[str], smoothed: bool = False,
-            escape: Callable[[str], str] = str) -> list:
+def csv_row(
+    path: str,
+    track_id: int,
+    face: FaceFrame,
+    classes: list[str],
+    smoothed: bool = False,
+    escape: Callable[[str], str] = str,
+) -> list:
     """One row of the per-frame CSV: one face in one analysed frame."""
-    row = [escape(path), face.frame, f"{face.time:.3f}", track_id, *face.box, escape(face.label),
-           *(f"{face.probabilities[label]:.6f}" for label in classes)]
+    row = [
+        escape(path),
+        face.frame,
+        f"{face.time:.3f}",
+        track_id,
+        *face.box,
+        escape(face.label),
+        *(f"{face.probabilities[label]:.6f}" for label in classes),
+    ]
     if smoothed:
-        row += [escape(face.smoothed_label or ""), *(f"{(face.smoothed or {}).get(label, 0.0):.6f}" for label in classes)]
+        row += [
+            escape(face.smoothed_label or ""),
+            *(f"{(face.smoothed or {}).get(label, 0.0):.6f}" for label in classes),
+        ]
     return row

@@ -51,12 +51,20 @@ def open_source(source: str):
         return capture, kind
     if "://" in source:
         kind = "stream"
-        parameters = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
+        parameters = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            OPEN_TIMEOUT_MS,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            READ_TIMEOUT_MS,
+        ]
         with quiet_stderr():
             capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, parameters)
         if not capture.isOpened():
-            raise FerError(f"the stream {source} does not open (no answer within {OPEN_TIMEOUT_MS / 1000:g} s, "
-                           "or not a video OpenCV can read)")
+            raise FerError(
+                f"the stream {source} does not open (no answer within {OPEN_TIMEOUT_MS / 1000:g} "
+                "s, "
+                "or not a video OpenCV can read)"
+            )
         return capture, kind
     path = Path(source)
     if not path.exists():
@@ -74,7 +82,8 @@ def open_source(source: str):
 class LiveOptions:
     """How fer live reads and analyses its source."""
 
-    # A full face detection every this many frames; in between, faces are followed by their landmarks.
+    # A full face detection every this many frames; in between, faces are followed by their
+    # landmarks.
     detect_every: int = 5
     # A video file starts again at its end instead of ending the command.
     loop: bool = False
@@ -83,10 +92,16 @@ class LiveOptions:
 
 
 class LiveSession:
-    """The source read and labelled by a thread; the latest frame and probabilities for the server."""
+    """The source read and labelled by a thread; the latest frame and probabilities for the
+    server."""
 
-    def __init__(self, source: str, model: FerModel, options: LiveOptions = LiveOptions(),
-                 escape: Callable[[str], str] = str) -> None:
+    def __init__(
+        self,
+        source: str,
+        model: FerModel,
+        options: LiveOptions = LiveOptions(),
+        escape: Callable[[str], str] = str,
+    ) -> None:
         """Opens the source (FerError if it does not open); start() starts reading it.
         escape: applied to the text fields of the recorded CSV (the CLI's printable escaping)."""
         self.source = source
@@ -95,7 +110,9 @@ class LiveSession:
         self.escape = escape
         self.capture, self.kind = open_source(source)
         try:
-            self.recording = open(options.record, "w", newline="", encoding="utf-8") if options.record else None
+            self.recording = (
+                open(options.record, "w", newline="", encoding="utf-8") if options.record else None
+            )
         except OSError as error:
             self.capture.release()
             raise FerError(f"cannot write {options.record}: {error.strerror or error}") from None
@@ -131,12 +148,23 @@ class LiveSession:
         """What the page shows: the latest faces, the frame rate achieved, the model, the status."""
         with self.condition:
             times = list(self.times)
-            rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+            rate = (
+                (len(times) - 1) / (times[-1] - times[0])
+                if len(times) > 1 and times[-1] > times[0]
+                else 0.0
+            )
             return {
-                "source": self.source, "kind": self.kind, "model": Path(str(self.model.path)).name,
-                "classes": list(self.model.classes), "frame": self.sequence, "fps": round(rate, 2),
-                "source_fps": self.source_fps, "latency_ms": round(self.latency * 1000, 1),
-                "status": self.status, "error": self.error, "faces": self.faces,
+                "source": self.source,
+                "kind": self.kind,
+                "model": Path(str(self.model.path)).name,
+                "classes": list(self.model.classes),
+                "frame": self.sequence,
+                "fps": round(rate, 2),
+                "source_fps": self.source_fps,
+                "latency_ms": round(self.latency * 1000, 1),
+                "status": self.status,
+                "error": self.error,
+                "faces": self.faces,
             }
 
     def wait_frame(self, after: int, timeout: float) -> tuple[int, bytes | None, float]:
@@ -153,7 +181,9 @@ class LiveSession:
             if writer:
                 writer.writerow(csv_header(self.model.classes, escape=self.escape))
             interval = 1.0 / self.source_fps if self.source_fps else 1.0 / 30
-            pipeline = FramePipeline(self.model, VideoOptions(detect_every=self.options.detect_every), interval)
+            pipeline = FramePipeline(
+                self.model, VideoOptions(detect_every=self.options.detect_every), interval
+            )
             started = time.perf_counter()
             number, failures, restart = 0, 0, 0
             while not self.stopping.is_set():
@@ -169,17 +199,23 @@ class LiveSession:
                     continue
                 failures = 0
                 if frame.shape[0] * frame.shape[1] > MAX_PIXELS:
-                    self._finish("failed", f"frames too large: {frame.shape[1]}x{frame.shape[0]} pixels")
+                    self._finish(
+                        "failed", f"frames too large: {frame.shape[1]}x{frame.shape[0]} pixels"
+                    )
                     return
                 # A camera's or stream's time is the clock's; a file's comes from its frame rate.
                 seconds = number * interval if self.kind == "file" else read_at - started
                 faces, jpeg = self._label(pipeline, frame, number, seconds)
                 for track_id, face in faces if writer else ():
-                    writer.writerow(csv_row(self.source, track_id, face, self.model.classes, escape=self.escape))
+                    writer.writerow(
+                        csv_row(self.source, track_id, face, self.model.classes, escape=self.escape)
+                    )
                 self._publish(faces, jpeg, read_at, read_wall)
                 number += 1
                 if self.kind == "file":  # a file plays at its own pace, as a camera would
-                    self.stopping.wait(max(0.0, started + (number - restart) * interval - time.perf_counter()))
+                    self.stopping.wait(
+                        max(0.0, started + (number - restart) * interval - time.perf_counter())
+                    )
         except Exception as error:  # the page and the command must learn of it, not a dead thread
             self._finish("failed", f"{type(error).__name__}: {error}")
         finally:
@@ -221,8 +257,15 @@ class LiveSession:
             self.sequence += 1
             self.read_at = read_wall
             self.latency = now - read_at
-            self.faces = [{"track": track_id, "box": list(face.box), "label": face.label,
-                           "probabilities": face.probabilities} for track_id, face in faces]
+            self.faces = [
+                {
+                    "track": track_id,
+                    "box": list(face.box),
+                    "label": face.label,
+                    "probabilities": face.probabilities,
+                }
+                for track_id, face in faces
+            ]
             self.times.append(now)
             while self.times and now - self.times[0] > RATE_WINDOW:
                 self.times.popleft()
@@ -246,7 +289,9 @@ def bind_socket(host: str, port: int):
     except OSError as error:
         sock.close()
         if error.errno == 98 or "in use" in str(error):
-            raise FerError(f"port {port} on {host} is in use (choose another with --port)") from None
+            raise FerError(
+                f"port {port} on {host} is in use (choose another with --port)"
+            ) from None
         raise FerError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     sock.listen(64)
     sock.setblocking(False)

@@ -41,21 +41,30 @@ def build_app(session: LiveSession) -> Starlette:
             if number > seen and jpeg is not None:
                 seen = number
                 # X-Read-At: when the frame was read (Unix time), for bench/live.py's delay.
-                yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
-                       f"X-Read-At: {read_at:.6f}\r\n\r\n".encode() + jpeg + b"\r\n")
+                yield (
+                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
+                    f"X-Read-At: {read_at:.6f}\r\n\r\n".encode()
+                    + jpeg
+                    + b"\r\n"
+                )
             elif session.finished:
                 return
 
     async def stream(request):
-        return StreamingResponse(frames(), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
-                                 headers={"Cache-Control": "no-store"})
+        return StreamingResponse(
+            frames(),
+            media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+            headers={"Cache-Control": "no-store"},
+        )
 
-    return Starlette(routes=[
-        Route("/", page),
-        Route("/state.json", state),
-        Route("/stream.mjpg", stream),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
-    ])
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/state.json", state),
+            Route("/stream.mjpg", stream),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ]
+    )
 
 
 class _Server(uvicorn.Server):
@@ -74,8 +83,13 @@ def serve(session: LiveSession, sock, on_started=None, linger: float = 1.5) -> N
     """Serve the session on a bound socket until Ctrl-C, or until the source ends or fails
     (then linger seconds more, so that the page can say so). on_started() is called once the
     server listens."""
-    config = uvicorn.Config(build_app(session), log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=1, lifespan="off")
+    config = uvicorn.Config(
+        build_app(session),
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=1,
+        lifespan="off",
+    )
     server = _Server(config)
 
     async def watch() -> None:
