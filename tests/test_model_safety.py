@@ -168,6 +168,10 @@ UNSAFE_CALLS = {
     "exec",
 }
 UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "joblib", "marshal", "shelve", "torch"}
+# The one module that may pickle: the worker pool passes fercli's own tasks and results
+# between fercli's own processes over pipes (as multiprocessing does), never anything read
+# from a file. Its uses are counted, so that a new one is seen.
+PICKLING_ALLOWED = {"parallel.py": 2}
 
 
 def test_nothing_in_the_source_unpickles_or_evaluates():
@@ -178,9 +182,16 @@ def test_nothing_in_the_source_unpickles_or_evaluates():
         text = path.read_text()
         if "allow_pickle=True" in text.replace(" ", ""):
             problems.append(f"{path.name}: allow_pickle=True")
+        found = []
         for node in ast.walk(ast.parse(text, filename=str(path))):
             where = f"{path.name}:{getattr(node, 'lineno', '?')}"
-            problems += [f"{where}: {problem}" for problem in _unsafe_use(node)]
+            found += [f"{where}: {problem}" for problem in _unsafe_use(node)]
+        pickling = [
+            problem for problem in found if "pickle" in problem and "allow_pickle" not in problem
+        ]
+        if len(pickling) == PICKLING_ALLOWED.get(path.name):
+            found = [problem for problem in found if problem not in pickling]
+        problems += found
     assert not problems, "\n".join(problems)
 
 
