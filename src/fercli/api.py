@@ -6,9 +6,11 @@
     for face in model.predict("photo.jpg"):     # a path, or a numpy image (BGR or grayscale)
         print(face.box, face.label, face.probabilities[face.label])
 
-Predicting and aligning never import TensorFlow; train and crossval do, when called. (The
-names label_faces and prepare_dataset, not predict and preprocess, because fercli.predict
-and fercli.preprocess are the modules behind the commands.)
+The commands are thin over these functions: fer preprocess calls prepare_dataset, fer train
+train, fer crossval crossval, fer evaluate evaluate_model. Predicting and aligning never
+import TensorFlow; train and crossval do, when called. (The names label_faces,
+prepare_dataset and evaluate_model, not predict, preprocess and evaluate, because those are
+the names of fercli's modules.)
 """
 
 from __future__ import annotations
