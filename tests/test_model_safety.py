@@ -322,6 +322,7 @@ def unusable_models(folder: Path, model_file: Path) -> dict[str, tuple[Path, str
     add("cut.npz", data[:-10], "not a fercli model file")
     add("empty.npz", b"", "not a fercli model file")
     add("notes.npz", b"weights: 1 2 3\n", "not a fercli model file")
+    add("zeros.npz", b"\x00" * 100, "not a fercli model file")
     add(
         "photo.npz",
         (Path(__file__).parent / "data" / "faces" / "happiness" / "astronaut.png").read_bytes(),
@@ -338,6 +339,8 @@ def unusable_models(folder: Path, model_file: Path) -> dict[str, tuple[Path, str
 
     dataset = save_dataset(make_dataset(labels=("anger", "happiness"), subjects=1), folder / "data")
     cases["dataset.npz"] = (dataset, "not a fercli model file")
+    np.save(folder / "single.npy", np.zeros(3))  # a lone array, not an archive
+    cases["single.npy"] = (folder / "single.npy", "not a fercli model file")
     write_model(folder / "future.npz", meta_changes={"format_version": MODEL_FORMAT_VERSION + 1})
     cases["future.npz"] = (
         folder / "future.npz",

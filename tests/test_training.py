@@ -218,17 +218,20 @@ def test_fold_normalisation_comes_from_the_training_part_only(dataset, monkeypat
     assert result["probabilities"].shape == (len(test), 7)
 
 
-def test_normalisation_statistics(dataset):
-    crops = dataset.crops
+def test_normalisation_statistics():
+    # Known values: half the images all 0, half all 200 -> mean 100, std 100 everywhere; the
+    # per-pixel statistics of images 0..3 at pixel (0, 0) and 10 elsewhere.
+    crops = np.concatenate([np.zeros((2, 32, 32), np.uint8), np.full((2, 32, 32), 200, np.uint8)])
     mean, std = normalisation(crops, "global")
-    assert (
-        mean.shape == ()
-        and mean == pytest.approx(crops.mean())
-        and std == pytest.approx(crops.std())
-    )
-    mean, std = normalisation(crops, "pixel")
+    assert mean.shape == () and float(mean) == 100.0 and float(std) == 100.0
+    varied = np.full((4, 32, 32), 10, np.uint8)
+    varied[:, 0, 0] = [0, 1, 2, 3]
+    mean, std = normalisation(varied, "pixel")
     assert mean.shape == (32, 32) and std.shape == (32, 32)
+    assert mean[0, 0] == 1.5 and std[0, 0] == pytest.approx(np.sqrt(1.25))
+    assert mean[5, 5] == 10.0
     # A constant pixel must not divide by zero.
+    assert std[5, 5] > 0
     _, std = normalisation(np.full((4, 32, 32), 7, np.uint8), "global")
     assert float(std) > 0
 
