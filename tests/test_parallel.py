@@ -227,8 +227,8 @@ def test_preprocess_where_workers_are_spawned_gives_what_one_process_gives(
     make_folders, tmp_path, monkeypatch
 ):
     # A platform without fork: the workers are new interpreters that load everything anew.
+    from fercli.prepared import load_dataset
     from fercli.preprocess import preprocess_dataset
-    from fercli.store import load_dataset
 
     names = [f"{index}.png" for index in range(5)]
     root = make_folders({"happy": names, "sad": names})
@@ -285,8 +285,8 @@ def test_no_tasks_no_workers(in_process):
 
 def test_a_failing_fold_is_reported_with_its_number_and_the_other_folds_stopped():
     from fercli.config import TrainConfig
+    from fercli.crossvalidation import FoldTask
     from fercli.engines import LocalEngine
-    from fercli.training import FoldTask
 
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (40, 32, 32), dtype=np.uint8)
