@@ -19,8 +19,10 @@ __all__ = [
     "crossval",
     "evaluate_model",
     "label_faces",
+    "label_media",
     "load_model",
     "prepare_dataset",
+    "sweep_recipes",
     "train",
 ]
 

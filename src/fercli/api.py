@@ -7,7 +7,8 @@
         print(face.box, face.label, face.probabilities[face.label])
 
 The commands are thin over these functions: fer preprocess calls prepare_dataset, fer train
-train, fer crossval crossval, fer evaluate evaluate_model. Predicting and aligning never
+train, fer crossval crossval, fer evaluate evaluate_model, fer sweep sweep_recipes and fer
+predict label_media. Predicting and aligning never
 import TensorFlow; train and crossval do, when called. (The names label_faces,
 prepare_dataset and evaluate_model, not predict, preprocess and evaluate, because those are
 the names of fercli's modules.)
@@ -247,3 +248,65 @@ def evaluate_model(
         report, folder, title=f"{name} on {prepared.name}: {report.pooled_accuracy:.1%}"
     )
     return report
+
+
+def label_media(
+    paths: list[str | Path],
+    model: FerModel | str | Path | None = None,
+    *,
+    options=None,
+    workers: int | None = None,
+    annotate: str | Path | None = None,
+    progress: Progress | None = None,
+    video_progress=None,
+):
+    """fer predict: the faces and labels of every image and video in paths (files and
+    folders) with a model (default: the newest), as a video.MediaReport; with annotate, the
+    labelled copies written there too (media.annotated: the files). options: a
+    video.VideoOptions (sampling, detection, smoothing). video_progress(path) gives each
+    video's progress callback. FerError before any work for an annotation folder that holds
+    inputs."""
+    from fercli.predict import annotate as annotate_images
+    from fercli.predict import check_annotate_folder
+    from fercli.store import check_writable
+    from fercli.video import VideoOptions, annotate_videos, predict_media
+
+    loaded = model if isinstance(model, FerModel) else load_model(model)
+    paths = [Path(path) for path in paths]
+    if annotate is not None:
+        check_annotate_folder(paths, Path(annotate))
+        check_writable(Path(annotate))
+    media = predict_media(
+        paths,
+        loaded,
+        options or VideoOptions(),
+        workers,
+        progress=progress,
+        video_progress=video_progress,
+    )
+    if annotate is not None:
+        media.annotated = annotate_images(media.images, Path(annotate))
+        media.annotated_videos = annotate_videos(media, loaded.classes, Path(annotate))
+    return media
+
+
+def sweep_recipes(
+    dataset: str | Path | None,
+    grid: str | Path,
+    settings: list[str] = (),
+    *,
+    ray: str | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+):
+    """fer sweep: cross-validate every recipe of a grid file (TOML; settings: "key=value"
+    overrides) with several seeds on identical folds, rank them and write the sweep's files;
+    the SweepReport. Finished folds are stored as they come: the same call again resumes."""
+    from fercli.engines import make_engine
+    from fercli.prepared import resolve_dataset
+    from fercli.sweep import read_grid, run_sweep
+
+    plan = read_grid(Path(grid), list(settings))
+    prepared = resolve_dataset(dataset)
+    with make_engine(ray, workers) as engine:
+        return run_sweep(prepared, plan, engine, progress=progress)

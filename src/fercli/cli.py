@@ -960,20 +960,23 @@ def sweep(
     Each finished fold is stored at once: the same command again resumes where it stopped.
     """
     with user_errors(as_json):
-        from fercli.engines import make_engine
-        from fercli.prepared import resolve_dataset
-        from fercli.sweep import read_grid, run_sweep
+        from fercli.api import sweep_recipes as run_sweep
 
-        plan = read_grid(grid, settings or [])
-        prepared = resolve_dataset(dataset)
         bar, update = progress_bar("sweep")
 
         def progress(event) -> None:
             if event.kind in ("start", "fold"):
                 update(event)
 
-        with make_engine(ray, workers) as engine, bar if not as_json else contextlib.nullcontext():
-            report = run_sweep(prepared, plan, engine, progress=None if as_json else progress)
+        with bar if not as_json else contextlib.nullcontext():
+            report = run_sweep(
+                dataset,
+                grid,
+                settings or [],
+                ray=ray,
+                workers=workers,
+                progress=None if as_json else progress,
+            )
     if report.interrupted:
         done = report.stored_folds + report.trained_folds
         raise fail(
@@ -1079,34 +1082,24 @@ def predict(
     if as_json and as_csv:
         raise fail("choose one of --json and --csv", as_json=True)
     with user_errors(as_json):
-        from fercli.predict import annotate, check_annotate_folder, resolve_model
-        from fercli.store import check_writable
-        from fercli.video import annotate_videos, predict_media
+        from fercli.api import label_media
 
         options = video_options(every, fps, detect_every, smooth)
-        loaded = resolve_model(model)
-        if annotate_dir:
-            check_annotate_folder(paths, annotate_dir)
-            check_writable(annotate_dir)
         bar, update = progress_bar("predicting")
+        # The images' bar; a long video still gets its own, except with --json or --csv.
         quiet = as_json or as_csv or len(paths) == 1 and not Path(paths[0]).is_dir()
-        if (
-            quiet
-        ):  # the images' bar; a long video still gets its own below, except with --json or --csv
+        if quiet:
             bar.update(bar.tasks[0].id, visible=False)
         with bar if not (as_json or as_csv) else contextlib.nullcontext():
-            media = predict_media(
+            media = label_media(
                 paths,
-                loaded,
-                options,
-                workers,
+                model,
+                options=options,
+                workers=workers,
+                annotate=annotate_dir,
                 progress=None if quiet else update,
                 video_progress=None if as_json or as_csv else video_progress(bar),
             )
-        written = annotate(media.images, annotate_dir) if annotate_dir else []
-        written_videos = (
-            annotate_videos(media, loaded.classes, annotate_dir) if annotate_dir else []
-        )
     failure = (
         None
         if media.processed
@@ -1115,7 +1108,7 @@ def predict(
     render_media(media, as_json, as_csv, failure)
     render_media_problems(media)
     if annotate_dir:
-        render_annotated(media, written, written_videos, annotate_dir)
+        render_annotated(media, annotate_dir)
     if not as_json:
         render_training_notes(media, as_csv)
     listed = sum(1 for problem in media.images.problems if problem.listed)
@@ -1200,13 +1193,14 @@ def render_training_notes(media, as_csv: bool) -> None:
             )
 
 
-def render_annotated(media, written: list, written_videos: list, annotate_dir: Path) -> None:
-    err.print(f"{len(written)} annotated images in {shown(annotate_dir)}")
+def render_annotated(media, annotate_dir: Path) -> None:
+    err.print(f"{len(media.annotated)} annotated images in {shown(annotate_dir)}")
     if media.videos:
-        videos_written = sum(1 for path in written_videos if path.suffix == ".avi")
+        videos_written = sum(1 for path in media.annotated_videos if path.suffix == ".avi")
+        timelines = len(media.annotated_videos) - videos_written
         err.print(
             f"{plural(videos_written, 'annotated video')} and "
-            f"{plural(len(written_videos) - videos_written, 'timeline')} in {shown(annotate_dir)}"
+            f"{plural(timelines, 'timeline')} in {shown(annotate_dir)}"
         )
 
 

@@ -702,6 +702,9 @@ class MediaReport:
 
     images: object  # fercli.predict.PredictReport
     videos: list[VideoPrediction] = field(default_factory=list)
+    # Labelled copies written (fer predict --annotate): images; videos and timelines.
+    annotated: list[Path] = field(default_factory=list)
+    annotated_videos: list[Path] = field(default_factory=list)
 
     @property
     def processed(self) -> int:
