@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import write_image
+from fercli import __version__
 from fercli.cli import app
 from fercli.config import TrainConfig
 from fercli.model import load_model
@@ -587,6 +588,31 @@ def test_h_is_help_and_no_help_line_is_cut(command, monkeypatch):
             and "<sgd|adam>" in text
             and "<global|pixel|per-dataset>" in text
         )
+
+
+def test_help_lists_the_commands():
+    result = fer("--help")
+
+    assert result.exit_code == 0
+    for command in ("preprocess", "train", "crossval", "sweep", "evaluate", "predict", "live"):
+        assert command in result.stdout
+
+
+def test_version():
+    result = fer("--version")
+
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"fer (fercli) {__version__}"
+
+
+def test_real_command_and_module_start():
+    for command, expected in (
+        ([str(FER), "--help"], "preprocess"),
+        ([sys.executable, "-m", "fercli", "--version"], __version__),
+    ):
+        completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+        assert completed.returncode == 0, completed.stderr
+        assert expected in completed.stdout
 
 
 def test_help_imports_no_heavy_library():

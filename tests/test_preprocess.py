@@ -16,7 +16,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import run_unprivileged, write_image
-from fercli import __version__
 from fercli.cache import CropCache
 from fercli.cli import app
 from fercli.config import PreprocessConfig
@@ -449,44 +448,6 @@ def test_home_that_cannot_be_created_is_a_store_error(make_folders, tmp_path, mo
 
 
 # The command itself --------------------------------------------------------------------------
-
-
-def test_help_lists_the_commands():
-    result = run_cli("--help")
-
-    assert result.exit_code == 0
-    for command in ("preprocess", "train", "crossval", "predict"):
-        assert command in result.stdout
-
-
-def test_version():
-    result = run_cli("--version")
-
-    assert result.exit_code == 0
-    assert result.stdout.strip() == f"fer (fercli) {__version__}"
-
-
-def test_real_command_and_module_start():
-    for command, expected in (
-        ([str(FER), "--help"], "preprocess"),
-        ([sys.executable, "-m", "fercli", "--version"], __version__),
-    ):
-        completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
-        assert completed.returncode == 0, completed.stderr
-        assert expected in completed.stdout
-
-
-def test_importing_the_cli_loads_no_heavy_library():
-    code = (
-        "import sys, fercli.cli; print(sorted({'tensorflow', 'keras', 'dlib'} & set(sys.modules)))"
-    )
-
-    completed = subprocess.run(
-        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
-    )
-
-    assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("workers", [1, 2])
