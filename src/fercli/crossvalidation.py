@@ -562,17 +562,10 @@ def assemble_crossval(
     true_all = np.concatenate(true) if true else np.zeros(0, int)
     predicted_all = np.concatenate(predicted) if predicted else np.zeros(0, int)
     matrix, per_class, f1 = score_predictions(true_all, predicted_all, selection.labels)
-    subjects = sorted(set(selection.subjects.tolist()) - {""})
     complete = bool(true) and len(true) == len(results)
     return CrossvalReport(
         dataset={
-            "name": dataset.name,
-            "path": str(dataset.location),
-            "layout": dataset.meta.get("layout"),
-            "source": dataset.meta.get("source"),
-            "images": len(selection.crops),
-            "subjects": len(subjects),
-            "fingerprint": data_fingerprint(selection),
+            **dataset_summary(dataset, selection),
             **({"datasets": dataset.meta["datasets"]} if "datasets" in dataset.meta else {}),
         },
         protocol={
@@ -608,6 +601,22 @@ def assemble_crossval(
         per_dataset=per_dataset_figures(selection, splits, results, fold_results, complete),
         exports=exports,
     )
+
+
+def dataset_summary(
+    dataset: PreparedDataset, selection: Selection, name: str | None = None
+) -> dict:
+    """What a report says of the data it ran on: name, where it is, its layout and source,
+    the images and subjects taking part and their fingerprint."""
+    return {
+        "name": name or dataset.name,
+        "path": str(dataset.location),
+        "layout": dataset.meta.get("layout"),
+        "source": dataset.meta.get("source"),
+        "images": len(selection.crops),
+        "subjects": len(set(selection.subjects.tolist()) - {""}),
+        "fingerprint": data_fingerprint(selection),
+    }
 
 
 def score_predictions(

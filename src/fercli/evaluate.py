@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fercli.config import PreprocessConfig, ScanOptions
-from fercli.crossvalidation import CrossvalReport, FoldResult, score_predictions
+from fercli.crossvalidation import CrossvalReport, FoldResult, dataset_summary, score_predictions
 from fercli.errors import DatasetError
 from fercli.events import Progress
 from fercli.fer2013 import is_fer2013
@@ -185,18 +185,8 @@ def score_model(
         test_subjects=[],
         seconds=round(time.perf_counter() - started, 2),
     )
-    subjects = sorted(set(selection.subjects.tolist()) - {""})
     return CrossvalReport(
-        dataset={
-            "name": dataset_name,
-            "path": str(dataset.location),
-            "layout": dataset.meta.get("layout"),
-            "source": dataset.meta.get("source"),
-            "images": len(selection.crops),
-            "subjects": len(subjects),
-            "fingerprint": data_fingerprint(selection),
-            "split": split,
-        },
+        dataset={**dataset_summary(dataset, selection, dataset_name), "split": split},
         protocol={
             "kind": "evaluate",
             "folds": 1,
