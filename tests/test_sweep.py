@@ -152,21 +152,18 @@ def test_cli_refuses_a_bad_grid_in_one_line(tmp_path):
 
 
 def test_corrected_interval_follows_nadeau_and_bengio():
-    from scipy import stats
-
     differences = np.array([[0.02, 0.05, -0.01], [0.04, 0.00, 0.03]])  # 2 seeds x 3 folds
     ratio = 0.5  # 3 folds: a third tests, two thirds train
     result = corrected_interval(differences, ratio)
-    n = differences.size
-    variance = differences.var(ddof=1) * (1 / n + ratio)
-    half = stats.t.ppf(0.975, n - 1) * np.sqrt(variance)
-    assert result["mean"] == pytest.approx(differences.mean())
-    assert result["low"] == pytest.approx(differences.mean() - half)
-    assert result["high"] == pytest.approx(differences.mean() + half)
-    assert result["df"] == n - 1
-    # The correction makes the interval wider than the naive one (variance / n).
-    naive = stats.t.ppf(0.975, n - 1) * np.sqrt(differences.var(ddof=1) / n)
-    assert half > naive
+    # Worked by hand: mean 0.13 / 6; sample variance 0.0026833 / 5 = 0.00053667, corrected
+    # by (1/6 + 0.5) to 0.00035778; t(0.975, 5 df) = 2.5706 (a t table); half-width
+    # 2.5706 * sqrt(0.00035778) = 0.048623.
+    assert result["mean"] == pytest.approx(0.0216667, abs=1e-6)
+    assert result["low"] == pytest.approx(0.0216667 - 0.048623, abs=1e-5)
+    assert result["high"] == pytest.approx(0.0216667 + 0.048623, abs=1e-5)
+    assert result["df"] == 5
+    # The correction makes the interval wider than the naive one (variance / n): 0.024311.
+    assert result["high"] - result["mean"] > 2.5706 * np.sqrt(0.00053667 / 6) + 0.02
 
 
 # --- running and resuming -----------------------------------------------------------------
