@@ -24,6 +24,24 @@ def drawable(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def labelled_box(
+    image: np.ndarray, box: tuple[int, int, int, int], text: str, colour, thickness: int
+) -> None:
+    """Draw a face's box on a BGR image, in place, with text (made drawable) just above it."""
+    x, y, width, height = box
+    cv2.rectangle(image, (x, y), (x + width, y + height), colour, thickness)
+    cv2.putText(
+        image,
+        drawable(text),
+        (x, max(12, y - 6)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.5 * thickness,
+        colour,
+        thickness,
+        cv2.LINE_AA,
+    )
+
+
 def _write_png(path: Path, image: np.ndarray) -> Path:
     ok, encoded = cv2.imencode(".png", image)
     if not ok:

@@ -245,7 +245,7 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
     import cv2
 
     from fercli.images import load_color
-    from fercli.pictures import drawable
+    from fercli.pictures import labelled_box
     from fercli.store import atomic_write
 
     written = []
@@ -259,19 +259,8 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
             continue
         thickness = max(1, round(max(picture.shape[:2]) / 400))
         for face in image.faces:
-            x, y, width, height = face.box
-            cv2.rectangle(picture, (x, y), (x + width, y + height), (0, 200, 0), thickness)
-            text = drawable(f"{face.label} {face.probabilities[face.label]:.2f}")
-            cv2.putText(
-                picture,
-                text,
-                (x, max(12, y - 6)),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                0.5 * thickness,
-                (0, 200, 0),
-                thickness,
-                cv2.LINE_AA,
-            )
+            text = f"{face.label} {face.probabilities[face.label]:.2f}"
+            labelled_box(picture, face.box, text, (0, 200, 0), thickness)
         ok, encoded = cv2.imencode(".png", picture)
         wanted = Path(folder) / annotated_name(image.path, report.inputs)
         try:

@@ -852,25 +852,13 @@ def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> 
 
 def draw_faces(frame: np.ndarray, faces: list[tuple[int, FaceFrame]], thickness: int) -> None:
     """Draw each (track id, face) on a BGR frame, in place: its box, and "#id label p" above it."""
-    from fercli.pictures import drawable
+    from fercli.pictures import labelled_box
 
     for track_id, face in faces:
         colour = TRACK_COLOURS[(track_id - 1) % len(TRACK_COLOURS)]
-        x, y, width, height = face.box
-        cv2.rectangle(frame, (x, y), (x + width, y + height), colour, thickness)
         label = face.smoothed_label or face.label
         probability = (face.smoothed or face.probabilities).get(label, 0.0)
-        text = drawable(f"#{track_id} {label} {probability:.2f}")
-        cv2.putText(
-            frame,
-            text,
-            (x, max(12, y - 6)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.5 * thickness,
-            colour,
-            thickness,
-            cv2.LINE_AA,
-        )
+        labelled_box(frame, face.box, f"#{track_id} {label} {probability:.2f}", colour, thickness)
 
 
 def csv_header(
