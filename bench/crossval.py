@@ -37,8 +37,8 @@ def matmul_rate(size: int = 2048, repeats: int = 10) -> float:
 
 def synthetic_dataset(home: Path, images: int, classes: int = 7, seed: int = 0) -> str:
     """A JAFFE-sized set of class-dependent patterns, saved where `fer crossval` finds it."""
-    from fercli.config import PreprocessConfig
-    from fercli.prepared import PreparedDataset, save_dataset
+    from fercli.core.config import PreprocessConfig
+    from fercli.data.prepared import PreparedDataset, save_dataset
 
     rng = np.random.default_rng(seed)
     labels = np.arange(images) % classes
@@ -66,14 +66,14 @@ PLAIN_FIT = r"""
 import json, os, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np
-from fercli.prepared import resolve_dataset
-from fercli.crossvalidation import make_folds
-from fercli.training import normalisation, select_classes
+from fercli.data.prepared import resolve_dataset
+from fercli.learn.folds import make_folds
+from fercli.learn.selection import normalisation, select_classes
 dataset = resolve_dataset(sys.argv[1]); epochs = int(sys.argv[2])
 selection = select_classes(dataset)
 train, test = make_folds(selection, 10, "random", 0)[0]
 import keras
-from fercli.model import build_model
+from fercli.learn.network import build_model
 mean, std = normalisation(selection.crops[train], "global")
 x = ((selection.crops[train] - mean) / std).astype("float32")[..., None]
 y = np.eye(len(selection.labels), dtype="float32")[selection.targets[train]]

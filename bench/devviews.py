@@ -65,7 +65,7 @@ def sequence_of(path: str) -> tuple[str, int]:
 
 def make_views(source: Path, env: dict, preprocess_options: list[str]) -> dict[str, str]:
     """Preprocess the CK+48 folder and save its views as datasets under FER_HOME; their names."""
-    from fercli.prepared import PreparedDataset, load_dataset, save_dataset
+    from fercli.data.prepared import PreparedDataset, load_dataset, save_dataset
 
     report = run_json(["preprocess", str(source), *preprocess_options], env)
     edges = report.get("edges", {})

@@ -70,8 +70,8 @@ def main() -> None:
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         os.environ.setdefault("FER_HOME", str(Path(folder) / "home"))
-        from fercli.config import PreprocessConfig
-        from fercli.fer2013 import preprocess_fer2013
+        from fercli.core.config import PreprocessConfig
+        from fercli.data.fer2013 import preprocess_fer2013
 
         path = arguments.keep or Path(folder) / "fer2013.csv"
         if not path.exists():

@@ -42,9 +42,9 @@ def make_model(path: Path, networks: int) -> Path:
     script = r"""
 import sys, numpy as np
 from pathlib import Path
-from fercli.config import PreprocessConfig, TrainConfig
-from fercli.prepared import PreparedDataset
-from fercli.training import train_model
+from fercli.core.config import PreprocessConfig, TrainConfig
+from fercli.data.prepared import PreparedDataset
+from fercli.learn.training import train_model
 rng = np.random.default_rng(0)
 labels = np.array(["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"] * 30)
 crops = rng.integers(0, 256, (len(labels), 32, 32), dtype=np.uint8)

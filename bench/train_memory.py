@@ -62,9 +62,9 @@ def reset_peak() -> None:
 
 def child(kind: str, epochs: int, threads: int, copies: int) -> dict:
     """One measurement in this process, on whichever fercli PYTHONPATH gives."""
-    from fercli import training
-    from fercli.config import TrainConfig
-    from fercli.training import configure_tensorflow, fit
+    from fercli.core.config import TrainConfig
+    from fercli.learn import training
+    from fercli.learn.training import configure_tensorflow, fit
 
     statistics_of = training.normalisation
     peaks = []
@@ -137,8 +137,8 @@ def in_process(old_training: Path, rounds: int, epochs: int, threads: int) -> No
     import importlib.util
 
     sys.path.insert(0, str(ROOT / "src"))
-    from fercli import training
-    from fercli.config import TrainConfig
+    from fercli.core.config import TrainConfig
+    from fercli.learn import training
 
     spec = importlib.util.spec_from_file_location("old_training", old_training)
     old = importlib.util.module_from_spec(spec)

@@ -14,10 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fercli.config import CROP_SIZE, PreprocessConfig
-from fercli.labels import BASIC_LABELS
-from fercli.prepared import PreparedDataset, save_dataset
-from fercli.store import datasets_dir
+from fercli.core.config import CROP_SIZE, PreprocessConfig
+from fercli.core.labels import BASIC_LABELS
+from fercli.core.store import datasets_dir
+from fercli.data.prepared import PreparedDataset, save_dataset
 
 SHAPES = ("disc", "hbar", "vbar", "cross", "ring", "diagonal", "checker")
 
@@ -115,7 +115,7 @@ def save_synthetic(dataset: PreparedDataset, name: str = "synthetic") -> Path:
 def train_tiny_model(path: Path, labels: tuple[str, ...]) -> Path:
     """A small model trained on synthetic shapes of the given classes (its labels mean nothing
     on a real face: for tests that count faces, tracks and boxes); returns its file."""
-    from fercli.config import TrainConfig
-    from fercli.training import train_model
+    from fercli.core.config import TrainConfig
+    from fercli.learn.training import train_model
 
     return train_model(make_dataset(labels=labels, subjects=4), TrainConfig(epochs=2), path).path

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import TIGHT_FACE_BOX, crop_box
-from fercli.align import (
+from fercli.api import align_faces
+from fercli.core.config import CROP_SIZE, PreprocessConfig
+from fercli.core.errors import NoFaceError
+from fercli.faces.align import (
     AlignedFace,
     align_detected,
     detect_faces,
@@ -18,9 +21,6 @@ from fercli.align import (
     inside_photo,
     no_face_error,
 )
-from fercli.api import align_faces
-from fercli.config import CROP_SIZE, PreprocessConfig
-from fercli.errors import NoFaceError
 
 
 def largest_face(gray: np.ndarray, config: PreprocessConfig) -> tuple[AlignedFace, int]:
@@ -137,7 +137,7 @@ def detections(detector, image: np.ndarray) -> list:
 @pytest.fixture
 def fresh_detector():
     """face_detector() as in a new process; cleared again afterwards."""
-    from fercli.align import face_detector
+    from fercli.faces.align import face_detector
 
     face_detector.cache_clear()
     yield face_detector

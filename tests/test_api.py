@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import fercli
-from fercli.config import TrainConfig
-from fercli.errors import ImageError
-from fercli.training import train_model
+from fercli.core.config import TrainConfig
+from fercli.core.errors import ImageError
+from fercli.learn.training import train_model
 from synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ def test_import_fercli_is_cheap():
 
 
 def test_crossval_and_train_take_a_recipe_and_settings(fer_home):
-    from fercli.prepared import save_dataset
+    from fercli.data.prepared import save_dataset
 
     save_dataset(
         make_dataset(labels=("anger", "happiness"), subjects=3), fer_home / "datasets" / "shapes"
@@ -104,7 +104,7 @@ def test_crossval_and_train_take_a_recipe_and_settings(fer_home):
 
 
 def test_evaluate_model_scores_a_model_on_a_dataset_and_writes_its_report(fer_home):
-    from fercli.prepared import save_dataset
+    from fercli.data.prepared import save_dataset
 
     save_dataset(
         make_dataset(labels=("anger", "happiness"), subjects=3), fer_home / "datasets" / "shapes"

@@ -8,10 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from fercli import augment as augment_module
-from fercli.augment import TrainingImages, augment, enlarge
-from fercli.config import TrainConfig
-from fercli.training import configure_tensorflow, fit, normalisation
+from fercli.core.config import TrainConfig
+from fercli.learn import augment as augment_module
+from fercli.learn.augment import TrainingImages, augment, enlarge
+from fercli.learn.selection import normalisation
+from fercli.learn.training import configure_tensorflow, fit
 from synthetic import make_dataset
 
 

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 from conftest import write_image
 from fercli import __version__
 from fercli.cli import app
-from fercli.config import TrainConfig
-from fercli.model import load_model
-from fercli.store import models_dir
-from fercli.training import train_model
+from fercli.core.config import TrainConfig
+from fercli.core.store import models_dir
+from fercli.infer.model import load_model
+from fercli.learn.training import train_model
 from synthetic import make_dataset, save_synthetic
 
 CLASSES = ["anger", "happiness", "surprise", "neutral"]

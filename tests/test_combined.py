@@ -11,14 +11,15 @@ import pytest
 from typer.testing import CliRunner
 
 from fercli.cli import app
-from fercli.combined import combine, load_combined, resolve_datasets
-from fercli.config import PreprocessConfig, TrainConfig
-from fercli.crossvalidation import cross_validate, fold_inputs, make_folds
-from fercli.errors import DatasetError
-from fercli.model import load_model
-from fercli.prepared import PreparedDataset, dataset_folder, save_dataset
-from fercli.store import datasets_dir
-from fercli.training import select_classes
+from fercli.core.config import PreprocessConfig, TrainConfig
+from fercli.core.errors import DatasetError
+from fercli.core.store import datasets_dir
+from fercli.data.combined import combine, load_combined, resolve_datasets
+from fercli.data.prepared import PreparedDataset, dataset_folder, save_dataset
+from fercli.infer.model import load_model
+from fercli.learn.crossval import cross_validate
+from fercli.learn.folds import fold_inputs, make_folds
+from fercli.learn.selection import select_classes
 from synthetic import make_dataset, save_synthetic
 
 SHARED = ("anger", "happiness", "surprise")
@@ -216,8 +217,8 @@ def test_random_folds_on_combined_data_give_each_fold_its_share_of_every_dataset
 
 
 def test_a_starting_model_trained_on_one_of_the_datasets_is_refused(two_saved, tmp_path):
-    from fercli.errors import FerError
-    from fercli.training import train_model
+    from fercli.core.errors import FerError
+    from fercli.learn.training import train_model
 
     starting = tmp_path / "jaffe.npz"
     train_model(load_combined(["jaffe-1"]), TrainConfig(epochs=1, copies=0), starting)
@@ -230,7 +231,7 @@ def test_a_starting_model_trained_on_one_of_the_datasets_is_refused(two_saved, t
 
 
 def test_leave_one_dataset_out_warns_of_classes_only_the_left_out_dataset_has(fer_home):
-    from fercli.crossvalidation import protocol_warnings
+    from fercli.learn.crossval import protocol_warnings
 
     first = synthetic("jaffe", SHARED + ("neutral",), seed=1)
     combined = combine([first, synthetic("ck48", seed=2)], classes=SHARED + ("neutral",))

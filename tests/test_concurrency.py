@@ -20,10 +20,10 @@ import pytest
 
 from conftest import face_variant, write_image
 from fercli.api import align_faces
-from fercli.cache import CropCache, content_key
-from fercli.config import PreprocessConfig
-from fercli.images import decode_gray
-from fercli.prepared import dataset_folder, load_dataset
+from fercli.core.config import PreprocessConfig
+from fercli.data.cache import CropCache, content_key
+from fercli.data.prepared import dataset_folder, load_dataset
+from fercli.media.images import decode_gray
 
 FER = Path(sys.executable).with_name("fer")
 IMAGES = 60

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import run_unprivileged
-from fercli.config import ScanOptions
-from fercli.datasets import detect_layout, discover_images, scan_dataset, subject_of
-from fercli.errors import LayoutError
+from fercli.core.config import ScanOptions
+from fercli.core.errors import LayoutError
+from fercli.data.datasets import detect_layout, scan_dataset, subject_of
+from fercli.media.discover import discover_images
 
 
 def by_name(scan) -> dict[str, tuple[str, str | None]]:

@@ -12,13 +12,14 @@ import pytest
 from typer.testing import CliRunner
 
 from fercli.cli import app
-from fercli.config import PreprocessConfig, TrainConfig
-from fercli.crossvalidation import cross_validate, save_crossval_model
-from fercli.errors import DatasetError, ModelError
-from fercli.evaluate import RENORMALISED, prepare_for_model, score_model
-from fercli.model import load_model, save_networks
-from fercli.store import models_dir, pack_json, unpack_json
-from fercli.training import train_model
+from fercli.core.config import PreprocessConfig, TrainConfig
+from fercli.core.errors import DatasetError, ModelError
+from fercli.core.store import models_dir, pack_json, unpack_json
+from fercli.infer.model import load_model, save_networks
+from fercli.learn.crossval import cross_validate
+from fercli.learn.crossval_files import save_crossval_model
+from fercli.learn.evaluate import RENORMALISED, prepare_for_model, score_model
+from fercli.learn.training import train_model
 from synthetic import make_dataset, save_synthetic
 
 TRAINED = ("anger", "disgust", "fear", "happiness")
@@ -199,7 +200,7 @@ def test_a_single_network_file_still_loads(single_path, tmp_path):
 
 
 def _networks(path: Path):
-    from fercli.model import ExportedNetwork
+    from fercli.infer.model import ExportedNetwork
 
     model = load_model(path)
     return [

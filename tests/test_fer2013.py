@@ -11,14 +11,14 @@ from typer.testing import CliRunner
 
 from conftest import TIGHT_FACE_BOX, crop_box
 from fercli.cli import app
-from fercli.config import PreprocessConfig, TrainConfig
-from fercli.crossvalidation import cross_validate
-from fercli.errors import DatasetError, LayoutError
-from fercli.evaluate import dataset_split
-from fercli.fer2013 import is_fer2013, preprocess_fer2013
-from fercli.model import load_model
-from fercli.prepared import load_dataset
-from fercli.preprocess import preprocess_dataset
+from fercli.core.config import PreprocessConfig, TrainConfig
+from fercli.core.errors import DatasetError, LayoutError
+from fercli.data.fer2013 import is_fer2013, preprocess_fer2013
+from fercli.data.prepared import load_dataset
+from fercli.data.preprocess import preprocess_dataset
+from fercli.infer.model import load_model
+from fercli.learn.crossval import cross_validate
+from fercli.learn.evaluate import dataset_split
 
 runner = CliRunner()
 HEADER = "emotion,pixels,Usage\n"
@@ -103,7 +103,7 @@ def test_rows_are_aligned_and_bad_rows_skipped_with_the_reason(fer_csv):
 def test_rows_whose_pixels_are_not_whole_numbers_from_0_to_255_are_skipped(
     astronaut_gray, tmp_path
 ):
-    from fercli.fer2013 import read_rows
+    from fercli.data.fer2013 import read_rows
 
     pixels = face48(astronaut_gray, 0).ravel().tolist()
     tabbed = "\t".join(map(str, pixels))

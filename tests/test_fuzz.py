@@ -33,9 +33,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import DATA, FACE_BOX, crop_box, tiff
-from fercli.config import PreprocessConfig, ScanOptions
-from fercli.errors import ImageError, LayoutError
-from fercli.images import MAX_PIXELS
+from fercli.core.config import PreprocessConfig, ScanOptions
+from fercli.core.errors import ImageError, LayoutError
+from fercli.media.images import MAX_PIXELS
 
 # A case that takes longer than this is a hang (decoding a seed takes milliseconds).
 CASE_TIMEOUT = 60
@@ -129,7 +129,7 @@ def _unexpected() -> tuple:
 
 def decode_case(data: bytes) -> tuple:
     """Runs in the sandbox: what decode_gray makes of some bytes."""
-    from fercli.images import decode_gray
+    from fercli.media.images import decode_gray
 
     try:
         image = decode_gray(data)
@@ -142,7 +142,7 @@ def decode_case(data: bytes) -> tuple:
 
 def check_case(data: bytes) -> tuple:
     """Runs in the sandbox: what check_image makes of some bytes."""
-    from fercli.images import check_image
+    from fercli.media.images import check_image
 
     try:
         return ("accepted", check_image(data))
@@ -155,8 +155,8 @@ def check_case(data: bytes) -> tuple:
 def align_case(data: bytes, name: str) -> tuple:
     """Runs in the sandbox: align_file on a file holding the bytes, through a crop cache,
     twice (the second answer must come from the cache and agree)."""
-    from fercli.cache import CropCache
-    from fercli.preprocess import align_file
+    from fercli.data.cache import CropCache
+    from fercli.data.preprocess import align_file
 
     folder = Path(tempfile.mkdtemp())
     try:
@@ -178,7 +178,7 @@ def align_case(data: bytes, name: str) -> tuple:
 
 def scan_case(root: str, layout: str | None) -> tuple:
     """Runs in the sandbox: what scan_dataset makes of a folder."""
-    from fercli.datasets import scan_dataset
+    from fercli.data.datasets import scan_dataset
 
     try:
         scan = scan_dataset(Path(root), ScanOptions(layout=layout))

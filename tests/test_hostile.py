@@ -23,11 +23,11 @@ import pytest
 from typer.testing import CliRunner
 
 from fercli.cli import app
-from fercli.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
-from fercli.errors import DatasetError, ModelError
-from fercli.model import MODEL_FORMAT, MODEL_FORMAT_VERSION, load_model
-from fercli.prepared import DATASET_FILE, load_dataset
-from fercli.store import datasets_dir, pack_json, unpack_json
+from fercli.core.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
+from fercli.core.errors import DatasetError, ModelError
+from fercli.core.store import datasets_dir, pack_json, unpack_json
+from fercli.data.prepared import DATASET_FILE, load_dataset
+from fercli.infer.model import MODEL_FORMAT, MODEL_FORMAT_VERSION, load_model
 from synthetic import make_dataset, save_synthetic
 
 CLASSES = ("anger", "happiness", "surprise")

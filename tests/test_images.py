@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_unprivileged, write_image
-from fercli.errors import ImageError
-from fercli.images import MAX_FILE_BYTES, load_gray
+from fercli.core.errors import ImageError
+from fercli.media.images import MAX_FILE_BYTES, load_gray
 
 
 def assert_refused(path: Path, *fragments: str) -> str:
@@ -226,7 +226,7 @@ def test_opencvs_own_pixel_limit_is_in_force_in_a_fresh_process(tmp_path):
     path = tmp_path / "large.png"
     path.write_bytes(_png_1bit(16385, 8192))
     script = (
-        "import fercli.align\n"  # imports cv2 the way every command does
+        "import fercli.faces.align\n"  # imports cv2 the way every command does
         "import cv2, numpy\n"
         "try:\n"
         f"    print(cv2.imdecode(numpy.fromfile({str(path)!r}, numpy.uint8), "

@@ -8,13 +8,14 @@ import pytest
 from typer.testing import CliRunner
 
 from fercli.cli import app
-from fercli.config import TrainConfig
-from fercli.crossvalidation import cross_validate, save_crossval
-from fercli.errors import StoreError
-from fercli.inventory import list_home, remove_entry
-from fercli.prepared import resolve_dataset
-from fercli.store import models_dir, runs_dir
-from fercli.training import train_model
+from fercli.core.config import TrainConfig
+from fercli.core.errors import StoreError
+from fercli.core.store import models_dir, runs_dir
+from fercli.data.inventory import list_home, remove_entry
+from fercli.data.prepared import resolve_dataset
+from fercli.learn.crossval import cross_validate
+from fercli.learn.crossval_files import save_crossval
+from fercli.learn.training import train_model
 from synthetic import make_dataset, save_synthetic
 
 CLASSES = ("anger", "happiness", "surprise")

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 
 from fercli.api import align_faces
-from fercli.cache import CropCache, content_key
-from fercli.config import PreprocessConfig
-from fercli.images import decode_gray
-from fercli.model import load_model
-from fercli.prepared import load_dataset
+from fercli.core.config import PreprocessConfig
+from fercli.data.cache import CropCache, content_key
+from fercli.data.prepared import load_dataset
+from fercli.infer.model import load_model
+from fercli.media.images import decode_gray
 from synthetic import make_dataset, save_synthetic
 
 FER = Path(sys.executable).with_name("fer")

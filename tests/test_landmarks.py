@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import TIGHT_FACE_BOX, crop_box
-from fercli.align import detect_faces, load_landmark_predictor, predictor_path
-from fercli.config import PreprocessConfig
-from fercli.landmarks import (
+from fercli.core.config import PreprocessConfig
+from fercli.faces.align import detect_faces, load_landmark_predictor, predictor_path
+from fercli.faces.landmarks import (
     DlibShapePredictor,
     ModelFormatError,
     NumpyShapePredictor,
@@ -215,8 +215,8 @@ def test_where_nothing_can_be_stored_dlib_predicts_alone(tmp_path, astronaut_gra
 def test_landmarks_load_quickly_once_the_converted_model_is_stored(model, monkeypatch):
     # preprocess and predict skip their first stage (finding faces while the model loads)
     # when this says the model maps from disk.
-    from fercli import align
-    from fercli.store import dlib_dir
+    from fercli.core.store import dlib_dir
+    from fercli.faces import align
 
     not_loaded = functools.lru_cache(maxsize=1)(align.landmark_predictor.__wrapped__)
     monkeypatch.setattr(align, "landmark_predictor", not_loaded)

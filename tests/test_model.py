@@ -9,20 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fercli.config import ALIGN_VERSION, MODEL_VARIANTS, PreprocessConfig, TrainConfig, fingerprint
-from fercli.errors import ModelError
-from fercli.labels import BASIC_LABELS
-from fercli.model import (
-    FORWARD_BATCH,
-    NumpyNetwork,
-    build_model,
-    export_layers,
-    load_model,
-    make_optimizer,
-    save_model,
+from fercli.core.config import (
+    ALIGN_VERSION,
+    MODEL_VARIANTS,
+    PreprocessConfig,
+    TrainConfig,
+    fingerprint,
 )
-from fercli.store import pack_json, unpack_json
-from fercli.training import configure_tensorflow, fit, select_classes
+from fercli.core.errors import ModelError
+from fercli.core.labels import BASIC_LABELS
+from fercli.core.store import pack_json, unpack_json
+from fercli.infer.model import load_model
+from fercli.infer.runtime import FORWARD_BATCH, NumpyNetwork
+from fercli.learn.network import build_model, export_layers, make_optimizer, save_model
+from fercli.learn.selection import select_classes
+from fercli.learn.training import configure_tensorflow, fit
 from synthetic import make_dataset
 
 CLASSES = 7
@@ -266,7 +267,7 @@ def test_loading_and_predicting_needs_no_tensorflow(trained, probe_crops, tmp_pa
     np.save(crops_file, probe_crops)
     script = (
         "import sys, numpy as np\n"
-        "from fercli.model import load_model\n"
+        "from fercli.infer.model import load_model\n"
         f"model = load_model({str(path)!r})\n"
         f"np.save({str(output_file)!r}, model.predict_proba(np.load({str(crops_file)!r})))\n"
         "heavy = sorted(name for name in ('tensorflow', 'keras') if name in sys.modules)\n"
@@ -378,7 +379,7 @@ def test_weights_that_do_not_fit_the_layers_are_refused(model_file, tmp_path):
 
 
 def test_the_model_file_keeps_hashes_of_its_training_crops(trained, selection, tmp_path):
-    from fercli.model import TRAINING_HASH_BYTES, crop_hashes
+    from fercli.infer.model import TRAINING_HASH_BYTES, crop_hashes
 
     crops = np.random.default_rng(0).integers(0, 256, (5, 32, 32), np.uint8)
     hashes = crop_hashes(np.concatenate([crops, crops[:2]]))  # repeats are kept once

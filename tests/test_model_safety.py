@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fercli.config import ALIGN_VERSION, PreprocessConfig, TrainConfig, fingerprint
-from fercli.errors import ModelError
-from fercli.model import MAX_MODEL_BYTES, MODEL_FORMAT, MODEL_FORMAT_VERSION, load_model
-from fercli.store import pack_json, unpack_json
+from fercli.core.config import ALIGN_VERSION, PreprocessConfig, TrainConfig, fingerprint
+from fercli.core.errors import ModelError
+from fercli.core.store import pack_json, unpack_json
+from fercli.infer.model import MAX_MODEL_BYTES, MODEL_FORMAT, MODEL_FORMAT_VERSION, load_model
 from synthetic import make_dataset
 
 SOURCE = Path(__file__).parents[1] / "src" / "fercli"
@@ -274,8 +274,8 @@ def write_zip_bomb(path: Path, unpacked: int) -> Path:
 
 MEASURE = """
 import resource, sys
-from fercli.errors import ModelError
-from fercli.model import load_model
+from fercli.core.errors import ModelError
+from fercli.infer.model import load_model
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     load_model(sys.argv[1])
@@ -335,7 +335,7 @@ def unusable_models(folder: Path, model_file: Path) -> dict[str, tuple[Path, str
     cases["plain.npz"] = (folder / "plain.npz", "not a fercli model file")
     np.savez(folder / "json-list.npz", meta=pack_json([1, 2, 3]))
     cases["json-list.npz"] = (folder / "json-list.npz", "not a fercli model file")
-    from fercli.prepared import save_dataset
+    from fercli.data.prepared import save_dataset
 
     dataset = save_dataset(make_dataset(labels=("anger", "happiness"), subjects=1), folder / "data")
     cases["dataset.npz"] = (dataset, "not a fercli model file")

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from conftest import write_image
-from fercli import parallel
-from fercli.errors import FerError, StoreError
-from fercli.parallel import batches, notify, run_tasks
+from fercli.core import parallel
+from fercli.core.errors import FerError, StoreError
+from fercli.core.parallel import batches, notify, run_tasks
 
 SET_UP: dict[str, int] = {}  # what the initializer did, in the process that ran it
 
@@ -227,8 +227,8 @@ def test_preprocess_where_workers_are_spawned_gives_what_one_process_gives(
     make_folders, tmp_path, monkeypatch
 ):
     # A platform without fork: the workers are new interpreters that load everything anew.
-    from fercli.prepared import load_dataset
-    from fercli.preprocess import preprocess_dataset
+    from fercli.data.prepared import load_dataset
+    from fercli.data.preprocess import preprocess_dataset
 
     names = [f"{index}.png" for index in range(5)]
     root = make_folders({"happy": names, "sad": names})
@@ -250,8 +250,8 @@ def test_the_landmark_model_is_converted_once_here_and_shared_with_the_workers(
 ):
     # The first run converts dlib's model to NumPy arrays: here, before the workers fork,
     # rather than in each of them; they use what this process converted and stored.
-    from fercli import align, landmarks
-    from fercli.preprocess import preprocess_dataset
+    from fercli.data.preprocess import preprocess_dataset
+    from fercli.faces import align, landmarks
 
     names = [f"{index}.png" for index in range(6)]
     root = make_folders({"happy": names, "sad": names})
@@ -284,9 +284,9 @@ def test_no_tasks_no_workers(in_process):
 
 
 def test_a_failing_fold_is_reported_with_its_number_and_the_other_folds_stopped():
-    from fercli.config import TrainConfig
-    from fercli.crossvalidation import FoldTask
-    from fercli.engines import LocalEngine
+    from fercli.core.config import TrainConfig
+    from fercli.learn.engines import LocalEngine
+    from fercli.learn.folds import FoldTask
 
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (40, 32, 32), dtype=np.uint8)

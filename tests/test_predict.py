@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from fercli.config import TrainConfig
-from fercli.errors import ModelError
-from fercli.model import load_model
-from fercli.predict import annotate, predict_paths, resolve_model
-from fercli.store import models_dir
-from fercli.training import train_model
+from fercli.core.config import TrainConfig
+from fercli.core.errors import ModelError
+from fercli.core.store import models_dir
+from fercli.infer.model import load_model
+from fercli.infer.photos import annotate, predict_paths, resolve_model
+from fercli.learn.training import train_model
 from synthetic import make_dataset
 
 CLASSES = ["anger", "happiness", "surprise", "neutral"]
@@ -86,7 +86,7 @@ def test_one_face_in_the_test_photo(model, astronaut_path):
 
 def test_face_prediction_uses_the_models_runtime_on_the_aligned_crop(model, astronaut_path):
     from fercli.api import align_faces
-    from fercli.images import load_gray
+    from fercli.media.images import load_gray
 
     [aligned] = align_faces(load_gray(astronaut_path), model.preprocess)
     expected = model.predict_proba(aligned.crop[np.newaxis])[0]

@@ -16,12 +16,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import run_unprivileged, write_image
-from fercli.cache import CropCache
 from fercli.cli import app
-from fercli.config import PreprocessConfig
-from fercli.errors import FerError, StoreError
-from fercli.prepared import load_dataset, resolve_dataset
-from fercli.preprocess import align_file, preprocess_dataset
+from fercli.core.config import PreprocessConfig
+from fercli.core.errors import FerError, StoreError
+from fercli.data.cache import CropCache
+from fercli.data.prepared import load_dataset, resolve_dataset
+from fercli.data.preprocess import align_file, preprocess_dataset
 
 FER = Path(sys.executable).with_name("fer")
 NON_UTF8_NAME = os.fsdecode(b"caf\xe9.png")
@@ -311,7 +311,7 @@ def test_workers_start_after_this_process_used_opencv_threads(make_folders, tmp_
     root = make_folders({"happy": [f"{index}.png" for index in range(6)]})
     code = (
         "import sys, cv2, numpy as np\n"
-        "from fercli.preprocess import preprocess_dataset\n"
+        "from fercli.data.preprocess import preprocess_dataset\n"
         "image = np.random.default_rng(0).integers(0, 256, (2000, 2000), dtype=np.uint8)\n"
         "for attempt in range(3):\n"
         "    cv2.resize(image, (999, 999), interpolation=cv2.INTER_AREA)\n"
@@ -454,7 +454,7 @@ def test_home_that_cannot_be_created_is_a_store_error(make_folders, tmp_path, mo
 def test_a_missing_landmark_model_ends_the_run_and_is_not_blamed_on_the_images(
     make_folders, fer_home, monkeypatch, workers
 ):
-    from fercli import align
+    from fercli.faces import align
 
     root = make_folders({"happy": [f"{index}.png" for index in range(4)]})
 
@@ -487,7 +487,7 @@ def test_an_image_that_breaks_its_batchs_landmarks_fails_alone(
 ):
     # The landmarks of several images are found together; an unexpected failure caused by
     # one image must cost only that image.
-    from fercli import preprocess
+    from fercli.data import preprocess
 
     root = make_folders(
         {

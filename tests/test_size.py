@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from conftest import face_variant, tiff, write_image
-from fercli.errors import ImageError
-from fercli.images import MAX_PIXELS, load_gray
+from fercli.core.errors import ImageError
+from fercli.media.images import MAX_PIXELS, load_gray
 
 FER = Path(sys.executable).with_name("fer")
 HUGE = 60_000  # 60000 x 60000 = 3.6 gigapixels: 3.6 GB as 8-bit gray
@@ -180,8 +180,8 @@ def test_bombs_are_refused_from_their_header(bombs):
 
 MEASURE = """
 import json, resource, sys
-from fercli.errors import ImageError
-from fercli.images import load_gray
+from fercli.core.errors import ImageError
+from fercli.media.images import load_gray
 
 def peak_mb():
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB; bytes on macOS

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fercli.errors import StoreError
-from fercli.store import atomic_save, atomic_write, atomic_write_bytes, new_dir
+from fercli.core.errors import StoreError
+from fercli.core.store import atomic_save, atomic_write, atomic_write_bytes, new_dir
 
 RUNS = 6
 
@@ -168,7 +168,7 @@ def test_a_made_up_name_appears_with_the_whole_file_behind_it(tmp_path, monkeypa
     """keep_existing takes the first free name by hard-linking the finished file to it: no
     moment in which a reader could find that name empty (an empty claim file, renamed onto
     later, was once seen by a watcher as a damaged newest model)."""
-    from fercli.store import atomic_write
+    from fercli.core.store import atomic_write
 
     (tmp_path / "m.npz").write_bytes(b"older")
     names_seen_empty = []

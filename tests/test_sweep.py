@@ -14,19 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from fercli.cli import app
-from fercli.config import TrainConfig
-from fercli.engines import LocalEngine, RayEngine
-from fercli.errors import FerError
-from fercli.sweep import (
-    Grid,
-    GridError,
-    _toml,
-    corrected_interval,
-    parse_grid,
-    read_grid,
-    recipes,
-    run_sweep,
-)
+from fercli.core.config import TrainConfig
+from fercli.core.errors import FerError, GridError
+from fercli.learn.engines import LocalEngine, RayEngine
+from fercli.learn.grid import Grid, _toml, parse_grid, read_grid, recipes
+from fercli.learn.sweep import corrected_interval, run_sweep
 from synthetic import make_dataset, save_synthetic
 
 runner = CliRunner()
@@ -306,7 +298,7 @@ def test_another_grid_is_another_sweep(tmp_path):
     dataset = small_dataset()
     one = parse_grid({"vary": {"epochs": [1]}, "folds": 2}, "a.toml")
     two = parse_grid({"vary": {"epochs": [1]}, "folds": 3}, "a.toml")
-    from fercli.sweep import sweep_folder
+    from fercli.learn.sweep import sweep_folder
 
     assert sweep_folder(dataset, "x", one) != sweep_folder(dataset, "x", two)
     assert sweep_folder(dataset, "x", one) == sweep_folder(
@@ -415,7 +407,7 @@ def test_crossval_runs_on_ray_through_the_cli(local_ray):
 @needs_ray
 def test_a_cluster_with_other_code_is_refused(local_ray, monkeypatch):
     import fercli
-    from fercli.errors import EngineError
+    from fercli.core.errors import EngineError
 
     # This process is another fercli version than the one the cluster's workers import.
     monkeypatch.setattr(fercli, "__version__", "0.0.0-other")

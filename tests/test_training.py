@@ -7,17 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from fercli import crossvalidation
-from fercli.config import TrainConfig, recipe_config, recipe_differences
-from fercli.crossvalidation import cross_validate, make_folds
-from fercli.errors import DatasetError, FerError
-from fercli.labels import BASIC_LABELS
-from fercli.training import (
-    configure_tensorflow,
-    fit,
-    normalisation,
-    select_classes,
-)
+from fercli.core.config import TrainConfig, recipe_config, recipe_differences
+from fercli.core.errors import DatasetError, FerError
+from fercli.core.labels import BASIC_LABELS
+from fercli.learn import crossval as crossvalidation
+from fercli.learn.crossval import cross_validate
+from fercli.learn.folds import make_folds
+from fercli.learn.selection import normalisation, select_classes
+from fercli.learn.training import configure_tensorflow, fit
 from synthetic import make_dataset
 
 FOLDS = 5
@@ -304,7 +301,7 @@ def test_unknown_group_and_too_few_folds_are_refused(dataset):
 @pytest.fixture(scope="module")
 def starting_model(tmp_path_factory):
     """A model trained on one synthetic 'dataset' (anger, happiness, neutral)."""
-    from fercli.training import train_model
+    from fercli.learn.training import train_model
 
     other = make_dataset(labels=("anger", "happiness", "neutral"), subjects=4, seed=7)
     other.meta["source"] = "/other-lab"
@@ -315,8 +312,8 @@ def starting_model(tmp_path_factory):
 def test_fine_tuning_starts_from_the_given_model_with_classes_matched_by_name(
     starting_model, tmp_path
 ):
-    from fercli.model import load_model
-    from fercli.training import train_model
+    from fercli.infer.model import load_model
+    from fercli.learn.training import train_model
 
     mine = make_dataset(labels=("anger", "happiness", "surprise"), subjects=4, seed=1)
     # Learning rate 0: the network keeps exactly the weights it started from.

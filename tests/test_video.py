@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from clips import can_write, moving_face, write_clip
 from fercli.cli import app
-from fercli.model import load_model
-from fercli.video import VideoOptions, predict_video, sniff_video
+from fercli.infer.model import load_model
+from fercli.infer.tracking import VideoOptions, predict_video
+from fercli.media.video import sniff_video
 from synthetic import train_tiny_model
 
 CLASSES = ["anger", "happiness", "surprise", "neutral"]

@@ -10,7 +10,9 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**27))
 # to stderr: fercli reports the damage itself, in one line. 0 is FFmpeg's AV_LOG_PANIC.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "0")
 
-__version__ = "0.1.0"
+from fercli.core.version import VERSION
+
+__version__ = VERSION
 
 # The library's public functions (fercli.api), imported on first use so that `import fercli`
 # and `fer --help` stay quick.

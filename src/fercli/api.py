@@ -21,59 +21,35 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fercli.align import AlignedFace
-from fercli.config import PreprocessConfig, ScanOptions, TrainConfig, recipe_config
-from fercli.errors import ImageError
-from fercli.events import Progress
-from fercli.model import FerModel
-from fercli.predict import FacePrediction
+from fercli.core.config import PreprocessConfig, ScanOptions, TrainConfig, recipe_config
+from fercli.core.events import Progress
+from fercli.faces.align import align_faces
+from fercli.infer.label import FacePrediction
+from fercli.infer.model import FerModel
+
+__all__ = [
+    "align_faces",
+    "crossval",
+    "evaluate_model",
+    "label_faces",
+    "label_media",
+    "load_model",
+    "prepare_dataset",
+    "sweep_recipes",
+    "train",
+]
 
 if TYPE_CHECKING:
-    from fercli.crossvalidation import CrossvalReport
-    from fercli.training import TrainResult
+    from fercli.learn.crossval import CrossvalReport
+    from fercli.learn.training import TrainResult
 
 
 def load_model(path: str | Path | None = None) -> FerModel:
     """A trained model: the file at path, else the most recently trained one in FER_HOME.
     ModelError with the reason when there is none or the file is unusable."""
-    from fercli.predict import resolve_model
+    from fercli.infer.photos import resolve_model
 
     return resolve_model(None if path is None else Path(path))
-
-
-def as_gray(image: str | Path | np.ndarray) -> np.ndarray:
-    """A 2-D uint8 image from a path (read as fercli reads images) or an array: grayscale,
-    BGR or BGRA, 8-bit. ImageError for anything else."""
-    if isinstance(image, (str, Path)):
-        from fercli.images import load_gray
-
-        return load_gray(Path(image))
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise ImageError(f"an image array must be 8-bit (uint8), not {array.dtype}")
-    if array.ndim == 2:
-        return array
-    if array.ndim == 3 and array.shape[2] in (3, 4):
-        import cv2
-
-        return cv2.cvtColor(
-            array, cv2.COLOR_BGR2GRAY if array.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
-        )
-    raise ImageError(
-        f"an image array must be (height, width) or (height, width, 3 or 4), not {array.shape}"
-    )
-
-
-def align_faces(
-    image: str | Path | np.ndarray, config: PreprocessConfig | None = None
-) -> list[AlignedFace]:
-    """Every face in an image, aligned as for training (32x32 crops), largest first: each
-    with its crop, box, landmarks and the map from image to crop coordinates."""
-    from fercli.align import align_detected, detect_faces
-
-    gray = as_gray(image)
-    config = config or PreprocessConfig()
-    return align_detected([(gray, detect_faces(gray, config))], config)[0]
 
 
 def label_faces(
@@ -81,19 +57,9 @@ def label_faces(
 ) -> list[FacePrediction]:
     """The expression of every face in an image (box, label, probabilities), aligned with
     the model's own preprocessing settings; model: default the newest, as fer predict."""
-    from fercli.predict import classify
+    from fercli.infer.label import label_faces as label_with
 
-    model = model or load_model()
-    faces = align_faces(image, model.preprocess)
-    if not faces:
-        return []
-    source = str(image) if isinstance(image, (str, Path)) else "the image"
-    return classify(
-        model,
-        np.stack([face.crop for face in faces]),
-        [face.box for face in faces],
-        [source] * len(faces),
-    )
+    return label_with(image, model or load_model())
 
 
 def prepare_dataset(
@@ -104,7 +70,7 @@ def prepare_dataset(
     progress: Progress | None = None,
 ):
     """fer preprocess: align and cache every image of a dataset folder; the PreprocessReport."""
-    from fercli.preprocess import preprocess_dataset
+    from fercli.data.preprocess import preprocess_dataset
 
     return preprocess_dataset(
         Path(folder),
@@ -143,10 +109,10 @@ def train(
     epochs=50) overriding it. split: only this predefined split (FER2013's "Training").
     ensemble: this many networks with different seeds in one file.
     """
-    from fercli.combined import load_combined
-    from fercli.evaluate import dataset_split
-    from fercli.store import check_output_file, check_writable, models_dir, timestamp
-    from fercli.training import train_model
+    from fercli.core.store import check_output_file, check_writable, models_dir, timestamp
+    from fercli.data.combined import load_combined
+    from fercli.learn.evaluate import dataset_split
+    from fercli.learn.training import train_model
 
     config = config or recipe_config(recipe, **settings)
     if output is not None:
@@ -186,10 +152,11 @@ def crossval(
     config: the TrainConfig to use; else the recipe with settings (TrainConfig fields, e.g.
     epochs=50) overriding it. ray: a Ray cluster's address (or "auto") to train the folds on.
     """
-    from fercli.combined import load_combined
-    from fercli.crossvalidation import cross_validate, save_crossval, save_crossval_model
-    from fercli.engines import make_engine
-    from fercli.store import check_writable, models_dir, new_dir, runs_dir, timestamp
+    from fercli.core.store import check_writable, models_dir, new_dir, runs_dir, timestamp
+    from fercli.data.combined import load_combined
+    from fercli.learn.crossval import cross_validate
+    from fercli.learn.crossval_files import save_crossval, save_crossval_model
+    from fercli.learn.engines import make_engine
 
     config = config or recipe_config(recipe, **settings)
     prepared = load_combined(_names(dataset), config.classes, shared_classes)
@@ -231,9 +198,9 @@ def evaluate_model(
     or an original folder (then preprocessed with the model's settings; progress follows the
     alignment); only the classes both have count. The report (one "fold") with its files
     written in output (default: a new folder in FER_HOME/runs)."""
-    from fercli.crossvalidation import save_crossval
-    from fercli.evaluate import prepare_for_model, score_model
-    from fercli.store import check_writable, new_dir, runs_dir, slug, timestamp
+    from fercli.core.store import check_writable, new_dir, runs_dir, slug, timestamp
+    from fercli.learn.crossval_files import save_crossval
+    from fercli.learn.evaluate import prepare_for_model, score_model
 
     loaded = model if isinstance(model, FerModel) else load_model(model)
     prepared, _ = prepare_for_model(dataset, loaded, workers, progress)
@@ -266,10 +233,11 @@ def label_media(
     video.VideoOptions (sampling, detection, smoothing). video_progress(path) gives each
     video's progress callback. FerError before any work for an annotation folder that holds
     inputs."""
-    from fercli.predict import annotate as annotate_images
-    from fercli.predict import check_annotate_folder
-    from fercli.store import check_writable
-    from fercli.video import VideoOptions, annotate_videos, predict_media
+    from fercli.core.store import check_writable
+    from fercli.infer.media import annotate_videos, predict_media
+    from fercli.infer.photos import annotate as annotate_images
+    from fercli.infer.photos import check_annotate_folder
+    from fercli.infer.tracking import VideoOptions
 
     loaded = model if isinstance(model, FerModel) else load_model(model)
     paths = [Path(path) for path in paths]
@@ -302,9 +270,10 @@ def sweep_recipes(
     """fer sweep: cross-validate every recipe of a grid file (TOML; settings: "key=value"
     overrides) with several seeds on identical folds, rank them and write the sweep's files;
     the SweepReport. Finished folds are stored as they come: the same call again resumes."""
-    from fercli.engines import make_engine
-    from fercli.prepared import resolve_dataset
-    from fercli.sweep import read_grid, run_sweep
+    from fercli.data.prepared import resolve_dataset
+    from fercli.learn.engines import make_engine
+    from fercli.learn.grid import read_grid
+    from fercli.learn.sweep import run_sweep
 
     plan = read_grid(Path(grid), list(settings))
     prepared = resolve_dataset(dataset)

@@ -1,0 +1,122 @@
+"""data_commands: split from fercli.cli."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import typer
+import typer.core
+import typer.rich_utils
+
+from fercli.cli.app import (
+    Equalization,
+    Layout,
+    emit_json,
+    fail,
+    out,
+    progress_bar,
+    shown,
+    user_errors,
+)
+from fercli.cli.render_data import render_inventory, render_preprocess, size_text
+
+
+def preprocess(
+    dataset_dir: Path = typer.Argument(
+        ...,
+        metavar="DATASET_DIR",
+        help="The dataset folder (JAFFE, a CK+ tree, or <class>/<image> folders).",
+    ),
+    layout: Layout | None = typer.Option(None, help="Force a layout (default: detected)."),
+    ck_frames: int = typer.Option(
+        3, help="CK+ tree: last frames of each labelled sequence to take."
+    ),
+    ck_neutral: bool = typer.Option(
+        False, help="CK+ tree: also take each labelled sequence's first frame as neutral."
+    ),
+    min_face_score: float = typer.Option(
+        0.3, help="dlib detection score a face needs (lower finds more, and more false faces)."
+    ),
+    equalization: Equalization = typer.Option(
+        Equalization.face,
+        help="Contrast equalization: face (the paper's histogram equalization, "
+        "counting only pixels inside the photo), midpoint, clahe, whole or none.",
+    ),
+    workers: int | None = typer.Option(
+        None, min=1, help="Processes to align with (default: one per core)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Align every face of a dataset and cache the 32x32 crops for train and crossval."""
+    with user_errors(as_json):
+        from fercli.api import prepare_dataset
+        from fercli.core.config import PreprocessConfig, ScanOptions
+        from fercli.core.errors import FerError
+
+        if not math.isfinite(min_face_score):
+            raise FerError(f"--min-face-score must be a finite number, not {min_face_score}")
+        options = ScanOptions(
+            layout=layout and layout.value, ck_frames=ck_frames, ck_neutral_first=ck_neutral
+        )
+        config = PreprocessConfig(min_face_score=min_face_score, equalization=equalization.value)
+        bar, update = progress_bar("aligning")
+        with bar if not as_json else contextlib.nullcontext():
+            report = prepare_dataset(
+                dataset_dir, options, config, workers, progress=None if as_json else update
+            )
+    failure = (
+        f"{dataset_dir}: no image could be aligned ({len(report.skipped)} skipped)"
+        if report.aligned == 0
+        else None
+    )
+    if as_json:
+        emit_json({**report.to_json(), **({"error": failure} if failure else {})})
+    else:
+        render_preprocess(report)
+    if failure:
+        raise fail(failure)
+
+
+def list_entries(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """What FER_HOME holds: datasets, models (with their cross-validation score) and runs."""
+    with user_errors(as_json):
+        from fercli.data.inventory import list_home
+
+        inventory = list_home()
+    if as_json:
+        emit_json(inventory.to_json())
+    else:
+        render_inventory(inventory)
+
+
+def remove(
+    names: list[str] = typer.Argument(
+        ...,
+        metavar="NAMES...",
+        help="Datasets, models or runs, as fer list names them (or their paths).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+) -> None:
+    """Delete datasets, models or cross-validation runs from FER_HOME, saying how much was freed."""
+    with user_errors(as_json):
+        from fercli.data.inventory import find_entry, remove_entry
+
+        for name in names:  # every name checked before anything is removed
+            find_entry(name)
+        removed = [remove_entry(name) for name in names]
+    if as_json:
+        emit_json(
+            {
+                "removed": [entry.to_json() for entry in removed],
+                "freed": sum(entry.size for entry in removed),
+            }
+        )
+        return
+    for entry in removed:
+        out.print(f"removed {entry.kind} {shown(entry.path)} ({size_text(entry.size)})")
+    if len(removed) > 1:
+        out.print(f"{size_text(sum(entry.size for entry in removed))} freed")

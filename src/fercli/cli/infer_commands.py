@@ -1,0 +1,187 @@
+"""infer_commands: split from fercli.cli."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import typer
+import typer.core
+import typer.rich_utils
+
+from fercli.cli.app import escaped, fail, out, progress_bar, shown, user_errors
+from fercli.cli.options import video_options, video_progress
+from fercli.cli.render_media import (
+    plural,
+    render_annotated,
+    render_media,
+    render_media_problems,
+    render_media_summary,
+    render_training_notes,
+)
+
+
+def predict(
+    paths: list[Path] = typer.Argument(
+        ..., metavar="PATHS...", help="Image and video files, and folders."
+    ),
+    model: Path | None = typer.Option(
+        None, help="Model file (default: the most recently trained)."
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print JSON: a list of {path, faces: [{box, label, probabilities}]} "
+        "(a video: "
+        "{path, fps, frames, tracks: [{id, frames: [{frame, time, box, label, probabilities}]}]}).",
+    ),
+    as_csv: bool = typer.Option(
+        False, "--csv", help="Print CSV, one row per face (videos: per face per analysed frame)."
+    ),
+    annotate_dir: Path | None = typer.Option(
+        None,
+        "--annotate",
+        help="Write copies of the images with boxes and labels here "
+        "(videos: an annotated .avi and a .timeline.png each).",
+    ),
+    workers: int | None = typer.Option(
+        None, min=1, help="Processes for many images (default: one per core)."
+    ),
+    every: int = typer.Option(1, min=1, help="Videos: analyse one frame in every N."),
+    fps: float | None = typer.Option(
+        None, help="Videos: analyse this many frames a second instead of --every."
+    ),
+    detect_every: int = typer.Option(
+        5,
+        min=1,
+        help="Videos: a full face detection every K analysed frames; in "
+        "between, faces are followed by their landmarks (1: detect on every frame).",
+    ),
+    smooth: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Videos: also give each track's probabilities averaged over "
+        "this many seconds (0: off; the raw values stay).",
+    ),
+) -> None:
+    """Label the expression of every face in photos and videos."""
+    if as_json and as_csv:
+        raise fail("choose one of --json and --csv", as_json=True)
+    with user_errors(as_json):
+        from fercli.api import label_media
+
+        options = video_options(every, fps, detect_every, smooth)
+        bar, update = progress_bar("predicting")
+        # The images' bar; a long video still gets its own, except with --json or --csv.
+        quiet = as_json or as_csv or len(paths) == 1 and not Path(paths[0]).is_dir()
+        if quiet:
+            bar.update(bar.tasks[0].id, visible=False)
+        with bar if not (as_json or as_csv) else contextlib.nullcontext():
+            media = label_media(
+                paths,
+                model,
+                options=options,
+                workers=workers,
+                annotate=annotate_dir,
+                progress=None if quiet else update,
+                video_progress=None if as_json or as_csv else video_progress(bar),
+            )
+    failure = (
+        None
+        if media.processed
+        else f"no image{' or video' if media.videos else ''} could be processed"
+    )
+    render_media(media, as_json, as_csv, failure)
+    render_media_problems(media)
+    if annotate_dir:
+        render_annotated(media, annotate_dir)
+    if not as_json:
+        render_training_notes(media, as_csv)
+    listed = sum(1 for problem in media.images.problems if problem.listed)
+    passed_over = len(media.images.problems) - listed
+    others = (
+        f"{plural(passed_over, 'other file')} in the folders, not "
+        f"{'an image' if passed_over == 1 else 'images'}"
+        if passed_over
+        else ""
+    )
+    if failure:
+        raise fail(failure + (f" ({others})" if others else ""))
+    if not as_json:
+        render_media_summary(media, listed, others, as_csv)
+
+
+def live(
+    source: str = typer.Argument(
+        "0", help="A camera index, a video file or a stream URL OpenCV opens."
+    ),
+    model: Path | None = typer.Option(
+        None, help="Model file (default: the most recently trained)."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to serve the page on (0.0.0.0: every network)."
+    ),
+    port: int = typer.Option(
+        8017, min=0, max=65535, help="Port to serve the page on (0: any free one)."
+    ),
+    detect_every: int = typer.Option(
+        5,
+        min=1,
+        help="A full face detection every K frames; in between, faces "
+        "are followed by their landmarks.",
+    ),
+    record: Path | None = typer.Option(
+        None, help="Also write the per-frame CSV of fer predict --csv here."
+    ),
+    loop: bool = typer.Option(
+        False, help="A video file starts again at its end instead of ending."
+    ),
+) -> None:
+    """Label a camera, video file or stream live, on a local web page (the 'live' extra)."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise fail("fer live needs its web server: pip install 'fercli[live]'") from None
+    with user_errors():
+        from fercli.core.store import check_writable
+        from fercli.infer.photos import resolve_model
+        from fercli.web.live import LiveOptions, LiveSession, bind_socket
+        from fercli.web.server import serve
+
+        loaded = resolve_model(model)
+        if record:
+            check_writable(record.parent if str(record.parent) else Path("."))
+        sock = bind_socket(host, port)
+        try:
+            session = LiveSession(
+                source,
+                loaded,
+                LiveOptions(detect_every=detect_every, loop=loop, record=record),
+                escaped,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        address = sock.getsockname()
+        shown_host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        try:
+            session.start()
+            serve(
+                session,
+                sock,
+                on_started=lambda: out.print(
+                    f"fer live: {shown(source)} with {shown(Path(str(loaded.path)).name)} on "
+                    f"http://{shown_host}:{address[1]}/ (Ctrl-C to stop)"
+                ),
+            )
+        finally:
+            session.stop()
+            sock.close()
+    state = session.state()
+    if state["status"] == "failed":
+        raise fail(state["error"] or "the source failed")
+    out.print(
+        f"fer live: {shown(source)} {'ended' if state['status'] == 'ended' else 'stopped'} after "
+        f"{plural(state['frame'], 'frame')}" + (f"; recorded in {shown(record)}" if record else "")
+    )

@@ -1,0 +1,288 @@
+"""learn_commands: split from fercli.cli."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import typer
+import typer.core
+import typer.rich_utils
+
+from fercli.cli.app import Group, emit_json, fail, out, progress_bar, shown, user_errors
+from fercli.cli.options import (
+    TRAINING,
+    DatasetArgument,
+    RayOption,
+    epoch_reporter,
+    header,
+    recipe_summary,
+    train_config,
+    with_training_options,
+)
+from fercli.cli.render_learn import render_crossval, render_scores, render_sources, render_sweep
+
+
+@with_training_options
+def train(
+    datasets: list[str] | None = DatasetArgument,
+    output: Path | None = typer.Option(
+        None, help="Model file to write (default: a new file in FER_HOME/models)."
+    ),
+    training: dict = TRAINING,
+    ensemble: int = typer.Option(
+        1,
+        help="Train this many networks (seeds differ) into one model file; predict averages them.",
+    ),
+    split: str | None = typer.Option(
+        None, help="Train only on this predefined split of the dataset (FER2013: Training)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+) -> None:
+    """Train the network on every image of one preprocessed dataset or several combined, and save a
+    model for predict."""
+    with user_errors(as_json):
+        from fercli.api import train as train_network
+
+        config = train_config(training)
+        bar, _ = progress_bar("training")
+        header(bar, f"fer train: {recipe_summary(config.to_dict())}")
+        task = bar.tasks[0].id
+        bar.update(task, total=config.epochs * ensemble)
+        with bar if not as_json else contextlib.nullcontext():
+            result = train_network(
+                datasets,
+                output,
+                config=config,
+                shared_classes=training["shared_classes"],
+                split=split,
+                ensemble=ensemble,
+                progress=None if as_json else epoch_reporter(bar, task, ensemble),
+            )
+    parts = result.parts
+    summary = {
+        "model": str(result.path),
+        "dataset": result.dataset,
+        "classes": result.classes,
+        **({"datasets": parts} if parts else {}),
+        "images": result.images,
+        "epochs": result.epochs,
+        "final_loss": result.loss,
+        "final_train_accuracy": result.accuracy,
+        "seconds": round(result.seconds, 1),
+        "runtime_difference": result.runtime_difference,
+        "networks": ensemble,
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    out.print(
+        f"trained on {result.images} images of {shown(result.dataset)} "
+        f"({shown(', '.join(result.classes))}), "
+        f"{result.epochs} epochs in {result.seconds:.1f} s; final training loss {result.loss:.3f}, "
+        f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)"
+    )
+    if parts:
+        render_sources(parts, result.classes)
+        for note in result.notes:
+            out.print(f"[yellow]note:[/yellow] {shown(note)}")
+    out.print(
+        f"model saved to {shown(result.path)}"
+        + (f" (an ensemble of {ensemble} networks)" if ensemble > 1 else "")
+    )
+
+
+@with_training_options
+def crossval(
+    datasets: list[str] | None = DatasetArgument,
+    folds: int = typer.Option(10, min=2, help="Number of folds."),
+    group: Group = typer.Option(
+        Group.random,
+        help="random: stratified folds; subject: no person in both train and test; "
+        "dataset: each of several datasets tested in turn by a network trained on the others "
+        "(--folds is ignored).",
+    ),
+    training: dict = TRAINING,
+    workers: int | None = typer.Option(
+        None, min=1, help="Folds trained at once (default: one per core)."
+    ),
+    ray: str | None = RayOption,
+    output: Path | None = typer.Option(
+        None, help="Report folder (default: a new folder in FER_HOME/runs)."
+    ),
+    no_save_model: bool = typer.Option(
+        False,
+        "--no-save-model",
+        help="Do not save the fold networks as one "
+        "ensemble model file in FER_HOME/models (which predict then uses).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
+) -> None:
+    """K-fold cross-validation on one preprocessed dataset or several combined, with an honest
+    report."""
+    with user_errors(as_json):
+        from fercli.api import crossval as cross_validate
+
+        config = train_config(training)
+        bar, _ = progress_bar("starting")
+        reporter = epoch_reporter(
+            bar,
+            bar.tasks[0].id,
+            header=f"fer crossval: {{folds}} folds ({group.value}), "
+            f"{recipe_summary(config.to_dict())}",
+        )
+        with bar if not as_json else contextlib.nullcontext():
+            report = cross_validate(
+                datasets,
+                folds,
+                group.value,
+                config=config,
+                shared_classes=training["shared_classes"],
+                workers=workers,
+                ray=ray,
+                output=output,
+                save_model=not no_save_model,
+                progress=None if as_json else reporter,
+            )
+    files, output = report.files, report.files["report"].parent
+    failure, code = None, 1
+    if report.interrupted:
+        failure, code = (
+            (
+                f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
+                f"the finished folds are in {output}"
+            ),
+            130,
+        )
+    elif report.diverged_folds:
+        failure = (
+            f"training diverged in {len(report.diverged_folds)} of {len(report.folds)} folds "
+            f"({', '.join(map(str, report.diverged_folds))}), so there is no result (try a smaller "
+            "--lr); "
+            f"the report is in {output}"
+        )
+    if as_json:
+        emit_json(
+            {
+                **report.to_json(),
+                "files": {name: str(path) for name, path in files.items()},
+                **({"error": failure} if failure else {}),
+            }
+        )
+    else:
+        render_crossval(report, files)
+    if failure:
+        raise fail(failure, code)
+
+
+def evaluate(
+    dataset: str = typer.Argument(
+        ...,
+        metavar="DATASET",
+        help="A preprocessed dataset (its name or folder under "
+        "FER_HOME) or an original dataset folder, then preprocessed with the model's settings.",
+    ),
+    model: Path | None = typer.Option(
+        None, help="Model file (default: the most recently trained)."
+    ),
+    split: str | None = typer.Option(
+        None,
+        help="Only this predefined split of the dataset (FER2013: Training, "
+        "PublicTest, PrivateTest).",
+    ),
+    workers: int | None = typer.Option(
+        None, min=1, help="Processes to align with, if the dataset needs preprocessing."
+    ),
+    output: Path | None = typer.Option(
+        None, help="Report folder (default: a new folder in FER_HOME/runs)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
+) -> None:
+    """Score a trained model on another dataset: only the classes both have count."""
+    with user_errors(as_json):
+        from fercli.api import evaluate_model
+
+        bar, update = progress_bar("aligning")
+        with bar if not as_json else contextlib.nullcontext():
+            report = evaluate_model(
+                dataset, model, split, workers, output, progress=None if as_json else update
+            )
+    files = report.files
+    if as_json:
+        emit_json({**report.to_json(), "files": {key: str(path) for key, path in files.items()}})
+        return
+    model_info = report.protocol["model"]
+    trained_on = model_info.get("dataset") or {}
+    networks = (
+        f", an ensemble of {model_info['networks']} networks" if model_info["networks"] > 1 else ""
+    )
+    out.print(
+        f"[bold]protocol[/bold]: model {shown(Path(model_info['path']).name)} "
+        f"({recipe_summary(model_info['training'] or {})}"
+        f"{networks}; trained on {trained_on.get('images', '?')} images of "
+        f"{shown(trained_on.get('name', '?'))}, "
+        f"data fingerprint {model_info.get('data_fingerprint') or '?'}) on "
+        f"{report.dataset['images']} images of "
+        f"{shown(report.dataset['name'])}{f' (split {shown(split)})' if split else ''}; "
+        f"{len(report.labels)} shared classes ({shown(', '.join(report.labels))})"
+    )
+    out.print(f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold], macro-F1 {report.macro_f1:.3f}")
+    render_scores(report, "per class")
+    for warning in report.warnings:
+        out.print(f"[yellow]note:[/yellow] {shown(warning)}")
+    for key, path in files.items():
+        out.print(f"{key}: {shown(path)}")
+
+
+def sweep(
+    dataset: str | None = DatasetArgument,
+    grid: Path = typer.Option(
+        ..., "--grid", help="The grid file (TOML): [base], [vary], seeds, folds, group."
+    ),
+    settings: list[str] | None = typer.Option(
+        None,
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override the grid: a [base] setting (epochs=20), seeds=[0], vary.variant=[...].",
+    ),
+    ray: str | None = RayOption,
+    workers: int | None = typer.Option(
+        None, min=1, help="Folds trained at once on this machine (default: one per core)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print sweep.json instead of the table."),
+) -> None:
+    """Cross-validate every recipe of a grid with several seeds on identical folds and rank them.
+
+    Each finished fold is stored at once: the same command again resumes where it stopped.
+    """
+    with user_errors(as_json):
+        from fercli.api import sweep_recipes as run_sweep
+
+        bar, update = progress_bar("sweep")
+
+        def progress(event) -> None:
+            if event.kind in ("start", "fold"):
+                update(event)
+
+        with bar if not as_json else contextlib.nullcontext():
+            report = run_sweep(
+                dataset,
+                grid,
+                settings or [],
+                ray=ray,
+                workers=workers,
+                progress=None if as_json else progress,
+            )
+    if report.interrupted:
+        done = report.stored_folds + report.trained_folds
+        raise fail(
+            f"interrupted after {done} of {report.planned_folds} folds, stored in {report.folder}: "
+            "run the same command again to go on",
+            130,
+        )
+    if as_json:
+        emit_json(
+            {**report.to_json(), "files": {name: str(path) for name, path in report.files.items()}}
+        )
+    else:
+        render_sweep(report)

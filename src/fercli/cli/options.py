@@ -1,0 +1,304 @@
+"""options: split from fercli.cli."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import typer
+import typer.core
+import typer.rich_utils
+
+from fercli.cli.app import AugmentMode, Normalisation, Optimizer, Recipe, Variant, err, shown
+
+# Options shared by train and crossval: one definition each, so they cannot drift apart.
+DatasetArgument = typer.Argument(
+    None,
+    metavar="DATASET...",
+    help="Preprocessed datasets: each a name or folder under FER_HOME, or the original folder "
+    "(default: the most recently preprocessed). Several are combined into one selection.",
+)
+SharedClassesOption = typer.Option(
+    False, "--shared-classes", help="Several datasets: keep the classes every one of them has."
+)
+# Training options default to None: unset, the recipe (--recipe, default "paper") decides.
+RecipeOption = typer.Option(
+    Recipe.paper,
+    help="Starting settings: paper (the paper's recipe) or best (the best "
+    "measured; slower). Options given here override the recipe's.",
+)
+EpochsOption = typer.Option(
+    None, min=1, help="Passes over the (enlarged) training set (paper: 100)."
+)
+BatchOption = typer.Option(None, "--batch-size", min=1, help="Mini-batch size (paper: 16).")
+LearningRateOption = typer.Option(None, "--lr", min=0.0, help="Learning rate (paper: 0.001).")
+MomentumOption = typer.Option(None, min=0.0, max=1.0, help="SGD momentum (paper: 0.9).")
+OptimizerOption = typer.Option(None, help="Optimizer (paper: sgd).")
+VariantOption = typer.Option(
+    None,
+    help="Network: the paper's, or with dropout, batch normalisation, more filters (paper: paper).",
+)
+ClassesOption = typer.Option(
+    None, help="Classes to keep, comma-separated, e.g. anger,fear,sadness (default: all)."
+)
+SeedOption = typer.Option(0, help="Random seed: same seed, same data -> same folds and weights.")
+AugmentOption = typer.Option(
+    None, "--augment/--no-augment", help="Augment training images (paper: on)."
+)
+AugmentModeOption = typer.Option(
+    None,
+    "--augment-mode",
+    help="copies: the training set enlarged with transformed "
+    "copies, originals kept; online: each epoch a new random copy (paper: copies).",
+)
+CopiesOption = typer.Option(
+    None, min=0, help="--augment-mode copies: transformed copies per image (paper: 5)."
+)
+FlipAugmentOption = typer.Option(
+    None, "--flip/--no-flip", help="Mirror images among the augmentations (paper: on)."
+)
+RotationOption = typer.Option(
+    None, min=0.0, help="Largest augmentation rotation, in degrees (paper: 3)."
+)
+ShiftOption = typer.Option(None, min=0.0, help="Largest augmentation shift, in pixels (paper: 0).")
+NormalisationOption = typer.Option(
+    None,
+    help="z-score statistics: global (one mean and std), per pixel, or "
+    "per-dataset (several datasets, crossval only: each dataset's own) (paper: global).",
+)
+InitOption = typer.Option(
+    None,
+    "--init",
+    help="Start from this model's weights (a model trained on other "
+    "people, e.g. another dataset) and fine-tune.",
+)
+FlipOption = typer.Option(
+    None,
+    "--flip-tta/--no-flip-tta",
+    help="Average each face's prediction with its mirror image (paper: off).",
+)
+RayOption = typer.Option(
+    None,
+    "--ray",
+    metavar="ADDRESS",
+    help="Train the folds on the Ray cluster at HOST:PORT, "
+    "or auto (the one this machine belongs to); needs pip install 'fercli[ray]'.",
+)
+
+# Command-line names of the training options -> TrainConfig fields.
+TRAIN_OPTIONS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "momentum": "momentum",
+    "optimizer": "optimizer",
+    "variant": "variant",
+    "seed": "seed",
+    "augment": "augment",
+    "augment_mode": "augment_mode",
+    "copies": "copies",
+    "flip": "flip",
+    "max_rotation": "max_rotation",
+    "max_shift": "max_shift",
+    "normalisation": "normalisation",
+    "flip_tta": "test_time_flip",
+    "init": "init_model",
+}
+
+
+def training_options(
+    recipe: Recipe = RecipeOption,
+    epochs: int | None = EpochsOption,
+    batch_size: int | None = BatchOption,
+    lr: float | None = LearningRateOption,
+    momentum: float | None = MomentumOption,
+    optimizer: Optimizer | None = OptimizerOption,
+    variant: Variant | None = VariantOption,
+    classes: str | None = ClassesOption,
+    shared_classes: bool = SharedClassesOption,
+    seed: int = SeedOption,
+    augment: bool | None = AugmentOption,
+    augment_mode: AugmentMode | None = AugmentModeOption,
+    copies: int | None = CopiesOption,
+    flip: bool | None = FlipAugmentOption,
+    max_rotation: float | None = RotationOption,
+    max_shift: float | None = ShiftOption,
+    normalisation: Normalisation | None = NormalisationOption,
+    flip_tta: bool | None = FlipOption,
+    init: Path | None = InitOption,
+) -> None:
+    """The options train and crossval share: one signature, spliced into both commands by
+    with_training_options."""
+
+
+# Where a command takes the shared training options: `training: dict = TRAINING`.
+TRAINING = None
+
+
+def with_training_options(command):
+    """A command with the shared training options (training_options) in place of its
+    `training` parameter; the command receives them as one dict, `training`."""
+    import functools
+    import inspect
+
+    shared = list(inspect.signature(training_options, eval_str=True).parameters.values())
+    own = list(inspect.signature(command, eval_str=True).parameters.values())
+    place = [parameter.name for parameter in own].index("training")
+    parameters = own[:place] + shared + own[place + 1 :]
+
+    @functools.wraps(command)
+    def wrapper(**values):
+        training = {parameter.name: values.pop(parameter.name) for parameter in shared}
+        return command(training=training, **values)
+
+    wrapper.__signature__ = inspect.signature(command).replace(parameters=parameters)
+    wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return wrapper
+
+
+def train_config(options: dict):
+    """The TrainConfig of the recipe with the training options given on the command line
+    (options: the values of training_options' parameters; None means not given)."""
+    from fercli.core.config import (
+        AUGMENTATIONS,
+        CROP_SIZE,
+        MODEL_VARIANTS,
+        NORMALISATIONS,
+        OPTIMIZERS,
+        recipe_config,
+    )
+    from fercli.core.errors import FerError
+
+    # Enum choices (Variant, Optimizer, ...) as their plain values.
+    options = {name: getattr(value, "value", value) for name, value in options.items()}
+    for name, allowed in (
+        ("variant", MODEL_VARIANTS),
+        ("optimizer", OPTIMIZERS),
+        ("normalisation", NORMALISATIONS),
+        ("augment_mode", AUGMENTATIONS),
+    ):
+        value = options.get(name)
+        if value is not None and value not in allowed:
+            raise FerError(
+                f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}"
+            )
+    # NaN passes every range check (each comparison is false), and a huge finite shift
+    # overflows the random generator: both are refused here, before any work.
+    for name, largest in (
+        ("lr", math.inf),
+        ("momentum", 1.0),
+        ("max_rotation", 180.0),
+        ("max_shift", float(CROP_SIZE)),
+    ):
+        value = options.get(name)
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise FerError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
+        if value > largest:
+            raise FerError(
+                f"--{name.replace('_', '-')} {value:g} is more than {largest:g}, the largest that "
+                "makes sense"
+            )
+    chosen = tuple(
+        name.strip() for name in (options.get("classes") or "").split(",") if name.strip()
+    )
+    given = {field: options.get(name) for name, field in TRAIN_OPTIONS.items()}
+    if given["init_model"] is not None:
+        given["init_model"] = str(given["init_model"])
+    return recipe_config(options["recipe"], classes=chosen, **given)
+
+
+def recipe_summary(training: dict) -> str:
+    """ "recipe paper" and every setting that differs from it, in command-line spelling."""
+    from fercli.core.config import TrainConfig, recipe_differences
+
+    names = {field: name for name, field in TRAIN_OPTIONS.items()}
+    differences = recipe_differences(TrainConfig.from_dict(training))
+    extra = ", ".join(
+        f"--{names.get(key, key).replace('_', '-')} {value}" for key, value in differences.items()
+    )
+    return f"recipe {training.get('recipe', 'paper')}" + (f" with {extra}" if extra else "")
+
+
+def header(bar, text: str) -> None:
+    """A line above the progress bar, shown where the bar is (on a terminal)."""
+    if not bar.disable:
+        err.print(shown(text))
+
+
+def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header: str | None = None):
+    """Turn training events into the progress display. With epochs (per fold), a finished
+    fold completes its share of the bar even where no epoch events come (folds on Ray). A
+    crossval's "start" event gives both, and shows header (its "{folds}" filled in)."""
+    finished: list[float] = []
+    seen: dict[int, int] = {}
+    plan = {"folds": folds, "epochs": epochs}
+
+    def update(event) -> None:
+        folds, epochs = plan["folds"], plan["epochs"]
+        if event.kind == "start":
+            plan.update(folds=event.folds, epochs=event.epochs)
+            bar.update(task, total=event.folds * event.epochs)
+            if header and not bar.disable:
+                err.print(shown(header.format(folds=event.folds)))
+        elif event.kind == "epoch":
+            if epochs and seen.get(event.fold) == -1:
+                return  # a late event of a fold already counted in full
+            seen[event.fold] = seen.get(event.fold, 0) + 1
+            bar.advance(task)
+            where = f"fold {event.fold + 1}/{folds} " if folds > 1 else ""
+            done = f", finished folds {sum(finished) / len(finished):.1%}" if finished else ""
+            figures = (
+                f"loss {event.loss:.3f} train acc {event.accuracy:.1%}"
+                if math.isfinite(event.loss)
+                else "diverged (loss not finite)"
+            )
+            bar.update(
+                task, description=f"{where}epoch {event.epoch}/{event.epochs} {figures}{done}"
+            )
+        elif event.kind == "fold" and event.accuracy is not None:  # None: it diverged
+            finished.append(event.accuracy)
+            if epochs:
+                bar.advance(task, max(0, epochs - seen.get(event.fold, 0)))
+                seen[event.fold] = -1
+
+    return update
+
+
+def video_options(every: int, fps: float | None, detect_every: int, smooth: float):
+    """predict's video settings; FerError for a value no option range catches (NaN, infinity)."""
+    from fercli.core.errors import FerError
+    from fercli.infer.tracking import VideoOptions
+
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise FerError(f"--fps must be a number above 0, not {fps}")
+    if not math.isfinite(smooth):
+        raise FerError(f"--smooth must be a finite number of seconds, not {smooth}")
+    return VideoOptions(every=every, fps=fps, detect_every=detect_every, smooth=smooth)
+
+
+def video_progress(bar):
+    """video_progress(bar)(path): a progress callback for one video, a line of bar (which
+    shows only on a terminal) with frames done, of how many, and frames read a second."""
+
+    def start(path: str):
+        for task in bar.tasks:
+            bar.update(task.id, visible=False)
+        task = bar.add_task(f"{shown(Path(path).name)}", total=None)
+        started = time.perf_counter()
+
+        def update(event) -> None:
+            elapsed = time.perf_counter() - started
+            rate = f" ({event.done / elapsed:.0f} frames/s)" if elapsed > 0 else ""
+            bar.update(
+                task,
+                completed=event.done,
+                total=event.total,
+                description=f"{shown(Path(path).name)}{rate}",
+            )
+
+        return update
+
+    return start

@@ -1,0 +1,160 @@
+"""render_data: split from fercli.cli."""
+
+from __future__ import annotations
+
+import time
+
+from rich.table import Table
+
+from fercli.cli.app import out, shown
+from fercli.cli.render_media import plural
+
+
+def render_preprocess(report) -> None:
+    table = Table(
+        title=f"fer preprocess {shown(report.source)} ({report.layout})", show_header=False
+    )
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("images found", str(report.found))
+    table.add_row("aligned", str(report.aligned))
+    table.add_row("skipped", str(len(report.skipped)))
+    table.add_row("from cache", str(report.cache_hits))
+    table.add_row("time", f"{report.seconds:.2f} s ({plural(report.workers, 'worker')})")
+    out.print(table)
+    classes = Table(title="aligned per class")
+    classes.add_column("class", overflow="fold")
+    classes.add_column("images", justify="right")
+    for label, count in report.classes.items():
+        classes.add_row(shown(label), str(count))
+    out.print(classes)
+    render_edges(report.edges)
+    if report.subjects:
+        listing = ", ".join(f"{subject} {count}" for subject, count in report.subjects.items())
+        out.print(f"[bold]aligned per subject[/bold] ({len(report.subjects)}): {shown(listing)}")
+    for note in report.notes:
+        out.print(f"note: {shown(note)}")
+    render_skipped(report.skipped, report.found)
+    if report.dataset:
+        out.print(f"dataset: {shown(report.dataset)}")
+    if report.contact_sheet:
+        out.print(f"contact sheet: {shown(report.contact_sheet)}")
+
+
+def render_edges(edges: dict) -> None:
+    """Per class: crops that pass the photo's edge (and how much of them was filled in) and
+    saturated crops; nothing when there are none."""
+    shown_classes = {
+        label: values for label, values in edges.items() if values["padded"] or values["saturated"]
+    }
+    if not shown_classes:
+        return
+    table = Table(
+        title="crops past the photo's edge (filled in) and saturated crops (>10% of pixels >= 250)"
+    )
+    for column in ("class", "past the edge", "mean share filled", "saturated"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for label, values in shown_classes.items():
+        table.add_row(
+            shown(label),
+            f"{values['padded']} of {values['crops']}",
+            f"{values['mean_padding']:.1%}",
+            str(values["saturated"]),
+        )
+    out.print(table)
+
+
+def render_skipped(skipped: list, found: int, limit: int = 50) -> None:
+    """The first limit skipped files with their reasons, and how many were skipped."""
+    for item in skipped[:limit]:
+        out.print(f"[yellow]skipped[/yellow] {shown(item.path)}: {shown(item.reason)}")
+    if len(skipped) > limit:
+        out.print(
+            f"... and {len(skipped) - limit} more skipped (all of them: fer preprocess --json)"
+        )
+    if skipped:
+        out.print(f"{len(skipped)} of {found} skipped")
+
+
+def render_inventory(inventory) -> None:
+    now = time.time()
+    if not (inventory.datasets or inventory.models or inventory.runs):
+        out.print(f"no datasets, models or runs in {shown(inventory.home)} yet")
+    tables = {
+        "datasets": (
+            ["name", "images", "classes", "age", "size"],
+            inventory.datasets,
+            lambda details: [
+                str(details.get("images", "")),
+                shown(", ".join(details.get("classes") or {})),
+            ],
+        ),
+        "models": (
+            ["name", "dataset", "recipe", "crossval", "age", "size"],
+            inventory.models,
+            lambda details: [
+                shown(details.get("dataset") or "?"),
+                shown(details.get("recipe", "")),
+                crossval_score(details.get("crossval")),
+            ],
+        ),
+        "runs": (
+            ["name", "dataset", "folds", "mean accuracy", "age", "size"],
+            inventory.runs,
+            lambda details: [
+                shown(details.get("dataset", "")),
+                f"{details.get('folds')} {details.get('group')}",
+                percent(details.get("mean_accuracy"), details.get("std_accuracy")),
+            ],
+        ),
+    }
+    for title, (columns, entries, cells) in tables.items():
+        if not entries:
+            continue
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(
+                column, overflow="fold", justify="right" if column in ("images", "size") else "left"
+            )
+        for entry in entries:
+            middle = (
+                cells(entry.details)
+                if "error" not in entry.details
+                else [f"unreadable: {shown(entry.details['error'])}", *[""] * (len(columns) - 4)]
+            )
+            table.add_row(
+                shown(entry.name), *middle, age(now - entry.modified), size_text(entry.size)
+            )
+        out.print(table)
+    other = ", ".join(f"{name} {size_text(size)}" for name, size in inventory.other.items())
+    out.print(
+        f"{shown(inventory.home)}: {size_text(inventory.total)} in all ({other}); "
+        "remove an entry with fer remove NAME"
+    )
+
+
+def crossval_score(crossval: dict | None) -> str:
+    if not crossval:
+        return "-"
+    figures = percent(crossval["mean_accuracy"], crossval["std_accuracy"])
+    return f"{figures} ({crossval['folds']} {crossval['group']} folds)"
+
+
+def percent(mean: float | None, std: float | None) -> str:
+    return "-" if mean is None else f"{mean:.1%} +/- {std or 0:.1%}"
+
+
+def age(seconds: float) -> str:
+    """A duration in the largest whole unit: '40 s', '5 min', '3 h', '12 d'."""
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"{int(seconds // length)} {unit}"
+    return f"{max(0, int(seconds))} s"
+
+
+def size_text(size: int) -> str:
+    """Bytes for people: '812 B', '2.4 kB', '66.1 MB'."""
+    for unit, length in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= length:
+            return f"{size / length:.1f} {unit}"
+    return f"{size} B"

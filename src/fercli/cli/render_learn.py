@@ -1,0 +1,176 @@
+"""render_learn: split from fercli.cli."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from fercli.cli.app import out, shown
+from fercli.cli.options import recipe_summary
+
+
+def render_sources(parts: list[dict], labels: list[str]) -> None:
+    """Several datasets combined: which classes came from where, and how many images each gave."""
+    table = Table(title="images per dataset and class")
+    table.add_column("class", overflow="fold")
+    for part in parts:
+        table.add_column(shown(part["name"]), justify="right", overflow="fold")
+    for label in labels:
+        table.add_row(shown(label), *(str(part["classes"].get(label, 0)) for part in parts))
+    table.add_row("all", *(str(part["images"]) for part in parts), style="bold")
+    out.print(table)
+
+
+def render_per_dataset(report) -> None:
+    """Each dataset's accuracy on its own test images: one mean can hide that one carries the
+    other."""
+    table = Table(title="accuracy per dataset (its own test images, over the folds)")
+    for column in ("dataset", "tested", "accuracy", "mean +/- std over folds"):
+        table.add_column(
+            column, justify="left" if column == "dataset" else "right", overflow="fold"
+        )
+    for name, figures in report.per_dataset.items():
+        if figures["accuracy"] is None:
+            table.add_row(shown(name), str(figures["tested"]), "-", "-")
+        else:
+            spread = (
+                f"{figures['mean_accuracy']:.2%} +/- {figures['std_accuracy']:.2%} "
+                f"({figures['folds']} folds)"
+                if figures["folds"] > 1
+                else "one fold"
+            )
+            table.add_row(shown(name), str(figures["tested"]), f"{figures['accuracy']:.2%}", spread)
+    out.print(table)
+
+
+def render_crossval(report, files: dict) -> None:
+    protocol = report.protocol
+    kind = {
+        "subject": "subject folds (no person in both train and test)",
+        "dataset": "leave-one-dataset-out folds (each dataset tested by a network trained on the "
+        "others)",
+    }.get(protocol["group"], "random stratified folds")
+    training = protocol["training"]
+    out.print(
+        f"[bold]protocol[/bold]: {protocol['folds']}-fold {kind}, seed {training['seed']}; "
+        f"{len(report.labels)} classes ({shown(', '.join(report.labels))}); "
+        f"{recipe_summary(training)}; "
+        f"{report.dataset['images']} images of {shown(report.dataset['name'])}"
+    )
+    folds = fold_table(report)
+    if "datasets" in report.dataset:
+        render_sources(report.dataset["datasets"], report.labels)
+    out.print(folds)
+    if report.diverged_folds:
+        out.print(
+            f"[bold]no mean accuracy[/bold]: training diverged in {len(report.diverged_folds)} of "
+            f"{len(report.folds)} folds; the figures below count only the folds that did not"
+        )
+    elif report.folds:
+        out.print(
+            f"[bold]mean accuracy {report.mean_accuracy:.2%} +/- {report.std_accuracy:.2%}[/bold] "
+            f"over {len(report.folds)} folds (pooled {report.pooled_accuracy:.2%}), macro-F1 "
+            f"{report.macro_f1:.3f}"
+        )
+    if report.per_dataset:
+        render_per_dataset(report)
+    render_scores(report, "per class (summed over folds)")
+    for warning in report.warnings:
+        out.print(f"[yellow]note:[/yellow] {warning}")
+    for name, path in files.items():
+        out.print(f"{name}: {shown(path)}")
+
+
+def fold_table(report) -> Table:
+    """One row per fold: its sizes and accuracy, with the test subjects (subject folds) and
+    each dataset's accuracy (several datasets)."""
+    subject_folds = report.protocol["group"] == "subject"
+    table = Table(title="accuracy per fold")
+    for column in ("fold", "train", "test", "accuracy"):
+        table.add_column(column, justify="right")
+    names = list(report.per_dataset)
+    if subject_folds:
+        table.add_column("test subjects", overflow="fold")
+    for name in names:
+        table.add_column(shown(name), justify="right", overflow="fold")
+    for fold in report.folds:
+        row = [
+            str(fold.fold),
+            str(fold.train_size),
+            str(fold.test_size),
+            "diverged" if fold.accuracy is None else f"{fold.accuracy:.1%}",
+        ]
+        if subject_folds:
+            row.append(shown(", ".join(fold.test_subjects)))
+        row.extend(
+            f"{fold.per_dataset[name]['accuracy']:.1%}" if name in fold.per_dataset else "-"
+            for name in names
+        )
+        table.add_row(*row)
+    return table
+
+
+def render_scores(report, title: str) -> None:
+    """The per-class table and the confusion matrix of a crossval or evaluate report."""
+    classes = Table(title=title)
+    for column in ("class", "precision", "recall", "F1", "images"):
+        classes.add_column(
+            column, justify="left" if column == "class" else "right", overflow="fold"
+        )
+    for label, values in report.per_class.items():
+        classes.add_row(
+            shown(label),
+            f"{values['precision']:.3f}",
+            f"{values['recall']:.3f}",
+            f"{values['f1']:.3f}",
+            str(values["support"]),
+        )
+    out.print(classes)
+    matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
+    matrix.add_column("", overflow="fold")
+    for label in report.labels:
+        matrix.add_column(shown(label), justify="right", overflow="fold")
+    for label, row in zip(report.labels, report.confusion, strict=True):
+        matrix.add_row(shown(label), *(str(int(value)) for value in row))
+    out.print(matrix)
+
+
+def render_sweep(report) -> None:
+    grid = report.grid
+    out.print(
+        f"[bold]sweep[/bold]: {len(report.recipes)} recipes x {len(grid.seeds)} seeds "
+        f"({', '.join(map(str, grid.seeds))}) x {grid.folds} {grid.group} folds on "
+        f"{report.dataset['images']} "
+        f"images of {shown(report.dataset['name'])}; {report.trained_folds} folds trained now, "
+        f"{report.stored_folds} found stored; {report.seconds:.1f} s on {report.engine['name']}"
+    )
+    table = Table(title="recipes, best first (accuracy: mean over seeds of the mean fold accuracy)")
+    for column in ("#", "recipe", "accuracy", "spread", "F1", "vs base", "95% interval", "time"):
+        table.add_column(
+            column,
+            justify="left" if column == "recipe" else "right",
+            no_wrap=column != "recipe",
+            min_width=16 if column == "recipe" else None,
+            overflow="fold" if column == "recipe" else "ellipsis",
+        )
+    for item in report.recipes:
+        d_low, d_high = item.difference_interval
+        table.add_row(
+            str(item.rank),
+            shown(item.name),
+            f"{item.accuracy:.2%}",
+            f"{item.spread:.2%}",
+            f"{item.macro_f1:.3f}",
+            "base" if item.is_base else f"{item.difference:+.2%}",
+            "" if item.is_base else f"{d_low:+.1%} .. {d_high:+.1%}",
+            f"{item.seconds:.0f} s",
+        )
+    out.print(table)
+    out.print(
+        "spread: standard deviation of the per-seed means; vs base: mean paired difference on the "
+        "same "
+        "(seed, fold) pairs, 95% interval from the corrected resampled t-test for repeated k-fold "
+        "CV "
+        "(Nadeau & Bengio 2003); time: training time of the recipe's folds"
+    )
+    for name, path in report.files.items():
+        out.print(f"{name}: {shown(path)}")

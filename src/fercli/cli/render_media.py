@@ -1,0 +1,240 @@
+"""render_media: split from fercli.cli."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+from fercli.cli.app import emit_json, err, escaped, out, shown
+
+
+def render_media(media, as_json: bool, as_csv: bool, failure: str | None) -> None:
+    """predict's results on stdout: JSON, CSV, or tables."""
+    report = media.images
+    videos = [video.to_json(report.classes) for video in media.videos]
+    if as_json and failure:
+        emit_json(
+            {
+                "error": failure,
+                "images": [image.to_json() for image in report.images] + videos,
+                "skipped": [
+                    {"path": problem.path, "reason": problem.reason} for problem in report.problems
+                ],
+            }
+        )
+    elif as_json:
+        emit_json([image.to_json() for image in report.images] + videos)
+    elif as_csv and media.videos:
+        render_media_csv(media)
+    elif as_csv:
+        render_predict_csv(report)
+    else:
+        if report.processed:
+            render_predict(report)
+        render_videos(media)
+
+
+def render_media_problems(media) -> None:
+    """What predict skipped and why, and its notes, on stderr."""
+    report = media.images
+    for problem in report.problems:
+        if problem.listed:
+            err.print(f"[yellow]skipped[/yellow] {shown(problem.path)}: {problem.reason}")
+    for image in report.images:
+        if image.error:
+            err.print(f"[yellow]skipped[/yellow] {shown(image.path)}: {shown(image.error)}")
+    for video in media.videos:
+        if video.error:
+            err.print(
+                f"[yellow]{'error in' if video.processed else 'skipped'}[/yellow] "
+                f"{shown(video.path)}: "
+                f"{shown(video.error)}"
+            )
+    for note in report.notes:
+        err.print(f"note: {shown(note)}")
+
+
+def render_training_notes(media, as_csv: bool) -> None:
+    """A note for each image the model was trained on: its label is no test of the model."""
+    for image in media.images.images:
+        if any(face.in_training_data for face in image.faces):
+            (err if as_csv else out).print(
+                f"note: {shown(image.path)} was in this model's training data: "
+                "its score says nothing about new faces"
+            )
+
+
+def render_annotated(media, annotate_dir: Path) -> None:
+    err.print(f"{len(media.annotated)} annotated images in {shown(annotate_dir)}")
+    if media.videos:
+        videos_written = sum(1 for path in media.annotated_videos if path.suffix == ".avi")
+        timelines = len(media.annotated_videos) - videos_written
+        err.print(
+            f"{plural(videos_written, 'annotated video')} and "
+            f"{plural(timelines, 'timeline')} in {shown(annotate_dir)}"
+        )
+
+
+def render_media_summary(media, listed: int, others: str, as_csv: bool) -> None:
+    """predict's last line: images and faces, videos and tracks, what was skipped."""
+    report = media.images
+    skipped = listed + len(report.images) - report.processed
+    skipped += sum(1 for video in media.videos if not video.processed)
+    faces = sum(len(image.faces) for image in report.images)
+    analysed = [video for video in media.videos if video.processed]
+    tracks = sum(len(video.tracks) for video in analysed)
+    summary = "; ".join(
+        filter(
+            None,
+            [
+                f"{plural(report.processed, 'image')}, {plural(faces, 'face')}"
+                if report.processed or not media.videos
+                else "",
+                f"{plural(len(analysed), 'video')}, {plural(tracks, 'track')}"
+                if media.videos
+                else "",
+                f"{skipped} skipped" if skipped else "",
+                others,
+            ],
+        )
+    )
+    (err if as_csv else out).print(summary)
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 image', '2 images'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def render_predict(report) -> None:
+    table = Table(title=f"model {shown(Path(report.model).name)}")
+    for column in ("image", "face", "box (x, y, w, h)", "label", "p"):
+        table.add_column(column, overflow="fold")
+    for image in report.images:
+        if image.error:
+            continue
+        if not image.faces:
+            table.add_row(shown(image.path), "-", "no face found", "", "")
+        for number, face in enumerate(image.faces, start=1):
+            table.add_row(
+                shown(image.path),
+                str(number),
+                ", ".join(map(str, face.box)),
+                shown(face.label),
+                f"{face.probabilities[face.label]:.2f}",
+            )
+    out.print(table)
+
+
+def render_predict_csv(report) -> None:
+    """CSV on stdout; names escaped as in tables, so that no control byte reaches a terminal."""
+    import csv
+
+    writer = csv.writer(sys.stdout)
+    writer.writerow(
+        [
+            "path",
+            "face",
+            "x",
+            "y",
+            "width",
+            "height",
+            "label",
+            *(f"p_{escaped(label)}" for label in report.classes),
+        ]
+    )
+    for image in report.images:
+        for number, face in enumerate(image.faces, start=1):
+            writer.writerow(
+                [
+                    escaped(image.path),
+                    number,
+                    *face.box,
+                    escaped(face.label),
+                    *(f"{face.probabilities[label]:.6f}" for label in report.classes),
+                ]
+            )
+
+
+def render_videos(media) -> None:
+    """Per video: one row per track (frames seen, time on screen, share of each expression)."""
+    classes = media.images.classes
+    for video in media.videos:
+        if not video.processed:
+            continue
+        duration = (
+            f", {video.frames / video.fps:.1f} s at {video.fps:g} frames/s" if video.fps else ""
+        )
+        speed = (
+            f" in {video.seconds:.1f} s ({video.analysed / video.seconds:.0f} frames/s)"
+            if video.seconds > 0
+            else ""
+        )
+        title = (
+            f"{shown(video.path)}: {plural(video.frames, 'frame')}{duration}, {video.analysed} "
+            f"analysed{speed}"
+            f"{' (labels smoothed)' if video.smoothed else ''}"
+        )
+        table = Table(title=title)
+        for column in ("track", "frames", "on screen", "seen", *classes):
+            table.add_column(
+                shown(column),
+                justify="left" if column in ("track", "seen") else "right",
+                overflow="fold",
+            )
+        if not video.tracks:
+            table.add_row("-", "0", "", "no face found", *[""] * len(classes))
+        for track in video.tracks:
+            summary = track.summary(classes, video.interval)
+            table.add_row(
+                str(track.id),
+                str(summary["frames_seen"]),
+                f"{summary['seconds']:.1f} s",
+                f"{summary['first']:.1f}-{summary['last']:.1f} s",
+                *(f"{summary['shares'][label]:.0%}" for label in classes),
+            )
+        out.print(table)
+
+
+def render_media_csv(media) -> None:
+    """CSV of a run with videos: one row per face per analysed frame, and one per face of each
+    image (its frame, time and track empty; a video's face column empty)."""
+    import csv
+
+    from fercli.infer.media import csv_header, csv_row
+
+    classes = media.images.classes
+    images = media.images.images
+    smoothed = any(video.smoothed for video in media.videos)
+    writer = csv.writer(sys.stdout)
+    header = csv_header(classes, smoothed, escaped)
+    if images:
+        header.insert(1, "face")
+    writer.writerow(header)
+    for image in images:
+        for number, face in enumerate(image.faces, start=1):
+            writer.writerow(
+                [
+                    escaped(image.path),
+                    number,
+                    "",
+                    "",
+                    "",
+                    *face.box,
+                    escaped(face.label),
+                    *(f"{face.probabilities[label]:.6f}" for label in classes),
+                    *([""] * (len(classes) + 1) if smoothed else []),
+                ]
+            )
+    for video in media.videos:
+        rows = sorted(
+            ((face.frame, track.id, face) for track in video.tracks for face in track.frames),
+            key=lambda row: row[:2],
+        )
+        for _, track, face in rows:
+            row = csv_row(video.path, track, face, classes, smoothed, escaped)
+            if images:
+                row.insert(1, "")
+            writer.writerow(row)

@@ -1,0 +1,174 @@
+"""The settings of each step as frozen dataclasses (preprocessing, dataset scanning,
+training), the recipes, and the values they may take."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from fercli.core.errors import FerError
+
+# Bumped whenever the alignment code changes what it produces for the same settings, so that
+# cached crops and trained models made by an older implementation are not silently reused.
+# 2: the histogram equalization counts only pixels inside the photo (see PreprocessConfig).
+ALIGN_VERSION = 2
+
+CROP_SIZE = 32
+
+
+def fingerprint(payload: object) -> str:
+    """A short, stable hash of a JSON-serialisable value."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class JsonConfig:
+    """Settings that travel as JSON (cache keys, model files, reports): tuples as lists."""
+
+    def to_dict(self) -> dict:
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """Settings from JSON; keys this version does not know are ignored."""
+        known = {item.name for item in fields(cls)}
+        return cls(
+            **{
+                key: tuple(value) if isinstance(value, list) else value
+                for key, value in data.items()
+                if key in known
+            }
+        )
+
+
+@dataclass(frozen=True)
+class PreprocessConfig(JsonConfig):
+    """How a photo becomes an aligned crop. Part of every cache key and every model file."""
+
+    # Side of the square crop that the network sees.
+    crop_size: int = CROP_SIZE
+    # Top edge of the crop this many eye distances above the eye line (the paper: 0.6).
+    top_margin: float = 0.6
+    # Detector upsampling levels tried in turn until a face is found; small pre-cropped
+    # faces (CK+48 is 48x48) are only found after one upsampling.
+    upsample_tries: tuple[int, ...] = (0, 1)
+    # dlib's detection score threshold (dlib's own default is 0). On the test photo a mission
+    # patch scores up to 0.23 in 300 shifted copies, while real faces scored 0.73 or more
+    # there and 0.36 or more on all 981 CK+48 crops (after upsampling).
+    min_face_score: float = 0.3
+    # How the crop's contrast is equalized before it is downsampled (EQUALIZATIONS). The paper
+    # equalizes the histogram; "face" does it as OpenCV's equalizeHist does, but counts only
+    # the pixels inside the photo, so that the border filled in where a crop passes the
+    # photo's edge (tightly cropped sets such as CK+48) does not shift the face's grey levels.
+    equalization: str = "face"
+
+    def fingerprint(self) -> str:
+        """Identifies the crops these settings produce (with the alignment version)."""
+        return fingerprint({"align_version": ALIGN_VERSION, **self.to_dict()})
+
+
+# "face": equalizeHist's mapping from the pixels inside the photo; "midpoint": the same
+# pixels, each grey level to the middle of its rank range, so that a large patch of one level
+# (skin clipped to white by the camera) is not pushed to 255; "clahe": OpenCV's CLAHE (clip
+# limit 2, 4x4 tiles); "whole": equalizeHist over the whole crop, border included (alignment
+# version 1); "none".
+EQUALIZATIONS = ("face", "midpoint", "clahe", "whole", "none")
+
+# Decoded images wait in a worker until the landmarks of a batch of them are found together;
+# the batch is cut short once its images hold this many pixels.
+BATCH_PIXELS = 1 << 22
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How a dataset folder is read into labelled images."""
+
+    # "jaffe", "ck+", "folders", or None to detect it.
+    layout: str | None = None
+    # CK+ tree: how many of the last frames of a labelled sequence carry its label.
+    ck_frames: int = 3
+    # CK+ tree: also take the first frame of each labelled sequence as neutral.
+    ck_neutral_first: bool = False
+
+
+MODEL_VARIANTS = ("paper", "dropout", "batchnorm", "batchnorm-dropout", "wide")
+OPTIMIZERS = ("sgd", "adam")
+# z-score statistics: "global" (one mean/std of the training images), "pixel" (one per pixel),
+# "per-dataset" (several datasets combined: each dataset's own mean/std from its training
+# images, the left-out dataset's from its own images in leave-one-dataset-out; "global" on one).
+NORMALISATIONS = ("global", "pixel", "per-dataset")
+# "copies": the training set is enlarged once with transformed copies, the originals kept (the
+# paper's wording); "online": every epoch replaces each image by a random transformed copy.
+AUGMENTATIONS = ("copies", "online")
+
+
+@dataclass(frozen=True)
+class TrainConfig(JsonConfig):
+    """How a network is trained. Defaults are the "paper" recipe, so that results compare."""
+
+    # Network shape: "paper" is conv32-pool-conv64-pool-softmax; the rest add to it.
+    variant: str = "paper"
+    # Passes over the (enlarged) training set.
+    epochs: int = 100
+    batch_size: int = 16
+    learning_rate: float = 0.001
+    momentum: float = 0.9
+    optimizer: str = "sgd"
+    # Training images only: augmentation on or off, and how (AUGMENTATIONS).
+    augment: bool = True
+    augment_mode: str = "copies"
+    # "copies": transformed copies of each training image added to the originals; every other
+    # copy is mirrored (when flip is on) and each is rotated at random. On JAFFE-sized sets
+    # this also multiplies the updates per epoch, which 100 epochs of 14 batches need.
+    copies: int = 5
+    # Horizontal flips among the transforms.
+    flip: bool = True
+    # Rotations of up to this many degrees (the paper: "small"; JAFFE lost 4 points at 10).
+    max_rotation: float = 3.0
+    # Random shifts of up to this many pixels (0: none, the paper).
+    max_shift: float = 0.0
+    # z-score statistics from the training images (NORMALISATIONS): one mean/std ("global"),
+    # per pixel, or one mean/std per dataset of a combination ("per-dataset").
+    normalisation: str = "global"
+    seed: int = 0
+    # Average the predictions for each face and its mirror image (at test time only).
+    test_time_flip: bool = False
+    # Classes to keep (empty: all classes in the dataset).
+    classes: tuple[str, ...] = field(default_factory=tuple)
+    # The preset these settings started from (RECIPES); reports name it and what differs.
+    recipe: str = "paper"
+    # A fercli model file whose weights the network starts from (fine-tuning); "" for none.
+    # Trained on other people (another dataset), it lends a small set what it learned there.
+    init_model: str = ""
+
+
+# Named starting points for train and crossval; options given on the command line override
+# them. "paper" is the paper's network and training, augmentation as the paper words it.
+# "best" is the best recipe measured on the development views (README, Accuracy).
+RECIPES: dict[str, dict] = {
+    "paper": {},
+    "best": {"variant": "batchnorm-dropout", "test_time_flip": True},
+}
+
+
+def recipe_config(name: str, **overrides) -> TrainConfig:
+    """The TrainConfig of a recipe with some settings overridden (None values are ignored)."""
+    if name not in RECIPES:
+        raise FerError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    chosen = {key: value for key, value in overrides.items() if value is not None}
+    return TrainConfig(**{**RECIPES[name], **chosen, "recipe": name})
+
+
+def recipe_differences(config: TrainConfig) -> dict:
+    """The settings of config that differ from its recipe (seed and classes aside)."""
+    base = recipe_config(config.recipe) if config.recipe in RECIPES else TrainConfig()
+    mine, theirs = config.to_dict(), base.to_dict()
+    return {
+        key: value
+        for key, value in mine.items()
+        if key not in ("seed", "classes", "recipe") and theirs.get(key) != value
+    }

@@ -1,0 +1,97 @@
+"""The on-disk store of aligned crops, keyed by file content and preprocessing settings.
+
+One small JSON file per source image: the crop (base64) and what alignment found, or the
+reason no face was found, so that a second run over the same folder does no detection work
+at all. Settings live in the folder name, so a changed setting simply misses the cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fercli.core.config import PreprocessConfig
+from fercli.core.store import atomic_write_bytes, atomic_write_json, crops_dir, make_dir
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """What alignment made of one image: a crop, or the reason there is none."""
+
+    crop: np.ndarray | None
+    reason: str | None = None
+    faces: int = 0  # faces detected (the largest was used)
+    box: tuple[int, int, int, int] | None = None
+    angle: float = 0.0
+    padding: float = 0.0  # share of the crop outside the photo, filled in
+
+    def to_json(self) -> dict:
+        if self.crop is None:
+            return {"reason": self.reason}
+        return {
+            "crop": base64.b64encode(self.crop.tobytes()).decode(),
+            "shape": list(self.crop.shape),
+            "faces": self.faces,
+            "box": list(self.box) if self.box else None,
+            "angle": self.angle,
+            "padding": self.padding,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> CacheEntry:
+        if "crop" not in data:
+            return cls(crop=None, reason=str(data["reason"]))
+        shape = tuple(data["shape"])
+        crop = np.frombuffer(base64.b64decode(data["crop"]), dtype=np.uint8).reshape(shape)
+        box = tuple(data["box"]) if data.get("box") else None
+        return cls(
+            crop=crop,
+            faces=int(data["faces"]),
+            box=box,
+            angle=float(data["angle"]),
+            padding=float(data.get("padding", 0.0)),
+        )
+
+
+def content_key(data: bytes) -> str:
+    """The cache key of a file: the SHA-256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class CropCache:
+    """Aligned crops for one set of preprocessing settings."""
+
+    def __init__(self, config: PreprocessConfig, root: Path | None = None) -> None:
+        self.config = config
+        self.folder = (root or crops_dir()) / config.fingerprint()
+
+    def prepare(self) -> None:
+        """Create the cache folder and record its settings; StoreError if it cannot be written."""
+        make_dir(self.folder)
+        settings = self.folder / "settings.json"
+        if not settings.exists():
+            atomic_write_json(settings, self.config.to_dict())
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> CacheEntry | None:
+        """The cached result for a content key, or None (also for an unreadable entry)."""
+        try:
+            entry = CacheEntry.from_json(json.loads(self._path(key).read_bytes()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        # A damaged entry can still parse; a crop of the wrong size would break the dataset.
+        size = self.config.crop_size
+        if entry.crop is not None and entry.crop.shape != (size, size):
+            return None
+        return entry
+
+    def put(self, key: str, entry: CacheEntry) -> None:
+        """Store a result atomically; StoreError if the cache cannot be written."""
+        atomic_write_bytes(self._path(key), json.dumps(entry.to_json()).encode())

@@ -1,0 +1,306 @@
+"""Several preprocessed datasets as one selection, for combined training and for
+leave-one-dataset-out cross-validation.
+
+Every image keeps the dataset it came from (the `origins` column), and subjects are made
+unique per dataset ("jaffe:KA", "ck48:S005"): a subject name is only unique within its
+dataset. The checks here refuse what would make the numbers meaningless: one dataset given
+twice, the same data under two names, crops made with different preprocessing settings, and
+datasets that share no class. Crops that are byte for byte in an earlier dataset too are
+dropped from the later one and counted, so that no image can be on both sides of a fold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fercli.core.config import PreprocessConfig
+from fercli.core.errors import DatasetError
+from fercli.core.labels import canonical_label, label_order
+from fercli.data.prepared import DATASET_FILE, PreparedDataset, dataset_folder, resolve_dataset
+
+# Settings `fer preprocess` takes on its command line, by PreprocessConfig field.
+PREPROCESS_OPTIONS = {"min_face_score": "--min-face-score", "equalization": "--equalization"}
+
+
+@dataclass
+class CombinedDataset(PreparedDataset):
+    """Several datasets as one: the PreparedDataset columns plus the dataset of every image."""
+
+    origins: np.ndarray | None = None  # (n,) str: short name of the dataset each image came from
+    parts: list[dict] = field(
+        default_factory=list
+    )  # per dataset: names, fingerprint, images, classes
+    notes: list[str] = field(
+        default_factory=list
+    )  # what a report must say (duplicates dropped, ...)
+
+    @property
+    def name(self) -> str:
+        return "+".join(part["name"] for part in self.parts)
+
+    @property
+    def dataset_names(self) -> list[str]:
+        return [part["name"] for part in self.parts]
+
+
+def dataset_fingerprint(dataset: PreparedDataset) -> str:
+    """Identifies a dataset's data (crops and labels), wherever it is stored."""
+    digest = hashlib.sha256(np.ascontiguousarray(dataset.crops).tobytes())
+    digest.update("\n".join(dataset.labels.tolist()).encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
+
+
+def crop_digests(crops: np.ndarray) -> list[bytes]:
+    """A content hash of every crop."""
+    return [hashlib.sha256(np.ascontiguousarray(crop).tobytes()).digest() for crop in crops]
+
+
+def short_names(datasets: list[PreparedDataset]) -> list[str]:
+    """A short, distinct name per dataset: its source folder's name ("jaffe", "ck48"), else
+    its stored name; the stored name (with its id) where two source names clash."""
+    names = []
+    for dataset in datasets:
+        source = dataset.meta.get("source")
+        names.append(
+            Path(source).name if isinstance(source, str) and Path(source).name else dataset.name
+        )
+    if len(set(names)) < len(names):
+        names = [dataset.name for dataset in datasets]
+    if len(set(names)) < len(names):
+        names = [f"{name}-{number}" for number, name in enumerate(names, start=1)]
+    return names
+
+
+def preprocess_command(source: str, settings: dict) -> str:
+    """The `fer preprocess` command that makes crops of source with the given settings."""
+    defaults = PreprocessConfig().to_dict()
+    options = [
+        f"{option} {settings[key]}"
+        for key, option in PREPROCESS_OPTIONS.items()
+        if key in settings and settings[key] != defaults[key]
+    ]
+    return " ".join(["fer preprocess", source, *options])
+
+
+def resolve_datasets(choices: list[str]) -> list[PreparedDataset]:
+    """The preprocessed datasets named on a command line (names, folders under FER_HOME, or
+    the original folders), checked to be distinct and made with the same settings.
+    DatasetError, one line, for the first problem found."""
+    found: list[tuple[str, PreparedDataset]] = []
+    missing: list[str] = []
+    for choice in choices:
+        candidate = Path(choice)
+        if (
+            candidate.is_dir()
+            and not (candidate / DATASET_FILE).exists()
+            and not (dataset_folder(candidate) / DATASET_FILE).exists()
+        ):
+            missing.append(choice)  # an original folder not yet preprocessed
+            continue
+        found.append((choice, resolve_dataset(choice)))
+    if missing:
+        # Refused rather than preprocessed here: preprocessing is its own command with its own
+        # report (skipped files, contact sheet) that a user should see before training on it.
+        settings = found[0][1].meta["preprocess"] if found else {}
+        commands = "; ".join(f"`{preprocess_command(choice, settings)}`" for choice in missing)
+        same = " with the settings of the others" if found else ""
+        raise DatasetError(
+            f"{', '.join(missing)}: not preprocessed yet; run {commands} first{same}"
+        )
+    seen: dict[Path, str] = {}
+    for choice, dataset in found:
+        where = Path(dataset.location).resolve()
+        if where in seen:
+            raise DatasetError(
+                f"{seen[where]} and {choice} are the same dataset ({dataset.location}); give each "
+                "dataset once"
+            )
+        seen[where] = choice
+    fingerprints: dict[str, str] = {}
+    for choice, dataset in found:
+        digest = dataset_fingerprint(dataset)
+        if digest in fingerprints:
+            raise DatasetError(
+                f"{fingerprints[digest]} and {choice} hold the same data (fingerprint {digest}): "
+                "one dataset under two names; give it once"
+            )
+        fingerprints[digest] = choice
+    first_choice, first = found[0]
+    for choice, dataset in found[1:]:
+        problem = settings_difference(first.meta["preprocess"], dataset.meta["preprocess"])
+        if problem:
+            source = dataset.meta.get("source") or choice
+            raise DatasetError(
+                f"{first_choice} and {choice} were preprocessed with different settings "
+                f"({problem}), so their "
+                "crops do not compare; run "
+                f"`{preprocess_command(str(source), first.meta['preprocess'])}` to make "
+                f"{choice}'s crops as {first_choice}'s"
+            )
+    return [dataset for _, dataset in found]
+
+
+def settings_difference(first: dict, second: dict) -> str | None:
+    """How two datasets' preprocessing settings differ, as "equalization face against
+    midpoint"; None when they make the same crops."""
+    one, other = PreprocessConfig.from_dict(first), PreprocessConfig.from_dict(second)
+    if one.fingerprint() == other.fingerprint():
+        return None
+    mine, theirs = one.to_dict(), other.to_dict()
+    return ", ".join(
+        f"{key} {mine[key]} against {theirs[key]}" for key in mine if mine[key] != theirs[key]
+    )
+
+
+def choose_classes(
+    names: list[str], class_sets: list[set[str]], classes: tuple[str, ...], shared_classes: bool
+) -> list[str]:
+    """The classes a combination keeps: the named ones, the shared ones, or all when every
+    dataset has the same. DatasetError for classes only some datasets have (unless named),
+    unknown names, or datasets without a shared class."""
+    every = set().union(*class_sets)
+    shared = set.intersection(*class_sets)
+    having = "; ".join(
+        f"{name} has {', '.join(label_order(labels))}"
+        for name, labels in zip(names, class_sets, strict=True)
+    )
+    if classes and shared_classes:
+        raise DatasetError("give --classes or --shared-classes, not both")
+    if classes:
+        wanted = [canonical_label(name) for name in classes]
+        unknown = [name for name, label in zip(classes, wanted, strict=True) if label not in every]
+        if unknown:
+            raise DatasetError(f"unknown class {', '.join(map(repr, unknown))}: {having}")
+        chosen = label_order(set(wanted))
+    elif shared_classes:
+        chosen = label_order(shared)
+    elif shared != every:
+        having = {
+            label: ", ".join(
+                name for name, labels in zip(names, class_sets, strict=True) if label in labels
+            )
+            for label in label_order(every - shared)
+        }
+        only = "; ".join(f"{label} ({names_of} only)" for label, names_of in having.items())
+        raise DatasetError(
+            f"classes in only some datasets: {only}; keep the classes all datasets have with "
+            f"--shared-classes ({', '.join(label_order(shared)) or 'none'}) or name them with "
+            "--classes"
+        )
+    else:
+        chosen = label_order(every)
+    if not shared & set(chosen):
+        raise DatasetError(
+            f"the datasets share no class{' among those chosen' if classes else ''}: {having}"
+        )
+    return chosen
+
+
+def combine(
+    datasets: list[PreparedDataset], classes: tuple[str, ...] = (), shared_classes: bool = False
+) -> CombinedDataset:
+    """One selection from several datasets (see the module's docstring).
+
+    classes: keep these (a class may come from some datasets only); shared_classes: keep the
+    classes every dataset has. Without either, the datasets must have the same classes.
+    """
+    if len(datasets) < 2:
+        raise DatasetError("combining needs at least two datasets")
+    names = short_names(datasets)
+    class_sets = [set(dataset.labels.tolist()) for dataset in datasets]
+    chosen = choose_classes(names, class_sets, classes, shared_classes)
+    seen: set[bytes] = set()
+    columns: dict[str, list[np.ndarray]] = {
+        "crops": [],
+        "labels": [],
+        "subjects": [],
+        "paths": [],
+        "origins": [],
+    }
+    parts, notes = [], []
+    for name, dataset in zip(names, datasets, strict=True):
+        digests = crop_digests(dataset.crops)
+        duplicate = np.array([digest in seen for digest in digests], dtype=bool)
+        seen.update(digests)
+        wanted = np.isin(dataset.labels, chosen)
+        keep = wanted & ~duplicate
+        dropped = int(np.count_nonzero(wanted & duplicate))
+        if dropped:
+            notes.append(
+                f"{dropped} crops of {name} are also in an earlier dataset (the same images): "
+                f"dropped from {name}, so that no image is on both sides of a fold"
+            )
+        if not keep.any():
+            reason = (
+                "are all in an earlier dataset"
+                if wanted.any()
+                else f"include none of {', '.join(chosen)}"
+            )
+            raise DatasetError(f"{name}: its images {reason}; leave it out")
+        subjects = dataset.subjects[keep]
+        columns["crops"].append(dataset.crops[keep])
+        columns["labels"].append(dataset.labels[keep])
+        columns["subjects"].append(
+            np.array(
+                [f"{name}:{subject}" if subject else "" for subject in subjects.tolist()], dtype=str
+            )
+        )
+        columns["paths"].append(dataset.paths[keep])
+        columns["origins"].append(np.full(int(keep.sum()), name))
+        kept = dataset.labels[keep].tolist()
+        parts.append(
+            {
+                "name": name,
+                "dataset": dataset.name,
+                "path": str(dataset.location),
+                "source": dataset.meta.get("source"),
+                "layout": dataset.meta.get("layout"),
+                "fingerprint": dataset_fingerprint(dataset),
+                "images": int(keep.sum()),
+                "subjects": len(set(subjects.tolist()) - {""}),
+                "classes": {label: kept.count(label) for label in chosen if label in kept},
+                "duplicates_dropped": dropped,
+            }
+        )
+    missing = {
+        label: [part["name"] for part in parts if label not in part["classes"]] for label in chosen
+    }
+    for label, without in missing.items():
+        if without:
+            notes.append(
+                f"class {label} comes from "
+                f"{', '.join(p['name'] for p in parts if label in p['classes'])} "
+                f"only ({', '.join(without)} has none)"
+            )
+    labels = np.concatenate(columns["labels"])
+    return CombinedDataset(
+        crops=np.concatenate(columns["crops"]),
+        labels=labels,
+        subjects=np.concatenate(columns["subjects"]),
+        paths=np.concatenate(columns["paths"]),
+        meta={
+            "layout": "combined",
+            "source": None,
+            "preprocess": datasets[0].meta["preprocess"],
+            "preprocess_fingerprint": datasets[0].meta.get("preprocess_fingerprint"),
+            "classes": {label: int(np.count_nonzero(labels == label)) for label in chosen},
+            "datasets": parts,
+        },
+        origins=np.concatenate(columns["origins"]),
+        parts=parts,
+        notes=notes,
+    )
+
+
+def load_combined(
+    choices: list[str], classes: tuple[str, ...] = (), shared_classes: bool = False
+) -> PreparedDataset:
+    """What train and crossval use for their DATASET arguments: the one dataset named (or the
+    most recent), or several combined. --shared-classes on one dataset changes nothing."""
+    if len(choices) <= 1:
+        return resolve_dataset(choices[0] if choices else None)
+    return combine(resolve_datasets(choices), classes, shared_classes)

@@ -1,0 +1,246 @@
+"""Dataset layouts (JAFFE, the CK+ tree, class folders) -> labelled image records."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fercli.core.config import ScanOptions
+from fercli.core.errors import LayoutError
+from fercli.core.labels import canonical_label
+from fercli.media.discover import Skipped, files_under, is_visible
+
+# fer2013: a CSV file (emotion,pixels,Usage), read by fercli.fer2013 rather than scanned here.
+LAYOUTS = ("jaffe", "ck+", "folders", "fer2013")
+LAYOUT_ALIASES = {
+    "jaffe": "jaffe",
+    "ck+": "ck+",
+    "ck": "ck+",
+    "ckplus": "ck+",
+    "cohn-kanade": "ck+",
+    "folders": "folders",
+    "class-folders": "folders",
+    "classes": "folders",
+}
+
+# KA.AN1.39.tiff: subject initials, expression code and repeat, serial number.
+JAFFE_NAME = re.compile(r"^([A-Z]{2})\.([A-Z]{2})(\d+)\.(\d+)\.tiff?$", re.IGNORECASE)
+JAFFE_CODES = {
+    "AN": "anger",
+    "DI": "disgust",
+    "FE": "fear",
+    "HA": "happiness",
+    "NE": "neutral",
+    "SA": "sadness",
+    "SU": "surprise",
+}
+# S005_001_00000011.png (CK+ frames and the CK+48 crops made from them).
+CK_NAME = re.compile(r"^(S\d{3})_(\d{3})_(\d+)")
+CK_CODES = {
+    0: "neutral",
+    1: "anger",
+    2: "contempt",
+    3: "disgust",
+    4: "fear",
+    5: "happiness",
+    6: "sadness",
+    7: "surprise",
+}
+CK_IMAGES = "cohn-kanade-images"
+CK_EMOTION = "Emotion"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One labelled image of a dataset."""
+
+    path: Path
+    label: str
+    subject: str | None
+
+
+@dataclass
+class Scan:
+    """What a dataset folder holds, as the layout reads it."""
+
+    layout: str
+    root: Path
+    records: list[ImageRecord]
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_subjects(self) -> bool:
+        return bool(self.records) and all(record.subject for record in self.records)
+
+
+def subject_of(name: str) -> str | None:
+    """The subject a file name announces (CK+ "S010", JAFFE initials "KA"), or None."""
+    match = CK_NAME.match(name)
+    if match:
+        return match.group(1).upper()
+    match = JAFFE_NAME.match(name)
+    if match:
+        return match.group(1).upper()
+    return None
+
+
+def _child(folder: Path, name: str) -> Path | None:
+    """A sub-folder by name, ignoring case (None also when the folder cannot be read)."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.is_dir() and entry.name.lower() == name.lower():
+            return entry
+    return None
+
+
+def _ck_root(root: Path) -> Path | None:
+    """The folder holding cohn-kanade-images/ and Emotion/: root itself or a child of it."""
+    candidates = [root] + sorted(entry for entry in root.iterdir() if entry.is_dir())
+    for candidate in candidates:
+        if _child(candidate, CK_IMAGES) and _child(candidate, CK_EMOTION):
+            return candidate
+    return None
+
+
+def _check_folder(root: Path) -> None:
+    if not root.exists():
+        raise LayoutError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise LayoutError(f"{root}: is a file, not a folder (give the dataset's folder)")
+    try:
+        entries = [entry for entry in root.iterdir() if is_visible(entry.name)]
+    except PermissionError:
+        raise LayoutError(f"{root}: cannot read the folder (permission denied)") from None
+    if not entries:
+        raise LayoutError(f"{root}: the folder is empty")
+
+
+def detect_layout(root: Path) -> str:
+    """Which layout a dataset folder is in; LayoutError naming the layouts tried otherwise."""
+    _check_folder(root)
+    if _ck_root(root):
+        return "ck+"
+    files = [entry for entry in root.iterdir() if entry.is_file() and is_visible(entry.name)]
+    jaffe_named = sum(1 for entry in files if JAFFE_NAME.match(entry.name))
+    if jaffe_named and jaffe_named * 2 >= len(files):
+        return "jaffe"
+    for entry in root.iterdir():
+        if entry.is_dir() and is_visible(entry.name) and files_under(entry):
+            return "folders"
+    raise LayoutError(
+        f"{root}: layout not recognised; tried jaffe (no files named like KA.AN1.39.tiff), "
+        f"ck+ (no {CK_IMAGES}/ and {CK_EMOTION}/ folders), "
+        "folders (no sub-folders with files, as in <class>/<image>)"
+    )
+
+
+def scan_dataset(root: Path, options: ScanOptions = ScanOptions()) -> Scan:
+    """Read a dataset folder into labelled records; layout from options or detected."""
+    root = Path(root)
+    if options.layout:
+        layout = LAYOUT_ALIASES.get(options.layout.lower())
+        if layout is None:
+            raise LayoutError(
+                f"unknown layout {options.layout!r}; choose from {', '.join(LAYOUTS)}"
+            )
+        _check_folder(root)
+    else:
+        layout = detect_layout(root)
+    reader = {"jaffe": _scan_jaffe, "ck+": _scan_ck, "folders": _scan_folders}[layout]
+    scan = reader(root, options)
+    if not scan.records:
+        reasons = (
+            f" ({len(scan.skipped)} files left out: {scan.skipped[0].reason}, ...)"
+            if scan.skipped
+            else ""
+        )
+        raise LayoutError(f"{root}: no labelled images found in the {layout} layout{reasons}")
+    return scan
+
+
+def _scan_jaffe(root: Path, options: ScanOptions) -> Scan:
+    records, skipped = [], []
+    for path in files_under(root, skipped):
+        if path.parent != root:
+            skipped.append(Skipped(str(path), "in a sub-folder; JAFFE is one flat folder"))
+            continue
+        match = JAFFE_NAME.match(path.name)
+        if not match:
+            skipped.append(Skipped(str(path), "name not in the JAFFE form KA.AN1.39.tiff"))
+            continue
+        code = match.group(2).upper()
+        if code not in JAFFE_CODES:
+            skipped.append(Skipped(str(path), f"unknown JAFFE expression code {code!r}"))
+            continue
+        records.append(ImageRecord(path, JAFFE_CODES[code], match.group(1).upper()))
+    return Scan("jaffe", root, records, skipped)
+
+
+def _read_ck_emotion(path: Path) -> str:
+    """The label in a CK+ *_emotion.txt file; ValueError with the reason otherwise."""
+    if not path.is_file():
+        # A named pipe (or a device) would block the scan for ever at the first read.
+        raise ValueError("emotion file is not a regular file")
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+        code = float(text.split()[0])
+    except (OSError, IndexError, ValueError):
+        raise ValueError("emotion file does not hold a number") from None
+    # is_integer is False for "inf" and "nan", which int() would raise for.
+    if not code.is_integer() or int(code) not in CK_CODES:
+        raise ValueError(f"emotion code {text!r} is not one of 0-7")
+    return CK_CODES[int(code)]
+
+
+def _scan_ck(root: Path, options: ScanOptions) -> Scan:
+    if options.ck_frames < 1:
+        raise LayoutError("--ck-frames must be at least 1")
+    base = _ck_root(root)
+    if base is None:
+        raise LayoutError(f"{root}: not a CK+ tree (no {CK_IMAGES}/ and {CK_EMOTION}/ folders)")
+    images_root, emotion_root = _child(base, CK_IMAGES), _child(base, CK_EMOTION)
+    records, skipped = [], []
+    sequences = 0
+    for emotion_file in files_under(emotion_root, skipped):
+        if not emotion_file.name.endswith("_emotion.txt"):
+            continue
+        relative = emotion_file.parent.relative_to(emotion_root)
+        try:
+            label = _read_ck_emotion(emotion_file)
+        except ValueError as error:
+            skipped.append(Skipped(str(emotion_file), str(error)))
+            continue
+        frames_dir = images_root / relative
+        frames = files_under(frames_dir, skipped) if frames_dir.is_dir() else []
+        if not frames:
+            skipped.append(Skipped(str(emotion_file), f"no frames in {frames_dir}"))
+            continue
+        sequences += 1
+        subject = relative.parts[0].upper() if relative.parts else subject_of(frames[0].name)
+        last = frames[-options.ck_frames :]
+        records.extend(ImageRecord(path, label, subject) for path in last)
+        if options.ck_neutral_first and len(frames) > len(last):
+            records.append(ImageRecord(frames[0], "neutral", subject))
+    scan = Scan("ck+", root, records, skipped)
+    scan.notes.append(
+        f"{sequences} labelled sequences, last {options.ck_frames} frames each"
+        + (", first frame as neutral" if options.ck_neutral_first else "")
+    )
+    return scan
+
+
+def _scan_folders(root: Path, options: ScanOptions) -> Scan:
+    records, skipped = [], []
+    for path in files_under(root, skipped):
+        relative = path.relative_to(root)
+        if len(relative.parts) < 2:
+            skipped.append(Skipped(str(path), "not in a class folder"))
+            continue
+        label = canonical_label(relative.parts[0])
+        records.append(ImageRecord(path, label, subject_of(path.name)))
+    return Scan("folders", root, records, skipped)

@@ -1,0 +1,260 @@
+"""What FER_HOME holds (datasets, models, cross-validation runs), and removing one of them.
+
+Entries are read without unpickling anything and without TensorFlow; a file that cannot be
+read is still listed (with the reason), so that it can be removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fercli.core.config import TrainConfig, recipe_differences
+from fercli.core.errors import StoreError
+from fercli.core.store import (
+    crops_dir,
+    datasets_dir,
+    dlib_dir,
+    home,
+    models_dir,
+    runs_dir,
+    unpack_json,
+)
+from fercli.data.prepared import DATASET_FILE
+
+KINDS = ("dataset", "model", "run")
+
+
+@dataclass
+class Entry:
+    """One dataset, model or run under FER_HOME."""
+
+    kind: str  # "dataset", "model" or "run"
+    name: str  # what `fer remove` takes: the folder's or the model file's name
+    path: Path
+    size: int  # bytes of every file in it
+    modified: float  # time of its last change (seconds since the epoch)
+    details: dict = field(
+        default_factory=dict
+    )  # what the entry says about itself; "error" if unreadable
+
+    def to_json(self) -> dict:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "path": str(self.path),
+            "size": self.size,
+            "modified": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.modified)),
+            **self.details,
+        }
+
+
+@dataclass
+class Inventory:
+    home: Path
+    datasets: list[Entry]
+    models: list[Entry]
+    runs: list[Entry]
+    other: dict[str, int]  # sizes of what fercli rebuilds by itself: the crop cache, dlib's models
+
+    @property
+    def total(self) -> int:
+        return sum(entry.size for entry in self.datasets + self.models + self.runs) + sum(
+            self.other.values()
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "home": str(self.home),
+            "datasets": [entry.to_json() for entry in self.datasets],
+            "models": [entry.to_json() for entry in self.models],
+            "runs": [entry.to_json() for entry in self.runs],
+            "other": self.other,
+            "total": self.total,
+        }
+
+
+def size_of(path: Path) -> int:
+    """Bytes of a file, or of every file below a folder (links not followed)."""
+    if path.is_symlink() or not path.is_dir():
+        try:
+            return path.lstat().st_size
+        except OSError:
+            return 0
+    total = 0
+    for directory, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += (Path(directory) / name).lstat().st_size
+            except OSError:
+                continue  # removed while we counted
+    return total
+
+
+def _children(folder: Path, want_dir: bool) -> list[Path]:
+    try:
+        children = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [
+        child for child in children if not child.name.startswith(".") and child.is_dir() == want_dir
+    ]
+
+
+def _modified(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _dataset(folder: Path) -> Entry:
+    entry = Entry("dataset", folder.name, folder, size_of(folder), _modified(folder / DATASET_FILE))
+    try:
+        with np.load(folder / DATASET_FILE, allow_pickle=False) as archive:
+            meta = unpack_json(archive["meta"])
+            images = len(archive["labels"])
+        entry.details = {
+            "images": images,
+            "classes": meta.get("classes", {}),
+            "source": meta.get("source"),
+        }
+    except Exception as error:
+        entry.details = {"error": f"{type(error).__name__}: {error}"}
+    return entry
+
+
+def _run(folder: Path) -> Entry:
+    entry = Entry("run", folder.name, folder, size_of(folder), _modified(folder))
+    try:
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        entry.details = {
+            "dataset": report["dataset"]["name"],
+            "fingerprint": report["dataset"].get("fingerprint"),
+            "folds": report.get("completed_folds"),
+            "group": report["protocol"]["group"],
+            "training": report["protocol"]["training"],
+            "mean_accuracy": report.get("mean_accuracy"),
+            "std_accuracy": report.get("std_accuracy"),
+        }
+    except Exception as error:
+        entry.details = {"error": f"no readable report.json ({type(error).__name__})"}
+    return entry
+
+
+def recipe(training: dict) -> str:
+    """A training configuration in a few words: its recipe, then the settings that differ from
+    it."""
+    config = TrainConfig.from_dict(training)
+    changed = [f"{key} {value}" for key, value in recipe_differences(config).items()]
+    return ", ".join([config.recipe, *changed])
+
+
+def _model(path: Path, runs: list[Entry]) -> Entry:
+    entry = Entry("model", path.name, path, size_of(path), _modified(path))
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = unpack_json(archive["meta"])
+        training = meta.get("training", {})
+        entry.details = {
+            "dataset": (meta.get("dataset") or {}).get("name"),
+            "classes": meta.get("classes"),
+            "recipe": recipe(training),
+            "training": training,
+            "crossval": None,
+        }
+        # A cross-validation of the same recipe on the same data is this model's honest score.
+        matching = [
+            run
+            for run in runs
+            if run.details.get("fingerprint") == meta.get("data_fingerprint")
+            and run.details.get("training") == training
+            and run.details.get("mean_accuracy") is not None
+            and run.details.get("group") != "none"
+        ]  # "none": a fer evaluate run, not a crossval
+        if matching:
+            best = max(matching, key=lambda run: (run.details["folds"] or 0, run.modified))
+            entry.details["crossval"] = {
+                key: best.details[key]
+                for key in ("mean_accuracy", "std_accuracy", "folds", "group")
+            }
+            entry.details["crossval"]["run"] = best.name
+    except Exception as error:
+        entry.details = {"error": f"not a readable model file ({type(error).__name__})"}
+    return entry
+
+
+def list_home() -> Inventory:
+    """Every dataset, model and cross-validation run under FER_HOME, oldest first."""
+    runs = [_run(folder) for folder in _children(runs_dir(), want_dir=True)]
+    datasets = [_dataset(folder) for folder in _children(datasets_dir(), want_dir=True)]
+    models = [
+        _model(path, runs)
+        for path in _children(models_dir(), want_dir=False)
+        if path.suffix == ".npz"
+    ]
+    other = {"crop cache": size_of(crops_dir()), "dlib models": size_of(dlib_dir())}
+
+    def by_age(entries: list[Entry]) -> list[Entry]:
+        return sorted(entries, key=lambda entry: (entry.modified, entry.name))
+
+    return Inventory(home(), by_age(datasets), by_age(models), by_age(runs), other)
+
+
+def _folders() -> dict[str, Path]:
+    return {"dataset": datasets_dir(), "model": models_dir(), "run": runs_dir()}
+
+
+def find_entry(name: str) -> tuple[str, Path]:
+    """The kind and path of an entry named by its name (a model with or without .npz) or by
+    its path. StoreError for anything that is not a dataset, model or run under FER_HOME."""
+    given = Path(name)
+    folders = _folders()
+    if given.parent != Path(".") or given.is_absolute():
+        # A path: it must be an entry itself, straight inside one of FER_HOME's folders.
+        parent = given.parent.resolve()
+        for kind, folder in folders.items():
+            if (
+                parent == folder.resolve()
+                and given.name not in ("", ".", "..")
+                and os.path.lexists(given)
+            ):
+                return kind, folder / given.name
+        raise StoreError(f"{name}: not a dataset, model or run in {home()}; nothing removed")
+    found = [
+        (kind, folder / candidate)
+        for kind, folder in folders.items()
+        for candidate in (name, f"{name}.npz" if kind == "model" else None)
+        if candidate and candidate not in (".", "..") and os.path.lexists(folder / candidate)
+    ]
+    if not found:
+        raise StoreError(
+            f"{name}: no dataset, model or run of that name in {home()} (see fer list)"
+        )
+    if len(found) > 1:
+        raise StoreError(
+            f"{name}: names both the {found[0][0]} {found[0][1]} and the {found[1][0]} "
+            f"{found[1][1]}; give its path"
+        )
+    return found[0]
+
+
+def remove_entry(name: str) -> Entry:
+    """Delete a dataset folder, model file or run folder of FER_HOME; returns what was
+    removed, with its size. StoreError if it is not one, or cannot be removed."""
+    kind, path = find_entry(name)
+    removed = Entry(kind, path.name, path, size_of(path), _modified(path))
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError as error:
+        raise StoreError(f"cannot remove {path}: {error.strerror or error}") from None
+    return removed

@@ -1,0 +1,225 @@
+"""A preprocessed dataset: aligned crops with their labels, subjects, source paths and
+predefined splits, as `fer preprocess` writes it (FER_HOME/datasets/<name>-<id>/dataset.npz)
+and train, crossval, sweep and evaluate read it. The file is a pickle-free .npz with a format
+version; every array is checked at load, so that no command meets a shape, type or setting
+it cannot use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fercli.core.errors import DatasetError
+from fercli.core.store import atomic_write, datasets_dir, latest, pack_json, slug, unpack_json
+from fercli.media.discover import Skipped
+
+DATASET_FILE = "dataset.npz"
+DATASET_FORMAT = "fercli-dataset"
+# Files written before the version was recorded hold the same arrays: they read as version 1.
+DATASET_FORMAT_VERSION = 1
+
+
+@dataclass
+class PreparedDataset:
+    """A preprocessed dataset: aligned crops with their labels, as train and crossval read it."""
+
+    crops: np.ndarray  # (n, size, size) uint8
+    labels: np.ndarray  # (n,) str
+    subjects: np.ndarray  # (n,) str; "" where unknown
+    paths: np.ndarray  # (n,) str: the source images
+    meta: dict  # layout, source folder, preprocessing settings, counts
+    location: Path | None = None
+    # (n,) str: each image's predefined split (FER2013's Usage); None for datasets without.
+    splits: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        return self.location.parent.name if self.location else "dataset"
+
+    @property
+    def has_subjects(self) -> bool:
+        return len(self.subjects) > 0 and all(self.subjects)
+
+
+def dataset_folder(source: Path) -> Path:
+    """Where the preprocessed version of a dataset folder is kept (one per source folder)."""
+    resolved = Path(source).resolve()
+    digest = hashlib.sha256(str(resolved).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return datasets_dir() / f"{slug(resolved.name)}-{digest}"
+
+
+def save_dataset(dataset: PreparedDataset, folder: Path) -> Path:
+    """Write a prepared dataset to folder/dataset.npz in one atomic step."""
+    arrays = {
+        "crops": dataset.crops,
+        "labels": dataset.labels.astype(str),
+        "subjects": dataset.subjects.astype(str),
+        "paths": dataset.paths.astype(str),
+        "meta": pack_json(
+            {"format": DATASET_FORMAT, **dataset.meta, "format_version": DATASET_FORMAT_VERSION}
+        ),
+    }
+    if dataset.splits is not None:
+        arrays["splits"] = dataset.splits.astype(str)
+    path = atomic_write(folder / DATASET_FILE, lambda stream: np.savez(stream, **arrays))
+    dataset.location = path
+    return path
+
+
+def load_dataset(path: Path) -> PreparedDataset:
+    """Read a dataset.npz (or the folder holding one) without unpickling anything."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DATASET_FILE
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: no preprocessed dataset here (run `fer preprocess DATASET_DIR`)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = unpack_json(archive["meta"])
+            dataset = PreparedDataset(
+                crops=archive["crops"],
+                labels=archive["labels"],
+                subjects=archive["subjects"],
+                paths=archive["paths"],
+                meta=meta,
+                location=path,
+                splits=archive["splits"] if "splits" in archive.files else None,
+            )
+    except (OSError, KeyError, ValueError, EOFError) as error:
+        raise DatasetError(f"{path}: not a readable fercli dataset ({error})") from None
+    if not isinstance(meta, dict) or meta.get("format") != DATASET_FORMAT:
+        raise DatasetError(f"{path}: not a fercli dataset")
+    problem = _dataset_problem(dataset)
+    if problem:
+        source = meta.get("source") if isinstance(meta.get("source"), str) else "DATASET_DIR"
+        raise DatasetError(
+            f"{path}: damaged dataset file ({problem}); run `fer preprocess {source}` again"
+        )
+    return dataset
+
+
+def _same_kind(value: object, default: object) -> bool:
+    """Whether a setting read from JSON has the type of its default (a whole number for a
+    float too), lists element by element."""
+    if isinstance(default, list):
+        return isinstance(value, list) and all(_same_kind(item, default[0]) for item in value)
+    if isinstance(default, bool) or isinstance(value, bool):
+        return type(value) is type(default)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and np.isfinite(value)
+    return type(value) is type(default)
+
+
+def _dataset_problem(dataset: PreparedDataset) -> str | None:
+    """What makes a loaded dataset unusable (None when nothing does): checked once, at load,
+    so that train and crossval never meet a shape, type or setting they cannot use."""
+    from fercli.core.config import PreprocessConfig
+
+    meta = dataset.meta
+    version = meta.get("format_version", 1)
+    if type(version) is not int or version != DATASET_FORMAT_VERSION:
+        return f"format version {version!r}; this fercli reads version {DATASET_FORMAT_VERSION}"
+    settings = meta.get("preprocess")
+    if not isinstance(settings, dict):
+        return "its preprocessing settings are missing or not an object"
+    try:
+        config = PreprocessConfig.from_dict(settings)
+    except (TypeError, ValueError) as error:
+        return f"preprocessing settings: {error}"
+    for name, default in PreprocessConfig().to_dict().items():
+        value = config.to_dict()[name]
+        if not _same_kind(value, default):
+            return f"preprocessing setting {name} is {value!r}"
+    size = config.crop_size
+    crops = dataset.crops
+    if crops.dtype != np.uint8 or crops.ndim != 3 or crops.shape[1:] != (size, size):
+        return f"crops are {crops.dtype} {crops.shape}, not 8-bit {size}x{size} images"
+    for name in ("labels", "subjects", "paths"):
+        column = getattr(dataset, name)
+        if column.dtype.kind != "U" or column.shape != (len(crops),):
+            return f"{name} are {column.dtype} {column.shape}, not {len(crops)} texts"
+    if not all(dataset.labels):
+        return "an empty label"
+    if dataset.splits is not None and (
+        dataset.splits.dtype.kind != "U" or dataset.splits.shape != (len(crops),)
+    ):
+        return f"splits are {dataset.splits.dtype} {dataset.splits.shape}, not {len(crops)} texts"
+    return None
+
+
+def resolve_dataset(choice: str | Path | None) -> PreparedDataset:
+    """The dataset a command should use: a path, a dataset name under FER_HOME, or the
+    most recently preprocessed one."""
+    if choice is None:
+        path = latest(datasets_dir(), f"*/{DATASET_FILE}")
+        if path is None:
+            raise DatasetError(
+                f"no preprocessed dataset in {datasets_dir()}: run `fer preprocess DATASET_DIR` "
+                "first"
+            )
+        return load_dataset(path)
+    candidate = Path(choice)
+    if candidate.is_dir() and not (candidate / DATASET_FILE).exists():
+        # The original dataset folder: use what `fer preprocess` made of it.
+        prepared = dataset_folder(candidate) / DATASET_FILE
+        if not prepared.exists():
+            raise DatasetError(
+                f"{choice}: not preprocessed yet (run `fer preprocess {choice}` first)"
+            )
+        return load_dataset(prepared)
+    if candidate.exists():
+        return load_dataset(candidate)
+    named = datasets_dir() / str(choice)
+    if named.exists():
+        return load_dataset(named)
+    raise DatasetError(
+        f"{choice}: no such preprocessed dataset (a path or a name under {datasets_dir()})"
+    )
+
+
+@dataclass
+class PreprocessReport:
+    """What a preprocess run found, aligned and left out."""
+
+    source: str
+    layout: str
+    found: int
+    aligned: int
+    skipped: list[Skipped]
+    classes: dict[str, int]
+    subjects: dict[str, int]
+    several_faces: list[str]  # images where several faces were found and the largest used
+    cache_hits: int
+    seconds: float
+    workers: int
+    dataset: str | None = None  # the prepared dataset file, when anything was aligned
+    contact_sheet: str | None = None
+    notes: list[str] = field(default_factory=list)
+    # Per class: crops that passed the photo's edge (filled in), their mean share filled, and
+    # crops with more than SATURATED_SHARE of their pixels at 250 or more.
+    edges: dict[str, dict] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "source": self.source,
+            "layout": self.layout,
+            "found": self.found,
+            "aligned": self.aligned,
+            "skipped": [{"path": item.path, "reason": item.reason} for item in self.skipped],
+            "classes": self.classes,
+            "subjects": self.subjects,
+            "several_faces": self.several_faces,
+            "cache_hits": self.cache_hits,
+            "seconds": round(self.seconds, 3),
+            "workers": self.workers,
+            "dataset": self.dataset,
+            "contact_sheet": self.contact_sheet,
+            "notes": self.notes,
+            "edges": self.edges,
+        }

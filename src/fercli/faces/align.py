@@ -1,0 +1,394 @@
+"""Face alignment: the one implementation that every command uses.
+
+dlib finds faces and 68 landmarks; the image is rotated so that the eye centres are level,
+cropped from 0.6 eye distances above the eye line down to the chin and between the jaw
+points 0 and 16, histogram-equalized and downsampled to 32x32. Pure numpy in and out.
+
+The vocabulary: detect_faces(gray) finds the faces of one image; align_detected([(gray,
+detections), ...]) aligns them, for one image or many at once (largest_only=True for each
+image's largest face); align_face(gray, landmarks) crops one face whose landmarks are known.
+dlib's two models are loaded here too, lazily and once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fercli.core.config import PreprocessConfig
+from fercli.core.errors import FerError, NoFaceError
+from fercli.media.images import as_gray
+
+# dlib's 68-point scheme: 36-41 is the eye on the image's left, 42-47 the other.
+LEFT_EYE = slice(36, 42)
+RIGHT_EYE = slice(42, 48)
+JAW_LEFT = 0
+JAW_RIGHT = 16
+CHIN = 8
+
+PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+# Large photos are searched for faces at this size at most: dlib's HOG detector costs time
+# in proportion to the pixels, and a face it can find at this size is 80 pixels wide or more.
+DETECT_MAX_SIDE = 1280
+# A face detect_faces found: dlib's box (a dlib.rectangle) and its detection score.
+Detection = tuple[object, float]
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    """One face, aligned and cropped."""
+
+    crop: np.ndarray  # (crop_size, crop_size) uint8, equalized
+    box: tuple[int, int, int, int]  # detector box in the input image: x, y, width, height
+    score: float  # dlib's detection score
+    angle: float  # degrees the eye line was tilted in the input image
+    # 2x3 affine map from input-image pixel coordinates to crop pixel coordinates.
+    transform: np.ndarray
+    landmarks: np.ndarray  # (68, 2) float, input-image coordinates
+    padding: float = 0.0  # share of the crop that lies outside the photo (filled in)
+
+
+# --- dlib's models, each loaded lazily and once per process --------------------------------
+# Both are stored under FER_HOME/dlib in a form that loads in milliseconds: the detector in
+# dlib's own format, the landmark model as NumPy arrays (fercli.landmarks). Where nothing can
+# be stored, or the conversion fails, dlib's own loaders are used; that only costs time.
+
+
+def predictor_path() -> Path:
+    """Where the 68-point landmark model of the face-recognition-models package lies.
+
+    Found with find_spec rather than by importing the package, whose __init__ needs
+    pkg_resources, which new setuptools no longer ships.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / "models" / PREDICTOR_FILE
+        if path.is_file():
+            return path
+    raise FerError(
+        f"dlib's 68-point landmark model ({PREDICTOR_FILE}) is missing: "
+        "pip install face-recognition-models"
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def face_detector():
+    """dlib's frontal face detector, loaded once per process.
+
+    dlib builds it from a compressed copy inside its library, which takes about 240 ms: a
+    cost every worker process would pay before its first image. Stored once in dlib's own
+    format under FER_HOME, it loads in about 1 ms. The file name holds dlib's version; a file
+    that does not load is replaced, and a FER_HOME that cannot be written only costs the time.
+    """
+    import dlib
+
+    from fercli.core.store import atomic_save, dlib_dir
+
+    path = dlib_dir() / f"frontal_face_detector-{dlib.__version__}.svm"
+    if path.is_file():
+        try:
+            return dlib.fhog_object_detector(str(path))
+        except RuntimeError:
+            pass
+    detector = dlib.get_frontal_face_detector()
+    try:
+        atomic_save(path, lambda name: detector.save(name))
+    except (FerError, RuntimeError):
+        pass
+    return detector
+
+
+@functools.lru_cache(maxsize=1)
+def landmark_predictor():
+    """dlib's 68-point landmark predictor, loaded once per process: predictor(gray, box) ->
+    (68, 2) int64 landmarks, predictor.predict_many([(gray, box), ...]) for several.
+
+    dlib's loader takes about 0.5 s; the model's arrays are stored once under FER_HOME
+    and map from there in milliseconds.
+    """
+    from fercli.core.store import dlib_dir
+
+    return load_landmark_predictor(predictor_path(), dlib_dir())
+
+
+def load_landmark_predictor(source: Path, folder: Path):
+    """The 68-point predictor of the dlib model file source: NumPy arrays stored in folder
+    when they are there; else dlib loads the file once more, the file is converted, checked
+    against dlib and stored. dlib's own predictor is used when folder cannot be written or
+    the conversion fails or disagrees."""
+    import dlib
+
+    from fercli.core.store import check_writable, make_dir
+    from fercli.faces.landmarks import (
+        DlibShapePredictor,
+        ModelFormatError,
+        NumpyShapePredictor,
+        agrees_with,
+        load_stored,
+        parse_shape_predictor,
+        save_converted,
+    )
+
+    model = load_stored(source, folder)
+    if model is not None:
+        return NumpyShapePredictor(model)
+    reference = DlibShapePredictor(dlib.shape_predictor(str(source)))
+    try:
+        check_writable(make_dir(folder))
+    except FerError:
+        return reference  # converting on every run would cost more than dlib's loading
+    try:
+        model = parse_shape_predictor(source.read_bytes())
+    except (ModelFormatError, OSError, MemoryError):
+        return reference
+    predictor = NumpyShapePredictor(model)
+    if not agrees_with(predictor, reference):
+        return reference
+    try:
+        save_converted(model, source, folder)
+    except FerError:
+        pass  # full disk: converted again next time
+    return predictor
+
+
+def landmarks_load_quickly() -> bool:
+    """Whether landmark_predictor() takes milliseconds rather than seconds: it is loaded in
+    this process already, or dlib's model is stored converted under FER_HOME."""
+    from fercli.core.store import dlib_dir
+    from fercli.faces.landmarks import stored_paths
+
+    if landmark_predictor.cache_info().currsize:
+        return True
+    try:
+        return all(path.is_file() for path in stored_paths(predictor_path(), dlib_dir()))
+    except (FerError, OSError):
+        return False
+
+
+# --- finding and aligning faces ----------------------------------------------------------
+
+
+def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[Detection]:
+    """dlib face boxes with their scores, largest first, from the first upsampling level
+    (of config.upsample_tries) that finds any."""
+    import dlib
+
+    detector = face_detector()
+    scale = 1.0
+    search = gray
+    if max(gray.shape) > DETECT_MAX_SIDE:
+        scale = DETECT_MAX_SIDE / max(gray.shape)
+        search = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    for upsample in config.upsample_tries:
+        boxes, scores, _ = detector.run(search, upsample, config.min_face_score)
+        if len(boxes):
+            found = []
+            for box, score in zip(boxes, scores, strict=True):
+                if scale != 1.0:
+                    box = dlib.rectangle(
+                        round(box.left() / scale),
+                        round(box.top() / scale),
+                        round(box.right() / scale),
+                        round(box.bottom() / scale),
+                    )
+                found.append((box, float(score)))
+            return sorted(found, key=lambda item: -item[0].area())
+    return []
+
+
+def align_detected(
+    images: list[tuple[np.ndarray, list[Detection]]],
+    config: PreprocessConfig,
+    largest_only: bool = False,
+) -> list[list[AlignedFace]]:
+    """The detected faces of one or many images, aligned: for each (2-D uint8 image,
+    detect_faces' result for it), its faces largest first, less any whose landmarks outline
+    no face. The landmarks of every face are found together (a batch costs less a face than
+    one at a time). The detections may come from another process: preprocess and predict
+    find faces while the landmark model is still loading.
+
+    largest_only: only each image's largest face (a list of one, or empty); when its
+    landmarks outline no face, which is rare, the next largest box is tried.
+    """
+    if largest_only:
+        return _align_largest(images, config)
+    boxes = [(gray, box, score) for gray, detections in images for box, score in detections]
+    aligned = iter(_align_boxes(boxes, config))
+    faces = [[next(aligned) for _ in detections] for _, detections in images]
+    return [[face for face in image if face is not None] for image in faces]
+
+
+def _align_largest(
+    images: list[tuple[np.ndarray, list[Detection]]], config: PreprocessConfig
+) -> list[list[AlignedFace]]:
+    firsts = [(gray, *detections[0]) for gray, detections in images if detections]
+    largest = iter(_align_boxes(firsts, config))
+    results = []
+    for gray, detections in images:
+        face = next(largest) if detections else None
+        for box, score in detections[1:] if face is None else ():
+            [face] = _align_boxes([(gray, box, score)], config)
+            if face is not None:
+                break
+        results.append([] if face is None else [face])
+    return results
+
+
+def _align_boxes(
+    faces: list[tuple[np.ndarray, object, float]], config: PreprocessConfig
+) -> list[AlignedFace | None]:
+    """Each (gray image, dlib box, score) aligned, the landmarks of all found together; None
+    where they outline no face."""
+    points = landmark_predictor().predict_many([(gray, box) for gray, box, _ in faces])
+    return [
+        _aligned_face(gray, box, score, landmarks.astype(np.float64), config)
+        for (gray, box, score), landmarks in zip(faces, points, strict=True)
+    ]
+
+
+def _aligned_face(
+    gray: np.ndarray, box, score: float, landmarks: np.ndarray, config: PreprocessConfig
+) -> AlignedFace | None:
+    try:
+        crop, transform, angle, padding = align_face(gray, landmarks, config)
+    except NoFaceError:
+        return None
+    # dlib reports boxes of faces cut by the edge partly outside the image; clip them so that
+    # image[y:y+h, x:x+w] is the face, not a wrapped slice.
+    height, width = gray.shape
+    left, top = max(0, box.left()), max(0, box.top())
+    right, bottom = min(width, box.right() + 1), min(height, box.bottom() + 1)
+    return AlignedFace(
+        crop=crop,
+        box=(left, top, max(0, right - left), max(0, bottom - top)),
+        score=score,
+        angle=angle,
+        transform=transform,
+        landmarks=landmarks,
+        padding=padding,
+    )
+
+
+def no_face_error(config: PreprocessConfig) -> NoFaceError:
+    """The error for an image without a face, saying what was tried."""
+    tried = " and ".join(str(level) for level in config.upsample_tries)
+    return NoFaceError(f"no face found (tried upsampling {tried})")
+
+
+# --- one face: eyes levelled, cropped, equalized, downsampled ------------------------------
+
+
+def eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of the eye on the image's left and on its right (means of 36-41, 42-47)."""
+    return landmarks[LEFT_EYE].mean(axis=0), landmarks[RIGHT_EYE].mean(axis=0)
+
+
+def crop_transform(
+    landmarks: np.ndarray, config: PreprocessConfig
+) -> tuple[np.ndarray, tuple[int, int], float]:
+    """The affine map that levels the eyes and moves the crop box to the origin.
+
+    Returns the 2x3 matrix, the crop's (width, height) in input pixels and the tilt angle.
+    """
+    left, right = eye_centres(landmarks)
+    angle = math.degrees(math.atan2(right[1] - left[1], right[0] - left[0]))
+    eye_distance = float(np.hypot(*(right - left)))
+    centre = (left + right) / 2
+    rotation = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, 1.0)
+    rotated = landmarks @ rotation[:, :2].T + rotation[:, 2]
+    top = centre[1] - config.top_margin * eye_distance
+    left_edge = rotated[JAW_LEFT, 0]
+    width = rotated[JAW_RIGHT, 0] - left_edge
+    height = rotated[CHIN, 1] - top
+    if width < 4 or height < 4 or eye_distance < 2:
+        raise NoFaceError("the landmarks found do not outline a face")
+    transform = rotation.copy()
+    transform[:, 2] -= (left_edge, top)
+    return transform, (max(1, round(width)), max(1, round(height))), angle
+
+
+def align_face(
+    gray: np.ndarray, landmarks: np.ndarray, config: PreprocessConfig
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Crop, equalize and downsample one face given its landmarks.
+
+    Returns the (crop_size, crop_size) uint8 crop, the 2x3 map from input to crop pixel
+    coordinates, the tilt angle of the eye line in degrees, and the share of the crop that
+    lay outside the photo.
+    """
+    transform, (width, height), angle = crop_transform(landmarks, config)
+    # Where the box runs past the photo, its edge pixels are repeated outwards (black would
+    # read as a dark background); the equalization below ignores those pixels.
+    face = cv2.warpAffine(
+        gray, transform, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    inside = inside_photo(transform, (width, height), gray.shape)
+    face = equalize(face, inside, config.equalization)
+    size = config.crop_size
+    crop = cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
+    scale = np.array([[size / width], [size / height]])
+    return crop, transform * scale, angle, float(1 - inside.mean())
+
+
+def inside_photo(
+    transform: np.ndarray, size: tuple[int, int], shape: tuple[int, ...]
+) -> np.ndarray:
+    """Which pixels of a (width, height) crop made with transform come from inside a photo
+    of the given shape (True) rather than from the filled-in border."""
+    width, height = size
+    inverse = cv2.invertAffineTransform(transform)
+    columns, rows = np.meshgrid(
+        np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64)
+    )
+    x = inverse[0, 0] * columns + inverse[0, 1] * rows + inverse[0, 2]
+    y = inverse[1, 0] * columns + inverse[1, 1] * rows + inverse[1, 2]
+    # Half a pixel of slack: bilinear sampling at the very edge still reads the photo.
+    return (x >= -0.5) & (x <= shape[1] - 0.5) & (y >= -0.5) & (y <= shape[0] - 0.5)
+
+
+def equalize(face: np.ndarray, inside: np.ndarray, method: str) -> np.ndarray:
+    """A uint8 crop with its contrast equalized by method (config.EQUALIZATIONS), the
+    histogram counted over the pixels marked inside."""
+    if method == "none":
+        return face
+    if method == "whole":
+        return cv2.equalizeHist(face)
+    if method == "clahe":
+        return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4)).apply(face)
+    counted = face[inside] if inside.any() else face.ravel()
+    histogram = np.bincount(counted, minlength=256).astype(np.int64)
+    total = int(histogram.sum())
+    if method == "midpoint":
+        below = np.cumsum(histogram) - histogram
+        lut = np.round(255 * (below + histogram / 2) / total)
+        return lut.clip(0, 255).astype(np.uint8)[face]
+    if method != "face":
+        raise FerError(f"unknown equalization {method!r}")
+    # OpenCV's equalizeHist, step for step: the darkest level present goes to 0, each level
+    # above it to 255 x (pixels at or below it, less the darkest level's) / (the rest).
+    darkest = int(np.flatnonzero(histogram)[0])
+    if histogram[darkest] == total:
+        return np.full_like(face, darkest)
+    scale = np.float32(255.0) / np.float32(total - histogram[darkest])
+    running = np.cumsum(histogram) - histogram[darkest]
+    lut = np.zeros(256, np.float32)
+    lut[darkest + 1 :] = running[darkest + 1 :].astype(np.float32) * scale
+    # saturate_cast rounds half to even, as np.rint does.
+    return np.rint(lut).clip(0, 255).astype(np.uint8)[face]
+
+
+def align_faces(
+    image: str | Path | np.ndarray, config: PreprocessConfig | None = None
+) -> list[AlignedFace]:
+    """Every face in an image, aligned as for training (32x32 crops), largest first: each
+    with its crop, box, landmarks and the map from image to crop coordinates."""
+    gray = as_gray(image)
+    config = config or PreprocessConfig()
+    return align_detected([(gray, detect_faces(gray, config))], config)[0]

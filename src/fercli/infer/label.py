@@ -1,0 +1,76 @@
+"""Labelling faces: aligned crops in, a FacePrediction (box, label, probabilities) for each
+out. The one verb for "the expression of every face in this image"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fercli.core.errors import ModelError
+from fercli.faces.align import align_faces
+
+if TYPE_CHECKING:
+    from fercli.infer.model import FerModel
+
+
+@dataclass
+class FacePrediction:
+    box: tuple[int, int, int, int]  # x, y, width, height
+    label: str
+    probabilities: dict[str, float]
+    # Whether the model was trained on exactly this crop (then its score says nothing about
+    # new faces); None when the model file does not say (written by an older fercli).
+    in_training_data: bool | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "box": list(self.box),
+            "label": self.label,
+            "probabilities": self.probabilities,
+            "in_training_data": self.in_training_data,
+        }
+
+
+def classify(
+    model: FerModel, crops: np.ndarray, boxes: list, sources: list[str]
+) -> list[FacePrediction]:
+    """Label aligned uint8 crops (n, s, s) in one forward pass; boxes and the source of each
+    (for messages) in the same order. ModelError if the network gives a non-finite number."""
+    probabilities = model.predict_proba(crops)
+    for source, row in zip(sources, probabilities, strict=True):
+        if not np.all(np.isfinite(row)):
+            # The load check passed, yet this face overflows the network: the model is broken.
+            raise ModelError(
+                f"{model.path}: damaged model file (its probabilities for a face in "
+                f"{source} are not finite numbers)"
+            )
+    seen = model.seen_in_training(crops) or [None] * len(crops)
+    return [
+        FacePrediction(
+            box=tuple(int(value) for value in box),
+            label=model.classes[int(np.argmax(row))],
+            probabilities={
+                label: round(float(p), 6) for label, p in zip(model.classes, row, strict=True)
+            },
+            in_training_data=in_training,
+        )
+        for box, row, in_training in zip(boxes, probabilities, seen, strict=True)
+    ]
+
+
+def label_faces(image: str | Path | np.ndarray, model: FerModel) -> list[FacePrediction]:
+    """The expression of every face in an image (a path, or a BGR or grayscale uint8 array):
+    box, label, probabilities, the faces aligned with the model's own preprocessing settings."""
+    faces = align_faces(image, model.preprocess)
+    if not faces:
+        return []
+    source = str(image) if isinstance(image, (str, Path)) else "the image"
+    return classify(
+        model,
+        np.stack([face.crop for face in faces]),
+        [face.box for face in faces],
+        [source] * len(faces),
+    )

@@ -1,0 +1,234 @@
+"""media: split from fercli.video."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fercli.core.errors import FerError
+from fercli.core.events import Progress
+from fercli.infer.model import FerModel
+from fercli.infer.tracking import (
+    FaceFrame,
+    VideoOptions,
+    VideoPrediction,
+    frame_sampler,
+    predict_video,
+)
+from fercli.media.video import is_video, open_video
+
+
+@dataclass
+class MediaReport:
+    """fer predict over images and videos: the images' report as before, and each video's."""
+
+    images: object  # fercli.predict.PredictReport
+    videos: list[VideoPrediction] = field(default_factory=list)
+    # Labelled copies written (fer predict --annotate): images; videos and timelines.
+    annotated: list[Path] = field(default_factory=list)
+    annotated_videos: list[Path] = field(default_factory=list)
+
+    @property
+    def processed(self) -> int:
+        """Files that gave a result (an image read, a video with at least one frame analysed)."""
+        return self.images.processed + sum(1 for video in self.videos if video.processed)
+
+
+def predict_media(
+    paths: list[Path],
+    model: FerModel,
+    options: VideoOptions = VideoOptions(),
+    workers: int | None = None,
+    progress: Progress | None = None,
+    video_progress: Callable[[str], Progress | None] | None = None,
+) -> MediaReport:
+    """predict_paths for the images among paths (files and folders, as there) and predict_video
+    for the videos, told apart by content. video_progress(path) gives a video's progress
+    callback."""
+    from fercli.infer.photos import predict_paths
+    from fercli.media.discover import discover_images
+
+    files, problems = discover_images(paths)
+    videos = [path for path in files if is_video(path)]
+    images = [path for path in files if path not in set(videos)] if videos else files
+    report = predict_paths(images, model, workers, progress=progress if images else None)
+    # As if the images had been found from the paths given (annotated copies keep the folders).
+    report.problems = problems + report.problems
+    report.inputs = [str(path) for path in paths]
+    results = [
+        predict_video(path, model, options, video_progress(str(path)) if video_progress else None)
+        for path in videos
+    ]
+    return MediaReport(images=report, videos=results)
+
+
+# Box colours (BGR) of tracks in annotated videos, by track id.
+TRACK_COLOURS = [
+    (0, 200, 0),
+    (0, 140, 255),
+    (255, 120, 0),
+    (200, 0, 200),
+    (0, 220, 220),
+    (60, 60, 255),
+]
+
+
+def annotate_videos(media: MediaReport, classes: list[str], folder: Path) -> list[Path]:
+    """For each analysed video, an annotated copy (boxes, track ids and labels on every frame;
+    MJPG in .avi, which every OpenCV build writes) and a timeline picture, in folder: the
+    video's path below the folder it was found in, as name.avi and name.timeline.png.
+
+    Never replaces a file (the next free name instead, with a note in media.images.notes);
+    returns the files written."""
+    from fercli.infer.photos import annotated_name
+
+    notes = media.images.notes
+    written = []
+    for video in media.videos:
+        if not video.processed:
+            continue
+        base = Path(folder) / annotated_name(video.path, media.images.inputs)
+        for wanted, write in (
+            (base.with_suffix(".avi"), _write_annotated),
+            (base.with_name(base.stem + ".timeline.png"), _write_timeline),
+        ):
+            try:
+                path = write(video, classes, wanted)
+            except FerError as error:
+                notes.append(f"no {wanted.name} for {video.path}: {error}")
+                continue
+            if path != wanted:
+                notes.append(f"{wanted} exists: the copy for {video.path} is {path}")
+            written.append(path)
+    return written
+
+
+def _write_timeline(video: VideoPrediction, classes: list[str], path: Path) -> Path:
+    from fercli.core.store import atomic_save
+    from fercli.media.pictures import timeline_image
+
+    tracks = []
+    for track in video.tracks:
+        times = [face.time for face in track.frames]
+        values = np.array(
+            [
+                [(face.smoothed or face.probabilities)[label] for label in classes]
+                for face in track.frames
+            ]
+        )
+        tracks.append((track.id, times, values))
+    duration = (
+        video.frames / video.fps
+        if video.fps
+        else max((face.time for t in video.tracks for face in t.frames), default=0)
+    )
+    smoothed = " (smoothed)" if video.smoothed else ""
+    title = f"{Path(video.path).name}: probability of each class over time{smoothed}"
+    gap = max(1.0, 3 * video.interval)
+
+    def save(name: str) -> None:
+        timeline_image(tracks, classes, duration, Path(name), title, gap)
+
+    return atomic_save(path, save, keep_existing=True)
+
+
+def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> Path:
+    """The video read again, each frame with the faces of the latest analysed frame drawn on it."""
+    from fercli.core.store import atomic_save
+
+    by_frame: dict[int, list[tuple[int, FaceFrame]]] = {}
+    for track in video.tracks:
+        for face in track.frames:
+            by_frame.setdefault(face.frame, []).append((track.id, face))
+    # An analysed frame without a face clears the drawing too: the tracks name only frames with
+    # a face, so the sampling is replayed to know the others.
+    sampled = frame_sampler(video.options, video.fps)
+
+    def save(name: str) -> None:
+        capture = open_video(Path(video.path))
+        writer = cv2.VideoWriter(
+            name, cv2.VideoWriter_fourcc(*"MJPG"), video.fps or 25.0, (video.width, video.height)
+        )
+        try:
+            if not writer.isOpened():
+                raise FerError("OpenCV cannot write an MJPG video here")
+            current: list[tuple[int, FaceFrame]] = []
+            thickness = max(1, round(max(video.width, video.height) / 400))
+            for number in range(video.frames):
+                ok, frame = capture.read()
+                if not ok or frame is None:
+                    break
+                seconds = (
+                    number / video.fps if video.fps else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+                )
+                if sampled(number, seconds):
+                    current = by_frame.get(number, [])
+                draw_faces(frame, current, thickness)
+                writer.write(frame)
+        finally:
+            writer.release()
+            capture.release()
+
+    return atomic_save(path, save, keep_existing=True)
+
+
+def draw_faces(frame: np.ndarray, faces: list[tuple[int, FaceFrame]], thickness: int) -> None:
+    """Draw each (track id, face) on a BGR frame, in place: its box, and "#id label p" above it."""
+    from fercli.media.pictures import labelled_box
+
+    for track_id, face in faces:
+        colour = TRACK_COLOURS[(track_id - 1) % len(TRACK_COLOURS)]
+        label = face.smoothed_label or face.label
+        probability = (face.smoothed or face.probabilities).get(label, 0.0)
+        labelled_box(frame, face.box, f"#{track_id} {label} {probability:.2f}", colour, thickness)
+
+
+def csv_header(
+    classes: list[str], smoothed: bool = False, escape: Callable[[str], str] = str
+) -> list[str]:
+    """The header of the per-frame CSV of videos (fer predict --csv, fer live --record)."""
+    header = [
+        "path",
+        "frame",
+        "time",
+        "track",
+        "x",
+        "y",
+        "width",
+        "height",
+        "label",
+        *(f"p_{escape(label)}" for label in classes),
+    ]
+    if smoothed:
+        header += ["smoothed_label", *(f"smoothed_p_{escape(label)}" for label in classes)]
+    return header
+
+
+def csv_row(
+    path: str,
+    track_id: int,
+    face: FaceFrame,
+    classes: list[str],
+    smoothed: bool = False,
+    escape: Callable[[str], str] = str,
+) -> list:
+    """One row of the per-frame CSV: one face in one analysed frame."""
+    row = [
+        escape(path),
+        face.frame,
+        f"{face.time:.3f}",
+        track_id,
+        *face.box,
+        escape(face.label),
+        *(f"{face.probabilities[label]:.6f}" for label in classes),
+    ]
+    if smoothed:
+        row += [
+            escape(face.smoothed_label or ""),
+            *(f"{(face.smoothed or {}).get(label, 0.0):.6f}" for label in classes),
+        ]
+    return row

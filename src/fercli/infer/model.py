@@ -1,0 +1,444 @@
+"""The one Keras model factory, and the model file that predict runs without TensorFlow.
+
+A trained network is exported layer by layer into a pickle-free .npz: the weights as plain
+arrays, and a JSON description of the layers with everything predict needs (class names,
+z-score statistics, preprocessing and training settings, versions, a data fingerprint).
+`load_model` reads it with numpy alone and runs the forward pass in numpy, so loading a
+model never executes code from the file and `fer predict` never pays for importing
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from fercli.core.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
+from fercli.core.errors import ModelError
+from fercli.core.store import atomic_write, pack_json, unpack_json
+from fercli.infer.runtime import NumpyNetwork
+
+MODEL_FORMAT = "fercli-model"
+# Version 2 added ensembles: the first network is stored as in version 1 (meta "layers",
+# norm_mean, norm_std); meta "members" describes the others, whose arrays are prefixed
+# member<i>_. Version 1 files (one network) are read as they are.
+MODEL_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+# An ensemble averages a few networks (a crossval's folds); more would only cost predict time.
+MAX_ENSEMBLE_MEMBERS = 50
+# A model holds a few MB of weights (the widest variant about 4 MB). Refuse files that unpack
+# to more, before unpacking them: a 2 MB compressed file can unpack to gigabytes.
+MAX_MODEL_BYTES = 256 * 2**20
+# The training crops' SHA-256 digests are kept cut to 8 bytes: 80 KB for 10,000 crops, and a
+# chance of about n / 2**64 that a new face is taken for a training face.
+TRAINING_HASH_BYTES = 8
+
+
+def crop_hashes(crops: np.ndarray) -> np.ndarray:
+    """The sorted, distinct first TRAINING_HASH_BYTES bytes of each crop's SHA-256:
+    (n, TRAINING_HASH_BYTES) uint8, for a model file to recognise its training faces."""
+    return np.unique(crop_hashes_each(crops), axis=0)
+
+
+@dataclass
+class Member:
+    """One network of a model file with its own z-score statistics."""
+
+    network: NumpyNetwork
+    mean: np.ndarray
+    std: np.ndarray
+
+    def predict_proba(self, crops: np.ndarray, flip: bool) -> np.ndarray:
+        x = ((crops.astype(np.float64) - self.mean) / self.std)[..., np.newaxis]
+        if not flip:
+            return self.network(x)
+        # The faces and their mirror images in one pass.
+        both = self.network(np.concatenate([x, x[:, :, ::-1]]))
+        return (both[: len(x)] + both[len(x) :]) / 2
+
+
+@dataclass
+class ExportedNetwork:
+    """A trained network as a model file stores it: layer specs, weights, z-score statistics."""
+
+    specs: list[dict]
+    weights: dict[str, np.ndarray]
+    mean: np.ndarray
+    std: np.ndarray
+
+
+@dataclass
+class FerModel:
+    """A trained classifier: aligned crops in, class probabilities out (an ensemble's: the
+    mean of its members' probabilities)."""
+
+    network: NumpyNetwork
+    classes: list[str]
+    mean: np.ndarray  # z-score statistics of the training crops (scalar or per pixel)
+    std: np.ndarray
+    preprocess: PreprocessConfig
+    meta: dict
+    path: Path | None = None
+    # crop_hashes of the training crops; None for a model file written before fercli kept them.
+    training_hashes: np.ndarray | None = None
+    # Every network of the file, the first being network/mean/std; empty means just that one.
+    members: list[Member] = field(default_factory=list)
+
+    @property
+    def networks(self) -> list[Member]:
+        return self.members or [Member(self.network, self.mean, self.std)]
+
+    @cached_property
+    def _training_digests(self) -> frozenset[bytes]:
+        return frozenset(row.tobytes() for row in self.training_hashes)
+
+    def seen_in_training(self, crops: np.ndarray) -> list[bool] | None:
+        """For each uint8 crop (n, s, s), whether the model was trained on exactly these
+        pixels; None when the model file does not say."""
+        if self.training_hashes is None:
+            return None
+        return [row.tobytes() in self._training_digests for row in crop_hashes_each(crops)]
+
+    def normalise(self, crops: np.ndarray) -> np.ndarray:
+        """uint8 crops (n, s, s) -> z-scored network input (n, s, s, 1)."""
+        return ((crops.astype(np.float64) - self.mean) / self.std)[..., np.newaxis]
+
+    def predict(self, image):
+        """The expression of every face in an image (a path, or a BGR or grayscale uint8
+        array): a list of FacePrediction (box, label, probabilities). See fercli.api."""
+        from fercli.infer.label import label_faces
+
+        return label_faces(image, self)
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, classes) for uint8 crops (n, s, s)."""
+        if len(crops) == 0:
+            return np.zeros((0, len(self.classes)))
+        flip = bool(self.meta.get("test_time_flip"))
+        with np.errstate(all="ignore"):
+            members = self.networks
+            probabilities = members[0].predict_proba(crops, flip)
+            for member in members[1:]:
+                probabilities = probabilities + member.predict_proba(crops, flip)
+        return probabilities / len(members) if len(members) > 1 else probabilities
+
+
+def save_networks(
+    path: Path,
+    networks: list[ExportedNetwork],
+    classes: list[str],
+    preprocess: PreprocessConfig,
+    training: TrainConfig,
+    extra: dict | None = None,
+    keep_existing: bool = False,
+    training_crops: np.ndarray | None = None,
+    check=None,
+) -> Path:
+    """save_model for exported networks: one, or several that predict averages (an ensemble).
+    The arguments are save_model's; returns the path written."""
+    if not 1 <= len(networks) <= MAX_ENSEMBLE_MEMBERS:
+        raise ModelError(
+            f"a model file holds 1 to {MAX_ENSEMBLE_MEMBERS} networks, not {len(networks)}"
+        )
+    first, others = networks[0], networks[1:]
+    weights = dict(first.weights)
+    members = []
+    for number, network in enumerate(others, start=1):
+        prefix = f"member{number}_"
+        specs = [
+            {**spec, "weights": [prefix + key for key in spec["weights"]]} for spec in network.specs
+        ]
+        weights.update({prefix + key: value for key, value in network.weights.items()})
+        weights[prefix + "norm_mean"] = np.asarray(network.mean, np.float64)
+        weights[prefix + "norm_std"] = np.asarray(network.std, np.float64)
+        members.append(
+            {"layers": specs, "norm_mean": prefix + "norm_mean", "norm_std": prefix + "norm_std"}
+        )
+    meta = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "classes": list(classes),
+        "layers": first.specs,
+        "members": members,
+        "input_size": preprocess.crop_size,
+        "preprocess": preprocess.to_dict(),
+        "preprocess_fingerprint": preprocess.fingerprint(),
+        "align_version": ALIGN_VERSION,
+        "training": training.to_dict(),
+        "versions": library_versions(),
+        **(extra or {}),
+    }
+    arrays = {
+        "meta": pack_json(meta),
+        "norm_mean": np.asarray(first.mean, np.float64),
+        "norm_std": np.asarray(first.std, np.float64),
+        **weights,
+    }
+    if training_crops is not None:
+        arrays["training_hashes"] = crop_hashes(training_crops)
+    return atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), keep_existing, check)
+
+
+def crop_hashes_each(crops: np.ndarray) -> np.ndarray:
+    """crop_hashes of each crop, in order and with repeats: (n, TRAINING_HASH_BYTES) uint8."""
+    digests = [
+        hashlib.sha256(np.ascontiguousarray(crop).tobytes()).digest()[:TRAINING_HASH_BYTES]
+        for crop in crops
+    ]
+    return np.frombuffer(b"".join(digests), np.uint8).reshape(-1, TRAINING_HASH_BYTES)
+
+
+def _training_hashes(array: np.ndarray | None) -> np.ndarray | None:
+    """A model file's training_hashes, checked; None where the file has none (older files)."""
+    if array is None:
+        return None
+    if array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != TRAINING_HASH_BYTES:
+        raise ModelError(
+            f"training_hashes is {array.dtype} {array.shape}, not (n, {TRAINING_HASH_BYTES}) uint8"
+        )
+    return array
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a model's numbers."""
+    import importlib.metadata
+
+    from fercli.core.version import VERSION as __version__
+
+    versions = {"fercli": __version__}
+    for package in (
+        "tensorflow",
+        "tensorflow-cpu",
+        "keras",
+        "numpy",
+        "opencv-python-headless",
+        "dlib-bin",
+    ):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def load_model(path: Path) -> FerModel:
+    """Read a model file written by `fer train`, without TensorFlow and without unpickling.
+
+    ModelError with the reason for a missing, damaged, foreign or incompatible file.
+    """
+    path = Path(path)
+    meta, arrays = _read_model_file(path)
+    try:
+        preprocess = _checked_preprocess(meta, path)
+        model = _assemble_model(meta, arrays, preprocess, path)
+        # One forward pass proves the layers and weights fit together before any photo is read;
+        # on varied images, since weights that overflow can give finite numbers on a blank one.
+        if model.members:
+            probe = _check_members(model)
+        else:
+            probe = model.predict_proba(probe_crops(preprocess.crop_size))
+    except ModelError as error:
+        # The runtime's refusals (a layer type it does not know) cannot name the file.
+        message = str(error)
+        raise ModelError(
+            message if message.startswith(f"{path}:") else f"{path}: {message}"
+        ) from None
+    except Exception as error:
+        raise ModelError(f"{path}: damaged model file ({type(error).__name__}: {error})") from None
+    if probe.shape != (len(probe_crops(preprocess.crop_size)), len(model.classes)):
+        raise ModelError(
+            f"{path}: damaged model file (its output does not match its {len(model.classes)} "
+            "classes)"
+        )
+    if not np.all(np.isfinite(probe)):
+        raise ModelError(f"{path}: damaged model file (its probabilities are not finite numbers)")
+    return model
+
+
+def _read_model_file(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """A model file's meta and arrays, read without unpickling; ModelError for a missing,
+    oversized, unreadable or foreign file, or a format version this fercli cannot read."""
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            unpacked = sum(member.file_size for member in archive.zip.infolist())
+            if unpacked > MAX_MODEL_BYTES:
+                raise ModelError(
+                    f"{path}: unpacks to {unpacked / 2**20:.0f} MB, more than any fercli model "
+                    f"(limit {MAX_MODEL_BYTES // 2**20} MB)"
+                )
+            meta = unpack_json(archive["meta"])
+            arrays = {key: archive[key] for key in archive.files if key != "meta"}
+    except ModelError:
+        raise
+    except Exception as error:
+        raise ModelError(
+            f"{path}: not a fercli model file ({type(error).__name__}: {error})"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{path}: not a fercli model file")
+    if meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
+        raise ModelError(
+            f"{path}: model format version {meta.get('format_version')} is not supported by this "
+            f"fercli (it reads versions {' and '.join(map(str, READABLE_FORMAT_VERSIONS))}); "
+            "retrain with `fer train`"
+        )
+    return meta, arrays
+
+
+def _checked_preprocess(meta: dict, path: Path) -> PreprocessConfig:
+    """The model's preprocessing settings, once this fercli is known to make the same crops
+    (same alignment version, same settings fingerprint); ModelError saying what differs."""
+    preprocess = PreprocessConfig.from_dict(meta["preprocess"])
+    if meta.get("align_version") != ALIGN_VERSION:
+        raise ModelError(
+            f"{path}: the model was trained on crops from alignment version "
+            f"{meta.get('align_version')}, "
+            f"this fercli aligns with version {ALIGN_VERSION}: retrain it with `fer train`"
+        )
+    if meta["preprocess_fingerprint"] != preprocess.fingerprint():
+        saved = meta["preprocess"]
+        current = preprocess.to_dict()
+        differing = sorted(
+            set(saved) ^ set(current)
+            | {k for k in saved if k in current and saved[k] != current[k]}
+        )
+        raise ModelError(
+            f"{path}: the model's preprocessing settings "
+            f"({', '.join(differing) or 'their fingerprint'}) "
+            "differ from what this fercli can reproduce: retrain it with `fer train`"
+        )
+    return preprocess
+
+
+def _assemble_model(meta: dict, arrays: dict, preprocess: PreprocessConfig, path: Path) -> FerModel:
+    """The FerModel of a file's meta and arrays, its classes, weights and statistics checked
+    (names, finite numbers, positive standard deviations); ModelError if damaged."""
+    weights = {key: arrays[key] for spec in meta["layers"] for key in spec["weights"]}
+    described = _member_descriptions(meta, preprocess.crop_size)
+    statistics = [("norm_mean", arrays["norm_mean"]), ("norm_std", arrays["norm_std"])]
+    for member in described:
+        weights.update({key: arrays[key] for spec in member["layers"] for key in spec["weights"]})
+        statistics += [(member[key], arrays[member[key]]) for key in ("norm_mean", "norm_std")]
+    classes = meta["classes"]
+    if not isinstance(classes, list) or not all(isinstance(name, str) and name for name in classes):
+        raise ModelError("damaged model file (its classes are not a list of names)")
+    if len(set(classes)) != len(classes):
+        raise ModelError("damaged model file (a class name appears twice)")
+    for key, value in [*statistics, *weights.items()]:
+        if value.dtype.kind not in "fiu" or not np.all(np.isfinite(value)):
+            raise ModelError(f"damaged model file ({key} holds values that are not finite numbers)")
+    for key, value in statistics:
+        if key.endswith("norm_std") and not np.all(value > 0):
+            raise ModelError(f"damaged model file ({key} is not positive)")
+    network = NumpyNetwork(meta["layers"], weights)
+    model = FerModel(
+        network=network,
+        classes=list(classes),
+        mean=arrays["norm_mean"],
+        std=arrays["norm_std"],
+        preprocess=preprocess,
+        meta=meta,
+        path=path,
+        training_hashes=_training_hashes(arrays.get("training_hashes")),
+    )
+    if described:
+        model.members = [Member(network, model.mean, model.std)] + [
+            Member(
+                NumpyNetwork(member["layers"], weights),
+                arrays[member["norm_mean"]].astype(np.float64),
+                arrays[member["norm_std"]].astype(np.float64),
+            )
+            for member in described
+        ]
+    return model
+
+
+def _member_descriptions(meta: dict, size: int) -> list[dict]:
+    """The networks of an ensemble file beyond the first (meta "members"), checked for shape:
+    ModelError naming the member that does not fit."""
+    members = meta.get("members", [])
+    if meta.get("format_version") == 1 and members:
+        raise ModelError("damaged model file (a version 1 file holds one network)")
+    if not isinstance(members, list) or len(members) + 1 > MAX_ENSEMBLE_MEMBERS:
+        raise ModelError(
+            f"damaged model file (members is not a list of at most {MAX_ENSEMBLE_MEMBERS - 1} "
+            "networks)"
+        )
+    for number, member in enumerate(members, start=2):
+        if not (
+            isinstance(member, dict)
+            and isinstance(member.get("layers"), list)
+            and isinstance(member.get("norm_mean"), str)
+            and isinstance(member.get("norm_std"), str)
+            and all(
+                isinstance(spec, dict) and isinstance(spec.get("weights"), list)
+                for spec in member["layers"]
+            )
+        ):
+            raise ModelError(
+                f"damaged model file (ensemble member {number} of {len(members) + 1} is not "
+                "described by layers, norm_mean and norm_std)"
+            )
+    return members
+
+
+def _check_members(model: FerModel) -> np.ndarray:
+    """Every member of an ensemble must take the file's crops and give its classes: ModelError
+    naming the first one that does not (mismatched members, say from another dataset).
+    Returns the model's probabilities on probe_crops (each member run once)."""
+    crops = probe_crops(model.preprocess.crop_size)
+    count = len(model.members)
+    flip = bool(model.meta.get("test_time_flip"))
+    outputs = []
+    for number, member in enumerate(model.members, start=1):
+        if (
+            member.mean.ndim not in (0, 2)
+            or (member.mean.ndim == 2 and member.mean.shape != crops.shape[1:])
+            or member.std.shape != member.mean.shape
+        ):
+            raise ModelError(
+                f"ensemble member {number} of {count} has z-score statistics of shape "
+                f"{member.mean.shape}/{member.std.shape}, not those of "
+                f"{crops.shape[1]}x{crops.shape[2]} crops"
+            )
+        try:
+            with np.errstate(all="ignore"):
+                output = member.predict_proba(crops, flip)
+        except ModelError:
+            raise
+        except Exception as error:
+            raise ModelError(
+                f"ensemble member {number} of {count} does not fit "
+                f"{crops.shape[1]}x{crops.shape[2]} "
+                f"crops ({type(error).__name__}: {error})"
+            ) from None
+        if output.shape != (len(crops), len(model.classes)):
+            raise ModelError(
+                f"ensemble member {number} of {count} gives "
+                f"{output.shape[-1] if output.ndim == 2 else '?'} "
+                f"probabilities, and the file has {len(model.classes)} classes (mismatched members)"
+            )
+        outputs.append(output)
+    return np.mean(outputs, axis=0)
+
+
+def probe_crops(size: int) -> np.ndarray:
+    """A few uint8 crops that exercise a network: black, white, mid-grey, gradients, noise."""
+    ramp = np.linspace(0, 255, size).astype(np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (2, size, size), dtype=np.uint8)
+    return np.stack(
+        [
+            np.zeros((size, size), np.uint8),
+            np.full((size, size), 255, np.uint8),
+            np.full((size, size), 128, np.uint8),
+            np.tile(ramp, (size, 1)),
+            np.tile(ramp[:, None], (1, size)),
+            *noise,
+        ]
+    )

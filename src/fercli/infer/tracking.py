@@ -1,0 +1,504 @@
+"""fer predict on videos: faces followed from frame to frame, expressions over time.
+
+Frames are read as a stream (cv2.VideoCapture, one frame at a time, a few decoded ahead by a
+reader thread), so memory does not grow with the length of the video. Each face becomes a
+track with an id. A full face detection runs every few analysed frames (and whenever a track
+is lost); in between, a face's landmarks are found from its box in the previous analysed
+frame, which costs a sixth of a detection. Library code: plain records out, no printing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fercli.core.config import PreprocessConfig
+from fercli.core.errors import FerError, NoFaceError
+from fercli.core.events import Progress, items
+from fercli.faces.align import DETECT_MAX_SIDE, align_face, face_detector, landmark_predictor
+from fercli.infer.model import FerModel
+from fercli.media.images import MAX_PIXELS
+from fercli.media.video import FrameReader, open_video, reading_problem
+
+# Frames are searched for faces at align.DETECT_MAX_SIDE (1280) at most on the longer side, as
+# photos are: dlib's detector costs time in proportion to the pixels. Without upsampling (which
+# would cost four times as much) it finds faces of about 80 pixels and more at the size
+# searched: in a 1080p video, faces of 120 pixels and more.
+
+# A tracked face whose crop correlates less than this with its crop in the previous analysed
+# frame is taken as lost (the landmark predictor always answers, even where the face has gone).
+# On the benchmark's moving face: 0.96 or more a frame later; a third of a second later
+# (--every 10) 0.43 at the least and above 0.58 in 99% of frames.
+SAME_FACE_CORRELATION = 0.5
+# A detection continues a track when its centre lies within this share of the face's width
+# of the track's last box, and its width differs by less than MATCH_SIZE times: boxes that
+# overlap hardly at all when frames are analysed far apart (--every 10: a moving face moves
+# half its width, and the box followed by landmarks drifts) still match; the centres of two
+# people side by side are a face's width apart or more.
+MATCH_DISTANCE = 0.8
+MATCH_SIZE = 2.0
+# A track lost (the face not found where it was) is continued by a face detected near where it
+# was last seen for this many seconds after, or two full detections' time if that is longer
+# (frames analysed far apart): a face hidden for a moment, or missed by one detection, keeps
+# its id.
+KEEP_LOST_SECONDS = 1.0
+# Crops classified in one forward pass.
+CLASSIFY_BATCH = 64
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How a video is sampled, tracked and smoothed."""
+
+    # Analyse one frame in every this many (1: every frame).
+    every: int = 1
+    # Analyse this many frames a second of video instead (None: use every).
+    fps: float | None = None
+    # A full face detection every this many analysed frames; in between, faces are followed
+    # by their landmarks. 1: detect on every analysed frame.
+    detect_every: int = 5
+    # Smooth each track's probabilities over a window of this many seconds (0: off).
+    smooth: float = 0.0
+
+
+@dataclass
+class FaceFrame:
+    """One face in one analysed frame."""
+
+    frame: int  # frame number in the video, from 0
+    time: float  # seconds from the start
+    box: tuple[int, int, int, int]  # x, y, width, height
+    label: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)
+    # With --smooth: the probabilities averaged over the window, and their label.
+    smoothed: dict[str, float] | None = None
+    smoothed_label: str | None = None
+
+    def to_json(self) -> dict:
+        data = {
+            "frame": self.frame,
+            "time": round(self.time, 3),
+            "box": list(self.box),
+            "label": self.label,
+            "probabilities": self.probabilities,
+        }
+        if self.smoothed is not None:
+            data["smoothed_label"] = self.smoothed_label
+            data["smoothed_probabilities"] = self.smoothed
+        return data
+
+
+@dataclass
+class Track:
+    """One person, followed from frame to frame."""
+
+    id: int
+    frames: list[FaceFrame] = field(default_factory=list)
+
+    def summary(self, classes: list[str], interval: float) -> dict:
+        """Frames seen, seconds on screen (each analysed frame standing for interval seconds),
+        first and last time seen, and the share of frames of each label (smoothed if any)."""
+        labels = [face.smoothed_label or face.label for face in self.frames]
+        count = len(labels)
+        return {
+            "frames_seen": count,
+            "seconds": round(count * interval, 3),
+            "first": round(self.frames[0].time, 3) if count else None,
+            "last": round(self.frames[-1].time, 3) if count else None,
+            "shares": {
+                label: round(labels.count(label) / count, 4) if count else 0.0 for label in classes
+            },
+        }
+
+
+@dataclass
+class VideoPrediction:
+    """What predict_video found in one video."""
+
+    path: str
+    fps: float | None = None  # frames a second, as the file says
+    frames: int = 0  # frames read (before any damage)
+    analysed: int = 0  # frames analysed
+    width: int = 0
+    height: int = 0
+    interval: float = 0.0  # seconds of video each analysed frame stands for
+    tracks: list[Track] = field(default_factory=list)
+    # Why the video could not be read, or where reading stopped (the frames before are kept).
+    error: str | None = None
+    seconds: float = 0.0  # time the analysis took
+    detections: int = 0  # full face detections run
+    smoothed: bool = False
+    options: VideoOptions = field(default_factory=VideoOptions)  # how it was sampled
+
+    @property
+    def processed(self) -> bool:
+        return self.analysed > 0
+
+    def to_json(self, classes: list[str]) -> dict:
+        data = {
+            "path": self.path,
+            "fps": self.fps,
+            "frames": self.frames,
+            "analysed": self.analysed,
+            "width": self.width,
+            "height": self.height,
+            "tracks": [
+                {
+                    "id": track.id,
+                    **track.summary(classes, self.interval),
+                    "frames": [face.to_json() for face in track.frames],
+                }
+                for track in self.tracks
+            ],
+        }
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+def frame_sampler(options: VideoOptions, fps: float | None) -> Callable[[int, float], bool]:
+    """wanted(number, seconds): whether a frame is analysed under --every / --fps."""
+    if options.fps:
+        step = 1.0 / options.fps
+        state = {"next": 0.0}
+
+        def by_time(number: int, seconds: float) -> bool:
+            if seconds + 1e-9 < state["next"]:
+                return False
+            # The next sample is one step after this one's time slot, not after this frame, so
+            # that the rate does not drift below the one asked for.
+            state["next"] = (math.floor(seconds / step + 1e-9) + 1) * step
+            return True
+
+        return by_time
+    return lambda number, seconds: number % options.every == 0
+
+
+def _distance(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """How far apart two (x0, y0, x1, y1) boxes are, for matching: the distance of their
+    centres in face widths (their mean width); infinite for boxes of too different sizes."""
+    width_a, width_b = a[2] - a[0], b[2] - b[0]
+    if min(width_a, width_b) <= 0 or max(width_a, width_b) > MATCH_SIZE * min(width_a, width_b):
+        return math.inf
+    dx = (a[0] + a[2] - b[0] - b[2]) / 2
+    dy = (a[1] + a[3] - b[1] - b[3]) / 2
+    return math.hypot(dx, dy) / ((width_a + width_b) / 2)
+
+
+@dataclass
+class _Follow:
+    """What following one track needs from frame to frame."""
+
+    track: Track
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1: where to look for the landmarks next
+    # The detector box relative to the landmarks' bounding box (left, top, width, height as
+    # shares of it), learnt at the last detection: boxes made from landmarks then look like
+    # the detector's, which is what the landmark predictor was trained on.
+    relation: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    crop: np.ndarray | None = (
+        None  # the last crop, z-scored, to tell whether the face is still there
+    )
+
+
+def _landmark_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
+    x0, y0 = landmarks.min(axis=0)
+    x1, y1 = landmarks.max(axis=0)
+    return float(x0), float(y0), float(max(x1 - x0, 1)), float(max(y1 - y0, 1))
+
+
+def _relation(box, landmarks: np.ndarray) -> tuple[float, float, float, float]:
+    lx, ly, lw, lh = _landmark_box(landmarks)
+    return (box[0] - lx) / lw, (box[1] - ly) / lh, (box[2] - box[0]) / lw, (box[3] - box[1]) / lh
+
+
+def _box_from(landmarks: np.ndarray, relation) -> tuple[float, float, float, float]:
+    lx, ly, lw, lh = _landmark_box(landmarks)
+    x0, y0 = lx + relation[0] * lw, ly + relation[1] * lh
+    return x0, y0, x0 + relation[2] * lw, y0 + relation[3] * lh
+
+
+def _zscored(crop: np.ndarray) -> np.ndarray:
+    values = crop.astype(np.float32).ravel()
+    values -= values.mean()
+    spread = float(np.sqrt((values**2).mean()))
+    return values / spread if spread > 0 else values
+
+
+def _clipped(box, width: int, height: int) -> tuple[int, int, int, int]:
+    """An (x0, y0, x1, y1) box as (x, y, width, height) inside the frame."""
+    x0, y0 = max(0, round(box[0])), max(0, round(box[1]))
+    x1, y1 = min(width, round(box[2]) + 1), min(height, round(box[3]) + 1)
+    return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
+
+
+class _Tracker:
+    """Faces of successive analysed frames -> tracks (detection, landmark following, matching)."""
+
+    def __init__(self, config: PreprocessConfig, options: VideoOptions, interval: float) -> None:
+        """interval: seconds between analysed frames."""
+        self.config = config
+        self.options = options
+        self.keep_lost = max(KEEP_LOST_SECONDS, 2 * options.detect_every * interval)
+        self.detector = face_detector()
+        self.predictor = landmark_predictor()
+        self.active: list[_Follow] = []
+        self.lost: list[tuple[_Follow, float]] = []  # tracks lost lately, and when
+        self.tracks: list[Track] = []
+        self.since_detection = math.inf
+        self.detections = 0
+
+    def _detect(self, gray: np.ndarray) -> list[tuple[float, float, float, float]]:
+        """Face boxes (x0, y0, x1, y1) in the frame, from a search at DETECT_MAX_SIDE at most."""
+        self.detections += 1
+        scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
+        search = (
+            gray
+            if scale == 1.0
+            else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        )
+        boxes, _, _ = self.detector.run(search, 0, self.config.min_face_score)
+        return [
+            (box.left() / scale, box.top() / scale, box.right() / scale, box.bottom() / scale)
+            for box in boxes
+        ]
+
+    def _align(self, gray: np.ndarray, boxes: list) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """(landmarks, crop) of the face in each box, None where the landmarks outline none."""
+        import dlib
+
+        rectangles = [
+            dlib.rectangle(round(b[0]), round(b[1]), round(b[2]), round(b[3])) for b in boxes
+        ]
+        found = []
+        for landmarks in self.predictor.predict_many([(gray, box) for box in rectangles]):
+            landmarks = landmarks.astype(np.float64)
+            try:
+                crop, _, _, _ = align_face(gray, landmarks, self.config)
+            except NoFaceError:
+                found.append(None)
+                continue
+            found.append((landmarks, crop))
+        return found
+
+    def step(
+        self, gray: np.ndarray, frame: int, seconds: float
+    ) -> list[tuple[FaceFrame, np.ndarray]]:
+        """The faces of one analysed frame, each added to its track: (record, crop) pairs, the
+        records still without probabilities."""
+        height, width = gray.shape
+        results: list[tuple[_Follow, tuple, np.ndarray, np.ndarray]] = []
+        lost = False
+        # With no face in sight, detection too runs only every detect_every frames: a face
+        # coming in is found a few frames late, a video without faces stays cheap.
+        detect = self.since_detection + 1 >= self.options.detect_every
+        if not detect:
+            self.since_detection += 1
+            # Follow each face from where it was: its landmarks from its previous box.
+            for follow, found in zip(
+                self.active, self._align(gray, [follow.box for follow in self.active]), strict=True
+            ):
+                if found is None:
+                    lost = True
+                    continue
+                landmarks, crop = found
+                scored = _zscored(crop)
+                if (
+                    follow.crop is not None
+                    and float(scored @ follow.crop) / scored.size < SAME_FACE_CORRELATION
+                ):
+                    lost = True
+                    continue
+                results.append((follow, _box_from(landmarks, follow.relation), landmarks, crop))
+        if detect or lost:
+            results = self._detect_and_match(gray, seconds)
+            self.since_detection = 0
+        faces = []
+        for follow, box, landmarks, crop in results:
+            follow.box = box
+            follow.crop = _zscored(crop)
+            record = FaceFrame(frame=frame, time=seconds, box=_clipped(box, width, height))
+            follow.track.frames.append(record)
+            faces.append((record, crop))
+        self.active = [follow for follow, _, _, _ in results]
+        return faces
+
+    def _detect_and_match(self, gray: np.ndarray, seconds: float) -> list:
+        boxes = self._detect(gray)
+        aligned = [
+            (box, found)
+            for box, found in zip(boxes, self._align(gray, boxes), strict=True)
+            if found is not None
+        ]
+        self.lost = [
+            (follow, when) for follow, when in self.lost if seconds - when <= self.keep_lost
+        ]
+        candidates = self.active + [follow for follow, _ in self.lost]
+        # Greedy matching, nearest first: each detection continues at most one track.
+        pairs = sorted(
+            (_distance(follow.box, box), f, d)
+            for f, follow in enumerate(candidates)
+            for d, (box, _) in enumerate(aligned)
+        )
+        taken_tracks, taken_faces, matched = set(), set(), {}
+        for distance, f, d in pairs:
+            if distance > MATCH_DISTANCE or f in taken_tracks or d in taken_faces:
+                continue
+            taken_tracks.add(f)
+            taken_faces.add(d)
+            matched[d] = candidates[f]
+        continued = {id(follow) for follow in matched.values()}
+        self.lost = [(follow, when) for follow, when in self.lost if id(follow) not in continued]
+        self.lost += [(follow, seconds) for follow in self.active if id(follow) not in continued]
+        results = []
+        for d, (box, (landmarks, crop)) in enumerate(aligned):
+            follow = matched.get(d)
+            if follow is None:
+                track = Track(id=len(self.tracks) + 1)
+                self.tracks.append(track)
+                follow = _Follow(track=track, box=box)
+            follow.relation = _relation(box, landmarks)
+            results.append((follow, box, landmarks, crop))
+        return results
+
+
+def _classify(waiting: list[tuple[FaceFrame, np.ndarray]], model: FerModel) -> None:
+    """Fill in the label and probabilities of waiting faces, in one forward pass."""
+    from fercli.core.errors import ModelError
+
+    if not waiting:
+        return
+    probabilities = model.predict_proba(np.stack([crop for _, crop in waiting]))
+    if not np.all(np.isfinite(probabilities)):
+        raise ModelError(
+            f"{model.path}: damaged model file (its probabilities for a face are not finite "
+            "numbers)"
+        )
+    for (record, _), row in zip(waiting, probabilities, strict=True):
+        record.label = model.classes[int(np.argmax(row))]
+        record.probabilities = {
+            label: round(float(p), 6) for label, p in zip(model.classes, row, strict=True)
+        }
+    waiting.clear()
+
+
+class FramePipeline:
+    """The per-frame step shared by fer predict on videos and fer live: a frame in, its faces
+    followed (tracks, landmarks from the previous box, detection every few frames) and queued
+    for classification; classify() labels the queued faces in one forward pass."""
+
+    def __init__(self, model: FerModel, options: VideoOptions, interval: float) -> None:
+        """interval: seconds between analysed frames."""
+        self.model = model
+        self.tracker = _Tracker(model.preprocess, options, interval)
+        self.waiting: list[tuple[FaceFrame, np.ndarray]] = []
+
+    def step(self, frame: np.ndarray, number: int, seconds: float) -> list[tuple[int, FaceFrame]]:
+        """The faces of one frame (BGR or grey) as (track id, record) pairs; the records get
+        their labels at the next classify()."""
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        faces = self.tracker.step(gray, number, seconds)
+        self.waiting += faces
+        # step() leaves the faces' tracks in tracker.active, in the order of the faces.
+        return [
+            (follow.track.id, record)
+            for follow, (record, _) in zip(self.tracker.active, faces, strict=True)
+        ]
+
+    def classify(self) -> None:
+        _classify(self.waiting, self.model)
+
+
+def smooth_track(track: Track, classes: list[str], seconds: float) -> None:
+    """Average each frame's probabilities with those of the track's frames at most seconds / 2
+    before or after it (a centred moving average); sets smoothed and smoothed_label."""
+    if not track.frames:
+        return
+    times = np.array([face.time for face in track.frames])
+    values = np.array([[face.probabilities[label] for label in classes] for face in track.frames])
+    sums = np.vstack([np.zeros(len(classes)), np.cumsum(values, axis=0)])
+    start = np.searchsorted(times, times - seconds / 2 - 1e-9, side="left")
+    end = np.searchsorted(times, times + seconds / 2 + 1e-9, side="right")
+    means = (sums[end] - sums[start]) / (end - start)[:, None]
+    for face, row in zip(track.frames, means, strict=True):
+        face.smoothed = {label: round(float(p), 6) for label, p in zip(classes, row, strict=True)}
+        face.smoothed_label = classes[int(np.argmax(row))]
+
+
+def predict_video(
+    path: Path,
+    model: FerModel,
+    options: VideoOptions = VideoOptions(),
+    progress: Progress | None = None,
+) -> VideoPrediction:
+    """Follow and classify every face of a video, frame by frame as it is read.
+
+    Errors that concern this video are in the result's error (the frames read before a damaged
+    part are kept); progress gets items events (frames read, of the frames in the video) as it
+    goes."""
+    result = VideoPrediction(path=str(path), smoothed=options.smooth > 0, options=options)
+    started = time.perf_counter()
+    try:
+        capture = open_video(Path(path))
+    except FerError as error:
+        result.error = str(error)
+        return result
+    try:
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        result.fps = round(fps, 3) if math.isfinite(fps) and 0 < fps <= 1000 else None
+        declared = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        declared = int(declared) if math.isfinite(declared) and declared > 0 else 0
+        result.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        result.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if options.fps:
+            result.interval = 1.0 / options.fps
+        else:
+            result.interval = options.every / result.fps if result.fps else 0.0
+        pipeline = FramePipeline(model, options, result.interval)
+        if result.width * result.height > MAX_PIXELS:
+            result.error = (
+                f"video too large: {result.width}x{result.height} pixels a frame, limit "
+                f"{MAX_PIXELS:,} pixels"
+            )
+            return result
+        reader = FrameReader(
+            capture,
+            result.fps,
+            frame_sampler(options, result.fps),
+            result.width * result.height * 3,
+        )
+        reported, last = 0.0, 0.0
+        for number, seconds, frame in reader:
+            last = seconds
+            if (
+                not result.analysed
+            ):  # the header's size may be missing; the frame's is what was drawn on
+                result.height, result.width = frame.shape[:2]
+            pipeline.step(frame, number, seconds)
+            result.analysed += 1
+            if len(pipeline.waiting) >= CLASSIFY_BATCH:
+                pipeline.classify()
+            if progress and time.perf_counter() - reported > 0.2:
+                progress(items(reader.count, max(declared, reader.count)))
+                reported = time.perf_counter()
+        pipeline.classify()
+        result.frames = reader.count
+        result.tracks = [track for track in pipeline.tracker.tracks if track.frames]
+        result.detections = pipeline.tracker.detections
+        result.error = reading_problem(reader, declared)
+        if result.interval == 0.0 and result.analysed > 1:
+            result.interval = last / (result.analysed - 1)  # no frame rate: times from the stream
+        if progress:
+            progress(items(reader.count, reader.count))
+    finally:
+        capture.release()
+    if options.smooth > 0:
+        for track in result.tracks:
+            smooth_track(track, model.classes, options.smooth)
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,216 @@
+"""Augmentation: the transformed training images each epoch trains on, built a chunk at a time.
+
+Only the transforms' parameters (mirrored or not, an angle, a shift per image) are drawn and
+kept; the images are made from the original crops when an epoch needs them, one chunk at a
+time. So training holds the crops, the parameters and one chunk of float32 images, however
+many copies augmentation adds: a training process on FER2013's 28,709 crops with 5 copies
+peaked at 1.06 GB instead of 4.06 GB (bench/train_memory.py, README's Speed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from fercli.core.config import TrainConfig
+
+# Images per chunk of an epoch (rounded down to whole batches): 16 MB of float32 32x32
+# images, small beside TensorFlow, and large enough that a chunk's graph call costs nothing
+# against its training (a 213-image set with 5 copies is one chunk, as the whole epoch was).
+CHUNK_IMAGES = 4096
+
+
+@dataclass(frozen=True)
+class Transforms:
+    """Transform parameters, one per image: mirrored or not, a rotation in degrees about the
+    centre and a (dx, dy) shift in pixels."""
+
+    flips: np.ndarray  # (n,) bool
+    angles: np.ndarray  # (n,) float
+    shifts: np.ndarray  # (n, 2) float
+
+    def __len__(self) -> int:
+        return len(self.flips)
+
+    def __getitem__(self, index) -> Transforms:
+        return Transforms(self.flips[index], self.angles[index], self.shifts[index])
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """images[i] transformed by the i-th parameters (a new array)."""
+        return transform_images(images, self.flips, self.angles, self.shifts)
+
+
+def online_transforms(
+    count: int,
+    rng: np.random.Generator,
+    max_rotation: float,
+    max_shift: float = 0.0,
+    flip: bool = True,
+) -> Transforms:
+    """Random parameters for count images ("online" augmentation): mirrored half the time (if
+    flip), rotated by up to max_rotation degrees, shifted by up to max_shift pixels."""
+    flips = rng.random(count) < 0.5 if flip else np.zeros(count, bool)
+    angles = rng.uniform(-max_rotation, max_rotation, count)
+    return Transforms(flips, angles, random_shifts(count, rng, max_shift))
+
+
+def copies_transforms(
+    count: int,
+    rng: np.random.Generator,
+    copies: int,
+    flip: bool,
+    max_rotation: float,
+    max_shift: float = 0.0,
+) -> Transforms:
+    """Parameters of the enlarged set of count images ("copies" augmentation): the originals
+    (no transform) followed by `copies` transformed copies of every image; copy k is mirrored
+    when flip is on and k is even, and rotated (and shifted) at random. Image i of the
+    enlarged set is a transform of original i % count."""
+    parts = [Transforms(np.zeros(count, bool), np.zeros(count), np.zeros((count, 2)))]
+    for copy in range(copies):
+        flips = np.full(count, flip and copy % 2 == 0)
+        angles = rng.uniform(-max_rotation, max_rotation, count)
+        parts.append(Transforms(flips, angles, random_shifts(count, rng, max_shift)))
+    return Transforms(
+        *(
+            np.concatenate([getattr(part, name) for part in parts])
+            for name in ("flips", "angles", "shifts")
+        )
+    )
+
+
+def random_shifts(count: int, rng: np.random.Generator, max_shift: float) -> np.ndarray:
+    """(count, 2) shifts of up to max_shift pixels; zeros, drawing nothing, when it is 0."""
+    if max_shift > 0:
+        return rng.uniform(-max_shift, max_shift, (count, 2))
+    return np.zeros((count, 2))
+
+
+def augment(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    max_rotation: float,
+    max_shift: float = 0.0,
+    flip: bool = True,
+) -> np.ndarray:
+    """A random transformed copy of every image ("online" augmentation; float32 in/out): see
+    online_transforms."""
+    return online_transforms(len(images), rng, max_rotation, max_shift, flip).apply(images)
+
+
+def enlarge(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    copies: int,
+    flip: bool,
+    max_rotation: float,
+    max_shift: float = 0.0,
+) -> np.ndarray:
+    """The originals followed by `copies` transformed copies of every image, all in memory
+    ("copies" augmentation, the paper's "enlarged with flipped and rotated copies"): see
+    copies_transforms. Training builds the same images lazily (TrainingImages)."""
+    transforms = copies_transforms(len(images), rng, copies, flip, max_rotation, max_shift)
+    return transforms.apply(images[np.arange(len(transforms)) % len(images)])
+
+
+def transform_images(
+    images: np.ndarray, flips: np.ndarray, angles: np.ndarray, shifts: np.ndarray
+) -> np.ndarray:
+    """Each image mirrored (where flips), rotated by its angle in degrees about the centre and
+    shifted by its (dx, dy); borders replicated."""
+    import cv2
+
+    size = images.shape[1]
+    centre = ((size - 1) / 2, (size - 1) / 2)
+    out = np.empty_like(images)
+    # A 32x32 image is too small to share out: OpenCV's threads would double the time of each
+    # call (the same pixels either way). Training makes these every epoch.
+    opencv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        # Python numbers: numpy's per-element indexing would cost more than the warp.
+        parameters = zip(flips.tolist(), angles.tolist(), shifts.tolist(), strict=True)
+        for index, (flip, angle, (dx, dy)) in enumerate(parameters):
+            image = images[index, :, ::-1] if flip else images[index]
+            if angle == 0 and dx == 0 and dy == 0:
+                out[index] = image
+                continue
+            transform = cv2.getRotationMatrix2D(centre, angle, 1.0)
+            transform[0, 2] += dx
+            transform[1, 2] += dy
+            cv2.warpAffine(
+                np.ascontiguousarray(image),
+                transform,
+                (size, size),
+                dst=out[index],
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+    finally:
+        cv2.setNumThreads(opencv_threads)
+    return out
+
+
+class TrainingImages:
+    """What the network trains on, epoch by epoch: the crops augmented as config says,
+    shuffled, z-scored with (mean, std) and one-hot labelled, made a chunk at a time.
+
+    The random draws are those of building every image up front: the copies' parameters
+    when this is made, then each epoch's order (and, online, its parameters) when epoch()
+    is called; so the chunks put together are exactly the images and order the eager
+    construction gave (enlarge or augment, then index with the order, then z-score).
+    """
+
+    def __init__(
+        self,
+        crops: np.ndarray,
+        targets: np.ndarray,
+        num_classes: int,
+        config: TrainConfig,
+        rng: np.random.Generator,
+        mean: np.ndarray,
+        std: np.ndarray,
+        chunk_images: int | None = None,
+    ):
+        self.crops, self.targets, self.num_classes = crops, targets, num_classes
+        self.config, self.rng, self.mean, self.std = config, rng, mean, std
+        self.online = config.augment and config.augment_mode == "online"
+        # The enlarged set's parameters, drawn once ("copies"); None: the crops as they are.
+        self.copies = None
+        if config.augment and config.augment_mode == "copies" and config.copies > 0:
+            self.copies = copies_transforms(
+                len(crops), rng, config.copies, config.flip, config.max_rotation, config.max_shift
+            )
+        # Whole batches, so that chunks cut the epoch exactly where its batches begin.
+        self.chunk = config.batch_size * max(1, (chunk_images or CHUNK_IMAGES) // config.batch_size)
+
+    def __len__(self) -> int:
+        """Images per epoch."""
+        return len(self.crops) if self.copies is None else len(self.copies)
+
+    def epoch(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Draw the next epoch's order (and online transforms) now; return its chunks, each
+        (images (k, s, s, 1) float32 z-scored, one-hot targets (k, classes) float32)."""
+        order = self.rng.permutation(len(self))
+        config = self.config
+        if self.online:
+            transforms = online_transforms(
+                len(order), self.rng, config.max_rotation, config.max_shift, config.flip
+            )
+        else:
+            transforms = None if self.copies is None else self.copies[order]
+        return self._chunks(order % len(self.crops), transforms)
+
+    def _chunks(
+        self, sources: np.ndarray, transforms: Transforms | None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        one_hot = np.eye(self.num_classes, dtype=np.float32)
+        for start in range(0, len(sources), self.chunk):
+            part = slice(start, start + self.chunk)
+            images = self.crops[sources[part]].astype(np.float32)
+            if transforms is not None:
+                images = transforms[part].apply(images)
+            x = ((images - self.mean) / self.std).astype(np.float32)[..., np.newaxis]
+            yield x, one_hot[self.targets[sources[part]]]

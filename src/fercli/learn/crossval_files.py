@@ -1,0 +1,147 @@
+"""crossval_files: split from fercli.crossvalidation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from fercli.core.config import PreprocessConfig, TrainConfig
+from fercli.core.errors import FerError, TrainingError
+from fercli.core.store import atomic_write_json, atomic_write_text, slug
+from fercli.data.prepared import PreparedDataset
+from fercli.learn.crossval import CrossvalReport
+from fercli.learn.selection import select_classes
+
+
+def save_crossval(
+    report: CrossvalReport, folder: Path, title: str | None = None
+) -> dict[str, Path]:
+    """Write report.json, confusion.png and predictions.csv of a cross-validation (or of an
+    evaluation, its one "fold"; title: the confusion image's, default the crossval's)."""
+    import csv
+    import io
+
+    from fercli.media.pictures import confusion_image
+
+    files = {"report": atomic_write_json(folder / "report.json", report.to_json())}
+    group = (
+        report.protocol["group"] if report.protocol["group"] in ("subject", "dataset") else "random"
+    )
+    if report.diverged_folds:
+        figures = f"{len(report.diverged_folds)} diverged"
+    elif math.isnan(report.mean_accuracy):
+        figures = "no result"
+    else:
+        figures = f"{report.mean_accuracy:.1%} +/- {report.std_accuracy:.1%}"
+    title = (
+        title
+        or f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds ({group}), "
+        f"{figures}"
+    )
+    files["confusion"] = confusion_image(
+        report.confusion, report.labels, folder / "confusion.png", title
+    )
+    for number, (name, figures) in enumerate(report.per_dataset.items(), start=1):
+        accuracy = (
+            "no result"
+            if figures["accuracy"] is None
+            else f"{figures['accuracy']:.1%} of {figures['tested']}"
+        )
+        files[f"confusion {name}"] = confusion_image(
+            np.array(figures["confusion_matrix"]),
+            report.labels,
+            folder / f"confusion-{number}-{slug(name)}.png",
+            f"{name}: {accuracy} "
+            f"({'left out, trained on the others' if group == 'dataset' else group + ' folds'})",
+        )
+    text = io.StringIO()
+    origin = ["dataset"] if report.per_dataset else []
+    writer = csv.DictWriter(
+        text,
+        fieldnames=[
+            "path",
+            "fold",
+            *origin,
+            "true",
+            "predicted",
+            *(f"p_{label}" for label in report.labels),
+        ],
+    )
+    writer.writeheader()
+    writer.writerows(report.predictions)
+    files["predictions"] = atomic_write_text(folder / "predictions.csv", text.getvalue())
+    return files
+
+
+def save_crossval_model(
+    report: CrossvalReport,
+    dataset: PreparedDataset,
+    output: Path,
+    run: Path | None = None,
+    keep_existing: bool = True,
+) -> Path:
+    """Save a finished cross-validation's fold networks as one ensemble model file, which
+    predict and evaluate average. Checked before it takes its name: each network within 1e-4
+    of Keras on its fold's test crops, the file's ensemble within 1e-4 of the folds' Keras
+    networks averaged on the load check's crops. TrainingError when a fold diverged or the
+    run was interrupted (no ensemble of every fold exists). Returns the path written."""
+    from fercli.infer.model import load_model, probe_crops, save_networks
+
+    if report.interrupted or report.diverged_folds or len(report.exports) != report.planned_folds:
+        raise TrainingError("no model saved: the cross-validation did not finish every fold")
+    for exported in report.exports:
+        if not exported["difference"] <= 1e-4:
+            raise FerError(
+                f"fold {exported['fold']}'s exported network disagrees with Keras by "
+                f"{exported['difference']:.2g}; no model was saved (a bug: please report it)"
+            )
+    config = TrainConfig.from_dict(report.protocol["training"])
+    selection = select_classes(dataset, tuple(report.labels))
+    expected = np.mean([exported["probe"] for exported in report.exports], axis=0)
+
+    def check(temporary: Path) -> None:
+        exported = load_model(temporary).predict_proba(probe_crops(selection.crops.shape[1]))
+        difference = float(np.abs(exported - expected).max())
+        if not difference <= 1e-4:  # also NaN
+            raise FerError(
+                f"the exported ensemble disagrees with Keras by {difference:.2g}; nothing was "
+                "saved "
+                "(a bug: please report it)"
+            )
+
+    extra = {
+        "test_time_flip": config.test_time_flip,
+        "data_fingerprint": report.dataset["fingerprint"],
+        "dataset": {
+            "name": dataset.name,
+            "source": dataset.meta.get("source"),
+            "images": len(selection.crops),
+        },
+        "ensemble": {
+            "kind": "crossval",
+            "members": len(report.exports),
+            "folds": report.planned_folds,
+            "group": report.protocol["group"],
+            "run": str(run) if run else None,
+            "mean_accuracy": report.mean_accuracy,
+            "std_accuracy": report.std_accuracy,
+            "note": "each member was trained on all folds but one; together they saw every image",
+        },
+    }
+    preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
+    networks = [
+        exported["network"] for exported in sorted(report.exports, key=lambda item: item["fold"])
+    ]
+    return save_networks(
+        output,
+        networks,
+        selection.labels,
+        preprocess,
+        config,
+        extra,
+        keep_existing,
+        training_crops=selection.crops,
+        check=check,
+    )

@@ -1,0 +1,306 @@
+"""fer evaluate: score a trained model on another dataset (cross-dataset evaluation).
+
+The report has the shape of a cross-validation's, with one "fold": the whole dataset is the
+test set and the model file is the training. Classes are matched by name; only the classes
+both have are scored, and the model's probabilities are renormalised over them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from fercli.core.config import PreprocessConfig, ScanOptions
+from fercli.core.errors import DatasetError
+from fercli.core.events import Progress
+from fercli.core.labels import label_order
+from fercli.core.store import datasets_dir
+from fercli.data.fer2013 import is_fer2013
+from fercli.data.prepared import (
+    DATASET_FILE,
+    PreparedDataset,
+    dataset_folder,
+    load_dataset,
+    resolve_dataset,
+)
+from fercli.infer.model import FerModel
+from fercli.learn.crossval import CrossvalReport, dataset_summary, score_predictions
+from fercli.learn.folds import FoldResult
+from fercli.learn.selection import Selection, data_fingerprint, select_classes
+
+# Crops classified at once: bounds the memory of the forward pass on a large dataset.
+CHUNK = 2048
+RENORMALISED = (
+    "probabilities renormalised over the shared classes (the model's other classes left out)"
+)
+
+
+def prepare_for_model(
+    choice: str | Path,
+    model: FerModel,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[PreparedDataset, object | None]:
+    """The dataset to evaluate on, in crops made with the model's own preprocessing settings:
+    a preprocessed dataset (name or folder under FER_HOME, or its dataset.npz), or an original
+    dataset folder, which is preprocessed first with the model's settings (through the crop
+    cache, as `fer preprocess` would). Returns the dataset and the PreprocessReport when it was
+    preprocessed now. DatasetError for a dataset made with other settings."""
+    from fercli.data.preprocess import preprocess_dataset
+
+    wanted = model.preprocess.fingerprint()
+    candidate = Path(choice)
+    original = (
+        candidate.is_dir() and not (candidate / DATASET_FILE).exists() or is_fer2013(candidate)
+    ) and not _inside(candidate, datasets_dir())
+    if original:
+        prepared = dataset_folder(candidate) / DATASET_FILE
+        if prepared.exists():
+            dataset = load_dataset(prepared)
+            if _fingerprint(dataset) == wanted:
+                return dataset, None
+        report = preprocess_dataset(candidate, ScanOptions(), model.preprocess, workers, progress)
+        if not report.dataset:
+            raise DatasetError(
+                f"{choice}: no image could be aligned ({len(report.skipped)} skipped)"
+            )
+        return load_dataset(Path(report.dataset)), report
+    dataset = resolve_dataset(choice)
+    if _fingerprint(dataset) != wanted:
+        saved, current = dataset.meta["preprocess"], model.preprocess.to_dict()
+        differing = sorted(
+            key for key in set(saved) | set(current) if saved.get(key) != current.get(key)
+        )
+        raise DatasetError(
+            f"{choice}: its crops were made with other preprocessing settings than the model's "
+            f"({', '.join(differing) or 'their fingerprint'}); give the original dataset folder "
+            "instead, "
+            "and it is preprocessed with the model's settings"
+        )
+    return dataset, None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        resolved, root = path.resolve(), folder.resolve()
+    except (OSError, RuntimeError):
+        return False
+    return resolved == root or root in resolved.parents
+
+
+def _fingerprint(dataset: PreparedDataset) -> str:
+    return PreprocessConfig.from_dict(dataset.meta["preprocess"]).fingerprint()
+
+
+def dataset_split(dataset: PreparedDataset, split: str | None) -> PreparedDataset:
+    """The images of a predefined split (FER2013's Usage), or all of them when split is None.
+    DatasetError when the dataset has no such split."""
+    if split is None:
+        return dataset
+    column = dataset.splits
+    names = sorted(set(column.tolist()) - {""}) if column is not None else []
+    if not names:
+        raise DatasetError(
+            f"{dataset.name} has no predefined splits (FER2013's Usage column has them); "
+            "leave out --split"
+        )
+    keep = column == split
+    if not keep.any():
+        raise DatasetError(f"{dataset.name} has no split {split!r}; it has {', '.join(names)}")
+    return PreparedDataset(
+        crops=dataset.crops[keep],
+        labels=dataset.labels[keep],
+        subjects=dataset.subjects[keep],
+        paths=dataset.paths[keep],
+        meta={**dataset.meta, "split": split},
+        location=dataset.location,
+        splits=column[keep],
+    )
+
+
+def score_model(
+    model: FerModel, dataset: PreparedDataset, split: str | None = None
+) -> CrossvalReport:
+    """Score a model on every image of a dataset whose class the model knows.
+
+    DatasetError when the model and the dataset share no class. The report's warnings name
+    the classes left out on each side and say when the images overlap the model's training
+    data (then it is no test).
+    """
+    started = time.perf_counter()
+    dataset_name = dataset.name
+    dataset = dataset_split(dataset, split)
+    in_data = label_order(set(dataset.labels.tolist()))
+    shared = [label for label in model.classes if label in in_data]
+    model_only = [label for label in model.classes if label not in shared]
+    data_only = [label for label in in_data if label not in shared]
+    if not shared:
+        raise DatasetError(
+            f"the model's classes ({', '.join(model.classes)}) and {dataset_name}'s "
+            f"({', '.join(in_data) or 'none'}) share none: there is nothing to score"
+        )
+    keep = np.isin(dataset.labels, shared)
+    dropped = Counter(dataset.labels[~keep].tolist())
+    index = {label: position for position, label in enumerate(shared)}
+    selection = Selection(
+        crops=dataset.crops[keep],
+        labels=shared,
+        subjects=dataset.subjects[keep],
+        paths=dataset.paths[keep],
+        targets=np.array([index[label] for label in dataset.labels[keep]], dtype=np.int64),
+    )
+    probabilities = shared_probabilities(model, selection.crops, shared)
+    predicted = probabilities.argmax(axis=1)
+    matrix, per_class, f1 = score_predictions(selection.targets, predicted, shared)
+    accuracy = float(np.mean(predicted == selection.targets))
+    warnings = [RENORMALISED] if model_only else []
+    if model_only or data_only:
+        warnings.append(left_out_note(model_only, data_only, dropped, dataset_name))
+    if len(shared) == 1:
+        warnings.append(
+            f"only one shared class ({shared[0]}): renormalised, every image is predicted as it, "
+            "so the accuracy says nothing"
+        )
+    warnings += overlap_notes(model, dataset, selection)
+    rows = [
+        {
+            "path": str(path),
+            "fold": 1,
+            "true": shared[truth],
+            "predicted": shared[guess],
+            **{f"p_{label}": round(float(p), 6) for label, p in zip(shared, row, strict=True)},
+        }
+        for path, truth, guess, row in zip(
+            selection.paths, selection.targets, predicted, probabilities, strict=True
+        )
+    ]
+    trained_on = model.meta.get("dataset") or {}
+    fold = FoldResult(
+        fold=1,
+        accuracy=accuracy,
+        train_size=int(trained_on.get("images") or 0),
+        test_size=len(selection.crops),
+        test_subjects=[],
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    return CrossvalReport(
+        dataset={**dataset_summary(dataset, selection, dataset_name), "split": split},
+        protocol={
+            "kind": "evaluate",
+            "folds": 1,
+            "group": "none",
+            "classes": shared,
+            "model": model_protocol(model),
+            "training": model.meta.get("training"),
+            "recipe": (model.meta.get("training") or {}).get("recipe"),
+            "preprocess": model.preprocess.to_dict(),
+            "renormalised": bool(model_only),
+            "split": split,
+            "left_out": {
+                "model_only": model_only,
+                "dataset_only": data_only,
+                "images_dropped": sum(dropped.values()),
+                "dropped_per_class": dict(dropped),
+            },
+        },
+        labels=shared,
+        folds=[fold],
+        confusion=matrix,
+        per_class=per_class,
+        macro_f1=float(np.mean(f1)),
+        pooled_accuracy=accuracy,
+        warnings=warnings,
+        seconds=time.perf_counter() - started,
+        planned_folds=1,
+        predictions=rows,
+    )
+
+
+def shared_probabilities(model: FerModel, crops: np.ndarray, shared: list[str]) -> np.ndarray:
+    """The model's probabilities of the shared classes, renormalised to sum to 1 (n, shared)."""
+    from fercli.core.errors import ModelError
+
+    columns = [model.classes.index(label) for label in shared]
+    parts = [
+        model.predict_proba(crops[start : start + CHUNK])[:, columns]
+        for start in range(0, len(crops), CHUNK)
+    ]
+    raw = np.concatenate(parts) if parts else np.zeros((0, len(shared)))
+    if not np.all(np.isfinite(raw)):
+        raise ModelError(
+            f"{model.path}: damaged model file (its probabilities for some crops are not finite "
+            "numbers)"
+        )
+    total = raw.sum(axis=1, keepdims=True)
+    # A face the model gives (to float precision) none of the shared classes: no preference among
+    # them.
+    return np.where(total > 0, raw / np.where(total > 0, total, 1), 1 / len(shared))
+
+
+def left_out_note(model_only: list[str], data_only: list[str], dropped: Counter, name: str) -> str:
+    """Which classes were left out on each side, and how many images that dropped."""
+    parts = []
+    if model_only:
+        parts.append(f"the model's {', '.join(model_only)} (not in {name})")
+    if data_only:
+        counts = ", ".join(f"{label} {dropped[label]}" for label in data_only)
+        parts.append(
+            f"{name}'s {', '.join(data_only)} (the model does not know them: "
+            f"{sum(dropped.values())} images dropped: {counts})"
+        )
+    return "classes left out: " + "; ".join(parts)
+
+
+def overlap_notes(model: FerModel, dataset: PreparedDataset, selection: Selection) -> list[str]:
+    """Warnings when the evaluated images are (some of) the model's training images."""
+    notes = []
+    seen = model.seen_in_training(selection.crops)
+    if seen is not None and any(seen):
+        notes.append(
+            f"{sum(seen)} of {len(seen)} evaluated images are crops this model was trained on: "
+            "on them this is not a test"
+        )
+    same_data = False
+    try:
+        same_data = data_fingerprint(
+            select_classes(dataset, tuple(model.classes))
+        ) == model.meta.get("data_fingerprint")
+    except DatasetError:
+        pass  # the dataset lacks some of the model's classes: it cannot be its training data
+    trained_on = model.meta.get("dataset") or {}
+    # Without the training crops' hashes, the same source folder is the best evidence there is.
+    same_source = (
+        seen is None
+        and trained_on.get("source")
+        and trained_on.get("source") == dataset.meta.get("source")
+    )
+    if same_data or same_source:
+        notes.append(
+            f"the model was trained on this dataset ({trained_on.get('name', dataset.name)}): this "
+            "is not a test"
+        )
+    if seen is None:
+        notes.append(
+            "the model file does not list its training crops (written by an older fercli): "
+            "overlap with its training data is checked by dataset only"
+        )
+    return notes
+
+
+def model_protocol(model: FerModel) -> dict:
+    """What a report says of the model evaluated: file, training data and settings."""
+    meta = model.meta
+    return {
+        "path": str(model.path),
+        "classes": model.classes,
+        "networks": len(model.networks),
+        "ensemble": meta.get("ensemble"),
+        "data_fingerprint": meta.get("data_fingerprint"),
+        "dataset": meta.get("dataset"),
+        "training": meta.get("training"),
+        "preprocess": meta.get("preprocess"),
+        "test_time_flip": bool(meta.get("test_time_flip")),
+    }

@@ -1,0 +1,196 @@
+"""folds: split from fercli.crossvalidation."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fercli.core.config import TrainConfig
+from fercli.core.errors import DatasetError
+from fercli.learn.selection import Selection, normalisation
+from fercli.learn.training import (
+    divergence,
+    fit,
+    fold_seed,
+    keras_probabilities,
+)
+
+
+def make_folds(
+    selection: Selection, folds: int, group: str, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds, shuffled with seed; by subject (no person on both sides) when group
+    is "subject"; one fold per dataset of a combined selection, which it tests on while the
+    others train (leave-one-dataset-out), when group is "dataset" (folds is then ignored).
+    DatasetError where the data cannot be split so."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if folds < 2:
+        raise DatasetError("--folds must be at least 2")
+    counts = np.bincount(selection.targets, minlength=len(selection.labels))
+    if group == "subject":
+        if not selection.has_subjects:
+            raise DatasetError(
+                "--group subject needs the subject of every image, and this dataset's layout gives "
+                "none "
+                "(subjects come from JAFFE names, CK+ folders or CK+-style file names)"
+            )
+        subjects = sorted(set(selection.subjects.tolist()))
+        if len(subjects) < folds:
+            raise DatasetError(
+                f"--group subject with {folds} folds needs at least {folds} subjects; there are "
+                f"{len(subjects)}"
+            )
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        return list(splitter.split(selection.crops, selection.targets, groups=selection.subjects))
+    if group == "dataset":
+        return dataset_folds(selection)
+    if group != "random":
+        raise DatasetError(f"unknown --group {group!r}; choose random, subject or dataset")
+    smallest = int(counts.argmin())
+    if counts[smallest] < folds:
+        raise DatasetError(
+            f"class {selection.labels[smallest]!r} has {counts[smallest]} images, fewer than the "
+            f"{folds} folds: "
+            "use fewer --folds or leave it out with --classes"
+        )
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    strata = selection.targets
+    if selection.origins is not None:
+        # Several datasets: every fold gets each dataset's classes in proportion, so that the
+        # per-dataset figures of a fold rest on a fair share of that dataset.
+        combined = np.unique(
+            np.char.add(np.char.add(selection.origins, "/"), np.array(selection.labels)[strata]),
+            return_inverse=True,
+        )[1]
+        if np.bincount(combined).min() >= folds:
+            strata = combined
+    return list(splitter.split(selection.crops, strata))
+
+
+def dataset_folds(selection: Selection) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Leave-one-dataset-out: fold k tests on the k-th dataset and trains on all the others."""
+    if selection.origins is None:
+        raise DatasetError(
+            "--group dataset needs several datasets: give two or more (fer crossval A B ...)"
+        )
+    names = list(dict.fromkeys(selection.origins.tolist()))
+    if len(names) < 2:
+        raise DatasetError("--group dataset needs images of at least two datasets")
+    return [
+        (np.flatnonzero(selection.origins != name), np.flatnonzero(selection.origins == name))
+        for name in names
+    ]
+
+
+def fold_inputs(
+    crops: np.ndarray,
+    origins: np.ndarray | None,
+    train_index: np.ndarray,
+    test_index: np.ndarray,
+    mode: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A fold's training and test crops. With --normalisation per-dataset on combined data,
+    each dataset's crops are z-scored (float32) with that dataset's statistics from the
+    fold's training part; a dataset with no training image (the one left out) can only use
+    its own test images' statistics, without their labels (transductive; the report says
+    so). Otherwise the crops as they are (fit normalises them)."""
+    if mode != "per-dataset" or origins is None:
+        return crops[train_index], crops[test_index]
+    standardised = np.empty(crops.shape, np.float32)
+    in_training = np.zeros(len(crops), bool)
+    in_training[train_index] = True
+    for name in np.unique(origins):
+        mine = origins == name
+        source = mine & in_training if np.any(mine & in_training) else mine
+        mean, std = normalisation(crops[source], "global")
+        standardised[mine] = (crops[mine] - mean) / std
+    return standardised[train_index], standardised[test_index]
+
+
+@dataclass(frozen=True)
+class FoldTask:
+    """One fold to train: the settings, which images train and which test. key is the
+    caller's name for it (a fold number, or a sweep member and fold), returned with the result."""
+
+    key: object
+    config: TrainConfig
+    fold: int  # 0-based; with config.seed it seeds the network (fold_seed)
+    train_index: np.ndarray
+    test_index: np.ndarray
+    # Each image's dataset, for --normalisation per-dataset on combined data (else None).
+    origins: np.ndarray | None = None
+
+
+def train_fold(
+    crops: np.ndarray,
+    targets: np.ndarray,
+    num_classes: int,
+    task: FoldTask,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> dict:
+    """Train one fold's network and predict its test images. Every engine runs folds through
+    this, so that a fold gives the same numbers wherever it runs (with the same TensorFlow
+    threads and op determinism: see configure_tensorflow)."""
+    started = time.perf_counter()
+    train_index, test_index = task.train_index, task.test_index
+    last = {"epoch": 0, "loss": math.nan}
+
+    def tracked(epoch: int, loss: float, accuracy: float) -> None:
+        last.update(epoch=epoch, loss=loss)
+        if on_epoch:
+            on_epoch(epoch, loss, accuracy)
+
+    train_crops, test_crops = fold_inputs(
+        crops, task.origins, train_index, test_index, task.config.normalisation
+    )
+    model, mean, std = fit(
+        train_crops,
+        targets[train_index],
+        num_classes,
+        task.config,
+        fold_seed(task.config.seed, task.fold),
+        tracked,
+    )
+    probabilities = keras_probabilities(model, test_crops, mean, std, task.config.test_time_flip)
+    diverged = divergence(model, last["loss"], last["epoch"], probabilities)
+    return {
+        "key": task.key,
+        "fold": task.fold,
+        "probabilities": None if diverged else probabilities,
+        "diverged": diverged,
+        "seconds": time.perf_counter() - started,
+        "mean": float(np.mean(mean)),
+        "std": float(np.mean(std)),
+        # Per-dataset statistics exist only inside the fold: such a network cannot be saved.
+        "export": None
+        if diverged or test_crops.dtype != np.uint8
+        else fold_export(model, mean, std, task.config.test_time_flip),
+    }
+
+
+def fold_export(model, mean: np.ndarray, std: np.ndarray, flip: bool) -> dict:
+    """A fold's network as plain arrays for the crossval ensemble file, with what Keras gives
+    on the load check's crops (probe_crops), which the saved file must reproduce."""
+    from fercli.infer.model import probe_crops
+    from fercli.learn.network import export_network
+
+    probe = keras_probabilities(model, probe_crops(model.input_shape[1]), mean, std, flip)
+    return {"network": export_network(model, mean, std), "probe": probe}
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    accuracy: float | None  # None: the fold's training diverged, it has no result
+    train_size: int
+    test_size: int
+    test_subjects: list[str]
+    seconds: float
+    diverged: str | None = None  # why the fold's network is unusable
+    # Several datasets combined: per dataset in the test part, {"images", "accuracy"}.
+    per_dataset: dict[str, dict] = field(default_factory=dict)

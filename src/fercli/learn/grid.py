@@ -1,0 +1,295 @@
+"""grid: split from fercli.sweep."""
+
+from __future__ import annotations
+
+import itertools
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from fercli.core.config import (
+    MODEL_VARIANTS,
+    NORMALISATIONS,
+    OPTIMIZERS,
+    TrainConfig,
+    fingerprint,
+    recipe_config,
+)
+from fercli.core.errors import FerError, GridError
+
+# Spellings of the command line (and of habit) for TrainConfig's field names.
+ALIASES = {"lr": "learning_rate", "flip_tta": "test_time_flip", "normalization": "normalisation"}
+# Settings whose values must be one of a list (others are only type-checked).
+CHOICES = {"variant": MODEL_VARIANTS, "optimizer": OPTIMIZERS, "normalisation": NORMALISATIONS}
+# Settings that belong to the sweep as a whole, not to a recipe.
+TOP_LEVEL = ("seeds", "folds", "group", "classes")
+METHOD = (
+    "paired differences over the same (seed, fold) pairs; 95% interval from the corrected "
+    "resampled t-test for repeated k-fold cross-validation (Nadeau & Bengio 2003): the variance "
+    "of the differences times (1/(k*r) + n_test/n_train), t with k*r-1 degrees of freedom"
+)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A sweep's plan: a base recipe, what varies, seeds, folds and grouping."""
+
+    base: dict
+    vary: dict  # setting -> tuple of values
+    seeds: tuple[int, ...] = (0, 1, 2)
+    folds: int = 10
+    group: str = "random"
+    classes: tuple[str, ...] = ()
+    source: str = "grid"
+
+    def to_json(self) -> dict:
+        return {
+            "base": jsonable(self.base),
+            "vary": {key: [jsonable(v) for v in values] for key, values in self.vary.items()},
+            "seeds": list(self.seeds),
+            "folds": self.folds,
+            "group": self.group,
+            "classes": list(self.classes),
+        }
+
+
+def jsonable(value):
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _setting_types() -> dict:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint)
+
+
+# The plain types a setting can have: how to tell a value of it, and its name in an error.
+SCALARS = {
+    bool: (lambda value: isinstance(value, bool), "true or false"),
+    int: (lambda value: isinstance(value, int) and not isinstance(value, bool), "a whole number"),
+    float: (
+        lambda value: isinstance(value, (int, float)) and not isinstance(value, bool),
+        "a number",
+    ),
+    str: (lambda value: isinstance(value, str), "a string"),
+}
+
+
+def _coerce(value, hint, where: str):
+    """value as the type hint of a TrainConfig field says, or GridError naming where."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_union(value, hint, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise GridError(f"{where}: {value!r} is not a list")
+        item = (typing.get_args(hint) or (str,))[0]
+        return tuple(_coerce(element, item, where) for element in value)
+    if hint in SCALARS:
+        accepts, name = SCALARS[hint]
+        if not accepts(value):
+            raise GridError(f"{where}: {value!r} is not {name}")
+        return float(value) if hint is float else value
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise GridError(f"{where}: {value!r} is not a {_type_name(hint)}")
+    return value
+
+
+def _coerce_union(value, hint, where: str):
+    """value as the first type of a union (X | None) it fits."""
+    options = typing.get_args(hint)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce(value, option, where)
+        except GridError:
+            continue
+    raise GridError(f"{where}: {value!r} is not a {_type_name(hint)}")
+
+
+def setting_name(key: str, source: str) -> str:
+    """TrainConfig's name for a setting key of a grid file (CLI spellings accepted)."""
+    name = key.strip().replace("-", "_")
+    name = ALIASES.get(name, name)
+    known = [item.name for item in fields(TrainConfig)]
+    if name not in known:
+        raise GridError(f"{source}: unknown setting {key!r}; settings are {', '.join(known)}")
+    if name == "seed":
+        raise GridError(
+            f"{source}: {key!r} is not a recipe setting: list the seeds in seeds = [...]"
+        )
+    return name
+
+
+def _setting(key: str, value, source: str, table: str) -> tuple[str, object]:
+    name = setting_name(key, f"{source} [{table}]")
+    where = f"{source}: [{table}] {key}"
+    coerced = _coerce(value, _setting_types()[name], where)
+    allowed = CHOICES.get(name)
+    if allowed and coerced not in allowed:
+        raise GridError(f"{where}: {coerced!r} is not one of {', '.join(allowed)}")
+    return name, coerced
+
+
+def parse_grid(data: dict, source: str = "grid") -> Grid:
+    """A Grid from the contents of a grid file; GridError naming the file and the key."""
+    unknown = sorted(set(data) - {"base", "vary", *TOP_LEVEL})
+    if unknown:
+        raise GridError(
+            f"{source}: unknown key {unknown[0]!r}; a grid has [base], [vary], "
+            f"{', '.join(TOP_LEVEL)} (settings go in [base] or [vary])"
+        )
+    for table in ("base", "vary"):
+        if not isinstance(data.get(table, {}), dict):
+            raise GridError(f"{source}: {table} must be a table ([{table}])")
+    base = dict(_setting(key, value, source, "base") for key, value in data.get("base", {}).items())
+    vary = _vary(data.get("vary", {}), source)
+    seeds = data.get("seeds", [0, 1, 2])
+    if not isinstance(seeds, list) or not seeds:
+        raise GridError(
+            f"{source}: seeds must be a non-empty list of whole numbers, e.g. seeds = [0, 1, 2]"
+        )
+    seeds = tuple(dict.fromkeys(_coerce(seed, int, f"{source}: seeds") for seed in seeds))
+    folds = _coerce(data.get("folds", 10), int, f"{source}: folds")
+    if folds < 2:
+        raise GridError(f"{source}: folds = {folds}: at least 2")
+    group = _coerce(data.get("group", "random"), str, f"{source}: group")
+    if group not in ("random", "subject"):
+        raise GridError(f"{source}: group {group!r} is not one of random, subject")
+    classes = _coerce(
+        data.get("classes", list(base.pop("classes", ()))), tuple[str, ...], f"{source}: classes"
+    )
+    return Grid(
+        base=base, vary=vary, seeds=seeds, folds=folds, group=group, classes=classes, source=source
+    )
+
+
+def _vary(table: dict, source: str) -> dict:
+    """The [vary] table: each setting's values, checked, without repeats."""
+    vary: dict = {}
+    for key, values in table.items():
+        if not isinstance(values, list):
+            raise GridError(
+                f"{source}: [vary] {key} must be a list of values, e.g. {key} = [{values!r}]"
+            )
+        if not values:
+            raise GridError(f"{source}: [vary] {key} is an empty list: nothing to try")
+        coerced = [_setting(key, value, source, "vary")[1] for value in values]
+        name = setting_name(key, f"{source} [vary]")
+        if name == "classes":
+            raise GridError(
+                f"{source}: [vary] classes: recipes are compared on the same classes; "
+                "run a sweep per class set"
+            )
+        if name in vary:
+            raise GridError(f"{source}: [vary] {key} names {name} a second time")
+        vary[name] = tuple(dict.fromkeys(coerced))
+    if not vary:
+        raise GridError(
+            f"{source}: [vary] names no setting to vary: a sweep needs something to compare"
+        )
+    return vary
+
+
+def _toml():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
+def read_grid(path: Path, overrides: list[str] = ()) -> Grid:
+    """Read a grid file and apply command-line overrides ("key=value" with a TOML value:
+    a setting of [base], a top-level key such as seeds=[0], or vary.key=[...])."""
+    tomllib = _toml()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise GridError(f"{path}: cannot read the grid file ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise GridError(f"{path}: not a text file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise GridError(f"{path}: not valid TOML ({error})") from None
+    for item in overrides:
+        key, equals, text = item.partition("=")
+        key = key.strip()
+        if not equals or not key:
+            raise GridError(f"--set {item!r}: write key=value, e.g. --set epochs=20")
+        try:
+            value = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()  # a bare word: a string
+        table, dot, name = key.partition(".")
+        if dot and table in ("base", "vary"):
+            data.setdefault(table, {})[name] = value
+        elif key in TOP_LEVEL:
+            data[key] = value
+        else:
+            data.setdefault("base", {})[key] = value
+    return parse_grid(data, str(path))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One combination of the grid: its settings that differ from the base."""
+
+    changes: dict
+    config: TrainConfig  # seed 0; each member replaces it
+
+    @property
+    def name(self) -> str:
+        return describe_changes(self.changes)
+
+
+def describe_changes(changes: dict) -> str:
+    def text(value) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, tuple):
+            return ",".join(map(str, value))
+        return str(value)
+
+    return " ".join(f"{key}={text(value)}" for key, value in changes.items()) or "base"
+
+
+def recipes(grid: Grid) -> list[Recipe]:
+    """The base first, then every combination of the varied values that is not the base."""
+
+    def config_of(settings: dict) -> TrainConfig:
+        # A recipe setting names a preset (config.RECIPES) that the other settings override.
+        try:
+            return recipe_config(
+                settings.get("recipe", "paper"),
+                **{key: value for key, value in settings.items() if key != "recipe"},
+            )
+        except (TypeError, FerError) as error:
+            raise GridError(f"{grid.source}: {error}") from None
+
+    common = {**grid.base, "classes": grid.classes, "seed": 0}
+    base_config = config_of(common)
+    reference = base_config.to_dict()
+    found = [Recipe({}, base_config)]
+    seen = {fingerprint(reference)}
+    names = list(grid.vary)
+    for values in itertools.product(*(grid.vary[name] for name in names)):
+        config = config_of({**common, **dict(zip(names, values, strict=True))})
+        settings = config.to_dict()
+        key = fingerprint(settings)
+        if key in seen:
+            continue
+        seen.add(key)
+        changes = {
+            name: getattr(config, name) for name in names if settings[name] != reference[name]
+        }
+        found.append(Recipe(changes, config))
+    return found

@@ -1,0 +1,161 @@
+"""network: split from fercli.model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fercli.core.config import MODEL_VARIANTS, PreprocessConfig, TrainConfig
+from fercli.core.errors import ModelError
+from fercli.infer.model import ExportedNetwork, save_networks
+
+
+def build_model(num_classes: int, variant: str = "paper", input_size: int = 32):
+    """The Keras network for a variant; "paper" is conv32-pool-conv64-pool-flatten-softmax.
+
+    Variants keep the paper's two 5x5 convolutions and add to them: "dropout" (dropout 0.5
+    before the classifier), "batchnorm" (batch normalisation after each convolution),
+    "batchnorm-dropout" (both), "wide" (64 and 128 filters, a 256-unit hidden layer with
+    dropout).
+    """
+    import keras
+    from keras import layers
+
+    if variant not in MODEL_VARIANTS:
+        raise ModelError(
+            f"unknown model variant {variant!r}; choose from {', '.join(MODEL_VARIANTS)}"
+        )
+    filters = (64, 128) if variant == "wide" else (32, 64)
+    stack: list = [keras.Input((input_size, input_size, 1))]
+    for count in filters:
+        if variant.startswith("batchnorm"):
+            stack += [
+                layers.Conv2D(count, 5, use_bias=False),
+                layers.BatchNormalization(),
+                layers.Activation("relu"),
+            ]
+        else:
+            stack.append(layers.Conv2D(count, 5, activation="relu"))
+        stack.append(layers.MaxPooling2D(2))
+    stack.append(layers.Flatten())
+    if variant == "wide":
+        stack += [layers.Dense(256, activation="relu"), layers.Dropout(0.5)]
+    if variant.endswith("dropout"):
+        stack.append(layers.Dropout(0.5))
+    stack.append(layers.Dense(num_classes, activation="softmax"))
+    return keras.Sequential(stack, name=f"fercli_{variant.replace('-', '_')}")
+
+
+def make_optimizer(config: TrainConfig):
+    """The optimizer of a training configuration (the paper: SGD, lr 0.001, momentum 0.9)."""
+    import keras
+
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=config.learning_rate)
+    raise ModelError(f"unknown optimizer {config.optimizer!r}; choose sgd or adam")
+
+
+def export_layers(keras_model) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Describe a trained Keras network as layer specs plus named weight arrays."""
+    specs: list[dict] = []
+    weights: dict[str, np.ndarray] = {}
+    for index, layer in enumerate(keras_model.layers):
+        kind = type(layer).__name__
+        config = layer.get_config()
+        values = [np.asarray(weight) for weight in layer.get_weights()]
+        if kind == "Conv2D":
+            if tuple(config["dilation_rate"]) != (1, 1) or config.get("groups", 1) != 1:
+                raise ModelError(
+                    f"layer {layer.name}: dilated or grouped convolutions cannot be exported"
+                )
+            spec = {
+                "type": "conv2d",
+                "strides": list(config["strides"]),
+                "padding": config["padding"],
+                "activation": config["activation"],
+            }
+            names = ["kernel", "bias"][: len(values)]
+        elif kind == "MaxPooling2D":
+            spec = {
+                "type": "maxpool2d",
+                "pool_size": list(config["pool_size"]),
+                "strides": list(config["strides"] or config["pool_size"]),
+                "padding": config["padding"],
+            }
+            names = []
+        elif kind == "BatchNormalization":
+            spec = {"type": "batchnorm", "epsilon": config["epsilon"]}
+            names = [
+                name
+                for name, present in (
+                    ("gamma", config["scale"]),
+                    ("beta", config["center"]),
+                    ("mean", True),
+                    ("variance", True),
+                )
+                if present
+            ]
+        elif kind == "Activation":
+            spec = {"type": "activation", "activation": config["activation"]}
+            names = []
+        elif kind == "Flatten":
+            spec = {"type": "flatten"}
+            names = []
+        elif kind == "Dense":
+            spec = {"type": "dense", "activation": config["activation"]}
+            names = ["kernel", "bias"][: len(values)]
+        elif kind == "Dropout":
+            continue  # inactive at inference
+        else:
+            raise ModelError(f"layer {layer.name} ({kind}) cannot be exported to the numpy runtime")
+        spec["weights"] = []
+        for name, value in zip(names, values, strict=True):
+            key = f"layer{index}_{name}"
+            weights[key] = value.astype(np.float32)
+            spec["weights"].append(key)
+        specs.append(spec)
+    return specs, weights
+
+
+def export_network(keras_model, mean: np.ndarray, std: np.ndarray) -> ExportedNetwork:
+    """A trained Keras network and its statistics, as plain arrays (picklable, no Keras)."""
+    specs, weights = export_layers(keras_model)
+    return ExportedNetwork(
+        specs, weights, np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    )
+
+
+def save_model(
+    path: Path,
+    keras_model,
+    classes: list[str],
+    mean: np.ndarray,
+    std: np.ndarray,
+    preprocess: PreprocessConfig,
+    training: TrainConfig,
+    extra: dict | None = None,
+    keep_existing: bool = False,
+    training_crops: np.ndarray | None = None,
+    check=None,
+) -> Path:
+    """Export a trained Keras network with everything predict needs; written then renamed.
+
+    keep_existing: never replace a file, write to path-2, ... instead. training_crops: the
+    crops it was trained on, whose crop_hashes the file keeps. check(temporary_path) runs on
+    the complete file before the rename; what it raises leaves path untouched.
+    Returns the path written.
+    """
+    return save_networks(
+        path,
+        [export_network(keras_model, mean, std)],
+        classes,
+        preprocess,
+        training,
+        extra,
+        keep_existing,
+        training_crops,
+        check,
+    )

@@ -1,0 +1,317 @@
+"""Reading image files as 8-bit grayscale, refusing bad ones before they cost memory.
+
+Every command reads images through `load_gray`, so the same file gives the same pixels in
+preprocess and predict. The format is told by content, not by file name; the declared size is
+read from the header and checked against a pixel limit before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import struct
+import sys
+from pathlib import Path
+
+# OpenCV's own pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS) is set in fercli/__init__.py,
+# which runs before any fercli module imports cv2.
+import cv2
+import numpy as np
+
+from fercli.core.errors import ImageError
+
+# Refuse to decode an image with more pixels than this (a 64-megapixel photo is ~8000x8000
+# and needs 64 MB as grayscale); decompression bombs declare far more.
+MAX_PIXELS = 64_000_000
+# Refuse to read a file larger than this at all.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+# Corrupt files are reported by us, one line each; OpenCV's own log lines would only repeat it.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format that a file's first bytes announce, or None."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head.startswith(b"BM"):
+        return "BMP"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if len(head) >= 2 and head[0:1] == b"P" and head[1:2] in b"123456" and head[1:2] != b"":
+        return "PNM"
+    return None
+
+
+def declared_size(data: bytes, image_format: str) -> tuple[int, int]:
+    """(width, height) as the header declares them; ImageError where the header is broken."""
+    try:
+        size = _HEADER_READERS[image_format](data)
+    except (struct.error, IndexError, ValueError):
+        size = None
+    if size is None:
+        raise ImageError(f"damaged {image_format} header")
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{image_format} header declares an empty image ({width}x{height})")
+    return width, height
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    offset = 2
+    while offset + 4 <= len(data):
+        if data[offset] != 0xFF:
+            return None
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            offset += 2
+            continue
+        (length,) = struct.unpack(">H", data[offset + 2 : offset + 4])
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[offset + 5 : offset + 9])
+            return width, height
+        if marker in (0xDA, 0xD9) or length < 2:
+            return None
+        offset += 2 + length
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    order = "<" if data[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(order + "I", data[4:8])
+    (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
+    found: dict[int, int] = {}
+    for index in range(count):
+        entry = data[ifd + 2 + 12 * index : ifd + 14 + 12 * index]
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        # Image width and length, tile width and length. libtiff keeps the first of a
+        # duplicated tag: reading a later one would let a huge first size past the limit.
+        if tag in (256, 257, 322, 323) and tag not in found:
+            if kind == 3:
+                found[tag] = struct.unpack(order + "H", entry[8:10])[0]
+            elif kind == 4:
+                found[tag] = struct.unpack(order + "I", entry[8:12])[0]
+    if 256 in found and 257 in found:
+        # The decoder inflates whole tiles: a 100x100 image in 8192x8192 tiles costs the
+        # memory of an 8192x8192 image, so that is the size to check against the limit.
+        return max(found[256], found.get(322, 0)), max(found[257], found.get(323, 0))
+    return None
+
+
+def _bmp_size(data: bytes) -> tuple[int, int] | None:
+    (header_size,) = struct.unpack("<I", data[14:18])
+    if header_size == 12:
+        return struct.unpack("<HH", data[18:22])
+    width, height = struct.unpack("<ii", data[18:26])
+    return width, abs(height)
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8 ":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":
+        (bits,) = struct.unpack("<I", data[21:25])
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8X":
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    return None
+
+
+def _gif_size(data: bytes) -> tuple[int, int] | None:
+    return struct.unpack("<HH", data[6:10])
+
+
+_PNM_TOKEN = re.compile(rb"(?:\s|#[^\n]*\n)*(\d+)")
+
+
+def _pnm_size(data: bytes) -> tuple[int, int] | None:
+    width_match = _PNM_TOKEN.match(data, 2)
+    if width_match is None:
+        return None
+    height_match = _PNM_TOKEN.match(data, width_match.end())
+    if height_match is None:
+        return None
+    return int(width_match.group(1)), int(height_match.group(1))
+
+
+_HEADER_READERS = {
+    "PNG": _png_size,
+    "JPEG": _jpeg_size,
+    "TIFF": _tiff_size,
+    "BMP": _bmp_size,
+    "WebP": _webp_size,
+    "GIF": _gif_size,
+    "PNM": _pnm_size,
+}
+
+
+def _png_header_chunks_fit(data: bytes) -> bool:
+    """Whether every chunk up to the first IDAT lies inside the data. OpenCV reads these
+    chunks itself and allocates what a chunk's length field says before reading it: one
+    damaged byte in a 7 KB file asked it for 4 GB. (libpng reads the rest within bounds.)"""
+    offset = 8
+    while offset + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        offset += 12 + length  # length, type, payload, CRC
+        if offset > len(data):
+            return False
+        if kind in (b"IDAT", b"IEND"):
+            return True
+    return False
+
+
+def _check_complete(data: bytes, image_format: str) -> None:
+    """Raise for the truncations that decoders would otherwise patch over or print about."""
+    # IEND with its fixed CRC: cannot occur by chance inside compressed data, and trailing
+    # bytes after it (some writers append metadata) do not matter.
+    if image_format == "PNG" and data.rfind(b"IEND\xaeB`\x82") < 0:
+        raise ImageError("truncated PNG (no IEND chunk at the end)")
+    if image_format == "PNG" and not _png_header_chunks_fit(data):
+        raise ImageError("truncated or damaged PNG (a chunk runs past the end of the file)")
+    if image_format == "JPEG":
+        last_scan = data.rfind(b"\xff\xda")
+        if last_scan < 0 or data.find(b"\xff\xd9", last_scan) < 0:
+            raise ImageError("truncated JPEG (no end-of-image marker after the image data)")
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence what C libraries print straight to the process's stderr (a decoder's "libpng
+    error: IDAT: CRC error", Ray's connection retries); the caller reports a failure as one
+    line of its own."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield  # no usable stderr to protect
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def read_file(path: Path) -> bytes:
+    """A file's bytes, refusing empty, huge and unreadable files with a reason."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise ImageError("empty file (0 bytes)")
+        if size > MAX_FILE_BYTES:
+            raise ImageError(
+                f"file too large ({size / 2**20:.0f} MB; limit {MAX_FILE_BYTES // 2**20} MB)"
+            )
+        return path.read_bytes()
+    except PermissionError:
+        raise ImageError("cannot read the file: permission denied") from None
+    except IsADirectoryError:
+        raise ImageError("is a folder, not an image file") from None
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except OSError as error:
+        raise ImageError(f"cannot read the file: {error.strerror or error}") from None
+
+
+def check_image(data: bytes, max_pixels: int = MAX_PIXELS) -> str:
+    """The format of image bytes, after the checks that need no decoding; ImageError if bad."""
+    image_format = sniff_format(data[:16])
+    if image_format is None:
+        raise ImageError("not an image (unrecognised content)")
+    width, height = declared_size(data, image_format)
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image too large: {width}x{height} pixels declared, limit {max_pixels:,} pixels"
+        )
+    _check_complete(data, image_format)
+    return image_format
+
+
+def _decode(data: bytes, max_pixels: int, flags: int) -> np.ndarray:
+    """OpenCV's decoder behind the checks; ImageError where it gives up."""
+    image_format = check_image(data, max_pixels)
+    try:
+        with quiet_stderr():
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        image = None
+    if image is None or image.size == 0:
+        raise ImageError(f"corrupt or truncated {image_format} (the decoder gave up)")
+    return image
+
+
+def decode_gray(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to a 2-D uint8 array; ImageError with the reason otherwise.
+
+    Colour, RGBA, palette and 16-bit or float images all come out as 8-bit grayscale; a
+    deeper image is scaled by its own maximum so that 12-bit data keeps its contrast.
+    """
+    image = _decode(data, max_pixels, cv2.IMREAD_ANYDEPTH)
+    if image.ndim == 3:
+        image = image[:, :, 0]
+    if image.dtype != np.uint8:
+        image = _to_8bit(image)
+    return np.ascontiguousarray(image)
+
+
+def _to_8bit(image: np.ndarray) -> np.ndarray:
+    values = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    values -= min(float(values.min()), 0.0)
+    peak = float(values.max())
+    if peak > 0:
+        values *= 255.0 / peak
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def load_gray(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image file as 2-D uint8 grayscale; ImageError with the reason otherwise."""
+    return decode_gray(read_file(Path(path)), max_pixels)
+
+
+def load_color(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image file as 8-bit BGR for drawing on (annotated copies)."""
+    return _decode(read_file(Path(path)), max_pixels, cv2.IMREAD_COLOR)
+
+
+def as_gray(image: str | Path | np.ndarray) -> np.ndarray:
+    """A 2-D uint8 image from a path (read as fercli reads images) or an array: grayscale,
+    BGR or BGRA, 8-bit. ImageError for anything else."""
+    if isinstance(image, (str, Path)):
+        return load_gray(Path(image))
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ImageError(f"an image array must be 8-bit (uint8), not {array.dtype}")
+    if array.ndim == 2:
+        return array
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return cv2.cvtColor(
+            array, cv2.COLOR_BGR2GRAY if array.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+        )
+    raise ImageError(
+        f"an image array must be (height, width) or (height, width, 3 or 4), not {array.shape}"
+    )

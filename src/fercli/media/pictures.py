@@ -1,0 +1,330 @@
+"""Pictures for people (PNG files): the contact sheet of aligned crops, the confusion matrix,
+the video timeline and the sweep chart.
+
+Drawn with OpenCV, which fercli needs anyway, rather than with a plotting library.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fercli.core.labels import label_order
+from fercli.core.store import atomic_write_bytes
+
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def drawable(text: str) -> str:
+    """Text that cv2.putText can take. A name read from undecodable file-name bytes (a class
+    folder "caf\\xe9" becomes the label "caf\\udce9") holds a lone surrogate, on which
+    OpenCV's string conversion crashes the whole process; such characters become "?"."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def labelled_box(
+    image: np.ndarray, box: tuple[int, int, int, int], text: str, colour, thickness: int
+) -> None:
+    """Draw a face's box on a BGR image, in place, with text (made drawable) just above it."""
+    x, y, width, height = box
+    cv2.rectangle(image, (x, y), (x + width, y + height), colour, thickness)
+    cv2.putText(
+        image,
+        drawable(text),
+        (x, max(12, y - 6)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.5 * thickness,
+        colour,
+        thickness,
+        cv2.LINE_AA,
+    )
+
+
+def _write_png(path: Path, image: np.ndarray) -> Path:
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return atomic_write_bytes(path, encoded.tobytes())
+
+
+def contact_sheet(
+    crops: np.ndarray,
+    labels: np.ndarray,
+    path: Path,
+    columns: int = 24,
+    scale: int = 2,
+    per_class: int = 240,
+    padding: np.ndarray | None = None,
+) -> Path:
+    """A PNG of the aligned crops, one block per class under its name, to check alignment by eye.
+
+    At most per_class crops of each class are shown, evenly spread over the class. Crops
+    that passed the photo's edge by more than 5% (padding: the share filled in, per crop)
+    get a black triangle in their top right corner.
+    """
+    size = crops.shape[1] * scale
+    header = 22
+    blocks = []
+    marked = padding is not None and bool(np.any(padding > MARKED_PADDING))
+    for label in label_order(set(labels.tolist())):
+        indices = np.flatnonzero(labels == label)
+        if len(indices) > per_class:
+            indices = indices[np.linspace(0, len(indices) - 1, per_class).astype(int)]
+        rows = -(-len(indices) // columns)
+        block = np.full((header + rows * size, columns * size), 255, np.uint8)
+        title = drawable(f"{label} ({np.count_nonzero(labels == label)})")
+        if marked:
+            title += "   corner mark: more than 5% of the crop lay outside the photo"
+        cv2.putText(block, title, (4, 16), FONT, 0.5, 0, 1, cv2.LINE_AA)
+        for position, index in enumerate(indices):
+            row, column = divmod(position, columns)
+            tile = cv2.resize(crops[index], (size, size), interpolation=cv2.INTER_NEAREST)
+            if padding is not None and padding[index] > MARKED_PADDING:
+                corner = np.array([[size - 9, 0], [size - 1, 0], [size - 1, 8]], np.int32)
+                cv2.fillConvexPoly(tile, corner, 0)
+            block[
+                header + row * size : header + (row + 1) * size, column * size : (column + 1) * size
+            ] = tile
+        blocks.append(block)
+    return _write_png(path, np.vstack(blocks))
+
+
+# Crops with more than this share filled in past the photo's edge are marked on the sheet.
+MARKED_PADDING = 0.05
+
+
+def _text_width(text: str, scale: float) -> int:
+    (width, _), _ = cv2.getTextSize(text, FONT, scale, 1)
+    return width
+
+
+def confusion_image(matrix: np.ndarray, labels: list[str], path: Path, title: str = "") -> Path:
+    """A readable PNG of a confusion matrix: counts in each cell, shaded by row share."""
+    names = [drawable(label) for label in labels]
+    # Sized to the longest class name, so that none is cut ("happiness" is wider than 64 px).
+    row_names = max((_text_width(name, 0.45) for name in names), default=0)
+    column_names = max((_text_width(name, 0.4) for name in names), default=0)
+    cell = max(64, column_names + 8)
+    margin_left, margin_top = max(110, row_names + 16), 90
+    count = len(labels)
+    height = margin_top + count * cell + 40
+    title = drawable(title)
+    width = max(margin_left + count * cell + 20, _text_width(title, 0.5) + 12)
+    image = np.full((height, width, 3), 255, np.uint8)
+    totals = matrix.sum(axis=1, keepdims=True).clip(min=1)
+    shares = matrix / totals
+    for row in range(count):
+        for column in range(count):
+            share = float(shares[row, column])
+            shade = int(255 - 200 * share)
+            colour = (255, shade, shade) if row != column else (shade, 255, shade)
+            top_left = (margin_left + column * cell, margin_top + row * cell)
+            bottom_right = (top_left[0] + cell - 1, top_left[1] + cell - 1)
+            cv2.rectangle(image, top_left, bottom_right, colour, -1)
+            cv2.rectangle(image, top_left, bottom_right, (200, 200, 200), 1)
+            text = str(int(matrix[row, column]))
+            (text_width, _), _ = cv2.getTextSize(text, FONT, 0.5, 1)
+            origin = (top_left[0] + (cell - text_width) // 2, top_left[1] + cell // 2 + 5)
+            cv2.putText(image, text, origin, FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    for index, name in enumerate(names):
+        cv2.putText(
+            image,
+            name,
+            (6, margin_top + index * cell + cell // 2 + 5),
+            FONT,
+            0.45,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
+        x = margin_left + index * cell + 4
+        cv2.putText(image, name, (x, margin_top - 10), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        image,
+        "true (rows) vs predicted (columns)",
+        (margin_left, margin_top - 40),
+        FONT,
+        0.45,
+        (0, 0, 0),
+        1,
+        cv2.LINE_AA,
+    )
+    if title:
+        cv2.putText(image, title, (6, 24), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        image,
+        "green: correct; shade: share of the true class",
+        (6, height - 14),
+        FONT,
+        0.4,
+        (80, 80, 80),
+        1,
+        cv2.LINE_AA,
+    )
+    return _write_png(path, image)
+
+
+# Line colours (BGR) of the classes on a timeline, in class order; more classes reuse them.
+TIMELINE_COLOURS = [
+    (40, 40, 220),
+    (40, 150, 40),
+    (160, 60, 160),
+    (0, 170, 240),
+    (200, 120, 30),
+    (30, 200, 200),
+    (120, 120, 120),
+    (90, 60, 20),
+    (200, 60, 200),
+    (0, 100, 200),
+]
+
+
+def timeline_image(
+    tracks: list[tuple[int, list[float], np.ndarray]],
+    classes: list[str],
+    duration: float,
+    path: Path,
+    title: str = "",
+    gap: float = 1.0,
+) -> Path:
+    """A PNG of each class's probability over time, one panel per track.
+
+    tracks: (track id, times in seconds, (frames, classes) probabilities) each; duration: the
+    video's length, the width of every panel's time axis. Lines break where a track was not
+    seen for more than gap seconds."""
+    width, left, right, panel, top = 960, 60, 20, 130, 56
+    plot_width = width - left - right
+    height = top + max(1, len(tracks)) * (panel + 16) + 30
+    image = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(image, drawable(title), (8, 20), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    x = 8
+    for index, label in enumerate(classes):  # legend
+        colour = TIMELINE_COLOURS[index % len(TIMELINE_COLOURS)]
+        cv2.line(image, (x, 38), (x + 18, 38), colour, 3)
+        cv2.putText(image, drawable(label), (x + 22, 43), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        x += 22 + _text_width(drawable(label), 0.42) + 14
+    scale = plot_width / duration if duration > 0 else 0.0
+    if not tracks:
+        cv2.putText(image, "no face found", (left, top + 40), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    for row, (track_id, times, probabilities) in enumerate(tracks):
+        y0 = top + row * (panel + 16) + 12
+        y1 = y0 + panel - 12
+        cv2.rectangle(image, (left, y0), (left + plot_width, y1), (180, 180, 180), 1)
+        for level in (0.5,):
+            y = round(y1 - level * (y1 - y0))
+            cv2.line(image, (left, y), (left + plot_width, y), (225, 225, 225), 1)
+        cv2.putText(image, f"track {track_id}", (4, y0 + 12), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(image, "1", (left - 12, y0 + 5), FONT, 0.35, (80, 80, 80), 1, cv2.LINE_AA)
+        cv2.putText(image, "0", (left - 12, y1 + 4), FONT, 0.35, (80, 80, 80), 1, cv2.LINE_AA)
+        times = np.asarray(times, np.float64)
+        xs = left + times * scale
+        # Runs of frames without a gap longer than gap seconds, each drawn as one line.
+        breaks = np.flatnonzero(np.diff(times) > gap) + 1
+        for index in range(len(classes)):
+            colour = TIMELINE_COLOURS[index % len(TIMELINE_COLOURS)]
+            ys = y1 - probabilities[:, index] * (y1 - y0)
+            for start, end in zip(np.r_[0, breaks], np.r_[breaks, len(times)], strict=True):
+                points = np.round(np.column_stack([xs[start:end], ys[start:end]])).astype(np.int32)
+                if len(points) == 1:
+                    cv2.circle(image, tuple(int(v) for v in points[0]), 1, colour, -1)
+                else:
+                    cv2.polylines(image, [points], False, colour, 1, cv2.LINE_AA)
+    axis_y = height - 16
+    for step in range(6):  # time ticks under the last panel
+        seconds = duration * step / 5
+        x = round(left + seconds * scale)
+        cv2.putText(
+            image,
+            f"{seconds:.1f} s",
+            (max(0, x - 14), axis_y),
+            FONT,
+            0.38,
+            (80, 80, 80),
+            1,
+            cv2.LINE_AA,
+        )
+    return _write_png(path, image)
+
+
+def sweep_image(rows: list[tuple[str, float, float, float]], path: Path, title: str = "") -> Path:
+    """A PNG of a sweep: one line per recipe (best first), a dot at its mean accuracy and a
+    bar across its interval; rows are (recipe, mean, low, high) as fractions."""
+    # An accuracy is in [0, 1] whatever the t interval says.
+    rows = [
+        (
+            name,
+            mean,
+            *(min(max(value, 0.0), 1.0) if np.isfinite(value) else value for value in (lo, hi)),
+        )
+        for name, mean, lo, hi in rows
+    ]
+    row_height, label_width, plot_width, top, bottom = 34, 330, 420, 50, 44
+    height = top + row_height * max(1, len(rows)) + bottom
+    width = label_width + plot_width + 80
+    image = np.full((height, width, 3), 255, np.uint8)
+    values = [value for _, *numbers in rows for value in numbers if np.isfinite(value)]
+    low = min(values) if values else 0.0
+    high = max(values) if values else 1.0
+    pad = max(0.005, (high - low) * 0.08)
+    low, high = max(0.0, low - pad), min(1.0, high + pad)
+    if high <= low:
+        low, high = max(0.0, low - 0.01), min(1.0, high + 0.01)
+
+    def x_of(value: float) -> int:
+        return int(round(label_width + (value - low) / (high - low) * plot_width))
+
+    for tick in np.linspace(low, high, 5):
+        x = x_of(float(tick))
+        cv2.line(image, (x, top - 6), (x, height - bottom), (225, 225, 225), 1)
+        cv2.putText(
+            image,
+            f"{tick:.1%}",
+            (x - 22, height - bottom + 18),
+            FONT,
+            0.4,
+            (80, 80, 80),
+            1,
+            cv2.LINE_AA,
+        )
+    for index, (name, mean, interval_low, interval_high) in enumerate(rows):
+        y = top + index * row_height + row_height // 2
+        cv2.putText(image, drawable(name[:44]), (6, y + 5), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        if np.isfinite(interval_low) and np.isfinite(interval_high):
+            cv2.line(
+                image,
+                (x_of(interval_low), y),
+                (x_of(interval_high), y),
+                (160, 90, 20),
+                2,
+                cv2.LINE_AA,
+            )
+            for end in (interval_low, interval_high):
+                cv2.line(
+                    image, (x_of(end), y - 6), (x_of(end), y + 6), (160, 90, 20), 2, cv2.LINE_AA
+                )
+        cv2.circle(image, (x_of(mean), y), 5, (20, 20, 200), -1, cv2.LINE_AA)
+        cv2.putText(
+            image,
+            f"{mean:.2%}",
+            (label_width + plot_width + 14, y + 5),
+            FONT,
+            0.42,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
+    if title:
+        cv2.putText(image, drawable(title[:100]), (6, 24), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        image,
+        "accuracy (dot: mean over seeds; bar: 95% interval)",
+        (label_width, height - 10),
+        FONT,
+        0.4,
+        (80, 80, 80),
+        1,
+        cv2.LINE_AA,
+    )
+    return _write_png(path, image)

@@ -1,0 +1,299 @@
+"""fer live: a camera, video file or stream labelled as it plays, for a local web page.
+
+A thread reads the source, runs each frame through the same per-frame step as fer predict on
+videos (video.FramePipeline: tracks, landmarks from the previous box, detection every few
+frames), draws the faces and keeps the latest frame as JPEG with the faces' probabilities.
+The web server (fercli.live.server) only reads that state. Library code: no printing.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fercli.core.errors import FerError
+from fercli.infer.media import csv_header, csv_row, draw_faces
+from fercli.infer.model import FerModel
+from fercli.infer.tracking import FramePipeline, VideoOptions
+from fercli.media.images import MAX_PIXELS
+
+# How long opening or reading a stream URL may take before it is given up (OpenCV's FFmpeg
+# back end honours these; a camera or file opens at once or not at all).
+OPEN_TIMEOUT_MS = 5000
+READ_TIMEOUT_MS = 5000
+# JPEG quality of the frames sent: 80 keeps a 640x480 frame near 40 kB.
+JPEG_QUALITY = 80
+# A camera that gives no frame this many times in a row has gone (unplugged, taken away).
+FAILED_READS = 25
+# The frame rate shown is measured over this many seconds.
+RATE_WINDOW = 2.0
+
+
+def open_source(source: str):
+    """cv2.VideoCapture on a camera index, a video file or a stream URL; FerError (one line)
+    if it does not open. Returns (capture, kind), kind "camera", "file" or "stream"."""
+    from fercli.media.images import quiet_stderr
+
+    if source.isdigit():
+        kind = "camera"
+        with quiet_stderr():
+            capture = cv2.VideoCapture(int(source))
+        if not capture.isOpened():
+            raise FerError(f"no camera at index {source} (or it is in use)")
+        return capture, kind
+    if "://" in source:
+        kind = "stream"
+        parameters = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            OPEN_TIMEOUT_MS,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            READ_TIMEOUT_MS,
+        ]
+        with quiet_stderr():
+            capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, parameters)
+        if not capture.isOpened():
+            raise FerError(
+                f"the stream {source} does not open (no answer within {OPEN_TIMEOUT_MS / 1000:g} "
+                "s, "
+                "or not a video OpenCV can read)"
+            )
+        return capture, kind
+    path = Path(source)
+    if not path.exists():
+        raise FerError(f"{source}: no such file (and not a camera index or a URL)")
+    if not path.is_file():
+        raise FerError(f"{source}: not a regular file")
+    with quiet_stderr():
+        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    if not capture.isOpened():
+        raise FerError(f"{source}: cannot open it as a video")
+    return capture, "file"
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """How fer live reads and analyses its source."""
+
+    # A full face detection every this many frames; in between, faces are followed by their
+    # landmarks.
+    detect_every: int = 5
+    # A video file starts again at its end instead of ending the command.
+    loop: bool = False
+    # Write the per-frame CSV of fer predict --csv here (None: no recording).
+    record: Path | None = None
+
+
+class LiveSession:
+    """The source read and labelled by a thread; the latest frame and probabilities for the
+    server."""
+
+    def __init__(
+        self,
+        source: str,
+        model: FerModel,
+        options: LiveOptions = LiveOptions(),
+        escape: Callable[[str], str] = str,
+    ) -> None:
+        """Opens the source (FerError if it does not open); start() starts reading it.
+        escape: applied to the text fields of the recorded CSV (the CLI's printable escaping)."""
+        self.source = source
+        self.model = model
+        self.options = options
+        self.escape = escape
+        self.capture, self.kind = open_source(source)
+        try:
+            self.recording = (
+                open(options.record, "w", newline="", encoding="utf-8") if options.record else None
+            )
+        except OSError as error:
+            self.capture.release()
+            raise FerError(f"cannot write {options.record}: {error.strerror or error}") from None
+        fps = self.capture.get(cv2.CAP_PROP_FPS)
+        self.source_fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else None
+        self.condition = threading.Condition()
+        self.jpeg: bytes | None = None  # the latest labelled frame
+        self.read_at = 0.0  # when it was read (time.time(), to measure the delay to the browser)
+        self.sequence = 0  # frames labelled so far
+        self.faces: list[dict] = []  # the latest frame's faces: {track, box, label, probabilities}
+        self.times: deque[float] = deque()  # when the recent frames were labelled, for the rate
+        self.latency = 0.0  # seconds from reading the latest frame to its JPEG
+        self.status = "running"  # then "ended" (a file at its end) or "failed"
+        self.error: str | None = None
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="live-reader", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop reading and release the source (waits for the reading thread)."""
+        self.stopping.set()
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(timeout=10)
+        self.capture.release()
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "running"
+
+    def state(self) -> dict:
+        """What the page shows: the latest faces, the frame rate achieved, the model, the status."""
+        with self.condition:
+            times = list(self.times)
+            rate = (
+                (len(times) - 1) / (times[-1] - times[0])
+                if len(times) > 1 and times[-1] > times[0]
+                else 0.0
+            )
+            return {
+                "source": self.source,
+                "kind": self.kind,
+                "model": Path(str(self.model.path)).name,
+                "classes": list(self.model.classes),
+                "frame": self.sequence,
+                "fps": round(rate, 2),
+                "source_fps": self.source_fps,
+                "latency_ms": round(self.latency * 1000, 1),
+                "status": self.status,
+                "error": self.error,
+                "faces": self.faces,
+            }
+
+    def wait_frame(self, after: int, timeout: float) -> tuple[int, bytes | None, float]:
+        """(frame number, JPEG, when it was read) of the latest frame, once there is one newer
+        than frame number after (or at timeout)."""
+        with self.condition:
+            self.condition.wait_for(lambda: self.sequence > after or self.finished, timeout)
+            return self.sequence, self.jpeg, self.read_at
+
+    def _run(self) -> None:
+        recording = self.recording
+        try:
+            writer = csv.writer(recording) if recording else None
+            if writer:
+                writer.writerow(csv_header(self.model.classes, escape=self.escape))
+            interval = 1.0 / self.source_fps if self.source_fps else 1.0 / 30
+            pipeline = FramePipeline(
+                self.model, VideoOptions(detect_every=self.options.detect_every), interval
+            )
+            started = time.perf_counter()
+            number, failures, restart = 0, 0, 0
+            while not self.stopping.is_set():
+                ok, frame = self.capture.read()
+                read_at, read_wall = time.perf_counter(), time.time()
+                if not ok or frame is None:
+                    failures += 1
+                    step = self._no_frame(number, failures)
+                    if step == "restart":
+                        restart, started = number, time.perf_counter()
+                    if step == "stop":
+                        return
+                    continue
+                failures = 0
+                if frame.shape[0] * frame.shape[1] > MAX_PIXELS:
+                    self._finish(
+                        "failed", f"frames too large: {frame.shape[1]}x{frame.shape[0]} pixels"
+                    )
+                    return
+                # A camera's or stream's time is the clock's; a file's comes from its frame rate.
+                seconds = number * interval if self.kind == "file" else read_at - started
+                faces, jpeg = self._label(pipeline, frame, number, seconds)
+                for track_id, face in faces if writer else ():
+                    writer.writerow(
+                        csv_row(self.source, track_id, face, self.model.classes, escape=self.escape)
+                    )
+                self._publish(faces, jpeg, read_at, read_wall)
+                number += 1
+                if self.kind == "file":  # a file plays at its own pace, as a camera would
+                    self.stopping.wait(
+                        max(0.0, started + (number - restart) * interval - time.perf_counter())
+                    )
+        except Exception as error:  # the page and the command must learn of it, not a dead thread
+            self._finish("failed", f"{type(error).__name__}: {error}")
+        finally:
+            if recording:
+                recording.close()
+
+    def _label(self, pipeline: FramePipeline, frame: np.ndarray, number: int, seconds: float):
+        """A frame's (track id, face) pairs and the frame drawn with them as JPEG (None if it
+        cannot be encoded)."""
+        faces = pipeline.step(frame, number, seconds)
+        pipeline.classify()
+        for track in pipeline.tracker.tracks:  # live runs for hours: keep no history
+            track.frames.clear()
+        draw_faces(frame, faces, max(1, round(max(frame.shape[:2]) / 400)))
+        ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        return faces, encoded.tobytes() if ok else None
+
+    def _no_frame(self, number: int, failures: int) -> str:
+        """What to do when the source gave no frame (failures in a row): "restart" (a looped
+        file, rewound), "retry" (a camera's hiccup) or "stop" (the status set)."""
+        if self.kind == "file" and self.options.loop and number > 0:
+            self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            return "restart"
+        if self.kind == "file":
+            self._finish("ended", None)
+            return "stop"
+        if failures < FAILED_READS and self.kind == "camera":
+            time.sleep(0.02)
+            return "retry"
+        self._finish("failed", f"the {self.kind} {self.source} stopped giving frames")
+        return "stop"
+
+    def _publish(self, faces: list, jpeg: bytes | None, read_at: float, read_wall: float) -> None:
+        """Make a labelled frame the one the page shows (an unencodable one keeps the last
+        picture), and count it for the frame rate."""
+        now = time.perf_counter()
+        with self.condition:
+            self.jpeg = jpeg or self.jpeg
+            self.sequence += 1
+            self.read_at = read_wall
+            self.latency = now - read_at
+            self.faces = [
+                {
+                    "track": track_id,
+                    "box": list(face.box),
+                    "label": face.label,
+                    "probabilities": face.probabilities,
+                }
+                for track_id, face in faces
+            ]
+            self.times.append(now)
+            while self.times and now - self.times[0] > RATE_WINDOW:
+                self.times.popleft()
+            self.condition.notify_all()
+
+    def _finish(self, status: str, error: str | None) -> None:
+        with self.condition:
+            self.status, self.error = status, error
+            self.condition.notify_all()
+
+
+def bind_socket(host: str, port: int):
+    """A listening TCP socket on host:port; FerError (one line) if the port is taken."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == 98 or "in use" in str(error):
+            raise FerError(
+                f"port {port} on {host} is in use (choose another with --port)"
+            ) from None
+        raise FerError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
