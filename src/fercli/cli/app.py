@@ -1,8 +1,5 @@
-"""The `fer` command: parses options, calls one library function, renders the result.
-
-Heavy libraries (OpenCV, dlib, TensorFlow) are imported inside the commands, so that
-`fer --help` answers at once.
-"""
+"""The Typer app `fer`: its consoles, one-line errors (and JSON errors), the progress bar
+and the version option. Commands are registered in fercli.cli."""
 
 from __future__ import annotations
 

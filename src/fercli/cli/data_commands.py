@@ -1,4 +1,5 @@
-"""data_commands: split from fercli.cli."""
+"""fer preprocess, fer list, fer remove: parse, call the library, hand the result to
+render_data."""
 
 from __future__ import annotations
 

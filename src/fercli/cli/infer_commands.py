@@ -1,4 +1,4 @@
-"""infer_commands: split from fercli.cli."""
+"""fer predict and fer live: parse, call the library, hand the result to render_media."""
 
 from __future__ import annotations
 

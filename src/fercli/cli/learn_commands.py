@@ -1,4 +1,5 @@
-"""learn_commands: split from fercli.cli."""
+"""fer train, crossval, evaluate and sweep: parse, call the library (fercli.api), hand the
+result to render_learn."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""options: split from fercli.cli."""
+"""The options several commands share: dataset, training options (one signature for train
+and crossval), video options, and the progress reporters."""
 
 from __future__ import annotations
 
@@ -159,48 +160,12 @@ def with_training_options(command):
 
 def train_config(options: dict):
     """The TrainConfig of the recipe with the training options given on the command line
-    (options: the values of training_options' parameters; None means not given)."""
-    from fercli.core.config import (
-        AUGMENTATIONS,
-        CROP_SIZE,
-        MODEL_VARIANTS,
-        NORMALISATIONS,
-        OPTIMIZERS,
-        recipe_config,
-    )
-    from fercli.core.errors import FerError
+    (options: the values of training_options' parameters; None means not given). The settings
+    check themselves (fercli.core.config.TRAIN_SETTINGS), as they do for grids and the API."""
+    from fercli.core.config import recipe_config
 
     # Enum choices (Variant, Optimizer, ...) as their plain values.
     options = {name: getattr(value, "value", value) for name, value in options.items()}
-    for name, allowed in (
-        ("variant", MODEL_VARIANTS),
-        ("optimizer", OPTIMIZERS),
-        ("normalisation", NORMALISATIONS),
-        ("augment_mode", AUGMENTATIONS),
-    ):
-        value = options.get(name)
-        if value is not None and value not in allowed:
-            raise FerError(
-                f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}"
-            )
-    # NaN passes every range check (each comparison is false), and a huge finite shift
-    # overflows the random generator: both are refused here, before any work.
-    for name, largest in (
-        ("lr", math.inf),
-        ("momentum", 1.0),
-        ("max_rotation", 180.0),
-        ("max_shift", float(CROP_SIZE)),
-    ):
-        value = options.get(name)
-        if value is None:
-            continue
-        if not math.isfinite(value):
-            raise FerError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
-        if value > largest:
-            raise FerError(
-                f"--{name.replace('_', '-')} {value:g} is more than {largest:g}, the largest that "
-                "makes sense"
-            )
     chosen = tuple(
         name.strip() for name in (options.get("classes") or "").split(",") if name.strip()
     )

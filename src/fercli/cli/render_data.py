@@ -1,4 +1,4 @@
-"""render_data: split from fercli.cli."""
+"""What fer preprocess, fer list and fer remove print: tables and lines, no work."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""render_learn: split from fercli.cli."""
+"""What fer train, crossval, evaluate and sweep print: tables and lines, no work."""
 
 from __future__ import annotations
 

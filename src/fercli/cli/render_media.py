@@ -1,4 +1,4 @@
-"""render_media: split from fercli.cli."""
+"""What fer predict prints for photos and videos: tables, CSV and lines, no work."""
 
 from __future__ import annotations
 

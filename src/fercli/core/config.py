@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 
-from fercli.core.errors import FerError
+from fercli.core.errors import FerError, SettingError
 
 # Bumped whenever the alignment code changes what it produces for the same settings, so that
 # cached crops and trained models made by an older implementation are not silently reused.
@@ -46,6 +48,63 @@ class JsonConfig:
 
 
 @dataclass(frozen=True)
+class Setting:
+    """What one setting may be: its command-line spelling (for messages), its type, and its
+    choices or range. The one list of what each setting accepts (SETTINGS below)."""
+
+    option: str
+    kind: type
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    # The low end itself is refused (a learning rate of 0 learns nothing).
+    above_low: bool = False
+
+    def check(self, name: str, value: object) -> None:
+        """SettingError unless value is a valid value of this setting."""
+        where = f"{name} ({self.option})" if self.option != name else name
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise SettingError(f"{where} must be true or false, not {value!r}")
+            return
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise SettingError(f"{where} must be text, not {value!r}")
+        elif self.kind is tuple:
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                raise SettingError(f"{where} must be a list of names, not {value!r}")
+            return
+        elif self.kind is int:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise SettingError(f"{where} must be a whole number, not {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise SettingError(f"{where} must be a number, not {value!r}")
+        elif not math.isfinite(value):
+            raise SettingError(f"{where} must be a finite number, not {value}")
+        if self.choices and value not in self.choices:
+            raise SettingError(f"{where} {value!r} is not one of {', '.join(self.choices)}")
+        self._check_range(where, value)
+
+    def _check_range(self, where: str, value) -> None:
+        if self.low is not None and (value <= self.low if self.above_low else value < self.low):
+            relation = "more than" if self.above_low else "at least"
+            raise SettingError(f"{where} {value:g} must be {relation} {self.low:g}")
+        if self.high is not None and value > self.high:
+            raise SettingError(
+                f"{where} {value:g} is more than {self.high:g}, the largest that makes sense"
+            )
+
+
+def check_settings(config: object, settings: dict[str, Setting]) -> None:
+    """Every field of a settings dataclass checked against its Setting; SettingError for the
+    first that is not valid."""
+    for item in fields(config):
+        setting = settings.get(item.name)
+        if setting is not None:
+            setting.check(item.name, getattr(config, item.name))
+
+
+@dataclass(frozen=True)
 class PreprocessConfig(JsonConfig):
     """How a photo becomes an aligned crop. Part of every cache key and every model file."""
 
@@ -66,6 +125,20 @@ class PreprocessConfig(JsonConfig):
     # photo's edge (tightly cropped sets such as CK+48) does not shift the face's grey levels.
     equalization: str = "face"
 
+    def __post_init__(self) -> None:
+        check_settings(self, PREPROCESS_SETTINGS)
+        tries = self.upsample_tries
+        if (
+            not isinstance(tries, tuple)
+            or not tries
+            or not all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= 3 for t in tries
+            )
+        ):
+            raise SettingError(
+                f"upsample_tries must be a list of 1 or more levels from 0 to 3, not {tries!r}"
+            )
+
     def fingerprint(self) -> str:
         """Identifies the crops these settings produce (with the alignment version)."""
         return fingerprint({"align_version": ALIGN_VERSION, **self.to_dict()})
@@ -77,6 +150,13 @@ class PreprocessConfig(JsonConfig):
 # limit 2, 4x4 tiles); "whole": equalizeHist over the whole crop, border included (alignment
 # version 1); "none".
 EQUALIZATIONS = ("face", "midpoint", "clahe", "whole", "none")
+
+PREPROCESS_SETTINGS = {
+    "crop_size": Setting("crop_size", int, low=8, high=256),
+    "top_margin": Setting("top_margin", float, low=0.0, high=2.0),
+    "min_face_score": Setting("--min-face-score", float, low=-10.0, high=10.0),
+    "equalization": Setting("--equalization", str, EQUALIZATIONS),
+}
 
 # Decoded images wait in a worker until the landmarks of a batch of them are found together;
 # the batch is cut short once its images hold this many pixels.
@@ -144,6 +224,35 @@ class TrainConfig(JsonConfig):
     # A fercli model file whose weights the network starts from (fine-tuning); "" for none.
     # Trained on other people (another dataset), it lends a small set what it learned there.
     init_model: str = ""
+
+    def __post_init__(self) -> None:
+        check_settings(self, TRAIN_SETTINGS)
+
+
+# Seeds feed NumPy's and TensorFlow's generators, which take 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+# Every training setting: what the command line, a sweep grid and the Python API accept.
+TRAIN_SETTINGS = {
+    "variant": Setting("--variant", str, MODEL_VARIANTS),
+    "epochs": Setting("--epochs", int, low=1, high=100_000),
+    "batch_size": Setting("--batch-size", int, low=1, high=65_536),
+    "learning_rate": Setting("--lr", float, low=0.0, high=100.0, above_low=True),
+    "momentum": Setting("--momentum", float, low=0.0, high=1.0),
+    "optimizer": Setting("--optimizer", str, OPTIMIZERS),
+    "augment": Setting("--augment", bool),
+    "augment_mode": Setting("--augment-mode", str, AUGMENTATIONS),
+    "copies": Setting("--copies", int, low=0, high=1000),
+    "flip": Setting("--flip", bool),
+    "max_rotation": Setting("--max-rotation", float, low=0.0, high=180.0),
+    "max_shift": Setting("--max-shift", float, low=0.0, high=float(CROP_SIZE)),
+    "normalisation": Setting("--normalisation", str, NORMALISATIONS),
+    "seed": Setting("--seed", int, low=0, high=MAX_SEED),
+    "test_time_flip": Setting("--flip-tta", bool),
+    "classes": Setting("--classes", tuple),
+    "recipe": Setting("--recipe", str),
+    "init_model": Setting("--init", str),
+}
 
 
 # Named starting points for train and crossval; options given on the command line override

@@ -41,3 +41,8 @@ class GridError(FerError):
 class EngineError(FerError):
     """Folds cannot run where asked: Ray missing, a cluster that does not answer or runs other
     code."""
+
+
+class SettingError(FerError, ValueError):
+    """A setting outside what it may be (a choice not offered, a number out of range): the
+    same refusal from the command line, a sweep grid and the Python API."""

@@ -101,14 +101,6 @@ def stop_with_parent() -> None:
     threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
 
 
-def single_threaded_opencv() -> None:
-    """A run_tasks initializer for OpenCV work: one process per core already, so OpenCV's
-    own threads would only compete with them."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 # Where notify hands a message: on_message while a task runs in this process; in a worker,
 # the pipe to the parent.
 _listener: Callable[[Any], None] | None = None

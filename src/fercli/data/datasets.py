@@ -11,7 +11,7 @@ from fercli.core.errors import LayoutError
 from fercli.core.labels import canonical_label
 from fercli.media.discover import Skipped, files_under, is_visible
 
-# fer2013: a CSV file (emotion,pixels,Usage), read by fercli.fer2013 rather than scanned here.
+# fer2013: a CSV file (emotion,pixels,Usage), read by fercli.data.fer2013 rather than scanned here.
 LAYOUTS = ("jaffe", "ck+", "folders", "fer2013")
 LAYOUT_ALIASES = {
     "jaffe": "jaffe",

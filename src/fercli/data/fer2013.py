@@ -199,8 +199,9 @@ def aligned_rows(
 ) -> Iterator[tuple]:
     """align_chunk's results for every good row, in row order. The rows are read as workers
     become free (parallel.run_tasks), so the file is never all in memory."""
-    from fercli.core.parallel import run_tasks, single_threaded_opencv
+    from fercli.core.parallel import run_tasks
     from fercli.faces.align import face_detector, landmark_predictor
+    from fercli.media.images import single_threaded_opencv
 
     if workers > 1:
         # Loaded here first: on a first run the landmark model is converted once, not once in

@@ -22,7 +22,6 @@ from fercli.core.parallel import (
     default_workers,
     effective_workers,
     run_tasks,
-    single_threaded_opencv,
 )
 from fercli.data.cache import CacheEntry, CropCache, content_key
 from fercli.data.datasets import scan_dataset
@@ -37,7 +36,7 @@ from fercli.faces.align import (
     no_face_error,
 )
 from fercli.media.discover import Skipped
-from fercli.media.images import decode_gray, read_file
+from fercli.media.images import decode_gray, read_file, single_threaded_opencv
 
 
 def align_file(

@@ -1,4 +1,5 @@
-"""media: split from fercli.video."""
+"""Labelling photos and videos together (fer predict): the dispatch by content, annotated
+videos and their timelines, and the CSV rows of faces."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from fercli.media.video import is_video, open_video
 class MediaReport:
     """fer predict over images and videos: the images' report as before, and each video's."""
 
-    images: object  # fercli.predict.PredictReport
+    images: object  # fercli.infer.photos.PredictReport
     videos: list[VideoPrediction] = field(default_factory=list)
     # Labelled copies written (fer predict --annotate): images; videos and timelines.
     annotated: list[Path] = field(default_factory=list)

@@ -1,4 +1,4 @@
-"""The one Keras model factory, and the model file that predict runs without TensorFlow.
+"""The model file and FerModel, which fer predict runs without TensorFlow.
 
 A trained network is exported layer by layer into a pickle-free .npz: the weights as plain
 arrays, and a JSON description of the layers with everything predict needs (class names,

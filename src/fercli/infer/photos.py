@@ -13,7 +13,7 @@ import numpy as np
 from fercli.core.config import BATCH_PIXELS, PreprocessConfig
 from fercli.core.errors import FerError, ModelError
 from fercli.core.events import Progress, items
-from fercli.core.parallel import batches, default_workers, run_tasks, single_threaded_opencv
+from fercli.core.parallel import batches, default_workers, run_tasks
 from fercli.core.store import latest, models_dir
 from fercli.faces.align import (
     align_detected,
@@ -24,7 +24,7 @@ from fercli.faces.align import (
 from fercli.infer.label import FacePrediction, classify
 from fercli.infer.model import FerModel, load_model
 from fercli.media.discover import Skipped, discover_images
-from fercli.media.images import load_gray
+from fercli.media.images import load_gray, single_threaded_opencv
 
 
 @dataclass

@@ -1,10 +1,9 @@
 """Honest k-fold cross-validation: folds (random, by subject, or leave-one-dataset-out), the
-folds trained on an engine (fercli.engines: worker processes or Ray), the report assembled
-from their predictions, and its files (report.json, confusion pictures, predictions.csv, and
-the fold networks as one ensemble model file).
+folds trained on an engine (fercli.learn.engines: worker processes or Ray) and the report
+assembled from their predictions; its files are written by fercli.learn.crossval_files.
 
 Inside a fold everything learned from data comes from its training part alone: the z-score
-statistics, the augmented images, the network (fercli.training.fit).
+statistics, the augmented images, the network (fercli.learn.training.fit).
 """
 
 from __future__ import annotations

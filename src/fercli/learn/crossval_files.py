@@ -1,4 +1,5 @@
-"""crossval_files: split from fercli.crossvalidation."""
+"""A cross-validation's files: report.json, the confusion pictures, predictions.csv, and the
+fold networks as one ensemble model file."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Where folds train: this machine's cores, or a Ray cluster.
 
 An engine takes the shared data of a cross-validation (crops, targets, class count) and a
-list of fold tasks (fercli.crossvalidation.FoldTask) and yields each task's result as soon as it
+list of fold tasks (fercli.learn.folds.FoldTask) and yields each task's result as soon as it
 finishes, in completion order. Both engines run a fold through crossvalidation.train_fold in a
 process with one TensorFlow thread and op determinism, so a fold gives the same numbers,
 to the last digit, on either engine (on the same machine and library versions).

@@ -1,4 +1,5 @@
-"""folds: split from fercli.crossvalidation."""
+"""Folds (random, by subject, or leave-one-dataset-out) and one fold's training: its inputs,
+the network trained on its training part alone, and its predictions on its test part."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""grid: split from fercli.sweep."""
+"""A sweep's grid file: TOML read with limits, its settings coerced and checked as every
+setting is (fercli.core.config), and the recipes it spells out."""
 
 from __future__ import annotations
 
@@ -9,19 +10,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from fercli.core.config import (
-    MODEL_VARIANTS,
-    NORMALISATIONS,
-    OPTIMIZERS,
+    TRAIN_SETTINGS,
     TrainConfig,
     fingerprint,
     recipe_config,
 )
-from fercli.core.errors import FerError, GridError
+from fercli.core.errors import FerError, GridError, SettingError
 
 # Spellings of the command line (and of habit) for TrainConfig's field names.
 ALIASES = {"lr": "learning_rate", "flip_tta": "test_time_flip", "normalization": "normalisation"}
-# Settings whose values must be one of a list (others are only type-checked).
-CHOICES = {"variant": MODEL_VARIANTS, "optimizer": OPTIMIZERS, "normalisation": NORMALISATIONS}
 # Settings that belong to the sweep as a whole, not to a recipe.
 TOP_LEVEL = ("seeds", "folds", "group", "classes")
 METHOD = (
@@ -133,9 +130,10 @@ def _setting(key: str, value, source: str, table: str) -> tuple[str, object]:
     name = setting_name(key, f"{source} [{table}]")
     where = f"{source}: [{table}] {key}"
     coerced = _coerce(value, _setting_types()[name], where)
-    allowed = CHOICES.get(name)
-    if allowed and coerced not in allowed:
-        raise GridError(f"{where}: {coerced!r} is not one of {', '.join(allowed)}")
+    try:
+        TRAIN_SETTINGS[name].check(name, coerced)
+    except SettingError as error:
+        raise GridError(f"{where}: {error}") from None
     return name, coerced
 
 
@@ -158,6 +156,11 @@ def parse_grid(data: dict, source: str = "grid") -> Grid:
             f"{source}: seeds must be a non-empty list of whole numbers, e.g. seeds = [0, 1, 2]"
         )
     seeds = tuple(dict.fromkeys(_coerce(seed, int, f"{source}: seeds") for seed in seeds))
+    for seed in seeds:
+        try:
+            TRAIN_SETTINGS["seed"].check("seed", seed)
+        except SettingError as error:
+            raise GridError(f"{source}: seeds: {error}") from None
     folds = _coerce(data.get("folds", 10), int, f"{source}: folds")
     if folds < 2:
         raise GridError(f"{source}: folds = {folds}: at least 2")

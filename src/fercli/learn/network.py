@@ -1,4 +1,5 @@
-"""network: split from fercli.model."""
+"""The one Keras model factory (build_model), its optimizer, and the export of a trained
+Keras network into the arrays of a fercli model file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""selection: split from fercli.training."""
+"""Which crops and classes a run uses (Selection), their z-score statistics, and the
+fingerprint of the data a model was trained on."""
 
 from __future__ import annotations
 

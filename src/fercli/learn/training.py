@@ -1,6 +1,6 @@
 """Training one network: which images and classes take part, their z-score statistics,
 TensorFlow's set-up, the training loop, the checks of a trained network, and `fer train`'s
-model file. Cross-validation (folds, workers, its report) is fercli.crossvalidation.
+model file. Cross-validation (folds, workers, its report) is fercli.learn.crossval.
 
 TensorFlow is only ever imported in training processes (fer train, crossval's fold workers),
 never by the CLI itself.

@@ -1,4 +1,5 @@
-"""discover: split from fercli.datasets."""
+"""Finding the files a command is given: folders searched through, hidden files left out, and
+files whose first bytes are no image's or video's skipped with a reason (Skipped)."""
 
 from __future__ import annotations
 

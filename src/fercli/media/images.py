@@ -315,3 +315,9 @@ def as_gray(image: str | Path | np.ndarray) -> np.ndarray:
     raise ImageError(
         f"an image array must be (height, width) or (height, width, 3 or 4), not {array.shape}"
     )
+
+
+def single_threaded_opencv() -> None:
+    """A run_tasks initializer for OpenCV work: one process per core already, so OpenCV's
+    own threads would only compete with them."""
+    cv2.setNumThreads(1)

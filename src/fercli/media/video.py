@@ -1,4 +1,5 @@
-"""video: split from fercli.video."""
+"""Video files in: containers told by their first bytes, opened with OpenCV's FFmpeg, read
+as a stream by a reader thread (a few frames ahead), and why a file cannot be read."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A thread reads the source, runs each frame through the same per-frame step as fer predict on
 videos (video.FramePipeline: tracks, landmarks from the previous box, detection every few
 frames), draws the faces and keeps the latest frame as JPEG with the faces' probabilities.
-The web server (fercli.live.server) only reads that state. Library code: no printing.
+The web server (fercli.web.server) only reads that state. Library code: no printing.
 """
 
 from __future__ import annotations
