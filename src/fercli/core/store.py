@@ -109,10 +109,16 @@ def slug(text: str) -> str:
 
 
 def _store_error(path: Path, error: OSError) -> StoreError:
+    """The one-line error of a failed write; the FER_HOME hint only for a path in FER_HOME
+    (for --annotate /dev/null or a file the user named, it would be beside the point)."""
     reason = error.strerror or str(error)
-    return StoreError(
-        f"cannot write {path}: {reason} (set {HOME_VARIABLE} or pass an output path to move it)"
-    )
+    try:
+        own = home().resolve()
+        inside = Path(path).resolve() == own or own in Path(path).resolve().parents
+    except (OSError, RuntimeError):
+        inside = False
+    hint = f" (set {HOME_VARIABLE} or pass an output path to move it)" if inside else ""
+    return StoreError(f"cannot write {path}: {reason}{hint}")
 
 
 def make_dir(path: Path) -> Path:

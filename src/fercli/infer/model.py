@@ -259,6 +259,19 @@ def load_model(path: Path) -> FerModel:
     return model
 
 
+def is_model_file(path: Path) -> bool:
+    """Whether a file is a fercli model file (its header: an .npz whose meta says so), read
+    without unpickling and without its weights; False for anything else or unreadable."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as archive:
+            if "meta" not in archive.files:
+                return False
+            meta = unpack_json(archive["meta"])
+    except Exception:  # whatever the file is, it is not a model
+        return False
+    return isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
+
+
 def _read_model_file(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """A model file's meta and arrays, read without unpickling; ModelError for a missing,
     oversized, unreadable or foreign file, or a format version this fercli cannot read."""

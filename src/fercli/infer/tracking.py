@@ -24,7 +24,7 @@ from fercli.core.events import Progress, items
 from fercli.faces.align import DETECT_MAX_SIDE, align_face, face_detector, landmark_predictor
 from fercli.infer.model import FerModel
 from fercli.media.images import MAX_PIXELS
-from fercli.media.video import FrameReader, open_video, reading_problem
+from fercli.media.video import FrameReader, file_fps, open_video, reading_problem
 
 # Frames are searched for faces at align.DETECT_MAX_SIDE (1280) at most on the longer side, as
 # photos are: dlib's detector costs time in proportion to the pixels. Without upsampling (which
@@ -131,6 +131,7 @@ class VideoPrediction:
     tracks: list[Track] = field(default_factory=list)
     # Why the video could not be read, or where reading stopped (the frames before are kept).
     error: str | None = None
+    note: str | None = None  # what the user should know (an absurd declared frame rate)
     seconds: float = 0.0  # time the analysis took
     detections: int = 0  # full face detections run
     smoothed: bool = False
@@ -159,6 +160,8 @@ class VideoPrediction:
         }
         if self.error:
             data["error"] = self.error
+        if self.note:
+            data["note"] = self.note
         return data
 
 
@@ -449,8 +452,8 @@ def predict_video(
         result.error = str(error)
         return result
     try:
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        result.fps = round(fps, 3) if math.isfinite(fps) and 0 < fps <= 1000 else None
+        fps, result.note = file_fps(capture.get(cv2.CAP_PROP_FPS))
+        result.fps = round(fps, 3)
         declared = capture.get(cv2.CAP_PROP_FRAME_COUNT)
         declared = int(declared) if math.isfinite(declared) and declared > 0 else 0
         result.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))

@@ -3,6 +3,7 @@ as a stream by a reader thread (a few frames ahead), and why a file cannot be re
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +21,20 @@ READ_AHEAD_BYTES = 32 * 2**20
 # A video whose header declares more frames than could be read, by more than this share
 # (containers estimate the count from the duration), was cut short or is damaged.
 FRAME_COUNT_SLACK = 0.01
+# A frame rate a video file may believably declare; outside it (0, a millionth, two billion: a
+# damaged or crafted header) the video is timed at FALLBACK_FPS instead, and the user told.
+MIN_FPS, MAX_FPS = 0.1, 1000.0
+FALLBACK_FPS = 25.0
+
+
+def file_fps(declared: float) -> tuple[float, str | None]:
+    """The frame rate to time a video file by, and a note when its declared one is absurd."""
+    if math.isfinite(declared) and MIN_FPS <= declared <= MAX_FPS:
+        return declared, None
+    return FALLBACK_FPS, (
+        f"its header declares {declared:g} frames a second: timed at {FALLBACK_FPS:g} instead"
+    )
+
 
 # Container signatures (first 16 bytes): told by content, as images are.
 _RIFF_VIDEO = (b"AVI ", b"AVIX")
