@@ -280,6 +280,22 @@ def _remove_quietly(path: str | Path) -> None:
         pass
 
 
+def npz_problem(path: Path) -> str | None:
+    """Why a file cannot be a .npz archive (fercli's models and datasets), from its first
+    bytes; None if it may be one. Without this, NumPy takes any other file for a pickle and
+    suggests loading it unsafely."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(4)
+    except OSError as error:
+        return f"cannot read it: {error.strerror or error}"
+    if not head:
+        return "an empty file"
+    if head != b"PK\x03\x04":
+        return "not an .npz archive"
+    return None
+
+
 def pack_json(payload: object) -> np.ndarray:
     """JSON as a uint8 array, so that metadata travels inside a pickle-free .npz."""
     return np.frombuffer(json.dumps(payload, default=str, allow_nan=False).encode(), dtype=np.uint8)

@@ -114,9 +114,17 @@ def _modified(path: Path) -> float:
         return 0.0
 
 
+def _regular(path: Path) -> None:
+    """OSError unless path is a regular file: reading a FIFO planted in FER_HOME would wait for
+    ever (a missing file raises as well, as reading it would)."""
+    if not path.is_file():
+        raise OSError(f"{path.name} is not a regular file")
+
+
 def _dataset(folder: Path) -> Entry:
     entry = Entry("dataset", folder.name, folder, size_of(folder), _modified(folder / DATASET_FILE))
     try:
+        _regular(folder / DATASET_FILE)
         with np.load(folder / DATASET_FILE, allow_pickle=False) as archive:
             meta = unpack_json(archive["meta"])
             images = len(archive["labels"])
@@ -133,6 +141,7 @@ def _dataset(folder: Path) -> Entry:
 def _run(folder: Path) -> Entry:
     entry = Entry("run", folder.name, folder, size_of(folder), _modified(folder))
     try:
+        _regular(folder / "report.json")
         report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
         entry.details = {
             "dataset": report["dataset"]["name"],
@@ -159,6 +168,7 @@ def recipe(training: dict) -> str:
 def _model(path: Path, runs: list[Entry]) -> Entry:
     entry = Entry("model", path.name, path, size_of(path), _modified(path))
     try:
+        _regular(path)
         with np.load(path, allow_pickle=False) as archive:
             meta = unpack_json(archive["meta"])
         training = meta.get("training", {})

@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from fercli.core.errors import DatasetError
-from fercli.core.store import atomic_write, datasets_dir, latest, pack_json, slug, unpack_json
+from fercli.core.store import (
+    atomic_write,
+    datasets_dir,
+    latest,
+    npz_problem,
+    pack_json,
+    slug,
+    unpack_json,
+)
 from fercli.media.discover import Skipped
 
 DATASET_FILE = "dataset.npz"
@@ -79,6 +87,12 @@ def load_dataset(path: Path) -> PreparedDataset:
         raise DatasetError(
             f"{path}: no preprocessed dataset here (run `fer preprocess DATASET_DIR`)"
         )
+    problem = npz_problem(path)
+    if problem:
+        raise DatasetError(
+            f"{path}: not a preprocessed fercli dataset ({problem}); give a dataset's name, its "
+            "folder under FER_HOME, or an original dataset folder"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = unpack_json(archive["meta"])
@@ -91,8 +105,12 @@ def load_dataset(path: Path) -> PreparedDataset:
                 location=path,
                 splits=archive["splits"] if "splits" in archive.files else None,
             )
-    except (OSError, KeyError, ValueError, EOFError) as error:
-        raise DatasetError(f"{path}: not a readable fercli dataset ({error})") from None
+    except Exception as error:  # BadZipFile, a bad CRC (zlib.error), a truncated member...
+        # Nothing is unpickled, so any failure is a damaged or foreign file.
+        raise DatasetError(
+            f"{path}: not a readable fercli dataset ({type(error).__name__}: {error}); run "
+            "`fer preprocess` again"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != DATASET_FORMAT:
         raise DatasetError(f"{path}: not a fercli dataset")
     problem = _dataset_problem(dataset)

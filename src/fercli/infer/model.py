@@ -19,7 +19,7 @@ import numpy as np
 
 from fercli.core.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
 from fercli.core.errors import ModelError
-from fercli.core.store import atomic_write, pack_json, unpack_json
+from fercli.core.store import atomic_write, npz_problem, pack_json, unpack_json
 from fercli.infer.runtime import NumpyNetwork
 
 MODEL_FORMAT = "fercli-model"
@@ -277,6 +277,9 @@ def _read_model_file(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     oversized, unreadable or foreign file, or a format version this fercli cannot read."""
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
+    problem = npz_problem(path)
+    if problem:
+        raise ModelError(f"{path}: not a fercli model file ({problem})")
     try:
         with np.load(path, allow_pickle=False) as archive:
             unpacked = sum(member.file_size for member in archive.zip.infolist())

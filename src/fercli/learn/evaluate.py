@@ -16,7 +16,7 @@ import numpy as np
 from fercli.core.config import PreprocessConfig, ScanOptions
 from fercli.core.errors import DatasetError
 from fercli.core.events import Progress
-from fercli.core.labels import label_order
+from fercli.core.labels import canonical_label, label_order
 from fercli.core.store import datasets_dir
 from fercli.data.fer2013 import is_fer2013
 from fercli.data.prepared import (
@@ -134,8 +134,14 @@ def score_model(
     dataset_name = dataset.name
     dataset = dataset_split(dataset, split)
     in_data = label_order(set(dataset.labels.tolist()))
-    shared = [label for label in model.classes if label in in_data]
-    model_only = [label for label in model.classes if label not in shared]
+    # The model's class names as the dataset spells them (a model trained on "happy" scores a
+    # dataset's "happiness": labels.LABEL_ALIASES), each dataset class matched once.
+    matched: dict[str, str] = {}
+    for name in model.classes:
+        if canonical_label(name) in in_data:
+            matched.setdefault(canonical_label(name), name)
+    shared = list(matched)
+    model_only = [name for name in model.classes if name not in matched.values()]
     data_only = [label for label in in_data if label not in shared]
     if not shared:
         raise DatasetError(
@@ -152,7 +158,7 @@ def score_model(
         paths=dataset.paths[keep],
         targets=np.array([index[label] for label in dataset.labels[keep]], dtype=np.int64),
     )
-    probabilities = shared_probabilities(model, selection.crops, shared)
+    probabilities = shared_probabilities(model, selection.crops, list(matched.values()))
     predicted = probabilities.argmax(axis=1)
     matrix, per_class, f1 = score_predictions(selection.targets, predicted, shared)
     accuracy = float(np.mean(predicted == selection.targets))
