@@ -9,6 +9,7 @@ from pathlib import Path
 from fercli.core.config import ScanOptions
 from fercli.core.errors import LayoutError
 from fercli.core.labels import canonical_label
+from fercli.data.prepared import subjects_known
 from fercli.media.discover import Skipped, files_under, is_visible
 
 # fer2013: a CSV file (emotion,pixels,Usage), read by fercli.data.fer2013 rather than scanned here.
@@ -72,7 +73,7 @@ class Scan:
 
     @property
     def has_subjects(self) -> bool:
-        return bool(self.records) and all(record.subject for record in self.records)
+        return subjects_known([record.subject for record in self.records])
 
 
 def subject_of(name: str) -> str | None:

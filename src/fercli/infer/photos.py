@@ -16,7 +16,7 @@ from fercli.core.events import Progress, items
 from fercli.core.parallel import batches, default_workers, run_tasks
 from fercli.core.store import latest, models_dir
 from fercli.faces.align import (
-    align_detected,
+    align_batch,
     detect_faces,
     landmark_predictor,
     landmarks_load_quickly,
@@ -96,14 +96,13 @@ def _align_files(paths: list[str], config: PreprocessConfig) -> list[tuple[list,
 def _align_found(waiting: list[tuple[int, np.ndarray, list]], config: PreprocessConfig) -> list:
     """(index, (faces, None)) for each image of waiting, or (index, ([], why)) if it failed."""
     try:
-        aligned = align_detected([(gray, detections) for _, gray, detections in waiting], config)
-    except Exception as error:
-        if len(waiting) == 1:
-            return [(waiting[0][0], ([], _reason(error)))]
-        # Each image alone, so that one cannot take the others with it.
-        return [result for one in waiting for result in _align_found([one], config)]
+        aligned = align_batch([(gray, detections) for _, gray, detections in waiting], config)
+    except FerError as error:
+        return [(index, ([], _reason(error))) for index, _, _ in waiting]
     return [
-        (index, ([(face.crop, face.box) for face in faces], None))
+        (index, ([], _reason(faces)))
+        if isinstance(faces, Exception)
+        else (index, ([(face.crop, face.box) for face in faces], None))
         for (index, _, _), faces in zip(waiting, aligned, strict=True)
     ]
 

@@ -20,7 +20,7 @@ from fercli.core.config import TrainConfig, recipe_differences
 from fercli.core.events import Event, Progress
 from fercli.data.prepared import PreparedDataset
 from fercli.learn.folds import FoldResult, FoldTask, make_folds
-from fercli.learn.selection import Selection, data_fingerprint, select_classes
+from fercli.learn.selection import Selection, select_classes, selection_fingerprint
 from fercli.learn.training import (
     checked_start,
     starting_notes,
@@ -430,7 +430,7 @@ def dataset_summary(
         "source": dataset.meta.get("source"),
         "images": len(selection.crops),
         "subjects": len(set(selection.subjects.tolist()) - {""}),
-        "fingerprint": data_fingerprint(selection),
+        "fingerprint": selection_fingerprint(selection),
     }
 
 

@@ -29,7 +29,7 @@ from fercli.data.prepared import (
 from fercli.infer.model import FerModel
 from fercli.learn.crossval import CrossvalReport, dataset_summary, score_predictions
 from fercli.learn.folds import FoldResult
-from fercli.learn.selection import Selection, data_fingerprint, select_classes
+from fercli.learn.selection import Selection, select_classes, selection_fingerprint
 
 # Crops classified at once: bounds the memory of the forward pass on a large dataset.
 CHUNK = 2048
@@ -265,7 +265,7 @@ def overlap_notes(model: FerModel, dataset: PreparedDataset, selection: Selectio
         )
     same_data = False
     try:
-        same_data = data_fingerprint(
+        same_data = selection_fingerprint(
             select_classes(dataset, tuple(model.classes))
         ) == model.meta.get("data_fingerprint")
     except DatasetError:
