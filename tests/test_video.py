@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from clips import can_write, moving_face, write_clip
 from fercli.cli import app
 from fercli.infer.model import load_model
-from fercli.infer.tracking import VideoOptions, predict_video
+from fercli.infer.tracking import VideoOptions
+from fercli.infer.videos import predict_video
 from fercli.media.video import sniff_video
 from synthetic import train_tiny_model
 
@@ -414,3 +415,23 @@ def test_a_face_moving_half_its_width_between_analysed_frames_keeps_its_id(model
     result = predict_video(path, model, VideoOptions(every=6, detect_every=2))
     [track] = result.tracks
     assert [face.frame for face in track.frames] == list(range(0, 40, 6))
+
+
+def test_adapt_relabels_every_face_of_the_video_with_the_adapted_model(model, clip):
+    plain = predict_video(clip("adapted", 24), model)
+    adapted = predict_video(clip("adapted", 24), model, adapt=True)
+    short = predict_video(clip("short", 8), model, adapt=True)
+
+    assert adapted.error is None
+    assert adapted.adaptation.faces == 24  # one face in each of the 24 frames
+    assert json.loads(json.dumps(adapted.to_json(model.classes)))["adapted"]["faces"] == 24
+    [before], [after] = plain.tracks, adapted.tracks
+    assert [face.box for face in before.frames] == [face.box for face in after.frames]
+    # Same faces, other statistics: the probabilities move.
+    assert any(
+        face.probabilities != other.probabilities
+        for face, other in zip(before.frames, after.frames, strict=True)
+    )
+    for face in after.frames:
+        check_frame(face)
+    assert short.adaptation is None and "at least 20 faces" in short.error

@@ -18,8 +18,8 @@ from fercli.infer.tracking import (
     VideoOptions,
     VideoPrediction,
     frame_sampler,
-    predict_video,
 )
+from fercli.infer.videos import predict_video
 from fercli.media.video import is_video, open_video
 
 
@@ -46,22 +46,28 @@ def predict_media(
     workers: int | None = None,
     progress: Progress | None = None,
     video_progress: Callable[[str], Progress | None] | None = None,
+    adapt: bool = False,
 ) -> MediaReport:
     """predict_paths for the images among paths (files and folders, as there) and predict_video
     for the videos, told apart by content. video_progress(path) gives a video's progress
-    callback."""
+    callback. adapt: the photos' faces together, and each video's faces, adapted to (see
+    predict_paths and predict_video)."""
     from fercli.infer.photos import predict_paths
     from fercli.media.discover import discover_images
 
     files, problems = discover_images(paths)
     videos = [path for path in files if is_video(path)]
     images = [path for path in files if path not in set(videos)] if videos else files
-    report = predict_paths(images, model, workers, progress=progress if images else None)
+    report = predict_paths(
+        images, model, workers, progress=progress if images else None, adapt=adapt and bool(images)
+    )
     # As if the images had been found from the paths given (annotated copies keep the folders).
     report.problems = problems + report.problems
     report.inputs = [str(path) for path in paths]
     results = [
-        predict_video(path, model, options, video_progress(str(path)) if video_progress else None)
+        predict_video(
+            path, model, options, video_progress(str(path)) if video_progress else None, adapt
+        )
         for path in videos
     ]
     return MediaReport(images=report, videos=results)

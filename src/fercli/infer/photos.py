@@ -21,6 +21,7 @@ from fercli.faces.align import (
     landmark_predictor,
     landmarks_load_quickly,
 )
+from fercli.infer.adapt import Adaptation, adapt_model
 from fercli.infer.label import FacePrediction, classify
 from fercli.infer.model import FerModel, load_model
 from fercli.media.discover import Skipped, discover_images
@@ -48,6 +49,7 @@ class PredictReport:
     problems: list[Skipped]  # paths that named no file
     inputs: list[str] = field(default_factory=list)  # the files and folders asked for
     notes: list[str] = field(default_factory=list)  # what the user should know (renamed copies)
+    adaptation: Adaptation | None = None  # --adapt: what was re-estimated, from how many faces
 
     @property
     def processed(self) -> int:
@@ -119,8 +121,11 @@ def predict_paths(
     model: FerModel,
     workers: int | None = None,
     progress: Progress | None = None,
+    adapt: bool = False,
 ) -> PredictReport:
-    """Find, align and classify every face in the images named by paths (files or folders)."""
+    """Find, align and classify every face in the images named by paths (files or folders).
+    adapt: the model's statistics re-estimated from all these faces first (infer.adapt);
+    FerError when there are too few."""
     files, problems = discover_images(paths)
     images = [ImagePrediction(path=str(path)) for path in files]
     found: list[tuple[int, np.ndarray, tuple]] = []
@@ -137,6 +142,9 @@ def predict_paths(
             found.extend((index, crop, box) for crop, box in faces)
             if progress:
                 progress(items(index + 1, len(files)))
+    adaptation = None
+    if adapt:
+        model, adaptation = adapt_model(model, np.array([crop for _, crop, _ in found]))
     if found:
         # One batched forward pass for every face of every image.
         labelled = classify(
@@ -153,6 +161,7 @@ def predict_paths(
         images=images,
         problems=problems,
         inputs=[str(path) for path in paths],
+        adaptation=adaptation,
     )
 
 

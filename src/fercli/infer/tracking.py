@@ -10,21 +10,17 @@ frame, which costs a sixth of a detection. Library code: plain records out, no p
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from fercli.core.config import PreprocessConfig
-from fercli.core.errors import FerError, NoFaceError
-from fercli.core.events import Progress, items
+from fercli.core.errors import NoFaceError
 from fercli.faces.align import DETECT_MAX_SIDE, align_face, face_detector, landmark_predictor
+from fercli.infer.adapt import Adaptation, adapt_model
 from fercli.infer.model import FerModel
-from fercli.media.images import MAX_PIXELS
-from fercli.media.video import FrameReader, open_video, reading_problem
 
 # Frames are searched for faces at align.DETECT_MAX_SIDE (1280) at most on the longer side, as
 # photos are: dlib's detector costs time in proportion to the pixels. Without upsampling (which
@@ -135,6 +131,7 @@ class VideoPrediction:
     detections: int = 0  # full face detections run
     smoothed: bool = False
     options: VideoOptions = field(default_factory=VideoOptions)  # how it was sampled
+    adaptation: Adaptation | None = None  # --adapt: re-estimated from this video's faces
 
     @property
     def processed(self) -> bool:
@@ -159,6 +156,8 @@ class VideoPrediction:
         }
         if self.error:
             data["error"] = self.error
+        if self.adaptation:
+            data["adapted"] = self.adaptation.to_json()
         return data
 
 
@@ -392,11 +391,15 @@ class FramePipeline:
     followed (tracks, landmarks from the previous box, detection every few frames) and queued
     for classification; classify() labels the queued faces in one forward pass."""
 
-    def __init__(self, model: FerModel, options: VideoOptions, interval: float) -> None:
-        """interval: seconds between analysed frames."""
+    def __init__(
+        self, model: FerModel, options: VideoOptions, interval: float, keep: bool = False
+    ) -> None:
+        """interval: seconds between analysed frames. keep: every face's crop is kept (in
+        kept) after it is labelled, to label them all again (--adapt)."""
         self.model = model
         self.tracker = _Tracker(model.preprocess, options, interval)
         self.waiting: list[tuple[FaceFrame, np.ndarray]] = []
+        self.kept: list[tuple[FaceFrame, np.ndarray]] | None = [] if keep else None
 
     def step(self, frame: np.ndarray, number: int, seconds: float) -> list[tuple[int, FaceFrame]]:
         """The faces of one frame (BGR or grey) as (track id, record) pairs; the records get
@@ -411,94 +414,15 @@ class FramePipeline:
         ]
 
     def classify(self) -> None:
+        if self.kept is not None:
+            self.kept += self.waiting
         _classify(self.waiting, self.model)
 
-
-def smooth_track(track: Track, classes: list[str], seconds: float) -> None:
-    """Average each frame's probabilities with those of the track's frames at most seconds / 2
-    before or after it (a centred moving average); sets smoothed and smoothed_label."""
-    if not track.frames:
-        return
-    times = np.array([face.time for face in track.frames])
-    values = np.array([[face.probabilities[label] for label in classes] for face in track.frames])
-    sums = np.vstack([np.zeros(len(classes)), np.cumsum(values, axis=0)])
-    start = np.searchsorted(times, times - seconds / 2 - 1e-9, side="left")
-    end = np.searchsorted(times, times + seconds / 2 + 1e-9, side="right")
-    means = (sums[end] - sums[start]) / (end - start)[:, None]
-    for face, row in zip(track.frames, means, strict=True):
-        face.smoothed = {label: round(float(p), 6) for label, p in zip(classes, row, strict=True)}
-        face.smoothed_label = classes[int(np.argmax(row))]
-
-
-def predict_video(
-    path: Path,
-    model: FerModel,
-    options: VideoOptions = VideoOptions(),
-    progress: Progress | None = None,
-) -> VideoPrediction:
-    """Follow and classify every face of a video, frame by frame as it is read.
-
-    Errors that concern this video are in the result's error (the frames read before a damaged
-    part are kept); progress gets items events (frames read, of the frames in the video) as it
-    goes."""
-    result = VideoPrediction(path=str(path), smoothed=options.smooth > 0, options=options)
-    started = time.perf_counter()
-    try:
-        capture = open_video(Path(path))
-    except FerError as error:
-        result.error = str(error)
-        return result
-    try:
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        result.fps = round(fps, 3) if math.isfinite(fps) and 0 < fps <= 1000 else None
-        declared = capture.get(cv2.CAP_PROP_FRAME_COUNT)
-        declared = int(declared) if math.isfinite(declared) and declared > 0 else 0
-        result.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        result.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        if options.fps:
-            result.interval = 1.0 / options.fps
-        else:
-            result.interval = options.every / result.fps if result.fps else 0.0
-        pipeline = FramePipeline(model, options, result.interval)
-        if result.width * result.height > MAX_PIXELS:
-            result.error = (
-                f"video too large: {result.width}x{result.height} pixels a frame, limit "
-                f"{MAX_PIXELS:,} pixels"
-            )
-            return result
-        reader = FrameReader(
-            capture,
-            result.fps,
-            frame_sampler(options, result.fps),
-            result.width * result.height * 3,
-        )
-        reported, last = 0.0, 0.0
-        for number, seconds, frame in reader:
-            last = seconds
-            if (
-                not result.analysed
-            ):  # the header's size may be missing; the frame's is what was drawn on
-                result.height, result.width = frame.shape[:2]
-            pipeline.step(frame, number, seconds)
-            result.analysed += 1
-            if len(pipeline.waiting) >= CLASSIFY_BATCH:
-                pipeline.classify()
-            if progress and time.perf_counter() - reported > 0.2:
-                progress(items(reader.count, max(declared, reader.count)))
-                reported = time.perf_counter()
-        pipeline.classify()
-        result.frames = reader.count
-        result.tracks = [track for track in pipeline.tracker.tracks if track.frames]
-        result.detections = pipeline.tracker.detections
-        result.error = reading_problem(reader, declared)
-        if result.interval == 0.0 and result.analysed > 1:
-            result.interval = last / (result.analysed - 1)  # no frame rate: times from the stream
-        if progress:
-            progress(items(reader.count, reader.count))
-    finally:
-        capture.release()
-    if options.smooth > 0:
-        for track in result.tracks:
-            smooth_track(track, model.classes, options.smooth)
-    result.seconds = time.perf_counter() - started
-    return result
+    def relabel_adapted(self) -> Adaptation:
+        """Every kept face labelled again by the model adapted to all of them (--adapt);
+        FerError when there are too few."""
+        self.classify()
+        crops = np.array([crop for _, crop in self.kept])
+        adapted, adaptation = adapt_model(self.model, crops)
+        _classify(list(self.kept), adapted)
+        return adaptation

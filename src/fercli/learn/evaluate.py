@@ -16,7 +16,7 @@ import numpy as np
 from fercli.core.config import PreprocessConfig, ScanOptions
 from fercli.core.errors import DatasetError
 from fercli.core.events import Progress
-from fercli.core.labels import label_order
+from fercli.core.labels import answer_shares, collapse_note, label_order
 from fercli.core.store import datasets_dir
 from fercli.data.fer2013 import is_fer2013
 from fercli.data.prepared import (
@@ -26,6 +26,7 @@ from fercli.data.prepared import (
     load_dataset,
     resolve_dataset,
 )
+from fercli.infer.adapt import adapt_model
 from fercli.infer.model import FerModel
 from fercli.learn.crossval import CrossvalReport, dataset_summary, score_predictions
 from fercli.learn.folds import FoldResult
@@ -122,17 +123,22 @@ def dataset_split(dataset: PreparedDataset, split: str | None) -> PreparedDatase
 
 
 def score_model(
-    model: FerModel, dataset: PreparedDataset, split: str | None = None
+    model: FerModel, dataset: PreparedDataset, split: str | None = None, adapt: bool = False
 ) -> CrossvalReport:
     """Score a model on every image of a dataset whose class the model knows.
 
     DatasetError when the model and the dataset share no class. The report's warnings name
-    the classes left out on each side and say when the images overlap the model's training
-    data (then it is no test).
+    the classes left out on each side, say when the images overlap the model's training
+    data (then it is no test) and when the answers collapse onto one class. adapt: first
+    re-estimate the model's statistics from the dataset's crops, all of them, labels unread
+    (fercli.infer.adapt); FerError when there are too few.
     """
     started = time.perf_counter()
     dataset_name = dataset.name
     dataset = dataset_split(dataset, split)
+    adaptation = None
+    if adapt:
+        model, adaptation = adapt_model(model, dataset.crops)
     in_data = label_order(set(dataset.labels.tolist()))
     shared = [label for label in model.classes if label in in_data]
     model_only = [label for label in model.classes if label not in shared]
@@ -165,6 +171,14 @@ def score_model(
             "so the accuracy says nothing"
         )
     warnings += overlap_notes(model, dataset, selection)
+    shares = answer_shares([shared[guess] for guess in predicted])
+    collapse = collapse_note(
+        shares, len(predicted), answer_shares([shared[truth] for truth in selection.targets])
+    )
+    if collapse:
+        warnings.append(collapse)
+    if adaptation is not None:
+        warnings.append(adaptation.describe())
     rows = [
         {
             "path": str(path),
@@ -198,6 +212,7 @@ def score_model(
             "recipe": (model.meta.get("training") or {}).get("recipe"),
             "preprocess": model.preprocess.to_dict(),
             "renormalised": bool(model_only),
+            "adapted": adaptation.to_json() if adaptation else None,
             "split": split,
             "left_out": {
                 "model_only": model_only,
@@ -216,6 +231,7 @@ def score_model(
         seconds=time.perf_counter() - started,
         planned_folds=1,
         predictions=rows,
+        answer_shares=shares,
     )
 
 
