@@ -154,7 +154,7 @@ def live(
     with user_errors():
         from fercli.core.store import check_writable
         from fercli.infer.photos import resolve_model
-        from fercli.web.live import LiveOptions, LiveSession, bind_socket
+        from fercli.web.live import LiveConfig, LiveSession, bind_socket
         from fercli.web.server import serve
 
         loaded = resolve_model(model)
@@ -165,7 +165,7 @@ def live(
             session = LiveSession(
                 source,
                 loaded,
-                LiveOptions(detect_every=detect_every, loop=loop, record=record),
+                LiveConfig(detect_every=detect_every, loop=loop, record=record),
                 escaped,
             )
         except BaseException:

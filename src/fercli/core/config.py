@@ -164,7 +164,7 @@ BATCH_PIXELS = 1 << 22
 
 
 @dataclass(frozen=True)
-class ScanOptions:
+class ScanConfig:
     """How a dataset folder is read into labelled images."""
 
     # "jaffe", "ck+", "folders", or None to detect it.

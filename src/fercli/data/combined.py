@@ -144,7 +144,7 @@ def settings_difference(first: dict, second: dict) -> str | None:
     )
 
 
-def choose_classes(
+def combined_classes(
     names: list[str], class_sets: list[set[str]], classes: tuple[str, ...], shared_classes: bool
 ) -> list[str]:
     """The classes a combination keeps: the named ones, the shared ones, or all when every
@@ -200,7 +200,7 @@ def combine(
         raise DatasetError("combining needs at least two datasets")
     names = short_names(datasets)
     class_sets = [set(dataset.labels.tolist()) for dataset in datasets]
-    chosen = choose_classes(names, class_sets, classes, shared_classes)
+    chosen = combined_classes(names, class_sets, classes, shared_classes)
     seen: set[bytes] = set()
     columns: dict[str, list[np.ndarray]] = {
         "crops": [],

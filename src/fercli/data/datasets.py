@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fercli.core.config import ScanOptions
+from fercli.core.config import ScanConfig
 from fercli.core.errors import LayoutError
 from fercli.core.labels import canonical_label
 from fercli.data.prepared import subjects_known
@@ -140,7 +140,7 @@ def detect_layout(root: Path) -> str:
     )
 
 
-def scan_dataset(root: Path, options: ScanOptions = ScanOptions()) -> Scan:
+def scan_dataset(root: Path, options: ScanConfig = ScanConfig()) -> Scan:
     """Read a dataset folder into labelled records; layout from options or detected."""
     root = Path(root)
     if options.layout:
@@ -164,7 +164,7 @@ def scan_dataset(root: Path, options: ScanOptions = ScanOptions()) -> Scan:
     return scan
 
 
-def _scan_jaffe(root: Path, options: ScanOptions) -> Scan:
+def _scan_jaffe(root: Path, options: ScanConfig) -> Scan:
     records, skipped = [], []
     for path in files_under(root, skipped):
         if path.parent != root:
@@ -198,7 +198,7 @@ def _read_ck_emotion(path: Path) -> str:
     return CK_CODES[int(code)]
 
 
-def _scan_ck(root: Path, options: ScanOptions) -> Scan:
+def _scan_ck(root: Path, options: ScanConfig) -> Scan:
     if options.ck_frames < 1:
         raise LayoutError("--ck-frames must be at least 1")
     base = _ck_root(root)
@@ -235,7 +235,7 @@ def _scan_ck(root: Path, options: ScanOptions) -> Scan:
     return scan
 
 
-def _scan_folders(root: Path, options: ScanOptions) -> Scan:
+def _scan_folders(root: Path, options: ScanConfig) -> Scan:
     records, skipped = [], []
     for path in files_under(root, skipped):
         relative = path.relative_to(root)

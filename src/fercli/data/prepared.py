@@ -243,7 +243,7 @@ def save_prepared(
     sheet; dataset.meta gets the metadata every prepared dataset has (source, preprocessing
     settings and fingerprint, classes, time) added to its own, and report the paths written.
     A contact sheet that cannot be written is a note, not a failure."""
-    from fercli.media.pictures import contact_sheet
+    from fercli.media.drawing import contact_sheet
 
     source = Path(report.source).resolve()
     dataset.meta = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import BATCH_PIXELS, PreprocessConfig, ScanOptions
+from fercli.core.config import BATCH_PIXELS, PreprocessConfig, ScanConfig
 from fercli.core.errors import FerError, ImageError, NoFaceError
 from fercli.core.events import Progress, items
 from fercli.core.labels import label_order
@@ -172,7 +172,7 @@ def _attempt(work: Callable, key: str, cache: CropCache | None):
 
 def preprocess_dataset(
     root: Path,
-    options: ScanOptions = ScanOptions(),
+    options: ScanConfig = ScanConfig(),
     config: PreprocessConfig = PreprocessConfig(),
     workers: int | None = None,
     progress: Progress | None = None,

@@ -22,7 +22,7 @@ from fercli.faces.align import (
     landmarks_load_quickly,
 )
 from fercli.infer.adapt import Adaptation, adapt_model
-from fercli.infer.label import FacePrediction, classify
+from fercli.infer.label import FacePrediction, label_crops
 from fercli.infer.model import FerModel, load_model
 from fercli.media.discover import Skipped, discover_images
 from fercli.media.images import load_gray, single_threaded_opencv
@@ -116,7 +116,7 @@ def _reason(error: Exception) -> str:
     return f"alignment failed: {type(error).__name__}: {error}"
 
 
-def predict_paths(
+def label_photos(
     paths: list[Path],
     model: FerModel,
     workers: int | None = None,
@@ -147,7 +147,7 @@ def predict_paths(
         model, adaptation = adapt_model(model, np.array([crop for _, crop, _ in found]))
     if found:
         # One batched forward pass for every face of every image.
-        labelled = classify(
+        labelled = label_crops(
             model,
             np.stack([crop for _, crop, _ in found]),
             [box for _, _, box in found],
@@ -209,8 +209,8 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
     import cv2
 
     from fercli.core.store import atomic_write
+    from fercli.media.drawing import labelled_box
     from fercli.media.images import load_color
-    from fercli.media.pictures import labelled_box
 
     written = []
     for image in report.images:

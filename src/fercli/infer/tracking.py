@@ -49,7 +49,7 @@ CLASSIFY_BATCH = 64
 
 
 @dataclass(frozen=True)
-class VideoOptions:
+class VideoConfig:
     """How a video is sampled, tracked and smoothed."""
 
     # Analyse one frame in every this many (1: every frame).
@@ -115,7 +115,7 @@ class Track:
 
 @dataclass
 class VideoPrediction:
-    """What predict_video found in one video."""
+    """What label_video found in one video."""
 
     path: str
     fps: float | None = None  # frames a second, as the file says
@@ -130,7 +130,7 @@ class VideoPrediction:
     seconds: float = 0.0  # time the analysis took
     detections: int = 0  # full face detections run
     smoothed: bool = False
-    options: VideoOptions = field(default_factory=VideoOptions)  # how it was sampled
+    options: VideoConfig = field(default_factory=VideoConfig)  # how it was sampled
     adaptation: Adaptation | None = None  # --adapt: re-estimated from this video's faces
 
     @property
@@ -161,7 +161,7 @@ class VideoPrediction:
         return data
 
 
-def frame_sampler(options: VideoOptions, fps: float | None) -> Callable[[int, float], bool]:
+def frame_sampler(options: VideoConfig, fps: float | None) -> Callable[[int, float], bool]:
     """wanted(number, seconds): whether a frame is analysed under --every / --fps."""
     if options.fps:
         step = 1.0 / options.fps
@@ -239,7 +239,7 @@ def _clipped(box, width: int, height: int) -> tuple[int, int, int, int]:
 class _Tracker:
     """Faces of successive analysed frames -> tracks (detection, landmark following, matching)."""
 
-    def __init__(self, config: PreprocessConfig, options: VideoOptions, interval: float) -> None:
+    def __init__(self, config: PreprocessConfig, options: VideoConfig, interval: float) -> None:
         """interval: seconds between analysed frames."""
         self.config = config
         self.options = options
@@ -366,7 +366,7 @@ class _Tracker:
         return results
 
 
-def _classify(waiting: list[tuple[FaceFrame, np.ndarray]], model: FerModel) -> None:
+def _label_waiting(waiting: list[tuple[FaceFrame, np.ndarray]], model: FerModel) -> None:
     """Fill in the label and probabilities of waiting faces, in one forward pass."""
     from fercli.core.errors import ModelError
 
@@ -389,10 +389,10 @@ def _classify(waiting: list[tuple[FaceFrame, np.ndarray]], model: FerModel) -> N
 class FramePipeline:
     """The per-frame step shared by fer predict on videos and fer live: a frame in, its faces
     followed (tracks, landmarks from the previous box, detection every few frames) and queued
-    for classification; classify() labels the queued faces in one forward pass."""
+    for classification; label_crops() labels the queued faces in one forward pass."""
 
     def __init__(
-        self, model: FerModel, options: VideoOptions, interval: float, keep: bool = False
+        self, model: FerModel, options: VideoConfig, interval: float, keep: bool = False
     ) -> None:
         """interval: seconds between analysed frames. keep: every face's crop is kept (in
         kept) after it is labelled, to label them all again (--adapt)."""
@@ -403,7 +403,7 @@ class FramePipeline:
 
     def step(self, frame: np.ndarray, number: int, seconds: float) -> list[tuple[int, FaceFrame]]:
         """The faces of one frame (BGR or grey) as (track id, record) pairs; the records get
-        their labels at the next classify()."""
+        their labels at the next label_crops()."""
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
         faces = self.tracker.step(gray, number, seconds)
         self.waiting += faces
@@ -413,16 +413,16 @@ class FramePipeline:
             for follow, (record, _) in zip(self.tracker.active, faces, strict=True)
         ]
 
-    def classify(self) -> None:
+    def label_crops(self) -> None:
         if self.kept is not None:
             self.kept += self.waiting
-        _classify(self.waiting, self.model)
+        _label_waiting(self.waiting, self.model)
 
     def relabel_adapted(self) -> Adaptation:
         """Every kept face labelled again by the model adapted to all of them (--adapt);
         FerError when there are too few."""
-        self.classify()
+        self.label_crops()
         crops = np.array([crop for _, crop in self.kept])
         adapted, adaptation = adapt_model(self.model, crops)
-        _classify(list(self.kept), adapted)
+        _label_waiting(list(self.kept), adapted)
         return adaptation

@@ -18,7 +18,7 @@ from fercli.infer.tracking import (
     CLASSIFY_BATCH,
     FramePipeline,
     Track,
-    VideoOptions,
+    VideoConfig,
     VideoPrediction,
     frame_sampler,
 )
@@ -49,7 +49,7 @@ def _relabel_adapted(pipeline: FramePipeline, result: VideoPrediction) -> None:
         result.error = "; ".join(filter(None, [result.error, str(error)]))
 
 
-def _read_header(capture, result: VideoPrediction, options: VideoOptions) -> int:
+def _read_header(capture, result: VideoPrediction, options: VideoConfig) -> int:
     """The video's rate, size and analysis interval into result, as its header gives them;
     returns the frame count it declares (0 where it does not)."""
     fps = capture.get(cv2.CAP_PROP_FPS)
@@ -64,10 +64,10 @@ def _read_header(capture, result: VideoPrediction, options: VideoOptions) -> int
     return int(declared) if math.isfinite(declared) and declared > 0 else 0
 
 
-def predict_video(
+def label_video(
     path: Path,
     model: FerModel,
-    options: VideoOptions = VideoOptions(),
+    options: VideoConfig = VideoConfig(),
     progress: Progress | None = None,
     adapt: bool = False,
 ) -> VideoPrediction:
@@ -109,11 +109,11 @@ def predict_video(
             pipeline.step(frame, number, seconds)
             result.analysed += 1
             if len(pipeline.waiting) >= CLASSIFY_BATCH:
-                pipeline.classify()
+                pipeline.label_crops()
             if progress and time.perf_counter() - reported > 0.2:
                 progress(items(reader.count, max(declared, reader.count)))
                 reported = time.perf_counter()
-        pipeline.classify()
+        pipeline.label_crops()
         result.frames = reader.count
         result.tracks = [track for track in pipeline.tracker.tracks if track.frames]
         result.detections = pipeline.tracker.detections

@@ -25,7 +25,7 @@ def save_crossval(
     import csv
     import io
 
-    from fercli.media.pictures import confusion_image
+    from fercli.media.drawing import confusion_image
 
     files = {"report": atomic_write_json(folder / "report.json", report.to_json())}
     group = (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import PreprocessConfig, ScanOptions
+from fercli.core.config import PreprocessConfig, ScanConfig
 from fercli.core.errors import DatasetError
 from fercli.core.events import Progress
 from fercli.core.labels import answer_shares, collapse_note, label_order
@@ -63,7 +63,7 @@ def prepare_for_model(
             dataset = load_dataset(prepared)
             if _fingerprint(dataset) == wanted:
                 return dataset, None
-        report = preprocess_dataset(candidate, ScanOptions(), model.preprocess, workers, progress)
+        report = preprocess_dataset(candidate, ScanConfig(), model.preprocess, workers, progress)
         if not report.dataset:
             raise DatasetError(
                 f"{choice}: no image could be aligned ({len(report.skipped)} skipped)"

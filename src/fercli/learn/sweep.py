@@ -422,7 +422,7 @@ def _rank(
 
 def save_sweep(report: SweepReport) -> dict[str, Path]:
     """Write sweep.json, sweep.csv and sweep.png into the sweep's folder."""
-    from fercli.media.pictures import sweep_image
+    from fercli.media.drawing import sweep_image
 
     folder = report.folder
     files = {

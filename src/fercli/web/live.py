@@ -23,7 +23,7 @@ import numpy as np
 from fercli.core.errors import FerError
 from fercli.infer.media import csv_header, csv_row, draw_faces
 from fercli.infer.model import FerModel
-from fercli.infer.tracking import FramePipeline, VideoOptions
+from fercli.infer.tracking import FramePipeline, VideoConfig
 from fercli.media.images import MAX_PIXELS
 
 # How long opening or reading a stream URL may take before it is given up (OpenCV's FFmpeg
@@ -80,7 +80,7 @@ def open_source(source: str):
 
 
 @dataclass(frozen=True)
-class LiveOptions:
+class LiveConfig:
     """How fer live reads and analyses its source."""
 
     # A full face detection every this many frames; in between, faces are followed by their
@@ -100,7 +100,7 @@ class LiveSession:
         self,
         source: str,
         model: FerModel,
-        options: LiveOptions = LiveOptions(),
+        options: LiveConfig = LiveConfig(),
         escape: Callable[[str], str] = str,
     ) -> None:
         """Opens the source (FerError if it does not open); start() starts reading it.
@@ -183,7 +183,7 @@ class LiveSession:
                 writer.writerow(csv_header(self.model.classes, escape=self.escape))
             interval = 1.0 / self.source_fps if self.source_fps else 1.0 / 30
             pipeline = FramePipeline(
-                self.model, VideoOptions(detect_every=self.options.detect_every), interval
+                self.model, VideoConfig(detect_every=self.options.detect_every), interval
             )
             started = time.perf_counter()
             number, failures, restart = 0, 0, 0
@@ -227,7 +227,7 @@ class LiveSession:
         """A frame's (track id, face) pairs and the frame drawn with them as JPEG (None if it
         cannot be encoded)."""
         faces = pipeline.step(frame, number, seconds)
-        pipeline.classify()
+        pipeline.label_crops()
         for track in pipeline.tracker.tracks:  # live runs for hours: keep no history
             track.frames.clear()
         draw_faces(frame, faces, max(1, round(max(frame.shape[:2]) / 400)))
