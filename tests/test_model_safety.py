@@ -143,7 +143,7 @@ def test_a_pickled_model_given_to_predict_runs_nothing(tmp_path, astronaut_path)
 
 
 def _source_files() -> list[Path]:
-    files = sorted(SOURCE.glob("*.py"))
+    files = sorted(SOURCE.rglob("*.py"))
     assert len(files) > 5, SOURCE
     return files
 
