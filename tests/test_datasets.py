@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_unprivileged
-from fercli.core.config import ScanOptions
+from fercli.core.config import ScanConfig
 from fercli.core.errors import LayoutError
 from fercli.data.datasets import detect_layout, scan_dataset, subject_of
 from fercli.media.discover import discover_images
@@ -94,7 +94,7 @@ def test_ck_takes_the_last_three_frames_of_labelled_sequences(ck_tree):
 
 
 def test_ck_frame_count_and_neutral_first_frame(ck_tree):
-    scan = scan_dataset(ck_tree, ScanOptions(ck_frames=2, ck_neutral_first=True))
+    scan = scan_dataset(ck_tree, ScanConfig(ck_frames=2, ck_neutral_first=True))
 
     assert by_name(scan) == {
         "S005_001_00000005.png": ("disgust", "S005"),
@@ -110,10 +110,10 @@ def test_ck_tree_one_level_down_and_forced_layout(make_ck, tmp_path):
     make_ck({("S005", "001"): (3, "1.0000000e+00")}, folder="download/CK+")
 
     assert detect_layout(tmp_path / "download") == "ck+"
-    scan = scan_dataset(tmp_path / "download", ScanOptions(layout="CK"))
+    scan = scan_dataset(tmp_path / "download", ScanConfig(layout="CK"))
     assert {label for label, _ in by_name(scan).values()} == {"anger"}
     with pytest.raises(LayoutError, match="at least 1"):
-        scan_dataset(tmp_path / "download", ScanOptions(ck_frames=0))
+        scan_dataset(tmp_path / "download", ScanConfig(ck_frames=0))
 
 
 # Class folders -------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def test_empty_folder(tmp_path):
     with pytest.raises(LayoutError, match="empty"):
         scan_dataset(root)
     with pytest.raises(LayoutError, match="empty"):
-        scan_dataset(root, ScanOptions(layout="folders"))
+        scan_dataset(root, ScanConfig(layout="folders"))
 
 
 def test_unrecognised_layout_names_the_layouts_tried(tmp_path):
@@ -220,13 +220,13 @@ def test_unknown_forced_layout(make_jaffe):
     with pytest.raises(
         LayoutError, match="unknown layout 'fer2013'; choose from jaffe, ck\\+, folders"
     ):
-        scan_dataset(root, ScanOptions(layout="fer2013"))
+        scan_dataset(root, ScanConfig(layout="fer2013"))
 
 
 def test_forced_layout_that_finds_nothing_says_so(make_folders):
     root = make_folders({"happy": ["a.png"]})
     with pytest.raises(LayoutError, match="no labelled images found in the jaffe layout"):
-        scan_dataset(root, ScanOptions(layout="jaffe"))
+        scan_dataset(root, ScanConfig(layout="jaffe"))
 
 
 def test_discover_images_takes_files_and_folders(make_folders, tmp_path):

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import DATA, FACE_BOX, crop_box, tiff
-from fercli.core.config import PreprocessConfig, ScanOptions
+from fercli.core.config import PreprocessConfig, ScanConfig
 from fercli.core.errors import ImageError, LayoutError
 from fercli.media.images import MAX_PIXELS
 
@@ -181,7 +181,7 @@ def scan_case(root: str, layout: str | None) -> tuple:
     from fercli.data.datasets import scan_dataset
 
     try:
-        scan = scan_dataset(Path(root), ScanOptions(layout=layout))
+        scan = scan_dataset(Path(root), ScanConfig(layout=layout))
     except LayoutError as error:
         return ("refused", str(error))
     except BaseException:

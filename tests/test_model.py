@@ -19,9 +19,9 @@ from fercli.core.config import (
 from fercli.core.errors import ModelError
 from fercli.core.labels import BASIC_LABELS
 from fercli.core.store import pack_json, unpack_json
-from fercli.infer.model import load_model
+from fercli.infer.model import load_model, save_networks
 from fercli.infer.runtime import FORWARD_BATCH, NumpyNetwork
-from fercli.learn.network import build_model, export_layers, make_optimizer, save_model
+from fercli.learn.network import build_model, export_layers, export_network, make_optimizer
 from fercli.learn.selection import select_classes
 from fercli.learn.training import configure_tensorflow, fit
 from synthetic import make_dataset
@@ -40,6 +40,21 @@ def probe_crops(selection) -> np.ndarray:
     """Real crops and noise crops, so that every unit of the network sees varied input."""
     noise = np.random.default_rng(0).integers(0, 256, (16, 32, 32), dtype=np.uint8)
     return np.concatenate([selection.crops[::7], noise])
+
+
+def save_model(
+    path, keras_model, classes, mean, std, preprocess, training, extra=None, training_crops=None
+):
+    """One Keras network to a model file, as fer train writes it (save_networks of one)."""
+    return save_networks(
+        path,
+        [export_network(keras_model, mean, std)],
+        classes,
+        preprocess,
+        training,
+        extra,
+        training_crops=training_crops,
+    )
 
 
 def keras_output(model, crops: np.ndarray, mean, std) -> np.ndarray:

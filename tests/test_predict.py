@@ -13,7 +13,7 @@ from fercli.core.config import TrainConfig
 from fercli.core.errors import ModelError
 from fercli.core.store import models_dir
 from fercli.infer.model import load_model
-from fercli.infer.photos import annotate, predict_paths, resolve_model
+from fercli.infer.photos import annotate, label_photos, resolve_model
 from fercli.learn.training import train_model
 from synthetic import make_dataset
 
@@ -72,7 +72,7 @@ def check_face(face, classes: list[str], width: int, height: int) -> None:
 
 
 def test_one_face_in_the_test_photo(model, astronaut_path):
-    report = predict_paths([astronaut_path], model, workers=1)
+    report = label_photos([astronaut_path], model, workers=1)
     assert report.classes == CLASSES
     [image] = report.images
     assert image.path == str(astronaut_path) and image.error is None
@@ -90,12 +90,12 @@ def test_face_prediction_uses_the_models_runtime_on_the_aligned_crop(model, astr
 
     [aligned] = align_faces(load_gray(astronaut_path), model.preprocess)
     expected = model.predict_proba(aligned.crop[np.newaxis])[0]
-    [face] = predict_paths([astronaut_path], model, workers=1).images[0].faces
+    [face] = label_photos([astronaut_path], model, workers=1).images[0].faces
     assert list(face.probabilities.values()) == pytest.approx(expected.tolist(), abs=1e-6)
 
 
 def test_two_faces_side_by_side(model, two_faces):
-    [image] = predict_paths([two_faces], model, workers=1).images
+    [image] = label_photos([two_faces], model, workers=1).images
     assert len(image.faces) == 2
     for face in image.faces:
         check_face(face, CLASSES, 1024, 512)
@@ -112,13 +112,13 @@ def test_the_box_of_a_face_cut_by_the_edge_stays_inside_the_image(model, astrona
     photo = cv2.imread(str(astronaut_path))
     path = tmp_path / "edge.png"
     assert cv2.imwrite(str(path), np.ascontiguousarray(photo[:, 185:]))  # the left eye near x = 18
-    [image] = predict_paths([path], model, workers=1).images
+    [image] = label_photos([path], model, workers=1).images
     [face] = image.faces
     check_face(face, CLASSES, 512 - 185, 512)
 
 
 def test_an_image_without_a_face_is_no_error(model, blank):
-    report = predict_paths([blank], model, workers=1)
+    report = label_photos([blank], model, workers=1)
     [image] = report.images
     assert image.faces == [] and image.error is None
     assert image.to_json() == {"path": str(blank), "faces": []}
@@ -135,7 +135,7 @@ def test_a_corrupt_file_is_reported_and_the_rest_still_processed(
     pixels[5000:20000] = bytes(15000)  # whole file, zeroed compressed data
     damaged.write_bytes(bytes(pixels))
     missing = tmp_path / "gone.jpg"
-    report = predict_paths([corrupt, astronaut_path, text, damaged, missing], model, workers=1)
+    report = label_photos([corrupt, astronaut_path, text, damaged, missing], model, workers=1)
     by_path = {image.path: image for image in report.images}
     assert set(by_path) == {str(corrupt), str(astronaut_path), str(text), str(damaged)}
     assert by_path[str(corrupt)].error == "truncated PNG (no IEND chunk at the end)"
@@ -158,19 +158,19 @@ def test_a_folder_is_searched_and_an_empty_folder_reported(model, astronaut_path
     (photos / "b.png").write_bytes(blank.read_bytes())
     empty = tmp_path / "empty"
     empty.mkdir()
-    report = predict_paths([photos, empty], model, workers=1)
+    report = label_photos([photos, empty], model, workers=1)
     assert [Path(image.path).name for image in report.images] == ["b.png", "a.png"]
     assert [len(image.faces) for image in report.images] == [0, 1]
     assert [(problem.path, problem.reason) for problem in report.problems] == [
         (str(empty), "folder has no files")
     ]
-    only_empty = predict_paths([empty], model, workers=1)
+    only_empty = label_photos([empty], model, workers=1)
     assert only_empty.images == [] and only_empty.processed == 0 and len(only_empty.problems) == 1
 
 
 def test_progress_is_reported_per_image(model, astronaut_path, blank):
     calls = []
-    predict_paths(
+    label_photos(
         [astronaut_path, blank],
         model,
         workers=1,
@@ -182,7 +182,7 @@ def test_progress_is_reported_per_image(model, astronaut_path, blank):
 def test_annotated_copies_have_the_size_of_the_originals(
     model, astronaut_path, two_faces, corrupt, tmp_path
 ):
-    report = predict_paths([astronaut_path, two_faces, corrupt], model, workers=1)
+    report = label_photos([astronaut_path, two_faces, corrupt], model, workers=1)
     folder = tmp_path / "annotated"
     written = annotate(report, folder)
     assert sorted(path.name for path in written) == ["astronaut.png", "two.png"]
@@ -228,7 +228,7 @@ def test_workers_give_what_one_process_gives(
     assert cv2.imread(str(large), cv2.IMREAD_GRAYSCALE).size > 1 << 20
     paths = [astronaut_path, two_faces, blank, corrupt, large, astronaut_path, two_faces, large]
 
-    reports = [predict_paths(paths, model, workers=workers) for workers in (1, 2)]
+    reports = [label_photos(paths, model, workers=workers) for workers in (1, 2)]
 
     one, two = ([image.to_json() for image in report.images] for report in reports)
     assert two == one

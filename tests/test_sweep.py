@@ -99,7 +99,10 @@ def test_every_train_setting_can_be_varied():
         ('[vary]\nepochs = [1, "two"]', "g.toml: [vary] epochs: 'two' is not a whole number"),
         ("[vary]\nflip_tta = [1]", "g.toml: [vary] flip_tta: 1 is not true or false"),
         ('[base]\nlr = "fast"\n[vary]\nepochs = [1]', "g.toml: [base] lr: 'fast' is not a number"),
-        ('[vary]\nvariant = ["huge"]', "g.toml: [vary] variant: 'huge' is not one of paper"),
+        (
+            '[vary]\nvariant = ["huge"]',
+            "g.toml: [vary] variant: variant (--variant) 'huge' is not one of paper",
+        ),
         ("[vary]\nepochs = []", "g.toml: [vary] epochs is an empty list"),
         ("[vary]\nepochs = 3", "g.toml: [vary] epochs must be a list of values"),
         ("seeds = [0]", "g.toml: [vary] names no setting to vary"),
@@ -406,10 +409,10 @@ def test_crossval_runs_on_ray_through_the_cli(local_ray):
 
 @needs_ray
 def test_a_cluster_with_other_code_is_refused(local_ray, monkeypatch):
-    import fercli
+    from fercli.core import version
     from fercli.core.errors import EngineError
 
     # This process is another fercli version than the one the cluster's workers import.
-    monkeypatch.setattr(fercli, "__version__", "0.0.0-other")
+    monkeypatch.setattr(version, "VERSION", "0.0.0-other")
     with pytest.raises(EngineError, match="runs other code .*fercli .* there, 0.0.0-other here"):
         RayEngine("auto").connect()

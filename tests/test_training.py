@@ -10,7 +10,7 @@ import pytest
 from fercli.core.config import TrainConfig, recipe_config, recipe_differences
 from fercli.core.errors import DatasetError, FerError
 from fercli.core.labels import BASIC_LABELS
-from fercli.learn import crossval as crossvalidation
+from fercli.learn import folds as fold_module
 from fercli.learn.crossval import cross_validate
 from fercli.learn.folds import make_folds
 from fercli.learn.selection import normalisation, select_classes
@@ -205,8 +205,8 @@ def test_fold_normalisation_comes_from_the_training_part_only(dataset, monkeypat
     crops = selection.crops.copy()
     crops[test] = 250  # the test part is nothing like the training part
     configure_tensorflow(None)
-    task = crossvalidation.FoldTask(0, TrainConfig(epochs=1, normalisation=mode), 0, train, test)
-    result = crossvalidation.train_fold(crops, selection.targets, len(selection.labels), task)
+    task = fold_module.FoldTask(0, TrainConfig(epochs=1, normalisation=mode), 0, train, test)
+    result = fold_module.train_fold(crops, selection.targets, len(selection.labels), task)
     train_mean, train_std = normalisation(crops[train], mode)
     assert result["mean"] == pytest.approx(float(np.mean(train_mean)))
     assert result["std"] == pytest.approx(float(np.mean(train_std)))

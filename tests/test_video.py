@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from clips import can_write, moving_face, write_clip
 from fercli.cli import app
 from fercli.infer.model import load_model
-from fercli.infer.tracking import VideoOptions, predict_video
+from fercli.infer.tracking import VideoConfig
+from fercli.infer.videos import label_video
 from fercli.media.video import sniff_video
 from synthetic import train_tiny_model
 
@@ -93,7 +94,7 @@ def check_frame(face, width: int = WIDTH, height: int = HEIGHT) -> None:
 
 
 def test_a_moving_face_keeps_one_track(model, clip):
-    result = predict_video(clip("moving", 24), model)
+    result = label_video(clip("moving", 24), model)
     assert result.error is None
     assert (result.frames, result.analysed, result.fps) == (24, 24, 30.0)
     [track] = result.tracks
@@ -111,13 +112,13 @@ def test_a_moving_face_keeps_one_track(model, clip):
 
 
 def test_detection_on_every_frame_finds_the_same_track(model, clip):
-    result = predict_video(clip("moving", 24), model, VideoOptions(detect_every=1))
+    result = label_video(clip("moving", 24), model, VideoConfig(detect_every=1))
     [track] = result.tracks
     assert len(track.frames) == 24 and result.detections == 24
 
 
 def test_a_second_face_gets_a_second_id(model, clip):
-    result = predict_video(clip("two", 30, two_faces(30, joins=10), WIDE), model)
+    result = label_video(clip("two", 30, two_faces(30, joins=10), WIDE), model)
     assert [track.id for track in result.tracks] == [1, 2]
     first, second = result.tracks
     assert [face.frame for face in first.frames] == list(range(30))
@@ -130,7 +131,7 @@ def test_a_second_face_gets_a_second_id(model, clip):
 
 
 def test_frames_without_a_face_have_no_face_records(model, clip):
-    result = predict_video(clip("gap", 30, with_gap(30, 10, 18)), model)
+    result = label_video(clip("gap", 30, with_gap(30, 10, 18)), model)
     seen = sorted(face.frame for track in result.tracks for face in track.frames)
     assert not set(seen) & set(range(10, 18))
     assert set(range(10)) <= set(seen)
@@ -139,26 +140,26 @@ def test_frames_without_a_face_have_no_face_records(model, clip):
 
 
 def test_a_video_without_a_face_is_analysed_with_no_tracks(model, clip):
-    result = predict_video(clip("empty", 12, lambda index: []), model)
+    result = label_video(clip("empty", 12, lambda index: []), model)
     assert result.error is None and result.analysed == 12 and result.tracks == []
     assert result.detections == 3  # every 5 frames, even with no face in sight
 
 
 def test_every_and_fps_sample_frames(model, clip):
     path = clip("moving", 24)
-    every = predict_video(path, model, VideoOptions(every=3))
+    every = label_video(path, model, VideoConfig(every=3))
     assert every.frames == 24 and every.analysed == 8
     assert [face.frame for face in every.tracks[0].frames] == list(range(0, 24, 3))
     assert every.interval == pytest.approx(0.1)
-    by_time = predict_video(path, model, VideoOptions(fps=10))
+    by_time = label_video(path, model, VideoConfig(fps=10))
     assert by_time.analysed == 8
     assert [face.frame for face in by_time.tracks[0].frames] == list(range(0, 24, 3))
 
 
 def test_smoothing_keeps_the_raw_values(model, clip):
     path = clip("moving", 24)
-    raw = predict_video(path, model)
-    smoothed = predict_video(path, model, VideoOptions(smooth=0.5))
+    raw = label_video(path, model)
+    smoothed = label_video(path, model, VideoConfig(smooth=0.5))
     for before, after in zip(raw.tracks[0].frames, smoothed.tracks[0].frames, strict=True):
         assert after.probabilities == before.probabilities
         assert list(after.smoothed) == CLASSES
@@ -352,7 +353,7 @@ def test_an_mp4_cut_short_is_named_so(model, tmp_path):
     whole = write_clip(tmp_path / "whole.mp4", 10, WIDTH, HEIGHT)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    result = predict_video(cut, model)
+    result = label_video(cut, model)
     assert result.analysed == 0 and result.error.startswith(
         "cannot open it as a video: truncated MP4"
     )
@@ -411,6 +412,26 @@ def test_sampling_options_out_of_range_are_refused(model_path, clip, option):
 def test_a_face_moving_half_its_width_between_analysed_frames_keeps_its_id(model, clip):
     # From x = 100 to 380 in 40 frames: 42 pixels (half the face) between frames 6 apart.
     path = clip("fast", 40, lambda index: [(100.0 + 7 * index, 120.0, 1.0)], WIDE)
-    result = predict_video(path, model, VideoOptions(every=6, detect_every=2))
+    result = label_video(path, model, VideoConfig(every=6, detect_every=2))
     [track] = result.tracks
     assert [face.frame for face in track.frames] == list(range(0, 40, 6))
+
+
+def test_adapt_relabels_every_face_of_the_video_with_the_adapted_model(model, clip):
+    plain = label_video(clip("adapted", 24), model)
+    adapted = label_video(clip("adapted", 24), model, adapt=True)
+    short = label_video(clip("short", 8), model, adapt=True)
+
+    assert adapted.error is None
+    assert adapted.adaptation.faces == 24  # one face in each of the 24 frames
+    assert json.loads(json.dumps(adapted.to_json(model.classes)))["adapted"]["faces"] == 24
+    [before], [after] = plain.tracks, adapted.tracks
+    assert [face.box for face in before.frames] == [face.box for face in after.frames]
+    # Same faces, other statistics: the probabilities move.
+    assert any(
+        face.probabilities != other.probabilities
+        for face, other in zip(before.frames, after.frames, strict=True)
+    )
+    for face in after.frames:
+        check_frame(face)
+    assert short.adaptation is None and "at least 20 faces" in short.error

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fercli.core.config import PreprocessConfig, ScanOptions, TrainConfig, recipe_config
+from fercli.core.config import PreprocessConfig, ScanConfig, TrainConfig, recipe_config
 from fercli.core.events import Progress
 from fercli.faces.align import align_faces
 from fercli.infer.label import FacePrediction
@@ -65,7 +65,7 @@ def label_faces(
 
 def prepare_dataset(
     folder: str | Path,
-    options: ScanOptions | None = None,
+    options: ScanConfig | None = None,
     config: PreprocessConfig | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
@@ -75,7 +75,7 @@ def prepare_dataset(
 
     return preprocess_dataset(
         Path(folder),
-        options or ScanOptions(),
+        options or ScanConfig(),
         config or PreprocessConfig(),
         workers,
         progress=progress,
@@ -215,18 +215,20 @@ def evaluate_model(
     workers: int | None = None,
     output: str | Path | None = None,
     progress: Progress | None = None,
+    adapt: bool = False,
 ) -> CrossvalReport:
     """fer evaluate: score a model (default: the newest) on another dataset, a preprocessed one
     or an original folder (then preprocessed with the model's settings; progress follows the
     alignment); only the classes both have count. The report (one "fold") with its files
-    written in output (default: a new folder in FER_HOME/runs)."""
+    written in output (default: a new folder in FER_HOME/runs). adapt: the model's statistics
+    re-estimated from the dataset's unlabelled crops first (fer evaluate --adapt)."""
     from fercli.core.store import check_writable, new_dir, runs_dir, slug, timestamp
     from fercli.learn.crossval_files import save_crossval
     from fercli.learn.evaluate import prepare_for_model, score_model
 
     loaded = model if isinstance(model, FerModel) else load_model(model)
     prepared, _ = prepare_for_model(dataset, loaded, workers, progress)
-    report = score_model(loaded, prepared, split)
+    report = score_model(loaded, prepared, split, adapt=adapt)
     name = slug(Path(str(loaded.path)).stem)
     folder = (
         check_writable(Path(output))
@@ -248,31 +250,34 @@ def label_media(
     annotate: str | Path | None = None,
     progress: Progress | None = None,
     video_progress=None,
+    adapt: bool = False,
 ):
     """fer predict: the faces and labels of every image and video in paths (files and
     folders) with a model (default: the newest), as a video.MediaReport; with annotate, the
     labelled copies written there too (media.annotated: the files). options: a
-    video.VideoOptions (sampling, detection, smoothing). video_progress(path) gives each
+    video.VideoConfig (sampling, detection, smoothing). video_progress(path) gives each
     video's progress callback. FerError before any work for an annotation folder that holds
-    inputs."""
+    inputs. adapt: the model's statistics re-estimated from the faces being labelled (the
+    photos' together, each video's own) before they are labelled (fer predict --adapt)."""
     from fercli.core.store import check_writable
-    from fercli.infer.media import annotate_videos, predict_media
+    from fercli.infer.media import annotate_videos, label_files
     from fercli.infer.photos import annotate as annotate_images
     from fercli.infer.photos import check_annotate_folder
-    from fercli.infer.tracking import VideoOptions
+    from fercli.infer.tracking import VideoConfig
 
     loaded = model if isinstance(model, FerModel) else load_model(model)
     paths = [Path(path) for path in paths]
     if annotate is not None:
         check_annotate_folder(paths, Path(annotate))
         check_writable(Path(annotate))
-    media = predict_media(
+    media = label_files(
         paths,
         loaded,
-        options or VideoOptions(),
+        options or VideoConfig(),
         workers,
         progress=progress,
         video_progress=video_progress,
+        adapt=adapt,
     )
     if annotate is not None:
         media.annotated = annotate_images(media.images, Path(annotate))

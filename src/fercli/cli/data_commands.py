@@ -53,12 +53,12 @@ def preprocess(
     """Align every face of a dataset and cache the 32x32 crops for train and crossval."""
     with user_errors(as_json):
         from fercli.api import prepare_dataset
-        from fercli.core.config import PreprocessConfig, ScanOptions
+        from fercli.core.config import PreprocessConfig, ScanConfig
         from fercli.core.errors import FerError
 
         if not math.isfinite(min_face_score):
             raise FerError(f"--min-face-score must be a finite number, not {min_face_score}")
-        options = ScanOptions(
+        options = ScanConfig(
             layout=layout and layout.value, ck_frames=ck_frames, ck_neutral_first=ck_neutral
         )
         config = PreprocessConfig(min_face_score=min_face_score, equalization=equalization.value)

@@ -63,6 +63,13 @@ def predict(
         help="Videos: also give each track's probabilities averaged over "
         "this many seconds (0: off; the raw values stay).",
     ),
+    adapt: bool = typer.Option(
+        False,
+        "--adapt",
+        help="Re-estimate the model's normalisation and batch normalisation statistics from "
+        "the faces being labelled (the photos' together, each video's own; at least 20) "
+        "before labelling them: for photos from another camera.",
+    ),
 ) -> None:
     """Label the expression of every face in photos and videos."""
     if as_json and as_csv:
@@ -85,6 +92,7 @@ def predict(
                 annotate=annotate_dir,
                 progress=None if quiet else update,
                 video_progress=None if as_json or as_csv else video_progress(bar),
+                adapt=adapt,
             )
     failure = (
         None
@@ -157,7 +165,7 @@ def live(
         raise fail("fer live needs its web server: pip install 'fercli[live]'") from None
     with user_errors():
         from fercli.web.access import access_for, bind_socket
-        from fercli.web.live import LiveOptions, LiveSession, redact
+        from fercli.web.live import LiveConfig, LiveSession, redact
 
         loaded = _live_model(model)
         sock = bind_socket(host, port, allow_remote)
@@ -165,7 +173,7 @@ def live(
             session = LiveSession(
                 source,
                 loaded,
-                LiveOptions(detect_every=detect_every, loop=loop, record=record),
+                LiveConfig(detect_every=detect_every, loop=loop, record=record),
                 escaped,
             )
         except BaseException:

@@ -22,6 +22,7 @@ from fercli.cli.options import (
     with_training_options,
 )
 from fercli.cli.render_learn import render_crossval, render_scores, render_sources, render_sweep
+from fercli.core.labels import describe_shares
 
 
 @with_training_options
@@ -198,6 +199,12 @@ def evaluate(
     output: Path | None = typer.Option(
         None, help="Report folder (default: a new folder in FER_HOME/runs)."
     ),
+    adapt: bool = typer.Option(
+        False,
+        "--adapt",
+        help="Re-estimate the model's normalisation and batch normalisation statistics from "
+        "the dataset's own faces (unlabelled) before scoring: for photos from another camera.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """Score a trained model on another dataset: only the classes both have count."""
@@ -207,7 +214,13 @@ def evaluate(
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():
             report = evaluate_model(
-                dataset, model, split, workers, output, progress=None if as_json else update
+                dataset,
+                model,
+                split,
+                workers,
+                output,
+                progress=None if as_json else update,
+                adapt=adapt,
             )
     files = report.files
     if as_json:
@@ -230,6 +243,7 @@ def evaluate(
     )
     out.print(f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold], macro-F1 {report.macro_f1:.3f}")
     render_scores(report, "per class")
+    out.print(f"answers: {shown(describe_shares(report.answer_shares))}")
     for warning in report.warnings:
         out.print(f"[yellow]note:[/yellow] {shown(warning)}")
     for key, path in files.items():

@@ -235,13 +235,13 @@ def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header:
 def video_options(every: int, fps: float | None, detect_every: int, smooth: float):
     """predict's video settings; FerError for a value no option range catches (NaN, infinity)."""
     from fercli.core.errors import FerError
-    from fercli.infer.tracking import VideoOptions
+    from fercli.infer.tracking import VideoConfig
 
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise FerError(f"--fps must be a number above 0, not {fps}")
     if not math.isfinite(smooth):
         raise FerError(f"--smooth must be a finite number of seconds, not {smooth}")
-    return VideoOptions(every=every, fps=fps, detect_every=detect_every, smooth=smooth)
+    return VideoConfig(every=every, fps=fps, detect_every=detect_every, smooth=smooth)
 
 
 def video_progress(bar):

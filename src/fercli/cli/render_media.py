@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from fercli.cli.app import emit_json, err, escaped, out, shown
+from fercli.core.labels import answer_shares, collapse_note, describe_shares
 
 
 def render_media(media, as_json: bool, as_csv: bool, failure: str | None) -> None:
@@ -103,6 +104,28 @@ def render_media_summary(media, listed: int, others: str, as_csv: bool) -> None:
         )
     )
     (err if as_csv else out).print(summary)
+    render_answers(media, err if as_csv else out)
+
+
+def render_answers(media, console) -> None:
+    """The share of each label among every face labelled (photos' faces, videos' analysed
+    frames), a warning when one label takes most of them, and what --adapt did."""
+    answers = [face.label for image in media.images.images for face in image.faces]
+    answers += [
+        face.label for video in media.videos for track in video.tracks for face in track.frames
+    ]
+    if len(answers) > 1:
+        shares = answer_shares(answers)
+        console.print(f"answers: {shown(describe_shares(shares))}")
+        note = collapse_note(shares, len(answers))
+        if note:
+            console.print(f"[yellow]warning:[/yellow] {shown(note)}")
+    adapted = [("photos", media.images.adaptation)] + [
+        (video.path, video.adaptation) for video in media.videos
+    ]
+    for where, adaptation in adapted:
+        if adaptation is not None:
+            console.print(f"note: {shown(where)}: {shown(adaptation.describe())}")
 
 
 def plural(count: int, noun: str) -> str:

@@ -170,7 +170,7 @@ BATCH_PIXELS = 1 << 22
 
 
 @dataclass(frozen=True)
-class ScanOptions:
+class ScanConfig:
     """How a dataset folder is read into labelled images."""
 
     # "jaffe", "ck+", "folders", or None to detect it.
@@ -243,7 +243,7 @@ TRAIN_SETTINGS = {
     "variant": Setting("--variant", str, MODEL_VARIANTS),
     "epochs": Setting("--epochs", int, low=1, high=100_000),
     "batch_size": Setting("--batch-size", int, low=1, high=65_536),
-    "learning_rate": Setting("--lr", float, low=0.0, high=100.0, above_low=True),
+    "learning_rate": Setting("--lr", float, low=0.0),
     "momentum": Setting("--momentum", float, low=0.0, high=1.0),
     "optimizer": Setting("--optimizer", str, OPTIMIZERS),
     "augment": Setting("--augment", bool),

@@ -49,3 +49,43 @@ def label_order(labels: set[str] | list[str]) -> list[str]:
     present = set(labels)
     known = [label for label in KNOWN_LABELS if label in present]
     return known + sorted(present - set(known))
+
+
+# One class taking more than this share of the answers, where the data does not hold as many
+# of it, is the collapse a model meets on photos unlike its training set's.
+COLLAPSE_SHARE = 0.5
+# Fewer answers than this say too little to call a collapse.
+COLLAPSE_MIN_ANSWERS = 10
+
+
+def answer_shares(answers: list[str]) -> dict[str, float]:
+    """Each label's share of the answers, largest first (ties in report order)."""
+    if not answers:
+        return {}
+    counts: dict[str, int] = {}
+    for answer in answers:
+        counts[answer] = counts.get(answer, 0) + 1
+    order = label_order(list(counts))
+    ranked = sorted(order, key=lambda label: (-counts[label], order.index(label)))
+    return {label: counts[label] / len(answers) for label in ranked}
+
+
+def collapse_note(shares: dict[str, float], answers: int, truth: dict[str, float] | None = None):
+    """A warning when one class takes more than COLLAPSE_SHARE of the answers (and, where the
+    true classes are known, more than its share of the truth allows); None otherwise."""
+    if answers < COLLAPSE_MIN_ANSWERS or not shares:
+        return None
+    label, share = next(iter(shares.items()))
+    if share <= COLLAPSE_SHARE or (truth is not None and truth.get(label, 0.0) > COLLAPSE_SHARE):
+        return None
+    held = f" (it is {truth.get(label, 0.0):.0%} of the true labels)" if truth is not None else ""
+    return (
+        f"{label} takes {share:.0%} of the {answers} answers{held}: the model has collapsed onto "
+        "one class, as models do on photos unlike their training set's; try --adapt, or a model "
+        "trained with the recipe for photos from elsewhere"
+    )
+
+
+def describe_shares(shares: dict[str, float]) -> str:
+    """ "surprise 83%, happiness 9%, ..." """
+    return ", ".join(f"{label} {share:.0%}" for label, share in shares.items())

@@ -11,7 +11,6 @@ dropped from the later one and counted, so that no image can be on both sides of
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from fercli.core.config import PreprocessConfig
 from fercli.core.errors import DatasetError
+from fercli.core.hashing import crop_digests, data_fingerprint
 from fercli.core.labels import canonical_label, label_order
 from fercli.data.prepared import DATASET_FILE, PreparedDataset, dataset_folder, resolve_dataset
 
@@ -45,18 +45,6 @@ class CombinedDataset(PreparedDataset):
     @property
     def dataset_names(self) -> list[str]:
         return [part["name"] for part in self.parts]
-
-
-def dataset_fingerprint(dataset: PreparedDataset) -> str:
-    """Identifies a dataset's data (crops and labels), wherever it is stored."""
-    digest = hashlib.sha256(np.ascontiguousarray(dataset.crops).tobytes())
-    digest.update("\n".join(dataset.labels.tolist()).encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()[:16]
-
-
-def crop_digests(crops: np.ndarray) -> list[bytes]:
-    """A content hash of every crop."""
-    return [hashlib.sha256(np.ascontiguousarray(crop).tobytes()).digest() for crop in crops]
 
 
 def short_names(datasets: list[PreparedDataset]) -> list[str]:
@@ -122,7 +110,7 @@ def resolve_datasets(choices: list[str]) -> list[PreparedDataset]:
         seen[where] = choice
     fingerprints: dict[str, str] = {}
     for choice, dataset in found:
-        digest = dataset_fingerprint(dataset)
+        digest = data_fingerprint(dataset.crops, dataset.labels.tolist())
         if digest in fingerprints:
             raise DatasetError(
                 f"{fingerprints[digest]} and {choice} hold the same data (fingerprint {digest}): "
@@ -156,7 +144,7 @@ def settings_difference(first: dict, second: dict) -> str | None:
     )
 
 
-def choose_classes(
+def combined_classes(
     names: list[str], class_sets: list[set[str]], classes: tuple[str, ...], shared_classes: bool
 ) -> list[str]:
     """The classes a combination keeps: the named ones, the shared ones, or all when every
@@ -212,7 +200,7 @@ def combine(
         raise DatasetError("combining needs at least two datasets")
     names = short_names(datasets)
     class_sets = [set(dataset.labels.tolist()) for dataset in datasets]
-    chosen = choose_classes(names, class_sets, classes, shared_classes)
+    chosen = combined_classes(names, class_sets, classes, shared_classes)
     seen: set[bytes] = set()
     columns: dict[str, list[np.ndarray]] = {
         "crops": [],
@@ -223,7 +211,7 @@ def combine(
     }
     parts, notes = [], []
     for name, dataset in zip(names, datasets, strict=True):
-        digests = crop_digests(dataset.crops)
+        digests = [row.tobytes() for row in crop_digests(dataset.crops, 32)]
         duplicate = np.array([digest in seen for digest in digests], dtype=bool)
         seen.update(digests)
         wanted = np.isin(dataset.labels, chosen)
@@ -259,7 +247,7 @@ def combine(
                 "path": str(dataset.location),
                 "source": dataset.meta.get("source"),
                 "layout": dataset.meta.get("layout"),
-                "fingerprint": dataset_fingerprint(dataset),
+                "fingerprint": data_fingerprint(dataset.crops, dataset.labels.tolist()),
                 "images": int(keep.sum()),
                 "subjects": len(set(subjects.tolist()) - {""}),
                 "classes": {label: kept.count(label) for label in chosen if label in kept},

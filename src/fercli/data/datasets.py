@@ -6,9 +6,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fercli.core.config import ScanOptions
+from fercli.core.config import ScanConfig
 from fercli.core.errors import LayoutError
 from fercli.core.labels import canonical_label
+from fercli.data.prepared import subjects_known
 from fercli.media.discover import Skipped, files_under, is_visible
 
 # fer2013: a CSV file (emotion,pixels,Usage), read by fercli.data.fer2013 rather than scanned here.
@@ -72,7 +73,7 @@ class Scan:
 
     @property
     def has_subjects(self) -> bool:
-        return bool(self.records) and all(record.subject for record in self.records)
+        return subjects_known([record.subject for record in self.records])
 
 
 def subject_of(name: str) -> str | None:
@@ -155,7 +156,7 @@ def detect_layout(root: Path) -> str:
     )
 
 
-def scan_dataset(root: Path, options: ScanOptions = ScanOptions()) -> Scan:
+def scan_dataset(root: Path, options: ScanConfig = ScanConfig()) -> Scan:
     """Read a dataset folder into labelled records; layout from options or detected."""
     root = Path(root)
     if options.layout:
@@ -179,7 +180,7 @@ def scan_dataset(root: Path, options: ScanOptions = ScanOptions()) -> Scan:
     return scan
 
 
-def _scan_jaffe(root: Path, options: ScanOptions) -> Scan:
+def _scan_jaffe(root: Path, options: ScanConfig) -> Scan:
     records, skipped = [], []
     for path in files_under(root, skipped):
         if path.parent != root:
@@ -213,7 +214,7 @@ def _read_ck_emotion(path: Path) -> str:
     return CK_CODES[int(code)]
 
 
-def _scan_ck(root: Path, options: ScanOptions) -> Scan:
+def _scan_ck(root: Path, options: ScanConfig) -> Scan:
     if options.ck_frames < 1:
         raise LayoutError("--ck-frames must be at least 1")
     base = _ck_root(root)
@@ -250,7 +251,7 @@ def _scan_ck(root: Path, options: ScanOptions) -> Scan:
     return scan
 
 
-def _scan_folders(root: Path, options: ScanOptions) -> Scan:
+def _scan_folders(root: Path, options: ScanConfig) -> Scan:
     records, skipped = [], []
     for path in files_under(root, skipped):
         relative = path.relative_to(root)

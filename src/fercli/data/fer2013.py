@@ -24,12 +24,12 @@ from fercli.core.config import PreprocessConfig
 from fercli.core.errors import LayoutError
 from fercli.core.events import Progress, items
 from fercli.core.labels import label_order
+from fercli.data.prepared import save_prepared
 from fercli.media.discover import Skipped
 
 HEADER = ("emotion", "pixels", "Usage")
 SIDE = 48
 LABELS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
-SPLITS = ("Training", "PublicTest", "PrivateTest")
 CHUNK = 256  # rows handed to a worker at a time
 # Largest CSV field: one row's pixels are about 9 kB of text; a longer field is no FER2013 row.
 MAX_FIELD = 64 * 1024
@@ -141,18 +141,10 @@ def align_chunk(
     chunk: list[tuple[int, int, str, np.ndarray]], config: PreprocessConfig
 ) -> list[tuple]:
     """(number, label, split, crop or None, reason) for each row of a chunk; runs in workers."""
-    from fercli.faces.align import align_detected, detect_faces, no_face_error
+    from fercli.faces.align import align_batch, detect_faces, no_face_error
 
     found = [(image, detect_faces(image, config)) for _, _, _, image in chunk]
-    try:
-        aligned = align_detected(found, config, largest_only=True)
-    except Exception as error:  # one bad image must not take the chunk with it
-        aligned = []
-        for one in found:
-            try:
-                aligned += align_detected([one], config, largest_only=True)
-            except Exception:
-                aligned.append(error)
+    aligned = align_batch(found, config, largest_only=True)
     results = []
     for (number, label, split, _), outcome in zip(chunk, aligned, strict=True):
         if isinstance(outcome, Exception):
@@ -230,8 +222,7 @@ def preprocess_fer2013(
     """Align every face of a FER2013 CSV and save the prepared dataset (with each image's
     split); returns a PreprocessReport. Rows that are not FER2013 rows and faces dlib cannot
     find are skipped with the reason."""
-    from fercli.data.prepared import PreparedDataset, PreprocessReport, dataset_folder, save_dataset
-    from fercli.media.pictures import contact_sheet
+    from fercli.data.prepared import PreparedDataset, PreprocessReport
 
     started = time.perf_counter()
     path = Path(path)
@@ -279,31 +270,14 @@ def preprocess_fer2013(
             + ", ".join(f"{name} {count}" for name, count in counted.items())
         )
     if crops:
-        stacked = np.stack(crops)
-        folder = dataset_folder(path)
         dataset = PreparedDataset(
-            crops=stacked,
+            crops=np.stack(crops),
             labels=np.array(labels),
             subjects=np.array([""] * len(crops)),
             paths=np.array(paths),
-            meta={
-                "source": str(path.resolve()),
-                "layout": "fer2013",
-                "scan": {},
-                "preprocess": config.to_dict(),
-                "preprocess_fingerprint": config.fingerprint(),
-                "classes": report.classes,
-                "splits": sorted(set(splits) - {""}),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
+            meta={"scan": {}, "splits": sorted(set(splits) - {""})},
             splits=np.array(splits),
         )
-        report.dataset = str(save_dataset(dataset, folder))
-        try:
-            report.contact_sheet = str(
-                contact_sheet(stacked, dataset.labels, folder / "contact_sheet.png")
-            )
-        except Exception as error:  # a report without its picture is still a report
-            report.notes.append(f"contact sheet not written: {error}")
+        save_prepared(report, dataset, config)
     report.seconds = time.perf_counter() - started
     return report

@@ -28,8 +28,6 @@ from fercli.core.store import (
 )
 from fercli.data.prepared import DATASET_FILE
 
-KINDS = ("dataset", "model", "run")
-
 
 @dataclass
 class Entry:

@@ -8,12 +8,14 @@ it cannot use.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from fercli.core.errors import DatasetError
+from fercli.core.config import PreprocessConfig
+from fercli.core.errors import DatasetError, StoreError
 from fercli.core.store import (
     atomic_write,
     datasets_dir,
@@ -50,7 +52,13 @@ class PreparedDataset:
 
     @property
     def has_subjects(self) -> bool:
-        return len(self.subjects) > 0 and all(self.subjects)
+        return subjects_known(self.subjects)
+
+
+def subjects_known(subjects) -> bool:
+    """Whether every image's subject is known (none empty, and there are images): what
+    subject folds and per-subject reports need."""
+    return len(subjects) > 0 and all(subjects)
 
 
 def dataset_folder(source: Path) -> Path:
@@ -241,3 +249,37 @@ class PreprocessReport:
             "notes": self.notes,
             "edges": self.edges,
         }
+
+
+def save_prepared(
+    report: PreprocessReport,
+    dataset: PreparedDataset,
+    config: PreprocessConfig,
+    padding: np.ndarray | None = None,
+) -> None:
+    """Store a freshly preprocessed dataset where its source's datasets go, with its contact
+    sheet; dataset.meta gets the metadata every prepared dataset has (source, preprocessing
+    settings and fingerprint, classes, time) added to its own, and report the paths written.
+    A contact sheet that cannot be written is a note, not a failure."""
+    from fercli.media.drawing import contact_sheet
+
+    source = Path(report.source).resolve()
+    dataset.meta = {
+        "source": str(source),
+        "layout": report.layout,
+        **dataset.meta,
+        "preprocess": config.to_dict(),
+        "preprocess_fingerprint": config.fingerprint(),
+        "classes": report.classes,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    folder = dataset_folder(source)
+    report.dataset = str(save_dataset(dataset, folder))
+    try:
+        sheet = contact_sheet(
+            dataset.crops, dataset.labels, folder / "contact_sheet.png", padding=padding
+        )
+    except StoreError as error:
+        report.notes.append(f"contact sheet not written: {error}")
+    else:
+        report.contact_sheet = str(sheet)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import BATCH_PIXELS, PreprocessConfig, ScanOptions
-from fercli.core.errors import FerError, ImageError, NoFaceError, StoreError
+from fercli.core.config import BATCH_PIXELS, PreprocessConfig, ScanConfig
+from fercli.core.errors import FerError, ImageError, NoFaceError
 from fercli.core.events import Progress, items
 from fercli.core.labels import label_order
 from fercli.core.parallel import (
@@ -26,10 +26,14 @@ from fercli.core.parallel import (
 from fercli.data.cache import CacheEntry, CropCache, content_key
 from fercli.data.datasets import scan_dataset
 from fercli.data.fer2013 import is_fer2013
-from fercli.data.prepared import PreparedDataset, PreprocessReport, dataset_folder, save_dataset
+from fercli.data.prepared import (
+    PreparedDataset,
+    PreprocessReport,
+    save_prepared,
+)
 from fercli.faces.align import (
     AlignedFace,
-    align_detected,
+    align_batch,
     detect_faces,
     landmark_predictor,
     landmarks_load_quickly,
@@ -117,26 +121,16 @@ def _align_found(
     found: list[FacesFound], config: PreprocessConfig, cache: CropCache | None
 ) -> list[CacheEntry]:
     """The second half of align_files: landmarks (of all the images together), crop, cache."""
-    try:
-        aligned = align_detected(
-            [(item.gray, item.detections) for item in found], config, largest_only=True
-        )
-    except FerError:
-        raise
-    except Exception:
-        # Something unexpected: each image alone, so that one cannot take the others with it.
-        def alone(item: FacesFound) -> CacheEntry:
-            [largest] = align_detected([(item.gray, item.detections)], config, largest_only=True)
-            return _entry(largest, len(item.detections), config)
-
-        return [_attempt(lambda item=item: alone(item), item.key, cache) for item in found]
-    entries = [
-        _entry(faces, len(item.detections), config)
-        for item, faces in zip(found, aligned, strict=True)
-    ]
-    if cache is not None:
-        for item, entry in zip(found, entries, strict=True):
-            cache.put(item.key, entry)
+    aligned = align_batch([(item.gray, item.detections) for item in found], config, True)
+    entries = []
+    for item, faces in zip(found, aligned, strict=True):
+        if isinstance(faces, Exception):
+            # Unexpected: reported, not cached, so that a later run tries again.
+            entries.append(CacheEntry(crop=None, reason=_unexpected(faces)))
+            continue
+        entries.append(_entry(faces, len(item.detections), config))
+        if cache is not None:
+            cache.put(item.key, entries[-1])
     return entries
 
 
@@ -155,6 +149,10 @@ def _entry(largest: list[AlignedFace], detected: int, config: PreprocessConfig) 
     )
 
 
+def _unexpected(error: Exception) -> str:
+    return f"alignment failed: {type(error).__name__}: {error}"
+
+
 def _attempt(work: Callable, key: str, cache: CropCache | None):
     """work()'s result; a bad image becomes an entry with the reason, stored in the cache
     so that a second run does not try again. Other errors a user can fix (dlib's landmark
@@ -166,7 +164,7 @@ def _attempt(work: Callable, key: str, cache: CropCache | None):
     except FerError:
         raise
     except Exception as error:
-        return CacheEntry(crop=None, reason=f"alignment failed: {type(error).__name__}: {error}")
+        return CacheEntry(crop=None, reason=_unexpected(error))
     if isinstance(outcome, CacheEntry) and cache is not None:
         cache.put(key, outcome)
     return outcome
@@ -174,7 +172,7 @@ def _attempt(work: Callable, key: str, cache: CropCache | None):
 
 def preprocess_dataset(
     root: Path,
-    options: ScanOptions = ScanOptions(),
+    options: ScanConfig = ScanConfig(),
     config: PreprocessConfig = PreprocessConfig(),
     workers: int | None = None,
     progress: Progress | None = None,
@@ -245,7 +243,7 @@ def preprocess_dataset(
         report.notes.append(f"{len(several)} images had several faces; the largest was used")
     report.edges = edge_summary(kept)
     if kept:
-        _save(report, root, scan.layout, options, config, kept)
+        _save(report, options, config, kept)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -271,33 +269,15 @@ def edge_summary(kept: list[tuple[object, CacheEntry]]) -> dict[str, dict]:
     return summary
 
 
-def _save(report, root, layout, options, config, kept) -> None:
-    from fercli.media.pictures import contact_sheet
-
-    folder = dataset_folder(root)
+def _save(report, options, config, kept) -> None:
     dataset = PreparedDataset(
         crops=np.stack([entry.crop for _, entry in kept]),
         labels=np.array([record.label for record, _ in kept]),
         subjects=np.array([record.subject or "" for record, _ in kept]),
         paths=np.array([str(record.path) for record, _ in kept]),
         meta={
-            "source": str(Path(root).resolve()),
-            "layout": layout,
             "scan": {"ck_frames": options.ck_frames, "ck_neutral_first": options.ck_neutral_first},
-            "preprocess": config.to_dict(),
-            "preprocess_fingerprint": config.fingerprint(),
-            "classes": report.classes,
             "edges": report.edges,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
-    report.dataset = str(save_dataset(dataset, folder))
-    try:
-        padding = np.array([entry.padding for _, entry in kept])
-        report.contact_sheet = str(
-            contact_sheet(
-                dataset.crops, dataset.labels, folder / "contact_sheet.png", padding=padding
-            )
-        )
-    except StoreError as error:
-        report.notes.append(f"contact sheet not written: {error}")
+    save_prepared(report, dataset, config, padding=np.array([entry.padding for _, entry in kept]))

@@ -34,7 +34,7 @@ class FacePrediction:
         }
 
 
-def classify(
+def label_crops(
     model: FerModel, crops: np.ndarray, boxes: list, sources: list[str]
 ) -> list[FacePrediction]:
     """Label aligned uint8 crops (n, s, s) in one forward pass; boxes and the source of each
@@ -68,7 +68,7 @@ def label_faces(image: str | Path | np.ndarray, model: FerModel) -> list[FacePre
     if not faces:
         return []
     source = str(image) if isinstance(image, (str, Path)) else "the image"
-    return classify(
+    return label_crops(
         model,
         np.stack([face.crop for face in faces]),
         [face.box for face in faces],

@@ -15,11 +15,11 @@ from fercli.core.events import Progress
 from fercli.infer.model import FerModel
 from fercli.infer.tracking import (
     FaceFrame,
-    VideoOptions,
+    VideoConfig,
     VideoPrediction,
     frame_sampler,
-    predict_video,
 )
+from fercli.infer.videos import label_video
 from fercli.media.video import is_video, open_video
 
 
@@ -39,29 +39,35 @@ class MediaReport:
         return self.images.processed + sum(1 for video in self.videos if video.processed)
 
 
-def predict_media(
+def label_files(
     paths: list[Path],
     model: FerModel,
-    options: VideoOptions = VideoOptions(),
+    options: VideoConfig = VideoConfig(),
     workers: int | None = None,
     progress: Progress | None = None,
     video_progress: Callable[[str], Progress | None] | None = None,
+    adapt: bool = False,
 ) -> MediaReport:
-    """predict_paths for the images among paths (files and folders, as there) and predict_video
+    """label_photos for the images among paths (files and folders, as there) and label_video
     for the videos, told apart by content. video_progress(path) gives a video's progress
-    callback."""
-    from fercli.infer.photos import predict_paths
+    callback. adapt: the photos' faces together, and each video's faces, adapted to (see
+    label_photos and label_video)."""
+    from fercli.infer.photos import label_photos
     from fercli.media.discover import discover_images
 
     files, problems = discover_images(paths)
     videos = [path for path in files if is_video(path)]
     images = [path for path in files if path not in set(videos)] if videos else files
-    report = predict_paths(images, model, workers, progress=progress if images else None)
+    report = label_photos(
+        images, model, workers, progress=progress if images else None, adapt=adapt and bool(images)
+    )
     # As if the images had been found from the paths given (annotated copies keep the folders).
     report.problems = problems + report.problems
     report.inputs = [str(path) for path in paths]
     results = [
-        predict_video(path, model, options, video_progress(str(path)) if video_progress else None)
+        label_video(
+            path, model, options, video_progress(str(path)) if video_progress else None, adapt
+        )
         for path in videos
     ]
     return MediaReport(images=report, videos=results)
@@ -110,7 +116,7 @@ def annotate_videos(media: MediaReport, classes: list[str], folder: Path) -> lis
 
 def _write_timeline(video: VideoPrediction, classes: list[str], path: Path) -> Path:
     from fercli.core.store import atomic_save
-    from fercli.media.pictures import timeline_image
+    from fercli.media.drawing import timeline_image
 
     tracks = []
     for track in video.tracks:
@@ -213,7 +219,7 @@ def _check_written(path: Path, frames: int) -> None:
 
 def draw_faces(frame: np.ndarray, faces: list[tuple[int, FaceFrame]], thickness: int) -> None:
     """Draw each (track id, face) on a BGR frame, in place: its box, and "#id label p" above it."""
-    from fercli.media.pictures import labelled_box
+    from fercli.media.drawing import labelled_box
 
     for track_id, face in faces:
         colour = TRACK_COLOURS[(track_id - 1) % len(TRACK_COLOURS)]

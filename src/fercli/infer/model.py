@@ -10,7 +10,6 @@ TensorFlow.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from fercli.core.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
 from fercli.core.errors import ModelError
+from fercli.core.hashing import CROP_DIGEST_BYTES, crop_digests
 from fercli.core.store import atomic_write, npz_problem, pack_json, unpack_json
 from fercli.infer.runtime import NumpyNetwork
 
@@ -35,13 +35,13 @@ MAX_ENSEMBLE_MEMBERS = 50
 MAX_MODEL_BYTES = 256 * 2**20
 # The training crops' SHA-256 digests are kept cut to 8 bytes: 80 KB for 10,000 crops, and a
 # chance of about n / 2**64 that a new face is taken for a training face.
-TRAINING_HASH_BYTES = 8
+TRAINING_HASH_BYTES = CROP_DIGEST_BYTES
 
 
 def crop_hashes(crops: np.ndarray) -> np.ndarray:
-    """The sorted, distinct first TRAINING_HASH_BYTES bytes of each crop's SHA-256:
-    (n, TRAINING_HASH_BYTES) uint8, for a model file to recognise its training faces."""
-    return np.unique(crop_hashes_each(crops), axis=0)
+    """The sorted, distinct crop_digests of crops: (n, TRAINING_HASH_BYTES) uint8, for a model
+    file to recognise its training faces."""
+    return np.unique(crop_digests(crops, TRAINING_HASH_BYTES), axis=0)
 
 
 @dataclass
@@ -101,7 +101,10 @@ class FerModel:
         pixels; None when the model file does not say."""
         if self.training_hashes is None:
             return None
-        return [row.tobytes() in self._training_digests for row in crop_hashes_each(crops)]
+        return [
+            row.tobytes() in self._training_digests
+            for row in crop_digests(crops, TRAINING_HASH_BYTES)
+        ]
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
         """uint8 crops (n, s, s) -> z-scored network input (n, s, s, 1)."""
@@ -181,15 +184,6 @@ def save_networks(
     if training_crops is not None:
         arrays["training_hashes"] = crop_hashes(training_crops)
     return atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), keep_existing, check)
-
-
-def crop_hashes_each(crops: np.ndarray) -> np.ndarray:
-    """crop_hashes of each crop, in order and with repeats: (n, TRAINING_HASH_BYTES) uint8."""
-    digests = [
-        hashlib.sha256(np.ascontiguousarray(crop).tobytes()).digest()[:TRAINING_HASH_BYTES]
-        for crop in crops
-    ]
-    return np.frombuffer(b"".join(digests), np.uint8).reshape(-1, TRAINING_HASH_BYTES)
 
 
 def _training_hashes(array: np.ndarray | None) -> np.ndarray | None:

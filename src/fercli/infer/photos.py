@@ -16,12 +16,13 @@ from fercli.core.events import Progress, items
 from fercli.core.parallel import batches, default_workers, run_tasks
 from fercli.core.store import latest, models_dir
 from fercli.faces.align import (
-    align_detected,
+    align_batch,
     detect_faces,
     landmark_predictor,
     landmarks_load_quickly,
 )
-from fercli.infer.label import FacePrediction, classify
+from fercli.infer.adapt import Adaptation, adapt_model
+from fercli.infer.label import FacePrediction, label_crops
 from fercli.infer.model import FerModel, load_model
 from fercli.media.discover import Skipped, discover_images
 from fercli.media.images import load_gray, single_threaded_opencv
@@ -50,6 +51,7 @@ class PredictReport:
     notes: list[str] = field(default_factory=list)  # what the user should know (renamed copies)
     # Annotated copies that could not be written (a full disk): the run failed, not just noted.
     copy_failures: list[str] = field(default_factory=list)
+    adaptation: Adaptation | None = None  # --adapt: what was re-estimated, from how many faces
 
     @property
     def processed(self) -> int:
@@ -98,14 +100,13 @@ def _align_files(paths: list[str], config: PreprocessConfig) -> list[tuple[list,
 def _align_found(waiting: list[tuple[int, np.ndarray, list]], config: PreprocessConfig) -> list:
     """(index, (faces, None)) for each image of waiting, or (index, ([], why)) if it failed."""
     try:
-        aligned = align_detected([(gray, detections) for _, gray, detections in waiting], config)
-    except Exception as error:
-        if len(waiting) == 1:
-            return [(waiting[0][0], ([], _reason(error)))]
-        # Each image alone, so that one cannot take the others with it.
-        return [result for one in waiting for result in _align_found([one], config)]
+        aligned = align_batch([(gray, detections) for _, gray, detections in waiting], config)
+    except FerError as error:
+        return [(index, ([], _reason(error))) for index, _, _ in waiting]
     return [
-        (index, ([(face.crop, face.box) for face in faces], None))
+        (index, ([], _reason(faces)))
+        if isinstance(faces, Exception)
+        else (index, ([(face.crop, face.box) for face in faces], None))
         for (index, _, _), faces in zip(waiting, aligned, strict=True)
     ]
 
@@ -117,13 +118,16 @@ def _reason(error: Exception) -> str:
     return f"alignment failed: {type(error).__name__}: {error}"
 
 
-def predict_paths(
+def label_photos(
     paths: list[Path],
     model: FerModel,
     workers: int | None = None,
     progress: Progress | None = None,
+    adapt: bool = False,
 ) -> PredictReport:
-    """Find, align and classify every face in the images named by paths (files or folders)."""
+    """Find, align and classify every face in the images named by paths (files or folders).
+    adapt: the model's statistics re-estimated from all these faces first (infer.adapt);
+    FerError when there are too few."""
     files, problems = discover_images(paths)
     images = [ImagePrediction(path=str(path)) for path in files]
     found: list[tuple[int, np.ndarray, tuple]] = []
@@ -140,9 +144,12 @@ def predict_paths(
             found.extend((index, crop, box) for crop, box in faces)
             if progress:
                 progress(items(index + 1, len(files)))
+    adaptation = None
+    if adapt:
+        model, adaptation = adapt_model(model, np.array([crop for _, crop, _ in found]))
     if found:
         # One batched forward pass for every face of every image.
-        labelled = classify(
+        labelled = label_crops(
             model,
             np.stack([crop for _, crop, _ in found]),
             [box for _, _, box in found],
@@ -156,6 +163,7 @@ def predict_paths(
         images=images,
         problems=problems,
         inputs=[str(path) for path in paths],
+        adaptation=adaptation,
     )
 
 
@@ -203,8 +211,8 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
     import cv2
 
     from fercli.core.store import atomic_write
+    from fercli.media.drawing import labelled_box
     from fercli.media.images import load_color
-    from fercli.media.pictures import labelled_box
 
     written = []
     for image in report.images:

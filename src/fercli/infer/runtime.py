@@ -161,7 +161,7 @@ def _linear_step(steps: list, spec: dict, values: list, last, dtype) -> None:
 
 
 def _batchnorm_step(steps: list, spec: dict, values: list, last, dtype) -> None:
-    named = dict(zip(_batchnorm_names(spec), values, strict=True))
+    named = dict(zip(batchnorm_names(spec), values, strict=True))
     scale = named.get("gamma", 1.0) / np.sqrt(named["variance"] + spec["epsilon"])
     shift = named.get("beta", 0.0) - named["mean"] * scale
     if last is not None and last.activation in ("linear", None) and last.pool is None:
@@ -269,5 +269,5 @@ class NumpyNetwork:
         return np.asarray(x, np.float64)
 
 
-def _batchnorm_names(spec: dict) -> list[str]:
+def batchnorm_names(spec: dict) -> list[str]:
     return [key.rsplit("_", 1)[1] for key in spec["weights"]]

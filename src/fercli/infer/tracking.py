@@ -10,21 +10,17 @@ frame, which costs a sixth of a detection. Library code: plain records out, no p
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from fercli.core.config import PreprocessConfig
-from fercli.core.errors import FerError, NoFaceError
-from fercli.core.events import Progress, items
+from fercli.core.errors import NoFaceError
 from fercli.faces.align import DETECT_MAX_SIDE, align_face, face_detector, landmark_predictor
+from fercli.infer.adapt import Adaptation, adapt_model
 from fercli.infer.model import FerModel
-from fercli.media.images import MAX_PIXELS
-from fercli.media.video import FrameReader, file_fps, open_video, reading_problem
 
 # Frames are searched for faces at align.DETECT_MAX_SIDE (1280) at most on the longer side, as
 # photos are: dlib's detector costs time in proportion to the pixels. Without upsampling (which
@@ -53,7 +49,7 @@ CLASSIFY_BATCH = 64
 
 
 @dataclass(frozen=True)
-class VideoOptions:
+class VideoConfig:
     """How a video is sampled, tracked and smoothed."""
 
     # Analyse one frame in every this many (1: every frame).
@@ -119,7 +115,7 @@ class Track:
 
 @dataclass
 class VideoPrediction:
-    """What predict_video found in one video."""
+    """What label_video found in one video."""
 
     path: str
     fps: float | None = None  # frames a second, as the file says
@@ -135,7 +131,8 @@ class VideoPrediction:
     seconds: float = 0.0  # time the analysis took
     detections: int = 0  # full face detections run
     smoothed: bool = False
-    options: VideoOptions = field(default_factory=VideoOptions)  # how it was sampled
+    options: VideoConfig = field(default_factory=VideoConfig)  # how it was sampled
+    adaptation: Adaptation | None = None  # --adapt: re-estimated from this video's faces
 
     @property
     def processed(self) -> bool:
@@ -162,10 +159,12 @@ class VideoPrediction:
             data["error"] = self.error
         if self.note:
             data["note"] = self.note
+        if self.adaptation:
+            data["adapted"] = self.adaptation.to_json()
         return data
 
 
-def frame_sampler(options: VideoOptions, fps: float | None) -> Callable[[int, float], bool]:
+def frame_sampler(options: VideoConfig, fps: float | None) -> Callable[[int, float], bool]:
     """wanted(number, seconds): whether a frame is analysed under --every / --fps."""
     if options.fps:
         step = 1.0 / options.fps
@@ -243,7 +242,7 @@ def _clipped(box, width: int, height: int) -> tuple[int, int, int, int]:
 class _Tracker:
     """Faces of successive analysed frames -> tracks (detection, landmark following, matching)."""
 
-    def __init__(self, config: PreprocessConfig, options: VideoOptions, interval: float) -> None:
+    def __init__(self, config: PreprocessConfig, options: VideoConfig, interval: float) -> None:
         """interval: seconds between analysed frames."""
         self.config = config
         self.options = options
@@ -370,7 +369,7 @@ class _Tracker:
         return results
 
 
-def _classify(waiting: list[tuple[FaceFrame, np.ndarray]], model: FerModel) -> None:
+def _label_waiting(waiting: list[tuple[FaceFrame, np.ndarray]], model: FerModel) -> None:
     """Fill in the label and probabilities of waiting faces, in one forward pass."""
     from fercli.core.errors import ModelError
 
@@ -393,17 +392,21 @@ def _classify(waiting: list[tuple[FaceFrame, np.ndarray]], model: FerModel) -> N
 class FramePipeline:
     """The per-frame step shared by fer predict on videos and fer live: a frame in, its faces
     followed (tracks, landmarks from the previous box, detection every few frames) and queued
-    for classification; classify() labels the queued faces in one forward pass."""
+    for classification; label_crops() labels the queued faces in one forward pass."""
 
-    def __init__(self, model: FerModel, options: VideoOptions, interval: float) -> None:
-        """interval: seconds between analysed frames."""
+    def __init__(
+        self, model: FerModel, options: VideoConfig, interval: float, keep: bool = False
+    ) -> None:
+        """interval: seconds between analysed frames. keep: every face's crop is kept (in
+        kept) after it is labelled, to label them all again (--adapt)."""
         self.model = model
         self.tracker = _Tracker(model.preprocess, options, interval)
         self.waiting: list[tuple[FaceFrame, np.ndarray]] = []
+        self.kept: list[tuple[FaceFrame, np.ndarray]] | None = [] if keep else None
 
     def step(self, frame: np.ndarray, number: int, seconds: float) -> list[tuple[int, FaceFrame]]:
         """The faces of one frame (BGR or grey) as (track id, record) pairs; the records get
-        their labels at the next classify()."""
+        their labels at the next label_crops()."""
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
         faces = self.tracker.step(gray, number, seconds)
         self.waiting += faces
@@ -413,95 +416,16 @@ class FramePipeline:
             for follow, (record, _) in zip(self.tracker.active, faces, strict=True)
         ]
 
-    def classify(self) -> None:
-        _classify(self.waiting, self.model)
+    def label_crops(self) -> None:
+        if self.kept is not None:
+            self.kept += self.waiting
+        _label_waiting(self.waiting, self.model)
 
-
-def smooth_track(track: Track, classes: list[str], seconds: float) -> None:
-    """Average each frame's probabilities with those of the track's frames at most seconds / 2
-    before or after it (a centred moving average); sets smoothed and smoothed_label."""
-    if not track.frames:
-        return
-    times = np.array([face.time for face in track.frames])
-    values = np.array([[face.probabilities[label] for label in classes] for face in track.frames])
-    sums = np.vstack([np.zeros(len(classes)), np.cumsum(values, axis=0)])
-    start = np.searchsorted(times, times - seconds / 2 - 1e-9, side="left")
-    end = np.searchsorted(times, times + seconds / 2 + 1e-9, side="right")
-    means = (sums[end] - sums[start]) / (end - start)[:, None]
-    for face, row in zip(track.frames, means, strict=True):
-        face.smoothed = {label: round(float(p), 6) for label, p in zip(classes, row, strict=True)}
-        face.smoothed_label = classes[int(np.argmax(row))]
-
-
-def predict_video(
-    path: Path,
-    model: FerModel,
-    options: VideoOptions = VideoOptions(),
-    progress: Progress | None = None,
-) -> VideoPrediction:
-    """Follow and classify every face of a video, frame by frame as it is read.
-
-    Errors that concern this video are in the result's error (the frames read before a damaged
-    part are kept); progress gets items events (frames read, of the frames in the video) as it
-    goes."""
-    result = VideoPrediction(path=str(path), smoothed=options.smooth > 0, options=options)
-    started = time.perf_counter()
-    try:
-        capture = open_video(Path(path))
-    except FerError as error:
-        result.error = str(error)
-        return result
-    try:
-        fps, result.note = file_fps(capture.get(cv2.CAP_PROP_FPS))
-        result.fps = round(fps, 3)
-        declared = capture.get(cv2.CAP_PROP_FRAME_COUNT)
-        declared = int(declared) if math.isfinite(declared) and declared > 0 else 0
-        result.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        result.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        if options.fps:
-            result.interval = 1.0 / options.fps
-        else:
-            result.interval = options.every / result.fps if result.fps else 0.0
-        pipeline = FramePipeline(model, options, result.interval)
-        if result.width * result.height > MAX_PIXELS:
-            result.error = (
-                f"video too large: {result.width}x{result.height} pixels a frame, limit "
-                f"{MAX_PIXELS:,} pixels"
-            )
-            return result
-        reader = FrameReader(
-            capture,
-            result.fps,
-            frame_sampler(options, result.fps),
-            result.width * result.height * 3,
-        )
-        reported, last = 0.0, 0.0
-        for number, seconds, frame in reader:
-            last = seconds
-            if (
-                not result.analysed
-            ):  # the header's size may be missing; the frame's is what was drawn on
-                result.height, result.width = frame.shape[:2]
-            pipeline.step(frame, number, seconds)
-            result.analysed += 1
-            if len(pipeline.waiting) >= CLASSIFY_BATCH:
-                pipeline.classify()
-            if progress and time.perf_counter() - reported > 0.2:
-                progress(items(reader.count, max(declared, reader.count)))
-                reported = time.perf_counter()
-        pipeline.classify()
-        result.frames = reader.count
-        result.tracks = [track for track in pipeline.tracker.tracks if track.frames]
-        result.detections = pipeline.tracker.detections
-        result.error = reading_problem(reader, declared)
-        if result.interval == 0.0 and result.analysed > 1:
-            result.interval = last / (result.analysed - 1)  # no frame rate: times from the stream
-        if progress:
-            progress(items(reader.count, reader.count))
-    finally:
-        capture.release()
-    if options.smooth > 0:
-        for track in result.tracks:
-            smooth_track(track, model.classes, options.smooth)
-    result.seconds = time.perf_counter() - started
-    return result
+    def relabel_adapted(self) -> Adaptation:
+        """Every kept face labelled again by the model adapted to all of them (--adapt);
+        FerError when there are too few."""
+        self.label_crops()
+        crops = np.array([crop for _, crop in self.kept])
+        adapted, adaptation = adapt_model(self.model, crops)
+        _label_waiting(list(self.kept), adapted)
+        return adaptation

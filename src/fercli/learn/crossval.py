@@ -20,7 +20,7 @@ from fercli.core.config import TrainConfig, recipe_differences
 from fercli.core.events import Event, Progress
 from fercli.data.prepared import PreparedDataset
 from fercli.learn.folds import FoldResult, FoldTask, make_folds
-from fercli.learn.selection import Selection, data_fingerprint, select_classes
+from fercli.learn.selection import Selection, select_classes, selection_fingerprint
 from fercli.learn.training import (
     checked_start,
     starting_notes,
@@ -51,6 +51,8 @@ class CrossvalReport:
     exports: list[dict] = field(default_factory=list, repr=False)
     # The files written for it (report, confusion, predictions, model), once they are.
     files: dict[str, Path] = field(default_factory=dict)
+    # Each predicted class's share of the answers (evaluate), largest first.
+    answer_shares: dict[str, float] = field(default_factory=dict)
 
     @property
     def accuracies(self) -> np.ndarray:
@@ -108,6 +110,7 @@ class CrossvalReport:
             "completed_folds": len(self.folds),
             "planned_folds": self.planned_folds,
             "diverged_folds": self.diverged_folds,
+            **({"answer_shares": self.answer_shares} if self.answer_shares else {}),
             **({"per_dataset": self.per_dataset} if self.per_dataset else {}),
         }
 
@@ -430,7 +433,7 @@ def dataset_summary(
         "source": dataset.meta.get("source"),
         "images": len(selection.crops),
         "subjects": len(set(selection.subjects.tolist()) - {""}),
-        "fingerprint": data_fingerprint(selection),
+        "fingerprint": selection_fingerprint(selection),
     }
 
 

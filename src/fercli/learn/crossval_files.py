@@ -13,6 +13,7 @@ from fercli.core.errors import FerError, TrainingError
 from fercli.core.store import atomic_write_json, atomic_write_text, slug
 from fercli.data.prepared import PreparedDataset
 from fercli.learn.crossval import CrossvalReport
+from fercli.learn.network import export_check
 from fercli.learn.selection import select_classes
 
 
@@ -24,7 +25,7 @@ def save_crossval(
     import csv
     import io
 
-    from fercli.media.pictures import confusion_image
+    from fercli.media.drawing import confusion_image
 
     files = {"report": atomic_write_json(folder / "report.json", report.to_json())}
     group = (
@@ -88,7 +89,7 @@ def save_crossval_model(
     of Keras on its fold's test crops, the file's ensemble within 1e-4 of the folds' Keras
     networks averaged on the load check's crops. TrainingError when a fold diverged or the
     run was interrupted (no ensemble of every fold exists). Returns the path written."""
-    from fercli.infer.model import load_model, probe_crops, save_networks
+    from fercli.infer.model import probe_crops, save_networks
 
     if report.interrupted or report.diverged_folds or len(report.exports) != report.planned_folds:
         raise TrainingError("no model saved: the cross-validation did not finish every fold")
@@ -101,16 +102,7 @@ def save_crossval_model(
     config = TrainConfig.from_dict(report.protocol["training"])
     selection = select_classes(dataset, tuple(report.labels))
     expected = np.mean([exported["probe"] for exported in report.exports], axis=0)
-
-    def check(temporary: Path) -> None:
-        exported = load_model(temporary).predict_proba(probe_crops(selection.crops.shape[1]))
-        difference = float(np.abs(exported - expected).max())
-        if not difference <= 1e-4:  # also NaN
-            raise FerError(
-                f"the exported ensemble disagrees with Keras by {difference:.2g}; nothing was "
-                "saved "
-                "(a bug: please report it)"
-            )
+    check = export_check(probe_crops(selection.crops.shape[1]), expected, "the exported ensemble")
 
     extra = {
         "test_time_flip": config.test_time_flip,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import PreprocessConfig, ScanOptions
+from fercli.core.config import PreprocessConfig, ScanConfig
 from fercli.core.errors import DatasetError
 from fercli.core.events import Progress
-from fercli.core.labels import canonical_label, label_order
+from fercli.core.labels import answer_shares, canonical_label, collapse_note, label_order
 from fercli.core.store import datasets_dir
 from fercli.data.fer2013 import is_fer2013
 from fercli.data.prepared import (
@@ -26,10 +26,11 @@ from fercli.data.prepared import (
     load_dataset,
     resolve_dataset,
 )
+from fercli.infer.adapt import adapt_model
 from fercli.infer.model import FerModel
 from fercli.learn.crossval import CrossvalReport, dataset_summary, score_predictions
 from fercli.learn.folds import FoldResult
-from fercli.learn.selection import Selection, data_fingerprint, select_classes
+from fercli.learn.selection import Selection, select_classes, selection_fingerprint
 
 # Crops classified at once: bounds the memory of the forward pass on a large dataset.
 CHUNK = 2048
@@ -62,7 +63,7 @@ def prepare_for_model(
             dataset = load_dataset(prepared)
             if _fingerprint(dataset) == wanted:
                 return dataset, None
-        report = preprocess_dataset(candidate, ScanOptions(), model.preprocess, workers, progress)
+        report = preprocess_dataset(candidate, ScanConfig(), model.preprocess, workers, progress)
         if not report.dataset:
             raise DatasetError(
                 f"{choice}: no image could be aligned ({len(report.skipped)} skipped)"
@@ -122,17 +123,22 @@ def dataset_split(dataset: PreparedDataset, split: str | None) -> PreparedDatase
 
 
 def score_model(
-    model: FerModel, dataset: PreparedDataset, split: str | None = None
+    model: FerModel, dataset: PreparedDataset, split: str | None = None, adapt: bool = False
 ) -> CrossvalReport:
     """Score a model on every image of a dataset whose class the model knows.
 
     DatasetError when the model and the dataset share no class. The report's warnings name
-    the classes left out on each side and say when the images overlap the model's training
-    data (then it is no test).
+    the classes left out on each side, say when the images overlap the model's training
+    data (then it is no test) and when the answers collapse onto one class. adapt: first
+    re-estimate the model's statistics from the dataset's crops, all of them, labels unread
+    (fercli.infer.adapt); FerError when there are too few.
     """
     started = time.perf_counter()
     dataset_name = dataset.name
     dataset = dataset_split(dataset, split)
+    adaptation = None
+    if adapt:
+        model, adaptation = adapt_model(model, dataset.crops)
     in_data = label_order(set(dataset.labels.tolist()))
     # The model's class names as the dataset spells them (a model trained on "happy" scores a
     # dataset's "happiness": labels.LABEL_ALIASES), each dataset class matched once.
@@ -171,6 +177,14 @@ def score_model(
             "so the accuracy says nothing"
         )
     warnings += overlap_notes(model, dataset, selection)
+    shares = answer_shares([shared[guess] for guess in predicted])
+    collapse = collapse_note(
+        shares, len(predicted), answer_shares([shared[truth] for truth in selection.targets])
+    )
+    if collapse:
+        warnings.append(collapse)
+    if adaptation is not None:
+        warnings.append(adaptation.describe())
     rows = [
         {
             "path": str(path),
@@ -204,6 +218,7 @@ def score_model(
             "recipe": (model.meta.get("training") or {}).get("recipe"),
             "preprocess": model.preprocess.to_dict(),
             "renormalised": bool(model_only),
+            "adapted": adaptation.to_json() if adaptation else None,
             "split": split,
             "left_out": {
                 "model_only": model_only,
@@ -222,6 +237,7 @@ def score_model(
         seconds=time.perf_counter() - started,
         planned_folds=1,
         predictions=rows,
+        answer_shares=shares,
     )
 
 
@@ -271,7 +287,7 @@ def overlap_notes(model: FerModel, dataset: PreparedDataset, selection: Selectio
         )
     same_data = False
     try:
-        same_data = data_fingerprint(
+        same_data = selection_fingerprint(
             select_classes(dataset, tuple(model.classes))
         ) == model.meta.get("data_fingerprint")
     except DatasetError:

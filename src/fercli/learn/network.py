@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import MODEL_VARIANTS, PreprocessConfig, TrainConfig
-from fercli.core.errors import ModelError
-from fercli.infer.model import ExportedNetwork, save_networks
+from fercli.core.config import MODEL_VARIANTS, TrainConfig
+from fercli.core.errors import FerError, ModelError
+from fercli.infer.model import ExportedNetwork, load_model
 
 
 def build_model(num_classes: int, variant: str = "paper", input_size: int = 32):
@@ -129,34 +129,24 @@ def export_network(keras_model, mean: np.ndarray, std: np.ndarray) -> ExportedNe
     )
 
 
-def save_model(
-    path: Path,
-    keras_model,
-    classes: list[str],
-    mean: np.ndarray,
-    std: np.ndarray,
-    preprocess: PreprocessConfig,
-    training: TrainConfig,
-    extra: dict | None = None,
-    keep_existing: bool = False,
-    training_crops: np.ndarray | None = None,
-    check=None,
-) -> Path:
-    """Export a trained Keras network with everything predict needs; written then renamed.
+# The NumPy forward pass agrees with Keras to about 1e-6 (float32 sums in another order).
+EXPORT_TOLERANCE = 1e-4
 
-    keep_existing: never replace a file, write to path-2, ... instead. training_crops: the
-    crops it was trained on, whose crop_hashes the file keeps. check(temporary_path) runs on
-    the complete file before the rename; what it raises leaves path untouched.
-    Returns the path written.
-    """
-    return save_networks(
-        path,
-        [export_network(keras_model, mean, std)],
-        classes,
-        preprocess,
-        training,
-        extra,
-        keep_existing,
-        training_crops,
-        check,
-    )
+
+def export_check(sample: np.ndarray, expected: np.ndarray, what: str, checked: dict | None = None):
+    """A save check (infer.model.save_networks' check): the model file written to a temporary
+    path gives Keras's probabilities on sample (uint8 crops), or FerError and nothing is saved.
+    checked, when given, receives the largest difference."""
+
+    def check(temporary: Path) -> None:
+        exported = load_model(temporary).predict_proba(sample)
+        difference = float(np.abs(exported - expected).max())
+        if not difference <= EXPORT_TOLERANCE:  # also NaN
+            raise FerError(
+                f"{what} disagrees with Keras by {difference:.2g}; nothing was saved "
+                "(a bug: please report it)"
+            )
+        if checked is not None:
+            checked["difference"] = difference
+
+    return check

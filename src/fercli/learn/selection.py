@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fercli.core.config import NORMALISATIONS, fingerprint
+from fercli.core.config import NORMALISATIONS
 from fercli.core.errors import DatasetError, FerError
+from fercli.core.hashing import data_fingerprint
 from fercli.core.labels import canonical_label, label_order
-from fercli.data.prepared import PreparedDataset
+from fercli.data.prepared import PreparedDataset, subjects_known
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Selection:
 
     @property
     def has_subjects(self) -> bool:
-        return len(self.subjects) > 0 and all(self.subjects)
+        return subjects_known(self.subjects)
 
 
 def select_classes(dataset: PreparedDataset, classes: tuple[str, ...] = ()) -> Selection:
@@ -78,10 +79,6 @@ def normalisation(crops: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]
     return mean, np.maximum(std, 1e-6)
 
 
-def data_fingerprint(selection: Selection) -> str:
-    """Identifies the exact training data: crops, labels and class order."""
-    import hashlib
-
-    digest = hashlib.sha256(selection.crops.tobytes())
-    digest.update(selection.targets.tobytes())
-    return fingerprint({"crops": digest.hexdigest(), "labels": selection.labels})
+def selection_fingerprint(selection: Selection) -> str:
+    """Identifies the exact training data: crops and their labels (core.hashing)."""
+    return data_fingerprint(selection.crops, [selection.labels[t] for t in selection.targets])

@@ -216,12 +216,12 @@ def run_sweep(
     """
     from fercli.learn.engines import LocalEngine
     from fercli.learn.folds import make_folds
-    from fercli.learn.selection import data_fingerprint, select_classes
+    from fercli.learn.selection import select_classes, selection_fingerprint
 
     started = time.perf_counter()
     engine = engine or LocalEngine()
     selection = select_classes(dataset, grid.classes)
-    data_id = data_fingerprint(selection)
+    data_id = selection_fingerprint(selection)
     folder = make_dir(sweep_folder(dataset, data_id, grid))
     plan = recipes(grid)
     atomic_write_json(
@@ -436,7 +436,7 @@ def _cell(value: float, digits: int = 6) -> str:
 
 def save_sweep(report: SweepReport) -> dict[str, Path]:
     """Write sweep.json, sweep.csv and sweep.png into the sweep's folder."""
-    from fercli.media.pictures import sweep_image
+    from fercli.media.drawing import sweep_image
 
     folder = report.folder
     files = {

@@ -21,7 +21,8 @@ from fercli.core.config import PreprocessConfig, TrainConfig
 from fercli.core.errors import FerError, TrainingError
 from fercli.core.events import Event, Progress
 from fercli.data.prepared import PreparedDataset
-from fercli.learn.selection import Selection, data_fingerprint, normalisation, select_classes
+from fercli.learn.network import export_check
+from fercli.learn.selection import Selection, normalisation, select_classes, selection_fingerprint
 
 
 def _quiet_import_tensorflow():
@@ -225,7 +226,7 @@ def checked_start(
         part.get("source") for part in starting.meta.get("datasets") or []
     }
     same_source = bool((sources - {None}) & (theirs - {None}))
-    if same_source or starting.meta.get("data_fingerprint") == data_fingerprint(selection):
+    if same_source or starting.meta.get("data_fingerprint") == selection_fingerprint(selection):
         raise FerError(
             f"{config.init_model}: the starting model was trained on this dataset "
             f"({trained_on.get('name', dataset.name)}), so every test fold would be in it; "
@@ -287,7 +288,7 @@ def train_model(
     numpy runtime within 1e-4 of Keras): TrainingError when training diverged, and whatever
     was at output stays as it was.
     """
-    from fercli.infer.model import MAX_ENSEMBLE_MEMBERS, load_model, probe_crops, save_networks
+    from fercli.infer.model import MAX_ENSEMBLE_MEMBERS, probe_crops, save_networks
     from fercli.learn.network import export_network
 
     if not 1 <= ensemble <= MAX_ENSEMBLE_MEMBERS:
@@ -323,7 +324,7 @@ def train_model(
     preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
     extra = {
         "test_time_flip": config.test_time_flip,
-        "data_fingerprint": data_fingerprint(selection),
+        "data_fingerprint": selection_fingerprint(selection),
         "dataset": {
             "name": dataset.name,
             "source": dataset.meta.get("source"),
@@ -377,16 +378,7 @@ def train_model(
             + [fold_seed(config.seed, number) for number in range(1, ensemble)],
         }
     checked: dict[str, float] = {}
-
-    def check(temporary: Path) -> None:
-        exported = load_model(temporary).predict_proba(sample)
-        difference = float(np.abs(exported - expected).max())
-        if not difference <= 1e-4:  # also NaN
-            raise FerError(
-                f"the exported model disagrees with Keras by {difference:.2g}; nothing was saved "
-                "(a bug: please report it)"
-            )
-        checked["difference"] = difference
+    check = export_check(sample, expected, "the exported model", checked)
 
     output = save_networks(
         output,

@@ -24,7 +24,7 @@ import numpy as np
 from fercli.core.errors import FerError
 from fercli.infer.media import csv_header, csv_row, draw_faces
 from fercli.infer.model import FerModel
-from fercli.infer.tracking import FramePipeline, VideoOptions
+from fercli.infer.tracking import FramePipeline, VideoConfig
 from fercli.media.images import MAX_PIXELS
 from fercli.media.video import file_fps
 
@@ -102,7 +102,7 @@ def open_source(source: str):
 
 
 @dataclass(frozen=True)
-class LiveOptions:
+class LiveConfig:
     """How fer live reads and analyses its source."""
 
     # A full face detection every this many frames; in between, faces are followed by their
@@ -122,7 +122,7 @@ class LiveSession:
         self,
         source: str,
         model: FerModel,
-        options: LiveOptions = LiveOptions(),
+        options: LiveConfig = LiveConfig(),
         escape: Callable[[str], str] = str,
     ) -> None:
         """Opens the source (FerError if it does not open); start() starts reading it.
@@ -230,7 +230,7 @@ class LiveSession:
         """Read, label and publish frames until the source ends or fails, or stop()."""
         interval = 1.0 / self.source_fps if self.source_fps else 1.0 / 30
         pipeline = FramePipeline(
-            self.model, VideoOptions(detect_every=self.options.detect_every), interval
+            self.model, VideoConfig(detect_every=self.options.detect_every), interval
         )
         started = time.perf_counter()
         number, failures, restart = 0, 0, 0
@@ -286,7 +286,7 @@ class LiveSession:
         """A frame's (track id, face) pairs and the frame drawn with them as JPEG (None if it
         cannot be encoded)."""
         faces = pipeline.step(frame, number, seconds)
-        pipeline.classify()
+        pipeline.label_crops()
         for track in pipeline.tracker.tracks:  # live runs for hours: keep no history
             track.frames.clear()
         draw_faces(frame, faces, max(1, round(max(frame.shape[:2]) / 400)))

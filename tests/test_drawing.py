@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from fercli.media.pictures import FONT, confusion_image
+from fercli.media.drawing import FONT, confusion_image
 
 
 def _drawn_alone(text: str, scale: float) -> np.ndarray:

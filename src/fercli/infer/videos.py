@@ -1,0 +1,133 @@
+"""Labelling a video file (fer predict on videos): its frames read as a stream, the faces
+followed by the tracking pipeline (infer.tracking), labelled in batches, and each track's
+probabilities optionally smoothed over time."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fercli.core.errors import FerError
+from fercli.core.events import Progress, items
+from fercli.infer.model import FerModel
+from fercli.infer.tracking import (
+    CLASSIFY_BATCH,
+    FramePipeline,
+    Track,
+    VideoConfig,
+    VideoPrediction,
+    frame_sampler,
+)
+from fercli.media.images import MAX_PIXELS
+from fercli.media.video import FrameReader, file_fps, open_video, reading_problem
+
+
+def smooth_track(track: Track, classes: list[str], seconds: float) -> None:
+    """Average each frame's probabilities with those of the track's frames at most seconds / 2
+    before or after it (a centred moving average); sets smoothed and smoothed_label."""
+    if not track.frames:
+        return
+    times = np.array([face.time for face in track.frames])
+    values = np.array([[face.probabilities[label] for label in classes] for face in track.frames])
+    sums = np.vstack([np.zeros(len(classes)), np.cumsum(values, axis=0)])
+    start = np.searchsorted(times, times - seconds / 2 - 1e-9, side="left")
+    end = np.searchsorted(times, times + seconds / 2 + 1e-9, side="right")
+    means = (sums[end] - sums[start]) / (end - start)[:, None]
+    for face, row in zip(track.frames, means, strict=True):
+        face.smoothed = {label: round(float(p), 6) for label, p in zip(classes, row, strict=True)}
+        face.smoothed_label = classes[int(np.argmax(row))]
+
+
+def _relabel_adapted(pipeline: FramePipeline, result: VideoPrediction) -> None:
+    try:
+        result.adaptation = pipeline.relabel_adapted()
+    except FerError as error:
+        result.error = "; ".join(filter(None, [result.error, str(error)]))
+
+
+def _read_header(capture, result: VideoPrediction, options: VideoConfig) -> int:
+    """The video's rate, size and analysis interval into result, as its header gives them;
+    returns the frame count it declares (0 where it does not)."""
+    fps, result.note = file_fps(capture.get(cv2.CAP_PROP_FPS))
+    result.fps = round(fps, 3)
+    declared = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    result.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    result.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if options.fps:
+        result.interval = 1.0 / options.fps
+    else:
+        result.interval = options.every / result.fps if result.fps else 0.0
+    return int(declared) if math.isfinite(declared) and declared > 0 else 0
+
+
+def label_video(
+    path: Path,
+    model: FerModel,
+    options: VideoConfig = VideoConfig(),
+    progress: Progress | None = None,
+    adapt: bool = False,
+) -> VideoPrediction:
+    """Follow and classify every face of a video, frame by frame as it is read.
+
+    Errors that concern this video are in the result's error (the frames read before a damaged
+    part are kept); progress gets items events (frames read, of the frames in the video) as it
+    goes. adapt: once the video is read, its faces are labelled again by the model adapted to
+    them all (infer.adapt); too few faces is the video's error."""
+    result = VideoPrediction(path=str(path), smoothed=options.smooth > 0, options=options)
+    started = time.perf_counter()
+    try:
+        capture = open_video(Path(path))
+    except FerError as error:
+        result.error = str(error)
+        return result
+    try:
+        declared = _read_header(capture, result, options)
+        pipeline = FramePipeline(model, options, result.interval, keep=adapt)
+        if result.width * result.height > MAX_PIXELS:
+            result.error = (
+                f"video too large: {result.width}x{result.height} pixels a frame, limit "
+                f"{MAX_PIXELS:,} pixels"
+            )
+            return result
+        reader = FrameReader(
+            capture,
+            result.fps,
+            frame_sampler(options, result.fps),
+            result.width * result.height * 3,
+        )
+        reported, last = 0.0, 0.0
+        for number, seconds, frame in reader:
+            last = seconds
+            if (
+                not result.analysed
+            ):  # the header's size may be missing; the frame's is what was drawn on
+                result.height, result.width = frame.shape[:2]
+            pipeline.step(frame, number, seconds)
+            result.analysed += 1
+            if len(pipeline.waiting) >= CLASSIFY_BATCH:
+                pipeline.label_crops()
+            if progress and time.perf_counter() - reported > 0.2:
+                progress(items(reader.count, max(declared, reader.count)))
+                reported = time.perf_counter()
+        pipeline.label_crops()
+        result.frames = reader.count
+        result.tracks = [track for track in pipeline.tracker.tracks if track.frames]
+        result.detections = pipeline.tracker.detections
+        result.error = reading_problem(reader, declared)
+        if adapt:
+            _relabel_adapted(pipeline, result)
+        if result.interval == 0.0 and result.analysed > 1:
+            result.interval = last / (result.analysed - 1)  # no frame rate: times from the stream
+        if progress:
+            progress(items(reader.count, reader.count))
+    finally:
+        capture.release()
+    if options.smooth > 0:
+        for track in result.tracks:
+            smooth_track(track, model.classes, options.smooth)
+    result.seconds = time.perf_counter() - started
+    return result
