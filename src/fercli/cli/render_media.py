@@ -77,6 +77,17 @@ def render_annotated(media, annotate_dir: Path) -> None:
         )
 
 
+def render_explained(media, explain_dir: Path) -> None:
+    """How many explanation pictures were written where; for videos, which frame each shows."""
+    err.print(f"{plural(len(media.explained), 'explanation picture')} in {shown(explain_dir)}")
+    for face in media.explained:
+        if face.frame is not None:
+            err.print(
+                f"  {shown(Path(face.path).name)}: {shown(face.source)} track {face.face} at "
+                f"frame {face.frame} ({face.time:.2f} s), its most confident"
+            )
+
+
 def render_media_summary(media, listed: int, others: str, as_csv: bool) -> None:
     """predict's last line: images and faces, videos and tracks, what was skipped."""
     report = media.images

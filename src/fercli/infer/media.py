@@ -32,6 +32,8 @@ class MediaReport:
     # Labelled copies written (fer predict --annotate): images; videos and timelines.
     annotated: list[Path] = field(default_factory=list)
     annotated_videos: list[Path] = field(default_factory=list)
+    # Explanation pictures written (fer predict --explain): fercli.infer.explain_files records.
+    explained: list = field(default_factory=list)
 
     @property
     def processed(self) -> int:
@@ -46,10 +48,11 @@ def predict_media(
     workers: int | None = None,
     progress: Progress | None = None,
     video_progress: Callable[[str], Progress | None] | None = None,
+    keep_best: bool = False,
 ) -> MediaReport:
     """predict_paths for the images among paths (files and folders, as there) and predict_video
     for the videos, told apart by content. video_progress(path) gives a video's progress
-    callback."""
+    callback; keep_best: each video keeps its tracks' most confident faces (for --explain)."""
     from fercli.infer.photos import predict_paths
     from fercli.media.discover import discover_images
 
@@ -61,7 +64,13 @@ def predict_media(
     report.problems = problems + report.problems
     report.inputs = [str(path) for path in paths]
     results = [
-        predict_video(path, model, options, video_progress(str(path)) if video_progress else None)
+        predict_video(
+            path,
+            model,
+            options,
+            video_progress(str(path)) if video_progress else None,
+            keep_best=keep_best,
+        )
         for path in videos
     ]
     return MediaReport(images=report, videos=results)

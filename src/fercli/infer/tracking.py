@@ -135,6 +135,8 @@ class VideoPrediction:
     detections: int = 0  # full face detections run
     smoothed: bool = False
     options: VideoOptions = field(default_factory=VideoOptions)  # how it was sampled
+    # With keep_best: each track's most confident analysed face and its aligned crop, by id.
+    best: dict[int, tuple[FaceFrame, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
     def processed(self) -> bool:
@@ -201,9 +203,8 @@ class _Follow:
     # shares of it), learnt at the last detection: boxes made from landmarks then look like
     # the detector's, which is what the landmark predictor was trained on.
     relation: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
-    crop: np.ndarray | None = (
-        None  # the last crop, z-scored, to tell whether the face is still there
-    )
+    # The last crop, z-scored, to tell whether the face is still there.
+    crop: np.ndarray | None = None
 
 
 def _landmark_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
@@ -392,11 +393,17 @@ class FramePipeline:
     followed (tracks, landmarks from the previous box, detection every few frames) and queued
     for classification; classify() labels the queued faces in one forward pass."""
 
-    def __init__(self, model: FerModel, options: VideoOptions, interval: float) -> None:
-        """interval: seconds between analysed frames."""
+    def __init__(
+        self, model: FerModel, options: VideoOptions, interval: float, keep_best: bool = False
+    ) -> None:
+        """interval: seconds between analysed frames; keep_best: keep in best each track's
+        most confident face and its crop, by track id."""
         self.model = model
         self.tracker = _Tracker(model.preprocess, options, interval)
         self.waiting: list[tuple[FaceFrame, np.ndarray]] = []
+        self.keep_best = keep_best
+        self.waiting_tracks: list[int] = []
+        self.best: dict[int, tuple[FaceFrame, np.ndarray]] = {}
 
     def step(self, frame: np.ndarray, number: int, seconds: float) -> list[tuple[int, FaceFrame]]:
         """The faces of one frame (BGR or grey) as (track id, record) pairs; the records get
@@ -405,13 +412,24 @@ class FramePipeline:
         faces = self.tracker.step(gray, number, seconds)
         self.waiting += faces
         # step() leaves the faces' tracks in tracker.active, in the order of the faces.
-        return [
-            (follow.track.id, record)
-            for follow, (record, _) in zip(self.tracker.active, faces, strict=True)
-        ]
+        ids = [follow.track.id for follow in self.tracker.active]
+        if self.keep_best:
+            self.waiting_tracks += ids
+        return list(zip(ids, [record for record, _ in faces], strict=True))
 
     def classify(self) -> None:
+        pending = zip(self.waiting_tracks, self.waiting, strict=True) if self.keep_best else ()
+        pending = list(pending)
         _classify(self.waiting, self.model)
+        self.waiting_tracks = []
+        for track_id, (record, crop) in pending:
+            kept = self.best.get(track_id)
+            if kept is None or _confidence(record) > _confidence(kept[0]):
+                self.best[track_id] = (record, crop)
+
+
+def _confidence(face: FaceFrame) -> float:
+    return face.probabilities[face.label]
 
 
 def smooth_track(track: Track, classes: list[str], seconds: float) -> None:
@@ -435,12 +453,13 @@ def predict_video(
     model: FerModel,
     options: VideoOptions = VideoOptions(),
     progress: Progress | None = None,
+    keep_best: bool = False,
 ) -> VideoPrediction:
     """Follow and classify every face of a video, frame by frame as it is read.
 
     Errors that concern this video are in the result's error (the frames read before a damaged
     part are kept); progress gets items events (frames read, of the frames in the video) as it
-    goes."""
+    goes. keep_best: the result's best holds each track's most confident face and its crop."""
     result = VideoPrediction(path=str(path), smoothed=options.smooth > 0, options=options)
     started = time.perf_counter()
     try:
@@ -459,7 +478,7 @@ def predict_video(
             result.interval = 1.0 / options.fps
         else:
             result.interval = options.every / result.fps if result.fps else 0.0
-        pipeline = FramePipeline(model, options, result.interval)
+        pipeline = FramePipeline(model, options, result.interval, keep_best)
         if result.width * result.height > MAX_PIXELS:
             result.error = (
                 f"video too large: {result.width}x{result.height} pixels a frame, limit "
@@ -489,6 +508,7 @@ def predict_video(
         pipeline.classify()
         result.frames = reader.count
         result.tracks = [track for track in pipeline.tracker.tracks if track.frames]
+        result.best = pipeline.best
         result.detections = pipeline.tracker.detections
         result.error = reading_problem(reader, declared)
         if result.interval == 0.0 and result.analysed > 1:
