@@ -21,10 +21,8 @@ from fercli.core.events import Event, Progress
 from fercli.data.prepared import PreparedDataset
 from fercli.learn.folds import FoldResult, FoldTask, make_folds
 from fercli.learn.selection import Selection, data_fingerprint, select_classes
-from fercli.learn.training import (
-    checked_start,
-    starting_notes,
-)
+from fercli.learn.training import checked_start, starting_notes
+from fercli.learn.where import crossval_where
 
 
 @dataclass
@@ -51,6 +49,8 @@ class CrossvalReport:
     exports: list[dict] = field(default_factory=list, repr=False)
     # The files written for it (report, confusion, predictions, model), once they are.
     files: dict[str, Path] = field(default_factory=dict)
+    # where.png's figures (fercli.learn.where.WhereMaps), None where no network could draw them.
+    where: object | None = field(default=None, repr=False)
 
     @property
     def accuracies(self) -> np.ndarray:
@@ -109,6 +109,7 @@ class CrossvalReport:
             "planned_folds": self.planned_folds,
             "diverged_folds": self.diverged_folds,
             **({"per_dataset": self.per_dataset} if self.per_dataset else {}),
+            **({"where": self.where.to_json()} if self.where is not None else {}),
         }
 
 
@@ -283,7 +284,7 @@ def cross_validate(
                     )
     except KeyboardInterrupt:
         interrupted = True
-    return assemble_crossval(
+    report = assemble_crossval(
         dataset,
         selection,
         splits,
@@ -294,6 +295,8 @@ def cross_validate(
         time.perf_counter() - started,
         interrupted,
     )
+    report.where = crossval_where(selection, splits, results, config.test_time_flip)
+    return report
 
 
 def assemble_crossval(

@@ -44,6 +44,8 @@ def save_crossval(
     files["confusion"] = confusion_image(
         report.confusion, report.labels, folder / "confusion.png", title
     )
+    if report.where is not None:
+        files["where"] = save_where(report.where, folder / "where.png", title)
     for number, (name, figures) in enumerate(report.per_dataset.items(), start=1):
         accuracy = (
             "no result"
@@ -74,6 +76,38 @@ def save_crossval(
     writer.writerows(report.predictions)
     files["predictions"] = atomic_write_text(folder / "predictions.csv", text.getvalue())
     return files
+
+
+def save_where(where, path: Path, title: str) -> Path:
+    """where.png: per class, the mean map over its test faces and over those got wrong."""
+    import cv2
+
+    from fercli.core.store import atomic_write_bytes
+    from fercli.infer.explain import PATCH
+    from fercli.media.heatmaps import where_image
+
+    rows = []
+    for row, name, empty in (
+        ("all", "all test faces of the class", "no test face"),
+        ("wrong", "the faces it got wrong, with what it took them for", "none wrong"),
+    ):
+        tiles = {}
+        for label, entry in where.rows.get(row, {}).items():
+            shown = f"{entry['faces']} of {entry['of']}" + (" wrong" if row == "wrong" else "")
+            taken = ", ".join(f"{other} {n}" for other, n in entry["taken_for"].items())
+            tiles[label] = {**entry, "caption": f"{shown}: {taken}" if taken else shown}
+        rows.append((name, tiles, empty))
+    note = (
+        f"colour: how much the probability of the class predicted for a face drops when a grey "
+        f"patch ({PATCH}x{PATCH}) covers the spot, averaged over the faces of the tile (at most "
+        f"{where.faces_per_class}, spread over the class); {where.note}. Shown over the "
+        "faces' mean crop; one colour scale for every tile."
+    )
+    picture = where_image(where.labels, rows, f"where the network looked: {title}", note)
+    ok, encoded = cv2.imencode(".png", picture)
+    if not ok:
+        raise FerError("OpenCV could not encode where.png")
+    return atomic_write_bytes(path, encoded.tobytes())
 
 
 def save_crossval_model(

@@ -102,37 +102,46 @@ def explanation_image(
     return picture
 
 
+def _wrapped(text: str, width: int, scale: float) -> list[str]:
+    """text in lines no wider than width pixels at scale."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        (size, _), _ = cv2.getTextSize(drawable(candidate), FONT, scale, 1)
+        if lines and size <= width:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
 def where_image(
     labels: list[str],
-    rows: list[tuple[str, dict[str, dict]]],
+    rows: list[tuple[str, dict[str, dict], str]],
     title: str,
     note: str,
     zoom: int = 4,
 ) -> np.ndarray:
     """where.png: one column per class, one row per kind of face (e.g. "all test faces",
     "faces it got wrong"); each tile the mean crop of those faces under their mean map, on one
-    colour scale shared by every tile, with the number of faces under it. rows: (row title,
-    {label: {"face": mean uint8 crop, "map": mean map, "caption": text}}); a class missing
-    from a row gets an empty tile. A BGR uint8 array."""
-    size = 32 * zoom
-    tiles = [entry for _, row in rows for entry in row.values()]
-    if tiles:
-        size = tiles[0]["face"].shape[0] * zoom
+    colour scale shared by every tile, with a caption of up to two lines under it. rows: (row
+    title, {label: {"face": mean uint8 crop, "map": mean map, "caption": text}}, what an
+    empty tile says); a class missing from a row gets an empty tile. A BGR uint8 array."""
+    tiles = [entry for _, row, _ in rows for entry in row.values()]
+    size = (tiles[0]["face"].shape[0] if tiles else 32) * zoom
     top = scale_top([entry["map"] for entry in tiles])
-    margin, header, row_title, caption = 12, 54, 22, 20
+    margin, header, row_title, caption = 12, 54, 22, 36
     column = size + margin
     bar = scale_bar(size, top)
-    height = header + len(rows) * (row_title + size + caption) + 40
-    width = max(
-        margin + len(labels) * column + bar.shape[1] + margin,
-        margin + 8 * len(title[:120]),
-    )
+    width = max(margin + len(labels) * column + bar.shape[1] + margin, 640)
+    notes = _wrapped(note, width - 2 * margin, 0.4)
+    height = header + len(rows) * (row_title + size + caption) + 8 + 18 * len(notes)
     picture = np.full((height, width, 3), 255, np.uint8)
     _text(picture, title[:120], (margin, 22), 0.55)
     for index, label in enumerate(labels):
         _text(picture, label[:16], (margin + index * column, header - 8), 0.5)
     y = header
-    for name, row in rows:
+    for name, row, empty in rows:
         _text(picture, name, (margin, y + 16), 0.45, GREY)
         y += row_title
         for index, label in enumerate(labels):
@@ -140,13 +149,15 @@ def where_image(
             entry = row.get(label)
             if entry is None:
                 cv2.rectangle(picture, (x, y), (x + size - 1, y + size - 1), (200, 200, 200), 1)
-                _text(picture, "no face", (x + 8, y + size // 2), 0.42, GREY)
+                _text(picture, empty, (x + 8, y + size // 2), 0.42, GREY)
                 continue
             picture[y : y + size, x : x + size] = heat_overlay(
                 entry["face"], entry["map"], top, size
             )
-            _text(picture, entry["caption"][:20], (x, y + size + 14), 0.38)
+            for line, text in enumerate(_wrapped(entry["caption"], size, 0.38)[:2]):
+                _text(picture, text, (x, y + size + 14 + 15 * line), 0.38)
         picture[y : y + size, width - margin - bar.shape[1] : width - margin] = bar
         y += size + caption
-    _text(picture, note[:150], (margin, height - 16), 0.38, GREY)
+    for line, text in enumerate(notes):
+        _text(picture, text, (margin, y + 14 + 18 * line), 0.4, GREY)
     return picture
