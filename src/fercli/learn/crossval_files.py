@@ -19,14 +19,14 @@ from fercli.learn.selection import select_classes
 def save_crossval(
     report: CrossvalReport, folder: Path, title: str | None = None
 ) -> dict[str, Path]:
-    """Write report.json, confusion.png and predictions.csv of a cross-validation (or of an
-    evaluation, its one "fold"; title: the confusion image's, default the crossval's)."""
+    """Write report.json, confusion.png, where.png (when report.where has its figures) and
+    predictions.csv of a cross-validation (or of an evaluation, its one "fold"; title: the
+    pictures', default the crossval's)."""
     import csv
     import io
 
     from fercli.media.pictures import confusion_image
 
-    files = {"report": atomic_write_json(folder / "report.json", report.to_json())}
     group = (
         report.protocol["group"] if report.protocol["group"] in ("subject", "dataset") else "random"
     )
@@ -41,11 +41,19 @@ def save_crossval(
         or f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds ({group}), "
         f"{figures}"
     )
+    where = {}
+    if report.where is not None:
+        # Drawn first, so that report.json can say if it failed; a failure here must not cost
+        # the rest of a long run's files (or its model, saved after them).
+        try:
+            where["where"] = save_where(report.where, folder / "where.png", title)
+        except Exception as error:
+            report.warnings.append(f"where.png was not drawn ({type(error).__name__}: {error})")
+    files = {"report": atomic_write_json(folder / "report.json", report.to_json())}
     files["confusion"] = confusion_image(
         report.confusion, report.labels, folder / "confusion.png", title
     )
-    if report.where is not None:
-        files["where"] = save_where(report.where, folder / "where.png", title)
+    files.update(where)
     for number, (name, figures) in enumerate(report.per_dataset.items(), start=1):
         accuracy = (
             "no result"
