@@ -135,7 +135,7 @@ def where_image(
     bar = scale_bar(size, top)
     width = max(margin + len(labels) * column + bar.shape[1] + margin, 640)
     notes = _wrapped(note, width - 2 * margin, 0.4)
-    height = header + len(rows) * (row_title + size + caption) + 8 + 18 * len(notes)
+    height = header + len(rows) * (row_title + size + caption) + 16 + 18 * len(notes)
     picture = np.full((height, width, 3), 255, np.uint8)
     _text(picture, title[:120], (margin, 22), 0.55)
     for index, label in enumerate(labels):
@@ -154,10 +154,13 @@ def where_image(
             picture[y : y + size, x : x + size] = heat_overlay(
                 entry["face"], entry["map"], top, size
             )
-            for line, text in enumerate(_wrapped(entry["caption"], size, 0.38)[:2]):
+            lines = _wrapped(entry["caption"], size, 0.38)
+            if len(lines) > 2:  # the full counts are in report.json
+                lines = [lines[0], lines[1].rstrip(",") + " ..."]
+            for line, text in enumerate(lines):
                 _text(picture, text, (x, y + size + 14 + 15 * line), 0.38)
         picture[y : y + size, width - margin - bar.shape[1] : width - margin] = bar
         y += size + caption
     for line, text in enumerate(notes):
-        _text(picture, text, (margin, y + 14 + 18 * line), 0.4, GREY)
+        _text(picture, text, (margin, y + 22 + 18 * line), 0.4, GREY)
     return picture
