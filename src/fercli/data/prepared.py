@@ -17,6 +17,7 @@ import numpy as np
 from fercli.core.config import PreprocessConfig
 from fercli.core.errors import DatasetError, StoreError
 from fercli.core.store import atomic_write, datasets_dir, latest, pack_json, slug, unpack_json
+from fercli.data.datasets import subjects_known
 from fercli.media.discover import Skipped
 
 DATASET_FILE = "dataset.npz"
@@ -45,12 +46,6 @@ class PreparedDataset:
     @property
     def has_subjects(self) -> bool:
         return subjects_known(self.subjects)
-
-
-def subjects_known(subjects) -> bool:
-    """Whether every image's subject is known (none empty, and there are images): what
-    subject folds and per-subject reports need."""
-    return len(subjects) > 0 and all(subjects)
 
 
 def dataset_folder(source: Path) -> Path:
