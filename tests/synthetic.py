@@ -119,3 +119,50 @@ def train_tiny_model(path: Path, labels: tuple[str, ...]) -> Path:
     from fercli.learn.training import train_model
 
     return train_model(make_dataset(labels=labels, subjects=4), TrainConfig(epochs=2), path).path
+
+
+# Where make_region_dataset puts the one region that tells the classes apart (rows, columns):
+# off centre, so that a map which just likes the middle of the crop cannot find it.
+REGION = (slice(19, 29), slice(3, 13))
+
+
+def make_region_dataset(
+    labels: tuple[str, ...] = ("anger", "happiness", "surprise"),
+    per_class: int = 60,
+    seed: int = 0,
+) -> PreparedDataset:
+    """A PreparedDataset whose class is carried by one region alone (REGION: a 10x10 square in
+    the lower left): there class i has its own texture (horizontal stripes, vertical stripes,
+    a bright spot); everywhere else every crop is the same kind of noise. A network trained on
+    it can only look at REGION, so an honest map must find it."""
+    if len(labels) > 3:
+        raise ValueError("at most 3 classes")
+    rng = np.random.default_rng(seed)
+    rows, columns = np.indices((10, 10))
+    textures = [
+        np.where(rows % 4 < 2, 70.0, -70.0),
+        np.where(columns % 4 < 2, 70.0, -70.0),
+        90.0 * np.exp(-((rows - 4.5) ** 2 + (columns - 4.5) ** 2) / 8) - 30,
+    ]
+    crops, label_column = [], []
+    for class_number, label in enumerate(labels):
+        for _ in range(per_class):
+            crop = cv2.GaussianBlur(rng.normal(128, 45, (CROP_SIZE, CROP_SIZE)), (3, 3), 0)
+            crop[REGION] += textures[class_number] + rng.normal(0, 15, (10, 10))
+            crops.append(np.clip(crop, 0, 255).astype(np.uint8))
+            label_column.append(label)
+    config = PreprocessConfig()
+    count = len(crops)
+    return PreparedDataset(
+        crops=np.stack(crops),
+        labels=np.array(label_column),
+        subjects=np.array([""] * count),
+        paths=np.array([f"/synthetic/region/img{index:04d}.png" for index in range(count)]),
+        meta={
+            "layout": "folders",
+            "source": "/synthetic/region",
+            "preprocess": config.to_dict(),
+            "preprocess_fingerprint": config.fingerprint(),
+            "classes": {label: label_column.count(label) for label in labels},
+        },
+    )

@@ -623,7 +623,7 @@ def test_help_imports_no_heavy_library():
         for line in process.stderr.splitlines()
         if line.startswith("import time:")
     }
-    assert not imported & {"tensorflow", "keras", "cv2", "dlib", "sklearn", "matplotlib"}
+    assert not imported & {"tensorflow", "keras", "cv2", "dlib", "sklearn", "matplotlib", "numpy"}
 
 
 def test_installed_fer_command_predicts_many_images_alike_with_one_or_two_workers(

@@ -13,11 +13,9 @@ import pytest
 from conftest import TIGHT_FACE_BOX, crop_box
 from fercli.core.config import PreprocessConfig
 from fercli.faces.align import detect_faces, load_landmark_predictor, predictor_path
-from fercli.faces.landmarks import (
-    DlibShapePredictor,
+from fercli.faces.landmarks import DlibShapePredictor, NumpyShapePredictor, agrees_with
+from fercli.faces.predictor_file import (
     ModelFormatError,
-    NumpyShapePredictor,
-    agrees_with,
     load_stored,
     parse_shape_predictor,
     save_converted,

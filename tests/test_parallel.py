@@ -251,19 +251,19 @@ def test_the_landmark_model_is_converted_once_here_and_shared_with_the_workers(
     # The first run converts dlib's model to NumPy arrays: here, before the workers fork,
     # rather than in each of them; they use what this process converted and stored.
     from fercli.data.preprocess import preprocess_dataset
-    from fercli.faces import align, landmarks
+    from fercli.faces import align, predictor_file
 
     names = [f"{index}.png" for index in range(6)]
     root = make_folders({"happy": names, "sad": names})
     conversions = tmp_path / "conversions"
-    real = landmarks.parse_shape_predictor
+    real = predictor_file.parse_shape_predictor
 
     def recorded(data: bytes):
         with conversions.open("a") as record:
             record.write(f"{os.getpid()}\n")
         return real(data)
 
-    monkeypatch.setattr(landmarks, "parse_shape_predictor", recorded)
+    monkeypatch.setattr(predictor_file, "parse_shape_predictor", recorded)
     align.landmark_predictor.cache_clear()
 
     report = preprocess_dataset(root, workers=2)
@@ -271,7 +271,7 @@ def test_the_landmark_model_is_converted_once_here_and_shared_with_the_workers(
     assert report.workers == 2 and report.aligned == 12
     assert conversions.read_text().split() == [str(os.getpid())]
     assert align.landmark_predictor.cache_info().currsize == 1
-    stored = landmarks.stored_paths(align.predictor_path(), fer_home / "dlib")
+    stored = predictor_file.stored_paths(align.predictor_path(), fer_home / "dlib")
     assert all(path.is_file() for path in stored)
 
 

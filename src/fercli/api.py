@@ -248,17 +248,21 @@ def label_media(
     options=None,
     workers: int | None = None,
     annotate: str | Path | None = None,
+    explain: str | Path | None = None,
     progress: Progress | None = None,
     video_progress=None,
     adapt: bool = False,
 ):
     """fer predict: the faces and labels of every image and video in paths (files and
     folders) with a model (default: the newest), as a video.MediaReport; with annotate, the
-    labelled copies written there too (media.annotated: the files). options: a
-    video.VideoConfig (sampling, detection, smoothing). video_progress(path) gives each
-    video's progress callback. FerError before any work for an annotation folder that holds
-    inputs. adapt: the model's statistics re-estimated from the faces being labelled (the
-    photos' together, each video's own) before they are labelled (fer predict --adapt)."""
+    labelled copies written there too (media.annotated: the files); with explain, a picture
+    of where the network looks for every face of the photos and each track of the videos
+    (at its most confident frame) written there (media.explained: explain_files records).
+    options: a video.VideoConfig (sampling, detection, smoothing). video_progress(path) gives
+    each video's progress callback. FerError before any work for an annotation or
+    explanation folder that holds inputs. adapt: the model's statistics re-estimated from the
+    faces being labelled (the photos' together, each video's own) before they are labelled
+    (fer predict --adapt)."""
     from fercli.core.store import check_writable
     from fercli.infer.media import annotate_videos, label_files
     from fercli.infer.photos import annotate as annotate_images
@@ -267,9 +271,10 @@ def label_media(
 
     loaded = model if isinstance(model, FerModel) else load_model(model)
     paths = [Path(path) for path in paths]
-    if annotate is not None:
-        check_annotate_folder(paths, Path(annotate))
-        check_writable(Path(annotate))
+    for folder, option in ((annotate, "--annotate"), (explain, "--explain")):
+        if folder is not None:
+            check_annotate_folder(paths, Path(folder), option)
+            check_writable(Path(folder))
     media = label_files(
         paths,
         loaded,
@@ -278,10 +283,15 @@ def label_media(
         progress=progress,
         video_progress=video_progress,
         adapt=adapt,
+        keep_best=explain is not None,
     )
     if annotate is not None:
         media.annotated = annotate_images(media.images, Path(annotate))
         media.annotated_videos = annotate_videos(media, loaded.classes, Path(annotate))
+    if explain is not None:
+        from fercli.infer.explain_files import explain_media
+
+        media.explained = explain_media(media, loaded, Path(explain))
     return media
 
 

@@ -14,6 +14,7 @@ from fercli.cli.options import video_options, video_progress
 from fercli.cli.render_media import (
     plural,
     render_annotated,
+    render_explained,
     render_media,
     render_media_problems,
     render_media_summary,
@@ -43,6 +44,13 @@ def predict(
         "--annotate",
         help="Write copies of the images with boxes and labels here "
         "(videos: an annotated .avi and a .timeline.png each).",
+    ),
+    explain_dir: Path | None = typer.Option(
+        None,
+        "--explain",
+        help="Write a picture of where the network looks for each face here: its aligned "
+        "crop under an occlusion heat map, with label and probability (videos: each track "
+        "at its most confident frame).",
     ),
     workers: int | None = typer.Option(
         None, min=1, help="Processes for many images (default: one per core)."
@@ -90,6 +98,7 @@ def predict(
                 options=options,
                 workers=workers,
                 annotate=annotate_dir,
+                explain=explain_dir,
                 progress=None if quiet else update,
                 video_progress=None if as_json or as_csv else video_progress(bar),
                 adapt=adapt,
@@ -103,6 +112,8 @@ def predict(
     render_media_problems(media)
     if annotate_dir:
         render_annotated(media, annotate_dir)
+    if explain_dir:
+        render_explained(media, explain_dir)
     if not as_json:
         render_training_notes(media, as_csv)
     listed = sum(1 for problem in media.images.problems if problem.listed)

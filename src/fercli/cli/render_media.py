@@ -80,6 +80,17 @@ def render_annotated(media, annotate_dir: Path) -> None:
         )
 
 
+def render_explained(media, explain_dir: Path) -> None:
+    """How many explanation pictures were written where; for videos, which frame each shows."""
+    err.print(f"{plural(len(media.explained), 'explanation picture')} in {shown(explain_dir)}")
+    for face in media.explained:
+        if face.frame is not None:
+            err.print(
+                f"  {shown(Path(face.path).name)}: {shown(face.source)} track {face.face} at "
+                f"frame {face.frame} ({face.time:.2f} s), its most confident"
+            )
+
+
 def render_media_summary(media, listed: int, others: str, as_csv: bool) -> None:
     """predict's last line: images and faces, videos and tracks, what was skipped."""
     report = media.images
@@ -103,17 +114,15 @@ def render_media_summary(media, listed: int, others: str, as_csv: bool) -> None:
             ],
         )
     )
-    (err if as_csv else out).print(summary)
     render_answers(media, err if as_csv else out)
+    (err if as_csv else out).print(summary)
 
 
 def render_answers(media, console) -> None:
-    """The share of each label among every face labelled (photos' faces, videos' analysed
-    frames), a warning when one label takes most of them, and what --adapt did."""
+    """The share of each label among the photos' faces (a video's frames show the same few
+    people, whose labels may well agree), a warning when one label takes most of them, and
+    what --adapt did."""
     answers = [face.label for image in media.images.images for face in image.faces]
-    answers += [
-        face.label for video in media.videos for track in video.tracks for face in track.frames
-    ]
     if len(answers) > 1:
         shares = answer_shares(answers)
         console.print(f"answers: {shown(describe_shares(shares))}")

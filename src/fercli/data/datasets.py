@@ -9,7 +9,6 @@ from pathlib import Path
 from fercli.core.config import ScanConfig
 from fercli.core.errors import LayoutError
 from fercli.core.labels import canonical_label
-from fercli.data.prepared import subjects_known
 from fercli.media.discover import Skipped, files_under, is_visible
 
 # fer2013: a CSV file (emotion,pixels,Usage), read by fercli.data.fer2013 rather than scanned here.
@@ -74,6 +73,12 @@ class Scan:
     @property
     def has_subjects(self) -> bool:
         return subjects_known([record.subject for record in self.records])
+
+
+def subjects_known(subjects) -> bool:
+    """Whether every image's subject is known (none empty, and there are images): what
+    subject folds and per-subject reports need."""
+    return len(subjects) > 0 and all(subjects)
 
 
 def subject_of(name: str) -> str | None:

@@ -25,6 +25,7 @@ from fercli.core.store import (
     slug,
     unpack_json,
 )
+from fercli.data.datasets import subjects_known
 from fercli.media.discover import Skipped
 
 DATASET_FILE = "dataset.npz"
@@ -53,12 +54,6 @@ class PreparedDataset:
     @property
     def has_subjects(self) -> bool:
         return subjects_known(self.subjects)
-
-
-def subjects_known(subjects) -> bool:
-    """Whether every image's subject is known (none empty, and there are images): what
-    subject folds and per-subject reports need."""
-    return len(subjects) > 0 and all(subjects)
 
 
 def dataset_folder(source: Path) -> Path:

@@ -126,11 +126,9 @@ def load_landmark_predictor(source: Path, folder: Path):
     import dlib
 
     from fercli.core.store import check_writable, make_dir
-    from fercli.faces.landmarks import (
-        DlibShapePredictor,
+    from fercli.faces.landmarks import DlibShapePredictor, NumpyShapePredictor, agrees_with
+    from fercli.faces.predictor_file import (
         ModelFormatError,
-        NumpyShapePredictor,
-        agrees_with,
         load_stored,
         parse_shape_predictor,
         save_converted,
@@ -162,7 +160,7 @@ def landmarks_load_quickly() -> bool:
     """Whether landmark_predictor() takes milliseconds rather than seconds: it is loaded in
     this process already, or dlib's model is stored converted under FER_HOME."""
     from fercli.core.store import dlib_dir
-    from fercli.faces.landmarks import stored_paths
+    from fercli.faces.predictor_file import stored_paths
 
     if landmark_predictor.cache_info().currsize:
         return True

@@ -32,6 +32,8 @@ class MediaReport:
     # Labelled copies written (fer predict --annotate): images; videos and timelines.
     annotated: list[Path] = field(default_factory=list)
     annotated_videos: list[Path] = field(default_factory=list)
+    # Explanation pictures written (fer predict --explain): fercli.infer.explain_files records.
+    explained: list = field(default_factory=list)
 
     @property
     def processed(self) -> int:
@@ -47,11 +49,13 @@ def label_files(
     progress: Progress | None = None,
     video_progress: Callable[[str], Progress | None] | None = None,
     adapt: bool = False,
+    keep_best: bool = False,
 ) -> MediaReport:
     """label_photos for the images among paths (files and folders, as there) and label_video
     for the videos, told apart by content. video_progress(path) gives a video's progress
     callback. adapt: the photos' faces together, and each video's faces, adapted to (see
-    label_photos and label_video)."""
+    label_photos and label_video); keep_best: each video keeps its tracks' most confident
+    faces (for --explain)."""
     from fercli.infer.photos import label_photos
     from fercli.media.discover import discover_images
 
@@ -66,7 +70,12 @@ def label_files(
     report.inputs = [str(path) for path in paths]
     results = [
         label_video(
-            path, model, options, video_progress(str(path)) if video_progress else None, adapt
+            path,
+            model,
+            options,
+            video_progress(str(path)) if video_progress else None,
+            adapt,
+            keep_best=keep_best,
         )
         for path in videos
     ]

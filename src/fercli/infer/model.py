@@ -117,6 +117,15 @@ class FerModel:
 
         return label_faces(image, self)
 
+    def explain(self, image, every_class: bool = False):
+        """Where the network looks, for every face in an image (a path, or a BGR or grayscale
+        uint8 array): a list of FaceExplanation (box, label, probability, and map: a (32, 32)
+        float array of how much covering each pixel of the aligned crop lowers the label's
+        probability); every_class: also each class's map (maps). See fercli.infer.explain."""
+        from fercli.infer.explain import explain_faces
+
+        return explain_faces(image, self, every_class)
+
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
         """Class probabilities (n, classes) for uint8 crops (n, s, s)."""
         if len(crops) == 0:

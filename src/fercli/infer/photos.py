@@ -33,6 +33,8 @@ class ImagePrediction:
     path: str
     faces: list[FacePrediction] = field(default_factory=list)
     error: str | None = None  # why the image could not be read; None when it was
+    # The aligned crop of each face, in the order of faces (for fer predict --explain).
+    crops: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict:
         data = {"path": self.path, "faces": [face.to_json() for face in self.faces]}
@@ -155,8 +157,9 @@ def label_photos(
             [box for _, _, box in found],
             [images[index].path for index, _, _ in found],
         )
-        for (index, _, _), face in zip(found, labelled, strict=True):
+        for (index, crop, _), face in zip(found, labelled, strict=True):
             images[index].faces.append(face)
+            images[index].crops.append(crop)
     return PredictReport(
         model=str(model.path),
         classes=model.classes,
@@ -167,9 +170,9 @@ def label_photos(
     )
 
 
-def check_annotate_folder(paths: list[Path], folder: Path) -> None:
-    """Refuse an annotation folder that holds any of the images to be read: annotated copies
-    must never take the place of inputs. FerError naming one of them."""
+def check_annotate_folder(paths: list[Path], folder: Path, option: str = "--annotate") -> None:
+    """Refuse an annotation folder (or --explain's) that holds any of the images to be read:
+    pictures written must never take the place of inputs. FerError naming one of them."""
     target = _resolved(Path(folder))
     if target is None:
         return  # cannot be followed, so it holds nothing; writes never replace a file anyway
@@ -180,8 +183,8 @@ def check_annotate_folder(paths: list[Path], folder: Path) -> None:
         for place in (parent / path.name if parent else None, _resolved(path)):
             if place and (place == target or target in place.parents):
                 raise FerError(
-                    f"--annotate {folder}: the folder holds images to be read ({path}); "
-                    "annotated copies go to a folder of their own"
+                    f"{option} {folder}: the folder holds images to be read ({path}); "
+                    "the pictures it writes go to a folder of their own"
                 )
 
 

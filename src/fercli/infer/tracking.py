@@ -133,6 +133,8 @@ class VideoPrediction:
     smoothed: bool = False
     options: VideoConfig = field(default_factory=VideoConfig)  # how it was sampled
     adaptation: Adaptation | None = None  # --adapt: re-estimated from this video's faces
+    # With keep_best: each track's most confident analysed face and its aligned crop, by id.
+    best: dict[int, tuple[FaceFrame, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
     def processed(self) -> bool:
@@ -203,9 +205,8 @@ class _Follow:
     # shares of it), learnt at the last detection: boxes made from landmarks then look like
     # the detector's, which is what the landmark predictor was trained on.
     relation: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
-    crop: np.ndarray | None = (
-        None  # the last crop, z-scored, to tell whether the face is still there
-    )
+    # The last crop, z-scored, to tell whether the face is still there.
+    crop: np.ndarray | None = None
 
 
 def _landmark_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
@@ -395,14 +396,23 @@ class FramePipeline:
     for classification; label_crops() labels the queued faces in one forward pass."""
 
     def __init__(
-        self, model: FerModel, options: VideoConfig, interval: float, keep: bool = False
+        self,
+        model: FerModel,
+        options: VideoConfig,
+        interval: float,
+        keep: bool = False,
+        keep_best: bool = False,
     ) -> None:
         """interval: seconds between analysed frames. keep: every face's crop is kept (in
-        kept) after it is labelled, to label them all again (--adapt)."""
+        kept) after it is labelled, to label them all again (--adapt). keep_best: keep in best
+        each track's most confident face and its crop, by track id (--explain)."""
         self.model = model
         self.tracker = _Tracker(model.preprocess, options, interval)
         self.waiting: list[tuple[FaceFrame, np.ndarray]] = []
-        self.kept: list[tuple[FaceFrame, np.ndarray]] | None = [] if keep else None
+        self.waiting_tracks: list[int] = []
+        self.kept: list[tuple[int, FaceFrame, np.ndarray]] | None = [] if keep else None
+        self.keep_best = keep_best
+        self.best: dict[int, tuple[FaceFrame, np.ndarray]] = {}
 
     def step(self, frame: np.ndarray, number: int, seconds: float) -> list[tuple[int, FaceFrame]]:
         """The faces of one frame (BGR or grey) as (track id, record) pairs; the records get
@@ -411,21 +421,40 @@ class FramePipeline:
         faces = self.tracker.step(gray, number, seconds)
         self.waiting += faces
         # step() leaves the faces' tracks in tracker.active, in the order of the faces.
-        return [
-            (follow.track.id, record)
-            for follow, (record, _) in zip(self.tracker.active, faces, strict=True)
-        ]
+        ids = [follow.track.id for follow in self.tracker.active]
+        self.waiting_tracks += ids
+        return list(zip(ids, [record for record, _ in faces], strict=True))
 
     def label_crops(self) -> None:
-        if self.kept is not None:
-            self.kept += self.waiting
+        pending = [
+            (track_id, record, crop)
+            for track_id, (record, crop) in zip(self.waiting_tracks, self.waiting, strict=True)
+        ]
         _label_waiting(self.waiting, self.model)
+        self.waiting_tracks = []
+        if self.kept is not None:
+            self.kept += pending
+        self._keep_best(pending)
+
+    def _keep_best(self, labelled: list[tuple[int, FaceFrame, np.ndarray]]) -> None:
+        if not self.keep_best:
+            return
+        for track_id, record, crop in labelled:
+            kept = self.best.get(track_id)
+            if kept is None or _confidence(record) > _confidence(kept[0]):
+                self.best[track_id] = (record, crop)
 
     def relabel_adapted(self) -> Adaptation:
         """Every kept face labelled again by the model adapted to all of them (--adapt);
         FerError when there are too few."""
         self.label_crops()
-        crops = np.array([crop for _, crop in self.kept])
+        crops = np.array([crop for _, _, crop in self.kept])
         adapted, adaptation = adapt_model(self.model, crops)
-        _label_waiting(list(self.kept), adapted)
+        _label_waiting([(record, crop) for _, record, crop in self.kept], adapted)
+        self.best = {}
+        self._keep_best(self.kept)
         return adaptation
+
+
+def _confidence(face: FaceFrame) -> float:
+    return face.probabilities[face.label]

@@ -70,13 +70,15 @@ def label_video(
     options: VideoConfig = VideoConfig(),
     progress: Progress | None = None,
     adapt: bool = False,
+    keep_best: bool = False,
 ) -> VideoPrediction:
     """Follow and classify every face of a video, frame by frame as it is read.
 
     Errors that concern this video are in the result's error (the frames read before a damaged
     part are kept); progress gets items events (frames read, of the frames in the video) as it
     goes. adapt: once the video is read, its faces are labelled again by the model adapted to
-    them all (infer.adapt); too few faces is the video's error."""
+    them all (infer.adapt); too few faces is the video's error. keep_best: the result's best
+    holds each track's most confident face and its crop (--explain)."""
     result = VideoPrediction(path=str(path), smoothed=options.smooth > 0, options=options)
     started = time.perf_counter()
     try:
@@ -86,7 +88,7 @@ def label_video(
         return result
     try:
         declared = _read_header(capture, result, options)
-        pipeline = FramePipeline(model, options, result.interval, keep=adapt)
+        pipeline = FramePipeline(model, options, result.interval, keep=adapt, keep_best=keep_best)
         if result.width * result.height > MAX_PIXELS:
             result.error = (
                 f"video too large: {result.width}x{result.height} pixels a frame, limit "
@@ -120,6 +122,7 @@ def label_video(
         result.error = reading_problem(reader, declared)
         if adapt:
             _relabel_adapted(pipeline, result)
+        result.best = pipeline.best
         if result.interval == 0.0 and result.analysed > 1:
             result.interval = last / (result.analysed - 1)  # no frame rate: times from the stream
         if progress:

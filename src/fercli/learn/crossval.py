@@ -21,10 +21,8 @@ from fercli.core.events import Event, Progress
 from fercli.data.prepared import PreparedDataset
 from fercli.learn.folds import FoldResult, FoldTask, make_folds
 from fercli.learn.selection import Selection, select_classes, selection_fingerprint
-from fercli.learn.training import (
-    checked_start,
-    starting_notes,
-)
+from fercli.learn.training import checked_start, starting_notes
+from fercli.learn.where import crossval_where
 
 
 @dataclass
@@ -53,6 +51,8 @@ class CrossvalReport:
     files: dict[str, Path] = field(default_factory=dict)
     # Each predicted class's share of the answers (evaluate), largest first.
     answer_shares: dict[str, float] = field(default_factory=dict)
+    # where.png's figures (fercli.learn.where.WhereMaps), None where no network could draw them.
+    where: object | None = field(default=None, repr=False)
 
     @property
     def accuracies(self) -> np.ndarray:
@@ -112,6 +112,7 @@ class CrossvalReport:
             "diverged_folds": self.diverged_folds,
             **({"answer_shares": self.answer_shares} if self.answer_shares else {}),
             **({"per_dataset": self.per_dataset} if self.per_dataset else {}),
+            **({"where": self.where.to_json()} if self.where is not None else {}),
         }
 
 
@@ -286,7 +287,7 @@ def cross_validate(
                     )
     except KeyboardInterrupt:
         interrupted = True
-    return assemble_crossval(
+    report = assemble_crossval(
         dataset,
         selection,
         splits,
@@ -297,6 +298,8 @@ def cross_validate(
         time.perf_counter() - started,
         interrupted,
     )
+    report.where = crossval_where(selection, splits, results, config.test_time_flip)
+    return report
 
 
 def assemble_crossval(

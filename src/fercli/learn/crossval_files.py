@@ -20,14 +20,14 @@ from fercli.learn.selection import select_classes
 def save_crossval(
     report: CrossvalReport, folder: Path, title: str | None = None
 ) -> dict[str, Path]:
-    """Write report.json, confusion.png and predictions.csv of a cross-validation (or of an
-    evaluation, its one "fold"; title: the confusion image's, default the crossval's)."""
+    """Write report.json, confusion.png, where.png (when report.where has its figures) and
+    predictions.csv of a cross-validation (or of an evaluation, its one "fold"; title: the
+    pictures', default the crossval's)."""
     import csv
     import io
 
     from fercli.media.drawing import confusion_image
 
-    files = {"report": atomic_write_json(folder / "report.json", report.to_json())}
     group = (
         report.protocol["group"] if report.protocol["group"] in ("subject", "dataset") else "random"
     )
@@ -42,9 +42,19 @@ def save_crossval(
         or f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds ({group}), "
         f"{figures}"
     )
+    where = {}
+    if report.where is not None:
+        # Drawn first, so that report.json can say if it failed; a failure here must not cost
+        # the rest of a long run's files (or its model, saved after them).
+        try:
+            where["where"] = save_where(report.where, folder / "where.png", title)
+        except Exception as error:
+            report.warnings.append(f"where.png was not drawn ({type(error).__name__}: {error})")
+    files = {"report": atomic_write_json(folder / "report.json", report.to_json())}
     files["confusion"] = confusion_image(
         report.confusion, report.labels, folder / "confusion.png", title
     )
+    files.update(where)
     for number, (name, figures) in enumerate(report.per_dataset.items(), start=1):
         accuracy = (
             "no result"
@@ -75,6 +85,38 @@ def save_crossval(
     writer.writerows(report.predictions)
     files["predictions"] = atomic_write_text(folder / "predictions.csv", text.getvalue())
     return files
+
+
+def save_where(where, path: Path, title: str) -> Path:
+    """where.png: per class, the mean map over its test faces and over those got wrong."""
+    import cv2
+
+    from fercli.core.store import atomic_write_bytes
+    from fercli.infer.explain import PATCH
+    from fercli.media.heatmaps import where_image
+
+    rows = []
+    for row, name, empty in (
+        ("all", "all test faces of the class", "no test face"),
+        ("wrong", "the faces it got wrong, with what it took them for", "none wrong"),
+    ):
+        tiles = {}
+        for label, entry in where.rows.get(row, {}).items():
+            shown = f"{entry['faces']} of {entry['of']}" + (" wrong" if row == "wrong" else "")
+            taken = ", ".join(f"{other} {n}" for other, n in entry["taken_for"].items())
+            tiles[label] = {**entry, "caption": f"{shown}: {taken}" if taken else shown}
+        rows.append((name, tiles, empty))
+    note = (
+        f"colour: how much the probability of the class predicted for a face drops when a grey "
+        f"patch ({PATCH}x{PATCH}) covers the spot, averaged over the faces of the tile (at most "
+        f"{where.faces_per_class}, spread over the class); {where.note}. Shown over the "
+        "faces' mean crop; one colour scale for every tile."
+    )
+    picture = where_image(where.labels, rows, f"where the network looked: {title}", note)
+    ok, encoded = cv2.imencode(".png", picture)
+    if not ok:
+        raise FerError("OpenCV could not encode where.png")
+    return atomic_write_bytes(path, encoded.tobytes())
 
 
 def save_crossval_model(

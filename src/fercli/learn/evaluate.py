@@ -31,6 +31,7 @@ from fercli.infer.model import FerModel
 from fercli.learn.crossval import CrossvalReport, dataset_summary, score_predictions
 from fercli.learn.folds import FoldResult
 from fercli.learn.selection import Selection, select_classes, selection_fingerprint
+from fercli.learn.where import model_where
 
 # Crops classified at once: bounds the memory of the forward pass on a large dataset.
 CHUNK = 2048
@@ -197,6 +198,7 @@ def score_model(
             selection.paths, selection.targets, predicted, probabilities, strict=True
         )
     ]
+    where = model_where(model, selection.crops, selection.targets, predicted, shared)
     trained_on = model.meta.get("dataset") or {}
     fold = FoldResult(
         fold=1,
@@ -238,6 +240,7 @@ def score_model(
         planned_folds=1,
         predictions=rows,
         answer_shares=shares,
+        where=where,
     )
 
 

@@ -11,7 +11,8 @@ from fercli.core.config import NORMALISATIONS
 from fercli.core.errors import DatasetError, FerError
 from fercli.core.hashing import data_fingerprint
 from fercli.core.labels import canonical_label, label_order
-from fercli.data.prepared import PreparedDataset, subjects_known
+from fercli.data.datasets import subjects_known
+from fercli.data.prepared import PreparedDataset
 
 
 @dataclass

@@ -1,0 +1,154 @@
+"""Where the network looks (fercli.infer.explain, fer predict --explain): occlusion maps that
+find what a network trained here really uses, and the pictures predict writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fercli.cli import app
+from fercli.core.config import TrainConfig
+from fercli.core.errors import FerError
+from fercli.infer.explain import explain_crops, grey_crop, occlusion_maps, patch_positions
+from fercli.infer.model import load_model
+from fercli.learn.training import train_model
+from synthetic import REGION, make_region_dataset
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def region_model(tmp_path_factory):
+    """A model trained on make_region_dataset (the class is in REGION only), no augmentation
+    (a mirrored crop would move the region)."""
+    output = tmp_path_factory.mktemp("model") / "region.npz"
+    train_model(make_region_dataset(), TrainConfig(epochs=6, augment=False), output)
+    return load_model(output)
+
+
+def test_patches_cover_every_pixel_up_to_the_far_edge():
+    assert patch_positions(32, 8, 2) == list(range(0, 25, 2))
+    assert patch_positions(32, 8, 5) == [0, 5, 10, 15, 20, 24]
+    with pytest.raises(FerError, match="patch"):
+        patch_positions(32, 40, 2)
+
+
+def test_the_map_lies_where_covering_changes_the_answer():
+    """A 'network' whose second class is the brightness of one 4x4 spot: the map of that class
+    is at its largest on the spot and exactly 0 wherever no patch covering the pixel touches
+    it."""
+    spot = (slice(20, 24), slice(4, 8))
+
+    def predict(crops: np.ndarray) -> np.ndarray:
+        bright = crops[:, spot[0], spot[1]].mean(axis=(1, 2)) / 255
+        return np.stack([1 - bright, bright], axis=1)
+
+    crops = np.full((3, 32, 32), 255, np.uint8)
+    probabilities, maps = occlusion_maps(predict, crops, np.zeros((32, 32), np.uint8), 8, 2)
+    assert probabilities.shape == (3, 2) and maps.shape == (3, 2, 32, 32)
+    heat = maps[0, 1]
+    assert heat[spot].max() == heat.max() > 0.5
+    # A patch covering pixel (row, column) starts at most 7 before it: none reaches the spot
+    # from 8 or more pixels away.
+    assert np.all(heat[:12] == 0) and np.all(heat[:, 16:] == 0)
+    # The other class gains what this one loses.
+    assert np.allclose(maps[0, 0], -heat)
+
+
+def test_deleting_the_top_of_the_map_costs_more_than_deleting_at_random(region_model):
+    """The honest map: on new faces of the region data, setting the map's top 10% of pixels to
+    the grey lowers the predicted class's probability more than setting a random 10% does, and
+    the top 10% lie mostly in the region that carries the class."""
+    test = make_region_dataset(per_class=8, seed=1)
+    explained = explain_crops(region_model, test.crops, [(0, 0, 32, 32)] * len(test.crops))
+    grey = grey_crop([member.mean for member in region_model.networks], 32).ravel()
+    rng = np.random.default_rng(0)
+    inside_region = np.zeros((32, 32), bool)
+    inside_region[REGION] = True
+    count = 1024 // 10
+    top_drops, random_drops, inside = [], [], []
+    for face in explained:
+        column = region_model.classes.index(face.label)
+        top = np.argsort(face.map.ravel())[::-1][:count]
+        chosen = rng.choice(1024, count, replace=False)
+        deleted = []
+        for pixels in (top, chosen):
+            crop = face.crop.ravel().copy()
+            crop[pixels] = grey[pixels]
+            deleted.append(crop.reshape(32, 32))
+        after = region_model.predict_proba(np.stack(deleted))[:, column]
+        top_drops.append(face.probability - after[0])
+        random_drops.append(face.probability - after[1])
+        inside.append(inside_region.ravel()[top].mean())
+    assert np.mean(top_drops) > np.mean(random_drops) + 0.1
+    assert np.mean(inside) > 0.5  # a random 10% would put 10% there
+
+
+def test_model_explain_agrees_with_predict(region_model, astronaut_path):
+    [predicted] = region_model.predict(astronaut_path)
+    [face] = region_model.explain(astronaut_path, every_class=True)
+    assert face.box == predicted.box and face.label == predicted.label
+    assert face.probability == pytest.approx(predicted.probabilities[predicted.label], abs=1e-5)
+    assert face.map.shape == (32, 32) and face.map.dtype == np.float64
+    assert np.all(np.isfinite(face.map)) and face.crop.shape == (32, 32)
+    assert list(face.maps) == region_model.classes
+    assert np.array_equal(face.maps[face.label], face.map)
+    assert region_model.explain(np.full((200, 200), 128, np.uint8)) == []
+
+
+def _picture(path: Path) -> np.ndarray:
+    picture = cv2.imread(str(path))
+    assert picture is not None, f"{path} is not a readable picture"
+    return picture
+
+
+def test_predict_explain_writes_a_picture_per_face_and_never_replaces_one(
+    region_model, astronaut_path, tmp_path
+):
+    folder = tmp_path / "why"
+    arguments = ["predict", str(astronaut_path), "--model", str(region_model.path)]
+    first = runner.invoke(app, [*arguments, "--explain", str(folder)])
+    assert first.exit_code == 0, first.output
+    picture = _picture(folder / "astronaut.face1.png")
+    # The enlarged crop and its heat map side by side, 256 pixels high, and colour in it.
+    assert picture.shape[0] > 256 and picture.shape[1] > 2 * 256
+    assert np.ptp(picture.astype(int), axis=2).max() > 100
+    assert "1 explanation picture in" in first.stderr
+    second = runner.invoke(app, [*arguments, "--explain", str(folder), "--json"])
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.stdout)[0]["faces"][0]["label"] in region_model.classes
+    assert (folder / "astronaut.face1-2.png").is_file()
+    assert "astronaut.face1.png exists" in second.stderr
+
+
+def test_explain_into_the_folder_of_the_photos_is_refused(region_model, astronaut_path, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(astronaut_path.read_bytes())
+    result = runner.invoke(
+        app, ["predict", str(photos), "--model", str(region_model.path), "--explain", str(photos)]
+    )
+    assert result.exit_code != 0
+    assert "--explain" in result.stderr and "holds images to be read" in result.stderr
+    assert sorted(path.name for path in photos.iterdir()) == ["a.png"]
+
+
+def test_a_video_is_explained_once_per_track_at_its_most_confident_frame(region_model, tmp_path):
+    from clips import write_clip
+
+    clip = write_clip(tmp_path / "clip.avi", 12)
+    folder = tmp_path / "why"
+    result = runner.invoke(
+        app,
+        ["predict", str(clip), "--model", str(region_model.path), "--explain", str(folder)],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in folder.iterdir()) == ["clip.track1.png"]
+    _picture(folder / "clip.track1.png")
+    [line] = [line for line in result.stderr.splitlines() if "track 1 at frame" in line]
+    assert "most confident" in line
