@@ -12,6 +12,7 @@ and propagates; what was yielded before is the caller's to keep.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from functools import partial
@@ -191,6 +192,8 @@ def _check_reachable(address: str, asked: str | None = None) -> None:
         with socket.create_connection(
             (host.strip("[]"), int(port)), timeout=CONNECT_SECONDS
         ) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return  # a TLS head answers a TLS handshake, not a plain HTTP/2 preface
             answer = _http2_answer(connection)
     except TimeoutError:
         raise EngineError(

@@ -198,7 +198,9 @@ def score_model(
             selection.paths, selection.targets, predicted, probabilities, strict=True
         )
     ]
-    where = model_where(model, selection.crops, selection.targets, predicted, shared)
+    where = model_where(
+        model, selection.crops, selection.targets, predicted, shared, list(matched.values())
+    )
     trained_on = model.meta.get("dataset") or {}
     fold = FoldResult(
         fold=1,
