@@ -157,6 +157,29 @@ def test_a_full_disk_while_annotating_videos_is_a_failure(clip, model_path, tmp_
     assert not list(out.glob("*.avi")), "a truncated video was left as if written"
 
 
+def test_frames_on_disk_are_counted_from_an_avi_s_chunks(clip, tmp_path):
+    """What the annotated-video check counts: every frame of a whole AVI, fewer of one cut
+    short (as a full disk leaves it), never more than FFmpeg can read; None for no AVI."""
+    import cv2
+
+    from fercli.media.video import avi_frames_on_disk
+
+    assert avi_frames_on_disk(clip) == FRAMES
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.avi"
+    for share in (0.75, 0.4, 0.05):
+        cut.write_bytes(data[: int(len(data) * share)])
+        counted = avi_frames_on_disk(cut)
+        capture, readable = cv2.VideoCapture(str(cut), cv2.CAP_FFMPEG), 0
+        while capture.grab():
+            readable += 1
+        capture.release()
+        assert counted < FRAMES and counted <= readable, (share, counted, readable)
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"\x00" * 64)
+    assert avi_frames_on_disk(other) is None
+
+
 def avi_with_rate(clip, path, scale: int, rate: int):
     """A copy of an AVI whose stream header declares rate/scale frames a second."""
     data = bytearray(clip.read_bytes())
