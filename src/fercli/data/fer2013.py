@@ -223,7 +223,12 @@ def aligned_rows(
 
 
 def preprocess_fer2013(
-    path: Path, config: PreprocessConfig, workers: int, progress: Progress | None = None
+    path: Path,
+    config: PreprocessConfig,
+    workers: int,
+    progress: Progress | None = None,
+    *,
+    made_by: str = "preprocess",
 ):
     """Align every face of a FER2013 CSV and save the prepared dataset (with each image's
     split); returns a PreprocessReport. Rows that are not FER2013 rows and faces dlib cannot
@@ -293,6 +298,7 @@ def preprocess_fer2013(
                 "classes": report.classes,
                 "splits": sorted(set(splits) - {""}),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "made_by": made_by,
             },
             splits=np.array(splits),
         )

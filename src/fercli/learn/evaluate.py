@@ -62,7 +62,10 @@ def prepare_for_model(
             dataset = load_dataset(prepared)
             if _fingerprint(dataset) == wanted:
                 return dataset, None
-        report = preprocess_dataset(candidate, ScanOptions(), model.preprocess, workers, progress)
+        # Marked as a test set: evaluating must not change what train and crossval pick.
+        report = preprocess_dataset(
+            candidate, ScanOptions(), model.preprocess, workers, progress, made_by="evaluate"
+        )
         if not report.dataset:
             raise DatasetError(
                 f"{choice}: no image could be aligned ({len(report.skipped)} skipped)"
