@@ -759,3 +759,17 @@ def test_predict_notes_an_image_the_model_was_trained_on(
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["faces"][0]["in_training_data"] is None
     assert "note:" not in fer("predict", seen, "--model", older).stdout
+
+
+def help_words(*command: str) -> str:
+    """A command's --help as one line of words, panels' borders left out."""
+    result = fer(*command, "--help")
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.replace("│", " ").split())
+
+
+def test_help_shows_text_in_square_brackets():
+    # rich markup would take [ray] or [base] for a style and drop it.
+    assert "needs pip install 'fercli[ray]'" in help_words("crossval")
+    assert "The grid file (TOML): [base], [vary], seeds, folds, group." in help_words("sweep")
+    assert "{path, faces: [{box, label, probabilities}]}" in help_words("predict")
