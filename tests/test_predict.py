@@ -108,6 +108,29 @@ def test_two_faces_side_by_side(model, two_faces):
         assert x < 203 + offset and 246 + offset < x + w and y < 101 < y + h
 
 
+def test_a_small_face_next_to_a_large_one_is_found(model, astronaut_path, tmp_path):
+    """A group photo: the face further from the camera (44 px, too small for dlib without
+    upsampling) is found although the large one is found without."""
+    from fercli.core.config import PreprocessConfig
+    from fercli.faces.align import detect_faces
+
+    face = cv2.imread(str(astronaut_path))[20:230, 120:330]  # the face, ~130 px of 210
+    canvas = np.full((300, 420, 3), 110, np.uint8)
+    canvas[30:270, 10:250] = cv2.resize(face, (240, 240), interpolation=cv2.INTER_AREA)
+    canvas[100:171, 300:371] = cv2.resize(face, (71, 71), interpolation=cv2.INTER_AREA)
+    path = tmp_path / "group.png"
+    assert cv2.imwrite(str(path), canvas)
+    [image] = predict_paths([path], model, workers=1).images
+    boxes = sorted(face.box for face in image.faces)
+    assert len(boxes) == 2, boxes
+    (large_x, _, large_width, _), (small_x, _, small_width, _) = boxes
+    assert large_x < 250 and large_width > 90
+    assert small_x >= 290 and 30 <= small_width <= 60
+    # Preprocessing keeps the largest face only: it still searches one level.
+    gray = cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY)
+    assert len(detect_faces(gray, PreprocessConfig())) == 1
+
+
 def test_the_box_of_a_face_cut_by_the_edge_stays_inside_the_image(model, astronaut_path, tmp_path):
     photo = cv2.imread(str(astronaut_path))
     path = tmp_path / "edge.png"

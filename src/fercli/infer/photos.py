@@ -78,7 +78,7 @@ def _align_files(paths: list[str], config: PreprocessConfig) -> list[tuple[list,
     for index, path in enumerate(paths):
         try:
             gray = load_gray(Path(path))
-            detections = detect_faces(gray, config)
+            detections = detect_faces(gray, config, every_face=True)
         except Exception as error:
             results[index] = [], _reason(error)
             continue
