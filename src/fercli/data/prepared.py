@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from fercli.core.errors import DatasetError
-from fercli.core.store import atomic_write, datasets_dir, pack_json, slug, unpack_json
+from fercli.core.store import (
+    abbreviated,
+    atomic_write,
+    datasets_dir,
+    name_not_found,
+    pack_json,
+    slug,
+    unpack_json,
+)
 from fercli.media.discover import Skipped
 
 DATASET_FILE = "dataset.npz"
@@ -207,9 +215,17 @@ def resolve_dataset(choice: str | Path | None) -> PreparedDataset:
     named = datasets_dir() / str(choice)
     if named.exists():
         return load_dataset(named)
-    raise DatasetError(
-        f"{choice}: no such preprocessed dataset (a path or a name under {datasets_dir()})"
-    )
+    names = sorted(path.parent.name for path in datasets_dir().glob(f"*/{DATASET_FILE}"))
+    matches = abbreviated(str(choice), names)
+    if len(matches) == 1:  # the name without its hash
+        return load_dataset(datasets_dir() / matches[0])
+    reason = name_not_found(str(choice), names, matches, "preprocessed datasets")
+    if not matches:
+        reason = reason.replace(
+            "no preprocessed datasets of that name",
+            f"no such preprocessed dataset (a path or a name under {datasets_dir()})",
+        )
+    raise DatasetError(reason)
 
 
 @dataclass

@@ -230,6 +230,7 @@ def run_sweep(
             "grid": grid.to_json(),
             "source": grid.source,
             "recipes": [item.name for item in plan],
+            "dataset": dataset.name,
             "data_fingerprint": data_id,
         },
     )
