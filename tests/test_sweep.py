@@ -413,3 +413,14 @@ def test_a_cluster_with_other_code_is_refused(local_ray, monkeypatch):
     monkeypatch.setattr(fercli, "__version__", "0.0.0-other")
     with pytest.raises(EngineError, match="runs other code .*fercli .* there, 0.0.0-other here"):
         RayEngine("auto").connect()
+
+
+def test_fer_list_shows_a_finished_sweep_and_its_best_recipe(full_and_resumed, monkeypatch):
+    full = full_and_resumed[0]
+    monkeypatch.setenv("FER_HOME", str(full.folder.parent.parent))
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if full.folder.name in line)
+    recipes, seeds = len(full.recipes), len(full.grid.seeds)
+    assert f"sweep: {recipes} recipes x {seeds} seeds" in row and "unreadable" not in row
+    assert f"best {full.recipes[0].name}: {full.recipes[0].accuracy:.1%}" in row
