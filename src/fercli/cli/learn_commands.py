@@ -22,6 +22,7 @@ from fercli.cli.options import (
     with_training_options,
 )
 from fercli.cli.render_learn import render_crossval, render_scores, render_sources, render_sweep
+from fercli.cli.render_media import plural
 
 
 @with_training_options
@@ -50,16 +51,29 @@ def train(
         header(bar, f"fer train: {recipe_summary(config.to_dict())}")
         task = bar.tasks[0].id
         bar.update(task, total=config.epochs * ensemble)
-        with bar if not as_json else contextlib.nullcontext():
-            result = train_network(
-                datasets,
-                output,
-                config=config,
-                shared_classes=training["shared_classes"],
-                split=split,
-                ensemble=ensemble,
-                progress=None if as_json else epoch_reporter(bar, task, ensemble),
-            )
+        reporter = None if as_json else epoch_reporter(bar, task, ensemble)
+        reached: dict = {}  # the last epoch event
+
+        def progress(event) -> None:
+            if event.kind == "epoch":
+                reached.update(epoch=event.epoch, network=event.fold)
+            if reporter:
+                reporter(event)
+
+        try:
+            with bar if not as_json else contextlib.nullcontext():
+                result = train_network(
+                    datasets,
+                    output,
+                    config=config,
+                    shared_classes=training["shared_classes"],
+                    split=split,
+                    ensemble=ensemble,
+                    progress=progress,
+                )
+        except KeyboardInterrupt:
+            message = interrupted_training(reached, config.epochs, ensemble)
+            raise fail(message, 130, as_json=as_json) from None
     parts = result.parts
     summary = {
         "model": str(result.path),
@@ -91,6 +105,21 @@ def train(
         f"model saved to {shown(result.path)}"
         + (f" (an ensemble of {ensemble} networks)" if ensemble > 1 else "")
     )
+
+
+def interrupted_training(reached: dict, epochs: int, networks: int) -> str:
+    """What a Ctrl-C during fer train stopped: the epoch it was in, and that nothing was
+    saved (the model file is written once, at the end)."""
+    if not reached:
+        return "interrupted before the first epoch finished; nothing saved"
+    done = reached["epoch"]
+    network = f" of network {reached['network'] + 1} of {networks}" if networks > 1 else ""
+    where = (
+        f"after epoch {done} of {epochs}{network}"
+        if done >= epochs
+        else f"in epoch {done + 1} of {epochs}{network} ({plural(done, 'epoch')} finished)"
+    )
+    return f"interrupted {where}; nothing saved"
 
 
 @with_training_options
@@ -145,6 +174,8 @@ def crossval(
                 save_model=not no_save_model,
                 progress=None if as_json else reporter,
             )
+    if report.interrupted and not report.folds:
+        raise fail("interrupted before any fold finished; nothing saved", 130, as_json=as_json)
     files, output = report.files, report.files["report"].parent
     failure, code = None, 1
     if report.interrupted:
