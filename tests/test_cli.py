@@ -781,3 +781,7 @@ def test_help_shows_text_in_square_brackets():
     assert "needs pip install 'fercli[ray]'" in help_words("crossval")
     assert "The grid file (TOML): [base], [vary], seeds, folds, group." in help_words("sweep")
     assert "{path, faces: [{box, label, probabilities}]}" in help_words("predict")
+
+
+def test_live_help_says_a_clip_without_loop_ends_the_command():
+    assert "ends when the file ends: open the page before, or use --loop." in help_words("live")

@@ -424,3 +424,31 @@ def test_fer_list_shows_a_finished_sweep_and_its_best_recipe(full_and_resumed, m
     recipes, seeds = len(full.recipes), len(full.grid.seeds)
     assert f"sweep: {recipes} recipes x {seeds} seeds" in row and "unreadable" not in row
     assert f"best {full.recipes[0].name}: {full.recipes[0].accuracy:.1%}" in row
+
+
+def test_sweep_progress_shows_the_epoch_each_running_fold_is_in(tmp_path):
+    """A fold of 100 epochs takes minutes: the progress line moves with its epochs."""
+    from fercli.cli.app import progress_bar
+    from fercli.cli.learn_commands import sweep_reporter
+
+    grid = parse_grid(
+        _toml().loads(
+            "seeds = [3]\nfolds = 2\n[base]\nepochs = 3\nbatch_size = 8\n"
+            "[vary]\nflip_tta = [false, true]\n"
+        ),
+        "g.toml",
+    )
+    bar, update = progress_bar("sweep")
+    reporter = sweep_reporter(bar, update)
+    shown = []
+
+    def progress(event) -> None:
+        reporter(event)
+        shown.append((event.kind, bar.tasks[0].description))
+
+    run_sweep(small_dataset(), grid, LocalEngine(1), progress=progress)
+    epochs = [description for kind, description in shown if kind == "epoch"]
+    assert len(epochs) == 12  # 2 recipes x 2 folds x 3 epochs, each shown
+    assert "recipe 1 seed 3 fold 1 epoch 2/3" in epochs
+    assert any("recipe 2 seed 3 fold 2 epoch 3/3" in description for description in epochs)
+    assert bar.tasks[0].completed == 4  # the bar counts finished folds

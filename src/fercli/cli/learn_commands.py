@@ -107,6 +107,29 @@ def train(
     )
 
 
+def sweep_reporter(bar, update):
+    """A sweep's progress: finished folds on the bar, and the epoch each running fold is in
+    (a fold of 100 epochs takes minutes: the line must not sit still)."""
+    running: dict[tuple, str] = {}  # (recipe and seed, fold) -> "fold 3 epoch 12/100"
+
+    def progress(event) -> None:
+        if event.kind in ("start", "fold"):
+            update(event)
+            if event.kind == "fold":
+                running.pop((tuple(event.key or ()), event.fold), None)
+        elif event.kind == "epoch":
+            recipe, seed = event.key
+            running[(tuple(event.key), event.fold)] = (
+                f"recipe {recipe + 1} seed {seed} fold {event.fold + 1} "
+                f"epoch {event.epoch}/{event.epochs}"
+            )
+        else:
+            return
+        bar.update(bar.tasks[0].id, description="; ".join(list(running.values())[-2:]) or "sweep")
+
+    return progress
+
+
 def interrupted_training(reached: dict, epochs: int, networks: int) -> str:
     """What a Ctrl-C during fer train stopped: the epoch it was in, and that nothing was
     saved (the model file is written once, at the end)."""
@@ -291,10 +314,7 @@ def sweep(
         from fercli.api import sweep_recipes as run_sweep
 
         bar, update = progress_bar("sweep")
-
-        def progress(event) -> None:
-            if event.kind in ("start", "fold"):
-                update(event)
+        progress = sweep_reporter(bar, update)
 
         with bar if not as_json else contextlib.nullcontext():
             report = run_sweep(

@@ -340,6 +340,7 @@ def _train_missing(
                             seed=seed,
                             fold=fold,
                             accuracy=accuracy,
+                            key=(recipe_index, seed),
                         )
                     )
     except KeyboardInterrupt:
