@@ -365,8 +365,10 @@ def test_predict_csv_has_one_row_per_face(trained_model, photos):
         (str(photos["one"]), "1"),
         (str(photos["two"]), "1"),
         (str(photos["two"]), "2"),
+        (str(photos["blank"]), ""),  # no face: one row, its label empty
     ]
-    for row in body:
+    assert body[-1][2:] == [""] * (5 + len(CLASSES))
+    for row in body[:-1]:
         assert row[6] in CLASSES
         assert sum(float(value) for value in row[7:]) == pytest.approx(1, abs=1e-5)
 
@@ -747,7 +749,8 @@ def test_predict_notes_an_image_the_model_was_trained_on(
     root = make_face_dataset(4)
     assert fer("preprocess", root, "--workers", "1").exit_code == 0
     model = tmp_path / "faces.npz"
-    assert fer("train", "--epochs", "1", "--output", model).exit_code == 0, "train"
+    trained = fer("train", "--epochs", "1", "--output", model)
+    assert trained.exit_code == 0 and ", 1 epoch in " in trained.stdout, trained.output
     seen = root / "happy" / "face000.png"
     new = write_image(tmp_path / "new.png", faces(9))
     result = fer("predict", seen, new, "--model", model)

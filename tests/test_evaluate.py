@@ -132,6 +132,10 @@ def test_an_original_folder_is_preprocessed_with_the_models_settings(single_path
     report = score_model(model, dataset)
     assert report.labels == ["happiness"] and report.dataset["images"] == 2
     assert any("only one shared class" in note for note in report.warnings)
+    result = fer("evaluate", "--model", single_path, tmp_path / "photos")
+    assert result.exit_code == 0, result.output
+    assert "accuracy not meaningful with one class" in result.stdout
+    assert "1 shared class (happiness)" in result.stdout
 
 
 def test_evaluating_a_folder_does_not_change_the_default_dataset(single_path, faces, tmp_path):

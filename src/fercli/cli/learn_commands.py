@@ -94,7 +94,8 @@ def train(
     out.print(
         f"trained on {result.images} images of {shown(result.dataset)} "
         f"({shown(', '.join(result.classes))}), "
-        f"{result.epochs} epochs in {result.seconds:.1f} s; final training loss {result.loss:.3f}, "
+        f"{plural(result.epochs, 'epoch')} in {result.seconds:.1f} s; "
+        f"final training loss {result.loss:.3f}, "
         f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)"
     )
     if parts:
@@ -277,11 +278,20 @@ def evaluate(
         f"{networks}; trained on {trained_on.get('images', '?')} images of "
         f"{shown(trained_on.get('name', '?'))}, "
         f"data fingerprint {model_info.get('data_fingerprint') or '?'}) on "
-        f"{report.dataset['images']} images of "
+        f"{plural(report.dataset['images'], 'image')} of "
         f"{shown(report.dataset['name'])}{f' (split {shown(split)})' if split else ''}; "
-        f"{len(report.labels)} shared classes ({shown(', '.join(report.labels))})"
+        f"{plural(len(report.labels), 'shared class')} ({shown(', '.join(report.labels))})"
     )
-    out.print(f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold], macro-F1 {report.macro_f1:.3f}")
+    if len(report.labels) == 1:
+        # Every image is predicted as the one class: the figure measures nothing.
+        out.print(
+            f"[bold]accuracy not meaningful[/bold] with one class "
+            f"({report.pooled_accuracy:.2%}: every image is predicted as {shown(report.labels[0])})"
+        )
+    else:
+        out.print(
+            f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold], macro-F1 {report.macro_f1:.3f}"
+        )
     render_scores(report, "per class")
     for warning in report.warnings:
         out.print(f"[yellow]note:[/yellow] {shown(warning)}")

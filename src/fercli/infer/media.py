@@ -32,6 +32,17 @@ class MediaReport:
     # Labelled copies written (fer predict --annotate): images; videos and timelines.
     annotated: list[Path] = field(default_factory=list)
     annotated_videos: list[Path] = field(default_factory=list)
+    # The files in the order they were given (folders' files where the folder was).
+    order: list[str] = field(default_factory=list)
+
+    def in_order(self) -> list:
+        """The images' results (PredictedImage) and the videos' (VideoPrediction) in the
+        order the files were given."""
+        waiting: dict[str, list] = {}
+        for item in [*self.images.images, *self.videos]:
+            waiting.setdefault(str(item.path), []).append(item)
+        ordered = [waiting[path].pop(0) for path in self.order if waiting.get(path)]
+        return ordered + [item for items in waiting.values() for item in items]
 
     @property
     def processed(self) -> int:
@@ -64,7 +75,7 @@ def predict_media(
         predict_video(path, model, options, video_progress(str(path)) if video_progress else None)
         for path in videos
     ]
-    return MediaReport(images=report, videos=results)
+    return MediaReport(images=report, videos=results, order=[str(path) for path in files])
 
 
 # Box colours (BGR) of tracks in annotated videos, by track id.

@@ -252,7 +252,8 @@ def left_out_note(model_only: list[str], data_only: list[str], dropped: Counter,
         counts = ", ".join(f"{label} {dropped[label]}" for label in data_only)
         parts.append(
             f"{name}'s {', '.join(data_only)} (the model does not know them: "
-            f"{sum(dropped.values())} images dropped: {counts})"
+            f"{sum(dropped.values())} image{'' if sum(dropped.values()) == 1 else 's'} dropped: "
+            f"{counts})"
         )
     return "classes left out: " + "; ".join(parts)
 

@@ -467,7 +467,8 @@ def save_sweep(report: SweepReport) -> dict[str, Path]:
         )
     atomic_write_text(files["csv"], text.getvalue())
     title = (
-        f"{report.dataset['name']}: {len(report.grid.seeds)} seeds x {report.grid.folds} folds "
+        f"{report.dataset['name']}: {len(report.grid.seeds)} "
+        f"seed{'' if len(report.grid.seeds) == 1 else 's'} x {report.grid.folds} folds "
         f"({report.grid.group}); mean accuracy, 95% corrected interval"
     )
     sweep_image(
