@@ -257,3 +257,27 @@ def test_workers_give_what_one_process_gives(
     assert two == one
     assert [len(image["faces"]) for image in one] == [1, 2, 0, 0, 1, 1, 2, 1]
     assert "error" in one[3]
+
+
+def test_labels_follow_their_face_stay_inside_the_image_and_have_a_background():
+    from fercli.media.pictures import labelled_box, line_thickness
+
+    green = (0, 200, 0)
+    small, large = np.zeros((512, 512, 3), np.uint8), np.zeros((2048, 2048, 3), np.uint8)
+    box = (200, 200, 60, 60)
+    # The same face gets the same label however large the picture (not 4x on 4x the pixels).
+    on_small = labelled_box(small, box, "1 happiness 0.91", green, line_thickness(small))
+    on_large = labelled_box(large, box, "1 happiness 0.91", green, line_thickness(large))
+    assert on_small[2:] == on_large[2:]
+    # A larger face, a larger label; never wider than needed to be read over the face.
+    big_face = labelled_box(large.copy(), (400, 400, 400, 400), "1 happiness 0.91", green, 2)
+    assert big_face[3] > on_large[3] and big_face[2] <= 400 + 2 * big_face[3]
+    # A filled label: mostly the box's colour behind the text.
+    x, y, width, height = on_small
+    assert (small[y : y + height, x : x + width] == green).all(axis=2).mean() > 0.5
+    assert y + height <= box[1]  # above the face
+    # A face at the top right corner: the label stays whole inside the picture.
+    corner = np.zeros((300, 300, 3), np.uint8)
+    x, y, width, height = labelled_box(corner, (260, 0, 40, 40), "2 surprise 0.50", green, 1)
+    assert 0 <= x and x + width <= 300 and 0 <= y and y + height <= 300
+    assert line_thickness(small) >= 2 and line_thickness(np.zeros((300, 300))) == 1

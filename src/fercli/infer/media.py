@@ -151,6 +151,7 @@ def _write_timeline(video: VideoPrediction, classes: list[str], path: Path) -> P
 def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> Path:
     """The video read again, each frame with the faces of the latest analysed frame drawn on it."""
     from fercli.core.store import atomic_save
+    from fercli.media.pictures import line_thickness
 
     by_frame: dict[int, list[tuple[int, FaceFrame]]] = {}
     for track in video.tracks:
@@ -169,7 +170,7 @@ def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> 
             if not writer.isOpened():
                 raise FerError("OpenCV cannot write an MJPG video here")
             current: list[tuple[int, FaceFrame]] = []
-            thickness = max(1, round(max(video.width, video.height) / 400))
+            thickness = 0  # set from the first frame
             for number in range(video.frames):
                 ok, frame = capture.read()
                 if not ok or frame is None:
@@ -179,6 +180,7 @@ def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> 
                 )
                 if sampled(number, seconds):
                     current = by_frame.get(number, [])
+                thickness = thickness or line_thickness(frame)
                 draw_faces(frame, current, thickness)
                 writer.write(frame)
         finally:
