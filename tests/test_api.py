@@ -116,3 +116,29 @@ def test_evaluate_model_scores_a_model_on_a_dataset_and_writes_its_report(fer_ho
     assert report.labels == ["anger", "happiness"]  # fear: a class the model does not know
     assert report.dataset["images"] == int(np.isin(others.labels, ["anger", "happiness"]).sum())
     assert json.loads(report.files["report"].read_text())["labels"] == ["anger", "happiness"]
+
+
+def test_crossval_from_a_script_without_a_main_guard_runs_once_and_finishes(fer_home, tmp_path):
+    """Fold workers are spawned processes: they must not re-run the caller's script (which,
+    without `if __name__ == "__main__":`, would call crossval again in every worker)."""
+    from fercli.data.prepared import save_dataset
+
+    save_dataset(
+        make_dataset(labels=("anger", "happiness"), subjects=3), fer_home / "datasets" / "shapes"
+    )
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import fercli\n"
+        "print('top level ran', flush=True)\n"
+        "report = fercli.crossval('shapes', folds=2, epochs=1, copies=0, workers=2,\n"
+        "                         save_model=False)\n"
+        "print('folds', len(report.folds), 'interrupted', report.interrupted)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("top level ran") == 1, result.stdout + result.stderr
+    assert "folds 2 interrupted False" in result.stdout
+    assert "RuntimeError" not in result.stderr
+    assert len(list((fer_home / "runs").iterdir())) == 1  # one run folder, not one per worker

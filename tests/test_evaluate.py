@@ -132,6 +132,25 @@ def test_an_original_folder_is_preprocessed_with_the_models_settings(single_path
     report = score_model(model, dataset)
     assert report.labels == ["happiness"] and report.dataset["images"] == 2
     assert any("only one shared class" in note for note in report.warnings)
+    result = fer("evaluate", "--model", single_path, tmp_path / "photos")
+    assert result.exit_code == 0, result.output
+    assert "accuracy not meaningful with one class" in result.stdout
+    assert "1 shared class (happiness)" in result.stdout
+
+
+def test_evaluating_a_folder_does_not_change_the_default_dataset(single_path, faces, tmp_path):
+    """A user who evaluates and then retrains must not train on the evaluation set."""
+    from conftest import write_image
+    from fercli.data.prepared import resolve_dataset
+
+    save_synthetic(make_dataset(labels=("anger", "happiness"), subjects=2), "mine")
+    for index in range(2):
+        write_image(tmp_path / "test-set" / "happiness" / f"face{index}.png", faces(index))
+    result = fer("evaluate", "--model", single_path, "--workers", 1, tmp_path / "test-set")
+    assert result.exit_code == 0, result.output
+    assert resolve_dataset(None).name == "mine"  # what fer train and fer crossval would use
+    # Named, the evaluation set is still there to use.
+    assert len(resolve_dataset(tmp_path / "test-set").crops) == 2
 
 
 def test_cli_writes_the_crossval_shaped_report(ensemble_path):

@@ -771,6 +771,13 @@ def test_fifos_planted_in_fer_home_do_not_hang_fer_list(fer_home, tiny_dataset):
     os.mkfifo(fer_home / "datasets" / "fifo-set" / DATASET_FILE)
     (fer_home / "runs" / "crossval-x").mkdir(parents=True)
     os.mkfifo(fer_home / "runs" / "crossval-x" / "report.json")
+    (fer_home / "runs" / "sweep-x").mkdir()
+    os.mkfifo(fer_home / "runs" / "sweep-x" / "grid.json")
+    (fer_home / "runs" / "sweep-y" / "folds").mkdir(parents=True)
+    (fer_home / "runs" / "sweep-y" / "grid.json").write_text(
+        json.dumps({"grid": {"seeds": [0], "folds": 2}, "recipes": [{}]})
+    )
+    os.mkfifo(fer_home / "runs" / "sweep-y" / "sweep.json")
     process = fer_process("list", "--json", env={"FER_HOME": str(fer_home)})
     assert process.returncode == 0, process.stderr
     listed = strict_json(process.stdout.decode())

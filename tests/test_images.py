@@ -252,3 +252,22 @@ def test_opencvs_own_pixel_limit_is_in_force_in_a_fresh_process(tmp_path):
     assert run({}) == "refused"
     # The file is a good PNG: with a higher limit set by the user (which fercli keeps), it decodes.
     assert run({"OPENCV_IO_MAX_IMAGE_PIXELS": str(2**28)}) == "(8192, 16385)"
+
+
+def test_a_video_frame_is_grey_exactly_as_the_png_photo_of_it(tmp_path, astronaut_path):
+    """Video frames and photos go through one grey conversion: a borderline detection (the
+    mission patch of the test photo scores near 0) cannot pass --min-face-score in a video
+    and fail it in the photo of the same frame."""
+    from fercli.faces.align import face_detector
+    from fercli.media.images import as_gray, bgr_to_gray
+
+    frame = cv2.imread(str(astronaut_path), cv2.IMREAD_COLOR)
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for picture in (frame, noise, np.dstack([noise, noise[:, :, :1]])):  # BGR and BGRA
+        path = write_image(tmp_path / "frame.png", picture)
+        assert np.array_equal(bgr_to_gray(picture), load_gray(path))
+        assert np.array_equal(as_gray(picture), load_gray(path))
+    detector = face_detector()
+    as_photo = detector.run(load_gray(astronaut_path), 0, -0.5)[1]
+    as_frame = detector.run(bgr_to_gray(frame), 0, -0.5)[1]
+    assert len(as_photo) == 2 and list(as_photo) == list(as_frame)  # the face and the patch

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
 
 from fercli.cli import app
 from fercli.core.config import TrainConfig
-from fercli.core.errors import StoreError
+from fercli.core.errors import DatasetError, StoreError
 from fercli.core.store import models_dir, runs_dir
 from fercli.data.inventory import list_home, remove_entry
 from fercli.data.prepared import resolve_dataset
@@ -117,3 +120,85 @@ def test_an_unreadable_model_is_listed_so_that_it_can_be_removed(fer_home):
     assert result.exit_code == 0 and "unreadable" in result.stdout
     assert fer("remove", "broken.npz").exit_code == 0
     assert list_home().models == []
+
+
+def test_a_name_may_leave_out_its_hash(fer_home):
+    """`fer sweep ck48` and `fer remove ck48` for the dataset ck48-b6489086, when only one
+    dataset has that name; else a list of the candidates, or the closest names."""
+    for name in ("ck48-b6489086", "jaffe-1a2b3c4d", "jaffe-5e6f7a8b"):
+        save_synthetic(make_dataset(labels=CLASSES, subjects=1), name)
+    assert resolve_dataset("ck48").name == "ck48-b6489086"
+    with pytest.raises(DatasetError, match="could be any of 2 .*jaffe-1a2b3c4d, jaffe-5e6f7a8b"):
+        resolve_dataset("jaffe")
+    with pytest.raises(DatasetError, match="did you mean ck48-b6489086"):
+        resolve_dataset("ck84")
+    with pytest.raises(DatasetError, match="no such preprocessed dataset"):
+        resolve_dataset("ck")  # only whole parts of a name: ck is not ck48
+    result = fer("crossval", "ck84", "--folds", "2", "--epochs", "1")
+    assert result.exit_code == 1 and "did you mean ck48-b6489086?" in result.stderr
+    result = fer("remove", "ck48")
+    assert result.exit_code == 0, result.output
+    assert not (fer_home / "datasets" / "ck48-b6489086").exists()
+    result = fer("remove", "jaffe")
+    assert result.exit_code == 1 and "could be any of 2" in result.stderr
+
+
+def on_a_terminal(arguments: list[str], columns: int) -> str:
+    """What `fer ARGUMENTS` shows on a terminal of that many columns (colours left out)."""
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+
+    ours, theirs = pty.openpty()
+    fcntl.ioctl(theirs, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fercli", *arguments],
+        stdin=theirs,
+        stdout=theirs,
+        stderr=theirs,
+        env={**os.environ, "COLUMNS": str(columns)},
+    )
+    os.close(theirs)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(ours, 65536)
+        except OSError:  # the terminal closed: fer has ended
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(ours)
+    assert process.wait(timeout=60) == 0, shown
+    return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", shown.decode()).replace("\r", "")
+
+
+def test_list_shows_evaluations_unfinished_runs_and_the_model_predict_uses(fer_home):
+    import fercli
+
+    name = "a-rather-long-dataset-name-b6489086"
+    save_synthetic(make_dataset(labels=CLASSES, subjects=2), name)
+    older = train_model(resolve_dataset(name), TrainConfig(epochs=1), models_dir() / "old.npz")
+    newest = train_model(resolve_dataset(name), TrainConfig(epochs=1), models_dir() / "new.npz")
+    os.utime(older.path, (1, 1))  # trained long ago
+    evaluation = fercli.evaluate_model(name, newest.path).files["report"].parent
+    # A cross-validation stopped before any fold finished, as older versions left them.
+    stopped = runs_dir() / "crossval-stopped"
+    stopped.mkdir()
+    report = json.loads((evaluation / "report.json").read_text())
+    report["protocol"]["group"] = "random"
+    report.update(completed_folds=0, planned_folds=10, interrupted=True, folds=[])
+    report.update(mean_accuracy=None, std_accuracy=None)
+    (stopped / "report.json").write_text(json.dumps(report))
+
+    # On an 80-column terminal, names stay whole, to be copied into fer remove.
+    assert evaluation.name in on_a_terminal(["list"], columns=80)
+    listing = fer("list").stdout  # at its natural width
+    lines = listing.splitlines()
+    row = next(line for line in lines if evaluation.name in line)
+    assert "one test (fer evaluate)" in row and "+/-" not in row and " none" not in row
+    assert "none of 10 (interrupted)" in next(line for line in lines if stopped.name in line)
+    assert "fer predict uses new.npz" in listing
+    assert "fer train uses " + name in listing

@@ -108,6 +108,29 @@ def test_two_faces_side_by_side(model, two_faces):
         assert x < 203 + offset and 246 + offset < x + w and y < 101 < y + h
 
 
+def test_a_small_face_next_to_a_large_one_is_found(model, astronaut_path, tmp_path):
+    """A group photo: the face further from the camera (44 px, too small for dlib without
+    upsampling) is found although the large one is found without."""
+    from fercli.core.config import PreprocessConfig
+    from fercli.faces.align import detect_faces
+
+    face = cv2.imread(str(astronaut_path))[20:230, 120:330]  # the face, ~130 px of 210
+    canvas = np.full((300, 420, 3), 110, np.uint8)
+    canvas[30:270, 10:250] = cv2.resize(face, (240, 240), interpolation=cv2.INTER_AREA)
+    canvas[100:171, 300:371] = cv2.resize(face, (71, 71), interpolation=cv2.INTER_AREA)
+    path = tmp_path / "group.png"
+    assert cv2.imwrite(str(path), canvas)
+    [image] = label_photos([path], model, workers=1).images
+    boxes = sorted(face.box for face in image.faces)
+    assert len(boxes) == 2, boxes
+    (large_x, _, large_width, _), (small_x, _, small_width, _) = boxes
+    assert large_x < 250 and large_width > 90
+    assert small_x >= 290 and 30 <= small_width <= 60
+    # Preprocessing keeps the largest face only: it still searches one level.
+    gray = cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY)
+    assert len(detect_faces(gray, PreprocessConfig())) == 1
+
+
 def test_the_box_of_a_face_cut_by_the_edge_stays_inside_the_image(model, astronaut_path, tmp_path):
     photo = cv2.imread(str(astronaut_path))
     path = tmp_path / "edge.png"
@@ -234,3 +257,27 @@ def test_workers_give_what_one_process_gives(
     assert two == one
     assert [len(image["faces"]) for image in one] == [1, 2, 0, 0, 1, 1, 2, 1]
     assert "error" in one[3]
+
+
+def test_labels_follow_their_face_stay_inside_the_image_and_have_a_background():
+    from fercli.media.drawing import labelled_box, line_thickness
+
+    green = (0, 200, 0)
+    small, large = np.zeros((512, 512, 3), np.uint8), np.zeros((2048, 2048, 3), np.uint8)
+    box = (200, 200, 60, 60)
+    # The same face gets the same label however large the picture (not 4x on 4x the pixels).
+    on_small = labelled_box(small, box, "1 happiness 0.91", green, line_thickness(small))
+    on_large = labelled_box(large, box, "1 happiness 0.91", green, line_thickness(large))
+    assert on_small[2:] == on_large[2:]
+    # A larger face, a larger label; never wider than needed to be read over the face.
+    big_face = labelled_box(large.copy(), (400, 400, 400, 400), "1 happiness 0.91", green, 2)
+    assert big_face[3] > on_large[3] and big_face[2] <= 400 + 2 * big_face[3]
+    # A filled label: mostly the box's colour behind the text.
+    x, y, width, height = on_small
+    assert (small[y : y + height, x : x + width] == green).all(axis=2).mean() > 0.5
+    assert y + height <= box[1]  # above the face
+    # A face at the top right corner: the label stays whole inside the picture.
+    corner = np.zeros((300, 300, 3), np.uint8)
+    x, y, width, height = labelled_box(corner, (260, 0, 40, 40), "2 surprise 0.50", green, 1)
+    assert 0 <= x and x + width <= 300 and 0 <= y and y + height <= 300
+    assert line_thickness(small) >= 2 and line_thickness(np.zeros((300, 300))) == 1

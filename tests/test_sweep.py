@@ -416,3 +416,42 @@ def test_a_cluster_with_other_code_is_refused(local_ray, monkeypatch):
     monkeypatch.setattr(version, "VERSION", "0.0.0-other")
     with pytest.raises(EngineError, match="runs other code .*fercli .* there, 0.0.0-other here"):
         RayEngine("auto").connect()
+
+
+def test_fer_list_shows_a_finished_sweep_and_its_best_recipe(full_and_resumed, monkeypatch):
+    full = full_and_resumed[0]
+    monkeypatch.setenv("FER_HOME", str(full.folder.parent.parent))
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if full.folder.name in line)
+    recipes, seeds = len(full.recipes), len(full.grid.seeds)
+    assert f"sweep: {recipes} recipes x {seeds} seeds" in row and "unreadable" not in row
+    assert f"best {full.recipes[0].name}: {full.recipes[0].accuracy:.1%}" in row
+
+
+def test_sweep_progress_shows_the_epoch_each_running_fold_is_in(tmp_path):
+    """A fold of 100 epochs takes minutes: the progress line moves with its epochs."""
+    from fercli.cli.app import progress_bar
+    from fercli.cli.learn_commands import sweep_reporter
+
+    grid = parse_grid(
+        _toml().loads(
+            "seeds = [3]\nfolds = 2\n[base]\nepochs = 3\nbatch_size = 8\n"
+            "[vary]\nflip_tta = [false, true]\n"
+        ),
+        "g.toml",
+    )
+    bar, update = progress_bar("sweep")
+    reporter = sweep_reporter(bar, update)
+    shown = []
+
+    def progress(event) -> None:
+        reporter(event)
+        shown.append((event.kind, bar.tasks[0].description))
+
+    run_sweep(small_dataset(), grid, LocalEngine(1), progress=progress)
+    epochs = [description for kind, description in shown if kind == "epoch"]
+    assert len(epochs) == 12  # 2 recipes x 2 folds x 3 epochs, each shown
+    assert "recipe 1 seed 3 fold 1 epoch 2/3" in epochs
+    assert any("recipe 2 seed 3 fold 2 epoch 3/3" in description for description in epochs)
+    assert bar.tasks[0].completed == 4  # the bar counts finished folds

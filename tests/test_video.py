@@ -251,6 +251,14 @@ def test_csv_one_row_per_face_per_frame(model_path, clip, astronaut_path):
     assert rows[0][:5] == ["path", "face", "frame", "time", "track"]
     assert rows[1][:5] == [str(astronaut_path), "1", "", "", ""]
     assert rows[2][:5] == [str(path), "", "0", "0.000", "1"]
+    # Rows follow the order the files were given, a video before an image too.
+    swapped = fer("predict", path, astronaut_path, "--model", model_path, "--csv")
+    rows = list(csv.reader(io.StringIO(swapped.stdout)))
+    assert rows[1][:5] == [str(path), "", "0", "0.000", "1"]
+    assert rows[-1][:5] == [str(astronaut_path), "1", "", "", ""]
+    listed = fer("predict", path, astronaut_path, "--model", model_path, "--json").stdout
+    listed = json.loads(listed)
+    assert [item["path"] for item in listed] == [str(path), str(astronaut_path)]
 
 
 def test_table_summarises_each_track(model_path, clip):
@@ -297,11 +305,13 @@ def test_annotated_video_and_timeline(model_path, clip, tmp_path, astronaut_path
     assert timeline is not None and timeline.shape[1] == 960
     assert (folder / "astronaut.png").is_file()
     assert "1 annotated video and 1 timeline" in result.stderr
+    assert "1 annotated image in" in result.stderr  # one, not "1 annotated images"
     # A second run never replaces them.
     again = fer("predict", path, "--model", model_path, "--annotate", folder)
     assert again.exit_code == 0
     assert (folder / "two-2.avi").is_file() and (folder / "two.timeline-2.png").is_file()
     assert "two.avi exists" in again.stderr
+    assert "annotated image" not in again.stderr  # videos alone: no "0 annotated images"
 
 
 def test_annotate_refuses_the_folder_of_the_videos(model_path, clip, tmp_path):

@@ -169,7 +169,8 @@ def crossval(
     newest) or several combined, with its files written (report.files): report.json,
     confusion.png and predictions.csv in output (default: a new folder in FER_HOME/runs), and,
     when every fold finished and save_model, the fold networks as one ensemble model file in
-    FER_HOME/models, which predict then uses.
+    FER_HOME/models, which predict then uses. Interrupted (Ctrl-C) before any fold finished:
+    the report has no folds and nothing is written (report.files is empty).
 
     config: the TrainConfig to use; else the recipe with settings (TrainConfig fields, e.g.
     epochs=50) overriding it. ray: a Ray cluster's address (or "auto") to train the folds on.
@@ -188,9 +189,17 @@ def crossval(
             if output is not None
             else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
         )
-        report = cross_validate(
-            prepared, config, folds, group, workers, progress=progress, engine=engine
-        )
+        try:
+            report = cross_validate(
+                prepared, config, folds, group, workers, progress=progress, engine=engine
+            )
+        except BaseException:
+            _remove_if_empty(folder)
+            raise
+    if report.interrupted and not report.folds:
+        # Stopped before any fold finished: a report of zeros would only mislead.
+        _remove_if_empty(folder)
+        return report
     report.files = save_crossval(report, folder)
     # Networks z-scored per dataset inside each fold have no statistics a model file could keep.
     if (
@@ -206,6 +215,14 @@ def crossval(
             run=folder,
         )
     return report
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a run folder nothing was written to (a folder the caller named keeps files)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty, or gone
 
 
 def evaluate_model(

@@ -8,6 +8,10 @@ imported inside the commands, so that `fer --help` answers at once.
 
 from __future__ import annotations
 
+import inspect
+
+from rich.markup import escape
+
 from fercli.cli.app import JsonErrorsCommand, app, main
 from fercli.cli.data_commands import list_entries, preprocess, remove
 from fercli.cli.infer_commands import live, predict
@@ -25,6 +29,23 @@ for _command, _name in (
     (list_entries, "list"),
     (remove, None),
 ):
-    app.command(_name, cls=JsonErrorsCommand)(_command)
+    app.command(_name, cls=JsonErrorsCommand, help=escape(inspect.getdoc(_command) or ""))(_command)
+
+
+def _escape_option_help() -> None:
+    """Help texts as written: rich markup (the app's help is laid out by rich) would take
+    `[ray]` in `pip install 'fercli[ray]'` or `[base]` in a grid's help for a style and drop
+    it. Options shared by several commands are one object: escaped once."""
+    escaped: set[int] = set()
+    for command in app.registered_commands:
+        for parameter in inspect.signature(command.callback).parameters.values():
+            info = parameter.default
+            if id(info) in escaped or not isinstance(getattr(info, "help", None), str):
+                continue
+            info.help = escape(info.help)
+            escaped.add(id(info))
+
+
+_escape_option_help()
 
 __all__ = ["app", "main"]

@@ -165,7 +165,9 @@ def live(
         None, help="Also write the per-frame CSV of fer predict --csv to this new file."
     ),
     loop: bool = typer.Option(
-        False, help="A video file starts again at its end instead of ending."
+        False,
+        help="A video file starts again at its end. Without it, fer live (and its page) "
+        "ends when the file ends: open the page before, or use --loop.",
     ),
 ) -> None:
     """Label a camera, video file or stream live, on a local web page (the 'live' extra)."""

@@ -22,6 +22,7 @@ from fercli.cli.options import (
     with_training_options,
 )
 from fercli.cli.render_learn import render_crossval, render_scores, render_sources, render_sweep
+from fercli.cli.render_media import plural
 from fercli.core.labels import describe_shares
 
 
@@ -51,16 +52,29 @@ def train(
         header(bar, f"fer train: {recipe_summary(config.to_dict())}")
         task = bar.tasks[0].id
         bar.update(task, total=config.epochs * ensemble)
-        with bar if not as_json else contextlib.nullcontext():
-            result = train_network(
-                datasets,
-                output,
-                config=config,
-                shared_classes=training["shared_classes"],
-                split=split,
-                ensemble=ensemble,
-                progress=None if as_json else epoch_reporter(bar, task, ensemble),
-            )
+        reporter = None if as_json else epoch_reporter(bar, task, ensemble)
+        reached: dict = {}  # the last epoch event
+
+        def progress(event) -> None:
+            if event.kind == "epoch":
+                reached.update(epoch=event.epoch, network=event.fold)
+            if reporter:
+                reporter(event)
+
+        try:
+            with bar if not as_json else contextlib.nullcontext():
+                result = train_network(
+                    datasets,
+                    output,
+                    config=config,
+                    shared_classes=training["shared_classes"],
+                    split=split,
+                    ensemble=ensemble,
+                    progress=progress,
+                )
+        except KeyboardInterrupt:
+            message = interrupted_training(reached, config.epochs, ensemble)
+            raise fail(message, 130, as_json=as_json) from None
     parts = result.parts
     summary = {
         "model": str(result.path),
@@ -82,7 +96,8 @@ def train(
     out.print(
         f"trained on {result.images} images of {shown(result.dataset)} "
         f"({shown(', '.join(result.classes))}), "
-        f"{result.epochs} epochs in {result.seconds:.1f} s; final training loss {result.loss:.3f}, "
+        f"{plural(result.epochs, 'epoch')} in {result.seconds:.1f} s; "
+        f"final training loss {result.loss:.3f}, "
         f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)"
     )
     if parts:
@@ -93,6 +108,44 @@ def train(
         f"model saved to {shown(result.path)}"
         + (f" (an ensemble of {ensemble} networks)" if ensemble > 1 else "")
     )
+
+
+def sweep_reporter(bar, update):
+    """A sweep's progress: finished folds on the bar, and the epoch each running fold is in
+    (a fold of 100 epochs takes minutes: the line must not sit still)."""
+    running: dict[tuple, str] = {}  # (recipe and seed, fold) -> "fold 3 epoch 12/100"
+
+    def progress(event) -> None:
+        if event.kind in ("start", "fold"):
+            update(event)
+            if event.kind == "fold":
+                running.pop((tuple(event.key or ()), event.fold), None)
+        elif event.kind == "epoch":
+            recipe, seed = event.key
+            running[(tuple(event.key), event.fold)] = (
+                f"recipe {recipe + 1} seed {seed} fold {event.fold + 1} "
+                f"epoch {event.epoch}/{event.epochs}"
+            )
+        else:
+            return
+        bar.update(bar.tasks[0].id, description="; ".join(list(running.values())[-2:]) or "sweep")
+
+    return progress
+
+
+def interrupted_training(reached: dict, epochs: int, networks: int) -> str:
+    """What a Ctrl-C during fer train stopped: the epoch it was in, and that nothing was
+    saved (the model file is written once, at the end)."""
+    if not reached:
+        return "interrupted before the first epoch finished; nothing saved"
+    done = reached["epoch"]
+    network = f" of network {reached['network'] + 1} of {networks}" if networks > 1 else ""
+    where = (
+        f"after epoch {done} of {epochs}{network}"
+        if done >= epochs
+        else f"in epoch {done + 1} of {epochs}{network} ({plural(done, 'epoch')} finished)"
+    )
+    return f"interrupted {where}; nothing saved"
 
 
 @with_training_options
@@ -147,6 +200,8 @@ def crossval(
                 save_model=not no_save_model,
                 progress=None if as_json else reporter,
             )
+    if report.interrupted and not report.folds:
+        raise fail("interrupted before any fold finished; nothing saved", 130, as_json=as_json)
     files, output = report.files, report.files["report"].parent
     failure, code = None, 1
     if report.interrupted:
@@ -237,11 +292,20 @@ def evaluate(
         f"{networks}; trained on {trained_on.get('images', '?')} images of "
         f"{shown(trained_on.get('name', '?'))}, "
         f"data fingerprint {model_info.get('data_fingerprint') or '?'}) on "
-        f"{report.dataset['images']} images of "
+        f"{plural(report.dataset['images'], 'image')} of "
         f"{shown(report.dataset['name'])}{f' (split {shown(split)})' if split else ''}; "
-        f"{len(report.labels)} shared classes ({shown(', '.join(report.labels))})"
+        f"{plural(len(report.labels), 'shared class')} ({shown(', '.join(report.labels))})"
     )
-    out.print(f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold], macro-F1 {report.macro_f1:.3f}")
+    if len(report.labels) == 1:
+        # Every image is predicted as the one class: the figure measures nothing.
+        out.print(
+            f"[bold]accuracy not meaningful[/bold] with one class "
+            f"({report.pooled_accuracy:.2%}: every image is predicted as {shown(report.labels[0])})"
+        )
+    else:
+        out.print(
+            f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold], macro-F1 {report.macro_f1:.3f}"
+        )
     render_scores(report, "per class")
     out.print(f"answers: {shown(describe_shares(report.answer_shares))}")
     for warning in report.warnings:
@@ -275,10 +339,7 @@ def sweep(
         from fercli.api import sweep_recipes as run_sweep
 
         bar, update = progress_bar("sweep")
-
-        def progress(event) -> None:
-            if event.kind in ("start", "fold"):
-                update(event)
+        progress = sweep_reporter(bar, update)
 
         with bar if not as_json else contextlib.nullcontext():
             report = run_sweep(

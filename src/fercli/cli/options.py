@@ -24,17 +24,17 @@ SharedClassesOption = typer.Option(
     False, "--shared-classes", help="Several datasets: keep the classes every one of them has."
 )
 # Training options default to None: unset, the recipe (--recipe, default "paper") decides.
+# Their values are checked by TrainConfig itself (core.config.TRAIN_SETTINGS), not here, so
+# that the command line, grids and the API refuse the same values with the same message.
 RecipeOption = typer.Option(
     Recipe.paper,
     help="Starting settings: paper (the paper's recipe) or best (the best "
     "measured; slower). Options given here override the recipe's.",
 )
-EpochsOption = typer.Option(
-    None, min=1, help="Passes over the (enlarged) training set (paper: 100)."
-)
-BatchOption = typer.Option(None, "--batch-size", min=1, help="Mini-batch size (paper: 16).")
-LearningRateOption = typer.Option(None, "--lr", min=0.0, help="Learning rate (paper: 0.001).")
-MomentumOption = typer.Option(None, min=0.0, max=1.0, help="SGD momentum (paper: 0.9).")
+EpochsOption = typer.Option(None, help="Passes over the (enlarged) training set (paper: 100).")
+BatchOption = typer.Option(None, "--batch-size", help="Mini-batch size (paper: 16).")
+LearningRateOption = typer.Option(None, "--lr", help="Learning rate (paper: 0.001).")
+MomentumOption = typer.Option(None, help="SGD momentum (paper: 0.9).")
 OptimizerOption = typer.Option(None, help="Optimizer (paper: sgd).")
 VariantOption = typer.Option(
     None,
@@ -54,15 +54,13 @@ AugmentModeOption = typer.Option(
     "copies, originals kept; online: each epoch a new random copy (paper: copies).",
 )
 CopiesOption = typer.Option(
-    None, min=0, help="--augment-mode copies: transformed copies per image (paper: 5)."
+    None, help="--augment-mode copies: transformed copies per image (paper: 5)."
 )
 FlipAugmentOption = typer.Option(
     None, "--flip/--no-flip", help="Mirror images among the augmentations (paper: on)."
 )
-RotationOption = typer.Option(
-    None, min=0.0, help="Largest augmentation rotation, in degrees (paper: 3)."
-)
-ShiftOption = typer.Option(None, min=0.0, help="Largest augmentation shift, in pixels (paper: 0).")
+RotationOption = typer.Option(None, help="Largest augmentation rotation, in degrees (paper: 3).")
+ShiftOption = typer.Option(None, help="Largest augmentation shift, in pixels (paper: 0).")
 NormalisationOption = typer.Option(
     None,
     help="z-score statistics: global (one mean and std), per pixel, or "

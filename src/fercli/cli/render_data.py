@@ -86,7 +86,8 @@ def render_inventory(inventory) -> None:
             inventory.datasets,
             lambda details: [
                 str(details.get("images", "")),
-                shown(", ".join(details.get("classes") or {})),
+                shown(", ".join(details.get("classes") or {}))
+                + (" (fer evaluate's test set)" if details.get("made_by") == "evaluate" else ""),
             ],
         ),
         "models": (
@@ -99,13 +100,9 @@ def render_inventory(inventory) -> None:
             ],
         ),
         "runs": (
-            ["name", "dataset", "folds", "mean accuracy", "age", "size"],
+            ["name", "dataset", "folds", "accuracy", "age", "size"],
             inventory.runs,
-            lambda details: [
-                shown(details.get("dataset", "")),
-                f"{details.get('folds')} {details.get('group')}",
-                percent(details.get("mean_accuracy"), details.get("std_accuracy")),
-            ],
+            lambda details: [shown(details.get("dataset") or "?"), *run_cells(details)],
         ),
     }
     for title, (columns, entries, cells) in tables.items():
@@ -113,8 +110,13 @@ def render_inventory(inventory) -> None:
             continue
         table = Table(title=title)
         for column in columns:
+            # Names whole on one line, however narrow the terminal: they are copied into
+            # fer remove.
             table.add_column(
-                column, overflow="fold", justify="right" if column in ("images", "size") else "left"
+                column,
+                overflow="fold",
+                no_wrap=column == "name",
+                justify="right" if column in ("images", "size") else "left",
             )
         for entry in entries:
             middle = (
@@ -126,11 +128,36 @@ def render_inventory(inventory) -> None:
                 shown(entry.name), *middle, age(now - entry.modified), size_text(entry.size)
             )
         out.print(table)
+        if title == "datasets" and inventory.default_dataset:
+            out.print(f"fer train uses {shown(inventory.default_dataset)} (newest preprocessed)")
+        if title == "models" and inventory.default_model:
+            out.print(f"fer predict uses {shown(inventory.default_model)} (the newest)")
     other = ", ".join(f"{name} {size_text(size)}" for name, size in inventory.other.items())
     out.print(
         f"{shown(inventory.home)}: {size_text(inventory.total)} in all ({other}); "
         "remove an entry with fer remove NAME"
     )
+
+
+def run_cells(details: dict) -> list[str]:
+    """A run's folds and accuracy cells: a cross-validation's, an evaluation's (one test, no
+    spread) or a sweep's (its progress, and its best recipe once finished)."""
+    kind = details.get("run")
+    if kind == "evaluate":
+        return ["one test (fer evaluate)", percent(details.get("pooled_accuracy"), None)]
+    if kind == "sweep":
+        size = f"sweep: {plural(details['recipes'], 'recipe')} x {plural(details['seeds'], 'seed')}"
+        if not details["finished"]:
+            done = f"{details['folds']} of {details['planned_folds']} folds"
+            return [f"{size}, {done} (unfinished)", "-"]
+        best = details["best"]
+        return [size, f"best {shown(best['recipe'])}: {best['accuracy']:.1%}"]
+    folds = f"{details.get('folds')} {details.get('group')}"
+    if details.get("interrupted"):
+        if not details.get("folds"):
+            return [f"none of {details.get('planned_folds')} (interrupted)", "-"]
+        folds = f"{details.get('folds')} of {details.get('planned_folds')} (interrupted)"
+    return [folds, percent(details.get("mean_accuracy"), details.get("std_accuracy"))]
 
 
 def crossval_score(crossval: dict | None) -> str:
@@ -141,7 +168,10 @@ def crossval_score(crossval: dict | None) -> str:
 
 
 def percent(mean: float | None, std: float | None) -> str:
-    return "-" if mean is None else f"{mean:.1%} +/- {std or 0:.1%}"
+    """A mean accuracy and the spread of its folds (none for a single test)."""
+    if mean is None:
+        return "-"
+    return f"{mean:.1%}" if std is None else f"{mean:.1%} +/- {std:.1%}"
 
 
 def age(seconds: float) -> str:

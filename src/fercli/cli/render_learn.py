@@ -8,6 +8,7 @@ from rich.table import Table
 
 from fercli.cli.app import out, shown
 from fercli.cli.options import recipe_summary
+from fercli.cli.render_media import plural
 
 
 def render_sources(parts: list[dict], labels: list[str]) -> None:
@@ -139,10 +140,10 @@ def render_scores(report, title: str) -> None:
 def render_sweep(report) -> None:
     grid = report.grid
     out.print(
-        f"[bold]sweep[/bold]: {len(report.recipes)} recipes x {len(grid.seeds)} seeds "
-        f"({', '.join(map(str, grid.seeds))}) x {grid.folds} {grid.group} folds on "
-        f"{report.dataset['images']} "
-        f"images of {shown(report.dataset['name'])}; {report.trained_folds} folds trained now, "
+        f"[bold]sweep[/bold]: {plural(len(report.recipes), 'recipe')} x "
+        f"{plural(len(grid.seeds), 'seed')} ({', '.join(map(str, grid.seeds))}) x {grid.folds} "
+        f"{grid.group} folds on {plural(report.dataset['images'], 'image')} of "
+        f"{shown(report.dataset['name'])}; {plural(report.trained_folds, 'fold')} trained now, "
         f"{report.stored_folds} found stored; {report.seconds:.1f} s on {report.engine['name']}"
     )
     table = Table(title="recipes, best first (accuracy: mean over seeds of the mean fold accuracy)")

@@ -26,7 +26,7 @@ def render_media(media, as_json: bool, as_csv: bool, failure: str | None) -> Non
             }
         )
     elif as_json:
-        emit_json([image.to_json() for image in report.images] + videos)
+        emit_json([item_json(item, report.classes) for item in media.in_order()])
     elif as_csv and media.videos:
         render_media_csv(media)
     elif as_csv:
@@ -35,6 +35,11 @@ def render_media(media, as_json: bool, as_csv: bool, failure: str | None) -> Non
         if report.processed:
             render_predict(report)
         render_videos(media)
+
+
+def item_json(item, classes: list[str]) -> dict:
+    """An image's or a video's JSON result."""
+    return item.to_json(classes) if hasattr(item, "tracks") else item.to_json()
 
 
 def render_media_problems(media) -> None:
@@ -70,7 +75,8 @@ def render_training_notes(media, as_csv: bool) -> None:
 
 
 def render_annotated(media, annotate_dir: Path) -> None:
-    err.print(f"{len(media.annotated)} annotated images in {shown(annotate_dir)}")
+    if media.images.images:  # a run of videos alone has no annotated images to count
+        err.print(f"{plural(len(media.annotated), 'annotated image')} in {shown(annotate_dir)}")
     if media.videos:
         videos_written = sum(1 for path in media.annotated_videos if path.suffix == ".avi")
         timelines = len(media.annotated_videos) - videos_written
@@ -138,8 +144,11 @@ def render_answers(media, console) -> None:
 
 
 def plural(count: int, noun: str) -> str:
-    """'1 image', '2 images'."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+    """'1 image', '2 images', '2 classes'."""
+    if count == 1:
+        return f"{count} {noun}"
+    # "epoch" is the one noun here ending in a hard ch: epochs, not epoches.
+    return f"{count} {noun}{'es' if noun.endswith(('s', 'x', 'sh')) else 's'}"
 
 
 def render_predict(report) -> None:
@@ -180,16 +189,27 @@ def render_predict_csv(report) -> None:
         ]
     )
     for image in report.images:
-        for number, face in enumerate(image.faces, start=1):
-            writer.writerow(
-                [
-                    escaped(image.path),
-                    number,
-                    *face.box,
-                    escaped(face.label),
-                    *(f"{face.probabilities[label]:.6f}" for label in report.classes),
-                ]
-            )
+        writer.writerows(image_rows(image, report.classes))
+
+
+def image_rows(image, classes: list[str]) -> list[list]:
+    """An image's CSV rows: path, face number, box, label and probabilities for each face; one
+    row with the rest empty for an image read without a face (an unreadable one: none, it is
+    reported as skipped)."""
+    if image.error is not None:
+        return []
+    if not image.faces:
+        return [[escaped(image.path), "", "", "", "", "", "", *([""] * len(classes))]]
+    return [
+        [
+            escaped(image.path),
+            number,
+            *face.box,
+            escaped(face.label),
+            *(f"{face.probabilities[label]:.6f}" for label in classes),
+        ]
+        for number, face in enumerate(image.faces, start=1)
+    ]
 
 
 def render_videos(media) -> None:
@@ -234,7 +254,8 @@ def render_videos(media) -> None:
 
 def render_media_csv(media) -> None:
     """CSV of a run with videos: one row per face per analysed frame, and one per face of each
-    image (its frame, time and track empty; a video's face column empty)."""
+    image (its frame, time and track empty; a video's face column empty); an image without a
+    face has one row with an empty label. Files in the order given."""
     import csv
 
     from fercli.infer.media import csv_header, csv_row
@@ -247,28 +268,19 @@ def render_media_csv(media) -> None:
     if images:
         header.insert(1, "face")
     writer.writerow(header)
-    for image in images:
-        for number, face in enumerate(image.faces, start=1):
-            writer.writerow(
-                [
-                    escaped(image.path),
-                    number,
-                    "",
-                    "",
-                    "",
-                    *face.box,
-                    escaped(face.label),
-                    *(f"{face.probabilities[label]:.6f}" for label in classes),
-                    *([""] * (len(classes) + 1) if smoothed else []),
-                ]
-            )
-    for video in media.videos:
+    for item in media.in_order():
+        if not hasattr(item, "tracks"):  # an image
+            unsmoothed = [""] * (len(classes) + 1) if smoothed else []
+            for row in image_rows(item, classes):
+                # No frame, time or track; no smoothed figures.
+                writer.writerow([*row[:2], "", "", "", *row[2:], *unsmoothed])
+            continue
         rows = sorted(
-            ((face.frame, track.id, face) for track in video.tracks for face in track.frames),
+            ((face.frame, track.id, face) for track in item.tracks for face in track.frames),
             key=lambda row: row[:2],
         )
         for _, track, face in rows:
-            row = csv_row(video.path, track, face, classes, smoothed, escaped)
+            row = csv_row(item.path, track, face, classes, smoothed, escaped)
             if images:
                 row.insert(1, "")
             writer.writerow(row)

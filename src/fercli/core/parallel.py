@@ -19,7 +19,10 @@ TensorFlow's threads) is the caller's initializer. Rules a caller can rely on:
 - Workers are forked where that is safe (Linux), which starts them in milliseconds and
   shares what this process has loaded (a model loaded before the call is loaded in every
   worker); elsewhere they are spawned: function, initializer and tasks must then be
-  picklable (module-level functions, partials of them).
+  picklable (module-level functions, partials of them, never the caller's __main__).
+  A spawned worker never runs the caller's script: multiprocessing would re-import it (as
+  __mp_main__) in every worker, which re-runs a script without an
+  `if __name__ == "__main__":` guard, fercli call and all (see _main_hidden).
 - A task that raises: the same exception is raised here, once the tasks running in other
   workers have finished (finish_running=False: they are stopped at once). Ctrl-C, a caller
   that stops reading (closes the generator) and a worker that dies stop every worker at once;
@@ -227,7 +230,7 @@ def _run_in_workers(
 def _start_workers(context, count: int, function, initializer, method: str) -> dict:
     """count worker processes serving function, each with its end of a pipe: {our end: process}."""
     processes = {}
-    with _threads_stopped_for_fork(method):
+    with _threads_stopped_for_fork(method), _main_hidden(method):
         for _ in range(count):
             ours, theirs = context.Pipe()
             process = context.Process(
@@ -237,6 +240,29 @@ def _start_workers(context, count: int, function, initializer, method: str) -> d
             theirs.close()
             processes[ours] = process
     return processes
+
+
+@contextlib.contextmanager
+def _main_hidden(method: str) -> Iterator[None]:
+    """While workers spawn: a stand-in for the caller's __main__, so that multiprocessing does
+    not tell them to import the caller's script (spawn.get_preparation_data reads the main
+    module's __spec__ and __file__ as the process starts). Nothing a worker runs comes from
+    the caller's script, and re-running it would run its fercli call again in every worker:
+    without the guard, workers that start workers, and a caller that hangs or fails."""
+    if method == "fork":
+        yield
+        return
+    import types
+
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is None:
+            del sys.modules["__main__"]
+        else:
+            sys.modules["__main__"] = main
 
 
 def _in_order(finished: dict[int, Any], next_index: int) -> list[int]:

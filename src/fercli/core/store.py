@@ -323,3 +323,30 @@ def latest(folder: Path, pattern: str) -> Path | None:
         except OSError:
             continue  # removed while we looked
     return max(dated)[1] if dated else None
+
+
+def abbreviated(given: str, names: list[str]) -> list[str]:
+    """The names that given is the start of, up to a "-" or ".": `ck48` for the dataset
+    ck48-b6489086, `ck48-b6489086-2026` for a model ck48-b6489086-20261124-140056.npz. Only
+    whole parts of a name, so that `shape` never stands for `shapes`."""
+    return [name for name in names if name.startswith((f"{given}-", f"{given}."))]
+
+
+def name_not_found(given: str, names: list[str], matches: list[str], what: str) -> str:
+    """Why given names no entry: several it abbreviates, or none (with the closest names)."""
+    import difflib
+
+    if len(matches) > 1:
+        listed = ", ".join(sorted(matches)[:5]) + (", ..." if len(matches) > 5 else "")
+        return f"{given}: could be any of {len(matches)} {what} ({listed}); give more of the name"
+    # A name is compared also without its hash or time (ck48 for ck48-b6489086), which is
+    # what people type.
+    heads: dict[str, list[str]] = {}
+    for name in names:
+        pieces = name.split("-")
+        for end in range(1, len(pieces) + 1):
+            heads.setdefault("-".join(pieces[:end]), []).append(name)
+    close = difflib.get_close_matches(given, list(heads), n=3, cutoff=0.6)
+    suggested = list(dict.fromkeys(name for head in close for name in heads[head]))[:3]
+    hint = f"; did you mean {' or '.join(suggested)}?" if suggested else ""
+    return f"{given}: no {what} of that name{hint}"

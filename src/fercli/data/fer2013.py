@@ -217,7 +217,12 @@ def aligned_rows(
 
 
 def preprocess_fer2013(
-    path: Path, config: PreprocessConfig, workers: int, progress: Progress | None = None
+    path: Path,
+    config: PreprocessConfig,
+    workers: int,
+    progress: Progress | None = None,
+    *,
+    made_by: str = "preprocess",
 ):
     """Align every face of a FER2013 CSV and save the prepared dataset (with each image's
     split); returns a PreprocessReport. Rows that are not FER2013 rows and faces dlib cannot
@@ -275,7 +280,7 @@ def preprocess_fer2013(
             labels=np.array(labels),
             subjects=np.array([""] * len(crops)),
             paths=np.array(paths),
-            meta={"scan": {}, "splits": sorted(set(splits) - {""})},
+            meta={"scan": {}, "splits": sorted(set(splits) - {""}), "made_by": made_by},
             splits=np.array(splits),
         )
         save_prepared(report, dataset, config)

@@ -18,15 +18,18 @@ import numpy as np
 from fercli.core.config import TrainConfig, recipe_differences
 from fercli.core.errors import StoreError
 from fercli.core.store import (
+    abbreviated,
     crops_dir,
     datasets_dir,
     dlib_dir,
     home,
+    latest,
     models_dir,
+    name_not_found,
     runs_dir,
     unpack_json,
 )
-from fercli.data.prepared import DATASET_FILE
+from fercli.data.prepared import DATASET_FILE, default_dataset
 
 
 @dataclass
@@ -60,6 +63,8 @@ class Inventory:
     models: list[Entry]
     runs: list[Entry]
     other: dict[str, int]  # sizes of what fercli rebuilds by itself: the crop cache, dlib's models
+    default_model: str | None = None  # the model fer predict uses when none is named
+    default_dataset: str | None = None  # the dataset fer train uses when none is named
 
     @property
     def total(self) -> int:
@@ -75,6 +80,8 @@ class Inventory:
             "runs": [entry.to_json() for entry in self.runs],
             "other": self.other,
             "total": self.total,
+            "default_model": self.default_model,
+            "default_dataset": self.default_dataset,
         }
 
 
@@ -130,6 +137,8 @@ def _dataset(folder: Path) -> Entry:
             "images": images,
             "classes": meta.get("classes", {}),
             "source": meta.get("source"),
+            # "evaluate": a test set fer evaluate made, never train's default.
+            "made_by": meta.get("made_by", "preprocess"),
         }
     except Exception as error:
         entry.details = {"error": f"{type(error).__name__}: {error}"}
@@ -138,21 +147,64 @@ def _dataset(folder: Path) -> Entry:
 
 def _run(folder: Path) -> Entry:
     entry = Entry("run", folder.name, folder, size_of(folder), _modified(folder))
+    if not (folder / "report.json").exists() and (folder / "grid.json").exists():
+        entry.details = _sweep(folder)
+        return entry
     try:
         _regular(folder / "report.json")
         report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        group = report["protocol"]["group"]
         entry.details = {
+            # "none": the one test of fer evaluate, not folds of a cross-validation.
+            "run": "evaluate" if group == "none" else "crossval",
             "dataset": report["dataset"]["name"],
             "fingerprint": report["dataset"].get("fingerprint"),
             "folds": report.get("completed_folds"),
-            "group": report["protocol"]["group"],
+            "planned_folds": report.get("planned_folds"),
+            "interrupted": bool(report.get("interrupted")),
+            "group": group,
             "training": report["protocol"]["training"],
             "mean_accuracy": report.get("mean_accuracy"),
             "std_accuracy": report.get("std_accuracy"),
+            "pooled_accuracy": report.get("pooled_accuracy"),
         }
     except Exception as error:
         entry.details = {"error": f"no readable report.json ({type(error).__name__})"}
     return entry
+
+
+def _sweep(folder: Path) -> dict:
+    """A sweep's folder: its grid, the folds stored so far and, once it has finished, its best
+    recipe (sweep.json)."""
+    try:
+        _regular(folder / "grid.json")
+        grid = json.loads((folder / "grid.json").read_text(encoding="utf-8"))
+        settings = grid["grid"]
+        planned = len(grid["recipes"]) * len(settings["seeds"]) * settings["folds"]
+    except Exception as error:
+        return {"error": f"no readable grid.json ({type(error).__name__})"}
+    details = {
+        "run": "sweep",
+        "recipes": len(grid["recipes"]),
+        "seeds": len(settings["seeds"]),
+        "folds": sum(1 for _ in folder.glob("folds/*/fold*.npz")),
+        "planned_folds": planned,
+        "finished": False,
+        "dataset": None,
+        "best": None,
+    }
+    try:
+        _regular(folder / "sweep.json")
+        report = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
+        best = report["recipes"][0]
+        details.update(
+            finished=not report.get("interrupted"),
+            dataset=report["dataset"]["name"],
+            best={"recipe": best["recipe"], "accuracy": best["accuracy"]},
+        )
+    except Exception:
+        pass  # not finished yet: the grid says what it is
+    return details
 
 
 def recipe(training: dict) -> str:
@@ -184,8 +236,8 @@ def _model(path: Path, runs: list[Entry]) -> Entry:
             if run.details.get("fingerprint") == meta.get("data_fingerprint")
             and run.details.get("training") == training
             and run.details.get("mean_accuracy") is not None
-            and run.details.get("group") != "none"
-        ]  # "none": a fer evaluate run, not a crossval
+            and run.details.get("run") == "crossval"
+        ]
         if matching:
             best = max(matching, key=lambda run: (run.details["folds"] or 0, run.modified))
             entry.details["crossval"] = {
@@ -212,7 +264,17 @@ def list_home() -> Inventory:
     def by_age(entries: list[Entry]) -> list[Entry]:
         return sorted(entries, key=lambda entry: (entry.modified, entry.name))
 
-    return Inventory(home(), by_age(datasets), by_age(models), by_age(runs), other)
+    newest = latest(models_dir(), "*.npz")  # as fer predict picks its model
+    dataset = default_dataset()
+    return Inventory(
+        home(),
+        by_age(datasets),
+        by_age(models),
+        by_age(runs),
+        other,
+        default_model=newest.name if newest else None,
+        default_dataset=dataset.parent.name if dataset else None,
+    )
 
 
 def _folders() -> dict[str, Path]:
@@ -242,15 +304,34 @@ def find_entry(name: str) -> tuple[str, Path]:
         if candidate and candidate not in (".", "..") and os.path.lexists(folder / candidate)
     ]
     if not found:
-        raise StoreError(
-            f"{name}: no dataset, model or run of that name in {home()} (see fer list)"
-        )
+        found = _abbreviated(name, folders)
     if len(found) > 1:
         raise StoreError(
             f"{name}: names both the {found[0][0]} {found[0][1]} and the {found[1][0]} "
             f"{found[1][1]}; give its path"
         )
     return found[0]
+
+
+def _abbreviated(name: str, folders: dict[str, Path]) -> list[tuple[str, Path]]:
+    """The one entry name abbreviates (a dataset without its hash, a model without its time);
+    StoreError, with the closest names, if none or several."""
+    entries = {
+        child.name: (kind, child)
+        for kind, folder in folders.items()
+        for child in _children(folder, want_dir=kind != "model")
+    }
+    names = sorted(entries)
+    matches = abbreviated(name, names)
+    if len(matches) == 1:
+        return [entries[matches[0]]]
+    reason = name_not_found(name, names, matches, "datasets, models or runs")
+    if not matches:
+        reason = reason.replace(
+            "no datasets, models or runs of that name",
+            f"no dataset, model or run of that name in {home()}",
+        )
+    raise StoreError(f"{reason} (see fer list)")
 
 
 def remove_entry(name: str) -> Entry:

@@ -17,9 +17,10 @@ import numpy as np
 from fercli.core.config import PreprocessConfig
 from fercli.core.errors import DatasetError, StoreError
 from fercli.core.store import (
+    abbreviated,
     atomic_write,
     datasets_dir,
-    latest,
+    name_not_found,
     npz_problem,
     pack_json,
     slug,
@@ -174,15 +175,45 @@ def _dataset_problem(dataset: PreparedDataset) -> str | None:
     return None
 
 
+def made_by(path: Path) -> str:
+    """The command a dataset.npz was made for ("preprocess", or "evaluate" for a test set);
+    "preprocess" for files that do not say, or cannot be read (load_dataset says why)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = unpack_json(archive["meta"])
+    except Exception:
+        return "preprocess"
+    return meta.get("made_by", "preprocess") if isinstance(meta, dict) else "preprocess"
+
+
+def default_dataset() -> Path | None:
+    """The dataset.npz train and crossval use when none is named: the one most recently
+    preprocessed by `fer preprocess`. The test sets fer evaluate preprocesses do not count:
+    evaluating must not make the next `fer train` train on the test set."""
+    newest = sorted(datasets_dir().glob(f"*/{DATASET_FILE}"), key=_modified, reverse=True)
+    for path in newest:
+        # is_file(): a FIFO planted there would block the reading of its meta for ever.
+        if not path.parent.name.startswith(".") and path.is_file() and made_by(path) != "evaluate":
+            return path
+    return None
+
+
+def _modified(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0  # removed while we looked
+
+
 def resolve_dataset(choice: str | Path | None) -> PreparedDataset:
     """The dataset a command should use: a path, a dataset name under FER_HOME, or the
     most recently preprocessed one."""
     if choice is None:
-        path = latest(datasets_dir(), f"*/{DATASET_FILE}")
+        path = default_dataset()
         if path is None:
             raise DatasetError(
                 f"no preprocessed dataset in {datasets_dir()}: run `fer preprocess DATASET_DIR` "
-                "first"
+                "first (datasets fer evaluate made are only used when named)"
             )
         return load_dataset(path)
     candidate = Path(choice)
@@ -199,9 +230,17 @@ def resolve_dataset(choice: str | Path | None) -> PreparedDataset:
     named = datasets_dir() / str(choice)
     if named.exists():
         return load_dataset(named)
-    raise DatasetError(
-        f"{choice}: no such preprocessed dataset (a path or a name under {datasets_dir()})"
-    )
+    names = sorted(path.parent.name for path in datasets_dir().glob(f"*/{DATASET_FILE}"))
+    matches = abbreviated(str(choice), names)
+    if len(matches) == 1:  # the name without its hash
+        return load_dataset(datasets_dir() / matches[0])
+    reason = name_not_found(str(choice), names, matches, "preprocessed datasets")
+    if not matches:
+        reason = reason.replace(
+            "no preprocessed datasets of that name",
+            f"no such preprocessed dataset (a path or a name under {datasets_dir()})",
+        )
+    raise DatasetError(reason)
 
 
 @dataclass

@@ -176,16 +176,23 @@ def preprocess_dataset(
     config: PreprocessConfig = PreprocessConfig(),
     workers: int | None = None,
     progress: Progress | None = None,
+    *,
+    made_by: str = "preprocess",
 ) -> PreprocessReport:
     """Scan a dataset folder, align every image (through the cache) and save the prepared
     dataset and its contact sheet. LayoutError if the folder cannot be read as a dataset;
-    StoreError if FER_HOME cannot be written."""
+    StoreError if FER_HOME cannot be written.
+
+    made_by: the command it is done for, kept in the dataset ("evaluate": a test set, which
+    train and crossval never pick by default, see prepared.resolve_dataset)."""
     started = time.perf_counter()
     root = Path(root)
     if is_fer2013(root) or (options.layout or "").lower() == "fer2013":
         from fercli.data.fer2013 import preprocess_fer2013
 
-        return preprocess_fer2013(root, config, workers or default_workers(), progress)
+        return preprocess_fer2013(
+            root, config, workers or default_workers(), progress, made_by=made_by
+        )
     scan = scan_dataset(root, options)
     cache = CropCache(config)
     cache.prepare()
@@ -243,7 +250,7 @@ def preprocess_dataset(
         report.notes.append(f"{len(several)} images had several faces; the largest was used")
     report.edges = edge_summary(kept)
     if kept:
-        _save(report, options, config, kept)
+        _save(report, options, config, kept, made_by)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -269,7 +276,7 @@ def edge_summary(kept: list[tuple[object, CacheEntry]]) -> dict[str, dict]:
     return summary
 
 
-def _save(report, options, config, kept) -> None:
+def _save(report, options, config, kept, made_by: str) -> None:
     dataset = PreparedDataset(
         crops=np.stack([entry.crop for _, entry in kept]),
         labels=np.array([record.label for record, _ in kept]),
@@ -278,6 +285,7 @@ def _save(report, options, config, kept) -> None:
         meta={
             "scan": {"ck_frames": options.ck_frames, "ck_neutral_first": options.ck_neutral_first},
             "edges": report.edges,
+            "made_by": made_by,
         },
     )
     save_prepared(report, dataset, config, padding=np.array([entry.padding for _, entry in kept]))

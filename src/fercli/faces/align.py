@@ -173,32 +173,84 @@ def landmarks_load_quickly() -> bool:
 # --- finding and aligning faces ----------------------------------------------------------
 
 
-def detect_faces(gray: np.ndarray, config: PreprocessConfig) -> list[Detection]:
+def detect_faces(
+    gray: np.ndarray, config: PreprocessConfig, every_face: bool = False
+) -> list[Detection]:
     """dlib face boxes with their scores, largest first, from the first upsampling level
-    (of config.upsample_tries) that finds any."""
-    import dlib
+    (of config.upsample_tries) that finds any.
 
+    every_face: also search at the next level of config.upsample_tries when the image is
+    small enough for it to be affordable (EVERY_FACE_MAX_PIXELS), and add the faces found
+    there that overlap none found already: a level that finds a large face misses faces too
+    small for it (under about 80 pixels at level 0), such as the people further from the
+    camera in a group photo. Preprocessing, which keeps the largest face only, does without.
+    """
     detector = face_detector()
     scale = 1.0
     search = gray
     if max(gray.shape) > DETECT_MAX_SIDE:
         scale = DETECT_MAX_SIDE / max(gray.shape)
         search = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    for upsample in config.upsample_tries:
+    tries = list(config.upsample_tries)
+    for index, upsample in enumerate(tries):
         boxes, scores, _ = detector.run(search, upsample, config.min_face_score)
-        if len(boxes):
-            found = []
-            for box, score in zip(boxes, scores, strict=True):
-                if scale != 1.0:
-                    box = dlib.rectangle(
-                        round(box.left() / scale),
-                        round(box.top() / scale),
-                        round(box.right() / scale),
-                        round(box.bottom() / scale),
-                    )
-                found.append((box, float(score)))
-            return sorted(found, key=lambda item: -item[0].area())
+        if not len(boxes):
+            continue
+        found = list(zip(boxes, scores, strict=True))
+        following = tries[index + 1] if index + 1 < len(tries) else None
+        if every_face and following is not None and _affordable(search, following):
+            more, more_scores, _ = detector.run(search, following, config.min_face_score)
+            found += _new_faces(found, list(zip(more, more_scores, strict=True)))
+        found = [(_rescaled(box, scale), float(score)) for box, score in found]
+        return sorted(found, key=lambda item: -item[0].area())
     return []
+
+
+# detect_faces(every_face=True) searches the next upsampling level when the upsampled image
+# has at most this many pixels (an image of up to 800x800 at level 1): each level doubles the
+# sides, and dlib's cost follows the pixels (bench/predict.py measures it).
+EVERY_FACE_MAX_PIXELS = 1600 * 1600
+# Two boxes overlapping by more than this share of the smaller one are the same face.
+SAME_FACE_OVERLAP = 0.5
+
+
+def _affordable(search: np.ndarray, upsample: int) -> bool:
+    return search.size * 4**upsample <= EVERY_FACE_MAX_PIXELS
+
+
+def _new_faces(known: list, candidates: list) -> list:
+    """The candidates (box, score) that overlap no known box nor each other by more than
+    SAME_FACE_OVERLAP of the smaller box (non-maximum suppression, the known boxes first)."""
+    kept = list(known)
+    added = []
+    for box, score in sorted(candidates, key=lambda item: -item[1]):
+        if all(_overlap(box, other) <= SAME_FACE_OVERLAP for other, _ in kept):
+            kept.append((box, score))
+            added.append((box, score))
+    return added
+
+
+def _overlap(first, second) -> float:
+    """The area two dlib boxes share, as a share of the smaller one."""
+    width = min(first.right(), second.right()) - max(first.left(), second.left())
+    height = min(first.bottom(), second.bottom()) - max(first.top(), second.top())
+    if width <= 0 or height <= 0:
+        return 0.0
+    return width * height / max(1, min(first.area(), second.area()))
+
+
+def _rescaled(box, scale: float):
+    """A box found in the image shrunk by scale, in the original image's pixels."""
+    if scale == 1.0:
+        return box
+    import dlib
+
+    return dlib.rectangle(
+        round(box.left() / scale),
+        round(box.top() / scale),
+        round(box.right() / scale),
+        round(box.bottom() / scale),
+    )
 
 
 def align_detected(
@@ -414,4 +466,4 @@ def align_faces(
     with its crop, box, landmarks and the map from image to crop coordinates."""
     gray = as_gray(image)
     config = config or PreprocessConfig()
-    return align_detected([(gray, detect_faces(gray, config))], config)[0]
+    return align_detected([(gray, detect_faces(gray, config, every_face=True))], config)[0]

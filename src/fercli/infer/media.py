@@ -34,6 +34,17 @@ class MediaReport:
     annotated_videos: list[Path] = field(default_factory=list)
     # Explanation pictures written (fer predict --explain): fercli.infer.explain_files records.
     explained: list = field(default_factory=list)
+    # The files in the order they were given (folders' files where the folder was).
+    order: list[str] = field(default_factory=list)
+
+    def in_order(self) -> list:
+        """The images' results (PredictedImage) and the videos' (VideoPrediction) in the
+        order the files were given."""
+        waiting: dict[str, list] = {}
+        for item in [*self.images.images, *self.videos]:
+            waiting.setdefault(str(item.path), []).append(item)
+        ordered = [waiting[path].pop(0) for path in self.order if waiting.get(path)]
+        return ordered + [item for items in waiting.values() for item in items]
 
     @property
     def processed(self) -> int:
@@ -79,7 +90,7 @@ def label_files(
         )
         for path in videos
     ]
-    return MediaReport(images=report, videos=results)
+    return MediaReport(images=report, videos=results, order=[str(path) for path in files])
 
 
 # Box colours (BGR) of tracks in annotated videos, by track id.
@@ -155,6 +166,7 @@ def _write_timeline(video: VideoPrediction, classes: list[str], path: Path) -> P
 def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> Path:
     """The video read again, each frame with the faces of the latest analysed frame drawn on it."""
     from fercli.core.store import atomic_save
+    from fercli.media.drawing import line_thickness
 
     by_frame: dict[int, list[tuple[int, FaceFrame]]] = {}
     for track in video.tracks:
@@ -182,7 +194,7 @@ def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> 
             if not writer.isOpened():
                 raise FerError("OpenCV cannot write an MJPG video here")
             current: list[tuple[int, FaceFrame]] = []
-            thickness = max(1, round(max(video.width, video.height) / 400))
+            thickness = 0  # set from the first frame
             written = 0
             for number in range(video.frames):
                 ok, frame = capture.read()
@@ -193,6 +205,7 @@ def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> 
                 )
                 if sampled(number, seconds):
                     current = by_frame.get(number, [])
+                thickness = thickness or line_thickness(frame)
                 draw_faces(frame, current, thickness)
                 writer.write(frame)
                 written += 1

@@ -84,7 +84,7 @@ def _align_files(paths: list[str], config: PreprocessConfig) -> list[tuple[list,
     for index, path in enumerate(paths):
         try:
             gray = load_gray(Path(path))
-            detections = detect_faces(gray, config)
+            detections = detect_faces(gray, config, every_face=True)
         except Exception as error:
             results[index] = [], _reason(error)
             continue
@@ -214,7 +214,7 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
     import cv2
 
     from fercli.core.store import atomic_write
-    from fercli.media.drawing import labelled_box
+    from fercli.media.drawing import labelled_box, line_thickness
     from fercli.media.images import load_color
 
     written = []
@@ -226,9 +226,10 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
         except FerError as error:  # changed since it was read
             report.notes.append(f"no annotated copy of {image.path}: {error}")
             continue
-        thickness = max(1, round(max(picture.shape[:2]) / 400))
-        for face in image.faces:
-            text = f"{face.label} {face.probabilities[face.label]:.2f}"
+        thickness = line_thickness(picture)
+        # Numbered as the faces of fer predict's table.
+        for number, face in enumerate(image.faces, start=1):
+            text = f"{number} {face.label} {face.probabilities[face.label]:.2f}"
             labelled_box(picture, face.box, text, (0, 200, 0), thickness)
         ok, encoded = cv2.imencode(".png", picture)
         wanted = Path(folder) / annotated_name(image.path, report.inputs)

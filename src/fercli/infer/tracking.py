@@ -21,6 +21,7 @@ from fercli.core.errors import NoFaceError
 from fercli.faces.align import DETECT_MAX_SIDE, align_face, face_detector, landmark_predictor
 from fercli.infer.adapt import Adaptation, adapt_model
 from fercli.infer.model import FerModel
+from fercli.media.images import bgr_to_gray
 
 # Frames are searched for faces at align.DETECT_MAX_SIDE (1280) at most on the longer side, as
 # photos are: dlib's detector costs time in proportion to the pixels. Without upsampling (which
@@ -417,7 +418,8 @@ class FramePipeline:
     def step(self, frame: np.ndarray, number: int, seconds: float) -> list[tuple[int, FaceFrame]]:
         """The faces of one frame (BGR or grey) as (track id, record) pairs; the records get
         their labels at the next label_crops()."""
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        # As a photo of the frame would be read, so that both find the same faces.
+        gray = bgr_to_gray(frame) if frame.ndim == 3 else frame
         faces = self.tracker.step(gray, number, seconds)
         self.waiting += faces
         # step() leaves the faces' tracks in tracker.active, in the order of the faces.

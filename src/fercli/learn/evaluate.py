@@ -64,7 +64,10 @@ def prepare_for_model(
             dataset = load_dataset(prepared)
             if _fingerprint(dataset) == wanted:
                 return dataset, None
-        report = preprocess_dataset(candidate, ScanConfig(), model.preprocess, workers, progress)
+        # Marked as a test set: evaluating must not change what train and crossval pick.
+        report = preprocess_dataset(
+            candidate, ScanConfig(), model.preprocess, workers, progress, made_by="evaluate"
+        )
         if not report.dataset:
             raise DatasetError(
                 f"{choice}: no image could be aligned ({len(report.skipped)} skipped)"
@@ -276,7 +279,8 @@ def left_out_note(model_only: list[str], data_only: list[str], dropped: Counter,
         counts = ", ".join(f"{label} {dropped[label]}" for label in data_only)
         parts.append(
             f"{name}'s {', '.join(data_only)} (the model does not know them: "
-            f"{sum(dropped.values())} images dropped: {counts})"
+            f"{sum(dropped.values())} image{'' if sum(dropped.values()) == 1 else 's'} dropped: "
+            f"{counts})"
         )
     return "classes left out: " + "; ".join(parts)
 

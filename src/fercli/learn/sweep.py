@@ -230,6 +230,7 @@ def run_sweep(
             "grid": grid.to_json(),
             "source": grid.source,
             "recipes": [item.name for item in plan],
+            "dataset": dataset.name,
             "data_fingerprint": data_id,
         },
     )
@@ -339,6 +340,7 @@ def _train_missing(
                             seed=seed,
                             fold=fold,
                             accuracy=accuracy,
+                            key=(recipe_index, seed),
                         )
                     )
     except KeyboardInterrupt:
@@ -479,7 +481,8 @@ def save_sweep(report: SweepReport) -> dict[str, Path]:
         )
     atomic_write_text(files["csv"], text.getvalue())
     title = (
-        f"{report.dataset['name']}: {len(report.grid.seeds)} seeds x {report.grid.folds} folds "
+        f"{report.dataset['name']}: {len(report.grid.seeds)} "
+        f"seed{'' if len(report.grid.seeds) == 1 else 's'} x {report.grid.folds} folds "
         f"({report.grid.group}); mean accuracy, 95% corrected interval"
     )
     sweep_image(

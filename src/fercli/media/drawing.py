@@ -24,22 +24,51 @@ def drawable(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def line_thickness(image: np.ndarray) -> int:
+    """The width of box lines on an image: 2 pixels from about 400 pixels across, more on
+    larger ones, so that a box stays visible once the picture is shown scaled down."""
+    return max(1, round(max(image.shape[:2]) / 250))
+
+
 def labelled_box(
     image: np.ndarray, box: tuple[int, int, int, int], text: str, colour, thickness: int
-) -> None:
-    """Draw a face's box on a BGR image, in place, with text (made drawable) just above it."""
+) -> tuple[int, int, int, int]:
+    """Draw a face's box on a BGR image, in place, with text (made drawable) on a filled label
+    just above it (inside the box's top when there is no room above). The label's size follows
+    the face's, not the image's, so that labels of neighbouring faces do not run into each
+    other; it is kept inside the image. Returns the label's (x, y, width, height)."""
     x, y, width, height = box
     cv2.rectangle(image, (x, y), (x + width, y + height), colour, thickness)
+    text = drawable(text)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (unit_width, unit_height), _ = cv2.getTextSize(text, font, 1.0, 1)
+    # As wide as the box at most, yet never too small to read (about 9 pixels high).
+    scale = float(np.clip(width / max(1, unit_width), 0.35, 1.5))
+    weight = max(1, round(scale * 2))
+    (text_width, text_height), baseline = cv2.getTextSize(text, font, scale, weight)
+    pad = max(2, round(text_height * 0.25))
+    label_width, label_height = text_width + 2 * pad, text_height + baseline + 2 * pad
+    image_height, image_width = image.shape[:2]
+    left = int(np.clip(x, 0, max(0, image_width - label_width)))
+    top = y - label_height if y - label_height >= 0 else y + thickness
+    top = int(np.clip(top, 0, max(0, image_height - label_height)))
+    cv2.rectangle(
+        image, (left, top), (left + label_width - 1, top + label_height - 1), colour, cv2.FILLED
+    )
+    # Dark text on a light label, white on a dark one.
+    blue, green, red = colour[:3]
+    ink = (0, 0, 0) if 0.114 * blue + 0.587 * green + 0.299 * red > 140 else (255, 255, 255)
     cv2.putText(
         image,
-        drawable(text),
-        (x, max(12, y - 6)),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        0.5 * thickness,
-        colour,
-        thickness,
+        text,
+        (left + pad, top + pad + text_height),
+        font,
+        scale,
+        ink,
+        weight,
         cv2.LINE_AA,
     )
+    return left, top, label_width, label_height
 
 
 def _write_png(path: Path, image: np.ndarray) -> Path:

@@ -298,6 +298,23 @@ def load_color(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return _decode(read_file(Path(path)), max_pixels, cv2.IMREAD_COLOR)
 
 
+# libpng's colour to grey (what OpenCV asks of it when a colour PNG is read as grey, as photos
+# are): 0.299 red and 0.587 green in steps of 1/32768, blue the rest, the sum truncated. The
+# offset of -16383.5 makes cv2.transform's rounding that truncation (checked equal for all
+# 16.7 million colours).
+PNG_GRAY = np.array([[3737, 19234, 9797, -16383.5]], np.float64) / 32768
+
+
+def bgr_to_gray(image: np.ndarray) -> np.ndarray:
+    """An 8-bit BGR (or BGRA) image in grey exactly as fercli reads a PNG photo of it: video
+    frames and photos then give the same detections and scores. (cvtColor rounds where libpng
+    truncates: 44% of the test photo's pixels differ by 1 and a detection's score by up to
+    0.04, enough for a borderline one to pass --min-face-score in a video and not in the
+    photo of the same frame.) About 0.8 ms a 640x480 frame, against 0.16 ms for cvtColor."""
+    gray = cv2.transform(np.ascontiguousarray(image[:, :, :3]), PNG_GRAY)
+    return gray if gray.ndim == 2 else gray[:, :, 0]
+
+
 def as_gray(image: str | Path | np.ndarray) -> np.ndarray:
     """A 2-D uint8 image from a path (read as fercli reads images) or an array: grayscale,
     BGR or BGRA, 8-bit. ImageError for anything else."""
@@ -318,9 +335,7 @@ def as_gray(image: str | Path | np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         return array
     if array.ndim == 3 and array.shape[2] in (3, 4):
-        return cv2.cvtColor(
-            array, cv2.COLOR_BGR2GRAY if array.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
-        )
+        return bgr_to_gray(array)
     raise ImageError(
         f"an image array must be (height, width) or (height, width, 3 or 4), not {array.shape}"
     )

@@ -25,6 +25,7 @@ from fercli.core.errors import FerError
 from fercli.infer.media import csv_header, csv_row, draw_faces
 from fercli.infer.model import FerModel
 from fercli.infer.tracking import FramePipeline, VideoConfig
+from fercli.media.drawing import line_thickness
 from fercli.media.images import MAX_PIXELS
 from fercli.media.video import file_fps
 
@@ -289,7 +290,7 @@ class LiveSession:
         pipeline.label_crops()
         for track in pipeline.tracker.tracks:  # live runs for hours: keep no history
             track.frames.clear()
-        draw_faces(frame, faces, max(1, round(max(frame.shape[:2]) / 400)))
+        draw_faces(frame, faces, line_thickness(frame))
         ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         return faces, encoded.tobytes() if ok else None
 
