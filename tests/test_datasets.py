@@ -185,7 +185,7 @@ def test_missing_folder(tmp_path):
 def test_file_instead_of_folder(tmp_path):
     path = tmp_path / "KA.AN1.39.tiff"
     path.write_bytes(b"II*\x00")
-    with pytest.raises(LayoutError, match="is a file, not a folder"):
+    with pytest.raises(LayoutError, match="a file, not a dataset"):
         scan_dataset(path)
 
 

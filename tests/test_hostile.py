@@ -517,3 +517,305 @@ def test_csv_lets_no_control_byte_reach_the_terminal(tmp_path, astronaut_path):
     header, row = text.splitlines()
     assert "p_happy\\x1b[31m" in header
     assert "a\\x1b]0;PWNED\\x07\\x1b[2Jb.png" in row
+
+
+# --- issue 25: what a second hostile tester found ----------------------------------------------
+
+
+def test_train_output_replaces_only_a_model_file_and_says_so(tiny_dataset, model_file, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    refused = fer("train", "--epochs", "1", "--output", notes)
+    assert "not a fercli model file" in one_error_line(refused.stderr)
+    assert notes.read_text() == "my notes\n"
+    replaced = fer("train", "--epochs", "1", "--output", model_file)
+    assert replaced.exit_code == 0, replaced.output
+    assert "the model file that was there is replaced" in replaced.output
+    assert load_model(model_file).meta["dataset"]["name"] == "synthetic"
+
+
+def damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    elif how == "bit-flipped":  # in the compressed data, past the first member's header
+        data[len(data) // 3] ^= 0xFF
+        path.write_bytes(bytes(data))
+    else:  # "not-an-archive"
+        path.write_bytes(b"emotion,pixels\n")
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit-flipped", "not-an-archive"])
+@pytest.mark.parametrize("command", ["train", "crossval", "evaluate"])
+def test_a_damaged_dataset_file_is_one_line_and_json(
+    tiny_dataset, model_file, fer_home, command, how
+):
+    path = datasets_dir() / "synthetic" / DATASET_FILE
+    # Saved uncompressed by np.savez: compress it, so that a flipped byte breaks a CRC.
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    np.savez_compressed(path, **arrays)
+    damage(path, how)
+    args = {"train": ["--epochs", "1"], "crossval": ["--folds", "2", "--epochs", "1"]}.get(
+        command, ["synthetic", "--model", model_file]
+    )
+    for extra in ([], ["--json"]):
+        result = fer(command, *args, *extra)
+        assert result.exit_code == 1, result.output
+        line = one_error_line(result.stderr)
+        assert str(path) in line and "Traceback" not in result.stdout
+        if extra:
+            assert strict_json(result.stdout)["error"] == line.removeprefix("error: ")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--seed", "-1"], "seed (--seed) -1 must be at least 0"),
+        (["train", "--seed", "99999999999"], "99999999999 is more than 4294967295"),
+        (["crossval", "--seed", "-1", "--json"], "must be at least 0"),
+    ],
+)
+def test_out_of_range_seeds_are_one_line_before_tensorflow(tiny_dataset, args, expected):
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from fercli.cli import app\n"
+        f"result = CliRunner().invoke(app, {args!r})\n"
+        "print(result.exit_code, result.stderr.strip().replace('\\n', ' | '))\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    line, imported = process.stdout.strip().splitlines()[-2:]
+    assert imported == "False", process.stdout + process.stderr
+    assert line.startswith("1 ") and expected in line and " | " not in line, line
+
+
+def test_the_python_api_refuses_bad_input_with_fer_errors(model_file, tiny_dataset):
+    import fercli
+    from fercli.core.errors import FerError, ImageError
+
+    model = load_model(model_file)
+    for image, expected in [
+        (np.zeros((0, 10, 3), np.uint8), "empty image array"),
+        (np.zeros((10, 0), np.uint8), "empty image array"),
+        ("", "an empty path"),
+    ]:
+        with pytest.raises(ImageError, match=expected):
+            model.predict(image)
+    for settings in ({"batch_size": 0}, {"seed": -1}, {"epochs": 0}):
+        with pytest.raises(FerError):
+            fercli.train(**settings)
+
+
+# --- grids --------------------------------------------------------------------------------
+
+
+def sweep(*args):
+    return fer("sweep", *args)
+
+
+@pytest.mark.parametrize(
+    "text, sets, expected",
+    [
+        ("[vary]\nlr = [nan]\n", [], "finite number"),
+        ("[vary]\nlr = [inf]\n", [], "finite number"),
+        ("[vary]\nmax_rotation = [nan, 1.0]\n", [], "finite number"),
+        ("[vary]\nlr = [0.1, 0.2]\n", ["--set", "lr=nan"], "finite number"),
+        ("[vary]\nlr = [0.1, 0.2]\n", ["--set", "vary.lr=[inf]"], "finite number"),
+        ("a = " + "[" * 100_000 + "]" * 100_000 + "\n", [], "nested too deeply"),
+        (
+            "[vary]\nlr = [" + ", ".join(f"0.{i + 1:04d}" for i in range(200)) + "]\n"
+            "momentum = [" + ", ".join(f"0.{i + 1:04d}" for i in range(200)) + "]\n",
+            [],
+            "cross-validations",
+        ),
+        (
+            "seeds = [" + ", ".join(map(str, range(5000))) + "]\n[vary]\nlr = [0.1, 0.2]\n",
+            [],
+            "seeds",
+        ),
+    ],
+)
+def test_hostile_grids_are_one_line(tiny_dataset, tmp_path, text, sets, expected):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(text)
+    result = sweep("--grid", grid, *sets)
+    assert result.exit_code == 1
+    assert expected in one_error_line(result.stderr)
+
+
+def test_grid_files_that_never_end_or_never_come_are_refused(tiny_dataset, tmp_path):
+    fifo = tmp_path / "grid.fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        result = sweep("--grid", path)
+        assert "not a regular file" in one_error_line(result.stderr)
+    huge = tmp_path / "huge.toml"
+    with open(huge, "wb") as stream:
+        stream.truncate(3 << 20)  # sparse: 3 MB of zero bytes
+    assert "not a grid file" in one_error_line(sweep("--grid", huge).stderr)
+
+
+def test_a_grid_with_a_byte_order_mark_is_read(tmp_path):
+    from fercli.learn.grid import read_grid
+
+    grid = tmp_path / "grid.toml"
+    grid.write_bytes(b"\xef\xbb\xbf[vary]\nlr = [0.1, 0.2]\n")
+    assert read_grid(grid).vary == {"learning_rate": (0.1, 0.2)}
+
+
+def test_ray_empty_or_silent_is_refused_in_seconds(tiny_dataset, tmp_path):
+    import socket
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text("[vary]\nlr = [0.1, 0.2]\n")
+    assert "--ray ''" in one_error_line(sweep("--grid", grid, "--ray", "").stderr)
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        line = one_error_line(sweep("--grid", grid, "--ray", f"127.0.0.1:{port}").stderr)
+    assert "does not answer" in line and f"127.0.0.1:{port}" in line
+
+
+def test_an_http_server_is_not_taken_for_a_ray_cluster(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from fercli.core.errors import EngineError
+    from fercli.learn.engines import _check_reachable
+
+    class Quiet(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(EngineError, match="not as a Ray cluster"):
+            _check_reachable(f"127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+
+
+def test_a_grpc_server_passes_the_ray_probe():
+    """Ray's head (GCS) is a gRPC server: the probe must let one through."""
+    grpc = pytest.importorskip("grpc")
+    from concurrent import futures
+
+    from fercli.learn.engines import _check_reachable
+
+    server = grpc.server(futures.ThreadPoolExecutor(1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        _check_reachable(f"127.0.0.1:{port}")
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.slow
+def test_a_one_seed_sweep_reports_no_nan_and_retrains_a_truncated_fold(tiny_dataset, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        "seeds = [0]\nfolds = 2\n[base]\nepochs = 1\nbatch_size = 8\n"
+        "[vary]\nflip_tta = [false, true]\n"
+    )
+    first = sweep("--grid", grid)
+    assert first.exit_code == 0, first.output
+    assert "nan" not in first.output.lower() and "n/a" in first.output
+    report = strict_json(sweep("--grid", grid, "--json").stdout)
+    folder = Path(report["files"]["csv"]).parent
+    table = (folder / "sweep.csv").read_text()
+    assert "nan" not in table.lower()
+    for recipe in report["recipes"]:
+        low, high = recipe["accuracy_interval"]
+        assert 0.0 <= low <= high <= 1.0
+        d_low, d_high = recipe["difference_interval"]
+        assert -1.0 <= d_low <= d_high <= 1.0
+    fold = sorted((folder / "folds").glob("*/*.npz"))[0]
+    fold.write_bytes(fold.read_bytes()[:100])
+    again = sweep("--grid", grid, "--json")
+    assert again.exit_code == 0, again.output
+    assert strict_json(again.stdout)["trained_folds"] == 1
+
+
+# --- FER2013, fer list, messages --------------------------------------------------------------
+
+
+def test_a_fer2013_label_that_only_looks_like_a_digit_is_one_skipped_row(tmp_path):
+    from fercli.data.fer2013 import read_rows
+
+    pixels = " ".join(["128"] * 48 * 48)
+    path = tmp_path / "fer2013.csv"
+    path.write_text(
+        "emotion,pixels,Usage\n"
+        f"3,{pixels},Training\n²,{pixels},Training\n{'9' * 5000},{pixels},Training\n"
+        f"6,{pixels},Training\n",
+        encoding="utf-8",
+    )
+    skipped: list = []
+    rows = list(read_rows(path, skipped))
+    assert [number for number, *_ in rows] == [2, 5]
+    assert [item.reason.split(":")[0] for item in skipped] == ["row 3", "row 4"]
+
+
+def test_fifos_planted_in_fer_home_do_not_hang_fer_list(fer_home, tiny_dataset):
+    (fer_home / "models").mkdir()
+    os.mkfifo(fer_home / "models" / "planted.npz")
+    os.mkfifo(fer_home / "datasets" / "synthetic" / "extra.npz")
+    (fer_home / "datasets" / "fifo-set").mkdir()
+    os.mkfifo(fer_home / "datasets" / "fifo-set" / DATASET_FILE)
+    (fer_home / "runs" / "crossval-x").mkdir(parents=True)
+    os.mkfifo(fer_home / "runs" / "crossval-x" / "report.json")
+    (fer_home / "runs" / "sweep-x").mkdir()
+    os.mkfifo(fer_home / "runs" / "sweep-x" / "grid.json")
+    (fer_home / "runs" / "sweep-y" / "folds").mkdir(parents=True)
+    (fer_home / "runs" / "sweep-y" / "grid.json").write_text(
+        json.dumps({"grid": {"seeds": [0], "folds": 2}, "recipes": [{}]})
+    )
+    os.mkfifo(fer_home / "runs" / "sweep-y" / "sweep.json")
+    process = fer_process("list", "--json", env={"FER_HOME": str(fer_home)})
+    assert process.returncode == 0, process.stderr
+    listed = strict_json(process.stdout.decode())
+    assert "planted.npz" in json.dumps(listed)
+
+
+def test_a_model_with_aliased_class_names_scores_a_dataset(tiny_dataset, tmp_path):
+    aliased = numpy_model(tmp_path / "aliased.npz", classes=("angry", "happy", "surprised"))
+    result = fer("evaluate", "synthetic", "--model", aliased, "--json")
+    assert result.exit_code == 0, result.output
+    report = strict_json(result.stdout)
+    assert report["protocol"]["classes"] == ["anger", "happiness", "surprise"]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["evaluate", "{photo}", "--model", "{model}"], "not an .npz archive"),
+        (["train", "--init", "/etc/passwd", "--epochs", "1"], "not an .npz archive"),
+        (["predict", "{photo}", "--model", "/etc/passwd"], "not an .npz archive"),
+        (["preprocess", "{empty}"], "an empty file"),
+        (["preprocess", "{csv}"], "without FER2013's header"),
+    ],
+)
+def test_poor_messages_are_now_plain(
+    tiny_dataset, model_file, astronaut_path, tmp_path, args, expected
+):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    values = {"photo": astronaut_path, "model": model_file, "empty": empty, "csv": other}
+    result = fer(*(arg.format(**values) for arg in args))
+    line = one_error_line(result.stderr)
+    assert expected in line and "pickle" not in line, line
+
+
+def test_the_fer_home_hint_only_for_paths_in_fer_home(model_file, astronaut_path):
+    result = fer("predict", astronaut_path, "--model", model_file, "--annotate", "/proc/version")
+    line = one_error_line(result.stderr)
+    assert "FER_HOME" not in line

@@ -16,6 +16,7 @@ the names of fercli's modules.)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,23 +110,44 @@ def train(
     epochs=50) overriding it. split: only this predefined split (FER2013's "Training").
     ensemble: this many networks with different seeds in one file.
     """
-    from fercli.core.store import check_output_file, check_writable, models_dir, timestamp
+    from fercli.core.store import check_writable, models_dir, timestamp
     from fercli.data.combined import load_combined
     from fercli.learn.evaluate import dataset_split
     from fercli.learn.training import train_model
 
     config = config or recipe_config(recipe, **settings)
-    if output is not None:
-        check_output_file(Path(output))  # refused before any data is read
+    replacing = output is not None and _replaced_model(Path(output))
     prepared = dataset_split(load_combined(_names(dataset), config.classes, shared_classes), split)
     made_up = output is None  # then another run may make up the same name: never replace
     path = (
         Path(output) if output is not None else models_dir() / f"{prepared.name}-{timestamp()}.npz"
     )
     check_writable(path.parent)
-    return train_model(
+    result = train_model(
         prepared, config, path, progress=progress, keep_existing=made_up, ensemble=ensemble
     )
+    if replacing:
+        result.notes.append(f"{path}: the model file that was there is replaced")
+    return result
+
+
+def _replaced_model(output: Path) -> bool:
+    """Refuse, before any data is read, an output that fer train must not write (see
+    check_output_file) or replace: an existing file that is not a fercli model (notes.txt).
+    True if a model file will be replaced."""
+    from fercli.core.errors import StoreError
+    from fercli.core.store import check_output_file
+    from fercli.infer.model import is_model_file
+
+    check_output_file(output)
+    if not os.path.lexists(output):
+        return False
+    if not is_model_file(output):
+        raise StoreError(
+            f"{output}: exists and is not a fercli model file; fer train replaces only a model "
+            "(give a new name)"
+        )
+    return True
 
 
 def crossval(

@@ -9,7 +9,7 @@ import typer
 import typer.core
 import typer.rich_utils
 
-from fercli.cli.app import escaped, fail, out, progress_bar, shown, user_errors
+from fercli.cli.app import err, escaped, fail, out, progress_bar, shown, user_errors
 from fercli.cli.options import video_options, video_progress
 from fercli.cli.render_media import (
     plural,
@@ -128,6 +128,11 @@ def predict(
         raise fail(failure + (f" ({others})" if others else ""))
     if not as_json:
         render_media_summary(media, listed, others, as_csv)
+    failures = media.images.copy_failures
+    for line in failures[:-1]:
+        err.print(f"[red]error:[/red] {shown(line)}")
+    if failures:  # a copy lost to a full disk is a failed run, whatever else was written
+        raise fail(failures[-1], as_json=False)
 
 
 def live(
@@ -138,10 +143,17 @@ def live(
         None, help="Model file (default: the most recently trained)."
     ),
     host: str = typer.Option(
-        "127.0.0.1", help="Address to serve the page on (0.0.0.0: every network)."
+        "127.0.0.1",
+        help="Address to serve the page on (anything but a loopback address needs --allow-remote).",
     ),
     port: int = typer.Option(
         8017, min=0, max=65535, help="Port to serve the page on (0: any free one)."
+    ),
+    allow_remote: bool = typer.Option(
+        False,
+        "--allow-remote",
+        help="Allow a --host that other machines reach (0.0.0.0: every network); every request "
+        "then needs the token in the printed URL.",
     ),
     detect_every: int = typer.Option(
         5,
@@ -150,7 +162,7 @@ def live(
         "are followed by their landmarks.",
     ),
     record: Path | None = typer.Option(
-        None, help="Also write the per-frame CSV of fer predict --csv here."
+        None, help="Also write the per-frame CSV of fer predict --csv to this new file."
     ),
     loop: bool = typer.Option(
         False,
@@ -165,15 +177,11 @@ def live(
     except ImportError:
         raise fail("fer live needs its web server: pip install 'fercli[live]'") from None
     with user_errors():
-        from fercli.core.store import check_writable
-        from fercli.infer.photos import resolve_model
-        from fercli.web.live import LiveConfig, LiveSession, bind_socket
-        from fercli.web.server import serve
+        from fercli.web.access import access_for, bind_socket
+        from fercli.web.live import LiveConfig, LiveSession, redact
 
-        loaded = resolve_model(model)
-        if record:
-            check_writable(record.parent if str(record.parent) else Path("."))
-        sock = bind_socket(host, port)
+        loaded = _live_model(model)
+        sock = bind_socket(host, port, allow_remote)
         try:
             session = LiveSession(
                 source,
@@ -184,25 +192,52 @@ def live(
         except BaseException:
             sock.close()
             raise
-        address = sock.getsockname()
-        shown_host = f"[{address[0]}]" if ":" in address[0] else address[0]
-        try:
-            session.start()
-            serve(
-                session,
-                sock,
-                on_started=lambda: out.print(
-                    f"fer live: {shown(source)} with {shown(Path(str(loaded.path)).name)} on "
-                    f"http://{shown_host}:{address[1]}/ (Ctrl-C to stop)"
-                ),
-            )
-        finally:
-            session.stop()
-            sock.close()
+        access = access_for(sock)
+        _serve_live(
+            session,
+            sock,
+            access,
+            f"{shown(redact(source))} with {shown(Path(str(loaded.path)).name)}",
+        )
     state = session.state()
     if state["status"] == "failed":
         raise fail(state["error"] or "the source failed")
     out.print(
-        f"fer live: {shown(source)} {'ended' if state['status'] == 'ended' else 'stopped'} after "
+        f"fer live: {shown(state['source'])} "
+        f"{'ended' if state['status'] == 'ended' else 'stopped'} after "
         f"{plural(state['frame'], 'frame')}" + (f"; recorded in {shown(record)}" if record else "")
     )
+
+
+def _live_model(model: Path | None):
+    from fercli.infer.photos import resolve_model
+
+    return resolve_model(model)
+
+
+def _serve_live(session, sock, access, what: str) -> None:
+    """Serve a session until it ends or Ctrl-C, saying where (and, served beyond this
+    machine, warning that it is)."""
+    from fercli.core.errors import FerError
+    from fercli.web.server import serve
+
+    if access.token:
+        err.print(
+            "[yellow]warning:[/yellow] the page and its camera are served beyond this machine; "
+            "anyone with the URL below (it holds a token) can watch"
+        )
+    if session.note:
+        err.print(f"note: {shown(session.note)}")
+    urls = " or ".join(shown(url) for url in access.urls)
+
+    def started() -> None:
+        out.print(f"fer live: {what} on {urls} (Ctrl-C to stop)")
+
+    try:
+        session.start()
+        serve(session, sock, access, on_started=started)
+    except OSError as error:
+        raise FerError(f"the web server failed: {error.strerror or error}") from None
+    finally:
+        session.stop()
+        sock.close()

@@ -88,6 +88,7 @@ def train(
         "seconds": round(result.seconds, 1),
         "runtime_difference": result.runtime_difference,
         "networks": ensemble,
+        **({"notes": result.notes} if result.notes else {}),
     }
     if as_json:
         emit_json(summary)
@@ -101,8 +102,8 @@ def train(
     )
     if parts:
         render_sources(parts, result.classes)
-        for note in result.notes:
-            out.print(f"[yellow]note:[/yellow] {shown(note)}")
+    for note in result.notes:
+        out.print(f"[yellow]note:[/yellow] {shown(note)}")
     out.print(
         f"model saved to {shown(result.path)}"
         + (f" (an ensemble of {ensemble} networks)" if ensemble > 1 else "")

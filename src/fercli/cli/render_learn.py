@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.table import Table
 
 from fercli.cli.app import out, shown
@@ -159,10 +161,14 @@ def render_sweep(report) -> None:
             str(item.rank),
             shown(item.name),
             f"{item.accuracy:.2%}",
-            f"{item.spread:.2%}",
+            "n/a" if math.isnan(item.spread) else f"{item.spread:.2%}",
             f"{item.macro_f1:.3f}",
             "base" if item.is_base else f"{item.difference:+.2%}",
-            "" if item.is_base else f"{d_low:+.1%} .. {d_high:+.1%}",
+            ""
+            if item.is_base
+            else "n/a"
+            if math.isnan(d_low)
+            else f"{d_low:+.1%} .. {d_high:+.1%}",
             f"{item.seconds:.0f} s",
         )
     out.print(table)

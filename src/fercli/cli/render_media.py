@@ -58,6 +58,8 @@ def render_media_problems(media) -> None:
                 f"{shown(video.path)}: "
                 f"{shown(video.error)}"
             )
+        if video.note:
+            err.print(f"note: {shown(video.path)}: {shown(video.note)}")
     for note in report.notes:
         err.print(f"note: {shown(note)}")
 

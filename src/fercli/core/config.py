@@ -86,13 +86,19 @@ class Setting:
         self._check_range(where, value)
 
     def _check_range(self, where: str, value) -> None:
+        shown = _number if self.kind is not int else str
         if self.low is not None and (value <= self.low if self.above_low else value < self.low):
             relation = "more than" if self.above_low else "at least"
-            raise SettingError(f"{where} {value:g} must be {relation} {self.low:g}")
+            raise SettingError(f"{where} {shown(value)} must be {relation} {shown(self.low)}")
         if self.high is not None and value > self.high:
             raise SettingError(
-                f"{where} {value:g} is more than {self.high:g}, the largest that makes sense"
+                f"{where} {shown(value)} is more than {shown(self.high)}, the largest that "
+                "makes sense"
             )
+
+
+def _number(value) -> str:
+    return f"{value:g}"
 
 
 def check_settings(config: object, settings: dict[str, Setting]) -> None:

@@ -109,10 +109,16 @@ def slug(text: str) -> str:
 
 
 def _store_error(path: Path, error: OSError) -> StoreError:
+    """The one-line error of a failed write; the FER_HOME hint only for a path in FER_HOME
+    (for --annotate /dev/null or a file the user named, it would be beside the point)."""
     reason = error.strerror or str(error)
-    return StoreError(
-        f"cannot write {path}: {reason} (set {HOME_VARIABLE} or pass an output path to move it)"
-    )
+    try:
+        own = home().resolve()
+        inside = Path(path).resolve() == own or own in Path(path).resolve().parents
+    except (OSError, RuntimeError):
+        inside = False
+    hint = f" (set {HOME_VARIABLE} or pass an output path to move it)" if inside else ""
+    return StoreError(f"cannot write {path}: {reason}{hint}")
 
 
 def make_dir(path: Path) -> Path:
@@ -272,6 +278,22 @@ def _remove_quietly(path: str | Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def npz_problem(path: Path) -> str | None:
+    """Why a file cannot be a .npz archive (fercli's models and datasets), from its first
+    bytes; None if it may be one. Without this, NumPy takes any other file for a pickle and
+    suggests loading it unsafely."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(4)
+    except OSError as error:
+        return f"cannot read it: {error.strerror or error}"
+    if not head:
+        return "an empty file"
+    if head != b"PK\x03\x04":
+        return "not an .npz archive"
+    return None
 
 
 def pack_json(payload: object) -> np.ndarray:

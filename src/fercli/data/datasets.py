@@ -113,11 +113,27 @@ def _ck_root(root: Path) -> Path | None:
     return None
 
 
+def _file_problem(path: Path) -> str:
+    """Why a file given as a dataset is not one: fercli reads folders and FER2013 CSVs."""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        empty = False
+    if empty:
+        return "an empty file, not a dataset (give a dataset's folder or a FER2013 CSV)"
+    if path.suffix.lower() == ".csv":
+        return (
+            "a CSV file without FER2013's header (emotion,pixels,Usage); give a FER2013 CSV or a "
+            "dataset's folder"
+        )
+    return "a file, not a dataset (give a dataset's folder or a FER2013 CSV)"
+
+
 def _check_folder(root: Path) -> None:
     if not root.exists():
         raise LayoutError(f"{root}: no such folder")
     if not root.is_dir():
-        raise LayoutError(f"{root}: is a file, not a folder (give the dataset's folder)")
+        raise LayoutError(f"{root}: {_file_problem(root)}")
     try:
         entries = [entry for entry in root.iterdir() if is_visible(entry.name)]
     except PermissionError:

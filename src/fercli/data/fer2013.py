@@ -101,7 +101,9 @@ def _parse(
     if len(row) <= max(label_column, pixel_column, usage_column or 0):
         return f"row {number}: {len(row)} fields, the header has more", None
     text = row[label_column].strip()
-    if not (text.isdigit() and int(text) < len(LABELS)):
+    # isascii(): isdigit() alone accepts "²", which int() refuses; short: int() of 5,000 digits
+    # raises too.
+    if not (text.isascii() and text.isdigit() and len(text) < 4 and int(text) < len(LABELS)):
         return f"row {number}: label {text[:20]!r} is not one of 0-{len(LABELS) - 1}", None
     values = _pixels(row[pixel_column])
     if values is None:

@@ -119,9 +119,17 @@ def _modified(path: Path) -> float:
         return 0.0
 
 
+def _regular(path: Path) -> None:
+    """OSError unless path is a regular file: reading a FIFO planted in FER_HOME would wait for
+    ever (a missing file raises as well, as reading it would)."""
+    if not path.is_file():
+        raise OSError(f"{path.name} is not a regular file")
+
+
 def _dataset(folder: Path) -> Entry:
     entry = Entry("dataset", folder.name, folder, size_of(folder), _modified(folder / DATASET_FILE))
     try:
+        _regular(folder / DATASET_FILE)
         with np.load(folder / DATASET_FILE, allow_pickle=False) as archive:
             meta = unpack_json(archive["meta"])
             images = len(archive["labels"])
@@ -143,6 +151,7 @@ def _run(folder: Path) -> Entry:
         entry.details = _sweep(folder)
         return entry
     try:
+        _regular(folder / "report.json")
         report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
         group = report["protocol"]["group"]
         entry.details = {
@@ -168,6 +177,7 @@ def _sweep(folder: Path) -> dict:
     """A sweep's folder: its grid, the folds stored so far and, once it has finished, its best
     recipe (sweep.json)."""
     try:
+        _regular(folder / "grid.json")
         grid = json.loads((folder / "grid.json").read_text(encoding="utf-8"))
         settings = grid["grid"]
         planned = len(grid["recipes"]) * len(settings["seeds"]) * settings["folds"]
@@ -184,6 +194,7 @@ def _sweep(folder: Path) -> dict:
         "best": None,
     }
     try:
+        _regular(folder / "sweep.json")
         report = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
         best = report["recipes"][0]
         details.update(
@@ -207,6 +218,7 @@ def recipe(training: dict) -> str:
 def _model(path: Path, runs: list[Entry]) -> Entry:
     entry = Entry("model", path.name, path, size_of(path), _modified(path))
     try:
+        _regular(path)
         with np.load(path, allow_pickle=False) as archive:
             meta = unpack_json(archive["meta"])
         training = meta.get("training", {})

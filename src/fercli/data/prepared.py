@@ -21,6 +21,7 @@ from fercli.core.store import (
     atomic_write,
     datasets_dir,
     name_not_found,
+    npz_problem,
     pack_json,
     slug,
     unpack_json,
@@ -90,6 +91,12 @@ def load_dataset(path: Path) -> PreparedDataset:
         raise DatasetError(
             f"{path}: no preprocessed dataset here (run `fer preprocess DATASET_DIR`)"
         )
+    problem = npz_problem(path)
+    if problem:
+        raise DatasetError(
+            f"{path}: not a preprocessed fercli dataset ({problem}); give a dataset's name, its "
+            "folder under FER_HOME, or an original dataset folder"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = unpack_json(archive["meta"])
@@ -102,8 +109,12 @@ def load_dataset(path: Path) -> PreparedDataset:
                 location=path,
                 splits=archive["splits"] if "splits" in archive.files else None,
             )
-    except (OSError, KeyError, ValueError, EOFError) as error:
-        raise DatasetError(f"{path}: not a readable fercli dataset ({error})") from None
+    except Exception as error:  # BadZipFile, a bad CRC (zlib.error), a truncated member...
+        # Nothing is unpickled, so any failure is a damaged or foreign file.
+        raise DatasetError(
+            f"{path}: not a readable fercli dataset ({type(error).__name__}: {error}); run "
+            "`fer preprocess` again"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != DATASET_FORMAT:
         raise DatasetError(f"{path}: not a fercli dataset")
     problem = _dataset_problem(dataset)
@@ -181,7 +192,8 @@ def default_dataset() -> Path | None:
     evaluating must not make the next `fer train` train on the test set."""
     newest = sorted(datasets_dir().glob(f"*/{DATASET_FILE}"), key=_modified, reverse=True)
     for path in newest:
-        if not path.parent.name.startswith(".") and made_by(path) != "evaluate":
+        # is_file(): a FIFO planted there would block the reading of its meta for ever.
+        if not path.parent.name.startswith(".") and path.is_file() and made_by(path) != "evaluate":
             return path
     return None
 

@@ -125,8 +125,8 @@ def annotate_videos(media: MediaReport, classes: list[str], folder: Path) -> lis
         ):
             try:
                 path = write(video, classes, wanted)
-            except FerError as error:
-                notes.append(f"no {wanted.name} for {video.path}: {error}")
+            except FerError as error:  # a full disk: the run failed, not just a note
+                media.images.copy_failures.append(f"no {wanted.name} for {video.path}: {error}")
                 continue
             if path != wanted:
                 notes.append(f"{wanted} exists: the copy for {video.path} is {path}")
@@ -177,6 +177,15 @@ def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> 
     sampled = frame_sampler(video.options, video.fps)
 
     def save(name: str) -> None:
+        # A write that fails is found by _check_written; OpenCV's warning per frame is noise.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            write_frames(name)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
+
+    def write_frames(name: str) -> None:
         capture = open_video(Path(video.path))
         writer = cv2.VideoWriter(
             name, cv2.VideoWriter_fourcc(*"MJPG"), video.fps or 25.0, (video.width, video.height)
@@ -186,6 +195,7 @@ def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> 
                 raise FerError("OpenCV cannot write an MJPG video here")
             current: list[tuple[int, FaceFrame]] = []
             thickness = 0  # set from the first frame
+            written = 0
             for number in range(video.frames):
                 ok, frame = capture.read()
                 if not ok or frame is None:
@@ -198,11 +208,39 @@ def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> 
                 thickness = thickness or line_thickness(frame)
                 draw_faces(frame, current, thickness)
                 writer.write(frame)
+                written += 1
         finally:
             writer.release()
             capture.release()
+        _check_written(Path(name), written)
 
     return atomic_save(path, save, keep_existing=True)
+
+
+def _check_written(path: Path, frames: int) -> None:
+    """FerError unless the video file just written holds all its frames: OpenCV's writer
+    reports no failed write (a full disk gives a truncated or empty file and only a warning on
+    stderr), so the file is read back: an AVI's frame chunks counted from their headers (a
+    tenth of a millisecond a frame), any other file's frames read (3 ms a 640x480 frame)."""
+    from fercli.media.images import quiet_stderr
+    from fercli.media.video import avi_frames_on_disk
+
+    size = path.stat().st_size
+    readable = avi_frames_on_disk(path)
+    if readable is None:
+        with quiet_stderr():
+            capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        try:
+            readable = 0
+            while readable < frames and capture.isOpened() and capture.grab():
+                readable += 1
+        finally:
+            capture.release()
+    if readable < frames:
+        raise FerError(
+            f"only {readable} of its {frames} frames reached the disk ({size:,} bytes written; "
+            "is the disk full?)"
+        )
 
 
 def draw_faces(frame: np.ndarray, faces: list[tuple[int, FaceFrame]], thickness: int) -> None:

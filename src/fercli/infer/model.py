@@ -19,7 +19,7 @@ import numpy as np
 from fercli.core.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
 from fercli.core.errors import ModelError
 from fercli.core.hashing import CROP_DIGEST_BYTES, crop_digests
-from fercli.core.store import atomic_write, pack_json, unpack_json
+from fercli.core.store import atomic_write, npz_problem, pack_json, unpack_json
 from fercli.infer.runtime import NumpyNetwork
 
 MODEL_FORMAT = "fercli-model"
@@ -262,11 +262,27 @@ def load_model(path: Path) -> FerModel:
     return model
 
 
+def is_model_file(path: Path) -> bool:
+    """Whether a file is a fercli model file (its header: an .npz whose meta says so), read
+    without unpickling and without its weights; False for anything else or unreadable."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as archive:
+            if "meta" not in archive.files:
+                return False
+            meta = unpack_json(archive["meta"])
+    except Exception:  # whatever the file is, it is not a model
+        return False
+    return isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
+
+
 def _read_model_file(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """A model file's meta and arrays, read without unpickling; ModelError for a missing,
     oversized, unreadable or foreign file, or a format version this fercli cannot read."""
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
+    problem = npz_problem(path)
+    if problem:
+        raise ModelError(f"{path}: not a fercli model file ({problem})")
     try:
         with np.load(path, allow_pickle=False) as archive:
             unpacked = sum(member.file_size for member in archive.zip.infolist())

@@ -51,6 +51,8 @@ class PredictReport:
     problems: list[Skipped]  # paths that named no file
     inputs: list[str] = field(default_factory=list)  # the files and folders asked for
     notes: list[str] = field(default_factory=list)  # what the user should know (renamed copies)
+    # Annotated copies that could not be written (a full disk): the run failed, not just noted.
+    copy_failures: list[str] = field(default_factory=list)
     adaptation: Adaptation | None = None  # --adapt: what was re-estimated, from how many faces
 
     @property
@@ -237,7 +239,7 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
             data = encoded.tobytes()
             path = atomic_write(wanted, lambda stream: stream.write(data), keep_existing=True)
         except FerError as error:  # a sub-folder name taken by a file, a full disk
-            report.notes.append(f"no annotated copy of {image.path}: {error}")
+            report.copy_failures.append(f"no annotated copy of {image.path}: {error}")
             continue
         if path != wanted:
             report.notes.append(f"{wanted} exists: the annotated copy of {image.path} is {path}")

@@ -128,6 +128,7 @@ class VideoPrediction:
     tracks: list[Track] = field(default_factory=list)
     # Why the video could not be read, or where reading stopped (the frames before are kept).
     error: str | None = None
+    note: str | None = None  # what the user should know (an absurd declared frame rate)
     seconds: float = 0.0  # time the analysis took
     detections: int = 0  # full face detections run
     smoothed: bool = False
@@ -159,6 +160,8 @@ class VideoPrediction:
         }
         if self.error:
             data["error"] = self.error
+        if self.note:
+            data["note"] = self.note
         if self.adaptation:
             data["adapted"] = self.adaptation.to_json()
         return data

@@ -23,7 +23,7 @@ from fercli.infer.tracking import (
     frame_sampler,
 )
 from fercli.media.images import MAX_PIXELS
-from fercli.media.video import FrameReader, open_video, reading_problem
+from fercli.media.video import FrameReader, file_fps, open_video, reading_problem
 
 
 def smooth_track(track: Track, classes: list[str], seconds: float) -> None:
@@ -52,8 +52,8 @@ def _relabel_adapted(pipeline: FramePipeline, result: VideoPrediction) -> None:
 def _read_header(capture, result: VideoPrediction, options: VideoConfig) -> int:
     """The video's rate, size and analysis interval into result, as its header gives them;
     returns the frame count it declares (0 where it does not)."""
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    result.fps = round(fps, 3) if math.isfinite(fps) and 0 < fps <= 1000 else None
+    fps, result.note = file_fps(capture.get(cv2.CAP_PROP_FPS))
+    result.fps = round(fps, 3)
     declared = capture.get(cv2.CAP_PROP_FRAME_COUNT)
     result.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     result.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))

@@ -12,6 +12,7 @@ and propagates; what was yielded before is the caller's to keep.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from functools import partial
@@ -186,12 +187,48 @@ def _check_reachable(address: str, asked: str | None = None) -> None:
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
         raise EngineError(f"--ray {address!r}: give HOST:PORT of a Ray cluster's head, or auto")
+    where = f"{address} (the address of --ray {asked})" if asked else address
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+        with socket.create_connection(
+            (host.strip("[]"), int(port)), timeout=CONNECT_SECONDS
+        ) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return  # a TLS head answers a TLS handshake, not a plain HTTP/2 preface
+            answer = _http2_answer(connection)
+    except TimeoutError:
+        raise EngineError(
+            f"something listens at {where} but does not answer within {CONNECT_SECONDS:g} s: "
+            "not a Ray cluster's head (its GCS port, 6379 by default)"
+        ) from None
     except OSError as error:
         reason = error.strerror or str(error) or type(error).__name__
-        where = f"{address} (the address of --ray {asked})" if asked else address
         raise EngineError(f"no Ray cluster answers at {where} ({reason})") from None
+    if len(answer) < 9 or answer[3] != HTTP2_SETTINGS:
+        raise EngineError(
+            f"{where} answers, but not as a Ray cluster's head (no gRPC there): give the "
+            "address `ray start --head` printed"
+        )
+
+
+# A Ray cluster's head (its GCS) speaks gRPC, that is HTTP/2: to a client's connection preface
+# it answers with a SETTINGS frame at once. Something that accepts connections and never
+# answers would keep ray.init waiting for minutes; this finds it within CONNECT_SECONDS.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HTTP2_SETTINGS = 0x4
+EMPTY_SETTINGS_FRAME = bytes([0, 0, 0, HTTP2_SETTINGS, 0, 0, 0, 0, 0])
+
+
+def _http2_answer(connection: socket.socket) -> bytes:
+    """The first bytes (up to a frame header) a server sends back to an HTTP/2 preface;
+    TimeoutError if it sends nothing within the connection's timeout."""
+    connection.sendall(HTTP2_PREFACE + EMPTY_SETTINGS_FRAME)
+    answer = b""
+    while len(answer) < 9:
+        chunk = connection.recv(9 - len(answer))
+        if not chunk:
+            break
+        answer += chunk
+    return answer
 
 
 class RayEngine:
@@ -318,4 +355,7 @@ class RayEngine:
 def make_engine(ray_address: str | None, workers: int | None = None):
     """The engine a command asked for: Ray at ray_address ("auto": the cluster this machine
     belongs to), else this machine with workers processes."""
+    if ray_address is not None and not ray_address.strip():
+        # An empty $RAY_HEAD in a script: running here instead, silently, would mislead.
+        raise EngineError("--ray '': give HOST:PORT of a Ray cluster's head, or auto")
     return RayEngine(ray_address) if ray_address else LocalEngine(workers)

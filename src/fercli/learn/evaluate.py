@@ -16,7 +16,7 @@ import numpy as np
 from fercli.core.config import PreprocessConfig, ScanConfig
 from fercli.core.errors import DatasetError
 from fercli.core.events import Progress
-from fercli.core.labels import answer_shares, collapse_note, label_order
+from fercli.core.labels import answer_shares, canonical_label, collapse_note, label_order
 from fercli.core.store import datasets_dir
 from fercli.data.fer2013 import is_fer2013
 from fercli.data.prepared import (
@@ -144,8 +144,14 @@ def score_model(
     if adapt:
         model, adaptation = adapt_model(model, dataset.crops)
     in_data = label_order(set(dataset.labels.tolist()))
-    shared = [label for label in model.classes if label in in_data]
-    model_only = [label for label in model.classes if label not in shared]
+    # The model's class names as the dataset spells them (a model trained on "happy" scores a
+    # dataset's "happiness": labels.LABEL_ALIASES), each dataset class matched once.
+    matched: dict[str, str] = {}
+    for name in model.classes:
+        if canonical_label(name) in in_data:
+            matched.setdefault(canonical_label(name), name)
+    shared = list(matched)
+    model_only = [name for name in model.classes if name not in matched.values()]
     data_only = [label for label in in_data if label not in shared]
     if not shared:
         raise DatasetError(
@@ -162,7 +168,7 @@ def score_model(
         paths=dataset.paths[keep],
         targets=np.array([index[label] for label in dataset.labels[keep]], dtype=np.int64),
     )
-    probabilities = shared_probabilities(model, selection.crops, shared)
+    probabilities = shared_probabilities(model, selection.crops, list(matched.values()))
     predicted = probabilities.argmax(axis=1)
     matrix, per_class, f1 = score_predictions(selection.targets, predicted, shared)
     accuracy = float(np.mean(predicted == selection.targets))
@@ -195,7 +201,9 @@ def score_model(
             selection.paths, selection.targets, predicted, probabilities, strict=True
         )
     ]
-    where = model_where(model, selection.crops, selection.targets, predicted, shared)
+    where = model_where(
+        model, selection.crops, selection.targets, predicted, shared, list(matched.values())
+    )
     trained_on = model.meta.get("dataset") or {}
     fold = FoldResult(
         fold=1,

@@ -4,6 +4,7 @@ setting is (fercli.core.config), and the recipes it spells out."""
 from __future__ import annotations
 
 import itertools
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -21,6 +22,12 @@ from fercli.core.errors import FerError, GridError, SettingError
 ALIASES = {"lr": "learning_rate", "flip_tta": "test_time_flip", "normalization": "normalisation"}
 # Settings that belong to the sweep as a whole, not to a recipe.
 TOP_LEVEL = ("seeds", "folds", "group", "classes")
+# A grid file larger than this is not one (a grid is a few lines; /dev/zero never ends).
+MAX_GRID_BYTES = 1 << 20
+# At most this many values of one setting, or seeds, and recipes times seeds in a sweep: each
+# pair is a whole cross-validation, so more is a typing slip, and would take minutes to plan.
+MAX_VALUES = 1000
+MAX_RUNS = 10_000
 METHOD = (
     "paired differences over the same (seed, fold) pairs; 95% interval from the corrected "
     "resampled t-test for repeated k-fold cross-validation (Nadeau & Bengio 2003): the variance "
@@ -155,6 +162,14 @@ def parse_grid(data: dict, source: str = "grid") -> Grid:
         raise GridError(
             f"{source}: seeds must be a non-empty list of whole numbers, e.g. seeds = [0, 1, 2]"
         )
+    if len(seeds) > MAX_VALUES:
+        raise GridError(f"{source}: {len(seeds):,} seeds; at most {MAX_VALUES:,}")
+    runs = math.prod(len(values) for values in vary.values()) * len(seeds)
+    if runs > MAX_RUNS:
+        raise GridError(
+            f"{source}: up to {runs:,} cross-validations (recipes times seeds); a sweep runs at "
+            f"most {MAX_RUNS:,}: vary fewer settings or values at once"
+        )
     seeds = tuple(dict.fromkeys(_coerce(seed, int, f"{source}: seeds") for seed in seeds))
     for seed in seeds:
         try:
@@ -185,6 +200,10 @@ def _vary(table: dict, source: str) -> dict:
             )
         if not values:
             raise GridError(f"{source}: [vary] {key} is an empty list: nothing to try")
+        if len(values) > MAX_VALUES:
+            raise GridError(
+                f"{source}: [vary] {key}: {len(values):,} values; at most {MAX_VALUES:,}"
+            )
         coerced = [_setting(key, value, source, "vary")[1] for value in values]
         name = setting_name(key, f"{source} [vary]")
         if name == "classes":
@@ -210,19 +229,42 @@ def _toml():
     return tomllib
 
 
+def _grid_text(path: Path) -> str:
+    """A grid file's text: a regular file (a FIFO would wait for ever, /dev/zero never end) of
+    at most MAX_GRID_BYTES, UTF-8 with or without a byte-order mark."""
+    if not path.exists():
+        raise GridError(f"{path}: no such grid file")
+    if not path.is_file():
+        raise GridError(f"{path}: not a regular file (a grid is a TOML file)")
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_GRID_BYTES + 1)
+    except OSError as error:
+        raise GridError(f"{path}: cannot read the grid file ({error.strerror or error})") from None
+    if len(data) > MAX_GRID_BYTES:
+        raise GridError(f"{path}: more than {MAX_GRID_BYTES // 1024} KB: not a grid file")
+    try:
+        return data.decode("utf-8-sig")  # -sig: an editor's byte-order mark is no error
+    except UnicodeDecodeError:
+        raise GridError(f"{path}: not a text file") from None
+
+
+def _parse_toml(text: str, where: str) -> dict:
+    tomllib = _toml()
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise GridError(f"{where}: not valid TOML ({error})") from None
+    except RecursionError:
+        raise GridError(f"{where}: lists or tables nested too deeply for a grid") from None
+
+
 def read_grid(path: Path, overrides: list[str] = ()) -> Grid:
     """Read a grid file and apply command-line overrides ("key=value" with a TOML value:
     a setting of [base], a top-level key such as seeds=[0], or vary.key=[...])."""
     tomllib = _toml()
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise GridError(f"{path}: cannot read the grid file ({error.strerror or error})") from None
-    except UnicodeDecodeError:
-        raise GridError(f"{path}: not a text file") from None
-    except tomllib.TOMLDecodeError as error:
-        raise GridError(f"{path}: not valid TOML ({error})") from None
+    data = _parse_toml(_grid_text(path), str(path))
     for item in overrides:
         key, equals, text = item.partition("=")
         key = key.strip()
@@ -232,6 +274,8 @@ def read_grid(path: Path, overrides: list[str] = ()) -> Grid:
             value = tomllib.loads(f"value = {text}")["value"]
         except tomllib.TOMLDecodeError:
             value = text.strip()  # a bare word: a string
+        except RecursionError:
+            raise GridError(f"--set {key}: nested too deeply") from None
         table, dot, name = key.partition(".")
         if dot and table in ("base", "vary"):
             data.setdefault(table, {})[name] = value

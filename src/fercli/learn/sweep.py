@@ -191,7 +191,7 @@ def _load_fold(path: Path, test_index: np.ndarray) -> dict | None:
             if not np.array_equal(archive["test_index"], test_index):
                 return None
             return {"probabilities": archive["probabilities"], "seconds": float(archive["seconds"])}
-    except (OSError, KeyError, ValueError, EOFError):
+    except Exception:  # truncated or damaged (BadZipFile, a bad CRC): trained again
         return None
 
 
@@ -404,12 +404,14 @@ def _rank(
                 name=recipe.name,
                 changes=recipe.changes,
                 accuracy=float(seed_means.mean()),
-                accuracy_interval=(own["low"], own["high"]),
+                # An accuracy lies in [0, 1] and a difference of two in [-1, 1], whatever the
+                # t interval says on few, spread-out values.
+                accuracy_interval=_clipped(own["low"], own["high"], 0.0),
                 spread=float(seed_means.std(ddof=1)) if len(seed_means) > 1 else math.nan,
                 seed_means=[float(value) for value in seed_means],
                 macro_f1=float(np.mean(f1s)),
                 difference=paired["mean"],
-                difference_interval=(paired["low"], paired["high"]),
+                difference_interval=_clipped(paired["low"], paired["high"], -1.0),
                 p_value=paired["p"] if recipe_index else math.nan,
                 seconds=seconds,
                 fold_accuracies=per_seed,
@@ -420,6 +422,18 @@ def _rank(
     for rank, item in enumerate(ranked, start=1):
         item.rank = rank
     return ranked, ratio
+
+
+def _clipped(low: float, high: float, bottom: float) -> tuple[float, float]:
+    """An interval within [bottom, 1] (NaN, when there is no interval, stays NaN)."""
+    if math.isnan(low) or math.isnan(high):
+        return (low, high)
+    return (min(max(low, bottom), 1.0), min(max(high, bottom), 1.0))
+
+
+def _cell(value: float, digits: int = 6) -> str:
+    """A figure for sweep.csv: empty where there is none (one seed has no spread), never nan."""
+    return "" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def save_sweep(report: SweepReport) -> dict[str, Path]:
@@ -455,13 +469,13 @@ def save_sweep(report: SweepReport) -> dict[str, Path]:
             [
                 item.rank,
                 item.name,
-                f"{item.accuracy:.6f}",
-                *(f"{v:.6f}" for v in item.accuracy_interval),
-                f"{item.spread:.6f}",
-                f"{item.macro_f1:.6f}",
-                f"{item.difference:.6f}",
-                *(f"{v:.6f}" for v in item.difference_interval),
-                "" if math.isnan(item.p_value) else f"{item.p_value:.6f}",
+                _cell(item.accuracy),
+                *(_cell(v) for v in item.accuracy_interval),
+                _cell(item.spread),
+                _cell(item.macro_f1),
+                _cell(item.difference),
+                *(_cell(v) for v in item.difference_interval),
+                _cell(item.p_value),
                 f"{item.seconds:.2f}",
             ]
         )

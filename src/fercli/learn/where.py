@@ -156,11 +156,17 @@ def crossval_where(selection, splits: list, results: dict[int, dict], flip: bool
 
 
 def model_where(
-    model: FerModel, crops: np.ndarray, targets: np.ndarray, predicted: np.ndarray, shared: list
+    model: FerModel,
+    crops: np.ndarray,
+    targets: np.ndarray,
+    predicted: np.ndarray,
+    shared: list,
+    model_names: list | None = None,
 ) -> WhereMaps:
     """where_maps of an evaluation: the model's probabilities of the shared classes,
-    renormalised as the evaluation's are; an ensemble's faces take its networks in turn."""
-    columns = [model.classes.index(label) for label in shared]
+    renormalised as the evaluation's are; an ensemble's faces take its networks in turn.
+    model_names: the model's own names of the shared classes, where they differ (aliases)."""
+    columns = [model.classes.index(label) for label in model_names or shared]
     flip = bool(model.meta.get("test_time_flip"))
 
     def renormalised(member: Member, batch: np.ndarray) -> np.ndarray:

@@ -319,10 +319,19 @@ def as_gray(image: str | Path | np.ndarray) -> np.ndarray:
     """A 2-D uint8 image from a path (read as fercli reads images) or an array: grayscale,
     BGR or BGRA, 8-bit. ImageError for anything else."""
     if isinstance(image, (str, Path)):
+        if not str(image).strip():  # Path("") is the current folder
+            raise ImageError("an empty path: give an image file or array")
         return load_gray(Path(image))
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise ImageError(f"an image array must be 8-bit (uint8), not {array.dtype}")
+    if array.ndim in (2, 3) and (array.shape[0] == 0 or array.shape[1] == 0):
+        raise ImageError(f"an empty image array (shape {array.shape}): no pixels to look at")
+    if array.ndim in (2, 3) and array.shape[0] * array.shape[1] > MAX_PIXELS:
+        raise ImageError(
+            f"image array too large ({array.shape[1]}x{array.shape[0]} pixels; limit "
+            f"{MAX_PIXELS:,})"
+        )
     if array.ndim == 2:
         return array
     if array.ndim == 3 and array.shape[2] in (3, 4):

@@ -3,6 +3,8 @@ as a stream by a reader thread (a few frames ahead), and why a file cannot be re
 
 from __future__ import annotations
 
+import math
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +22,20 @@ READ_AHEAD_BYTES = 32 * 2**20
 # A video whose header declares more frames than could be read, by more than this share
 # (containers estimate the count from the duration), was cut short or is damaged.
 FRAME_COUNT_SLACK = 0.01
+# A frame rate a video file may believably declare; outside it (0, a millionth, two billion: a
+# damaged or crafted header) the video is timed at FALLBACK_FPS instead, and the user told.
+MIN_FPS, MAX_FPS = 0.1, 1000.0
+FALLBACK_FPS = 25.0
+
+
+def file_fps(declared: float) -> tuple[float, str | None]:
+    """The frame rate to time a video file by, and a note when its declared one is absurd."""
+    if math.isfinite(declared) and MIN_FPS <= declared <= MAX_FPS:
+        return declared, None
+    return FALLBACK_FPS, (
+        f"its header declares {declared:g} frames a second: timed at {FALLBACK_FPS:g} instead"
+    )
+
 
 # Container signatures (first 16 bytes): told by content, as images are.
 _RIFF_VIDEO = (b"AVI ", b"AVIX")
@@ -207,3 +223,53 @@ def reading_problem(reader: FrameReader, declared: int) -> str | None:
             "(truncated or damaged); the frames before are reported"
         )
     return None
+
+
+def avi_frames_on_disk(path: Path) -> int | None:
+    """The video frames ('##dc'/'##db' chunks of the 'movi' lists, in every RIFF segment) an
+    AVI file holds whole, read from its chunk headers alone (a seek per frame, no decoding);
+    None if it is not a RIFF AVI. A file cut short by a full disk holds fewer than were
+    written, whatever its patched-up header says."""
+    with open(path, "rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        if stream.read(12)[8:12] != b"AVI ":
+            return None
+        count, offset = 0, 0
+        while offset + 12 <= size:
+            stream.seek(offset)
+            head = stream.read(12)
+            if head[:4] != b"RIFF" or head[8:12] not in _RIFF_VIDEO:
+                break
+            end = offset + 8 + int.from_bytes(head[4:8], "little")
+            count += _frames_in(stream, offset + 12, min(end, size), size)
+            offset = end + (end & 1)
+        return count
+
+
+def _frames_in(stream, start: int, end: int, size: int) -> int:
+    """Whole frame chunks among the chunks from start to end, inside 'movi' lists."""
+    count, offset = 0, start
+    while offset + 8 <= end:
+        stream.seek(offset)
+        head = stream.read(12)
+        kind, length = head[:4], int.from_bytes(head[4:8], "little")
+        if kind == b"LIST" and head[8:12] == b"movi":
+            count += _movi_frames(stream, offset + 12, min(offset + 8 + length, end), size)
+        offset += 8 + length + (length & 1)
+    return count
+
+
+def _movi_frames(stream, start: int, end: int, size: int) -> int:
+    count, offset = 0, start
+    while offset + 8 <= end:
+        stream.seek(offset)
+        head = stream.read(8)
+        length = int.from_bytes(head[4:8], "little")
+        if offset + 8 + length > size:
+            break  # cut off here
+        if head[2:4] in (b"dc", b"db"):
+            count += 1
+        elif head[:4] == b"LIST":  # 'rec ' lists group chunks
+            count += _movi_frames(stream, offset + 12, offset + 8 + length, size)
+        offset += 8 + length + (length & 1)
+    return count

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from fercli.infer.model import FerModel
 from fercli.infer.tracking import FramePipeline, VideoConfig
 from fercli.media.drawing import line_thickness
 from fercli.media.images import MAX_PIXELS
+from fercli.media.video import file_fps
 
 # How long opening or reading a stream URL may take before it is given up (OpenCV's FFmpeg
 # back end honours these; a camera or file opens at once or not at all).
@@ -39,13 +41,37 @@ FAILED_READS = 25
 RATE_WINDOW = 2.0
 
 
+# Camera indexes OpenCV takes (a larger number is not a camera and overflows its int).
+MAX_CAMERA_INDEX = 9999
+# A camera's or stream's rate above this is not believed (a file's: media.video.file_fps).
+MAX_FPS = 1000.0
+
+
+def redact(source: str) -> str:
+    """A source as it may be shown: a URL's user name and password (http://user:pass@host/)
+    replaced by ***, so that credentials never leave the process."""
+    scheme, found, rest = source.partition("://")
+    if not found:
+        return source
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return source
+    return f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
+
+
 def open_source(source: str):
     """cv2.VideoCapture on a camera index, a video file or a stream URL; FerError (one line)
     if it does not open. Returns (capture, kind), kind "camera", "file" or "stream"."""
     from fercli.media.images import quiet_stderr
+    from fercli.media.video import open_video
 
-    if source.isdigit():
+    if not source:
+        raise FerError("no source given: a camera index, a video file or a stream URL")
+    # isdigit() alone accepts "²", which int() refuses.
+    if source.isascii() and source.isdigit():
         kind = "camera"
+        if int(source) > MAX_CAMERA_INDEX:
+            raise FerError(f"no camera at index {source} (camera indexes are 0 to 9999)")
         with quiet_stderr():
             capture = cv2.VideoCapture(int(source))
         if not capture.isOpened():
@@ -63,21 +89,17 @@ def open_source(source: str):
             capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, parameters)
         if not capture.isOpened():
             raise FerError(
-                f"the stream {source} does not open (no answer within {OPEN_TIMEOUT_MS / 1000:g} "
-                "s, "
-                "or not a video OpenCV can read)"
+                f"the stream {redact(source)} does not open (no answer within "
+                f"{OPEN_TIMEOUT_MS / 1000:g} s, or not a video OpenCV can read)"
             )
         return capture, kind
     path = Path(source)
     if not path.exists():
         raise FerError(f"{source}: no such file (and not a camera index or a URL)")
-    if not path.is_file():
-        raise FerError(f"{source}: not a regular file")
-    with quiet_stderr():
-        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    if not capture.isOpened():
-        raise FerError(f"{source}: cannot open it as a video")
-    return capture, "file"
+    try:
+        return open_video(path), "file"
+    except FerError as error:
+        raise FerError(f"{source}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -110,16 +132,24 @@ class LiveSession:
         self.model = model
         self.options = options
         self.escape = escape
+        self.shown_source = redact(source)
         self.capture, self.kind = open_source(source)
         try:
             self.recording = (
-                open(options.record, "w", newline="", encoding="utf-8") if options.record else None
+                open_recording(options.record, source, model) if options.record else None
             )
-        except OSError as error:
+        except BaseException:
             self.capture.release()
-            raise FerError(f"cannot write {options.record}: {error.strerror or error}") from None
+            raise
         fps = self.capture.get(cv2.CAP_PROP_FPS)
-        self.source_fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else None
+        self.source_fps = fps if math.isfinite(fps) and 0 < fps <= MAX_FPS else None
+        # What the user should know about the source (a file's absurd frame rate).
+        self.note: str | None = None
+        if self.kind == "file":
+            self.source_fps, self.note = file_fps(fps)
+        declared = self.capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.declared = int(declared) if math.isfinite(declared) and 0 < declared < 2**62 else 0
+        self.looped = False
         self.condition = threading.Condition()
         self.jpeg: bytes | None = None  # the latest labelled frame
         self.read_at = 0.0  # when it was read (time.time(), to measure the delay to the browser)
@@ -156,7 +186,7 @@ class LiveSession:
                 else 0.0
             )
             return {
-                "source": self.source,
+                "source": self.shown_source,
                 "kind": self.kind,
                 "model": Path(str(self.model.path)).name,
                 "classes": list(self.model.classes),
@@ -166,6 +196,7 @@ class LiveSession:
                 "latency_ms": round(self.latency * 1000, 1),
                 "status": self.status,
                 "error": self.error,
+                "note": self.note,
                 "faces": self.faces,
             }
 
@@ -181,48 +212,76 @@ class LiveSession:
         try:
             writer = csv.writer(recording) if recording else None
             if writer:
-                writer.writerow(csv_header(self.model.classes, escape=self.escape))
-            interval = 1.0 / self.source_fps if self.source_fps else 1.0 / 30
-            pipeline = FramePipeline(
-                self.model, VideoConfig(detect_every=self.options.detect_every), interval
-            )
-            started = time.perf_counter()
-            number, failures, restart = 0, 0, 0
-            while not self.stopping.is_set():
-                ok, frame = self.capture.read()
-                read_at, read_wall = time.perf_counter(), time.time()
-                if not ok or frame is None:
-                    failures += 1
-                    step = self._no_frame(number, failures)
-                    if step == "restart":
-                        restart, started = number, time.perf_counter()
-                    if step == "stop":
-                        return
-                    continue
-                failures = 0
-                if frame.shape[0] * frame.shape[1] > MAX_PIXELS:
-                    self._finish(
-                        "failed", f"frames too large: {frame.shape[1]}x{frame.shape[0]} pixels"
-                    )
+                try:
+                    writer.writerow(csv_header(self.model.classes, escape=self.escape))
+                except OSError as error:
+                    self._finish("failed", self._write_error(error))
                     return
-                # A camera's or stream's time is the clock's; a file's comes from its frame rate.
-                seconds = number * interval if self.kind == "file" else read_at - started
-                faces, jpeg = self._label(pipeline, frame, number, seconds)
-                for track_id, face in faces if writer else ():
-                    writer.writerow(
-                        csv_row(self.source, track_id, face, self.model.classes, escape=self.escape)
-                    )
-                self._publish(faces, jpeg, read_at, read_wall)
-                number += 1
-                if self.kind == "file":  # a file plays at its own pace, as a camera would
-                    self.stopping.wait(
-                        max(0.0, started + (number - restart) * interval - time.perf_counter())
-                    )
+            self._play(writer)
         except Exception as error:  # the page and the command must learn of it, not a dead thread
             self._finish("failed", f"{type(error).__name__}: {error}")
         finally:
             if recording:
-                recording.close()
+                try:
+                    recording.close()
+                except OSError as error:  # the last rows did not reach the disk
+                    self._finish("failed", self._write_error(error))
+
+    def _play(self, writer) -> None:
+        """Read, label and publish frames until the source ends or fails, or stop()."""
+        interval = 1.0 / self.source_fps if self.source_fps else 1.0 / 30
+        pipeline = FramePipeline(
+            self.model, VideoConfig(detect_every=self.options.detect_every), interval
+        )
+        started = time.perf_counter()
+        number, failures, restart = 0, 0, 0
+        while not self.stopping.is_set():
+            ok, frame = self.capture.read()
+            read_at, read_wall = time.perf_counter(), time.time()
+            if not ok or frame is None:
+                failures += 1
+                step = self._no_frame(number, failures)
+                if step == "restart":
+                    restart, started = number, time.perf_counter()
+                if step == "stop":
+                    return
+                continue
+            failures = 0
+            if frame.shape[0] * frame.shape[1] > MAX_PIXELS:
+                self._finish(
+                    "failed", f"frames too large: {frame.shape[1]}x{frame.shape[0]} pixels"
+                )
+                return
+            # A camera's or stream's time is the clock's; a file's comes from its frame rate.
+            seconds = number * interval if self.kind == "file" else read_at - started
+            faces, jpeg = self._label(pipeline, frame, number, seconds)
+            if writer and faces and not self._record(writer, faces):
+                return
+            self._publish(faces, jpeg, read_at, read_wall)
+            number += 1
+            if self.kind == "file":  # a file plays at its own pace, as a camera would
+                self.stopping.wait(
+                    max(0.0, started + (number - restart) * interval - time.perf_counter())
+                )
+
+    def _record(self, writer, faces: list) -> bool:
+        """Write a frame's faces to the recording, onto the disk at once (False, and the
+        session failed, if the disk refuses them: a full disk must not pass as recorded)."""
+        try:
+            for track_id, face in faces:
+                writer.writerow(
+                    csv_row(
+                        self.shown_source, track_id, face, self.model.classes, escape=self.escape
+                    )
+                )
+            self.recording.flush()
+        except OSError as error:
+            self._finish("failed", self._write_error(error))
+            return False
+        return True
+
+    def _write_error(self, error: OSError) -> str:
+        return f"cannot write the recording {self.options.record}: {error.strerror or error}"
 
     def _label(self, pipeline: FramePipeline, frame: np.ndarray, number: int, seconds: float):
         """A frame's (track id, face) pairs and the frame drawn with them as JPEG (None if it
@@ -238,17 +297,40 @@ class LiveSession:
     def _no_frame(self, number: int, failures: int) -> str:
         """What to do when the source gave no frame (failures in a row): "restart" (a looped
         file, rewound), "retry" (a camera's hiccup) or "stop" (the status set)."""
-        if self.kind == "file" and self.options.loop and number > 0:
-            self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            return "restart"
         if self.kind == "file":
+            # As fer predict: a file that gives no frame, or fewer than its header declares,
+            # is damaged; that is a failure, not an end.
+            problem = None if self.looped else self._file_problem(number)
+            if problem:
+                self._finish("failed", f"{self.shown_source}: {problem}")
+                return "stop"
+            if self.options.loop:
+                self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                self.looped = True
+                return "restart"
             self._finish("ended", None)
             return "stop"
         if failures < FAILED_READS and self.kind == "camera":
             time.sleep(0.02)
             return "retry"
-        self._finish("failed", f"the {self.kind} {self.source} stopped giving frames")
+        self._finish("failed", f"the {self.kind} {self.shown_source} stopped giving frames")
         return "stop"
+
+    def _file_problem(self, frames: int) -> str | None:
+        """Why a file that ended after this many frames (its first pass) is damaged, if it is."""
+        from fercli.media.video import FRAME_COUNT_SLACK
+
+        if frames == 0:
+            return (
+                "no frame could be decoded (an empty video, a codec OpenCV cannot decode, or "
+                "damaged data)"
+            )
+        if self.declared and frames < self.declared * (1 - FRAME_COUNT_SLACK) - 1:
+            return (
+                f"the video ends after {frames} of the {self.declared} frames its header "
+                "declares (truncated or damaged)"
+            )
+        return None
 
     def _publish(self, faces: list, jpeg: bytes | None, read_at: float, read_wall: float) -> None:
         """Make a labelled frame the one the page shows (an unencodable one keeps the last
@@ -279,22 +361,25 @@ class LiveSession:
             self.condition.notify_all()
 
 
-def bind_socket(host: str, port: int):
-    """A listening TCP socket on host:port; FerError (one line) if the port is taken."""
-    import socket
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def open_recording(record: Path, source: str, model: FerModel):
+    """The recording's CSV file, created new: an existing file (the video being played, the
+    model in use, anything) is never replaced, and a FIFO or device is refused. FerError."""
+    record = Path(record)
+    for other, what in ((source, "the video being played"), (str(model.path), "the model in use")):
+        try:
+            if Path(other).exists() and record.exists() and record.samefile(other):
+                raise FerError(f"--record {record}: is {what}; give the name of a new file")
+        except OSError:
+            pass
+    if os.path.lexists(record):
+        kind = "a file" if record.is_file() else "not a regular file"
+        raise FerError(
+            f"--record {record}: exists ({kind}); fer live never replaces a file, give a new name"
+        )
     try:
-        sock.bind((host, port))
+        # "x": created by this call or refused, even if another program made the name meanwhile.
+        return open(record, "x", newline="", encoding="utf-8")
+    except FileExistsError:
+        raise FerError(f"--record {record}: exists; fer live never replaces a file") from None
     except OSError as error:
-        sock.close()
-        if error.errno == 98 or "in use" in str(error):
-            raise FerError(
-                f"port {port} on {host} is in use (choose another with --port)"
-            ) from None
-        raise FerError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
-    sock.listen(64)
-    sock.setblocking(False)
-    return sock
+        raise FerError(f"cannot write the recording {record}: {error.strerror or error}") from None
