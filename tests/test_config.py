@@ -30,7 +30,7 @@ BAD = [
     ("copies", "--copies", -1, "-1 must be at least 0"),
     ("max_shift", "--max-shift", -5.0, "-5 must be at least 0"),
     ("seed", "--seed", -1, "-1 must be at least 0"),
-    ("seed", "--seed", 99999999999, "is more than 4.29497e+09, the largest that makes sense"),
+    ("seed", "--seed", 99999999999, "99999999999 is more than 4294967295, the largest that"),
     ("learning_rate", "--lr", math.nan, "must be a finite number, not nan"),
     ("max_rotation", "--max-rotation", math.inf, "must be a finite number, not inf"),
     ("variant", "--variant", "huge", "'huge' is not one of paper, dropout"),
