@@ -63,8 +63,9 @@ RotationOption = typer.Option(None, help="Largest augmentation rotation, in degr
 ShiftOption = typer.Option(None, help="Largest augmentation shift, in pixels (paper: 0).")
 NormalisationOption = typer.Option(
     None,
-    help="z-score statistics: global (one mean and std), per pixel, or "
-    "per-dataset (several datasets, crossval only: each dataset's own) (paper: global).",
+    help="z-score statistics: global (one mean and std), per pixel, "
+    "per-dataset (several datasets, crossval only: each dataset's own), or image (each crop by "
+    "its own: a photo needs no statistics of its set) (paper: global).",
 )
 InitOption = typer.Option(
     None,

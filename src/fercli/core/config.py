@@ -179,8 +179,10 @@ MODEL_VARIANTS = ("paper", "dropout", "batchnorm", "batchnorm-dropout", "wide")
 OPTIMIZERS = ("sgd", "adam")
 # z-score statistics: "global" (one mean/std of the training images), "pixel" (one per pixel),
 # "per-dataset" (several datasets combined: each dataset's own mean/std from its training
-# images, the left-out dataset's from its own images in leave-one-dataset-out; "global" on one).
-NORMALISATIONS = ("global", "pixel", "per-dataset")
+# images, the left-out dataset's from its own images in leave-one-dataset-out; "global" on one);
+# "image" (each crop by its own mean and std, so that a photo from another camera needs no
+# statistics of its set: infer.model.standardise_each).
+NORMALISATIONS = ("global", "pixel", "per-dataset", "image")
 # "copies": the training set is enlarged once with transformed copies, the originals kept (the
 # paper's wording); "online": every epoch replaces each image by a random transformed copy.
 AUGMENTATIONS = ("copies", "online")
@@ -212,7 +214,8 @@ class TrainConfig(JsonConfig):
     # Random shifts of up to this many pixels (0: none, the paper).
     max_shift: float = 0.0
     # z-score statistics from the training images (NORMALISATIONS): one mean/std ("global"),
-    # per pixel, or one mean/std per dataset of a combination ("per-dataset").
+    # per pixel, one mean/std per dataset of a combination ("per-dataset"), or none but each
+    # crop's own ("image").
     normalisation: str = "global"
     seed: int = 0
     # Average the predictions for each face and its mirror image (at test time only).

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fercli.core.config import TrainConfig
+from fercli.infer.model import standardise_each
 
 # Images per chunk of an epoch (rounded down to whole batches): 16 MB of float32 32x32
 # images, small beside TensorFlow, and large enough that a chunk's graph call costs nothing
@@ -212,5 +213,7 @@ class TrainingImages:
             images = self.crops[sources[part]].astype(np.float32)
             if transforms is not None:
                 images = transforms[part].apply(images)
+            if self.config.normalisation == "image":
+                images = standardise_each(images)
             x = ((images - self.mean) / self.std).astype(np.float32)[..., np.newaxis]
             yield x, one_hot[self.targets[sources[part]]]
