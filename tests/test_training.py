@@ -408,3 +408,21 @@ def test_a_crossval_with_image_normalisation_saves_an_ensemble_that_agrees_with_
     model = load_model(save_crossval_model(report, dataset, tmp_path / "folds.npz"))
     assert model.per_image and len(model.networks) == 2
     assert all(member.per_image for member in model.networks)
+
+
+def test_label_smoothing_makes_the_network_less_sure_of_itself(dataset):
+    from fercli.core.errors import SettingError
+    from fercli.learn.training import keras_probabilities
+
+    selection = select_classes(dataset)
+    configure_tensorflow(None)
+    confidence = {}
+    for smoothing in (0.0, 0.3):
+        config = TrainConfig(epochs=4, copies=0, label_smoothing=smoothing)
+        model, mean, std = fit(selection.crops, selection.targets, 7, config, 0)
+        probabilities = keras_probabilities(model, selection.crops, mean, std)
+        assert np.mean(probabilities.argmax(1) == selection.targets) > 0.5
+        confidence[smoothing] = float(probabilities.max(1).mean())
+    assert confidence[0.3] < confidence[0.0] - 0.05
+    with pytest.raises(SettingError, match="label_smoothing"):
+        TrainConfig(label_smoothing=0.9)

@@ -61,6 +61,24 @@ FlipAugmentOption = typer.Option(
 )
 RotationOption = typer.Option(None, help="Largest augmentation rotation, in degrees (paper: 3).")
 ShiftOption = typer.Option(None, help="Largest augmentation shift, in pixels (paper: 0).")
+ScaleOption = typer.Option(
+    None,
+    help="Largest augmentation scaling about the crop's centre, 1 +/- this, at most 0.5 "
+    "(paper: 0).",
+)
+PhotometricOption = typer.Option(
+    None,
+    help="Strength of random gamma, contrast, blur and noise on the training images, 0 to 1 "
+    "(paper: 0).",
+)
+LabelSmoothingOption = typer.Option(
+    None, help="Label smoothing of the training targets, 0 to 0.5 (paper: 0)."
+)
+MixupOption = typer.Option(
+    None,
+    help="mixup: blend training images and their targets in pairs, proportions from "
+    "Beta(X, X), 0 to 4 (paper: 0: off).",
+)
 NormalisationOption = typer.Option(
     None,
     help="z-score statistics: global (one mean and std), per pixel, "
@@ -101,6 +119,10 @@ TRAIN_OPTIONS = {
     "flip": "flip",
     "max_rotation": "max_rotation",
     "max_shift": "max_shift",
+    "max_scale": "max_scale",
+    "photometric": "photometric",
+    "label_smoothing": "label_smoothing",
+    "mixup": "mixup",
     "normalisation": "normalisation",
     "flip_tta": "test_time_flip",
     "init": "init_model",
@@ -124,6 +146,10 @@ def training_options(
     flip: bool | None = FlipAugmentOption,
     max_rotation: float | None = RotationOption,
     max_shift: float | None = ShiftOption,
+    max_scale: float | None = ScaleOption,
+    photometric: float | None = PhotometricOption,
+    label_smoothing: float | None = LabelSmoothingOption,
+    mixup: float | None = MixupOption,
     normalisation: Normalisation | None = NormalisationOption,
     flip_tta: bool | None = FlipOption,
     init: Path | None = InitOption,

@@ -213,6 +213,18 @@ class TrainConfig(JsonConfig):
     max_rotation: float = 3.0
     # Random shifts of up to this many pixels (0: none, the paper).
     max_shift: float = 0.0
+    # Random scaling about the crop's centre by up to 1 +/- this (0: none, the paper): the
+    # crop box of another detector or camera distance (0.15: 0.87 to 1.15).
+    max_scale: float = 0.0
+    # Photometric augmentation of the training crops (0: none, the paper; 1: full strength):
+    # random gamma, contrast, blur and noise, drawn every epoch (augment.PHOTOMETRIC_RANGES).
+    photometric: float = 0.0
+    # Label smoothing of the training targets (0: none, the paper): a confident network on one
+    # dataset is a confidently wrong one on another.
+    label_smoothing: float = 0.0
+    # mixup (0: none, the paper): every training image and its target blended with another's,
+    # in a proportion drawn from Beta(mixup, mixup) (0.2: mostly one image, a little of the other).
+    mixup: float = 0.0
     # z-score statistics from the training images (NORMALISATIONS): one mean/std ("global"),
     # per pixel, one mean/std per dataset of a combination ("per-dataset"), or none but each
     # crop's own ("image").
@@ -249,6 +261,13 @@ TRAIN_SETTINGS = {
     "flip": Setting("--flip", bool),
     "max_rotation": Setting("--max-rotation", float, low=0.0, high=180.0),
     "max_shift": Setting("--max-shift", float, low=0.0, high=float(CROP_SIZE)),
+    # Scaling a crop by more than half would leave too little face (or too much border).
+    "max_scale": Setting("--max-scale", float, low=0.0, high=0.5),
+    "photometric": Setting("--photometric", float, low=0.0, high=1.0),
+    # Beyond this, the smoothed target of the true class falls towards the others'.
+    "label_smoothing": Setting("--label-smoothing", float, low=0.0, high=0.5),
+    # Beta(a, a) with a large a mixes every pair half and half: no longer a training image.
+    "mixup": Setting("--mixup", float, low=0.0, high=4.0),
     "normalisation": Setting("--normalisation", str, NORMALISATIONS),
     "seed": Setting("--seed", int, low=0, high=MAX_SEED),
     "test_time_flip": Setting("--flip-tta", bool),

@@ -82,7 +82,7 @@ def fit(
         start_from(model, load_starting_model(config), list(config.classes))
     optimizer = make_optimizer(config)
     optimizer.build(model.trainable_variables)
-    loss_function = keras.losses.CategoricalCrossentropy()
+    loss_function = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
     batch_size = config.batch_size
     size = crops.shape[1]
 
