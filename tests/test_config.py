@@ -89,7 +89,7 @@ def test_every_training_setting_has_one_rule_and_the_defaults_pass():
     from dataclasses import fields
 
     assert {item.name for item in fields(TrainConfig)} == set(TRAIN_SETTINGS)
-    for recipe in ("paper", "best"):
+    for recipe in ("paper", "best", "robust"):
         recipe_config(recipe)  # the recipes are valid settings
     TrainConfig.from_dict(TrainConfig(seed=7, learning_rate=0.01).to_dict())
 

@@ -244,6 +244,9 @@ def test_recipes_are_starting_points_that_options_override():
     }
     with pytest.raises(Exception, match="unknown recipe 'fastest'"):
         recipe_config("fastest")
+    robust = recipe_config("robust")
+    assert robust.max_scale == 0.15 and robust.max_shift == 3.0
+    assert robust.variant == best.variant and robust.test_time_flip == best.test_time_flip
 
 
 # --- refusals ---------------------------------------------------------------------------

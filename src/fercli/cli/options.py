@@ -28,8 +28,9 @@ SharedClassesOption = typer.Option(
 # that the command line, grids and the API refuse the same values with the same message.
 RecipeOption = typer.Option(
     Recipe.paper,
-    help="Starting settings: paper (the paper's recipe) or best (the best "
-    "measured; slower). Options given here override the recipe's.",
+    help="Starting settings: paper (the paper's recipe), best (the best "
+    "measured; slower) or robust (best with the crop jittered in scale and position: for photos "
+    "from another camera or crop). Options given here override the recipe's.",
 )
 EpochsOption = typer.Option(None, help="Passes over the (enlarged) training set (paper: 100).")
 BatchOption = typer.Option(None, "--batch-size", help="Mini-batch size (paper: 16).")

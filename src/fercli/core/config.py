@@ -279,10 +279,20 @@ TRAIN_SETTINGS = {
 
 # Named starting points for train and crossval; options given on the command line override
 # them. "paper" is the paper's network and training, augmentation as the paper words it.
-# "best" is the best recipe measured on the development views (README, Accuracy).
+# "best" is the best recipe measured on the development views (README, Accuracy). "robust" is
+# best with geometric jitter of the crop (scaled by up to 1 +/- 0.15, shifted by up to 3
+# pixels): on bench/shift.py's proxy it held the clean subject split (93.4% against 93.1%) and
+# raised the mean over simulated camera and crop shifts from 82.1% to 90.7% (seeds 0-2), at
+# the same cost.
 RECIPES: dict[str, dict] = {
     "paper": {},
     "best": {"variant": "batchnorm-dropout", "test_time_flip": True},
+    "robust": {
+        "variant": "batchnorm-dropout",
+        "test_time_flip": True,
+        "max_scale": 0.15,
+        "max_shift": 3.0,
+    },
 }
 
 
