@@ -118,3 +118,23 @@ def test_fer_predict_adapt_refuses_too_few_faces(batchnorm_model, astronaut_path
     assert result.exit_code == 1
     assert f"--adapt needs at least {MIN_FACES} faces" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_image_normalised_model_adapts_to_its_standardised_crops(tmp_path):
+    # --normalisation image: the network's statistics are of crops each standardised by its
+    # own mean and std, so --adapt must estimate them over those, not over the grey levels.
+    training = make_dataset(labels=LABELS, subjects=6)
+    output = tmp_path / "image.npz"
+    config = TrainConfig(variant="batchnorm", epochs=6, copies=0, normalisation="image")
+    model = load_model(train_model(training, config, output).path)
+    assert model.per_image
+    people = make_dataset(labels=LABELS, subjects=4, seed=12)
+    crops = (people.crops // 2) * 2  # even grey levels: halving them below is exact
+    adapted, _ = adapt_model(model, crops)
+    # Standardised crops have mean 0 and deviation 1 whatever the camera (grey levels: ~100).
+    assert adapted.per_image and abs(float(adapted.mean)) < 1e-6
+    assert abs(float(adapted.std) - 1) < 0.01
+    assert accuracy(adapted, people) >= accuracy(model, people) - 0.1
+    # So a darker, flatter camera adapts to the very same model.
+    darker, _ = adapt_model(model, (crops // 2 + 60).astype(np.uint8))
+    np.testing.assert_allclose(darker.predict_proba(crops), adapted.predict_proba(crops), atol=1e-6)

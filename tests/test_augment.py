@@ -1,4 +1,4 @@
-"""Augmentation, and the training images built a chunk at a time (fercli.augment)."""
+"""Augmentation, and the training images built a chunk at a time (fercli.learn.augment)."""
 
 from __future__ import annotations
 
@@ -219,3 +219,91 @@ def test_fit_trains_on_the_same_batches_in_chunks(dataset, monkeypatch):
         assert all(np.isfinite(loss) and 0 <= accuracy <= 1 for _, loss, accuracy in losses)
         for a, b in zip(whole.get_weights(), chunked.get_weights(), strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_scale_augmentation_zooms_about_the_centre_within_the_limit():
+    from fercli.core.errors import SettingError
+    from fercli.learn.augment import copies_transforms, transform_images
+
+    square = np.zeros((1, 32, 32), np.float32)
+    square[0, 12:20, 12:20] = 255.0  # an 8x8 square in the middle
+    nothing = np.zeros(1, bool), np.zeros(1), np.zeros((1, 2))
+    bigger = transform_images(square, *nothing, np.array([1.5]))
+    smaller = transform_images(square, *nothing, np.array([0.75]))
+    area = (square > 127).sum()
+    assert (bigger > 127).sum() > 1.8 * area and (smaller > 127).sum() < 0.7 * area
+    # The centre stays where it was.
+    rows, columns = np.nonzero(bigger[0] > 127)
+    assert abs(rows.mean() - 15.5) < 0.6 and abs(columns.mean() - 15.5) < 0.6
+    # Copies: the originals unscaled, the copies within 1 +/- max_scale, several scales.
+    transforms = copies_transforms(100, np.random.default_rng(0), 2, True, 3.0, 0.0, 0.2)
+    assert np.all(transforms.scales[:100] == 1)
+    copies = transforms.scales[100:]
+    assert copies.min() >= 0.8 and copies.max() <= 1.2 and copies.std() > 0.05
+    # No scaling draws nothing: the paper recipe's random stream is unchanged.
+    assert copies_transforms(100, np.random.default_rng(0), 2, True, 3.0).scales is None
+    with pytest.raises(SettingError, match="max_scale"):
+        TrainConfig(max_scale=0.7)
+    with pytest.raises(SettingError, match="max_scale"):
+        TrainConfig(max_scale=float("nan"))
+
+
+def test_photometric_augmentation_changes_the_look_not_the_layout(dataset):
+    from fercli.learn.augment import photometric_jitter
+
+    images = dataset.crops[:200].astype(np.float32)
+    jittered = photometric_jitter(images, np.random.default_rng(1), 1.0)
+    again = photometric_jitter(images, np.random.default_rng(1), 1.0)
+    assert np.array_equal(jittered, again) and jittered.dtype == np.float32
+    assert jittered.min() >= 0 and jittered.max() <= 255
+    changed = np.abs(jittered - images).mean(axis=(1, 2)) > 0.5
+    assert 0.7 < changed.mean() < 1.0  # each of four looks on half: about 15/16 changed
+    # The shape is kept: each image still correlates with its original far more than with
+    # another class's image.
+    own = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(jittered, images, strict=True)]
+    assert np.median(own) > 0.8
+    assert np.array_equal(photometric_jitter(images, np.random.default_rng(1), 0.0), images)
+
+
+def test_photometric_strength_zero_draws_nothing_and_is_checked(dataset):
+    from fercli.core.errors import SettingError
+
+    crops, targets = dataset.crops[:64], np.arange(64) % 7
+    plain = TrainingImages(crops, targets, 7, TrainConfig(copies=1), np.random.default_rng(3), 0, 1)
+    jittered = TrainingImages(
+        crops, targets, 7, TrainConfig(copies=1, photometric=0.5), np.random.default_rng(3), 0, 1
+    )
+    [(x_plain, y_plain)], [(x_jittered, y_jittered)] = plain.epoch(), jittered.epoch()
+    assert np.array_equal(y_plain, y_jittered) and not np.array_equal(x_plain, x_jittered)
+    # The looks are drawn anew every epoch: the same source image looks different.
+    [(x2_jittered, _)] = jittered.epoch()
+    assert not np.array_equal(np.sort(x2_jittered, axis=None), np.sort(x_jittered, axis=None))
+    with pytest.raises(SettingError, match="photometric"):
+        TrainConfig(photometric=1.5)
+
+
+def test_mixup_blends_images_and_targets_in_the_same_proportion(dataset):
+    from fercli.core.errors import SettingError
+    from fercli.learn.augment import mix_up
+
+    # One class per image, so that each target names the two images it blends.
+    x = dataset.crops[:100].astype(np.float32)
+    y = np.eye(100, dtype=np.float32)
+    mixed_x, mixed_y = mix_up(x, y, np.random.default_rng(0), 0.4)
+    assert mixed_x.shape == x.shape and np.allclose(mixed_y.sum(1), 1)
+    for index in range(100):
+        weights = mixed_y[index].copy()
+        own = weights[index]
+        weights[index] = 0
+        partner = int(weights.argmax())
+        expected = own * x[index] + (1 - own) * x[partner]
+        assert np.allclose(mixed_x[index], expected, atol=1e-2)
+    assert not np.allclose(mixed_x, x)
+    crops, targets = dataset.crops[:64], np.arange(64) % 7
+    images = TrainingImages(
+        crops, targets, 7, TrainConfig(copies=1, mixup=0.2), np.random.default_rng(3), 0, 1
+    )
+    [(_, soft)] = images.epoch()
+    assert np.allclose(soft.sum(1), 1) and (soft.max(1) < 1 - 1e-6).any()
+    with pytest.raises(SettingError, match="mixup"):
+        TrainConfig(mixup=-1)

@@ -34,6 +34,10 @@ BAD = [
     ("learning_rate", "--lr", math.nan, "must be a finite number, not nan"),
     ("max_rotation", "--max-rotation", math.inf, "must be a finite number, not inf"),
     ("variant", "--variant", "huge", "'huge' is not one of paper, dropout"),
+    ("max_scale", "--max-scale", 0.7, "0.7 is more than 0.5, the largest that makes sense"),
+    ("photometric", "--photometric", -0.5, "-0.5 must be at least 0"),
+    ("label_smoothing", "--label-smoothing", 0.9, "0.9 is more than 0.5"),
+    ("mixup", "--mixup", math.nan, "must be a finite number, not nan"),
 ]
 
 
@@ -48,7 +52,7 @@ def test_a_bad_setting_is_refused_by_the_settings_themselves(field, option, valu
 
 # Choices (--augment-mode, --variant) are refused by the command line's parser itself, which
 # lists them (a usage error, exit 2); numbers reach the settings.
-@pytest.mark.parametrize(("field", "option", "value", "ending"), BAD[1:8])
+@pytest.mark.parametrize(("field", "option", "value", "ending"), BAD[1:8] + BAD[-4:-1])
 def test_the_command_line_refuses_with_the_same_message(field, option, value, ending):
     result = CliRunner().invoke(app, ["train", option, str(value)])
     assert result.exit_code == 1, result.output
@@ -57,7 +61,7 @@ def test_the_command_line_refuses_with_the_same_message(field, option, value, en
     assert f"error: {refused.value}" in " ".join(result.output.split())
 
 
-@pytest.mark.parametrize(("field", "option", "value", "ending"), BAD[:8])
+@pytest.mark.parametrize(("field", "option", "value", "ending"), BAD[:8] + BAD[-4:-1])
 def test_a_grid_refuses_with_the_same_message(field, option, value, ending):
     key = "lr" if field == "learning_rate" else field
     if field == "seed":
@@ -85,7 +89,7 @@ def test_every_training_setting_has_one_rule_and_the_defaults_pass():
     from dataclasses import fields
 
     assert {item.name for item in fields(TrainConfig)} == set(TRAIN_SETTINGS)
-    for recipe in ("paper", "best"):
+    for recipe in ("paper", "best", "robust"):
         recipe_config(recipe)  # the recipes are valid settings
     TrainConfig.from_dict(TrainConfig(seed=7, learning_rate=0.01).to_dict())
 

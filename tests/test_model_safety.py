@@ -23,7 +23,13 @@ import pytest
 from fercli.core.config import ALIGN_VERSION, PreprocessConfig, TrainConfig, fingerprint
 from fercli.core.errors import ModelError
 from fercli.core.store import pack_json, unpack_json
-from fercli.infer.model import MAX_MODEL_BYTES, MODEL_FORMAT, MODEL_FORMAT_VERSION, load_model
+from fercli.infer.model import (
+    MAX_MODEL_BYTES,
+    MODEL_FORMAT,
+    MODEL_FORMAT_VERSION,
+    READABLE_FORMAT_VERSIONS,
+    load_model,
+)
 from synthetic import make_dataset
 
 SOURCE = Path(__file__).parents[1] / "src" / "fercli"
@@ -341,11 +347,9 @@ def unusable_models(folder: Path, model_file: Path) -> dict[str, tuple[Path, str
     cases["dataset.npz"] = (dataset, "not a fercli model file")
     np.save(folder / "single.npy", np.zeros(3))  # a lone array, not an archive
     cases["single.npy"] = (folder / "single.npy", "not a fercli model file")
-    write_model(folder / "future.npz", meta_changes={"format_version": MODEL_FORMAT_VERSION + 1})
-    cases["future.npz"] = (
-        folder / "future.npz",
-        f"model format version {MODEL_FORMAT_VERSION + 1} is not supported",
-    )
+    future = max(READABLE_FORMAT_VERSIONS) + 1
+    write_model(folder / "future.npz", meta_changes={"format_version": future})
+    cases["future.npz"] = (folder / "future.npz", f"model format version {future} is not supported")
     old_settings = PreprocessConfig().to_dict()
     write_model(
         folder / "old-align.npz",

@@ -244,6 +244,9 @@ def test_recipes_are_starting_points_that_options_override():
     }
     with pytest.raises(Exception, match="unknown recipe 'fastest'"):
         recipe_config("fastest")
+    robust = recipe_config("robust")
+    assert robust.max_scale == 0.15 and robust.max_shift == 3.0
+    assert robust.variant == best.variant and robust.test_time_flip == best.test_time_flip
 
 
 # --- refusals ---------------------------------------------------------------------------
@@ -362,3 +365,67 @@ def test_a_starting_model_that_saw_these_images_under_another_name_is_refused(st
     config = TrainConfig(epochs=1, init_model=str(starting_model), classes=("anger", "happiness"))
     with pytest.raises(FerError, match="trained on 32 of these 32 images"):
         cross_validate(copied, config, folds=2)
+
+
+# --- normalisation by each crop's own statistics (--normalisation image) -----------------
+
+
+def test_image_normalisation_makes_a_model_blind_to_a_photos_brightness_and_contrast(tmp_path):
+    from fercli.infer.model import load_model
+    from fercli.learn.training import train_model
+
+    dataset = make_dataset(subjects=4)
+    config = TrainConfig(epochs=2, copies=0, normalisation="image")
+    result = train_model(dataset, config, tmp_path / "image.npz")
+    # train_model refuses a file whose NumPy forward pass disagrees with Keras.
+    assert result.runtime_difference <= 1e-4
+    model = load_model(result.path)
+    assert model.per_image and model.meta["format_version"] == 3
+    crops = (dataset.crops[:20] // 2) * 2  # even grey levels: halving them is exact
+    dimmer = (crops // 2 + 60).astype(np.uint8)
+    np.testing.assert_allclose(model.predict_proba(dimmer), model.predict_proba(crops), atol=1e-6)
+
+
+def test_image_normalisation_needs_no_statistics_of_the_training_set():
+    from fercli.infer.model import standardise_each
+
+    crops = np.full((3, 32, 32), 7, np.uint8)
+    crops[1, :16] = 200
+    mean, std = normalisation(crops, "image")
+    assert float(mean) == 0.0 and float(std) == 1.0
+    standardised = standardise_each(crops)
+    assert np.allclose(standardised[1].mean(), 0) and np.allclose(standardised[1].std(), 1)
+    assert np.all(standardised[0] == 0)  # a flat crop stays flat, with no division by zero
+
+
+def test_a_crossval_with_image_normalisation_saves_an_ensemble_that_agrees_with_keras(
+    dataset, tmp_path
+):
+    from fercli.infer.model import load_model
+    from fercli.learn.crossval_files import save_crossval_model
+
+    config = TrainConfig(epochs=1, copies=0, normalisation="image")
+    report = cross_validate(dataset, config, folds=2, group="random")
+    # Each fold's NumPy network standardises its test crops as Keras did.
+    assert [exported["difference"] <= 1e-4 for exported in report.exports] == [True, True]
+    model = load_model(save_crossval_model(report, dataset, tmp_path / "folds.npz"))
+    assert model.per_image and len(model.networks) == 2
+    assert all(member.per_image for member in model.networks)
+
+
+def test_label_smoothing_makes_the_network_less_sure_of_itself(dataset):
+    from fercli.core.errors import SettingError
+    from fercli.learn.training import keras_probabilities
+
+    selection = select_classes(dataset)
+    configure_tensorflow(None)
+    confidence = {}
+    for smoothing in (0.0, 0.3):
+        config = TrainConfig(epochs=4, copies=0, label_smoothing=smoothing)
+        model, mean, std = fit(selection.crops, selection.targets, 7, config, 0)
+        probabilities = keras_probabilities(model, selection.crops, mean, std)
+        assert np.mean(probabilities.argmax(1) == selection.targets) > 0.5
+        confidence[smoothing] = float(probabilities.max(1).mean())
+    assert confidence[0.3] < confidence[0.0] - 0.05
+    with pytest.raises(SettingError, match="label_smoothing"):
+        TrainConfig(label_smoothing=0.9)

@@ -28,8 +28,9 @@ SharedClassesOption = typer.Option(
 # that the command line, grids and the API refuse the same values with the same message.
 RecipeOption = typer.Option(
     Recipe.paper,
-    help="Starting settings: paper (the paper's recipe) or best (the best "
-    "measured; slower). Options given here override the recipe's.",
+    help="Starting settings: paper (the paper's recipe), best (the best "
+    "measured; slower) or robust (best with the crop jittered in scale and position: for photos "
+    "from another camera or crop). Options given here override the recipe's.",
 )
 EpochsOption = typer.Option(None, help="Passes over the (enlarged) training set (paper: 100).")
 BatchOption = typer.Option(None, "--batch-size", help="Mini-batch size (paper: 16).")
@@ -61,10 +62,29 @@ FlipAugmentOption = typer.Option(
 )
 RotationOption = typer.Option(None, help="Largest augmentation rotation, in degrees (paper: 3).")
 ShiftOption = typer.Option(None, help="Largest augmentation shift, in pixels (paper: 0).")
+ScaleOption = typer.Option(
+    None,
+    help="Largest augmentation scaling about the crop's centre, 1 +/- this, at most 0.5 "
+    "(paper: 0).",
+)
+PhotometricOption = typer.Option(
+    None,
+    help="Strength of random gamma, contrast, blur and noise on the training images, 0 to 1 "
+    "(paper: 0).",
+)
+LabelSmoothingOption = typer.Option(
+    None, help="Label smoothing of the training targets, 0 to 0.5 (paper: 0)."
+)
+MixupOption = typer.Option(
+    None,
+    help="mixup: blend training images and their targets in pairs, proportions from "
+    "Beta(X, X), 0 to 4 (paper: 0: off).",
+)
 NormalisationOption = typer.Option(
     None,
-    help="z-score statistics: global (one mean and std), per pixel, or "
-    "per-dataset (several datasets, crossval only: each dataset's own) (paper: global).",
+    help="z-score statistics: global (one mean and std), per pixel, "
+    "per-dataset (several datasets, crossval only: each dataset's own), or image (each crop by "
+    "its own: a photo needs no statistics of its set) (paper: global).",
 )
 InitOption = typer.Option(
     None,
@@ -100,6 +120,10 @@ TRAIN_OPTIONS = {
     "flip": "flip",
     "max_rotation": "max_rotation",
     "max_shift": "max_shift",
+    "max_scale": "max_scale",
+    "photometric": "photometric",
+    "label_smoothing": "label_smoothing",
+    "mixup": "mixup",
     "normalisation": "normalisation",
     "flip_tta": "test_time_flip",
     "init": "init_model",
@@ -123,6 +147,10 @@ def training_options(
     flip: bool | None = FlipAugmentOption,
     max_rotation: float | None = RotationOption,
     max_shift: float | None = ShiftOption,
+    max_scale: float | None = ScaleOption,
+    photometric: float | None = PhotometricOption,
+    label_smoothing: float | None = LabelSmoothingOption,
+    mixup: float | None = MixupOption,
     normalisation: Normalisation | None = NormalisationOption,
     flip_tta: bool | None = FlipOption,
     init: Path | None = InitOption,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fercli.core.errors import FerError
-from fercli.infer.model import FerModel, Member
+from fercli.infer.model import FerModel, Member, input_values, network_input
 from fercli.infer.runtime import NumpyNetwork, batchnorm_names
 
 # Fewer faces than this give statistics too noisy to trust (a per-pixel mean of 32x32 values
@@ -76,15 +76,17 @@ def adapt_model(model: FerModel, crops: np.ndarray) -> tuple[FerModel, Adaptatio
 
 
 def _adapt_member(member: Member, crops: np.ndarray) -> Member:
-    pixels = crops.astype(np.float64)
-    if np.ndim(member.mean) == 0:  # one mean and deviation ("global")
-        mean, std = np.float64(pixels.mean()), np.float64(pixels.std())
+    # The statistics of what the network's z-score step sees: with --normalisation image, the
+    # crops each standardised by their own mean and std first, as Member.predict_proba does.
+    values = input_values(crops, member.per_image)
+    if np.ndim(member.mean) == 0:  # one mean and deviation ("global", "image")
+        mean, std = np.float64(values.mean()), np.float64(values.std())
     else:  # per pixel
-        mean, std = pixels.mean(axis=0), pixels.std(axis=0)
-    std = np.maximum(std, 1e-6)
-    inputs = ((pixels - mean) / std)[..., np.newaxis]
+        mean, std = values.mean(axis=0), values.std(axis=0)
+    mean, std = np.asarray(mean), np.asarray(np.maximum(std, 1e-6))
+    inputs = network_input(crops, mean, std, member.per_image)
     network = _adapt_batchnorm(member.network, inputs)
-    return Member(network, np.asarray(mean), np.asarray(std))
+    return Member(network, mean, std, member.per_image)
 
 
 def _adapt_batchnorm(network: NumpyNetwork, inputs: np.ndarray) -> NumpyNetwork:

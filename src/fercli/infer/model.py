@@ -27,7 +27,11 @@ MODEL_FORMAT = "fercli-model"
 # norm_mean, norm_std); meta "members" describes the others, whose arrays are prefixed
 # member<i>_. Version 1 files (one network) are read as they are.
 MODEL_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+# Version 3: the same layout, with each crop standardised by its own mean and std before the
+# stored statistics (meta "per_image_standardisation"); written only for such models, so that
+# an older fercli refuses them rather than feeding them unstandardised crops.
+PER_IMAGE_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 # An ensemble averages a few networks (a crossval's folds); more would only cost predict time.
 MAX_ENSEMBLE_MEMBERS = 50
 # A model holds a few MB of weights (the widest variant about 4 MB). Refuse files that unpack
@@ -44,6 +48,33 @@ def crop_hashes(crops: np.ndarray) -> np.ndarray:
     return np.unique(crop_digests(crops, TRAINING_HASH_BYTES), axis=0)
 
 
+# A crop's own standard deviation is floored at one grey level: a flat crop stays flat.
+MIN_IMAGE_STD = 1.0
+
+
+def standardise_each(crops: np.ndarray) -> np.ndarray:
+    """Each crop (n, s, s) minus its own mean, divided by its own standard deviation (float64):
+    --normalisation image, which needs no statistics of the set a photo comes from."""
+    values = crops.astype(np.float64)
+    mean = values.mean(axis=(1, 2), keepdims=True)
+    std = np.maximum(values.std(axis=(1, 2), keepdims=True), MIN_IMAGE_STD)
+    return (values - mean) / std
+
+
+def input_values(crops: np.ndarray, per_image: bool = False) -> np.ndarray:
+    """uint8 crops (n, s, s) as the float64 values the z-score statistics are of: the grey
+    levels, or standardise_each's when per_image."""
+    return standardise_each(crops) if per_image else crops.astype(np.float64)
+
+
+def network_input(
+    crops: np.ndarray, mean: np.ndarray, std: np.ndarray, per_image: bool = False
+) -> np.ndarray:
+    """uint8 crops (n, s, s) -> the network's float64 input (n, s, s, 1): input_values
+    z-scored with the training statistics."""
+    return ((input_values(crops, per_image) - mean) / std)[..., np.newaxis]
+
+
 @dataclass
 class Member:
     """One network of a model file with its own z-score statistics."""
@@ -51,9 +82,10 @@ class Member:
     network: NumpyNetwork
     mean: np.ndarray
     std: np.ndarray
+    per_image: bool = False  # standardise_each before the statistics
 
     def predict_proba(self, crops: np.ndarray, flip: bool) -> np.ndarray:
-        x = ((crops.astype(np.float64) - self.mean) / self.std)[..., np.newaxis]
+        x = network_input(crops, self.mean, self.std, self.per_image)
         if not flip:
             return self.network(x)
         # The faces and their mirror images in one pass.
@@ -69,6 +101,7 @@ class ExportedNetwork:
     weights: dict[str, np.ndarray]
     mean: np.ndarray
     std: np.ndarray
+    per_image: bool = False  # standardise_each before the statistics
 
 
 @dataclass
@@ -89,8 +122,13 @@ class FerModel:
     members: list[Member] = field(default_factory=list)
 
     @property
+    def per_image(self) -> bool:
+        """Whether each crop is standardised by its own mean and std first."""
+        return bool(self.meta.get("per_image_standardisation"))
+
+    @property
     def networks(self) -> list[Member]:
-        return self.members or [Member(self.network, self.mean, self.std)]
+        return self.members or [Member(self.network, self.mean, self.std, self.per_image)]
 
     @cached_property
     def _training_digests(self) -> frozenset[bytes]:
@@ -108,7 +146,7 @@ class FerModel:
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
         """uint8 crops (n, s, s) -> z-scored network input (n, s, s, 1)."""
-        return ((crops.astype(np.float64) - self.mean) / self.std)[..., np.newaxis]
+        return network_input(crops, self.mean, self.std, self.per_image)
 
     def predict(self, image):
         """The expression of every face in an image (a path, or a BGR or grayscale uint8
@@ -157,6 +195,8 @@ def save_networks(
             f"a model file holds 1 to {MAX_ENSEMBLE_MEMBERS} networks, not {len(networks)}"
         )
     first, others = networks[0], networks[1:]
+    if len({network.per_image for network in networks}) > 1:
+        raise ModelError("the networks of one model file must all standardise crops alike")
     weights = dict(first.weights)
     members = []
     for number, network in enumerate(others, start=1):
@@ -172,7 +212,7 @@ def save_networks(
         )
     meta = {
         "format": MODEL_FORMAT,
-        "format_version": MODEL_FORMAT_VERSION,
+        "format_version": PER_IMAGE_FORMAT_VERSION if first.per_image else MODEL_FORMAT_VERSION,
         "classes": list(classes),
         "layers": first.specs,
         "members": members,
@@ -184,6 +224,8 @@ def save_networks(
         "versions": library_versions(),
         **(extra or {}),
     }
+    if first.per_image:
+        meta["per_image_standardisation"] = True
     arrays = {
         "meta": pack_json(meta),
         "norm_mean": np.asarray(first.mean, np.float64),
@@ -304,7 +346,8 @@ def _read_model_file(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     if meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise ModelError(
             f"{path}: model format version {meta.get('format_version')} is not supported by this "
-            f"fercli (it reads versions {' and '.join(map(str, READABLE_FORMAT_VERSIONS))}); "
+            f"fercli (it reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS[:-1]))} and "
+            f"{READABLE_FORMAT_VERSIONS[-1]}); "
             "retrain with `fer train`"
         )
     return meta, arrays
@@ -367,11 +410,12 @@ def _assemble_model(meta: dict, arrays: dict, preprocess: PreprocessConfig, path
         training_hashes=_training_hashes(arrays.get("training_hashes")),
     )
     if described:
-        model.members = [Member(network, model.mean, model.std)] + [
+        model.members = [Member(network, model.mean, model.std, model.per_image)] + [
             Member(
                 NumpyNetwork(member["layers"], weights),
                 arrays[member["norm_mean"]].astype(np.float64),
                 arrays[member["norm_std"]].astype(np.float64),
+                model.per_image,
             )
             for member in described
         ]

@@ -484,7 +484,9 @@ def _runtime_difference(
     from fercli.infer.runtime import NumpyNetwork
 
     network = exported["network"]
-    member = Member(NumpyNetwork(network.specs, network.weights), network.mean, network.std)
+    member = Member(
+        NumpyNetwork(network.specs, network.weights), network.mean, network.std, network.per_image
+    )
     with np.errstate(all="ignore"):
         return (
             float(np.abs(member.predict_proba(crops, flip) - expected).max()) if len(crops) else 0.0

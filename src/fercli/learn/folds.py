@@ -157,7 +157,10 @@ def train_fold(
         fold_seed(task.config.seed, task.fold),
         tracked,
     )
-    probabilities = keras_probabilities(model, test_crops, mean, std, task.config.test_time_flip)
+    per_image = task.config.normalisation == "image"
+    probabilities = keras_probabilities(
+        model, test_crops, mean, std, task.config.test_time_flip, per_image
+    )
     diverged = divergence(model, last["loss"], last["epoch"], probabilities)
     return {
         "key": task.key,
@@ -170,18 +173,22 @@ def train_fold(
         # Per-dataset statistics exist only inside the fold: such a network cannot be saved.
         "export": None
         if diverged or test_crops.dtype != np.uint8
-        else fold_export(model, mean, std, task.config.test_time_flip),
+        else fold_export(model, mean, std, task.config.test_time_flip, per_image),
     }
 
 
-def fold_export(model, mean: np.ndarray, std: np.ndarray, flip: bool) -> dict:
+def fold_export(
+    model, mean: np.ndarray, std: np.ndarray, flip: bool, per_image: bool = False
+) -> dict:
     """A fold's network as plain arrays for the crossval ensemble file, with what Keras gives
     on the load check's crops (probe_crops), which the saved file must reproduce."""
     from fercli.infer.model import probe_crops
     from fercli.learn.network import export_network
 
-    probe = keras_probabilities(model, probe_crops(model.input_shape[1]), mean, std, flip)
-    return {"network": export_network(model, mean, std), "probe": probe}
+    probe = keras_probabilities(
+        model, probe_crops(model.input_shape[1]), mean, std, flip, per_image
+    )
+    return {"network": export_network(model, mean, std, per_image), "probe": probe}
 
 
 @dataclass

@@ -121,11 +121,14 @@ def export_layers(keras_model) -> tuple[list[dict], dict[str, np.ndarray]]:
     return specs, weights
 
 
-def export_network(keras_model, mean: np.ndarray, std: np.ndarray) -> ExportedNetwork:
-    """A trained Keras network and its statistics, as plain arrays (picklable, no Keras)."""
+def export_network(
+    keras_model, mean: np.ndarray, std: np.ndarray, per_image: bool = False
+) -> ExportedNetwork:
+    """A trained Keras network and its statistics, as plain arrays (picklable, no Keras);
+    per_image: each crop is standardised by its own statistics first (--normalisation image)."""
     specs, weights = export_layers(keras_model)
     return ExportedNetwork(
-        specs, weights, np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        specs, weights, np.asarray(mean, np.float64), np.asarray(std, np.float64), per_image
     )
 
 

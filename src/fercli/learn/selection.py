@@ -69,7 +69,10 @@ def select_classes(dataset: PreparedDataset, classes: tuple[str, ...] = ()) -> S
 
 def normalisation(crops: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """z-score statistics of (training) crops: one mean and std, or one per pixel.
-    "per-dataset" is "global" here: its per-dataset step happens before (fold_inputs)."""
+    "per-dataset" is "global" here: its per-dataset step happens before (fold_inputs); "image"
+    is 0 and 1: each crop is standardised by its own statistics (infer.model.standardise_each)."""
+    if mode == "image":
+        return np.array(0.0), np.array(1.0)
     values = crops.astype(np.float64)
     if mode in ("global", "per-dataset"):
         mean, std = np.array(values.mean()), np.array(values.std())

@@ -82,7 +82,7 @@ def fit(
         start_from(model, load_starting_model(config), list(config.classes))
     optimizer = make_optimizer(config)
     optimizer.build(model.trainable_variables)
-    loss_function = keras.losses.CategoricalCrossentropy()
+    loss_function = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
     batch_size = config.batch_size
     size = crops.shape[1]
 
@@ -180,10 +180,19 @@ def divergence(model, last_loss: float, epoch: int, probabilities: np.ndarray) -
 
 
 def keras_probabilities(
-    model, crops: np.ndarray, mean: np.ndarray, std: np.ndarray, flip: bool = False
+    model,
+    crops: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    flip: bool = False,
+    per_image: bool = False,
 ) -> np.ndarray:
-    """Class probabilities from a Keras model for uint8 crops (batched, inference mode)."""
-    x = ((crops.astype(np.float32) - mean) / std).astype(np.float32)[..., np.newaxis]
+    """Class probabilities from a Keras model for uint8 crops (batched, inference mode);
+    per_image: each crop standardised by its own statistics first (--normalisation image)."""
+    from fercli.infer.model import standardise_each
+
+    values = standardise_each(crops) if per_image else crops.astype(np.float32)
+    x = ((values - mean) / std).astype(np.float32)[..., np.newaxis]
     probabilities = np.asarray(model(x, training=False))
     if flip:
         probabilities = (probabilities + np.asarray(model(x[:, :, ::-1], training=False))) / 2
@@ -350,12 +359,15 @@ def train_model(
         # here.
         tf.get_logger().setLevel("ERROR")
     networks, outputs = [], []
+    per_image = config.normalisation == "image"
     for member in range(ensemble):
         seed = config.seed if member == 0 else fold_seed(config.seed, member)
         model, mean, std = fit(
             selection.crops, selection.targets, len(selection.labels), config, seed, on_epoch
         )
-        outputs.append(keras_probabilities(model, sample, mean, std, config.test_time_flip))
+        outputs.append(
+            keras_probabilities(model, sample, mean, std, config.test_time_flip, per_image)
+        )
         diverged = divergence(model, last["loss"], last["epoch"], outputs[-1])
         if diverged:
             left = (
@@ -368,7 +380,7 @@ def train_model(
                 f"training diverged{which}: {diverged}; no model was saved{left} (try a smaller "
                 "--lr)"
             )
-        networks.append(export_network(model, mean, std))
+        networks.append(export_network(model, mean, std, per_image))
     expected = np.mean(outputs, axis=0)
     if ensemble > 1:
         extra["ensemble"] = {

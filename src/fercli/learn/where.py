@@ -137,7 +137,12 @@ def crossval_where(selection, splits: list, results: dict[int, dict], flip: bool
             continue
         test_index = splits[index][1]
         network = exported["network"]
-        member = Member(NumpyNetwork(network.specs, network.weights), network.mean, network.std)
+        member = Member(
+            NumpyNetwork(network.specs, network.weights),
+            network.mean,
+            network.std,
+            network.per_image,
+        )
         tested_by[test_index] = len(networks)
         predicted[test_index] = result["probabilities"].argmax(axis=1)
         grey = grey_crop([network.mean], selection.crops.shape[1])
