@@ -60,6 +60,29 @@ def test_the_map_lies_where_covering_changes_the_answer():
     assert np.allclose(maps[0, 0], -heat)
 
 
+def test_without_a_training_grey_each_face_is_covered_with_its_own_mean():
+    """Networks that standardise each crop by itself have no training grey (grey_crop gives
+    None): the patch is then the face's own mean grey, so a flat face has a flat map of 0."""
+    from fercli.infer.explain import grey_crop
+
+    seen = []
+
+    def predict(crops: np.ndarray) -> np.ndarray:
+        seen.append(crops.copy())
+        bright = crops.mean(axis=(1, 2)) / 255
+        return np.stack([1 - bright, bright], axis=1)
+
+    flat = np.full((1, 32, 32), 90, np.uint8)
+    spotted = flat.copy()
+    spotted[0, 10:14, 10:14] = 250
+    assert grey_crop([np.array(0.0)], 32, per_image=True) is None
+    _, maps = occlusion_maps(predict, np.concatenate([flat, spotted]), None, 8, 2)
+    assert np.all(maps[0] == 0)  # covering a flat face with its own grey changes nothing
+    assert maps[1, 1][10:14, 10:14].min() > 0  # covering the bright spot lowers "bright"
+    patch_values = set(np.unique(seen[0][2][:8, :8]).tolist())  # flat's first occluded copy
+    assert patch_values == {90}
+
+
 def test_deleting_the_top_of_the_map_costs_more_than_deleting_at_random(region_model):
     """The honest map: on new faces of the region data, setting the map's top 10% of pixels to
     the grey lowers the predicted class's probability more than setting a random 10% does, and

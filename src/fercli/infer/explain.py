@@ -67,7 +67,7 @@ def patch_positions(size: int, patch: int, stride: int) -> list[int]:
 def occlusion_maps(
     predict: Callable[[np.ndarray], np.ndarray],
     crops: np.ndarray,
-    grey: np.ndarray,
+    grey: np.ndarray | None,
     patch: int = PATCH,
     stride: int = STRIDE,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +75,8 @@ def occlusion_maps(
     (n, classes, s, s): the drop of that class's probability when a patch of grey (a uint8
     (s, s) image to take the patch's pixels from) covers each pixel, averaged over the patches
     covering it. predict: uint8 crops -> probabilities, called once per FACES_PER_CALL faces
-    with every occluded copy of them."""
+    with every occluded copy of them. grey None: each face's patch is its own mean grey level
+    (networks that standardise each crop by its own statistics: grey_crop)."""
     count, size = len(crops), crops.shape[1]
     positions = patch_positions(size, patch, stride)
     covers = np.zeros((len(positions) ** 2, size, size), bool)
@@ -86,7 +87,11 @@ def occlusion_maps(
     probabilities, maps = [], []
     for start in range(0, count, FACES_PER_CALL):
         chunk = crops[start : start + FACES_PER_CALL]
-        occluded = np.where(covers[None], grey[None, None], chunk[:, None])
+        if grey is None:
+            fill = np.round(chunk.mean(axis=(1, 2))).astype(np.uint8)[:, None, None, None]
+        else:
+            fill = grey[None, None]
+        occluded = np.where(covers[None], fill, chunk[:, None])
         # The crops themselves first, then their occluded copies: one call to the network.
         batch = np.concatenate([chunk, occluded.reshape(-1, size, size)])
         output = np.asarray(predict(batch), np.float64)
@@ -103,9 +108,13 @@ def occlusion_maps(
     return np.concatenate(probabilities), np.concatenate(maps)
 
 
-def grey_crop(means: list[np.ndarray], size: int) -> np.ndarray:
+def grey_crop(means: list[np.ndarray], size: int, per_image: bool = False) -> np.ndarray | None:
     """The uint8 (s, s) grey that patches are cut from: the training crops' mean (a scalar or
-    per pixel; an ensemble's members' means averaged), rounded."""
+    per pixel; an ensemble's members' means averaged), rounded. None for networks that
+    standardise each crop by its own statistics (--normalisation image), whose means are 0:
+    there each face's patch is its own mean grey (occlusion_maps)."""
+    if per_image:
+        return None
     mean = np.mean([np.broadcast_to(np.asarray(m, np.float64), (size, size)) for m in means], 0)
     return np.clip(np.round(mean), 0, 255).astype(np.uint8)
 
@@ -123,7 +132,7 @@ def explain_crops(
     crops = np.asarray(crops, np.uint8)
     if len(crops) == 0:
         return []
-    grey = grey_crop([member.mean for member in model.networks], crops.shape[1])
+    grey = grey_crop([member.mean for member in model.networks], crops.shape[1], model.per_image)
     probabilities, maps = occlusion_maps(model.predict_proba, crops, grey, patch, stride)
     explained = []
     for crop, box, row, face_maps in zip(crops, boxes, probabilities, maps, strict=True):

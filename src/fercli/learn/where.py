@@ -145,7 +145,7 @@ def crossval_where(selection, splits: list, results: dict[int, dict], flip: bool
         )
         tested_by[test_index] = len(networks)
         predicted[test_index] = result["probabilities"].argmax(axis=1)
-        grey = grey_crop([network.mean], selection.crops.shape[1])
+        grey = grey_crop([network.mean], selection.crops.shape[1], network.per_image)
         networks.append((partial(member.predict_proba, flip=flip), grey))
     if not networks:
         return None
@@ -181,7 +181,10 @@ def model_where(
 
     members = model.networks
     networks = [
-        (partial(renormalised, member), grey_crop([member.mean], crops.shape[1]))
+        (
+            partial(renormalised, member),
+            grey_crop([member.mean], crops.shape[1], member.per_image),
+        )
         for member in members
     ]
     note = (
