@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fercli.core.config import PreprocessConfig, ScanConfig, TrainConfig, recipe_config
+from fercli.core.config import (
+    DEFAULT_RECIPE,
+    PreprocessConfig,
+    ScanConfig,
+    TrainConfig,
+    recipe_config,
+)
 from fercli.core.events import Progress
 from fercli.faces.align import align_faces
 from fercli.infer.label import FacePrediction
@@ -94,7 +100,7 @@ def _names(dataset: str | Path | list | tuple | None) -> list[str]:
 def train(
     dataset: str | Path | list | None = None,
     output: str | Path | None = None,
-    recipe: str = "paper",
+    recipe: str = DEFAULT_RECIPE,
     *,
     config: TrainConfig | None = None,
     shared_classes: bool = False,
@@ -154,7 +160,7 @@ def crossval(
     dataset: str | Path | list | None = None,
     folds: int = 10,
     group: str = "random",
-    recipe: str = "paper",
+    recipe: str = DEFAULT_RECIPE,
     *,
     config: TrainConfig | None = None,
     shared_classes: bool = False,

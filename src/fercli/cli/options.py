@@ -12,6 +12,7 @@ import typer.core
 import typer.rich_utils
 
 from fercli.cli.app import AugmentMode, Normalisation, Optimizer, Recipe, Variant, err, shown
+from fercli.core.config import DEFAULT_RECIPE
 
 # Options shared by train and crossval: one definition each, so they cannot drift apart.
 DatasetArgument = typer.Argument(
@@ -23,14 +24,15 @@ DatasetArgument = typer.Argument(
 SharedClassesOption = typer.Option(
     False, "--shared-classes", help="Several datasets: keep the classes every one of them has."
 )
-# Training options default to None: unset, the recipe (--recipe, default "paper") decides.
+# Training options default to None: unset, the recipe (--recipe, default "robust") decides.
 # Their values are checked by TrainConfig itself (core.config.TRAIN_SETTINGS), not here, so
 # that the command line, grids and the API refuse the same values with the same message.
 RecipeOption = typer.Option(
-    Recipe.paper,
-    help="Starting settings: paper (the paper's recipe), best (the best "
-    "measured; slower) or robust (best with the crop jittered in scale and position: for photos "
-    "from another camera or crop). Options given here override the recipe's.",
+    Recipe(DEFAULT_RECIPE),
+    help="Starting settings: robust (the default: batch normalisation and dropout, mirrored "
+    "test faces, the crop jittered in scale and position, for photos from other cameras), best "
+    "(the same without the jitter) or paper (the paper's recipe as written). Options given "
+    "here override the recipe's.",
 )
 EpochsOption = typer.Option(None, help="Passes over the (enlarged) training set (paper: 100).")
 BatchOption = typer.Option(None, "--batch-size", help="Mini-batch size (paper: 16).")
