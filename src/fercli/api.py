@@ -30,21 +30,9 @@ from fercli.core.config import (
     recipe_config,
 )
 from fercli.core.events import Progress
-from fercli.faces.align import align_faces
+from fercli.faces.align import align_faces as align_faces  # re-exported as fercli.align_faces
 from fercli.infer.label import FacePrediction
 from fercli.infer.model import FerModel
-
-__all__ = [
-    "align_faces",
-    "crossval",
-    "evaluate_model",
-    "label_faces",
-    "label_media",
-    "load_model",
-    "prepare_dataset",
-    "sweep_recipes",
-    "train",
-]
 
 if TYPE_CHECKING:
     from fercli.learn.crossval import CrossvalReport
