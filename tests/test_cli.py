@@ -226,7 +226,7 @@ def test_crossval_json_report(dataset, fer_home):
     assert report["protocol"]["folds"] == 3 and report["protocol"]["group"] == "random"
     assert report["protocol"]["training"]["epochs"] == 2
     # The recipe is named, with every option that differs from it.
-    assert report["protocol"]["recipe"] == "paper"
+    assert report["protocol"]["recipe"] == "robust"  # the default recipe
     assert report["protocol"]["differs_from_recipe"] == {"epochs": 2}
     assert any("same people (4 subjects)" in warning for warning in report["warnings"])
     files = {name: Path(path) for name, path in report["files"].items()}
@@ -596,7 +596,7 @@ def test_h_is_help_and_no_help_line_is_cut(command, monkeypatch):
         assert (
             "<random|subject|dataset>" in text
             and "<sgd|adam>" in text
-            and "<global|pixel|per-dataset>" in text
+            and "<global|pixel|per-dataset|image>" in text
         )
 
 
