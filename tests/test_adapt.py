@@ -138,3 +138,19 @@ def test_an_image_normalised_model_adapts_to_its_standardised_crops(tmp_path):
     # So a darker, flatter camera adapts to the very same model.
     darker, _ = adapt_model(model, (crops // 2 + 60).astype(np.uint8))
     np.testing.assert_allclose(darker.predict_proba(crops), adapted.predict_proba(crops), atol=1e-6)
+
+
+def test_explain_and_adapt_together_are_refused_before_any_work(batchnorm_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    photo = tmp_path / "missing.png"  # never read: the refusal comes first
+    result = CliRunner().invoke(
+        app,
+        ["predict", str(photo), "--model", str(batchnorm_model.path), "--adapt"]
+        + ["--explain", str(tmp_path / "maps")],
+    )
+    assert result.exit_code == 1
+    assert "--explain and --adapt together are not supported" in result.output
+    assert not (tmp_path / "maps").exists()

@@ -29,6 +29,7 @@ from fercli.core.config import (
     TrainConfig,
     recipe_config,
 )
+from fercli.core.errors import FerError
 from fercli.core.events import Progress
 from fercli.faces.align import align_faces as align_faces  # re-exported as fercli.align_faces
 from fercli.infer.label import FacePrediction
@@ -280,6 +281,9 @@ def label_media(
     from fercli.infer.photos import check_annotate_folder
     from fercli.infer.tracking import VideoConfig
 
+    if adapt and explain is not None:
+        # The maps would be those of the model as trained, beside labels of the adapted one.
+        raise FerError("--explain and --adapt together are not supported: choose one")
     loaded = model if isinstance(model, FerModel) else load_model(model)
     paths = [Path(path) for path in paths]
     for folder, option in ((annotate, "--annotate"), (explain, "--explain")):
