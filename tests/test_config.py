@@ -381,3 +381,12 @@ def test_the_command_line_refuses_video_settings_as_videoconfig_does(tmp_path):
         result = CliRunner().invoke(app, ["predict", str(tmp_path), *options])
         assert result.exit_code == 1, result.output
         assert f"error: {message}" in " ".join(result.output.split())
+
+
+def test_a_summary_of_settings_an_older_fercli_stored_as_text_is_one_phrase():
+    # issue 32 item 9: `fer evaluate` on a model whose metadata says "epochs": "1" wrote its
+    # report, then crashed with a traceback while naming the model's recipe.
+    stored = {**recipe_config("robust").to_dict(), "epochs": "1"}
+    assert recipe_summary(stored) == (
+        "settings not readable (epochs (--epochs) must be a whole number, not '1')"
+    )

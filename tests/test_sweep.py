@@ -153,6 +153,26 @@ def test_cli_refuses_a_bad_grid_in_one_line(tmp_path):
     assert len(lines) == 1 and "unknown setting 'width'" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[base]\nrecipe = "nope"\n[vary]\nepochs = [1, 2]', "unknown recipe 'nope'"),
+        (
+            "[base]\naugment = false\nmixup = 0.4\n[vary]\nepochs = [1, 2]",
+            "mixup (--mixup 0.4) does nothing with --no-augment",
+        ),
+    ],
+)
+def test_a_grid_whose_recipes_are_refused_leaves_no_sweep_folder(tmp_path, text, message):
+    # issue 32: `recipe = "nope"` left an empty sweep-... folder, listed as unreadable.
+    from fercli.core.store import runs_dir
+
+    save_synthetic(small_dataset())
+    result = runner.invoke(app, ["sweep", "--grid", str(write(tmp_path, text))])
+    assert result.exit_code == 1 and message in result.output
+    assert not list(runs_dir().glob("sweep-*"))
+
+
 # --- statistics ---------------------------------------------------------------------------
 
 

@@ -176,8 +176,13 @@ def recipe_summary(training: dict) -> str:
         recipe_differences,
         recipe_dropped,
     )
+    from fercli.core.errors import FerError
 
-    config = TrainConfig.from_dict(training)
+    try:
+        config = TrainConfig.from_dict(training)
+    except (FerError, TypeError, ValueError, AttributeError) as error:
+        # A model file written by an older fercli ("epochs": "1"): the rest of its report stands.
+        return f"settings not readable ({error})"
 
     def spelled(values: dict) -> str:
         return ", ".join(TRAIN_SETTINGS[key].command_line(value) for key, value in values.items())

@@ -60,12 +60,12 @@ class Setting:
         return converted
 
     def _converted(self, where: str, value: object) -> object:
-        kind, integral = self.kind, isinstance(value, numbers.Integral)
+        kind = self.kind
         if kind is bool and isinstance(value, bool):
             return value
         if kind is str and isinstance(value, str):
             return str(value)
-        if kind is int and integral and not isinstance(value, bool):
+        if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
             return int(value)
         if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
             return _finite(where, value)
@@ -73,8 +73,10 @@ class Setting:
             names = [plain(item) for item in value]
             if all(isinstance(item, str) for item in names):
                 return tuple(str(item) for item in names)
-        if kind is Path and isinstance(value, (str, os.PathLike)) and str(value):
-            return Path(value)
+        if kind is Path and isinstance(value, (str, os.PathLike)):
+            text = os.fspath(value)
+            if isinstance(text, str) and text:
+                return Path(text)
         raise SettingError(f"{where} must be {KIND_WORDS.get(kind, kind.__name__)}, not {value!r}")
 
     def _check_range(self, where: str, value) -> None:
