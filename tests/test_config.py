@@ -27,7 +27,7 @@ from fercli.core.config import (
     recipe_dropped,
 )
 from fercli.core.errors import GridError, SettingError
-from fercli.core.settings import shown_value
+from fercli.core.settings import settings_of, shown_value
 from fercli.infer.model import load_model
 from fercli.learn.grid import parse_grid, recipes
 from synthetic import make_dataset, save_synthetic
@@ -390,3 +390,23 @@ def test_a_summary_of_settings_an_older_fercli_stored_as_text_is_one_phrase():
     assert recipe_summary(stored) == (
         "settings not readable (epochs (--epochs) must be a whole number, not '1')"
     )
+
+
+def config_classes():
+    from fercli.infer.tracking import VideoConfig
+    from fercli.web.live import LiveConfig
+
+    return [PreprocessConfig, ScanConfig, TrainConfig, VideoConfig, LiveConfig]
+
+
+@pytest.mark.parametrize("config", config_classes(), ids=lambda config: config.__name__)
+def test_every_config_declares_and_checks_each_of_its_settings(config):
+    from dataclasses import fields
+
+    declared = settings_of(config)
+    # upsample_tries (a list of levels) has a check of its own in PreprocessConfig.
+    assert {item.name for item in fields(config)} - set(declared) <= {"upsample_tries"}
+    config()  # the defaults pass
+    for name, rule in declared.items():
+        with pytest.raises(SettingError, match=re.escape(rule.where(name))):
+            config(**{name: object()})
