@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_unprivileged
 from fercli.core.config import ScanConfig
-from fercli.core.errors import LayoutError
+from fercli.core.errors import LayoutError, SettingError
 from fercli.data.datasets import detect_layout, scan_dataset, subject_of
 from fercli.media.discover import discover_images
 
@@ -112,8 +112,8 @@ def test_ck_tree_one_level_down_and_forced_layout(make_ck, tmp_path):
     assert detect_layout(tmp_path / "download") == "ck+"
     scan = scan_dataset(tmp_path / "download", ScanConfig(layout="CK"))
     assert {label for label, _ in by_name(scan).values()} == {"anger"}
-    with pytest.raises(LayoutError, match="at least 1"):
-        scan_dataset(tmp_path / "download", ScanConfig(ck_frames=0))
+    with pytest.raises(SettingError, match=r"ck_frames \(--ck-frames\) 0 must be at least 1"):
+        ScanConfig(ck_frames=0)
 
 
 # Class folders -------------------------------------------------------------------------------

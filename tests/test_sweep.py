@@ -96,9 +96,19 @@ def test_every_train_setting_can_be_varied():
             "[base]\nlearning_rat = 0.1\n[vary]\nepochs = [1]",
             "g.toml [base]: unknown setting 'learning_rat'",
         ),
-        ('[vary]\nepochs = [1, "two"]', "g.toml: [vary] epochs: 'two' is not a whole number"),
-        ("[vary]\nflip_tta = [1]", "g.toml: [vary] flip_tta: 1 is not true or false"),
-        ('[base]\nlr = "fast"\n[vary]\nepochs = [1]', "g.toml: [base] lr: 'fast' is not a number"),
+        # Coerced and checked by the settings themselves: the message a Python call gets.
+        (
+            '[vary]\nepochs = [1, "two"]',
+            "g.toml: [vary] epochs: epochs (--epochs) must be a whole number, not 'two'",
+        ),
+        (
+            "[vary]\nflip_tta = [1]",
+            "g.toml: [vary] flip_tta: test_time_flip (--flip-tta) must be true or false, not 1",
+        ),
+        (
+            '[base]\nlr = "fast"\n[vary]\nepochs = [1]',
+            "g.toml: [base] lr: learning_rate (--lr) must be a number, not 'fast'",
+        ),
         (
             '[vary]\nvariant = ["huge"]',
             "g.toml: [vary] variant: variant (--variant) 'huge' is not one of paper",
@@ -108,7 +118,7 @@ def test_every_train_setting_can_be_varied():
         ("seeds = [0]", "g.toml: [vary] names no setting to vary"),
         ("[base]\nseed = 1\n[vary]\nepochs = [1]", "list the seeds in seeds = [...]"),
         ("seeds = []\n[vary]\nepochs = [1]", "g.toml: seeds must be a non-empty list"),
-        ("folds = 1\n[vary]\nepochs = [1]", "g.toml: folds = 1: at least 2"),
+        ("folds = 1\n[vary]\nepochs = [1]", "g.toml: folds 1 must be at least 2"),
         (
             'group = "person"\n[vary]\nepochs = [1]',
             "g.toml: group 'person' is not one of random, subject",
@@ -141,6 +151,26 @@ def test_cli_refuses_a_bad_grid_in_one_line(tmp_path):
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "unknown setting 'width'" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[base]\nrecipe = "nope"\n[vary]\nepochs = [1, 2]', "unknown recipe 'nope'"),
+        (
+            "[base]\naugment = false\nmixup = 0.4\n[vary]\nepochs = [1, 2]",
+            "mixup (--mixup 0.4) does nothing with --no-augment",
+        ),
+    ],
+)
+def test_a_grid_whose_recipes_are_refused_leaves_no_sweep_folder(tmp_path, text, message):
+    # issue 32: `recipe = "nope"` left an empty sweep-... folder, listed as unreadable.
+    from fercli.core.store import runs_dir
+
+    save_synthetic(small_dataset())
+    result = runner.invoke(app, ["sweep", "--grid", str(write(tmp_path, text))])
+    assert result.exit_code == 1 and message in result.output
+    assert not list(runs_dir().glob("sweep-*"))
 
 
 # --- statistics ---------------------------------------------------------------------------

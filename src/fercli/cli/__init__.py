@@ -29,7 +29,11 @@ for _command, _name in (
     (list_entries, "list"),
     (remove, None),
 ):
-    app.command(_name, cls=JsonErrorsCommand, help=escape(inspect.getdoc(_command) or ""))(_command)
+    _help = escape(inspect.getdoc(_command) or "")
+    # `fer --help` lists each command with the first paragraph of its help, which rich would
+    # break where the docstring's source lines break: one line, wrapped to the terminal.
+    _short = " ".join(_help.split("\n\n")[0].split())
+    app.command(_name, cls=JsonErrorsCommand, help=_help, short_help=_short)(_command)
 
 
 def _escape_option_help() -> None:

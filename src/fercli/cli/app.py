@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import sys
 from enum import Enum
@@ -15,15 +16,7 @@ import typer.rich_utils
 from rich.console import Console
 
 from fercli import __version__
-from fercli.core.config import (
-    AUGMENTATIONS,
-    EQUALIZATIONS,
-    MODEL_VARIANTS,
-    NORMALISATIONS,
-    OPTIMIZERS,
-    RECIPES,
-)
-from fercli.data.datasets import LAYOUTS
+from fercli.core.config import EQUALIZATIONS, LAYOUTS
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -32,13 +25,10 @@ def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     return Enum(name, {value: value for value in values}, type=str)
 
 
+# The training settings' choices (--variant, --recipe, ...) are made in cli/options.py from
+# the settings themselves.
 Layout = choices("Layout", LAYOUTS)
-Variant = choices("Variant", MODEL_VARIANTS)
-Optimizer = choices("Optimizer", OPTIMIZERS)
-Normalisation = choices("Normalisation", NORMALISATIONS)
 Group = choices("Group", ("random", "subject", "dataset"))
-AugmentMode = choices("AugmentMode", AUGMENTATIONS)
-Recipe = choices("Recipe", tuple(RECIPES))
 Equalization = choices("Equalization", EQUALIZATIONS)
 
 # Help is laid out at least 80 columns wide: narrower, rich cuts option names and long
@@ -120,7 +110,21 @@ USAGE_ERROR = sys.modules[typer.BadParameter.__module__].UsageError
 
 class JsonErrorsCommand(typer.core.TyperCommand):
     """A command whose option errors, when --json was asked for, also print {"error": ...}
-    on stdout: every outcome of a --json run is one JSON document."""
+    on stdout: every outcome of a --json run is one JSON document. Its options' choices are
+    named in their help text, which wraps between words, rather than in the type column, which
+    at 80 columns cuts `batchnorm-dropout` mid-word."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            named = getattr(param.type, "choices", None)
+            if not named or param.param_type_name != "option" or param.metavar:
+                continue
+            param.metavar = "NAME"
+            words = set(re.findall(r"[\w+-]+", param.help or ""))
+            if not {str(choice) for choice in named} <= words:
+                listed = ", ".join(map(str, named))
+                param.help = f"{param.help or ''} One of: {listed}.".lstrip()
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         # typer 0.28 writes a required argument as {NAME}; the usual form is NAME.

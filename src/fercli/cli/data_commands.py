@@ -4,7 +4,6 @@ render_data."""
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 
 import typer
@@ -54,10 +53,7 @@ def preprocess(
     with user_errors(as_json):
         from fercli.api import prepare_dataset
         from fercli.core.config import PreprocessConfig, ScanConfig
-        from fercli.core.errors import FerError
 
-        if not math.isfinite(min_face_score):
-            raise FerError(f"--min-face-score must be a finite number, not {min_face_score}")
         options = ScanConfig(
             layout=layout and layout.value, ck_frames=ck_frames, ck_neutral_first=ck_neutral
         )

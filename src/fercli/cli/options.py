@@ -3,6 +3,7 @@ and crossval), video options, and the progress reporters."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from pathlib import Path
@@ -11,8 +12,7 @@ import typer
 import typer.core
 import typer.rich_utils
 
-from fercli.cli.app import AugmentMode, Normalisation, Optimizer, Recipe, Variant, err, shown
-from fercli.core.config import DEFAULT_RECIPE
+from fercli.cli.app import choices, err, shown
 
 # Options shared by train and crossval: one definition each, so they cannot drift apart.
 DatasetArgument = typer.Argument(
@@ -24,81 +24,6 @@ DatasetArgument = typer.Argument(
 SharedClassesOption = typer.Option(
     False, "--shared-classes", help="Several datasets: keep the classes every one of them has."
 )
-# Training options default to None: unset, the recipe (--recipe, default "robust") decides.
-# Their values are checked by TrainConfig itself (core.config.TRAIN_SETTINGS), not here, so
-# that the command line, grids and the API refuse the same values with the same message.
-RecipeOption = typer.Option(
-    Recipe(DEFAULT_RECIPE),
-    help="Starting settings: robust (the default: batch normalisation and dropout, mirrored "
-    "test faces, the crop jittered in scale and position, for photos from other cameras), best "
-    "(the same without the jitter) or paper (the paper's recipe as written). Options given "
-    "here override the recipe's.",
-)
-EpochsOption = typer.Option(None, help="Passes over the (enlarged) training set (paper: 100).")
-BatchOption = typer.Option(None, "--batch-size", help="Mini-batch size (paper: 16).")
-LearningRateOption = typer.Option(None, "--lr", help="Learning rate (paper: 0.001).")
-MomentumOption = typer.Option(None, help="SGD momentum (paper: 0.9).")
-OptimizerOption = typer.Option(None, help="Optimizer (paper: sgd).")
-VariantOption = typer.Option(
-    None,
-    help="Network: the paper's, or with dropout, batch normalisation, more filters (paper: paper).",
-)
-ClassesOption = typer.Option(
-    None, help="Classes to keep, comma-separated, e.g. anger,fear,sadness (default: all)."
-)
-SeedOption = typer.Option(0, help="Random seed: same seed, same data -> same folds and weights.")
-AugmentOption = typer.Option(
-    None, "--augment/--no-augment", help="Augment training images (paper: on)."
-)
-AugmentModeOption = typer.Option(
-    None,
-    "--augment-mode",
-    help="copies: the training set enlarged with transformed "
-    "copies, originals kept; online: each epoch a new random copy (paper: copies).",
-)
-CopiesOption = typer.Option(
-    None, help="--augment-mode copies: transformed copies per image (paper: 5)."
-)
-FlipAugmentOption = typer.Option(
-    None, "--flip/--no-flip", help="Mirror images among the augmentations (paper: on)."
-)
-RotationOption = typer.Option(None, help="Largest augmentation rotation, in degrees (paper: 3).")
-ShiftOption = typer.Option(None, help="Largest augmentation shift, in pixels (paper: 0).")
-ScaleOption = typer.Option(
-    None,
-    help="Largest augmentation scaling about the crop's centre, 1 +/- this, at most 0.5 "
-    "(paper: 0).",
-)
-PhotometricOption = typer.Option(
-    None,
-    help="Strength of random gamma, contrast, blur and noise on the training images, 0 to 1 "
-    "(paper: 0).",
-)
-LabelSmoothingOption = typer.Option(
-    None, help="Label smoothing of the training targets, 0 to 0.5 (paper: 0)."
-)
-MixupOption = typer.Option(
-    None,
-    help="mixup: blend training images and their targets in pairs, proportions from "
-    "Beta(X, X), 0 to 4 (paper: 0: off).",
-)
-NormalisationOption = typer.Option(
-    None,
-    help="z-score statistics: global (one mean and std), per pixel, "
-    "per-dataset (several datasets, crossval only: each dataset's own), or image (each crop by "
-    "its own: a photo needs no statistics of its set) (paper: global).",
-)
-InitOption = typer.Option(
-    None,
-    "--init",
-    help="Start from this model's weights (a model trained on other "
-    "people, e.g. another dataset) and fine-tune.",
-)
-FlipOption = typer.Option(
-    None,
-    "--flip-tta/--no-flip-tta",
-    help="Average each face's prediction with its mirror image (paper: off).",
-)
 RayOption = typer.Option(
     None,
     "--ray",
@@ -107,72 +32,111 @@ RayOption = typer.Option(
     "or auto (the one this machine belongs to); needs pip install 'fercli[ray]'.",
 )
 
-# Command-line names of the training options -> TrainConfig fields.
-TRAIN_OPTIONS = {
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "learning_rate",
-    "momentum": "momentum",
-    "optimizer": "optimizer",
-    "variant": "variant",
-    "seed": "seed",
-    "augment": "augment",
-    "augment_mode": "augment_mode",
-    "copies": "copies",
-    "flip": "flip",
-    "max_rotation": "max_rotation",
-    "max_shift": "max_shift",
-    "max_scale": "max_scale",
-    "photometric": "photometric",
-    "label_smoothing": "label_smoothing",
-    "mixup": "mixup",
-    "normalisation": "normalisation",
-    "flip_tta": "test_time_flip",
-    "init": "init_model",
-}
+
+# The training options of train and crossval are made from the training settings themselves
+# (fercli.core.config.TrainConfig: each field's option, type, choices and help), so a new
+# setting needs nothing here. They default to None: unset, the recipe (--recipe, default
+# "robust") decides. Their values are checked by TrainConfig, not by the parser (choices
+# aside, which the parser lists), so that the command line, grids and the API refuse the same
+# values with the same message.
 
 
-def training_options(
-    recipe: Recipe = RecipeOption,
-    epochs: int | None = EpochsOption,
-    batch_size: int | None = BatchOption,
-    lr: float | None = LearningRateOption,
-    momentum: float | None = MomentumOption,
-    optimizer: Optimizer | None = OptimizerOption,
-    variant: Variant | None = VariantOption,
-    classes: str | None = ClassesOption,
-    shared_classes: bool = SharedClassesOption,
-    seed: int = SeedOption,
-    augment: bool | None = AugmentOption,
-    augment_mode: AugmentMode | None = AugmentModeOption,
-    copies: int | None = CopiesOption,
-    flip: bool | None = FlipAugmentOption,
-    max_rotation: float | None = RotationOption,
-    max_shift: float | None = ShiftOption,
-    max_scale: float | None = ScaleOption,
-    photometric: float | None = PhotometricOption,
-    label_smoothing: float | None = LabelSmoothingOption,
-    mixup: float | None = MixupOption,
-    normalisation: Normalisation | None = NormalisationOption,
-    flip_tta: bool | None = FlipOption,
-    init: Path | None = InitOption,
-) -> None:
-    """The options train and crossval share: one signature, spliced into both commands by
-    with_training_options."""
+def _shown_default(name: str, plain, paper) -> str:
+    """What a plain `fer train` uses for a setting, and the paper recipe's value where it
+    differs: " (default: 0.15; --recipe paper: 0)"; nothing for a setting that is empty
+    unless given (--init)."""
+    from fercli.core.settings import shown_value
 
+    def word(value) -> str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if value == ():
+            return "all"
+        return shown_value(value)
+
+    default, reference = word(getattr(plain, name)), word(getattr(paper, name))
+    if not default:
+        return ""
+    other = f"; --recipe paper: {reference}" if reference != default else ""
+    return f" (default: {default}{other})"
+
+
+def _with_default(text: str, default: str) -> str:
+    """A help text with " (default: ...)" before its final full stop."""
+    if text.endswith("."):
+        return f"{text[:-1]}{default}."
+    return text + default
+
+
+def _training_option(name: str, rule, plain, paper) -> inspect.Parameter:
+    """The command-line option of one training setting, as a parameter of the commands."""
+    declaration = rule.option
+    if rule.kind is bool:
+        declaration = f"{rule.option}/--no-{rule.option.removeprefix('--')}"
+    annotation = {bool: bool, int: int, float: float}.get(rule.kind, str)
+    if rule.choices:
+        annotation = choices(name.title().replace("_", ""), rule.choices)
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=typer.Option(
+            None,
+            declaration,
+            help=_with_default(rule.help, _shown_default(name, plain, paper)),
+            metavar=rule.metavar,
+        ),
+        annotation=annotation | None,
+    )
+
+
+def _training_parameters() -> list[inspect.Parameter]:
+    """The parameters train and crossval share: --recipe, then one option per training
+    setting in TrainConfig's order (--shared-classes after --classes)."""
+    from fercli.core.config import DEFAULT_RECIPE, RECIPES, TRAIN_SETTINGS, recipe_config
+
+    plain, paper = recipe_config(DEFAULT_RECIPE), recipe_config("paper")
+    recipe = choices("Recipe", tuple(RECIPES))
+    parameters = [
+        inspect.Parameter(
+            "recipe",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=typer.Option(recipe(DEFAULT_RECIPE), help=TRAIN_SETTINGS["recipe"].help),
+            annotation=recipe,
+        )
+    ]
+    for name, rule in TRAIN_SETTINGS.items():
+        if name == "recipe":
+            continue
+        parameters.append(_training_option(name, rule, plain, paper))
+        if name == "classes":
+            parameters.append(
+                inspect.Parameter(
+                    "shared_classes",
+                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                    default=SharedClassesOption,
+                    annotation=bool,
+                )
+            )
+    return parameters
+
+
+TRAINING_PARAMETERS = _training_parameters()
 
 # Where a command takes the shared training options: `training: dict = TRAINING`.
 TRAINING = None
 
 
 def with_training_options(command):
-    """A command with the shared training options (training_options) in place of its
-    `training` parameter; the command receives them as one dict, `training`."""
+    """A command with the shared training options (TRAINING_PARAMETERS) in place of its
+    `training` parameter; the command receives them as one dict, `training`, keyed by
+    TrainConfig's field names (and "recipe", "shared_classes")."""
     import functools
-    import inspect
 
-    shared = list(inspect.signature(training_options, eval_str=True).parameters.values())
+    shared = TRAINING_PARAMETERS
     own = list(inspect.signature(command, eval_str=True).parameters.values())
+    clash = {parameter.name for parameter in own} & {parameter.name for parameter in shared}
+    if clash:
+        raise TypeError(f"{command.__name__}: parameters named as training settings: {clash}")
     place = [parameter.name for parameter in own].index("training")
     parameters = own[:place] + shared + own[place + 1 :]
 
@@ -188,31 +152,48 @@ def with_training_options(command):
 
 def train_config(options: dict):
     """The TrainConfig of the recipe with the training options given on the command line
-    (options: the values of training_options' parameters; None means not given). The settings
-    check themselves (fercli.core.config.TRAIN_SETTINGS), as they do for grids and the API."""
-    from fercli.core.config import recipe_config
+    (options: the `training` dict of with_training_options; None means not given). The
+    settings check themselves (fercli.core.config.TrainConfig), as they do for grids and the
+    API."""
+    from fercli.core.config import TRAIN_SETTINGS, recipe_config
 
-    # Enum choices (Variant, Optimizer, ...) as their plain values.
-    options = {name: getattr(value, "value", value) for name, value in options.items()}
-    chosen = tuple(
-        name.strip() for name in (options.get("classes") or "").split(",") if name.strip()
-    )
-    given = {field: options.get(name) for name, field in TRAIN_OPTIONS.items()}
-    if given["init_model"] is not None:
-        given["init_model"] = str(given["init_model"])
-    return recipe_config(options["recipe"], classes=chosen, **given)
+    given = {}
+    for name, rule in TRAIN_SETTINGS.items():
+        value = getattr(options.get(name), "value", options.get(name))  # an Enum's choice
+        if rule.kind is tuple and value is not None:  # a list on the command line: a,b,c
+            value = tuple(item.strip() for item in value.split(",") if item.strip())
+        given[name] = value
+    return recipe_config(given.pop("recipe"), **given)
 
 
 def recipe_summary(training: dict) -> str:
-    """ "recipe paper" and every setting that differs from it, in command-line spelling."""
-    from fercli.core.config import TrainConfig, recipe_differences
-
-    names = {field: name for name, field in TRAIN_OPTIONS.items()}
-    differences = recipe_differences(TrainConfig.from_dict(training))
-    extra = ", ".join(
-        f"--{names.get(key, key).replace('_', '-')} {value}" for key, value in differences.items()
+    """ "recipe robust" and every setting that differs from it, as the command line writes
+    them ("recipe robust with --epochs 2, --no-flip-tta"); recipe values that a setting given
+    turned off are named ("(so not the recipe's --max-scale 0.15, --max-shift 3)")."""
+    from fercli.core.config import (
+        TRAIN_SETTINGS,
+        TrainConfig,
+        recipe_differences,
+        recipe_dropped,
     )
-    return f"recipe {training.get('recipe', 'paper')}" + (f" with {extra}" if extra else "")
+    from fercli.core.errors import FerError
+
+    try:
+        config = TrainConfig.from_dict(training)
+    except (FerError, TypeError, ValueError, AttributeError) as error:
+        # A model file written by an older fercli ("epochs": "1"): the rest of its report stands.
+        return f"settings not readable ({error})"
+
+    def spelled(values: dict) -> str:
+        return ", ".join(TRAIN_SETTINGS[key].command_line(value) for key, value in values.items())
+
+    differences, dropped = recipe_differences(config), recipe_dropped(config)
+    text = f"recipe {training.get('recipe', 'paper')}"
+    if differences:
+        text += f" with {spelled(differences)}"
+    if dropped:
+        text += f" (so not the recipe's {spelled(dropped)})"
+    return text
 
 
 def header(bar, text: str) -> None:
@@ -261,14 +242,9 @@ def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header:
 
 
 def video_options(every: int, fps: float | None, detect_every: int, smooth: float):
-    """predict's video settings; FerError for a value no option range catches (NaN, infinity)."""
-    from fercli.core.errors import FerError
+    """predict's video settings (VideoConfig checks them: NaN, infinity, out of range)."""
     from fercli.infer.tracking import VideoConfig
 
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise FerError(f"--fps must be a number above 0, not {fps}")
-    if not math.isfinite(smooth):
-        raise FerError(f"--smooth must be a finite number of seconds, not {smooth}")
     return VideoConfig(every=every, fps=fps, detect_every=detect_every, smooth=smooth)
 
 

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import numbers
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from fercli.core.errors import FerError, SettingError
+from fercli.core.settings import (
+    check_settings,
+    check_switches,
+    defaults_of,
+    plain,
+    setting,
+    settings_of,
+    unused_setting,
+)
 
 # Bumped whenever the alignment code changes what it produces for the same settings, so that
 # cached crops and trained models made by an older implementation are not silently reused.
@@ -47,67 +54,12 @@ class JsonConfig:
         )
 
 
-@dataclass(frozen=True)
-class Setting:
-    """What one setting may be: its command-line spelling (for messages), its type, and its
-    choices or range. The one list of what each setting accepts (SETTINGS below)."""
-
-    option: str
-    kind: type
-    choices: tuple = ()
-    low: float | None = None
-    high: float | None = None
-    # The low end itself is refused (a learning rate of 0 learns nothing).
-    above_low: bool = False
-
-    def check(self, name: str, value: object) -> None:
-        """SettingError unless value is a valid value of this setting."""
-        where = f"{name} ({self.option})" if self.option != name else name
-        if self.kind is bool:
-            if not isinstance(value, bool):
-                raise SettingError(f"{where} must be true or false, not {value!r}")
-            return
-        if self.kind is str:
-            if not isinstance(value, str):
-                raise SettingError(f"{where} must be text, not {value!r}")
-        elif self.kind is tuple:
-            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-                raise SettingError(f"{where} must be a list of names, not {value!r}")
-            return
-        elif self.kind is int:
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise SettingError(f"{where} must be a whole number, not {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise SettingError(f"{where} must be a number, not {value!r}")
-        elif not math.isfinite(value):
-            raise SettingError(f"{where} must be a finite number, not {value}")
-        if self.choices and value not in self.choices:
-            raise SettingError(f"{where} {value!r} is not one of {', '.join(self.choices)}")
-        self._check_range(where, value)
-
-    def _check_range(self, where: str, value) -> None:
-        shown = _number if self.kind is not int else str
-        if self.low is not None and (value <= self.low if self.above_low else value < self.low):
-            relation = "more than" if self.above_low else "at least"
-            raise SettingError(f"{where} {shown(value)} must be {relation} {shown(self.low)}")
-        if self.high is not None and value > self.high:
-            raise SettingError(
-                f"{where} {shown(value)} is more than {shown(self.high)}, the largest that "
-                "makes sense"
-            )
-
-
-def _number(value) -> str:
-    return f"{value:g}"
-
-
-def check_settings(config: object, settings: dict[str, Setting]) -> None:
-    """Every field of a settings dataclass checked against its Setting; SettingError for the
-    first that is not valid."""
-    for item in fields(config):
-        setting = settings.get(item.name)
-        if setting is not None:
-            setting.check(item.name, getattr(config, item.name))
+# "face": equalizeHist's mapping from the pixels inside the photo; "midpoint": the same
+# pixels, each grey level to the middle of its rank range, so that a large patch of one level
+# (skin clipped to white by the camera) is not pushed to 255; "clahe": OpenCV's CLAHE (clip
+# limit 2, 4x4 tiles); "whole": equalizeHist over the whole crop, border included (alignment
+# version 1); "none".
+EQUALIZATIONS = ("face", "midpoint", "clahe", "whole", "none")
 
 
 @dataclass(frozen=True)
@@ -115,25 +67,27 @@ class PreprocessConfig(JsonConfig):
     """How a photo becomes an aligned crop. Part of every cache key and every model file."""
 
     # Side of the square crop that the network sees.
-    crop_size: int = CROP_SIZE
+    crop_size: int = setting(CROP_SIZE, "crop_size", low=8, high=256)
     # Top edge of the crop this many eye distances above the eye line (the paper: 0.6).
-    top_margin: float = 0.6
+    top_margin: float = setting(0.6, "top_margin", low=0.0, high=2.0)
     # Detector upsampling levels tried in turn until a face is found; small pre-cropped
     # faces (CK+48 is 48x48) are only found after one upsampling.
     upsample_tries: tuple[int, ...] = (0, 1)
     # dlib's detection score threshold (dlib's own default is 0). On the test photo a mission
     # patch scores up to 0.23 in 300 shifted copies, while real faces scored 0.73 or more
     # there and 0.36 or more on all 981 CK+48 crops (after upsampling).
-    min_face_score: float = 0.3
+    min_face_score: float = setting(0.3, "--min-face-score", low=-10.0, high=10.0)
     # How the crop's contrast is equalized before it is downsampled (EQUALIZATIONS). The paper
     # equalizes the histogram; "face" does it as OpenCV's equalizeHist does, but counts only
     # the pixels inside the photo, so that the border filled in where a crop passes the
     # photo's edge (tightly cropped sets such as CK+48) does not shift the face's grey levels.
-    equalization: str = "face"
+    equalization: str = setting("face", "--equalization", choices=EQUALIZATIONS)
 
     def __post_init__(self) -> None:
-        check_settings(self, PREPROCESS_SETTINGS)
+        check_settings(self)
         tries = self.upsample_tries
+        if isinstance(tries, (tuple, list)):
+            tries = tuple(plain(t) for t in tries)
         if (
             not isinstance(tries, tuple)
             or not tries
@@ -144,41 +98,53 @@ class PreprocessConfig(JsonConfig):
             raise SettingError(
                 f"upsample_tries must be a list of 1 or more levels from 0 to 3, not {tries!r}"
             )
+        object.__setattr__(self, "upsample_tries", tries)
 
     def fingerprint(self) -> str:
         """Identifies the crops these settings produce (with the alignment version)."""
         return fingerprint({"align_version": ALIGN_VERSION, **self.to_dict()})
 
 
-# "face": equalizeHist's mapping from the pixels inside the photo; "midpoint": the same
-# pixels, each grey level to the middle of its rank range, so that a large patch of one level
-# (skin clipped to white by the camera) is not pushed to 255; "clahe": OpenCV's CLAHE (clip
-# limit 2, 4x4 tiles); "whole": equalizeHist over the whole crop, border included (alignment
-# version 1); "none".
-EQUALIZATIONS = ("face", "midpoint", "clahe", "whole", "none")
-
-PREPROCESS_SETTINGS = {
-    "crop_size": Setting("crop_size", int, low=8, high=256),
-    "top_margin": Setting("top_margin", float, low=0.0, high=2.0),
-    "min_face_score": Setting("--min-face-score", float, low=-10.0, high=10.0),
-    "equalization": Setting("--equalization", str, EQUALIZATIONS),
-}
+PREPROCESS_SETTINGS = settings_of(PreprocessConfig)
 
 # Decoded images wait in a worker until the landmarks of a batch of them are found together;
 # the batch is cut short once its images hold this many pixels.
 BATCH_PIXELS = 1 << 22
+
+# Dataset layouts (fercli.data.datasets reads them): a layout's name and the other names it
+# answers to. "fer2013" is a CSV file, read by fercli.data.fer2013 rather than scanned.
+LAYOUTS = ("jaffe", "ck+", "folders", "fer2013")
+LAYOUT_ALIASES = {
+    "jaffe": "jaffe",
+    "ck+": "ck+",
+    "ck": "ck+",
+    "ckplus": "ck+",
+    "cohn-kanade": "ck+",
+    "folders": "folders",
+    "class-folders": "folders",
+    "classes": "folders",
+}
 
 
 @dataclass(frozen=True)
 class ScanConfig:
     """How a dataset folder is read into labelled images."""
 
-    # "jaffe", "ck+", "folders", or None to detect it.
-    layout: str | None = None
+    # "jaffe", "ck+", "folders", "fer2013" (or another name of one: LAYOUT_ALIASES), or None
+    # to detect it.
+    layout: str | None = setting(None, "--layout", kind=str)
     # CK+ tree: how many of the last frames of a labelled sequence carry its label.
-    ck_frames: int = 3
+    ck_frames: int = setting(3, "--ck-frames", low=1, high=100_000)
     # CK+ tree: also take the first frame of each labelled sequence as neutral.
-    ck_neutral_first: bool = False
+    ck_neutral_first: bool = setting(False, "--ck-neutral")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        known = (*LAYOUT_ALIASES, "fer2013")
+        if self.layout is not None and self.layout.lower() not in known:
+            raise SettingError(
+                f"layout (--layout) {self.layout!r} is not one of {', '.join(LAYOUTS)}"
+            )
 
 
 MODEL_VARIANTS = ("paper", "dropout", "batchnorm", "batchnorm-dropout", "wide")
@@ -193,94 +159,192 @@ NORMALISATIONS = ("global", "pixel", "per-dataset", "image")
 # paper's wording); "online": every epoch replaces each image by a random transformed copy.
 AUGMENTATIONS = ("copies", "online")
 
-
-@dataclass(frozen=True)
-class TrainConfig(JsonConfig):
-    """How a network is trained. Defaults are the "paper" recipe, so that results compare."""
-
-    # Network shape: "paper" is conv32-pool-conv64-pool-softmax; the rest add to it.
-    variant: str = "paper"
-    # Passes over the (enlarged) training set.
-    epochs: int = 100
-    batch_size: int = 16
-    learning_rate: float = 0.001
-    momentum: float = 0.9
-    optimizer: str = "sgd"
-    # Training images only: augmentation on or off, and how (AUGMENTATIONS).
-    augment: bool = True
-    augment_mode: str = "copies"
-    # "copies": transformed copies of each training image added to the originals; every other
-    # copy is mirrored (when flip is on) and each is rotated at random. On JAFFE-sized sets
-    # this also multiplies the updates per epoch, which 100 epochs of 14 batches need.
-    copies: int = 5
-    # Horizontal flips among the transforms.
-    flip: bool = True
-    # Rotations of up to this many degrees (the paper: "small"; JAFFE lost 4 points at 10).
-    max_rotation: float = 3.0
-    # Random shifts of up to this many pixels (0: none, the paper).
-    max_shift: float = 0.0
-    # Random scaling about the crop's centre by up to 1 +/- this (0: none, the paper): the
-    # crop box of another detector or camera distance (0.15: 0.87 to 1.15).
-    max_scale: float = 0.0
-    # Photometric augmentation of the training crops (0: none, the paper; 1: full strength):
-    # random gamma, contrast, blur and noise, drawn every epoch (augment.PHOTOMETRIC_RANGES).
-    photometric: float = 0.0
-    # Label smoothing of the training targets (0: none, the paper): a confident network on one
-    # dataset is a confidently wrong one on another.
-    label_smoothing: float = 0.0
-    # mixup (0: none, the paper): every training image and its target blended with another's,
-    # in a proportion drawn from Beta(mixup, mixup) (0.2: mostly one image, a little of the other).
-    mixup: float = 0.0
-    # z-score statistics from the training images (NORMALISATIONS): one mean/std ("global"),
-    # per pixel, one mean/std per dataset of a combination ("per-dataset"), or none but each
-    # crop's own ("image").
-    normalisation: str = "global"
-    seed: int = 0
-    # Average the predictions for each face and its mirror image (at test time only).
-    test_time_flip: bool = False
-    # Classes to keep (empty: all classes in the dataset).
-    classes: tuple[str, ...] = field(default_factory=tuple)
-    # The preset these settings started from (RECIPES); reports name it and what differs.
-    recipe: str = "paper"
-    # A fercli model file whose weights the network starts from (fine-tuning); "" for none.
-    # Trained on other people (another dataset), it lends a small set what it learned there.
-    init_model: str = ""
-
-    def __post_init__(self) -> None:
-        check_settings(self, TRAIN_SETTINGS)
-
-
 # Seeds feed NumPy's and TensorFlow's generators, which take 0 to 2**32 - 1.
 MAX_SEED = 2**32 - 1
 
+
+@dataclass(frozen=True)
+class TrainConfig(JsonConfig):
+    """How a network is trained: every training setting, declared once. Each field's
+    setting() is its default, command-line option, type, range or choices and help; the
+    command line's options of fer train and fer crossval, a sweep grid's keys and the checks
+    of a Python call are made from them, so a new setting is a new field here (and the code
+    that uses it).
+
+    TrainConfig() is the paper's recipe as written (recipe "paper"), the reference results
+    compare with. fer train, fer crossval and fercli.train start from DEFAULT_RECIPE
+    ("robust") instead: recipe_config(DEFAULT_RECIPE) is what a plain `fer train` uses.
+    """
+
+    # Network shape: "paper" is conv32-pool-conv64-pool-softmax; the rest add to it.
+    variant: str = setting(
+        "paper",
+        "--variant",
+        choices=MODEL_VARIANTS,
+        help="Network: paper (the paper's), dropout, batchnorm (batch normalisation), "
+        "batchnorm-dropout (both) or wide (more filters).",
+    )
+    # Passes over the (enlarged) training set.
+    epochs: int = setting(
+        100, "--epochs", low=1, high=100_000, help="Passes over the (enlarged) training set."
+    )
+    batch_size: int = setting(16, "--batch-size", low=1, high=65_536, help="Mini-batch size.")
+    learning_rate: float = setting(0.001, "--lr", low=0.0, help="Learning rate.")
+    momentum: float = setting(0.9, "--momentum", low=0.0, high=1.0, help="SGD momentum, 0 to 1.")
+    optimizer: str = setting(
+        "sgd", "--optimizer", choices=OPTIMIZERS, help="Optimizer: sgd or adam."
+    )
+    # Training images only: augmentation on or off, and how (AUGMENTATIONS).
+    augment: bool = setting(True, "--augment", help="Augment the training images.")
+    augment_mode: str = setting(
+        "copies",
+        "--augment-mode",
+        choices=AUGMENTATIONS,
+        only_with="augment",
+        help="copies: the training set enlarged with transformed copies, originals kept; "
+        "online: each epoch a new random copy.",
+    )
+    # "copies": transformed copies of each training image added to the originals; every other
+    # copy is mirrored (when flip is on) and each is rotated at random. On JAFFE-sized sets
+    # this also multiplies the updates per epoch, which 100 epochs of 14 batches need.
+    copies: int = setting(
+        5,
+        "--copies",
+        low=0,
+        high=1000,
+        only_with="augment",
+        help="--augment-mode copies: transformed copies per image.",
+    )
+    # Horizontal flips among the transforms.
+    flip: bool = setting(
+        True, "--flip", only_with="augment", help="Mirror images among the augmentations."
+    )
+    # Rotations of up to this many degrees (the paper: "small"; JAFFE lost 4 points at 10).
+    max_rotation: float = setting(
+        3.0,
+        "--max-rotation",
+        low=0.0,
+        high=180.0,
+        only_with="augment",
+        help="Largest augmentation rotation, in degrees.",
+    )
+    # Random shifts of up to this many pixels (0: none, the paper).
+    max_shift: float = setting(
+        0.0,
+        "--max-shift",
+        low=0.0,
+        high=float(CROP_SIZE),
+        only_with="augment",
+        help="Largest augmentation shift, in pixels.",
+    )
+    # Random scaling about the crop's centre by up to 1 +/- this (0: none, the paper): the
+    # crop box of another detector or camera distance (0.15: 0.87 to 1.15). Scaling a crop by
+    # more than half would leave too little face (or too much border).
+    max_scale: float = setting(
+        0.0,
+        "--max-scale",
+        low=0.0,
+        high=0.5,
+        only_with="augment",
+        help="Largest augmentation scaling about the crop's centre, 1 +/- this, at most 0.5.",
+    )
+    # Photometric augmentation of the training crops (0: none, the paper; 1: full strength):
+    # random gamma, contrast, blur and noise, drawn every epoch (augment.PHOTOMETRIC_RANGES).
+    photometric: float = setting(
+        0.0,
+        "--photometric",
+        low=0.0,
+        high=1.0,
+        only_with="augment",
+        help="Strength of random gamma, contrast, blur and noise on the training images, 0 to 1.",
+    )
+    # Label smoothing of the training targets (0: none, the paper): a confident network on one
+    # dataset is a confidently wrong one on another. Beyond 0.5, the smoothed target of the
+    # true class falls towards the others'.
+    label_smoothing: float = setting(
+        0.0,
+        "--label-smoothing",
+        low=0.0,
+        high=0.5,
+        help="Label smoothing of the training targets, 0 to 0.5.",
+    )
+    # mixup (0: none, the paper): every training image and its target blended with another's,
+    # in a proportion drawn from Beta(mixup, mixup) (0.2: mostly one image, a little of the
+    # other). Beta(a, a) with a large a mixes every pair half and half: no longer a training
+    # image.
+    mixup: float = setting(
+        0.0,
+        "--mixup",
+        low=0.0,
+        high=4.0,
+        only_with="augment",
+        help="mixup: blend training images and their targets in pairs, proportions from "
+        "Beta(X, X), 0 to 4 (0: off).",
+    )
+    # z-score statistics from the training images (NORMALISATIONS): one mean/std ("global"),
+    # per pixel, one mean/std per dataset of a combination ("per-dataset"), or none but each
+    # crop's own ("image").
+    normalisation: str = setting(
+        "global",
+        "--normalisation",
+        choices=NORMALISATIONS,
+        aliases=("normalization",),
+        help="z-score statistics: global (one mean and std), pixel (one per pixel), "
+        "per-dataset (several datasets, crossval only: each dataset's own) or image (each "
+        "crop by its own: a photo needs no statistics of its set).",
+    )
+    seed: int = setting(
+        0,
+        "--seed",
+        low=0,
+        high=MAX_SEED,
+        help="Random seed: same seed, same data -> same folds and weights.",
+    )
+    # Average the predictions for each face and its mirror image (at test time only).
+    test_time_flip: bool = setting(
+        False, "--flip-tta", help="Average each face's prediction with its mirror image."
+    )
+    # Classes to keep (empty: all classes in the dataset).
+    classes: tuple[str, ...] = setting(
+        (), "--classes", help="Classes to keep, comma-separated, e.g. anger,fear,sadness."
+    )
+    # The preset these settings started from (RECIPES); reports name it and what differs.
+    recipe: str = setting(
+        "paper",
+        "--recipe",
+        help="Starting settings: robust (batch normalisation and dropout, mirrored test "
+        "faces, the crop jittered in scale and position, for photos from other cameras), best "
+        "(the same without the jitter) or paper (the paper's recipe as written). Options "
+        "given here override the recipe's.",
+    )
+    # A fercli model file whose weights the network starts from (fine-tuning); "" for none.
+    # Trained on other people (another dataset), it lends a small set what it learned there.
+    init_model: str = setting(
+        "",
+        "--init",
+        metavar="MODEL",
+        help="Start from this model's weights (a model trained on other people, e.g. another "
+        "dataset) and fine-tune.",
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        check_switches(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """Settings from JSON (a model file, a report). A setting stored beside its switch
+        turned off (a model trained with `--no-augment --mixup 0.4` before such a pair was
+        refused) was not applied, and is read as its default."""
+        data = dict(data)
+        for name, rule in settings_of(cls).items():
+            if rule.only_with and data.get(rule.only_with) is False:
+                data.pop(name, None)
+        return super().from_dict(data)
+
+
 # Every training setting: what the command line, a sweep grid and the Python API accept.
-TRAIN_SETTINGS = {
-    "variant": Setting("--variant", str, MODEL_VARIANTS),
-    "epochs": Setting("--epochs", int, low=1, high=100_000),
-    "batch_size": Setting("--batch-size", int, low=1, high=65_536),
-    "learning_rate": Setting("--lr", float, low=0.0),
-    "momentum": Setting("--momentum", float, low=0.0, high=1.0),
-    "optimizer": Setting("--optimizer", str, OPTIMIZERS),
-    "augment": Setting("--augment", bool),
-    "augment_mode": Setting("--augment-mode", str, AUGMENTATIONS),
-    "copies": Setting("--copies", int, low=0, high=1000),
-    "flip": Setting("--flip", bool),
-    "max_rotation": Setting("--max-rotation", float, low=0.0, high=180.0),
-    "max_shift": Setting("--max-shift", float, low=0.0, high=float(CROP_SIZE)),
-    # Scaling a crop by more than half would leave too little face (or too much border).
-    "max_scale": Setting("--max-scale", float, low=0.0, high=0.5),
-    "photometric": Setting("--photometric", float, low=0.0, high=1.0),
-    # Beyond this, the smoothed target of the true class falls towards the others'.
-    "label_smoothing": Setting("--label-smoothing", float, low=0.0, high=0.5),
-    # Beta(a, a) with a large a mixes every pair half and half: no longer a training image.
-    "mixup": Setting("--mixup", float, low=0.0, high=4.0),
-    "normalisation": Setting("--normalisation", str, NORMALISATIONS),
-    "seed": Setting("--seed", int, low=0, high=MAX_SEED),
-    "test_time_flip": Setting("--flip-tta", bool),
-    "classes": Setting("--classes", tuple),
-    "recipe": Setting("--recipe", str),
-    "init_model": Setting("--init", str),
-}
+TRAIN_SETTINGS = settings_of(TrainConfig)
 
 
 # Named starting points for train and crossval; options given on the command line override
@@ -308,19 +372,54 @@ RECIPES: dict[str, dict] = {
 
 
 def recipe_config(name: str, **overrides) -> TrainConfig:
-    """The TrainConfig of a recipe with some settings overridden (None values are ignored)."""
+    """The TrainConfig of a recipe with some settings overridden (None values are ignored).
+    A recipe's value of a setting whose switch the overrides turn off (robust's max_scale
+    with augment=False) is dropped; an override of such a setting is refused (SettingError),
+    since it would do nothing."""
     if name not in RECIPES:
         raise FerError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
     chosen = {key: value for key, value in overrides.items() if value is not None}
-    return TrainConfig(**{**RECIPES[name], **chosen, "recipe": name})
+    values = {**RECIPES[name], **chosen, "recipe": name}
+    defaults = defaults_of(TrainConfig)
+    for key, rule in TRAIN_SETTINGS.items():
+        switch = rule.only_with
+        if switch is None:
+            continue
+        on = TRAIN_SETTINGS[switch].check(switch, values.get(switch, defaults[switch]))
+        if on is False and key in chosen:
+            raise unused_setting(TRAIN_SETTINGS, key, chosen[key])
+        if on is False:
+            values.pop(key, None)
+    return TrainConfig(**values)
 
 
 def recipe_differences(config: TrainConfig) -> dict:
-    """The settings of config that differ from its recipe (seed and classes aside)."""
+    """The settings of config that differ from its recipe (seed and classes aside, and the
+    settings its switches turn off: recipe_dropped names those)."""
     base = recipe_config(config.recipe) if config.recipe in RECIPES else TrainConfig()
     mine, theirs = config.to_dict(), base.to_dict()
     return {
         key: value
         for key, value in mine.items()
-        if key not in ("seed", "classes", "recipe") and theirs.get(key) != value
+        if key not in ("seed", "classes", "recipe")
+        and theirs.get(key) != value
+        and not _switched_off(config, key)
     }
+
+
+def recipe_dropped(config: TrainConfig) -> dict:
+    """The values config's recipe gives settings that config's switches turn off (robust's
+    max_scale 0.15 and max_shift 3 under augment=False): what the recipe would have applied."""
+    if config.recipe not in RECIPES:
+        return {}
+    defaults = defaults_of(TrainConfig)
+    return {
+        key: value
+        for key, value in RECIPES[config.recipe].items()
+        if _switched_off(config, key) and value != defaults[key]
+    }
+
+
+def _switched_off(config: TrainConfig, key: str) -> bool:
+    rule = TRAIN_SETTINGS.get(key)
+    return bool(rule and rule.only_with and getattr(config, rule.only_with) is False)

@@ -6,23 +6,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fercli.core.config import ScanConfig
+from fercli.core.config import LAYOUT_ALIASES, LAYOUTS, ScanConfig
 from fercli.core.errors import LayoutError
 from fercli.core.labels import canonical_label
 from fercli.media.discover import Skipped, files_under, is_visible
-
-# fer2013: a CSV file (emotion,pixels,Usage), read by fercli.data.fer2013 rather than scanned here.
-LAYOUTS = ("jaffe", "ck+", "folders", "fer2013")
-LAYOUT_ALIASES = {
-    "jaffe": "jaffe",
-    "ck+": "ck+",
-    "ck": "ck+",
-    "ckplus": "ck+",
-    "cohn-kanade": "ck+",
-    "folders": "folders",
-    "class-folders": "folders",
-    "classes": "folders",
-}
 
 # KA.AN1.39.tiff: subject initials, expression code and repeat, serial number.
 JAFFE_NAME = re.compile(r"^([A-Z]{2})\.([A-Z]{2})(\d+)\.(\d+)\.tiff?$", re.IGNORECASE)
@@ -220,8 +207,6 @@ def _read_ck_emotion(path: Path) -> str:
 
 
 def _scan_ck(root: Path, options: ScanConfig) -> Scan:
-    if options.ck_frames < 1:
-        raise LayoutError("--ck-frames must be at least 1")
     base = _ck_root(root)
     if base is None:
         raise LayoutError(f"{root}: not a CK+ tree (no {CK_IMAGES}/ and {CK_EMOTION}/ folders)")

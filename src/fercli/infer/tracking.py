@@ -18,6 +18,7 @@ import numpy as np
 
 from fercli.core.config import PreprocessConfig
 from fercli.core.errors import NoFaceError
+from fercli.core.settings import check_settings, setting
 from fercli.faces.align import DETECT_MAX_SIDE, align_face, face_detector, landmark_predictor
 from fercli.infer.adapt import Adaptation, adapt_model
 from fercli.infer.model import FerModel
@@ -51,17 +52,20 @@ CLASSIFY_BATCH = 64
 
 @dataclass(frozen=True)
 class VideoConfig:
-    """How a video is sampled, tracked and smoothed."""
+    """How a video is sampled, tracked and smoothed; checks itself (core.settings.setting)."""
 
     # Analyse one frame in every this many (1: every frame).
-    every: int = 1
+    every: int = setting(1, "--every", low=1, high=1_000_000)
     # Analyse this many frames a second of video instead (None: use every).
-    fps: float | None = None
+    fps: float | None = setting(None, "--fps", kind=float, low=0.0, above_low=True)
     # A full face detection every this many analysed frames; in between, faces are followed
     # by their landmarks. 1: detect on every analysed frame.
-    detect_every: int = 5
+    detect_every: int = setting(5, "--detect-every", low=1, high=1_000_000)
     # Smooth each track's probabilities over a window of this many seconds (0: off).
-    smooth: float = 0.0
+    smooth: float = setting(0.0, "--smooth", low=0.0)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import TrainConfig, recipe_differences
+from fercli.core.config import TrainConfig, recipe_differences, recipe_dropped
 from fercli.core.events import Event, Progress
 from fercli.data.prepared import PreparedDataset
 from fercli.learn.folds import FoldResult, FoldTask, make_folds
@@ -398,6 +398,8 @@ def assemble_crossval(
             "training": config.to_dict(),
             "recipe": config.recipe,
             "differs_from_recipe": recipe_differences(config),
+            # The recipe's values a setting given turned off (robust's jitter with augment off).
+            **({"dropped_from_recipe": dropped} if (dropped := recipe_dropped(config)) else {}),
             "preprocess": dataset.meta.get("preprocess"),
         },
         labels=selection.labels,

@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import types
-import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from fercli.core.config import (
-    TRAIN_SETTINGS,
-    TrainConfig,
-    fingerprint,
-    recipe_config,
-)
+from fercli.core.config import TRAIN_SETTINGS, TrainConfig, fingerprint, recipe_config
 from fercli.core.errors import FerError, GridError, SettingError
+from fercli.core.settings import Setting, spellings
 
-# Spellings of the command line (and of habit) for TrainConfig's field names.
-ALIASES = {"lr": "learning_rate", "flip_tta": "test_time_flip", "normalization": "normalisation"}
 # Settings that belong to the sweep as a whole, not to a recipe.
 TOP_LEVEL = ("seeds", "folds", "group", "classes")
 # A grid file larger than this is not one (a grid is a few lines; /dev/zero never ends).
@@ -64,68 +56,26 @@ def jsonable(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def _setting_types() -> dict:
-    return typing.get_type_hints(TrainConfig)
+# The sweep's own keys, checked as settings are (the training settings are TrainConfig's).
+FOLDS = Setting("folds", int, low=2, high=100_000)
+GROUP = Setting("group", str, choices=("random", "subject"))
 
 
-def _type_name(hint) -> str:
-    return getattr(hint, "__name__", None) or str(hint)
-
-
-# The plain types a setting can have: how to tell a value of it, and its name in an error.
-SCALARS = {
-    bool: (lambda value: isinstance(value, bool), "true or false"),
-    int: (lambda value: isinstance(value, int) and not isinstance(value, bool), "a whole number"),
-    float: (
-        lambda value: isinstance(value, (int, float)) and not isinstance(value, bool),
-        "a number",
-    ),
-    str: (lambda value: isinstance(value, str), "a string"),
-}
-
-
-def _coerce(value, hint, where: str):
-    """value as the type hint of a TrainConfig field says, or GridError naming where."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return _coerce_union(value, hint, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise GridError(f"{where}: {value!r} is not a list")
-        item = (typing.get_args(hint) or (str,))[0]
-        return tuple(_coerce(element, item, where) for element in value)
-    if hint in SCALARS:
-        accepts, name = SCALARS[hint]
-        if not accepts(value):
-            raise GridError(f"{where}: {value!r} is not {name}")
-        return float(value) if hint is float else value
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise GridError(f"{where}: {value!r} is not a {_type_name(hint)}")
-    return value
-
-
-def _coerce_union(value, hint, where: str):
-    """value as the first type of a union (X | None) it fits."""
-    options = typing.get_args(hint)
-    if value is None and type(None) in options:
-        return None
-    for option in options:
-        if option is type(None):
-            continue
-        try:
-            return _coerce(value, option, where)
-        except GridError:
-            continue
-    raise GridError(f"{where}: {value!r} is not a {_type_name(hint)}")
+def _checked(rule: Setting, name: str, value, where: str):
+    """value as the plain value of a setting (Setting.check), or GridError naming where."""
+    try:
+        return rule.check(name, value)
+    except SettingError as error:
+        raise GridError(f"{where}: {error}") from None
 
 
 def setting_name(key: str, source: str) -> str:
-    """TrainConfig's name for a setting key of a grid file (CLI spellings accepted)."""
-    name = key.strip().replace("-", "_")
-    name = ALIASES.get(name, name)
-    known = [item.name for item in fields(TrainConfig)]
-    if name not in known:
-        raise GridError(f"{source}: unknown setting {key!r}; settings are {', '.join(known)}")
+    """TrainConfig's name for a setting key of a grid file: the field's name, the option's
+    (lr, flip_tta, init, max-shift) or an alias (normalization); see TrainConfig."""
+    name = spellings(TrainConfig).get(key.strip().replace("-", "_"))
+    if name is None:
+        known = ", ".join(TRAIN_SETTINGS)
+        raise GridError(f"{source}: unknown setting {key!r}; settings are {known}")
     if name == "seed":
         raise GridError(
             f"{source}: {key!r} is not a recipe setting: list the seeds in seeds = [...]"
@@ -135,13 +85,7 @@ def setting_name(key: str, source: str) -> str:
 
 def _setting(key: str, value, source: str, table: str) -> tuple[str, object]:
     name = setting_name(key, f"{source} [{table}]")
-    where = f"{source}: [{table}] {key}"
-    coerced = _coerce(value, _setting_types()[name], where)
-    try:
-        TRAIN_SETTINGS[name].check(name, coerced)
-    except SettingError as error:
-        raise GridError(f"{where}: {error}") from None
-    return name, coerced
+    return name, _checked(TRAIN_SETTINGS[name], name, value, f"{source}: [{table}] {key}")
 
 
 def parse_grid(data: dict, source: str = "grid") -> Grid:
@@ -170,20 +114,15 @@ def parse_grid(data: dict, source: str = "grid") -> Grid:
             f"{source}: up to {runs:,} cross-validations (recipes times seeds); a sweep runs at "
             f"most {MAX_RUNS:,}: vary fewer settings or values at once"
         )
-    seeds = tuple(dict.fromkeys(_coerce(seed, int, f"{source}: seeds") for seed in seeds))
-    for seed in seeds:
-        try:
-            TRAIN_SETTINGS["seed"].check("seed", seed)
-        except SettingError as error:
-            raise GridError(f"{source}: seeds: {error}") from None
-    folds = _coerce(data.get("folds", 10), int, f"{source}: folds")
-    if folds < 2:
-        raise GridError(f"{source}: folds = {folds}: at least 2")
-    group = _coerce(data.get("group", "random"), str, f"{source}: group")
-    if group not in ("random", "subject"):
-        raise GridError(f"{source}: group {group!r} is not one of random, subject")
-    classes = _coerce(
-        data.get("classes", list(base.pop("classes", ()))), tuple[str, ...], f"{source}: classes"
+    seed = TRAIN_SETTINGS["seed"]
+    seeds = tuple(dict.fromkeys(_checked(seed, "seed", s, f"{source}: seeds") for s in seeds))
+    folds = _checked(FOLDS, "folds", data.get("folds", 10), source)
+    group = _checked(GROUP, "group", data.get("group", "random"), source)
+    classes = _checked(
+        TRAIN_SETTINGS["classes"],
+        "classes",
+        data.get("classes", list(base.pop("classes", ()))),
+        f"{source}: classes",
     )
     return Grid(
         base=base, vary=vary, seeds=seeds, folds=folds, group=group, classes=classes, source=source

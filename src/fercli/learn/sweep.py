@@ -222,8 +222,10 @@ def run_sweep(
     engine = engine or LocalEngine()
     selection = select_classes(dataset, grid.classes)
     data_id = selection_fingerprint(selection)
-    folder = make_dir(sweep_folder(dataset, data_id, grid))
+    # The recipes first: one the settings refuse (an unknown recipe, --no-augment beside an
+    # augmentation setting) leaves no empty sweep folder behind.
     plan = recipes(grid)
+    folder = make_dir(sweep_folder(dataset, data_id, grid))
     atomic_write_json(
         folder / "grid.json",
         {

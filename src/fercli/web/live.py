@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from fercli.core.errors import FerError
+from fercli.core.settings import check_settings, setting
 from fercli.infer.media import csv_header, csv_row, draw_faces
 from fercli.infer.model import FerModel
 from fercli.infer.tracking import FramePipeline, VideoConfig
@@ -104,15 +105,18 @@ def open_source(source: str):
 
 @dataclass(frozen=True)
 class LiveConfig:
-    """How fer live reads and analyses its source."""
+    """How fer live reads and analyses its source; checks itself (core.settings.setting)."""
 
     # A full face detection every this many frames; in between, faces are followed by their
     # landmarks.
-    detect_every: int = 5
+    detect_every: int = setting(5, "--detect-every", low=1, high=1_000_000)
     # A video file starts again at its end instead of ending the command.
-    loop: bool = False
+    loop: bool = setting(False, "--loop")
     # Write the per-frame CSV of fer predict --csv here (None: no recording).
-    record: Path | None = None
+    record: Path | None = setting(None, "--record", kind=Path)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 class LiveSession:
