@@ -74,8 +74,8 @@ def label_photos(
     """Find, align and classify every face in the images named by paths (files or folders),
     or in the images a command discovered already. adapt: the model's statistics re-estimated
     from all these faces first (infer.adapt); FerError when there are too few."""
-    found_files = paths if isinstance(paths, Discovered) else discover(paths)
-    files = found_files.files
+    discovered = paths if isinstance(paths, Discovered) else discover(paths)
+    files = discovered.files
     images = [ImagePrediction(path=str(path)) for path in files]
     found: list[tuple[int, np.ndarray, tuple]] = []
     if progress:
@@ -109,9 +109,9 @@ def label_photos(
         model=str(model.path),
         classes=model.classes,
         images=images,
-        problems=list(found_files.problems),
-        inputs=[str(path) for path in found_files.inputs],
-        notes=found_files.notes(),
+        problems=list(discovered.problems),
+        inputs=[str(path) for path in discovered.inputs],
+        notes=discovered.notes(),
         adaptation=adaptation,
     )
 
