@@ -40,7 +40,7 @@ class MediaReport:
     order: list[str] = field(default_factory=list)
 
     def in_order(self) -> list:
-        """The images' results (PredictedImage) and the videos' (VideoPrediction) in the
+        """The images' results (ImagePrediction) and the videos' (VideoPrediction) in the
         order the files were given."""
         waiting: dict[str, list] = {}
         for item in [*self.images.images, *self.videos]:
