@@ -286,3 +286,45 @@ def test_inside_photo_marks_what_the_crop_took_from_the_photo():
     inside = inside_photo(shift, (20, 10), (10, 30))
     assert inside.shape == (10, 20)
     assert not inside[:, :5].any() and inside[:, 5:].all()
+
+
+def test_the_pipeline_says_what_became_of_each_image(astronaut_path, astronaut_gray):
+    # fercli.faces.pipeline: the one way from an image (bytes, a path, an array) to its aligned
+    # faces, for preprocess, predict and video frames alike.
+    from fercli.core.errors import ImageError
+    from fercli.faces.pipeline import (
+        FACES,
+        NO_FACE,
+        UNREADABLE,
+        align_frame_faces,
+        align_images,
+        frame_boxes,
+    )
+    from fercli.media.images import decode_gray
+
+    config = PreprocessConfig()
+    images = [
+        ("bytes", astronaut_path.read_bytes()),
+        ("path", astronaut_path),
+        ("blank", np.full((120, 120), 128, np.uint8)),
+        ("text", b"not an image"),
+    ]
+    outcomes = list(align_images(iter(images), config, largest_only=True))
+    found = dict(outcomes)
+
+    assert [tag for tag, _ in outcomes] == ["bytes", "path", "blank", "text"]
+    assert [found[tag].status for tag in found] == [FACES, FACES, NO_FACE, UNREADABLE]
+    assert [found[tag].read for tag in found] == [True, True, True, False]
+    assert found["blank"].reason == str(no_face_error(config)) and found["blank"].faces == []
+    with pytest.raises(ImageError) as unreadable:
+        decode_gray(b"not an image")
+    assert found["text"].reason == str(unreadable.value)
+    photo = found["path"].faces[0]
+    assert found["path"].detected == 1 and found["path"].reason is None
+    assert np.array_equal(found["bytes"].faces[0].crop, photo.crop)
+    assert np.array_equal(align_faces(astronaut_path, config)[0].crop, photo.crop)
+    # A video frame's face goes through the same step from box to crop as the photo's.
+    [box] = frame_boxes(astronaut_gray, config)
+    [frame_face] = align_frame_faces(astronaut_gray, [box], config)
+    assert np.array_equal(frame_face.crop, photo.crop)
+    assert np.array_equal(frame_face.landmarks, photo.landmarks)

@@ -402,7 +402,12 @@ def test_annotate_writes_a_png_per_image(trained_model, photos, tmp_path):
         "--json",
     )
     assert result.exit_code == 0, result.output
-    assert sorted(path.name for path in folder.iterdir()) == ["blank.png", "one.png", "two.png"]
+    assert sorted(path.name for path in folder.iterdir()) == [
+        ".fercli-output",  # the folder is fercli's own: left out when a folder above is read
+        "blank.png",
+        "one.png",
+        "two.png",
+    ]
     assert cv2.imread(str(folder / "two.png")).shape == (512, 1024, 3)
     assert "3 annotated images in" in result.stderr
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from conftest import run_unprivileged
 from fercli.core.config import ScanConfig
 from fercli.core.errors import LayoutError, SettingError
 from fercli.data.datasets import detect_layout, scan_dataset, subject_of
-from fercli.media.discover import discover_images
+from fercli.media.discover import OUTPUT_MARKER, discover, mark_output_folder
 
 
 def by_name(scan) -> dict[str, tuple[str, str | None]]:
@@ -229,12 +230,11 @@ def test_forced_layout_that_finds_nothing_says_so(make_folders):
         scan_dataset(root, ScanConfig(layout="jaffe"))
 
 
-def test_discover_images_takes_files_and_folders(make_folders, tmp_path):
+def test_discover_takes_files_and_folders(make_folders, tmp_path):
     root = make_folders({"happy": ["a.png", "b.png"], "sad": ["c.png"]})
 
-    files, problems = discover_images(
-        [root / "sad" / "c.png", root / "happy", tmp_path / "gone.png"]
-    )
+    found = discover([root / "sad" / "c.png", root / "happy", tmp_path / "gone.png"])
+    files, problems = found.files, found.problems
 
     assert [path.name for path in files] == ["c.png", "a.png", "b.png"]
     assert [(Path(item.path).name, item.reason) for item in problems] == [
@@ -242,17 +242,41 @@ def test_discover_images_takes_files_and_folders(make_folders, tmp_path):
     ]
 
 
-def test_discover_images_passes_over_what_is_no_image_in_a_folder_but_not_a_named_file(
+def test_discover_passes_over_what_is_no_image_in_a_folder_but_not_a_named_file(
     make_folders, tmp_path
 ):
     root = make_folders({"happy": ["a.png"]})
     (root / "happy" / "README.md").write_text("notes")
     (root / "happy" / "empty.png").touch()  # for the reader to report: empty file
 
-    files, problems = discover_images([root, root / "happy" / "README.md"])
+    found = discover([root, root / "happy" / "README.md"])
+    files, problems = found.files, found.problems
 
     assert [path.name for path in files] == ["a.png", "empty.png", "README.md"]
     assert [(Path(item.path).name, item.listed) for item in problems] == [("README.md", False)]
+
+
+def test_folders_fercli_wrote_its_pictures_to_are_left_out_and_said(make_folders):
+    root = make_folders({"happy": ["a.png"], "sad": ["b.png"]})
+    pictures = root / "happy" / "why"
+    mark_output_folder(pictures, "fer predict --explain")
+    shutil.copy(root / "happy" / "a.png", pictures / "a.face1.png")
+    note = (
+        f"1 folder of fercli's own pictures left out: {pictures} (delete {OUTPUT_MARKER} in a "
+        "folder to have it read)"
+    )
+
+    found = discover([root])
+    scan = scan_dataset(root)
+
+    assert [path.name for path in found.files] == ["a.png", "b.png"]
+    assert found.left_out == [pictures] and found.notes() == [note]
+    assert sorted(by_name(scan)) == ["a.png", "b.png"] and note in scan.notes
+    # Named itself, the folder is read: the user asked for it.
+    assert [path.name for path in discover([pictures]).files] == ["a.face1.png"]
+    # Unmarked, it is an ordinary folder again.
+    (pictures / OUTPUT_MARKER).unlink()
+    assert [path.name for path in discover([root]).files] == ["a.png", "a.face1.png", "b.png"]
 
 
 def test_unreadable_sub_folder_is_reported_and_the_rest_read(make_folders):

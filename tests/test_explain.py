@@ -171,7 +171,118 @@ def test_a_video_is_explained_once_per_track_at_its_most_confident_frame(region_
         ["predict", str(clip), "--model", str(region_model.path), "--explain", str(folder)],
     )
     assert result.exit_code == 0, result.output
-    assert sorted(path.name for path in folder.iterdir()) == ["clip.track1.png"]
+    # The picture, and the mark that makes the folder fercli's own (never read as photos).
+    assert sorted(path.name for path in folder.iterdir()) == [".fercli-output", "clip.track1.png"]
     _picture(folder / "clip.track1.png")
     [line] = [line for line in result.stderr.splitlines() if "track 1 at frame" in line]
     assert "most confident" in line
+
+
+def _summary(result) -> str:
+    """predict's last line on stdout: images, faces, skipped."""
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_pictures_written_inside_the_photos_folder_are_not_read_back(
+    region_model, astronaut_path, tmp_path
+):
+    # Issue 31: `fer predict photos/ --explain photos/expl` was accepted, and the next
+    # `fer predict photos/` took fercli's own pictures for photos and labelled their "faces".
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(astronaut_path.read_bytes())
+    arguments = ["predict", str(photos), "--model", str(region_model.path)]
+    before = runner.invoke(app, arguments)
+    explained = runner.invoke(app, [*arguments, "--explain", str(photos / "expl")])
+    annotated = runner.invoke(app, [*arguments, "--annotate", str(photos / "ann")])
+    after = runner.invoke(app, arguments)
+    as_json = runner.invoke(app, [*arguments, "--json"])
+
+    for result in (before, explained, annotated, after, as_json):
+        assert result.exit_code == 0, result.output
+    assert (photos / "expl" / "a.face1.png").is_file() and (photos / "ann" / "a.png").is_file()
+    assert _summary(before) == _summary(explained) == _summary(after) == "1 image, 1 face"
+    # The second run left the first one's pictures out, and said so.
+    assert "1 annotated image in" in annotated.stderr
+    assert (
+        f"note: 1 folder of fercli's own pictures left out: {photos / 'expl'} (delete "
+        ".fercli-output in a folder to have it read)"
+    ) in annotated.stderr.splitlines()
+    assert (
+        f"note: 2 folders of fercli's own pictures left out: {photos / 'ann'}, "
+        f"{photos / 'expl'} (delete .fercli-output in a folder to have it read)"
+    ) in after.stderr.splitlines()
+    assert [item["path"] for item in json.loads(as_json.stdout)] == [str(photos / "a.png")]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_explanation_pictures_that_cannot_be_written_fail_the_run(
+    region_model, astronaut_path, tmp_path, as_json
+):
+    # Issue 32: a picture lost was a note and exit 0; --annotate's copies already failed the run.
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / "a.png").write_bytes(astronaut_path.read_bytes())
+    (photos / "sub" / "b.png").write_bytes(astronaut_path.read_bytes())
+    folder = tmp_path / "why"
+    folder.mkdir()
+    (folder / "sub").write_text("a file where the pictures' sub-folder would go")
+    result = runner.invoke(
+        app,
+        ["predict", str(photos), "--model", str(region_model.path), "--explain", str(folder)]
+        + (["--json"] if as_json else []),
+    )
+
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: no explanation picture b.face1.png for {photos / 'sub' / 'b.png'}: cannot "
+        f"write {folder / 'sub'}: File exists"
+    ]
+    assert (folder / "a.face1.png").is_file()  # what could be written was
+    assert "1 explanation picture in" in result.stderr
+    if as_json:  # the labels were printed all the same
+        assert len(json.loads(result.stdout)) == 2
+
+
+def test_explanation_pictures_lost_to_a_full_disk_fail_the_run(
+    region_model, astronaut_path, tmp_path
+):
+    import resource
+    import subprocess
+    import sys
+
+    folder = tmp_path / "why"
+    runner.invoke(app, ["predict", str(astronaut_path), "--model", str(region_model.path)])
+
+    def small_files_only() -> None:  # a full disk, without mounts: the marker fits, no picture
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    completed = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("fer")),
+            "predict",
+            str(astronaut_path),
+            "--model",
+            str(region_model.path),
+            "--explain",
+            str(folder),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        preexec_fn=small_files_only,
+    )
+
+    assert completed.returncode == 1, completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert json.loads(completed.stdout)[0]["faces"]
+    [error] = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith(
+        f"error: no explanation picture astronaut.face1.png for {astronaut_path}: cannot write "
+        f"{folder / 'astronaut.face1.png'}: File too large"
+    )
+    assert sorted(path.name for path in folder.iterdir()) == [".fercli-output"]

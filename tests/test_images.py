@@ -271,3 +271,37 @@ def test_a_video_frame_is_grey_exactly_as_the_png_photo_of_it(tmp_path, astronau
     as_photo = detector.run(load_gray(astronaut_path), 0, -0.5)[1]
     as_frame = detector.run(bgr_to_gray(frame), 0, -0.5)[1]
     assert len(as_photo) == 2 and list(as_photo) == list(as_frame)  # the face and the patch
+
+
+def test_pictures_are_written_whole_or_not_at_all_with_one_line_errors(tmp_path):
+    # Every PNG fercli writes goes through write_png; a picture OpenCV cannot encode was a
+    # ValueError (issue 31), which reached the user as a traceback.
+    from fercli.core.errors import FerError, StoreError
+    from fercli.media.drawing import confusion_image
+    from fercli.media.images import write_png
+
+    picture = np.full((20, 30, 3), 200, np.uint8)
+    path = write_png(tmp_path / "new" / "x.png", picture)
+    assert path == tmp_path / "new" / "x.png"
+    assert np.array_equal(cv2.imread(str(path)), picture)
+    again = write_png(path, picture, keep_existing=True)
+    assert again == tmp_path / "new" / "x-2.png"
+    with pytest.raises(FerError) as unencodable:
+        write_png(tmp_path / "empty.png", np.zeros((0, 0), np.uint8))
+    assert str(unencodable.value) == (
+        f"cannot write {tmp_path / 'empty.png'}: OpenCV could not encode the picture as PNG"
+    )
+    (tmp_path / "taken").write_text("a file where a folder would go")
+    for write in (
+        lambda target: write_png(target, picture),
+        lambda target: confusion_image(np.eye(2, dtype=int), ["a", "b"], target),
+    ):
+        with pytest.raises(StoreError) as caught:
+            write(tmp_path / "taken" / "x.png")
+        assert str(caught.value) == f"cannot write {tmp_path / 'taken'}: File exists"
+    assert sorted(path.name for path in tmp_path.rglob("*")) == [
+        "new",
+        "taken",
+        "x-2.png",
+        "x.png",
+    ]

@@ -9,11 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
+import fercli
 from fercli.core.config import TrainConfig
 from fercli.core.errors import ModelError
 from fercli.core.store import models_dir
 from fercli.infer.model import load_model
-from fercli.infer.photos import annotate, label_photos, resolve_model
+from fercli.infer.photos import annotate, label_photos
 from fercli.learn.training import train_model
 from synthetic import make_dataset
 
@@ -220,8 +221,15 @@ def test_annotated_copies_have_the_size_of_the_originals(
 def test_without_a_model_the_user_is_told_to_train_one():
     assert not models_dir().exists()
     with pytest.raises(ModelError) as caught:
-        resolve_model(None)
-    assert str(caught.value) == "no trained model: run `fer train` first, or pass --model"
+        load_model(None)
+    # Words for the library's users: the command line's (--model) are fer's to say.
+    assert str(caught.value) == (
+        f"no trained model in {models_dir()}: train one (fer train, or fercli.train in Python) "
+        "or give a model file's path"
+    )
+    with pytest.raises(ModelError) as through_the_api:
+        fercli.load_model()
+    assert str(through_the_api.value) == str(caught.value)
 
 
 def test_the_most_recent_model_is_the_default(model_path):
@@ -230,14 +238,15 @@ def test_the_most_recent_model_is_the_default(model_path):
     newest = models_dir() / "new.npz"
     newest.write_bytes(model_path.read_bytes())
     os.utime(models_dir() / "old.npz", (1_000_000_000, 1_000_000_000))
-    assert resolve_model(None).path == newest
+    assert load_model(None).path == newest
+    assert load_model().path == fercli.load_model().path == newest
 
 
 def test_a_model_option_that_is_not_a_model_is_refused(tmp_path, astronaut_path):
     with pytest.raises(ModelError, match="astronaut.png: not a fercli model file"):
-        resolve_model(astronaut_path)
+        load_model(astronaut_path)
     with pytest.raises(ModelError, match="no such model file"):
-        resolve_model(tmp_path / "missing.npz")
+        load_model(tmp_path / "missing.npz")
 
 
 def test_workers_give_what_one_process_gives(
@@ -281,3 +290,31 @@ def test_labels_follow_their_face_stay_inside_the_image_and_have_a_background():
     x, y, width, height = labelled_box(corner, (260, 0, 40, 40), "2 surprise 0.50", green, 1)
     assert 0 <= x and x + width <= 300 and 0 <= y and y + height <= 300
     assert line_thickness(small) >= 2 and line_thickness(np.zeros((300, 300))) == 1
+
+
+def test_predict_searches_the_folders_it_is_given_once(
+    model, astronaut_path, tmp_path, monkeypatch
+):
+    # One discovery a command: the annotation and explanation folders' checks, the photos and
+    # the videos all use the files found once.
+    from fercli.api import label_media
+    from fercli.media import discover as discover_module
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (photos / name).write_bytes(astronaut_path.read_bytes())
+    looked_at = []
+    real = discover_module._may_be_image
+
+    def counted(path: Path) -> bool:
+        looked_at.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(discover_module, "_may_be_image", counted)
+    media = label_media(
+        [photos], model, workers=1, annotate=tmp_path / "seen", explain=tmp_path / "why"
+    )
+
+    assert media.images.processed == 3 and len(media.explained) == 3
+    assert sorted(looked_at) == ["a.png", "b.png", "c.png"]

@@ -487,7 +487,7 @@ def test_an_image_that_breaks_its_batchs_landmarks_fails_alone(
 ):
     # The landmarks of several images are found together; an unexpected failure caused by
     # one image must cost only that image.
-    from fercli.faces import align as align_module
+    from fercli.faces import pipeline as pipeline_module
 
     root = make_folders(
         {
@@ -496,7 +496,7 @@ def test_an_image_that_breaks_its_batchs_landmarks_fails_alone(
         }
     )
     write_image(root / "sad" / "odd.png", faces(40, size=300))
-    real = align_module.align_detected
+    real = pipeline_module.align_detected
     batch_sizes = []
 
     def breaks_on_the_odd_one(images, config, **options):
@@ -505,7 +505,7 @@ def test_an_image_that_breaks_its_batchs_landmarks_fails_alone(
             raise RuntimeError("landmarks broke")
         return real(images, config, **options)
 
-    monkeypatch.setattr(align_module, "align_detected", breaks_on_the_odd_one)
+    monkeypatch.setattr(pipeline_module, "align_detected", breaks_on_the_odd_one)
 
     report = preprocess_dataset(root, workers=workers)
 

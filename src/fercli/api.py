@@ -31,7 +31,7 @@ from fercli.core.config import (
 )
 from fercli.core.errors import FerError
 from fercli.core.events import Progress
-from fercli.faces.align import align_faces as align_faces  # re-exported as fercli.align_faces
+from fercli.faces.pipeline import align_faces as align_faces  # re-exported as fercli.align_faces
 from fercli.infer.label import FacePrediction
 from fercli.infer.model import FerModel
 
@@ -42,10 +42,10 @@ if TYPE_CHECKING:
 
 def load_model(path: str | Path | None = None) -> FerModel:
     """A trained model: the file at path, else the most recently trained one in FER_HOME.
-    ModelError with the reason when there is none or the file is unusable."""
-    from fercli.infer.photos import resolve_model
+    ModelError with the reason when there is none (NoModelError) or the file is unusable."""
+    from fercli.infer.model import load_model as load_model_file
 
-    return resolve_model(None if path is None else Path(path))
+    return load_model_file(path)
 
 
 def label_faces(
@@ -266,32 +266,39 @@ def label_media(
     adapt: bool = False,
 ):
     """fer predict: the faces and labels of every image and video in paths (files and
-    folders) with a model (default: the newest), as a video.MediaReport; with annotate, the
-    labelled copies written there too (media.annotated: the files); with explain, a picture
+    folders) with a model (default: the newest), as an infer.files.MediaReport; with annotate,
+    the labelled copies written there too (media.annotated: the files); with explain, a picture
     of where the network looks for every face of the photos and each track of the videos
     (at its most confident frame) written there (media.explained: explain_files records).
-    options: a video.VideoConfig (sampling, detection, smoothing). video_progress(path) gives
-    each video's progress callback. FerError before any work for an annotation or
-    explanation folder that holds inputs. adapt: the model's statistics re-estimated from the
-    faces being labelled (the photos' together, each video's own) before they are labelled
+    options: a tracking.VideoConfig (sampling, detection, smoothing). video_progress(path)
+    gives each video's progress callback. FerError before any work for an annotation or
+    explanation folder that holds inputs; the folders are marked as fercli's own, and left out
+    when a later search meets them (media.discover). A picture that cannot be written is in
+    media.images.write_failures. adapt: the model's statistics re-estimated from the faces
+    being labelled (the photos' together, each video's own) before they are labelled
     (fer predict --adapt)."""
-    from fercli.core.store import check_writable
-    from fercli.infer.media import annotate_videos, label_files
+    from fercli.infer.files import annotate_videos, label_files
     from fercli.infer.photos import annotate as annotate_images
     from fercli.infer.photos import check_annotate_folder
     from fercli.infer.tracking import VideoConfig
+    from fercli.media.discover import discover, mark_output_folder
 
     if adapt and explain is not None:
         # The maps would be those of the model as trained, beside labels of the adapted one.
         raise FerError("--explain and --adapt together are not supported: choose one")
     loaded = model if isinstance(model, FerModel) else load_model(model)
-    paths = [Path(path) for path in paths]
-    for folder, option in ((annotate, "--annotate"), (explain, "--explain")):
-        if folder is not None:
-            check_annotate_folder(paths, Path(folder), option)
-            check_writable(Path(folder))
+    found = discover([Path(path) for path in paths])
+    outputs = [
+        (Path(folder), option)
+        for folder, option in ((annotate, "--annotate"), (explain, "--explain"))
+        if folder is not None
+    ]
+    for folder, option in outputs:
+        check_annotate_folder(found.files, folder, option)
+    for folder, option in outputs:
+        mark_output_folder(folder, f"fer predict {option}")
     media = label_files(
-        paths,
+        found,
         loaded,
         options or VideoConfig(),
         workers,

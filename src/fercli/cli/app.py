@@ -94,10 +94,15 @@ def fail(message: str, code: int = 1, as_json: bool = False) -> typer.Exit:
 def user_errors(as_json: bool = False):
     """Turn fercli's typed errors into one red line and exit code 1, Ctrl-C into exit 130;
     as_json: {"error": ...} on stdout too."""
-    from fercli.core.errors import FerError
+    from fercli.core.errors import FerError, NoModelError
 
     try:
         yield
+    except NoModelError:
+        # Every command that looks for the newest model has --model.
+        raise fail(
+            "no trained model: run `fer train` first, or pass --model", as_json=as_json
+        ) from None
     except FerError as error:
         raise fail(str(error), as_json=as_json) from None
     except KeyboardInterrupt:

@@ -128,10 +128,10 @@ def predict(
         raise fail(failure + (f" ({others})" if others else ""))
     if not as_json:
         render_media_summary(media, listed, others, as_csv)
-    failures = media.images.copy_failures
+    failures = media.images.write_failures
     for line in failures[:-1]:
         err.print(f"[red]error:[/red] {shown(line)}")
-    if failures:  # a copy lost to a full disk is a failed run, whatever else was written
+    if failures:  # a picture lost to a full disk is a failed run, whatever else was written
         raise fail(failures[-1], as_json=False)
 
 
@@ -210,9 +210,9 @@ def live(
 
 
 def _live_model(model: Path | None):
-    from fercli.infer.photos import resolve_model
+    from fercli.api import load_model
 
-    return resolve_model(model)
+    return load_model(model)
 
 
 def _serve_live(session, sock, access, what: str) -> None:

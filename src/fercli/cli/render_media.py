@@ -27,10 +27,8 @@ def render_media(media, as_json: bool, as_csv: bool, failure: str | None) -> Non
         )
     elif as_json:
         emit_json([item_json(item, report.classes) for item in media.in_order()])
-    elif as_csv and media.videos:
-        render_media_csv(media)
     elif as_csv:
-        render_predict_csv(report)
+        render_csv(media)
     else:
         if report.processed:
             render_predict(report)
@@ -171,45 +169,14 @@ def render_predict(report) -> None:
     out.print(table)
 
 
-def render_predict_csv(report) -> None:
-    """CSV on stdout; names escaped as in tables, so that no control byte reaches a terminal."""
+def render_csv(media) -> None:
+    """CSV on stdout (infer.files.csv_rows); names escaped as in tables, so that no control
+    byte reaches a terminal."""
     import csv
 
-    writer = csv.writer(sys.stdout)
-    writer.writerow(
-        [
-            "path",
-            "face",
-            "x",
-            "y",
-            "width",
-            "height",
-            "label",
-            *(f"p_{escaped(label)}" for label in report.classes),
-        ]
-    )
-    for image in report.images:
-        writer.writerows(image_rows(image, report.classes))
+    from fercli.infer.files import csv_rows
 
-
-def image_rows(image, classes: list[str]) -> list[list]:
-    """An image's CSV rows: path, face number, box, label and probabilities for each face; one
-    row with the rest empty for an image read without a face (an unreadable one: none, it is
-    reported as skipped)."""
-    if image.error is not None:
-        return []
-    if not image.faces:
-        return [[escaped(image.path), "", "", "", "", "", "", *([""] * len(classes))]]
-    return [
-        [
-            escaped(image.path),
-            number,
-            *face.box,
-            escaped(face.label),
-            *(f"{face.probabilities[label]:.6f}" for label in classes),
-        ]
-        for number, face in enumerate(image.faces, start=1)
-    ]
+    csv.writer(sys.stdout).writerows(csv_rows(media, escaped))
 
 
 def render_videos(media) -> None:
@@ -250,37 +217,3 @@ def render_videos(media) -> None:
                 *(f"{summary['shares'][label]:.0%}" for label in classes),
             )
         out.print(table)
-
-
-def render_media_csv(media) -> None:
-    """CSV of a run with videos: one row per face per analysed frame, and one per face of each
-    image (its frame, time and track empty; a video's face column empty); an image without a
-    face has one row with an empty label. Files in the order given."""
-    import csv
-
-    from fercli.infer.media import csv_header, csv_row
-
-    classes = media.images.classes
-    images = media.images.images
-    smoothed = any(video.smoothed for video in media.videos)
-    writer = csv.writer(sys.stdout)
-    header = csv_header(classes, smoothed, escaped)
-    if images:
-        header.insert(1, "face")
-    writer.writerow(header)
-    for item in media.in_order():
-        if not hasattr(item, "tracks"):  # an image
-            unsmoothed = [""] * (len(classes) + 1) if smoothed else []
-            for row in image_rows(item, classes):
-                # No frame, time or track; no smoothed figures.
-                writer.writerow([*row[:2], "", "", "", *row[2:], *unsmoothed])
-            continue
-        rows = sorted(
-            ((face.frame, track.id, face) for track in item.tracks for face in track.frames),
-            key=lambda row: row[:2],
-        )
-        for _, track, face in rows:
-            row = csv_row(item.path, track, face, classes, smoothed, escaped)
-            if images:
-                row.insert(1, "")
-            writer.writerow(row)

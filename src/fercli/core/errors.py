@@ -25,6 +25,10 @@ class ModelError(FerError):
     """A model file that is missing, damaged or incompatible."""
 
 
+class NoModelError(ModelError):
+    """No model was named and none has been trained (FER_HOME holds no model file)."""
+
+
 class StoreError(FerError):
     """The place where fercli keeps its files cannot be written."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from fercli.core.config import LAYOUT_ALIASES, LAYOUTS, ScanConfig
 from fercli.core.errors import LayoutError
 from fercli.core.labels import canonical_label
-from fercli.media.discover import Skipped, files_under, is_visible
+from fercli.media.discover import Skipped, files_under, is_visible, left_out_note
 
 # KA.AN1.39.tiff: subject initials, expression code and repeat, serial number.
 JAFFE_NAME = re.compile(r"^([A-Z]{2})\.([A-Z]{2})(\d+)\.(\d+)\.tiff?$", re.IGNORECASE)
@@ -56,6 +56,8 @@ class Scan:
     records: list[ImageRecord]
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Sub-folders fercli wrote its own pictures to (media.discover), not read.
+    left_out: list[Path] = field(default_factory=list)
 
     @property
     def has_subjects(self) -> bool:
@@ -162,6 +164,9 @@ def scan_dataset(root: Path, options: ScanConfig = ScanConfig()) -> Scan:
         layout = detect_layout(root)
     reader = {"jaffe": _scan_jaffe, "ck+": _scan_ck, "folders": _scan_folders}[layout]
     scan = reader(root, options)
+    note = left_out_note(scan.left_out)
+    if note:
+        scan.notes.append(note)
     if not scan.records:
         reasons = (
             f" ({len(scan.skipped)} files left out: {scan.skipped[0].reason}, ...)"
@@ -173,8 +178,8 @@ def scan_dataset(root: Path, options: ScanConfig = ScanConfig()) -> Scan:
 
 
 def _scan_jaffe(root: Path, options: ScanConfig) -> Scan:
-    records, skipped = [], []
-    for path in files_under(root, skipped):
+    records, skipped, left_out = [], [], []
+    for path in files_under(root, skipped, left_out):
         if path.parent != root:
             skipped.append(Skipped(str(path), "in a sub-folder; JAFFE is one flat folder"))
             continue
@@ -187,7 +192,7 @@ def _scan_jaffe(root: Path, options: ScanConfig) -> Scan:
             skipped.append(Skipped(str(path), f"unknown JAFFE expression code {code!r}"))
             continue
         records.append(ImageRecord(path, JAFFE_CODES[code], match.group(1).upper()))
-    return Scan("jaffe", root, records, skipped)
+    return Scan("jaffe", root, records, skipped, left_out=left_out)
 
 
 def _read_ck_emotion(path: Path) -> str:
@@ -211,9 +216,9 @@ def _scan_ck(root: Path, options: ScanConfig) -> Scan:
     if base is None:
         raise LayoutError(f"{root}: not a CK+ tree (no {CK_IMAGES}/ and {CK_EMOTION}/ folders)")
     images_root, emotion_root = _child(base, CK_IMAGES), _child(base, CK_EMOTION)
-    records, skipped = [], []
+    records, skipped, left_out = [], [], []
     sequences = 0
-    for emotion_file in files_under(emotion_root, skipped):
+    for emotion_file in files_under(emotion_root, skipped, left_out):
         if not emotion_file.name.endswith("_emotion.txt"):
             continue
         relative = emotion_file.parent.relative_to(emotion_root)
@@ -223,7 +228,7 @@ def _scan_ck(root: Path, options: ScanConfig) -> Scan:
             skipped.append(Skipped(str(emotion_file), str(error)))
             continue
         frames_dir = images_root / relative
-        frames = files_under(frames_dir, skipped) if frames_dir.is_dir() else []
+        frames = files_under(frames_dir, skipped, left_out) if frames_dir.is_dir() else []
         if not frames:
             skipped.append(Skipped(str(emotion_file), f"no frames in {frames_dir}"))
             continue
@@ -233,7 +238,7 @@ def _scan_ck(root: Path, options: ScanConfig) -> Scan:
         records.extend(ImageRecord(path, label, subject) for path in last)
         if options.ck_neutral_first and len(frames) > len(last):
             records.append(ImageRecord(frames[0], "neutral", subject))
-    scan = Scan("ck+", root, records, skipped)
+    scan = Scan("ck+", root, records, skipped, left_out=left_out)
     scan.notes.append(
         f"{sequences} labelled sequences, last {options.ck_frames} frames each"
         + (", first frame as neutral" if options.ck_neutral_first else "")
@@ -242,12 +247,12 @@ def _scan_ck(root: Path, options: ScanConfig) -> Scan:
 
 
 def _scan_folders(root: Path, options: ScanConfig) -> Scan:
-    records, skipped = [], []
-    for path in files_under(root, skipped):
+    records, skipped, left_out = [], [], []
+    for path in files_under(root, skipped, left_out):
         relative = path.relative_to(root)
         if len(relative.parts) < 2:
             skipped.append(Skipped(str(path), "not in a class folder"))
             continue
         label = canonical_label(relative.parts[0])
         records.append(ImageRecord(path, label, subject_of(path.name)))
-    return Scan("folders", root, records, skipped)
+    return Scan("folders", root, records, skipped, left_out=left_out)

@@ -141,35 +141,18 @@ def align_chunk(
     chunk: list[tuple[int, int, str, np.ndarray]], config: PreprocessConfig
 ) -> list[tuple]:
     """(number, label, split, crop or None, reason) for each row of a chunk; runs in workers."""
-    from fercli.faces.align import align_batch, detect_faces, no_face_error
+    from fercli.faces.pipeline import FAILED, align_images
 
-    found = [(image, detect_faces(image, config)) for _, _, _, image in chunk]
-    aligned = align_batch(found, config, largest_only=True)
+    images = (((number, label, split), image) for number, label, split, image in chunk)
     results = []
-    for (number, label, split, _), outcome in zip(chunk, aligned, strict=True):
-        if isinstance(outcome, Exception):
-            results.append(
-                (
-                    number,
-                    label,
-                    split,
-                    None,
-                    f"row {number}: alignment failed: {type(outcome).__name__}",
-                )
-            )
-        elif not outcome:
-            results.append(
-                (
-                    number,
-                    label,
-                    split,
-                    None,
-                    f"row {number}: {no_face_error(config)} in the 48x48 image",
-                )
-            )
+    for (number, label, split), found in align_images(images, config, largest_only=True):
+        if found.faces:
+            results.append((number, label, split, found.faces[0].crop, None))
+        elif found.status == FAILED:
+            results.append((number, label, split, None, f"row {number}: {found.reason}"))
         else:
-            [face] = outcome
-            results.append((number, label, split, face.crop, None))
+            reason = f"row {number}: {found.reason} in the 48x48 image"
+            results.append((number, label, split, None, reason))
     return results
 
 

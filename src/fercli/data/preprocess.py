@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
 from functools import partial
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import BATCH_PIXELS, PreprocessConfig, ScanConfig
-from fercli.core.errors import FerError, ImageError, NoFaceError
+from fercli.core.config import PreprocessConfig, ScanConfig
+from fercli.core.errors import FerError
 from fercli.core.events import Progress, items
 from fercli.core.labels import label_order
 from fercli.core.parallel import (
@@ -31,16 +30,9 @@ from fercli.data.prepared import (
     PreprocessReport,
     save_prepared,
 )
-from fercli.faces.align import (
-    AlignedFace,
-    align_batch,
-    detect_faces,
-    landmark_predictor,
-    landmarks_load_quickly,
-    no_face_error,
-)
+from fercli.faces.pipeline import ImageFaces, align_images, load_models_for_workers
 from fercli.media.discover import Skipped
-from fercli.media.images import decode_gray, read_file, single_threaded_opencv
+from fercli.media.images import read_file, single_threaded_opencv
 
 
 def align_file(
@@ -57,117 +49,46 @@ def align_file(
 def align_files(
     paths: list[Path | str], config: PreprocessConfig, cache: CropCache | None
 ) -> list[tuple[CacheEntry, bool]]:
-    """align_file for several files, in their order; the landmarks of their faces are found
-    together (much cheaper than one by one), a bounded number of pixels at a time."""
+    """align_file for several files, in their order: the files whose crop is not cached go
+    through the face pipeline (faces.pipeline.align_images, each image's largest face), and
+    what it makes of each is cached, unless it failed unexpectedly (tried again next run)."""
     results: list = [None] * len(paths)
-    waiting: list[tuple[int, FacesFound]] = []
 
-    def align_waiting() -> None:
-        entries = _align_found([found for _, found in waiting], config, cache)
-        for (index, _), entry in zip(waiting, entries, strict=True):
-            results[index] = entry, False
-        waiting.clear()
+    def uncached() -> Iterator[tuple[tuple[int, str], bytes]]:
+        """The files the cache does not answer for: ((index, cache key), their bytes)."""
+        for index, path in enumerate(paths):
+            try:
+                data = read_file(Path(path))
+            except FerError as error:
+                results[index] = CacheEntry(crop=None, reason=str(error)), False
+                continue
+            key = content_key(data)
+            cached = cache.get(key) if cache is not None else None
+            if cached is not None:
+                results[index] = cached, True
+                continue
+            yield (index, key), data
 
-    for index, path in enumerate(paths):
-        outcome = _find_faces(Path(path), config, cache)
-        if not isinstance(outcome, FacesFound):
-            results[index] = outcome
-            continue
-        waiting.append((index, outcome))
-        # A bound on the memory that decoded images waiting for their landmarks hold.
-        if sum(found.gray.size for _, found in waiting) >= BATCH_PIXELS:
-            align_waiting()
-    if waiting:
-        align_waiting()
+    for (index, key), found in align_images(uncached(), config, largest_only=True):
+        entry = _entry(found)
+        if cache is not None and found.lasting:
+            cache.put(key, entry)
+        results[index] = entry, False
     return results
 
 
-@dataclass(frozen=True)
-class FacesFound:
-    """Faces found in a file whose crop is not cached yet: what landmarking starts from."""
-
-    key: str  # the file's cache key
-    detections: list  # detect_faces' result
-    gray: np.ndarray  # the decoded image
-
-
-def _find_faces(
-    path: Path, config: PreprocessConfig, cache: CropCache | None
-) -> tuple[CacheEntry, bool] | FacesFound:
-    """The first half of align_file: read the file, look it up in the cache, decode it and
-    find its faces."""
-    try:
-        data = read_file(path)
-    except FerError as error:
-        return CacheEntry(crop=None, reason=str(error)), False
-    key = content_key(data)
-    if cache is not None:
-        cached = cache.get(key)
-        if cached is not None:
-            return cached, True
-
-    def find() -> CacheEntry | FacesFound:
-        gray = decode_gray(data)
-        detections = detect_faces(gray, config)
-        if not detections:
-            raise no_face_error(config)
-        return FacesFound(key, detections, gray)
-
-    outcome = _attempt(find, key, cache)
-    return outcome if isinstance(outcome, FacesFound) else (outcome, False)
-
-
-def _align_found(
-    found: list[FacesFound], config: PreprocessConfig, cache: CropCache | None
-) -> list[CacheEntry]:
-    """The second half of align_files: landmarks (of all the images together), crop, cache."""
-    aligned = align_batch([(item.gray, item.detections) for item in found], config, True)
-    entries = []
-    for item, faces in zip(found, aligned, strict=True):
-        if isinstance(faces, Exception):
-            # Unexpected: reported, not cached, so that a later run tries again.
-            entries.append(CacheEntry(crop=None, reason=_unexpected(faces)))
-            continue
-        entries.append(_entry(faces, len(item.detections), config))
-        if cache is not None:
-            cache.put(item.key, entries[-1])
-    return entries
-
-
-def _entry(largest: list[AlignedFace], detected: int, config: PreprocessConfig) -> CacheEntry:
-    """An image's entry: its largest face (align_detected's list of one), or why there is
-    none; detected: how many faces dlib found in it."""
-    if not largest:
-        return CacheEntry(crop=None, reason=str(no_face_error(config)))
-    [face] = largest
+def _entry(found: ImageFaces) -> CacheEntry:
+    """An image's entry: its largest face, or why there is none."""
+    if not found.faces:
+        return CacheEntry(crop=None, reason=found.reason)
+    [face] = found.faces
     return CacheEntry(
         crop=face.crop,
-        faces=detected,
+        faces=found.detected,
         box=face.box,
         angle=round(face.angle, 3),
         padding=round(face.padding, 4),
     )
-
-
-def _unexpected(error: Exception) -> str:
-    return f"alignment failed: {type(error).__name__}: {error}"
-
-
-def _attempt(work: Callable, key: str, cache: CropCache | None):
-    """work()'s result; a bad image becomes an entry with the reason, stored in the cache
-    so that a second run does not try again. Other errors a user can fix (dlib's landmark
-    model is missing) end the run; unexpected ones make an entry that is not stored."""
-    try:
-        outcome = work()
-    except (ImageError, NoFaceError) as error:
-        outcome = CacheEntry(crop=None, reason=str(error))
-    except FerError:
-        raise
-    except Exception as error:
-        return CacheEntry(crop=None, reason=_unexpected(error))
-    if isinstance(outcome, CacheEntry) and cache is not None:
-        cache.put(key, outcome)
-    return outcome
 
 
 def preprocess_dataset(
@@ -200,10 +121,7 @@ def preprocess_dataset(
     records = scan.records
     if progress:
         progress(items(0, len(records)))
-    if not landmarks_load_quickly():
-        # dlib's landmark model is converted (the first run only) here, once, rather than in
-        # every worker; forked workers share it, later runs map the stored arrays.
-        landmark_predictor()
+    load_models_for_workers()
     parts = batches([str(record.path) for record in records], workers)
     outcomes: list[tuple[CacheEntry, bool]] = []
     work = partial(align_files, config=config, cache=cache)

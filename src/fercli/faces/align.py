@@ -4,10 +4,13 @@ dlib finds faces and 68 landmarks; the image is rotated so that the eye centres 
 cropped from 0.6 eye distances above the eye line down to the chin and between the jaw
 points 0 and 16, histogram-equalized and downsampled to 32x32. Pure numpy in and out.
 
-The vocabulary: detect_faces(gray) finds the faces of one image; align_detected([(gray,
-detections), ...]) aligns them, for one image or many at once (largest_only=True for each
-image's largest face); align_face(gray, landmarks) crops one face whose landmarks are known.
-dlib's two models are loaded here too, lazily and once per process.
+The vocabulary: detect_faces(gray) finds the faces of one image; align_boxes([(gray, box,
+score), ...]) finds the landmarks of faces in given boxes, all together, and aligns them;
+align_detected([(gray, detections), ...]) does so for the detections of one image or many at
+once (largest_only=True for each image's largest face); align_face(gray, landmarks) crops one
+face whose landmarks are known. dlib's two models are loaded here too, lazily and once per
+process. These are the steps; fercli.faces.pipeline puts them together, once, for every
+command that needs faces.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import numpy as np
 
 from fercli.core.config import PreprocessConfig
 from fercli.core.errors import FerError, NoFaceError
-from fercli.media.images import as_gray
 
 # dlib's 68-point scheme: 36-41 is the eye on the image's left, 42-47 the other.
 LEFT_EYE = slice(36, 42)
@@ -186,11 +188,7 @@ def detect_faces(
     camera in a group photo. Preprocessing, which keeps the largest face only, does without.
     """
     detector = face_detector()
-    scale = 1.0
-    search = gray
-    if max(gray.shape) > DETECT_MAX_SIDE:
-        scale = DETECT_MAX_SIDE / max(gray.shape)
-        search = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    search, scale = search_image(gray)
     tries = list(config.upsample_tries)
     for index, upsample in enumerate(tries):
         boxes, scores, _ = detector.run(search, upsample, config.min_face_score)
@@ -204,6 +202,15 @@ def detect_faces(
         found = [(_rescaled(box, scale), float(score)) for box, score in found]
         return sorted(found, key=lambda item: -item[0].area())
     return []
+
+
+def search_image(gray: np.ndarray) -> tuple[np.ndarray, float]:
+    """The image dlib searches for faces (gray shrunk to DETECT_MAX_SIDE on its longer side at
+    most) and the scale it was shrunk by (1.0: not shrunk)."""
+    if max(gray.shape) <= DETECT_MAX_SIDE:
+        return gray, 1.0
+    scale = DETECT_MAX_SIDE / max(gray.shape)
+    return cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), scale
 
 
 # detect_faces(every_face=True) searches the next upsampling level when the upsampled image
@@ -270,57 +277,33 @@ def align_detected(
     if largest_only:
         return _align_largest(images, config)
     boxes = [(gray, box, score) for gray, detections in images for box, score in detections]
-    aligned = iter(_align_boxes(boxes, config))
+    aligned = iter(align_boxes(boxes, config))
     faces = [[next(aligned) for _ in detections] for _, detections in images]
     return [[face for face in image if face is not None] for image in faces]
-
-
-def align_batch(
-    found: list[tuple[np.ndarray, list]], config: PreprocessConfig, largest_only: bool = False
-) -> list[list[AlignedFace] | Exception]:
-    """align_detected for a batch of images (their landmarks found together, much cheaper than
-    one by one). If the batch fails unexpectedly, each image is aligned alone so that one bad
-    image cannot take the others with it; its entry is then the exception it raised. FerErrors
-    (a missing landmark model) concern every image and are raised."""
-    try:
-        return align_detected(found, config, largest_only=largest_only)
-    except FerError:
-        raise
-    except Exception as error:
-        if len(found) == 1:
-            return [error]
-    results: list[list[AlignedFace] | Exception] = []
-    for one in found:
-        try:
-            results += align_detected([one], config, largest_only=largest_only)
-        except FerError:
-            raise
-        except Exception as error:
-            results.append(error)
-    return results
 
 
 def _align_largest(
     images: list[tuple[np.ndarray, list[Detection]]], config: PreprocessConfig
 ) -> list[list[AlignedFace]]:
     firsts = [(gray, *detections[0]) for gray, detections in images if detections]
-    largest = iter(_align_boxes(firsts, config))
+    largest = iter(align_boxes(firsts, config))
     results = []
     for gray, detections in images:
         face = next(largest) if detections else None
         for box, score in detections[1:] if face is None else ():
-            [face] = _align_boxes([(gray, box, score)], config)
+            [face] = align_boxes([(gray, box, score)], config)
             if face is not None:
                 break
         results.append([] if face is None else [face])
     return results
 
 
-def _align_boxes(
+def align_boxes(
     faces: list[tuple[np.ndarray, object, float]], config: PreprocessConfig
 ) -> list[AlignedFace | None]:
     """Each (gray image, dlib box, score) aligned, the landmarks of all found together; None
-    where they outline no face."""
+    where they outline no face. The one step from face boxes to aligned faces: of the faces
+    detected in photos (align_detected) and of those detected or followed in video frames."""
     points = landmark_predictor().predict_many([(gray, box) for gray, box, _ in faces])
     return [
         _aligned_face(gray, box, score, landmarks.astype(np.float64), config)
@@ -457,13 +440,3 @@ def equalize(face: np.ndarray, inside: np.ndarray, method: str) -> np.ndarray:
     lut[darkest + 1 :] = running[darkest + 1 :].astype(np.float32) * scale
     # saturate_cast rounds half to even, as np.rint does.
     return np.rint(lut).clip(0, 255).astype(np.uint8)[face]
-
-
-def align_faces(
-    image: str | Path | np.ndarray, config: PreprocessConfig | None = None
-) -> list[AlignedFace]:
-    """Every face in an image, aligned as for training (32x32 crops), largest first: each
-    with its crop, box, landmarks and the map from image to crop coordinates."""
-    gray = as_gray(image)
-    config = config or PreprocessConfig()
-    return align_detected([(gray, detect_faces(gray, config, every_face=True))], config)[0]

@@ -158,7 +158,7 @@ def explain_faces(
 ) -> list[FaceExplanation]:
     """Every face of an image (a path, or a BGR or grayscale uint8 array), aligned with the
     model's preprocessing settings and explained: a FaceExplanation each, largest first."""
-    from fercli.faces.align import align_faces
+    from fercli.faces.pipeline import align_faces
 
     faces = align_faces(image, model.preprocess)
     if not faces:

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fercli.core.errors import FerError
 from fercli.infer.explain import PATCH, FaceExplanation, explain_crops
 from fercli.infer.model import FerModel
+
+if TYPE_CHECKING:
+    from fercli.infer.files import MediaReport
+    from fercli.infer.photos import PredictReport
 
 
 @dataclass
@@ -26,13 +31,14 @@ class ExplainedFace:
     time: float | None = None
 
 
-def explain_media(media, model: FerModel, folder: Path) -> list[ExplainedFace]:
+def explain_media(media: MediaReport, model: FerModel, folder: Path) -> list[ExplainedFace]:
     """Write an explanation picture (fercli.media.heatmaps.explanation_image) in folder for
     every face of media's photos (name.face1.png, ...) and for each track of its videos at the
     track's most confident analysed frame (name.track1.png, ...), the names mirroring the
     inputs' paths as --annotate's copies do. Never replaces a file (the next free name, with a
-    note in media.images.notes); a picture that cannot be written is a note too. media: a
-    MediaReport whose photos kept their crops and whose videos kept each track's best face."""
+    note in media.images.notes); a picture that cannot be written is a failure of the run
+    (media.images.write_failures), as an annotated copy is. media: a MediaReport whose photos
+    kept their crops and whose videos kept each track's best face."""
     from fercli.infer.photos import annotated_name
 
     report = media.images
@@ -46,7 +52,7 @@ def explain_media(media, model: FerModel, folder: Path) -> list[ExplainedFace]:
             x, y, width, height = face.box
             caption = f"face {number} of {Path(image.path).name}, box {x},{y} {width}x{height}"
             wanted = base.with_name(f"{base.stem}.face{number}.png")
-            path = _write(face, caption, wanted, image.path, report.notes)
+            path = _write(face, caption, wanted, image.path, report)
             if path:
                 record = ExplainedFace(image.path, number, path, face.label, face.probability)
                 written.append(record)
@@ -59,7 +65,7 @@ def explain_media(media, model: FerModel, folder: Path) -> list[ExplainedFace]:
                 f"({record.time:.2f} s): its most confident"
             )
             wanted = base.with_name(f"{base.stem}.track{track_id}.png")
-            path = _write(face, caption, wanted, video.path, report.notes)
+            path = _write(face, caption, wanted, video.path, report)
             if path:
                 written.append(
                     ExplainedFace(
@@ -76,25 +82,19 @@ def explain_media(media, model: FerModel, folder: Path) -> list[ExplainedFace]:
 
 
 def _write(
-    face: FaceExplanation, caption: str, wanted: Path, source: str, notes: list[str]
+    face: FaceExplanation, caption: str, wanted: Path, source: str, report: PredictReport
 ) -> Path | None:
     """The picture of one explained face at wanted, or the next free name (noted); None, with
-    a note, where it cannot be written."""
-    import cv2
-
-    from fercli.core.store import atomic_write
+    a failure in report, where it cannot be written."""
     from fercli.media.heatmaps import explanation_image
+    from fercli.media.images import write_png
 
     picture = explanation_image(face.crop, face.map, face.label, face.probability, caption, PATCH)
-    ok, encoded = cv2.imencode(".png", picture)
     try:
-        if not ok:
-            raise FerError("OpenCV could not encode it as PNG")
-        data = encoded.tobytes()
-        path = atomic_write(wanted, lambda stream: stream.write(data), keep_existing=True)
+        path = write_png(wanted, picture, keep_existing=True)
     except FerError as error:  # a sub-folder name taken by a file, a full disk
-        notes.append(f"no explanation picture {wanted.name} for {source}: {error}")
+        report.write_failures.append(f"no explanation picture {wanted.name} for {source}: {error}")
         return None
     if path != wanted:
-        notes.append(f"{wanted} exists: the explanation picture for {source} is {path}")
+        report.notes.append(f"{wanted} exists: the explanation picture for {source} is {path}")
     return path

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fercli.core.errors import ModelError
-from fercli.faces.align import align_faces
+from fercli.faces.pipeline import align_faces
 
 if TYPE_CHECKING:
     from fercli.infer.model import FerModel

@@ -17,9 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from fercli.core.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
-from fercli.core.errors import ModelError
+from fercli.core.errors import ModelError, NoModelError
 from fercli.core.hashing import CROP_DIGEST_BYTES, crop_digests
-from fercli.core.store import atomic_write, npz_problem, pack_json, unpack_json
+from fercli.core.store import (
+    atomic_write,
+    latest,
+    models_dir,
+    npz_problem,
+    pack_json,
+    unpack_json,
+)
 from fercli.infer.runtime import NumpyNetwork
 
 MODEL_FORMAT = "fercli-model"
@@ -270,12 +277,14 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def load_model(path: Path) -> FerModel:
-    """Read a model file written by `fer train`, without TensorFlow and without unpickling.
+def load_model(path: str | Path | None = None) -> FerModel:
+    """Read a model file written by `fer train` (None: the most recently trained one in
+    FER_HOME/models), without TensorFlow and without unpickling.
 
-    ModelError with the reason for a missing, damaged, foreign or incompatible file.
+    ModelError with the reason for a missing, damaged, foreign or incompatible file;
+    NoModelError when path is None and no model has been trained.
     """
-    path = Path(path)
+    path = newest_model() if path is None else Path(path)
     meta, arrays = _read_model_file(path)
     try:
         preprocess = _checked_preprocess(meta, path)
@@ -302,6 +311,18 @@ def load_model(path: Path) -> FerModel:
     if not np.all(np.isfinite(probe)):
         raise ModelError(f"{path}: damaged model file (its probabilities are not finite numbers)")
     return model
+
+
+def newest_model() -> Path:
+    """The model file trained most recently, in FER_HOME/models: the model used when none is
+    named. NoModelError when there is none."""
+    path = latest(models_dir(), "*.npz")
+    if path is None:
+        raise NoModelError(
+            f"no trained model in {models_dir()}: train one (fer train, or fercli.train in "
+            "Python) or give a model file's path"
+        )
+    return path
 
 
 def is_model_file(path: Path) -> bool:

@@ -10,22 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import BATCH_PIXELS, PreprocessConfig
-from fercli.core.errors import FerError, ModelError
+from fercli.core.config import PreprocessConfig
+from fercli.core.errors import FerError
 from fercli.core.events import Progress, items
 from fercli.core.parallel import batches, default_workers, run_tasks
-from fercli.core.store import latest, models_dir
-from fercli.faces.align import (
-    align_batch,
-    detect_faces,
-    landmark_predictor,
-    landmarks_load_quickly,
-)
+from fercli.faces.pipeline import align_images, load_models_for_workers
 from fercli.infer.adapt import Adaptation, adapt_model
 from fercli.infer.label import FacePrediction, label_crops
-from fercli.infer.model import FerModel, load_model
-from fercli.media.discover import Skipped, discover_images
-from fercli.media.images import load_gray, single_threaded_opencv
+from fercli.infer.model import FerModel
+from fercli.media.discover import Discovered, Skipped, discover
+from fercli.media.images import single_threaded_opencv
 
 
 @dataclass
@@ -51,8 +45,9 @@ class PredictReport:
     problems: list[Skipped]  # paths that named no file
     inputs: list[str] = field(default_factory=list)  # the files and folders asked for
     notes: list[str] = field(default_factory=list)  # what the user should know (renamed copies)
-    # Annotated copies that could not be written (a full disk): the run failed, not just noted.
-    copy_failures: list[str] = field(default_factory=list)
+    # Pictures (annotated copies and videos, timelines, explanation pictures) that could not be
+    # written (a full disk): the run failed, not just noted.
+    write_failures: list[str] = field(default_factory=list)
     adaptation: Adaptation | None = None  # --adapt: what was re-estimated, from how many faces
 
     @property
@@ -60,83 +55,33 @@ class PredictReport:
         return sum(1 for image in self.images if image.error is None)
 
 
-def resolve_model(choice: Path | None) -> FerModel:
-    """The model to use: a given file, else the most recently trained one."""
-    if choice is None:
-        path = latest(models_dir(), "*.npz")
-        if path is None:
-            raise ModelError("no trained model: run `fer train` first, or pass --model")
-        return load_model(path)
-    return load_model(Path(choice))
-
-
 def _align_files(paths: list[str], config: PreprocessConfig) -> list[tuple[list, str | None]]:
-    """The faces of each image, aligned: (crop, box) each, and why the image could not be read
-    (None when it could); the landmarks of the images' faces found together."""
-    results: list = [([], None)] * len(paths)
-    waiting: list[tuple[int, np.ndarray, list]] = []
-
-    def align_waiting() -> None:
-        for index, outcome in _align_found(waiting, config):
-            results[index] = outcome
-        waiting.clear()
-
-    for index, path in enumerate(paths):
-        try:
-            gray = load_gray(Path(path))
-            detections = detect_faces(gray, config, every_face=True)
-        except Exception as error:
-            results[index] = [], _reason(error)
-            continue
-        if not detections:
-            continue
-        waiting.append((index, gray, detections))
-        # A bound on the memory that decoded images waiting for their landmarks hold.
-        if sum(gray.size for _, gray, _ in waiting) >= BATCH_PIXELS:
-            align_waiting()
-    if waiting:
-        align_waiting()
-    return results
-
-
-def _align_found(waiting: list[tuple[int, np.ndarray, list]], config: PreprocessConfig) -> list:
-    """(index, (faces, None)) for each image of waiting, or (index, ([], why)) if it failed."""
-    try:
-        aligned = align_batch([(gray, detections) for _, gray, detections in waiting], config)
-    except FerError as error:
-        return [(index, ([], _reason(error))) for index, _, _ in waiting]
+    """The faces of each image, aligned by the face pipeline: (crop, box) each, and why the
+    image could not be read (None when it could)."""
     return [
-        (index, ([], _reason(faces)))
-        if isinstance(faces, Exception)
-        else (index, ([(face.crop, face.box) for face in faces], None))
-        for (index, _, _), faces in zip(waiting, aligned, strict=True)
+        ([(face.crop, face.box) for face in found.faces], None if found.read else found.reason)
+        for _, found in align_images(enumerate(paths), config)
     ]
 
 
-def _reason(error: Exception) -> str:
-    """Why an image gave no faces; a dlib failure is named as such."""
-    if isinstance(error, FerError):
-        return str(error)
-    return f"alignment failed: {type(error).__name__}: {error}"
-
-
 def label_photos(
-    paths: list[Path],
+    paths: list[Path] | Discovered,
     model: FerModel,
     workers: int | None = None,
     progress: Progress | None = None,
     adapt: bool = False,
 ) -> PredictReport:
-    """Find, align and classify every face in the images named by paths (files or folders).
-    adapt: the model's statistics re-estimated from all these faces first (infer.adapt);
-    FerError when there are too few."""
-    files, problems = discover_images(paths)
+    """Find, align and classify every face in the images named by paths (files or folders),
+    or in the images a command discovered already. adapt: the model's statistics re-estimated
+    from all these faces first (infer.adapt); FerError when there are too few."""
+    discovered = paths if isinstance(paths, Discovered) else discover(paths)
+    files = discovered.files
     images = [ImagePrediction(path=str(path)) for path in files]
     found: list[tuple[int, np.ndarray, tuple]] = []
     if progress:
         progress(items(0, len(files)))
-    if files and not landmarks_load_quickly():
-        landmark_predictor()  # converted once, here, before the workers fork (see preprocess)
+    if files:
+        load_models_for_workers()
     workers = workers or default_workers()
     work = partial(_align_files, config=model.preprocess)
     parts = batches([str(path) for path in files], workers)
@@ -164,19 +109,20 @@ def label_photos(
         model=str(model.path),
         classes=model.classes,
         images=images,
-        problems=problems,
-        inputs=[str(path) for path in paths],
+        problems=list(discovered.problems),
+        inputs=[str(path) for path in discovered.inputs],
+        notes=discovered.notes(),
         adaptation=adaptation,
     )
 
 
-def check_annotate_folder(paths: list[Path], folder: Path, option: str = "--annotate") -> None:
-    """Refuse an annotation folder (or --explain's) that holds any of the images to be read:
-    pictures written must never take the place of inputs. FerError naming one of them."""
+def check_annotate_folder(files: list[Path], folder: Path, option: str = "--annotate") -> None:
+    """Refuse an annotation folder (or --explain's) that holds any of the files to be read
+    (as discovered): pictures written must never take the place of inputs. FerError naming
+    one of them."""
     target = _resolved(Path(folder))
     if target is None:
         return  # cannot be followed, so it holds nothing; writes never replace a file anyway
-    files, _ = discover_images(paths)
     for path in files:
         parent = _resolved(path.parent)
         # The entry itself and, for a link, what it points to.
@@ -211,11 +157,8 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
     Copies mirror the images' paths below the folders given (photos/a/x.jpg -> a/x.png).
     No file is ever replaced: where the name is taken (an earlier run, or x.jpg and x.png
     side by side) the copy gets the next free name (x-2.png), and report.notes says so."""
-    import cv2
-
-    from fercli.core.store import atomic_write
     from fercli.media.drawing import labelled_box, line_thickness
-    from fercli.media.images import load_color
+    from fercli.media.images import load_color, write_png
 
     written = []
     for image in report.images:
@@ -231,15 +174,11 @@ def annotate(report: PredictReport, folder: Path) -> list[Path]:
         for number, face in enumerate(image.faces, start=1):
             text = f"{number} {face.label} {face.probabilities[face.label]:.2f}"
             labelled_box(picture, face.box, text, (0, 200, 0), thickness)
-        ok, encoded = cv2.imencode(".png", picture)
         wanted = Path(folder) / annotated_name(image.path, report.inputs)
         try:
-            if not ok:
-                raise FerError("OpenCV could not encode it as PNG")
-            data = encoded.tobytes()
-            path = atomic_write(wanted, lambda stream: stream.write(data), keep_existing=True)
+            path = write_png(wanted, picture, keep_existing=True)
         except FerError as error:  # a sub-folder name taken by a file, a full disk
-            report.copy_failures.append(f"no annotated copy of {image.path}: {error}")
+            report.write_failures.append(f"no annotated copy of {image.path}: {error}")
             continue
         if path != wanted:
             report.notes.append(f"{wanted} exists: the annotated copy of {image.path} is {path}")

@@ -13,21 +13,18 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from fercli.core.config import PreprocessConfig
-from fercli.core.errors import NoFaceError
 from fercli.core.settings import check_settings, setting
-from fercli.faces.align import DETECT_MAX_SIDE, align_face, face_detector, landmark_predictor
+from fercli.faces.align import face_detector, landmark_predictor
+from fercli.faces.pipeline import align_frame_faces, frame_boxes
 from fercli.infer.adapt import Adaptation, adapt_model
 from fercli.infer.model import FerModel
 from fercli.media.images import bgr_to_gray
 
-# Frames are searched for faces at align.DETECT_MAX_SIDE (1280) at most on the longer side, as
-# photos are: dlib's detector costs time in proportion to the pixels. Without upsampling (which
-# would cost four times as much) it finds faces of about 80 pixels and more at the size
-# searched: in a 1080p video, faces of 120 pixels and more.
+# Frames are searched for faces as fercli.faces.pipeline.frame_boxes says, and the faces found
+# or followed are aligned by its align_frame_faces, the step photos' faces go through too.
 
 # A tracked face whose crop correlates less than this with its crop in the previous analysed
 # frame is taken as lost (the landmark predictor always answers, even where the face has gone).
@@ -253,8 +250,9 @@ class _Tracker:
         self.config = config
         self.options = options
         self.keep_lost = max(KEEP_LOST_SECONDS, 2 * options.detect_every * interval)
-        self.detector = face_detector()
-        self.predictor = landmark_predictor()
+        # Both of dlib's models loaded now, not at the first frame.
+        face_detector()
+        landmark_predictor()
         self.active: list[_Follow] = []
         self.lost: list[tuple[_Follow, float]] = []  # tracks lost lately, and when
         self.tracks: list[Track] = []
@@ -262,37 +260,16 @@ class _Tracker:
         self.detections = 0
 
     def _detect(self, gray: np.ndarray) -> list[tuple[float, float, float, float]]:
-        """Face boxes (x0, y0, x1, y1) in the frame, from a search at DETECT_MAX_SIDE at most."""
+        """Face boxes (x0, y0, x1, y1) in the frame."""
         self.detections += 1
-        scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
-        search = (
-            gray
-            if scale == 1.0
-            else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        )
-        boxes, _, _ = self.detector.run(search, 0, self.config.min_face_score)
-        return [
-            (box.left() / scale, box.top() / scale, box.right() / scale, box.bottom() / scale)
-            for box in boxes
-        ]
+        return frame_boxes(gray, self.config)
 
     def _align(self, gray: np.ndarray, boxes: list) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """(landmarks, crop) of the face in each box, None where the landmarks outline none."""
-        import dlib
-
-        rectangles = [
-            dlib.rectangle(round(b[0]), round(b[1]), round(b[2]), round(b[3])) for b in boxes
+        return [
+            None if face is None else (face.landmarks, face.crop)
+            for face in align_frame_faces(gray, boxes, self.config)
         ]
-        found = []
-        for landmarks in self.predictor.predict_many([(gray, box) for box in rectangles]):
-            landmarks = landmarks.astype(np.float64)
-            try:
-                crop, _, _, _ = align_face(gray, landmarks, self.config)
-            except NoFaceError:
-                found.append(None)
-                continue
-            found.append((landmarks, crop))
-        return found
 
     def step(
         self, gray: np.ndarray, frame: int, seconds: float

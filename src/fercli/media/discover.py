@@ -1,11 +1,17 @@
-"""Finding the files a command is given: folders searched through, hidden files left out, and
-files whose first bytes are no image's or video's skipped with a reason (Skipped)."""
+"""Finding the files a command is given: folders searched through, hidden files left out,
+files whose first bytes are no image's or video's skipped with a reason (Skipped), and the
+folders fercli wrote its own pictures to (--annotate, --explain) left out: fercli's outputs
+are never read back as its inputs."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+# The file fercli writes into each folder it puts pictures in (mark_output_folder): searching
+# a folder, fercli leaves out the sub-folders that hold it. Hidden, so never taken for data.
+OUTPUT_MARKER = ".fercli-output"
 
 
 @dataclass(frozen=True)
@@ -24,11 +30,15 @@ def is_visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def files_under(folder: Path, skipped: list[Skipped] | None = None) -> list[Path]:
+def files_under(
+    folder: Path, skipped: list[Skipped] | None = None, left_out: list[Path] | None = None
+) -> list[Path]:
     """Every visible regular file below a folder, sorted, without following folder links.
 
     Sub-folders that cannot be read are added to skipped (when given) rather than passed
     over in silence: their images would otherwise just be missing from the dataset.
+    Sub-folders fercli wrote its pictures to (they hold OUTPUT_MARKER) are left out, and
+    added to left_out when given; the folder itself is searched whatever it holds.
     """
 
     def unreadable(error: OSError) -> None:
@@ -39,20 +49,82 @@ def files_under(folder: Path, skipped: list[Skipped] | None = None) -> list[Path
 
     found = []
     for directory, subdirectories, names in os.walk(folder, onerror=unreadable):
-        subdirectories[:] = sorted(name for name in subdirectories if is_visible(name))
+        searched = []
+        for name in sorted(name for name in subdirectories if is_visible(name)):
+            if is_output_folder(Path(directory) / name):
+                if left_out is not None:
+                    left_out.append(Path(directory) / name)
+            else:
+                searched.append(name)
+        subdirectories[:] = searched
         found.extend(Path(directory) / name for name in names if is_visible(name))
     return sorted(found)
 
 
-def discover_images(paths: list[Path]) -> tuple[list[Path], list[Skipped]]:
-    """The image (and video) files named by a list of files and folders (folders searched through),
-    in the order given, and the paths that named nothing. Files inside folders whose first
-    bytes are no image's are left out, as Skipped with listed False; files named
-    themselves are always returned, so that the reader says why one cannot be used."""
-    files, problems = [], []
-    for path in map(Path, paths):
+def is_output_folder(folder: Path) -> bool:
+    """Whether fercli wrote its pictures to this folder (it holds OUTPUT_MARKER)."""
+    return os.path.lexists(folder / OUTPUT_MARKER)
+
+
+def mark_output_folder(folder: Path, made_by: str) -> Path:
+    """Create a folder (if need be) for pictures fercli writes, and mark it as fercli's own
+    (OUTPUT_MARKER, saying what made_by wrote there) so that a later search of a folder above
+    it leaves it out. StoreError if the folder cannot be made or written."""
+    from fercli.core.store import atomic_write_text, check_writable
+
+    folder = check_writable(Path(folder))
+    if not is_output_folder(folder):
+        atomic_write_text(
+            folder / OUTPUT_MARKER,
+            f"fercli writes pictures here ({made_by}). When fercli searches a folder for images, "
+            "it leaves out the folders holding this file, so that its pictures are never read "
+            "as photos; delete this file to have this folder read.\n",
+        )
+    return folder
+
+
+def left_out_note(folders: list[Path]) -> str | None:
+    """What to tell of the output folders a search left out (None: none)."""
+    if not folders:
+        return None
+    count = f"{len(folders)} folder{'s' if len(folders) > 1 else ''}"
+    return (
+        f"{count} of fercli's own pictures left out: {', '.join(map(str, folders))} (delete "
+        f"{OUTPUT_MARKER} in a folder to have it read)"
+    )
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """The files a command was given, found once and handed to every step that needs them."""
+
+    inputs: list[Path]  # the files and folders asked for, as given
+    files: list[Path]  # the image and video files, in the order given
+    problems: list[Skipped] = field(default_factory=list)  # named nothing, or no image
+    left_out: list[Path] = field(default_factory=list)  # fercli's own output folders
+
+    def notes(self) -> list[str]:
+        """What a report should say of the search (the output folders left out)."""
+        note = left_out_note(self.left_out)
+        return [note] if note else []
+
+    def only(self, files: list[Path]) -> Discovered:
+        """The same search, holding only files (some of its own): the images of a command
+        that labels images and videos apart."""
+        return Discovered(self.inputs, files, self.problems, self.left_out)
+
+
+def discover(paths: list[Path]) -> Discovered:
+    """The image (and video) files named by a list of files and folders (folders searched
+    through), in the order given, and the paths that named nothing. Files inside folders whose
+    first bytes are no image's are left out, as Skipped with listed False, and so are
+    sub-folders fercli wrote its pictures to (Discovered.left_out); files and folders named
+    themselves are always read, so that the reader says why one cannot be used."""
+    files, problems, left_out = [], [], []
+    inputs = [Path(path) for path in paths]
+    for path in inputs:
         if path.is_dir():
-            inside = files_under(path, problems)
+            inside = files_under(path, problems, left_out)
             if not inside:
                 problems.append(Skipped(str(path), "folder has no files"))
             for file in inside:
@@ -66,7 +138,7 @@ def discover_images(paths: list[Path]) -> tuple[list[Path], list[Skipped]]:
             files.append(path)
         else:
             problems.append(Skipped(str(path), "no such file or folder"))
-    return files, problems
+    return Discovered(inputs, files, problems, left_out)
 
 
 def _may_be_image(path: Path) -> bool:

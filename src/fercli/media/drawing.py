@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from fercli.core.labels import label_order
-from fercli.core.store import atomic_write_bytes
+from fercli.media.images import write_png
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -71,13 +71,6 @@ def labelled_box(
     return left, top, label_width, label_height
 
 
-def _write_png(path: Path, image: np.ndarray) -> Path:
-    ok, encoded = cv2.imencode(".png", image)
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return atomic_write_bytes(path, encoded.tobytes())
-
-
 def contact_sheet(
     crops: np.ndarray,
     labels: np.ndarray,
@@ -117,7 +110,7 @@ def contact_sheet(
                 header + row * size : header + (row + 1) * size, column * size : (column + 1) * size
             ] = tile
         blocks.append(block)
-    return _write_png(path, np.vstack(blocks))
+    return write_png(path, np.vstack(blocks))
 
 
 # Crops with more than this share filled in past the photo's edge are marked on the sheet.
@@ -192,7 +185,7 @@ def confusion_image(matrix: np.ndarray, labels: list[str], path: Path, title: st
         1,
         cv2.LINE_AA,
     )
-    return _write_png(path, image)
+    return write_png(path, image)
 
 
 # Line colours (BGR) of the classes on a timeline, in class order; more classes reuse them.
@@ -217,12 +210,13 @@ def timeline_image(
     path: Path,
     title: str = "",
     gap: float = 1.0,
+    keep_existing: bool = False,
 ) -> Path:
-    """A PNG of each class's probability over time, one panel per track.
+    """A PNG of each class's probability over time, one panel per track; the path written.
 
     tracks: (track id, times in seconds, (frames, classes) probabilities) each; duration: the
     video's length, the width of every panel's time axis. Lines break where a track was not
-    seen for more than gap seconds."""
+    seen for more than gap seconds. keep_existing: see media.images.write_png."""
     width, left, right, panel, top = 960, 60, 20, 130, 56
     plot_width = width - left - right
     height = top + max(1, len(tracks)) * (panel + 16) + 30
@@ -274,7 +268,7 @@ def timeline_image(
             1,
             cv2.LINE_AA,
         )
-    return _write_png(path, image)
+    return write_png(path, image, keep_existing=keep_existing)
 
 
 def sweep_image(rows: list[tuple[str, float, float, float]], path: Path, title: str = "") -> Path:
@@ -356,4 +350,4 @@ def sweep_image(rows: list[tuple[str, float, float, float]], path: Path, title: 
         1,
         cv2.LINE_AA,
     )
-    return _write_png(path, image)
+    return write_png(path, image)

@@ -1,8 +1,10 @@
-"""Reading image files as 8-bit grayscale, refusing bad ones before they cost memory.
+"""Image files in and out: reading them as 8-bit grayscale, refusing bad ones before they cost
+memory, and writing pictures as PNG.
 
 Every command reads images through `load_gray`, so the same file gives the same pixels in
 preprocess and predict. The format is told by content, not by file name; the declared size is
-read from the header and checked against a pixel limit before anything is decoded.
+read from the header and checked against a pixel limit before anything is decoded. Every
+picture fercli writes goes through `write_png`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fercli.core.errors import ImageError
+from fercli.core.errors import FerError, ImageError
+from fercli.core.store import atomic_write
 
 # Refuse to decode an image with more pixels than this (a 64-megapixel photo is ~8000x8000
 # and needs 64 MB as grayscale); decompression bombs declare far more.
@@ -296,6 +299,23 @@ def load_gray(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 def load_color(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file as 8-bit BGR for drawing on (annotated copies)."""
     return _decode(read_file(Path(path)), max_pixels, cv2.IMREAD_COLOR)
+
+
+def write_png(path: Path, picture: np.ndarray, keep_existing: bool = False) -> Path:
+    """Write a picture (8-bit grey, BGR or BGRA) as a PNG file, atomically: a failure leaves
+    no half-written file, and any file that was there as it was. keep_existing: never replace
+    a file; the next free name (x-2.png) instead. Returns the path written. FerError naming
+    the file if the picture cannot be encoded, StoreError if it cannot be written (a full
+    disk, a sub-folder's name taken by a file)."""
+    path = Path(path)
+    try:
+        ok, encoded = cv2.imencode(".png", picture)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise FerError(f"cannot write {path}: OpenCV could not encode the picture as PNG")
+    data = encoded.tobytes()
+    return atomic_write(path, lambda stream: stream.write(data), keep_existing=keep_existing)
 
 
 # libpng's colour to grey (what OpenCV asks of it when a colour PNG is read as grey, as photos

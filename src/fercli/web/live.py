@@ -1,8 +1,8 @@
 """fer live: a camera, video file or stream labelled as it plays, for a local web page.
 
 A thread reads the source, runs each frame through the same per-frame step as fer predict on
-videos (video.FramePipeline: tracks, landmarks from the previous box, detection every few
-frames), draws the faces and keeps the latest frame as JPEG with the faces' probabilities.
+videos (infer.tracking.FramePipeline: tracks, landmarks from the previous box, detection
+every few frames), draws the faces and keeps the latest frame as JPEG with the faces' probabilities.
 The web server (fercli.web.server) only reads that state. Library code: no printing.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from fercli.core.errors import FerError
 from fercli.core.settings import check_settings, setting
-from fercli.infer.media import csv_header, csv_row, draw_faces
+from fercli.infer.files import csv_header, csv_row, draw_faces
 from fercli.infer.model import FerModel
 from fercli.infer.tracking import FramePipeline, VideoConfig
 from fercli.media.drawing import line_thickness

@@ -1,9 +1,9 @@
-"""Labelling photos and videos together (fer predict): the dispatch by content, annotated
-videos and their timelines, and the CSV rows of faces."""
+"""Labelling image and video files together (fer predict): the dispatch by content, annotated
+videos and their timelines, and the CSV rows of every face of photos and videos."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import numpy as np
 from fercli.core.errors import FerError
 from fercli.core.events import Progress
 from fercli.infer.model import FerModel
+from fercli.infer.photos import ImagePrediction, PredictReport, annotated_name, label_photos
 from fercli.infer.tracking import (
     FaceFrame,
     VideoConfig,
@@ -20,6 +21,7 @@ from fercli.infer.tracking import (
     frame_sampler,
 )
 from fercli.infer.videos import label_video
+from fercli.media.discover import Discovered
 from fercli.media.video import is_video, open_video
 
 
@@ -27,7 +29,7 @@ from fercli.media.video import is_video, open_video
 class MediaReport:
     """fer predict over images and videos: the images' report as before, and each video's."""
 
-    images: object  # fercli.infer.photos.PredictReport
+    images: PredictReport
     videos: list[VideoPrediction] = field(default_factory=list)
     # Labelled copies written (fer predict --annotate): images; videos and timelines.
     annotated: list[Path] = field(default_factory=list)
@@ -38,7 +40,7 @@ class MediaReport:
     order: list[str] = field(default_factory=list)
 
     def in_order(self) -> list:
-        """The images' results (PredictedImage) and the videos' (VideoPrediction) in the
+        """The images' results (ImagePrediction) and the videos' (VideoPrediction) in the
         order the files were given."""
         waiting: dict[str, list] = {}
         for item in [*self.images.images, *self.videos]:
@@ -53,7 +55,7 @@ class MediaReport:
 
 
 def label_files(
-    paths: list[Path],
+    found: Discovered,
     model: FerModel,
     options: VideoConfig = VideoConfig(),
     workers: int | None = None,
@@ -62,23 +64,20 @@ def label_files(
     adapt: bool = False,
     keep_best: bool = False,
 ) -> MediaReport:
-    """label_photos for the images among paths (files and folders, as there) and label_video
-    for the videos, told apart by content. video_progress(path) gives a video's progress
-    callback. adapt: the photos' faces together, and each video's faces, adapted to (see
-    label_photos and label_video); keep_best: each video keeps its tracks' most confident
+    """label_photos for the images among the files a command was given (media.discover) and
+    label_video for the videos, told apart by content. video_progress(path) gives a video's
+    progress callback. adapt: the photos' faces together, and each video's faces, adapted to
+    (see label_photos and label_video); keep_best: each video keeps its tracks' most confident
     faces (for --explain)."""
-    from fercli.infer.photos import label_photos
-    from fercli.media.discover import discover_images
-
-    files, problems = discover_images(paths)
-    videos = [path for path in files if is_video(path)]
-    images = [path for path in files if path not in set(videos)] if videos else files
+    videos = [path for path in found.files if is_video(path)]
+    images = [path for path in found.files if path not in set(videos)] if videos else found.files
     report = label_photos(
-        images, model, workers, progress=progress if images else None, adapt=adapt and bool(images)
+        found.only(images),
+        model,
+        workers,
+        progress=progress if images else None,
+        adapt=adapt and bool(images),
     )
-    # As if the images had been found from the paths given (annotated copies keep the folders).
-    report.problems = problems + report.problems
-    report.inputs = [str(path) for path in paths]
     results = [
         label_video(
             path,
@@ -90,7 +89,7 @@ def label_files(
         )
         for path in videos
     ]
-    return MediaReport(images=report, videos=results, order=[str(path) for path in files])
+    return MediaReport(images=report, videos=results, order=[str(path) for path in found.files])
 
 
 # Box colours (BGR) of tracks in annotated videos, by track id.
@@ -111,8 +110,6 @@ def annotate_videos(media: MediaReport, classes: list[str], folder: Path) -> lis
 
     Never replaces a file (the next free name instead, with a note in media.images.notes);
     returns the files written."""
-    from fercli.infer.photos import annotated_name
-
     notes = media.images.notes
     written = []
     for video in media.videos:
@@ -126,7 +123,7 @@ def annotate_videos(media: MediaReport, classes: list[str], folder: Path) -> lis
             try:
                 path = write(video, classes, wanted)
             except FerError as error:  # a full disk: the run failed, not just a note
-                media.images.copy_failures.append(f"no {wanted.name} for {video.path}: {error}")
+                media.images.write_failures.append(f"no {wanted.name} for {video.path}: {error}")
                 continue
             if path != wanted:
                 notes.append(f"{wanted} exists: the copy for {video.path} is {path}")
@@ -135,7 +132,6 @@ def annotate_videos(media: MediaReport, classes: list[str], folder: Path) -> lis
 
 
 def _write_timeline(video: VideoPrediction, classes: list[str], path: Path) -> Path:
-    from fercli.core.store import atomic_save
     from fercli.media.drawing import timeline_image
 
     tracks = []
@@ -156,11 +152,7 @@ def _write_timeline(video: VideoPrediction, classes: list[str], path: Path) -> P
     smoothed = " (smoothed)" if video.smoothed else ""
     title = f"{Path(video.path).name}: probability of each class over time{smoothed}"
     gap = max(1.0, 3 * video.interval)
-
-    def save(name: str) -> None:
-        timeline_image(tracks, classes, duration, Path(name), title, gap)
-
-    return atomic_save(path, save, keep_existing=True)
+    return timeline_image(tracks, classes, duration, path, title, gap, keep_existing=True)
 
 
 def _write_annotated(video: VideoPrediction, classes: list[str], path: Path) -> Path:
@@ -299,3 +291,70 @@ def csv_row(
             *(f"{(face.smoothed or {}).get(label, 0.0):.6f}" for label in classes),
         ]
     return row
+
+
+def image_rows(
+    image: ImagePrediction, classes: list[str], escape: Callable[[str], str] = str
+) -> list[list]:
+    """An image's CSV rows: path, face number, box, label and probabilities for each face; one
+    row with the rest empty for an image read without a face (an unreadable one: none, it is
+    reported as skipped)."""
+    if image.error is not None:
+        return []
+    if not image.faces:
+        return [[escape(image.path), "", "", "", "", "", "", *([""] * len(classes))]]
+    return [
+        [
+            escape(image.path),
+            number,
+            *face.box,
+            escape(face.label),
+            *(f"{face.probabilities[label]:.6f}" for label in classes),
+        ]
+        for number, face in enumerate(image.faces, start=1)
+    ]
+
+
+def csv_rows(media: MediaReport, escape: Callable[[str], str] = str) -> Iterator[list]:
+    """fer predict --csv, the header first: one row per face of each photo (an image read
+    without a face: one row with the rest empty) and, in a run with videos, one row per face
+    per analysed frame, files in the order given. With videos every row has the frame, time
+    and track columns (empty for a photo's face), and the face column (empty for a video's)
+    when there are photos. escape: applied to the text of names (the CLI's printable escaping)."""
+    classes = media.images.classes
+    if not media.videos:
+        yield [
+            "path",
+            "face",
+            "x",
+            "y",
+            "width",
+            "height",
+            "label",
+            *(f"p_{escape(label)}" for label in classes),
+        ]
+        for image in media.images.images:
+            yield from image_rows(image, classes, escape)
+        return
+    images = media.images.images
+    smoothed = any(video.smoothed for video in media.videos)
+    header = csv_header(classes, smoothed, escape)
+    if images:
+        header.insert(1, "face")
+    yield header
+    for item in media.in_order():
+        if isinstance(item, ImagePrediction):
+            unsmoothed = [""] * (len(classes) + 1) if smoothed else []
+            for row in image_rows(item, classes, escape):
+                # No frame, time or track; no smoothed figures.
+                yield [*row[:2], "", "", "", *row[2:], *unsmoothed]
+            continue
+        rows = sorted(
+            ((face.frame, track.id, face) for track in item.tracks for face in track.frames),
+            key=lambda row: row[:2],
+        )
+        for _, track, face in rows:
+            row = csv_row(item.path, track, face, classes, smoothed, escape)
+            if images:
+                row.insert(1, "")
+            yield row

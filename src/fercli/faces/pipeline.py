@@ -1,0 +1,244 @@
+"""From an image to its aligned faces: the one pipeline of every command that needs faces.
+
+    decode -> find_faces -> landmarks of a batch of images' faces together (BATCH_PIXELS of
+    decoded images at most) -> aligned crops -> an ImageFaces record for each image
+
+align_images runs it over many images: fer preprocess (each image's largest face; the crop
+cache, in fercli.data, decides which images reach it), fer evaluate (which preprocesses),
+FER2013's rows and fer predict (every face). align_faces runs it over one image
+(fercli.align_faces, FerModel.predict and explain). Video frames, in fer predict and fer live,
+find their faces with frame_boxes or follow them from the previous frame (infer.tracking),
+and align them with align_frame_faces: the same step from boxes to aligned faces
+(align.align_boxes) as photos.
+
+A change to how faces are found or aligned is made here once and reaches every command:
+find_faces decides which boxes of an image are aligned, align.align_boxes how.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from fercli.core.config import BATCH_PIXELS, PreprocessConfig
+from fercli.core.errors import FerError, ImageError
+from fercli.faces.align import (
+    AlignedFace,
+    Detection,
+    align_boxes,
+    align_detected,
+    detect_faces,
+    face_detector,
+    landmark_predictor,
+    landmarks_load_quickly,
+    no_face_error,
+    search_image,
+)
+from fercli.media.images import as_gray, decode_gray
+
+# What an image is given as: an encoded file's bytes, a path, or a decoded array.
+Image = bytes | str | Path | np.ndarray
+Tag = TypeVar("Tag")
+
+# What became of an image (ImageFaces.status).
+FACES = "faces"  # read, and one face or more aligned
+NO_FACE = "no face"  # read, no face found (or none whose landmarks outline a face)
+UNREADABLE = "unreadable"  # not an image that can be read: the reason says why
+FAILED = "failed"  # an unexpected failure: worth trying again, never remembered
+
+
+@dataclass(frozen=True)
+class ImageFaces:
+    """What the pipeline made of one image: its aligned faces, or why there are none."""
+
+    faces: list[AlignedFace] = field(default_factory=list)  # largest first
+    detected: int = 0  # faces the detector found (the largest was kept with largest_only)
+    status: str = FACES
+    reason: str | None = None  # None with faces; else why there are none
+
+    @property
+    def read(self) -> bool:
+        """Whether the image was read (it may still hold no face)."""
+        return self.status in (FACES, NO_FACE)
+
+    @property
+    def lasting(self) -> bool:
+        """Whether another try would give the same (all but unexpected failures): what a
+        cache may keep."""
+        return self.status != FAILED
+
+
+def failure_reason(error: Exception) -> str:
+    """The reason given for an image whose alignment failed unexpectedly."""
+    return f"alignment failed: {type(error).__name__}: {error}"
+
+
+def decode(image: Image) -> np.ndarray:
+    """An image as the 2-D uint8 array the detector searches; ImageError with the reason."""
+    if isinstance(image, bytes):
+        return decode_gray(image)
+    return as_gray(image)
+
+
+def find_faces(gray: np.ndarray, config: PreprocessConfig, every_face: bool) -> list[Detection]:
+    """The faces to align in an image, largest first: dlib's detections (align.detect_faces;
+    every_face: also the small faces a photo of several people holds). The one place where an
+    image's faces are found, for preprocess, evaluate and predict alike: a fallback for
+    images the detector finds nothing in belongs here."""
+    return detect_faces(gray, config, every_face=every_face)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """An image decoded and its faces found, waiting for its landmarks."""
+
+    gray: np.ndarray
+    detections: list[Detection]
+
+
+def _find(image: Image, config: PreprocessConfig, every_face: bool) -> ImageFaces | _Found:
+    """The first half of the pipeline: decode and find the faces, or the outcome already."""
+    try:
+        gray = decode(image)
+        detections = find_faces(gray, config, every_face)
+    except ImageError as error:
+        return ImageFaces(status=UNREADABLE, reason=str(error))
+    except FerError:
+        raise  # concerns every image (a model missing): ends the run
+    except Exception as error:
+        return ImageFaces(status=FAILED, reason=failure_reason(error))
+    if not detections:
+        return ImageFaces(status=NO_FACE, reason=str(no_face_error(config)))
+    return _Found(gray, detections)
+
+
+def align_images(
+    images: Iterable[tuple[Tag, Image]], config: PreprocessConfig, largest_only: bool = False
+) -> Iterator[tuple[Tag, ImageFaces]]:
+    """(tag, ImageFaces) for each (tag, image) of images, in their order. Lazy: images are
+    taken one at a time and decoded, and the landmarks of the faces of several are found
+    together (much cheaper than one by one) once the decoded images waiting hold BATCH_PIXELS.
+
+    largest_only: only each image's largest face (when its landmarks outline no face, the next
+    largest box is tried); else every face. An unexpected failure costs only its image (status
+    FAILED); FerErrors that concern every image (dlib's landmark model missing) are raised.
+    """
+    batch: list[tuple[Tag, ImageFaces | _Found]] = []
+    pixels = 0
+    for tag, image in images:
+        found = _find(image, config, every_face=not largest_only)
+        batch.append((tag, found))
+        if isinstance(found, _Found):
+            pixels += found.gray.size
+            if pixels >= BATCH_PIXELS:
+                yield from _finished(batch, config, largest_only)
+                batch, pixels = [], 0
+    yield from _finished(batch, config, largest_only)
+
+
+def _finished(
+    batch: list[tuple[Tag, ImageFaces | _Found]], config: PreprocessConfig, largest_only: bool
+) -> Iterator[tuple[Tag, ImageFaces]]:
+    """The second half: the landmarks of the batch's faces found together, the faces aligned."""
+    waiting = [found for _, found in batch if isinstance(found, _Found)]
+    aligned = iter(_align_isolated(waiting, config, largest_only))
+    for tag, found in batch:
+        if isinstance(found, _Found):
+            yield tag, _outcome(next(aligned), len(found.detections), config)
+        else:
+            yield tag, found
+
+
+def _outcome(
+    faces: list[AlignedFace] | Exception, detected: int, config: PreprocessConfig
+) -> ImageFaces:
+    if isinstance(faces, Exception):
+        return ImageFaces(detected=detected, status=FAILED, reason=failure_reason(faces))
+    if not faces:
+        return ImageFaces(detected=detected, status=NO_FACE, reason=str(no_face_error(config)))
+    return ImageFaces(faces=faces, detected=detected)
+
+
+def _align_isolated(
+    waiting: list[_Found], config: PreprocessConfig, largest_only: bool
+) -> list[list[AlignedFace] | Exception]:
+    """align_detected for a batch of images. If the batch fails unexpectedly, each image is
+    aligned alone so that one bad image cannot take the others with it; its entry is then the
+    exception it raised. FerErrors (a missing landmark model) concern every image and are
+    raised."""
+    if not waiting:
+        return []
+    found = [(item.gray, item.detections) for item in waiting]
+    try:
+        return align_detected(found, config, largest_only=largest_only)
+    except FerError:
+        raise
+    except Exception as error:
+        if len(found) == 1:
+            return [error]
+    results: list[list[AlignedFace] | Exception] = []
+    for one in found:
+        try:
+            results += align_detected([one], config, largest_only=largest_only)
+        except FerError:
+            raise
+        except Exception as error:
+            results.append(error)
+    return results
+
+
+def align_faces(
+    image: str | Path | np.ndarray, config: PreprocessConfig | None = None
+) -> list[AlignedFace]:
+    """Every face in an image, aligned as for training (32x32 crops), largest first: each
+    with its crop, box, landmarks and the map from image to crop coordinates. ImageError for
+    an image that cannot be read; FerError if its alignment fails."""
+    [(_, found)] = align_images([(None, image)], config or PreprocessConfig())
+    if found.status == UNREADABLE:
+        raise ImageError(found.reason)
+    if found.status == FAILED:
+        raise FerError(found.reason)
+    return found.faces
+
+
+def load_models_for_workers() -> None:
+    """Load dlib's landmark model here, before worker processes start, when it would be slow
+    (the first run converts it, see align.landmark_predictor): once, rather than in every
+    worker; forked workers share it, later runs map the stored arrays."""
+    if not landmarks_load_quickly():
+        landmark_predictor()
+
+
+# --- video frames: faces found every few frames, followed in between (infer.tracking) --------
+
+# A box in a frame: x0, y0, x1, y1 in the frame's pixels, not rounded (a box followed from the
+# previous frame's landmarks lies between pixels).
+Box = tuple[float, float, float, float]
+
+
+def frame_boxes(gray: np.ndarray, config: PreprocessConfig) -> list[Box]:
+    """The face boxes of a video frame: one search without upsampling (which would cost four
+    times as much), at DETECT_MAX_SIDE at most on the longer side, as photos are searched. It
+    finds faces of about 80 pixels and more at the size searched: in a 1080p video, faces of
+    120 pixels and more."""
+    search, scale = search_image(gray)
+    boxes, _, _ = face_detector().run(search, 0, config.min_face_score)
+    return [
+        (box.left() / scale, box.top() / scale, box.right() / scale, box.bottom() / scale)
+        for box in boxes
+    ]
+
+
+def align_frame_faces(
+    gray: np.ndarray, boxes: list[Box], config: PreprocessConfig
+) -> list[AlignedFace | None]:
+    """The face in each box of a frame aligned (the landmarks of all found together, as for
+    photos); None where the landmarks found in a box outline no face."""
+    import dlib
+
+    rectangles = [dlib.rectangle(round(b[0]), round(b[1]), round(b[2]), round(b[3])) for b in boxes]
+    return align_boxes([(gray, rectangle, 0.0) for rectangle in rectangles], config)
