@@ -222,7 +222,7 @@ def crossval(
             report.files["model"] = save_crossval_model(
                 run, models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz", folder
             )
-        report.interrupted_after_folds = interrupts.received and not report.interrupted
+    report.interrupted_after_folds = interrupts.received and not report.interrupted
     return report
 
 

@@ -128,7 +128,7 @@ class FoldTask:
     origins: np.ndarray | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FoldExport:
     """A fold's network as plain arrays, for the crossval's ensemble model file: what Keras
     gives on the load check's crops (probe_crops), which the saved file must reproduce, and
@@ -139,7 +139,7 @@ class FoldExport:
     difference: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FoldOutcome:
     """What one trained fold gives back, whichever engine ran it (it crosses processes and
     Ray: plain arrays and numbers). A diverged fold has no probabilities, accuracy or export."""
