@@ -38,7 +38,17 @@ def outcome(fold: int, test: np.ndarray, network: ExportedNetwork | None) -> Fol
     """A fold's outcome that takes every test face for happiness, with network as its own."""
     probabilities = np.tile([0.1, 0.9], (len(test), 1))
     export = None if network is None else FoldExport(network, np.zeros((1, 2)), 0.0)
-    return FoldOutcome(fold, fold, test, probabilities, 0.5, None, 1, 0.0, export=export)
+    return FoldOutcome(
+        key=fold,
+        fold=fold,
+        test_index=test,
+        probabilities=probabilities,
+        accuracy=0.5,
+        diverged=None,
+        epochs=1,
+        seconds=0.0,
+        export=export,
+    )
 
 
 def _peak(heat: np.ndarray) -> tuple[int, int]:

@@ -222,9 +222,7 @@ def _cross_validate(
     )
     run = CrossvalRun(dataset, config, selection, splits, outcomes, report, save_model)
     if any(outcome.export is not None for outcome in outcomes.values()):
-        if progress:
-            progress(Event("where"))
-        report.where = _where_unless_interrupted(run, interrupts)
+        report.where = _where_unless_interrupted(run, interrupts, progress)
     return run
 
 
@@ -258,11 +256,15 @@ def train_folds(
     return outcomes
 
 
-def _where_unless_interrupted(run: CrossvalRun, interrupts: Interrupts) -> WhereMaps | None:
+def _where_unless_interrupted(
+    run: CrossvalRun, interrupts: Interrupts, progress: Progress | None
+) -> WhereMaps | None:
     """where.png's maps of a run; None, said in its warnings, when a Ctrl-C came before or
     while they were made (they take seconds, and can be left out)."""
     try:
         with interrupts.allowed():
+            if progress:
+                progress(Event("where"))
             return crossval_where(run.selection, run.outcomes, run.config.test_time_flip)
     except KeyboardInterrupt:
         interrupts.received = True
