@@ -37,7 +37,7 @@ def filled_home(fer_home):
     dataset = resolve_dataset("shapes")
     config = TrainConfig(epochs=1)
     model = train_model(dataset, config, models_dir() / "shapes-1.npz").path
-    report = cross_validate(dataset, config, folds=2, workers=1)
+    report = cross_validate(dataset, config, folds=2, workers=1).report
     save_crossval(report, runs_dir() / "crossval-shapes-1")
     return {"model": model, "report": report}
 

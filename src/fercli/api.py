@@ -17,6 +17,7 @@ the names of fercli's modules.)
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,11 @@ from fercli.infer.label import FacePrediction
 from fercli.infer.model import FerModel
 
 if TYPE_CHECKING:
-    from fercli.learn.crossval import CrossvalReport
+    from fercli.data.prepared import PreprocessReport
+    from fercli.infer.media import MediaReport
+    from fercli.infer.tracking import VideoConfig
+    from fercli.learn.reports import CrossvalReport, EvaluationReport
+    from fercli.learn.sweep import SweepReport
     from fercli.learn.training import TrainResult
 
 
@@ -64,7 +69,7 @@ def prepare_dataset(
     config: PreprocessConfig | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
-):
+) -> PreprocessReport:
     """fer preprocess: align and cache every image of a dataset folder; the PreprocessReport."""
     from fercli.data.preprocess import preprocess_dataset
 
@@ -164,12 +169,18 @@ def crossval(
     newest) or several combined, with its files written (report.files): report.json,
     confusion.png and predictions.csv in output (default: a new folder in FER_HOME/runs), and,
     when every fold finished and save_model, the fold networks as one ensemble model file in
-    FER_HOME/models, which predict then uses. Interrupted (Ctrl-C) before any fold finished:
-    the report has no folds and nothing is written (report.files is empty).
+    FER_HOME/models, which predict then uses (report.no_model says why there is none).
+
+    Ctrl-C while the folds train stops them: the finished folds' report is written
+    (report.interrupted), no model; before any fold finished, nothing is written
+    (report.files is empty). A Ctrl-C after the last fold stops nothing but where.png (left
+    out if its maps were being made): the report and the model are written, and
+    report.interrupted_after_folds is set.
 
     config: the TrainConfig to use; else the recipe with settings (TrainConfig fields, e.g.
     epochs=50) overriding it. ray: a Ray cluster's address (or "auto") to train the folds on.
     """
+    from fercli.core.interrupts import Interrupts
     from fercli.core.store import check_writable, models_dir, new_dir, runs_dir, timestamp
     from fercli.data.combined import load_combined
     from fercli.learn.crossval import cross_validate
@@ -178,37 +189,40 @@ def crossval(
 
     config = config or recipe_config(recipe, **settings)
     prepared = load_combined(_names(dataset), config.classes, shared_classes)
-    with make_engine(ray, workers) as engine:
+    with Interrupts() as interrupts, make_engine(ray, workers) as engine:
         folder = (
             check_writable(Path(output))
             if output is not None
             else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
         )
         try:
-            report = cross_validate(
-                prepared, config, folds, group, workers, progress=progress, engine=engine
+            run = cross_validate(
+                prepared,
+                config,
+                folds,
+                group,
+                workers,
+                progress=progress,
+                engine=engine,
+                save_model=save_model,
+                interrupts=interrupts,
             )
         except BaseException:
             _remove_if_empty(folder)
             raise
-    if report.interrupted and not report.folds:
-        # Stopped before any fold finished: a report of zeros would only mislead.
-        _remove_if_empty(folder)
-        return report
-    report.files = save_crossval(report, folder)
-    # Networks z-scored per dataset inside each fold have no statistics a model file could keep.
-    if (
-        save_model
-        and not report.interrupted
-        and not report.diverged_folds
-        and config.normalisation != "per-dataset"
-    ):
-        report.files["model"] = save_crossval_model(
-            report,
-            prepared,
-            models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz",
-            run=folder,
-        )
+        # From here on a Ctrl-C is held back (interrupts.hold): the files are written whole.
+        report = run.report
+        report.no_model = run.model_refusal
+        if report.interrupted and not report.folds:
+            # Stopped before any fold finished: a report of zeros would only mislead.
+            _remove_if_empty(folder)
+            return report
+        report.files = save_crossval(report, folder)
+        if run.model_worth_saving:
+            report.files["model"] = save_crossval_model(
+                run, models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz", folder
+            )
+    report.interrupted_after_folds = interrupts.received and not report.interrupted
     return report
 
 
@@ -228,14 +242,15 @@ def evaluate_model(
     output: str | Path | None = None,
     progress: Progress | None = None,
     adapt: bool = False,
-) -> CrossvalReport:
+) -> EvaluationReport:
     """fer evaluate: score a model (default: the newest) on another dataset, a preprocessed one
     or an original folder (then preprocessed with the model's settings; progress follows the
-    alignment); only the classes both have count. The report (one "fold") with its files
-    written in output (default: a new folder in FER_HOME/runs). adapt: the model's statistics
-    re-estimated from the dataset's unlabelled crops first (fer evaluate --adapt)."""
+    alignment); only the classes both have count. The EvaluationReport (its JSON shaped as a
+    crossval's, with one "fold") with its files written in output (default: a new folder in
+    FER_HOME/runs). adapt: the model's statistics re-estimated from the dataset's unlabelled
+    crops first (fer evaluate --adapt)."""
     from fercli.core.store import check_writable, new_dir, runs_dir, slug, timestamp
-    from fercli.learn.crossval_files import save_crossval
+    from fercli.learn.crossval_files import save_evaluation
     from fercli.learn.evaluate import prepare_for_model, score_model
 
     loaded = model if isinstance(model, FerModel) else load_model(model)
@@ -247,24 +262,24 @@ def evaluate_model(
         if output is not None
         else new_dir(runs_dir() / f"evaluate-{name}-{prepared.name}-{timestamp()}")
     )
-    report.files = save_crossval(
+    report.files = save_evaluation(
         report, folder, title=f"{name} on {prepared.name}: {report.pooled_accuracy:.1%}"
     )
     return report
 
 
 def label_media(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     model: FerModel | str | Path | None = None,
     *,
-    options=None,
+    options: VideoConfig | None = None,
     workers: int | None = None,
     annotate: str | Path | None = None,
     explain: str | Path | None = None,
     progress: Progress | None = None,
-    video_progress=None,
+    video_progress: Callable[[str], Progress | None] | None = None,
     adapt: bool = False,
-):
+) -> MediaReport:
     """fer predict: the faces and labels of every image and video in paths (files and
     folders) with a model (default: the newest), as an infer.files.MediaReport; with annotate,
     the labelled copies written there too (media.annotated: the files); with explain, a picture
@@ -320,12 +335,12 @@ def label_media(
 def sweep_recipes(
     dataset: str | Path | None,
     grid: str | Path,
-    settings: list[str] = (),
+    settings: Sequence[str] = (),
     *,
     ray: str | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
-):
+) -> SweepReport:
     """fer sweep: cross-validate every recipe of a grid file (TOML; settings: "key=value"
     overrides) with several seeds on identical folds, rank them and write the sweep's files;
     the SweepReport. Finished folds are stored as they come: the same call again resumes."""

@@ -187,6 +187,13 @@ def crossval(
             header=f"fer crossval: {{folds}} folds ({group.value}), "
             f"{recipe_summary(config.to_dict())}",
         )
+
+        def progress(event) -> None:
+            if event.kind == "where":
+                bar.update(bar.tasks[0].id, description="where.png: explaining test faces")
+            else:
+                reporter(event)
+
         with bar if not as_json else contextlib.nullcontext():
             report = cross_validate(
                 datasets,
@@ -198,27 +205,12 @@ def crossval(
                 ray=ray,
                 output=output,
                 save_model=not no_save_model,
-                progress=None if as_json else reporter,
+                progress=None if as_json else progress,
             )
     if report.interrupted and not report.folds:
         raise fail("interrupted before any fold finished; nothing saved", 130, as_json=as_json)
-    files, output = report.files, report.files["report"].parent
-    failure, code = None, 1
-    if report.interrupted:
-        failure, code = (
-            (
-                f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
-                f"the finished folds are in {output}"
-            ),
-            130,
-        )
-    elif report.diverged_folds:
-        failure = (
-            f"training diverged in {len(report.diverged_folds)} of {len(report.folds)} folds "
-            f"({', '.join(map(str, report.diverged_folds))}), so there is no result (try a smaller "
-            "--lr); "
-            f"the report is in {output}"
-        )
+    files = report.files
+    failure, code = crossval_failure(report)
     if as_json:
         emit_json(
             {
@@ -231,6 +223,34 @@ def crossval(
         render_crossval(report, files)
     if failure:
         raise fail(failure, code)
+
+
+def crossval_failure(report) -> tuple[str | None, int]:
+    """The error line and exit code of a crossval that did not end well (None, 0 if it did):
+    interrupted (130: what was saved), or diverged (1)."""
+    files = report.files
+    output = files["report"].parent
+    model = f"the model is {files['model']}" if "model" in files else None
+    if report.interrupted:
+        return (
+            f"interrupted after {len(report.folds)} of {report.planned_folds} folds; the finished "
+            f"folds are in {output}; no model saved: {report.no_model}",
+            130,
+        )
+    if report.interrupted_after_folds:
+        return (
+            f"interrupted after every fold had finished; the report is in {output}; "
+            f"{model or f'no model saved: {report.no_model}'}",
+            130,
+        )
+    if report.diverged_folds:
+        return (
+            f"training diverged in {len(report.diverged_folds)} of {len(report.folds)} folds "
+            f"({', '.join(map(str, report.diverged_folds))}), so there is no result (try a smaller "
+            f"--lr); the report is in {output}",
+            1,
+        )
+    return None, 0
 
 
 def evaluate(

@@ -22,6 +22,8 @@ class Event:
       In a sweep, done and total count its folds, and recipe and seed say which one.
     - "start": a cross-validation starts, with its folds of epochs each; a sweep starts,
       with done folds of total already stored.
+    - "where": a cross-validation's folds are done and where.png's maps are being made
+      (seconds: a Ctrl-C now leaves them out and keeps the rest).
     """
 
     kind: str
