@@ -21,7 +21,9 @@ pytest.importorskip("mypy", reason="mypy is in the test extra: pip install '.[te
 CHECKED = [
     "fercli/api.py",
     "fercli/core/interrupts.py",
-    "fercli/infer/media.py",
+    "fercli/__init__.py",
+    "fercli/faces/pipeline.py",
+    "fercli/infer/files.py",
     "fercli/learn/crossval.py",
     "fercli/learn/crossval_files.py",
     "fercli/learn/engines.py",

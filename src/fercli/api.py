@@ -35,11 +35,12 @@ from fercli.core.events import Progress
 from fercli.faces.pipeline import align_faces as align_faces  # re-exported as fercli.align_faces
 from fercli.infer.label import FacePrediction
 from fercli.infer.model import FerModel
+from fercli.infer.tracking import VideoConfig as VideoConfig  # predict's video settings
 
 if TYPE_CHECKING:
+    from fercli.data.inventory import Entry, Inventory
     from fercli.data.prepared import PreprocessReport
-    from fercli.infer.media import MediaReport
-    from fercli.infer.tracking import VideoConfig
+    from fercli.infer.files import MediaReport
     from fercli.learn.reports import CrossvalReport, EvaluationReport
     from fercli.learn.sweep import SweepReport
     from fercli.learn.training import TrainResult
@@ -353,3 +354,22 @@ def sweep_recipes(
     prepared = resolve_dataset(dataset)
     with make_engine(ray, workers) as engine:
         return run_sweep(prepared, plan, engine, progress=progress)
+
+
+def list_home() -> Inventory:
+    """fer list: the datasets, models and runs FER_HOME holds, which of them train and predict
+    use by default, and the space each takes."""
+    from fercli.data.inventory import list_home as inventory
+
+    return inventory()
+
+
+def remove_entries(names: Sequence[str]) -> list[Entry]:
+    """fer remove: delete datasets, models and runs of FER_HOME named as fer list shows them
+    (or by their paths; a dataset or run without its date or hash where that names one; a
+    pattern such as evaluate-*). Every name is resolved before anything is deleted, and
+    StoreError ends the call with nothing deleted if one names nothing; returns what was
+    removed, each entry once."""
+    from fercli.data.inventory import remove_entries as remove
+
+    return remove(list(names))

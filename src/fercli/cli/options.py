@@ -243,7 +243,7 @@ def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header:
 
 def video_options(every: int, fps: float | None, detect_every: int, smooth: float):
     """predict's video settings (VideoConfig checks them: NaN, infinity, out of range)."""
-    from fercli.infer.tracking import VideoConfig
+    from fercli.api import VideoConfig
 
     return VideoConfig(every=every, fps=fps, detect_every=detect_every, smooth=smooth)
 

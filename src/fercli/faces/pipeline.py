@@ -174,7 +174,7 @@ def _align_isolated(
         return []
     found = [(item.gray, item.detections) for item in waiting]
     try:
-        return align_detected(found, config, largest_only=largest_only)
+        return list(align_detected(found, config, largest_only=largest_only))
     except FerError:
         raise
     except Exception as error:

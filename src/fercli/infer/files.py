@@ -43,6 +43,10 @@ class MediaReport:
     # The files in the order they were given (folders' files where the folder was).
     order: list[str] = field(default_factory=list)
 
+    def csv_rows(self, escape: Callable[[str], str] = str) -> Iterator[list]:
+        """fer predict --csv: the header, then a row per face (see csv_rows)."""
+        return csv_rows(self, escape)
+
     def in_order(self) -> list[ImagePrediction | VideoPrediction]:
         """The images' results (ImagePrediction) and the videos' (VideoPrediction) in the
         order the files were given."""
