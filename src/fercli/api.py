@@ -28,6 +28,7 @@ from fercli.core.config import (
     PreprocessConfig,
     ScanConfig,
     TrainConfig,
+    auto_note,
     recipe_config,
 )
 from fercli.core.errors import FerError
@@ -116,9 +117,10 @@ def train(
     from fercli.learn.evaluate import dataset_split
     from fercli.learn.training import train_model
 
-    config = config or recipe_config(recipe, **settings)
+    checked = config or recipe_config(recipe, **settings)  # refused before any data is read
     replacing = output is not None and _replaced_model(Path(output))
-    prepared = dataset_split(load_combined(_names(dataset), config.classes, shared_classes), split)
+    prepared = dataset_split(load_combined(_names(dataset), checked.classes, shared_classes), split)
+    config, note = _sized(config, recipe, settings, len(prepared.labels))
     made_up = output is None  # then another run may make up the same name: never replace
     path = (
         Path(output) if output is not None else models_dir() / f"{prepared.name}-{timestamp()}.npz"
@@ -129,7 +131,20 @@ def train(
     )
     if replacing:
         result.notes.append(f"{path}: the model file that was there is replaced")
+    if note:
+        result.notes.insert(0, note)
     return result
+
+
+def _sized(
+    config: TrainConfig | None, recipe: str, settings: dict, images: int
+) -> tuple[TrainConfig, str | None]:
+    """The TrainConfig to train with, the recipe "auto" resolved for a dataset of this many
+    images (core.config.resolve_recipe), and what to say of that choice; a config given is
+    used as it is."""
+    if config is not None:
+        return config, None
+    return recipe_config(recipe, images=images, **settings), auto_note(recipe, images)
 
 
 def _replaced_model(output: Path) -> bool:
@@ -188,8 +203,9 @@ def crossval(
     from fercli.learn.crossval_files import save_crossval, save_crossval_model
     from fercli.learn.engines import make_engine
 
-    config = config or recipe_config(recipe, **settings)
-    prepared = load_combined(_names(dataset), config.classes, shared_classes)
+    checked = config or recipe_config(recipe, **settings)  # refused before any data is read
+    prepared = load_combined(_names(dataset), checked.classes, shared_classes)
+    config, note = _sized(config, recipe, settings, len(prepared.labels))
     with Interrupts() as interrupts, make_engine(ray, workers) as engine:
         folder = (
             check_writable(Path(output))
@@ -214,6 +230,8 @@ def crossval(
         # From here on a Ctrl-C is held back (interrupts.hold): the files are written whole.
         report = run.report
         report.no_model = run.model_refusal
+        if note:
+            report.warnings.insert(0, note)
         if report.interrupted and not report.folds:
             # Stopped before any fold finished: a report of zeros would only mislead.
             _remove_if_empty(folder)

@@ -23,7 +23,7 @@ from fercli.data.prepared import PreparedDataset
 from fercli.learn.folds import FoldOutcome, FoldResult, FoldTask, make_folds
 from fercli.learn.reports import CrossvalReport, CrossvalRun
 from fercli.learn.selection import Selection, select_classes, selection_fingerprint
-from fercli.learn.training import checked_start, starting_notes
+from fercli.learn.training import checked_start, starting_notes, validation_data
 from fercli.learn.where import WhereMaps, crossval_where
 
 
@@ -201,10 +201,11 @@ def _cross_validate(
     config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     splits = make_folds(selection, folds, group, config.seed)
     if progress:
-        progress(Event("start", folds=len(splits), epochs=config.epochs))
+        progress(Event("start", folds=len(splits), epochs=config.epochs, config=config))
     engine = engine or LocalEngine(workers)
+    validation = validation_data(config, selection.labels)
     tasks = [
-        FoldTask(index, config, index, train, test, selection.origins)
+        FoldTask(index, config, index, train, test, selection.origins, validation)
         for index, (train, test) in enumerate(splits)
     ]
     outcomes = train_folds(engine, selection, tasks, interrupts, progress)

@@ -59,7 +59,7 @@ def _run_fold(
     """train_fold in a worker; its epochs go to the engine's caller as progress events."""
     from fercli.learn.folds import train_fold
 
-    def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+    def on_epoch(epoch: int, loss: float, accuracy: float, validation: float | None) -> None:
         notify(
             Event(
                 "epoch",
@@ -69,6 +69,7 @@ def _run_fold(
                 epochs=task.config.epochs,
                 loss=loss,
                 accuracy=accuracy,
+                validation_accuracy=validation,
             )
         )
 
