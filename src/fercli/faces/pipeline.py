@@ -38,7 +38,7 @@ from fercli.faces.align import (
     no_face_error,
     search_image,
 )
-from fercli.faces.face_crops import face_crop_detection, is_face_crop
+from fercli.faces.face_crops import closer_detections, face_crop_detection, is_face_crop
 from fercli.media.images import as_gray, decode_gray
 
 # What an image is given as: an encoded file's bytes, a path, or a decoded array.
@@ -86,8 +86,10 @@ def decode(image: Image) -> np.ndarray:
 
 
 # Bumped when find_faces finds faces in images where it found none before, so that the crop
-# cache tries again the images it remembers without one (data.cache). 2: face crops.
-FIND_VERSION = 2
+# cache tries again the images it remembers without one (data.cache). 2: face crops; 3: face
+# crops searched one upsampling level further up, and their landmarks from a second start;
+# 4: and a third.
+FIND_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,15 @@ class FacesFound:
 def find_faces(gray: np.ndarray, config: PreprocessConfig, every_face: bool) -> FacesFound:
     """The faces to align in an image, largest first: dlib's detections (align.detect_faces;
     every_face: also the small faces a photo of several people holds), else, in an image that
-    is itself a face crop (a 48x48 FER2013 image), the face its own landmarks outline if it
-    passes the face check (faces.face_crops). The one place where an image's faces are found,
-    for preprocess, evaluate and predict alike."""
+    is itself a face crop (a 48x48 FER2013 image), the detector's one level further up, and
+    then the face its own landmarks outline if it passes the face check (faces.face_crops).
+    The one place where an image's faces are found, for preprocess, evaluate and predict
+    alike."""
     detections = detect_faces(gray, config, every_face=every_face)
     if detections or not is_face_crop(gray):
+        return FacesFound(detections)
+    detections = closer_detections(gray, config)
+    if detections:
         return FacesFound(detections)
     whole = face_crop_detection(gray)
     return FacesFound([whole], whole_image=True) if whole else FacesFound([])
@@ -116,7 +122,7 @@ def no_face_reason(gray: np.ndarray, config: PreprocessConfig) -> str:
     """Why find_faces found no face in an image, saying what was tried."""
     reason = str(no_face_error(config))
     if is_face_crop(gray):
-        return reason[:-1] + ", and the image as a face crop: no face there)"
+        return reason[:-1] + " and one more, and the image as a face crop: no face there)"
     return reason
 
 
