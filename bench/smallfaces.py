@@ -39,12 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from group_photos import group_photos, matched  # noqa: E402  (tests/group_photos.py)
-
 from fercli.core.config import PreprocessConfig  # noqa: E402
 from fercli.faces import yunet  # noqa: E402
 from fercli.faces.align import align_boxes, detect_faces, face_detector  # noqa: E402
 from fercli.media.images import bgr_to_gray  # noqa: E402
+from group_photos import group_photos, matched  # noqa: E402  (tests/group_photos.py)
 
 BINS = [(40, 50), (50, 60), (60, 80), (80, 120), (120, 260)]
 CONFIG = PreprocessConfig()

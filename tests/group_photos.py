@@ -115,7 +115,9 @@ def _paste(image: np.ndarray, head, face: float, x: float, y: float, rng) -> tup
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     warped = cv2.warpAffine(np.ascontiguousarray(patch), matrix, (SIZE, SIZE), flags=interpolation)
     alpha = cv2.warpAffine(np.ascontiguousarray(mask), matrix, (SIZE, SIZE))[..., None]
-    warped = np.clip(warped.astype(np.float32) * rng.uniform(0.8, 1.15) + rng.uniform(-20, 20), 0, 255)
+    warped = np.clip(
+        warped.astype(np.float32) * rng.uniform(0.8, 1.15) + rng.uniform(-20, 20), 0, 255
+    )
     image[:] = np.clip(image * (1 - alpha) + warped * alpha, 0, 255).astype(np.uint8)
     half = face / 2
     return (round(x - half), round(y - half), round(face), round(face))
