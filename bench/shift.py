@@ -244,7 +244,8 @@ def run(
     held = subject_split(photos.subjects, seed)
     clean = crops_for(preprocess, "clean")
     started = time.perf_counter()
-    model, mean, std = fit(clean[~held], targets[~held], len(labels), config, seed)
+    fitted = fit(clean[~held], targets[~held], len(labels), config, seed)
+    model, mean, std = fitted.model, fitted.mean, fitted.std
     seconds = time.perf_counter() - started
     row = {"seed": seed, "train_images": int((~held).sum()), "test_images": int(held.sum())}
     row["seconds"] = round(seconds, 1)

@@ -249,7 +249,7 @@ def test_dataset_folds_on_a_single_dataset_are_refused(fer_home):
 
 
 def test_leave_one_dataset_out_report_has_figures_per_dataset(two_saved):
-    report = cross_validate(load_combined(two_saved), FAST, group="dataset", workers=1)
+    report = cross_validate(load_combined(two_saved), FAST, group="dataset", workers=1).report
     assert report.protocol["folds"] == 2 and report.planned_folds == 2
     assert [fold.per_dataset.keys() for fold in report.folds] == [
         {"jaffe": 0}.keys(),

@@ -270,9 +270,12 @@ def test_a_version_1_file_with_members_is_refused(ensemble_path, tmp_path):
 
 
 def test_crossval_folds_become_one_ensemble(training_data, tmp_path):
-    report = cross_validate(training_data, QUICK, folds=3, workers=2)
-    assert len(report.exports) == 3 and all(item["difference"] <= 1e-4 for item in report.exports)
-    path = save_crossval_model(report, training_data, tmp_path / "cv.npz")
+    run = cross_validate(training_data, QUICK, folds=3, workers=2)
+    report = run.report
+    exports = [outcome.export for outcome in run.outcomes.values()]
+    assert len(exports) == 3 and all(item.difference <= 1e-4 for item in exports)
+    assert run.model_worth_saving and run.model_refusal is None
+    path = save_crossval_model(run, tmp_path / "cv.npz")
     model = load_model(path)
     assert len(model.networks) == 3 and model.meta["ensemble"]["kind"] == "crossval"
     assert model.meta["data_fingerprint"] == report.dataset["fingerprint"]

@@ -183,7 +183,7 @@ def test_train_on_one_split_and_evaluate_on_another(fer_csv):
 
 def test_crossval_says_it_ignores_the_splits(fer_csv):
     dataset = load_dataset(Path(preprocess_dataset(fer_csv, workers=1).dataset))
-    report = cross_validate(dataset, TrainConfig(epochs=1, copies=0), folds=2, workers=1)
+    report = cross_validate(dataset, TrainConfig(epochs=1, copies=0), folds=2, workers=1).report
     assert any(
         "predefined splits (PrivateTest, PublicTest, Training) are ignored" in note
         for note in report.warnings

@@ -37,7 +37,7 @@ def filled_home(fer_home):
     dataset = resolve_dataset("shapes")
     config = TrainConfig(epochs=1)
     model = train_model(dataset, config, models_dir() / "shapes-1.npz").path
-    report = cross_validate(dataset, config, folds=2, workers=1)
+    report = cross_validate(dataset, config, folds=2, workers=1).report
     save_crossval(report, runs_dir() / "crossval-shapes-1")
     return {"model": model, "report": report}
 
@@ -202,3 +202,72 @@ def test_list_shows_evaluations_unfinished_runs_and_the_model_predict_uses(fer_h
     assert "none of 10 (interrupted)" in next(line for line in lines if stopped.name in line)
     assert "fer predict uses new.npz" in listing
     assert "fer train uses " + name in listing
+
+
+@pytest.fixture
+def dataset_and_its_model(fer_home):
+    """A dataset jaffe-f913120e and a model whose name begins with the dataset's, as fer train
+    names its models (jaffe-f913120e-20261206-020306.npz), and a file that is no entry."""
+    save_synthetic(make_dataset(labels=CLASSES, subjects=1), "jaffe-f913120e")
+    models_dir().mkdir(parents=True)
+    model = models_dir() / "jaffe-f913120e-20261206-020306.npz"
+    model.write_bytes(b"not read here")
+    (models_dir() / "notes.txt").write_text("mine")
+    return fer_home / "datasets" / "jaffe-f913120e", model
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["jaffe-f913120e", "jaffe-f913120e"],
+        ["{dataset}", "jaffe-f913120e"],
+        ["jaffe-f913120e", "{dataset}"],
+    ],
+)
+def test_a_dataset_named_twice_is_removed_once_and_its_model_kept(dataset_and_its_model, arguments):
+    """Issue 32: every name is resolved before anything is removed; the model trained on a
+    dataset, whose name begins with the dataset's, is never taken for it."""
+    dataset, model = dataset_and_its_model
+    result = fer("remove", *(argument.format(dataset=dataset) for argument in arguments), "--json")
+    assert result.exit_code == 0, result.output
+    removed = json.loads(result.stdout)["removed"]
+    assert [(entry["kind"], entry["name"]) for entry in removed] == [("dataset", dataset.name)]
+    assert not dataset.exists() and model.exists()
+
+
+def test_a_datasets_name_never_reaches_its_model_once_the_dataset_is_gone(dataset_and_its_model):
+    dataset, model = dataset_and_its_model
+    assert fer("remove", "jaffe-f913120e").exit_code == 0
+    result = fer("remove", "jaffe-f913120e")
+    assert result.exit_code == 1 and "a model is named whole" in result.stderr
+    assert "jaffe-f913120e-20261206-020306" in result.stderr  # the closest name, offered
+    assert model.exists() and not dataset.exists()
+    assert fer("remove", "jaffe-f913120e-20261206-020306").exit_code == 0
+    assert not model.exists()
+
+
+def test_only_what_fer_list_shows_can_be_removed(dataset_and_its_model):
+    dataset, model = dataset_and_its_model
+    for name in ("notes", "notes.txt", str(models_dir() / "notes.txt")):
+        result = fer("remove", name)
+        assert result.exit_code == 1, (name, result.output)
+    assert (models_dir() / "notes.txt").read_text() == "mine"
+
+
+def test_one_bad_name_removes_nothing(dataset_and_its_model):
+    dataset, model = dataset_and_its_model
+    result = fer("remove", "jaffe-f913120e", "nothing-of-that-name")
+    assert result.exit_code == 1 and "nothing removed" in result.stderr
+    assert dataset.exists() and model.exists()
+
+
+def test_a_pattern_removes_the_entries_it_matches(fer_home):
+    for name in ("evaluate-a-1", "evaluate-b-2", "crossval-a-3"):
+        (runs_dir() / name).mkdir(parents=True)
+    result = fer("remove", "evaluate-*", "--json")
+    assert result.exit_code == 0, result.output
+    names = sorted(entry["name"] for entry in json.loads(result.stdout)["removed"])
+    assert names == ["evaluate-a-1", "evaluate-b-2"]
+    assert [path.name for path in runs_dir().iterdir()] == ["crossval-a-3"]
+    result = fer("remove", "sweep-*")
+    assert result.exit_code == 1 and "matches no dataset, model or run" in result.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import fercli
+import fercli.web
 
 PACKAGE = Path(fercli.__file__).resolve().parent
 
@@ -103,6 +104,30 @@ def test_forbidden_imports(room):
         for target in imported(path)
         for banned in FORBIDDEN[room]
         if target == banned or target.startswith(banned + ".")
+    ]
+    assert not wrong
+
+
+# The command line goes through the public door: fercli.api (and fercli's own types), the
+# settings, errors and labels of core, and fer live's page through fercli.web's door, never
+# the rooms below api (issue 34: the layer map of docs/design.md is true of the CLI).
+CLI_MAY_IMPORT = ("fercli.api", "fercli.core", "fercli.cli", "fercli.web")
+
+
+def test_the_command_line_reaches_below_the_api_only_for_core():
+    wrong = [
+        f"{name} imports {target}"
+        for name, path in MODULES.items()
+        if name.startswith("fercli.cli")
+        for target in imported(path)
+        if target.startswith("fercli")
+        and target not in ("fercli", *(f"fercli.{name}" for name in fercli.__all__))
+        and target != "fercli.__version__"
+        and not any(
+            target == allowed or target.startswith(allowed + ".") for allowed in CLI_MAY_IMPORT
+        )
+        or target.startswith("fercli.web.")
+        and target.split(".")[2] not in fercli.web.__all__
     ]
     assert not wrong
 

@@ -70,9 +70,8 @@ def trained(selection, tmp_path_factory):
     models = {}
     for variant in MODEL_VARIANTS:
         config = TrainConfig(variant=variant, epochs=2)
-        model, mean, std = fit(
-            selection.crops[::2], selection.targets[::2], CLASSES, config, seed=1
-        )
+        fitted = fit(selection.crops[::2], selection.targets[::2], CLASSES, config, seed=1)
+        model, mean, std = fitted.model, fitted.mean, fitted.std
         path = save_model(
             folder / f"{variant}.npz",
             model,

@@ -31,10 +31,10 @@ def dataset():
 def crossval_run(dataset):
     """One short 5-fold cross-validation with the paper's settings, and its progress events."""
     events: list[dict] = []
-    report = cross_validate(
+    run = cross_validate(
         dataset, TrainConfig(epochs=EPOCHS), folds=FOLDS, group="random", progress=events.append
     )
-    return report, events
+    return run.report, events
 
 
 # --- cross-validation results -----------------------------------------------------------
@@ -104,7 +104,9 @@ def interrupted_run():
             raise KeyboardInterrupt
 
     small = make_dataset(labels=("anger", "happiness"), subjects=4)
-    return cross_validate(small, TrainConfig(epochs=100_000), folds=3, workers=1, progress=stop)
+    return cross_validate(
+        small, TrainConfig(epochs=100_000), folds=3, workers=1, progress=stop
+    ).report
 
 
 def test_interrupted_crossval_returns_what_it_has(interrupted_run):
@@ -124,8 +126,8 @@ def test_interrupted_crossval_report_is_standard_json(interrupted_run):
 def test_same_seed_gives_the_same_subject_folds_and_numbers_whichever_worker_runs_them(dataset):
     # Two epochs: accuracies well below 100%, so that equal numbers mean something.
     config = TrainConfig(epochs=2, seed=0, augment_mode="online")
-    first = cross_validate(dataset, config, folds=3, group="subject", workers=2)
-    second = cross_validate(dataset, config, folds=3, group="subject", workers=1)
+    first = cross_validate(dataset, config, folds=3, group="subject", workers=2).report
+    second = cross_validate(dataset, config, folds=3, group="subject", workers=1).report
     assert [fold.test_subjects for fold in first.folds] == [
         fold.test_subjects for fold in second.folds
     ]
@@ -145,7 +147,7 @@ def test_training_with_the_same_seed_gives_identical_weights(dataset):
     config = TrainConfig(epochs=1)
 
     def weights(seed: int) -> list[np.ndarray]:
-        model, _, _ = fit(selection.crops[sample], selection.targets[sample], 7, config, seed)
+        model = fit(selection.crops[sample], selection.targets[sample], 7, config, seed).model
         return model.get_weights()
 
     first, again, other = weights(3), weights(3), weights(4)
@@ -206,13 +208,17 @@ def test_fold_normalisation_comes_from_the_training_part_only(dataset, monkeypat
     crops[test] = 250  # the test part is nothing like the training part
     configure_tensorflow(None)
     task = fold_module.FoldTask(0, TrainConfig(epochs=1, normalisation=mode), 0, train, test)
-    result = fold_module.train_fold(crops, selection.targets, len(selection.labels), task)
+    outcome = fold_module.train_fold(crops, selection.targets, len(selection.labels), task)
     train_mean, train_std = normalisation(crops[train], mode)
-    assert result["mean"] == pytest.approx(float(np.mean(train_mean)))
-    assert result["std"] == pytest.approx(float(np.mean(train_std)))
+    assert outcome.mean == pytest.approx(float(np.mean(train_mean)))
+    assert outcome.std == pytest.approx(float(np.mean(train_std)))
     everything_mean, _ = normalisation(crops, mode)
-    assert abs(result["mean"] - float(np.mean(everything_mean))) > 10
-    assert result["probabilities"].shape == (len(test), 7)
+    assert abs(outcome.mean - float(np.mean(everything_mean))) > 10
+    assert outcome.probabilities.shape == (len(test), 7)
+    assert outcome.epochs == 1 and np.array_equal(outcome.test_index, test)
+    assert outcome.accuracy == pytest.approx(
+        np.mean(outcome.probabilities.argmax(axis=1) == selection.targets[test])
+    )
 
 
 def test_normalisation_statistics():
@@ -405,10 +411,10 @@ def test_a_crossval_with_image_normalisation_saves_an_ensemble_that_agrees_with_
     from fercli.learn.crossval_files import save_crossval_model
 
     config = TrainConfig(epochs=1, copies=0, normalisation="image")
-    report = cross_validate(dataset, config, folds=2, group="random")
+    run = cross_validate(dataset, config, folds=2, group="random")
     # Each fold's NumPy network standardises its test crops as Keras did.
-    assert [exported["difference"] <= 1e-4 for exported in report.exports] == [True, True]
-    model = load_model(save_crossval_model(report, dataset, tmp_path / "folds.npz"))
+    assert [outcome.export.difference <= 1e-4 for outcome in run.outcomes.values()] == [True] * 2
+    model = load_model(save_crossval_model(run, tmp_path / "folds.npz"))
     assert model.per_image and len(model.networks) == 2
     assert all(member.per_image for member in model.networks)
 
@@ -422,7 +428,8 @@ def test_label_smoothing_makes_the_network_less_sure_of_itself(dataset):
     confidence = {}
     for smoothing in (0.0, 0.3):
         config = TrainConfig(epochs=4, copies=0, label_smoothing=smoothing)
-        model, mean, std = fit(selection.crops, selection.targets, 7, config, 0)
+        fitted = fit(selection.crops, selection.targets, 7, config, 0)
+        model, mean, std = fitted.model, fitted.mean, fitted.std
         probabilities = keras_probabilities(model, selection.crops, mean, std)
         assert np.mean(probabilities.argmax(1) == selection.targets) > 0.5
         confidence[smoothing] = float(probabilities.max(1).mean())

@@ -14,6 +14,7 @@ from fercli.infer.model import ExportedNetwork, load_model
 from fercli.learn.crossval import cross_validate
 from fercli.learn.crossval_files import save_crossval, save_crossval_model
 from fercli.learn.evaluate import score_model
+from fercli.learn.folds import FoldExport, FoldOutcome
 from fercli.learn.where import WHERE_FACES, crossval_where
 from synthetic import REGION, make_region_dataset
 
@@ -33,6 +34,23 @@ def spot_network(rows: slice, columns: slice) -> ExportedNetwork:
     return ExportedNetwork(specs, weights, np.array(128.0), np.array(64.0))
 
 
+def outcome(fold: int, test: np.ndarray, network: ExportedNetwork | None) -> FoldOutcome:
+    """A fold's outcome that takes every test face for happiness, with network as its own."""
+    probabilities = np.tile([0.1, 0.9], (len(test), 1))
+    export = None if network is None else FoldExport(network, np.zeros((1, 2)), 0.0)
+    return FoldOutcome(
+        key=fold,
+        fold=fold,
+        test_index=test,
+        probabilities=probabilities,
+        accuracy=0.5,
+        diverged=None,
+        epochs=1,
+        seconds=0.0,
+        export=export,
+    )
+
+
 def _peak(heat: np.ndarray) -> tuple[int, int]:
     return tuple(int(value) for value in np.unravel_index(np.argmax(heat), heat.shape))
 
@@ -46,19 +64,12 @@ def test_each_test_face_is_explained_by_the_network_of_its_own_fold():
     selection = SimpleNamespace(
         crops=crops, targets=np.array([0] * 6 + [1] * 6), labels=LABELS, paths=None
     )
-    splits = [(np.arange(6, 12), np.arange(6)), (np.arange(6), np.arange(6, 12))]
-    results = {}
-    for fold, (network, (_, test)) in enumerate(
-        zip((spot_network(*top_left), spot_network(*bottom_right)), splits, strict=True)
-    ):
-        # Both networks take every bright face for happiness: the anger faces are wrong.
-        results[fold] = {
-            "fold": fold,
-            "diverged": None,
-            "probabilities": np.tile([0.1, 0.9], (len(test), 1)),
-            "export": {"network": network},
-        }
-    where = crossval_where(selection, splits, results, flip=False)
+    # Both networks take every bright face for happiness: the anger faces are wrong.
+    outcomes = {
+        0: outcome(0, np.arange(6), spot_network(*top_left)),
+        1: outcome(1, np.arange(6, 12), spot_network(*bottom_right)),
+    }
+    where = crossval_where(selection, outcomes, flip=False)
     anger, happiness = where.rows["all"]["anger"], where.rows["all"]["happiness"]
     assert anger["of"] == 6 and anger["faces"] == 6 and happiness["faces"] == 6
     assert _peak(anger["map"])[0] < 10 and _peak(anger["map"])[1] < 10
@@ -72,9 +83,10 @@ def test_crossval_and_evaluate_show_the_region_that_carries_the_class(tmp_path):
     class lie in that region, in the report and in the picture; the folds' ensemble evaluated
     on new data of the kind looks there too."""
     dataset = make_region_dataset(per_class=40)
-    report = cross_validate(
+    run = cross_validate(
         dataset, TrainConfig(epochs=6, augment=False), folds=2, group="random", workers=1
     )
+    report = run.report
     region = np.zeros((32, 32), bool)
     region[REGION] = True
     for label, entry in report.where.rows["all"].items():
@@ -89,7 +101,7 @@ def test_crossval_and_evaluate_show_the_region_that_carries_the_class(tmp_path):
     assert saved["faces_per_class"] == WHERE_FACES
     assert set(saved["rows"]["all"]) == set(report.labels)
 
-    model = load_model(save_crossval_model(report, dataset, tmp_path / "cv.npz"))
+    model = load_model(save_crossval_model(run, tmp_path / "cv.npz"))
     evaluated = score_model(model, make_region_dataset(per_class=10, seed=3))
     assert "ensemble of 2" in evaluated.where.note
     for label, entry in evaluated.where.rows["all"].items():
@@ -103,9 +115,5 @@ def test_no_where_maps_without_fold_networks():
     selection = SimpleNamespace(
         crops=np.zeros((4, 32, 32), np.uint8), targets=np.array([0, 0, 1, 1]), labels=LABELS
     )
-    splits = [(np.arange(2, 4), np.arange(2)), (np.arange(2), np.arange(2, 4))]
-    results = {
-        fold: {"fold": fold, "diverged": None, "probabilities": np.ones((2, 2)) / 2, "export": None}
-        for fold in range(2)
-    }
-    assert crossval_where(selection, splits, results, flip=False) is None
+    outcomes = {fold: outcome(fold, np.arange(2 * fold, 2 * fold + 2), None) for fold in range(2)}
+    assert crossval_where(selection, outcomes, flip=False) is None

@@ -17,6 +17,7 @@ the names of fercli's modules.)
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from fercli.core.config import (
     PreprocessConfig,
     ScanConfig,
     TrainConfig,
+    auto_note,
     recipe_config,
 )
 from fercli.core.errors import FerError
@@ -34,9 +36,14 @@ from fercli.core.events import Progress
 from fercli.faces.pipeline import align_faces as align_faces  # re-exported as fercli.align_faces
 from fercli.infer.label import FacePrediction
 from fercli.infer.model import FerModel
+from fercli.infer.tracking import VideoConfig as VideoConfig  # predict's video settings
 
 if TYPE_CHECKING:
-    from fercli.learn.crossval import CrossvalReport
+    from fercli.data.inventory import Entry, Inventory
+    from fercli.data.prepared import PreprocessReport
+    from fercli.infer.files import MediaReport
+    from fercli.learn.reports import CrossvalReport, EvaluationReport
+    from fercli.learn.sweep import SweepReport
     from fercli.learn.training import TrainResult
 
 
@@ -64,7 +71,7 @@ def prepare_dataset(
     config: PreprocessConfig | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
-):
+) -> PreprocessReport:
     """fer preprocess: align and cache every image of a dataset folder; the PreprocessReport."""
     from fercli.data.preprocess import preprocess_dataset
 
@@ -110,9 +117,10 @@ def train(
     from fercli.learn.evaluate import dataset_split
     from fercli.learn.training import train_model
 
-    config = config or recipe_config(recipe, **settings)
+    checked = config or recipe_config(recipe, **settings)  # refused before any data is read
     replacing = output is not None and _replaced_model(Path(output))
-    prepared = dataset_split(load_combined(_names(dataset), config.classes, shared_classes), split)
+    prepared = dataset_split(load_combined(_names(dataset), checked.classes, shared_classes), split)
+    config, note = _sized(config, recipe, settings, len(prepared.labels))
     made_up = output is None  # then another run may make up the same name: never replace
     path = (
         Path(output) if output is not None else models_dir() / f"{prepared.name}-{timestamp()}.npz"
@@ -123,7 +131,20 @@ def train(
     )
     if replacing:
         result.notes.append(f"{path}: the model file that was there is replaced")
+    if note:
+        result.notes.insert(0, note)
     return result
+
+
+def _sized(
+    config: TrainConfig | None, recipe: str, settings: dict, images: int
+) -> tuple[TrainConfig, str | None]:
+    """The TrainConfig to train with, the recipe "auto" resolved for a dataset of this many
+    images (core.config.resolve_recipe), and what to say of that choice; a config given is
+    used as it is."""
+    if config is not None:
+        return config, None
+    return recipe_config(recipe, images=images, **settings), auto_note(recipe, images)
 
 
 def _replaced_model(output: Path) -> bool:
@@ -164,51 +185,63 @@ def crossval(
     newest) or several combined, with its files written (report.files): report.json,
     confusion.png and predictions.csv in output (default: a new folder in FER_HOME/runs), and,
     when every fold finished and save_model, the fold networks as one ensemble model file in
-    FER_HOME/models, which predict then uses. Interrupted (Ctrl-C) before any fold finished:
-    the report has no folds and nothing is written (report.files is empty).
+    FER_HOME/models, which predict then uses (report.no_model says why there is none).
+
+    Ctrl-C while the folds train stops them: the finished folds' report is written
+    (report.interrupted), no model; before any fold finished, nothing is written
+    (report.files is empty). A Ctrl-C after the last fold stops nothing but where.png (left
+    out if its maps were being made): the report and the model are written, and
+    report.interrupted_after_folds is set.
 
     config: the TrainConfig to use; else the recipe with settings (TrainConfig fields, e.g.
     epochs=50) overriding it. ray: a Ray cluster's address (or "auto") to train the folds on.
     """
+    from fercli.core.interrupts import Interrupts
     from fercli.core.store import check_writable, models_dir, new_dir, runs_dir, timestamp
     from fercli.data.combined import load_combined
     from fercli.learn.crossval import cross_validate
     from fercli.learn.crossval_files import save_crossval, save_crossval_model
     from fercli.learn.engines import make_engine
 
-    config = config or recipe_config(recipe, **settings)
-    prepared = load_combined(_names(dataset), config.classes, shared_classes)
-    with make_engine(ray, workers) as engine:
+    checked = config or recipe_config(recipe, **settings)  # refused before any data is read
+    prepared = load_combined(_names(dataset), checked.classes, shared_classes)
+    config, note = _sized(config, recipe, settings, len(prepared.labels))
+    with Interrupts() as interrupts, make_engine(ray, workers) as engine:
         folder = (
             check_writable(Path(output))
             if output is not None
             else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
         )
         try:
-            report = cross_validate(
-                prepared, config, folds, group, workers, progress=progress, engine=engine
+            run = cross_validate(
+                prepared,
+                config,
+                folds,
+                group,
+                workers,
+                progress=progress,
+                engine=engine,
+                save_model=save_model,
+                interrupts=interrupts,
             )
         except BaseException:
             _remove_if_empty(folder)
             raise
-    if report.interrupted and not report.folds:
-        # Stopped before any fold finished: a report of zeros would only mislead.
-        _remove_if_empty(folder)
-        return report
-    report.files = save_crossval(report, folder)
-    # Networks z-scored per dataset inside each fold have no statistics a model file could keep.
-    if (
-        save_model
-        and not report.interrupted
-        and not report.diverged_folds
-        and config.normalisation != "per-dataset"
-    ):
-        report.files["model"] = save_crossval_model(
-            report,
-            prepared,
-            models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz",
-            run=folder,
-        )
+        # From here on a Ctrl-C is held back (interrupts.hold): the files are written whole.
+        report = run.report
+        report.no_model = run.model_refusal
+        if note:
+            report.warnings.insert(0, note)
+        if report.interrupted and not report.folds:
+            # Stopped before any fold finished: a report of zeros would only mislead.
+            _remove_if_empty(folder)
+            return report
+        report.files = save_crossval(report, folder)
+        if run.model_worth_saving:
+            report.files["model"] = save_crossval_model(
+                run, models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz", folder
+            )
+    report.interrupted_after_folds = interrupts.received and not report.interrupted
     return report
 
 
@@ -228,14 +261,15 @@ def evaluate_model(
     output: str | Path | None = None,
     progress: Progress | None = None,
     adapt: bool = False,
-) -> CrossvalReport:
+) -> EvaluationReport:
     """fer evaluate: score a model (default: the newest) on another dataset, a preprocessed one
     or an original folder (then preprocessed with the model's settings; progress follows the
-    alignment); only the classes both have count. The report (one "fold") with its files
-    written in output (default: a new folder in FER_HOME/runs). adapt: the model's statistics
-    re-estimated from the dataset's unlabelled crops first (fer evaluate --adapt)."""
+    alignment); only the classes both have count. The EvaluationReport (its JSON shaped as a
+    crossval's, with one "fold") with its files written in output (default: a new folder in
+    FER_HOME/runs). adapt: the model's statistics re-estimated from the dataset's unlabelled
+    crops first (fer evaluate --adapt)."""
     from fercli.core.store import check_writable, new_dir, runs_dir, slug, timestamp
-    from fercli.learn.crossval_files import save_crossval
+    from fercli.learn.crossval_files import save_evaluation
     from fercli.learn.evaluate import prepare_for_model, score_model
 
     loaded = model if isinstance(model, FerModel) else load_model(model)
@@ -247,24 +281,24 @@ def evaluate_model(
         if output is not None
         else new_dir(runs_dir() / f"evaluate-{name}-{prepared.name}-{timestamp()}")
     )
-    report.files = save_crossval(
+    report.files = save_evaluation(
         report, folder, title=f"{name} on {prepared.name}: {report.pooled_accuracy:.1%}"
     )
     return report
 
 
 def label_media(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     model: FerModel | str | Path | None = None,
     *,
-    options=None,
+    options: VideoConfig | None = None,
     workers: int | None = None,
     annotate: str | Path | None = None,
     explain: str | Path | None = None,
     progress: Progress | None = None,
-    video_progress=None,
+    video_progress: Callable[[str], Progress | None] | None = None,
     adapt: bool = False,
-):
+) -> MediaReport:
     """fer predict: the faces and labels of every image and video in paths (files and
     folders) with a model (default: the newest), as an infer.files.MediaReport; with annotate,
     the labelled copies written there too (media.annotated: the files); with explain, a picture
@@ -320,12 +354,12 @@ def label_media(
 def sweep_recipes(
     dataset: str | Path | None,
     grid: str | Path,
-    settings: list[str] = (),
+    settings: Sequence[str] = (),
     *,
     ray: str | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
-):
+) -> SweepReport:
     """fer sweep: cross-validate every recipe of a grid file (TOML; settings: "key=value"
     overrides) with several seeds on identical folds, rank them and write the sweep's files;
     the SweepReport. Finished folds are stored as they come: the same call again resumes."""
@@ -338,3 +372,22 @@ def sweep_recipes(
     prepared = resolve_dataset(dataset)
     with make_engine(ray, workers) as engine:
         return run_sweep(prepared, plan, engine, progress=progress)
+
+
+def list_home() -> Inventory:
+    """fer list: the datasets, models and runs FER_HOME holds, which of them train and predict
+    use by default, and the space each takes."""
+    from fercli.data.inventory import list_home as inventory
+
+    return inventory()
+
+
+def remove_entries(names: Sequence[str]) -> list[Entry]:
+    """fer remove: delete datasets, models and runs of FER_HOME named as fer list shows them
+    (or by their paths; a dataset or run without its date or hash where that names one; a
+    pattern such as evaluate-*). Every name is resolved before anything is deleted, and
+    StoreError ends the call with nothing deleted if one names nothing; returns what was
+    removed, each entry once."""
+    from fercli.data.inventory import remove_entries as remove
+
+    return remove(list(names))

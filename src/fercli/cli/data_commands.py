@@ -81,7 +81,7 @@ def list_entries(
 ) -> None:
     """What FER_HOME holds: datasets, models (with their cross-validation score) and runs."""
     with user_errors(as_json):
-        from fercli.data.inventory import list_home
+        from fercli.api import list_home
 
         inventory = list_home()
     if as_json:
@@ -94,17 +94,17 @@ def remove(
     names: list[str] = typer.Argument(
         ...,
         metavar="NAMES...",
-        help="Datasets, models or runs, as fer list names them (or their paths).",
+        help="Datasets, models or runs, as fer list names them (or their paths; a model by its "
+        "whole name; a pattern such as 'evaluate-*' in quotes).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
-    """Delete datasets, models or cross-validation runs from FER_HOME, saying how much was freed."""
+    """Delete datasets, models or runs (crossval, evaluate, sweep) from FER_HOME, saying how much
+    was freed; every name is checked before anything is deleted."""
     with user_errors(as_json):
-        from fercli.data.inventory import find_entry, remove_entry
+        from fercli.api import remove_entries
 
-        for name in names:  # every name checked before anything is removed
-            find_entry(name)
-        removed = [remove_entry(name) for name in names]
+        removed = remove_entries(names)
     if as_json:
         emit_json(
             {

@@ -177,8 +177,7 @@ def live(
     except ImportError:
         raise fail("fer live needs its web server: pip install 'fercli[live]'") from None
     with user_errors():
-        from fercli.web.access import access_for, bind_socket
-        from fercli.web.live import LiveConfig, LiveSession, redact
+        from fercli.web import LiveConfig, LiveSession, access_for, bind_socket, redact
 
         loaded = _live_model(model)
         sock = bind_socket(host, port, allow_remote)
@@ -219,7 +218,7 @@ def _serve_live(session, sock, access, what: str) -> None:
     """Serve a session until it ends or Ctrl-C, saying where (and, served beyond this
     machine, warning that it is)."""
     from fercli.core.errors import FerError
-    from fercli.web.server import serve
+    from fercli.web import serve
 
     if access.token:
         err.print(

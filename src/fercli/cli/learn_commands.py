@@ -16,9 +16,8 @@ from fercli.cli.options import (
     DatasetArgument,
     RayOption,
     epoch_reporter,
-    header,
     recipe_summary,
-    train_config,
+    training_settings,
     with_training_options,
 )
 from fercli.cli.render_learn import render_crossval, render_scores, render_sources, render_sweep
@@ -47,15 +46,17 @@ def train(
     with user_errors(as_json):
         from fercli.api import train as train_network
 
-        config = train_config(training)
+        recipe, settings = training_settings(training)
         bar, _ = progress_bar("training")
-        header(bar, f"fer train: {recipe_summary(config.to_dict())}")
         task = bar.tasks[0].id
-        bar.update(task, total=config.epochs * ensemble)
-        reporter = None if as_json else epoch_reporter(bar, task, ensemble)
-        reached: dict = {}  # the last epoch event
+        reporter = (
+            None if as_json else epoch_reporter(bar, task, ensemble, header="fer train: {recipe}")
+        )
+        reached: dict = {}  # the plan (the start event) and the last epoch event
 
         def progress(event) -> None:
+            if event.kind == "start":
+                reached.update(epochs=event.epochs)
             if event.kind == "epoch":
                 reached.update(epoch=event.epoch, network=event.fold)
             if reporter:
@@ -66,14 +67,15 @@ def train(
                 result = train_network(
                     datasets,
                     output,
-                    config=config,
+                    recipe,
                     shared_classes=training["shared_classes"],
                     split=split,
                     ensemble=ensemble,
                     progress=progress,
+                    **settings,
                 )
         except KeyboardInterrupt:
-            message = interrupted_training(reached, config.epochs, ensemble)
+            message = interrupted_training(reached, ensemble)
             raise fail(message, 130, as_json=as_json) from None
     parts = result.parts
     summary = {
@@ -88,6 +90,7 @@ def train(
         "seconds": round(result.seconds, 1),
         "runtime_difference": result.runtime_difference,
         "networks": ensemble,
+        **({"validation": result.validation} if result.validation else {}),
         **({"notes": result.notes} if result.notes else {}),
     }
     if as_json:
@@ -100,6 +103,13 @@ def train(
         f"final training loss {result.loss:.3f}, "
         f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)"
     )
+    if result.validation:
+        kept = result.validation
+        out.print(
+            f"kept the network of epoch {', '.join(map(str, kept['epochs']))}: the best on the "
+            f"{kept['images']} images held out (validation accuracy "
+            f"{', '.join(f'{value:.1%}' for value in kept['accuracies'])})"
+        )
     if parts:
         render_sources(parts, result.classes)
     for note in result.notes:
@@ -133,12 +143,12 @@ def sweep_reporter(bar, update):
     return progress
 
 
-def interrupted_training(reached: dict, epochs: int, networks: int) -> str:
+def interrupted_training(reached: dict, networks: int) -> str:
     """What a Ctrl-C during fer train stopped: the epoch it was in, and that nothing was
     saved (the model file is written once, at the end)."""
-    if not reached:
+    if "epoch" not in reached:
         return "interrupted before the first epoch finished; nothing saved"
-    done = reached["epoch"]
+    done, epochs = reached["epoch"], reached["epochs"]
     network = f" of network {reached['network'] + 1} of {networks}" if networks > 1 else ""
     where = (
         f"after epoch {done} of {epochs}{network}"
@@ -179,46 +189,31 @@ def crossval(
     with user_errors(as_json):
         from fercli.api import crossval as cross_validate
 
-        config = train_config(training)
+        recipe, settings = training_settings(training)
         bar, _ = progress_bar("starting")
         reporter = epoch_reporter(
             bar,
             bar.tasks[0].id,
-            header=f"fer crossval: {{folds}} folds ({group.value}), "
-            f"{recipe_summary(config.to_dict())}",
+            header=f"fer crossval: {{folds}} folds ({group.value}), {{recipe}}",
         )
         with bar if not as_json else contextlib.nullcontext():
             report = cross_validate(
                 datasets,
                 folds,
                 group.value,
-                config=config,
+                recipe,
                 shared_classes=training["shared_classes"],
                 workers=workers,
                 ray=ray,
                 output=output,
                 save_model=not no_save_model,
                 progress=None if as_json else reporter,
+                **settings,
             )
     if report.interrupted and not report.folds:
         raise fail("interrupted before any fold finished; nothing saved", 130, as_json=as_json)
-    files, output = report.files, report.files["report"].parent
-    failure, code = None, 1
-    if report.interrupted:
-        failure, code = (
-            (
-                f"interrupted after {len(report.folds)} of {report.planned_folds} folds; "
-                f"the finished folds are in {output}"
-            ),
-            130,
-        )
-    elif report.diverged_folds:
-        failure = (
-            f"training diverged in {len(report.diverged_folds)} of {len(report.folds)} folds "
-            f"({', '.join(map(str, report.diverged_folds))}), so there is no result (try a smaller "
-            "--lr); "
-            f"the report is in {output}"
-        )
+    files = report.files
+    failure, code = crossval_failure(report)
     if as_json:
         emit_json(
             {
@@ -231,6 +226,34 @@ def crossval(
         render_crossval(report, files)
     if failure:
         raise fail(failure, code)
+
+
+def crossval_failure(report) -> tuple[str | None, int]:
+    """The error line and exit code of a crossval that did not end well (None, 0 if it did):
+    interrupted (130: what was saved), or diverged (1)."""
+    files = report.files
+    output = files["report"].parent
+    model = f"the model is {files['model']}" if "model" in files else None
+    if report.interrupted:
+        return (
+            f"interrupted after {len(report.folds)} of {report.planned_folds} folds; the finished "
+            f"folds are in {output}; no model saved: {report.no_model}",
+            130,
+        )
+    if report.interrupted_after_folds:
+        return (
+            f"interrupted after every fold had finished; the report is in {output}; "
+            f"{model or f'no model saved: {report.no_model}'}",
+            130,
+        )
+    if report.diverged_folds:
+        return (
+            f"training diverged in {len(report.diverged_folds)} of {len(report.folds)} folds "
+            f"({', '.join(map(str, report.diverged_folds))}), so there is no result (try a smaller "
+            f"--lr); the report is in {output}",
+            1,
+        )
+    return None, 0
 
 
 def evaluate(

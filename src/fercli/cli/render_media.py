@@ -170,13 +170,11 @@ def render_predict(report) -> None:
 
 
 def render_csv(media) -> None:
-    """CSV on stdout (infer.files.csv_rows); names escaped as in tables, so that no control
+    """CSV on stdout (MediaReport.csv_rows); names escaped as in tables, so that no control
     byte reaches a terminal."""
     import csv
 
-    from fercli.infer.files import csv_rows
-
-    csv.writer(sys.stdout).writerows(csv_rows(media, escaped))
+    csv.writer(sys.stdout).writerows(media.csv_rows(escaped))
 
 
 def render_videos(media) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from fercli.core.config import PreprocessConfig
 from fercli.core.store import atomic_write_bytes, atomic_write_json, crops_dir, make_dir
+from fercli.faces.pipeline import FIND_VERSION
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,16 @@ class CacheEntry:
     box: tuple[int, int, int, int] | None = None
     angle: float = 0.0
     padding: float = 0.0  # share of the crop outside the photo, filled in
+    # The image is itself a face crop, aligned from its own landmarks (faces.face_crops).
+    whole_image: bool = False
 
     def to_json(self) -> dict:
         if self.crop is None:
-            return {"reason": self.reason}
+            # Remembered with the version of the face search that found nothing: a later
+            # version may find a face (CropCache.get).
+            return {"reason": self.reason, "find": FIND_VERSION}
         return {
+            "whole_image": self.whole_image,
             "crop": base64.b64encode(self.crop.tobytes()).decode(),
             "shape": list(self.crop.shape),
             "faces": self.faces,
@@ -55,6 +61,7 @@ class CacheEntry:
             box=box,
             angle=float(data["angle"]),
             padding=float(data.get("padding", 0.0)),
+            whole_image=bool(data.get("whole_image", False)),
         )
 
 
@@ -83,9 +90,12 @@ class CropCache:
     def get(self, key: str) -> CacheEntry | None:
         """The cached result for a content key, or None (also for an unreadable entry)."""
         try:
-            entry = CacheEntry.from_json(json.loads(self._path(key).read_bytes()))
+            data = json.loads(self._path(key).read_bytes())
+            entry = CacheEntry.from_json(data)
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        if entry.crop is None and data.get("find") != FIND_VERSION:
+            return None  # no face, by an older search: try again
         # A damaged entry can still parse; a crop of the wrong size would break the dataset.
         size = self.config.crop_size
         if entry.crop is not None and entry.crop.shape != (size, size):

@@ -24,7 +24,7 @@ from fercli.core.config import PreprocessConfig
 from fercli.core.errors import LayoutError
 from fercli.core.events import Progress, items
 from fercli.core.labels import label_order
-from fercli.data.prepared import save_prepared
+from fercli.data.prepared import face_crops_note, save_prepared
 from fercli.media.discover import Skipped
 
 HEADER = ("emotion", "pixels", "Usage")
@@ -140,19 +140,21 @@ def _pixels(text: str) -> np.ndarray | None:
 def align_chunk(
     chunk: list[tuple[int, int, str, np.ndarray]], config: PreprocessConfig
 ) -> list[tuple]:
-    """(number, label, split, crop or None, reason) for each row of a chunk; runs in workers."""
+    """(number, label, split, crop or None, reason, whether the crop was aligned as a face crop
+    (faces.face_crops)) for each row of a chunk; runs in workers."""
     from fercli.faces.pipeline import FAILED, align_images
 
     images = (((number, label, split), image) for number, label, split, image in chunk)
     results = []
     for (number, label, split), found in align_images(images, config, largest_only=True):
         if found.faces:
-            results.append((number, label, split, found.faces[0].crop, None))
+            face = found.faces[0]
+            results.append((number, label, split, face.crop, None, face.whole_image))
         elif found.status == FAILED:
-            results.append((number, label, split, None, f"row {number}: {found.reason}"))
+            results.append((number, label, split, None, f"row {number}: {found.reason}", False))
         else:
             reason = f"row {number}: {found.reason} in the 48x48 image"
-            results.append((number, label, split, None, reason))
+            results.append((number, label, split, None, reason, False))
     return results
 
 
@@ -217,11 +219,12 @@ def preprocess_fer2013(
     bad_rows: list[Skipped] = []
     no_face: list[Skipped] = []
     crops, labels, splits, paths = [], [], [], []
-    rows = 0
-    for number, label, split, crop, reason in aligned_rows(
+    rows = face_crops = 0
+    for number, label, split, crop, reason, whole_image in aligned_rows(
         path, config, workers, bad_rows, progress
     ):
         rows += 1
+        face_crops += whole_image
         if crop is None:
             no_face.append(Skipped(f"{path}#row{number}", reason))
             continue
@@ -242,14 +245,17 @@ def preprocess_fer2013(
         cache_hits=0,
         seconds=0.0,
         workers=workers,
+        face_crops=face_crops,
     )
+    if face_crops:
+        report.notes.append(face_crops_note(face_crops, len(crops)))
     if bad_rows:
         report.notes.append(
             f"{len(bad_rows)} rows are not FER2013 rows (skipped; the first: {bad_rows[0].reason})"
         )
     if no_face:
         report.notes.append(
-            f"{len(no_face)} of {rows} faces not found by dlib in their 48x48 image (skipped)"
+            f"{len(no_face)} of {rows} faces not found in their 48x48 image (skipped)"
         )
     counted = Counter(splits)
     if any(counted):

@@ -281,63 +281,106 @@ def _folders() -> dict[str, Path]:
     return {"dataset": datasets_dir(), "model": models_dir(), "run": runs_dir()}
 
 
-def find_entry(name: str) -> tuple[str, Path]:
-    """The kind and path of an entry named by its name (a model with or without .npz) or by
-    its path. StoreError for anything that is not a dataset, model or run under FER_HOME."""
+def _listed() -> dict[Path, str]:
+    """What fer list shows, as path -> kind: the dataset and run folders, and the model files
+    (.npz) of models/. Nothing else under FER_HOME (a notes.txt beside the models) is an
+    entry, so nothing else can be removed by name."""
+    listed = {}
+    for kind, folder in _folders().items():
+        for child in _children(folder, want_dir=kind != "model"):
+            if kind != "model" or child.suffix == ".npz":
+                listed[child] = kind
+    return listed
+
+
+PATTERN_CHARACTERS = frozenset("*?[")
+
+
+def find_entry(name: str, listed: dict[Path, str] | None = None) -> tuple[str, Path]:
+    """The kind and path of the one entry fer list shows that name names: its name (a model
+    with or without .npz), its path, or a dataset or run without the parts at its end (a
+    dataset without its hash, when only one has that name). A model must be named whole: its
+    name begins with its dataset's, so a dataset's name must never reach a model once the
+    dataset is gone. StoreError for anything else."""
+    listed = _listed() if listed is None else listed
     given = Path(name)
-    folders = _folders()
     if given.parent != Path(".") or given.is_absolute():
         # A path: it must be an entry itself, straight inside one of FER_HOME's folders.
         parent = given.parent.resolve()
-        for kind, folder in folders.items():
-            if (
-                parent == folder.resolve()
-                and given.name not in ("", ".", "..")
-                and os.path.lexists(given)
-            ):
-                return kind, folder / given.name
+        for path, kind in listed.items():
+            if path.parent.resolve() == parent and path.name == given.name:
+                return kind, path
         raise StoreError(f"{name}: not a dataset, model or run in {home()}; nothing removed")
-    found = [
-        (kind, folder / candidate)
-        for kind, folder in folders.items()
-        for candidate in (name, f"{name}.npz" if kind == "model" else None)
-        if candidate and candidate not in (".", "..") and os.path.lexists(folder / candidate)
+    exact = [
+        (kind, path)
+        for path, kind in listed.items()
+        if path.name == name or (kind == "model" and path.name == f"{name}.npz")
     ]
-    if not found:
-        found = _abbreviated(name, folders)
-    if len(found) > 1:
+    if not exact:
+        exact = _abbreviated(name, {path: kind for path, kind in listed.items() if kind != "model"})
+    if len(exact) > 1:
         raise StoreError(
-            f"{name}: names both the {found[0][0]} {found[0][1]} and the {found[1][0]} "
-            f"{found[1][1]}; give its path"
+            f"{name}: names both the {exact[0][0]} {exact[0][1]} and the {exact[1][0]} "
+            f"{exact[1][1]}; give its path"
         )
-    return found[0]
+    return exact[0]
 
 
-def _abbreviated(name: str, folders: dict[str, Path]) -> list[tuple[str, Path]]:
-    """The one entry name abbreviates (a dataset without its hash, a model without its time);
-    StoreError, with the closest names, if none or several."""
-    entries = {
-        child.name: (kind, child)
-        for kind, folder in folders.items()
-        for child in _children(folder, want_dir=kind != "model")
-    }
-    names = sorted(entries)
-    matches = abbreviated(name, names)
+def _abbreviated(name: str, listed: dict[Path, str]) -> list[tuple[str, Path]]:
+    """The one dataset or run name abbreviates (a dataset without its hash); StoreError, with
+    the closest names of every entry, if none or several."""
+    entries = {path.name: (kind, path) for path, kind in listed.items()}
+    matches = abbreviated(name, sorted(entries))
     if len(matches) == 1:
         return [entries[matches[0]]]
+    names = sorted({*entries, *(path.name for path in _listed())})
     reason = name_not_found(name, names, matches, "datasets, models or runs")
     if not matches:
         reason = reason.replace(
             "no datasets, models or runs of that name",
             f"no dataset, model or run of that name in {home()}",
         )
-    raise StoreError(f"{reason} (see fer list)")
+    raise StoreError(f"{reason} (see fer list; a model is named whole); nothing removed")
+
+
+def find_entries(names: list[str]) -> list[tuple[str, Path]]:
+    """Each name resolved once, against what fer list shows before anything is removed (a
+    pattern such as evaluate-* to every entry whose name it matches), in order and each entry
+    once. StoreError naming the first name that names nothing."""
+    import fnmatch
+
+    listed = _listed()
+    found: dict[Path, str] = {}
+    for name in names:
+        if PATTERN_CHARACTERS & set(name) and Path(name).name == name:
+            matched = [
+                (kind, path)
+                for path, kind in listed.items()
+                if fnmatch.fnmatchcase(path.name, name)
+            ]
+            if not matched:
+                raise StoreError(f"{name}: matches no dataset, model or run (see fer list)")
+        else:
+            matched = [find_entry(name, listed)]
+        for kind, path in matched:
+            found.setdefault(path, kind)
+    return [(kind, path) for path, kind in found.items()]
+
+
+def remove_entries(names: list[str]) -> list[Entry]:
+    """Delete the datasets, model files and run folders that names name (find_entries: all
+    resolved before the first is removed); returns what was removed, each with its size.
+    StoreError if a name names nothing (then nothing is removed) or an entry cannot be."""
+    return [_remove(kind, path) for kind, path in find_entries(names)]
 
 
 def remove_entry(name: str) -> Entry:
-    """Delete a dataset folder, model file or run folder of FER_HOME; returns what was
-    removed, with its size. StoreError if it is not one, or cannot be removed."""
-    kind, path = find_entry(name)
+    """Delete the one dataset, model file or run folder that name names (see find_entry)."""
+    [removed] = remove_entries([name])
+    return removed
+
+
+def _remove(kind: str, path: Path) -> Entry:
     removed = Entry(kind, path.name, path, size_of(path), _modified(path))
     try:
         if path.is_dir() and not path.is_symlink():

@@ -243,6 +243,15 @@ def resolve_dataset(choice: str | Path | None) -> PreparedDataset:
     raise DatasetError(reason)
 
 
+def face_crops_note(face_crops: int, aligned: int) -> str:
+    """What to say of the images aligned as face crops (faces.face_crops)."""
+    return (
+        f"{face_crops} of the {aligned} images aligned are face crops in which the detector "
+        "found no face: aligned from the landmarks found in the image itself (a face check "
+        "passed)"
+    )
+
+
 @dataclass
 class PreprocessReport:
     """What a preprocess run found, aligned and left out."""
@@ -264,6 +273,9 @@ class PreprocessReport:
     # Per class: crops that passed the photo's edge (filled in), their mean share filled, and
     # crops with more than SATURATED_SHARE of their pixels at 250 or more.
     edges: dict[str, dict] = field(default_factory=dict)
+    # Of the aligned images: those that were face crops themselves, aligned from their own
+    # landmarks where the detector found nothing (faces.face_crops).
+    face_crops: int = 0
 
     def to_json(self) -> dict:
         return {
@@ -271,6 +283,7 @@ class PreprocessReport:
             "layout": self.layout,
             "found": self.found,
             "aligned": self.aligned,
+            "face_crops": self.face_crops,
             "skipped": [{"path": item.path, "reason": item.reason} for item in self.skipped],
             "classes": self.classes,
             "subjects": self.subjects,

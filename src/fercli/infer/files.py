@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -24,6 +25,9 @@ from fercli.infer.videos import label_video
 from fercli.media.discover import Discovered
 from fercli.media.video import is_video, open_video
 
+if TYPE_CHECKING:
+    from fercli.infer.photos import ImagePrediction, PredictReport
+
 
 @dataclass
 class MediaReport:
@@ -39,11 +43,16 @@ class MediaReport:
     # The files in the order they were given (folders' files where the folder was).
     order: list[str] = field(default_factory=list)
 
-    def in_order(self) -> list:
+    def csv_rows(self, escape: Callable[[str], str] = str) -> Iterator[list]:
+        """fer predict --csv: the header, then a row per face (see csv_rows)."""
+        return csv_rows(self, escape)
+
+    def in_order(self) -> list[ImagePrediction | VideoPrediction]:
         """The images' results (ImagePrediction) and the videos' (VideoPrediction) in the
         order the files were given."""
-        waiting: dict[str, list] = {}
-        for item in [*self.images.images, *self.videos]:
+        waiting: dict[str, list[ImagePrediction | VideoPrediction]] = {}
+        items: list[ImagePrediction | VideoPrediction] = [*self.images.images, *self.videos]
+        for item in items:
             waiting.setdefault(str(item.path), []).append(item)
         ordered = [waiting[path].pop(0) for path in self.order if waiting.get(path)]
         return ordered + [item for items in waiting.values() for item in items]

@@ -24,6 +24,9 @@ class FacePrediction:
     # Whether the model was trained on exactly this crop (then its score says nothing about
     # new faces); None when the model file does not say (written by an older fercli).
     in_training_data: bool | None = None
+    # The image is itself a face crop in which the detector found nothing: the face was found
+    # from its own landmarks (faces.face_crops).
+    whole_image: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -31,6 +34,7 @@ class FacePrediction:
             "label": self.label,
             "probabilities": self.probabilities,
             "in_training_data": self.in_training_data,
+            **({"whole_image": True} if self.whole_image else {}),
         }
 
 
@@ -68,9 +72,12 @@ def label_faces(image: str | Path | np.ndarray, model: FerModel) -> list[FacePre
     if not faces:
         return []
     source = str(image) if isinstance(image, (str, Path)) else "the image"
-    return label_crops(
+    labelled = label_crops(
         model,
         np.stack([face.crop for face in faces]),
         [face.box for face in faces],
         [source] * len(faces),
     )
+    for face, prediction in zip(faces, labelled, strict=True):
+        prediction.whole_image = face.whole_image
+    return labelled

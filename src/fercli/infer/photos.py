@@ -56,10 +56,13 @@ class PredictReport:
 
 
 def _align_files(paths: list[str], config: PreprocessConfig) -> list[tuple[list, str | None]]:
-    """The faces of each image, aligned by the face pipeline: (crop, box) each, and why the
-    image could not be read (None when it could)."""
+    """The faces of each image, aligned by the face pipeline: (crop, box, whether the image
+    is itself the face crop) each, and why the image could not be read (None when it could)."""
     return [
-        ([(face.crop, face.box) for face in found.faces], None if found.read else found.reason)
+        (
+            [(face.crop, face.box, face.whole_image) for face in found.faces],
+            None if found.read else found.reason,
+        )
         for _, found in align_images(enumerate(paths), config)
     ]
 
@@ -77,7 +80,7 @@ def label_photos(
     discovered = paths if isinstance(paths, Discovered) else discover(paths)
     files = discovered.files
     images = [ImagePrediction(path=str(path)) for path in files]
-    found: list[tuple[int, np.ndarray, tuple]] = []
+    found: list[tuple[int, np.ndarray, tuple, bool]] = []
     if progress:
         progress(items(0, len(files)))
     if files:
@@ -88,21 +91,22 @@ def label_photos(
     with closing(run_tasks(work, parts, workers, initializer=single_threaded_opencv)) as results:
         for index, (faces, error) in enumerate(chain.from_iterable(results)):
             images[index].error = error
-            found.extend((index, crop, box) for crop, box in faces)
+            found.extend((index, *face) for face in faces)
             if progress:
                 progress(items(index + 1, len(files)))
     adaptation = None
     if adapt:
-        model, adaptation = adapt_model(model, np.array([crop for _, crop, _ in found]))
+        model, adaptation = adapt_model(model, np.array([crop for _, crop, _, _ in found]))
     if found:
         # One batched forward pass for every face of every image.
         labelled = label_crops(
             model,
-            np.stack([crop for _, crop, _ in found]),
-            [box for _, _, box in found],
-            [images[index].path for index, _, _ in found],
+            np.stack([crop for _, crop, _, _ in found]),
+            [box for _, _, box, _ in found],
+            [images[index].path for index, _, _, _ in found],
         )
-        for (index, crop, _), face in zip(found, labelled, strict=True):
+        for (index, crop, _, whole_image), face in zip(found, labelled, strict=True):
+            face.whole_image = whole_image
             images[index].faces.append(face)
             images[index].crops.append(crop)
     return PredictReport(

@@ -11,115 +11,25 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from fercli.core.config import TrainConfig, recipe_differences, recipe_dropped
 from fercli.core.events import Event, Progress
+from fercli.core.interrupts import Interrupts
 from fercli.data.prepared import PreparedDataset
-from fercli.learn.folds import FoldResult, FoldTask, make_folds
+from fercli.learn.folds import FoldOutcome, FoldResult, FoldTask, make_folds
+from fercli.learn.reports import CrossvalReport, CrossvalRun
 from fercli.learn.selection import Selection, select_classes, selection_fingerprint
-from fercli.learn.training import checked_start, starting_notes
-from fercli.learn.where import crossval_where
-
-
-@dataclass
-class CrossvalReport:
-    """The outcome of a cross-validation, with the protocol it followed."""
-
-    dataset: dict
-    protocol: dict
-    labels: list[str]
-    folds: list[FoldResult]
-    confusion: np.ndarray
-    per_class: dict[str, dict[str, float]]
-    macro_f1: float
-    pooled_accuracy: float
-    warnings: list[str]
-    seconds: float
-    interrupted: bool = False
-    planned_folds: int = 0
-    predictions: list[dict] = field(default_factory=list)
-    # Several datasets combined: per dataset, its test images' figures (per_dataset_figures).
-    per_dataset: dict[str, dict] = field(default_factory=dict)
-    # Each finished fold's fold_export and its largest |numpy runtime - Keras| on its test
-    # crops, for save_crossval_model; not part of the JSON report.
-    exports: list[dict] = field(default_factory=list, repr=False)
-    # The files written for it (report, confusion, predictions, model), once they are.
-    files: dict[str, Path] = field(default_factory=dict)
-    # Each predicted class's share of the answers (evaluate), largest first.
-    answer_shares: dict[str, float] = field(default_factory=dict)
-    # where.png's figures (fercli.learn.where.WhereMaps), None where no network could draw them.
-    where: object | None = field(default=None, repr=False)
-
-    @property
-    def accuracies(self) -> np.ndarray:
-        """The accuracies of the folds whose training did not diverge."""
-        return np.array(
-            [fold.accuracy for fold in self.folds if fold.diverged is None], dtype=float
-        )
-
-    @property
-    def diverged_folds(self) -> list[int]:
-        return [fold.fold for fold in self.folds if fold.diverged is not None]
-
-    @property
-    def mean_accuracy(self) -> float:
-        """NaN (null in JSON) without folds, or when a fold diverged: the rest is no protocol's
-        result."""
-        return float(self.accuracies.mean()) if self.folds and not self.diverged_folds else math.nan
-
-    @property
-    def std_accuracy(self) -> float:
-        return float(self.accuracies.std()) if self.folds and not self.diverged_folds else math.nan
-
-    def to_json(self) -> dict:
-        """The report as standard JSON: figures that do not exist (no fold finished, or one
-        diverged) are null."""
-
-        def number(value: float) -> float | None:
-            return None if math.isnan(value) else value
-
-        return {
-            "dataset": self.dataset,
-            "protocol": self.protocol,
-            "labels": self.labels,
-            # per_dataset only where several datasets were combined: one dataset's report is as it
-            # was.
-            "folds": [
-                {
-                    key: value
-                    for key, value in fold.__dict__.items()
-                    if key != "per_dataset" or self.per_dataset
-                }
-                for fold in self.folds
-            ],
-            "mean_accuracy": number(self.mean_accuracy),
-            "std_accuracy": number(self.std_accuracy),
-            "std_note": "population standard deviation of the fold accuracies (ddof=0)",
-            "pooled_accuracy": number(self.pooled_accuracy),
-            "macro_f1": number(self.macro_f1),
-            "per_class": self.per_class,
-            "confusion_matrix": self.confusion.tolist(),
-            "confusion_note": "rows: true class, columns: predicted class, summed over folds",
-            "warnings": self.warnings,
-            "seconds": round(self.seconds, 2),
-            "interrupted": self.interrupted,
-            "completed_folds": len(self.folds),
-            "planned_folds": self.planned_folds,
-            "diverged_folds": self.diverged_folds,
-            **({"answer_shares": self.answer_shares} if self.answer_shares else {}),
-            **({"per_dataset": self.per_dataset} if self.per_dataset else {}),
-            **({"where": self.where.to_json()} if self.where is not None else {}),
-        }
+from fercli.learn.training import checked_start, starting_notes, validation_data
+from fercli.learn.where import WhereMaps, crossval_where
 
 
 def per_dataset_figures(
     selection: Selection,
-    splits,
-    results: dict[int, dict],
+    outcomes: dict[int, FoldOutcome],
     fold_results: list[FoldResult],
     complete: bool,
 ) -> dict[str, dict]:
@@ -127,12 +37,13 @@ def per_dataset_figures(
     and the mean and spread of its folds), its confusion matrix and its class counts; and each
     fold's figures per dataset (set on fold_results). {} for a single dataset. A single mean
     hides that one dataset can carry the other. Accuracies are None unless every fold finished."""
-    if selection.origins is None:
+    origins = selection.origins
+    if origins is None:
         return {}
     count = len(selection.labels)
     figures: dict[str, dict] = {}
-    for name in dict.fromkeys(selection.origins.tolist()):
-        mine = selection.origins == name
+    for name in dict.fromkeys(origins.tolist()):
+        mine = origins == name
         labels = selection.targets[mine]
         figures[name] = {
             "images": int(mine.sum()),
@@ -147,13 +58,13 @@ def per_dataset_figures(
             "confusion": np.zeros((count, count), np.int64),
         }
     for fold in fold_results:
-        result = results[fold.fold - 1]
-        if result["diverged"]:
+        outcome = outcomes[fold.fold - 1]
+        if outcome.diverged:
             continue
-        test_index = splits[fold.fold - 1][1]
-        guesses = result["probabilities"].argmax(axis=1)
+        test_index = outcome.test_index
+        guesses = outcome.predicted
         for name, entry in figures.items():
-            mine = selection.origins[test_index] == name
+            mine = origins[test_index] == name
             if not mine.any():
                 continue
             truth = selection.targets[test_index][mine]
@@ -185,8 +96,9 @@ def protocol_warnings(
 ) -> list[str]:
     """What a reader must know to judge the numbers of this protocol."""
     notes = []
-    if group == "dataset":
-        names = list(dict.fromkeys(selection.origins.tolist()))
+    origins = selection.origins
+    if group == "dataset" and origins is not None:  # (make_folds refuses it without origins)
+        names = list(dict.fromkeys(origins.tolist()))
         notes.append(
             f"leave-one-dataset-out: each of {', '.join(names)} is tested by a network trained on "
             "the "
@@ -194,10 +106,10 @@ def protocol_warnings(
             "(camera, lighting, posing)"
         )
         for name in names:
-            others = set(selection.targets[selection.origins != name].tolist())
+            others = set(selection.targets[origins != name].tolist())
             unseen = [
                 selection.labels[t]
-                for t in sorted(set(selection.targets[selection.origins == name].tolist()) - others)
+                for t in sorted(set(selection.targets[origins == name].tolist()) - others)
             ]
             if unseen:
                 notes.append(
@@ -251,12 +163,37 @@ def cross_validate(
     workers: int | None = None,
     progress: Progress | None = None,
     engine=None,
-) -> CrossvalReport:
-    """K-fold cross-validation. Ctrl-C stops it and returns the folds finished so far, with
-    interrupted set.
+    *,
+    save_model: bool = True,
+    interrupts: Interrupts | None = None,
+) -> CrossvalRun:
+    """K-fold cross-validation: the run, with its report. Ctrl-C while the folds train stops
+    them and returns the folds finished so far (report.interrupted); once every fold has
+    finished, a Ctrl-C is only remembered (interrupts.received) and leaves out where.png.
 
     engine: where the folds train (fercli.engines); default a LocalEngine of workers processes.
+    save_model: whether the caller will save the ensemble model (run.model_refusal says).
+    interrupts: the caller's, when it writes the files after (see core.interrupts).
     """
+    with contextlib.ExitStack() as stack:
+        if interrupts is None:
+            interrupts = stack.enter_context(Interrupts())
+        return _cross_validate(
+            dataset, config, folds, group, workers, progress, engine, save_model, interrupts
+        )
+
+
+def _cross_validate(
+    dataset: PreparedDataset,
+    config: TrainConfig,
+    folds: int,
+    group: str,
+    workers: int | None,
+    progress: Progress | None,
+    engine,
+    save_model: bool,
+    interrupts: Interrupts,
+) -> CrossvalRun:
     from fercli.learn.engines import LocalEngine
 
     started = time.perf_counter()
@@ -264,42 +201,76 @@ def cross_validate(
     config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     splits = make_folds(selection, folds, group, config.seed)
     if progress:
-        progress(Event("start", folds=len(splits), epochs=config.epochs))
+        progress(Event("start", folds=len(splits), epochs=config.epochs, config=config))
     engine = engine or LocalEngine(workers)
+    validation = validation_data(config, selection.labels)
     tasks = [
-        FoldTask(index, config, index, train, test, selection.origins)
+        FoldTask(index, config, index, train, test, selection.origins, validation)
         for index, (train, test) in enumerate(splits)
     ]
-    results: dict[int, dict] = {}
-    interrupted = False
-    try:
-        with contextlib.closing(
-            engine.run(selection.crops, selection.targets, len(selection.labels), tasks, progress)
-        ) as finished:
-            for result in finished:
-                results[result["fold"]] = result
-                if progress:
-                    accuracy = (
-                        None if result.get("diverged") else _accuracy(result, selection, splits)
-                    )
-                    progress(
-                        Event("fold", fold=result["fold"], folds=len(splits), accuracy=accuracy)
-                    )
-    except KeyboardInterrupt:
-        interrupted = True
+    outcomes = train_folds(engine, selection, tasks, interrupts, progress)
+    interrupts.hold()  # what has finished is kept, whenever a Ctrl-C comes from now on
     report = assemble_crossval(
         dataset,
         selection,
         splits,
         config,
         group,
-        results,
+        outcomes,
         engine.describe(len(tasks)),
         time.perf_counter() - started,
-        interrupted,
+        interrupted=len(outcomes) < len(tasks),
     )
-    report.where = crossval_where(selection, splits, results, config.test_time_flip)
-    return report
+    run = CrossvalRun(dataset, config, selection, splits, outcomes, report, save_model)
+    if any(outcome.export is not None for outcome in outcomes.values()):
+        report.where = _where_unless_interrupted(run, interrupts, progress)
+    return run
+
+
+def train_folds(
+    engine,
+    selection: Selection,
+    tasks: list[FoldTask],
+    interrupts: Interrupts,
+    progress: Progress | None,
+) -> dict[int, FoldOutcome]:
+    """Every task's FoldOutcome, by fold, as the engine trains them; those finished so far
+    when Ctrl-C stops it (interrupts.received). Once the last fold is in, a Ctrl-C is held
+    back: it would only stop the engine's clearing up."""
+    outcomes: dict[int, FoldOutcome] = {}
+    try:
+        with contextlib.closing(
+            engine.run(selection.crops, selection.targets, len(selection.labels), tasks, progress)
+        ) as finished:
+            for outcome in finished:
+                outcomes[outcome.fold] = outcome
+                if len(outcomes) == len(tasks):
+                    interrupts.hold()
+                if progress:
+                    progress(
+                        Event(
+                            "fold", fold=outcome.fold, folds=len(tasks), accuracy=outcome.accuracy
+                        )
+                    )
+    except KeyboardInterrupt:
+        interrupts.received = True
+    return outcomes
+
+
+def _where_unless_interrupted(
+    run: CrossvalRun, interrupts: Interrupts, progress: Progress | None
+) -> WhereMaps | None:
+    """where.png's maps of a run; None, said in its warnings, when a Ctrl-C came before or
+    while they were made (they take seconds, and can be left out)."""
+    try:
+        with interrupts.allowed():
+            if progress:
+                progress(Event("where"))
+            return crossval_where(run.selection, run.outcomes, run.config.test_time_flip)
+    except KeyboardInterrupt:
+        interrupts.received = True
+        run.report.warnings.append("where.png was not drawn: interrupted (Ctrl-C)")
+        return None
 
 
 def assemble_crossval(
@@ -308,82 +279,43 @@ def assemble_crossval(
     splits: list[tuple[np.ndarray, np.ndarray]],
     config: TrainConfig,
     group: str,
-    results: dict[int, dict],
+    outcomes: dict[int, FoldOutcome],
     engine: dict,
     seconds: float,
     interrupted: bool = False,
 ) -> CrossvalReport:
-    """The report of a cross-validation from the results of its finished folds (by 0-based
-    fold number: each a dict with "probabilities" of the fold's test images and "seconds")."""
-    fold_results, true, predicted, rows, exports = [], [], [], [], []
-    for index in sorted(results):
+    """The report of a cross-validation from the outcomes of its finished folds (by 0-based
+    fold number)."""
+    fold_results, true, predicted, rows = [], [], [], []
+    for index in sorted(outcomes):
+        outcome = outcomes[index]
         train_index, test_index = splits[index]
-        if results[index].get("diverged"):
-            # No result: argmax of NaN is class 0, which would pass for predictions.
-            fold_results.append(
-                FoldResult(
-                    fold=index + 1,
-                    accuracy=None,
-                    train_size=len(train_index),
-                    test_size=len(test_index),
-                    test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""})
-                    if group == "subject"
-                    else [],
-                    seconds=round(results[index]["seconds"], 2),
-                    diverged=results[index].get("diverged"),
-                )
-            )
-            continue
-        guesses = results[index]["probabilities"].argmax(axis=1)
-        truth = selection.targets[test_index]
-        true.append(truth)
-        predicted.append(guesses)
         fold_results.append(
             FoldResult(
                 fold=index + 1,
-                accuracy=float(np.mean(guesses == truth)),
+                # None: the fold diverged, and has no result (argmax of NaN is class 0, which
+                # would pass for predictions).
+                accuracy=outcome.accuracy,
                 train_size=len(train_index),
                 test_size=len(test_index),
                 test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""})
                 if group == "subject"
                 else [],
-                seconds=round(float(results[index]["seconds"]), 2),
+                seconds=round(float(outcome.seconds), 2),
+                diverged=outcome.diverged,
             )
         )
-        exported = results[index].get("export")
-        if exported is not None:
-            exports.append(
-                {
-                    **exported,
-                    "fold": index + 1,
-                    "difference": _runtime_difference(
-                        exported,
-                        selection.crops[test_index],
-                        results[index]["probabilities"],
-                        config.test_time_flip,
-                    ),
-                }
-            )
-        rows.extend(
-            {
-                "path": str(selection.paths[i]),
-                "fold": index + 1,
-                **({"dataset": str(selection.origins[i])} if selection.origins is not None else {}),
-                "true": selection.labels[t],
-                "predicted": selection.labels[g],
-                **{
-                    f"p_{label}": round(float(p), 6)
-                    for label, p in zip(selection.labels, probabilities, strict=True)
-                },
-            }
-            for i, t, g, probabilities in zip(
-                test_index, truth, guesses, results[index]["probabilities"], strict=True
-            )
-        )
+        if outcome.probabilities is None:
+            continue
+        truth = selection.targets[test_index]
+        true.append(truth)
+        predicted.append(outcome.predicted)
+        rows.extend(prediction_rows(selection, outcome))
     true_all = np.concatenate(true) if true else np.zeros(0, int)
     predicted_all = np.concatenate(predicted) if predicted else np.zeros(0, int)
     matrix, per_class, f1 = score_predictions(true_all, predicted_all, selection.labels)
-    complete = bool(true) and len(true) == len(results)
+    # Figures over every fold, or none: the folds left after a divergence are no protocol's.
+    complete = bool(true) and len(true) == len(outcomes)
     return CrossvalReport(
         dataset={
             **dataset_summary(dataset, selection),
@@ -406,11 +338,8 @@ def assemble_crossval(
         folds=fold_results,
         confusion=np.asarray(matrix),
         per_class=per_class,
-        # Figures over every fold, or none: the folds left after a divergence are no protocol's.
-        macro_f1=float(np.mean(f1)) if true and len(true) == len(results) else math.nan,
-        pooled_accuracy=float(np.mean(true_all == predicted_all))
-        if true and len(true) == len(results)
-        else math.nan,
+        macro_f1=float(np.mean(f1)) if complete else math.nan,
+        pooled_accuracy=float(np.mean(true_all == predicted_all)) if complete else math.nan,
         warnings=(
             getattr(dataset, "notes", [])
             + protocol_warnings(selection, group, config)
@@ -421,9 +350,32 @@ def assemble_crossval(
         interrupted=interrupted,
         planned_folds=len(splits),
         predictions=rows,
-        per_dataset=per_dataset_figures(selection, splits, results, fold_results, complete),
-        exports=exports,
+        per_dataset=per_dataset_figures(selection, outcomes, fold_results, complete),
     )
+
+
+def prediction_rows(selection: Selection, outcome: FoldOutcome) -> list[dict]:
+    """predictions.csv's rows of a fold: each test image's path, fold, (dataset,) true and
+    predicted class and probabilities."""
+    labels, test_index, probabilities = selection.labels, outcome.test_index, outcome.probabilities
+    if probabilities is None:
+        return []  # a diverged fold predicted nothing
+    return [
+        {
+            "path": str(selection.paths[i]),
+            "fold": outcome.fold + 1,
+            **({"dataset": str(selection.origins[i])} if selection.origins is not None else {}),
+            "true": labels[t],
+            "predicted": labels[g],
+            **{
+                f"p_{label}": round(float(p), 6)
+                for label, p in zip(labels, image_probabilities, strict=True)
+            },
+        }
+        for i, t, g, image_probabilities in zip(
+            test_index, selection.targets[test_index], outcome.predicted, probabilities, strict=True
+        )
+    ]
 
 
 def dataset_summary(
@@ -478,23 +430,6 @@ def score_predictions(
     return np.asarray(matrix), per_class, np.asarray(f1)
 
 
-def _runtime_difference(
-    exported: dict, crops: np.ndarray, expected: np.ndarray, flip: bool
-) -> float:
-    """Largest |numpy runtime - Keras| of a fold's exported network on its test crops."""
-    from fercli.infer.model import Member
-    from fercli.infer.runtime import NumpyNetwork
-
-    network = exported["network"]
-    member = Member(
-        NumpyNetwork(network.specs, network.weights), network.mean, network.std, network.per_image
-    )
-    with np.errstate(all="ignore"):
-        return (
-            float(np.abs(member.predict_proba(crops, flip) - expected).max()) if len(crops) else 0.0
-        )
-
-
 def split_notes(dataset: PreparedDataset) -> list[str]:
     """What crossval says of a dataset's predefined splits (FER2013's Usage): it ignores them."""
     splits = getattr(dataset, "splits", None)
@@ -506,8 +441,3 @@ def split_notes(dataset: PreparedDataset) -> list[str]:
         "from all its "
         "images; fer train --split and fer evaluate --split use them"
     ]
-
-
-def _accuracy(result: dict, selection: Selection, splits) -> float:
-    test_index = splits[result["fold"]][1]
-    return float(np.mean(result["probabilities"].argmax(axis=1) == selection.targets[test_index]))

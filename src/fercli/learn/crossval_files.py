@@ -5,44 +5,70 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fercli.core.config import PreprocessConfig, TrainConfig
+from fercli.core.config import PreprocessConfig
 from fercli.core.errors import FerError, TrainingError
 from fercli.core.store import atomic_write_json, atomic_write_text, slug
-from fercli.data.prepared import PreparedDataset
-from fercli.learn.crossval import CrossvalReport
 from fercli.learn.network import export_check
-from fercli.learn.selection import select_classes
+from fercli.learn.reports import CrossvalReport, CrossvalRun, EvaluationReport, ScoreReport
+
+if TYPE_CHECKING:
+    from fercli.learn.where import WhereMaps
 
 
-def save_crossval(
-    report: CrossvalReport, folder: Path, title: str | None = None
-) -> dict[str, Path]:
-    """Write report.json, confusion.png, where.png (when report.where has its figures) and
-    predictions.csv of a cross-validation (or of an evaluation, its one "fold"; title: the
-    pictures', default the crossval's)."""
-    import csv
-    import io
-
-    from fercli.media.drawing import confusion_image
-
-    group = (
-        report.protocol["group"] if report.protocol["group"] in ("subject", "dataset") else "random"
-    )
+def crossval_title(report: CrossvalReport) -> str:
+    """The pictures' title of a cross-validation: data, folds and mean accuracy."""
     if report.diverged_folds:
         figures = f"{len(report.diverged_folds)} diverged"
     elif math.isnan(report.mean_accuracy):
         figures = "no result"
     else:
         figures = f"{report.mean_accuracy:.1%} +/- {report.std_accuracy:.1%}"
-    title = (
-        title
-        or f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds ({group}), "
-        f"{figures}"
+    return (
+        f"{report.dataset['name']}: {len(report.folds)}/{report.planned_folds} folds "
+        f"({_group(report)}), {figures}"
     )
-    where = {}
+
+
+def _group(report: ScoreReport) -> str:
+    group = report.protocol["group"]
+    return group if group in ("subject", "dataset") else "random"
+
+
+def save_crossval(report: CrossvalReport, folder: Path) -> dict[str, Path]:
+    """Write report.json, confusion.png, where.png (when report.where has its figures) and
+    predictions.csv of a cross-validation, with each dataset's confusion.png where several
+    were combined."""
+    return save_scores(report, folder, crossval_title(report), report.per_dataset)
+
+
+def save_evaluation(report: EvaluationReport, folder: Path, title: str) -> dict[str, Path]:
+    """Write report.json, confusion.png, where.png and predictions.csv of an evaluation."""
+    return save_scores(report, folder, title)
+
+
+def save_scores(
+    report: ScoreReport, folder: Path, title: str, per_dataset: dict[str, dict] | None = None
+) -> dict[str, Path]:
+    """The files of a report (title: the pictures'); per_dataset: a crossval's figures per
+    dataset, each with its own confusion picture."""
+    import csv
+    import io
+
+    from fercli.media.discover import mark_output_folder
+    from fercli.media.drawing import confusion_image
+
+    # Marked as fercli's own, so that a search for photos in a folder above it leaves its
+    # pictures out (media.discover).
+    mark_output_folder(
+        folder, "fer evaluate" if isinstance(report, EvaluationReport) else "fer crossval"
+    )
+    group = _group(report)
+    per_dataset = per_dataset or {}
+    where: dict[str, Path] = {}
     if report.where is not None:
         # Drawn first, so that report.json can say if it failed; a failure here must not cost
         # the rest of a long run's files (or its model, saved after them).
@@ -55,7 +81,7 @@ def save_crossval(
         report.confusion, report.labels, folder / "confusion.png", title
     )
     files.update(where)
-    for number, (name, figures) in enumerate(report.per_dataset.items(), start=1):
+    for number, (name, figures) in enumerate(per_dataset.items(), start=1):
         accuracy = (
             "no result"
             if figures["accuracy"] is None
@@ -69,7 +95,7 @@ def save_crossval(
             f"({'left out, trained on the others' if group == 'dataset' else group + ' folds'})",
         )
     text = io.StringIO()
-    origin = ["dataset"] if report.per_dataset else []
+    origin = ["dataset"] if per_dataset else []
     writer = csv.DictWriter(
         text,
         fieldnames=[
@@ -87,13 +113,11 @@ def save_crossval(
     return files
 
 
-def save_where(where, path: Path, title: str) -> Path:
+def save_where(where: WhereMaps, path: Path, title: str) -> Path:
     """where.png: per class, the mean map over its test faces and over those got wrong."""
-    import cv2
-
-    from fercli.core.store import atomic_write_bytes
     from fercli.infer.explain import PATCH
     from fercli.media.heatmaps import where_image
+    from fercli.media.images import write_png
 
     rows = []
     for row, name, empty in (
@@ -113,37 +137,39 @@ def save_where(where, path: Path, title: str) -> Path:
         "faces' mean crop; one colour scale for every tile."
     )
     picture = where_image(where.labels, rows, f"where the network looked: {title}", note)
-    ok, encoded = cv2.imencode(".png", picture)
-    if not ok:
-        raise FerError("OpenCV could not encode where.png")
-    return atomic_write_bytes(path, encoded.tobytes())
+    return write_png(path, picture)
 
 
 def save_crossval_model(
-    report: CrossvalReport,
-    dataset: PreparedDataset,
+    run: CrossvalRun,
     output: Path,
-    run: Path | None = None,
+    run_folder: Path | None = None,
     keep_existing: bool = True,
 ) -> Path:
     """Save a finished cross-validation's fold networks as one ensemble model file, which
     predict and evaluate average. Checked before it takes its name: each network within 1e-4
     of Keras on its fold's test crops, the file's ensemble within 1e-4 of the folds' Keras
-    networks averaged on the load check's crops. TrainingError when a fold diverged or the
-    run was interrupted (no ensemble of every fold exists). Returns the path written."""
+    networks averaged on the load check's crops. TrainingError when the run has no model worth
+    saving (run.model_refusal: a fold missing or diverged, ...). run_folder: the run's report
+    folder, named in the file. Returns the path written."""
     from fercli.infer.model import probe_crops, save_networks
 
-    if report.interrupted or report.diverged_folds or len(report.exports) != report.planned_folds:
-        raise TrainingError("no model saved: the cross-validation did not finish every fold")
-    for exported in report.exports:
-        if not exported["difference"] <= 1e-4:
+    refusal = run.model_refusal
+    if refusal is not None:
+        raise TrainingError(f"no model saved: {refusal}")
+    exports = []
+    for index in sorted(run.outcomes):
+        exported = run.outcomes[index].export
+        if exported is None:  # model_refusal has said so; for the type checker
+            raise TrainingError(f"no model saved: fold {index + 1} has no exported network")
+        if not exported.difference <= 1e-4:
             raise FerError(
-                f"fold {exported['fold']}'s exported network disagrees with Keras by "
-                f"{exported['difference']:.2g}; no model was saved (a bug: please report it)"
+                f"fold {index + 1}'s exported network disagrees with Keras by "
+                f"{exported.difference:.2g}; no model was saved (a bug: please report it)"
             )
-    config = TrainConfig.from_dict(report.protocol["training"])
-    selection = select_classes(dataset, tuple(report.labels))
-    expected = np.mean([exported["probe"] for exported in report.exports], axis=0)
+        exports.append(exported)
+    report, selection, dataset, config = run.report, run.selection, run.dataset, run.config
+    expected = np.mean([exported.probe for exported in exports], axis=0)
     check = export_check(probe_crops(selection.crops.shape[1]), expected, "the exported ensemble")
 
     extra = {
@@ -156,22 +182,19 @@ def save_crossval_model(
         },
         "ensemble": {
             "kind": "crossval",
-            "members": len(report.exports),
+            "members": len(exports),
             "folds": report.planned_folds,
             "group": report.protocol["group"],
-            "run": str(run) if run else None,
+            "run": str(run_folder) if run_folder else None,
             "mean_accuracy": report.mean_accuracy,
             "std_accuracy": report.std_accuracy,
             "note": "each member was trained on all folds but one; together they saw every image",
         },
     }
     preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
-    networks = [
-        exported["network"] for exported in sorted(report.exports, key=lambda item: item["fold"])
-    ]
     return save_networks(
         output,
-        networks,
+        [exported.network for exported in exports],
         selection.labels,
         preprocess,
         config,

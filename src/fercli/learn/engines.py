@@ -1,8 +1,8 @@
 """Where folds train: this machine's cores, or a Ray cluster.
 
 An engine takes the shared data of a cross-validation (crops, targets, class count) and a
-list of fold tasks (fercli.learn.folds.FoldTask) and yields each task's result as soon as it
-finishes, in completion order. Both engines run a fold through crossvalidation.train_fold in a
+list of fold tasks (fercli.learn.folds.FoldTask) and yields each task's FoldOutcome as soon as
+it finishes, in completion order. Both engines run a fold through folds.train_fold in a
 process with one TensorFlow thread and op determinism, so a fold gives the same numbers,
 to the last digit, on either engine (on the same machine and library versions).
 
@@ -16,6 +16,7 @@ import os
 import socket
 from collections.abc import Iterator
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,10 +24,13 @@ from fercli.core.errors import EngineError, FerError
 from fercli.core.events import Event, Progress
 from fercli.core.parallel import default_workers, notify, run_tasks
 
+if TYPE_CHECKING:
+    from fercli.learn.folds import FoldOutcome, FoldTask
+
 RAY_INSTALL = "pip install 'fercli[ray]'"
 
 
-def _fold_failed(task, error: BaseException) -> FerError:
+def _fold_failed(task: FoldTask, error: BaseException) -> FerError:
     return FerError(f"training fold {task.fold + 1} failed: {type(error).__name__}: {error}")
 
 
@@ -49,11 +53,13 @@ def _quiet_retracing() -> None:
     tf.get_logger().setLevel("ERROR")
 
 
-def _run_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task) -> dict:
+def _run_fold(
+    crops: np.ndarray, targets: np.ndarray, num_classes: int, task: FoldTask
+) -> FoldOutcome:
     """train_fold in a worker; its epochs go to the engine's caller as progress events."""
     from fercli.learn.folds import train_fold
 
-    def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+    def on_epoch(epoch: int, loss: float, accuracy: float, validation: float | None) -> None:
         notify(
             Event(
                 "epoch",
@@ -63,6 +69,7 @@ def _run_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task) ->
                 epochs=task.config.epochs,
                 loss=loss,
                 accuracy=accuracy,
+                validation_accuracy=validation,
             )
         )
 
@@ -101,10 +108,10 @@ class LocalEngine:
         crops: np.ndarray,
         targets: np.ndarray,
         num_classes: int,
-        tasks: list,
+        tasks: list[FoldTask],
         progress: Progress | None = None,
-    ) -> Iterator[dict]:
-        """Yield train_fold's result for every task, as each finishes."""
+    ) -> Iterator[FoldOutcome]:
+        """Yield train_fold's FoldOutcome for every task, as each finishes."""
         if not tasks:
             return
         # spawn: TensorFlow's threads and state do not survive a fork. A fold that fails stops
@@ -138,11 +145,11 @@ def code_identity() -> dict:
 
     # Every source file of the package, subpackages and the live page's static files included,
     # by its path inside the package: a change anywhere in the code changes the digest.
-    package = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*")):
+    for path in sorted(root.rglob("*")):
         if path.is_file() and path.suffix in (".py", ".html", ".css", ".js"):
-            digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     versions = {}
     for package in ("numpy", "keras", "tensorflow", "tensorflow-cpu", "scikit-learn"):
         try:
@@ -152,7 +159,9 @@ def code_identity() -> dict:
     return {"fercli": VERSION, "code": digest.hexdigest()[:16], **versions}
 
 
-def _ray_fold(crops: np.ndarray, targets: np.ndarray, num_classes: int, task) -> dict:
+def _ray_fold(
+    crops: np.ndarray, targets: np.ndarray, num_classes: int, task: FoldTask
+) -> FoldOutcome:
     """A fold as a Ray task (crops and targets come from the object store)."""
     from fercli.learn.folds import train_fold
     from fercli.learn.training import configure_tensorflow
@@ -326,10 +335,10 @@ class RayEngine:
         crops: np.ndarray,
         targets: np.ndarray,
         num_classes: int,
-        tasks: list,
+        tasks: list[FoldTask],
         progress: Progress | None = None,
-    ) -> Iterator[dict]:
-        """Yield train_fold's result for every task, as each finishes."""
+    ) -> Iterator[FoldOutcome]:
+        """Yield train_fold's FoldOutcome for every task, as each finishes."""
         if not tasks:
             return
         ray = self.connect()

@@ -1,8 +1,9 @@
 """fer evaluate: score a trained model on another dataset (cross-dataset evaluation).
 
-The report has the shape of a cross-validation's, with one "fold": the whole dataset is the
-test set and the model file is the training. Classes are matched by name; only the classes
-both have are scored, and the model's probabilities are renormalised over them.
+The report (EvaluationReport) has the scores of a cross-validation's, and its JSON the same
+shape, with one "fold": the whole dataset is the test set and the model file is the
+training. Classes are matched by name; only the classes both have are scored, and the
+model's probabilities are renormalised over them.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from fercli.data.prepared import (
 )
 from fercli.infer.adapt import adapt_model
 from fercli.infer.model import FerModel
-from fercli.learn.crossval import CrossvalReport, dataset_summary, score_predictions
+from fercli.learn.crossval import dataset_summary, score_predictions
 from fercli.learn.folds import FoldResult
+from fercli.learn.reports import EvaluationReport
 from fercli.learn.selection import Selection, select_classes, selection_fingerprint
 from fercli.learn.where import model_where
 
@@ -107,12 +109,12 @@ def dataset_split(dataset: PreparedDataset, split: str | None) -> PreparedDatase
         return dataset
     column = dataset.splits
     names = sorted(set(column.tolist()) - {""}) if column is not None else []
-    if not names:
+    if column is None or not names:
         raise DatasetError(
             f"{dataset.name} has no predefined splits (FER2013's Usage column has them); "
             "leave out --split"
         )
-    keep = column == split
+    keep = np.asarray(column == split, dtype=bool)
     if not keep.any():
         raise DatasetError(f"{dataset.name} has no split {split!r}; it has {', '.join(names)}")
     return PreparedDataset(
@@ -128,7 +130,7 @@ def dataset_split(dataset: PreparedDataset, split: str | None) -> PreparedDatase
 
 def score_model(
     model: FerModel, dataset: PreparedDataset, split: str | None = None, adapt: bool = False
-) -> CrossvalReport:
+) -> EvaluationReport:
     """Score a model on every image of a dataset whose class the model knows.
 
     DatasetError when the model and the dataset share no class. The report's warnings name
@@ -213,7 +215,7 @@ def score_model(
         test_subjects=[],
         seconds=round(time.perf_counter() - started, 2),
     )
-    return CrossvalReport(
+    return EvaluationReport(
         dataset={**dataset_summary(dataset, selection, dataset_name), "split": split},
         protocol={
             "kind": "evaluate",
@@ -242,7 +244,6 @@ def score_model(
         pooled_accuracy=accuracy,
         warnings=warnings,
         seconds=time.perf_counter() - started,
-        planned_folds=1,
         predictions=rows,
         answer_shares=shares,
         where=where,

@@ -12,10 +12,12 @@ import numpy as np
 
 from fercli.core.config import TrainConfig
 from fercli.core.errors import DatasetError
+from fercli.infer.model import ExportedNetwork
 from fercli.learn.selection import Selection, normalisation
 from fercli.learn.training import (
     divergence,
     fit,
+    fold_accuracy,
     fold_seed,
     keras_probabilities,
 )
@@ -123,8 +125,50 @@ class FoldTask:
     fold: int  # 0-based; with config.seed it seeds the network (fold_seed)
     train_index: np.ndarray
     test_index: np.ndarray
-    # Each image's dataset, for --normalisation per-dataset on combined data (else None).
+    # Each image's dataset, for --normalisation per-dataset and --balance datasets on combined
+    # data (else None).
     origins: np.ndarray | None = None
+    # --validation DATASET: its images (crops, targets), scored after every epoch to choose
+    # the epoch kept (a share of the training part is held out by fit itself).
+    validation: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class FoldExport:
+    """A fold's network as plain arrays, for the crossval's ensemble model file: what Keras
+    gives on the load check's crops (probe_crops), which the saved file must reproduce, and
+    the largest |NumPy runtime - Keras| on the fold's test crops."""
+
+    network: ExportedNetwork
+    probe: np.ndarray
+    difference: float
+
+
+@dataclass(frozen=True, eq=False)
+class FoldOutcome:
+    """What one trained fold gives back, whichever engine ran it (it crosses processes and
+    Ray: plain arrays and numbers). A diverged fold has no probabilities, accuracy or export."""
+
+    key: object  # the FoldTask's key
+    fold: int  # 0-based
+    test_index: np.ndarray
+    probabilities: np.ndarray | None  # (test images, classes); None: diverged
+    accuracy: float | None  # on the test images; None: diverged
+    diverged: str | None  # why the fold's network is unusable
+    epochs: int  # epochs trained (0: not known, a fold stored by an older sweep)
+    seconds: float
+    mean: float = math.nan  # the fold's z-score statistics, averaged over pixels
+    std: float = math.nan
+    # None: diverged, not exported (a stored sweep fold), or a network with per-dataset
+    # statistics, which exist only inside its fold and cannot be saved.
+    export: FoldExport | None = None
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """The class predicted for each test image (a diverged fold has none: ValueError)."""
+        if self.probabilities is None:
+            raise ValueError(f"fold {self.fold + 1} diverged: it has no predictions")
+        return self.probabilities.argmax(axis=1)
 
 
 def train_fold(
@@ -132,63 +176,92 @@ def train_fold(
     targets: np.ndarray,
     num_classes: int,
     task: FoldTask,
-    on_epoch: Callable[[int, float, float], None] | None = None,
-) -> dict:
+    on_epoch: Callable[..., None] | None = None,
+) -> FoldOutcome:
     """Train one fold's network and predict its test images. Every engine runs folds through
     this, so that a fold gives the same numbers wherever it runs (with the same TensorFlow
     threads and op determinism: see configure_tensorflow)."""
     started = time.perf_counter()
     train_index, test_index = task.train_index, task.test_index
-    last = {"epoch": 0, "loss": math.nan}
+    last_epoch, last_loss = 0, math.nan
 
-    def tracked(epoch: int, loss: float, accuracy: float) -> None:
-        last.update(epoch=epoch, loss=loss)
+    def tracked(epoch: int, loss: float, accuracy: float, validation: float | None) -> None:
+        nonlocal last_epoch, last_loss
+        last_epoch, last_loss = epoch, loss
         if on_epoch:
-            on_epoch(epoch, loss, accuracy)
+            on_epoch(epoch, loss, accuracy, validation)
 
     train_crops, test_crops = fold_inputs(
         crops, task.origins, train_index, test_index, task.config.normalisation
     )
-    model, mean, std = fit(
+    fitted = fit(
         train_crops,
         targets[train_index],
         num_classes,
         task.config,
         fold_seed(task.config.seed, task.fold),
         tracked,
+        origins=None if task.origins is None else task.origins[train_index],
+        validation=task.validation,
     )
-    per_image = task.config.normalisation == "image"
-    probabilities = keras_probabilities(
-        model, test_crops, mean, std, task.config.test_time_flip, per_image
-    )
-    diverged = divergence(model, last["loss"], last["epoch"], probabilities)
-    return {
-        "key": task.key,
-        "fold": task.fold,
-        "probabilities": None if diverged else probabilities,
-        "diverged": diverged,
-        "seconds": time.perf_counter() - started,
-        "mean": float(np.mean(mean)),
-        "std": float(np.mean(std)),
+    model, mean, std = fitted.model, fitted.mean, fitted.std
+    flip, per_image = task.config.test_time_flip, task.config.normalisation == "image"
+    probabilities = keras_probabilities(model, test_crops, mean, std, flip, per_image)
+    diverged = divergence(model, last_loss, last_epoch, probabilities)
+    return FoldOutcome(
+        key=task.key,
+        fold=task.fold,
+        test_index=test_index,
+        probabilities=None if diverged else probabilities,
+        accuracy=None if diverged else fold_accuracy(probabilities, targets[test_index]),
+        diverged=diverged,
+        epochs=last_epoch,
+        seconds=time.perf_counter() - started,
+        mean=float(np.mean(mean)),
+        std=float(np.mean(std)),
         # Per-dataset statistics exist only inside the fold: such a network cannot be saved.
-        "export": None
+        export=None
         if diverged or test_crops.dtype != np.uint8
-        else fold_export(model, mean, std, task.config.test_time_flip, per_image),
-    }
+        else fold_export(model, mean, std, flip, per_image, test_crops, probabilities),
+    )
 
 
 def fold_export(
-    model, mean: np.ndarray, std: np.ndarray, flip: bool, per_image: bool = False
-) -> dict:
+    model,
+    mean: np.ndarray,
+    std: np.ndarray,
+    flip: bool,
+    per_image: bool,
+    test_crops: np.ndarray,
+    expected: np.ndarray,
+) -> FoldExport:
     """A fold's network as plain arrays for the crossval ensemble file, with what Keras gives
-    on the load check's crops (probe_crops), which the saved file must reproduce."""
+    on the load check's crops and how far the NumPy runtime is from Keras (expected) on the
+    fold's test crops."""
     from fercli.infer.model import probe_crops
     from fercli.learn.network import export_network
 
     probe = keras_probabilities(
         model, probe_crops(model.input_shape[1]), mean, std, flip, per_image
     )
-    return {"network": export_network(model, mean, std, per_image), "probe": probe}
+    network = export_network(model, mean, std, per_image)
+    return FoldExport(network, probe, runtime_difference(network, test_crops, expected, flip))
+
+
+def runtime_difference(
+    network: ExportedNetwork, crops: np.ndarray, expected: np.ndarray, flip: bool
+) -> float:
+    """Largest |NumPy runtime - Keras| of an exported network on crops (expected: Keras's)."""
+    from fercli.infer.model import Member
+    from fercli.infer.runtime import NumpyNetwork
+
+    member = Member(
+        NumpyNetwork(network.specs, network.weights), network.mean, network.std, network.per_image
+    )
+    if not len(crops):
+        return 0.0
+    with np.errstate(all="ignore"):
+        return float(np.abs(member.predict_proba(crops, flip) - expected).max())
 
 
 @dataclass

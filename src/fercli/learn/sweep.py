@@ -46,7 +46,12 @@ from fercli.core.store import (
     slug,
 )
 from fercli.data.prepared import PreparedDataset
+from fercli.learn.folds import FoldOutcome, FoldTask, fold_accuracy
 from fercli.learn.grid import METHOD, Grid, jsonable, recipes
+from fercli.learn.selection import Selection
+
+# A sweep member (recipe index, seed) -> its finished folds' outcomes, by 0-based fold.
+Outcomes = dict[tuple[int, int], dict[int, FoldOutcome]]
 
 # --- statistics ---------------------------------------------------------------------------
 
@@ -184,22 +189,38 @@ def _fold_file(folder: Path, member: str, fold: int) -> Path:
     return folder / "folds" / member / f"fold{fold + 1:02d}.npz"
 
 
-def _load_fold(path: Path, test_index: np.ndarray) -> dict | None:
-    """A stored fold result, or None if there is none or it is for other test images."""
+def _load_fold(
+    path: Path, key: tuple[int, int], fold: int, test_index: np.ndarray, targets: np.ndarray
+) -> FoldOutcome | None:
+    """A stored fold's outcome (no network: a sweep keeps none), or None if there is none or
+    it is for other test images."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             if not np.array_equal(archive["test_index"], test_index):
                 return None
-            return {"probabilities": archive["probabilities"], "seconds": float(archive["seconds"])}
+            probabilities = archive["probabilities"]
+            seconds = float(archive["seconds"])
+            epochs = int(archive["epochs"]) if "epochs" in archive.files else 0
     except Exception:  # truncated or damaged (BadZipFile, a bad CRC): trained again
         return None
+    return FoldOutcome(
+        key=key,
+        fold=fold,
+        test_index=test_index,
+        probabilities=probabilities,
+        accuracy=fold_accuracy(probabilities, targets[test_index]),
+        diverged=None,
+        epochs=epochs,
+        seconds=seconds,
+    )
 
 
-def _store_fold(path: Path, result: dict, test_index: np.ndarray) -> None:
+def _store_fold(path: Path, outcome: FoldOutcome) -> None:
     arrays = {
-        "probabilities": np.asarray(result["probabilities"]),
-        "test_index": test_index,
-        "seconds": np.float64(result["seconds"]),
+        "probabilities": np.asarray(outcome.probabilities),
+        "test_index": outcome.test_index,
+        "seconds": np.float64(outcome.seconds),
+        "epochs": np.int64(outcome.epochs),
     }
     atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
@@ -237,7 +258,7 @@ def run_sweep(
         },
     )
     splits = {seed: make_folds(selection, grid.folds, grid.group, seed) for seed in grid.seeds}
-    results, tasks = _stored_and_missing(folder, plan, grid.seeds, splits)
+    results, tasks = _stored_and_missing(folder, plan, grid.seeds, splits, selection.targets)
     planned = len(results) * grid.folds
     stored_count = planned - len(tasks)
     if progress:
@@ -272,19 +293,23 @@ def run_sweep(
     return report
 
 
-def _stored_and_missing(folder: Path, plan: list, seeds: tuple[int, ...], splits: dict):
+def _stored_and_missing(
+    folder: Path, plan: list, seeds: tuple[int, ...], splits: dict, targets: np.ndarray
+) -> tuple[Outcomes, list[FoldTask]]:
     """Each member's (recipe index, seed) folds found stored, and a FoldTask for every fold
     still to train."""
-    from fercli.learn.folds import FoldTask
-
     members = [(index, seed) for seed in seeds for index in range(len(plan))]
-    results: dict[tuple[int, int], dict[int, dict]] = {member: {} for member in members}
+    results: Outcomes = {member: {} for member in members}
     tasks = []
     for recipe_index, seed in members:
         config = replace(plan[recipe_index].config, seed=seed)
         for fold, (train_index, test_index) in enumerate(splits[seed]):
             stored = _load_fold(
-                _fold_file(folder, _member_name(recipe_index, seed), fold), test_index
+                _fold_file(folder, _member_name(recipe_index, seed), fold),
+                (recipe_index, seed),
+                fold,
+                test_index,
+                targets,
             )
             if stored is not None:
                 results[(recipe_index, seed)][fold] = stored
@@ -296,10 +321,10 @@ def _stored_and_missing(folder: Path, plan: list, seeds: tuple[int, ...], splits
 def _train_missing(
     folder: Path,
     plan: list,
-    selection,
+    selection: Selection,
     splits: dict,
-    tasks: list,
-    results: dict,
+    tasks: list[FoldTask],
+    results: Outcomes,
     engine,
     counts: tuple[int, int],
     progress: Progress | None,
@@ -312,27 +337,20 @@ def _train_missing(
         with contextlib.closing(
             engine.run(selection.crops, selection.targets, len(selection.labels), tasks, progress)
         ) as finished:
-            for result in finished:
-                recipe_index, seed = result["key"]
-                fold = result["fold"]
-                test_index = splits[seed][fold][1]
-                if result.get("diverged"):
+            for outcome in finished:
+                recipe_index, seed = outcome.key
+                fold = outcome.fold
+                if outcome.diverged:
                     # No number to rank: the recipe's training is unusable as it stands.
                     raise TrainingError(
                         f"recipe {plan[recipe_index].name}, seed {seed}, fold {fold + 1}: training "
-                        f"diverged ({result['diverged']}); change that recipe (a smaller lr)"
+                        f"diverged ({outcome.diverged}); change that recipe (a smaller lr)"
                     )
-                _store_fold(
-                    _fold_file(folder, _member_name(recipe_index, seed), fold), result, test_index
-                )
-                results[(recipe_index, seed)][fold] = result
+                _store_fold(_fold_file(folder, _member_name(recipe_index, seed), fold), outcome)
+                # The ranking needs the predictions only: the network would fill the memory.
+                results[(recipe_index, seed)][fold] = replace(outcome, export=None)
                 trained += 1
                 if progress:
-                    accuracy = float(
-                        np.mean(
-                            result["probabilities"].argmax(axis=1) == selection.targets[test_index]
-                        )
-                    )
                     progress(
                         Event(
                             "fold",
@@ -341,7 +359,7 @@ def _train_missing(
                             recipe=plan[recipe_index].name,
                             seed=seed,
                             fold=fold,
-                            accuracy=accuracy,
+                            accuracy=outcome.accuracy,
                             key=(recipe_index, seed),
                         )
                     )
@@ -352,11 +370,11 @@ def _train_missing(
 
 def _rank(
     dataset: PreparedDataset,
-    selection,
+    selection: Selection,
     plan: list,
     grid: Grid,
     splits: dict,
-    results: dict,
+    results: Outcomes,
     report: SweepReport,
 ) -> tuple[list[RecipeResult], float]:
     """Every recipe's figures over its seeds (each seed's crossval report saved in its own
@@ -375,7 +393,7 @@ def _rank(
         for seed in grid.seeds:
             member_results = results[(recipe_index, seed)]
             config = replace(recipe.config, seed=seed)
-            member_seconds = sum(float(item["seconds"]) for item in member_results.values())
+            member_seconds = sum(outcome.seconds for outcome in member_results.values())
             crossval = assemble_crossval(
                 dataset,
                 selection,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import PreprocessConfig, TrainConfig
+from fercli.core.config import PreprocessConfig, TrainConfig, validation_share
 from fercli.core.errors import FerError, TrainingError
 from fercli.core.events import Event, Progress
 from fercli.data.prepared import PreparedDataset
@@ -54,19 +54,38 @@ def configure_tensorflow(threads: int | None) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+@dataclass
+class Fitted:
+    """A trained Keras network, its z-score statistics, and the epoch it was kept at."""
+
+    model: object
+    mean: np.ndarray
+    std: np.ndarray
+    # --validation: the epoch whose network was kept (the best on the held-out images), their
+    # accuracy then, and how many there were; 0, None and 0 without.
+    epoch: int = 0
+    validation_accuracy: float | None = None
+    validation_images: int = 0
+
+
 def fit(
     crops: np.ndarray,
     targets: np.ndarray,
     num_classes: int,
     config: TrainConfig,
     seed: int,
-    on_epoch: Callable[[int, float, float], None] | None = None,
-):
-    """Train a network on uint8 crops; returns (keras model, mean, std).
+    on_epoch: Callable[..., None] | None = None,
+    origins: np.ndarray | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Fitted:
+    """Train a network on uint8 crops.
 
-    on_epoch(epoch, loss, accuracy) is called after every epoch. The augmented images are
-    made a chunk at a time (augment.TrainingImages), and each chunk runs as one TensorFlow
-    graph call over its batches, which removes most per-batch overhead.
+    on_epoch(epoch, loss, accuracy, validation_accuracy) is called after every epoch. The
+    augmented images are made a chunk at a time (augment.TrainingImages), and each chunk runs
+    as one TensorFlow graph call over its batches, which removes most per-batch overhead.
+    origins: each crop's dataset, for config.balance. validation: images (crops, targets)
+    scored after every epoch, else config.validation's share of crops held out; the weights of
+    the epoch that scores best on them are the network returned.
     """
     import keras
     import tensorflow as tf
@@ -76,6 +95,8 @@ def fit(
 
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
+    if validation is None:
+        crops, targets, origins, validation = held_out_share(crops, targets, origins, config, seed)
     mean, std = normalisation(crops, config.normalisation)
     model = build_model(num_classes, config.variant, crops.shape[1])
     if config.init_model:
@@ -85,6 +106,7 @@ def fit(
     loss_function = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
     batch_size = config.batch_size
     size = crops.shape[1]
+    weights = tf.constant(class_weights(targets, num_classes, config.class_weight))
 
     # One trace for every chunk size (a full chunk, the epoch's last one).
     @tf.function(
@@ -103,7 +125,10 @@ def fit(
             y_batch = y[step * batch_size : (step + 1) * batch_size]
             with tf.GradientTape() as tape:
                 predicted = model(x_batch, training=True)
-                loss = loss_function(y_batch, predicted)
+                # Each image weighs as its class does (soft targets: as their mixture).
+                loss = loss_function(
+                    y_batch, predicted, sample_weight=tf.linalg.matvec(y_batch, weights)
+                )
             gradients = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             total_loss += loss * tf.cast(tf.shape(x_batch)[0], tf.float32)
@@ -111,19 +136,116 @@ def fit(
             correct += tf.reduce_sum(tf.cast(hits, tf.float32))
         return total_loss, correct
 
-    images = TrainingImages(crops, targets, num_classes, config, rng, mean, std)
+    images = TrainingImages(
+        crops, targets, num_classes, config, rng, mean, std, draw_weights=draws(origins, config)
+    )
+    fitted = Fitted(model, mean, std)
+    best: list | None = None
     for epoch in range(1, config.epochs + 1):
+        _schedule(optimizer, config, epoch)
         total_loss = correct = 0.0
         for x, y in images.epoch():
             chunk_loss, chunk_correct = run_chunk(tf.constant(x), tf.constant(y))
             total_loss += float(chunk_loss)
             correct += float(chunk_correct)
         loss, accuracy = total_loss / len(images), correct / len(images)
+        scored = None
+        if validation is not None and math.isfinite(loss):
+            scored = fold_accuracy(
+                keras_probabilities(
+                    model,
+                    validation[0],
+                    mean,
+                    std,
+                    config.test_time_flip,
+                    config.normalisation == "image",
+                ),
+                validation[1],
+            )
+            if fitted.validation_accuracy is None or scored > fitted.validation_accuracy:
+                fitted.epoch, fitted.validation_accuracy = epoch, scored
+                best = [np.array(weight) for weight in model.get_weights()]
         if on_epoch:
-            on_epoch(epoch, loss, accuracy)
+            on_epoch(epoch, loss, accuracy, scored)
         if not math.isfinite(loss):
             break  # diverged: more epochs cannot bring it back (divergence() says so)
-    return model, mean, std
+    if best is not None:
+        model.set_weights(best)
+        fitted.validation_images = len(validation[1])
+    return fitted
+
+
+def fold_accuracy(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """The share of images whose most probable class is their own (NaN: no image)."""
+    return float(np.mean(probabilities.argmax(axis=1) == targets)) if len(targets) else math.nan
+
+
+def held_out_share(
+    crops: np.ndarray,
+    targets: np.ndarray,
+    origins: np.ndarray | None,
+    config: TrainConfig,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+    """(crops, targets, origins) to train on and the images held out to choose the epoch, as
+    config.validation's share says (stratified by class, drawn with the seed); all of them
+    and None without a share."""
+    share = validation_share(config.validation)
+    if share is None:
+        return crops, targets, origins, None
+    held = np.random.default_rng([seed, 7]).random(len(targets))
+    chosen = np.zeros(len(targets), bool)
+    for target in np.unique(targets):
+        members = np.flatnonzero(targets == target)
+        count = int(round(share * len(members)))
+        if len(members) - count < 1:
+            count = len(members) - 1  # every class keeps an image to train on
+        chosen[members[np.argsort(held[members])[:count]]] = True
+    if not chosen.any():
+        raise FerError(
+            f"--validation {config.validation}: too few images to hold any out; give a larger "
+            "share or another dataset"
+        )
+    kept = ~chosen
+    return (
+        crops[kept],
+        targets[kept],
+        None if origins is None else origins[kept],
+        (crops[chosen], targets[chosen]),
+    )
+
+
+def class_weights(targets: np.ndarray, num_classes: int, mode: str) -> np.ndarray:
+    """The loss weight of each class (config.CLASS_WEIGHTS), float32, a mean of 1 over the
+    images; a class without images weighs 1."""
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+    if mode == "none" or not counts.any():
+        return np.ones(num_classes, np.float32)
+    present = counts > 0
+    power = 1.0 if mode == "balanced" else 0.5
+    weights = np.ones(num_classes)
+    weights[present] = counts[present] ** -power
+    weights *= counts.sum() / (weights * counts).sum()
+    return weights.astype(np.float32)
+
+
+def draws(origins: np.ndarray | None, config: TrainConfig) -> np.ndarray | None:
+    """How often each image is drawn in an epoch, relative to the others, as config.balance
+    says: "datasets" gives each dataset of a combination the same share; None: every image
+    once (one dataset, or "none")."""
+    if config.balance != "datasets" or origins is None:
+        return None
+    names, index, counts = np.unique(origins, return_inverse=True, return_counts=True)
+    if len(names) < 2:
+        return None
+    return 1.0 / counts[index]
+
+
+def _schedule(optimizer, config: TrainConfig, epoch: int) -> None:
+    """The learning rate of an epoch, as config.lr_schedule says."""
+    if config.lr_schedule == "cosine":
+        rate = 0.5 * config.learning_rate * (1 + math.cos(math.pi * (epoch - 1) / config.epochs))
+        optimizer.learning_rate.assign(rate)
 
 
 def load_starting_model(config: TrainConfig):
@@ -277,6 +399,9 @@ class TrainResult:
     # Several datasets combined: each one's name, images and classes, and notes on the combination.
     parts: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # --validation: the held-out images, and the epoch each network was kept at and its
+    # accuracy on them (validation_summary).
+    validation: dict = field(default_factory=dict)
 
 
 def train_model(
@@ -316,7 +441,7 @@ def train_model(
     last = {"loss": math.nan, "accuracy": math.nan, "epoch": 0}
     member = 0
 
-    def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+    def on_epoch(epoch: int, loss: float, accuracy: float, validation: float | None) -> None:
         last.update(loss=loss, accuracy=accuracy, epoch=epoch)
         if progress:
             progress(
@@ -327,9 +452,13 @@ def train_model(
                     epochs=config.epochs,
                     loss=loss,
                     accuracy=accuracy,
+                    validation_accuracy=validation,
                 )
             )
 
+    validation = validation_data(config, selection.labels)
+    if progress:
+        progress(Event("start", folds=ensemble, epochs=config.epochs, config=config))
     preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
     extra = {
         "test_time_flip": config.test_time_flip,
@@ -359,12 +488,22 @@ def train_model(
         # here.
         tf.get_logger().setLevel("ERROR")
     networks, outputs = [], []
+    chosen: list[Fitted] = []
     per_image = config.normalisation == "image"
     for member in range(ensemble):
         seed = config.seed if member == 0 else fold_seed(config.seed, member)
-        model, mean, std = fit(
-            selection.crops, selection.targets, len(selection.labels), config, seed, on_epoch
+        fitted = fit(
+            selection.crops,
+            selection.targets,
+            len(selection.labels),
+            config,
+            seed,
+            on_epoch,
+            origins=selection.origins,
+            validation=validation,
         )
+        model, mean, std = fitted.model, fitted.mean, fitted.std
+        chosen.append(fitted)
         outputs.append(
             keras_probabilities(model, sample, mean, std, config.test_time_flip, per_image)
         )
@@ -389,6 +528,8 @@ def train_model(
             "seeds": [config.seed]
             + [fold_seed(config.seed, number) for number in range(1, ensemble)],
         }
+    if validation_summary(chosen):
+        extra["validation"] = validation_summary(chosen)
     checked: dict[str, float] = {}
     check = export_check(sample, expected, "the exported model", checked)
 
@@ -416,4 +557,39 @@ def train_model(
         dataset=dataset.name,
         parts=getattr(dataset, "parts", []),
         notes=getattr(dataset, "notes", []),
+        validation=validation_summary(chosen),
     )
+
+
+def validation_summary(fitted: list[Fitted]) -> dict:
+    """What --validation chose for each network: the epoch kept and its accuracy on the
+    held-out images; {} without --validation."""
+    if not fitted or fitted[0].validation_accuracy is None:
+        return {}
+    return {
+        "images": fitted[0].validation_images,
+        "epochs": [item.epoch for item in fitted],
+        "accuracies": [round(float(item.validation_accuracy or 0.0), 4) for item in fitted],
+    }
+
+
+def validation_data(config: TrainConfig, labels: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """--validation DATASET: that preprocessed dataset's images of these classes (by name,
+    as labels.LABEL_ALIASES spells them), as (crops, targets); None for a share or none.
+    DatasetError when it has none of them, or crops of another size."""
+    from fercli.core.errors import DatasetError
+    from fercli.core.labels import canonical_label
+    from fercli.data.prepared import resolve_dataset
+
+    if not config.validation or validation_share(config.validation) is not None:
+        return None
+    held = resolve_dataset(config.validation)
+    wanted = {canonical_label(label): index for index, label in enumerate(labels)}
+    targets = np.array([wanted.get(canonical_label(label), -1) for label in held.labels])
+    kept = targets >= 0
+    if not kept.any():
+        raise DatasetError(
+            f"--validation {config.validation}: none of its images is of the classes trained "
+            f"({', '.join(labels)})"
+        )
+    return held.crops[kept], targets[kept]

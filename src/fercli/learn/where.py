@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fercli.infer.explain import PATCH, STRIDE, grey_crop, occlusion_maps
 from fercli.infer.model import FerModel, Member
+
+if TYPE_CHECKING:
+    from fercli.learn.folds import FoldOutcome
+    from fercli.learn.selection import Selection
 
 # Faces per class and row (all test faces, faces got wrong): 16 faces of 7 classes cost about
 # 4 s of CPU with one paper network (bench/explain.py: 34 ms a face).
@@ -76,7 +81,7 @@ def where_maps(
     predicted: np.ndarray,
     labels: list[str],
     tested_by: np.ndarray,
-    networks: list[tuple[Predict, np.ndarray]],
+    networks: Sequence[tuple[Predict, np.ndarray | None]],
     faces: int = WHERE_FACES,
     note: str = "",
 ) -> WhereMaps:
@@ -89,7 +94,7 @@ def where_maps(
         mine = (targets == number) & (tested_by >= 0)
         chosen[("all", label)] = _spread(np.flatnonzero(mine), faces)
         chosen[("wrong", label)] = _spread(np.flatnonzero(mine & (predicted != number)), faces)
-    needed = np.unique(np.concatenate([indices for indices in chosen.values()] or [[]]))
+    needed = np.unique(np.concatenate([np.zeros(0, int), *chosen.values()]))
     face_maps: dict[int, np.ndarray] = {}
     for network, (predict, grey) in enumerate(networks):
         mine = needed[tested_by[needed] == network].astype(int)
@@ -120,7 +125,9 @@ def where_maps(
     return result
 
 
-def crossval_where(selection, splits: list, results: dict[int, dict], flip: bool):
+def crossval_where(
+    selection: Selection, outcomes: dict[int, FoldOutcome], flip: bool
+) -> WhereMaps | None:
     """where_maps of a cross-validation: each test face explained by its fold's network (the
     one that did not train on it); None when no fold has an exported network (every fold
     diverged, or --normalisation per-dataset, whose networks exist only inside their fold)."""
@@ -129,22 +136,20 @@ def crossval_where(selection, splits: list, results: dict[int, dict], flip: bool
     count = len(selection.targets)
     tested_by = np.full(count, -1)
     predicted = np.full(count, -1)
-    networks = []
-    for index in sorted(results):
-        result = results[index]
-        exported = result.get("export")
-        if result.get("diverged") or exported is None:
+    networks: list[tuple[Predict, np.ndarray | None]] = []
+    for index in sorted(outcomes):
+        outcome = outcomes[index]
+        if outcome.diverged or outcome.export is None:
             continue
-        test_index = splits[index][1]
-        network = exported["network"]
+        network = outcome.export.network
         member = Member(
             NumpyNetwork(network.specs, network.weights),
             network.mean,
             network.std,
             network.per_image,
         )
-        tested_by[test_index] = len(networks)
-        predicted[test_index] = result["probabilities"].argmax(axis=1)
+        tested_by[outcome.test_index] = len(networks)
+        predicted[outcome.test_index] = outcome.predicted
         grey = grey_crop([network.mean], selection.crops.shape[1], network.per_image)
         networks.append((partial(member.predict_proba, flip=flip), grey))
     if not networks:
