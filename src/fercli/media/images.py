@@ -305,16 +305,22 @@ def decode_gray_and_colour(
     A PNG is decoded once: its grey is libpng's, which bgr_to_gray computes exactly from the
     colours. Other formats are decoded twice: a JPEG's grey is its stored brightness, which no
     conversion of the decoded colours gives back exactly (about 1 ms more a 512x512 photo).
-    colour_side: the colours are wanted this large at least (on the longer side): decoded
-    twice, they then come at a half, a quarter or an eighth of the size where that is still
-    as large (the same shape, fewer pixels).
+    A file decode_gray reads is read (colours None where only they cannot be decoded); one it
+    refuses is refused with its reason. colour_side: the colours are wanted this large at
+    least (on the longer side): decoded twice, they then come at a half, a quarter or an
+    eighth of the size where that is still as large (the same shape, fewer pixels).
     """
-    png = sniff_format(data[:16]) == "PNG"
-    if not png:
+    if sniff_format(data[:16]) != "PNG":
         gray = decode_gray(data, max_pixels)
         reduction = _reduction(max(gray.shape), colour_side)
-        return gray, _decode(data, max_pixels, _REDUCED_COLOUR[reduction])
-    image = _decode(data, max_pixels, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+        try:
+            return gray, _decode(data, max_pixels, _REDUCED_COLOUR[reduction])
+        except ImageError:  # damaged where only the colours are: the grey is what counts
+            return gray, None
+    try:
+        image = _decode(data, max_pixels, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    except ImageError:
+        return decode_gray(data, max_pixels), None  # readable as grey, or its reason
     if image.ndim == 2:
         return _gray_8bit(image), None  # a grey PNG: what decode_gray reads
     if image.dtype != np.uint8 or image.shape[2] < 3:
