@@ -84,12 +84,17 @@ def implied_box(landmarks: np.ndarray):
 def closer_detections(gray: np.ndarray, config: PreprocessConfig) -> list[Detection]:
     """The detector's faces one upsampling level above config's last (a face crop is small:
     one more level costs milliseconds), largest first, with config's score threshold."""
-    level = min(max(config.upsample_tries) + 1, MAX_UPSAMPLE)
+    level = closer_level(config)
     if level in config.upsample_tries:
         return []
     boxes, scores, _ = face_detector().run(gray, level, config.min_face_score)
     found = [(box, float(score)) for box, score in zip(boxes, scores, strict=True)]
     return sorted(found, key=lambda item: -item[0].area())
+
+
+def closer_level(config: PreprocessConfig) -> int:
+    """The upsampling level a face crop is searched at besides config's own."""
+    return min(max(config.upsample_tries) + 1, MAX_UPSAMPLE)
 
 
 def face_crop_detection(gray: np.ndarray) -> Detection | None:

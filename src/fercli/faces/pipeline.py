@@ -42,7 +42,12 @@ from fercli.faces.align import (
     no_face_error,
     search_image,
 )
-from fercli.faces.face_crops import closer_detections, face_crop_detection, is_face_crop
+from fercli.faces.face_crops import (
+    closer_detections,
+    closer_level,
+    face_crop_detection,
+    is_face_crop,
+)
 from fercli.faces.yunet import SEARCH_SCALE, yunet
 from fercli.media.images import (
     as_gray,
@@ -166,10 +171,11 @@ def find_faces(
 
 def no_face_reason(gray: np.ndarray, config: PreprocessConfig) -> str:
     """Why find_faces found no face in an image, saying what was tried."""
-    reason = str(no_face_error(config))
-    if is_face_crop(gray):
-        return reason[:-1] + " and one more, and the image as a face crop: no face there)"
-    return reason
+    if not is_face_crop(gray):
+        return str(no_face_error(config))
+    levels = sorted({*config.upsample_tries, closer_level(config)})
+    tried = ", ".join(map(str, levels[:-1])) + f" and {levels[-1]}"
+    return f"no face found (tried upsampling {tried}, and the image itself as a face crop)"
 
 
 def wants_colour(every_face: bool) -> bool:

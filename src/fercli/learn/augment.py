@@ -231,7 +231,7 @@ class TrainingImages:
         draw_weights: np.ndarray | None = None,
     ):
         self.crops, self.targets, self.num_classes = crops, targets, num_classes
-        # How often each crop is drawn relative to the others (training.draws: each dataset
+        # How often each crop is drawn relative to the others (selection.dataset_draws: each dataset
         # of a combination as often as the others); None: each once an epoch, in a new order.
         self.draw_weights = draw_weights
         self.config, self.rng, self.mean, self.std = config, rng, mean, std
