@@ -74,9 +74,10 @@ def predict(
     adapt: bool = typer.Option(
         False,
         "--adapt",
-        help="Re-estimate the model's normalisation and batch normalisation statistics from "
-        "the faces being labelled (the photos' together, each video's own; at least 20) "
-        "before labelling them: for photos from another camera.",
+        help="Adapt the model to the faces being labelled (the photos' together, each "
+        "video's own; at least 20 distinct faces) before labelling them: their per-pixel mean "
+        "mapped onto the training crops', the normalisation and batch normalisation "
+        "statistics re-estimated. For photos from another camera.",
     ),
 ) -> None:
     """Label the expression of every face in photos and videos."""

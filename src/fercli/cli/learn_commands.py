@@ -21,7 +21,13 @@ from fercli.cli.options import (
     train_config,
     with_training_options,
 )
-from fercli.cli.render_learn import render_crossval, render_scores, render_sources, render_sweep
+from fercli.cli.render_learn import (
+    render_crossval,
+    render_evaluation_accuracy,
+    render_scores,
+    render_sources,
+    render_sweep,
+)
 from fercli.cli.render_media import plural
 from fercli.core.labels import describe_shares
 
@@ -277,8 +283,9 @@ def evaluate(
     adapt: bool = typer.Option(
         False,
         "--adapt",
-        help="Re-estimate the model's normalisation and batch normalisation statistics from "
-        "the dataset's own faces (unlabelled) before scoring: for photos from another camera.",
+        help="Adapt the model to the dataset's own faces (unlabelled) before scoring: their "
+        "per-pixel mean mapped onto the training crops', the normalisation and batch "
+        "normalisation statistics re-estimated. For photos from another camera.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
@@ -323,9 +330,7 @@ def evaluate(
             f"({report.pooled_accuracy:.2%}: every image is predicted as {shown(report.labels[0])})"
         )
     else:
-        out.print(
-            f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold], macro-F1 {report.macro_f1:.3f}"
-        )
+        render_evaluation_accuracy(report)
     render_scores(report, "per class")
     out.print(f"answers: {shown(describe_shares(report.answer_shares))}")
     for warning in report.warnings:

@@ -76,7 +76,7 @@ def label_photos(
 ) -> PredictReport:
     """Find, align and classify every face in the images named by paths (files or folders),
     or in the images a command discovered already. adapt: the model's statistics re-estimated
-    from all these faces first (infer.adapt); FerError when there are too few."""
+    from all these faces first (infer.adapt); FerError when there are too few distinct ones."""
     discovered = paths if isinstance(paths, Discovered) else discover(paths)
     files = discovered.files
     images = [ImagePrediction(path=str(path)) for path in files]
@@ -96,7 +96,9 @@ def label_photos(
                 progress(items(index + 1, len(files)))
     adaptation = None
     if adapt:
-        model, adaptation = adapt_model(model, np.array([crop for _, crop, _, _ in found]))
+        model, adaptation = adapt_model(
+            model, np.array([crop for _, crop, _, _ in found]), where="the photos"
+        )
     if found:
         # One batched forward pass for every face of every image.
         labelled = label_crops(

@@ -427,12 +427,12 @@ class FramePipeline:
             if kept is None or _confidence(record) > _confidence(kept[0]):
                 self.best[track_id] = (record, crop)
 
-    def relabel_adapted(self) -> Adaptation:
+    def relabel_adapted(self, where: str) -> Adaptation:
         """Every kept face labelled again by the model adapted to all of them (--adapt);
-        FerError when there are too few."""
+        FerError when there are too few distinct ones (where: the video, for the message)."""
         self.label_crops()
         crops = np.array([crop for _, _, crop in self.kept])
-        adapted, adaptation = adapt_model(self.model, crops)
+        adapted, adaptation = adapt_model(self.model, crops, where=where)
         _label_waiting([(record, crop) for _, record, crop in self.kept], adapted)
         self.best = {}
         self._keep_best(self.kept)

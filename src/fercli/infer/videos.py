@@ -42,13 +42,6 @@ def smooth_track(track: Track, classes: list[str], seconds: float) -> None:
         face.smoothed_label = classes[int(np.argmax(row))]
 
 
-def _relabel_adapted(pipeline: FramePipeline, result: VideoPrediction) -> None:
-    try:
-        result.adaptation = pipeline.relabel_adapted()
-    except FerError as error:
-        result.error = "; ".join(filter(None, [result.error, str(error)]))
-
-
 def _read_header(capture, result: VideoPrediction, options: VideoConfig) -> int:
     """The video's rate, size and analysis interval into result, as its header gives them;
     returns the frame count it declares (0 where it does not)."""
@@ -77,7 +70,8 @@ def label_video(
     Errors that concern this video are in the result's error (the frames read before a damaged
     part are kept); progress gets items events (frames read, of the frames in the video) as it
     goes. adapt: once the video is read, its faces are labelled again by the model adapted to
-    them all (infer.adapt); too few faces is the video's error. keep_best: the result's best
+    them all (infer.adapt); FerError when there are too few distinct ones, as for photos.
+    keep_best: the result's best
     holds each track's most confident face and its crop (--explain)."""
     result = VideoPrediction(path=str(path), smoothed=options.smooth > 0, options=options)
     started = time.perf_counter()
@@ -121,7 +115,8 @@ def label_video(
         result.detections = pipeline.tracker.detections
         result.error = reading_problem(reader, declared)
         if adapt:
-            _relabel_adapted(pipeline, result)
+            # Too few faces is a refusal, as for photos: never labels that were not adapted.
+            result.adaptation = pipeline.relabel_adapted(str(path))
         result.best = pipeline.best
         if result.interval == 0.0 and result.analysed > 1:
             result.interval = last / (result.analysed - 1)  # no frame rate: times from the stream

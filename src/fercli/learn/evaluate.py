@@ -144,7 +144,7 @@ def score_model(
     dataset = dataset_split(dataset, split)
     adaptation = None
     if adapt:
-        model, adaptation = adapt_model(model, dataset.crops)
+        model, adaptation = adapt_model(model, dataset.crops, where=dataset_name)
     in_data = label_order(set(dataset.labels.tolist()))
     # The model's class names as the dataset spells them (a model trained on "happy" scores a
     # dataset's "happiness": labels.LABEL_ALIASES), each dataset class matched once.
@@ -191,6 +191,9 @@ def score_model(
         warnings.append(collapse)
     if adaptation is not None:
         warnings.append(adaptation.describe())
+    all_images = every_image(
+        dataset, dataset_name, shared, int(np.sum(predicted == selection.targets))
+    )
     rows = [
         {
             "path": str(path),
@@ -247,7 +250,36 @@ def score_model(
         predictions=rows,
         answer_shares=shares,
         where=where,
+        all_images=all_images,
     )
+
+
+def every_image(dataset: PreparedDataset, name: str, shared: list[str], correct: int) -> dict:
+    """The accuracy over every image of the shared classes, the images in which no face was
+    found (or that could not be read) counted as wrong: "images", "without_face" (and per
+    class), "accuracy"; None figures and a note when the dataset does not say how many images
+    gave no face (preprocessed before fercli kept the count)."""
+    unaligned = dataset.unaligned()
+    if unaligned is None:
+        return {
+            "images": None,
+            "without_face": None,
+            "accuracy": None,
+            "note": f"how many images of {name} had no face found is not known (it was "
+            "preprocessed before fercli kept the count; run fer preprocess on its folder again)",
+        }
+    missing = dict.fromkeys(shared, 0)
+    for label, count in unaligned.items():
+        if canonical_label(label) in missing:
+            missing[canonical_label(label)] += count
+    tested = int(np.isin(dataset.labels, shared).sum())
+    images = tested + sum(missing.values())
+    return {
+        "images": images,
+        "without_face": sum(missing.values()),
+        "without_face_per_class": missing,
+        "accuracy": correct / images if images else None,
+    }
 
 
 def shared_probabilities(model: FerModel, crops: np.ndarray, shared: list[str]) -> np.ndarray:
