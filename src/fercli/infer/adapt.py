@@ -19,14 +19,8 @@ import numpy as np
 
 from fercli.core.errors import FerError
 from fercli.core.hashing import crop_digests
-from fercli.infer.model import (
-    FerModel,
-    Member,
-    PixelMap,
-    PixelStatistics,
-    input_values,
-    network_input,
-)
+from fercli.infer.inputs import PixelMap, PixelStatistics, input_values, network_input
+from fercli.infer.model import FerModel, Member
 from fercli.infer.runtime import NumpyNetwork, batchnorm_names
 
 # Fewer distinct faces than this give statistics too noisy to trust (a per-pixel mean of 32x32

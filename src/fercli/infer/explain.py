@@ -22,7 +22,8 @@ import numpy as np
 from fercli.core.errors import FerError, ModelError
 
 if TYPE_CHECKING:
-    from fercli.infer.model import FerModel, PixelMap
+    from fercli.infer.inputs import PixelMap
+    from fercli.infer.model import FerModel
 
 # An 8x8 patch covers an eye, a brow or a mouth corner of a 32x32 crop; a stride of 2 gives
 # 13x13 positions (169 occluded copies a face) and a smooth map. Measured in bench/explain.py:
