@@ -314,3 +314,39 @@ def test_an_adapted_model_explains_with_a_patch_of_its_training_grey(batchnorm_m
     assert np.abs(adapted.normalise(grey[np.newaxis])).max() < 0.05
     [explained] = explain_crops(adapted, people.crops[:1], [(0, 0, 32, 32)])
     assert explained.probability == pytest.approx(adapted.predict_proba(people.crops[:1]).max())
+
+
+def test_adapt_pixels_chooses_the_map_from_every_door(batchnorm_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from fercli.api import evaluate_model
+    from fercli.cli import app
+    from synthetic import save_synthetic
+
+    people = make_dataset(labels=LABELS, subjects=4, seed=16)
+    people.crops = with_a_pattern(people.crops)
+    people.meta["source"] = "/a/pattern"
+    save_synthetic(people, "pattern")
+    model = ["--model", str(batchnorm_model.path)]
+    runner = CliRunner()
+    reports = {}
+    for pixels in ("mean", "mean+std", "none"):
+        result = runner.invoke(
+            app, ["evaluate", "pattern", *model, "--adapt", "--adapt-pixels", pixels, "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        reports[pixels] = json.loads(result.stdout)["protocol"]["adapted"]
+    assert [reports[name]["per_pixel"] for name in ("mean", "mean+std", "none")] == [
+        "mean",
+        "mean+std",
+        None,
+    ]
+    plain = runner.invoke(app, ["evaluate", "pattern", *model, "--adapt", "--json"])
+    assert json.loads(plain.stdout)["protocol"]["adapted"]["per_pixel"] == "mean"  # the default
+    alone = runner.invoke(app, ["evaluate", "pattern", *model, "--adapt-pixels", "mean"])
+    assert alone.exit_code == 1 and "--adapt-pixels goes with --adapt" in alone.output
+    with pytest.raises(FerError, match="adapt must be True, False or one of mean, mean"):
+        evaluate_model("pattern", batchnorm_model, adapt="median", output=tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # refused before any work
+    report = evaluate_model("pattern", batchnorm_model, adapt="none", output=tmp_path / "y")
+    assert report.protocol["adapted"]["per_pixel"] is None

@@ -16,7 +16,7 @@ import typer.rich_utils
 from rich.console import Console
 
 from fercli import __version__
-from fercli.core.config import EQUALIZATIONS, LAYOUTS
+from fercli.core.config import ADAPT_PIXEL_MAPS, EQUALIZATIONS, LAYOUTS
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -28,6 +28,19 @@ def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 # The training settings' choices (--variant, --recipe, ...) are made in cli/options.py from
 # the settings themselves.
 Layout = choices("Layout", LAYOUTS)
+AdaptPixels = choices("AdaptPixels", ADAPT_PIXEL_MAPS)
+
+
+def adapt_mode(adapt: bool, pixels: Enum | None) -> bool | str:
+    """fer predict's and fer evaluate's adapt argument from --adapt and --adapt-pixels;
+    FerError for --adapt-pixels without --adapt."""
+    from fercli.core.errors import FerError
+
+    if pixels is not None and not adapt:
+        raise FerError("--adapt-pixels goes with --adapt")
+    return pixels.value if adapt and pixels is not None else adapt
+
+
 Group = choices("Group", ("random", "subject", "dataset"))
 Equalization = choices("Equalization", EQUALIZATIONS)
 

@@ -10,7 +10,17 @@ import typer
 import typer.core
 import typer.rich_utils
 
-from fercli.cli.app import Group, emit_json, fail, out, progress_bar, shown, user_errors
+from fercli.cli.app import (
+    AdaptPixels,
+    Group,
+    adapt_mode,
+    emit_json,
+    fail,
+    out,
+    progress_bar,
+    shown,
+    user_errors,
+)
 from fercli.cli.options import (
     TRAINING,
     DatasetArgument,
@@ -287,11 +297,20 @@ def evaluate(
         "per-pixel mean mapped onto the training crops', the normalisation and batch "
         "normalisation statistics re-estimated. For photos from another camera.",
     ),
+    adapt_pixels: AdaptPixels | None = typer.Option(
+        None,
+        "--adapt-pixels",
+        help="With --adapt: how the faces' per-pixel statistics are mapped onto the training "
+        "crops': mean (the default), mean+std, or none (the global statistics only, as "
+        "before fercli kept per-pixel statistics).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """Score a trained model on another dataset: only the classes both have count."""
     with user_errors(as_json):
         from fercli.api import evaluate_model
+
+        adapting = adapt_mode(adapt, adapt_pixels)
 
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():
@@ -302,7 +321,7 @@ def evaluate(
                 workers,
                 output,
                 progress=None if as_json else update,
-                adapt=adapt,
+                adapt=adapting,
             )
     files = report.files
     if as_json:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fercli.core.config import ADAPT_PIXEL_MAPS
 from fercli.core.errors import FerError
 from fercli.core.hashing import crop_digests
 from fercli.infer.inputs import PixelMap, PixelStatistics, input_values, network_input
@@ -34,8 +35,22 @@ MIN_SET_DEVIATION = 1.0
 # pixel moved by the difference of the mean images), "mean+std" (also scaled by the ratio of
 # the deviation images), or "none" (the global statistics only, as before fercli kept them).
 # "mean" measured best on CK+48 <-> FER2013 (docs/accuracy.md, "--adapt per pixel").
-PIXEL_MAPS = ("mean", "mean+std", "none")
+PIXEL_MAPS = ADAPT_PIXEL_MAPS
 DEFAULT_PIXEL_MAP = "mean"
+
+
+def adaptation_mode(adapt: bool | str | None) -> str | None:
+    """What an adapt argument asks for: None for no adaptation, else how the per-pixel
+    statistics are mapped (True: DEFAULT_PIXEL_MAP; or one of PIXEL_MAPS by name). FerError
+    for anything else, before any work."""
+    if adapt is None or isinstance(adapt, (bool, np.bool_)):
+        return DEFAULT_PIXEL_MAP if adapt else None
+    if isinstance(adapt, str) and adapt in PIXEL_MAPS:
+        return adapt
+    raise FerError(
+        f"adapt must be True, False or one of {', '.join(PIXEL_MAPS)} (how the per-pixel "
+        f"statistics are mapped), not {adapt!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -90,8 +105,7 @@ def adapt_model(
     re-estimated from them. where: what the crops are, for the refusal ("the photos", a video's
     path). FerError when there are fewer than MIN_FACES distinct crops, or when their pixels
     hardly vary (copies of one picture)."""
-    if pixels not in PIXEL_MAPS:
-        raise FerError(f"unknown per-pixel adaptation {pixels!r}; choose from {PIXEL_MAPS}")
+    adaptation_mode(pixels)  # one of PIXEL_MAPS, or FerError
     crops = np.asarray(crops)
     distinct = len(np.unique(crop_digests(crops), axis=0)) if len(crops) else 0
     if distinct < MIN_FACES:

@@ -27,7 +27,7 @@ from fercli.data.prepared import (
     load_dataset,
     resolve_dataset,
 )
-from fercli.infer.adapt import adapt_model
+from fercli.infer.adapt import adapt_model, adaptation_mode
 from fercli.infer.model import FerModel
 from fercli.learn.crossval import dataset_summary, score_predictions
 from fercli.learn.folds import FoldResult
@@ -129,22 +129,26 @@ def dataset_split(dataset: PreparedDataset, split: str | None) -> PreparedDatase
 
 
 def score_model(
-    model: FerModel, dataset: PreparedDataset, split: str | None = None, adapt: bool = False
+    model: FerModel,
+    dataset: PreparedDataset,
+    split: str | None = None,
+    adapt: bool | str = False,
 ) -> EvaluationReport:
     """Score a model on every image of a dataset whose class the model knows.
 
     DatasetError when the model and the dataset share no class. The report's warnings name
     the classes left out on each side, say when the images overlap the model's training
     data (then it is no test) and when the answers collapse onto one class. adapt: first
-    re-estimate the model's statistics from the dataset's crops, all of them, labels unread
-    (fercli.infer.adapt); FerError when there are too few.
+    adapt the model to the dataset's crops, all of them, labels unread (fercli.infer.adapt; a
+    name of its PIXEL_MAPS says how, True the default); FerError when there are too few.
     """
     started = time.perf_counter()
     dataset_name = dataset.name
     dataset = dataset_split(dataset, split)
     adaptation = None
-    if adapt:
-        model, adaptation = adapt_model(model, dataset.crops, where=dataset_name)
+    mode = adaptation_mode(adapt)
+    if mode:
+        model, adaptation = adapt_model(model, dataset.crops, where=dataset_name, pixels=mode)
     in_data = label_order(set(dataset.labels.tolist()))
     # The model's class names as the dataset spells them (a model trained on "happy" scores a
     # dataset's "happiness": labels.LABEL_ALIASES), each dataset class matched once.
