@@ -34,7 +34,8 @@ MIN_SET_DEVIATION = 1.0
 # How the crops' per-pixel statistics are mapped onto the training crops': "mean" (each
 # pixel moved by the difference of the mean images), "mean+std" (also scaled by the ratio of
 # the deviation images), or "none" (the global statistics only, as before fercli kept them).
-# "mean" measured best on CK+48 <-> FER2013 (docs/accuracy.md, "--adapt per pixel").
+# "mean" beat "mean+std" on every CK+48 <-> FER2013 run; "none" beat both there, which issue
+# 35's CK+48 -> JAFFE experiment contradicts (docs/accuracy.md, "--adapt per pixel").
 PIXEL_MAPS = ADAPT_PIXEL_MAPS
 DEFAULT_PIXEL_MAP = "mean"
 
