@@ -286,6 +286,7 @@ def test_an_older_model_file_adapts_as_before_and_says_so(batchnorm_model, tmp_p
     [
         ({"pixel_statistics": {"version": 1, "mean": "pixel_mean"}}, {}),
         ({"pixel_statistics": "yes"}, {}),
+        ({"pixel_statistics": {"version": 1, "mean": ["x"], "std": "pixel_std", "images": 9}}, {}),
         ({}, {"pixel_mean": np.zeros((8, 8), np.float32)}),
         ({}, {"pixel_std": np.full((32, 32), np.nan, np.float32)}),
         ({}, {"pixel_mean": np.full((32, 32), 300, np.float32)}),

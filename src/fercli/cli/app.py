@@ -28,6 +28,8 @@ def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 # The training settings' choices (--variant, --recipe, ...) are made in cli/options.py from
 # the settings themselves.
 Layout = choices("Layout", LAYOUTS)
+Group = choices("Group", ("random", "subject", "dataset"))
+Equalization = choices("Equalization", EQUALIZATIONS)
 AdaptPixels = choices("AdaptPixels", ADAPT_PIXEL_MAPS)
 
 
@@ -40,9 +42,6 @@ def adapt_mode(adapt: bool, pixels: Enum | None) -> bool | str:
         raise FerError("--adapt-pixels goes with --adapt")
     return pixels.value if adapt and pixels is not None else adapt
 
-
-Group = choices("Group", ("random", "subject", "dataset"))
-Equalization = choices("Equalization", EQUALIZATIONS)
 
 # Help is laid out at least 80 columns wide: narrower, rich cuts option names and long
 # words with "…" (a narrower terminal wraps the longer lines instead, losing nothing).

@@ -109,8 +109,10 @@ def checked_pixel_statistics(meta: dict, arrays: dict, size: int) -> PixelStatis
         return None
     if not (
         isinstance(described, dict)
-        and described.get("mean") in arrays
-        and described.get("std") in arrays
+        and all(
+            isinstance(described.get(key), str) and described[key] in arrays
+            for key in ("mean", "std")
+        )
         and isinstance(described.get("images"), int)
         and not isinstance(described["images"], bool)
         and described["images"] > 0
