@@ -260,18 +260,21 @@ def evaluate_model(
     workers: int | None = None,
     output: str | Path | None = None,
     progress: Progress | None = None,
-    adapt: bool = False,
+    adapt: bool | str = False,
 ) -> EvaluationReport:
     """fer evaluate: score a model (default: the newest) on another dataset, a preprocessed one
     or an original folder (then preprocessed with the model's settings; progress follows the
     alignment); only the classes both have count. The EvaluationReport (its JSON shaped as a
     crossval's, with one "fold") with its files written in output (default: a new folder in
-    FER_HOME/runs). adapt: the model's statistics re-estimated from the dataset's unlabelled
-    crops first (fer evaluate --adapt)."""
+    FER_HOME/runs). adapt: the model adapted to the dataset's unlabelled crops first (fer
+    evaluate --adapt): True, or how their per-pixel statistics are mapped onto the training
+    crops' ("mean", the default; "mean+std"; "none": the global statistics only)."""
     from fercli.core.store import check_writable, new_dir, runs_dir, slug, timestamp
+    from fercli.infer.adapt import adaptation_mode
     from fercli.learn.crossval_files import save_evaluation
     from fercli.learn.evaluate import prepare_for_model, score_model
 
+    adaptation_mode(adapt)  # a bad value refused before any work
     loaded = model if isinstance(model, FerModel) else load_model(model)
     prepared, _ = prepare_for_model(dataset, loaded, workers, progress)
     report = score_model(loaded, prepared, split, adapt=adapt)
@@ -297,7 +300,7 @@ def label_media(
     explain: str | Path | None = None,
     progress: Progress | None = None,
     video_progress: Callable[[str], Progress | None] | None = None,
-    adapt: bool = False,
+    adapt: bool | str = False,
 ) -> MediaReport:
     """fer predict: the faces and labels of every image and video in paths (files and
     folders) with a model (default: the newest), as an infer.files.MediaReport; with annotate,
@@ -308,16 +311,17 @@ def label_media(
     gives each video's progress callback. FerError before any work for an annotation or
     explanation folder that holds inputs; the folders are marked as fercli's own, and left out
     when a later search meets them (media.discover). A picture that cannot be written is in
-    media.images.write_failures. adapt: the model's statistics re-estimated from the faces
-    being labelled (the photos' together, each video's own) before they are labelled
-    (fer predict --adapt)."""
+    media.images.write_failures. adapt: the model adapted to the faces being labelled (the
+    photos' together, each video's own) before they are labelled (fer predict --adapt), as
+    evaluate_model's adapt."""
+    from fercli.infer.adapt import adaptation_mode
     from fercli.infer.files import annotate_videos, label_files
     from fercli.infer.photos import annotate as annotate_images
     from fercli.infer.photos import check_annotate_folder
     from fercli.infer.tracking import VideoConfig
     from fercli.media.discover import discover, mark_output_folder
 
-    if adapt and explain is not None:
+    if adaptation_mode(adapt) and explain is not None:
         # The maps would be those of the model as trained, beside labels of the adapted one.
         raise FerError("--explain and --adapt together are not supported: choose one")
     loaded = model if isinstance(model, FerModel) else load_model(model)

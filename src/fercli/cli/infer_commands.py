@@ -9,7 +9,17 @@ import typer
 import typer.core
 import typer.rich_utils
 
-from fercli.cli.app import err, escaped, fail, out, progress_bar, shown, user_errors
+from fercli.cli.app import (
+    AdaptPixels,
+    adapt_mode,
+    err,
+    escaped,
+    fail,
+    out,
+    progress_bar,
+    shown,
+    user_errors,
+)
 from fercli.cli.options import video_options, video_progress
 from fercli.cli.render_media import (
     plural,
@@ -74,9 +84,17 @@ def predict(
     adapt: bool = typer.Option(
         False,
         "--adapt",
-        help="Re-estimate the model's normalisation and batch normalisation statistics from "
-        "the faces being labelled (the photos' together, each video's own; at least 20) "
-        "before labelling them: for photos from another camera.",
+        help="Adapt the model to the faces being labelled (the photos' together, each "
+        "video's own; at least 20 distinct faces) before labelling them: their per-pixel mean "
+        "mapped onto the training crops', the normalisation and batch normalisation "
+        "statistics re-estimated. For photos from another camera.",
+    ),
+    adapt_pixels: AdaptPixels | None = typer.Option(
+        None,
+        "--adapt-pixels",
+        help="With --adapt: how the faces' per-pixel statistics are mapped onto the training "
+        "crops': mean (the default), mean+std, or none (the global statistics only, as "
+        "before fercli kept per-pixel statistics).",
     ),
 ) -> None:
     """Label the expression of every face in photos and videos."""
@@ -84,6 +102,8 @@ def predict(
         raise fail("choose one of --json and --csv", as_json=True)
     with user_errors(as_json):
         from fercli.api import label_media
+
+        adapting = adapt_mode(adapt, adapt_pixels)
 
         options = video_options(every, fps, detect_every, smooth)
         bar, update = progress_bar("predicting")
@@ -101,7 +121,7 @@ def predict(
                 explain=explain_dir,
                 progress=None if quiet else update,
                 video_progress=None if as_json or as_csv else video_progress(bar),
-                adapt=adapt,
+                adapt=adapting,
             )
     failure = (
         None

@@ -10,7 +10,17 @@ import typer
 import typer.core
 import typer.rich_utils
 
-from fercli.cli.app import Group, emit_json, fail, out, progress_bar, shown, user_errors
+from fercli.cli.app import (
+    AdaptPixels,
+    Group,
+    adapt_mode,
+    emit_json,
+    fail,
+    out,
+    progress_bar,
+    shown,
+    user_errors,
+)
 from fercli.cli.options import (
     TRAINING,
     DatasetArgument,
@@ -20,7 +30,13 @@ from fercli.cli.options import (
     training_settings,
     with_training_options,
 )
-from fercli.cli.render_learn import render_crossval, render_scores, render_sources, render_sweep
+from fercli.cli.render_learn import (
+    render_crossval,
+    render_evaluation_accuracy,
+    render_scores,
+    render_sources,
+    render_sweep,
+)
 from fercli.cli.render_media import plural
 from fercli.core.labels import describe_shares
 
@@ -280,14 +296,24 @@ def evaluate(
     adapt: bool = typer.Option(
         False,
         "--adapt",
-        help="Re-estimate the model's normalisation and batch normalisation statistics from "
-        "the dataset's own faces (unlabelled) before scoring: for photos from another camera.",
+        help="Adapt the model to the dataset's own faces (unlabelled) before scoring: their "
+        "per-pixel mean mapped onto the training crops', the normalisation and batch "
+        "normalisation statistics re-estimated. For photos from another camera.",
+    ),
+    adapt_pixels: AdaptPixels | None = typer.Option(
+        None,
+        "--adapt-pixels",
+        help="With --adapt: how the faces' per-pixel statistics are mapped onto the training "
+        "crops': mean (the default), mean+std, or none (the global statistics only, as "
+        "before fercli kept per-pixel statistics).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """Score a trained model on another dataset: only the classes both have count."""
     with user_errors(as_json):
         from fercli.api import evaluate_model
+
+        adapting = adapt_mode(adapt, adapt_pixels)
 
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():
@@ -298,7 +324,7 @@ def evaluate(
                 workers,
                 output,
                 progress=None if as_json else update,
-                adapt=adapt,
+                adapt=adapting,
             )
     files = report.files
     if as_json:
@@ -326,9 +352,7 @@ def evaluate(
             f"({report.pooled_accuracy:.2%}: every image is predicted as {shown(report.labels[0])})"
         )
     else:
-        out.print(
-            f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold], macro-F1 {report.macro_f1:.3f}"
-        )
+        render_evaluation_accuracy(report)
     render_scores(report, "per class")
     out.print(f"answers: {shown(describe_shares(report.answer_shares))}")
     for warning in report.warnings:

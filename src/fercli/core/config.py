@@ -114,6 +114,9 @@ BATCH_PIXELS = 1 << 22
 # Dataset layouts (fercli.data.datasets reads them): a layout's name and the other names it
 # answers to. "fer2013" is a CSV file, read by fercli.data.fer2013 rather than scanned.
 LAYOUTS = ("jaffe", "ck+", "folders", "fer2013")
+# --adapt: how the per-pixel statistics of the faces being labelled are mapped onto the training
+# crops' (fercli.infer.adapt): "mean", "mean+std", or "none" (the global statistics only).
+ADAPT_PIXEL_MAPS = ("mean", "mean+std", "none")
 LAYOUT_ALIASES = {
     "jaffe": "jaffe",
     "ck+": "ck+",

@@ -23,6 +23,7 @@ from fercli.core.errors import FerError, ModelError
 from fercli.core.parallel import default_workers
 
 if TYPE_CHECKING:
+    from fercli.infer.inputs import PixelMap
     from fercli.infer.model import FerModel
 
 # An 8x8 patch covers an eye, a brow or a mouth corner of a 32x32 crop; a stride of 2 gives
@@ -113,14 +114,19 @@ def occlusion_maps(
     return np.concatenate(probabilities), np.concatenate(maps)
 
 
-def grey_crop(means: list[np.ndarray], size: int, per_image: bool = False) -> np.ndarray | None:
+def grey_crop(
+    means: list[np.ndarray], size: int, per_image: bool = False, pixel_map: PixelMap | None = None
+) -> np.ndarray | None:
     """The uint8 (s, s) grey that patches are cut from: the training crops' mean (a scalar or
-    per pixel; an ensemble's members' means averaged), rounded. None for networks that
-    standardise each crop by its own statistics (--normalisation image), whose means are 0:
-    there each face's patch is its own mean grey (occlusion_maps)."""
+    per pixel; an ensemble's members' means averaged), rounded; for a model adapted per pixel
+    (pixel_map), the grey levels that map to it. None for networks that standardise each crop
+    by its own statistics (--normalisation image), whose means are 0: there each face's patch
+    is its own mean grey (occlusion_maps)."""
     if per_image:
         return None
     mean = np.mean([np.broadcast_to(np.asarray(m, np.float64), (size, size)) for m in means], 0)
+    if pixel_map is not None:
+        mean = pixel_map.inverse(mean)
     return np.clip(np.round(mean), 0, 255).astype(np.uint8)
 
 
@@ -137,7 +143,12 @@ def explain_crops(
     crops = np.asarray(crops, np.uint8)
     if len(crops) == 0:
         return []
-    grey = grey_crop([member.mean for member in model.networks], crops.shape[1], model.per_image)
+    grey = grey_crop(
+        [member.mean for member in model.networks],
+        crops.shape[1],
+        model.per_image,
+        model.pixel_map,
+    )
     threads = min(EXPLAIN_THREADS, default_workers())
     probabilities, maps = occlusion_maps(
         lambda batch: model.predict_proba(batch, threads=threads), crops, grey, patch, stride

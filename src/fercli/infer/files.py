@@ -70,7 +70,7 @@ def label_files(
     workers: int | None = None,
     progress: Progress | None = None,
     video_progress: Callable[[str], Progress | None] | None = None,
-    adapt: bool = False,
+    adapt: bool | str = False,
     keep_best: bool = False,
 ) -> MediaReport:
     """label_photos for the images among the files a command was given (media.discover) and
@@ -85,7 +85,7 @@ def label_files(
         model,
         workers,
         progress=progress if images else None,
-        adapt=adapt and bool(images),
+        adapt=adapt if images else False,
     )
     results = [
         label_video(

@@ -28,6 +28,16 @@ from fercli.core.store import (
     pack_json,
     unpack_json,
 )
+from fercli.infer.inputs import (
+    PIXEL_STATISTICS_VERSION,
+    PixelMap,
+    PixelStatistics,
+    checked_pixel_statistics,
+    network_input,
+)
+
+# Re-exported: learn (training, augment) takes it from the model module.
+from fercli.infer.inputs import standardise_each as standardise_each
 from fercli.infer.runtime import NumpyNetwork, one_blas_thread
 
 MODEL_FORMAT = "fercli-model"
@@ -56,33 +66,6 @@ def crop_hashes(crops: np.ndarray) -> np.ndarray:
     return np.unique(crop_digests(crops, TRAINING_HASH_BYTES), axis=0)
 
 
-# A crop's own standard deviation is floored at one grey level: a flat crop stays flat.
-MIN_IMAGE_STD = 1.0
-
-
-def standardise_each(crops: np.ndarray) -> np.ndarray:
-    """Each crop (n, s, s) minus its own mean, divided by its own standard deviation (float64):
-    --normalisation image, which needs no statistics of the set a photo comes from."""
-    values = crops.astype(np.float64)
-    mean = values.mean(axis=(1, 2), keepdims=True)
-    std = np.maximum(values.std(axis=(1, 2), keepdims=True), MIN_IMAGE_STD)
-    return (values - mean) / std
-
-
-def input_values(crops: np.ndarray, per_image: bool = False) -> np.ndarray:
-    """uint8 crops (n, s, s) as the float64 values the z-score statistics are of: the grey
-    levels, or standardise_each's when per_image."""
-    return standardise_each(crops) if per_image else crops.astype(np.float64)
-
-
-def network_input(
-    crops: np.ndarray, mean: np.ndarray, std: np.ndarray, per_image: bool = False
-) -> np.ndarray:
-    """uint8 crops (n, s, s) -> the network's float64 input (n, s, s, 1): input_values
-    z-scored with the training statistics."""
-    return ((input_values(crops, per_image) - mean) / std)[..., np.newaxis]
-
-
 @dataclass
 class Member:
     """One network of a model file with its own z-score statistics."""
@@ -91,9 +74,10 @@ class Member:
     mean: np.ndarray
     std: np.ndarray
     per_image: bool = False  # standardise_each before the statistics
+    pixel_map: PixelMap | None = None  # --adapt: the grey levels mapped first
 
     def predict_proba(self, crops: np.ndarray, flip: bool) -> np.ndarray:
-        x = network_input(crops, self.mean, self.std, self.per_image)
+        x = network_input(crops, self.mean, self.std, self.per_image, self.pixel_map)
         if not flip:
             return self.network(x)
         # The faces and their mirror images in one pass.
@@ -128,6 +112,10 @@ class FerModel:
     training_hashes: np.ndarray | None = None
     # Every network of the file, the first being network/mean/std; empty means just that one.
     members: list[Member] = field(default_factory=list)
+    # The training crops' per-pixel statistics; None for a file written before fercli kept them.
+    pixel_statistics: PixelStatistics | None = None
+    # --adapt: the crops being labelled mapped onto pixel_statistics first (each member's too).
+    pixel_map: PixelMap | None = None
 
     @property
     def per_image(self) -> bool:
@@ -136,7 +124,9 @@ class FerModel:
 
     @property
     def networks(self) -> list[Member]:
-        return self.members or [Member(self.network, self.mean, self.std, self.per_image)]
+        return self.members or [
+            Member(self.network, self.mean, self.std, self.per_image, self.pixel_map)
+        ]
 
     @cached_property
     def _training_digests(self) -> frozenset[bytes]:
@@ -154,7 +144,7 @@ class FerModel:
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
         """uint8 crops (n, s, s) -> z-scored network input (n, s, s, 1)."""
-        return network_input(crops, self.mean, self.std, self.per_image)
+        return network_input(crops, self.mean, self.std, self.per_image, self.pixel_map)
 
     def predict(self, image):
         """The expression of every face in an image (a path, or a BGR or grayscale uint8
@@ -258,14 +248,27 @@ def save_networks(
     }
     if first.per_image:
         meta["per_image_standardisation"] = True
+    training_arrays = {}
+    if training_crops is not None:
+        pixels = PixelStatistics.of(training_crops)
+        training_arrays = {
+            "training_hashes": crop_hashes(training_crops),
+            "pixel_mean": pixels.mean.astype(np.float32),
+            "pixel_std": pixels.std.astype(np.float32),
+        }
+        meta["pixel_statistics"] = {
+            "version": PIXEL_STATISTICS_VERSION,
+            "mean": "pixel_mean",
+            "std": "pixel_std",
+            "images": pixels.images,
+        }
     arrays = {
         "meta": pack_json(meta),
         "norm_mean": np.asarray(first.mean, np.float64),
         "norm_std": np.asarray(first.std, np.float64),
         **weights,
+        **training_arrays,
     }
-    if training_crops is not None:
-        arrays["training_hashes"] = crop_hashes(training_crops)
     return atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), keep_existing, check)
 
 
@@ -454,6 +457,7 @@ def _assemble_model(meta: dict, arrays: dict, preprocess: PreprocessConfig, path
         meta=meta,
         path=path,
         training_hashes=_training_hashes(arrays.get("training_hashes")),
+        pixel_statistics=checked_pixel_statistics(meta, arrays, preprocess.crop_size),
     )
     if described:
         model.members = [Member(network, model.mean, model.std, model.per_image)] + [

@@ -178,9 +178,14 @@ class EvaluationReport(ScoreReport):
     model_protocol) and each predicted class's share of the answers, largest first."""
 
     answer_shares: dict[str, float] = field(default_factory=dict)
+    # The accuracy over every image of the shared classes, those without a face found counted
+    # wrong (evaluate.every_image: images, without_face, accuracy; None figures and a note
+    # where the dataset does not know). pooled_accuracy is over the faces found.
+    all_images: dict = field(default_factory=dict)
 
     def _completion_json(self) -> dict:
         return {
             **super()._completion_json(),
             **({"answer_shares": self.answer_shares} if self.answer_shares else {}),
+            **({"all_images": self.all_images} if self.all_images else {}),
         }
