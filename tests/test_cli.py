@@ -333,6 +333,9 @@ def test_predict_json(trained_model, photos):
         str(photos[name]) for name in ("one", "two", "blank")
     ]
     assert [len(image["faces"]) for image in images] == [1, 2, 0]
+    # Each file names the model that labelled it.
+    assert [list(image)[:2] for image in images] == [["path", "model"]] * 3
+    assert {image["model"] for image in images} == {str(trained_model)}
     for image in images:
         for face in image["faces"]:
             assert set(face) == {"box", "label", "probabilities", "in_training_data"}
@@ -359,8 +362,11 @@ def test_predict_csv_has_one_row_per_face(trained_model, photos):
         "height",
         "label",
         *(f"p_{label}" for label in CLASSES),
+        "model",
     ]
     body = rows[1:]
+    assert {row[-1] for row in body} == {str(trained_model)}  # which model answered
+    body = [row[:-1] for row in body]
     assert [(row[0], row[1]) for row in body] == [
         (str(photos["one"]), "1"),
         (str(photos["two"]), "1"),
@@ -726,8 +732,14 @@ def test_json_failures_that_have_a_report_carry_the_error_in_it(
     assert result.exit_code == 1
     document = json.loads(result.stdout)
     assert document["error"] == "no image could be processed"
+    assert document["model"] == str(trained_model)
     assert document["images"] == [
-        {"path": str(notes), "faces": [], "error": "not an image (unrecognised content)"}
+        {
+            "path": str(notes),
+            "model": str(trained_model),
+            "faces": [],
+            "error": "not an image (unrecognised content)",
+        }
     ]
     assert document["skipped"] == [
         {"path": str(tmp_path / "gone.png"), "reason": "no such file or folder"}

@@ -224,9 +224,10 @@ def test_record_writes_the_csv_of_predict_and_ends_with_the_file(clip, model_pat
     live_body, predict_body = sorted(live_rows[1:], key=key), sorted(predict_rows[1:], key=key)
     assert [row[:8] for row in live_body] == [row[:8] for row in predict_body]
     for live_row, predict_row in zip(live_body, predict_body, strict=True):
-        assert [float(v) for v in live_row[9:]] == pytest.approx(
-            [float(v) for v in predict_row[9:]], abs=1e-4
+        assert [float(v) for v in live_row[9:-1]] == pytest.approx(
+            [float(v) for v in predict_row[9:-1]], abs=1e-4
         )
+        assert live_row[-1] == predict_row[-1] == str(model_path)  # the model column
 
 
 def test_missing_file_is_one_line(model_path, tmp_path):

@@ -105,7 +105,8 @@ def train(
     **settings,
 ) -> TrainResult:
     """fer train: train on every image of a dataset (or of several combined) and save a model
-    (default: a new file in FER_HOME/models); the TrainResult, whose path load_model takes.
+    (default: a new file in FER_HOME/models); the TrainResult, whose path load_model takes
+    (its notes say when the model is fer predict's default now, and which it replaced).
 
     config: the TrainConfig to use; else the recipe with settings (TrainConfig fields, e.g.
     epochs=50) overriding it. split: only this predefined split (FER2013's "Training").
@@ -113,10 +114,12 @@ def train(
     """
     from fercli.core.store import check_writable, models_dir, timestamp
     from fercli.data.combined import load_combined
+    from fercli.infer.model import default_model, default_model_change
     from fercli.learn.evaluate import dataset_split
     from fercli.learn.training import train_model
 
     config = config or recipe_config(recipe, **settings)
+    default_before = default_model()
     replacing = output is not None and _replaced_model(Path(output))
     prepared = dataset_split(load_combined(_names(dataset), config.classes, shared_classes), split)
     made_up = output is None  # then another run may make up the same name: never replace
@@ -129,6 +132,9 @@ def train(
     )
     if replacing:
         result.notes.append(f"{path}: the model file that was there is replaced")
+    change = default_model_change(default_before, result.path)
+    if change is not None:
+        result.notes.append(change.describe())
     return result
 
 
@@ -170,7 +176,8 @@ def crossval(
     newest) or several combined, with its files written (report.files): report.json,
     confusion.png and predictions.csv in output (default: a new folder in FER_HOME/runs), and,
     when every fold finished and save_model, the fold networks as one ensemble model file in
-    FER_HOME/models, which predict then uses (report.no_model says why there is none).
+    FER_HOME/models, which predict then uses (report.no_model says why there is none;
+    report.default_model, an infer.model.DefaultModelChange, that it is the default now).
 
     Ctrl-C while the folds train stops them: the finished folds' report is written
     (report.interrupted), no model; before any fold finished, nothing is written
@@ -184,11 +191,13 @@ def crossval(
     from fercli.core.interrupts import Interrupts
     from fercli.core.store import check_writable, models_dir, new_dir, runs_dir, timestamp
     from fercli.data.combined import load_combined
+    from fercli.infer.model import default_model, default_model_change
     from fercli.learn.crossval import cross_validate
     from fercli.learn.crossval_files import save_crossval, save_crossval_model
     from fercli.learn.engines import make_engine
 
     config = config or recipe_config(recipe, **settings)
+    default_before = default_model()
     prepared = load_combined(_names(dataset), config.classes, shared_classes)
     with Interrupts() as interrupts, make_engine(ray, workers) as engine:
         folder = (
@@ -223,6 +232,7 @@ def crossval(
             report.files["model"] = save_crossval_model(
                 run, models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz", folder
             )
+            report.default_model = default_model_change(default_before, report.files["model"])
     report.interrupted_after_folds = interrupts.received and not report.interrupted
     return report
 

@@ -217,7 +217,7 @@ class LiveSession:
             writer = csv.writer(recording) if recording else None
             if writer:
                 try:
-                    writer.writerow(csv_header(self.model.classes, escape=self.escape))
+                    writer.writerow(csv_header(self.model.classes, escape=self.escape, model=True))
                 except OSError as error:
                     self._finish("failed", self._write_error(error))
                     return
@@ -275,7 +275,12 @@ class LiveSession:
             for track_id, face in faces:
                 writer.writerow(
                     csv_row(
-                        self.shown_source, track_id, face, self.model.classes, escape=self.escape
+                        self.shown_source,
+                        track_id,
+                        face,
+                        self.model.classes,
+                        escape=self.escape,
+                        model=str(self.model.path),
                     )
                 )
             self.recording.flush()
