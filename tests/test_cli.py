@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -122,6 +123,11 @@ def photos(astronaut_path, tmp_path) -> dict[str, Path]:
 
 
 def test_train_saves_a_model_and_says_where(dataset, fer_home):
+    from test_model_safety import write_model
+
+    (fer_home / "models").mkdir(parents=True)
+    earlier = write_model(fer_home / "models" / "earlier.npz")
+    os.utime(earlier, (1_000_000_000, 1_000_000_000))
     result = fer("train", "--epochs", "2")
     assert result.exit_code == 0, result.output
     saved = [line for line in result.stdout.splitlines() if line.startswith("model saved to ")]
@@ -129,10 +135,17 @@ def test_train_saves_a_model_and_says_where(dataset, fer_home):
     path = Path(saved[0].removeprefix("model saved to "))
     assert path.parent == fer_home / "models" and path.suffix == ".npz" and path.is_file()
     assert "trained on 64 images" in result.stdout and "not a test score" in result.stdout
+    # The next fer predict answers with another model: said in one line.
+    assert (
+        f"note: the default model for fer predict is now {path.name} (was earlier.npz)"
+        in result.stdout
+    )
     model = load_model(path)
     assert model.classes == CLASSES and model.meta["training"]["epochs"] == 2
     # Written to a temporary name, then renamed: nothing else is left in the folder.
-    assert sorted(entry.name for entry in path.parent.iterdir()) == [path.name]
+    assert sorted(entry.name for entry in path.parent.iterdir()) == sorted(
+        [path.name, "earlier.npz"]
+    )
 
 
 def test_train_json_and_output_option(dataset, tmp_path):
@@ -146,6 +159,7 @@ def test_train_json_and_output_option(dataset, tmp_path):
     assert summary["classes"] == ["happiness", "surprise"] and summary["images"] == 32
     assert summary["runtime_difference"] <= 1e-5
     assert not models_dir().exists()
+    assert "notes" not in summary  # the default model did not change
 
 
 def test_train_refuses_an_unwritable_output_before_training(dataset, tmp_path, fer_home):
@@ -230,8 +244,11 @@ def test_crossval_json_report(dataset, fer_home):
     assert report["protocol"]["differs_from_recipe"] == {"epochs": 2}
     assert any("same people (4 subjects)" in warning for warning in report["warnings"])
     files = {name: Path(path) for name, path in report["files"].items()}
-    # The fold networks, saved as one ensemble where predict finds the newest model.
-    assert files.pop("model").parent == fer_home / "models"
+    # The fold networks, saved as one ensemble where predict finds the newest model, which
+    # the output says.
+    model = files.pop("model")
+    assert model.parent == fer_home / "models"
+    assert report["notes"] == [f"the default model for fer predict is now {model.name} (was none)"]
     assert all(path.parent.parent == fer_home / "runs" for path in files.values())
     assert json.loads(files["report"].read_text())["folds"] == report["folds"]
     assert cv2.imread(str(files["confusion"])) is not None

@@ -498,7 +498,10 @@ def test_a_name_the_terminal_cannot_encode_is_escaped_not_a_crash(
     # Nothing on stderr but the summary line that --csv and table mode end with, and the note
     # that this model has no neutral class.
     lines = result.stderr.decode(encoding).splitlines()
-    assert [line for line in lines if "has no neutral class" not in line] in ([], ["1 image, 1 face"])
+    assert [line for line in lines if "has no neutral class" not in line] in (
+        [],
+        ["1 image, 1 face"],
+    )
     text = result.stdout.decode(encoding)
     if mode == "--json":
         assert strict_json(text)[0]["path"] == str(photo)

@@ -258,8 +258,9 @@ def evaluate_model(
     or an original folder (then preprocessed with the model's settings; progress follows the
     alignment); only the classes both have count. The EvaluationReport (its JSON shaped as a
     crossval's, with one "fold") with its files written in output (default: a new folder in
-    FER_HOME/runs). adapt: the model's statistics re-estimated from the dataset's unlabelled
-    crops first (fer evaluate --adapt)."""
+    FER_HOME/runs, named evaluate-<model>-<dataset>-adapted-<time> with adapt). adapt: the
+    model's statistics re-estimated from the dataset's unlabelled crops first (fer evaluate
+    --adapt)."""
     from fercli.core.store import check_writable, new_dir, runs_dir, slug, timestamp
     from fercli.learn.crossval_files import save_evaluation
     from fercli.learn.evaluate import prepare_for_model, score_model
@@ -271,7 +272,10 @@ def evaluate_model(
     folder = (
         check_writable(Path(output))
         if output is not None
-        else new_dir(runs_dir() / f"evaluate-{name}-{prepared.name}-{timestamp()}")
+        else new_dir(
+            runs_dir()
+            / f"evaluate-{name}-{prepared.name}{'-adapted' if adapt else ''}-{timestamp()}"
+        )
     )
     report.files = save_evaluation(
         report, folder, title=f"{name} on {prepared.name}: {report.pooled_accuracy:.1%}"
@@ -311,7 +315,11 @@ def label_media(
 
     if adapt and explain is not None:
         # The maps would be those of the model as trained, beside labels of the adapted one.
-        raise FerError("--explain and --adapt together are not supported: choose one")
+        raise FerError(
+            "--explain and --adapt together are not supported (explain and adapt=True in "
+            "Python): the maps would show where the model as trained looks, beside labels the "
+            "adapted model gave; choose one"
+        )
     loaded = model if isinstance(model, FerModel) else load_model(model)
     found = discover([Path(path) for path in paths])
     outputs = [

@@ -133,12 +133,22 @@ def render_answers(media, console) -> None:
         console.print(f"answers: {source}{shown(describe_shares(answers.shares))}")
         if answers.warning:
             console.print(f"[yellow]warning:[/yellow] {source}{shown(answers.warning)}")
-    adapted = [("the photos", media.images.adaptation)] + [
+    adapted = [(photos_named(media), media.images.adaptation)] + [
         (video.path, video.adaptation) for video in media.videos
     ]
     for where, adaptation in adapted:
         if adaptation is not None:
             console.print(f"note: {shown(where)}: {shown(adaptation.describe())}")
+
+
+def photos_named(media) -> str:
+    """The photos of a run, as a note names them: "the photos in jaffe" (one folder given),
+    the file (one file), else "the photos"."""
+    videos = {video.path for video in media.videos}
+    given = [path for path in media.images.inputs if path not in videos]
+    if len(given) != 1:
+        return "the photos"
+    return f"the photos in {given[0]}" if Path(given[0]).is_dir() else given[0]
 
 
 def plural(count: int, noun: str) -> str:

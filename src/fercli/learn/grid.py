@@ -248,6 +248,14 @@ def describe_changes(changes: dict) -> str:
     return " ".join(f"{key}={text(value)}" for key, value in changes.items()) or "base"
 
 
+def describe_base(grid: Grid) -> str:
+    """What a sweep's base recipe is, as its table names it: the preset it starts from and its
+    values of the settings the grid varies ("base (paper: variant=paper test_time_flip=false)")."""
+    base = recipes(grid)[0].config
+    values = describe_changes({name: getattr(base, name) for name in grid.vary})
+    return f"base ({base.recipe}{': ' + values if grid.vary else ''})"
+
+
 def recipes(grid: Grid) -> list[Recipe]:
     """The base first, then every combination of the varied values that is not the base."""
 

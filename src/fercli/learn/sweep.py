@@ -47,7 +47,7 @@ from fercli.core.store import (
 )
 from fercli.data.prepared import PreparedDataset
 from fercli.learn.folds import FoldOutcome, FoldTask, fold_accuracy
-from fercli.learn.grid import METHOD, Grid, jsonable, recipes
+from fercli.learn.grid import METHOD, Grid, describe_base, jsonable, recipes
 from fercli.learn.selection import Selection
 
 # A sweep member (recipe index, seed) -> its finished folds' outcomes, by 0-based fold.
@@ -130,6 +130,11 @@ class SweepReport:
     files: dict = field(default_factory=dict)
     test_train_ratio: float = math.nan
 
+    @property
+    def base(self) -> str:
+        """What the base recipe, the reference of "vs base", is: grid.describe_base."""
+        return describe_base(self.grid)
+
     def to_json(self) -> dict:
         def number(value):
             return None if isinstance(value, float) and math.isnan(value) else value
@@ -137,6 +142,7 @@ class SweepReport:
         return {
             "folder": str(self.folder),
             "grid": self.grid.to_json(),
+            "base": self.base,
             "dataset": self.dataset,
             "engine": self.engine,
             "method": METHOD,
