@@ -369,6 +369,8 @@ def test_the_collapse_warning_advises_only_what_was_not_done(twenty_faces, tmp_p
     assert "warning: surprise takes 100%" in adapted
     assert "--adapt was given; try a model trained with the recipe for photos" in adapted
     assert "try --adapt" not in adapted
+    # What was adapted is named as it was given: the photos of that folder.
+    assert f"note: the photos in {twenty_faces}: adapted to the 20 faces" in adapted
 
     jittered = predict_output(twenty_faces, "--model", robust)
     assert "try --adapt" in jittered and "recipe for photos from elsewhere" not in jittered
