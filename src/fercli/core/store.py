@@ -103,8 +103,10 @@ def _first_free(path: Path, create, suffix: str | None = None) -> Path:
 
 
 def slug(text: str) -> str:
-    """A file-name-safe version of a name."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    """A file-name-safe version of a name. "+" is kept: it is safe in file names everywhere,
+    datasets are named with it (CK+48), and several combined are joined by it (jaffe+ck48),
+    so that a name given on the command line finds what was stored under it."""
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-.")
     return cleaned[:40] or "dataset"
 
 
