@@ -290,6 +290,7 @@ def test_page_in_a_headless_browser_shows_bars(server):
         time.sleep(1)
     body = result.stdout[result.stdout.find("<body") :]
     assert 'class="face"' in body and 'class="bar"' in body, body[:3000]
+    assert 'class="track-style"' in body  # each card shows its person's line style
 
 
 def test_without_the_extra_says_how_to_install_it(monkeypatch, model_path):
@@ -364,3 +365,70 @@ def test_a_stream_that_disappears_is_shown_and_ends_with_one_line(clip, model_pa
     assert state.get("status") == "failed" and "stopped giving frames" in state["error"]
     assert process.returncode == 1
     assert "stopped giving frames" in err and len(err.strip().splitlines()) == 1
+
+
+# The page's script run by Node on a stand-in document: what it draws is recorded.
+PAGE_HARNESS = r"""
+const fs = require("fs"), vm = require("vm");
+const paths = [], texts = [];
+let dash = [];
+const ctx = {
+  setLineDash(d) { dash = [...d]; },
+  beginPath() { paths.push({dash: [...dash], points: 0, colour: null}); },
+  moveTo() { paths[paths.length - 1].points++; },
+  lineTo() { paths[paths.length - 1].points++; },
+  stroke() { paths[paths.length - 1].colour = ctx.strokeStyle; },
+  clearRect() {}, fillText(text) { texts.push(text); },
+};
+function element() {
+  return {
+    children: [], style: {}, dataset: {}, attributes: {}, width: 960, height: 200,
+    append(...c) { this.children.push(...c); }, prepend(...c) { this.children.unshift(...c); },
+    replaceChildren(...c) { this.children = c; }, setAttribute(k, v) { this.attributes[k] = v; },
+    getContext() { return ctx; },
+  };
+}
+const elements = {};
+const document = {
+  getElementById(id) { return elements[id] || (elements[id] = element()); },
+  createElement: element, createElementNS: element,
+};
+const face = (track, p) => ({track, label: "anger", box: [0, 0, 1, 1],
+                             probabilities: {anger: p, happiness: 1 - p}});
+let polls = 0;
+function fetch() {
+  polls++;
+  const state = {source: "clip", model: "m.npz", classes: ["anger", "happiness"], fps: 10,
+                 latency_ms: 1, faces: [face(1, 0.8), face(2, 0.3)],
+                 status: polls >= 3 ? "ended" : "running", error: null};
+  return Promise.resolve({json: () => Promise.resolve(state)});
+}
+vm.runInNewContext(fs.readFileSync(process.argv[2], "utf8"),
+                   {document, fetch, setTimeout, Date, console, Math, Map, Set, Object});
+setTimeout(() => {
+  const lines = paths.filter(path => path.colour !== "#eee" && path.points > 1);
+  const legend = elements.tracks.children.map(item => item.textContent);
+  console.log(JSON.stringify({lines, texts, legend}));
+}, 1500);
+"""
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="no Node.js to run the page's script")
+def test_the_timeline_tells_two_people_apart(tmp_path):
+    """Two people's lines of one class (one colour) are drawn in different line styles,
+    each person is numbered on the chart, and a legend gives each number its style."""
+    harness = tmp_path / "harness.js"
+    harness.write_text(PAGE_HARNESS)
+    script = SRC / "fercli" / "web" / "static" / "app.js"
+    result = subprocess.run(
+        ["node", str(harness), str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    drawn = json.loads(result.stdout)
+    by_colour: dict[str, set] = {}
+    for line in drawn["lines"]:
+        by_colour.setdefault(line["colour"], set()).add(tuple(line["dash"]))
+    assert len(by_colour) == 2  # a colour per class
+    assert all(len(styles) == 2 for styles in by_colour.values()), by_colour
+    assert {"#1", "#2"} <= set(drawn["texts"])
+    assert drawn["legend"] == [" #1", " #2"]
