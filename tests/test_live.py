@@ -230,6 +230,39 @@ def test_record_writes_the_csv_of_predict_and_ends_with_the_file(clip, model_pat
         assert live_row[-1] == predict_row[-1] == str(model_path)  # the model column
 
 
+def test_smooth_averages_each_persons_last_seconds(clip, model_path, tmp_path):
+    """--smooth: each face's probabilities averaged over its own track's frames of the last
+    S seconds (this one included), as --record writes them beside the raw ones."""
+    record = tmp_path / "smooth.csv"
+    process = start_live(
+        clip, "--model", model_path, "--port", free_port(), "--record", record, "--smooth", "0.2"
+    )
+    try:
+        _, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("fer live did not end with its file")
+    assert process.returncode == 0, err
+    header, *rows = list(csv.reader(io.StringIO(record.read_text())))
+    raw = [header.index(f"p_{label}") for label in CLASSES]
+    smoothed = [header.index(f"smoothed_p_{label}") for label in CLASSES]
+    assert header[-1] == "model" and "smoothed_label" in header
+    tracks: dict[str, list] = {}
+    for row in rows:
+        tracks.setdefault(row[3], []).append(row)
+    assert len(tracks) >= 2  # the scene's two people, each averaged on their own
+    for track_rows in tracks.values():
+        for row in track_rows:
+            time_now = float(row[2])
+            window = [r for r in track_rows if time_now - 0.2 - 1e-6 <= float(r[2]) <= time_now]
+            expected = np.mean([[float(r[i]) for i in raw] for r in window], axis=0)
+            assert [float(row[i]) for i in smoothed] == pytest.approx(expected, abs=1e-5)
+            label = row[header.index("smoothed_label")]
+            assert label == CLASSES[int(np.argmax(expected))] or np.isclose(
+                expected.max(), expected[CLASSES.index(label)], atol=1e-5
+            )
+
+
 def test_missing_file_is_one_line(model_path, tmp_path):
     result = runner.invoke(
         app,

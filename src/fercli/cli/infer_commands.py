@@ -178,6 +178,12 @@ def live(
         help="A video file starts again at its end. Without it, fer live (and its page) "
         "ends when the file ends: open the page before, or use --loop.",
     ),
+    smooth: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Show each face's probabilities averaged over its last this many seconds (0: "
+        "off; --record then adds the averaged columns beside the raw ones).",
+    ),
 ) -> None:
     """Label a camera, video file or stream live, on a local web page (the 'live' extra)."""
     try:
@@ -194,7 +200,7 @@ def live(
             session = LiveSession(
                 source,
                 loaded,
-                LiveConfig(detect_every=detect_every, loop=loop, record=record),
+                LiveConfig(detect_every=detect_every, loop=loop, record=record, smooth=smooth),
                 escaped,
             )
         except BaseException:

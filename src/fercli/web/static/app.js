@@ -148,7 +148,8 @@ async function poll() {
     const state = await response.json();
     if (classes.join() !== state.classes.join()) { classes = state.classes; drawLegend(); }
     document.getElementById("info").textContent =
-      `${state.source} · model ${state.model} · ${state.fps.toFixed(1)} frames/s · ${state.latency_ms} ms a frame`;
+      `${state.source} · model ${state.model} · ${state.fps.toFixed(1)} frames/s · ${state.latency_ms} ms a frame` +
+      (state.smooth ? ` · averaged over ${state.smooth} s` : "");
     const now = Date.now();
     history.push({t: now, faces: state.faces});
     drawBars(state.faces);
