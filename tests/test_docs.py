@@ -199,3 +199,22 @@ def test_the_readme_keeps_the_blocks_ci_and_the_api_test_read():
 )
 def test_anchors_are_made_as_github_makes_them(title, anchor):
     assert slug(title) == anchor
+
+
+def table_of_contents(text: str) -> set[str]:
+    """The anchors of a page's own headings that the list before its first section links to
+    (its table of contents); empty for a page without one."""
+    opening = text.split("\n## ", 1)[0]
+    return {target[1:] for target in LINK.findall(opening) if target.startswith("#")}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_a_table_of_contents_lists_every_section(page):
+    # issue 31.5: accuracy.md's list lacked "Photos from elsewhere", which the README links to.
+    text = page.read_text(encoding="utf-8")
+    listed = table_of_contents(text)
+    if not listed:
+        return
+    sections = [slug(title) for level, title in headings(text) if level == 2]
+    missing = [section for section in sections if section not in listed]
+    assert not missing, f"{page.name}'s table of contents lacks {missing}"
