@@ -236,7 +236,7 @@ def run_sweep(
 ) -> SweepReport:
     """Cross-validate every recipe of grid with every seed, resuming from stored folds.
 
-    engine: fercli.engines engine (default: this machine's cores). progress receives a
+    engine: a fercli.learn.engines engine (default: this machine's cores). progress receives a
     "start" event (done: the folds found stored), then a "fold" event (done, total, recipe,
     seed, fold, accuracy) as each fold finishes, and the engine's "epoch" events. Ctrl-C:
     returns with interrupted set and no ranking; the finished folds are stored.
