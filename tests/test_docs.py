@@ -270,8 +270,10 @@ def module_path_exists(name: str) -> bool:
     variable = parts[0] in VARIABLES
     parts = parts[1:] if parts[0] == "fercli" else parts
     module, folder, rest = "fercli", PACKAGE, list(parts)
-    while rest and folder.is_dir() and (
-        (folder / rest[0] / "__init__.py").exists() or (folder / f"{rest[0]}.py").exists()
+    while (
+        rest
+        and folder.is_dir()
+        and ((folder / rest[0] / "__init__.py").exists() or (folder / f"{rest[0]}.py").exists())
     ):
         folder = folder / rest[0]
         module = f"{module}.{rest.pop(0)}"
