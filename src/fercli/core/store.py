@@ -203,7 +203,9 @@ def _replace_with(path: Path, fill, keep_existing: bool = False, check=None) -> 
         raise _store_error(path, error) from None
     try:
         # mkstemp makes the file owner-only; give it the mode open() would (0666 less the umask).
-        os.fchmod(handle, 0o666 & ~_umask())
+        # Windows before Python 3.13 has no os.fchmod (nor owner-only files to widen).
+        if hasattr(os, "fchmod"):
+            os.fchmod(handle, 0o666 & ~_umask())
         fill(handle, temporary)
         if check:
             check(Path(temporary))

@@ -161,10 +161,8 @@ def _vary(table: dict, source: str) -> dict:
 
 
 def _toml():
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    import tomllib  # imported when a grid is read: fer --help need not
+
     return tomllib
 
 
