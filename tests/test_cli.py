@@ -451,7 +451,9 @@ def test_predict_skips_bad_files_and_goes_on(trained_model, photos, tmp_path):
 def test_an_image_without_a_face_alone_is_success(trained_model, photos):
     result = fer("predict", photos["blank"], "--model", trained_model, "--json")
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == [{"path": str(photos["blank"]), "faces": []}]
+    assert json.loads(result.stdout) == [
+        {"path": str(photos["blank"]), "model": str(trained_model), "faces": []}
+    ]
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "empty folder", "not an image"])
@@ -818,7 +820,7 @@ def test_help_shows_text_in_square_brackets():
     # rich markup would take [ray] or [base] for a style and drop it.
     assert "needs pip install 'fercli[ray]'" in help_words("crossval")
     assert "The grid file (TOML): [base], [vary], seeds, folds, group." in help_words("sweep")
-    assert "{path, faces: [{box, label, probabilities}]}" in help_words("predict")
+    assert "{path, model, faces: [{box, label, probabilities}]}" in help_words("predict")
 
 
 def test_live_help_says_a_clip_without_loop_ends_the_command():

@@ -112,9 +112,14 @@ def train(
     epochs=50) overriding it. split: only this predefined split (FER2013's "Training").
     ensemble: this many networks with different seeds in one file.
     """
-    from fercli.core.store import check_writable, models_dir, timestamp
+    from fercli.core.store import (
+        check_writable,
+        default_model,
+        default_model_change,
+        models_dir,
+        timestamp,
+    )
     from fercli.data.combined import load_combined
-    from fercli.infer.model import default_model, default_model_change
     from fercli.learn.evaluate import dataset_split
     from fercli.learn.training import train_model
 
@@ -177,7 +182,7 @@ def crossval(
     confusion.png and predictions.csv in output (default: a new folder in FER_HOME/runs), and,
     when every fold finished and save_model, the fold networks as one ensemble model file in
     FER_HOME/models, which predict then uses (report.no_model says why there is none;
-    report.default_model, an infer.model.DefaultModelChange, that it is the default now).
+    report.default_model, a core.store.DefaultModelChange, that it is the default now).
 
     Ctrl-C while the folds train stops them: the finished folds' report is written
     (report.interrupted), no model; before any fold finished, nothing is written
@@ -189,9 +194,16 @@ def crossval(
     epochs=50) overriding it. ray: a Ray cluster's address (or "auto") to train the folds on.
     """
     from fercli.core.interrupts import Interrupts
-    from fercli.core.store import check_writable, models_dir, new_dir, runs_dir, timestamp
+    from fercli.core.store import (
+        check_writable,
+        default_model,
+        default_model_change,
+        models_dir,
+        new_dir,
+        runs_dir,
+        timestamp,
+    )
     from fercli.data.combined import load_combined
-    from fercli.infer.model import default_model, default_model_change
     from fercli.learn.crossval import cross_validate
     from fercli.learn.crossval_files import save_crossval, save_crossval_model
     from fercli.learn.engines import make_engine

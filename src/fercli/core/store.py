@@ -24,6 +24,7 @@ import re
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -354,3 +355,37 @@ def name_not_found(given: str, names: list[str], matches: list[str], what: str) 
     suggested = list(dict.fromkeys(name for head in close for name in heads[head]))[:3]
     hint = f"; did you mean {' or '.join(suggested)}?" if suggested else ""
     return f"{given}: no {what} of that name{hint}"
+
+
+def default_model() -> Path | None:
+    """The model file fer predict, evaluate and live use when none is named: the one trained
+    most recently, in FER_HOME/models; None when there is none."""
+    return latest(models_dir(), "*.npz")
+
+
+@dataclass(frozen=True)
+class DefaultModelChange:
+    """A command's model file that became the default (default_model): what to tell the user,
+    whose next fer predict it changes."""
+
+    now: Path
+    was: Path | None
+
+    def describe(self) -> str:
+        was = self.was.name if self.was is not None else "none"
+        return f"the default model for fer predict is now {self.now.name} (was {was})"
+
+
+def default_model_change(before: Path | None, written: Path) -> DefaultModelChange | None:
+    """The change a command made by writing the model file written, the default having been
+    before (default_model() when it started); None when the default is not that file, or
+    already was."""
+    now = default_model()
+    if now is None or before is not None and now == before:
+        return None
+    try:
+        if not now.samefile(written):
+            return None
+    except OSError:
+        return None
+    return DefaultModelChange(now, before)

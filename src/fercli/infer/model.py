@@ -21,7 +21,7 @@ from fercli.core.errors import ModelError, NoModelError
 from fercli.core.hashing import CROP_DIGEST_BYTES, crop_digests
 from fercli.core.store import (
     atomic_write,
-    latest,
+    default_model,
     models_dir,
     npz_problem,
     pack_json,
@@ -311,40 +311,6 @@ def load_model(path: str | Path | None = None) -> FerModel:
     if not np.all(np.isfinite(probe)):
         raise ModelError(f"{path}: damaged model file (its probabilities are not finite numbers)")
     return model
-
-
-def default_model() -> Path | None:
-    """The model file fer predict, evaluate and live use when none is named: the one trained
-    most recently, in FER_HOME/models; None when there is none."""
-    return latest(models_dir(), "*.npz")
-
-
-@dataclass(frozen=True)
-class DefaultModelChange:
-    """A command's model file that became the default (default_model): what to tell the user,
-    whose next fer predict it changes."""
-
-    now: Path
-    was: Path | None
-
-    def describe(self) -> str:
-        was = self.was.name if self.was is not None else "none"
-        return f"the default model for fer predict is now {self.now.name} (was {was})"
-
-
-def default_model_change(before: Path | None, written: Path) -> DefaultModelChange | None:
-    """The change a command made by writing the model file written, the default having been
-    before (default_model() when it started); None when the default is not that file, or
-    already was."""
-    now = default_model()
-    if now is None or before is not None and now == before:
-        return None
-    try:
-        if not now.samefile(written):
-            return None
-    except OSError:
-        return None
-    return DefaultModelChange(now, before)
 
 
 def newest_model() -> Path:

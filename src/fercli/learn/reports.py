@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from fercli.core.config import TrainConfig
+from fercli.core.store import DefaultModelChange
 from fercli.data.prepared import PreparedDataset
-from fercli.infer.model import DefaultModelChange
 from fercli.learn.folds import FoldOutcome, FoldResult
 from fercli.learn.selection import Selection
 from fercli.learn.where import WhereMaps

@@ -29,6 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -222,7 +223,8 @@ def _load_fold(
 
 
 def _store_fold(path: Path, outcome: FoldOutcome) -> None:
-    arrays = {
+    # Any: numpy's stubs match the type of a **dict's values against savez's allow_pickle.
+    arrays: dict[str, Any] = {
         "probabilities": np.asarray(outcome.probabilities),
         "test_index": outcome.test_index,
         "seconds": np.float64(outcome.seconds),
