@@ -164,8 +164,10 @@ def render_predict(report, all_scores: bool = False) -> None:
     (all_scores: every class's probability, a column each, after the label)."""
     table = Table(title=f"model {shown(Path(report.model).name)}")
     scores = [shown(label) for label in report.classes] if all_scores else ["p"]
-    for column in ("image", "face", "box (x, y, w, h)", "label", *scores):
-        table.add_column(column, overflow="fold", justify="right" if column in scores else "left")
+    for column in ("image", "face", "box (x, y, w, h)", "label"):
+        table.add_column(column, overflow="fold")
+    for column in scores:
+        table.add_column(column, overflow="fold", justify="right")
     for image in report.images:
         if image.error:
             continue

@@ -43,14 +43,6 @@ class AnswerShares:
     answers: int  # faces labelled
     warning: str | None = None
 
-    def to_json(self) -> dict:
-        return {
-            "source": self.source,
-            "shares": self.shares,
-            "answers": self.answers,
-            "warning": self.warning,
-        }
-
 
 @dataclass
 class MediaReport:
