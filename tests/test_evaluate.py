@@ -372,3 +372,35 @@ def test_a_dataset_that_does_not_know_its_faceless_images_says_so(single_path):
     said = " ".join(fer("evaluate", "--model", single_path, "older").stdout.split())
     assert f"accuracy {report['pooled_accuracy']:.2%} of the faces found" in said
     assert "had no face found is not known" in said
+
+
+def test_evaluate_advises_only_what_was_not_done_and_says_the_model_has_no_neutral(tmp_path):
+    from fercli.core.config import recipe_config
+    from test_predict import collapsing_model
+
+    # A model trained with the robust recipe that calls every face surprise, and knows no
+    # neutral; a dataset with neutral faces.
+    model = collapsing_model(
+        tmp_path / "robust.npz", recipe_config("robust").to_dict(), ("anger", "surprise")
+    )
+    save_synthetic(make_dataset(labels=("anger", "surprise", "neutral"), subjects=4), "calm")
+    plain = fer("evaluate", "--model", model, "calm", "--json")
+    adapted = fer("evaluate", "--model", model, "calm", "--json", "--adapt")
+    assert plain.exit_code == adapted.exit_code == 0, adapted.output
+    plain, adapted = json.loads(plain.stdout)["warnings"], json.loads(adapted.stdout)["warnings"]
+    for warnings in (plain, adapted):
+        assert sum("has no neutral class" in warning for warning in warnings) == 1
+    [collapse] = [warning for warning in plain if "collapsed" in warning]
+    assert "try --adapt" in collapse and "recipe for photos from elsewhere" not in collapse
+    [collapse] = [warning for warning in adapted if "collapsed" in warning]
+    assert "try --adapt" not in collapse and "--recipe robust" not in collapse
+    assert "what is left to try is a model trained on more varied data" in collapse
+
+    # fer list tells the adapted run from the plain one.
+    listing = CliRunner(env={"COLUMNS": "250"}).invoke(app, ["list"]).stdout
+    [plain_row] = [line for line in listing.splitlines() if "evaluate-robust-calm-2" in line]
+    [adapted_row] = [
+        line for line in listing.splitlines() if "evaluate-robust-calm-adapted" in line
+    ]
+    assert "one test (fer evaluate)" in plain_row
+    assert "one test (fer evaluate --adapt)" in adapted_row

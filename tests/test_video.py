@@ -194,6 +194,7 @@ def test_json_of_a_video(model_path, clip):
     assert result.exit_code == 0, result.output
     [video] = json.loads(result.stdout)
     assert video["path"] == str(path) and video["fps"] == 30.0 and video["frames"] == 20
+    assert video["model"] == str(model_path)  # which model answered
     assert [track["id"] for track in video["tracks"]] == [1, 2]
     for track in video["tracks"]:
         assert set(track) == {"id", "frames_seen", "seconds", "first", "last", "shares", "frames"}
@@ -213,7 +214,8 @@ def test_json_with_images_keeps_their_shape(model_path, clip, astronaut_path):
     )
     assert result.exit_code == 0, result.output
     image, video = json.loads(result.stdout)
-    assert set(image) == {"path", "faces"} and len(image["faces"]) == 1
+    assert set(image) == {"path", "model", "faces"} and len(image["faces"]) == 1
+    assert image["model"] == video["model"] == str(model_path)
     face = video["tracks"][0]["frames"][0]
     assert set(face) == {
         "frame",
@@ -242,7 +244,9 @@ def test_csv_one_row_per_face_per_frame(model_path, clip, astronaut_path):
         "height",
         "label",
         *(f"p_{label}" for label in CLASSES),
+        "model",
     ]
+    assert {row[-1] for row in rows[1:]} == {str(model_path)}
     assert [(row[1], row[3]) for row in rows[1:]] == [
         (str(frame), track) for frame in range(0, 12, 2) for track in "12"
     ]
@@ -252,6 +256,8 @@ def test_csv_one_row_per_face_per_frame(model_path, clip, astronaut_path):
     assert rows[0][:5] == ["path", "face", "frame", "time", "track"]
     assert rows[1][:5] == [str(astronaut_path), "1", "", "", ""]
     assert rows[2][:5] == [str(path), "", "0", "0.000", "1"]
+    assert rows[0][-1] == "model" and {row[-1] for row in rows[1:]} == {str(model_path)}
+    assert {len(row) for row in rows} == {len(rows[0])}
     # Rows follow the order the files were given, a video before an image too.
     swapped = fer("predict", path, astronaut_path, "--model", model_path, "--csv")
     rows = list(csv.reader(io.StringIO(swapped.stdout)))
@@ -271,6 +277,7 @@ def test_table_summarises_each_track(model_path, clip):
         line.startswith(f"{path}: 20 frames, 0.7 s at 30 frames/s, 20 analysed") for line in lines
     )
     rows = [line.split("│")[1:-1] for line in lines if line.startswith("│")]
+    assert f"model {model_path.name}" in lines  # which model answered, as for photos
     assert [[cell.strip() for cell in row[:4]] for row in rows] == [
         ["1", "20", "0.7 s", "0.0-0.6 s"],
         ["2", "10", "0.3 s", "0.3-0.6 s"],

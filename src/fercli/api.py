@@ -106,18 +106,26 @@ def train(
     **settings,
 ) -> TrainResult:
     """fer train: train on every image of a dataset (or of several combined) and save a model
-    (default: a new file in FER_HOME/models); the TrainResult, whose path load_model takes.
+    (default: a new file in FER_HOME/models); the TrainResult, whose path load_model takes
+    (its notes say when the model is fer predict's default now, and which it replaced).
 
     config: the TrainConfig to use; else the recipe with settings (TrainConfig fields, e.g.
     epochs=50) overriding it. split: only this predefined split (FER2013's "Training").
     ensemble: this many networks with different seeds in one file.
     """
-    from fercli.core.store import check_writable, models_dir, timestamp
+    from fercli.core.store import (
+        check_writable,
+        default_model,
+        default_model_change,
+        models_dir,
+        timestamp,
+    )
     from fercli.data.combined import load_combined
     from fercli.learn.evaluate import dataset_split
     from fercli.learn.training import train_model
 
     checked = config or recipe_config(recipe, **settings)  # refused before any data is read
+    default_before = default_model()
     replacing = output is not None and _replaced_model(Path(output))
     prepared = dataset_split(load_combined(_names(dataset), checked.classes, shared_classes), split)
     config, note = _sized(config, recipe, settings, len(prepared.labels))
@@ -133,6 +141,9 @@ def train(
         result.notes.append(f"{path}: the model file that was there is replaced")
     if note:
         result.notes.insert(0, note)
+    change = default_model_change(default_before, result.path)
+    if change is not None:
+        result.notes.append(change.describe())
     return result
 
 
@@ -185,7 +196,8 @@ def crossval(
     newest) or several combined, with its files written (report.files): report.json,
     confusion.png and predictions.csv in output (default: a new folder in FER_HOME/runs), and,
     when every fold finished and save_model, the fold networks as one ensemble model file in
-    FER_HOME/models, which predict then uses (report.no_model says why there is none).
+    FER_HOME/models, which predict then uses (report.no_model says why there is none;
+    report.default_model, a core.store.DefaultModelChange, that it is the default now).
 
     Ctrl-C while the folds train stops them: the finished folds' report is written
     (report.interrupted), no model; before any fold finished, nothing is written
@@ -197,13 +209,22 @@ def crossval(
     epochs=50) overriding it. ray: a Ray cluster's address (or "auto") to train the folds on.
     """
     from fercli.core.interrupts import Interrupts
-    from fercli.core.store import check_writable, models_dir, new_dir, runs_dir, timestamp
+    from fercli.core.store import (
+        check_writable,
+        default_model,
+        default_model_change,
+        models_dir,
+        new_dir,
+        runs_dir,
+        timestamp,
+    )
     from fercli.data.combined import load_combined
     from fercli.learn.crossval import cross_validate
     from fercli.learn.crossval_files import save_crossval, save_crossval_model
     from fercli.learn.engines import make_engine
 
     checked = config or recipe_config(recipe, **settings)  # refused before any data is read
+    default_before = default_model()
     prepared = load_combined(_names(dataset), checked.classes, shared_classes)
     config, note = _sized(config, recipe, settings, len(prepared.labels))
     with Interrupts() as interrupts, make_engine(ray, workers) as engine:
@@ -241,6 +262,7 @@ def crossval(
             report.files["model"] = save_crossval_model(
                 run, models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz", folder
             )
+            report.default_model = default_model_change(default_before, report.files["model"])
     report.interrupted_after_folds = interrupts.received and not report.interrupted
     return report
 
@@ -266,9 +288,10 @@ def evaluate_model(
     or an original folder (then preprocessed with the model's settings; progress follows the
     alignment); only the classes both have count. The EvaluationReport (its JSON shaped as a
     crossval's, with one "fold") with its files written in output (default: a new folder in
-    FER_HOME/runs). adapt: the model adapted to the dataset's unlabelled crops first (fer
-    evaluate --adapt): True, or how their per-pixel statistics are mapped onto the training
-    crops' ("mean", the default; "mean+std"; "none": the global statistics only)."""
+    FER_HOME/runs, named evaluate-<model>-<dataset>-adapted-<time> with adapt). adapt: the
+    model adapted to the dataset's unlabelled crops first (fer evaluate --adapt): True, or how
+    their per-pixel statistics are mapped onto the training crops' ("mean", the default;
+    "mean+std"; "none": the global statistics only)."""
     from fercli.core.store import check_writable, new_dir, runs_dir, slug, timestamp
     from fercli.infer.adapt import adaptation_mode
     from fercli.learn.crossval_files import save_evaluation
@@ -282,7 +305,10 @@ def evaluate_model(
     folder = (
         check_writable(Path(output))
         if output is not None
-        else new_dir(runs_dir() / f"evaluate-{name}-{prepared.name}-{timestamp()}")
+        else new_dir(
+            runs_dir()
+            / f"evaluate-{name}-{prepared.name}{'-adapted' if adapt else ''}-{timestamp()}"
+        )
     )
     report.files = save_evaluation(
         report, folder, title=f"{name} on {prepared.name}: {report.pooled_accuracy:.1%}"
@@ -323,7 +349,11 @@ def label_media(
 
     if adaptation_mode(adapt) and explain is not None:
         # The maps would be those of the model as trained, beside labels of the adapted one.
-        raise FerError("--explain and --adapt together are not supported: choose one")
+        raise FerError(
+            "--explain and --adapt together are not supported (explain and adapt=True in "
+            "Python): the maps would show where the model as trained looks, beside labels the "
+            "adapted model gave; choose one"
+        )
     loaded = model if isinstance(model, FerModel) else load_model(model)
     found = discover([Path(path) for path in paths])
     outputs = [

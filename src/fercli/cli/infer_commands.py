@@ -42,12 +42,21 @@ def predict(
     as_json: bool = typer.Option(
         False,
         "--json",
-        help="Print JSON: a list of {path, faces: [{box, label, probabilities}]} "
-        "(a video: "
-        "{path, fps, frames, tracks: [{id, frames: [{frame, time, box, label, probabilities}]}]}).",
+        help="Print JSON: a list of {path, model, faces: [{box, label, probabilities}]} "
+        "(a video: {path, model, fps, frames, tracks: [{id, frames: [{frame, time, box, label, "
+        "probabilities}]}]}); model: the model file that labelled them.",
     ),
     as_csv: bool = typer.Option(
-        False, "--csv", help="Print CSV, one row per face (videos: per face per analysed frame)."
+        False,
+        "--csv",
+        help="Print CSV, one row per face (videos: per face per analysed frame); the last "
+        "column names the model file.",
+    ),
+    all_scores: bool = typer.Option(
+        False,
+        "--all-scores",
+        help="Show every class's probability for each face in the table, a column each "
+        "(--json and --csv always have them; a video's track table has every class).",
     ),
     annotate_dir: Path | None = typer.Option(
         None,
@@ -128,7 +137,7 @@ def predict(
         if media.processed
         else f"no image{' or video' if media.videos else ''} could be processed"
     )
-    render_media(media, as_json, as_csv, failure)
+    render_media(media, as_json, as_csv, failure, all_scores)
     render_media_problems(media)
     if annotate_dir:
         render_annotated(media, annotate_dir)
@@ -189,6 +198,12 @@ def live(
         help="A video file starts again at its end. Without it, fer live (and its page) "
         "ends when the file ends: open the page before, or use --loop.",
     ),
+    smooth: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Show each face's probabilities averaged over its last this many seconds (0: "
+        "off; --record then adds the averaged columns beside the raw ones).",
+    ),
 ) -> None:
     """Label a camera, video file or stream live, on a local web page (the 'live' extra)."""
     try:
@@ -205,7 +220,7 @@ def live(
             session = LiveSession(
                 source,
                 loaded,
-                LiveConfig(detect_every=detect_every, loop=loop, record=record),
+                LiveConfig(detect_every=detect_every, loop=loop, record=record, smooth=smooth),
                 escaped,
             )
         except BaseException:

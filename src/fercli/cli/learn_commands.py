@@ -230,16 +230,20 @@ def crossval(
         raise fail("interrupted before any fold finished; nothing saved", 130, as_json=as_json)
     files = report.files
     failure, code = crossval_failure(report)
+    notes = [report.default_model.describe()] if report.default_model else []
     if as_json:
         emit_json(
             {
                 **report.to_json(),
                 "files": {name: str(path) for name, path in files.items()},
+                **({"notes": notes} if notes else {}),
                 **({"error": failure} if failure else {}),
             }
         )
     else:
         render_crossval(report, files)
+        for note in notes:
+            out.print(f"[yellow]note:[/yellow] {shown(note)}")
     if failure:
         raise fail(failure, code)
 

@@ -189,7 +189,7 @@ def render_sweep(report) -> None:
         d_low, d_high = item.difference_interval
         table.add_row(
             str(item.rank),
-            shown(item.name),
+            shown(report.base if item.is_base else item.name),
             f"{item.accuracy:.2%}",
             "n/a" if math.isnan(item.spread) else f"{item.spread:.2%}",
             f"{item.macro_f1:.3f}",

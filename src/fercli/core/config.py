@@ -531,3 +531,16 @@ def recipe_dropped(config: TrainConfig) -> dict:
 def _switched_off(config: TrainConfig, key: str) -> bool:
     rule = TRAIN_SETTINGS.get(key)
     return bool(rule and rule.only_with and getattr(config, rule.only_with) is False)
+
+
+def for_photos_from_elsewhere(training: dict | None) -> bool:
+    """Whether a model's training settings (its file's "training") jittered the crop in scale
+    or position, as the robust recipe does for photos from other cameras and crops; False for
+    settings that cannot be read (a file from an older fercli)."""
+    if not isinstance(training, dict):
+        return False
+    try:
+        config = TrainConfig.from_dict(training)
+    except (FerError, TypeError, ValueError):
+        return False
+    return bool(config.augment and (config.max_scale > 0 or config.max_shift > 0))

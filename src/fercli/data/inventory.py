@@ -157,6 +157,8 @@ def _run(folder: Path) -> Entry:
         entry.details = {
             # "none": the one test of fer evaluate, not folds of a cross-validation.
             "run": "evaluate" if group == "none" else "crossval",
+            # fer evaluate --adapt: the model adapted to the dataset's faces first.
+            "adapted": bool(report["protocol"].get("adapted")),
             "dataset": report["dataset"]["name"],
             "fingerprint": report["dataset"].get("fingerprint"),
             "folds": report.get("completed_folds"),

@@ -274,6 +274,9 @@ def resolve_dataset(choice: str | Path | None) -> PreparedDataset:
         return load_dataset(named)
     names = sorted(path.parent.name for path in datasets_dir().glob(f"*/{DATASET_FILE}"))
     matches = abbreviated(str(choice), names)
+    if not matches and "+" in str(choice):
+        # Stored by an earlier fercli, which wrote CK+48 as CK-48-<id>.
+        matches = abbreviated(str(choice).replace("+", "-"), names)
     if len(matches) == 1:  # the name without its hash
         return load_dataset(datasets_dir() / matches[0])
     reason = name_not_found(str(choice), names, matches, "preprocessed datasets")

@@ -62,7 +62,7 @@ class AlignedFace:
 
 # --- dlib's models, each loaded lazily and once per process --------------------------------
 # Both are stored under FER_HOME/dlib in a form that loads in milliseconds: the detector in
-# dlib's own format, the landmark model as NumPy arrays (fercli.landmarks). Where nothing can
+# dlib's own format, the landmark model as NumPy arrays (fercli.faces.landmarks). Where nothing can
 # be stored, or the conversion fails, dlib's own loaders are used; that only costs time.
 
 

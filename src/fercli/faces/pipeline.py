@@ -299,7 +299,9 @@ def align_faces(
     an image that cannot be read; FerError if its alignment fails."""
     [(_, found)] = align_images([(None, image)], config or PreprocessConfig())
     if found.status == UNREADABLE:
-        raise ImageError(found.reason)
+        # Named, as a Python caller of fercli.align_faces meets it without a command's table.
+        named = isinstance(image, (str, Path)) and str(image)
+        raise ImageError(f"{image}: {found.reason}" if named else found.reason)
     if found.status == FAILED:
         raise FerError(found.reason)
     return found.faces

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fercli.core.errors import ModelError
+from fercli.core.errors import ImageError, ModelError
 from fercli.faces.pipeline import align_faces
+from fercli.media.video import is_video
 
 if TYPE_CHECKING:
     from fercli.infer.model import FerModel
@@ -68,7 +69,15 @@ def label_crops(
 def label_faces(image: str | Path | np.ndarray, model: FerModel) -> list[FacePrediction]:
     """The expression of every face in an image (a path, or a BGR or grayscale uint8 array):
     box, label, probabilities, the faces aligned with the model's own preprocessing settings."""
-    faces = align_faces(image, model.preprocess)
+    try:
+        faces = align_faces(image, model.preprocess)
+    except ImageError:
+        if isinstance(image, (str, Path)) and is_video(Path(image)):
+            raise ImageError(
+                f"{image}: a video, not an image; label the faces of videos with "
+                f"fercli.label_media([{str(image)!r}]), which follows them from frame to frame"
+            ) from None
+        raise
     if not faces:
         return []
     source = str(image) if isinstance(image, (str, Path)) else "the image"

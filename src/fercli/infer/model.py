@@ -22,7 +22,7 @@ from fercli.core.errors import ModelError, NoModelError
 from fercli.core.hashing import CROP_DIGEST_BYTES, crop_digests
 from fercli.core.store import (
     atomic_write,
-    latest,
+    default_model,
     models_dir,
     npz_problem,
     pack_json,
@@ -344,7 +344,7 @@ def load_model(path: str | Path | None = None) -> FerModel:
 def newest_model() -> Path:
     """The model file trained most recently, in FER_HOME/models: the model used when none is
     named. NoModelError when there is none."""
-    path = latest(models_dir(), "*.npz")
+    path = default_model()
     if path is None:
         raise NoModelError(
             f"no trained model in {models_dir()}: train one (fer train, or fercli.train in "

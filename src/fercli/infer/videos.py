@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,7 @@ from fercli.infer.adapt import adaptation_mode
 from fercli.infer.model import FerModel
 from fercli.infer.tracking import (
     CLASSIFY_BATCH,
+    FaceFrame,
     FramePipeline,
     Track,
     VideoConfig,
@@ -41,6 +43,36 @@ def smooth_track(track: Track, classes: list[str], seconds: float) -> None:
     for face, row in zip(track.frames, means, strict=True):
         face.smoothed = {label: round(float(p), 6) for label, p in zip(classes, row, strict=True)}
         face.smoothed_label = classes[int(np.argmax(row))]
+
+
+class TrailingSmoother:
+    """--smooth for a live source (fer live): each track's probabilities averaged over its
+    frames of the last seconds, this one included. A trailing window, where fer predict's
+    (smooth_track) is centred: the frames after this one have not been read yet."""
+
+    def __init__(self, classes: list[str], seconds: float) -> None:
+        self.classes = classes
+        self.seconds = seconds
+        self.recent: dict[int, deque[tuple[float, np.ndarray]]] = {}
+
+    def smooth(self, faces: list[tuple[int, FaceFrame]], seconds: float) -> None:
+        """Set smoothed and smoothed_label of each (track id, face) of the frame at seconds;
+        tracks not seen within the window are forgotten (a live source runs for hours)."""
+        start = seconds - self.seconds - 1e-9
+        for track_id, face in faces:
+            window = self.recent.setdefault(track_id, deque())
+            window.append(
+                (seconds, np.array([face.probabilities[label] for label in self.classes]))
+            )
+            while window[0][0] < start:
+                window.popleft()
+            mean = np.mean([values for _, values in window], axis=0)
+            face.smoothed = {
+                label: round(float(p), 6) for label, p in zip(self.classes, mean, strict=True)
+            }
+            face.smoothed_label = self.classes[int(np.argmax(mean))]
+        for track_id in [key for key, window in self.recent.items() if window[-1][0] < start]:
+            del self.recent[track_id]
 
 
 def _read_header(capture, result: VideoPrediction, options: VideoConfig) -> int:

@@ -171,7 +171,8 @@ def cross_validate(
     them and returns the folds finished so far (report.interrupted); once every fold has
     finished, a Ctrl-C is only remembered (interrupts.received) and leaves out where.png.
 
-    engine: where the folds train (fercli.engines); default a LocalEngine of workers processes.
+    engine: where the folds train (fercli.learn.engines); default a LocalEngine of workers
+    processes.
     save_model: whether the caller will save the ensemble model (run.model_refusal says).
     interrupts: the caller's, when it writes the files after (see core.interrupts).
     """

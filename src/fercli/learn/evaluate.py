@@ -14,10 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import PreprocessConfig, ScanConfig
+from fercli.core.config import PreprocessConfig, ScanConfig, for_photos_from_elsewhere
 from fercli.core.errors import DatasetError
 from fercli.core.events import Progress
-from fercli.core.labels import answer_shares, canonical_label, collapse_note, label_order
+from fercli.core.labels import (
+    answer_shares,
+    canonical_label,
+    collapse_note,
+    label_order,
+    no_neutral_note,
+)
 from fercli.core.store import datasets_dir
 from fercli.data.fer2013 import is_fer2013
 from fercli.data.prepared import (
@@ -189,10 +195,17 @@ def score_model(
     warnings += overlap_notes(model, dataset, selection)
     shares = answer_shares([shared[guess] for guess in predicted])
     collapse = collapse_note(
-        shares, len(predicted), answer_shares([shared[truth] for truth in selection.targets])
+        shares,
+        len(predicted),
+        answer_shares([shared[truth] for truth in selection.targets]),
+        adapted=adaptation is not None,
+        jittered=for_photos_from_elsewhere(model.meta.get("training")),
     )
     if collapse:
         warnings.append(collapse)
+    neutral = no_neutral_note(model.classes)
+    if neutral:
+        warnings.append(neutral)
     if adaptation is not None:
         warnings.append(adaptation.describe())
     all_images = every_image(

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fercli.core.config import TrainConfig
+from fercli.core.store import DefaultModelChange
 from fercli.data.prepared import PreparedDataset
 from fercli.learn.folds import FoldOutcome, FoldResult
 from fercli.learn.selection import Selection
@@ -113,6 +114,8 @@ class CrossvalReport(ScoreReport):
     # and why no ensemble model was saved (CrossvalRun.model_refusal), once the files are.
     interrupted_after_folds: bool = False
     no_model: str | None = None
+    # The ensemble model saved became the default of fer predict (and which it replaced).
+    default_model: DefaultModelChange | None = None
 
     def _fold_json(self, fold: FoldResult) -> dict:
         # per_dataset only where several datasets were combined: one dataset's report is as it
