@@ -234,7 +234,7 @@ def run(
     adapt: also those of the network adapted to each shifted test set, fercli.infer.adapt)."""
     from fercli.core.config import PreprocessConfig, recipe_config
     from fercli.core.labels import label_order
-    from fercli.learn.training import fit, keras_probabilities
+    from fercli.learn.fitting import fit, keras_probabilities
 
     settings = dict(train)
     config = recipe_config(settings.pop("recipe"), seed=seed, **settings)
@@ -412,7 +412,7 @@ def main() -> None:
 
     os.environ["FER_HOME"] = str(options.home)
     options.home.mkdir(parents=True, exist_ok=True)
-    from fercli.learn.training import configure_tensorflow
+    from fercli.learn.fitting import configure_tensorflow
 
     configure_tensorflow(options.threads)
     log = options.home / "shift-runs.jsonl"

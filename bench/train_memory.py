@@ -63,8 +63,8 @@ def reset_peak() -> None:
 def child(kind: str, epochs: int, threads: int, copies: int) -> dict:
     """One measurement in this process, on whichever fercli PYTHONPATH gives."""
     from fercli.core.config import TrainConfig
-    from fercli.learn import training
-    from fercli.learn.training import configure_tensorflow, fit
+    from fercli.learn import fitting as training
+    from fercli.learn.fitting import configure_tensorflow, fit
 
     statistics_of = training.normalisation
     peaks = []
@@ -138,7 +138,7 @@ def in_process(old_training: Path, rounds: int, epochs: int, threads: int) -> No
 
     sys.path.insert(0, str(ROOT / "src"))
     from fercli.core.config import TrainConfig
-    from fercli.learn import training
+    from fercli.learn import fitting as training
 
     spec = importlib.util.spec_from_file_location("old_training", old_training)
     old = importlib.util.module_from_spec(spec)

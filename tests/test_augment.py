@@ -11,8 +11,8 @@ import pytest
 from fercli.core.config import TrainConfig
 from fercli.learn import augment as augment_module
 from fercli.learn.augment import TrainingImages, augment, enlarge
+from fercli.learn.fitting import configure_tensorflow, fit
 from fercli.learn.selection import normalisation
-from fercli.learn.training import configure_tensorflow, fit
 from synthetic import make_dataset
 
 

@@ -12,9 +12,9 @@ from fercli.core.errors import DatasetError, FerError
 from fercli.core.labels import BASIC_LABELS
 from fercli.learn import folds as fold_module
 from fercli.learn.crossval import cross_validate
+from fercli.learn.fitting import configure_tensorflow, fit
 from fercli.learn.folds import make_folds
 from fercli.learn.selection import normalisation, select_classes
-from fercli.learn.training import configure_tensorflow, fit
 from synthetic import make_dataset
 
 FOLDS = 5
@@ -421,7 +421,7 @@ def test_a_crossval_with_image_normalisation_saves_an_ensemble_that_agrees_with_
 
 def test_label_smoothing_makes_the_network_less_sure_of_itself(dataset):
     from fercli.core.errors import SettingError
-    from fercli.learn.training import keras_probabilities
+    from fercli.learn.fitting import keras_probabilities
 
     selection = select_classes(dataset)
     configure_tensorflow(None)

@@ -3,7 +3,7 @@ folds trained on an engine (fercli.learn.engines: worker processes or Ray) and t
 assembled from their predictions; its files are written by fercli.learn.crossval_files.
 
 Inside a fold everything learned from data comes from its training part alone: the z-score
-statistics, the augmented images, the network (fercli.learn.training.fit).
+statistics, the augmented images, the network (fercli.learn.fitting.fit).
 """
 
 from __future__ import annotations

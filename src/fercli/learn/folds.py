@@ -13,14 +13,14 @@ import numpy as np
 from fercli.core.config import TrainConfig
 from fercli.core.errors import DatasetError
 from fercli.infer.model import ExportedNetwork
-from fercli.learn.selection import Selection, normalisation
-from fercli.learn.training import (
+from fercli.learn.fitting import (
     divergence,
     fit,
     fold_accuracy,
     fold_seed,
     keras_probabilities,
 )
+from fercli.learn.selection import Selection, normalisation
 
 
 def make_folds(
