@@ -150,8 +150,8 @@ class ScanConfig:
             )
 
 
-MODEL_VARIANTS = ("paper", "dropout", "batchnorm", "batchnorm-dropout", "wide")
-OPTIMIZERS = ("sgd", "adam")
+MODEL_VARIANTS = ("paper", "dropout", "batchnorm", "batchnorm-dropout", "wide", "vgg")
+OPTIMIZERS = ("sgd", "nesterov", "adam")
 # z-score statistics: "global" (one mean/std of the training images), "pixel" (one per pixel),
 # "per-dataset" (several datasets combined: each dataset's own mean/std from its training
 # images, the left-out dataset's from its own images in leave-one-dataset-out; "global" on one);
@@ -188,7 +188,8 @@ class TrainConfig(JsonConfig):
         "--variant",
         choices=MODEL_VARIANTS,
         help="Network: paper (the paper's), dropout, batchnorm (batch normalisation), "
-        "batchnorm-dropout (both) or wide (more filters).",
+        "batchnorm-dropout (both), wide (more filters) or vgg (three 3x3 convolutions and a "
+        "hidden layer, for tens of thousands of images).",
     )
     # Passes over the (enlarged) training set.
     epochs: int = setting(
@@ -198,7 +199,10 @@ class TrainConfig(JsonConfig):
     learning_rate: float = setting(0.001, "--lr", low=0.0, help="Learning rate.")
     momentum: float = setting(0.9, "--momentum", low=0.0, high=1.0, help="SGD momentum, 0 to 1.")
     optimizer: str = setting(
-        "sgd", "--optimizer", choices=OPTIMIZERS, help="Optimizer: sgd or adam."
+        "sgd",
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="Optimizer: sgd (with --momentum), nesterov (SGD with Nesterov momentum) or adam.",
     )
     # "constant", or "cosine": the rate falls from --lr towards 0 along half a cosine over the
     # epochs (a budget of few epochs ends on small steps).
