@@ -446,14 +446,17 @@ RECIPES: dict[str, dict] = {
     # copies each, 100 epochs of batches of 16) would take hours. See docs/accuracy.md, "A
     # general model", for the measurements behind each value.
     "general": {
-        "variant": "batchnorm-dropout",
+        "variant": "vgg",
         "test_time_flip": True,
+        "max_rotation": 10.0,
         "max_scale": 0.15,
         "max_shift": 3.0,
         "augment_mode": "online",
-        "epochs": 30,
+        "epochs": 40,
         "batch_size": 64,
+        "optimizer": "nesterov",
         "learning_rate": 0.01,
+        "lr_schedule": "cosine",
         "class_weight": "sqrt",
         "validation": "0.1",
         "balance": "datasets",
