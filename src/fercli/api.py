@@ -136,17 +136,18 @@ def _replaced_model(output: Path) -> bool:
     """Refuse, before any data is read, an output that fer train must not write (see
     check_output_file) or replace: an existing file that is not a fercli model (notes.txt).
     True if a model file will be replaced."""
+    from fercli.core.archives import model_file_problem
     from fercli.core.errors import StoreError
     from fercli.core.store import check_output_file
-    from fercli.infer.model import is_model_file
 
     check_output_file(output)
     if not os.path.lexists(output):
         return False
-    if not is_model_file(output):
+    # Read as every model file is read (core.archives): within its limits.
+    problem = model_file_problem(output)
+    if problem:
         raise StoreError(
-            f"{output}: exists and is not a fercli model file; fer train replaces only a model "
-            "(give a new name)"
+            f"{output}: exists and is {problem}; fer train replaces only a model (give a new name)"
         )
     return True
 

@@ -16,20 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
+from fercli.core.archives import (
+    MAX_MODEL_BYTES as MAX_MODEL_BYTES,  # re-exported: where a model file's limits are told
+)
+from fercli.core.archives import (
+    MODEL_FORMAT,
+    model_file_problem,
+    newest_model_file,
+    read_model_archive,
+)
 from fercli.core.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
 from fercli.core.errors import ModelError, NoModelError
 from fercli.core.hashing import CROP_DIGEST_BYTES, crop_digests
-from fercli.core.store import (
-    atomic_write,
-    latest,
-    models_dir,
-    npz_problem,
-    pack_json,
-    unpack_json,
-)
+from fercli.core.store import atomic_write, models_dir, pack_json
 from fercli.infer.runtime import NumpyNetwork
 
-MODEL_FORMAT = "fercli-model"
 # Version 2 added ensembles: the first network is stored as in version 1 (meta "layers",
 # norm_mean, norm_std); meta "members" describes the others, whose arrays are prefixed
 # member<i>_. Version 1 files (one network) are read as they are.
@@ -41,9 +42,6 @@ PER_IMAGE_FORMAT_VERSION = 3
 READABLE_FORMAT_VERSIONS = (1, 2, 3)
 # An ensemble averages a few networks (a crossval's folds); more would only cost predict time.
 MAX_ENSEMBLE_MEMBERS = 50
-# A model holds a few MB of weights (the widest variant about 4 MB). Refuse files that unpack
-# to more, before unpacking them: a 2 MB compressed file can unpack to gigabytes.
-MAX_MODEL_BYTES = 256 * 2**20
 # The training crops' SHA-256 digests are kept cut to 8 bytes: 80 KB for 10,000 crops, and a
 # chance of about n / 2**64 that a new face is taken for a training face.
 TRAINING_HASH_BYTES = CROP_DIGEST_BYTES
@@ -314,64 +312,139 @@ def load_model(path: str | Path | None = None) -> FerModel:
 
 
 def newest_model() -> Path:
-    """The model file trained most recently, in FER_HOME/models: the model used when none is
-    named. NoModelError when there is none."""
-    path = latest(models_dir(), "*.npz")
-    if path is None:
-        raise NoModelError(
-            f"no trained model in {models_dir()}: train one (fer train, or fercli.train in "
-            "Python) or give a model file's path"
+    """The model file trained most recently in FER_HOME/models that can be read as one (a
+    damaged, oversized or foreign file is passed over, as fer list does): the model used when
+    none is named. NoModelError when there is none; ModelError when there are only files that
+    cannot be read."""
+    path = newest_model_file(models_dir())
+    if path is not None:
+        return path
+    try:
+        unreadable = sorted(
+            candidate
+            for candidate in models_dir().glob("*.npz")
+            if not candidate.name.startswith(".")
         )
-    return path
+    except OSError:
+        unreadable = []
+    if unreadable:
+        first = unreadable[0]
+        raise ModelError(
+            f"no readable model in {models_dir()}: {len(unreadable)} file"
+            f"{'' if len(unreadable) == 1 else 's'} there cannot be read ({first.name}: "
+            f"{model_file_problem(first)}); train a model or give a model file's path"
+        )
+    raise NoModelError(
+        f"no trained model in {models_dir()}: train one (fer train, or fercli.train in "
+        "Python) or give a model file's path"
+    )
 
 
 def is_model_file(path: Path) -> bool:
-    """Whether a file is a fercli model file (its header: an .npz whose meta says so), read
-    without unpickling and without its weights; False for anything else or unreadable."""
-    try:
-        with np.load(Path(path), allow_pickle=False) as archive:
-            if "meta" not in archive.files:
-                return False
-            meta = unpack_json(archive["meta"])
-    except Exception:  # whatever the file is, it is not a model
-        return False
-    return isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
+    """Whether a file is a fercli model file (its header: an .npz whose meta says so, within
+    the limits of core.archives), read without unpickling and without its weights; False for
+    anything else or unreadable."""
+    return model_file_problem(Path(path)) is None
 
 
 def _read_model_file(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """A model file's meta and arrays, read without unpickling; ModelError for a missing,
-    oversized, unreadable or foreign file, or a format version this fercli cannot read."""
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
-    problem = npz_problem(path)
-    if problem:
-        raise ModelError(f"{path}: not a fercli model file ({problem})")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            unpacked = sum(member.file_size for member in archive.zip.infolist())
-            if unpacked > MAX_MODEL_BYTES:
-                raise ModelError(
-                    f"{path}: unpacks to {unpacked / 2**20:.0f} MB, more than any fercli model "
-                    f"(limit {MAX_MODEL_BYTES // 2**20} MB)"
-                )
-            meta = unpack_json(archive["meta"])
-            arrays = {key: archive[key] for key in archive.files if key != "meta"}
-    except ModelError:
-        raise
-    except Exception as error:
+    """A model file's meta and arrays, read without unpickling (core.archives); ModelError for
+    a missing, oversized, unreadable or foreign file, a format version this fercli cannot
+    read, or a meta of the wrong shape (_meta_problem): refused once, here, so that no command
+    meets a setting of the wrong type later."""
+    meta, arrays = read_model_archive(path)
+    version = meta.get("format_version")
+    if version is not None and type(version) is not int:
         raise ModelError(
-            f"{path}: not a fercli model file ({type(error).__name__}: {error})"
-        ) from None
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{path}: not a fercli model file")
-    if meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
+            f"{path}: damaged model file (its format version {version!r} is not a whole number)"
+        )
+    if version not in READABLE_FORMAT_VERSIONS:
         raise ModelError(
-            f"{path}: model format version {meta.get('format_version')} is not supported by this "
+            f"{path}: model format version {version} is not supported by this "
             f"fercli (it reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS[:-1]))} and "
             f"{READABLE_FORMAT_VERSIONS[-1]}); "
             "retrain with `fer train`"
         )
+    problem = _meta_problem(meta)
+    if problem:
+        raise ModelError(f"{path}: damaged model file ({problem})")
     return meta, arrays
+
+
+# What each entry of a model file's meta must be, and whether it must be there (the others may
+# be absent or null: files written by older fercli versions lack some).
+_META_SHAPE: dict[str, tuple[type, bool]] = {
+    "classes": (list, True),
+    "layers": (list, True),
+    "preprocess": (dict, True),
+    "preprocess_fingerprint": (str, True),
+    "members": (list, False),
+    "training": (dict, False),
+    "dataset": (dict, False),
+    "datasets": (list, False),
+    "data_fingerprint": (str, False),
+    "ensemble": (dict, False),
+    "versions": (dict, False),
+    "test_time_flip": (bool, False),
+    "per_image_standardisation": (bool, False),
+}
+# The entries of the dataset a model was trained on (meta "dataset", and each of meta
+# "datasets" when several were combined); each may be absent or null.
+_DATASET_SHAPE: dict[str, type] = {"name": str, "source": str, "images": int, "split": str}
+_KINDS = {dict: "an object", list: "a list", str: "a text", bool: "true or false", int: "a number"}
+
+
+def _kind(value: object) -> str:
+    """What a JSON value is, in words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def _is(value: object, kind: type) -> bool:
+    """isinstance for JSON values, where true and false are not numbers."""
+    if kind is int:
+        return type(value) is int
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
+def _meta_problem(meta: dict) -> str | None:
+    """What in a model file's meta has the wrong shape, in words (None when nothing does):
+    an entry of another type (training as text), a dataset's figures that are not numbers,
+    a per-image flag that does not go with its format version."""
+    for name, (kind, required) in _META_SHAPE.items():
+        value = meta.get(name)
+        if value is None and not required:
+            continue
+        if not _is(value, kind):
+            return f"its {name} is {_kind(value)}, not {_KINDS[kind]}"
+    layers = meta["layers"]
+    if not all(isinstance(spec, dict) and isinstance(spec.get("weights"), list) for spec in layers):
+        return "its layers are not each an object with a list of weights"
+    parts = [("dataset", meta.get("dataset") or {})] + [
+        (f"datasets[{index}]", part) for index, part in enumerate(meta.get("datasets") or [])
+    ]
+    for where, part in parts:
+        if not isinstance(part, dict):
+            return f"its {where} is {_kind(part)}, not an object"
+        for name, kind in _DATASET_SHAPE.items():
+            value = part.get(name)
+            if value is not None and not (_is(value, kind) and (kind is not int or value >= 0)):
+                return f"its {where}.{name} is {_kind(value)}, not {_KINDS[kind]}"
+    per_image = bool(meta.get("per_image_standardisation"))
+    if per_image != (meta["format_version"] == PER_IMAGE_FORMAT_VERSION):
+        return (
+            "a format version 3 file standardises each crop by itself, and its "
+            f"per_image_standardisation is {_kind(meta.get('per_image_standardisation'))}"
+            if not per_image
+            else "per_image_standardisation is written only in format version 3 files, and "
+            f"this one is version {meta['format_version']}"
+        )
+    return None
 
 
 def _checked_preprocess(meta: dict, path: Path) -> PreprocessConfig:

@@ -1,0 +1,135 @@
+"""Model files read without trusting them, the same way wherever one is read: loading a model
+(infer), `fer list` (data), the choice of the newest model, and `fer train --output`'s check
+of the file it would replace.
+
+A model file is an .npz archive (a zip of .npy arrays): the arrays of its networks and `meta`,
+its description as JSON. Nothing is unpickled, and the sizes the zip's directory declares are
+checked before anything is unpacked: a 500 KB file can unpack to gigabytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fercli.core.errors import ModelError
+from fercli.core.store import npz_problem, unpack_json
+
+MODEL_FORMAT = "fercli-model"
+# A model holds a few MB of weights (the widest variant about 4 MB). Refuse files that unpack
+# to more, before unpacking them.
+MAX_MODEL_BYTES = 256 * 2**20
+# Its meta is a few KB of JSON (a 50-network ensemble's about 100 KB): reading more to list a
+# model would only cost time and memory.
+MAX_META_BYTES = 16 * 2**20
+
+
+class MetaTooLarge(ValueError):
+    """An archive's meta that unpacks to more than its limit."""
+
+
+def archive_meta(archive, limit: int = MAX_META_BYTES) -> object:
+    """The JSON that an open .npz archive's meta array holds (pack_json's), its unpacked size
+    read from the zip's directory first: MetaTooLarge beyond limit bytes (models and datasets
+    alike: their meta is a few KB)."""
+    size = archive.zip.getinfo("meta.npy").file_size
+    if size > limit:
+        raise MetaTooLarge(
+            f"its metadata unpacks to {size / 2**20:.0f} MB (limit {limit // 2**20} MB)"
+        )
+    return unpack_json(archive["meta"])
+
+
+def array_length(archive, name: str) -> int:
+    """The length of an open .npz archive's array as its header declares it, without reading
+    (or unpacking) the array."""
+    with archive.zip.open(f"{name}.npy") as stream:
+        version = np.lib.format.read_magic(stream)
+        header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape = header(stream)[0]
+    if not shape:
+        raise ValueError(f"{name} is a single value, not an array")
+    return int(shape[0])
+
+
+def read_model_archive(path: Path, with_arrays: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """A model file's meta (a JSON object of fercli's format) and, with_arrays, its other
+    arrays (else an empty dict), read without unpickling, after the checks that need no
+    unpacking. ModelError "PATH: reason" for a missing or irregular file (a folder, a FIFO),
+    one that unpacks to more than MAX_MODEL_BYTES or whose meta to more than MAX_META_BYTES,
+    an unreadable or a foreign one. The format version and the meta's contents are the
+    reader's to check (infer.model)."""
+    path = Path(path)
+    if not path.is_file():
+        # Never opened: reading a FIFO would wait for ever.
+        kind = (
+            ""
+            if not path.exists()
+            else " (it is a folder)"
+            if path.is_dir()
+            else " (not a regular file: a FIFO, socket or device)"
+        )
+        raise ModelError(f"{path}: no such model file{kind}")
+    problem = npz_problem(path)
+    if problem:
+        raise ModelError(f"{path}: not a fercli model file ({problem})")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            sizes = {member.filename: member.file_size for member in archive.zip.infolist()}
+            unpacked = sum(sizes.values())
+            if unpacked > MAX_MODEL_BYTES:
+                raise ModelError(
+                    f"{path}: not a fercli model file: it unpacks to {unpacked / 2**20:.0f} MB, "
+                    f"more than any fercli model (limit {MAX_MODEL_BYTES // 2**20} MB)"
+                )
+            meta = archive_meta(archive)
+            arrays = (
+                {key: archive[key] for key in archive.files if key != "meta"} if with_arrays else {}
+            )
+    except ModelError:
+        raise
+    except MetaTooLarge as error:
+        raise ModelError(f"{path}: not a fercli model file: {error}") from None
+    except Exception as error:  # nothing is unpickled: any failure is a damaged or foreign file
+        raise ModelError(
+            f"{path}: not a fercli model file ({type(error).__name__}: {error})"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{path}: not a fercli model file")
+    return meta, arrays
+
+
+def model_file_problem(path: Path) -> str | None:
+    """Why a file is not a fercli model file that can be read (its meta, within the limits,
+    says so), as read_model_archive words it without the path; None when it is one."""
+    try:
+        read_model_archive(path, with_arrays=False)
+    except ModelError as error:
+        return str(error).removeprefix(f"{path}: ")
+    return None
+
+
+def newest_model_file(folder: Path) -> Path | None:
+    """The model file (*.npz) written most recently in folder that can be read as one
+    (model_file_problem): what predict uses when no model is named, and what fer list calls
+    the newest. Files that cannot be read (damaged, oversized, foreign) are passed over; None
+    if there is no other."""
+    try:
+        candidates = [path for path in folder.glob("*.npz") if not path.name.startswith(".")]
+    except OSError:
+        return None
+    dated = []
+    for path in candidates:
+        try:
+            dated.append((path.stat().st_mtime, path))
+        except OSError:
+            continue  # removed while we looked
+    for _, path in sorted(dated, reverse=True):
+        if model_file_problem(path) is None:
+            return path
+    return None
