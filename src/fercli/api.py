@@ -192,11 +192,12 @@ def crossval(
     config = config or recipe_config(recipe, **settings)
     prepared = load_combined(_names(dataset), config.classes, shared_classes)
     with Interrupts() as interrupts, make_engine(ray, workers) as engine:
-        folder = (
-            check_writable(Path(output))
-            if output is not None
-            else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
-        )
+        # A folder given is made now. The run's own folder in FER_HOME/runs is named now and
+        # made at its first write: a run killed before then (kill -9) leaves no empty folder.
+        given = check_writable(Path(output)) if output is not None else None
+        if given is None:
+            check_writable(runs_dir())
+        named = runs_dir() / f"crossval-{prepared.name}-{timestamp()}"
         try:
             run = cross_validate(
                 prepared,
@@ -210,15 +211,16 @@ def crossval(
                 interrupts=interrupts,
             )
         except BaseException:
-            _remove_if_empty(folder)
+            _remove_if_empty(given)
             raise
         # From here on a Ctrl-C is held back (interrupts.hold): the files are written whole.
         report = run.report
         report.no_model = run.model_refusal
         if report.interrupted and not report.folds:
             # Stopped before any fold finished: a report of zeros would only mislead.
-            _remove_if_empty(folder)
+            _remove_if_empty(given)
             return report
+        folder = given or new_dir(named)
         report.files = save_crossval(report, folder)
         if run.model_worth_saving:
             report.files["model"] = save_crossval_model(
@@ -228,10 +230,12 @@ def crossval(
     return report
 
 
-def _remove_if_empty(folder: Path) -> None:
-    """Remove a run folder nothing was written to (a folder the caller named keeps files)."""
+def _remove_if_empty(folder: Path | None) -> None:
+    """Remove the output folder given when nothing was written to it (one holding files keeps
+    them)."""
     try:
-        folder.rmdir()
+        if folder is not None:
+            folder.rmdir()
     except OSError:
         pass  # not empty, or gone
 
