@@ -62,6 +62,27 @@ def dlib_dir() -> Path:
     return home() / "dlib"
 
 
+def own_folder(path: Path) -> tuple[Path, str] | None:
+    """The folder of FER_HOME where fercli keeps its own files (datasets, models, runs, the
+    crop cache, dlib's models) that path is or lies inside (links followed), with what it
+    holds; None for any other path, FER_HOME itself included."""
+    folders = {
+        datasets_dir(): "preprocessed datasets",
+        models_dir(): "models",
+        runs_dir(): "reports of its runs",
+        crops_dir(): "crop cache",
+        dlib_dir(): "copy of dlib's models",
+    }
+    try:
+        place = Path(path).resolve()
+        for folder, holds in folders.items():
+            if place == folder.resolve() or folder.resolve() in place.parents:
+                return folder, holds
+    except (OSError, RuntimeError):  # RuntimeError: a link loop, before Python 3.13
+        return None
+    return None
+
+
 def timestamp() -> str:
     """A sortable local time for file names."""
     return time.strftime("%Y%m%d-%H%M%S")
