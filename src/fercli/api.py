@@ -55,10 +55,11 @@ def load_model(path: str | Path | None = None) -> FerModel:
 
 
 def label_faces(
-    image: str | Path | np.ndarray, model: FerModel | None = None
+    image: str | os.PathLike | np.ndarray, model: FerModel | None = None
 ) -> list[FacePrediction]:
-    """The expression of every face in an image (box, label, probabilities), aligned with
-    the model's own preprocessing settings; model: default the newest, as fer predict."""
+    """The expression of every face in an image (a path: str, bytes or os.PathLike; or a
+    uint8 array): box, label, probabilities, aligned with the model's own preprocessing
+    settings; model: default the newest, as fer predict. ImageError naming the file."""
     from fercli.infer.label import label_faces as label_with
 
     return label_with(image, model or load_model())

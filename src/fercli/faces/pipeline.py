@@ -17,6 +17,7 @@ find_faces decides which boxes of an image are aligned, align.align_boxes how.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +40,7 @@ from fercli.faces.align import (
     search_image,
 )
 from fercli.faces.face_crops import face_crop_detection, is_face_crop
-from fercli.media.images import as_gray, decode_gray
+from fercli.media.images import as_gray, decode_gray, image_name
 
 # What an image is given as: an encoded file's bytes, a path, or a decoded array.
 Image = bytes | str | Path | np.ndarray
@@ -227,16 +228,21 @@ def _align_isolated(
 
 
 def align_faces(
-    image: str | Path | np.ndarray, config: PreprocessConfig | None = None
+    image: str | bytes | os.PathLike | np.ndarray, config: PreprocessConfig | None = None
 ) -> list[AlignedFace]:
-    """Every face in an image, aligned as for training (32x32 crops), largest first: each
-    with its crop, box, landmarks and the map from image to crop coordinates. ImageError for
-    an image that cannot be read; FerError if its alignment fails."""
-    [(_, found)] = align_images([(None, image)], config or PreprocessConfig())
+    """Every face in an image (a path, as open() takes one: str, bytes or os.PathLike; or an
+    array), aligned as for training (32x32 crops), largest first: each with its crop, box,
+    landmarks and the map from image to crop coordinates. ImageError for an image that
+    cannot be read; FerError if its alignment fails; both name the file."""
+    name = image_name(image)
+    [(_, found)] = align_images(
+        [(None, image if name is None else name)], config or PreprocessConfig()
+    )
+    reason = f"{name}: {found.reason}" if name and name.strip() else found.reason
     if found.status == UNREADABLE:
-        raise ImageError(found.reason)
+        raise ImageError(reason)
     if found.status == FAILED:
-        raise FerError(found.reason)
+        raise FerError(reason)
     return found.faces
 
 

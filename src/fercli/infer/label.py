@@ -3,14 +3,15 @@ out. The one verb for "the expression of every face in this image"."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fercli.core.errors import ModelError
 from fercli.faces.pipeline import align_faces
+from fercli.media.images import image_name
 
 if TYPE_CHECKING:
     from fercli.infer.model import FerModel
@@ -65,13 +66,14 @@ def label_crops(
     ]
 
 
-def label_faces(image: str | Path | np.ndarray, model: FerModel) -> list[FacePrediction]:
-    """The expression of every face in an image (a path, or a BGR or grayscale uint8 array):
-    box, label, probabilities, the faces aligned with the model's own preprocessing settings."""
+def label_faces(image: str | os.PathLike | np.ndarray, model: FerModel) -> list[FacePrediction]:
+    """The expression of every face in an image (a path: str, bytes or os.PathLike; or a BGR
+    or grayscale uint8 array): box, label, probabilities, the faces aligned with the model's
+    own preprocessing settings."""
     faces = align_faces(image, model.preprocess)
     if not faces:
         return []
-    source = str(image) if isinstance(image, (str, Path)) else "the image"
+    source = image_name(image) or "the image"
     labelled = label_crops(
         model,
         np.stack([face.crop for face in faces]),
