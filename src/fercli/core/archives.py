@@ -4,7 +4,8 @@ of the file it would replace.
 
 A model file is an .npz archive (a zip of .npy arrays): the arrays of its networks and `meta`,
 its description as JSON. Nothing is unpickled, and the sizes the zip's directory declares are
-checked before anything is unpacked: a 500 KB file can unpack to gigabytes.
+checked before anything is unpacked: a 500 KB file can unpack to gigabytes. meta_problem
+checks the shape of that description, so that no command meets an entry of the wrong type.
 """
 
 from __future__ import annotations
@@ -67,14 +68,11 @@ def read_model_archive(path: Path, with_arrays: bool = True) -> tuple[dict, dict
     path = Path(path)
     if not path.is_file():
         # Never opened: reading a FIFO would wait for ever.
-        kind = (
-            ""
-            if not path.exists()
-            else " (it is a folder)"
-            if path.is_dir()
-            else " (not a regular file: a FIFO, socket or device)"
-        )
-        raise ModelError(f"{path}: no such model file{kind}")
+        if path.exists() and not path.is_dir():
+            raise ModelError(
+                f"{path}: not a fercli model file (not a regular file: a FIFO, socket or device)"
+            )
+        raise ModelError(f"{path}: no such model file{' (a folder)' if path.is_dir() else ''}")
     problem = npz_problem(path)
     if problem:
         raise ModelError(f"{path}: not a fercli model file ({problem})")
@@ -132,4 +130,72 @@ def newest_model_file(folder: Path) -> Path | None:
     for _, path in sorted(dated, reverse=True):
         if model_file_problem(path) is None:
             return path
+    return None
+
+
+# What each entry of a model file's meta must be, and whether it must be there (the others may
+# be absent or null: files written by older fercli versions lack some).
+_META_SHAPE: dict[str, tuple[type, bool]] = {
+    "classes": (list, True),
+    "layers": (list, True),
+    "preprocess": (dict, True),
+    "preprocess_fingerprint": (str, True),
+    "members": (list, False),
+    "training": (dict, False),
+    "dataset": (dict, False),
+    "datasets": (list, False),
+    "data_fingerprint": (str, False),
+    "ensemble": (dict, False),
+    "versions": (dict, False),
+    "test_time_flip": (bool, False),
+    "per_image_standardisation": (bool, False),
+}
+# The entries of the dataset a model was trained on (meta "dataset", and each of meta
+# "datasets" when several were combined); each may be absent or null.
+_DATASET_SHAPE: dict[str, type] = {"name": str, "source": str, "images": int, "split": str}
+_KINDS = {dict: "an object", list: "a list", str: "a text", bool: "true or false", int: "a number"}
+
+
+def json_kind(value: object) -> str:
+    """What a JSON value is, in words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def _is(value: object, kind: type) -> bool:
+    """isinstance for JSON values, where true and false are not numbers."""
+    if kind is int:
+        return type(value) is int
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
+def meta_problem(meta: dict) -> str | None:
+    """What in a model file's meta has the wrong shape, in words (None when nothing does): an
+    entry of another type (training as text), a layer that is not an object, a dataset's
+    figures that are not numbers. For a meta of a format version its reader knows: the
+    version is the reader's to check first (infer.model)."""
+    for name, (kind, required) in _META_SHAPE.items():
+        value = meta.get(name)
+        if value is None and not required:
+            continue
+        if not _is(value, kind):
+            return f"its {name} is {json_kind(value)}, not {_KINDS[kind]}"
+    layers = meta["layers"]
+    if not all(isinstance(spec, dict) and isinstance(spec.get("weights"), list) for spec in layers):
+        return "its layers are not each an object with a list of weights"
+    parts = [("dataset", meta.get("dataset") or {})] + [
+        (f"datasets[{index}]", part) for index, part in enumerate(meta.get("datasets") or [])
+    ]
+    for where, part in parts:
+        if not isinstance(part, dict):
+            return f"its {where} is {json_kind(part)}, not an object"
+        for name, kind in _DATASET_SHAPE.items():
+            value = part.get(name)
+            if value is not None and not (_is(value, kind) and (kind is not int or value >= 0)):
+                return f"its {where}.{name} is {json_kind(value)}, not {_KINDS[kind]}"
     return None

@@ -21,6 +21,8 @@ from fercli.core.archives import (
 )
 from fercli.core.archives import (
     MODEL_FORMAT,
+    json_kind,
+    meta_problem,
     model_file_problem,
     newest_model_file,
     read_model_archive,
@@ -371,75 +373,17 @@ def _read_model_file(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return meta, arrays
 
 
-# What each entry of a model file's meta must be, and whether it must be there (the others may
-# be absent or null: files written by older fercli versions lack some).
-_META_SHAPE: dict[str, tuple[type, bool]] = {
-    "classes": (list, True),
-    "layers": (list, True),
-    "preprocess": (dict, True),
-    "preprocess_fingerprint": (str, True),
-    "members": (list, False),
-    "training": (dict, False),
-    "dataset": (dict, False),
-    "datasets": (list, False),
-    "data_fingerprint": (str, False),
-    "ensemble": (dict, False),
-    "versions": (dict, False),
-    "test_time_flip": (bool, False),
-    "per_image_standardisation": (bool, False),
-}
-# The entries of the dataset a model was trained on (meta "dataset", and each of meta
-# "datasets" when several were combined); each may be absent or null.
-_DATASET_SHAPE: dict[str, type] = {"name": str, "source": str, "images": int, "split": str}
-_KINDS = {dict: "an object", list: "a list", str: "a text", bool: "true or false", int: "a number"}
-
-
-def _kind(value: object) -> str:
-    """What a JSON value is, in words."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    return _KINDS.get(type(value), type(value).__name__)
-
-
-def _is(value: object, kind: type) -> bool:
-    """isinstance for JSON values, where true and false are not numbers."""
-    if kind is int:
-        return type(value) is int
-    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-
-
 def _meta_problem(meta: dict) -> str | None:
-    """What in a model file's meta has the wrong shape, in words (None when nothing does):
-    an entry of another type (training as text), a dataset's figures that are not numbers,
-    a per-image flag that does not go with its format version."""
-    for name, (kind, required) in _META_SHAPE.items():
-        value = meta.get(name)
-        if value is None and not required:
-            continue
-        if not _is(value, kind):
-            return f"its {name} is {_kind(value)}, not {_KINDS[kind]}"
-    layers = meta["layers"]
-    if not all(isinstance(spec, dict) and isinstance(spec.get("weights"), list) for spec in layers):
-        return "its layers are not each an object with a list of weights"
-    parts = [("dataset", meta.get("dataset") or {})] + [
-        (f"datasets[{index}]", part) for index, part in enumerate(meta.get("datasets") or [])
-    ]
-    for where, part in parts:
-        if not isinstance(part, dict):
-            return f"its {where} is {_kind(part)}, not an object"
-        for name, kind in _DATASET_SHAPE.items():
-            value = part.get(name)
-            if value is not None and not (_is(value, kind) and (kind is not int or value >= 0)):
-                return f"its {where}.{name} is {_kind(value)}, not {_KINDS[kind]}"
+    """What in a model file's meta has the wrong shape (core.archives.meta_problem), or a
+    per-image flag that does not go with its format version; None when nothing."""
+    problem = meta_problem(meta)
+    if problem:
+        return problem
     per_image = bool(meta.get("per_image_standardisation"))
     if per_image != (meta["format_version"] == PER_IMAGE_FORMAT_VERSION):
         return (
             "a format version 3 file standardises each crop by itself, and its "
-            f"per_image_standardisation is {_kind(meta.get('per_image_standardisation'))}"
+            f"per_image_standardisation is {json_kind(meta.get('per_image_standardisation'))}"
             if not per_image
             else "per_image_standardisation is written only in format version 3 files, and "
             f"this one is version {meta['format_version']}"
