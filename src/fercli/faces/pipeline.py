@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -43,7 +42,7 @@ from fercli.faces.face_crops import face_crop_detection, is_face_crop
 from fercli.media.images import as_gray, decode_gray, image_name
 
 # What an image is given as: an encoded file's bytes, a path, or a decoded array.
-Image = bytes | str | Path | np.ndarray
+Image = bytes | str | os.PathLike | np.ndarray
 Tag = TypeVar("Tag")
 
 # What became of an image (ImageFaces.status).
