@@ -4,7 +4,9 @@
 
 1. Per face: CPU time of occlusion_maps (8x8 grey patch, stride 2: 169 occluded copies and
    the crop in one batched call) with a single network and with a 10-network ensemble.
-2. End to end, cold start included: `fer predict PHOTO` and `fer predict PHOTO --explain DIR`
+2. One face (what `fer predict photo --explain` has), its networks on one thread and on two
+   (infer.explain.EXPLAIN_THREADS), taking turns: medians of wall and CPU time.
+3. End to end, cold start included: `fer predict PHOTO` and `fer predict PHOTO --explain DIR`
    in fresh processes, the two taking turns within every repeat (so that both see the same
    machine load), medians over the repeats; the difference is what --explain costs.
 
@@ -52,6 +54,28 @@ def per_face(model_path: Path, faces: int) -> tuple[float, int]:
     return seconds, len(patch_positions(crops.shape[1], PATCH, STRIDE)) ** 2 + 1
 
 
+def threads_in_turns(model_path: Path, repeats: int) -> dict[int, tuple[float, float]]:
+    """{threads: (median wall, median CPU seconds)} of one face's maps, the networks on one
+    thread and on two, in turns."""
+    from fercli.infer.explain import grey_crop, occlusion_maps
+    from fercli.infer.model import load_model
+
+    model = load_model(model_path)
+    [face] = model.explain(PHOTO)
+    crops = face.crop[np.newaxis]
+    grey = grey_crop([member.mean for member in model.networks], crops.shape[1], model.per_image)
+    runs: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+    for repeat in range(repeats):
+        for threads in (1, 2) if repeat % 2 == 0 else (2, 1):
+            wall, cpu = time.perf_counter(), time.process_time()
+            occlusion_maps(lambda batch: model.predict_proba(batch, threads=threads), crops, grey)
+            runs[threads].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {
+        threads: (statistics.median(w for w, _ in value), statistics.median(c for _, c in value))
+        for threads, value in runs.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -77,6 +101,15 @@ def main() -> None:
                 f"per face, {name}: {seconds * 1000:.0f} ms of CPU "
                 f"({inputs} network inputs a face; the mean of {options.faces} faces in one call)"
             )
+        turns = threads_in_turns(models["10 networks"], 3 * options.repeats)
+        print(
+            "one face, 10 networks, in turns: "
+            + "; ".join(
+                f"{threads} thread{'s' if threads > 1 else ''} {wall * 1000:.0f} ms wall, "
+                f"{cpu * 1000:.0f} ms cpu"
+                for threads, (wall, cpu) in turns.items()
+            )
+        )
         for name, path in models.items():
             plain = ["predict", str(PHOTO), "--model", str(path), "--json"]
             for _ in range(2):  # warm the OS file cache

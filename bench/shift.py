@@ -234,7 +234,7 @@ def run(
     adapt: also those of the network adapted to each shifted test set, fercli.infer.adapt)."""
     from fercli.core.config import PreprocessConfig, recipe_config
     from fercli.core.labels import label_order
-    from fercli.learn.training import fit, keras_probabilities
+    from fercli.learn.fitting import fit, keras_probabilities
 
     settings = dict(train)
     config = recipe_config(settings.pop("recipe"), seed=seed, **settings)
@@ -244,7 +244,8 @@ def run(
     held = subject_split(photos.subjects, seed)
     clean = crops_for(preprocess, "clean")
     started = time.perf_counter()
-    model, mean, std = fit(clean[~held], targets[~held], len(labels), config, seed)
+    fitted = fit(clean[~held], targets[~held], len(labels), config, seed)
+    model, mean, std = fitted.model, fitted.mean, fitted.std
     seconds = time.perf_counter() - started
     row = {"seed": seed, "train_images": int((~held).sum()), "test_images": int(held.sum())}
     row["seconds"] = round(seconds, 1)
@@ -411,7 +412,7 @@ def main() -> None:
 
     os.environ["FER_HOME"] = str(options.home)
     options.home.mkdir(parents=True, exist_ok=True)
-    from fercli.learn.training import configure_tensorflow
+    from fercli.learn.fitting import configure_tensorflow
 
     configure_tensorflow(options.threads)
     log = options.home / "shift-runs.jsonl"

@@ -63,8 +63,8 @@ def reset_peak() -> None:
 def child(kind: str, epochs: int, threads: int, copies: int) -> dict:
     """One measurement in this process, on whichever fercli PYTHONPATH gives."""
     from fercli.core.config import TrainConfig
-    from fercli.learn import training
-    from fercli.learn.training import configure_tensorflow, fit
+    from fercli.learn import fitting as training
+    from fercli.learn.fitting import configure_tensorflow, fit
 
     statistics_of = training.normalisation
     peaks = []
@@ -93,14 +93,14 @@ def child(kind: str, epochs: int, threads: int, copies: int) -> dict:
     tf.constant(0.0)  # TensorFlow's runtime up before the baseline
     before = rss_mb()
     times = [time.perf_counter()]
-    model, _, _ = fit(
+    model = fit(
         crops,
         targets,
         7,
         config,
         seed=0,
-        on_epoch=lambda epoch, loss, accuracy: times.append(time.perf_counter()),
-    )
+        on_epoch=lambda *figures: times.append(time.perf_counter()),
+    ).model
     epochs_seconds = np.diff(times)
     digest = hashlib.sha256(
         b"".join(np.asarray(w).tobytes() for w in model.get_weights())
@@ -138,7 +138,7 @@ def in_process(old_training: Path, rounds: int, epochs: int, threads: int) -> No
 
     sys.path.insert(0, str(ROOT / "src"))
     from fercli.core.config import TrainConfig
-    from fercli.learn import training
+    from fercli.learn import fitting as training
 
     spec = importlib.util.spec_from_file_location("old_training", old_training)
     old = importlib.util.module_from_spec(spec)
@@ -160,7 +160,7 @@ def in_process(old_training: Path, rounds: int, epochs: int, threads: int) -> No
                 7,
                 TrainConfig(epochs=epochs),
                 0,
-                on_epoch=lambda epoch, loss, accuracy: times.append(time.perf_counter()),
+                on_epoch=lambda *figures: times.append(time.perf_counter()),
             )
             seconds[name].append(float(np.median(np.diff(times)[1:])))
     ratios = [new / old for old, new in zip(seconds["old"], seconds["new"], strict=True)]

@@ -142,3 +142,17 @@ def test_crossval_from_a_script_without_a_main_guard_runs_once_and_finishes(fer_
     assert "folds 2 interrupted False" in result.stdout
     assert "RuntimeError" not in result.stderr
     assert len(list((fer_home / "runs").iterdir())) == 1  # one run folder, not one per worker
+
+
+def test_the_api_speaks_python_a_video_and_a_missing_file(newest_model, tmp_path):
+    from clips import write_clip
+
+    model = fercli.load_model()
+    clip = write_clip(tmp_path / "clip.avi", 3)
+    with pytest.raises(ImageError, match=r"a video, not an image; .*fercli\.label_media\("):
+        model.predict(clip)
+    missing = tmp_path / "gone.png"
+    with pytest.raises(ImageError, match=f"^{re.escape(str(missing))}: no such file"):
+        model.predict(missing)
+    with pytest.raises(ImageError, match=f"^{re.escape(str(missing))}: no such file"):
+        fercli.align_faces(str(missing))

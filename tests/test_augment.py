@@ -11,8 +11,8 @@ import pytest
 from fercli.core.config import TrainConfig
 from fercli.learn import augment as augment_module
 from fercli.learn.augment import TrainingImages, augment, enlarge
+from fercli.learn.fitting import configure_tensorflow, fit
 from fercli.learn.selection import normalisation
-from fercli.learn.training import configure_tensorflow, fit
 from synthetic import make_dataset
 
 
@@ -208,15 +208,15 @@ def test_fit_trains_on_the_same_batches_in_chunks(dataset, monkeypatch):
     configure_tensorflow(None)
     crops, targets = dataset.crops[::4], np.arange(70) % 7
     for config in (TrainConfig(epochs=2, copies=2), TrainConfig(epochs=2, augment_mode="online")):
-        whole, _, _ = fit(crops, targets, 7, config, seed=5)
+        whole = fit(crops, targets, 7, config, seed=5).model
         monkeypatch.setattr(augment_module, "CHUNK_IMAGES", 32)
         losses = []
-        chunked, _, _ = fit(
+        chunked = fit(
             crops, targets, 7, config, seed=5, on_epoch=lambda *figures: losses.append(figures)
-        )
+        ).model
         monkeypatch.undo()
-        assert [epoch for epoch, _, _ in losses] == [1, 2]
-        assert all(np.isfinite(loss) and 0 <= accuracy <= 1 for _, loss, accuracy in losses)
+        assert [epoch for epoch, _, _, _ in losses] == [1, 2]
+        assert all(np.isfinite(loss) and 0 <= accuracy <= 1 for _, loss, accuracy, _ in losses)
         for a, b in zip(whole.get_weights(), chunked.get_weights(), strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 

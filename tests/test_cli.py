@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -122,6 +123,11 @@ def photos(astronaut_path, tmp_path) -> dict[str, Path]:
 
 
 def test_train_saves_a_model_and_says_where(dataset, fer_home):
+    from test_model_safety import write_model
+
+    (fer_home / "models").mkdir(parents=True)
+    earlier = write_model(fer_home / "models" / "earlier.npz")
+    os.utime(earlier, (1_000_000_000, 1_000_000_000))
     result = fer("train", "--epochs", "2")
     assert result.exit_code == 0, result.output
     saved = [line for line in result.stdout.splitlines() if line.startswith("model saved to ")]
@@ -129,10 +135,17 @@ def test_train_saves_a_model_and_says_where(dataset, fer_home):
     path = Path(saved[0].removeprefix("model saved to "))
     assert path.parent == fer_home / "models" and path.suffix == ".npz" and path.is_file()
     assert "trained on 64 images" in result.stdout and "not a test score" in result.stdout
+    # The next fer predict answers with another model: said in one line.
+    assert (
+        f"note: the default model for fer predict is now {path.name} (was earlier.npz)"
+        in result.stdout
+    )
     model = load_model(path)
     assert model.classes == CLASSES and model.meta["training"]["epochs"] == 2
     # Written to a temporary name, then renamed: nothing else is left in the folder.
-    assert sorted(entry.name for entry in path.parent.iterdir()) == [path.name]
+    assert sorted(entry.name for entry in path.parent.iterdir()) == sorted(
+        [path.name, "earlier.npz"]
+    )
 
 
 def test_train_json_and_output_option(dataset, tmp_path):
@@ -146,6 +159,7 @@ def test_train_json_and_output_option(dataset, tmp_path):
     assert summary["classes"] == ["happiness", "surprise"] and summary["images"] == 32
     assert summary["runtime_difference"] <= 1e-5
     assert not models_dir().exists()
+    assert "notes" not in summary  # the default model did not change
 
 
 def test_train_refuses_an_unwritable_output_before_training(dataset, tmp_path, fer_home):
@@ -230,8 +244,11 @@ def test_crossval_json_report(dataset, fer_home):
     assert report["protocol"]["differs_from_recipe"] == {"epochs": 2}
     assert any("same people (4 subjects)" in warning for warning in report["warnings"])
     files = {name: Path(path) for name, path in report["files"].items()}
-    # The fold networks, saved as one ensemble where predict finds the newest model.
-    assert files.pop("model").parent == fer_home / "models"
+    # The fold networks, saved as one ensemble where predict finds the newest model, which
+    # the output says.
+    model = files.pop("model")
+    assert model.parent == fer_home / "models"
+    assert report["notes"] == [f"the default model for fer predict is now {model.name} (was none)"]
     assert all(path.parent.parent == fer_home / "runs" for path in files.values())
     assert json.loads(files["report"].read_text())["folds"] == report["folds"]
     assert cv2.imread(str(files["confusion"])) is not None
@@ -333,6 +350,9 @@ def test_predict_json(trained_model, photos):
         str(photos[name]) for name in ("one", "two", "blank")
     ]
     assert [len(image["faces"]) for image in images] == [1, 2, 0]
+    # Each file names the model that labelled it.
+    assert [list(image)[:2] for image in images] == [["path", "model"]] * 3
+    assert {image["model"] for image in images} == {str(trained_model)}
     for image in images:
         for face in image["faces"]:
             assert set(face) == {"box", "label", "probabilities", "in_training_data"}
@@ -359,8 +379,11 @@ def test_predict_csv_has_one_row_per_face(trained_model, photos):
         "height",
         "label",
         *(f"p_{label}" for label in CLASSES),
+        "model",
     ]
     body = rows[1:]
+    assert {row[-1] for row in body} == {str(trained_model)}  # which model answered
+    body = [row[:-1] for row in body]
     assert [(row[0], row[1]) for row in body] == [
         (str(photos["one"]), "1"),
         (str(photos["two"]), "1"),
@@ -428,7 +451,9 @@ def test_predict_skips_bad_files_and_goes_on(trained_model, photos, tmp_path):
 def test_an_image_without_a_face_alone_is_success(trained_model, photos):
     result = fer("predict", photos["blank"], "--model", trained_model, "--json")
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == [{"path": str(photos["blank"]), "faces": []}]
+    assert json.loads(result.stdout) == [
+        {"path": str(photos["blank"]), "model": str(trained_model), "faces": []}
+    ]
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "empty folder", "not an image"])
@@ -726,8 +751,14 @@ def test_json_failures_that_have_a_report_carry_the_error_in_it(
     assert result.exit_code == 1
     document = json.loads(result.stdout)
     assert document["error"] == "no image could be processed"
+    assert document["model"] == str(trained_model)
     assert document["images"] == [
-        {"path": str(notes), "faces": [], "error": "not an image (unrecognised content)"}
+        {
+            "path": str(notes),
+            "model": str(trained_model),
+            "faces": [],
+            "error": "not an image (unrecognised content)",
+        }
     ]
     assert document["skipped"] == [
         {"path": str(tmp_path / "gone.png"), "reason": "no such file or folder"}
@@ -789,7 +820,7 @@ def test_help_shows_text_in_square_brackets():
     # rich markup would take [ray] or [base] for a style and drop it.
     assert "needs pip install 'fercli[ray]'" in help_words("crossval")
     assert "The grid file (TOML): [base], [vary], seeds, folds, group." in help_words("sweep")
-    assert "{path, faces: [{box, label, probabilities}]}" in help_words("predict")
+    assert "{path, model, faces: [{box, label, probabilities}]}" in help_words("predict")
 
 
 def test_live_help_says_a_clip_without_loop_ends_the_command():

@@ -199,3 +199,103 @@ def test_the_readme_keeps_the_blocks_ci_and_the_api_test_read():
 )
 def test_anchors_are_made_as_github_makes_them(title, anchor):
     assert slug(title) == anchor
+
+
+def table_of_contents(text: str) -> set[str]:
+    """The anchors of a page's own headings that the list before its first section links to
+    (its table of contents); empty for a page without one."""
+    opening = text.split("\n## ", 1)[0]
+    return {target[1:] for target in LINK.findall(opening) if target.startswith("#")}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_a_table_of_contents_lists_every_section(page):
+    # issue 31.5: accuracy.md's list lacked "Photos from elsewhere", which the README links to.
+    text = page.read_text(encoding="utf-8")
+    listed = table_of_contents(text)
+    if not listed:
+        return
+    sections = [slug(title) for level, title in headings(text) if level == 2]
+    missing = [section for section in sections if section not in listed]
+    assert not missing, f"{page.name}'s table of contents lacks {missing}"
+
+
+# --- module paths named in the docs and in the code's comments ------------------------------
+
+PACKAGE = ROOT / "src" / "fercli"
+SUBPACKAGES = sorted(path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists())
+_SUB = "|".join(SUBPACKAGES)
+# fercli.core.config.TrainConfig, and below fercli: infer.adapt, core.labels.collapse_note.
+DOTTED = re.compile(rf"(?<![\w./-])((?:fercli|{_SUB})(?:\.[A-Za-z_]\w*)+)")
+# fercli/infer/files.py, core/labels.py, fercli/web/ (a folder).
+FILE_PATH = re.compile(rf"(?<![\w./~-])((?:fercli/)?(?:{_SUB})/(?:\w+\.py\b|(?=[`\s),;])))")
+# Words that name a subpackage and, in the code, the variable of a record too ("media", a
+# MediaReport): media.images.notes is that record's field. Checked only as far as a module
+# of the subpackage goes (media.discover must exist; media.annotated is taken as the field).
+VARIABLES = {"media"}
+
+
+def named_in_text() -> list[tuple[str, str]]:
+    """(where, name) of every module path named in the README, docs/*.md, pyproject.toml's
+    comments and the comments and strings of fercli's own code."""
+    import tokenize
+
+    texts = [(page, page.read_text(encoding="utf-8")) for page in PAGES]
+    project = (ROOT / "pyproject.toml").read_text(encoding="utf-8").splitlines()
+    texts.append((ROOT / "pyproject.toml", "\n".join(line for line in project if "#" in line)))
+    kinds = {tokenize.COMMENT, tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", -1)}
+    for source in sorted(PACKAGE.rglob("*.py")):
+        with source.open("rb") as stream:
+            parts = [
+                token.string for token in tokenize.tokenize(stream.readline) if token.type in kinds
+            ]
+        texts.append((source, "\n".join(parts)))
+    found = set()
+    for path, text in texts:
+        where = str(path.relative_to(ROOT))
+        found.update((where, match.group(1).rstrip(".")) for match in DOTTED.finditer(text))
+        found.update((where, "/" + match.group(1)) for match in FILE_PATH.finditer(text))
+    return sorted(found)
+
+
+def module_path_exists(name: str) -> bool:
+    """Whether fercli has what a dotted name (fercli.a.b, or a.b below fercli) or a file path
+    (/fercli/a/b.py, /a/b.py, /a/) names: modules found without importing them, attributes of
+    modules that import here."""
+    import importlib
+
+    if name.startswith("/"):
+        return (PACKAGE / name[1:].removeprefix("fercli/")).exists()
+    parts = name.split(".")
+    variable = parts[0] in VARIABLES
+    parts = parts[1:] if parts[0] == "fercli" else parts
+    module, folder, rest = "fercli", PACKAGE, list(parts)
+    while (
+        rest
+        and folder.is_dir()
+        and ((folder / rest[0] / "__init__.py").exists() or (folder / f"{rest[0]}.py").exists())
+    ):
+        folder = folder / rest[0]
+        module = f"{module}.{rest.pop(0)}"
+    if variable:
+        return True  # as far as modules go; the rest is the record's
+    try:
+        target = importlib.import_module(module)
+    except ImportError:  # an optional extra missing here: its module exists
+        return True
+    for attribute in rest:
+        if not hasattr(target, attribute):
+            return False
+        target = getattr(target, attribute)
+    return True
+
+
+def test_every_module_path_named_in_docs_and_comments_exists():
+    # issue 31.5: crossvalidation.train_fold, fercli.engines, fercli.config.TrainConfig, ...
+    # outlived the move into subpackages in comments and docs.
+    names = named_in_text()
+    assert len(names) > 100  # the search finds them
+    stale = [
+        f"{where}: {name.lstrip('/')}" for where, name in names if not module_path_exists(name)
+    ]
+    assert not stale, "\n".join(stale)

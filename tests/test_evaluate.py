@@ -318,3 +318,89 @@ def test_train_ensemble_option(training_data):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["networks"] == 2 and len(load_model(Path(summary["model"])).networks) == 2
+
+
+def test_images_without_a_face_count_as_wrong_over_every_image(
+    single_path, faces, no_face_image, tmp_path
+):
+    # Issue 35.6: the accuracy over the faces found, and over every image of the folder.
+    from conftest import write_image
+
+    photos = tmp_path / "photos"
+    for index in range(3):
+        write_image(photos / "happiness" / f"face{index}.png", faces(index))
+    for index in range(2):
+        write_image(photos / "anger" / f"face{index}.png", faces(index + 3))
+    blank = no_face_image.copy()
+    for index, label in enumerate(["happiness", "happiness", "anger"]):
+        blank[0, 0] = index  # distinct files
+        write_image(photos / label / f"empty{index}.png", blank)
+    (photos / "anger" / "broken.png").write_bytes(b"not an image")  # no face found either
+    write_image(photos / "surprise" / "empty.png", no_face_image)  # a class the model lacks
+
+    result = fer("evaluate", "--model", single_path, "--workers", 1, photos, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    correct = round(report["pooled_accuracy"] * 5)
+    assert report["folds"][0]["test_size"] == 5
+    assert report["all_images"] == {
+        "images": 9,
+        "without_face": 4,
+        "without_face_per_class": {"anger": 2, "happiness": 2},
+        "accuracy": pytest.approx(correct / 9),
+    }
+    table = fer("evaluate", "--model", single_path, photos)
+    said = " ".join(table.stdout.split())
+    assert (
+        f"accuracy {correct / 5:.2%} of the 5 faces found, {correct / 9:.2%} of all 9 images "
+        "(4 without a face found, counted wrong)"
+    ) in said
+    assert "without a face found: anger 2, happiness 2" in said
+    # The prepared dataset keeps the counts: named, it says the same.
+    from fercli.data.prepared import dataset_folder
+
+    prepared = dataset_folder(photos).name
+    again = json.loads(fer("evaluate", "--model", single_path, prepared, "--json").stdout)
+    assert again["all_images"] == report["all_images"]
+
+
+def test_a_dataset_that_does_not_know_its_faceless_images_says_so(single_path):
+    save_synthetic(other_people(), "older")  # as preprocessed before fercli kept the count
+    report = json.loads(fer("evaluate", "--model", single_path, "older", "--json").stdout)
+    assert report["all_images"]["accuracy"] is None
+    assert "is not known" in report["all_images"]["note"]
+    said = " ".join(fer("evaluate", "--model", single_path, "older").stdout.split())
+    assert f"accuracy {report['pooled_accuracy']:.2%} of the faces found" in said
+    assert "had no face found is not known" in said
+
+
+def test_evaluate_advises_only_what_was_not_done_and_says_the_model_has_no_neutral(tmp_path):
+    from fercli.core.config import recipe_config
+    from test_predict import collapsing_model
+
+    # A model trained with the robust recipe that calls every face surprise, and knows no
+    # neutral; a dataset with neutral faces.
+    model = collapsing_model(
+        tmp_path / "robust.npz", recipe_config("robust").to_dict(), ("anger", "surprise")
+    )
+    save_synthetic(make_dataset(labels=("anger", "surprise", "neutral"), subjects=4), "calm")
+    plain = fer("evaluate", "--model", model, "calm", "--json")
+    adapted = fer("evaluate", "--model", model, "calm", "--json", "--adapt")
+    assert plain.exit_code == adapted.exit_code == 0, adapted.output
+    plain, adapted = json.loads(plain.stdout)["warnings"], json.loads(adapted.stdout)["warnings"]
+    for warnings in (plain, adapted):
+        assert sum("has no neutral class" in warning for warning in warnings) == 1
+    [collapse] = [warning for warning in plain if "collapsed" in warning]
+    assert "try --adapt" in collapse and "recipe for photos from elsewhere" not in collapse
+    [collapse] = [warning for warning in adapted if "collapsed" in warning]
+    assert "try --adapt" not in collapse and "--recipe robust" not in collapse
+    assert "what is left to try is a model trained on more varied data" in collapse
+
+    # fer list tells the adapted run from the plain one.
+    listing = CliRunner(env={"COLUMNS": "250"}).invoke(app, ["list"]).stdout
+    [plain_row] = [line for line in listing.splitlines() if "evaluate-robust-calm-2" in line]
+    [adapted_row] = [
+        line for line in listing.splitlines() if "evaluate-robust-calm-adapted" in line
+    ]
+    assert "one test (fer evaluate)" in plain_row
+    assert "one test (fer evaluate --adapt)" in adapted_row

@@ -286,3 +286,33 @@ def test_explanation_pictures_lost_to_a_full_disk_fail_the_run(
         f"{folder / 'astronaut.face1.png'}: File too large"
     )
     assert sorted(path.name for path in folder.iterdir()) == [".fercli-output"]
+
+
+def test_an_ensembles_networks_on_two_threads_give_the_same_maps_to_the_bit(
+    region_model, astronaut_path
+):
+    # --explain runs an ensemble's networks on two threads (infer.explain.EXPLAIN_THREADS);
+    # their probabilities are summed in the members' order, as on one thread.
+    import dataclasses
+
+    from fercli.infer.model import Member
+
+    base = region_model.networks[0]
+    members = [
+        Member(base.network, base.mean + shift, base.std * (1 + shift / 50), base.per_image)
+        for shift in (0.0, 3.0, -5.0, 8.0, 1.5)
+    ]
+    ensemble = dataclasses.replace(region_model, members=members)
+    [face] = ensemble.explain(astronaut_path)
+    rng = np.random.default_rng(0)
+    crops = np.stack([face.crop] + [np.roll(face.crop, rng.integers(-3, 4, 2), (0, 1))] * 9)
+    grey = grey_crop([member.mean for member in members], 32)
+    one_thread = occlusion_maps(lambda batch: ensemble.predict_proba(batch), crops, grey)
+    two = occlusion_maps(lambda batch: ensemble.predict_proba(batch, threads=2), crops, grey)
+    assert np.array_equal(one_thread[0], two[0]) and np.array_equal(one_thread[1], two[1])
+    explained = explain_crops(ensemble, crops, [face.box] * len(crops), every_class=True)
+    for index, explanation in enumerate(explained):
+        assert np.array_equal(np.stack(list(explanation.maps.values())), one_thread[1][index])
+    # The members differ: a sum in another order would differ in the last bits somewhere.
+    outputs = [member.predict_proba(crops, False) for member in members]
+    assert not np.array_equal(outputs[0], outputs[1])

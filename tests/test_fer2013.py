@@ -157,6 +157,10 @@ def test_splits_select_training_and_test_images(fer_csv):
     dataset = load_dataset(Path(preprocess_dataset(fer_csv, workers=1).dataset))
     assert len(dataset_split(dataset, "Training").crops) == 5
     assert len(dataset_split(dataset, "PrivateTest").crops) == 2
+    # The blank row (anger, Training) is counted where it belongs, for fer evaluate.
+    assert dataset.unaligned() == {"anger": 1}
+    assert dataset_split(dataset, "Training").unaligned() == {"anger": 1}
+    assert dataset_split(dataset, "PrivateTest").unaligned() == {}
     with pytest.raises(
         DatasetError, match="no split 'Validation'; it has PrivateTest, PublicTest, Training"
     ):

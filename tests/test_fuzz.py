@@ -140,6 +140,30 @@ def decode_case(data: bytes) -> tuple:
     return ("decoded", image.shape, str(image.dtype))
 
 
+def colour_case(data: bytes) -> tuple:
+    """Runs in the sandbox: what fer predict's decoding (grey and colours for YuNet,
+    faces.pipeline.decode) makes of some bytes, beside decode_gray's answer."""
+    from fercli.faces.pipeline import decode
+    from fercli.media.images import decode_gray
+
+    try:
+        gray = decode_gray(data)
+    except ImageError as error:
+        gray = str(error)
+    except BaseException:
+        return _unexpected()
+    try:
+        picture = decode(data, colour=True)
+    except ImageError as error:
+        return ("refused", str(error), gray)
+    except BaseException:
+        return _unexpected()
+    colour = picture.colour
+    shape = None if colour is None else (colour.ndim, colour.shape[-1], str(colour.dtype))
+    same = isinstance(gray, np.ndarray) and np.array_equal(picture.gray, gray)
+    return ("decoded", same, shape)
+
+
 def check_case(data: bytes) -> tuple:
     """Runs in the sandbox: what check_image makes of some bytes."""
     from fercli.media.images import check_image
@@ -479,6 +503,20 @@ def test_random_bytes_behind_a_real_signature(sandbox, magic, rest):
 @given(data=damaged(SEEDS))
 def test_damaged_images_decode_to_an_array_or_a_reason(sandbox, data):
     assert_array_or_reason(sandbox.run(decode_case, data))
+
+
+@FUZZ
+@given(data=damaged(SEEDS))
+def test_predicts_decoding_reads_the_grey_decode_gray_reads_or_gives_its_reason(sandbox, data):
+    # fer predict decodes the colours too (faces.yunet): the grey, and which files are read,
+    # stay decode_gray's.
+    outcome = sandbox.run(colour_case, data)
+    assert outcome[0] != "unexpected", outcome[1]
+    if outcome[0] == "refused":
+        assert outcome[1] == outcome[2]  # the same one-line reason
+    else:
+        _, same, shape = outcome
+        assert same and shape in (None, (3, 3, "uint8"))
 
 
 @FUZZ

@@ -305,3 +305,69 @@ def test_pictures_are_written_whole_or_not_at_all_with_one_line_errors(tmp_path)
         "x-2.png",
         "x.png",
     ]
+
+
+def _encoded(image: np.ndarray, mode: str) -> bytes:
+    """The BGR image as a file of the given kind (PIL for the PNG variants OpenCV does not
+    write)."""
+    import io
+
+    if mode.startswith("pil-"):
+        picture = Image.fromarray(np.ascontiguousarray(image[:, :, ::-1]))
+        kind = mode[4:]
+        if kind == "RGBA":
+            picture.putalpha(Image.fromarray(image[:, :, 0]))
+        elif kind == "P":
+            picture = picture.convert("P", palette=Image.ADAPTIVE)
+        else:
+            picture = picture.convert(kind)
+        stream = io.BytesIO()
+        picture.save(stream, "PNG")
+        return stream.getvalue()
+    if mode == "png16":
+        ok, encoded = cv2.imencode(".png", image.astype(np.uint16) * 257)
+    elif mode == "grey.jpg":
+        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    else:
+        ok, encoded = cv2.imencode(mode, image)
+    assert ok
+    return encoded.tobytes()
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ".png",
+        "pil-RGBA",
+        "pil-L",
+        "pil-LA",
+        "pil-P",
+        "png16",
+        ".jpg",
+        "grey.jpg",
+        ".bmp",
+        ".tiff",
+        ".webp",
+    ],
+)
+def test_decoding_the_colours_too_leaves_the_grey_bit_for_bit_as_it_was(mode, astronaut_path):
+    # fer predict decodes a photo's colours for YuNet (faces.yunet): the grey that faces are
+    # found and aligned in must stay what it was, so that predict and preprocess see the same
+    # pixels.
+    from fercli.media.images import decode_gray, decode_gray_and_colour
+
+    data = _encoded(cv2.imread(str(astronaut_path)), mode)
+    gray, colour = decode_gray_and_colour(data)
+    assert gray.dtype == np.uint8 and np.array_equal(gray, decode_gray(data))
+    if mode in ("pil-L", "png16"):
+        assert colour is None  # grey, or 16 bits: YuNet looks at the grey
+    else:
+        expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert colour.shape == (512, 512, 3) and np.array_equal(colour, expected)
+    # Colours wanted no larger than a quarter: a JPEG's come at a quarter, the same picture.
+    gray, small = decode_gray_and_colour(data, colour_side=128)
+    assert np.array_equal(gray, decode_gray(data))
+    if mode == ".jpg":
+        assert small.shape == (128, 128, 3)
+        shrunk = cv2.resize(colour, (128, 128), interpolation=cv2.INTER_AREA)
+        assert np.abs(small.astype(int) - shrunk).mean() < 3

@@ -224,9 +224,43 @@ def test_record_writes_the_csv_of_predict_and_ends_with_the_file(clip, model_pat
     live_body, predict_body = sorted(live_rows[1:], key=key), sorted(predict_rows[1:], key=key)
     assert [row[:8] for row in live_body] == [row[:8] for row in predict_body]
     for live_row, predict_row in zip(live_body, predict_body, strict=True):
-        assert [float(v) for v in live_row[9:]] == pytest.approx(
-            [float(v) for v in predict_row[9:]], abs=1e-4
+        assert [float(v) for v in live_row[9:-1]] == pytest.approx(
+            [float(v) for v in predict_row[9:-1]], abs=1e-4
         )
+        assert live_row[-1] == predict_row[-1] == str(model_path)  # the model column
+
+
+def test_smooth_averages_each_persons_last_seconds(clip, model_path, tmp_path):
+    """--smooth: each face's probabilities averaged over its own track's frames of the last
+    S seconds (this one included), as --record writes them beside the raw ones."""
+    record = tmp_path / "smooth.csv"
+    process = start_live(
+        clip, "--model", model_path, "--port", free_port(), "--record", record, "--smooth", "0.2"
+    )
+    try:
+        _, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("fer live did not end with its file")
+    assert process.returncode == 0, err
+    header, *rows = list(csv.reader(io.StringIO(record.read_text())))
+    raw = [header.index(f"p_{label}") for label in CLASSES]
+    smoothed = [header.index(f"smoothed_p_{label}") for label in CLASSES]
+    assert header[-1] == "model" and "smoothed_label" in header
+    tracks: dict[str, list] = {}
+    for row in rows:
+        tracks.setdefault(row[3], []).append(row)
+    assert len(tracks) >= 2  # the scene's two people, each averaged on their own
+    for track_rows in tracks.values():
+        for row in track_rows:
+            time_now = float(row[2])
+            window = [r for r in track_rows if time_now - 0.2 - 1e-6 <= float(r[2]) <= time_now]
+            expected = np.mean([[float(r[i]) for i in raw] for r in window], axis=0)
+            assert [float(row[i]) for i in smoothed] == pytest.approx(expected, abs=1e-5)
+            label = row[header.index("smoothed_label")]
+            assert label == CLASSES[int(np.argmax(expected))] or np.isclose(
+                expected.max(), expected[CLASSES.index(label)], atol=1e-5
+            )
 
 
 def test_missing_file_is_one_line(model_path, tmp_path):
@@ -289,6 +323,7 @@ def test_page_in_a_headless_browser_shows_bars(server):
         time.sleep(1)
     body = result.stdout[result.stdout.find("<body") :]
     assert 'class="face"' in body and 'class="bar"' in body, body[:3000]
+    assert 'class="track-style"' in body  # each card shows its person's line style
 
 
 def test_without_the_extra_says_how_to_install_it(monkeypatch, model_path):
@@ -363,3 +398,70 @@ def test_a_stream_that_disappears_is_shown_and_ends_with_one_line(clip, model_pa
     assert state.get("status") == "failed" and "stopped giving frames" in state["error"]
     assert process.returncode == 1
     assert "stopped giving frames" in err and len(err.strip().splitlines()) == 1
+
+
+# The page's script run by Node on a stand-in document: what it draws is recorded.
+PAGE_HARNESS = r"""
+const fs = require("fs"), vm = require("vm");
+const paths = [], texts = [];
+let dash = [];
+const ctx = {
+  setLineDash(d) { dash = [...d]; },
+  beginPath() { paths.push({dash: [...dash], points: 0, colour: null}); },
+  moveTo() { paths[paths.length - 1].points++; },
+  lineTo() { paths[paths.length - 1].points++; },
+  stroke() { paths[paths.length - 1].colour = ctx.strokeStyle; },
+  clearRect() {}, fillText(text) { texts.push(text); },
+};
+function element() {
+  return {
+    children: [], style: {}, dataset: {}, attributes: {}, width: 960, height: 200,
+    append(...c) { this.children.push(...c); }, prepend(...c) { this.children.unshift(...c); },
+    replaceChildren(...c) { this.children = c; }, setAttribute(k, v) { this.attributes[k] = v; },
+    getContext() { return ctx; },
+  };
+}
+const elements = {};
+const document = {
+  getElementById(id) { return elements[id] || (elements[id] = element()); },
+  createElement: element, createElementNS: element,
+};
+const face = (track, p) => ({track, label: "anger", box: [0, 0, 1, 1],
+                             probabilities: {anger: p, happiness: 1 - p}});
+let polls = 0;
+function fetch() {
+  polls++;
+  const state = {source: "clip", model: "m.npz", classes: ["anger", "happiness"], fps: 10,
+                 latency_ms: 1, faces: [face(1, 0.8), face(2, 0.3)],
+                 status: polls >= 3 ? "ended" : "running", error: null};
+  return Promise.resolve({json: () => Promise.resolve(state)});
+}
+vm.runInNewContext(fs.readFileSync(process.argv[2], "utf8"),
+                   {document, fetch, setTimeout, Date, console, Math, Map, Set, Object});
+setTimeout(() => {
+  const lines = paths.filter(path => path.colour !== "#eee" && path.points > 1);
+  const legend = elements.tracks.children.map(item => item.textContent);
+  console.log(JSON.stringify({lines, texts, legend}));
+}, 1500);
+"""
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="no Node.js to run the page's script")
+def test_the_timeline_tells_two_people_apart(tmp_path):
+    """Two people's lines of one class (one colour) are drawn in different line styles,
+    each person is numbered on the chart, and a legend gives each number its style."""
+    harness = tmp_path / "harness.js"
+    harness.write_text(PAGE_HARNESS)
+    script = SRC / "fercli" / "web" / "static" / "app.js"
+    result = subprocess.run(
+        ["node", str(harness), str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    drawn = json.loads(result.stdout)
+    by_colour: dict[str, set] = {}
+    for line in drawn["lines"]:
+        by_colour.setdefault(line["colour"], set()).add(tuple(line["dash"]))
+    assert len(by_colour) == 2  # a colour per class
+    assert all(len(styles) == 2 for styles in by_colour.values()), by_colour
+    assert {"#1", "#2"} <= set(drawn["texts"])
+    assert drawn["legend"] == [" #1", " #2"]

@@ -21,9 +21,9 @@ from fercli.core.labels import BASIC_LABELS
 from fercli.core.store import pack_json, unpack_json
 from fercli.infer.model import load_model, save_networks
 from fercli.infer.runtime import FORWARD_BATCH, NumpyNetwork
+from fercli.learn.fitting import configure_tensorflow, fit
 from fercli.learn.network import build_model, export_layers, export_network, make_optimizer
 from fercli.learn.selection import select_classes
-from fercli.learn.training import configure_tensorflow, fit
 from synthetic import make_dataset
 
 CLASSES = 7
@@ -70,9 +70,8 @@ def trained(selection, tmp_path_factory):
     models = {}
     for variant in MODEL_VARIANTS:
         config = TrainConfig(variant=variant, epochs=2)
-        model, mean, std = fit(
-            selection.crops[::2], selection.targets[::2], CLASSES, config, seed=1
-        )
+        fitted = fit(selection.crops[::2], selection.targets[::2], CLASSES, config, seed=1)
+        model, mean, std = fitted.model, fitted.mean, fitted.std
         path = save_model(
             folder / f"{variant}.npz",
             model,

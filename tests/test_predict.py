@@ -318,3 +318,124 @@ def test_predict_searches_the_folders_it_is_given_once(
 
     assert media.images.processed == 3 and len(media.explained) == 3
     assert sorted(looked_at) == ["a.png", "b.png", "c.png"]
+
+
+# --- what fer predict says of its answers ------------------------------------------------
+
+
+def collapsing_model(path: Path, training: dict, classes=("anger", "surprise", "neutral")) -> Path:
+    """A model file that calls every face "surprise" (its bias), trained as training says."""
+    from test_model_safety import write_model
+
+    bias = np.array([5.0 if name == "surprise" else 0.0 for name in classes], np.float32)
+    return write_model(
+        path, list(classes), meta_changes={"training": training}, arrays={"layer1_bias": bias}
+    )
+
+
+@pytest.fixture
+def twenty_faces(astronaut_path, tmp_path) -> Path:
+    """A folder of 20 photos of one face: enough answers to call a collapse, and to --adapt."""
+    folder = tmp_path / "twenty"
+    folder.mkdir()
+    for number in range(20):
+        (folder / f"{number:02d}.png").write_bytes(astronaut_path.read_bytes())
+    return folder
+
+
+def predict_output(*args) -> str:
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    result = CliRunner().invoke(app, ["predict", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())  # the warning unwrapped
+
+
+def test_the_collapse_warning_advises_only_what_was_not_done(twenty_faces, tmp_path):
+    from fercli.core.config import TrainConfig, recipe_config
+
+    paper = collapsing_model(tmp_path / "paper.npz", TrainConfig().to_dict())
+    robust = collapsing_model(tmp_path / "robust.npz", recipe_config("robust").to_dict())
+
+    plain = predict_output(twenty_faces, "--model", paper)
+    assert "answers: surprise 100%" in plain
+    assert "warning: surprise takes 100% of the 20 answers" in plain
+    assert "try --adapt" in plain and "recipe for photos from elsewhere" in plain
+    assert "more varied data" in plain
+
+    adapted = predict_output(twenty_faces, "--model", paper, "--adapt")
+    assert "warning: surprise takes 100%" in adapted
+    assert "--adapt was given; try a model trained with the recipe for photos" in adapted
+    assert "try --adapt" not in adapted
+    # What was adapted is named as it was given: the photos of that folder.
+    assert f"note: the photos in {twenty_faces}: adapted to the 20 faces" in adapted
+
+    jittered = predict_output(twenty_faces, "--model", robust)
+    assert "try --adapt" in jittered and "recipe for photos from elsewhere" not in jittered
+
+    # Both done: what is left is more varied data, and nothing already done is advised.
+    both = predict_output(twenty_faces, "--model", robust, "--adapt")
+    assert "what is left to try is a model trained on more varied data" in both
+    assert "try --adapt" not in both and "--recipe robust" not in both
+
+
+def test_a_video_gets_its_answer_shares_and_collapse_warning(tmp_path):
+    from clips import write_clip
+    from fercli.core.config import TrainConfig
+
+    clip = write_clip(tmp_path / "clip.avi", 12)
+    model = collapsing_model(tmp_path / "paper.npz", TrainConfig().to_dict())
+    output = predict_output(clip, "--model", model)
+    assert "model paper.npz" in output  # which model answered, as for photos
+    assert f"answers: {clip}: surprise 100%" in output
+    assert (
+        f"warning: {clip}: surprise takes 100% of the 12 faces labelled in its frames: unless "
+        "its people show surprise throughout, the model has collapsed"
+    ) in output
+
+
+def test_a_model_without_neutral_says_so_once(astronaut_path, tmp_path, model_path):
+    from fercli.core.config import TrainConfig
+
+    no_neutral = collapsing_model(
+        tmp_path / "ck.npz", TrainConfig().to_dict(), ("anger", "surprise")
+    )
+    output = predict_output(astronaut_path, astronaut_path, "--model", no_neutral)
+    assert output.count("has no neutral class") == 1
+    assert (
+        "ck.npz: the model has no neutral class, so it gives every face one of its emotions"
+        in output
+    )
+    # A model with a neutral class says nothing of it.
+    assert "neutral class" not in predict_output(astronaut_path, "--model", model_path)
+
+
+def test_all_scores_shows_every_class_in_the_table(two_faces, model_path):
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    runner = CliRunner(env={"COLUMNS": "200"})
+    plain = runner.invoke(app, ["predict", str(two_faces), "--model", str(model_path)])
+    every = runner.invoke(
+        app, ["predict", str(two_faces), "--model", str(model_path), "--all-scores"]
+    )
+    assert plain.exit_code == every.exit_code == 0, every.output
+
+    def table(output: str) -> list[list[str]]:
+        return [
+            [cell.strip() for cell in line.split("┃" if "┃" in line else "│")[1:-1]]
+            for line in output.splitlines()
+            if line.startswith(("┃", "│"))
+        ]
+
+    header, *rows = table(every.stdout)
+    assert header == ["image", "face", "box (x, y, w, h)", "label", *CLASSES]
+    assert len(rows) == 2
+    for row in rows:
+        scores = [float(cell) for cell in row[4:]]
+        assert sum(scores) == pytest.approx(1, abs=0.03)  # each rounded to 2 decimals
+        assert scores[CLASSES.index(row[3])] == max(scores)
+    assert table(plain.stdout)[0] == ["image", "face", "box (x, y, w, h)", "label", "p"]

@@ -371,6 +371,33 @@ def test_prepared_dataset_loads_and_latest_is_found(make_folders, make_jaffe):
     assert resolve_dataset(None).location == Path(first.dataset)
 
 
+def test_a_dataset_named_with_a_plus_is_found_by_that_name(make_folders, faces, tmp_path):
+    # issue 31.8: CK+48 was stored as CK-48-<id>, so `fer evaluate CK+48` found nothing.
+    from fercli.data.combined import load_combined
+    from test_model_safety import write_model
+
+    ck = make_folders(
+        {"happy": ["S010_004_00000017.png"], "sad": ["S011_001_00000009.png"]}, "CK+48"
+    )
+    stored = Path(preprocess_dataset(ck, workers=1).dataset).parent
+    assert stored.name.startswith("CK+48-")
+    assert resolve_dataset("CK+48").location.parent == stored
+    for index, name in ((4, "KA.HA1.39.tiff"), (5, "KL.SA2.45.tiff")):  # other faces
+        write_image(tmp_path / "jaffe" / name, faces(index), ".tiff")
+    preprocess_dataset(tmp_path / "jaffe", workers=1)
+    # Combined, each keeps its name, and so does the combination.
+    combined = load_combined(["CK+48", "jaffe"], (), False)
+    assert combined.name == "CK+48+jaffe"
+    model = write_model(tmp_path / "m.npz", ["happiness", "sadness"])
+    result = run_cli("evaluate", "CK+48", "--model", str(model), "--json")
+    assert result.exit_code == 0, result.output
+    report = Path(json.loads(result.stdout)["files"]["report"])
+    assert report.parent.name.startswith("evaluate-m-CK+48-")
+    # A dataset an earlier fercli stored as CK-48-<id> is found by CK+48 too.
+    stored.rename(stored.with_name(stored.name.replace("+", "-")))
+    assert resolve_dataset("CK+48").location.parent.name.startswith("CK-48-")
+
+
 def test_contact_sheet_shows_the_crops(make_folders):
     root = make_folders({"happy": ["a.png", "b.png"], "sad": ["c.png"]})
 

@@ -319,12 +319,15 @@ def test_cli_sweep_of_a_finished_sweep_trains_nothing(full_and_resumed, tmp_path
     assert [item["accuracy"] for item in data["recipes"]] == [
         item.accuracy for item in full.recipes
     ]
-    table = runner.invoke(app, ["sweep", "--grid", str(grid)])
+    # The base row says what base is: the preset and its value of what the grid varies.
+    assert data["base"] == "base (paper: test_time_flip=false)"
+    table = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["sweep", "--grid", str(grid)])
     assert (
         table.exit_code == 0
         and "test_time_flip" in table.output
         and "Nadeau & Bengio" in table.output
     )
+    assert "base (paper: test_time_flip=false)" in table.output
 
 
 def test_another_grid_is_another_sweep(tmp_path):

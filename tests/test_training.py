@@ -12,9 +12,9 @@ from fercli.core.errors import DatasetError, FerError
 from fercli.core.labels import BASIC_LABELS
 from fercli.learn import folds as fold_module
 from fercli.learn.crossval import cross_validate
+from fercli.learn.fitting import configure_tensorflow, fit
 from fercli.learn.folds import make_folds
 from fercli.learn.selection import normalisation, select_classes
-from fercli.learn.training import configure_tensorflow, fit
 from synthetic import make_dataset
 
 FOLDS = 5
@@ -147,7 +147,7 @@ def test_training_with_the_same_seed_gives_identical_weights(dataset):
     config = TrainConfig(epochs=1)
 
     def weights(seed: int) -> list[np.ndarray]:
-        model, _, _ = fit(selection.crops[sample], selection.targets[sample], 7, config, seed)
+        model = fit(selection.crops[sample], selection.targets[sample], 7, config, seed).model
         return model.get_weights()
 
     first, again, other = weights(3), weights(3), weights(4)
@@ -421,14 +421,15 @@ def test_a_crossval_with_image_normalisation_saves_an_ensemble_that_agrees_with_
 
 def test_label_smoothing_makes_the_network_less_sure_of_itself(dataset):
     from fercli.core.errors import SettingError
-    from fercli.learn.training import keras_probabilities
+    from fercli.learn.fitting import keras_probabilities
 
     selection = select_classes(dataset)
     configure_tensorflow(None)
     confidence = {}
     for smoothing in (0.0, 0.3):
         config = TrainConfig(epochs=4, copies=0, label_smoothing=smoothing)
-        model, mean, std = fit(selection.crops, selection.targets, 7, config, 0)
+        fitted = fit(selection.crops, selection.targets, 7, config, 0)
+        model, mean, std = fitted.model, fitted.mean, fitted.std
         probabilities = keras_probabilities(model, selection.crops, mean, std)
         assert np.mean(probabilities.argmax(1) == selection.targets) > 0.5
         confidence[smoothing] = float(probabilities.max(1).mean())

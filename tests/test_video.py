@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from clips import can_write, moving_face, write_clip
 from fercli.cli import app
+from fercli.core.errors import FerError
 from fercli.infer.model import load_model
 from fercli.infer.tracking import VideoConfig
 from fercli.infer.videos import label_video
@@ -193,6 +194,7 @@ def test_json_of_a_video(model_path, clip):
     assert result.exit_code == 0, result.output
     [video] = json.loads(result.stdout)
     assert video["path"] == str(path) and video["fps"] == 30.0 and video["frames"] == 20
+    assert video["model"] == str(model_path)  # which model answered
     assert [track["id"] for track in video["tracks"]] == [1, 2]
     for track in video["tracks"]:
         assert set(track) == {"id", "frames_seen", "seconds", "first", "last", "shares", "frames"}
@@ -212,7 +214,8 @@ def test_json_with_images_keeps_their_shape(model_path, clip, astronaut_path):
     )
     assert result.exit_code == 0, result.output
     image, video = json.loads(result.stdout)
-    assert set(image) == {"path", "faces"} and len(image["faces"]) == 1
+    assert set(image) == {"path", "model", "faces"} and len(image["faces"]) == 1
+    assert image["model"] == video["model"] == str(model_path)
     face = video["tracks"][0]["frames"][0]
     assert set(face) == {
         "frame",
@@ -241,7 +244,9 @@ def test_csv_one_row_per_face_per_frame(model_path, clip, astronaut_path):
         "height",
         "label",
         *(f"p_{label}" for label in CLASSES),
+        "model",
     ]
+    assert {row[-1] for row in rows[1:]} == {str(model_path)}
     assert [(row[1], row[3]) for row in rows[1:]] == [
         (str(frame), track) for frame in range(0, 12, 2) for track in "12"
     ]
@@ -251,6 +256,8 @@ def test_csv_one_row_per_face_per_frame(model_path, clip, astronaut_path):
     assert rows[0][:5] == ["path", "face", "frame", "time", "track"]
     assert rows[1][:5] == [str(astronaut_path), "1", "", "", ""]
     assert rows[2][:5] == [str(path), "", "0", "0.000", "1"]
+    assert rows[0][-1] == "model" and {row[-1] for row in rows[1:]} == {str(model_path)}
+    assert {len(row) for row in rows} == {len(rows[0])}
     # Rows follow the order the files were given, a video before an image too.
     swapped = fer("predict", path, astronaut_path, "--model", model_path, "--csv")
     rows = list(csv.reader(io.StringIO(swapped.stdout)))
@@ -270,6 +277,7 @@ def test_table_summarises_each_track(model_path, clip):
         line.startswith(f"{path}: 20 frames, 0.7 s at 30 frames/s, 20 analysed") for line in lines
     )
     rows = [line.split("│")[1:-1] for line in lines if line.startswith("│")]
+    assert f"model {model_path.name}" in lines  # which model answered, as for photos
     assert [[cell.strip() for cell in row[:4]] for row in rows] == [
         ["1", "20", "0.7 s", "0.0-0.6 s"],
         ["2", "10", "0.3 s", "0.3-0.6 s"],
@@ -430,10 +438,10 @@ def test_a_face_moving_half_its_width_between_analysed_frames_keeps_its_id(model
 def test_adapt_relabels_every_face_of_the_video_with_the_adapted_model(model, clip):
     plain = label_video(clip("adapted", 24), model)
     adapted = label_video(clip("adapted", 24), model, adapt=True)
-    short = label_video(clip("short", 8), model, adapt=True)
 
     assert adapted.error is None
     assert adapted.adaptation.faces == 24  # one face in each of the 24 frames
+    assert adapted.adaptation.distinct_faces == 24
     assert json.loads(json.dumps(adapted.to_json(model.classes)))["adapted"]["faces"] == 24
     [before], [after] = plain.tracks, adapted.tracks
     assert [face.box for face in before.frames] == [face.box for face in after.frames]
@@ -444,4 +452,39 @@ def test_adapt_relabels_every_face_of_the_video_with_the_adapted_model(model, cl
     )
     for face in after.frames:
         check_frame(face)
-    assert short.adaptation is None and "at least 20 faces" in short.error
+
+
+def test_adapt_refuses_a_video_with_too_few_faces_as_it_refuses_photos(
+    model_path, clip, astronaut_path
+):
+    # Issue 32.5: a short video printed its labels unadapted with exit 0 (an error line the
+    # only trace), where photos are refused; a video without a face got an "error".
+    short, empty = clip("short", 8), clip("empty", 8, lambda index: [])
+    photos = fer("predict", astronaut_path, "--model", model_path, "--adapt")
+    assert photos.exit_code == 1
+    assert "--adapt needs at least 20 distinct faces" in photos.output
+    for path, faces in ((short, 8), (empty, 0)):
+        for output in ((), ("--json",), ("--csv",)):
+            result = fer("predict", path, "--model", model_path, "--adapt", *output)
+            assert result.exit_code == 1, result.output
+            said = " ".join(result.output.split())
+            assert (
+                f"--adapt needs at least 20 distinct faces to estimate statistics from; there "
+                f"{'is' if faces == 1 else 'are'} {faces} in {path} (label without --adapt)"
+            ) in said
+            assert "Traceback" not in result.output
+            assert "happiness" not in result.stdout  # no labels printed
+        with pytest.raises(FerError, match=f"there are {faces} in"):
+            label_video(path, load_model(model_path), adapt=True)
+    # With a good video beside it, the short one still refuses the run.
+    mixed = fer("predict", clip("long", 24), short, "--model", model_path, "--adapt")
+    assert mixed.exit_code == 1 and f"in {short}" in " ".join(mixed.output.split())
+
+
+def test_adapt_counts_a_still_video_as_one_face(model_path, clip):
+    # 24 frames of one face standing still: one picture, whatever the number of frames.
+    still = clip("still", 24, lambda index: [(160.0, 120.0, 1.0)])
+    result = fer("predict", still, "--model", model_path, "--adapt")
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert "distinct faces" in said or "nearly the same picture" in said

@@ -28,6 +28,7 @@ from fercli.core.config import (
     PreprocessConfig,
     ScanConfig,
     TrainConfig,
+    auto_note,
     recipe_config,
 )
 from fercli.core.errors import FerError
@@ -106,20 +107,29 @@ def train(
     **settings,
 ) -> TrainResult:
     """fer train: train on every image of a dataset (or of several combined) and save a model
-    (default: a new file in FER_HOME/models); the TrainResult, whose path load_model takes.
+    (default: a new file in FER_HOME/models); the TrainResult, whose path load_model takes
+    (its notes say when the model is fer predict's default now, and which it replaced).
 
     config: the TrainConfig to use; else the recipe with settings (TrainConfig fields, e.g.
     epochs=50) overriding it. split: only this predefined split (FER2013's "Training").
     ensemble: this many networks with different seeds in one file.
     """
-    from fercli.core.store import check_writable, models_dir, timestamp
+    from fercli.core.store import (
+        check_writable,
+        default_model,
+        default_model_change,
+        models_dir,
+        timestamp,
+    )
     from fercli.data.combined import load_combined
     from fercli.learn.evaluate import dataset_split
     from fercli.learn.training import train_model
 
-    config = config or recipe_config(recipe, **settings)
+    checked = config or recipe_config(recipe, **settings)  # refused before any data is read
+    default_before = default_model()
     replacing = output is not None and _replaced_model(Path(output))
-    prepared = dataset_split(load_combined(_names(dataset), config.classes, shared_classes), split)
+    prepared = dataset_split(load_combined(_names(dataset), checked.classes, shared_classes), split)
+    config, note = _sized(config, recipe, settings, len(prepared.labels))
     made_up = output is None  # then another run may make up the same name: never replace
     path = (
         Path(output) if output is not None else models_dir() / f"{prepared.name}-{timestamp()}.npz"
@@ -130,7 +140,23 @@ def train(
     )
     if replacing:
         result.notes.append(f"{path}: the model file that was there is replaced")
+    if note:
+        result.notes.insert(0, note)
+    change = default_model_change(default_before, result.path)
+    if change is not None:
+        result.notes.append(change.describe())
     return result
+
+
+def _sized(
+    config: TrainConfig | None, recipe: str, settings: dict, images: int
+) -> tuple[TrainConfig, str | None]:
+    """The TrainConfig to train with, the recipe "auto" resolved for a dataset of this many
+    images (core.config.resolve_recipe), and what to say of that choice; a config given is
+    used as it is."""
+    if config is not None:
+        return config, None
+    return recipe_config(recipe, images=images, **settings), auto_note(recipe, images)
 
 
 def _replaced_model(output: Path) -> bool:
@@ -172,7 +198,8 @@ def crossval(
     newest) or several combined, with its files written (report.files): report.json,
     confusion.png and predictions.csv in output (default: a new folder in FER_HOME/runs), and,
     when every fold finished and save_model, the fold networks as one ensemble model file in
-    FER_HOME/models, which predict then uses (report.no_model says why there is none).
+    FER_HOME/models, which predict then uses (report.no_model says why there is none;
+    report.default_model, a core.store.DefaultModelChange, that it is the default now).
 
     Ctrl-C while the folds train stops them: the finished folds' report is written
     (report.interrupted), no model; before any fold finished, nothing is written
@@ -184,14 +211,24 @@ def crossval(
     epochs=50) overriding it. ray: a Ray cluster's address (or "auto") to train the folds on.
     """
     from fercli.core.interrupts import Interrupts
-    from fercli.core.store import check_writable, models_dir, new_dir, runs_dir, timestamp
+    from fercli.core.store import (
+        check_writable,
+        default_model,
+        default_model_change,
+        models_dir,
+        new_dir,
+        runs_dir,
+        timestamp,
+    )
     from fercli.data.combined import load_combined
     from fercli.learn.crossval import cross_validate
     from fercli.learn.crossval_files import save_crossval, save_crossval_model
     from fercli.learn.engines import make_engine
 
-    config = config or recipe_config(recipe, **settings)
-    prepared = load_combined(_names(dataset), config.classes, shared_classes)
+    checked = config or recipe_config(recipe, **settings)  # refused before any data is read
+    default_before = default_model()
+    prepared = load_combined(_names(dataset), checked.classes, shared_classes)
+    config, note = _sized(config, recipe, settings, len(prepared.labels))
     with Interrupts() as interrupts, make_engine(ray, workers) as engine:
         # A folder given is made now. The run's own folder in FER_HOME/runs is named now and
         # made at its first write: a run killed before then (kill -9) leaves no empty folder.
@@ -217,6 +254,8 @@ def crossval(
         # From here on a Ctrl-C is held back (interrupts.hold): the files are written whole.
         report = run.report
         report.no_model = run.model_refusal
+        if note:
+            report.warnings.insert(0, note)
         if report.interrupted and not report.folds:
             # Stopped before any fold finished: a report of zeros would only mislead.
             _remove_if_empty(given)
@@ -227,6 +266,7 @@ def crossval(
             report.files["model"] = save_crossval_model(
                 run, models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz", folder
             )
+            report.default_model = default_model_change(default_before, report.files["model"])
     report.interrupted_after_folds = interrupts.received and not report.interrupted
     return report
 
@@ -248,18 +288,22 @@ def evaluate_model(
     workers: int | None = None,
     output: str | Path | None = None,
     progress: Progress | None = None,
-    adapt: bool = False,
+    adapt: bool | str = False,
 ) -> EvaluationReport:
     """fer evaluate: score a model (default: the newest) on another dataset, a preprocessed one
     or an original folder (then preprocessed with the model's settings; progress follows the
     alignment); only the classes both have count. The EvaluationReport (its JSON shaped as a
     crossval's, with one "fold") with its files written in output (default: a new folder in
-    FER_HOME/runs). adapt: the model's statistics re-estimated from the dataset's unlabelled
-    crops first (fer evaluate --adapt)."""
+    FER_HOME/runs, named evaluate-<model>-<dataset>-adapted-<time> with adapt). adapt: the
+    model adapted to the dataset's unlabelled crops first (fer evaluate --adapt): True, or how
+    their per-pixel statistics are mapped onto the training crops' ("mean", the default;
+    "mean+std"; "none": the global statistics only)."""
     from fercli.core.store import check_writable, new_dir, runs_dir, slug, timestamp
+    from fercli.infer.adapt import adaptation_mode
     from fercli.learn.crossval_files import save_evaluation
     from fercli.learn.evaluate import prepare_for_model, score_model
 
+    adaptation_mode(adapt)  # a bad value refused before any work
     loaded = model if isinstance(model, FerModel) else load_model(model)
     prepared, _ = prepare_for_model(dataset, loaded, workers, progress)
     report = score_model(loaded, prepared, split, adapt=adapt)
@@ -267,7 +311,10 @@ def evaluate_model(
     folder = (
         check_writable(Path(output))
         if output is not None
-        else new_dir(runs_dir() / f"evaluate-{name}-{prepared.name}-{timestamp()}")
+        else new_dir(
+            runs_dir()
+            / f"evaluate-{name}-{prepared.name}{'-adapted' if adapt else ''}-{timestamp()}"
+        )
     )
     report.files = save_evaluation(
         report, folder, title=f"{name} on {prepared.name}: {report.pooled_accuracy:.1%}"
@@ -285,7 +332,7 @@ def label_media(
     explain: str | Path | None = None,
     progress: Progress | None = None,
     video_progress: Callable[[str], Progress | None] | None = None,
-    adapt: bool = False,
+    adapt: bool | str = False,
 ) -> MediaReport:
     """fer predict: the faces and labels of every image and video in paths (files and
     folders) with a model (default: the newest), as an infer.files.MediaReport; with annotate,
@@ -296,18 +343,23 @@ def label_media(
     gives each video's progress callback. FerError before any work for an annotation or
     explanation folder that holds inputs; the folders are marked as fercli's own, and left out
     when a later search meets them (media.discover). A picture that cannot be written is in
-    media.images.write_failures. adapt: the model's statistics re-estimated from the faces
-    being labelled (the photos' together, each video's own) before they are labelled
-    (fer predict --adapt)."""
+    media.images.write_failures. adapt: the model adapted to the faces being labelled (the
+    photos' together, each video's own) before they are labelled (fer predict --adapt), as
+    evaluate_model's adapt."""
+    from fercli.infer.adapt import adaptation_mode
     from fercli.infer.files import annotate_videos, label_files
     from fercli.infer.photos import annotate as annotate_images
     from fercli.infer.photos import check_annotate_folder
     from fercli.infer.tracking import VideoConfig
     from fercli.media.discover import discover, mark_output_folder
 
-    if adapt and explain is not None:
+    if adaptation_mode(adapt) and explain is not None:
         # The maps would be those of the model as trained, beside labels of the adapted one.
-        raise FerError("--explain and --adapt together are not supported: choose one")
+        raise FerError(
+            "--explain and --adapt together are not supported (explain and adapt=True in "
+            "Python): the maps would show where the model as trained looks, beside labels the "
+            "adapted model gave; choose one"
+        )
     loaded = model if isinstance(model, FerModel) else load_model(model)
     found = discover([Path(path) for path in paths])
     outputs = [

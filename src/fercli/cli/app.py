@@ -16,7 +16,7 @@ import typer.rich_utils
 from rich.console import Console
 
 from fercli import __version__
-from fercli.core.config import EQUALIZATIONS, LAYOUTS
+from fercli.core.config import ADAPT_PIXEL_MAPS, EQUALIZATIONS, LAYOUTS
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -30,6 +30,18 @@ def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 Layout = choices("Layout", LAYOUTS)
 Group = choices("Group", ("random", "subject", "dataset"))
 Equalization = choices("Equalization", EQUALIZATIONS)
+AdaptPixels = choices("AdaptPixels", ADAPT_PIXEL_MAPS)
+
+
+def adapt_mode(adapt: bool, pixels: Enum | None) -> bool | str:
+    """fer predict's and fer evaluate's adapt argument from --adapt and --adapt-pixels;
+    FerError for --adapt-pixels without --adapt."""
+    from fercli.core.errors import FerError
+
+    if pixels is not None and not adapt:
+        raise FerError("--adapt-pixels goes with --adapt")
+    return pixels.value if adapt and pixels is not None else adapt
+
 
 # Help is laid out at least 80 columns wide: narrower, rich cuts option names and long
 # words with "…" (a narrower terminal wraps the longer lines instead, losing nothing).

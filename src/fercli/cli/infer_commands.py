@@ -9,7 +9,17 @@ import typer
 import typer.core
 import typer.rich_utils
 
-from fercli.cli.app import err, escaped, fail, out, progress_bar, shown, user_errors
+from fercli.cli.app import (
+    AdaptPixels,
+    adapt_mode,
+    err,
+    escaped,
+    fail,
+    out,
+    progress_bar,
+    shown,
+    user_errors,
+)
 from fercli.cli.options import video_options, video_progress
 from fercli.cli.render_media import (
     plural,
@@ -32,12 +42,21 @@ def predict(
     as_json: bool = typer.Option(
         False,
         "--json",
-        help="Print JSON: a list of {path, faces: [{box, label, probabilities}]} "
-        "(a video: "
-        "{path, fps, frames, tracks: [{id, frames: [{frame, time, box, label, probabilities}]}]}).",
+        help="Print JSON: a list of {path, model, faces: [{box, label, probabilities}]} "
+        "(a video: {path, model, fps, frames, tracks: [{id, frames: [{frame, time, box, label, "
+        "probabilities}]}]}); model: the model file that labelled them.",
     ),
     as_csv: bool = typer.Option(
-        False, "--csv", help="Print CSV, one row per face (videos: per face per analysed frame)."
+        False,
+        "--csv",
+        help="Print CSV, one row per face (videos: per face per analysed frame); the last "
+        "column names the model file.",
+    ),
+    all_scores: bool = typer.Option(
+        False,
+        "--all-scores",
+        help="Show every class's probability for each face in the table, a column each "
+        "(--json and --csv always have them; a video's track table has every class).",
     ),
     annotate_dir: Path | None = typer.Option(
         None,
@@ -74,9 +93,17 @@ def predict(
     adapt: bool = typer.Option(
         False,
         "--adapt",
-        help="Re-estimate the model's normalisation and batch normalisation statistics from "
-        "the faces being labelled (the photos' together, each video's own; at least 20) "
-        "before labelling them: for photos from another camera.",
+        help="Adapt the model to the faces being labelled (the photos' together, each "
+        "video's own; at least 20 distinct faces) before labelling them: their per-pixel mean "
+        "mapped onto the training crops', the normalisation and batch normalisation "
+        "statistics re-estimated. For photos from another camera.",
+    ),
+    adapt_pixels: AdaptPixels | None = typer.Option(
+        None,
+        "--adapt-pixels",
+        help="With --adapt: how the faces' per-pixel statistics are mapped onto the training "
+        "crops': mean (the default), mean+std, or none (the global statistics only, as "
+        "before fercli kept per-pixel statistics).",
     ),
 ) -> None:
     """Label the expression of every face in photos and videos."""
@@ -84,6 +111,8 @@ def predict(
         raise fail("choose one of --json and --csv", as_json=True)
     with user_errors(as_json):
         from fercli.api import label_media
+
+        adapting = adapt_mode(adapt, adapt_pixels)
 
         options = video_options(every, fps, detect_every, smooth)
         bar, update = progress_bar("predicting")
@@ -101,14 +130,14 @@ def predict(
                 explain=explain_dir,
                 progress=None if quiet else update,
                 video_progress=None if as_json or as_csv else video_progress(bar),
-                adapt=adapt,
+                adapt=adapting,
             )
     failure = (
         None
         if media.processed
         else f"no image{' or video' if media.videos else ''} could be processed"
     )
-    render_media(media, as_json, as_csv, failure)
+    render_media(media, as_json, as_csv, failure, all_scores)
     render_media_problems(media)
     if annotate_dir:
         render_annotated(media, annotate_dir)
@@ -169,6 +198,12 @@ def live(
         help="A video file starts again at its end. Without it, fer live (and its page) "
         "ends when the file ends: open the page before, or use --loop.",
     ),
+    smooth: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Show each face's probabilities averaged over its last this many seconds (0: "
+        "off; --record then adds the averaged columns beside the raw ones).",
+    ),
 ) -> None:
     """Label a camera, video file or stream live, on a local web page (the 'live' extra)."""
     try:
@@ -185,7 +220,7 @@ def live(
             session = LiveSession(
                 source,
                 loaded,
-                LiveConfig(detect_every=detect_every, loop=loop, record=record),
+                LiveConfig(detect_every=detect_every, loop=loop, record=record, smooth=smooth),
                 escaped,
             )
         except BaseException:

@@ -10,18 +10,33 @@ import typer
 import typer.core
 import typer.rich_utils
 
-from fercli.cli.app import Group, emit_json, fail, out, progress_bar, shown, user_errors
+from fercli.cli.app import (
+    AdaptPixels,
+    Group,
+    adapt_mode,
+    emit_json,
+    fail,
+    out,
+    progress_bar,
+    shown,
+    user_errors,
+)
 from fercli.cli.options import (
     TRAINING,
     DatasetArgument,
     RayOption,
     epoch_reporter,
-    header,
     recipe_summary,
-    train_config,
+    training_settings,
     with_training_options,
 )
-from fercli.cli.render_learn import render_crossval, render_scores, render_sources, render_sweep
+from fercli.cli.render_learn import (
+    render_crossval,
+    render_evaluation_accuracy,
+    render_scores,
+    render_sources,
+    render_sweep,
+)
 from fercli.cli.render_media import plural
 from fercli.core.labels import describe_shares
 
@@ -47,15 +62,17 @@ def train(
     with user_errors(as_json):
         from fercli.api import train as train_network
 
-        config = train_config(training)
+        recipe, settings = training_settings(training)
         bar, _ = progress_bar("training")
-        header(bar, f"fer train: {recipe_summary(config.to_dict())}")
         task = bar.tasks[0].id
-        bar.update(task, total=config.epochs * ensemble)
-        reporter = None if as_json else epoch_reporter(bar, task, ensemble)
-        reached: dict = {}  # the last epoch event
+        reporter = (
+            None if as_json else epoch_reporter(bar, task, ensemble, header="fer train: {recipe}")
+        )
+        reached: dict = {}  # the plan (the start event) and the last epoch event
 
         def progress(event) -> None:
+            if event.kind == "start":
+                reached.update(epochs=event.epochs)
             if event.kind == "epoch":
                 reached.update(epoch=event.epoch, network=event.fold)
             if reporter:
@@ -66,14 +83,15 @@ def train(
                 result = train_network(
                     datasets,
                     output,
-                    config=config,
+                    recipe,
                     shared_classes=training["shared_classes"],
                     split=split,
                     ensemble=ensemble,
                     progress=progress,
+                    **settings,
                 )
         except KeyboardInterrupt:
-            message = interrupted_training(reached, config.epochs, ensemble)
+            message = interrupted_training(reached, ensemble)
             raise fail(message, 130, as_json=as_json) from None
     parts = result.parts
     summary = {
@@ -88,6 +106,7 @@ def train(
         "seconds": round(result.seconds, 1),
         "runtime_difference": result.runtime_difference,
         "networks": ensemble,
+        **({"validation": result.validation} if result.validation else {}),
         **({"notes": result.notes} if result.notes else {}),
     }
     if as_json:
@@ -100,6 +119,13 @@ def train(
         f"final training loss {result.loss:.3f}, "
         f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)"
     )
+    if result.validation:
+        kept = result.validation
+        out.print(
+            f"kept the network of epoch {', '.join(map(str, kept['epochs']))}: the best on the "
+            f"{kept['images']} images held out (validation accuracy "
+            f"{', '.join(f'{value:.1%}' for value in kept['accuracies'])})"
+        )
     if parts:
         render_sources(parts, result.classes)
     for note in result.notes:
@@ -133,12 +159,12 @@ def sweep_reporter(bar, update):
     return progress
 
 
-def interrupted_training(reached: dict, epochs: int, networks: int) -> str:
+def interrupted_training(reached: dict, networks: int) -> str:
     """What a Ctrl-C during fer train stopped: the epoch it was in, and that nothing was
     saved (the model file is written once, at the end)."""
-    if not reached:
+    if "epoch" not in reached:
         return "interrupted before the first epoch finished; nothing saved"
-    done = reached["epoch"]
+    done, epochs = reached["epoch"], reached["epochs"]
     network = f" of network {reached['network'] + 1} of {networks}" if networks > 1 else ""
     where = (
         f"after epoch {done} of {epochs}{network}"
@@ -179,48 +205,45 @@ def crossval(
     with user_errors(as_json):
         from fercli.api import crossval as cross_validate
 
-        config = train_config(training)
+        recipe, settings = training_settings(training)
         bar, _ = progress_bar("starting")
         reporter = epoch_reporter(
             bar,
             bar.tasks[0].id,
-            header=f"fer crossval: {{folds}} folds ({group.value}), "
-            f"{recipe_summary(config.to_dict())}",
+            header=f"fer crossval: {{folds}} folds ({group.value}), {{recipe}}",
         )
-
-        def progress(event) -> None:
-            if event.kind == "where":
-                bar.update(bar.tasks[0].id, description="where.png: explaining test faces")
-            else:
-                reporter(event)
-
         with bar if not as_json else contextlib.nullcontext():
             report = cross_validate(
                 datasets,
                 folds,
                 group.value,
-                config=config,
+                recipe,
                 shared_classes=training["shared_classes"],
                 workers=workers,
                 ray=ray,
                 output=output,
                 save_model=not no_save_model,
-                progress=None if as_json else progress,
+                progress=None if as_json else reporter,
+                **settings,
             )
     if report.interrupted and not report.folds:
         raise fail("interrupted before any fold finished; nothing saved", 130, as_json=as_json)
     files = report.files
     failure, code = crossval_failure(report)
+    notes = [report.default_model.describe()] if report.default_model else []
     if as_json:
         emit_json(
             {
                 **report.to_json(),
                 "files": {name: str(path) for name, path in files.items()},
+                **({"notes": notes} if notes else {}),
                 **({"error": failure} if failure else {}),
             }
         )
     else:
         render_crossval(report, files)
+        for note in notes:
+            out.print(f"[yellow]note:[/yellow] {shown(note)}")
     if failure:
         raise fail(failure, code)
 
@@ -277,14 +300,24 @@ def evaluate(
     adapt: bool = typer.Option(
         False,
         "--adapt",
-        help="Re-estimate the model's normalisation and batch normalisation statistics from "
-        "the dataset's own faces (unlabelled) before scoring: for photos from another camera.",
+        help="Adapt the model to the dataset's own faces (unlabelled) before scoring: their "
+        "per-pixel mean mapped onto the training crops', the normalisation and batch "
+        "normalisation statistics re-estimated. For photos from another camera.",
+    ),
+    adapt_pixels: AdaptPixels | None = typer.Option(
+        None,
+        "--adapt-pixels",
+        help="With --adapt: how the faces' per-pixel statistics are mapped onto the training "
+        "crops': mean (the default), mean+std, or none (the global statistics only, as "
+        "before fercli kept per-pixel statistics).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """Score a trained model on another dataset: only the classes both have count."""
     with user_errors(as_json):
         from fercli.api import evaluate_model
+
+        adapting = adapt_mode(adapt, adapt_pixels)
 
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():
@@ -295,7 +328,7 @@ def evaluate(
                 workers,
                 output,
                 progress=None if as_json else update,
-                adapt=adapt,
+                adapt=adapting,
             )
     files = report.files
     if as_json:
@@ -323,9 +356,7 @@ def evaluate(
             f"({report.pooled_accuracy:.2%}: every image is predicted as {shown(report.labels[0])})"
         )
     else:
-        out.print(
-            f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold], macro-F1 {report.macro_f1:.3f}"
-        )
+        render_evaluation_accuracy(report)
     render_scores(report, "per class")
     out.print(f"answers: {shown(describe_shares(report.answer_shares))}")
     for warning in report.warnings:

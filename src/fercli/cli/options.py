@@ -92,10 +92,10 @@ def _training_option(name: str, rule, plain, paper) -> inspect.Parameter:
 def _training_parameters() -> list[inspect.Parameter]:
     """The parameters train and crossval share: --recipe, then one option per training
     setting in TrainConfig's order (--shared-classes after --classes)."""
-    from fercli.core.config import DEFAULT_RECIPE, RECIPES, TRAIN_SETTINGS, recipe_config
+    from fercli.core.config import DEFAULT_RECIPE, RECIPE_NAMES, TRAIN_SETTINGS, recipe_config
 
     plain, paper = recipe_config(DEFAULT_RECIPE), recipe_config("paper")
-    recipe = choices("Recipe", tuple(RECIPES))
+    recipe = choices("Recipe", RECIPE_NAMES)
     parameters = [
         inspect.Parameter(
             "recipe",
@@ -150,11 +150,11 @@ def with_training_options(command):
     return wrapper
 
 
-def train_config(options: dict):
-    """The TrainConfig of the recipe with the training options given on the command line
-    (options: the `training` dict of with_training_options; None means not given). The
-    settings check themselves (fercli.core.config.TrainConfig), as they do for grids and the
-    API."""
+def training_settings(options: dict) -> tuple[str, dict]:
+    """The recipe and the training settings given on the command line (options: the
+    `training` dict of with_training_options; options not given are left out), checked as
+    TrainConfig checks them (fercli.core.config), as they are for grids and the API, before
+    any work. The recipe "auto" is resolved by the library once it knows the dataset."""
     from fercli.core.config import TRAIN_SETTINGS, recipe_config
 
     given = {}
@@ -162,8 +162,11 @@ def train_config(options: dict):
         value = getattr(options.get(name), "value", options.get(name))  # an Enum's choice
         if rule.kind is tuple and value is not None:  # a list on the command line: a,b,c
             value = tuple(item.strip() for item in value.split(",") if item.strip())
-        given[name] = value
-    return recipe_config(given.pop("recipe"), **given)
+        if value is not None:
+            given[name] = value
+    recipe = given.pop("recipe")
+    recipe_config(recipe, **given)  # SettingError now, not after the data is read
+    return recipe, given
 
 
 def recipe_summary(training: dict) -> str:
@@ -205,7 +208,8 @@ def header(bar, text: str) -> None:
 def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header: str | None = None):
     """Turn training events into the progress display. With epochs (per fold), a finished
     fold completes its share of the bar even where no epoch events come (folds on Ray). A
-    crossval's "start" event gives both, and shows header (its "{folds}" filled in)."""
+    "start" event (a training's or a crossval's) gives both, and shows header, its "{folds}"
+    and "{recipe}" (the settings trained with, recipe_summary) filled in."""
     finished: list[float] = []
     seen: dict[int, int] = {}
     plan = {"folds": folds, "epochs": epochs}
@@ -216,7 +220,8 @@ def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header:
             plan.update(folds=event.folds, epochs=event.epochs)
             bar.update(task, total=event.folds * event.epochs)
             if header and not bar.disable:
-                err.print(shown(header.format(folds=event.folds)))
+                recipe = recipe_summary(event.config.to_dict()) if event.config else ""
+                err.print(shown(header.format(folds=event.folds, recipe=recipe)))
         elif event.kind == "epoch":
             if epochs and seen.get(event.fold) == -1:
                 return  # a late event of a fold already counted in full
@@ -224,13 +229,9 @@ def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header:
             bar.advance(task)
             where = f"fold {event.fold + 1}/{folds} " if folds > 1 else ""
             done = f", finished folds {sum(finished) / len(finished):.1%}" if finished else ""
-            figures = (
-                f"loss {event.loss:.3f} train acc {event.accuracy:.1%}"
-                if math.isfinite(event.loss)
-                else "diverged (loss not finite)"
-            )
             bar.update(
-                task, description=f"{where}epoch {event.epoch}/{event.epochs} {figures}{done}"
+                task,
+                description=f"{where}epoch {event.epoch}/{event.epochs} {figures(event)}{done}",
             )
         elif event.kind == "fold" and event.accuracy is not None:  # None: it diverged
             finished.append(event.accuracy)
@@ -239,6 +240,16 @@ def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header:
                 seen[event.fold] = -1
 
     return update
+
+
+def figures(event) -> str:
+    """An epoch's figures for the progress line."""
+    if not math.isfinite(event.loss):
+        return "diverged (loss not finite)"
+    text = f"loss {event.loss:.3f} train acc {event.accuracy:.1%}"
+    if event.validation_accuracy is not None:
+        text += f" validation acc {event.validation_accuracy:.1%}"
+    return text
 
 
 def video_options(every: int, fps: float | None, detect_every: int, smooth: float):

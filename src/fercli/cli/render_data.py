@@ -150,7 +150,8 @@ def run_cells(details: dict) -> list[str]:
     spread) or a sweep's (its progress, and its best recipe once finished)."""
     kind = details.get("run")
     if kind == "evaluate":
-        return ["one test (fer evaluate)", percent(details.get("pooled_accuracy"), None)]
+        how = "fer evaluate --adapt" if details.get("adapted") else "fer evaluate"
+        return [f"one test ({how})", percent(details.get("pooled_accuracy"), None)]
     if kind == "sweep":
         size = f"sweep: {plural(details['recipes'], 'recipe')} x {plural(details['seeds'], 'seed')}"
         if not details["finished"]:

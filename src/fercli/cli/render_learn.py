@@ -112,6 +112,36 @@ def fold_table(report) -> Table:
     return table
 
 
+def render_evaluation_accuracy(report) -> None:
+    """fer evaluate's accuracy over the faces found and over every image (an image without a
+    face found counted wrong), and its macro-F1."""
+    every = report.all_images
+    faces = report.folds[0].test_size if report.folds else 0
+    f1 = f"macro-F1 {report.macro_f1:.3f}"
+    if not every or every.get("images") is None:
+        out.print(f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold] of the faces found, {f1}")
+        if every.get("note"):
+            out.print(f"[yellow]note:[/yellow] {shown(every['note'])}")
+        return
+    if not every["without_face"]:
+        out.print(
+            f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold] of the {plural(faces, 'image')} "
+            f"(a face found in every one), {f1}"
+        )
+        return
+    out.print(
+        f"[bold]accuracy {report.pooled_accuracy:.2%}[/bold] of the {plural(faces, 'face')} "
+        f"found, [bold]{every['accuracy']:.2%}[/bold] of all {plural(every['images'], 'image')} "
+        f"({every['without_face']} without a face found, counted wrong), {f1}"
+    )
+    missing = ", ".join(
+        f"{shown(label)} {count}"
+        for label, count in every["without_face_per_class"].items()
+        if count
+    )
+    out.print(f"without a face found: {missing}")
+
+
 def render_scores(report, title: str) -> None:
     """The per-class table and the confusion matrix of a crossval or evaluate report."""
     classes = Table(title=title)
@@ -159,7 +189,7 @@ def render_sweep(report) -> None:
         d_low, d_high = item.difference_interval
         table.add_row(
             str(item.rank),
-            shown(item.name),
+            shown(report.base if item.is_base else item.name),
             f"{item.accuracy:.2%}",
             "n/a" if math.isnan(item.spread) else f"{item.spread:.2%}",
             f"{item.macro_f1:.3f}",

@@ -8,36 +8,37 @@ from pathlib import Path
 from rich.table import Table
 
 from fercli.cli.app import emit_json, err, escaped, out, shown
-from fercli.core.labels import answer_shares, collapse_note, describe_shares
+from fercli.core.labels import describe_shares
 
 
-def render_media(media, as_json: bool, as_csv: bool, failure: str | None) -> None:
-    """predict's results on stdout: JSON, CSV, or tables."""
+def render_media(
+    media, as_json: bool, as_csv: bool, failure: str | None, all_scores: bool = False
+) -> None:
+    """predict's results on stdout: JSON, CSV, or tables (all_scores: every class's
+    probability for each face of the photos)."""
     report = media.images
-    videos = [video.to_json(report.classes) for video in media.videos]
     if as_json and failure:
         emit_json(
             {
                 "error": failure,
-                "images": [image.to_json() for image in report.images] + videos,
+                "model": report.model,
+                "images": [media.item_json(item) for item in [*report.images, *media.videos]],
                 "skipped": [
                     {"path": problem.path, "reason": problem.reason} for problem in report.problems
                 ],
             }
         )
     elif as_json:
-        emit_json([item_json(item, report.classes) for item in media.in_order()])
+        emit_json(media.to_json())
     elif as_csv:
         render_csv(media)
     else:
         if report.processed:
-            render_predict(report)
+            render_predict(report, all_scores)
+        elif any(video.processed for video in media.videos):
+            # The photos' table names the model in its title; videos alone get the line.
+            out.print(f"model {shown(Path(report.model).name)}")
         render_videos(media)
-
-
-def item_json(item, classes: list[str]) -> dict:
-    """An image's or a video's JSON result."""
-    return item.to_json(classes) if hasattr(item, "tracks") else item.to_json()
 
 
 def render_media_problems(media) -> None:
@@ -123,22 +124,31 @@ def render_media_summary(media, listed: int, others: str, as_csv: bool) -> None:
 
 
 def render_answers(media, console) -> None:
-    """The share of each label among the photos' faces (a video's frames show the same few
-    people, whose labels may well agree), a warning when one label takes most of them, and
-    what --adapt did."""
-    answers = [face.label for image in media.images.images for face in image.faces]
-    if len(answers) > 1:
-        shares = answer_shares(answers)
-        console.print(f"answers: {shown(describe_shares(shares))}")
-        note = collapse_note(shares, len(answers))
-        if note:
-            console.print(f"[yellow]warning:[/yellow] {shown(note)}")
-    adapted = [("photos", media.images.adaptation)] + [
+    """The share of each label among the photos' faces and among each video's (its frames
+    show the same few people, so each video on its own), a warning when one label takes most
+    of them, and what --adapt did."""
+    several = len(media.answers) > 1 or bool(media.videos)
+    for answers in media.answers:
+        source = f"{shown(answers.source)}: " if several else ""
+        console.print(f"answers: {source}{shown(describe_shares(answers.shares))}")
+        if answers.warning:
+            console.print(f"[yellow]warning:[/yellow] {source}{shown(answers.warning)}")
+    adapted = [(photos_named(media), media.images.adaptation)] + [
         (video.path, video.adaptation) for video in media.videos
     ]
     for where, adaptation in adapted:
         if adaptation is not None:
             console.print(f"note: {shown(where)}: {shown(adaptation.describe())}")
+
+
+def photos_named(media) -> str:
+    """The photos of a run, as a note names them: "the photos in jaffe" (one folder given),
+    the file (one file), else "the photos"."""
+    videos = {video.path for video in media.videos}
+    given = [path for path in media.images.inputs if path not in videos]
+    if len(given) != 1:
+        return "the photos"
+    return f"the photos in {given[0]}" if Path(given[0]).is_dir() else given[0]
 
 
 def plural(count: int, noun: str) -> str:
@@ -149,22 +159,32 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'es' if noun.endswith(('s', 'x', 'sh')) else 's'}"
 
 
-def render_predict(report) -> None:
+def render_predict(report, all_scores: bool = False) -> None:
+    """The photos' table, titled with the model: each face's box, label and probability
+    (all_scores: every class's probability, a column each, after the label)."""
     table = Table(title=f"model {shown(Path(report.model).name)}")
-    for column in ("image", "face", "box (x, y, w, h)", "label", "p"):
+    scores = [shown(label) for label in report.classes] if all_scores else ["p"]
+    for column in ("image", "face", "box (x, y, w, h)", "label"):
         table.add_column(column, overflow="fold")
+    for column in scores:
+        table.add_column(column, overflow="fold", justify="right")
     for image in report.images:
         if image.error:
             continue
         if not image.faces:
-            table.add_row(shown(image.path), "-", "no face found", "", "")
+            table.add_row(shown(image.path), "-", "no face found", "", *[""] * len(scores))
         for number, face in enumerate(image.faces, start=1):
+            shown_scores = (
+                [f"{face.probabilities[label]:.2f}" for label in report.classes]
+                if all_scores
+                else [f"{face.probabilities[face.label]:.2f}"]
+            )
             table.add_row(
                 shown(image.path),
                 str(number),
                 ", ".join(map(str, face.box)),
                 shown(face.label),
-                f"{face.probabilities[face.label]:.2f}",
+                *shown_scores,
             )
     out.print(table)
 

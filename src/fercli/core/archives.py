@@ -10,20 +10,59 @@ checks the shape of that description, so that no command meets an entry of the w
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from fercli.core.errors import ModelError
-from fercli.core.store import npz_problem, unpack_json
 
 MODEL_FORMAT = "fercli-model"
+# Version 2 added ensembles: the first network is stored as in version 1 (meta "layers",
+# norm_mean, norm_std); meta "members" describes the others, whose arrays are prefixed
+# member<i>_. Version 1 files (one network) are read as they are.
+MODEL_FORMAT_VERSION = 2
+# Version 3: the same layout, with each crop standardised by its own mean and std before the
+# stored statistics (meta "per_image_standardisation"); written only for such models, so that
+# an older fercli refuses them rather than feeding them unstandardised crops.
+PER_IMAGE_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 # A model holds a few MB of weights (the widest variant about 4 MB). Refuse files that unpack
 # to more, before unpacking them.
 MAX_MODEL_BYTES = 256 * 2**20
 # Its meta is a few KB of JSON (a 50-network ensemble's about 100 KB): reading more to list a
 # model would only cost time and memory.
 MAX_META_BYTES = 16 * 2**20
+
+
+def npz_problem(path: Path) -> str | None:
+    """Why a file cannot be a .npz archive (fercli's models and datasets), from its first
+    bytes; None if it may be one. Without this, NumPy takes any other file for a pickle and
+    suggests loading it unsafely."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(4)
+    except OSError as error:
+        return f"cannot read it: {error.strerror or error}"
+    if not head:
+        return "an empty file"
+    if head != b"PK\x03\x04":
+        return "not an .npz archive"
+    return None
+
+
+def pack_json(payload: object) -> np.ndarray:
+    """JSON as a uint8 array, so that metadata travels inside a pickle-free .npz."""
+    return np.frombuffer(json.dumps(payload, default=str, allow_nan=False).encode(), dtype=np.uint8)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def unpack_json(array: np.ndarray) -> object:
+    """The JSON that pack_json stored; ValueError for NaN or Infinity, which it never writes."""
+    return json.loads(array.tobytes().decode(), parse_constant=_no_constant)
 
 
 class MetaTooLarge(ValueError):
@@ -199,3 +238,30 @@ def meta_problem(meta: dict) -> str | None:
             if value is not None and not (_is(value, kind) and (kind is not int or value >= 0)):
                 return f"its {where}.{name} is {json_kind(value)}, not {_KINDS[kind]}"
     return None
+
+
+def model_meta_problem(meta: dict) -> str | None:
+    """Why a model file's meta (read_model_archive's) cannot be used, as the error says it
+    after the file's path: a format version this fercli does not read, or an entry of the
+    wrong shape (meta_problem), or a per-image flag that does not go with its version; None
+    when nothing."""
+    version = meta.get("format_version")
+    if version is not None and type(version) is not int:
+        return f"damaged model file (its format version {version!r} is not a whole number)"
+    if version not in READABLE_FORMAT_VERSIONS:
+        return (
+            f"model format version {version} is not supported by this fercli (it reads versions "
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS[:-1]))} and "
+            f"{READABLE_FORMAT_VERSIONS[-1]}); retrain with `fer train`"
+        )
+    problem = meta_problem(meta)
+    per_image = meta.get("per_image_standardisation")
+    if not problem and bool(per_image) != (version == PER_IMAGE_FORMAT_VERSION):
+        problem = (
+            "per_image_standardisation is written only in format version 3 files, and this "
+            f"one is version {version}"
+            if per_image
+            else "a format version 3 file standardises each crop by itself, and its "
+            f"per_image_standardisation is {json_kind(per_image)}"
+        )
+    return f"damaged model file ({problem})" if problem else None

@@ -114,6 +114,9 @@ BATCH_PIXELS = 1 << 22
 # Dataset layouts (fercli.data.datasets reads them): a layout's name and the other names it
 # answers to. "fer2013" is a CSV file, read by fercli.data.fer2013 rather than scanned.
 LAYOUTS = ("jaffe", "ck+", "folders", "fer2013")
+# --adapt: how the per-pixel statistics of the faces being labelled are mapped onto the training
+# crops' (fercli.infer.adapt): "mean", "mean+std", or "none" (the global statistics only).
+ADAPT_PIXEL_MAPS = ("mean", "mean+std", "none")
 LAYOUT_ALIASES = {
     "jaffe": "jaffe",
     "ck+": "ck+",
@@ -147,8 +150,8 @@ class ScanConfig:
             )
 
 
-MODEL_VARIANTS = ("paper", "dropout", "batchnorm", "batchnorm-dropout", "wide")
-OPTIMIZERS = ("sgd", "adam")
+MODEL_VARIANTS = ("paper", "dropout", "batchnorm", "batchnorm-dropout", "wide", "vgg")
+OPTIMIZERS = ("sgd", "nesterov", "adam")
 # z-score statistics: "global" (one mean/std of the training images), "pixel" (one per pixel),
 # "per-dataset" (several datasets combined: each dataset's own mean/std from its training
 # images, the left-out dataset's from its own images in leave-one-dataset-out; "global" on one);
@@ -158,6 +161,9 @@ NORMALISATIONS = ("global", "pixel", "per-dataset", "image")
 # "copies": the training set is enlarged once with transformed copies, the originals kept (the
 # paper's wording); "online": every epoch replaces each image by a random transformed copy.
 AUGMENTATIONS = ("copies", "online")
+CLASS_WEIGHTS = ("none", "balanced", "sqrt")
+LR_SCHEDULES = ("constant", "cosine")
+BALANCES = ("none", "datasets")
 
 # Seeds feed NumPy's and TensorFlow's generators, which take 0 to 2**32 - 1.
 MAX_SEED = 2**32 - 1
@@ -182,7 +188,8 @@ class TrainConfig(JsonConfig):
         "--variant",
         choices=MODEL_VARIANTS,
         help="Network: paper (the paper's), dropout, batchnorm (batch normalisation), "
-        "batchnorm-dropout (both) or wide (more filters).",
+        "batchnorm-dropout (both), wide (more filters) or vgg (three 3x3 convolutions and a "
+        "hidden layer, for tens of thousands of images).",
     )
     # Passes over the (enlarged) training set.
     epochs: int = setting(
@@ -192,7 +199,18 @@ class TrainConfig(JsonConfig):
     learning_rate: float = setting(0.001, "--lr", low=0.0, help="Learning rate.")
     momentum: float = setting(0.9, "--momentum", low=0.0, high=1.0, help="SGD momentum, 0 to 1.")
     optimizer: str = setting(
-        "sgd", "--optimizer", choices=OPTIMIZERS, help="Optimizer: sgd or adam."
+        "sgd",
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="Optimizer: sgd (with --momentum), nesterov (SGD with Nesterov momentum) or adam.",
+    )
+    # "constant", or "cosine": the rate falls from --lr towards 0 along half a cosine over the
+    # epochs (a budget of few epochs ends on small steps).
+    lr_schedule: str = setting(
+        "constant",
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help="Learning rate over the epochs: constant, or cosine (from --lr down to 0).",
     )
     # Training images only: augmentation on or off, and how (AUGMENTATIONS).
     augment: bool = setting(True, "--augment", help="Augment the training images.")
@@ -312,10 +330,43 @@ class TrainConfig(JsonConfig):
     recipe: str = setting(
         "paper",
         "--recipe",
-        help="Starting settings: robust (batch normalisation and dropout, mirrored test "
-        "faces, the crop jittered in scale and position, for photos from other cameras), best "
-        "(the same without the jitter) or paper (the paper's recipe as written). Options "
-        "given here override the recipe's.",
+        help="Starting settings: auto (the default: general from 5,000 images, robust below), "
+        "robust (batch normalisation and dropout, mirrored test faces, the crop jittered in "
+        "scale and position, for photos from other cameras), general (robust for tens of "
+        "thousands of photos: online augmentation, larger batches, fewer epochs, class weights, "
+        "the epoch chosen on held-out images), best (robust without the jitter) or paper (the "
+        "paper's recipe as written). Options given here override the recipe's.",
+    )
+    # Loss weights per class (CLASS_WEIGHTS): "none", "balanced" (each class weighs as much
+    # as the others in all: n / (k n_class)) or "sqrt" (half way, 1 / sqrt(n_class), scaled to
+    # a mean of 1): FER2013's disgust is 1.5% of its images.
+    class_weight: str = setting(
+        "none",
+        "--class-weight",
+        choices=CLASS_WEIGHTS,
+        help="Loss weights per class: none, balanced (rare classes weigh as much as common "
+        "ones in all) or sqrt (half way).",
+    )
+    # Images held out of training to choose the epoch to keep: a share of the training images
+    # ("0.1", stratified by class, drawn with the seed), a preprocessed dataset (its name or
+    # folder) or "" for none (the last epoch is kept). Every epoch is scored on them and the
+    # network of the best epoch is the one saved.
+    validation: str = setting(
+        "",
+        "--validation",
+        metavar="SHARE|DATASET",
+        help="Hold out a share of the training images (0.1) or score on another preprocessed "
+        "dataset after every epoch, and keep the epoch that scores best on them.",
+    )
+    # Several datasets combined (fer train a/ b/): "datasets" draws each dataset's images
+    # equally often in every epoch, so that a small one is not drowned by a large one; "none"
+    # draws every image once.
+    balance: str = setting(
+        "none",
+        "--balance",
+        choices=BALANCES,
+        help="Several datasets: none (every image once an epoch) or datasets (each dataset "
+        "drawn as often as the others).",
     )
     # A fercli model file whose weights the network starts from (fine-tuning); "" for none.
     # Trained on other people (another dataset), it lends a small set what it learned there.
@@ -330,6 +381,12 @@ class TrainConfig(JsonConfig):
     def __post_init__(self) -> None:
         check_settings(self)
         check_switches(self)
+        share = validation_share(self.validation)
+        if share is not None and not 0 < share <= MAX_VALIDATION_SHARE:
+            raise SettingError(
+                f"validation (--validation) {self.validation}: a share of the training images "
+                f"above 0 and at most {MAX_VALIDATION_SHARE:g}, or a dataset"
+            )
 
     @classmethod
     def from_dict(cls, data: dict):
@@ -343,6 +400,19 @@ class TrainConfig(JsonConfig):
         return super().from_dict(data)
 
 
+# Beyond this, too little is left to train on.
+MAX_VALIDATION_SHARE = 0.5
+
+
+def validation_share(validation: str) -> float | None:
+    """The share of the training images --validation holds out, None when it names a dataset
+    (or nothing)."""
+    try:
+        return float(validation)
+    except ValueError:
+        return None
+
+
 # Every training setting: what the command line, a sweep grid and the Python API accept.
 TRAIN_SETTINGS = settings_of(TrainConfig)
 
@@ -354,10 +424,14 @@ TRAIN_SETTINGS = settings_of(TrainConfig)
 # pixels): on bench/shift.py's proxy it held the clean subject split (93.4% against 93.1%) and
 # raised the mean over simulated camera and crop shifts from 82.1% to 90.7% (seeds 0-2), at
 # the same cost.
-# The recipe train, crossval and the API start from when none is named: the best fercli has
-# measured (issue 28). The seed's own notebook trained with batch normalisation and dropout too;
-# --recipe paper is the paper as written.
-DEFAULT_RECIPE = "robust"
+# The recipe train, crossval and the API start from when none is named: "auto", which is
+# "robust" for a dataset of lab size and "general" from GENERAL_FROM_IMAGES images (a
+# FER2013-sized set of photos from anywhere), chosen once the dataset is known
+# (resolve_recipe). The seed's own notebook trained with batch normalisation and dropout
+# too; --recipe paper is the paper as written.
+DEFAULT_RECIPE = "auto"
+AUTO_RECIPE = "auto"
+GENERAL_FROM_IMAGES = 5_000
 
 RECIPES: dict[str, dict] = {
     "paper": {},
@@ -368,16 +442,54 @@ RECIPES: dict[str, dict] = {
         "max_scale": 0.15,
         "max_shift": 3.0,
     },
+    # Tens of thousands of photos from anywhere (FER2013): what suits 1,000 images (five
+    # copies each, 100 epochs of batches of 16) would take hours. See docs/accuracy.md, "A
+    # general model", for the measurements behind each value.
+    "general": {
+        "variant": "batchnorm-dropout",
+        "test_time_flip": True,
+        "max_scale": 0.15,
+        "max_shift": 3.0,
+        "augment_mode": "online",
+        "epochs": 30,
+        "batch_size": 64,
+        "learning_rate": 0.01,
+        "class_weight": "sqrt",
+        "validation": "0.1",
+        "balance": "datasets",
+    },
 }
+RECIPE_NAMES = (AUTO_RECIPE, *RECIPES)
 
 
-def recipe_config(name: str, **overrides) -> TrainConfig:
-    """The TrainConfig of a recipe with some settings overridden (None values are ignored).
+def resolve_recipe(name: str, images: int | None) -> str:
+    """The recipe "auto" stands for with a dataset of this many images (None: not known yet,
+    "robust"); any other name as it is."""
+    if name != AUTO_RECIPE:
+        return name
+    return "general" if images is not None and images >= GENERAL_FROM_IMAGES else "robust"
+
+
+def auto_note(name: str, images: int) -> str | None:
+    """What to say of the recipe "auto" chose for a dataset of this many images."""
+    if name != AUTO_RECIPE:
+        return None
+    chosen = resolve_recipe(name, images)
+    return (
+        f"recipe {chosen}, chosen for {images:,} images (the default, auto: general from "
+        f"{GENERAL_FROM_IMAGES:,} images, robust below; --recipe names one)"
+    )
+
+
+def recipe_config(name: str, images: int | None = None, **overrides) -> TrainConfig:
+    """The TrainConfig of a recipe with some settings overridden (None values are ignored);
+    images: the dataset's size, which decides what "auto" stands for (resolve_recipe).
     A recipe's value of a setting whose switch the overrides turn off (robust's max_scale
     with augment=False) is dropped; an override of such a setting is refused (SettingError),
     since it would do nothing."""
-    if name not in RECIPES:
-        raise FerError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    if name not in RECIPE_NAMES:
+        raise FerError(f"unknown recipe {name!r}; choose from {', '.join(RECIPE_NAMES)}")
+    name = resolve_recipe(name, images)
     chosen = {key: value for key, value in overrides.items() if value is not None}
     values = {**RECIPES[name], **chosen, "recipe": name}
     defaults = defaults_of(TrainConfig)
@@ -423,3 +535,16 @@ def recipe_dropped(config: TrainConfig) -> dict:
 def _switched_off(config: TrainConfig, key: str) -> bool:
     rule = TRAIN_SETTINGS.get(key)
     return bool(rule and rule.only_with and getattr(config, rule.only_with) is False)
+
+
+def for_photos_from_elsewhere(training: dict | None) -> bool:
+    """Whether a model's training settings (its file's "training") jittered the crop in scale
+    or position, as the robust recipe does for photos from other cameras and crops; False for
+    settings that cannot be read (a file from an older fercli)."""
+    if not isinstance(training, dict):
+        return False
+    try:
+        config = TrainConfig.from_dict(training)
+    except (FerError, TypeError, ValueError):
+        return False
+    return bool(config.augment and (config.max_scale > 0 or config.max_shift > 0))

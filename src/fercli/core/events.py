@@ -20,8 +20,9 @@ class Event:
       `epoch` of `epochs`, with its training loss and accuracy.
     - "fold": fold `fold` (0-based) of `folds` finished; accuracy None when it diverged.
       In a sweep, done and total count its folds, and recipe and seed say which one.
-    - "start": a cross-validation starts, with its folds of epochs each; a sweep starts,
-      with done folds of total already stored.
+    - "start": a training (folds: its networks) or a cross-validation starts, with its
+      folds of epochs each, and config, the TrainConfig it trains with; a sweep starts, with
+      done folds of total already stored.
     - "where": a cross-validation's folds are done and where.png's maps are being made
       (seconds: a Ctrl-C now leaves them out and keeps the rest).
     """
@@ -39,6 +40,10 @@ class Event:
     seed: int = 0
     # The caller's name for a unit of work (a crossval fold, a sweep member and fold).
     key: object = None
+    # "start" of a training or cross-validation: the TrainConfig it trains with.
+    config: object = None
+    # "epoch": the accuracy on the images held out to choose the epoch (--validation).
+    validation_accuracy: float | None = None
 
 
 Progress = Callable[[Event], None]

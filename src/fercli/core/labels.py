@@ -70,22 +70,77 @@ def answer_shares(answers: list[str]) -> dict[str, float]:
     return {label: counts[label] / len(answers) for label in ranked}
 
 
-def collapse_note(shares: dict[str, float], answers: int, truth: dict[str, float] | None = None):
+def collapse_note(
+    shares: dict[str, float],
+    answers: int,
+    truth: dict[str, float] | None = None,
+    *,
+    adapted: bool = False,
+    jittered: bool = False,
+    unit: str = "answers",
+    same_people: bool = False,
+) -> str | None:
     """A warning when one class takes more than COLLAPSE_SHARE of the answers (and, where the
-    true classes are known, more than its share of the truth allows); None otherwise."""
+    true classes are known, more than its share of the truth allows); None otherwise. Its
+    advice knows what was done: adapted (--adapt was given), jittered (the model was trained
+    with the crop jittered, as the robust recipe does: for_photos_from_elsewhere). unit: what
+    the answers are; same_people: they are a few people's, seen again and again (a video's
+    frames), who may well show one expression throughout."""
     if answers < COLLAPSE_MIN_ANSWERS or not shares:
         return None
     label, share = next(iter(shares.items()))
     if share <= COLLAPSE_SHARE or (truth is not None and truth.get(label, 0.0) > COLLAPSE_SHARE):
         return None
     held = f" (it is {truth.get(label, 0.0):.0%} of the true labels)" if truth is not None else ""
+    unless = f"unless its people show {label} throughout, " if same_people else ""
     return (
-        f"{label} takes {share:.0%} of the {answers} answers{held}: the model has collapsed onto "
-        "one class, as models do on photos unlike their training set's; try --adapt, or a model "
-        "trained with the recipe for photos from elsewhere"
+        f"{label} takes {share:.0%} of the {answers} {unit}{held}: {unless}the model has "
+        "collapsed onto one class, as models do on photos unlike their training set's; "
+        f"{collapse_advice(adapted, jittered)}"
     )
+
+
+# What is left to try once --adapt and the robust recipe were: data from many people, cameras
+# and crops, which no statistic of one dataset stands in for.
+VARIED_DATA = (
+    "a model trained on more varied data (many people, cameras and crops, such as FER2013: "
+    "fer preprocess fer2013.csv, then fer train)"
+)
+
+
+def collapse_advice(adapted: bool, jittered: bool) -> str:
+    """The next steps that can still help a model that collapsed, leaving out what was done:
+    --adapt (adapted), the recipe for photos from elsewhere (jittered), and more varied data."""
+    if adapted and jittered:
+        return (
+            "--adapt was given and the model was trained with the recipe for photos from "
+            f"elsewhere (robust's crop jitter), so what is left to try is {VARIED_DATA}"
+        )
+    steps = [] if adapted else ["try --adapt"]
+    if not jittered:
+        steps.append(
+            "a model trained with the recipe for photos from elsewhere (--recipe robust, fer "
+            "train's default)"
+        )
+    steps.append(VARIED_DATA)
+    done = "--adapt was given; " if adapted else ""
+    first, *rest = steps
+    if adapted:
+        first = f"try {first}"
+    return done + ", or ".join([first, *rest])
 
 
 def describe_shares(shares: dict[str, float]) -> str:
     """ "surprise 83%, happiness 9%, ..." """
     return ", ".join(f"{label} {share:.0%}" for label, share in shares.items())
+
+
+def no_neutral_note(classes: list[str]) -> str | None:
+    """What to say of a model without a neutral class (one trained on CK+48's seven emotions):
+    every face gets one of its emotions, a calm face too. None when it has one."""
+    if any(canonical_label(name) == "neutral" for name in classes):
+        return None
+    return (
+        "the model has no neutral class, so it gives every face one of its emotions "
+        f"({', '.join(classes)}), a calm face too"
+    )

@@ -24,10 +24,14 @@ import re
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+# Re-exported: fercli's .npz files are read and written through core.archives.
+from fercli.core.archives import newest_model_file
+from fercli.core.archives import npz_problem as npz_problem
+from fercli.core.archives import pack_json as pack_json
+from fercli.core.archives import unpack_json as unpack_json
 from fercli.core.errors import StoreError
 
 HOME_VARIABLE = "FER_HOME"
@@ -124,8 +128,10 @@ def _first_free(path: Path, create, suffix: str | None = None) -> Path:
 
 
 def slug(text: str) -> str:
-    """A file-name-safe version of a name."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    """A file-name-safe version of a name. "+" is kept: it is safe in file names everywhere,
+    datasets are named with it (CK+48), and several combined are joined by it (jaffe+ck48),
+    so that a name given on the command line finds what was stored under it."""
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-.")
     return cleaned[:40] or "dataset"
 
 
@@ -222,7 +228,9 @@ def _replace_with(path: Path, fill, keep_existing: bool = False, check=None) -> 
         raise _store_error(path, error) from None
     try:
         # mkstemp makes the file owner-only; give it the mode open() would (0666 less the umask).
-        os.fchmod(handle, 0o666 & ~_umask())
+        # Windows before Python 3.13 has no os.fchmod (nor owner-only files to widen).
+        if hasattr(os, "fchmod"):
+            os.fchmod(handle, 0o666 & ~_umask())
         fill(handle, temporary)
         if check:
             check(Path(temporary))
@@ -301,36 +309,6 @@ def _remove_quietly(path: str | Path) -> None:
         pass
 
 
-def npz_problem(path: Path) -> str | None:
-    """Why a file cannot be a .npz archive (fercli's models and datasets), from its first
-    bytes; None if it may be one. Without this, NumPy takes any other file for a pickle and
-    suggests loading it unsafely."""
-    try:
-        with open(path, "rb") as stream:
-            head = stream.read(4)
-    except OSError as error:
-        return f"cannot read it: {error.strerror or error}"
-    if not head:
-        return "an empty file"
-    if head != b"PK\x03\x04":
-        return "not an .npz archive"
-    return None
-
-
-def pack_json(payload: object) -> np.ndarray:
-    """JSON as a uint8 array, so that metadata travels inside a pickle-free .npz."""
-    return np.frombuffer(json.dumps(payload, default=str, allow_nan=False).encode(), dtype=np.uint8)
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def unpack_json(array: np.ndarray) -> object:
-    """The JSON that pack_json stored; ValueError for NaN or Infinity, which it never writes."""
-    return json.loads(array.tobytes().decode(), parse_constant=_no_constant)
-
-
 def latest(folder: Path, pattern: str) -> Path | None:
     """The most recently written file matching a glob pattern below a folder."""
     try:
@@ -371,3 +349,39 @@ def name_not_found(given: str, names: list[str], matches: list[str], what: str) 
     suggested = list(dict.fromkeys(name for head in close for name in heads[head]))[:3]
     hint = f"; did you mean {' or '.join(suggested)}?" if suggested else ""
     return f"{given}: no {what} of that name{hint}"
+
+
+def default_model() -> Path | None:
+    """The model file fer predict, evaluate and live use when none is named: the one trained
+    most recently, in FER_HOME/models, that can be read as one (core.archives: a damaged,
+    oversized or foreign file is passed over, and fer list says why); None when there is
+    none."""
+    return newest_model_file(models_dir())
+
+
+@dataclass(frozen=True)
+class DefaultModelChange:
+    """A command's model file that became the default (default_model): what to tell the user,
+    whose next fer predict it changes."""
+
+    now: Path
+    was: Path | None
+
+    def describe(self) -> str:
+        was = self.was.name if self.was is not None else "none"
+        return f"the default model for fer predict is now {self.now.name} (was {was})"
+
+
+def default_model_change(before: Path | None, written: Path) -> DefaultModelChange | None:
+    """The change a command made by writing the model file written, the default having been
+    before (default_model() when it started); None when the default is not that file, or
+    already was."""
+    now = default_model()
+    if now is None or before is not None and now == before:
+        return None
+    try:
+        if not now.samefile(written):
+            return None
+    except OSError:
+        return None
+    return DefaultModelChange(now, before)

@@ -24,7 +24,7 @@ from fercli.core.config import PreprocessConfig
 from fercli.core.errors import LayoutError
 from fercli.core.events import Progress, items
 from fercli.core.labels import label_order
-from fercli.data.prepared import face_crops_note, save_prepared
+from fercli.data.prepared import face_crops_note, save_prepared, unaligned_counts
 from fercli.media.discover import Skipped
 
 HEADER = ("emotion", "pixels", "Usage")
@@ -219,6 +219,7 @@ def preprocess_fer2013(
     bad_rows: list[Skipped] = []
     no_face: list[Skipped] = []
     crops, labels, splits, paths = [], [], [], []
+    unaligned: list[tuple[str, str]] = []  # (label, split) of the rows that gave no crop
     rows = face_crops = 0
     for number, label, split, crop, reason, whole_image in aligned_rows(
         path, config, workers, bad_rows, progress
@@ -227,6 +228,7 @@ def preprocess_fer2013(
         face_crops += whole_image
         if crop is None:
             no_face.append(Skipped(f"{path}#row{number}", reason))
+            unaligned.append((LABELS[label], split))
             continue
         crops.append(crop)
         labels.append(LABELS[label])
@@ -269,7 +271,14 @@ def preprocess_fer2013(
             labels=np.array(labels),
             subjects=np.array([""] * len(crops)),
             paths=np.array(paths),
-            meta={"scan": {}, "splits": sorted(set(splits) - {""}), "made_by": made_by},
+            meta={
+                "scan": {},
+                "splits": sorted(set(splits) - {""}),
+                "made_by": made_by,
+                "unaligned": unaligned_counts(
+                    [label for label, _ in unaligned], [split for _, split in unaligned]
+                ),
+            },
             splits=np.array(splits),
         )
         save_prepared(report, dataset, config)

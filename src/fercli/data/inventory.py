@@ -18,7 +18,6 @@ import numpy as np
 from fercli.core.archives import (
     archive_meta,
     array_length,
-    newest_model_file,
     read_model_archive,
 )
 from fercli.core.config import TrainConfig, recipe_differences
@@ -27,6 +26,7 @@ from fercli.core.store import (
     abbreviated,
     crops_dir,
     datasets_dir,
+    default_model,
     dlib_dir,
     home,
     models_dir,
@@ -163,6 +163,8 @@ def _run(folder: Path) -> Entry:
         entry.details = {
             # "none": the one test of fer evaluate, not folds of a cross-validation.
             "run": "evaluate" if group == "none" else "crossval",
+            # fer evaluate --adapt: the model adapted to the dataset's faces first.
+            "adapted": bool(report["protocol"].get("adapted")),
             "dataset": report["dataset"]["name"],
             "fingerprint": report["dataset"].get("fingerprint"),
             "folds": report.get("completed_folds"),
@@ -270,7 +272,7 @@ def list_home() -> Inventory:
     def by_age(entries: list[Entry]) -> list[Entry]:
         return sorted(entries, key=lambda entry: (entry.modified, entry.name))
 
-    newest = newest_model_file(models_dir())  # as fer predict picks its model
+    newest = default_model()  # as fer predict picks its model: the newest that can be read
     dataset = default_dataset()
     return Inventory(
         home(),

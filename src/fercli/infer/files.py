@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from fercli.core.config import for_photos_from_elsewhere
 from fercli.core.errors import FerError
 from fercli.core.events import Progress
+from fercli.core.labels import answer_shares, collapse_note, no_neutral_note
 from fercli.infer.model import FerModel
 from fercli.infer.photos import ImagePrediction, PredictReport, annotated_name, label_photos
 from fercli.infer.tracking import (
@@ -29,12 +31,28 @@ if TYPE_CHECKING:
     from fercli.infer.photos import ImagePrediction, PredictReport
 
 
+@dataclass(frozen=True)
+class AnswerShares:
+    """The share of each label among the faces of the photos (together) or of one video's
+    analysed frames, largest first, and the warning when one label takes most of them
+    (core.labels.collapse_note, whose advice knows whether --adapt was given and how the
+    model was trained)."""
+
+    source: str  # "photos", or the video's path
+    shares: dict[str, float]
+    answers: int  # faces labelled
+    warning: str | None = None
+
+
 @dataclass
 class MediaReport:
-    """fer predict over images and videos: the images' report as before, and each video's."""
+    """fer predict over images and videos: the images' report as before, and each video's.
+    The model that labelled them all is images.model (its file) and images.classes."""
 
     images: PredictReport
     videos: list[VideoPrediction] = field(default_factory=list)
+    # The labels' shares: the photos', then each video's (media_answers).
+    answers: list[AnswerShares] = field(default_factory=list)
     # Labelled copies written (fer predict --annotate): images; videos and timelines.
     annotated: list[Path] = field(default_factory=list)
     annotated_videos: list[Path] = field(default_factory=list)
@@ -46,6 +64,21 @@ class MediaReport:
     def csv_rows(self, escape: Callable[[str], str] = str) -> Iterator[list]:
         """fer predict --csv: the header, then a row per face (see csv_rows)."""
         return csv_rows(self, escape)
+
+    def to_json(self) -> list[dict]:
+        """fer predict --json: each file's result in the order the files were given (an
+        image's ImagePrediction.to_json, a video's VideoPrediction.to_json), each naming the
+        model file that labelled it ("model", after "path")."""
+        return [self.item_json(item) for item in self.in_order()]
+
+    def item_json(self, item: ImagePrediction | VideoPrediction) -> dict:
+        """One file's JSON result, with the model file's path."""
+        data = (
+            item.to_json(self.images.classes)
+            if isinstance(item, VideoPrediction)
+            else item.to_json()
+        )
+        return {"path": data.pop("path"), "model": self.images.model, **data}
 
     def in_order(self) -> list[ImagePrediction | VideoPrediction]:
         """The images' results (ImagePrediction) and the videos' (VideoPrediction) in the
@@ -70,7 +103,7 @@ def label_files(
     workers: int | None = None,
     progress: Progress | None = None,
     video_progress: Callable[[str], Progress | None] | None = None,
-    adapt: bool = False,
+    adapt: bool | str = False,
     keep_best: bool = False,
 ) -> MediaReport:
     """label_photos for the images among the files a command was given (media.discover) and
@@ -85,7 +118,7 @@ def label_files(
         model,
         workers,
         progress=progress if images else None,
-        adapt=adapt and bool(images),
+        adapt=adapt if images else False,
     )
     results = [
         label_video(
@@ -98,7 +131,48 @@ def label_files(
         )
         for path in videos
     ]
-    return MediaReport(images=report, videos=results, order=[str(path) for path in found.files])
+    media = MediaReport(images=report, videos=results, order=[str(path) for path in found.files])
+    media.answers = media_answers(media, for_photos_from_elsewhere(model.meta.get("training")))
+    neutral = no_neutral_note(model.classes)
+    if neutral and media.processed:
+        report.notes.append(f"{Path(str(model.path)).name}: {neutral}")
+    return media
+
+
+def media_answers(media: MediaReport, jittered: bool) -> list[AnswerShares]:
+    """The labels' shares among the photos' faces (all together) and among each video's faces
+    frame by frame (a video's frames show the same few people, so its own), where there are
+    two answers or more, each with its collapse warning. jittered: the model was trained for
+    photos from elsewhere (core.config.for_photos_from_elsewhere), which its advice leaves out."""
+    found = []
+    photos = [face.label for image in media.images.images for face in image.faces]
+    if len(photos) > 1:
+        shares = answer_shares(photos)
+        note = collapse_note(
+            shares,
+            len(photos),
+            adapted=media.images.adaptation is not None,
+            jittered=jittered,
+        )
+        found.append(AnswerShares("photos", shares, len(photos), note))
+    for video in media.videos:
+        # As the track table counts them: the smoothed label where there is one.
+        labels = [
+            face.smoothed_label or face.label for track in video.tracks for face in track.frames
+        ]
+        if len(labels) < 2:
+            continue
+        shares = answer_shares(labels)
+        note = collapse_note(
+            shares,
+            len(labels),
+            adapted=video.adaptation is not None,
+            jittered=jittered,
+            unit="faces labelled in its frames",
+            same_people=True,
+        )
+        found.append(AnswerShares(video.path, shares, len(labels), note))
+    return found
 
 
 # Box colours (BGR) of tracks in annotated videos, by track id.
@@ -256,9 +330,13 @@ def draw_faces(frame: np.ndarray, faces: list[tuple[int, FaceFrame]], thickness:
 
 
 def csv_header(
-    classes: list[str], smoothed: bool = False, escape: Callable[[str], str] = str
+    classes: list[str],
+    smoothed: bool = False,
+    escape: Callable[[str], str] = str,
+    model: bool = False,
 ) -> list[str]:
-    """The header of the per-frame CSV of videos (fer predict --csv, fer live --record)."""
+    """The header of the per-frame CSV of videos (fer predict --csv, fer live --record); model:
+    a last column naming the model file."""
     header = [
         "path",
         "frame",
@@ -273,7 +351,7 @@ def csv_header(
     ]
     if smoothed:
         header += ["smoothed_label", *(f"smoothed_p_{escape(label)}" for label in classes)]
-    return header
+    return header + (["model"] if model else [])
 
 
 def csv_row(
@@ -283,8 +361,10 @@ def csv_row(
     classes: list[str],
     smoothed: bool = False,
     escape: Callable[[str], str] = str,
+    model: str | None = None,
 ) -> list:
-    """One row of the per-frame CSV: one face in one analysed frame."""
+    """One row of the per-frame CSV: one face in one analysed frame; model: the model file's
+    path, in the last column (csv_header's model)."""
     row = [
         escape(path),
         face.frame,
@@ -299,7 +379,7 @@ def csv_row(
             escape(face.smoothed_label or ""),
             *(f"{(face.smoothed or {}).get(label, 0.0):.6f}" for label in classes),
         ]
-    return row
+    return row + ([escape(model)] if model is not None else [])
 
 
 def image_rows(
@@ -329,8 +409,10 @@ def csv_rows(media: MediaReport, escape: Callable[[str], str] = str) -> Iterator
     without a face: one row with the rest empty) and, in a run with videos, one row per face
     per analysed frame, files in the order given. With videos every row has the frame, time
     and track columns (empty for a photo's face), and the face column (empty for a video's)
-    when there are photos. escape: applied to the text of names (the CLI's printable escaping)."""
+    when there are photos. The last column, model, names the model file that labelled the
+    faces. escape: applied to the text of names (the CLI's printable escaping)."""
     classes = media.images.classes
+    model = escape(media.images.model)
     if not media.videos:
         yield [
             "path",
@@ -341,13 +423,14 @@ def csv_rows(media: MediaReport, escape: Callable[[str], str] = str) -> Iterator
             "height",
             "label",
             *(f"p_{escape(label)}" for label in classes),
+            "model",
         ]
         for image in media.images.images:
-            yield from image_rows(image, classes, escape)
+            yield from ([*row, model] for row in image_rows(image, classes, escape))
         return
     images = media.images.images
     smoothed = any(video.smoothed for video in media.videos)
-    header = csv_header(classes, smoothed, escape)
+    header = csv_header(classes, smoothed, escape, model=True)
     if images:
         header.insert(1, "face")
     yield header
@@ -356,14 +439,14 @@ def csv_rows(media: MediaReport, escape: Callable[[str], str] = str) -> Iterator
             unsmoothed = [""] * (len(classes) + 1) if smoothed else []
             for row in image_rows(item, classes, escape):
                 # No frame, time or track; no smoothed figures.
-                yield [*row[:2], "", "", "", *row[2:], *unsmoothed]
+                yield [*row[:2], "", "", "", *row[2:], *unsmoothed, model]
             continue
         rows = sorted(
             ((face.frame, track.id, face) for track in item.tracks for face in track.frames),
             key=lambda row: row[:2],
         )
         for _, track, face in rows:
-            row = csv_row(item.path, track, face, classes, smoothed, escape)
+            row = csv_row(item.path, track, face, classes, smoothed, escape, media.images.model)
             if images:
                 row.insert(1, "")
             yield row

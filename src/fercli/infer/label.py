@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fercli.core.errors import ModelError
+from fercli.core.errors import ImageError, ModelError
 from fercli.faces.pipeline import align_faces
 from fercli.media.images import image_name
+from fercli.media.video import is_video
 
 if TYPE_CHECKING:
     from fercli.infer.model import FerModel
@@ -70,7 +72,16 @@ def label_faces(image: str | os.PathLike | np.ndarray, model: FerModel) -> list[
     """The expression of every face in an image (a path: str, bytes or os.PathLike; or a BGR
     or grayscale uint8 array): box, label, probabilities, the faces aligned with the model's
     own preprocessing settings."""
-    faces = align_faces(image, model.preprocess)
+    try:
+        faces = align_faces(image, model.preprocess)
+    except ImageError:
+        name = image_name(image)
+        if name and is_video(Path(name)):
+            raise ImageError(
+                f"{name}: a video, not an image; label the faces of videos with "
+                f"fercli.label_media([{name!r}]), which follows them from frame to frame"
+            ) from None
+        raise
     if not faces:
         return []
     source = image_name(image) or "the image"

@@ -10,38 +10,40 @@ TensorFlow.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from fercli.core.archives import (
-    MAX_MODEL_BYTES as MAX_MODEL_BYTES,  # re-exported: where a model file's limits are told
-)
+# Re-exported: where a model file's format and limits are told.
+from fercli.core.archives import MAX_MODEL_BYTES as MAX_MODEL_BYTES
 from fercli.core.archives import (
     MODEL_FORMAT,
-    json_kind,
-    meta_problem,
+    MODEL_FORMAT_VERSION,
+    PER_IMAGE_FORMAT_VERSION,
     model_file_problem,
-    newest_model_file,
+    model_meta_problem,
     read_model_archive,
 )
+from fercli.core.archives import READABLE_FORMAT_VERSIONS as READABLE_FORMAT_VERSIONS
 from fercli.core.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
 from fercli.core.errors import ModelError, NoModelError
 from fercli.core.hashing import CROP_DIGEST_BYTES, crop_digests
-from fercli.core.store import atomic_write, models_dir, pack_json
-from fercli.infer.runtime import NumpyNetwork
+from fercli.core.store import atomic_write, default_model, models_dir, pack_json
+from fercli.infer.inputs import (
+    PIXEL_STATISTICS_VERSION,
+    PixelMap,
+    PixelStatistics,
+    checked_pixel_statistics,
+    network_input,
+)
 
-# Version 2 added ensembles: the first network is stored as in version 1 (meta "layers",
-# norm_mean, norm_std); meta "members" describes the others, whose arrays are prefixed
-# member<i>_. Version 1 files (one network) are read as they are.
-MODEL_FORMAT_VERSION = 2
-# Version 3: the same layout, with each crop standardised by its own mean and std before the
-# stored statistics (meta "per_image_standardisation"); written only for such models, so that
-# an older fercli refuses them rather than feeding them unstandardised crops.
-PER_IMAGE_FORMAT_VERSION = 3
-READABLE_FORMAT_VERSIONS = (1, 2, 3)
+# Re-exported: learn (training, augment) takes it from the model module.
+from fercli.infer.inputs import standardise_each as standardise_each
+from fercli.infer.runtime import NumpyNetwork, one_blas_thread
+
 # An ensemble averages a few networks (a crossval's folds); more would only cost predict time.
 MAX_ENSEMBLE_MEMBERS = 50
 # The training crops' SHA-256 digests are kept cut to 8 bytes: 80 KB for 10,000 crops, and a
@@ -55,33 +57,6 @@ def crop_hashes(crops: np.ndarray) -> np.ndarray:
     return np.unique(crop_digests(crops, TRAINING_HASH_BYTES), axis=0)
 
 
-# A crop's own standard deviation is floored at one grey level: a flat crop stays flat.
-MIN_IMAGE_STD = 1.0
-
-
-def standardise_each(crops: np.ndarray) -> np.ndarray:
-    """Each crop (n, s, s) minus its own mean, divided by its own standard deviation (float64):
-    --normalisation image, which needs no statistics of the set a photo comes from."""
-    values = crops.astype(np.float64)
-    mean = values.mean(axis=(1, 2), keepdims=True)
-    std = np.maximum(values.std(axis=(1, 2), keepdims=True), MIN_IMAGE_STD)
-    return (values - mean) / std
-
-
-def input_values(crops: np.ndarray, per_image: bool = False) -> np.ndarray:
-    """uint8 crops (n, s, s) as the float64 values the z-score statistics are of: the grey
-    levels, or standardise_each's when per_image."""
-    return standardise_each(crops) if per_image else crops.astype(np.float64)
-
-
-def network_input(
-    crops: np.ndarray, mean: np.ndarray, std: np.ndarray, per_image: bool = False
-) -> np.ndarray:
-    """uint8 crops (n, s, s) -> the network's float64 input (n, s, s, 1): input_values
-    z-scored with the training statistics."""
-    return ((input_values(crops, per_image) - mean) / std)[..., np.newaxis]
-
-
 @dataclass
 class Member:
     """One network of a model file with its own z-score statistics."""
@@ -90,9 +65,10 @@ class Member:
     mean: np.ndarray
     std: np.ndarray
     per_image: bool = False  # standardise_each before the statistics
+    pixel_map: PixelMap | None = None  # --adapt: the grey levels mapped first
 
     def predict_proba(self, crops: np.ndarray, flip: bool) -> np.ndarray:
-        x = network_input(crops, self.mean, self.std, self.per_image)
+        x = network_input(crops, self.mean, self.std, self.per_image, self.pixel_map)
         if not flip:
             return self.network(x)
         # The faces and their mirror images in one pass.
@@ -127,6 +103,10 @@ class FerModel:
     training_hashes: np.ndarray | None = None
     # Every network of the file, the first being network/mean/std; empty means just that one.
     members: list[Member] = field(default_factory=list)
+    # The training crops' per-pixel statistics; None for a file written before fercli kept them.
+    pixel_statistics: PixelStatistics | None = None
+    # --adapt: the crops being labelled mapped onto pixel_statistics first (each member's too).
+    pixel_map: PixelMap | None = None
 
     @property
     def per_image(self) -> bool:
@@ -135,7 +115,9 @@ class FerModel:
 
     @property
     def networks(self) -> list[Member]:
-        return self.members or [Member(self.network, self.mean, self.std, self.per_image)]
+        return self.members or [
+            Member(self.network, self.mean, self.std, self.per_image, self.pixel_map)
+        ]
 
     @cached_property
     def _training_digests(self) -> frozenset[bytes]:
@@ -153,7 +135,7 @@ class FerModel:
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
         """uint8 crops (n, s, s) -> z-scored network input (n, s, s, 1)."""
-        return network_input(crops, self.mean, self.std, self.per_image)
+        return network_input(crops, self.mean, self.std, self.per_image, self.pixel_map)
 
     def predict(self, image):
         """The expression of every face in an image (a path, or a BGR or grayscale uint8
@@ -171,17 +153,41 @@ class FerModel:
 
         return explain_faces(image, self, every_class)
 
-    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, classes) for uint8 crops (n, s, s)."""
+    def predict_proba(self, crops: np.ndarray, threads: int = 1) -> np.ndarray:
+        """Class probabilities (n, classes) for uint8 crops (n, s, s).
+
+        threads: the networks of an ensemble run on up to this many threads at once (numpy's
+        matrix products let go of the GIL). Their probabilities are summed in the same order
+        either way, so the result is the same to the last bit. Worth it for large batches
+        only (--explain's occluded copies): a thread costs more than a few faces' pass.
+        """
         if len(crops) == 0:
             return np.zeros((0, len(self.classes)))
         flip = bool(self.meta.get("test_time_flip"))
+        members = self.networks
+        if threads > 1 and len(members) > 1:
+            each = _on_threads(lambda member: member.predict_proba(crops, flip), members, threads)
+        else:
+            each = (member.predict_proba(crops, flip) for member in members)
         with np.errstate(all="ignore"):
-            members = self.networks
-            probabilities = members[0].predict_proba(crops, flip)
-            for member in members[1:]:
-                probabilities = probabilities + member.predict_proba(crops, flip)
+            probabilities = next(each)
+            for member_probabilities in each:
+                probabilities = probabilities + member_probabilities
         return probabilities / len(members) if len(members) > 1 else probabilities
+
+
+def _on_threads(function, members: list[Member], threads: int) -> Iterator[np.ndarray]:
+    """function(member) for each member, on up to `threads` threads, in the members' order.
+    Each network already runs on one BLAS thread; held so here too, so that no thread's
+    leaving that setting restores more threads while another still computes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(member: Member) -> np.ndarray:
+        with np.errstate(all="ignore"):  # numpy's error state is each thread's own
+            return function(member)
+
+    with one_blas_thread(), ThreadPoolExecutor(min(threads, len(members))) as pool:
+        return iter(list(pool.map(run, members)))
 
 
 def save_networks(
@@ -233,14 +239,27 @@ def save_networks(
     }
     if first.per_image:
         meta["per_image_standardisation"] = True
+    training_arrays = {}
+    if training_crops is not None:
+        pixels = PixelStatistics.of(training_crops)
+        training_arrays = {
+            "training_hashes": crop_hashes(training_crops),
+            "pixel_mean": pixels.mean.astype(np.float32),
+            "pixel_std": pixels.std.astype(np.float32),
+        }
+        meta["pixel_statistics"] = {
+            "version": PIXEL_STATISTICS_VERSION,
+            "mean": "pixel_mean",
+            "std": "pixel_std",
+            "images": pixels.images,
+        }
     arrays = {
         "meta": pack_json(meta),
         "norm_mean": np.asarray(first.mean, np.float64),
         "norm_std": np.asarray(first.std, np.float64),
         **weights,
+        **training_arrays,
     }
-    if training_crops is not None:
-        arrays["training_hashes"] = crop_hashes(training_crops)
     return atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), keep_existing, check)
 
 
@@ -318,7 +337,7 @@ def newest_model() -> Path:
     damaged, oversized or foreign file is passed over, as fer list does): the model used when
     none is named. NoModelError when there is none; ModelError when there are only files that
     cannot be read."""
-    path = newest_model_file(models_dir())
+    path = default_model()
     if path is not None:
         return path
     try:
@@ -352,43 +371,13 @@ def is_model_file(path: Path) -> bool:
 def _read_model_file(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """A model file's meta and arrays, read without unpickling (core.archives); ModelError for
     a missing, oversized, unreadable or foreign file, a format version this fercli cannot
-    read, or a meta of the wrong shape (_meta_problem): refused once, here, so that no command
-    meets a setting of the wrong type later."""
+    read, or a meta of the wrong shape: refused once, here, so that no command meets an entry
+    of the wrong type later."""
     meta, arrays = read_model_archive(path)
-    version = meta.get("format_version")
-    if version is not None and type(version) is not int:
-        raise ModelError(
-            f"{path}: damaged model file (its format version {version!r} is not a whole number)"
-        )
-    if version not in READABLE_FORMAT_VERSIONS:
-        raise ModelError(
-            f"{path}: model format version {version} is not supported by this "
-            f"fercli (it reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS[:-1]))} and "
-            f"{READABLE_FORMAT_VERSIONS[-1]}); "
-            "retrain with `fer train`"
-        )
-    problem = _meta_problem(meta)
+    problem = model_meta_problem(meta)
     if problem:
-        raise ModelError(f"{path}: damaged model file ({problem})")
+        raise ModelError(f"{path}: {problem}")
     return meta, arrays
-
-
-def _meta_problem(meta: dict) -> str | None:
-    """What in a model file's meta has the wrong shape (core.archives.meta_problem), or a
-    per-image flag that does not go with its format version; None when nothing."""
-    problem = meta_problem(meta)
-    if problem:
-        return problem
-    per_image = bool(meta.get("per_image_standardisation"))
-    if per_image != (meta["format_version"] == PER_IMAGE_FORMAT_VERSION):
-        return (
-            "a format version 3 file standardises each crop by itself, and its "
-            f"per_image_standardisation is {json_kind(meta.get('per_image_standardisation'))}"
-            if not per_image
-            else "per_image_standardisation is written only in format version 3 files, and "
-            f"this one is version {meta['format_version']}"
-        )
-    return None
 
 
 def _checked_preprocess(meta: dict, path: Path) -> PreprocessConfig:
@@ -446,6 +435,7 @@ def _assemble_model(meta: dict, arrays: dict, preprocess: PreprocessConfig, path
         meta=meta,
         path=path,
         training_hashes=_training_hashes(arrays.get("training_hashes")),
+        pixel_statistics=checked_pixel_statistics(meta, arrays, preprocess.crop_size),
     )
     if described:
         model.members = [Member(network, model.mean, model.std, model.per_image)] + [

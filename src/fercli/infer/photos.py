@@ -15,7 +15,7 @@ from fercli.core.errors import FerError
 from fercli.core.events import Progress, items
 from fercli.core.parallel import batches, default_workers, run_tasks
 from fercli.faces.pipeline import align_images, load_models_for_workers
-from fercli.infer.adapt import Adaptation, adapt_model
+from fercli.infer.adapt import Adaptation, adapt_model, adaptation_mode
 from fercli.infer.label import FacePrediction, label_crops
 from fercli.infer.model import FerModel
 from fercli.media.discover import Discovered, Skipped, discover
@@ -72,11 +72,13 @@ def label_photos(
     model: FerModel,
     workers: int | None = None,
     progress: Progress | None = None,
-    adapt: bool = False,
+    adapt: bool | str = False,
 ) -> PredictReport:
     """Find, align and classify every face in the images named by paths (files or folders),
-    or in the images a command discovered already. adapt: the model's statistics re-estimated
-    from all these faces first (infer.adapt); FerError when there are too few."""
+    or in the images a command discovered already. adapt: the model adapted to all these faces
+    first (infer.adapt; a name of infer.adapt.PIXEL_MAPS says how, True the default); FerError
+    when there are too few distinct ones."""
+    mode = adaptation_mode(adapt)
     discovered = paths if isinstance(paths, Discovered) else discover(paths)
     files = discovered.files
     images = [ImagePrediction(path=str(path)) for path in files]
@@ -95,8 +97,10 @@ def label_photos(
             if progress:
                 progress(items(index + 1, len(files)))
     adaptation = None
-    if adapt:
-        model, adaptation = adapt_model(model, np.array([crop for _, crop, _, _ in found]))
+    if mode:
+        model, adaptation = adapt_model(
+            model, np.array([crop for _, crop, _, _ in found]), where="the photos", pixels=mode
+        )
     if found:
         # One batched forward pass for every face of every image.
         labelled = label_crops(

@@ -19,7 +19,7 @@ from fercli.core.config import PreprocessConfig
 from fercli.core.settings import check_settings, setting
 from fercli.faces.align import face_detector, landmark_predictor
 from fercli.faces.pipeline import align_frame_faces, frame_boxes
-from fercli.infer.adapt import Adaptation, adapt_model
+from fercli.infer.adapt import DEFAULT_PIXEL_MAP, Adaptation, adapt_model
 from fercli.infer.model import FerModel
 from fercli.media.images import bgr_to_gray
 
@@ -427,12 +427,13 @@ class FramePipeline:
             if kept is None or _confidence(record) > _confidence(kept[0]):
                 self.best[track_id] = (record, crop)
 
-    def relabel_adapted(self) -> Adaptation:
-        """Every kept face labelled again by the model adapted to all of them (--adapt);
-        FerError when there are too few."""
+    def relabel_adapted(self, where: str, pixels: str = DEFAULT_PIXEL_MAP) -> Adaptation:
+        """Every kept face labelled again by the model adapted to all of them (--adapt; pixels:
+        how, see adapt_model); FerError when there are too few distinct ones (where: the
+        video, for the message)."""
         self.label_crops()
         crops = np.array([crop for _, _, crop in self.kept])
-        adapted, adaptation = adapt_model(self.model, crops)
+        adapted, adaptation = adapt_model(self.model, crops, where=where, pixels=pixels)
         _label_waiting([(record, crop) for _, record, crop in self.kept], adapted)
         self.best = {}
         self._keep_best(self.kept)

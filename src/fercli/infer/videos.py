@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from pathlib import Path
 
 import cv2
@@ -13,9 +14,11 @@ import numpy as np
 
 from fercli.core.errors import FerError
 from fercli.core.events import Progress, items
+from fercli.infer.adapt import adaptation_mode
 from fercli.infer.model import FerModel
 from fercli.infer.tracking import (
     CLASSIFY_BATCH,
+    FaceFrame,
     FramePipeline,
     Track,
     VideoConfig,
@@ -42,11 +45,34 @@ def smooth_track(track: Track, classes: list[str], seconds: float) -> None:
         face.smoothed_label = classes[int(np.argmax(row))]
 
 
-def _relabel_adapted(pipeline: FramePipeline, result: VideoPrediction) -> None:
-    try:
-        result.adaptation = pipeline.relabel_adapted()
-    except FerError as error:
-        result.error = "; ".join(filter(None, [result.error, str(error)]))
+class TrailingSmoother:
+    """--smooth for a live source (fer live): each track's probabilities averaged over its
+    frames of the last seconds, this one included. A trailing window, where fer predict's
+    (smooth_track) is centred: the frames after this one have not been read yet."""
+
+    def __init__(self, classes: list[str], seconds: float) -> None:
+        self.classes = classes
+        self.seconds = seconds
+        self.recent: dict[int, deque[tuple[float, np.ndarray]]] = {}
+
+    def smooth(self, faces: list[tuple[int, FaceFrame]], seconds: float) -> None:
+        """Set smoothed and smoothed_label of each (track id, face) of the frame at seconds;
+        tracks not seen within the window are forgotten (a live source runs for hours)."""
+        start = seconds - self.seconds - 1e-9
+        for track_id, face in faces:
+            window = self.recent.setdefault(track_id, deque())
+            window.append(
+                (seconds, np.array([face.probabilities[label] for label in self.classes]))
+            )
+            while window[0][0] < start:
+                window.popleft()
+            mean = np.mean([values for _, values in window], axis=0)
+            face.smoothed = {
+                label: round(float(p), 6) for label, p in zip(self.classes, mean, strict=True)
+            }
+            face.smoothed_label = self.classes[int(np.argmax(mean))]
+        for track_id in [key for key, window in self.recent.items() if window[-1][0] < start]:
+            del self.recent[track_id]
 
 
 def _read_header(capture, result: VideoPrediction, options: VideoConfig) -> int:
@@ -69,7 +95,7 @@ def label_video(
     model: FerModel,
     options: VideoConfig = VideoConfig(),
     progress: Progress | None = None,
-    adapt: bool = False,
+    adapt: bool | str = False,
     keep_best: bool = False,
 ) -> VideoPrediction:
     """Follow and classify every face of a video, frame by frame as it is read.
@@ -77,8 +103,11 @@ def label_video(
     Errors that concern this video are in the result's error (the frames read before a damaged
     part are kept); progress gets items events (frames read, of the frames in the video) as it
     goes. adapt: once the video is read, its faces are labelled again by the model adapted to
-    them all (infer.adapt); too few faces is the video's error. keep_best: the result's best
+    them all (infer.adapt; as label_photos's adapt); FerError when there are too few distinct
+    ones, as for photos.
+    keep_best: the result's best
     holds each track's most confident face and its crop (--explain)."""
+    mode = adaptation_mode(adapt)
     result = VideoPrediction(path=str(path), smoothed=options.smooth > 0, options=options)
     started = time.perf_counter()
     try:
@@ -88,7 +117,9 @@ def label_video(
         return result
     try:
         declared = _read_header(capture, result, options)
-        pipeline = FramePipeline(model, options, result.interval, keep=adapt, keep_best=keep_best)
+        pipeline = FramePipeline(
+            model, options, result.interval, keep=bool(mode), keep_best=keep_best
+        )
         if result.width * result.height > MAX_PIXELS:
             result.error = (
                 f"video too large: {result.width}x{result.height} pixels a frame, limit "
@@ -120,8 +151,9 @@ def label_video(
         result.tracks = [track for track in pipeline.tracker.tracks if track.frames]
         result.detections = pipeline.tracker.detections
         result.error = reading_problem(reader, declared)
-        if adapt:
-            _relabel_adapted(pipeline, result)
+        if mode:
+            # Too few faces is a refusal, as for photos: never labels that were not adapted.
+            result.adaptation = pipeline.relabel_adapted(str(path), mode)
         result.best = pipeline.best
         if result.interval == 0.0 and result.analysed > 1:
             result.interval = last / (result.analysed - 1)  # no frame rate: times from the stream

@@ -228,8 +228,12 @@ class TrainingImages:
         mean: np.ndarray,
         std: np.ndarray,
         chunk_images: int | None = None,
+        draw_weights: np.ndarray | None = None,
     ):
         self.crops, self.targets, self.num_classes = crops, targets, num_classes
+        # How often each crop is drawn relative to the others (selection.dataset_draws: each dataset
+        # of a combination as often as the others); None: each once an epoch, in a new order.
+        self.draw_weights = draw_weights
         self.config, self.rng, self.mean, self.std = config, rng, mean, std
         self.online = config.augment and config.augment_mode == "online"
         # The enlarged set's parameters, drawn once ("copies"); None: the crops as they are.
@@ -254,8 +258,14 @@ class TrainingImages:
     def epoch(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Draw the next epoch's order (and online transforms) now; return its chunks, each
         (images (k, s, s, 1) float32 z-scored, one-hot targets (k, classes) float32)."""
-        order = self.rng.permutation(len(self))
         config = self.config
+        if self.draw_weights is None:
+            order = self.rng.permutation(len(self))
+        else:
+            # As many draws as images, with replacement: a small dataset's images come up
+            # several times an epoch (each time transformed anew), a large one's not all.
+            weights = self.draw_weights[np.arange(len(self)) % len(self.crops)]
+            order = self.rng.choice(len(self), size=len(self), p=weights / weights.sum())
         if self.online:
             transforms = online_transforms(
                 len(order),

@@ -3,7 +3,7 @@ folds trained on an engine (fercli.learn.engines: worker processes or Ray) and t
 assembled from their predictions; its files are written by fercli.learn.crossval_files.
 
 Inside a fold everything learned from data comes from its training part alone: the z-score
-statistics, the augmented images, the network (fercli.learn.training.fit).
+statistics, the augmented images, the network (fercli.learn.fitting.fit).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from fercli.data.prepared import PreparedDataset
 from fercli.learn.folds import FoldOutcome, FoldResult, FoldTask, make_folds
 from fercli.learn.reports import CrossvalReport, CrossvalRun
 from fercli.learn.selection import Selection, select_classes, selection_fingerprint
-from fercli.learn.training import checked_start, starting_notes
+from fercli.learn.training import checked_start, starting_notes, validation_data
 from fercli.learn.where import WhereMaps, crossval_where
 
 
@@ -171,7 +171,8 @@ def cross_validate(
     them and returns the folds finished so far (report.interrupted); once every fold has
     finished, a Ctrl-C is only remembered (interrupts.received) and leaves out where.png.
 
-    engine: where the folds train (fercli.engines); default a LocalEngine of workers processes.
+    engine: where the folds train (fercli.learn.engines); default a LocalEngine of workers
+    processes.
     save_model: whether the caller will save the ensemble model (run.model_refusal says).
     interrupts: the caller's, when it writes the files after (see core.interrupts).
     """
@@ -201,10 +202,11 @@ def _cross_validate(
     config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     splits = make_folds(selection, folds, group, config.seed)
     if progress:
-        progress(Event("start", folds=len(splits), epochs=config.epochs))
+        progress(Event("start", folds=len(splits), epochs=config.epochs, config=config))
     engine = engine or LocalEngine(workers)
+    validation = validation_data(config, selection.labels)
     tasks = [
-        FoldTask(index, config, index, train, test, selection.origins)
+        FoldTask(index, config, index, train, test, selection.origins, validation)
         for index, (train, test) in enumerate(splits)
     ]
     outcomes = train_folds(engine, selection, tasks, interrupts, progress)

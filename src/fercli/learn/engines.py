@@ -39,7 +39,7 @@ def _fold_failed(task: FoldTask, error: BaseException) -> FerError:
 
 def _set_up_fold_worker() -> None:
     """The set-up of a fold worker process: one TensorFlow thread, op determinism."""
-    from fercli.learn.training import configure_tensorflow
+    from fercli.learn.fitting import configure_tensorflow
 
     configure_tensorflow(threads=1)
     _quiet_retracing()
@@ -59,7 +59,7 @@ def _run_fold(
     """train_fold in a worker; its epochs go to the engine's caller as progress events."""
     from fercli.learn.folds import train_fold
 
-    def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+    def on_epoch(epoch: int, loss: float, accuracy: float, validation: float | None) -> None:
         notify(
             Event(
                 "epoch",
@@ -69,6 +69,7 @@ def _run_fold(
                 epochs=task.config.epochs,
                 loss=loss,
                 accuracy=accuracy,
+                validation_accuracy=validation,
             )
         )
 
@@ -162,8 +163,8 @@ def _ray_fold(
     crops: np.ndarray, targets: np.ndarray, num_classes: int, task: FoldTask
 ) -> FoldOutcome:
     """A fold as a Ray task (crops and targets come from the object store)."""
+    from fercli.learn.fitting import configure_tensorflow
     from fercli.learn.folds import train_fold
-    from fercli.learn.training import configure_tensorflow
 
     configure_tensorflow(threads=1)
     _quiet_retracing()

@@ -14,10 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import PreprocessConfig, ScanConfig
+from fercli.core.config import PreprocessConfig, ScanConfig, for_photos_from_elsewhere
 from fercli.core.errors import DatasetError
 from fercli.core.events import Progress
-from fercli.core.labels import answer_shares, canonical_label, collapse_note, label_order
+from fercli.core.labels import (
+    answer_shares,
+    canonical_label,
+    collapse_note,
+    label_order,
+    no_neutral_note,
+)
 from fercli.core.store import datasets_dir
 from fercli.data.fer2013 import is_fer2013
 from fercli.data.prepared import (
@@ -27,7 +33,7 @@ from fercli.data.prepared import (
     load_dataset,
     resolve_dataset,
 )
-from fercli.infer.adapt import adapt_model
+from fercli.infer.adapt import adapt_model, adaptation_mode
 from fercli.infer.model import FerModel
 from fercli.learn.crossval import dataset_summary, score_predictions
 from fercli.learn.folds import FoldResult
@@ -129,22 +135,26 @@ def dataset_split(dataset: PreparedDataset, split: str | None) -> PreparedDatase
 
 
 def score_model(
-    model: FerModel, dataset: PreparedDataset, split: str | None = None, adapt: bool = False
+    model: FerModel,
+    dataset: PreparedDataset,
+    split: str | None = None,
+    adapt: bool | str = False,
 ) -> EvaluationReport:
     """Score a model on every image of a dataset whose class the model knows.
 
     DatasetError when the model and the dataset share no class. The report's warnings name
     the classes left out on each side, say when the images overlap the model's training
     data (then it is no test) and when the answers collapse onto one class. adapt: first
-    re-estimate the model's statistics from the dataset's crops, all of them, labels unread
-    (fercli.infer.adapt); FerError when there are too few.
+    adapt the model to the dataset's crops, all of them, labels unread (fercli.infer.adapt; a
+    name of its PIXEL_MAPS says how, True the default); FerError when there are too few.
     """
     started = time.perf_counter()
     dataset_name = dataset.name
     dataset = dataset_split(dataset, split)
     adaptation = None
-    if adapt:
-        model, adaptation = adapt_model(model, dataset.crops)
+    mode = adaptation_mode(adapt)
+    if mode:
+        model, adaptation = adapt_model(model, dataset.crops, where=dataset_name, pixels=mode)
     in_data = label_order(set(dataset.labels.tolist()))
     # The model's class names as the dataset spells them (a model trained on "happy" scores a
     # dataset's "happiness": labels.LABEL_ALIASES), each dataset class matched once.
@@ -185,12 +195,22 @@ def score_model(
     warnings += overlap_notes(model, dataset, selection)
     shares = answer_shares([shared[guess] for guess in predicted])
     collapse = collapse_note(
-        shares, len(predicted), answer_shares([shared[truth] for truth in selection.targets])
+        shares,
+        len(predicted),
+        answer_shares([shared[truth] for truth in selection.targets]),
+        adapted=adaptation is not None,
+        jittered=for_photos_from_elsewhere(model.meta.get("training")),
     )
     if collapse:
         warnings.append(collapse)
+    neutral = no_neutral_note(model.classes)
+    if neutral:
+        warnings.append(neutral)
     if adaptation is not None:
         warnings.append(adaptation.describe())
+    all_images = every_image(
+        dataset, dataset_name, shared, int(np.sum(predicted == selection.targets))
+    )
     rows = [
         {
             "path": str(path),
@@ -247,7 +267,36 @@ def score_model(
         predictions=rows,
         answer_shares=shares,
         where=where,
+        all_images=all_images,
     )
+
+
+def every_image(dataset: PreparedDataset, name: str, shared: list[str], correct: int) -> dict:
+    """The accuracy over every image of the shared classes, the images in which no face was
+    found (or that could not be read) counted as wrong: "images", "without_face" (and per
+    class), "accuracy"; None figures and a note when the dataset does not say how many images
+    gave no face (preprocessed before fercli kept the count)."""
+    unaligned = dataset.unaligned()
+    if unaligned is None:
+        return {
+            "images": None,
+            "without_face": None,
+            "accuracy": None,
+            "note": f"how many images of {name} had no face found is not known (it was "
+            "preprocessed before fercli kept the count; run fer preprocess on its folder again)",
+        }
+    missing = dict.fromkeys(shared, 0)
+    for label, count in unaligned.items():
+        if canonical_label(label) in missing:
+            missing[canonical_label(label)] += count
+    tested = int(np.isin(dataset.labels, shared).sum())
+    images = tested + sum(missing.values())
+    return {
+        "images": images,
+        "without_face": sum(missing.values()),
+        "without_face_per_class": missing,
+        "accuracy": correct / images if images else None,
+    }
 
 
 def shared_probabilities(model: FerModel, crops: np.ndarray, shared: list[str]) -> np.ndarray:

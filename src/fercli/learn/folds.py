@@ -13,13 +13,14 @@ import numpy as np
 from fercli.core.config import TrainConfig
 from fercli.core.errors import DatasetError
 from fercli.infer.model import ExportedNetwork
-from fercli.learn.selection import Selection, normalisation
-from fercli.learn.training import (
+from fercli.learn.fitting import (
     divergence,
     fit,
+    fold_accuracy,
     fold_seed,
     keras_probabilities,
 )
+from fercli.learn.selection import Selection, normalisation
 
 
 def make_folds(
@@ -124,8 +125,12 @@ class FoldTask:
     fold: int  # 0-based; with config.seed it seeds the network (fold_seed)
     train_index: np.ndarray
     test_index: np.ndarray
-    # Each image's dataset, for --normalisation per-dataset on combined data (else None).
+    # Each image's dataset, for --normalisation per-dataset and --balance datasets on combined
+    # data (else None).
     origins: np.ndarray | None = None
+    # --validation DATASET: its images (crops, targets), scored after every epoch to choose
+    # the epoch kept (a share of the training part is held out by fit itself).
+    validation: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,17 +171,12 @@ class FoldOutcome:
         return self.probabilities.argmax(axis=1)
 
 
-def fold_accuracy(probabilities: np.ndarray, targets: np.ndarray) -> float:
-    """The share of test images whose most probable class is their own."""
-    return float(np.mean(probabilities.argmax(axis=1) == targets)) if len(targets) else math.nan
-
-
 def train_fold(
     crops: np.ndarray,
     targets: np.ndarray,
     num_classes: int,
     task: FoldTask,
-    on_epoch: Callable[[int, float, float], None] | None = None,
+    on_epoch: Callable[..., None] | None = None,
 ) -> FoldOutcome:
     """Train one fold's network and predict its test images. Every engine runs folds through
     this, so that a fold gives the same numbers wherever it runs (with the same TensorFlow
@@ -185,23 +185,26 @@ def train_fold(
     train_index, test_index = task.train_index, task.test_index
     last_epoch, last_loss = 0, math.nan
 
-    def tracked(epoch: int, loss: float, accuracy: float) -> None:
+    def tracked(epoch: int, loss: float, accuracy: float, validation: float | None) -> None:
         nonlocal last_epoch, last_loss
         last_epoch, last_loss = epoch, loss
         if on_epoch:
-            on_epoch(epoch, loss, accuracy)
+            on_epoch(epoch, loss, accuracy, validation)
 
     train_crops, test_crops = fold_inputs(
         crops, task.origins, train_index, test_index, task.config.normalisation
     )
-    model, mean, std = fit(
+    fitted = fit(
         train_crops,
         targets[train_index],
         num_classes,
         task.config,
         fold_seed(task.config.seed, task.fold),
         tracked,
+        origins=None if task.origins is None else task.origins[train_index],
+        validation=task.validation,
     )
+    model, mean, std = fitted.model, fitted.mean, fitted.std
     flip, per_image = task.config.test_time_flip, task.config.normalisation == "image"
     probabilities = keras_probabilities(model, test_crops, mean, std, flip, per_image)
     diverged = divergence(model, last_loss, last_epoch, probabilities)

@@ -161,10 +161,8 @@ def _vary(table: dict, source: str) -> dict:
 
 
 def _toml():
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    import tomllib  # imported when a grid is read: fer --help need not
+
     return tomllib
 
 
@@ -246,6 +244,14 @@ def describe_changes(changes: dict) -> str:
         return str(value)
 
     return " ".join(f"{key}={text(value)}" for key, value in changes.items()) or "base"
+
+
+def describe_base(grid: Grid) -> str:
+    """What a sweep's base recipe is, as its table names it: the preset it starts from and its
+    values of the settings the grid varies ("base (paper: variant=paper test_time_flip=false)")."""
+    base = recipes(grid)[0].config
+    values = describe_changes({name: getattr(base, name) for name in grid.vary})
+    return f"base ({base.recipe}{': ' + values if grid.vary else ''})"
 
 
 def recipes(grid: Grid) -> list[Recipe]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fercli.core.config import TrainConfig
+from fercli.core.store import DefaultModelChange
 from fercli.data.prepared import PreparedDataset
 from fercli.learn.folds import FoldOutcome, FoldResult
 from fercli.learn.selection import Selection
@@ -113,6 +114,8 @@ class CrossvalReport(ScoreReport):
     # and why no ensemble model was saved (CrossvalRun.model_refusal), once the files are.
     interrupted_after_folds: bool = False
     no_model: str | None = None
+    # The ensemble model saved became the default of fer predict (and which it replaced).
+    default_model: DefaultModelChange | None = None
 
     def _fold_json(self, fold: FoldResult) -> dict:
         # per_dataset only where several datasets were combined: one dataset's report is as it
@@ -178,9 +181,14 @@ class EvaluationReport(ScoreReport):
     model_protocol) and each predicted class's share of the answers, largest first."""
 
     answer_shares: dict[str, float] = field(default_factory=dict)
+    # The accuracy over every image of the shared classes, those without a face found counted
+    # wrong (evaluate.every_image: images, without_face, accuracy; None figures and a note
+    # where the dataset does not know). pooled_accuracy is over the faces found.
+    all_images: dict = field(default_factory=dict)
 
     def _completion_json(self) -> dict:
         return {
             **super()._completion_json(),
             **({"answer_shares": self.answer_shares} if self.answer_shares else {}),
+            **({"all_images": self.all_images} if self.all_images else {}),
         }

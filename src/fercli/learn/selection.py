@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fercli.core.config import NORMALISATIONS
+from fercli.core.config import NORMALISATIONS, TrainConfig, validation_share
 from fercli.core.errors import DatasetError, FerError
 from fercli.core.hashing import data_fingerprint
 from fercli.core.labels import canonical_label, label_order
@@ -86,3 +86,64 @@ def normalisation(crops: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]
 def selection_fingerprint(selection: Selection) -> str:
     """Identifies the exact training data: crops and their labels (core.hashing)."""
     return data_fingerprint(selection.crops, [selection.labels[t] for t in selection.targets])
+
+
+def held_out_share(
+    crops: np.ndarray,
+    targets: np.ndarray,
+    origins: np.ndarray | None,
+    config: TrainConfig,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+    """(crops, targets, origins) to train on and the images held out to choose the epoch, as
+    config.validation's share says (stratified by class, drawn with the seed); all of them
+    and None without a share."""
+    share = validation_share(config.validation)
+    if share is None:
+        return crops, targets, origins, None
+    held = np.random.default_rng([seed, 7]).random(len(targets))
+    chosen = np.zeros(len(targets), bool)
+    for target in np.unique(targets):
+        members = np.flatnonzero(targets == target)
+        count = int(round(share * len(members)))
+        if len(members) - count < 1:
+            count = len(members) - 1  # every class keeps an image to train on
+        chosen[members[np.argsort(held[members])[:count]]] = True
+    if not chosen.any():
+        raise FerError(
+            f"--validation {config.validation}: too few images to hold any out; give a larger "
+            "share or another dataset"
+        )
+    kept = ~chosen
+    return (
+        crops[kept],
+        targets[kept],
+        None if origins is None else origins[kept],
+        (crops[chosen], targets[chosen]),
+    )
+
+
+def class_weights(targets: np.ndarray, num_classes: int, mode: str) -> np.ndarray:
+    """The loss weight of each class (config.CLASS_WEIGHTS), float32, a mean of 1 over the
+    images; a class without images weighs 1."""
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+    if mode == "none" or not counts.any():
+        return np.ones(num_classes, np.float32)
+    present = counts > 0
+    power = 1.0 if mode == "balanced" else 0.5
+    weights = np.ones(num_classes)
+    weights[present] = counts[present] ** -power
+    weights *= counts.sum() / (weights * counts).sum()
+    return weights.astype(np.float32)
+
+
+def dataset_draws(origins: np.ndarray | None, config: TrainConfig) -> np.ndarray | None:
+    """How often each image is drawn in an epoch, relative to the others, as config.balance
+    says: "datasets" gives each dataset of a combination the same share; None: every image
+    once (one dataset, or "none")."""
+    if config.balance != "datasets" or origins is None:
+        return None
+    names, index, counts = np.unique(origins, return_inverse=True, return_counts=True)
+    if len(names) < 2:
+        return None
+    return 1.0 / counts[index]

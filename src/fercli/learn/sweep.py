@@ -29,6 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ from fercli.core.store import (
 )
 from fercli.data.prepared import PreparedDataset
 from fercli.learn.folds import FoldOutcome, FoldTask, fold_accuracy
-from fercli.learn.grid import METHOD, Grid, jsonable, recipes
+from fercli.learn.grid import METHOD, Grid, describe_base, jsonable, recipes
 from fercli.learn.selection import Selection
 
 # A sweep member (recipe index, seed) -> its finished folds' outcomes, by 0-based fold.
@@ -130,6 +131,11 @@ class SweepReport:
     files: dict = field(default_factory=dict)
     test_train_ratio: float = math.nan
 
+    @property
+    def base(self) -> str:
+        """What the base recipe, the reference of "vs base", is: grid.describe_base."""
+        return describe_base(self.grid)
+
     def to_json(self) -> dict:
         def number(value):
             return None if isinstance(value, float) and math.isnan(value) else value
@@ -137,6 +143,7 @@ class SweepReport:
         return {
             "folder": str(self.folder),
             "grid": self.grid.to_json(),
+            "base": self.base,
             "dataset": self.dataset,
             "engine": self.engine,
             "method": METHOD,
@@ -216,7 +223,8 @@ def _load_fold(
 
 
 def _store_fold(path: Path, outcome: FoldOutcome) -> None:
-    arrays = {
+    # Any: numpy's stubs match the type of a **dict's values against savez's allow_pickle.
+    arrays: dict[str, Any] = {
         "probabilities": np.asarray(outcome.probabilities),
         "test_index": outcome.test_index,
         "seconds": np.float64(outcome.seconds),
@@ -230,7 +238,7 @@ def run_sweep(
 ) -> SweepReport:
     """Cross-validate every recipe of grid with every seed, resuming from stored folds.
 
-    engine: fercli.engines engine (default: this machine's cores). progress receives a
+    engine: a fercli.learn.engines engine (default: this machine's cores). progress receives a
     "start" event (done: the folds found stored), then a "fold" event (done, total, recipe,
     seed, fold, accuracy) as each fold finishes, and the engine's "epoch" events. Ctrl-C:
     returns with interrupted set and no ranking; the finished folds are stored.

@@ -188,7 +188,7 @@ def model_where(
     networks = [
         (
             partial(renormalised, member),
-            grey_crop([member.mean], crops.shape[1], member.per_image),
+            grey_crop([member.mean], crops.shape[1], member.per_image, member.pixel_map),
         )
         for member in members
     ]

@@ -26,6 +26,7 @@ from fercli.core.settings import check_settings, setting
 from fercli.infer.files import csv_header, csv_row, draw_faces
 from fercli.infer.model import FerModel
 from fercli.infer.tracking import FramePipeline, VideoConfig
+from fercli.infer.videos import TrailingSmoother
 from fercli.media.drawing import line_thickness
 from fercli.media.images import MAX_PIXELS
 from fercli.media.video import file_fps
@@ -145,6 +146,9 @@ class LiveConfig:
     loop: bool = setting(False, "--loop")
     # Write the per-frame CSV of fer predict --csv here (None: no recording).
     record: Path | None = setting(None, "--record", kind=Path)
+    # Each track's probabilities averaged over its frames of the last this many seconds, as
+    # the page shows them (0: off); a trailing window, where fer predict's is centred.
+    smooth: float = setting(0.0, "--smooth", low=0.0)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -168,6 +172,7 @@ class LiveSession:
         self.options = options
         self.escape = escape
         self.shown_source = redact(source)
+        self.smoother = TrailingSmoother(model.classes, options.smooth) if options.smooth else None
         self.capture, self.kind = open_source(source)
         try:
             self.recording = (
@@ -224,6 +229,7 @@ class LiveSession:
                 "source": self.shown_source,
                 "kind": self.kind,
                 "model": Path(str(self.model.path)).name,
+                "smooth": self.options.smooth,
                 "classes": list(self.model.classes),
                 "frame": self.sequence,
                 "fps": round(rate, 2),
@@ -248,7 +254,10 @@ class LiveSession:
             writer = csv.writer(recording) if recording else None
             if writer:
                 try:
-                    writer.writerow(csv_header(self.model.classes, escape=self.escape))
+                    smoothed = self.smoother is not None
+                    writer.writerow(
+                        csv_header(self.model.classes, smoothed, escape=self.escape, model=True)
+                    )
                 except OSError as error:
                     self._finish("failed", self._write_error(error))
                     return
@@ -306,7 +315,13 @@ class LiveSession:
             for track_id, face in faces:
                 writer.writerow(
                     csv_row(
-                        self.shown_source, track_id, face, self.model.classes, escape=self.escape
+                        self.shown_source,
+                        track_id,
+                        face,
+                        self.model.classes,
+                        self.smoother is not None,
+                        escape=self.escape,
+                        model=str(self.model.path),
                     )
                 )
             self.recording.flush()
@@ -325,6 +340,8 @@ class LiveSession:
         pipeline.label_crops()
         for track in pipeline.tracker.tracks:  # live runs for hours: keep no history
             track.frames.clear()
+        if self.smoother is not None:
+            self.smoother.smooth(faces, seconds)
         draw_faces(frame, faces, line_thickness(frame))
         ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         return faces, encoded.tobytes() if ok else None
@@ -380,8 +397,9 @@ class LiveSession:
                 {
                     "track": track_id,
                     "box": list(face.box),
-                    "label": face.label,
-                    "probabilities": face.probabilities,
+                    # --smooth: the averaged values, as the frame is drawn with them.
+                    "label": face.smoothed_label or face.label,
+                    "probabilities": face.smoothed or face.probabilities,
                 }
                 for track_id, face in faces
             ]

@@ -2,7 +2,10 @@
 "use strict";
 const WINDOW = 60;          // seconds on the timeline
 const POLL_MS = 200;        // how often the state is read
+// A colour per class; a line style per person (track), so that two people's lines of one
+// class can be told apart on the timeline.
 const COLOURS = ["#e53935", "#43a047", "#1e88e5", "#fb8c00", "#8e24aa", "#00897b", "#6d4c41", "#546e7a"];
+const DASHES = [[], [9, 4], [2, 3], [12, 4, 2, 4], [5, 5], [1, 6]];
 const history = [];         // {t, faces: [{track, probabilities}]}
 let classes = [];
 let stopped = false;
@@ -14,13 +17,35 @@ function el(tag, attrs, text) {
   return node;
 }
 
+function dashOf(track) {
+  return DASHES[(track - 1) % DASHES.length];
+}
+
+// A short line in a track's style, as the timeline draws that person's lines.
+function dashSample(track) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", "40");
+  svg.setAttribute("height", "10");
+  svg.setAttribute("class", "track-style");
+  const line = document.createElementNS(ns, "line");
+  for (const [key, value] of Object.entries({x1: 0, y1: 5, x2: 40, y2: 5})) line.setAttribute(key, value);
+  line.setAttribute("stroke", "#333");
+  line.setAttribute("stroke-width", "2");
+  line.setAttribute("stroke-dasharray", dashOf(track).join(" ") || "none");
+  svg.append(line);
+  return svg;
+}
+
 function drawBars(faces) {
   const box = document.getElementById("bars");
   box.replaceChildren();
   if (!faces.length) { box.append(el("p", {className: "none"}, "no face in this frame")); return; }
   for (const face of faces) {
     const card = el("div", {className: "face"});
-    card.append(el("h3", {}, `#${face.track}: ${face.label}`));
+    const title = el("h3", {}, `#${face.track}: ${face.label} `);
+    title.append(dashSample(face.track));
+    card.append(title);
     for (const name of classes) {
       const p = face.probabilities[name] || 0;
       const row = el("div", {className: "row"});
@@ -52,6 +77,7 @@ function drawTimeline(now) {
     ctx.strokeStyle = COLOURS[c % COLOURS.length];
     ctx.lineWidth = 1.5;
     for (const track of tracks) {
+      ctx.setLineDash(dashOf(track));
       ctx.beginPath();
       let drawing = false;
       for (const entry of history) {
@@ -65,6 +91,36 @@ function drawTimeline(now) {
       ctx.stroke();
     }
   });
+  ctx.setLineDash([]);
+  labelTracks(ctx, now, w, h);
+  drawTrackLegend([...tracks].sort((a, b) => a - b));
+}
+
+// Each person's number at the latest point of their most probable class's line.
+function labelTracks(ctx, now, w, h) {
+  const latest = new Map();
+  for (const entry of history) for (const face of entry.faces) latest.set(face.track, [entry, face]);
+  ctx.fillStyle = "#222";
+  ctx.font = "12px system-ui, sans-serif";
+  ctx.textAlign = "right";
+  for (const [track, [entry, face]] of latest) {
+    const top = Math.max(0, ...classes.map(name => face.probabilities[name] || 0));
+    const x = w - ((now - entry.t) / (WINDOW * 1000)) * w;
+    const y = h - 4 - top * (h - 8);
+    ctx.fillText(`#${track}`, Math.max(24, x - 3), Math.max(12, y - 3));
+  }
+}
+
+function drawTrackLegend(tracks) {
+  const legend = document.getElementById("tracks");
+  const shown = tracks.join();
+  if (legend.dataset.tracks === shown) return;
+  legend.dataset.tracks = shown;
+  legend.replaceChildren(...tracks.map(track => {
+    const item = el("span", {}, ` #${track}`);
+    item.prepend(dashSample(track));
+    return item;
+  }));
 }
 
 function drawLegend() {
@@ -92,7 +148,8 @@ async function poll() {
     const state = await response.json();
     if (classes.join() !== state.classes.join()) { classes = state.classes; drawLegend(); }
     document.getElementById("info").textContent =
-      `${state.source} · model ${state.model} · ${state.fps.toFixed(1)} frames/s · ${state.latency_ms} ms a frame`;
+      `${state.source} · model ${state.model} · ${state.fps.toFixed(1)} frames/s · ${state.latency_ms} ms a frame` +
+      (state.smooth ? ` · averaged over ${state.smooth} s` : "");
     const now = Date.now();
     history.push({t: now, faces: state.faces});
     drawBars(state.faces);
