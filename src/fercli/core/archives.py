@@ -1,6 +1,6 @@
-"""Model files read without trusting them, the same way wherever one is read: loading a model
-(infer), `fer list` (data), the choice of the newest model, and `fer train --output`'s check
-of the file it would replace.
+"""fercli's .npz files (models and datasets) written and read without trusting them, and model
+files read the same way wherever one is read: loading a model (infer), `fer list` (data), the
+choice of the default model, and `fer train --output`'s check of the file it would replace.
 
 A model file is an .npz archive (a zip of .npy arrays): the arrays of its networks and `meta`,
 its description as JSON. Nothing is unpickled, and the sizes the zip's directory declares are
