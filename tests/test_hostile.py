@@ -80,10 +80,12 @@ def numpy_model(
     meta_changes=None,
     mean: float = 128.0,
     std: float = 64.0,
+    config: PreprocessConfig | None = None,
 ) -> Path:
     """A fercli model file written with numpy: by default flatten -> dense softmax with small
-    random weights; layers and arrays replace the network."""
-    config = PreprocessConfig()
+    random weights; layers and arrays replace the network; config: its preprocessing settings
+    (crop size)."""
+    config = config or PreprocessConfig()
     rng = np.random.default_rng(0)
     if layers is None:
         layers = [
@@ -825,3 +827,298 @@ def test_the_fer_home_hint_only_for_paths_in_fer_home(model_file, astronaut_path
     result = fer("predict", astronaut_path, "--model", model_file, "--annotate", "/proc/version")
     line = one_error_line(result.stderr)
     assert "FER_HOME" not in line
+
+
+# --- issue 32: limits on what a model file may cost, its metadata's shape, smaller holes -------
+
+
+def padded_meta_model(path: Path, padding: int) -> Path:
+    """numpy_model's file with its meta JSON followed by `padding` spaces (a multiple of 4 MB;
+    still valid JSON): a file of a few hundred KB whose meta unpacks to more than padding
+    bytes."""
+    import io
+    import zipfile
+
+    template = numpy_model(path.with_name(f"template-{path.name}"))
+    with np.load(template, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    template.unlink()
+    text = arrays.pop("meta").tobytes()
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (len(text) + padding,)}
+    )
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as bundle:
+        for key, value in arrays.items():
+            stream = io.BytesIO()
+            np.save(stream, value, allow_pickle=False)
+            bundle.writestr(f"{key}.npy", stream.getvalue())
+        with bundle.open("meta.npy", "w", force_zip64=True) as member:
+            member.write(header.getvalue() + text)
+            chunk = b" " * 2**22
+            for _ in range(padding // len(chunk)):
+                member.write(chunk)
+    return path
+
+
+def peak_mb(call):
+    """call() and the most memory Python and NumPy held at once while it ran, in MB (tracemalloc
+    sees NumPy's arrays; a process's peak RSS would include the parent's at fork)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = call()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak / 2**20
+
+
+def test_fer_list_reads_model_files_within_their_limits_and_picks_a_readable_newest(fer_home):
+    from fercli.api import list_home
+    from fercli.core.archives import MAX_META_BYTES
+    from fercli.infer.model import MAX_MODEL_BYTES
+
+    models = fer_home / "models"
+    models.mkdir(parents=True)
+    good = numpy_model(models / "good.npz")
+    bomb = padded_meta_model(models / "bomb.npz", MAX_MODEL_BYTES + 2**24)
+    wordy = padded_meta_model(models / "wordy.npz", MAX_META_BYTES + 2**22)
+    assert bomb.stat().st_size < 2 * 2**20
+    (models / "notes.npz").write_text("not a model")
+    os.utime(good, (1e9, 1e9))  # the oldest: each of the others is newer, and unreadable
+
+    inventory, peak = peak_mb(list_home)
+
+    assert peak < 50, f"fer list held {peak:.0f} MB"
+    errors = {entry.name: entry.details.get("error") for entry in inventory.models}
+    assert f"limit {MAX_MODEL_BYTES // 2**20} MB" in errors["bomb.npz"]
+    assert "its metadata unpacks to" in errors["wordy.npz"]
+    assert errors["notes.npz"] and errors["good.npz"] is None
+    # What fer list calls the newest model is the one predict loads, and it can be read.
+    assert inventory.default_model == load_model().path.name == "good.npz"
+    for path in (bomb, wordy):
+        with pytest.raises(ModelError, match="unpacks to"):
+            load_model(path)
+
+
+def test_train_output_onto_a_model_bomb_is_refused_before_training(tiny_dataset, tmp_path):
+    from fercli.infer.model import MAX_MODEL_BYTES
+
+    bomb = padded_meta_model(tmp_path / "bomb.npz", MAX_MODEL_BYTES + 2**24)
+    before = bomb.read_bytes()
+    result = fer("train", "--epochs", "1", "--output", bomb)
+    assert result.exit_code == 1
+    line = one_error_line(result.stderr)
+    assert "not a fercli model file" in line and "limit" in line, line
+    assert bomb.read_bytes() == before
+
+
+CRAFTED_META = {
+    "training that is text": ({"training": "paper"}, "training"),
+    "training that is a list": ({"training": ["paper"]}, "training"),
+    "dataset that is text": ({"dataset": "jaffe"}, "dataset"),
+    "a dataset's images that are text": (
+        {"dataset": {"name": "jaffe", "images": "many"}},
+        "dataset.images",
+    ),
+    "a dataset's name that is a number": ({"dataset": {"name": 7, "images": 3}}, "dataset.name"),
+    "datasets that are not objects": ({"datasets": ["jaffe"]}, "datasets"),
+    "a data fingerprint that is a number": ({"data_fingerprint": 5}, "data_fingerprint"),
+    "an ensemble that is text": ({"ensemble": "ten"}, "ensemble"),
+    "a flip that is text": ({"test_time_flip": "no"}, "test_time_flip"),
+    "preprocess settings that are text": ({"preprocess": "x"}, "preprocess"),
+    "layers that are not a list": ({"layers": {"type": "flatten"}}, "layers"),
+    "a format version that is text": ({"format_version": "3"}, "format version '3'"),
+    "version 3 without its per-image flag": ({"format_version": 3}, "per_image_standardisation"),
+    "the per-image flag in a version 2 file": (
+        {"per_image_standardisation": True},
+        "format version 3",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED_META))
+def test_crafted_model_metadata_is_refused_at_load_in_one_line(tmp_path, case):
+    changes, expected = CRAFTED_META[case]
+    path = numpy_model(tmp_path / "crafted.npz", meta_changes=changes)
+    with pytest.raises(ModelError) as raised:
+        load_model(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: damaged model file (") and expected in message, message
+    assert "\n" not in message and "Error:" not in message, message
+
+
+@pytest.mark.parametrize(
+    "case", ["training that is text", "dataset that is text", "a dataset's images that are text"]
+)
+def test_evaluate_and_init_with_crafted_metadata_are_one_line(tiny_dataset, tmp_path, case):
+    path = numpy_model(tmp_path / "crafted.npz", meta_changes=CRAFTED_META[case][0])
+    for args in (
+        ["evaluate", "synthetic", "--model", path],
+        ["train", "--init", path, "--epochs", "1"],
+    ):
+        result = fer(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "damaged model file" in one_error_line(result.stderr), args
+
+
+def test_explaining_a_large_crop_takes_bounded_memory(tmp_path):
+    """A crop-96 model with mirrored test faces: the occluded copies (2,025 of them) go through
+    the network in batches, so the memory does not grow with the fourth power of the crop."""
+    from fercli.infer.explain import explain_crops
+
+    path = numpy_model(
+        tmp_path / "crop96.npz",
+        config=PreprocessConfig(crop_size=96),
+        meta_changes={"test_time_flip": True},
+    )
+    model = load_model(path)
+    crops = np.random.default_rng(0).integers(0, 256, (1, 96, 96), dtype=np.uint8)
+    [face], peak = peak_mb(lambda: explain_crops(model, crops, [(0, 0, 96, 96)], True))
+    assert face.map.shape == (96, 96) and len(face.maps) == len(CLASSES)
+    assert peak < 120, f"explaining one crop-96 face held {peak:.0f} MB"
+
+
+def test_a_bad_starting_model_is_refused_before_any_work(tiny_dataset, tmp_path, fer_home):
+    # A model file that says "paper" of a network that is not the paper's.
+    flat = numpy_model(tmp_path / "flat.npz")
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        'folds = 2\nseeds = [0]\ngroup = "random"\n[base]\nepochs = 1\n'
+        f'init = "{tmp_path / "missing.npz"}"\n[vary]\nlr = [0.001, 0.002]\n'
+    )
+    result = fer("sweep", "--grid", grid, "--workers", "1")
+    assert result.exit_code == 1
+    line = one_error_line(result.stderr)
+    assert "missing.npz" in line and "fold" not in line, line
+    for command in (["crossval", "--folds", "2", "--workers", "1"], ["train"]):
+        result = fer(*command, "--epochs", "1", "--recipe", "paper", "--init", flat)
+        assert result.exit_code == 1
+        line = one_error_line(result.stderr)
+        assert "flat.npz" in line and "do not fit" in line and "fold" not in line, line
+    assert not [path for folder in ("runs", "models") for path in fer_home.glob(f"{folder}/*")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+def test_a_crossval_killed_while_training_leaves_no_run_folder(tiny_dataset, fer_home):
+    from test_kill import kill_session, session_processes, wait_until
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fercli", "crossval", "--folds", "2", "--epochs", "100000"]
+        + ["--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert wait_until(lambda: len(session_processes(process.pid)) >= 3, timeout=120, step=0.05)
+        import time
+
+        time.sleep(3.0)  # the fold workers are training
+        kill_session(process.pid)
+        process.wait(timeout=60)
+    finally:
+        kill_session(process.pid)
+    assert not list(fer_home.glob("runs/*")), list(fer_home.glob("runs/*"))
+
+
+def test_port_80_answers_the_host_names_browsers_send():
+    from fercli.web.access import access_for
+
+    class Bound:
+        """What access_for reads of a socket: the address it is bound to."""
+
+        def __init__(self, port: int) -> None:
+            self.port = port
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    # A browser leaves the scheme's own port (80 for http) out of the Host header.
+    access = access_for(Bound(80))
+    for host in ("127.0.0.1", "localhost", "[::1]", "127.0.0.1:80", "LOCALHOST:80"):
+        assert access.host_allowed(host), host
+    for host in ("attacker.example", "attacker.example:80", "127.0.0.1:81", ""):
+        assert not access.host_allowed(host), host
+    other = access_for(Bound(8080))
+    assert other.host_allowed("127.0.0.1:8080") and not other.host_allowed("127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("rtsp://admin:hunter2@cam.local:554/stream1", "rtsp://***@cam.local:554/stream1"),
+        (
+            "http://cam.local/video.cgi?user=admin&pwd=hunter2&resolution=640",
+            "http://cam.local/video.cgi?user=***&pwd=***&resolution=640",
+        ),
+        ("http://u:p@h:1?x=@y/z", "http://***@h:1?x=@y/z"),
+        (
+            "https://cam/s?access_token=abc123&API_KEY=k9&Password=pw&auth=zz&fps=5#frag",
+            "https://cam/s?access_token=***&API_KEY=***&Password=***&auth=***&fps=5#frag",
+        ),
+        ("http://cam/live?secret", "http://cam/live?secret"),
+        ("http://cam.local:8080/video", "http://cam.local:8080/video"),
+        ("video.mp4", "video.mp4"),
+        ("0", "0"),
+    ],
+)
+def test_credentials_anywhere_in_a_stream_url_are_redacted(url, shown):
+    from fercli.web import redact
+
+    assert redact(url) == shown
+
+
+@pytest.mark.parametrize("place", ["models", "datasets/pictures", "runs", "runs/crossval-x"])
+@pytest.mark.parametrize("option", ["--explain", "--annotate"])
+def test_pictures_are_never_written_into_fer_home_s_own_folders(
+    model_file, astronaut_path, fer_home, place, option
+):
+    target = fer_home / place
+    result = fer("predict", astronaut_path, "--model", model_file, option, target)
+    assert result.exit_code == 1
+    line = one_error_line(result.stderr)
+    assert line.startswith(f"error: {option} {target}: ") and "FER_HOME" in line, line
+    assert not list(fer_home.rglob("*.png")) and not list(fer_home.rglob(".fercli-output"))
+
+
+def test_api_image_errors_name_the_file_and_every_kind_of_path_is_taken(
+    model_file, astronaut_path, tmp_path
+):
+    import fercli
+    from fercli.core.errors import ImageError
+
+    model = load_model(model_file)
+    missing = tmp_path / "missing.png"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    calls = (model.predict, model.explain, fercli.align_faces)
+    for image, reason in (
+        (missing, "no such file"),
+        (str(missing), "no such file"),
+        (os.fsencode(missing), "no such file"),
+        (broken, "not an image"),
+    ):
+        for call in calls:
+            with pytest.raises(ImageError) as raised:
+                call(image)
+            assert str(raised.value) == f"{os.fsdecode(image)}: {reason}" or (
+                str(raised.value).startswith(f"{os.fsdecode(image)}: {reason}")
+            ), str(raised.value)
+
+    class Named:
+        """An os.PathLike that is not a pathlib.Path."""
+
+        def __fspath__(self) -> str:
+            return str(astronaut_path)
+
+    from pathlib import PurePosixPath
+
+    expected = [face.box for face in model.predict(astronaut_path)]
+    assert expected
+    for image in (Named(), os.fsencode(astronaut_path), PurePosixPath(astronaut_path)):
+        for call in calls:
+            assert [face.box for face in call(image)] == expected, (call, image)

@@ -115,7 +115,7 @@ def test_an_unreadable_model_is_listed_so_that_it_can_be_removed(fer_home):
     models_dir().mkdir(parents=True)
     (models_dir() / "broken.npz").write_bytes(b"not a zip")
     [entry] = list_home().models
-    assert "not a readable model file" in entry.details["error"]
+    assert "not a fercli model file (not an .npz archive)" in entry.details["error"]
     result = fer("list")
     assert result.exit_code == 0 and "unreadable" in result.stdout
     assert fer("remove", "broken.npz").exit_code == 0

@@ -131,6 +131,20 @@ def test_every_variant_builds_a_softmax_over_the_classes(variant):
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", MODEL_VARIANTS)
+def test_the_weight_shapes_worked_out_without_keras_are_the_network_s(variant):
+    """weight_shapes, which checks a starting model (--init) before any training, describes
+    the network build_model makes, as a model file stores it."""
+    from fercli.learn.network import weight_shapes
+
+    for size in (32, 48):
+        specs, weights = export_layers(build_model(5, variant, size))
+        stored = [
+            [weights[key].shape for key in spec["weights"]] for spec in specs if spec["weights"]
+        ]
+        assert stored == weight_shapes(variant, size, 5), (variant, size)
+
+
 def test_unknown_variant_is_refused():
     with pytest.raises(ModelError, match="unknown model variant 'huge'; choose from paper"):
         build_model(CLASSES, "huge")

@@ -56,10 +56,11 @@ def load_model(path: str | Path | None = None) -> FerModel:
 
 
 def label_faces(
-    image: str | Path | np.ndarray, model: FerModel | None = None
+    image: str | os.PathLike | np.ndarray, model: FerModel | None = None
 ) -> list[FacePrediction]:
-    """The expression of every face in an image (box, label, probabilities), aligned with
-    the model's own preprocessing settings; model: default the newest, as fer predict."""
+    """The expression of every face in an image (a path: str, bytes or os.PathLike; or a
+    uint8 array): box, label, probabilities, aligned with the model's own preprocessing
+    settings; model: default the newest, as fer predict. ImageError naming the file."""
     from fercli.infer.label import label_faces as label_with
 
     return label_with(image, model or load_model())
@@ -162,17 +163,18 @@ def _replaced_model(output: Path) -> bool:
     """Refuse, before any data is read, an output that fer train must not write (see
     check_output_file) or replace: an existing file that is not a fercli model (notes.txt).
     True if a model file will be replaced."""
+    from fercli.core.archives import model_file_problem
     from fercli.core.errors import StoreError
     from fercli.core.store import check_output_file
-    from fercli.infer.model import is_model_file
 
     check_output_file(output)
     if not os.path.lexists(output):
         return False
-    if not is_model_file(output):
+    # Read as every model file is read (core.archives): within its limits.
+    problem = model_file_problem(output)
+    if problem:
         raise StoreError(
-            f"{output}: exists and is not a fercli model file; fer train replaces only a model "
-            "(give a new name)"
+            f"{output}: exists and is {problem}; fer train replaces only a model (give a new name)"
         )
     return True
 
@@ -228,11 +230,12 @@ def crossval(
     prepared = load_combined(_names(dataset), checked.classes, shared_classes)
     config, note = _sized(config, recipe, settings, len(prepared.labels))
     with Interrupts() as interrupts, make_engine(ray, workers) as engine:
-        folder = (
-            check_writable(Path(output))
-            if output is not None
-            else new_dir(runs_dir() / f"crossval-{prepared.name}-{timestamp()}")
-        )
+        # A folder given is made now. The run's own folder in FER_HOME/runs is named now and
+        # made at its first write: a run killed before then (kill -9) leaves no empty folder.
+        given = check_writable(Path(output)) if output is not None else None
+        if given is None:
+            check_writable(runs_dir())
+        named = runs_dir() / f"crossval-{prepared.name}-{timestamp()}"
         try:
             run = cross_validate(
                 prepared,
@@ -246,7 +249,7 @@ def crossval(
                 interrupts=interrupts,
             )
         except BaseException:
-            _remove_if_empty(folder)
+            _remove_if_empty(given)
             raise
         # From here on a Ctrl-C is held back (interrupts.hold): the files are written whole.
         report = run.report
@@ -255,8 +258,9 @@ def crossval(
             report.warnings.insert(0, note)
         if report.interrupted and not report.folds:
             # Stopped before any fold finished: a report of zeros would only mislead.
-            _remove_if_empty(folder)
+            _remove_if_empty(given)
             return report
+        folder = given or new_dir(named)
         report.files = save_crossval(report, folder)
         if run.model_worth_saving:
             report.files["model"] = save_crossval_model(
@@ -267,10 +271,12 @@ def crossval(
     return report
 
 
-def _remove_if_empty(folder: Path) -> None:
-    """Remove a run folder nothing was written to (a folder the caller named keeps files)."""
+def _remove_if_empty(folder: Path | None) -> None:
+    """Remove the output folder given when nothing was written to it (one holding files keeps
+    them)."""
     try:
-        folder.rmdir()
+        if folder is not None:
+            folder.rmdir()
     except OSError:
         pass  # not empty, or gone
 

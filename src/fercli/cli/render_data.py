@@ -131,7 +131,13 @@ def render_inventory(inventory) -> None:
         if title == "datasets" and inventory.default_dataset:
             out.print(f"fer train uses {shown(inventory.default_dataset)} (newest preprocessed)")
         if title == "models" and inventory.default_model:
-            out.print(f"fer predict uses {shown(inventory.default_model)} (the newest)")
+            # A newer file that cannot be read is passed over (and listed as unreadable).
+            which = (
+                "the newest"
+                if entries[-1].name == inventory.default_model
+                else "the newest readable"
+            )
+            out.print(f"fer predict uses {shown(inventory.default_model)} ({which})")
     other = ", ".join(f"{name} {size_text(size)}" for name, size in inventory.other.items())
     out.print(
         f"{shown(inventory.home)}: {size_text(inventory.total)} in all ({other}); "

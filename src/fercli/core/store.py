@@ -27,8 +27,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+# Re-exported: fercli's .npz files are read and written through core.archives.
+from fercli.core.archives import newest_model_file
+from fercli.core.archives import npz_problem as npz_problem
+from fercli.core.archives import pack_json as pack_json
+from fercli.core.archives import unpack_json as unpack_json
 from fercli.core.errors import StoreError
 
 HOME_VARIABLE = "FER_HOME"
@@ -61,6 +64,27 @@ def runs_dir() -> Path:
 
 def dlib_dir() -> Path:
     return home() / "dlib"
+
+
+def own_folder(path: Path) -> tuple[Path, str] | None:
+    """The folder of FER_HOME where fercli keeps its own files (datasets, models, runs, the
+    crop cache, dlib's models) that path is or lies inside (links followed), with what it
+    holds; None for any other path, FER_HOME itself included."""
+    folders = {
+        datasets_dir(): "preprocessed datasets",
+        models_dir(): "models",
+        runs_dir(): "reports of its runs",
+        crops_dir(): "crop cache",
+        dlib_dir(): "copy of dlib's models",
+    }
+    try:
+        place = Path(path).resolve()
+        for folder, holds in folders.items():
+            if place == folder.resolve() or folder.resolve() in place.parents:
+                return folder, holds
+    except (OSError, RuntimeError):  # RuntimeError: a link loop, before Python 3.13
+        return None
+    return None
 
 
 def timestamp() -> str:
@@ -285,36 +309,6 @@ def _remove_quietly(path: str | Path) -> None:
         pass
 
 
-def npz_problem(path: Path) -> str | None:
-    """Why a file cannot be a .npz archive (fercli's models and datasets), from its first
-    bytes; None if it may be one. Without this, NumPy takes any other file for a pickle and
-    suggests loading it unsafely."""
-    try:
-        with open(path, "rb") as stream:
-            head = stream.read(4)
-    except OSError as error:
-        return f"cannot read it: {error.strerror or error}"
-    if not head:
-        return "an empty file"
-    if head != b"PK\x03\x04":
-        return "not an .npz archive"
-    return None
-
-
-def pack_json(payload: object) -> np.ndarray:
-    """JSON as a uint8 array, so that metadata travels inside a pickle-free .npz."""
-    return np.frombuffer(json.dumps(payload, default=str, allow_nan=False).encode(), dtype=np.uint8)
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def unpack_json(array: np.ndarray) -> object:
-    """The JSON that pack_json stored; ValueError for NaN or Infinity, which it never writes."""
-    return json.loads(array.tobytes().decode(), parse_constant=_no_constant)
-
-
 def latest(folder: Path, pattern: str) -> Path | None:
     """The most recently written file matching a glob pattern below a folder."""
     try:
@@ -359,8 +353,10 @@ def name_not_found(given: str, names: list[str], matches: list[str], what: str) 
 
 def default_model() -> Path | None:
     """The model file fer predict, evaluate and live use when none is named: the one trained
-    most recently, in FER_HOME/models; None when there is none."""
-    return latest(models_dir(), "*.npz")
+    most recently, in FER_HOME/models, that can be read as one (core.archives: a damaged,
+    oversized or foreign file is passed over, and fer list says why); None when there is
+    none."""
+    return newest_model_file(models_dir())
 
 
 @dataclass(frozen=True)

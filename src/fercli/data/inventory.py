@@ -15,19 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
+from fercli.core.archives import (
+    archive_meta,
+    array_length,
+    read_model_archive,
+)
 from fercli.core.config import TrainConfig, recipe_differences
-from fercli.core.errors import StoreError
+from fercli.core.errors import ModelError, StoreError
 from fercli.core.store import (
     abbreviated,
     crops_dir,
     datasets_dir,
+    default_model,
     dlib_dir,
     home,
-    latest,
     models_dir,
     name_not_found,
     runs_dir,
-    unpack_json,
 )
 from fercli.data.prepared import DATASET_FILE, default_dataset
 
@@ -130,9 +134,11 @@ def _dataset(folder: Path) -> Entry:
     entry = Entry("dataset", folder.name, folder, size_of(folder), _modified(folder / DATASET_FILE))
     try:
         _regular(folder / DATASET_FILE)
+        # Within limits, as model files are read: the meta's size checked before it is
+        # unpacked, the images counted from the labels' header.
         with np.load(folder / DATASET_FILE, allow_pickle=False) as archive:
-            meta = unpack_json(archive["meta"])
-            images = len(archive["labels"])
+            meta = archive_meta(archive)
+            images = array_length(archive, "labels")
         entry.details = {
             "images": images,
             "classes": meta.get("classes", {}),
@@ -220,9 +226,7 @@ def recipe(training: dict) -> str:
 def _model(path: Path, runs: list[Entry]) -> Entry:
     entry = Entry("model", path.name, path, size_of(path), _modified(path))
     try:
-        _regular(path)
-        with np.load(path, allow_pickle=False) as archive:
-            meta = unpack_json(archive["meta"])
+        meta, _ = read_model_archive(path, with_arrays=False)
         training = meta.get("training", {})
         entry.details = {
             "dataset": (meta.get("dataset") or {}).get("name"),
@@ -247,6 +251,8 @@ def _model(path: Path, runs: list[Entry]) -> Entry:
                 for key in ("mean_accuracy", "std_accuracy", "folds", "group")
             }
             entry.details["crossval"]["run"] = best.name
+    except ModelError as error:
+        entry.details = {"error": str(error).removeprefix(f"{path}: ")}
     except Exception as error:
         entry.details = {"error": f"not a readable model file ({type(error).__name__})"}
     return entry
@@ -266,7 +272,7 @@ def list_home() -> Inventory:
     def by_age(entries: list[Entry]) -> list[Entry]:
         return sorted(entries, key=lambda entry: (entry.modified, entry.name))
 
-    newest = latest(models_dir(), "*.npz")  # as fer predict picks its model
+    newest = default_model()  # as fer predict picks its model: the newest that can be read
     dataset = default_dataset()
     return Inventory(
         home(),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fercli.core.archives import archive_meta
 from fercli.core.config import PreprocessConfig
 from fercli.core.errors import DatasetError, StoreError
 from fercli.core.store import (
@@ -222,7 +223,7 @@ def made_by(path: Path) -> str:
     "preprocess" for files that do not say, or cannot be read (load_dataset says why)."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            meta = unpack_json(archive["meta"])
+            meta = archive_meta(archive)  # its size checked before it is unpacked
     except Exception:
         return "preprocess"
     return meta.get("made_by", "preprocess") if isinstance(meta, dict) else "preprocess"

@@ -20,6 +20,7 @@ proposes the small faces (faces.yunet); the grey is the same either way.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,12 +55,13 @@ from fercli.media.images import (
     declared_size,
     decode_gray,
     decode_gray_and_colour,
+    image_name,
     read_file,
     sniff_format,
 )
 
 # What an image is given as: an encoded file's bytes, a path, or a decoded array.
-Image = bytes | str | Path | np.ndarray
+Image = bytes | str | os.PathLike | np.ndarray
 Tag = TypeVar("Tag")
 
 # What became of an image (ImageFaces.status).
@@ -107,8 +109,8 @@ class Picture:
 def decode(image: Image, colour: bool = False) -> Picture:
     """An image as the 2-D uint8 array the detector searches (and, with colour, its colours
     too where it has them; the grey is the same either way); ImageError with the reason."""
-    if colour and isinstance(image, (str, Path)) and str(image).strip():
-        image = read_file(Path(image))
+    if colour and isinstance(image, (str, os.PathLike)) and os.fsdecode(image).strip():
+        image = read_file(Path(os.fsdecode(image)))
     if isinstance(image, bytes):
         if not colour:
             return Picture(decode_gray(image))
@@ -292,18 +294,22 @@ def _align_isolated(
 
 
 def align_faces(
-    image: str | Path | np.ndarray, config: PreprocessConfig | None = None
+    image: str | bytes | os.PathLike | np.ndarray, config: PreprocessConfig | None = None
 ) -> list[AlignedFace]:
-    """Every face in an image, aligned as for training (32x32 crops), largest first: each
-    with its crop, box, landmarks and the map from image to crop coordinates. ImageError for
-    an image that cannot be read; FerError if its alignment fails."""
-    [(_, found)] = align_images([(None, image)], config or PreprocessConfig())
+    """Every face in an image (a path, as open() takes one: str, bytes or os.PathLike; or an
+    array), aligned as for training (32x32 crops), largest first: each with its crop, box,
+    landmarks and the map from image to crop coordinates. ImageError for an image that
+    cannot be read; FerError if its alignment fails; both name the file."""
+    name = image_name(image)
+    [(_, found)] = align_images(
+        [(None, image if name is None else name)], config or PreprocessConfig()
+    )
+    reason = f"{name}: {found.reason}" if name and name.strip() else found.reason
     if found.status == UNREADABLE:
         # Named, as a Python caller of fercli.align_faces meets it without a command's table.
-        named = isinstance(image, (str, Path)) and str(image)
-        raise ImageError(f"{image}: {found.reason}" if named else found.reason)
+        raise ImageError(reason)
     if found.status == FAILED:
-        raise FerError(found.reason)
+        raise FerError(reason)
     return found.faces
 
 

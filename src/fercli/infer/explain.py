@@ -1,8 +1,8 @@
 """Where the network looks: occlusion sensitivity maps, on the NumPy forward pass.
 
-A grey patch slides over the aligned crop; every occluded copy (and the crop itself) goes
-through the network in one batched call, and a pixel's value is how much covering it lowers a
-class's probability, averaged over the patches that covered it. No TensorFlow and no
+A grey patch slides over the aligned crop; the occluded copies (and the crop itself) go
+through the network in batches of bounded size, and a pixel's value is how much covering it
+lowers a class's probability, averaged over the patches that covered it. No TensorFlow and no
 gradients, so any model that predict runs can be explained, ensembles and test-time flips
 included. The grey is the training crops' mean (the z-scored input 0, "no information" to
 the network). What the map shows is this network on this crop, not the face: a region the
@@ -12,7 +12,7 @@ sets the map's resolution (nothing finer than a patch shows).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,12 +31,19 @@ if TYPE_CHECKING:
 # about 25 ms of CPU a face for one paper network, ten times that for a 10-network ensemble.
 PATCH = 8
 STRIDE = 2
-# Faces whose occluded copies go through the network together: 8 faces are 1,360 crops
-# (1.4 MB of uint8), which bounds the memory of explaining a whole folder.
+# Faces explained together: their probabilities under every occlusion are kept until their
+# maps are made (a few KB a face of 32x32, 0.9 MB of 256x256).
 FACES_PER_CALL = 8
+# Pixels of occluded copies that go through the network in one call: 2,048 copies of a 32x32
+# crop, 227 of 96x96, 32 of 256x256. The forward pass holds about 30 bytes a pixel of them
+# (float64 input, mirrored copies, float32), so about 64 MB, whatever the crop size: the copies
+# of one face number about size**2 / 4 (2,025 of 96x96, 15,625 of 256x256), and all of them
+# at once grew with the fourth power of the size (7.6 GB for 256x256).
+BATCH_PIXELS = 2**21
 # An ensemble's networks explain a batch on this many threads (at most one a core): ten
-# networks' 1,360 occluded copies are a few hundred ms of matrix products, which numpy runs
-# without the GIL. The maps are the same to the bit (FerModel.predict_proba).
+# networks' batch of occluded copies (2,048 of 32x32 crops) is a few hundred ms of matrix
+# products, which numpy runs without the GIL. The maps are the same to the bit
+# (FerModel.predict_proba).
 EXPLAIN_THREADS = 2
 
 
@@ -80,38 +87,80 @@ def occlusion_maps(
     """The probabilities (n, classes) of uint8 crops (n, s, s) and each class's occlusion map
     (n, classes, s, s): the drop of that class's probability when a patch of grey (a uint8
     (s, s) image to take the patch's pixels from) covers each pixel, averaged over the patches
-    covering it. predict: uint8 crops -> probabilities, called once per FACES_PER_CALL faces
-    with every occluded copy of them. grey None: each face's patch is its own mean grey level
-    (networks that standardise each crop by its own statistics: grey_crop)."""
+    covering it. predict: uint8 crops -> probabilities, called with occlusion_batches of
+    FACES_PER_CALL faces at a time (the faces themselves first, then their occluded copies).
+    grey None: each face's patch is its own mean grey level (networks that standardise each
+    crop by its own statistics: grey_crop)."""
     count, size = len(crops), crops.shape[1]
     positions = patch_positions(size, patch, stride)
-    covers = np.zeros((len(positions) ** 2, size, size), bool)
-    for number, (top, left) in enumerate((y, x) for y in positions for x in positions):
-        covers[number, top : top + patch, left : left + patch] = True
-    coverage = covers.reshape(len(covers), -1).astype(np.float64)
-    times_covered = coverage.sum(axis=0)
+    # covering[r, i]: whether the patch at the i-th position along a side covers row (or
+    # column) r. A pixel's summed drop is covering @ drops @ covering.T, class by class.
+    covering = np.zeros((size, len(positions)))
+    for number, start in enumerate(positions):
+        covering[start : start + patch, number] = 1.0
+    times_covered = np.outer(covering.sum(axis=1), covering.sum(axis=1))
     probabilities, maps = [], []
     for start in range(0, count, FACES_PER_CALL):
         chunk = crops[start : start + FACES_PER_CALL]
         if grey is None:
-            fill = np.round(chunk.mean(axis=(1, 2))).astype(np.uint8)[:, None, None, None]
+            fills = np.round(chunk.mean(axis=(1, 2))).astype(np.uint8)[:, None, None]
         else:
-            fill = grey[None, None]
-        occluded = np.where(covers[None], fill, chunk[:, None])
-        # The crops themselves first, then their occluded copies: one call to the network.
-        batch = np.concatenate([chunk, occluded.reshape(-1, size, size)])
-        output = np.asarray(predict(batch), np.float64)
-        if not np.all(np.isfinite(output)):
-            raise ModelError("damaged model (its probabilities for a face are not finite numbers)")
+            fills = grey[None]
+        fills = np.broadcast_to(fills, chunk.shape)
+        outputs = []
+        for batch in occlusion_batches(chunk, fills, positions, patch):
+            output = np.asarray(predict(batch), np.float64)
+            if not np.all(np.isfinite(output)):
+                raise ModelError(
+                    "damaged model (its probabilities for a face are not finite numbers)"
+                )
+            outputs.append(output)
+        output = np.concatenate(outputs)
         base = output[: len(chunk)]
-        copies = output[len(chunk) :].reshape(len(chunk), len(covers), -1)
-        drops = base[:, None, :] - copies  # (faces, positions, classes)
-        summed = np.einsum("fpc,pk->fck", drops, coverage)
-        maps.append((summed / times_covered).reshape(len(chunk), -1, size, size))
+        copies = output[len(chunk) :].reshape(len(chunk), len(positions), len(positions), -1)
+        drops = (base[:, None, None, :] - copies).transpose(0, 3, 1, 2)  # (faces, classes, i, j)
+        maps.append(covering @ drops @ covering.T / times_covered)
         probabilities.append(base)
     if not maps:
         return np.zeros((0, 0)), np.zeros((0, 0, size, size))
     return np.concatenate(probabilities), np.concatenate(maps)
+
+
+def occlusion_batches(
+    crops: np.ndarray,
+    fills: np.ndarray,
+    positions: list[int],
+    patch: int,
+    pixels: int = BATCH_PIXELS,
+) -> Iterator[np.ndarray]:
+    """The crops (n, s, s), then each one's occluded copies (a patch x patch square of its fill,
+    an (s, s) image, at each pair of positions: top, then left), face after face, in uint8
+    batches of at most `pixels` pixels (one crop at least): what goes through the network a
+    call at a time, so that the memory of explaining does not grow with the copies' count."""
+    size = crops.shape[1]
+    per_batch = max(1, pixels // (size * size))
+
+    def copies() -> Iterator[tuple[np.ndarray, tuple | None]]:
+        """Each crop, with the fill and place of its patch (None: the crop itself)."""
+        for crop in crops:
+            yield crop, None
+        for crop, fill in zip(crops, fills, strict=True):
+            for top in positions:
+                for left in positions:
+                    yield crop, (fill, slice(top, top + patch), slice(left, left + patch))
+
+    batch, filled = np.empty((per_batch, size, size), np.uint8), 0
+    for crop, patched in copies():
+        batch[filled] = crop
+        if patched is not None:
+            fill, rows, columns = patched
+            batch[filled, rows, columns] = fill[rows, columns]
+        filled += 1
+        if filled == per_batch:
+            yield batch
+            batch, filled = np.empty_like(batch), 0
+    if filled:
+        yield batch[:filled]
 
 
 def grey_crop(

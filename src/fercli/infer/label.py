@@ -3,6 +3,7 @@ out. The one verb for "the expression of every face in this image"."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ import numpy as np
 
 from fercli.core.errors import ImageError, ModelError
 from fercli.faces.pipeline import align_faces
+from fercli.media.images import image_name
 from fercli.media.video import is_video
 
 if TYPE_CHECKING:
@@ -66,21 +68,23 @@ def label_crops(
     ]
 
 
-def label_faces(image: str | Path | np.ndarray, model: FerModel) -> list[FacePrediction]:
-    """The expression of every face in an image (a path, or a BGR or grayscale uint8 array):
-    box, label, probabilities, the faces aligned with the model's own preprocessing settings."""
+def label_faces(image: str | os.PathLike | np.ndarray, model: FerModel) -> list[FacePrediction]:
+    """The expression of every face in an image (a path: str, bytes or os.PathLike; or a BGR
+    or grayscale uint8 array): box, label, probabilities, the faces aligned with the model's
+    own preprocessing settings."""
     try:
         faces = align_faces(image, model.preprocess)
     except ImageError:
-        if isinstance(image, (str, Path)) and is_video(Path(image)):
+        name = image_name(image)
+        if name and is_video(Path(name)):
             raise ImageError(
-                f"{image}: a video, not an image; label the faces of videos with "
-                f"fercli.label_media([{str(image)!r}]), which follows them from frame to frame"
+                f"{name}: a video, not an image; label the faces of videos with "
+                f"fercli.label_media([{name!r}]), which follows them from frame to frame"
             ) from None
         raise
     if not faces:
         return []
-    source = str(image) if isinstance(image, (str, Path)) else "the image"
+    source = image_name(image) or "the image"
     labelled = label_crops(
         model,
         np.stack([face.crop for face in faces]),

@@ -17,17 +17,21 @@ from pathlib import Path
 
 import numpy as np
 
+# Re-exported: where a model file's format and limits are told.
+from fercli.core.archives import MAX_MODEL_BYTES as MAX_MODEL_BYTES
+from fercli.core.archives import (
+    MODEL_FORMAT,
+    MODEL_FORMAT_VERSION,
+    PER_IMAGE_FORMAT_VERSION,
+    model_file_problem,
+    model_meta_problem,
+    read_model_archive,
+)
+from fercli.core.archives import READABLE_FORMAT_VERSIONS as READABLE_FORMAT_VERSIONS
 from fercli.core.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
 from fercli.core.errors import ModelError, NoModelError
 from fercli.core.hashing import CROP_DIGEST_BYTES, crop_digests
-from fercli.core.store import (
-    atomic_write,
-    default_model,
-    models_dir,
-    npz_problem,
-    pack_json,
-    unpack_json,
-)
+from fercli.core.store import atomic_write, default_model, models_dir, pack_json
 from fercli.infer.inputs import (
     PIXEL_STATISTICS_VERSION,
     PixelMap,
@@ -40,21 +44,8 @@ from fercli.infer.inputs import (
 from fercli.infer.inputs import standardise_each as standardise_each
 from fercli.infer.runtime import NumpyNetwork, one_blas_thread
 
-MODEL_FORMAT = "fercli-model"
-# Version 2 added ensembles: the first network is stored as in version 1 (meta "layers",
-# norm_mean, norm_std); meta "members" describes the others, whose arrays are prefixed
-# member<i>_. Version 1 files (one network) are read as they are.
-MODEL_FORMAT_VERSION = 2
-# Version 3: the same layout, with each crop standardised by its own mean and std before the
-# stored statistics (meta "per_image_standardisation"); written only for such models, so that
-# an older fercli refuses them rather than feeding them unstandardised crops.
-PER_IMAGE_FORMAT_VERSION = 3
-READABLE_FORMAT_VERSIONS = (1, 2, 3)
 # An ensemble averages a few networks (a crossval's folds); more would only cost predict time.
 MAX_ENSEMBLE_MEMBERS = 50
-# A model holds a few MB of weights (the widest variant about 4 MB). Refuse files that unpack
-# to more, before unpacking them: a 2 MB compressed file can unpack to gigabytes.
-MAX_MODEL_BYTES = 256 * 2**20
 # The training crops' SHA-256 digests are kept cut to 8 bytes: 80 KB for 10,000 crops, and a
 # chance of about n / 2**64 that a new face is taken for a training face.
 TRAINING_HASH_BYTES = CROP_DIGEST_BYTES
@@ -342,63 +333,50 @@ def load_model(path: str | Path | None = None) -> FerModel:
 
 
 def newest_model() -> Path:
-    """The model file trained most recently, in FER_HOME/models: the model used when none is
-    named. NoModelError when there is none."""
+    """The model file trained most recently in FER_HOME/models that can be read as one (a
+    damaged, oversized or foreign file is passed over, as fer list does): the model used when
+    none is named. NoModelError when there is none; ModelError when there are only files that
+    cannot be read."""
     path = default_model()
-    if path is None:
-        raise NoModelError(
-            f"no trained model in {models_dir()}: train one (fer train, or fercli.train in "
-            "Python) or give a model file's path"
+    if path is not None:
+        return path
+    try:
+        unreadable = sorted(
+            candidate
+            for candidate in models_dir().glob("*.npz")
+            if not candidate.name.startswith(".")
         )
-    return path
+    except OSError:
+        unreadable = []
+    if unreadable:
+        first = unreadable[0]
+        raise ModelError(
+            f"no readable model in {models_dir()}: {len(unreadable)} file"
+            f"{'' if len(unreadable) == 1 else 's'} there cannot be read ({first.name}: "
+            f"{model_file_problem(first)}); train a model or give a model file's path"
+        )
+    raise NoModelError(
+        f"no trained model in {models_dir()}: train one (fer train, or fercli.train in "
+        "Python) or give a model file's path"
+    )
 
 
 def is_model_file(path: Path) -> bool:
-    """Whether a file is a fercli model file (its header: an .npz whose meta says so), read
-    without unpickling and without its weights; False for anything else or unreadable."""
-    try:
-        with np.load(Path(path), allow_pickle=False) as archive:
-            if "meta" not in archive.files:
-                return False
-            meta = unpack_json(archive["meta"])
-    except Exception:  # whatever the file is, it is not a model
-        return False
-    return isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
+    """Whether a file is a fercli model file (its header: an .npz whose meta says so, within
+    the limits of core.archives), read without unpickling and without its weights; False for
+    anything else or unreadable."""
+    return model_file_problem(Path(path)) is None
 
 
 def _read_model_file(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """A model file's meta and arrays, read without unpickling; ModelError for a missing,
-    oversized, unreadable or foreign file, or a format version this fercli cannot read."""
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
-    problem = npz_problem(path)
+    """A model file's meta and arrays, read without unpickling (core.archives); ModelError for
+    a missing, oversized, unreadable or foreign file, a format version this fercli cannot
+    read, or a meta of the wrong shape: refused once, here, so that no command meets an entry
+    of the wrong type later."""
+    meta, arrays = read_model_archive(path)
+    problem = model_meta_problem(meta)
     if problem:
-        raise ModelError(f"{path}: not a fercli model file ({problem})")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            unpacked = sum(member.file_size for member in archive.zip.infolist())
-            if unpacked > MAX_MODEL_BYTES:
-                raise ModelError(
-                    f"{path}: unpacks to {unpacked / 2**20:.0f} MB, more than any fercli model "
-                    f"(limit {MAX_MODEL_BYTES // 2**20} MB)"
-                )
-            meta = unpack_json(archive["meta"])
-            arrays = {key: archive[key] for key in archive.files if key != "meta"}
-    except ModelError:
-        raise
-    except Exception as error:
-        raise ModelError(
-            f"{path}: not a fercli model file ({type(error).__name__}: {error})"
-        ) from None
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{path}: not a fercli model file")
-    if meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
-        raise ModelError(
-            f"{path}: model format version {meta.get('format_version')} is not supported by this "
-            f"fercli (it reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS[:-1]))} and "
-            f"{READABLE_FORMAT_VERSIONS[-1]}); "
-            "retrain with `fer train`"
-        )
+        raise ModelError(f"{path}: {problem}")
     return meta, arrays
 
 

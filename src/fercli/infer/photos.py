@@ -127,7 +127,16 @@ def label_photos(
 def check_annotate_folder(files: list[Path], folder: Path, option: str = "--annotate") -> None:
     """Refuse an annotation folder (or --explain's) that holds any of the files to be read
     (as discovered): pictures written must never take the place of inputs. FerError naming
-    one of them."""
+    one of them; FerError too for a folder inside FER_HOME's own (models, datasets, runs),
+    where pictures would be taken for entries or removed with one."""
+    from fercli.core.store import HOME_VARIABLE, own_folder
+
+    own = own_folder(Path(folder))
+    if own:
+        raise FerError(
+            f"{option} {folder}: is inside {own[0]}, where fercli keeps its {own[1]} "
+            f"({HOME_VARIABLE}); the pictures it writes go to a folder of their own"
+        )
     target = _resolved(Path(folder))
     if target is None:
         return  # cannot be followed, so it holds nothing; writes never replace a file anyway

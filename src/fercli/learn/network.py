@@ -75,6 +75,43 @@ def _vgg_layers(num_classes: int) -> list:
     ]
 
 
+def weight_shapes(variant: str, input_size: int, num_classes: int) -> list[list[tuple]]:
+    """The shapes of the weights of build_model's network, layer by layer (the layers that have
+    weights, as a model file stores them), worked out without Keras: what a starting model
+    (--init) must match before any training starts."""
+    if variant == "vgg":
+        return _vgg_weight_shapes(input_size, num_classes)
+    filters = (64, 128) if variant == "wide" else (32, 64)
+    shapes: list[list[tuple]] = []
+    channels, side = 1, input_size
+    for count in filters:
+        if variant.startswith("batchnorm"):
+            # A convolution without bias, then batch normalisation's gamma, beta, mean, variance.
+            shapes += [[(5, 5, channels, count)], [(count,)] * 4]
+        else:
+            shapes.append([(5, 5, channels, count), (count,)])
+        channels, side = count, (side - 4) // 2  # a 5x5 "valid" convolution, a 2x2 pooling
+    features = side * side * channels
+    if variant == "wide":
+        shapes.append([(features, 256), (256,)])
+        features = 256
+    shapes.append([(features, num_classes), (num_classes,)])
+    return shapes
+
+
+def _vgg_weight_shapes(input_size: int, num_classes: int) -> list[list[tuple]]:
+    """weight_shapes of the "vgg" variant (_vgg_layers)."""
+    shapes: list[list[tuple]] = []
+    channels, side = 1, input_size
+    for count in (32, 64, 128):
+        # A 3x3 "same" convolution without bias, batch normalisation, a 2x2 pooling.
+        shapes += [[(3, 3, channels, count)], [(count,)] * 4]
+        channels, side = count, side // 2
+    shapes += [[(side * side * channels, 256)], [(256,)] * 4]
+    shapes.append([(256, num_classes), (num_classes,)])
+    return shapes
+
+
 def make_optimizer(config: TrainConfig):
     """The optimizer of a training configuration (the paper: SGD, lr 0.001, momentum 0.9)."""
     import keras

@@ -246,6 +246,7 @@ def run_sweep(
     from fercli.learn.engines import LocalEngine
     from fercli.learn.folds import make_folds
     from fercli.learn.selection import select_classes, selection_fingerprint
+    from fercli.learn.training import checked_start
 
     started = time.perf_counter()
     engine = engine or LocalEngine()
@@ -254,6 +255,10 @@ def run_sweep(
     # The recipes first: one the settings refuse (an unknown recipe, --no-augment beside an
     # augmentation setting) leaves no empty sweep folder behind.
     plan = recipes(grid)
+    # Their starting models too (--init), each once: one that does not fit fails no fold later.
+    starts = {(item.config.init_model, item.config.variant): item.config for item in plan}
+    for config in starts.values():
+        checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
     folder = make_dir(sweep_folder(dataset, data_id, grid))
     atomic_write_json(
         folder / "grid.json",

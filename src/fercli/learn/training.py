@@ -82,7 +82,37 @@ def checked_start(
             f"{config.init_model}: the starting model's crops were made with other "
             "preprocessing settings than this dataset's"
         )
+    check_starting_layers(starting, config)
     return config
+
+
+def check_starting_layers(starting, config: TrainConfig) -> None:
+    """FerError unless the starting model's layers have the shapes of config's network (its
+    variant, for the model's crop size): refused before any work, not when a fold's network
+    is built. The classifier's columns are copied by class name (start_from), so only its
+    inputs must fit."""
+    from fercli.learn.network import weight_shapes
+
+    size = starting.preprocess.crop_size
+    expected = weight_shapes(config.variant, size, len(config.classes))
+    theirs = [
+        [tuple(starting.network.weights[key].shape) for key in spec["weights"]]
+        for spec in starting.network.specs
+        if spec["weights"]
+    ]
+    fits = (
+        len(theirs) == len(expected)
+        and theirs[:-1] == expected[:-1]
+        and len(theirs[-1]) == 2
+        and len(theirs[-1][0]) == 2
+        and theirs[-1][0][0] == expected[-1][0][0]
+    )
+    if not fits:
+        raise FerError(
+            f"{config.init_model}: its layers do not fit a {config.variant} network for "
+            f"{size}x{size} crops; start from a model trained with --variant {config.variant} "
+            "on crops of this size"
+        )
 
 
 @dataclass

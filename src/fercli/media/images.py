@@ -389,13 +389,23 @@ def bgr_to_gray(image: np.ndarray) -> np.ndarray:
     return gray if gray.ndim == 2 else gray[:, :, 0]
 
 
-def as_gray(image: str | Path | np.ndarray) -> np.ndarray:
-    """A 2-D uint8 image from a path (read as fercli reads images) or an array: grayscale,
-    BGR or BGRA, 8-bit. ImageError for anything else."""
-    if isinstance(image, (str, Path)):
-        if not str(image).strip():  # Path("") is the current folder
+def image_name(image: object) -> str | None:
+    """The file an image argument of fercli's functions names, as open() takes one: a str, a
+    bytes path or an os.PathLike (pathlib's paths among them), as text; None for anything
+    else (an array)."""
+    if isinstance(image, (str, bytes, os.PathLike)):
+        return os.fsdecode(image)
+    return None
+
+
+def as_gray(image: str | os.PathLike | np.ndarray) -> np.ndarray:
+    """A 2-D uint8 image from a path (a str or os.PathLike, read as fercli reads images) or an
+    array: grayscale, BGR or BGRA, 8-bit. ImageError for anything else."""
+    if isinstance(image, (str, os.PathLike)):
+        name = os.fsdecode(image)
+        if not name.strip():  # Path("") is the current folder
             raise ImageError("an empty path: give an image file or array")
-        return load_gray(Path(image))
+        return load_gray(Path(name))
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise ImageError(f"an image array must be 8-bit (uint8), not {array.dtype}")

@@ -20,12 +20,15 @@ from fercli.core.errors import FerError
 
 # The cookie that carries the token after the first visit with ?token=...
 TOKEN_COOKIE = "fer_live_token"
+# http's own port, which browsers leave out of the Host header (http://localhost/).
+HTTP_PORT = 80
 
 
 @dataclass(frozen=True)
 class Access:
-    """How requests are checked: the Host headers answered (lower case, with the port; None:
-    any, then the token guards), and the token every request must carry (None: none needed)."""
+    """How requests are checked: the Host headers answered (lower case, with the port, and on
+    port 80 without it too; None: any, then the token guards), and the token every request
+    must carry (None: none needed)."""
 
     hosts: frozenset[str] | None
     token: str | None = None
@@ -86,9 +89,11 @@ def access_for(sock) -> Access:
     random token (in the URLs)."""
     address, port = sock.getsockname()[:2]
     if is_loopback(address):
-        names = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
         shown = f"[{address}]" if ":" in address else address
-        names.add(f"{shown}:{port}")
+        hosts = {"127.0.0.1", "localhost", "[::1]", shown}
+        names = {f"{host}:{port}" for host in hosts}
+        if port == HTTP_PORT:  # a browser leaves the scheme's own port out of the Host header
+            names |= hosts
         return Access(frozenset(names), None, [f"http://{shown}:{port}/"])
     token = secrets.token_urlsafe(24)
     wildcard = ipaddress.ip_address(address.split("%")[0]).is_unspecified

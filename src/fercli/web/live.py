@@ -49,16 +49,47 @@ MAX_CAMERA_INDEX = 9999
 MAX_FPS = 1000.0
 
 
+# Query parameters whose values are hidden when a stream URL is shown: any whose name holds one
+# of these (pwd, password, access_token, api_key, X-Auth, user, ...).
+SECRET_PARAMETERS = (
+    "pass",
+    "pwd",
+    "token",
+    "key",
+    "secret",
+    "auth",
+    "sig",
+    "cred",
+    "user",
+    "login",
+)
+
+
 def redact(source: str) -> str:
-    """A source as it may be shown: a URL's user name and password (http://user:pass@host/)
-    replaced by ***, so that credentials never leave the process."""
-    scheme, found, rest = source.partition("://")
-    if not found:
-        return source
-    authority, slash, path = rest.partition("/")
-    if "@" not in authority:
-        return source
-    return f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
+    """A source as it may be shown: a URL's user name and password (rtsp://user:pass@host/)
+    and the values of its query parameters that may be credentials (?user=admin&pwd=...)
+    replaced by ***, the rest as it was given, so that credentials never leave the process."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        parts = urlsplit(source)
+    except ValueError:  # an unbalanced [ in the host: shown without anything after the scheme
+        scheme, found, _ = source.partition("://")
+        return f"{scheme}://***" if found else source
+    if not parts.scheme or not parts.netloc:
+        return source  # a file name or a camera index
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    if parts.query:
+        pairs = []
+        for pair in parts.query.split("&"):
+            name, equals, value = pair.partition("=")
+            secret = equals and any(word in unquote(name).lower() for word in SECRET_PARAMETERS)
+            pairs.append(f"{name}=***" if secret else pair)
+        shown += "?" + "&".join(pairs)
+    return shown + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def open_source(source: str):
