@@ -23,7 +23,9 @@ from fercli.cli.app import (
 )
 from fercli.cli.options import (
     TRAINING,
+    AdaptPixelsOption,
     DatasetArgument,
+    ModelOption,
     RayOption,
     epoch_reporter,
     recipe_summary,
@@ -283,9 +285,7 @@ def evaluate(
         help="A preprocessed dataset (its name or folder under "
         "FER_HOME) or an original dataset folder, then preprocessed with the model's settings.",
     ),
-    model: Path | None = typer.Option(
-        None, help="Model file (default: the most recently trained)."
-    ),
+    model: Path | None = ModelOption,
     split: str | None = typer.Option(
         None,
         help="Only this predefined split of the dataset (FER2013: Training, "
@@ -304,13 +304,7 @@ def evaluate(
         "per-pixel mean mapped onto the training crops', the normalisation and batch "
         "normalisation statistics re-estimated. For photos from another camera.",
     ),
-    adapt_pixels: AdaptPixels | None = typer.Option(
-        None,
-        "--adapt-pixels",
-        help="With --adapt: how the faces' per-pixel statistics are mapped onto the training "
-        "crops': mean (the default), mean+std, or none (the global statistics only, as "
-        "before fercli kept per-pixel statistics).",
-    ),
+    adapt_pixels: AdaptPixels | None = AdaptPixelsOption,
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """Score a trained model on another dataset: only the classes both have count."""
