@@ -36,8 +36,8 @@ from fercli.cli.render_learn import (
     render_crossval,
     render_evaluation_accuracy,
     render_scores,
-    render_sources,
     render_sweep,
+    render_training,
 )
 from fercli.cli.render_media import plural
 from fercli.core.labels import describe_shares
@@ -71,15 +71,6 @@ def train(
             None if as_json else epoch_reporter(bar, task, ensemble, header="fer train: {recipe}")
         )
         reached: dict = {}  # the plan (the start event) and the last epoch event
-
-        def progress(event) -> None:
-            if event.kind == "start":
-                reached.update(epochs=event.epochs)
-            if event.kind == "epoch":
-                reached.update(epoch=event.epoch, network=event.fold)
-            if reporter:
-                reporter(event)
-
         try:
             with bar if not as_json else contextlib.nullcontext():
                 result = train_network(
@@ -89,53 +80,29 @@ def train(
                     shared_classes=training["shared_classes"],
                     split=split,
                     ensemble=ensemble,
-                    progress=progress,
+                    progress=_recording(reached, reporter),
                     **settings,
                 )
         except KeyboardInterrupt:
             message = interrupted_training(reached, ensemble)
             raise fail(message, 130, as_json=as_json) from None
-    parts = result.parts
-    summary = {
-        "model": str(result.path),
-        "dataset": result.dataset,
-        "classes": result.classes,
-        **({"datasets": parts} if parts else {}),
-        "images": result.images,
-        "epochs": result.epochs,
-        "final_loss": result.loss,
-        "final_train_accuracy": result.accuracy,
-        "seconds": round(result.seconds, 1),
-        "runtime_difference": result.runtime_difference,
-        "networks": ensemble,
-        **({"validation": result.validation} if result.validation else {}),
-        **({"notes": result.notes} if result.notes else {}),
-    }
-    if as_json:
-        emit_json(summary)
-        return
-    out.print(
-        f"trained on {result.images} images of {shown(result.dataset)} "
-        f"({shown(', '.join(result.classes))}), "
-        f"{plural(result.epochs, 'epoch')} in {result.seconds:.1f} s; "
-        f"final training loss {result.loss:.3f}, "
-        f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)"
-    )
-    if result.validation:
-        kept = result.validation
-        out.print(
-            f"kept the network of epoch {', '.join(map(str, kept['epochs']))}: the best on the "
-            f"{kept['images']} images held out (validation accuracy "
-            f"{', '.join(f'{value:.1%}' for value in kept['accuracies'])})"
-        )
-    if parts:
-        render_sources(parts, result.classes)
-    for note in result.notes:
-        out.print(f"[yellow]note:[/yellow] {shown(note)}")
-    out.print(
-        f"model saved to {shown(result.path)}"
-        + (f" (an ensemble of {ensemble} networks)" if ensemble > 1 else "")
-    )
+    render_training(result, ensemble, as_json)
+
+
+def _recording(reached: dict, reporter):
+    """A training's progress callback that keeps in reached the plan ("epochs", from the start
+    event) and the last epoch event ("epoch", "network") for a Ctrl-C's message
+    (interrupted_training), and hands every event on to reporter (if any)."""
+
+    def progress(event) -> None:
+        if event.kind == "start":
+            reached.update(epochs=event.epochs)
+        if event.kind == "epoch":
+            reached.update(epoch=event.epoch, network=event.fold)
+        if reporter:
+            reporter(event)
+
+    return progress
 
 
 def sweep_reporter(bar, update):

@@ -6,7 +6,7 @@ import math
 
 from rich.table import Table
 
-from fercli.cli.app import out, shown
+from fercli.cli.app import emit_json, out, shown
 from fercli.cli.options import recipe_summary
 from fercli.cli.render_media import plural
 
@@ -21,6 +21,53 @@ def render_sources(parts: list[dict], labels: list[str]) -> None:
         table.add_row(shown(label), *(str(part["classes"].get(label, 0)) for part in parts))
     table.add_row("all", *(str(part["images"]) for part in parts), style="bold")
     out.print(table)
+
+
+def render_training(result, ensemble: int, as_json: bool) -> None:
+    """fer train's result: one JSON object, or its lines (images, epochs, final figures, the
+    network kept, the datasets combined, notes, where the model was saved)."""
+    parts = result.parts
+    if as_json:
+        emit_json(
+            {
+                "model": str(result.path),
+                "dataset": result.dataset,
+                "classes": result.classes,
+                **({"datasets": parts} if parts else {}),
+                "images": result.images,
+                "epochs": result.epochs,
+                "final_loss": result.loss,
+                "final_train_accuracy": result.accuracy,
+                "seconds": round(result.seconds, 1),
+                "runtime_difference": result.runtime_difference,
+                "networks": ensemble,
+                **({"validation": result.validation} if result.validation else {}),
+                **({"notes": result.notes} if result.notes else {}),
+            }
+        )
+        return
+    out.print(
+        f"trained on {result.images} images of {shown(result.dataset)} "
+        f"({shown(', '.join(result.classes))}), "
+        f"{plural(result.epochs, 'epoch')} in {result.seconds:.1f} s; "
+        f"final training loss {result.loss:.3f}, "
+        f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)"
+    )
+    if result.validation:
+        kept = result.validation
+        out.print(
+            f"kept the network of epoch {', '.join(map(str, kept['epochs']))}: the best on the "
+            f"{kept['images']} images held out (validation accuracy "
+            f"{', '.join(f'{value:.1%}' for value in kept['accuracies'])})"
+        )
+    if parts:
+        render_sources(parts, result.classes)
+    for note in result.notes:
+        out.print(f"[yellow]note:[/yellow] {shown(note)}")
+    out.print(
+        f"model saved to {shown(result.path)}"
+        + (f" (an ensemble of {ensemble} networks)" if ensemble > 1 else "")
+    )
 
 
 def render_per_dataset(report) -> None:
