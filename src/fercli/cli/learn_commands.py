@@ -28,19 +28,16 @@ from fercli.cli.options import (
     ModelOption,
     RayOption,
     epoch_reporter,
-    recipe_summary,
     training_settings,
     with_training_options,
 )
 from fercli.cli.render_learn import (
     render_crossval,
-    render_evaluation_accuracy,
-    render_scores,
+    render_evaluation,
     render_sweep,
     render_training,
 )
 from fercli.cli.render_media import plural
-from fercli.core.labels import describe_shares
 
 
 @with_training_options
@@ -295,35 +292,7 @@ def evaluate(
     if as_json:
         emit_json({**report.to_json(), "files": {key: str(path) for key, path in files.items()}})
         return
-    model_info = report.protocol["model"]
-    trained_on = model_info.get("dataset") or {}
-    networks = (
-        f", an ensemble of {model_info['networks']} networks" if model_info["networks"] > 1 else ""
-    )
-    out.print(
-        f"[bold]protocol[/bold]: model {shown(Path(model_info['path']).name)} "
-        f"({recipe_summary(model_info['training'] or {})}"
-        f"{networks}; trained on {trained_on.get('images', '?')} images of "
-        f"{shown(trained_on.get('name', '?'))}, "
-        f"data fingerprint {model_info.get('data_fingerprint') or '?'}) on "
-        f"{plural(report.dataset['images'], 'image')} of "
-        f"{shown(report.dataset['name'])}{f' (split {shown(split)})' if split else ''}; "
-        f"{plural(len(report.labels), 'shared class')} ({shown(', '.join(report.labels))})"
-    )
-    if len(report.labels) == 1:
-        # Every image is predicted as the one class: the figure measures nothing.
-        out.print(
-            f"[bold]accuracy not meaningful[/bold] with one class "
-            f"({report.pooled_accuracy:.2%}: every image is predicted as {shown(report.labels[0])})"
-        )
-    else:
-        render_evaluation_accuracy(report)
-    render_scores(report, "per class")
-    out.print(f"answers: {shown(describe_shares(report.answer_shares))}")
-    for warning in report.warnings:
-        out.print(f"[yellow]note:[/yellow] {shown(warning)}")
-    for key, path in files.items():
-        out.print(f"{key}: {shown(path)}")
+    render_evaluation(report, split)
 
 
 def sweep(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from rich.table import Table
 
 from fercli.cli.app import emit_json, out, shown
 from fercli.cli.options import recipe_summary
 from fercli.cli.render_media import plural
+from fercli.core.labels import describe_shares
 
 
 def render_sources(parts: list[dict], labels: list[str]) -> None:
@@ -157,6 +159,40 @@ def fold_table(report) -> Table:
         )
         table.add_row(*row)
     return table
+
+
+def render_evaluation(report, split: str | None) -> None:
+    """fer evaluate's tables and lines: the protocol (model, its training, the dataset and
+    split, the shared classes), accuracy, per-class scores, answers, notes, files."""
+    model_info = report.protocol["model"]
+    trained_on = model_info.get("dataset") or {}
+    networks = (
+        f", an ensemble of {model_info['networks']} networks" if model_info["networks"] > 1 else ""
+    )
+    out.print(
+        f"[bold]protocol[/bold]: model {shown(Path(model_info['path']).name)} "
+        f"({recipe_summary(model_info['training'] or {})}"
+        f"{networks}; trained on {trained_on.get('images', '?')} images of "
+        f"{shown(trained_on.get('name', '?'))}, "
+        f"data fingerprint {model_info.get('data_fingerprint') or '?'}) on "
+        f"{plural(report.dataset['images'], 'image')} of "
+        f"{shown(report.dataset['name'])}{f' (split {shown(split)})' if split else ''}; "
+        f"{plural(len(report.labels), 'shared class')} ({shown(', '.join(report.labels))})"
+    )
+    if len(report.labels) == 1:
+        # Every image is predicted as the one class: the figure measures nothing.
+        out.print(
+            f"[bold]accuracy not meaningful[/bold] with one class "
+            f"({report.pooled_accuracy:.2%}: every image is predicted as {shown(report.labels[0])})"
+        )
+    else:
+        render_evaluation_accuracy(report)
+    render_scores(report, "per class")
+    out.print(f"answers: {shown(describe_shares(report.answer_shares))}")
+    for warning in report.warnings:
+        out.print(f"[yellow]note:[/yellow] {shown(warning)}")
+    for key, path in report.files.items():
+        out.print(f"{key}: {shown(path)}")
 
 
 def render_evaluation_accuracy(report) -> None:
