@@ -16,9 +16,7 @@ from fercli.cli.app import (
     adapt_mode,
     emit_json,
     fail,
-    out,
     progress_bar,
-    shown,
     user_errors,
 )
 from fercli.cli.options import (
@@ -32,7 +30,7 @@ from fercli.cli.options import (
     with_training_options,
 )
 from fercli.cli.render_learn import (
-    render_crossval,
+    render_crossval_run,
     render_evaluation,
     render_sweep,
     render_training,
@@ -194,22 +192,8 @@ def crossval(
             )
     if report.interrupted and not report.folds:
         raise fail("interrupted before any fold finished; nothing saved", 130, as_json=as_json)
-    files = report.files
     failure, code = crossval_failure(report)
-    notes = [report.default_model.describe()] if report.default_model else []
-    if as_json:
-        emit_json(
-            {
-                **report.to_json(),
-                "files": {name: str(path) for name, path in files.items()},
-                **({"notes": notes} if notes else {}),
-                **({"error": failure} if failure else {}),
-            }
-        )
-    else:
-        render_crossval(report, files)
-        for note in notes:
-            out.print(f"[yellow]note:[/yellow] {shown(note)}")
+    render_crossval_run(report, failure, as_json)
     if failure:
         raise fail(failure, code)
 

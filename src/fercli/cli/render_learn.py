@@ -94,6 +94,26 @@ def render_per_dataset(report) -> None:
     out.print(table)
 
 
+def render_crossval_run(report, failure: str | None, as_json: bool) -> None:
+    """fer crossval's result: the JSON report with its files, notes (the default model) and
+    error (failure), or the tables and the notes."""
+    files = report.files
+    notes = [report.default_model.describe()] if report.default_model else []
+    if as_json:
+        emit_json(
+            {
+                **report.to_json(),
+                "files": {name: str(path) for name, path in files.items()},
+                **({"notes": notes} if notes else {}),
+                **({"error": failure} if failure else {}),
+            }
+        )
+        return
+    render_crossval(report, files)
+    for note in notes:
+        out.print(f"[yellow]note:[/yellow] {shown(note)}")
+
+
 def render_crossval(report, files: dict) -> None:
     protocol = report.protocol
     kind = {
