@@ -193,4 +193,3 @@ def test_crossval_says_it_ignores_the_splits(fer_csv):
         "predefined splits (PrivateTest, PublicTest, Training) are ignored" in note
         for note in report.warnings
     )
-

@@ -16,6 +16,7 @@ the names of fercli's modules.)
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from fercli.data.inventory import Entry, Inventory
     from fercli.data.prepared import PreprocessReport
     from fercli.infer.files import MediaReport
-    from fercli.learn.reports import CrossvalReport, EvaluationReport
+    from fercli.learn.reports import CrossvalReport, CrossvalRun, EvaluationReport
     from fercli.learn.sweep import SweepReport
     from fercli.learn.training import TrainResult
 
@@ -211,18 +212,9 @@ def crossval(
     epochs=50) overriding it. ray: a Ray cluster's address (or "auto") to train the folds on.
     """
     from fercli.core.interrupts import Interrupts
-    from fercli.core.store import (
-        check_writable,
-        default_model,
-        default_model_change,
-        models_dir,
-        new_dir,
-        runs_dir,
-        timestamp,
-    )
+    from fercli.core.store import default_model
     from fercli.data.combined import load_combined
     from fercli.learn.crossval import cross_validate
-    from fercli.learn.crossval_files import save_crossval, save_crossval_model
     from fercli.learn.engines import make_engine
 
     checked = config or recipe_config(recipe, **settings)  # refused before any data is read
@@ -230,13 +222,8 @@ def crossval(
     prepared = load_combined(_names(dataset), checked.classes, shared_classes)
     config, note = _sized(config, recipe, settings, len(prepared.labels))
     with Interrupts() as interrupts, make_engine(ray, workers) as engine:
-        # A folder given is made now. The run's own folder in FER_HOME/runs is named now and
-        # made at its first write: a run killed before then (kill -9) leaves no empty folder.
-        given = check_writable(Path(output)) if output is not None else None
-        if given is None:
-            check_writable(runs_dir())
-        named = runs_dir() / f"crossval-{prepared.name}-{timestamp()}"
-        try:
+        given, named = _crossval_folders(output, prepared.name)
+        with _removed_if_empty_on_failure(given):
             run = cross_validate(
                 prepared,
                 config,
@@ -248,27 +235,66 @@ def crossval(
                 save_model=save_model,
                 interrupts=interrupts,
             )
-        except BaseException:
-            _remove_if_empty(given)
-            raise
         # From here on a Ctrl-C is held back (interrupts.hold): the files are written whole.
-        report = run.report
-        report.no_model = run.model_refusal
-        if note:
-            report.warnings.insert(0, note)
-        if report.interrupted and not report.folds:
-            # Stopped before any fold finished: a report of zeros would only mislead.
-            _remove_if_empty(given)
-            return report
-        folder = given or new_dir(named)
-        report.files = save_crossval(report, folder)
-        if run.model_worth_saving:
-            report.files["model"] = save_crossval_model(
-                run, models_dir() / f"{prepared.name}-crossval-{timestamp()}.npz", folder
-            )
-            report.default_model = default_model_change(default_before, report.files["model"])
+        report = _finish_crossval(run, note, (given, named), prepared.name, default_before)
     report.interrupted_after_folds = interrupts.received and not report.interrupted
     return report
+
+
+def _crossval_folders(output: str | Path | None, name: str) -> tuple[Path | None, Path]:
+    """Where a crossval writes, checked writable before any work: the folder given, made now,
+    and the name of the run's own folder in FER_HOME/runs (for when none is given), made only
+    at its first write, so that a run killed before then (kill -9) leaves no empty folder."""
+    from fercli.core.store import check_writable, runs_dir, timestamp
+
+    given = check_writable(Path(output)) if output is not None else None
+    if given is None:
+        check_writable(runs_dir())
+    return given, runs_dir() / f"crossval-{name}-{timestamp()}"
+
+
+def _finish_crossval(
+    run: CrossvalRun,
+    note: str | None,
+    folders: tuple[Path | None, Path],
+    name: str,
+    default_before: Path | None,
+) -> CrossvalReport:
+    """A crossval's report (note: the recipe's, first among its warnings), written: its files
+    in the folder given or the run's own (folders, from _crossval_folders) and, when its
+    networks are worth it, its model file in FER_HOME/models, saying whether that is now the
+    default model (default_before: the default model before the run). Stopped before any fold
+    finished, nothing is written (a report of zeros would only mislead)."""
+    from fercli.core.store import default_model_change, models_dir, new_dir, timestamp
+    from fercli.learn.crossval_files import save_crossval, save_crossval_model
+
+    given, named = folders
+    report = run.report
+    report.no_model = run.model_refusal
+    if note:
+        report.warnings.insert(0, note)
+    if report.interrupted and not report.folds:
+        _remove_if_empty(given)
+        return report
+    folder = given or new_dir(named)
+    report.files = save_crossval(report, folder)
+    if run.model_worth_saving:
+        report.files["model"] = save_crossval_model(
+            run, models_dir() / f"{name}-crossval-{timestamp()}.npz", folder
+        )
+        report.default_model = default_model_change(default_before, report.files["model"])
+    return report
+
+
+@contextlib.contextmanager
+def _removed_if_empty_on_failure(folder: Path | None):
+    """Around a run: when it raises (an error, a Ctrl-C), the output folder given, made before
+    it, is removed if nothing was written to it."""
+    try:
+        yield
+    except BaseException:
+        _remove_if_empty(folder)
+        raise
 
 
 def _remove_if_empty(folder: Path | None) -> None:

@@ -20,8 +20,9 @@ from fercli.cli.app import (
     shown,
     user_errors,
 )
-from fercli.cli.options import video_options, video_progress
+from fercli.cli.options import AdaptPixelsOption, ModelOption, video_options, video_progress
 from fercli.cli.render_media import (
+    passed_over,
     plural,
     render_annotated,
     render_explained,
@@ -29,6 +30,7 @@ from fercli.cli.render_media import (
     render_media_problems,
     render_media_summary,
     render_training_notes,
+    render_write_failures,
 )
 
 
@@ -36,9 +38,7 @@ def predict(
     paths: list[Path] = typer.Argument(
         ..., metavar="PATHS...", help="Image and video files, and folders."
     ),
-    model: Path | None = typer.Option(
-        None, help="Model file (default: the most recently trained)."
-    ),
+    model: Path | None = ModelOption,
     as_json: bool = typer.Option(
         False,
         "--json",
@@ -98,40 +98,64 @@ def predict(
         "mapped onto the training crops', the normalisation and batch normalisation "
         "statistics re-estimated. For photos from another camera.",
     ),
-    adapt_pixels: AdaptPixels | None = typer.Option(
-        None,
-        "--adapt-pixels",
-        help="With --adapt: how the faces' per-pixel statistics are mapped onto the training "
-        "crops': mean (the default), mean+std, or none (the global statistics only, as "
-        "before fercli kept per-pixel statistics).",
-    ),
+    adapt_pixels: AdaptPixels | None = AdaptPixelsOption,
 ) -> None:
     """Label the expression of every face in photos and videos."""
     if as_json and as_csv:
         raise fail("choose one of --json and --csv", as_json=True)
     with user_errors(as_json):
-        from fercli.api import label_media
-
         adapting = adapt_mode(adapt, adapt_pixels)
-
         options = video_options(every, fps, detect_every, smooth)
-        bar, update = progress_bar("predicting")
-        # The images' bar; a long video still gets its own, except with --json or --csv.
-        quiet = as_json or as_csv or len(paths) == 1 and not Path(paths[0]).is_dir()
-        if quiet:
-            bar.update(bar.tasks[0].id, visible=False)
-        with bar if not (as_json or as_csv) else contextlib.nullcontext():
-            media = label_media(
-                paths,
-                model,
-                options=options,
-                workers=workers,
-                annotate=annotate_dir,
-                explain=explain_dir,
-                progress=None if quiet else update,
-                video_progress=None if as_json or as_csv else video_progress(bar),
-                adapt=adapting,
-            )
+        media = _label_media(
+            paths, model, options, workers, annotate_dir, explain_dir, adapting, as_json or as_csv
+        )
+    _finish_predict(media, as_json, as_csv, all_scores, annotate_dir, explain_dir)
+
+
+def _label_media(
+    paths: list[Path],
+    model: Path | None,
+    options,
+    workers: int | None,
+    annotate_dir: Path | None,
+    explain_dir: Path | None,
+    adapting,
+    machine_readable: bool,
+):
+    """The library's labels of the photos and videos, under progress bars on a terminal: the
+    photos' (for a folder or several files) and each video's; none with --json or --csv
+    (machine_readable)."""
+    from fercli.api import label_media
+
+    bar, update = progress_bar("predicting")
+    # The images' bar; a long video still gets its own, except with --json or --csv.
+    quiet = machine_readable or len(paths) == 1 and not Path(paths[0]).is_dir()
+    if quiet:
+        bar.update(bar.tasks[0].id, visible=False)
+    with bar if not machine_readable else contextlib.nullcontext():
+        return label_media(
+            paths,
+            model,
+            options=options,
+            workers=workers,
+            annotate=annotate_dir,
+            explain=explain_dir,
+            progress=None if quiet else update,
+            video_progress=None if machine_readable else video_progress(bar),
+            adapt=adapting,
+        )
+
+
+def _finish_predict(
+    media,
+    as_json: bool,
+    as_csv: bool,
+    all_scores: bool,
+    annotate_dir: Path | None,
+    explain_dir: Path | None,
+) -> None:
+    """What predict prints of the labelled media (results, problems, pictures written, notes,
+    summary), and its failure: nothing processed, or a picture that could not be written."""
     failure = (
         None
         if media.processed
@@ -145,32 +169,21 @@ def predict(
         render_explained(media, explain_dir)
     if not as_json:
         render_training_notes(media, as_csv)
-    listed = sum(1 for problem in media.images.problems if problem.listed)
-    passed_over = len(media.images.problems) - listed
-    others = (
-        f"{plural(passed_over, 'other file')} in the folders, not "
-        f"{'an image' if passed_over == 1 else 'images'}"
-        if passed_over
-        else ""
-    )
+    listed, others = passed_over(media)
     if failure:
         raise fail(failure + (f" ({others})" if others else ""))
     if not as_json:
         render_media_summary(media, listed, others, as_csv)
-    failures = media.images.write_failures
-    for line in failures[:-1]:
-        err.print(f"[red]error:[/red] {shown(line)}")
-    if failures:  # a picture lost to a full disk is a failed run, whatever else was written
-        raise fail(failures[-1], as_json=False)
+    last = render_write_failures(media)
+    if last:  # a picture lost to a full disk is a failed run, whatever else was written
+        raise fail(last, as_json=False)
 
 
 def live(
     source: str = typer.Argument(
         "0", help="A camera index, a video file or a stream URL OpenCV opens."
     ),
-    model: Path | None = typer.Option(
-        None, help="Model file (default: the most recently trained)."
-    ),
+    model: Path | None = ModelOption,
     host: str = typer.Option(
         "127.0.0.1",
         help="Address to serve the page on (anything but a loopback address needs --allow-remote).",

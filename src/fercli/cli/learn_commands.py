@@ -16,29 +16,26 @@ from fercli.cli.app import (
     adapt_mode,
     emit_json,
     fail,
-    out,
     progress_bar,
-    shown,
     user_errors,
 )
 from fercli.cli.options import (
     TRAINING,
+    AdaptPixelsOption,
     DatasetArgument,
+    ModelOption,
     RayOption,
     epoch_reporter,
-    recipe_summary,
     training_settings,
     with_training_options,
 )
 from fercli.cli.render_learn import (
-    render_crossval,
-    render_evaluation_accuracy,
-    render_scores,
-    render_sources,
+    render_crossval_run,
+    render_evaluation,
     render_sweep,
+    render_training,
 )
 from fercli.cli.render_media import plural
-from fercli.core.labels import describe_shares
 
 
 @with_training_options
@@ -69,15 +66,6 @@ def train(
             None if as_json else epoch_reporter(bar, task, ensemble, header="fer train: {recipe}")
         )
         reached: dict = {}  # the plan (the start event) and the last epoch event
-
-        def progress(event) -> None:
-            if event.kind == "start":
-                reached.update(epochs=event.epochs)
-            if event.kind == "epoch":
-                reached.update(epoch=event.epoch, network=event.fold)
-            if reporter:
-                reporter(event)
-
         try:
             with bar if not as_json else contextlib.nullcontext():
                 result = train_network(
@@ -87,53 +75,29 @@ def train(
                     shared_classes=training["shared_classes"],
                     split=split,
                     ensemble=ensemble,
-                    progress=progress,
+                    progress=_recording(reached, reporter),
                     **settings,
                 )
         except KeyboardInterrupt:
             message = interrupted_training(reached, ensemble)
             raise fail(message, 130, as_json=as_json) from None
-    parts = result.parts
-    summary = {
-        "model": str(result.path),
-        "dataset": result.dataset,
-        "classes": result.classes,
-        **({"datasets": parts} if parts else {}),
-        "images": result.images,
-        "epochs": result.epochs,
-        "final_loss": result.loss,
-        "final_train_accuracy": result.accuracy,
-        "seconds": round(result.seconds, 1),
-        "runtime_difference": result.runtime_difference,
-        "networks": ensemble,
-        **({"validation": result.validation} if result.validation else {}),
-        **({"notes": result.notes} if result.notes else {}),
-    }
-    if as_json:
-        emit_json(summary)
-        return
-    out.print(
-        f"trained on {result.images} images of {shown(result.dataset)} "
-        f"({shown(', '.join(result.classes))}), "
-        f"{plural(result.epochs, 'epoch')} in {result.seconds:.1f} s; "
-        f"final training loss {result.loss:.3f}, "
-        f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)"
-    )
-    if result.validation:
-        kept = result.validation
-        out.print(
-            f"kept the network of epoch {', '.join(map(str, kept['epochs']))}: the best on the "
-            f"{kept['images']} images held out (validation accuracy "
-            f"{', '.join(f'{value:.1%}' for value in kept['accuracies'])})"
-        )
-    if parts:
-        render_sources(parts, result.classes)
-    for note in result.notes:
-        out.print(f"[yellow]note:[/yellow] {shown(note)}")
-    out.print(
-        f"model saved to {shown(result.path)}"
-        + (f" (an ensemble of {ensemble} networks)" if ensemble > 1 else "")
-    )
+    render_training(result, ensemble, as_json)
+
+
+def _recording(reached: dict, reporter):
+    """A training's progress callback that keeps in reached the plan ("epochs", from the start
+    event) and the last epoch event ("epoch", "network") for a Ctrl-C's message
+    (interrupted_training), and hands every event on to reporter (if any)."""
+
+    def progress(event) -> None:
+        if event.kind == "start":
+            reached.update(epochs=event.epochs)
+        if event.kind == "epoch":
+            reached.update(epoch=event.epoch, network=event.fold)
+        if reporter:
+            reporter(event)
+
+    return progress
 
 
 def sweep_reporter(bar, update):
@@ -228,22 +192,8 @@ def crossval(
             )
     if report.interrupted and not report.folds:
         raise fail("interrupted before any fold finished; nothing saved", 130, as_json=as_json)
-    files = report.files
     failure, code = crossval_failure(report)
-    notes = [report.default_model.describe()] if report.default_model else []
-    if as_json:
-        emit_json(
-            {
-                **report.to_json(),
-                "files": {name: str(path) for name, path in files.items()},
-                **({"notes": notes} if notes else {}),
-                **({"error": failure} if failure else {}),
-            }
-        )
-    else:
-        render_crossval(report, files)
-        for note in notes:
-            out.print(f"[yellow]note:[/yellow] {shown(note)}")
+    render_crossval_run(report, failure, as_json)
     if failure:
         raise fail(failure, code)
 
@@ -283,9 +233,7 @@ def evaluate(
         help="A preprocessed dataset (its name or folder under "
         "FER_HOME) or an original dataset folder, then preprocessed with the model's settings.",
     ),
-    model: Path | None = typer.Option(
-        None, help="Model file (default: the most recently trained)."
-    ),
+    model: Path | None = ModelOption,
     split: str | None = typer.Option(
         None,
         help="Only this predefined split of the dataset (FER2013: Training, "
@@ -304,13 +252,7 @@ def evaluate(
         "per-pixel mean mapped onto the training crops', the normalisation and batch "
         "normalisation statistics re-estimated. For photos from another camera.",
     ),
-    adapt_pixels: AdaptPixels | None = typer.Option(
-        None,
-        "--adapt-pixels",
-        help="With --adapt: how the faces' per-pixel statistics are mapped onto the training "
-        "crops': mean (the default), mean+std, or none (the global statistics only, as "
-        "before fercli kept per-pixel statistics).",
-    ),
+    adapt_pixels: AdaptPixels | None = AdaptPixelsOption,
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """Score a trained model on another dataset: only the classes both have count."""
@@ -334,35 +276,7 @@ def evaluate(
     if as_json:
         emit_json({**report.to_json(), "files": {key: str(path) for key, path in files.items()}})
         return
-    model_info = report.protocol["model"]
-    trained_on = model_info.get("dataset") or {}
-    networks = (
-        f", an ensemble of {model_info['networks']} networks" if model_info["networks"] > 1 else ""
-    )
-    out.print(
-        f"[bold]protocol[/bold]: model {shown(Path(model_info['path']).name)} "
-        f"({recipe_summary(model_info['training'] or {})}"
-        f"{networks}; trained on {trained_on.get('images', '?')} images of "
-        f"{shown(trained_on.get('name', '?'))}, "
-        f"data fingerprint {model_info.get('data_fingerprint') or '?'}) on "
-        f"{plural(report.dataset['images'], 'image')} of "
-        f"{shown(report.dataset['name'])}{f' (split {shown(split)})' if split else ''}; "
-        f"{plural(len(report.labels), 'shared class')} ({shown(', '.join(report.labels))})"
-    )
-    if len(report.labels) == 1:
-        # Every image is predicted as the one class: the figure measures nothing.
-        out.print(
-            f"[bold]accuracy not meaningful[/bold] with one class "
-            f"({report.pooled_accuracy:.2%}: every image is predicted as {shown(report.labels[0])})"
-        )
-    else:
-        render_evaluation_accuracy(report)
-    render_scores(report, "per class")
-    out.print(f"answers: {shown(describe_shares(report.answer_shares))}")
-    for warning in report.warnings:
-        out.print(f"[yellow]note:[/yellow] {shown(warning)}")
-    for key, path in files.items():
-        out.print(f"{key}: {shown(path)}")
+    render_evaluation(report, split)
 
 
 def sweep(

@@ -1,5 +1,5 @@
-"""The options several commands share: dataset, training options (one signature for train
-and crossval), video options, and the progress reporters."""
+"""The options several commands share: dataset, model, training options (one signature for
+train and crossval), video options, and the progress reporters."""
 
 from __future__ import annotations
 
@@ -23,6 +23,16 @@ DatasetArgument = typer.Argument(
 )
 SharedClassesOption = typer.Option(
     False, "--shared-classes", help="Several datasets: keep the classes every one of them has."
+)
+# Options other commands share word for word: predict, live and evaluate take --model, predict
+# and evaluate --adapt-pixels.
+ModelOption = typer.Option(None, help="Model file (default: the most recently trained).")
+AdaptPixelsOption = typer.Option(
+    None,
+    "--adapt-pixels",
+    help="With --adapt: how the faces' per-pixel statistics are mapped onto the training "
+    "crops': mean (the default), mean+std, or none (the global statistics only, as "
+    "before fercli kept per-pixel statistics).",
 )
 RayOption = typer.Option(
     None,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from rich.table import Table
 
-from fercli.cli.app import out, shown
+from fercli.cli.app import emit_json, out, shown
 from fercli.cli.options import recipe_summary
 from fercli.cli.render_media import plural
+from fercli.core.labels import describe_shares
 
 
 def render_sources(parts: list[dict], labels: list[str]) -> None:
@@ -21,6 +23,53 @@ def render_sources(parts: list[dict], labels: list[str]) -> None:
         table.add_row(shown(label), *(str(part["classes"].get(label, 0)) for part in parts))
     table.add_row("all", *(str(part["images"]) for part in parts), style="bold")
     out.print(table)
+
+
+def render_training(result, ensemble: int, as_json: bool) -> None:
+    """fer train's result: one JSON object, or its lines (images, epochs, final figures, the
+    network kept, the datasets combined, notes, where the model was saved)."""
+    parts = result.parts
+    if as_json:
+        emit_json(
+            {
+                "model": str(result.path),
+                "dataset": result.dataset,
+                "classes": result.classes,
+                **({"datasets": parts} if parts else {}),
+                "images": result.images,
+                "epochs": result.epochs,
+                "final_loss": result.loss,
+                "final_train_accuracy": result.accuracy,
+                "seconds": round(result.seconds, 1),
+                "runtime_difference": result.runtime_difference,
+                "networks": ensemble,
+                **({"validation": result.validation} if result.validation else {}),
+                **({"notes": result.notes} if result.notes else {}),
+            }
+        )
+        return
+    out.print(
+        f"trained on {result.images} images of {shown(result.dataset)} "
+        f"({shown(', '.join(result.classes))}), "
+        f"{plural(result.epochs, 'epoch')} in {result.seconds:.1f} s; "
+        f"final training loss {result.loss:.3f}, "
+        f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)"
+    )
+    if result.validation:
+        kept = result.validation
+        out.print(
+            f"kept the network of epoch {', '.join(map(str, kept['epochs']))}: the best on the "
+            f"{kept['images']} images held out (validation accuracy "
+            f"{', '.join(f'{value:.1%}' for value in kept['accuracies'])})"
+        )
+    if parts:
+        render_sources(parts, result.classes)
+    for note in result.notes:
+        out.print(f"[yellow]note:[/yellow] {shown(note)}")
+    out.print(
+        f"model saved to {shown(result.path)}"
+        + (f" (an ensemble of {ensemble} networks)" if ensemble > 1 else "")
+    )
 
 
 def render_per_dataset(report) -> None:
@@ -43,6 +92,26 @@ def render_per_dataset(report) -> None:
             )
             table.add_row(shown(name), str(figures["tested"]), f"{figures['accuracy']:.2%}", spread)
     out.print(table)
+
+
+def render_crossval_run(report, failure: str | None, as_json: bool) -> None:
+    """fer crossval's result: the JSON report with its files, notes (the default model) and
+    error (failure), or the tables and the notes."""
+    files = report.files
+    notes = [report.default_model.describe()] if report.default_model else []
+    if as_json:
+        emit_json(
+            {
+                **report.to_json(),
+                "files": {name: str(path) for name, path in files.items()},
+                **({"notes": notes} if notes else {}),
+                **({"error": failure} if failure else {}),
+            }
+        )
+        return
+    render_crossval(report, files)
+    for note in notes:
+        out.print(f"[yellow]note:[/yellow] {shown(note)}")
 
 
 def render_crossval(report, files: dict) -> None:
@@ -110,6 +179,40 @@ def fold_table(report) -> Table:
         )
         table.add_row(*row)
     return table
+
+
+def render_evaluation(report, split: str | None) -> None:
+    """fer evaluate's tables and lines: the protocol (model, its training, the dataset and
+    split, the shared classes), accuracy, per-class scores, answers, notes, files."""
+    model_info = report.protocol["model"]
+    trained_on = model_info.get("dataset") or {}
+    networks = (
+        f", an ensemble of {model_info['networks']} networks" if model_info["networks"] > 1 else ""
+    )
+    out.print(
+        f"[bold]protocol[/bold]: model {shown(Path(model_info['path']).name)} "
+        f"({recipe_summary(model_info['training'] or {})}"
+        f"{networks}; trained on {trained_on.get('images', '?')} images of "
+        f"{shown(trained_on.get('name', '?'))}, "
+        f"data fingerprint {model_info.get('data_fingerprint') or '?'}) on "
+        f"{plural(report.dataset['images'], 'image')} of "
+        f"{shown(report.dataset['name'])}{f' (split {shown(split)})' if split else ''}; "
+        f"{plural(len(report.labels), 'shared class')} ({shown(', '.join(report.labels))})"
+    )
+    if len(report.labels) == 1:
+        # Every image is predicted as the one class: the figure measures nothing.
+        out.print(
+            f"[bold]accuracy not meaningful[/bold] with one class "
+            f"({report.pooled_accuracy:.2%}: every image is predicted as {shown(report.labels[0])})"
+        )
+    else:
+        render_evaluation_accuracy(report)
+    render_scores(report, "per class")
+    out.print(f"answers: {shown(describe_shares(report.answer_shares))}")
+    for warning in report.warnings:
+        out.print(f"[yellow]note:[/yellow] {shown(warning)}")
+    for key, path in report.files.items():
+        out.print(f"{key}: {shown(path)}")
 
 
 def render_evaluation_accuracy(report) -> None:

@@ -123,6 +123,29 @@ def render_media_summary(media, listed: int, others: str, as_csv: bool) -> None:
     (err if as_csv else out).print(summary)
 
 
+def passed_over(media) -> tuple[int, str]:
+    """How many of the photos' problems were listed (named on stderr, render_media_problems),
+    and the files passed over in the folders as the summary says them ("" for none): "2 other
+    files in the folders, not images"."""
+    listed = sum(1 for problem in media.images.problems if problem.listed)
+    others = len(media.images.problems) - listed
+    if not others:
+        return listed, ""
+    return listed, (
+        f"{plural(others, 'other file')} in the folders, not "
+        f"{'an image' if others == 1 else 'images'}"
+    )
+
+
+def render_write_failures(media) -> str | None:
+    """The pictures (annotated copies, explanations) that could not be written: every one but
+    the last as an error line on stderr; the last returned, for the command to fail with."""
+    failures = media.images.write_failures
+    for line in failures[:-1]:
+        err.print(f"[red]error:[/red] {shown(line)}")
+    return failures[-1] if failures else None
+
+
 def render_answers(media, console) -> None:
     """The share of each label among the photos' faces and among each video's (its frames
     show the same few people, so each video on its own), a warning when one label takes most

@@ -211,24 +211,12 @@ def combine(
     }
     parts, notes = [], []
     for name, dataset in zip(names, datasets, strict=True):
-        digests = [row.tobytes() for row in crop_digests(dataset.crops, 32)]
-        duplicate = np.array([digest in seen for digest in digests], dtype=bool)
-        seen.update(digests)
-        wanted = np.isin(dataset.labels, chosen)
-        keep = wanted & ~duplicate
-        dropped = int(np.count_nonzero(wanted & duplicate))
+        keep, dropped = _new_rows(name, dataset, chosen, seen)
         if dropped:
             notes.append(
                 f"{dropped} crops of {name} are also in an earlier dataset (the same images): "
                 f"dropped from {name}, so that no image is on both sides of a fold"
             )
-        if not keep.any():
-            reason = (
-                "are all in an earlier dataset"
-                if wanted.any()
-                else f"include none of {', '.join(chosen)}"
-            )
-            raise DatasetError(f"{name}: its images {reason}; leave it out")
         subjects = dataset.subjects[keep]
         columns["crops"].append(dataset.crops[keep])
         columns["labels"].append(dataset.labels[keep])
@@ -239,31 +227,8 @@ def combine(
         )
         columns["paths"].append(dataset.paths[keep])
         columns["origins"].append(np.full(int(keep.sum()), name))
-        kept = dataset.labels[keep].tolist()
-        parts.append(
-            {
-                "name": name,
-                "dataset": dataset.name,
-                "path": str(dataset.location),
-                "source": dataset.meta.get("source"),
-                "layout": dataset.meta.get("layout"),
-                "fingerprint": data_fingerprint(dataset.crops, dataset.labels.tolist()),
-                "images": int(keep.sum()),
-                "subjects": len(set(subjects.tolist()) - {""}),
-                "classes": {label: kept.count(label) for label in chosen if label in kept},
-                "duplicates_dropped": dropped,
-            }
-        )
-    missing = {
-        label: [part["name"] for part in parts if label not in part["classes"]] for label in chosen
-    }
-    for label, without in missing.items():
-        if without:
-            notes.append(
-                f"class {label} comes from "
-                f"{', '.join(p['name'] for p in parts if label in p['classes'])} "
-                f"only ({', '.join(without)} has none)"
-            )
+        parts.append(_part(name, dataset, keep, chosen, dropped))
+    notes += _missing_class_notes(parts, chosen)
     labels = np.concatenate(columns["labels"])
     return CombinedDataset(
         crops=np.concatenate(columns["crops"]),
@@ -282,6 +247,61 @@ def combine(
         parts=parts,
         notes=notes,
     )
+
+
+def _new_rows(
+    name: str, dataset: PreparedDataset, chosen: list[str], seen: set[bytes]
+) -> tuple[np.ndarray, int]:
+    """The rows of a dataset a combination keeps: of the chosen classes, and not byte for byte
+    in an earlier dataset (seen: the digests of the earlier datasets' crops, this one's added);
+    with the count of chosen rows dropped as such duplicates. DatasetError when none is left."""
+    digests = [row.tobytes() for row in crop_digests(dataset.crops, 32)]
+    duplicate = np.array([digest in seen for digest in digests], dtype=bool)
+    seen.update(digests)
+    wanted = np.isin(dataset.labels, chosen)
+    keep = wanted & ~duplicate
+    if not keep.any():
+        reason = (
+            "are all in an earlier dataset"
+            if wanted.any()
+            else f"include none of {', '.join(chosen)}"
+        )
+        raise DatasetError(f"{name}: its images {reason}; leave it out")
+    return keep, int(np.count_nonzero(wanted & duplicate))
+
+
+def _part(
+    name: str, dataset: PreparedDataset, keep: np.ndarray, chosen: list[str], dropped: int
+) -> dict:
+    """What a combination says of one of its datasets (CombinedDataset.parts): names, where,
+    fingerprint, and the images, subjects and classes it gave."""
+    kept = dataset.labels[keep].tolist()
+    return {
+        "name": name,
+        "dataset": dataset.name,
+        "path": str(dataset.location),
+        "source": dataset.meta.get("source"),
+        "layout": dataset.meta.get("layout"),
+        "fingerprint": data_fingerprint(dataset.crops, dataset.labels.tolist()),
+        "images": int(keep.sum()),
+        "subjects": len(set(dataset.subjects[keep].tolist()) - {""}),
+        "classes": {label: kept.count(label) for label in chosen if label in kept},
+        "duplicates_dropped": dropped,
+    }
+
+
+def _missing_class_notes(parts: list[dict], chosen: list[str]) -> list[str]:
+    """A note for each chosen class that some of the datasets do not give."""
+    notes = []
+    for label in chosen:
+        without = [part["name"] for part in parts if label not in part["classes"]]
+        if without:
+            notes.append(
+                f"class {label} comes from "
+                f"{', '.join(p['name'] for p in parts if label in p['classes'])} "
+                f"only ({', '.join(without)} has none)"
+            )
+    return notes
 
 
 def load_combined(

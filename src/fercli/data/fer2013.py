@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from fercli.core.events import Progress, items
 from fercli.core.labels import label_order
 from fercli.data.prepared import face_crops_note, save_prepared, unaligned_counts
 from fercli.media.discover import Skipped
+
+if TYPE_CHECKING:
+    from fercli.data.prepared import PreparedDataset, PreprocessReport
 
 HEADER = ("emotion", "pixels", "Usage")
 SIDE = 48
@@ -212,7 +216,7 @@ def preprocess_fer2013(
     """Align every face of a FER2013 CSV and save the prepared dataset (with each image's
     split); returns a PreprocessReport. Rows that are not FER2013 rows and faces dlib cannot
     find are skipped with the reason."""
-    from fercli.data.prepared import PreparedDataset, PreprocessReport
+    from fercli.data.prepared import PreprocessReport
 
     started = time.perf_counter()
     path = Path(path)
@@ -249,38 +253,62 @@ def preprocess_fer2013(
         workers=workers,
         face_crops=face_crops,
     )
-    if face_crops:
-        report.notes.append(face_crops_note(face_crops, len(crops)))
-    if bad_rows:
-        report.notes.append(
-            f"{len(bad_rows)} rows are not FER2013 rows (skipped; the first: {bad_rows[0].reason})"
-        )
-    if no_face:
-        report.notes.append(
-            f"{len(no_face)} of {rows} faces not found in their 48x48 image (skipped)"
-        )
-    counted = Counter(splits)
-    if any(counted):
-        report.notes.append(
-            "predefined splits (Usage): "
-            + ", ".join(f"{name} {count}" for name, count in counted.items())
-        )
+    report.notes += _fer2013_notes(report, bad_rows, len(no_face), rows, splits)
     if crops:
-        dataset = PreparedDataset(
-            crops=np.stack(crops),
-            labels=np.array(labels),
-            subjects=np.array([""] * len(crops)),
-            paths=np.array(paths),
-            meta={
-                "scan": {},
-                "splits": sorted(set(splits) - {""}),
-                "made_by": made_by,
-                "unaligned": unaligned_counts(
-                    [label for label, _ in unaligned], [split for _, split in unaligned]
-                ),
-            },
-            splits=np.array(splits),
-        )
+        dataset = _fer2013_dataset(crops, labels, splits, paths, unaligned, made_by)
         save_prepared(report, dataset, config)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _fer2013_notes(
+    report: PreprocessReport, bad_rows: list[Skipped], no_face: int, rows: int, splits: list[str]
+) -> list[str]:
+    """What a FER2013 report says of it: the images taken as face crops whole, the rows that
+    are not FER2013 rows, the faces not found (of rows), and its predefined splits (splits:
+    each crop's Usage)."""
+    notes = []
+    if report.face_crops:
+        notes.append(face_crops_note(report.face_crops, report.aligned))
+    if bad_rows:
+        notes.append(
+            f"{len(bad_rows)} rows are not FER2013 rows (skipped; the first: {bad_rows[0].reason})"
+        )
+    if no_face:
+        notes.append(f"{no_face} of {rows} faces not found in their 48x48 image (skipped)")
+    counted = Counter(splits)
+    if any(counted):
+        notes.append(
+            "predefined splits (Usage): "
+            + ", ".join(f"{name} {count}" for name, count in counted.items())
+        )
+    return notes
+
+
+def _fer2013_dataset(
+    crops: list[np.ndarray],
+    labels: list[str],
+    splits: list[str],
+    paths: list[str],
+    unaligned: list[tuple[str, str]],
+    made_by: str,
+) -> PreparedDataset:
+    """The prepared dataset of a FER2013 CSV's aligned rows: no subjects, each crop's split,
+    and the count of rows that gave no crop (unaligned: their label and split)."""
+    from fercli.data.prepared import PreparedDataset
+
+    return PreparedDataset(
+        crops=np.stack(crops),
+        labels=np.array(labels),
+        subjects=np.array([""] * len(crops)),
+        paths=np.array(paths),
+        meta={
+            "scan": {},
+            "splits": sorted(set(splits) - {""}),
+            "made_by": made_by,
+            "unaligned": unaligned_counts(
+                [label for label, _ in unaligned], [split for _, split in unaligned]
+            ),
+        },
+        splits=np.array(splits),
+    )

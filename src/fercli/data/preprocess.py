@@ -23,7 +23,7 @@ from fercli.core.parallel import (
     run_tasks,
 )
 from fercli.data.cache import CacheEntry, CropCache, content_key
-from fercli.data.datasets import scan_dataset
+from fercli.data.datasets import ImageRecord, scan_dataset
 from fercli.data.fer2013 import is_fer2013
 from fercli.data.prepared import (
     PreparedDataset,
@@ -122,31 +122,9 @@ def preprocess_dataset(
     cache.prepare()
     workers = workers or default_workers()
     records = scan.records
-    if progress:
-        progress(items(0, len(records)))
-    load_models_for_workers()
-    parts = batches([str(record.path) for record in records], workers)
-    outcomes: list[tuple[CacheEntry, bool]] = []
-    work = partial(align_files, config=config, cache=cache)
-    with closing(run_tasks(work, parts, workers, initializer=single_threaded_opencv)) as results:
-        for outcome in chain.from_iterable(results):
-            outcomes.append(outcome)
-            if progress:
-                progress(items(len(outcomes), len(records)))
-
+    outcomes, tasks = _align_records(records, config, cache, workers, progress)
     skipped = list(scan.skipped)
-    kept = []
-    several = []
-    unaligned = []  # the labels of the images that gave no crop
-    for record, (entry, _) in zip(records, outcomes, strict=True):
-        if entry.crop is None:
-            skipped.append(Skipped(str(record.path), entry.reason))
-            unaligned.append(record.label)
-            continue
-        kept.append((record, entry))
-        if entry.faces > 1:
-            several.append(str(record.path))
-
+    kept, several, unaligned = _sort_outcomes(records, outcomes, skipped)
     classes = Counter(record.label for record, _ in kept)
     subjects = Counter(record.subject for record, _ in kept if record.subject)
     report = PreprocessReport(
@@ -160,25 +138,76 @@ def preprocess_dataset(
         several_faces=several,
         cache_hits=sum(hit for _, hit in outcomes),
         seconds=0.0,
-        workers=effective_workers(len(parts), workers),
+        workers=effective_workers(tasks, workers),
         notes=list(scan.notes),
     )
-    if len(classes) == 1:
-        only = next(iter(classes))
-        report.notes.append(
-            f"one class only ({only}, {scan.layout} layout): fer train and fer crossval need two "
-            "or more"
-        )
-    if several:
-        report.notes.append(f"{len(several)} images had several faces; the largest was used")
     report.face_crops = sum(entry.whole_image for _, entry in kept)
-    if report.face_crops:
-        report.notes.append(face_crops_note(report.face_crops, len(kept)))
+    report.notes += _dataset_notes(report, scan.layout)
     report.edges = edge_summary(kept)
     if kept:
         _save(report, options, config, kept, made_by, unaligned)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _align_records(
+    records: list[ImageRecord],
+    config: PreprocessConfig,
+    cache: CropCache,
+    workers: int,
+    progress: Progress | None,
+) -> tuple[list[tuple[CacheEntry, bool]], int]:
+    """Align the records' images in worker processes, through the cache, reporting "items"
+    progress: each one's CacheEntry and whether it came from the cache, in the records' order,
+    and the number of batches they were sent in."""
+    if progress:
+        progress(items(0, len(records)))
+    load_models_for_workers()
+    parts = batches([str(record.path) for record in records], workers)
+    outcomes: list[tuple[CacheEntry, bool]] = []
+    work = partial(align_files, config=config, cache=cache)
+    with closing(run_tasks(work, parts, workers, initializer=single_threaded_opencv)) as results:
+        for outcome in chain.from_iterable(results):
+            outcomes.append(outcome)
+            if progress:
+                progress(items(len(outcomes), len(records)))
+    return outcomes, len(parts)
+
+
+def _sort_outcomes(
+    records: list[ImageRecord], outcomes: list[tuple[CacheEntry, bool]], skipped: list[Skipped]
+) -> tuple[list[tuple[ImageRecord, CacheEntry]], list[str], list[str]]:
+    """The records that gave a crop, with their entries; the paths of those in which several
+    faces were found; and the labels of those that gave none (each added to skipped, with the
+    reason)."""
+    kept = []
+    several = []
+    unaligned = []
+    for record, (entry, _) in zip(records, outcomes, strict=True):
+        if entry.crop is None:
+            skipped.append(Skipped(str(record.path), entry.reason))
+            unaligned.append(record.label)
+            continue
+        kept.append((record, entry))
+        if entry.faces > 1:
+            several.append(str(record.path))
+    return kept, several, unaligned
+
+
+def _dataset_notes(report: PreprocessReport, layout: str) -> list[str]:
+    """What a report of a dataset folder says of it: one class only, images with several
+    faces, images taken as face crops whole."""
+    notes = []
+    if len(report.classes) == 1:
+        only = next(iter(report.classes))
+        notes.append(
+            f"one class only ({only}, {layout} layout): fer train and fer crossval need two or more"
+        )
+    if report.several_faces:
+        notes.append(f"{len(report.several_faces)} images had several faces; the largest was used")
+    if report.face_crops:
+        notes.append(face_crops_note(report.face_crops, report.aligned))
+    return notes
 
 
 # A crop counts as saturated when more than this share of its pixels is 250 or brighter.

@@ -33,7 +33,7 @@ from fercli.data.prepared import (
     load_dataset,
     resolve_dataset,
 )
-from fercli.infer.adapt import adapt_model, adaptation_mode
+from fercli.infer.adapt import Adaptation, adapt_model, adaptation_mode
 from fercli.infer.model import FerModel
 from fercli.learn.crossval import dataset_summary, score_predictions
 from fercli.learn.folds import FoldResult
@@ -155,107 +155,28 @@ def score_model(
     mode = adaptation_mode(adapt)
     if mode:
         model, adaptation = adapt_model(model, dataset.crops, where=dataset_name, pixels=mode)
-    in_data = label_order(set(dataset.labels.tolist()))
-    # The model's class names as the dataset spells them (a model trained on "happy" scores a
-    # dataset's "happiness": labels.LABEL_ALIASES), each dataset class matched once.
-    matched: dict[str, str] = {}
-    for name in model.classes:
-        if canonical_label(name) in in_data:
-            matched.setdefault(canonical_label(name), name)
+    matched, model_only, data_only = _match_classes(model, dataset, dataset_name)
     shared = list(matched)
-    model_only = [name for name in model.classes if name not in matched.values()]
-    data_only = [label for label in in_data if label not in shared]
-    if not shared:
-        raise DatasetError(
-            f"the model's classes ({', '.join(model.classes)}) and {dataset_name}'s "
-            f"({', '.join(in_data) or 'none'}) share none: there is nothing to score"
-        )
-    keep = np.isin(dataset.labels, shared)
-    dropped = Counter(dataset.labels[~keep].tolist())
-    index = {label: position for position, label in enumerate(shared)}
-    selection = Selection(
-        crops=dataset.crops[keep],
-        labels=shared,
-        subjects=dataset.subjects[keep],
-        paths=dataset.paths[keep],
-        targets=np.array([index[label] for label in dataset.labels[keep]], dtype=np.int64),
-    )
+    selection, dropped = _shared_selection(dataset, shared)
     probabilities = shared_probabilities(model, selection.crops, list(matched.values()))
     predicted = probabilities.argmax(axis=1)
     matrix, per_class, f1 = score_predictions(selection.targets, predicted, shared)
     accuracy = float(np.mean(predicted == selection.targets))
+    shares = answer_shares([shared[guess] for guess in predicted])
     warnings = [RENORMALISED] if model_only else []
     if model_only or data_only:
         warnings.append(left_out_note(model_only, data_only, dropped, dataset_name))
-    if len(shared) == 1:
-        warnings.append(
-            f"only one shared class ({shared[0]}): renormalised, every image is predicted as it, "
-            "so the accuracy says nothing"
-        )
-    warnings += overlap_notes(model, dataset, selection)
-    shares = answer_shares([shared[guess] for guess in predicted])
-    collapse = collapse_note(
-        shares,
-        len(predicted),
-        answer_shares([shared[truth] for truth in selection.targets]),
-        adapted=adaptation is not None,
-        jittered=for_photos_from_elsewhere(model.meta.get("training")),
-    )
-    if collapse:
-        warnings.append(collapse)
-    neutral = no_neutral_note(model.classes)
-    if neutral:
-        warnings.append(neutral)
-    if adaptation is not None:
-        warnings.append(adaptation.describe())
-    all_images = every_image(
-        dataset, dataset_name, shared, int(np.sum(predicted == selection.targets))
-    )
-    rows = [
-        {
-            "path": str(path),
-            "fold": 1,
-            "true": shared[truth],
-            "predicted": shared[guess],
-            **{f"p_{label}": round(float(p), 6) for label, p in zip(shared, row, strict=True)},
-        }
-        for path, truth, guess, row in zip(
-            selection.paths, selection.targets, predicted, probabilities, strict=True
-        )
-    ]
+    warnings += _answer_notes(model, dataset, selection, predicted, shares, adaptation)
+    rows = _prediction_rows(selection, predicted, probabilities, shared)
     where = model_where(
         model, selection.crops, selection.targets, predicted, shared, list(matched.values())
     )
-    trained_on = model.meta.get("dataset") or {}
-    fold = FoldResult(
-        fold=1,
-        accuracy=accuracy,
-        train_size=int(trained_on.get("images") or 0),
-        test_size=len(selection.crops),
-        test_subjects=[],
-        seconds=round(time.perf_counter() - started, 2),
-    )
+    fold = _whole_dataset_fold(model, accuracy, len(selection.crops), started)
     return EvaluationReport(
         dataset={**dataset_summary(dataset, selection, dataset_name), "split": split},
-        protocol={
-            "kind": "evaluate",
-            "folds": 1,
-            "group": "none",
-            "classes": shared,
-            "model": model_protocol(model),
-            "training": model.meta.get("training"),
-            "recipe": (model.meta.get("training") or {}).get("recipe"),
-            "preprocess": model.preprocess.to_dict(),
-            "renormalised": bool(model_only),
-            "adapted": adaptation.to_json() if adaptation else None,
-            "split": split,
-            "left_out": {
-                "model_only": model_only,
-                "dataset_only": data_only,
-                "images_dropped": sum(dropped.values()),
-                "dropped_per_class": dict(dropped),
-            },
-        },
+        protocol=_evaluation_protocol(
+            model, shared, split, adaptation, (model_only, data_only, dropped)
+        ),
         labels=shared,
         folds=[fold],
         confusion=matrix,
@@ -267,8 +188,148 @@ def score_model(
         predictions=rows,
         answer_shares=shares,
         where=where,
-        all_images=all_images,
+        all_images=every_image(
+            dataset, dataset_name, shared, int(np.sum(predicted == selection.targets))
+        ),
     )
+
+
+def _match_classes(
+    model: FerModel, dataset: PreparedDataset, name: str
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """The classes model and dataset share, as {dataset's name: model's name} (a model trained
+    on "happy" scores a dataset's "happiness": labels.LABEL_ALIASES; each dataset class matched
+    once), with the model's classes and the dataset's left out. DatasetError when they share
+    none."""
+    in_data = label_order(set(dataset.labels.tolist()))
+    matched: dict[str, str] = {}
+    for label in model.classes:
+        if canonical_label(label) in in_data:
+            matched.setdefault(canonical_label(label), label)
+    model_only = [label for label in model.classes if label not in matched.values()]
+    data_only = [label for label in in_data if label not in matched]
+    if not matched:
+        raise DatasetError(
+            f"the model's classes ({', '.join(model.classes)}) and {name}'s "
+            f"({', '.join(in_data) or 'none'}) share none: there is nothing to score"
+        )
+    return matched, model_only, data_only
+
+
+def _shared_selection(dataset: PreparedDataset, shared: list[str]) -> tuple[Selection, Counter]:
+    """The dataset's images of the shared classes, their targets indexes into shared, and the
+    count per class of the images left out."""
+    keep = np.isin(dataset.labels, shared)
+    dropped = Counter(dataset.labels[~keep].tolist())
+    index = {label: position for position, label in enumerate(shared)}
+    selection = Selection(
+        crops=dataset.crops[keep],
+        labels=shared,
+        subjects=dataset.subjects[keep],
+        paths=dataset.paths[keep],
+        targets=np.array([index[label] for label in dataset.labels[keep]], dtype=np.int64),
+    )
+    return selection, dropped
+
+
+def _answer_notes(
+    model: FerModel,
+    dataset: PreparedDataset,
+    selection: Selection,
+    predicted: np.ndarray,
+    shares: dict,
+    adaptation: Adaptation | None,
+) -> list[str]:
+    """The warnings on the answers: a single shared class, overlap with the model's training
+    data, answers collapsed onto one class, no neutral class, and the adaptation made."""
+    shared = selection.labels
+    notes = []
+    if len(shared) == 1:
+        notes.append(
+            f"only one shared class ({shared[0]}): renormalised, every image is predicted as it, "
+            "so the accuracy says nothing"
+        )
+    notes += overlap_notes(model, dataset, selection)
+    collapse = collapse_note(
+        shares,
+        len(predicted),
+        answer_shares([shared[truth] for truth in selection.targets]),
+        adapted=adaptation is not None,
+        jittered=for_photos_from_elsewhere(model.meta.get("training")),
+    )
+    if collapse:
+        notes.append(collapse)
+    neutral = no_neutral_note(model.classes)
+    if neutral:
+        notes.append(neutral)
+    if adaptation is not None:
+        notes.append(adaptation.describe())
+    return notes
+
+
+def _whole_dataset_fold(
+    model: FerModel, accuracy: float, test_size: int, started: float
+) -> FoldResult:
+    """The one fold of an evaluation: the model file's training set against the dataset."""
+    trained_on = model.meta.get("dataset") or {}
+    return FoldResult(
+        fold=1,
+        accuracy=accuracy,
+        train_size=int(trained_on.get("images") or 0),
+        test_size=test_size,
+        test_subjects=[],
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def _prediction_rows(
+    selection: Selection, predicted: np.ndarray, probabilities: np.ndarray, shared: list[str]
+) -> list[dict]:
+    """One row per image scored: path, fold 1, true and predicted class, p_<class> each."""
+    return [
+        {
+            "path": str(path),
+            "fold": 1,
+            "true": shared[truth],
+            "predicted": shared[guess],
+            **{f"p_{label}": round(float(p), 6) for label, p in zip(shared, row, strict=True)},
+        }
+        for path, truth, guess, row in zip(
+            selection.paths, selection.targets, predicted, probabilities, strict=True
+        )
+    ]
+
+
+def _evaluation_protocol(
+    model: FerModel,
+    shared: list[str],
+    split: str | None,
+    adaptation: Adaptation | None,
+    left_out: tuple[list[str], list[str], Counter],
+) -> dict:
+    """The report's protocol: an evaluation of the model, one fold, the classes scored and
+    those left out (the model's, the dataset's, and the count of images dropped per class)."""
+    training = model.meta.get("training")
+    model_only, data_only, dropped = left_out
+    return {
+        "kind": "evaluate",
+        "folds": 1,
+        "group": "none",
+        "classes": shared,
+        "model": model_protocol(model),
+        "training": training,
+        "recipe": (training or {}).get("recipe"),
+        "preprocess": model.preprocess.to_dict(),
+        "renormalised": bool(model_only),
+        "adapted": adaptation.to_json() if adaptation else None,
+        "split": split,
+        "left_out": {
+            "model_only": model_only,
+            "dataset_only": data_only,
+            "images_dropped": sum(dropped.values()),
+            "dropped_per_class": dict(dropped),
+        },
+    }
 
 
 def every_image(dataset: PreparedDataset, name: str, shared: list[str], correct: int) -> dict:
