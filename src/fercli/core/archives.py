@@ -151,25 +151,32 @@ def model_file_problem(path: Path) -> str | None:
     return None
 
 
-def newest_model_file(folder: Path) -> Path | None:
-    """The model file (*.npz) written most recently in folder that can be read as one
-    (model_file_problem): what predict uses when no model is named, and what fer list calls
-    the newest. Files that cannot be read (damaged, oversized, foreign) are passed over; None
-    if there is no other."""
+def newest_first(folder: Path, pattern: str) -> list[Path]:
+    """The files matching a glob pattern below folder, the most recently written first
+    (hidden names left out; a file removed while we look, or a folder that cannot be read,
+    passed over)."""
     try:
-        candidates = [path for path in folder.glob("*.npz") if not path.name.startswith(".")]
+        candidates = [path for path in folder.glob(pattern) if not path.name.startswith(".")]
     except OSError:
-        return None
+        return []
     dated = []
     for path in candidates:
         try:
             dated.append((path.stat().st_mtime, path))
         except OSError:
             continue  # removed while we looked
-    for _, path in sorted(dated, reverse=True):
-        if model_file_problem(path) is None:
-            return path
-    return None
+    return [path for _, path in sorted(dated, reverse=True)]
+
+
+def newest_model_file(folder: Path) -> Path | None:
+    """The model file (*.npz) written most recently in folder that can be read as one
+    (model_file_problem): what predict uses when no model is named, and what fer list calls
+    the newest. Files that cannot be read (damaged, oversized, foreign) are passed over; None
+    if there is no other."""
+    return next(
+        (path for path in newest_first(folder, "*.npz") if model_file_problem(path) is None),
+        None,
+    )
 
 
 # What each entry of a model file's meta must be, and whether it must be there (the others may

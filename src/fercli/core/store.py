@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Re-exported: fercli's .npz files are read and written through core.archives.
-from fercli.core.archives import newest_model_file
+from fercli.core.archives import newest_first, newest_model_file
 from fercli.core.archives import npz_problem as npz_problem
 from fercli.core.archives import pack_json as pack_json
 from fercli.core.archives import unpack_json as unpack_json
@@ -311,17 +311,8 @@ def _remove_quietly(path: str | Path) -> None:
 
 def latest(folder: Path, pattern: str) -> Path | None:
     """The most recently written file matching a glob pattern below a folder."""
-    try:
-        candidates = [path for path in folder.glob(pattern) if not path.name.startswith(".")]
-    except OSError:
-        return None
-    dated = []
-    for path in candidates:
-        try:
-            dated.append((path.stat().st_mtime, path))
-        except OSError:
-            continue  # removed while we looked
-    return max(dated)[1] if dated else None
+    found = newest_first(folder, pattern)
+    return found[0] if found else None
 
 
 def abbreviated(given: str, names: list[str]) -> list[str]:
