@@ -164,6 +164,25 @@ def test_train_json_and_output_option(dataset, tmp_path):
     assert [note.split(",")[0] for note in summary["notes"]] == ["recipe robust"]
 
 
+def test_init_trains_the_starting_models_network_unless_variant_names_one(dataset, tmp_path):
+    from fercli.infer.model import load_model
+
+    # A starting model of the paper's network, trained on other data than the dataset's.
+    other = make_dataset(labels=tuple(CLASSES), subjects=4, seed=5)
+    other.meta["source"] = "/other-lab"
+    start = train_model(other, TrainConfig(epochs=1, copies=0), tmp_path / "start.npz").path
+    output = tmp_path / "tuned.npz"
+    result = fer("train", "--init", start, "--epochs", "1", "--copies", "0", "--output", output)
+    assert result.exit_code == 0, result.output
+    # The default recipe's network is batchnorm-dropout; the starting model's is used.
+    assert load_model(output).meta["training"]["variant"] == "paper"
+    assert "started from start.npz (a paper network)" in " ".join(result.output.split())
+    # A variant named that is not the starting model's is refused, saying which it is.
+    refused = fer("train", "--init", start, "--variant", "batchnorm", "--epochs", "1")
+    assert refused.exit_code == 1
+    assert "the starting model is a 'paper' network" in one_error_line(refused)
+
+
 def test_train_refuses_an_unwritable_output_before_training(dataset, tmp_path, fer_home):
     not_a_folder = tmp_path / "file.txt"
     not_a_folder.write_text("x")

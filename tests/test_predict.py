@@ -323,14 +323,18 @@ def test_predict_searches_the_folders_it_is_given_once(
 # --- what fer predict says of its answers ------------------------------------------------
 
 
-def collapsing_model(path: Path, training: dict, classes=("anger", "surprise", "neutral")) -> Path:
-    """A model file that calls every face "surprise" (its bias), trained as training says."""
+def collapsing_model(
+    path: Path, training: dict, classes=("anger", "surprise", "neutral"), images: int = 0
+) -> Path:
+    """A model file that calls every face "surprise" (its bias), trained as training says (on
+    a dataset of that many images, where given)."""
     from test_model_safety import write_model
 
     bias = np.array([5.0 if name == "surprise" else 0.0 for name in classes], np.float32)
-    return write_model(
-        path, list(classes), meta_changes={"training": training}, arrays={"layer1_bias": bias}
-    )
+    changes: dict = {"training": training}
+    if images:
+        changes["dataset"] = {"name": "fer2013-train", "images": images}
+    return write_model(path, list(classes), meta_changes=changes, arrays={"layer1_bias": bias})
 
 
 @pytest.fixture
@@ -386,6 +390,20 @@ def test_the_collapse_warning_advises_only_what_was_not_done(twenty_faces, tmp_p
     both = predict_output(twenty_faces, "--model", robust, "--adapt")
     assert "what is left to try is a model trained on more varied data" in both
     assert "try --adapt" not in both and "--recipe robust" not in both
+
+
+def test_a_model_trained_on_photos_from_anywhere_is_advised_fine_tuning(twenty_faces, tmp_path):
+    from fercli.core.config import recipe_config
+
+    general = collapsing_model(
+        tmp_path / "general.npz", recipe_config("general").to_dict(), images=27_369
+    )
+    plain = predict_output(twenty_faces, "--model", general)
+    assert "try --adapt, or fine-tuning it on some labelled photos like these" in plain
+    assert "more varied data" not in plain  # it was trained on such data
+    both = predict_output(twenty_faces, "--model", general, "--adapt")
+    assert "the model was trained on photos from anywhere" in both
+    assert "what is left to try is fine-tuning it" in both and "try --adapt" not in both
 
 
 def test_a_video_gets_its_answer_shares_and_collapse_warning(tmp_path):

@@ -124,8 +124,9 @@ def train(
     )
     from fercli.data.combined import load_combined
     from fercli.learn.evaluate import dataset_split
-    from fercli.learn.training import train_model
+    from fercli.learn.training import starting_notes, train_model
 
+    settings = _starting_variant(settings)
     checked = config or recipe_config(recipe, **settings)  # refused before any data is read
     default_before = default_model()
     replacing = output is not None and _replaced_model(Path(output))
@@ -141,8 +142,8 @@ def train(
     )
     if replacing:
         result.notes.append(f"{path}: the model file that was there is replaced")
-    if note:
-        result.notes.insert(0, note)
+    # First what the recipe "auto" chose, then where the starting model came from.
+    result.notes[:0] = ([note] if note else []) + starting_notes(config)
     change = default_model_change(default_before, result.path)
     if change is not None:
         result.notes.append(change.describe())
@@ -158,6 +159,25 @@ def _sized(
     if config is not None:
         return config, None
     return recipe_config(recipe, images=images, **settings), auto_note(recipe, images)
+
+
+def _starting_variant(settings: dict) -> dict:
+    """settings with the network variant of the starting model (init_model) where no variant
+    is given: a network fine-tuned from a model is of its kind (the general model's vgg, say),
+    whatever the recipe's. A starting model that cannot be read is left to the checks of
+    init_model, which say why."""
+    start = settings.get("init_model")
+    if not start or settings.get("variant") is not None:
+        return settings
+    from fercli.core.archives import read_model_archive
+
+    try:
+        meta, _ = read_model_archive(Path(start), with_arrays=False)
+    except FerError:
+        return settings
+    training = meta.get("training")
+    variant = training.get("variant") if isinstance(training, dict) else None
+    return {**settings, "variant": variant} if isinstance(variant, str) else settings
 
 
 def _replaced_model(output: Path) -> bool:
@@ -217,6 +237,7 @@ def crossval(
     from fercli.learn.crossval import cross_validate
     from fercli.learn.engines import make_engine
 
+    settings = _starting_variant(settings)
     checked = config or recipe_config(recipe, **settings)  # refused before any data is read
     default_before = default_model()
     prepared = load_combined(_names(dataset), checked.classes, shared_classes)

@@ -3,6 +3,8 @@ of them met in public datasets."""
 
 from __future__ import annotations
 
+from fercli.core.config import GENERAL_FROM_IMAGES
+
 # The seven classes of the paper, in the order reports and models use; CK+ adds contempt.
 BASIC_LABELS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
 KNOWN_LABELS = BASIC_LABELS + ("contempt",)
@@ -77,13 +79,15 @@ def collapse_note(
     *,
     adapted: bool = False,
     jittered: bool = False,
+    varied: bool = False,
     unit: str = "answers",
     same_people: bool = False,
 ) -> str | None:
     """A warning when one class takes more than COLLAPSE_SHARE of the answers (and, where the
     true classes are known, more than its share of the truth allows); None otherwise. Its
     advice knows what was done: adapted (--adapt was given), jittered (the model was trained
-    with the crop jittered, as the robust recipe does: for_photos_from_elsewhere). unit: what
+    with the crop jittered, as the robust recipe does: for_photos_from_elsewhere), varied (it
+    was trained on a dataset of photos from anywhere: trained_on_varied_data). unit: what
     the answers are; same_people: they are a few people's, seen again and again (a video's
     frames), who may well show one expression throughout."""
     if answers < COLLAPSE_MIN_ANSWERS or not shares:
@@ -96,7 +100,7 @@ def collapse_note(
     return (
         f"{label} takes {share:.0%} of the {answers} {unit}{held}: {unless}the model has "
         "collapsed onto one class, as models do on photos unlike their training set's; "
-        f"{collapse_advice(adapted, jittered)}"
+        f"{collapse_advice(adapted, jittered, varied)}"
     )
 
 
@@ -108,13 +112,35 @@ VARIED_DATA = (
 )
 
 
-def collapse_advice(adapted: bool, jittered: bool) -> str:
+def trained_on_varied_data(meta: dict) -> bool:
+    """Whether a model file's meta says it was trained on GENERAL_FROM_IMAGES images or more
+    (the size the recipe general is chosen for: photos from anywhere, such as FER2013); False
+    where it does not say."""
+    dataset = meta.get("dataset")
+    images = dataset.get("images") if isinstance(dataset, dict) else None
+    return isinstance(images, int) and images >= GENERAL_FROM_IMAGES
+
+
+# What is left to try for a model already trained on such data: a few labelled photos like
+# the ones it fails on, to fine-tune it with.
+FINE_TUNING = (
+    "fine-tuning it on some labelled photos like these (fer preprocess them, then fer train "
+    "--init MODEL)"
+)
+
+
+def collapse_advice(adapted: bool, jittered: bool, varied: bool = False) -> str:
     """The next steps that can still help a model that collapsed, leaving out what was done:
-    --adapt (adapted), the recipe for photos from elsewhere (jittered), and more varied data."""
+    --adapt (adapted), the recipe for photos from elsewhere (jittered), and more varied data
+    (varied: it was trained on such data, so fine-tuning on photos like these is left)."""
+    last = FINE_TUNING if varied else VARIED_DATA
     if adapted and jittered:
+        trained = (
+            "on photos from anywhere" if varied else "with the recipe for photos from elsewhere"
+        )
         return (
-            "--adapt was given and the model was trained with the recipe for photos from "
-            f"elsewhere (robust's crop jitter), so what is left to try is {VARIED_DATA}"
+            f"--adapt was given and the model was trained {trained} "
+            f"(with robust's crop jitter), so what is left to try is {last}"
         )
     steps = [] if adapted else ["try --adapt"]
     if not jittered:
@@ -122,7 +148,7 @@ def collapse_advice(adapted: bool, jittered: bool) -> str:
             "a model trained with the recipe for photos from elsewhere (--recipe robust, fer "
             "train's default)"
         )
-    steps.append(VARIED_DATA)
+    steps.append(last)
     done = "--adapt was given; " if adapted else ""
     first, *rest = steps
     if adapted:

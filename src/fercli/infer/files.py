@@ -14,7 +14,12 @@ import numpy as np
 from fercli.core.config import for_photos_from_elsewhere
 from fercli.core.errors import FerError
 from fercli.core.events import Progress
-from fercli.core.labels import answer_shares, collapse_note, no_neutral_note
+from fercli.core.labels import (
+    answer_shares,
+    collapse_note,
+    no_neutral_note,
+    trained_on_varied_data,
+)
 from fercli.infer.model import FerModel
 from fercli.infer.photos import ImagePrediction, PredictReport, annotated_name, label_photos
 from fercli.infer.tracking import (
@@ -132,18 +137,23 @@ def label_files(
         for path in videos
     ]
     media = MediaReport(images=report, videos=results, order=[str(path) for path in found.files])
-    media.answers = media_answers(media, for_photos_from_elsewhere(model.meta.get("training")))
+    media.answers = media_answers(
+        media,
+        for_photos_from_elsewhere(model.meta.get("training")),
+        trained_on_varied_data(model.meta),
+    )
     neutral = no_neutral_note(model.classes)
     if neutral and media.processed:
         report.notes.append(f"{Path(str(model.path)).name}: {neutral}")
     return media
 
 
-def media_answers(media: MediaReport, jittered: bool) -> list[AnswerShares]:
+def media_answers(media: MediaReport, jittered: bool, varied: bool = False) -> list[AnswerShares]:
     """The labels' shares among the photos' faces (all together) and among each video's faces
     frame by frame (a video's frames show the same few people, so its own), where there are
     two answers or more, each with its collapse warning. jittered: the model was trained for
-    photos from elsewhere (core.config.for_photos_from_elsewhere), which its advice leaves out."""
+    photos from elsewhere (core.config.for_photos_from_elsewhere), varied: on photos from
+    anywhere (core.labels.trained_on_varied_data), which its advice leaves out."""
     found = []
     photos = [face.label for image in media.images.images for face in image.faces]
     if len(photos) > 1:
@@ -153,6 +163,7 @@ def media_answers(media: MediaReport, jittered: bool) -> list[AnswerShares]:
             len(photos),
             adapted=media.images.adaptation is not None,
             jittered=jittered,
+            varied=varied,
         )
         found.append(AnswerShares("photos", shares, len(photos), note))
     for video in media.videos:
@@ -168,6 +179,7 @@ def media_answers(media: MediaReport, jittered: bool) -> list[AnswerShares]:
             len(labels),
             adapted=video.adaptation is not None,
             jittered=jittered,
+            varied=varied,
             unit="faces labelled in its frames",
             same_people=True,
         )

@@ -23,6 +23,7 @@ from fercli.core.labels import (
     collapse_note,
     label_order,
     no_neutral_note,
+    trained_on_varied_data,
 )
 from fercli.core.store import datasets_dir
 from fercli.data.fer2013 import is_fer2013
@@ -256,6 +257,7 @@ def _answer_notes(
         answer_shares([shared[truth] for truth in selection.targets]),
         adapted=adaptation is not None,
         jittered=for_photos_from_elsewhere(model.meta.get("training")),
+        varied=trained_on_varied_data(model.meta),
     )
     if collapse:
         notes.append(collapse)

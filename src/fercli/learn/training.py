@@ -36,10 +36,10 @@ def starting_notes(config: TrainConfig) -> list[str]:
     starting = load_starting_model(config)
     trained_on = starting.meta.get("dataset") or {}
     return [
-        f"every network started from {Path(config.init_model).name}, trained on "
-        f"{trained_on.get('images', '?')} images of {trained_on.get('name', 'another dataset')} "
-        f"(data fingerprint {starting.meta.get('data_fingerprint', '?')}), none of them in this "
-        "dataset"
+        f"every network started from {Path(config.init_model).name} (a {config.variant} "
+        f"network), trained on {trained_on.get('images', '?')} images of "
+        f"{trained_on.get('name', 'another dataset')} (data fingerprint "
+        f"{starting.meta.get('data_fingerprint', '?')}), none of them in this dataset"
     ]
 
 
