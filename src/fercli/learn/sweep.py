@@ -246,30 +246,12 @@ def run_sweep(
     from fercli.learn.engines import LocalEngine
     from fercli.learn.folds import make_folds
     from fercli.learn.selection import select_classes, selection_fingerprint
-    from fercli.learn.training import checked_start
 
     started = time.perf_counter()
     engine = engine or LocalEngine()
     selection = select_classes(dataset, grid.classes)
     data_id = selection_fingerprint(selection)
-    # The recipes first: one the settings refuse (an unknown recipe, --no-augment beside an
-    # augmentation setting) leaves no empty sweep folder behind.
-    plan = recipes(grid)
-    # Their starting models too (--init), each once: one that does not fit fails no fold later.
-    starts = {(item.config.init_model, item.config.variant): item.config for item in plan}
-    for config in starts.values():
-        checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
-    folder = make_dir(sweep_folder(dataset, data_id, grid))
-    atomic_write_json(
-        folder / "grid.json",
-        {
-            "grid": grid.to_json(),
-            "source": grid.source,
-            "recipes": [item.name for item in plan],
-            "dataset": dataset.name,
-            "data_fingerprint": data_id,
-        },
-    )
+    plan, folder = _sweep_plan(grid, dataset, selection, data_id)
     splits = {seed: make_folds(selection, grid.folds, grid.group, seed) for seed in grid.seeds}
     results, tasks = _stored_and_missing(folder, plan, grid.seeds, splits, selection.targets)
     planned = len(results) * grid.folds
@@ -304,6 +286,31 @@ def run_sweep(
     if not interrupted:
         report.files = save_sweep(report)
     return report
+
+
+def _sweep_plan(
+    grid: Grid, dataset: PreparedDataset, selection: Selection, data_id: str
+) -> tuple[list, Path]:
+    """grid's recipes, checked first (their settings; each starting model once), so that a grid
+    refused leaves no empty sweep folder; and the sweep's folder, made with its grid.json."""
+    from fercli.learn.training import checked_start
+
+    plan = recipes(grid)
+    starts = {(item.config.init_model, item.config.variant): item.config for item in plan}
+    for config in starts.values():
+        checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
+    folder = make_dir(sweep_folder(dataset, data_id, grid))
+    atomic_write_json(
+        folder / "grid.json",
+        {
+            "grid": grid.to_json(),
+            "source": grid.source,
+            "recipes": [item.name for item in plan],
+            "dataset": dataset.name,
+            "data_fingerprint": data_id,
+        },
+    )
+    return plan, folder
 
 
 def _stored_and_missing(
