@@ -210,19 +210,8 @@ def save_networks(
     first, others = networks[0], networks[1:]
     if len({network.per_image for network in networks}) > 1:
         raise ModelError("the networks of one model file must all standardise crops alike")
-    weights = dict(first.weights)
-    members = []
-    for number, network in enumerate(others, start=1):
-        prefix = f"member{number}_"
-        specs = [
-            {**spec, "weights": [prefix + key for key in spec["weights"]]} for spec in network.specs
-        ]
-        weights.update({prefix + key: value for key, value in network.weights.items()})
-        weights[prefix + "norm_mean"] = np.asarray(network.mean, np.float64)
-        weights[prefix + "norm_std"] = np.asarray(network.std, np.float64)
-        members.append(
-            {"layers": specs, "norm_mean": prefix + "norm_mean", "norm_std": prefix + "norm_std"}
-        )
+    member_weights, members = _member_arrays(others)
+    weights = {**first.weights, **member_weights}
     meta = {
         "format": MODEL_FORMAT,
         "format_version": PER_IMAGE_FORMAT_VERSION if first.per_image else MODEL_FORMAT_VERSION,
@@ -241,18 +230,7 @@ def save_networks(
         meta["per_image_standardisation"] = True
     training_arrays = {}
     if training_crops is not None:
-        pixels = PixelStatistics.of(training_crops)
-        training_arrays = {
-            "training_hashes": crop_hashes(training_crops),
-            "pixel_mean": pixels.mean.astype(np.float32),
-            "pixel_std": pixels.std.astype(np.float32),
-        }
-        meta["pixel_statistics"] = {
-            "version": PIXEL_STATISTICS_VERSION,
-            "mean": "pixel_mean",
-            "std": "pixel_std",
-            "images": pixels.images,
-        }
+        training_arrays, meta["pixel_statistics"] = _training_arrays(training_crops)
     arrays = {
         "meta": pack_json(meta),
         "norm_mean": np.asarray(first.mean, np.float64),
@@ -261,6 +239,44 @@ def save_networks(
         **training_arrays,
     }
     return atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), keep_existing, check)
+
+
+def _member_arrays(others: list[ExportedNetwork]) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """The arrays and meta entries of an ensemble's networks beyond the first: each one's
+    weights and normalisation under its own prefix ("member1_", ...), and its layers naming
+    them."""
+    weights: dict[str, np.ndarray] = {}
+    members = []
+    for number, network in enumerate(others, start=1):
+        prefix = f"member{number}_"
+        specs = [
+            {**spec, "weights": [prefix + key for key in spec["weights"]]} for spec in network.specs
+        ]
+        weights.update({prefix + key: value for key, value in network.weights.items()})
+        weights[prefix + "norm_mean"] = np.asarray(network.mean, np.float64)
+        weights[prefix + "norm_std"] = np.asarray(network.std, np.float64)
+        members.append(
+            {"layers": specs, "norm_mean": prefix + "norm_mean", "norm_std": prefix + "norm_std"}
+        )
+    return weights, members
+
+
+def _training_arrays(training_crops: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+    """What a model file keeps of its training crops: their hashes (seen_in_training) and
+    their pixel statistics (the arrays), and the meta entry that names the statistics."""
+    pixels = PixelStatistics.of(training_crops)
+    arrays = {
+        "training_hashes": crop_hashes(training_crops),
+        "pixel_mean": pixels.mean.astype(np.float32),
+        "pixel_std": pixels.std.astype(np.float32),
+    }
+    entry = {
+        "version": PIXEL_STATISTICS_VERSION,
+        "mean": "pixel_mean",
+        "std": "pixel_std",
+        "images": pixels.images,
+    }
+    return arrays, entry
 
 
 def _training_hashes(array: np.ndarray | None) -> np.ndarray | None:

@@ -132,31 +132,12 @@ def label_video(
             frame_sampler(options, result.fps),
             result.width * result.height * 3,
         )
-        reported, last = 0.0, 0.0
-        for number, seconds, frame in reader:
-            last = seconds
-            if (
-                not result.analysed
-            ):  # the header's size may be missing; the frame's is what was drawn on
-                result.height, result.width = frame.shape[:2]
-            pipeline.step(frame, number, seconds)
-            result.analysed += 1
-            if len(pipeline.waiting) >= CLASSIFY_BATCH:
-                pipeline.label_crops()
-            if progress and time.perf_counter() - reported > 0.2:
-                progress(items(reader.count, max(declared, reader.count)))
-                reported = time.perf_counter()
-        pipeline.label_crops()
-        result.frames = reader.count
-        result.tracks = [track for track in pipeline.tracker.tracks if track.frames]
-        result.detections = pipeline.tracker.detections
-        result.error = reading_problem(reader, declared)
+        last = _read_frames(reader, pipeline, result, declared, progress)
+        _record_reading(result, pipeline, reader, declared, last)
         if mode:
             # Too few faces is a refusal, as for photos: never labels that were not adapted.
             result.adaptation = pipeline.relabel_adapted(str(path), mode)
         result.best = pipeline.best
-        if result.interval == 0.0 and result.analysed > 1:
-            result.interval = last / (result.analysed - 1)  # no frame rate: times from the stream
         if progress:
             progress(items(reader.count, reader.count))
     finally:
@@ -166,3 +147,49 @@ def label_video(
             smooth_track(track, model.classes, options.smooth)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _read_frames(
+    reader: FrameReader,
+    pipeline: FramePipeline,
+    result: VideoPrediction,
+    declared: int,
+    progress: Progress | None,
+) -> float:
+    """Follow and classify the faces of every frame reader gives, classifying crops a batch at
+    a time (result counts the frames analysed and takes the first one's size); progress gets
+    items events (of declared frames) at most five times a second. Returns the last frame's
+    time."""
+    reported, last = 0.0, 0.0
+    for number, seconds, frame in reader:
+        last = seconds
+        # The header's size may be missing; the frame's is what was drawn on.
+        if not result.analysed:
+            result.height, result.width = frame.shape[:2]
+        pipeline.step(frame, number, seconds)
+        result.analysed += 1
+        if len(pipeline.waiting) >= CLASSIFY_BATCH:
+            pipeline.label_crops()
+        if progress and time.perf_counter() - reported > 0.2:
+            progress(items(reader.count, max(declared, reader.count)))
+            reported = time.perf_counter()
+    pipeline.label_crops()
+    return last
+
+
+def _record_reading(
+    result: VideoPrediction,
+    pipeline: FramePipeline,
+    reader: FrameReader,
+    declared: int,
+    last: float,
+) -> None:
+    """What reading the video gave, into result: the frames read, the tracks that have frames,
+    the detections, any problem reading (of declared frames), and without a frame rate the
+    interval between frames from their times (last: the last frame's)."""
+    result.frames = reader.count
+    result.tracks = [track for track in pipeline.tracker.tracks if track.frames]
+    result.detections = pipeline.tracker.detections
+    result.error = reading_problem(reader, declared)
+    if result.interval == 0.0 and result.analysed > 1:
+        result.interval = last / (result.analysed - 1)  # no frame rate: times from the stream

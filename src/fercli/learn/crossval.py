@@ -289,27 +289,11 @@ def assemble_crossval(
     fold number)."""
     fold_results, true, predicted, rows = [], [], [], []
     for index in sorted(outcomes):
-        outcome = outcomes[index]
-        train_index, test_index = splits[index]
-        fold_results.append(
-            FoldResult(
-                fold=index + 1,
-                # None: the fold diverged, and has no result (argmax of NaN is class 0, which
-                # would pass for predictions).
-                accuracy=outcome.accuracy,
-                train_size=len(train_index),
-                test_size=len(test_index),
-                test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""})
-                if group == "subject"
-                else [],
-                seconds=round(float(outcome.seconds), 2),
-                diverged=outcome.diverged,
-            )
-        )
+        outcome, test_index = outcomes[index], splits[index][1]
+        fold_results.append(_fold_result(index, outcome, splits[index], selection, group))
         if outcome.probabilities is None:
             continue
-        truth = selection.targets[test_index]
-        true.append(truth)
+        true.append(selection.targets[test_index])
         predicted.append(outcome.predicted)
         rows.extend(prediction_rows(selection, outcome))
     true_all = np.concatenate(true) if true else np.zeros(0, int)
@@ -322,19 +306,7 @@ def assemble_crossval(
             **dataset_summary(dataset, selection),
             **({"datasets": dataset.meta["datasets"]} if "datasets" in dataset.meta else {}),
         },
-        protocol={
-            "folds": len(splits),
-            "group": group,
-            "classes": selection.labels,
-            "workers": engine.get("workers"),
-            "engine": engine,
-            "training": config.to_dict(),
-            "recipe": config.recipe,
-            "differs_from_recipe": recipe_differences(config),
-            # The recipe's values a setting given turned off (robust's jitter with augment off).
-            **({"dropped_from_recipe": dropped} if (dropped := recipe_dropped(config)) else {}),
-            "preprocess": dataset.meta.get("preprocess"),
-        },
+        protocol=_protocol(dataset, selection, len(splits), config, group, engine),
         labels=selection.labels,
         folds=fold_results,
         confusion=np.asarray(matrix),
@@ -353,6 +325,56 @@ def assemble_crossval(
         predictions=rows,
         per_dataset=per_dataset_figures(selection, outcomes, fold_results, complete),
     )
+
+
+def _fold_result(
+    index: int,
+    outcome: FoldOutcome,
+    split: tuple[np.ndarray, np.ndarray],
+    selection: Selection,
+    group: str,
+) -> FoldResult:
+    """What the report says of one finished fold (index: 0-based; split: its train and test
+    indices): its accuracy, sizes, test subjects (grouped by subject) and time."""
+    train_index, test_index = split
+    return FoldResult(
+        fold=index + 1,
+        # None: the fold diverged, and has no result (argmax of NaN is class 0, which
+        # would pass for predictions).
+        accuracy=outcome.accuracy,
+        train_size=len(train_index),
+        test_size=len(test_index),
+        test_subjects=sorted(set(selection.subjects[test_index].tolist()) - {""})
+        if group == "subject"
+        else [],
+        seconds=round(float(outcome.seconds), 2),
+        diverged=outcome.diverged,
+    )
+
+
+def _protocol(
+    dataset: PreparedDataset,
+    selection: Selection,
+    folds: int,
+    config: TrainConfig,
+    group: str,
+    engine: dict,
+) -> dict:
+    """The report's protocol: the folds and their grouping, the classes, the engine and its
+    workers, the training settings and how they differ from their recipe, the preprocessing."""
+    return {
+        "folds": folds,
+        "group": group,
+        "classes": selection.labels,
+        "workers": engine.get("workers"),
+        "engine": engine,
+        "training": config.to_dict(),
+        "recipe": config.recipe,
+        "differs_from_recipe": recipe_differences(config),
+        # The recipe's values a setting given turned off (robust's jitter with augment off).
+        **({"dropped_from_recipe": dropped} if (dropped := recipe_dropped(config)) else {}),
+        "preprocess": dataset.meta.get("preprocess"),
+    }
 
 
 def prediction_rows(selection: Selection, outcome: FoldOutcome) -> list[dict]:

@@ -90,28 +90,15 @@ def fit(
     the epoch that scores best on them are the network returned.
     """
     import keras
-    import tensorflow as tf
 
     from fercli.learn.augment import TrainingImages
-    from fercli.learn.network import build_model, make_optimizer
 
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     if validation is None:
         crops, targets, origins, validation = held_out_share(crops, targets, origins, config, seed)
     mean, std = normalisation(crops, config.normalisation)
-    model = build_model(num_classes, config.variant, crops.shape[1])
-    if config.init_model:
-        start_from(model, load_starting_model(config), list(config.classes))
-    optimizer = make_optimizer(config)
-    optimizer.build(model.trainable_variables)
-    run_chunk = _chunk_trainer(
-        model,
-        optimizer,
-        keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        class_weights(targets, num_classes, config.class_weight),
-        config.batch_size,
-    )
+    model, optimizer, run_chunk = _network_to_train(targets, num_classes, config, crops.shape[1])
     images = TrainingImages(
         crops,
         targets,
@@ -126,12 +113,7 @@ def fit(
     best: list | None = None
     for epoch in range(1, config.epochs + 1):
         _schedule(optimizer, config, epoch)
-        total_loss = correct = 0.0
-        for x, y in images.epoch():
-            chunk_loss, chunk_correct = run_chunk(tf.constant(x), tf.constant(y))
-            total_loss += float(chunk_loss)
-            correct += float(chunk_correct)
-        loss, accuracy = total_loss / len(images), correct / len(images)
+        loss, accuracy = _train_epoch(images, run_chunk)
         scored = None
         if validation is not None and math.isfinite(loss):
             scored = _scored(model, validation, mean, std, config)
@@ -146,6 +128,42 @@ def fit(
         model.set_weights(best)
         fitted.validation_images = len(validation[1])
     return fitted
+
+
+def _network_to_train(targets: np.ndarray, num_classes: int, config: TrainConfig, size: int):
+    """A new network of config's variant for size x size crops (started from config's
+    starting model if any), its optimizer built, and the function that trains it on a chunk of
+    batches with config's loss and class weights (of targets): (model, optimizer, run_chunk)."""
+    import keras
+
+    from fercli.learn.network import build_model, make_optimizer
+
+    model = build_model(num_classes, config.variant, size)
+    if config.init_model:
+        start_from(model, load_starting_model(config), list(config.classes))
+    optimizer = make_optimizer(config)
+    optimizer.build(model.trainable_variables)
+    run_chunk = _chunk_trainer(
+        model,
+        optimizer,
+        keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        class_weights(targets, num_classes, config.class_weight),
+        config.batch_size,
+    )
+    return model, optimizer, run_chunk
+
+
+def _train_epoch(images, run_chunk) -> tuple[float, float]:
+    """One epoch over images' chunks of augmented batches (an augment.TrainingImages): its
+    mean loss and training accuracy."""
+    import tensorflow as tf
+
+    total_loss = correct = 0.0
+    for x, y in images.epoch():
+        chunk_loss, chunk_correct = run_chunk(tf.constant(x), tf.constant(y))
+        total_loss += float(chunk_loss)
+        correct += float(chunk_correct)
+    return total_loss / len(images), correct / len(images)
 
 
 def _chunk_trainer(model, optimizer, loss_function, weights: np.ndarray, batch_size: int):

@@ -246,30 +246,12 @@ def run_sweep(
     from fercli.learn.engines import LocalEngine
     from fercli.learn.folds import make_folds
     from fercli.learn.selection import select_classes, selection_fingerprint
-    from fercli.learn.training import checked_start
 
     started = time.perf_counter()
     engine = engine or LocalEngine()
     selection = select_classes(dataset, grid.classes)
     data_id = selection_fingerprint(selection)
-    # The recipes first: one the settings refuse (an unknown recipe, --no-augment beside an
-    # augmentation setting) leaves no empty sweep folder behind.
-    plan = recipes(grid)
-    # Their starting models too (--init), each once: one that does not fit fails no fold later.
-    starts = {(item.config.init_model, item.config.variant): item.config for item in plan}
-    for config in starts.values():
-        checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
-    folder = make_dir(sweep_folder(dataset, data_id, grid))
-    atomic_write_json(
-        folder / "grid.json",
-        {
-            "grid": grid.to_json(),
-            "source": grid.source,
-            "recipes": [item.name for item in plan],
-            "dataset": dataset.name,
-            "data_fingerprint": data_id,
-        },
-    )
+    plan, folder = _sweep_plan(grid, dataset, selection, data_id)
     splits = {seed: make_folds(selection, grid.folds, grid.group, seed) for seed in grid.seeds}
     results, tasks = _stored_and_missing(folder, plan, grid.seeds, splits, selection.targets)
     planned = len(results) * grid.folds
@@ -304,6 +286,31 @@ def run_sweep(
     if not interrupted:
         report.files = save_sweep(report)
     return report
+
+
+def _sweep_plan(
+    grid: Grid, dataset: PreparedDataset, selection: Selection, data_id: str
+) -> tuple[list, Path]:
+    """grid's recipes, checked first (their settings; each starting model once), so that a grid
+    refused leaves no empty sweep folder; and the sweep's folder, made with its grid.json."""
+    from fercli.learn.training import checked_start
+
+    plan = recipes(grid)
+    starts = {(item.config.init_model, item.config.variant): item.config for item in plan}
+    for config in starts.values():
+        checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
+    folder = make_dir(sweep_folder(dataset, data_id, grid))
+    atomic_write_json(
+        folder / "grid.json",
+        {
+            "grid": grid.to_json(),
+            "source": grid.source,
+            "recipes": [item.name for item in plan],
+            "dataset": dataset.name,
+            "data_fingerprint": data_id,
+        },
+    )
+    return plan, folder
 
 
 def _stored_and_missing(
@@ -393,68 +400,91 @@ def _rank(
     """Every recipe's figures over its seeds (each seed's crossval report saved in its own
     folder), best first, with its paired difference to the base recipe; and the test/train
     size ratio the corrected intervals use."""
-    from fercli.learn.crossval import assemble_crossval
-    from fercli.learn.crossval_files import save_crossval
-
     train_sizes = [len(train) for seed in grid.seeds for train, _ in splits[seed]]
     test_sizes = [len(test) for seed in grid.seeds for _, test in splits[seed]]
     ratio = float(np.mean(test_sizes) / np.mean(train_sizes))
     accuracies: dict[int, np.ndarray] = {}
     summaries = []
     for recipe_index, recipe in enumerate(plan):
-        per_seed, f1s, reports, seconds = {}, [], {}, 0.0
-        for seed in grid.seeds:
-            member_results = results[(recipe_index, seed)]
-            config = replace(recipe.config, seed=seed)
-            member_seconds = sum(outcome.seconds for outcome in member_results.values())
-            crossval = assemble_crossval(
-                dataset,
-                selection,
-                splits[seed],
-                config,
-                grid.group,
-                member_results,
-                report.engine,
-                member_seconds,
-            )
-            member_folder = report.folder / _member_name(recipe_index, seed)
-            save_crossval(crossval, member_folder)
-            per_seed[seed] = [fold.accuracy for fold in crossval.folds]
-            f1s.append(crossval.macro_f1)
-            reports[seed] = member_folder
-            seconds += member_seconds
+        per_seed, f1s, reports, seconds = _recipe_reports(
+            dataset, selection, recipe_index, recipe, grid, splits, results, report
+        )
         accuracies[recipe_index] = np.array([per_seed[seed] for seed in grid.seeds])
         summaries.append((recipe, per_seed, f1s, reports, seconds))
-    ranked = []
-    for recipe_index, (recipe, per_seed, f1s, reports, seconds) in enumerate(summaries):
-        values = accuracies[recipe_index]
-        seed_means = values.mean(axis=1)
-        own = corrected_interval(values, ratio)
-        paired = corrected_interval(values - accuracies[0], ratio)
-        ranked.append(
-            RecipeResult(
-                rank=0,
-                name=recipe.name,
-                changes=recipe.changes,
-                accuracy=float(seed_means.mean()),
-                # An accuracy lies in [0, 1] and a difference of two in [-1, 1], whatever the
-                # t interval says on few, spread-out values.
-                accuracy_interval=_clipped(own["low"], own["high"], 0.0),
-                spread=float(seed_means.std(ddof=1)) if len(seed_means) > 1 else math.nan,
-                seed_means=[float(value) for value in seed_means],
-                macro_f1=float(np.mean(f1s)),
-                difference=paired["mean"],
-                difference_interval=_clipped(paired["low"], paired["high"], -1.0),
-                p_value=paired["p"] if recipe_index else math.nan,
-                seconds=seconds,
-                fold_accuracies=per_seed,
-                reports=reports,
-            )
-        )
+    ranked = [
+        _recipe_result(index, item, accuracies, ratio) for index, item in enumerate(summaries)
+    ]
     ranked.sort(key=lambda item: (-item.accuracy, item.name))
     for rank, item in enumerate(ranked, start=1):
         item.rank = rank
     return ranked, ratio
+
+
+def _recipe_reports(
+    dataset: PreparedDataset,
+    selection: Selection,
+    recipe_index: int,
+    recipe,
+    grid: Grid,
+    splits: dict,
+    results: Outcomes,
+    report: SweepReport,
+) -> tuple[dict[int, list], list[float], dict[int, Path], float]:
+    """One recipe's crossval report for each seed, saved in its member's folder: (each seed's
+    fold accuracies, each seed's macro F1, each seed's report folder, the folds' seconds)."""
+    from fercli.learn.crossval import assemble_crossval
+    from fercli.learn.crossval_files import save_crossval
+
+    per_seed, f1s, reports, seconds = {}, [], {}, 0.0
+    for seed in grid.seeds:
+        member_results = results[(recipe_index, seed)]
+        config = replace(recipe.config, seed=seed)
+        member_seconds = sum(outcome.seconds for outcome in member_results.values())
+        crossval = assemble_crossval(
+            dataset,
+            selection,
+            splits[seed],
+            config,
+            grid.group,
+            member_results,
+            report.engine,
+            member_seconds,
+        )
+        member_folder = report.folder / _member_name(recipe_index, seed)
+        save_crossval(crossval, member_folder)
+        per_seed[seed] = [fold.accuracy for fold in crossval.folds]
+        f1s.append(crossval.macro_f1)
+        reports[seed] = member_folder
+        seconds += member_seconds
+    return per_seed, f1s, reports, seconds
+
+
+def _recipe_result(index: int, summary: tuple, accuracies: dict, ratio: float) -> RecipeResult:
+    """A recipe's figures, unranked, from its summary (recipe, fold accuracies, macro F1s, report
+    folders, seconds) and every recipe's (seeds, folds) accuracies (the first is the base)."""
+    recipe, per_seed, f1s, reports, seconds = summary
+    values = accuracies[index]
+    seed_means = values.mean(axis=1)
+    own = corrected_interval(values, ratio)
+    paired = corrected_interval(values - accuracies[0], ratio)
+    return RecipeResult(
+        rank=0,
+        name=recipe.name,
+        changes=recipe.changes,
+        accuracy=float(seed_means.mean()),
+        # An accuracy lies in [0, 1] and a difference of two in [-1, 1], whatever the
+        # t interval says on few, spread-out values.
+        accuracy_interval=_clipped(own["low"], own["high"], 0.0),
+        spread=float(seed_means.std(ddof=1)) if len(seed_means) > 1 else math.nan,
+        seed_means=[float(value) for value in seed_means],
+        macro_f1=float(np.mean(f1s)),
+        difference=paired["mean"],
+        difference_interval=_clipped(paired["low"], paired["high"], -1.0),
+        p_value=paired["p"] if index else math.nan,
+        seconds=seconds,
+        fold_accuracies=per_seed,
+        reports=reports,
+    )
 
 
 def _clipped(low: float, high: float, bottom: float) -> tuple[float, float]:

@@ -155,7 +155,7 @@ def train_model(
     numpy runtime within 1e-4 of Keras): TrainingError when training diverged, and whatever
     was at output stays as it was.
     """
-    from fercli.infer.model import MAX_ENSEMBLE_MEMBERS, probe_crops, save_networks
+    from fercli.infer.model import MAX_ENSEMBLE_MEMBERS, probe_crops
 
     if not 1 <= ensemble <= MAX_ENSEMBLE_MEMBERS:
         raise FerError(f"--ensemble must be 1 to {MAX_ENSEMBLE_MEMBERS}, not {ensemble}")
@@ -177,30 +177,9 @@ def train_model(
     trained = _train_networks(selection, config, ensemble, sample, progress)
     failure = next((item for item in trained if item.diverged), None)
     if failure is not None:
-        left = (
-            "" if keep_existing or not Path(output).exists() else f"; {output} was left as it was"
-        )
-        which = f" (network {failure.number + 1} of {ensemble})" if ensemble > 1 else ""
-        raise TrainingError(
-            f"training diverged{which}: {failure.diverged}; no model was saved{left} (try a "
-            "smaller --lr)"
-        )
-    checked: dict[str, float] = {}
-    output = save_networks(
-        output,
-        [item.network for item in trained],
-        selection.labels,
-        PreprocessConfig.from_dict(dataset.meta["preprocess"]),
-        config,
-        _model_metadata(dataset, selection, config, [item.fitted for item in trained]),
-        keep_existing,
-        training_crops=selection.crops,
-        check=export_check(
-            sample,
-            np.mean([item.output for item in trained], axis=0),
-            "the exported model",
-            checked,
-        ),
+        raise _diverged_error(failure, ensemble, output, keep_existing)
+    output, difference = _save_model(
+        output, trained, dataset, selection, config, sample, keep_existing
     )
     last = trained[-1]
     return TrainResult(
@@ -211,7 +190,7 @@ def train_model(
         loss=last.loss,
         accuracy=last.accuracy,
         seconds=time.perf_counter() - started,
-        runtime_difference=checked["difference"],
+        runtime_difference=difference,
         networks=ensemble,
         dataset=dataset.name,
         parts=getattr(dataset, "parts", []),
@@ -231,6 +210,53 @@ class _Trained:
     output: np.ndarray  # Keras's probabilities on the save check's sample
     diverged: str | None
     network: object  # the ExportedNetwork (None where it diverged)
+
+
+def _diverged_error(
+    failure: _Trained, ensemble: int, output: Path, keep_existing: bool
+) -> TrainingError:
+    """The error of a training that diverged: which network (of an ensemble), why, and that
+    whatever was at output stays as it was (unless keep_existing saves beside it)."""
+    left = "" if keep_existing or not Path(output).exists() else f"; {output} was left as it was"
+    which = f" (network {failure.number + 1} of {ensemble})" if ensemble > 1 else ""
+    return TrainingError(
+        f"training diverged{which}: {failure.diverged}; no model was saved{left} (try a "
+        "smaller --lr)"
+    )
+
+
+def _save_model(
+    output: Path,
+    trained: list[_Trained],
+    dataset: PreparedDataset,
+    selection: Selection,
+    config: TrainConfig,
+    sample: np.ndarray,
+    keep_existing: bool,
+) -> tuple[Path, float]:
+    """Save the trained networks as one model file, checked first against Keras's mean
+    probabilities on sample; returns the path it took and the largest |numpy runtime - Keras|
+    difference."""
+    from fercli.infer.model import save_networks
+
+    checked: dict[str, float] = {}
+    path = save_networks(
+        output,
+        [item.network for item in trained],
+        selection.labels,
+        PreprocessConfig.from_dict(dataset.meta["preprocess"]),
+        config,
+        _model_metadata(dataset, selection, config, [item.fitted for item in trained]),
+        keep_existing,
+        training_crops=selection.crops,
+        check=export_check(
+            sample,
+            np.mean([item.output for item in trained], axis=0),
+            "the exported model",
+            checked,
+        ),
+    )
+    return path, checked["difference"]
 
 
 def _train_networks(

@@ -6,6 +6,7 @@ Drawn with OpenCV, which fercli needs anyway, rather than with a plotting librar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -135,21 +136,7 @@ def confusion_image(matrix: np.ndarray, labels: list[str], path: Path, title: st
     title = drawable(title)
     width = max(margin_left + count * cell + 20, _text_width(title, 0.5) + 12)
     image = np.full((height, width, 3), 255, np.uint8)
-    totals = matrix.sum(axis=1, keepdims=True).clip(min=1)
-    shares = matrix / totals
-    for row in range(count):
-        for column in range(count):
-            share = float(shares[row, column])
-            shade = int(255 - 200 * share)
-            colour = (255, shade, shade) if row != column else (shade, 255, shade)
-            top_left = (margin_left + column * cell, margin_top + row * cell)
-            bottom_right = (top_left[0] + cell - 1, top_left[1] + cell - 1)
-            cv2.rectangle(image, top_left, bottom_right, colour, -1)
-            cv2.rectangle(image, top_left, bottom_right, (200, 200, 200), 1)
-            text = str(int(matrix[row, column]))
-            (text_width, _), _ = cv2.getTextSize(text, FONT, 0.5, 1)
-            origin = (top_left[0] + (cell - text_width) // 2, top_left[1] + cell // 2 + 5)
-            cv2.putText(image, text, origin, FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    _confusion_cells(image, matrix, count, (margin_left, margin_top), cell)
     for index, name in enumerate(names):
         cv2.putText(
             image,
@@ -188,6 +175,29 @@ def confusion_image(matrix: np.ndarray, labels: list[str], path: Path, title: st
     return write_png(path, image)
 
 
+def _confusion_cells(
+    image: np.ndarray, matrix: np.ndarray, count: int, corner: tuple[int, int], cell: int
+) -> None:
+    """confusion_image's count x count cells from corner (its top left), cell pixels square:
+    each count, shaded by its share of the true class's row (green on the diagonal)."""
+    margin_left, margin_top = corner
+    totals = matrix.sum(axis=1, keepdims=True).clip(min=1)
+    shares = matrix / totals
+    for row in range(count):
+        for column in range(count):
+            share = float(shares[row, column])
+            shade = int(255 - 200 * share)
+            colour = (255, shade, shade) if row != column else (shade, 255, shade)
+            top_left = (margin_left + column * cell, margin_top + row * cell)
+            bottom_right = (top_left[0] + cell - 1, top_left[1] + cell - 1)
+            cv2.rectangle(image, top_left, bottom_right, colour, -1)
+            cv2.rectangle(image, top_left, bottom_right, (200, 200, 200), 1)
+            text = str(int(matrix[row, column]))
+            (text_width, _), _ = cv2.getTextSize(text, FONT, 0.5, 1)
+            origin = (top_left[0] + (cell - text_width) // 2, top_left[1] + cell // 2 + 5)
+            cv2.putText(image, text, origin, FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+
+
 # Line colours (BGR) of the classes on a timeline, in class order; more classes reuse them.
 TIMELINE_COLOURS = [
     (40, 40, 220),
@@ -222,12 +232,7 @@ def timeline_image(
     height = top + max(1, len(tracks)) * (panel + 16) + 30
     image = np.full((height, width, 3), 255, np.uint8)
     cv2.putText(image, drawable(title), (8, 20), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    x = 8
-    for index, label in enumerate(classes):  # legend
-        colour = TIMELINE_COLOURS[index % len(TIMELINE_COLOURS)]
-        cv2.line(image, (x, 38), (x + 18, 38), colour, 3)
-        cv2.putText(image, drawable(label), (x + 22, 43), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
-        x += 22 + _text_width(drawable(label), 0.42) + 14
+    _timeline_legend(image, classes)
     scale = plot_width / duration if duration > 0 else 0.0
     if not tracks:
         cv2.putText(image, "no face found", (left, top + 40), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
@@ -254,63 +259,45 @@ def timeline_image(
                     cv2.circle(image, tuple(int(v) for v in points[0]), 1, colour, -1)
                 else:
                     cv2.polylines(image, [points], False, colour, 1, cv2.LINE_AA)
-    axis_y = height - 16
-    for step in range(6):  # time ticks under the last panel
+    _time_ticks(image, duration, left, scale, height - 16)
+    return write_png(path, image, keep_existing=keep_existing)
+
+
+def _timeline_legend(image: np.ndarray, classes: list[str]) -> None:
+    """timeline_image's legend, under its title: each class's colour and name, in a row."""
+    x = 8
+    for index, label in enumerate(classes):
+        colour = TIMELINE_COLOURS[index % len(TIMELINE_COLOURS)]
+        cv2.line(image, (x, 38), (x + 18, 38), colour, 3)
+        cv2.putText(image, drawable(label), (x + 22, 43), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        x += 22 + _text_width(drawable(label), 0.42) + 14
+
+
+def _time_ticks(image: np.ndarray, duration: float, left: int, scale: float, y: int) -> None:
+    """timeline_image's time ticks at y, under the last panel: six times from 0 to duration
+    seconds (scale: pixels a second from left)."""
+    for step in range(6):
         seconds = duration * step / 5
         x = round(left + seconds * scale)
         cv2.putText(
-            image,
-            f"{seconds:.1f} s",
-            (max(0, x - 14), axis_y),
-            FONT,
-            0.38,
-            (80, 80, 80),
-            1,
-            cv2.LINE_AA,
+            image, f"{seconds:.1f} s", (max(0, x - 14), y), FONT, 0.38, (80, 80, 80), 1, cv2.LINE_AA
         )
-    return write_png(path, image, keep_existing=keep_existing)
 
 
 def sweep_image(rows: list[tuple[str, float, float, float]], path: Path, title: str = "") -> Path:
     """A PNG of a sweep: one line per recipe (best first), a dot at its mean accuracy and a
     bar across its interval; rows are (recipe, mean, low, high) as fractions."""
-    # An accuracy is in [0, 1] whatever the t interval says.
-    rows = [
-        (
-            name,
-            mean,
-            *(min(max(value, 0.0), 1.0) if np.isfinite(value) else value for value in (lo, hi)),
-        )
-        for name, mean, lo, hi in rows
-    ]
+    rows = _accuracy_intervals(rows)
     row_height, label_width, plot_width, top, bottom = 34, 330, 420, 50, 44
     height = top + row_height * max(1, len(rows)) + bottom
     width = label_width + plot_width + 80
     image = np.full((height, width, 3), 255, np.uint8)
-    values = [value for _, *numbers in rows for value in numbers if np.isfinite(value)]
-    low = min(values) if values else 0.0
-    high = max(values) if values else 1.0
-    pad = max(0.005, (high - low) * 0.08)
-    low, high = max(0.0, low - pad), min(1.0, high + pad)
-    if high <= low:
-        low, high = max(0.0, low - 0.01), min(1.0, high + 0.01)
+    low, high = _sweep_range(rows)
 
     def x_of(value: float) -> int:
         return int(round(label_width + (value - low) / (high - low) * plot_width))
 
-    for tick in np.linspace(low, high, 5):
-        x = x_of(float(tick))
-        cv2.line(image, (x, top - 6), (x, height - bottom), (225, 225, 225), 1)
-        cv2.putText(
-            image,
-            f"{tick:.1%}",
-            (x - 22, height - bottom + 18),
-            FONT,
-            0.4,
-            (80, 80, 80),
-            1,
-            cv2.LINE_AA,
-        )
+    _sweep_ticks(image, x_of, low, high, top, height - bottom)
     for index, (name, mean, interval_low, interval_high) in enumerate(rows):
         y = top + index * row_height + row_height // 2
         cv2.putText(image, drawable(name[:44]), (6, y + 5), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
@@ -351,3 +338,44 @@ def sweep_image(rows: list[tuple[str, float, float, float]], path: Path, title: 
         cv2.LINE_AA,
     )
     return write_png(path, image)
+
+
+def _accuracy_intervals(
+    rows: list[tuple[str, float, float, float]],
+) -> list[tuple[str, float, float, float]]:
+    """sweep_image's rows with each interval's ends clipped to [0, 1] (an accuracy is in
+    [0, 1] whatever the t interval says); ends that are not finite stay as they are."""
+    return [
+        (
+            name,
+            mean,
+            *(min(max(value, 0.0), 1.0) if np.isfinite(value) else value for value in (lo, hi)),
+        )
+        for name, mean, lo, hi in rows
+    ]
+
+
+def _sweep_range(rows: list[tuple[str, float, float, float]]) -> tuple[float, float]:
+    """The accuracies sweep_image's axis spans: every finite mean and interval end, padded a
+    little, within [0, 1]; 0 to 1 when there is none."""
+    values = [value for _, *numbers in rows for value in numbers if np.isfinite(value)]
+    low = min(values) if values else 0.0
+    high = max(values) if values else 1.0
+    pad = max(0.005, (high - low) * 0.08)
+    low, high = max(0.0, low - pad), min(1.0, high + pad)
+    if high <= low:
+        low, high = max(0.0, low - 0.01), min(1.0, high + 0.01)
+    return low, high
+
+
+def _sweep_ticks(
+    image: np.ndarray, x_of: Callable[[float], int], low: float, high: float, top: int, axis: int
+) -> None:
+    """Five accuracy ticks from low to high on sweep_image's plot: a light line from top to the
+    axis (a y) at each, its percentage under it; x_of: an accuracy's x."""
+    for tick in np.linspace(low, high, 5):
+        x = x_of(float(tick))
+        cv2.line(image, (x, top - 6), (x, axis), (225, 225, 225), 1)
+        cv2.putText(
+            image, f"{tick:.1%}", (x - 22, axis + 18), FONT, 0.4, (80, 80, 80), 1, cv2.LINE_AA
+        )
