@@ -799,6 +799,21 @@ def test_json_failures_that_have_a_report_carry_the_error_in_it(
     assert result.stderr.strip() == f"error: {document['error']}"
 
 
+def test_preprocess_crop_size_makes_crops_of_that_side_and_refuses_a_bad_one(
+    make_face_dataset, fer_home
+):
+    from fercli.data.prepared import load_dataset
+
+    root = make_face_dataset(2)
+    result = fer("preprocess", root, "--crop-size", "48", "--json", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    dataset = load_dataset(Path(json.loads(result.stdout)["dataset"]))
+    assert dataset.crops.shape[1:] == (48, 48)
+    assert dataset.meta["preprocess"]["crop_size"] == 48
+    refused = fer("preprocess", root, "--crop-size", "4")
+    assert refused.exit_code == 2 and "--crop-size" in refused.stderr
+
+
 # --- predict on a model's own training images -------------------------------------------
 
 

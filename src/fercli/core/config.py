@@ -67,7 +67,7 @@ class PreprocessConfig(JsonConfig):
     """How a photo becomes an aligned crop. Part of every cache key and every model file."""
 
     # Side of the square crop that the network sees.
-    crop_size: int = setting(CROP_SIZE, "crop_size", low=8, high=256)
+    crop_size: int = setting(CROP_SIZE, "--crop-size", low=8, high=256)
     # Top edge of the crop this many eye distances above the eye line (the paper: 0.6).
     top_margin: float = setting(0.6, "top_margin", low=0.0, high=2.0)
     # Detector upsampling levels tried in turn until a face is found; small pre-cropped
