@@ -29,7 +29,7 @@ Where a shifted photo has no face found, the clean photo's detection box is used
         --recipe "best=recipe=best" [--recipe "NAME=key=value,..."] [--seeds 0,1,2] \\
         [--home /tmp/fer-shift] [--output bench/results/shift.json]
 
-A recipe is NAME=key=value,... : "recipe" names a preset (core.config.RECIPES); other keys are
+A recipe is NAME=key=value,... : "recipe" names a preset (core.recipes.RECIPES); other keys are
 TrainConfig or PreprocessConfig fields (values read as JSON, else as text). Each run (recipe,
 seed) is appended to HOME/shift-runs.jsonl as it finishes and not repeated, so a killed bench
 resumes. Development data only: the photos' crops stay in memory and under HOME; the output
@@ -232,8 +232,9 @@ def run(
 ) -> dict:
     """Train one network on the training subjects of a seed; its figures on every shift (with
     adapt: also those of the network adapted to each shifted test set, fercli.infer.adapt)."""
-    from fercli.core.config import PreprocessConfig, recipe_config
+    from fercli.core.config import PreprocessConfig
     from fercli.core.labels import label_order
+    from fercli.core.recipes import recipe_config
     from fercli.learn.fitting import fit, keras_probabilities
 
     settings = dict(train)

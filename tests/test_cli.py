@@ -814,6 +814,38 @@ def test_preprocess_crop_size_makes_crops_of_that_side_and_refuses_a_bad_one(
     assert refused.exit_code == 2 and "--crop-size" in refused.stderr
 
 
+def test_preprocess_chooses_48x48_crops_for_a_large_dataset_and_says_so(
+    make_face_dataset, fer_home, monkeypatch
+):
+    """Without --crop-size, a dataset of GENERAL_FROM_IMAGES images or more (lowered here to
+    4, so that 4 faces stand for FER2013's 28,709) gets 48x48 crops and a note; fewer get the
+    paper's 32x32 and no note; --crop-size still decides."""
+    from fercli.core import config
+    from fercli.data.prepared import load_dataset
+
+    monkeypatch.setattr(config, "GENERAL_FROM_IMAGES", 4)
+    sizes = {}
+    for count, options in ((4, ()), (3, ()), (4, ("--crop-size", "32"))):
+        root = make_face_dataset(count, folder=f"faces{count}{len(options)}")
+        result = fer("preprocess", root, *options, "--json", "--workers", "1")
+        assert result.exit_code == 0, result.output
+        document = json.loads(result.stdout)
+        dataset = load_dataset(Path(document["dataset"]))
+        assert dataset.crops.shape[1:] == (document["crop_size"],) * 2
+        assert dataset.meta["preprocess"]["crop_size"] == document["crop_size"]
+        chose = [note for note in document["notes"] if note.startswith("crops of ")]
+        sizes[(count, options)] = document["crop_size"], chose
+    assert sizes[(4, ())] == (
+        48,
+        [
+            "crops of 48x48, chosen for 4 images (the default: 48x48 from 4 images, where "
+            "train's recipe auto is general; the paper's 32x32 below; --crop-size sets it)"
+        ],
+    )
+    assert sizes[(3, ())] == (32, [])
+    assert sizes[(4, ("--crop-size", "32"))] == (32, [])
+
+
 # --- predict on a model's own training images -------------------------------------------
 
 

@@ -158,7 +158,7 @@ def test_datasets_preprocessed_with_different_settings_are_refused_with_the_comm
     with pytest.raises(
         DatasetError,
         match=r"preprocessed with different settings \(equalization face against midpoint\)"
-        r".*`fer preprocess /data/ck48`",
+        r".*`fer preprocess /data/ck48 --crop-size 32`",
     ):
         resolve_datasets(["jaffe-1", "ck48-2"])
 
@@ -175,7 +175,7 @@ def test_an_original_folder_not_yet_preprocessed_is_refused_with_the_exact_comma
     with pytest.raises(
         DatasetError,
         match=rf"{original}: not preprocessed yet; run `fer preprocess {original} "
-        r"--equalization midpoint` first with the settings of the others",
+        r"--equalization midpoint --crop-size 32` first with the settings of the others",
     ):
         resolve_datasets(["jaffe-1", str(original)])
 

@@ -16,17 +16,9 @@ from typer.testing import CliRunner
 import fercli
 from fercli.cli import app
 from fercli.cli.options import recipe_summary
-from fercli.core.config import (
-    DEFAULT_RECIPE,
-    TRAIN_SETTINGS,
-    PreprocessConfig,
-    ScanConfig,
-    TrainConfig,
-    recipe_config,
-    recipe_differences,
-    recipe_dropped,
-)
+from fercli.core.config import TRAIN_SETTINGS, PreprocessConfig, ScanConfig, TrainConfig
 from fercli.core.errors import GridError, SettingError
+from fercli.core.recipes import DEFAULT_RECIPE, recipe_config, recipe_differences, recipe_dropped
 from fercli.core.settings import settings_of, shown_value
 from fercli.infer.model import load_model
 from fercli.learn.grid import parse_grid, recipes

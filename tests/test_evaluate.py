@@ -375,7 +375,7 @@ def test_a_dataset_that_does_not_know_its_faceless_images_says_so(single_path):
 
 
 def test_evaluate_advises_only_what_was_not_done_and_says_the_model_has_no_neutral(tmp_path):
-    from fercli.core.config import recipe_config
+    from fercli.core.recipes import recipe_config
     from test_predict import collapsing_model
 
     # A model trained with the robust recipe that calls every face surprise, and knows no

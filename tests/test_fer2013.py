@@ -131,6 +131,21 @@ def test_rows_whose_pixels_are_not_whole_numbers_from_0_to_255_are_skipped(
     ]
 
 
+def test_a_large_csv_gets_48x48_crops_when_no_size_is_named(fer_csv, monkeypatch):
+    """The rows are counted before any is aligned; 12 rows stand for FER2013's 35,887 here."""
+    from fercli.core import recipes
+
+    monkeypatch.setattr(recipes, "GENERAL_FROM_IMAGES", 12)
+    report = preprocess_dataset(fer_csv, workers=1, size_by_images=True)
+    assert report.crop_size == 48
+    assert load_dataset(Path(report.dataset)).crops.shape[1:] == (48, 48)
+    assert any(note.startswith("crops of 48x48, chosen for 12 images") for note in report.notes)
+    monkeypatch.setattr(recipes, "GENERAL_FROM_IMAGES", 13)
+    report = preprocess_dataset(fer_csv, workers=1, size_by_images=True)
+    assert report.crop_size == 32
+    assert not any(note.startswith("crops of") for note in report.notes)
+
+
 def test_workers_give_what_one_process_gives(fer_csv):
     one = load_dataset(Path(preprocess_fer2013(fer_csv, PreprocessConfig(), workers=1).dataset))
     two = load_dataset(Path(preprocess_fer2013(fer_csv, PreprocessConfig(), workers=2).dataset))

@@ -365,7 +365,8 @@ def predict_output(*args) -> str:
 
 
 def test_the_collapse_warning_advises_only_what_was_not_done(twenty_faces, tmp_path):
-    from fercli.core.config import TrainConfig, recipe_config
+    from fercli.core.config import TrainConfig
+    from fercli.core.recipes import recipe_config
 
     paper = collapsing_model(tmp_path / "paper.npz", TrainConfig().to_dict())
     robust = collapsing_model(tmp_path / "robust.npz", recipe_config("robust").to_dict())
@@ -393,7 +394,7 @@ def test_the_collapse_warning_advises_only_what_was_not_done(twenty_faces, tmp_p
 
 
 def test_a_model_trained_on_photos_from_anywhere_is_advised_fine_tuning(twenty_faces, tmp_path):
-    from fercli.core.config import recipe_config
+    from fercli.core.recipes import recipe_config
 
     general = collapsing_model(
         tmp_path / "general.npz", recipe_config("general").to_dict(), images=27_369

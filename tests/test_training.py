@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from fercli.core.config import TrainConfig, recipe_config, recipe_differences
+from fercli.core.config import TrainConfig
 from fercli.core.errors import DatasetError, FerError
 from fercli.core.labels import BASIC_LABELS
+from fercli.core.recipes import recipe_config, recipe_differences
 from fercli.learn import folds as fold_module
 from fercli.learn.crossval import cross_validate
 from fercli.learn.fitting import configure_tensorflow, fit
@@ -371,6 +372,20 @@ def test_a_starting_model_that_saw_these_images_under_another_name_is_refused(st
     config = TrainConfig(epochs=1, init_model=str(starting_model), classes=("anger", "happiness"))
     with pytest.raises(FerError, match="trained on 32 of these 32 images"):
         cross_validate(copied, config, folds=2)
+
+
+def test_a_dataset_preprocessed_otherwise_is_refused_with_the_command_that_fits(starting_model):
+    from fercli.core.config import PreprocessConfig
+
+    other = make_dataset(labels=("anger", "happiness"), subjects=4, seed=3)
+    settings = PreprocessConfig(equalization="midpoint")
+    other.meta.update(source="/data/jaffe", preprocess=settings.to_dict())
+    with pytest.raises(
+        FerError,
+        match=r"other preprocessing settings than .*'s \(equalization face against midpoint\); "
+        r"run `fer preprocess /data/jaffe --crop-size 32` first",
+    ):
+        cross_validate(other, TrainConfig(epochs=1, init_model=str(starting_model)), folds=2)
 
 
 # --- normalisation by each crop's own statistics (--normalisation image) -----------------

@@ -24,16 +24,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fercli.core.config import (
-    DEFAULT_RECIPE,
-    PreprocessConfig,
-    ScanConfig,
-    TrainConfig,
-    auto_note,
-    recipe_config,
-)
+from fercli.core.config import PreprocessConfig, ScanConfig, TrainConfig
 from fercli.core.errors import FerError
 from fercli.core.events import Progress
+from fercli.core.recipes import DEFAULT_RECIPE, auto_note, recipe_config
 from fercli.faces.pipeline import align_faces as align_faces  # re-exported as fercli.align_faces
 from fercli.infer.label import FacePrediction
 from fercli.infer.model import FerModel
@@ -73,8 +67,13 @@ def prepare_dataset(
     config: PreprocessConfig | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
+    *,
+    size_by_images: bool | None = None,
 ) -> PreprocessReport:
-    """fer preprocess: align and cache every image of a dataset folder; the PreprocessReport."""
+    """fer preprocess: align and cache every image of a dataset folder; the PreprocessReport.
+
+    size_by_images: choose the crop size by the number of images (48x48 from 5,000, else
+    32x32) instead of config's; by default, when no config is given."""
     from fercli.data.preprocess import preprocess_dataset
 
     return preprocess_dataset(
@@ -83,6 +82,7 @@ def prepare_dataset(
         config or PreprocessConfig(),
         workers,
         progress=progress,
+        size_by_images=config is None if size_by_images is None else size_by_images,
     )
 
 
@@ -154,7 +154,7 @@ def _sized(
     config: TrainConfig | None, recipe: str, settings: dict, images: int
 ) -> tuple[TrainConfig, str | None]:
     """The TrainConfig to train with, the recipe "auto" resolved for a dataset of this many
-    images (core.config.resolve_recipe), and what to say of that choice; a config given is
+    images (core.recipes.resolve_recipe), and what to say of that choice; a config given is
     used as it is."""
     if config is not None:
         return config, None

@@ -102,7 +102,8 @@ def _training_option(name: str, rule, plain, paper) -> inspect.Parameter:
 def _training_parameters() -> list[inspect.Parameter]:
     """The parameters train and crossval share: --recipe, then one option per training
     setting in TrainConfig's order (--shared-classes after --classes)."""
-    from fercli.core.config import DEFAULT_RECIPE, RECIPE_NAMES, TRAIN_SETTINGS, recipe_config
+    from fercli.core.config import TRAIN_SETTINGS
+    from fercli.core.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe_config
 
     plain, paper = recipe_config(DEFAULT_RECIPE), recipe_config("paper")
     recipe = choices("Recipe", RECIPE_NAMES)
@@ -165,7 +166,8 @@ def training_settings(options: dict) -> tuple[str, dict]:
     `training` dict of with_training_options; options not given are left out), checked as
     TrainConfig checks them (fercli.core.config), as they are for grids and the API, before
     any work. The recipe "auto" is resolved by the library once it knows the dataset."""
-    from fercli.core.config import TRAIN_SETTINGS, recipe_config
+    from fercli.core.config import TRAIN_SETTINGS
+    from fercli.core.recipes import recipe_config
 
     given = {}
     for name, rule in TRAIN_SETTINGS.items():
@@ -183,13 +185,9 @@ def recipe_summary(training: dict) -> str:
     """ "recipe robust" and every setting that differs from it, as the command line writes
     them ("recipe robust with --epochs 2, --no-flip-tta"); recipe values that a setting given
     turned off are named ("(so not the recipe's --max-scale 0.15, --max-shift 3)")."""
-    from fercli.core.config import (
-        TRAIN_SETTINGS,
-        TrainConfig,
-        recipe_differences,
-        recipe_dropped,
-    )
+    from fercli.core.config import TRAIN_SETTINGS, TrainConfig
     from fercli.core.errors import FerError
+    from fercli.core.recipes import recipe_differences, recipe_dropped
 
     try:
         config = TrainConfig.from_dict(training)

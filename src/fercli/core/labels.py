@@ -3,7 +3,7 @@ of them met in public datasets."""
 
 from __future__ import annotations
 
-from fercli.core.config import GENERAL_FROM_IMAGES
+from fercli.core.recipes import GENERAL_FROM_IMAGES
 
 # The seven classes of the paper, in the order reports and models use; CK+ adds contempt.
 BASIC_LABELS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")

@@ -71,6 +71,9 @@ def preprocess_command(source: str, settings: dict) -> str:
         for key, option in PREPROCESS_OPTIONS.items()
         if key in settings and settings[key] != defaults[key]
     ]
+    # Named always: without it the size depends on the dataset's (core.recipes.auto_crop_size).
+    if "crop_size" in settings:
+        options.append(f"--crop-size {settings['crop_size']}")
     return " ".join(["fer preprocess", source, *options])
 
 

@@ -55,6 +55,17 @@ def is_fer2013(path: Path) -> bool:
     ]
 
 
+def count_rows(path: Path) -> int:
+    """The number of rows of a FER2013 CSV after its header (lines, read without parsing):
+    how many images it holds, for choosing the crop size before any is aligned."""
+    try:
+        with open(path, "rb") as stream:
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))
+    except OSError as error:
+        raise LayoutError(f"{path}: cannot read the file ({error.strerror or error})") from None
+    return max(lines - 1, 0)
+
+
 def read_rows(path: Path, skipped: list[Skipped]) -> Iterator[tuple[int, int, str, np.ndarray]]:
     """(row number, label index, split, 48x48 uint8 image) for each good row of a FER2013
     CSV, read one row at a time. A bad row (wrong pixel count, label out of range, ...) is
@@ -252,6 +263,7 @@ def preprocess_fer2013(
         seconds=0.0,
         workers=workers,
         face_crops=face_crops,
+        crop_size=config.crop_size,
     )
     report.notes += _fer2013_notes(report, bad_rows, len(no_face), rows, splits)
     if crops:

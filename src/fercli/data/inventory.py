@@ -20,8 +20,9 @@ from fercli.core.archives import (
     array_length,
     read_model_archive,
 )
-from fercli.core.config import TrainConfig, recipe_differences
+from fercli.core.config import TrainConfig
 from fercli.core.errors import ModelError, StoreError
+from fercli.core.recipes import recipe_differences
 from fercli.core.store import (
     abbreviated,
     crops_dir,

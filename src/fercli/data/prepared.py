@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fercli.core.archives import archive_meta
-from fercli.core.config import PreprocessConfig
+from fercli.core.config import CROP_SIZE, PreprocessConfig
 from fercli.core.errors import DatasetError, StoreError
 from fercli.core.store import (
     abbreviated,
@@ -322,11 +322,13 @@ class PreprocessReport:
     # Of the aligned images: those that were face crops themselves, aligned from their own
     # landmarks where the detector found nothing (faces.face_crops).
     face_crops: int = 0
+    crop_size: int = CROP_SIZE  # the side of the crops made
 
     def to_json(self) -> dict:
         return {
             "source": self.source,
             "layout": self.layout,
+            "crop_size": self.crop_size,
             "found": self.found,
             "aligned": self.aligned,
             "face_crops": self.face_crops,

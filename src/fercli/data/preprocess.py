@@ -6,13 +6,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from functools import partial
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import PreprocessConfig, ScanConfig
+from fercli.core.config import CROP_SIZE, PreprocessConfig, ScanConfig
 from fercli.core.errors import FerError
 from fercli.core.events import Progress, items
 from fercli.core.labels import label_order
@@ -22,6 +23,7 @@ from fercli.core.parallel import (
     effective_workers,
     run_tasks,
 )
+from fercli.core.recipes import auto_crop_size, crop_size_note
 from fercli.data.cache import CacheEntry, CropCache, content_key
 from fercli.data.datasets import ImageRecord, scan_dataset
 from fercli.data.fer2013 import is_fer2013
@@ -102,22 +104,32 @@ def preprocess_dataset(
     progress: Progress | None = None,
     *,
     made_by: str = "preprocess",
+    size_by_images: bool = False,
 ) -> PreprocessReport:
     """Scan a dataset folder, align every image (through the cache) and save the prepared
     dataset and its contact sheet. LayoutError if the folder cannot be read as a dataset;
     StoreError if FER_HOME cannot be written.
 
     made_by: the command it is done for, kept in the dataset ("evaluate": a test set, which
-    train and crossval never pick by default, see prepared.resolve_dataset)."""
+    train and crossval never pick by default, see prepared.resolve_dataset). size_by_images:
+    the crop size is chosen by the number of images (core.recipes.auto_crop_size), not config's."""
     started = time.perf_counter()
     root = Path(root)
     if is_fer2013(root) or (options.layout or "").lower() == "fer2013":
-        from fercli.data.fer2013 import preprocess_fer2013
+        from fercli.data.fer2013 import count_rows, preprocess_fer2013
 
-        return preprocess_fer2013(
+        note = None
+        if size_by_images:
+            config, note = _sized(config, count_rows(root))
+        report = preprocess_fer2013(
             root, config, workers or default_workers(), progress, made_by=made_by
         )
+        report.notes += [note] if note else []
+        return report
     scan = scan_dataset(root, options)
+    note = None
+    if size_by_images:
+        config, note = _sized(config, len(scan.records))
     cache = CropCache(config)
     cache.prepare()
     workers = workers or default_workers()
@@ -139,7 +151,8 @@ def preprocess_dataset(
         cache_hits=sum(hit for _, hit in outcomes),
         seconds=0.0,
         workers=effective_workers(tasks, workers),
-        notes=list(scan.notes),
+        notes=list(scan.notes) + ([note] if note else []),
+        crop_size=config.crop_size,
     )
     report.face_crops = sum(entry.whole_image for _, entry in kept)
     report.notes += _dataset_notes(report, scan.layout)
@@ -148,6 +161,14 @@ def preprocess_dataset(
         _save(report, options, config, kept, made_by, unaligned)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _sized(config: PreprocessConfig, images: int) -> tuple[PreprocessConfig, str | None]:
+    """config with the crop size chosen for a dataset of this many images, and what to say of
+    it (None for the paper's size, the one every lab-size dataset gets)."""
+    size = auto_crop_size(images)
+    note = crop_size_note(images, size) if size != CROP_SIZE else None
+    return replace(config, crop_size=size), note
 
 
 def _align_records(

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from fercli.core.config import for_photos_from_elsewhere
 from fercli.core.errors import FerError
 from fercli.core.events import Progress
 from fercli.core.labels import (
@@ -20,6 +19,7 @@ from fercli.core.labels import (
     no_neutral_note,
     trained_on_varied_data,
 )
+from fercli.core.recipes import for_photos_from_elsewhere
 from fercli.infer.model import FerModel
 from fercli.infer.photos import ImagePrediction, PredictReport, annotated_name, label_photos
 from fercli.infer.tracking import (
@@ -152,7 +152,7 @@ def media_answers(media: MediaReport, jittered: bool, varied: bool = False) -> l
     """The labels' shares among the photos' faces (all together) and among each video's faces
     frame by frame (a video's frames show the same few people, so its own), where there are
     two answers or more, each with its collapse warning. jittered: the model was trained for
-    photos from elsewhere (core.config.for_photos_from_elsewhere), varied: on photos from
+    photos from elsewhere (core.recipes.for_photos_from_elsewhere), varied: on photos from
     anywhere (core.labels.trained_on_varied_data), which its advice leaves out."""
     found = []
     photos = [face.label for image in media.images.images for face in image.faces]

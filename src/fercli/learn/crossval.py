@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import TrainConfig, recipe_differences, recipe_dropped
+from fercli.core.config import TrainConfig
 from fercli.core.events import Event, Progress
 from fercli.core.interrupts import Interrupts
+from fercli.core.recipes import recipe_differences, recipe_dropped
 from fercli.data.prepared import PreparedDataset
 from fercli.learn.folds import FoldOutcome, FoldResult, FoldTask, make_folds
 from fercli.learn.reports import CrossvalReport, CrossvalRun

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import PreprocessConfig, ScanConfig, for_photos_from_elsewhere
+from fercli.core.config import PreprocessConfig, ScanConfig
 from fercli.core.errors import DatasetError
 from fercli.core.events import Progress
 from fercli.core.labels import (
@@ -25,6 +25,7 @@ from fercli.core.labels import (
     no_neutral_note,
     trained_on_varied_data,
 )
+from fercli.core.recipes import for_photos_from_elsewhere
 from fercli.core.store import datasets_dir
 from fercli.data.fer2013 import is_fer2013
 from fercli.data.prepared import (

@@ -1,5 +1,5 @@
 """A sweep's grid file: TOML read with limits, its settings coerced and checked as every
-setting is (fercli.core.config), and the recipes it spells out."""
+setting is (fercli.core.config), and the recipes it spells out (fercli.core.recipes)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from fercli.core.config import TRAIN_SETTINGS, TrainConfig, fingerprint, recipe_config
+from fercli.core.config import TRAIN_SETTINGS, TrainConfig, fingerprint
 from fercli.core.errors import FerError, GridError, SettingError
+from fercli.core.recipes import recipe_config
 from fercli.core.settings import Setting, spellings
 
 # Settings that belong to the sweep as a whole, not to a recipe.
@@ -258,7 +259,7 @@ def recipes(grid: Grid) -> list[Recipe]:
     """The base first, then every combination of the varied values that is not the base."""
 
     def config_of(settings: dict) -> TrainConfig:
-        # A recipe setting names a preset (config.RECIPES) that the other settings override.
+        # A recipe setting names a preset (core.recipes.RECIPES) that the other settings override.
         try:
             return recipe_config(
                 settings.get("recipe", "paper"),

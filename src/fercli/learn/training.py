@@ -15,6 +15,7 @@ import numpy as np
 from fercli.core.config import PreprocessConfig, TrainConfig, validation_share
 from fercli.core.errors import FerError, TrainingError
 from fercli.core.events import Event, Progress
+from fercli.data.combined import preprocess_command, settings_difference
 from fercli.data.prepared import PreparedDataset
 from fercli.learn.fitting import (
     Fitted,
@@ -74,13 +75,13 @@ def checked_start(
             f"{len(selection.crops)} images, so test folds would hold images it has seen; "
             "start from a model trained on other people"
         )
-    if (
-        starting.preprocess.fingerprint()
-        != PreprocessConfig.from_dict(dataset.meta["preprocess"]).fingerprint()
-    ):
+    difference = settings_difference(starting.preprocess.to_dict(), dataset.meta["preprocess"])
+    if difference:
+        source = dataset.meta.get("source") or dataset.name
         raise FerError(
             f"{config.init_model}: the starting model's crops were made with other "
-            "preprocessing settings than this dataset's"
+            f"preprocessing settings than {dataset.name}'s ({difference}); run "
+            f"`{preprocess_command(str(source), starting.preprocess.to_dict())}` first"
         )
     check_starting_layers(starting, config)
     return config
