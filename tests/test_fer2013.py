@@ -201,6 +201,29 @@ def test_train_on_one_split_and_evaluate_on_another(fer_csv):
     assert not any("trained on" in note for note in report["warnings"])
 
 
+def test_train_takes_the_training_split_unless_told_otherwise(fer_csv):
+    """fer preprocess fer2013.csv; fer train: the model is not trained on PrivateTest, which
+    fer evaluate --split PrivateTest would then score it on."""
+    result = fer("preprocess", "--json", "--workers", "1", fer_csv)
+    assert result.exit_code == 0, result.output
+    name = Path(json.loads(result.stdout)["dataset"]).parent.name
+    trained = fer("train", "--epochs", "1", "--copies", "0", "--json", name)
+    assert trained.exit_code == 0, trained.output
+    summary = json.loads(trained.stdout)
+    assert summary["images"] == 5
+    assert load_model(Path(summary["model"])).meta["dataset"]["split"] == "Training"
+    assert summary["notes"][0] == (
+        "trained on the predefined split Training (5 of 8 images); PrivateTest, PublicTest "
+        "left for `fer evaluate --split`; --split all trains on every image"
+    )
+    every = fer("train", "--epochs", "1", "--copies", "0", "--split", "all", "--json", name)
+    assert every.exit_code == 0, every.output
+    summary = json.loads(every.stdout)
+    assert summary["images"] == 8
+    assert not any("predefined split" in note for note in summary["notes"])
+    assert load_model(Path(summary["model"])).meta["dataset"]["split"] is None
+
+
 def test_crossval_says_it_ignores_the_splits(fer_csv):
     dataset = load_dataset(Path(preprocess_dataset(fer_csv, workers=1).dataset))
     report = cross_validate(dataset, TrainConfig(epochs=1, copies=0), folds=2, workers=1).report

@@ -112,7 +112,9 @@ def train(
     (its notes say when the model is fer predict's default now, and which it replaced).
 
     config: the TrainConfig to use; else the recipe with settings (TrainConfig fields, e.g.
-    epochs=50) overriding it. split: only this predefined split (FER2013's "Training").
+    epochs=50) overriding it. split: only this predefined split; by default a dataset with
+    FER2013's splits trains on "Training" only (learn.evaluate.training_split), "all" on every
+    image.
     ensemble: this many networks with different seeds in one file.
     """
     from fercli.core.store import (
@@ -123,14 +125,16 @@ def train(
         timestamp,
     )
     from fercli.data.combined import load_combined
-    from fercli.learn.evaluate import dataset_split
+    from fercli.learn.evaluate import dataset_split, training_split
     from fercli.learn.training import starting_notes, train_model
 
     settings = _starting_variant(settings)
     checked = config or recipe_config(recipe, **settings)  # refused before any data is read
     default_before = default_model()
     replacing = output is not None and _replaced_model(Path(output))
-    prepared = dataset_split(load_combined(_names(dataset), checked.classes, shared_classes), split)
+    combined = load_combined(_names(dataset), checked.classes, shared_classes)
+    split, split_note = training_split(combined, split)
+    prepared = dataset_split(combined, split)
     config, note = _sized(config, recipe, settings, len(prepared.labels))
     made_up = output is None  # then another run may make up the same name: never replace
     path = (
@@ -143,7 +147,7 @@ def train(
     if replacing:
         result.notes.append(f"{path}: the model file that was there is replaced")
     # First what the recipe "auto" chose, then where the starting model came from.
-    result.notes[:0] = ([note] if note else []) + starting_notes(config)
+    result.notes[:0] = [text for text in (split_note, note) if text] + starting_notes(config)
     change = default_model_change(default_before, result.path)
     if change is not None:
         result.notes.append(change.describe())

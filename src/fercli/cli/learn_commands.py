@@ -50,7 +50,9 @@ def train(
         help="Train this many networks (seeds differ) into one model file; predict averages them.",
     ),
     split: str | None = typer.Option(
-        None, help="Train only on this predefined split of the dataset (FER2013: Training)."
+        None,
+        help="Train only on this predefined split of the dataset (default: FER2013's Training, "
+        "its test splits left out; all: every image).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:

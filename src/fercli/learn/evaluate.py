@@ -110,6 +110,31 @@ def _fingerprint(dataset: PreparedDataset) -> str:
     return PreprocessConfig.from_dict(dataset.meta["preprocess"]).fingerprint()
 
 
+# `fer train --split all`: every image, the predefined test splits included.
+ALL_SPLITS = "all"
+# The predefined split fer train takes when none is named (FER2013's Usage).
+TRAINING_SPLIT = "Training"
+
+
+def training_split(dataset: PreparedDataset, split: str | None) -> tuple[str | None, str | None]:
+    """The predefined split fer train trains on, None for every image, and what to say of it.
+    Named: that one ("all": every image). Else a dataset with FER2013's splits trains on its
+    Training split only: the others are its test sets (fer evaluate --split PrivateTest), and
+    a model trained on them would be scored on images it has seen."""
+    if split is not None:
+        return (None, None) if split == ALL_SPLITS else (split, None)
+    names = set(dataset.splits.tolist()) - {""} if dataset.splits is not None else set()
+    if TRAINING_SPLIT not in names:
+        return None, None
+    chosen = int(np.count_nonzero(dataset.splits == TRAINING_SPLIT))
+    others = ", ".join(sorted(names - {TRAINING_SPLIT}))
+    return TRAINING_SPLIT, (
+        f"trained on the predefined split {TRAINING_SPLIT} ({chosen:,} of "
+        f"{len(dataset.labels):,} images); {others or 'the others'} left for "
+        f"`fer evaluate --split`; --split {ALL_SPLITS} trains on every image"
+    )
+
+
 def dataset_split(dataset: PreparedDataset, split: str | None) -> PreparedDataset:
     """The images of a predefined split (FER2013's Usage), or all of them when split is None.
     DatasetError when the dataset has no such split."""
