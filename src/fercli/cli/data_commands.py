@@ -46,7 +46,7 @@ def preprocess(
         show_default=False,
         help="Side of the square crops, in pixels. Default: the paper's 32, or 48 for a "
         "dataset of 5,000 images or more (FER2013), where it keeps more of the faces' detail "
-        "at about 2.5 times the training time.",
+        "for about 1.5-1.8 times the training time.",
     ),
     equalization: Equalization = typer.Option(
         Equalization.face,
