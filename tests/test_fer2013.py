@@ -213,8 +213,8 @@ def test_train_takes_the_training_split_unless_told_otherwise(fer_csv):
     assert summary["images"] == 5
     assert load_model(Path(summary["model"])).meta["dataset"]["split"] == "Training"
     assert summary["notes"][0] == (
-        "trained on the predefined split Training (5 of 8 images); PrivateTest, PublicTest "
-        "left for `fer evaluate --split`; --split all trains on every image"
+        f"{name}: trained on its predefined split Training (5 of 8 images); PrivateTest, "
+        "PublicTest left for `fer evaluate --split`; --split all trains on every image"
     )
     every = fer("train", "--epochs", "1", "--copies", "0", "--split", "all", "--json", name)
     assert every.exit_code == 0, every.output
@@ -222,6 +222,24 @@ def test_train_takes_the_training_split_unless_told_otherwise(fer_csv):
     assert summary["images"] == 8
     assert not any("predefined split" in note for note in summary["notes"])
     assert load_model(Path(summary["model"])).meta["dataset"]["split"] is None
+
+
+def test_combined_with_another_dataset_fer2013_still_gives_only_its_training_split(
+    fer_csv, make_face_dataset
+):
+    first = fer("preprocess", "--json", "--workers", "1", fer_csv)
+    name = Path(json.loads(first.stdout)["dataset"]).parent.name
+    faces = make_face_dataset(4)  # happy, sad, happy, sad
+    assert fer("preprocess", "--json", "--workers", "1", faces).exit_code == 0
+    trained = fer(
+        "train", name, faces, "--classes", "happiness,sadness,neutral", "--epochs", "1",
+        "--copies", "0", "--json",
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    summary = json.loads(trained.stdout)
+    # FER2013's Training rows: 2 happiness, 3 neutral (its test splits hold 3 more faces).
+    assert summary["images"] == 5 + 4
+    assert summary["notes"][0].startswith(f"{name}: trained on its predefined split Training")
 
 
 def test_crossval_says_it_ignores_the_splits(fer_csv):

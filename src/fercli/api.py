@@ -35,7 +35,7 @@ from fercli.infer.tracking import VideoConfig as VideoConfig  # predict's video 
 
 if TYPE_CHECKING:
     from fercli.data.inventory import Entry, Inventory
-    from fercli.data.prepared import PreprocessReport
+    from fercli.data.prepared import PreparedDataset, PreprocessReport
     from fercli.infer.files import MediaReport
     from fercli.learn.reports import CrossvalReport, CrossvalRun, EvaluationReport
     from fercli.learn.sweep import SweepReport
@@ -132,9 +132,14 @@ def train(
     checked = config or recipe_config(recipe, **settings)  # refused before any data is read
     default_before = default_model()
     replacing = output is not None and _replaced_model(Path(output))
-    combined = load_combined(_names(dataset), checked.classes, shared_classes)
-    split, split_note = training_split(combined, split)
-    prepared = dataset_split(combined, split)
+    split_notes: list[str] = []
+
+    def training_part(part: PreparedDataset) -> PreparedDataset:
+        chosen, said = training_split(part, split)
+        split_notes.extend([said] if said else [])
+        return dataset_split(part, chosen)
+
+    prepared = load_combined(_names(dataset), checked.classes, shared_classes, training_part)
     config, note = _sized(config, recipe, settings, len(prepared.labels))
     made_up = output is None  # then another run may make up the same name: never replace
     path = (
@@ -147,7 +152,7 @@ def train(
     if replacing:
         result.notes.append(f"{path}: the model file that was there is replaced")
     # First what the recipe "auto" chose, then where the starting model came from.
-    result.notes[:0] = [text for text in (split_note, note) if text] + starting_notes(config)
+    result.notes[:0] = split_notes + ([note] if note else []) + starting_notes(config)
     change = default_model_change(default_before, result.path)
     if change is not None:
         result.notes.append(change.describe())

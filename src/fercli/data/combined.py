@@ -11,6 +11,7 @@ dropped from the later one and counted, so that no image can be on both sides of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -308,10 +309,17 @@ def _missing_class_notes(parts: list[dict], chosen: list[str]) -> list[str]:
 
 
 def load_combined(
-    choices: list[str], classes: tuple[str, ...] = (), shared_classes: bool = False
+    choices: list[str],
+    classes: tuple[str, ...] = (),
+    shared_classes: bool = False,
+    part: Callable[[PreparedDataset], PreparedDataset] | None = None,
 ) -> PreparedDataset:
     """What train and crossval use for their DATASET arguments: the one dataset named (or the
-    most recent), or several combined. --shared-classes on one dataset changes nothing."""
+    most recent), or several combined. --shared-classes on one dataset changes nothing.
+    part: what of each dataset to take (fer train: its training split), before combining."""
+    take = part or (lambda dataset: dataset)
     if len(choices) <= 1:
-        return resolve_dataset(choices[0] if choices else None)
-    return combine(resolve_datasets(choices), classes, shared_classes)
+        return take(resolve_dataset(choices[0] if choices else None))
+    return combine(
+        [take(dataset) for dataset in resolve_datasets(choices)], classes, shared_classes
+    )

@@ -129,7 +129,7 @@ def training_split(dataset: PreparedDataset, split: str | None) -> tuple[str | N
     chosen = int(np.count_nonzero(dataset.splits == TRAINING_SPLIT))
     others = ", ".join(sorted(names - {TRAINING_SPLIT}))
     return TRAINING_SPLIT, (
-        f"trained on the predefined split {TRAINING_SPLIT} ({chosen:,} of "
+        f"{dataset.name}: trained on its predefined split {TRAINING_SPLIT} ({chosen:,} of "
         f"{len(dataset.labels):,} images); {others or 'the others'} left for "
         f"`fer evaluate --split`; --split {ALL_SPLITS} trains on every image"
     )
