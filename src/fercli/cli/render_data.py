@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from rich.table import Table
 
@@ -77,72 +78,105 @@ def render_skipped(skipped: list, found: int, limit: int = 50) -> None:
 
 
 def render_inventory(inventory) -> None:
+    """fer list: a table each of the datasets, models and runs under FER_HOME (the defaults
+    fer train and fer predict take named under theirs), then the space it all takes."""
     now = time.time()
     if not (inventory.datasets or inventory.models or inventory.runs):
         out.print(f"no datasets, models or runs in {shown(inventory.home)} yet")
-    tables = {
-        "datasets": (
-            ["name", "images", "classes", "age", "size"],
-            inventory.datasets,
-            lambda details: [
-                str(details.get("images", "")),
-                shown(", ".join(details.get("classes") or {}))
-                + (" (fer evaluate's test set)" if details.get("made_by") == "evaluate" else ""),
-            ],
-        ),
-        "models": (
-            ["name", "dataset", "recipe", "crossval", "age", "size"],
-            inventory.models,
-            lambda details: [
-                shown(details.get("dataset") or "?"),
-                shown(details.get("recipe", "")),
-                crossval_score(details.get("crossval")),
-            ],
-        ),
-        "runs": (
-            ["name", "dataset", "folds", "accuracy", "age", "size"],
-            inventory.runs,
-            lambda details: [shown(details.get("dataset") or "?"), *run_cells(details)],
-        ),
-    }
-    for title, (columns, entries, cells) in tables.items():
+    for title, columns, entries, cells in _inventory_tables(inventory):
         if not entries:
             continue
-        table = Table(title=title)
-        for column in columns:
-            # Names whole on one line, however narrow the terminal: they are copied into
-            # fer remove.
-            table.add_column(
-                column,
-                overflow="fold",
-                no_wrap=column == "name",
-                justify="right" if column in ("images", "size") else "left",
-            )
-        for entry in entries:
-            middle = (
-                cells(entry.details)
-                if "error" not in entry.details
-                else [f"unreadable: {shown(entry.details['error'])}", *[""] * (len(columns) - 4)]
-            )
-            table.add_row(
-                shown(entry.name), *middle, age(now - entry.modified), size_text(entry.size)
-            )
-        out.print(table)
-        if title == "datasets" and inventory.default_dataset:
-            out.print(f"fer train uses {shown(inventory.default_dataset)} (newest preprocessed)")
-        if title == "models" and inventory.default_model:
-            # A newer file that cannot be read is passed over (and listed as unreadable).
-            which = (
-                "the newest"
-                if entries[-1].name == inventory.default_model
-                else "the newest readable"
-            )
-            out.print(f"fer predict uses {shown(inventory.default_model)} ({which})")
+        out.print(_inventory_table(title, columns, entries, cells, now))
+        _render_default(title, inventory, entries)
     other = ", ".join(f"{name} {size_text(size)}" for name, size in inventory.other.items())
     out.print(
         f"{shown(inventory.home)}: {size_text(inventory.total)} in all ({other}); "
         "remove an entry with fer remove NAME"
     )
+
+
+def _inventory_tables(inventory) -> list[tuple[str, list[str], list, Callable[[dict], list[str]]]]:
+    """Per table of fer list: its title, columns, entries, and the cells between an entry's
+    name and its age and size."""
+    return [
+        (
+            "datasets",
+            ["name", "images", "classes", "age", "size"],
+            inventory.datasets,
+            _dataset_cells,
+        ),
+        (
+            "models",
+            ["name", "dataset", "recipe", "crossval", "age", "size"],
+            inventory.models,
+            _model_cells,
+        ),
+        (
+            "runs",
+            ["name", "dataset", "folds", "accuracy", "age", "size"],
+            inventory.runs,
+            _run_entry_cells,
+        ),
+    ]
+
+
+def _inventory_table(
+    title: str, columns: list[str], entries: list, cells: Callable[[dict], list[str]], now: float
+) -> Table:
+    """One table of fer list: a row per entry, an unreadable entry's error in place of its
+    cells."""
+    table = Table(title=title)
+    for column in columns:
+        # Names whole on one line, however narrow the terminal: they are copied into
+        # fer remove.
+        table.add_column(
+            column,
+            overflow="fold",
+            no_wrap=column == "name",
+            justify="right" if column in ("images", "size") else "left",
+        )
+    for entry in entries:
+        middle = (
+            cells(entry.details)
+            if "error" not in entry.details
+            else [f"unreadable: {shown(entry.details['error'])}", *[""] * (len(columns) - 4)]
+        )
+        table.add_row(shown(entry.name), *middle, age(now - entry.modified), size_text(entry.size))
+    return table
+
+
+def _render_default(title: str, inventory, entries: list) -> None:
+    """Under the datasets, the one fer train uses; under the models, the one fer predict uses."""
+    if title == "datasets" and inventory.default_dataset:
+        out.print(f"fer train uses {shown(inventory.default_dataset)} (newest preprocessed)")
+    if title == "models" and inventory.default_model:
+        # A newer file that cannot be read is passed over (and listed as unreadable).
+        which = (
+            "the newest" if entries[-1].name == inventory.default_model else "the newest readable"
+        )
+        out.print(f"fer predict uses {shown(inventory.default_model)} ({which})")
+
+
+def _dataset_cells(details: dict) -> list[str]:
+    """A dataset's images and classes cells (fer evaluate's test sets marked as such)."""
+    classes = shown(", ".join(details.get("classes") or {}))
+    if details.get("made_by") == "evaluate":
+        classes += " (fer evaluate's test set)"
+    return [str(details.get("images", "")), classes]
+
+
+def _model_cells(details: dict) -> list[str]:
+    """A model's dataset, recipe and cross-validation score cells."""
+    return [
+        shown(details.get("dataset") or "?"),
+        shown(details.get("recipe", "")),
+        crossval_score(details.get("crossval")),
+    ]
+
+
+def _run_entry_cells(details: dict) -> list[str]:
+    """A run's dataset, folds and accuracy cells."""
+    return [shown(details.get("dataset") or "?"), *run_cells(details)]
 
 
 def run_cells(details: dict) -> list[str]:

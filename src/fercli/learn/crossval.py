@@ -41,12 +41,23 @@ def per_dataset_figures(
     origins = selection.origins
     if origins is None:
         return {}
+    tallies = _dataset_tallies(selection, origins)
+    for fold in fold_results:
+        outcome = outcomes[fold.fold - 1]
+        if not outcome.diverged:
+            _tally_fold(selection, origins, outcome, fold, tallies)
+    return {name: _dataset_figures(tally, complete) for name, tally in tallies.items()}
+
+
+def _dataset_tallies(selection: Selection, origins: np.ndarray) -> dict[str, dict]:
+    """Per dataset, in the order they first appear: its image and class counts, and empty
+    tallies of its test results (fold accuracies, hits, images tested, confusion matrix)."""
     count = len(selection.labels)
-    figures: dict[str, dict] = {}
+    tallies: dict[str, dict] = {}
     for name in dict.fromkeys(origins.tolist()):
         mine = origins == name
         labels = selection.targets[mine]
-        figures[name] = {
+        tallies[name] = {
             "images": int(mine.sum()),
             "classes": {
                 label: int(np.count_nonzero(labels == i))
@@ -58,102 +69,126 @@ def per_dataset_figures(
             "tested": 0,
             "confusion": np.zeros((count, count), np.int64),
         }
-    for fold in fold_results:
-        outcome = outcomes[fold.fold - 1]
-        if outcome.diverged:
+    return tallies
+
+
+def _tally_fold(
+    selection: Selection,
+    origins: np.ndarray,
+    outcome: FoldOutcome,
+    fold: FoldResult,
+    tallies: dict[str, dict],
+) -> None:
+    """Add a finished fold's test predictions to each dataset's tallies, and set the fold's own
+    figures per dataset (fold.per_dataset) for the datasets in its test part."""
+    test_index = outcome.test_index
+    guesses = outcome.predicted
+    for name, tally in tallies.items():
+        mine = origins[test_index] == name
+        if not mine.any():
             continue
-        test_index = outcome.test_index
-        guesses = outcome.predicted
-        for name, entry in figures.items():
-            mine = origins[test_index] == name
-            if not mine.any():
-                continue
-            truth = selection.targets[test_index][mine]
-            hits = guesses[mine] == truth
-            np.add.at(entry["confusion"], (truth, guesses[mine]), 1)
-            entry["hits"] += int(hits.sum())
-            entry["tested"] += int(mine.sum())
-            entry["fold_accuracies"].append(float(hits.mean()))
-            fold.per_dataset[name] = {"images": int(mine.sum()), "accuracy": float(hits.mean())}
-    report = {}
-    for name, entry in figures.items():
-        accuracies = np.array(entry["fold_accuracies"])
-        known = complete and entry["tested"] > 0
-        report[name] = {
-            "images": entry["images"],
-            "classes": entry["classes"],
-            "tested": entry["tested"],
-            "accuracy": entry["hits"] / entry["tested"] if known else None,
-            "mean_accuracy": float(accuracies.mean()) if known else None,
-            "std_accuracy": float(accuracies.std()) if known else None,
-            "folds": len(accuracies),
-            "confusion_matrix": entry["confusion"].tolist(),
-        }
-    return report
+        truth = selection.targets[test_index][mine]
+        hits = guesses[mine] == truth
+        np.add.at(tally["confusion"], (truth, guesses[mine]), 1)
+        tally["hits"] += int(hits.sum())
+        tally["tested"] += int(mine.sum())
+        tally["fold_accuracies"].append(float(hits.mean()))
+        fold.per_dataset[name] = {"images": int(mine.sum()), "accuracy": float(hits.mean())}
+
+
+def _dataset_figures(tally: dict, complete: bool) -> dict:
+    """A dataset's figures for the report from its tallies; its accuracies are None unless
+    every fold finished (complete) and some of its images were tested."""
+    accuracies = np.array(tally["fold_accuracies"])
+    known = complete and tally["tested"] > 0
+    return {
+        "images": tally["images"],
+        "classes": tally["classes"],
+        "tested": tally["tested"],
+        "accuracy": tally["hits"] / tally["tested"] if known else None,
+        "mean_accuracy": float(accuracies.mean()) if known else None,
+        "std_accuracy": float(accuracies.std()) if known else None,
+        "folds": len(accuracies),
+        "confusion_matrix": tally["confusion"].tolist(),
+    }
 
 
 def protocol_warnings(
     selection: Selection, group: str, config: TrainConfig | None = None
 ) -> list[str]:
     """What a reader must know to judge the numbers of this protocol."""
-    notes = []
     origins = selection.origins
     if group == "dataset" and origins is not None:  # (make_folds refuses it without origins)
-        names = list(dict.fromkeys(origins.tolist()))
-        notes.append(
-            f"leave-one-dataset-out: each of {', '.join(names)} is tested by a network trained on "
-            "the "
-            "other datasets only: new people, and whatever else differs between the datasets "
-            "(camera, lighting, posing)"
-        )
-        for name in names:
-            others = set(selection.targets[origins != name].tolist())
-            unseen = [
-                selection.labels[t]
-                for t in sorted(set(selection.targets[origins == name].tolist()) - others)
-            ]
-            if unseen:
-                notes.append(
-                    f"{name} left out: no other dataset has {', '.join(unseen)}, so its network "
-                    "cannot "
-                    "predict that class and its images of it count as errors"
-                )
-        if config is not None and config.normalisation == "per-dataset":
-            notes.append(
-                "--normalisation per-dataset: a left-out dataset's z-score statistics come from "
-                "its own "
-                "test images (no labels), which is transductive: the network saw none of its "
-                "images, "
-                "but its statistics assume a batch of them at hand"
-            )
-        return notes
+        return _left_out_warnings(selection, origins, config)
     if group == "random":
-        if selection.has_subjects:
-            people = len(set(selection.subjects.tolist()))
+        return _random_fold_warnings(selection)
+    return []
+
+
+def _left_out_warnings(
+    selection: Selection, origins: np.ndarray, config: TrainConfig | None
+) -> list[str]:
+    """Leave-one-dataset-out: what it measures, the classes a left-out dataset has and no other
+    (its network cannot predict them), and the transductive statistics of --normalisation
+    per-dataset."""
+    names = list(dict.fromkeys(origins.tolist()))
+    notes = [
+        f"leave-one-dataset-out: each of {', '.join(names)} is tested by a network trained on "
+        "the other datasets only: new people, and whatever else differs between the datasets "
+        "(camera, lighting, posing)"
+    ]
+    for name in names:
+        unseen = _classes_only_in(selection, origins, name)
+        if unseen:
             notes.append(
-                f"random folds: the same people ({people} subjects) sit on both sides of every "
-                "fold, "
-                "so this measures recognition of people the model has seen; --group subject "
-                "measures new people"
+                f"{name} left out: no other dataset has {', '.join(unseen)}, so its network "
+                "cannot predict that class and its images of it count as errors"
             )
-        else:
-            notes.append(
-                "random folds on images whose subjects are unknown: the same people may sit on "
-                "both sides "
-                "of every fold, which flatters the accuracy"
-            )
-        names = [Path(path).name for path in selection.paths.tolist()]
-        sequences = [
-            name.rsplit("_", 1)[0]
-            for name in names
-            if name.count("_") >= 2 and name.startswith("S")
-        ]
-        if sequences and len(set(sequences)) < len(sequences):
-            notes.append(
-                "several frames of one CK+ sequence are near-duplicates and fall into different "
-                "folds"
-            )
+    if config is not None and config.normalisation == "per-dataset":
+        notes.append(
+            "--normalisation per-dataset: a left-out dataset's z-score statistics come from "
+            "its own test images (no labels), which is transductive: the network saw none of "
+            "its images, but its statistics assume a batch of them at hand"
+        )
     return notes
+
+
+def _classes_only_in(selection: Selection, origins: np.ndarray, name: str) -> list[str]:
+    """The classes that dataset name has and none of the others has, in label order."""
+    others = set(selection.targets[origins != name].tolist())
+    mine = set(selection.targets[origins == name].tolist())
+    return [selection.labels[target] for target in sorted(mine - others)]
+
+
+def _random_fold_warnings(selection: Selection) -> list[str]:
+    """Random folds: the same people on both sides of the folds, and near-duplicate frames of
+    one CK+ sequence in different folds."""
+    if selection.has_subjects:
+        people = len(set(selection.subjects.tolist()))
+        notes = [
+            f"random folds: the same people ({people} subjects) sit on both sides of every "
+            "fold, so this measures recognition of people the model has seen; --group subject "
+            "measures new people"
+        ]
+    else:
+        notes = [
+            "random folds on images whose subjects are unknown: the same people may sit on "
+            "both sides of every fold, which flatters the accuracy"
+        ]
+    if _has_sequence_frames(selection.paths):
+        notes.append(
+            "several frames of one CK+ sequence are near-duplicates and fall into different folds"
+        )
+    return notes
+
+
+def _has_sequence_frames(paths: np.ndarray) -> bool:
+    """Whether several images are frames of one CK+ sequence (files named S005_001_...)."""
+    names = [Path(path).name for path in paths.tolist()]
+    sequences = [
+        name.rsplit("_", 1)[0] for name in names if name.count("_") >= 2 and name.startswith("S")
+    ]
+    return bool(sequences) and len(set(sequences)) < len(sequences)
 
 
 def cross_validate(

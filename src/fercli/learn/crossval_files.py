@@ -16,6 +16,7 @@ from fercli.learn.network import export_check
 from fercli.learn.reports import CrossvalReport, CrossvalRun, EvaluationReport, ScoreReport
 
 if TYPE_CHECKING:
+    from fercli.learn.folds import FoldExport
     from fercli.learn.where import WhereMaps
 
 
@@ -55,9 +56,6 @@ def save_scores(
 ) -> dict[str, Path]:
     """The files of a report (title: the pictures'); per_dataset: a crossval's figures per
     dataset, each with its own confusion picture."""
-    import csv
-    import io
-
     from fercli.media.discover import mark_output_folder
     from fercli.media.drawing import confusion_image
 
@@ -66,21 +64,42 @@ def save_scores(
     mark_output_folder(
         folder, "fer evaluate" if isinstance(report, EvaluationReport) else "fer crossval"
     )
-    group = _group(report)
     per_dataset = per_dataset or {}
-    where: dict[str, Path] = {}
-    if report.where is not None:
-        # Drawn first, so that report.json can say if it failed; a failure here must not cost
-        # the rest of a long run's files (or its model, saved after them).
-        try:
-            where["where"] = save_where(report.where, folder / "where.png", title)
-        except Exception as error:
-            report.warnings.append(f"where.png was not drawn ({type(error).__name__}: {error})")
+    # Drawn first, so that report.json can say if it failed.
+    where = _draw_where(report, folder, title)
     files = {"report": atomic_write_json(folder / "report.json", report.to_json())}
     files["confusion"] = confusion_image(
         report.confusion, report.labels, folder / "confusion.png", title
     )
     files.update(where)
+    files.update(_dataset_confusions(report, folder, per_dataset))
+    files["predictions"] = _write_predictions(report, folder / "predictions.csv", bool(per_dataset))
+    return files
+
+
+def _draw_where(report: ScoreReport, folder: Path, title: str) -> dict[str, Path]:
+    """where.png, as {"where": its path}, when the report has its figures; {} otherwise. A
+    failure to draw it is a warning in the report: it must not cost the rest of a long run's
+    files (or its model, saved after them)."""
+    if report.where is None:
+        return {}
+    try:
+        return {"where": save_where(report.where, folder / "where.png", title)}
+    except Exception as error:
+        report.warnings.append(f"where.png was not drawn ({type(error).__name__}: {error})")
+        return {}
+
+
+def _dataset_confusions(
+    report: ScoreReport, folder: Path, per_dataset: dict[str, dict]
+) -> dict[str, Path]:
+    """Each combined dataset's confusion picture, confusion-N-NAME.png, keyed "confusion
+    NAME"; titled with its accuracy and how it was tested."""
+    from fercli.media.drawing import confusion_image
+
+    group = _group(report)
+    how = "left out, trained on the others" if group == "dataset" else group + " folds"
+    files = {}
     for number, (name, figures) in enumerate(per_dataset.items(), start=1):
         accuracy = (
             "no result"
@@ -91,11 +110,19 @@ def save_scores(
             np.array(figures["confusion_matrix"]),
             report.labels,
             folder / f"confusion-{number}-{slug(name)}.png",
-            f"{name}: {accuracy} "
-            f"({'left out, trained on the others' if group == 'dataset' else group + ' folds'})",
+            f"{name}: {accuracy} ({how})",
         )
+    return files
+
+
+def _write_predictions(report: ScoreReport, path: Path, with_dataset: bool) -> Path:
+    """predictions.csv: per test image its path, fold, dataset (with_dataset: several
+    combined), true and predicted class and the probability of each class."""
+    import csv
+    import io
+
     text = io.StringIO()
-    origin = ["dataset"] if per_dataset else []
+    origin = ["dataset"] if with_dataset else []
     writer = csv.DictWriter(
         text,
         fieldnames=[
@@ -109,8 +136,7 @@ def save_scores(
     )
     writer.writeheader()
     writer.writerows(report.predictions)
-    files["predictions"] = atomic_write_text(folder / "predictions.csv", text.getvalue())
-    return files
+    return atomic_write_text(path, text.getvalue())
 
 
 def save_where(where: WhereMaps, path: Path, title: str) -> Path:
@@ -157,6 +183,26 @@ def save_crossval_model(
     refusal = run.model_refusal
     if refusal is not None:
         raise TrainingError(f"no model saved: {refusal}")
+    exports = _checked_exports(run)
+    selection = run.selection
+    expected = np.mean([exported.probe for exported in exports], axis=0)
+    check = export_check(probe_crops(selection.crops.shape[1]), expected, "the exported ensemble")
+    return save_networks(
+        output,
+        [exported.network for exported in exports],
+        selection.labels,
+        PreprocessConfig.from_dict(run.dataset.meta["preprocess"]),
+        run.config,
+        _ensemble_details(run, len(exports), run_folder),
+        keep_existing,
+        training_crops=selection.crops,
+        check=check,
+    )
+
+
+def _checked_exports(run: CrossvalRun) -> list[FoldExport]:
+    """The folds' exported networks in fold order; FerError (a bug) when one disagrees with
+    Keras by more than 1e-4."""
     exports = []
     for index in sorted(run.outcomes):
         exported = run.outcomes[index].export
@@ -168,21 +214,24 @@ def save_crossval_model(
                 f"{exported.difference:.2g}; no model was saved (a bug: please report it)"
             )
         exports.append(exported)
-    report, selection, dataset, config = run.report, run.selection, run.dataset, run.config
-    expected = np.mean([exported.probe for exported in exports], axis=0)
-    check = export_check(probe_crops(selection.crops.shape[1]), expected, "the exported ensemble")
+    return exports
 
-    extra = {
-        "test_time_flip": config.test_time_flip,
+
+def _ensemble_details(run: CrossvalRun, members: int, run_folder: Path | None) -> dict:
+    """What the model file records of its origin: test-time flipping, the data it learned
+    from, and the cross-validation whose fold networks are its members."""
+    report, dataset = run.report, run.dataset
+    return {
+        "test_time_flip": run.config.test_time_flip,
         "data_fingerprint": report.dataset["fingerprint"],
         "dataset": {
             "name": dataset.name,
             "source": dataset.meta.get("source"),
-            "images": len(selection.crops),
+            "images": len(run.selection.crops),
         },
         "ensemble": {
             "kind": "crossval",
-            "members": len(exports),
+            "members": members,
             "folds": report.planned_folds,
             "group": report.protocol["group"],
             "run": str(run_folder) if run_folder else None,
@@ -191,15 +240,3 @@ def save_crossval_model(
             "note": "each member was trained on all folds but one; together they saw every image",
         },
     }
-    preprocess = PreprocessConfig.from_dict(dataset.meta["preprocess"])
-    return save_networks(
-        output,
-        [exported.network for exported in exports],
-        selection.labels,
-        preprocess,
-        config,
-        extra,
-        keep_existing,
-        training_crops=selection.crops,
-        check=check,
-    )
