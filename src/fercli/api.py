@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +36,7 @@ from fercli.infer.tracking import VideoConfig as VideoConfig  # predict's video 
 
 if TYPE_CHECKING:
     from fercli.data.inventory import Entry, Inventory
-    from fercli.data.prepared import PreparedDataset, PreprocessReport
+    from fercli.data.prepared import PreprocessReport
     from fercli.infer.files import MediaReport
     from fercli.learn.reports import CrossvalReport, CrossvalRun, EvaluationReport
     from fercli.learn.sweep import SweepReport
@@ -125,21 +126,16 @@ def train(
         timestamp,
     )
     from fercli.data.combined import load_combined
-    from fercli.learn.evaluate import dataset_split, training_split
+    from fercli.learn.evaluate import training_part
     from fercli.learn.training import starting_notes, train_model
 
     settings = _starting_variant(settings)
     checked = config or recipe_config(recipe, **settings)  # refused before any data is read
     default_before = default_model()
     replacing = output is not None and _replaced_model(Path(output))
-    split_notes: list[str] = []
-
-    def training_part(part: PreparedDataset) -> PreparedDataset:
-        chosen, said = training_split(part, split)
-        split_notes.extend([said] if said else [])
-        return dataset_split(part, chosen)
-
-    prepared = load_combined(_names(dataset), checked.classes, shared_classes, training_part)
+    split_notes: list[str] = []  # per dataset, the split it trains on (training_part)
+    part = partial(training_part, split=split, notes=split_notes)
+    prepared = load_combined(_names(dataset), checked.classes, shared_classes, part)
     config, note = _sized(config, recipe, settings, len(prepared.labels))
     made_up = output is None  # then another run may make up the same name: never replace
     path = (

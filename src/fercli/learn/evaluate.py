@@ -135,6 +135,14 @@ def training_split(dataset: PreparedDataset, split: str | None) -> tuple[str | N
     )
 
 
+def training_part(dataset: PreparedDataset, split: str | None, notes: list[str]) -> PreparedDataset:
+    """What fer train takes of a dataset: the split training_split chooses, what it says of
+    that added to notes."""
+    chosen, note = training_split(dataset, split)
+    notes.extend([note] if note else [])
+    return dataset_split(dataset, chosen)
+
+
 def dataset_split(dataset: PreparedDataset, split: str | None) -> PreparedDataset:
     """The images of a predefined split (FER2013's Usage), or all of them when split is None.
     DatasetError when the dataset has no such split."""
