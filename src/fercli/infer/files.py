@@ -133,6 +133,7 @@ def label_files(
             video_progress(str(path)) if video_progress else None,
             adapt,
             keep_best=keep_best,
+            workers=workers,
         )
         for path in videos
     ]
