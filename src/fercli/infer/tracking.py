@@ -132,6 +132,7 @@ class VideoPrediction:
     note: str | None = None  # what the user should know (an absurd declared frame rate)
     seconds: float = 0.0  # time the analysis took
     detections: int = 0  # full face detections run
+    workers: int = 1  # processes that read it, a part each (infer.videos.part_starts)
     smoothed: bool = False
     options: VideoConfig = field(default_factory=VideoConfig)  # how it was sampled
     adaptation: Adaptation | None = None  # --adapt: re-estimated from this video's faces

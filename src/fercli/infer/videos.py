@@ -364,6 +364,7 @@ def _label_parts(
         before.after != after.first for before, after in zip(parts, parts[1:], strict=False)
     ):
         return False
+    result.workers = len(spans)
     _record_parts(result, parts, declared, model, mode, keep_best)
     if progress:
         progress(items(result.frames, result.frames))
