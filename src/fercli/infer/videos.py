@@ -26,7 +26,7 @@ import numpy as np
 from fercli.core.errors import FerError
 from fercli.core.events import Progress, items
 from fercli.core.parallel import default_workers, notify, run_tasks
-from fercli.faces.pipeline import load_models_for_workers
+from fercli.faces.align import face_detector, landmark_predictor
 from fercli.infer.adapt import adaptation_mode
 from fercli.infer.model import FerModel
 from fercli.infer.tracking import (
@@ -325,7 +325,9 @@ def _label_parts(
     """label_video in parts beginning at starts, one worker each, into result; False (result
     as it was) when a part's first frame is not the frame one pass reads there (a seek that is
     not frame-exact), for a pass instead."""
-    load_models_for_workers()
+    # dlib's models loaded here, which forked workers share, rather than in each worker.
+    face_detector()
+    landmark_predictor()
     ends = [*starts[1:], None]
     spans = [
         (index, start, None if end is None else end - start)
