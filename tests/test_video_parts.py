@@ -139,20 +139,25 @@ def test_a_second_face_keeps_its_id_across_the_seam(model, tmp_path):
     same_faces(two, one)
 
 
-def test_a_face_gone_across_the_seam_keeps_its_id_when_it_comes_back(model, tmp_path):
-    # Gone for 20 frames (2/3 s, within KEEP_LOST_SECONDS) around the seam: one pass continues
-    # its track, and so do the parts.
+@pytest.mark.parametrize("gone", [(SEAM - 10, SEAM + 10), (SEAM - 13, SEAM - 3)])
+def test_a_face_gone_about_the_seam_keeps_its_id_when_it_comes_back(model, tmp_path, gone):
+    # Gone for 10-20 frames (within KEEP_LOST_SECONDS) across the seam, or just before it: one
+    # pass continues its track, and so do the parts. Lost at a frame off the detection
+    # schedule (the second case), the face gets a detection at once, which leaves the
+    # schedule where it was: the parts still detect where one pass does.
     moving = moving_face(FRAMES, WIDTH, HEIGHT)
 
     def place(index: int) -> list[tuple[float, float, float]]:
-        return [] if SEAM - 10 <= index < SEAM + 10 else moving(index)
+        return [] if gone[0] <= index < gone[1] else moving(index)
 
     path = write_clip(tmp_path / f"gap{SUFFIXES[0]}", FRAMES, WIDTH, HEIGHT, FPS, place)
     one, two = both(path, model)
     [track] = two.tracks
     [single] = one.tracks
     assert [face.frame for face in track.frames] == [face.frame for face in single.frames]
-    assert track.frames[0].frame < SEAM - 10 and track.frames[-1].frame == FRAMES - 1
+    assert track.frames[0].frame == 0 and track.frames[-1].frame == FRAMES - 1
+    assert not any(gone[0] <= face.frame < gone[1] for face in track.frames)
+    assert two.detections == one.detections
     same_faces(two, one)
 
 

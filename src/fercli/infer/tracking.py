@@ -316,7 +316,7 @@ class _Tracker:
         self.active: list[_Follow] = []
         self.lost: list[tuple[_Follow, float]] = []  # tracks lost lately, and when
         self.tracks: list[Track] = []
-        self.since_detection = math.inf
+        self.analysed = 0  # frames stepped
         self.detections = 0
 
     def _detect(self, gray: np.ndarray) -> list[tuple[float, float, float, float]]:
@@ -340,10 +340,13 @@ class _Tracker:
         results: list[tuple[_Follow, tuple, np.ndarray, np.ndarray]] = []
         lost = False
         # With no face in sight, detection too runs only every detect_every frames: a face
-        # coming in is found a few frames late, a video without faces stays cheap.
-        detect = self.since_detection + 1 >= self.options.detect_every
+        # coming in is found a few frames late, a video without faces stays cheap. The
+        # schedule counts from the first frame, whatever detections a lost face added: a part
+        # of a video that begins on a scheduled frame (infer.videos.part_starts) then detects
+        # where one pass over the whole video does.
+        detect = self.analysed % self.options.detect_every == 0
+        self.analysed += 1
         if not detect:
-            self.since_detection += 1
             # Follow each face from where it was: its landmarks from its previous box.
             for follow, found in zip(
                 self.active, self._align(gray, [follow.box for follow in self.active]), strict=True
@@ -362,7 +365,6 @@ class _Tracker:
                 results.append((follow, _box_from(landmarks, follow.relation), landmarks, crop))
         if detect or lost:
             results = self._detect_and_match(gray, seconds)
-            self.since_detection = 0
         faces = []
         for follow, box, landmarks, crop in results:
             follow.box = box

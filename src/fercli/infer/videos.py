@@ -6,7 +6,9 @@ A long video is cut into contiguous parts, one a worker process (core.parallel),
 read from its first frame (a seek) and followed from a fresh detection there; the parts'
 tracks are then joined into the video's (tracking.join_tracks). Each later part begins on an
 analysed frame on which one pass would run a full detection anyway, so the parts find the
-faces, boxes and labels one pass finds; what can differ is described at part_starts."""
+faces, boxes and labels one pass finds (see part_starts). A part checks that its first frame
+is the one the part before read next (a digest of the pixels): a seek that does not land on
+its frame makes the video be read again in one pass."""
 
 from __future__ import annotations
 
@@ -213,12 +215,12 @@ def part_starts(declared: int, fps: float | None, options: VideoConfig, workers:
     one worker, a video that does not declare its frame count, or one with fewer than
     PART_MIN_ANALYSED frames to analyse a worker.
 
-    Each later part begins on an analysed frame a whole number of detect_every analysed frames
-    from the start: one pass runs a full detection there too, unless a face was lost before
-    (a lost face is searched for at once, which moves the later detections of one pass by a
-    few frames; between such a detection and the next, a part and one pass may have a box
-    from a detection and from the landmarks). A track lost shortly before a part's start is
-    continued by join_tracks by the tracker's own rule."""
+    Each later part begins on an analysed frame a whole number of detect_every analysed
+    frames from the start, where one pass runs a full detection too (the schedule is kept
+    whatever detections lost faces add): a part then finds the faces, boxes and labels one
+    pass finds, and join_tracks gives them one pass's ids. Only the probabilities may differ,
+    in the sixth decimal: the network takes faces 16 at a time, and a part's last faces are
+    grouped otherwise."""
     if workers < 2 or not fps or not 0 < declared <= PART_MAX_FRAMES:
         return [0]
     wanted = frame_sampler(options, fps)
