@@ -240,7 +240,7 @@ class VideoPart:
     """What one worker found in one part of a video (label_video on several cores)."""
 
     start: int  # the number of its first frame
-    moved: bool = True  # whether the capture could be moved to start
+    moved: bool = True  # whether the video opened and could be moved to start
     count: int = 0  # frames read
     analysed: int = 0
     width: int = 0  # of its first frame analysed
@@ -278,7 +278,11 @@ def _label_part(
     report: progress goes to the caller as (index, frames read) messages (core.parallel)."""
     index, start, limit = span
     part = VideoPart(start=start)
-    capture = open_video(Path(path))
+    try:
+        capture = open_video(Path(path))
+    except FerError:  # gone since the caller opened it: the caller's one pass says so
+        part.moved = False
+        return part
     try:
         if start and not capture.set(cv2.CAP_PROP_POS_FRAMES, start):
             part.moved = False
@@ -398,10 +402,9 @@ def _record_parts(
     """What the parts read, into result, as _record_reading records one pass: their tracks
     joined, the frames and detections added up, any problem reading; then --adapt's labels
     and each track's best face, by the joined ids."""
-    fps = result.fps or 0.0
     keep_lost = keep_lost_seconds(result.options, result.interval)
     result.tracks, ids = join_tracks(
-        [part.tracks for part in parts], [part.start / fps for part in parts], keep_lost
+        [part.tracks for part in parts], [part.start / result.fps for part in parts], keep_lost
     )
     result.frames = sum(part.count for part in parts)
     result.analysed = sum(part.analysed for part in parts)
