@@ -48,9 +48,10 @@ from fercli.media.images import MAX_PIXELS, single_threaded_opencv
 from fercli.media.video import FrameReader, file_fps, open_video, reading_problem, stream_problem
 
 # A video is labelled in parts on several workers when each part would have at least this many
-# analysed frames: below it, starting the workers costs about what a second core saves
-# (measured in docs/speed.md#videos).
-PART_MIN_ANALYSED = 60
+# analysed frames. On a quiet machine two parts of 30 saved a third of the time, two of 15 a
+# sixth; while other work holds the cores, parts gain nothing and cost up to a fifth more
+# (docs/speed.md#videos).
+PART_MIN_ANALYSED = 30
 # Videos whose header declares more frames than this are read in one pass: the parts are
 # planned by replaying the sampling over every declared frame, which an absurd header would
 # make long.
