@@ -3,7 +3,7 @@
 The face region of the photo is pasted onto a plain background, moving and changing size from
 frame to frame; a second copy (mirrored) can join, and frames can be left without a face.
 Written with OpenCV's VideoWriter: MJPG in .avi (OpenCV's own encoder, present in every build)
-or mp4v in .mp4 where FFmpeg is there to write it.
+or mp4v in .mp4 (and .mkv, MPEG-1 in .mpg) where FFmpeg is there to write it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 PHOTO = Path(__file__).resolve().parent / "data" / "faces" / "happiness" / "astronaut.png"
 # The face and some of its surroundings (the face itself is about 88 pixels wide).
 FACE_REGION = (150, 40, 300, 210)  # x0, y0, x1, y1
-CODECS = {".avi": "MJPG", ".mp4": "mp4v"}
+CODECS = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "mp4v", ".mpg": "PIM1"}
 
 
 def face_patch() -> np.ndarray:
@@ -34,7 +34,7 @@ def can_write(suffix: str) -> bool:
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"probe{suffix}"
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*CODECS[suffix]), 10, (64, 48))
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*CODECS[suffix]), 30, (64, 48))
         if not writer.isOpened():
             return False
         for _ in range(2):

@@ -72,7 +72,10 @@ def predict(
         "at its most confident frame).",
     ),
     workers: int | None = typer.Option(
-        None, min=1, help="Processes for many images (default: one per core)."
+        None,
+        min=1,
+        help="Processes for many images, and for a long video, a part each (default: one "
+        "per core).",
     ),
     every: int = typer.Option(1, min=1, help="Videos: analyse one frame in every N."),
     fps: float | None = typer.Option(

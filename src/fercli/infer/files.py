@@ -112,7 +112,8 @@ def label_files(
     keep_best: bool = False,
 ) -> MediaReport:
     """label_photos for the images among the files a command was given (media.discover) and
-    label_video for the videos, told apart by content. video_progress(path) gives a video's
+    label_video for the videos, told apart by content. workers: processes for the photos,
+    and for each long video (label_video). video_progress(path) gives a video's
     progress callback. adapt: the photos' faces together, and each video's faces, adapted to
     (see label_photos and label_video); keep_best: each video keeps its tracks' most confident
     faces (for --explain)."""
@@ -133,6 +134,7 @@ def label_files(
             video_progress(str(path)) if video_progress else None,
             adapt,
             keep_best=keep_best,
+            workers=workers,
         )
         for path in videos
     ]

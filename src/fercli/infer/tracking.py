@@ -132,6 +132,7 @@ class VideoPrediction:
     note: str | None = None  # what the user should know (an absurd declared frame rate)
     seconds: float = 0.0  # time the analysis took
     detections: int = 0  # full face detections run
+    workers: int = 1  # processes that read it, a part each (infer.videos.part_starts)
     smoothed: bool = False
     options: VideoConfig = field(default_factory=VideoConfig)  # how it was sampled
     adaptation: Adaptation | None = None  # --adapt: re-estimated from this video's faces
@@ -197,6 +198,65 @@ def _distance(a: tuple[float, float, float, float], b: tuple[float, float, float
     return math.hypot(dx, dy) / ((width_a + width_b) / 2)
 
 
+def keep_lost_seconds(options: VideoConfig, interval: float) -> float:
+    """How long after a track is lost a face detected near it still continues it (see
+    KEEP_LOST_SECONDS); interval: seconds between analysed frames."""
+    return max(KEEP_LOST_SECONDS, 2 * options.detect_every * interval)
+
+
+def _corners(box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+    """A record's (x, y, width, height) box as (x0, y0, x1, y1)."""
+    return box[0], box[1], box[0] + box[2], box[1] + box[3]
+
+
+def join_tracks(
+    parts: list[list[Track]], starts: list[float], keep_lost: float
+) -> tuple[list[Track], list[dict[int, int]]]:
+    """The tracks of consecutive parts of one video as one video's, each part followed from a
+    fresh detection at its first analysed frame (at starts[k] seconds) with ids from 1.
+
+    A part's track that begins within keep_lost seconds of its part's start continues a track
+    of the earlier parts last seen at most keep_lost seconds before it begins, if it begins
+    near where that one was last seen: the rule by which _Tracker continues a track, active or
+    lost, with a detection (nearest first, MATCH_DISTANCE), the earliest beginnings first.
+    The other tracks get the next ids, in the order they began, as they would in one pass.
+    Returns the joined tracks and, for each part, {its track id: the joined track's id}."""
+    joined: list[Track] = []
+    mappings: list[dict[int, int]] = []
+    for tracks, start in zip(parts, starts, strict=True):
+        mapping: dict[int, int] = {}
+        early = [track for track in tracks if track.frames[0].time - start <= keep_lost]
+        for begins in sorted({track.frames[0].time for track in early}) if joined else []:
+            group = [track for track in early if track.frames[0].time == begins]
+            candidates = [
+                track
+                for track in joined
+                if track.id not in mapping.values()
+                and track.frames[-1].time < start
+                and begins - track.frames[-1].time <= keep_lost
+            ]
+            pairs = sorted(
+                (_distance(_corners(old.frames[-1].box), _corners(new.frames[0].box)), o, n)
+                for o, old in enumerate(candidates)
+                for n, new in enumerate(group)
+            )
+            taken_old, taken_new = set(), set()
+            for distance, o, n in pairs:
+                if distance > MATCH_DISTANCE or o in taken_old or n in taken_new:
+                    continue
+                taken_old.add(o)
+                taken_new.add(n)
+                mapping[group[n].id] = candidates[o].id
+        for track in tracks:
+            if track.id in mapping:
+                joined[mapping[track.id] - 1].frames.extend(track.frames)
+            else:
+                joined.append(Track(id=len(joined) + 1, frames=list(track.frames)))
+                mapping[track.id] = len(joined)
+        mappings.append(mapping)
+    return joined, mappings
+
+
 @dataclass
 class _Follow:
     """What following one track needs from frame to frame."""
@@ -249,14 +309,14 @@ class _Tracker:
         """interval: seconds between analysed frames."""
         self.config = config
         self.options = options
-        self.keep_lost = max(KEEP_LOST_SECONDS, 2 * options.detect_every * interval)
+        self.keep_lost = keep_lost_seconds(options, interval)
         # Both of dlib's models loaded now, not at the first frame.
         face_detector()
         landmark_predictor()
         self.active: list[_Follow] = []
         self.lost: list[tuple[_Follow, float]] = []  # tracks lost lately, and when
         self.tracks: list[Track] = []
-        self.since_detection = math.inf
+        self.analysed = 0  # frames stepped
         self.detections = 0
 
     def _detect(self, gray: np.ndarray) -> list[tuple[float, float, float, float]]:
@@ -280,10 +340,13 @@ class _Tracker:
         results: list[tuple[_Follow, tuple, np.ndarray, np.ndarray]] = []
         lost = False
         # With no face in sight, detection too runs only every detect_every frames: a face
-        # coming in is found a few frames late, a video without faces stays cheap.
-        detect = self.since_detection + 1 >= self.options.detect_every
+        # coming in is found a few frames late, a video without faces stays cheap. The
+        # schedule counts from the first frame, whatever detections a lost face added: a part
+        # of a video that begins on a scheduled frame (infer.videos.part_starts) then detects
+        # where one pass over the whole video does.
+        detect = self.analysed % self.options.detect_every == 0
+        self.analysed += 1
         if not detect:
-            self.since_detection += 1
             # Follow each face from where it was: its landmarks from its previous box.
             for follow, found in zip(
                 self.active, self._align(gray, [follow.box for follow in self.active]), strict=True
@@ -302,7 +365,6 @@ class _Tracker:
                 results.append((follow, _box_from(landmarks, follow.relation), landmarks, crop))
         if detect or lost:
             results = self._detect_and_match(gray, seconds)
-            self.since_detection = 0
         faces = []
         for follow, box, landmarks, crop in results:
             follow.box = box
@@ -420,24 +482,44 @@ class FramePipeline:
         self._keep_best(pending)
 
     def _keep_best(self, labelled: list[tuple[int, FaceFrame, np.ndarray]]) -> None:
-        if not self.keep_best:
-            return
-        for track_id, record, crop in labelled:
-            kept = self.best.get(track_id)
-            if kept is None or _confidence(record) > _confidence(kept[0]):
-                self.best[track_id] = (record, crop)
+        if self.keep_best:
+            keep_best_faces(self.best, labelled)
 
     def relabel_adapted(self, where: str, pixels: str = DEFAULT_PIXEL_MAP) -> Adaptation:
         """Every kept face labelled again by the model adapted to all of them (--adapt; pixels:
         how, see adapt_model); FerError when there are too few distinct ones (where: the
         video, for the message)."""
         self.label_crops()
-        crops = np.array([crop for _, _, crop in self.kept])
-        adapted, adaptation = adapt_model(self.model, crops, where=where, pixels=pixels)
-        _label_waiting([(record, crop) for _, record, crop in self.kept], adapted)
+        adaptation = relabel_adapted(self.model, self.kept, where, pixels)
         self.best = {}
         self._keep_best(self.kept)
         return adaptation
+
+
+def relabel_adapted(
+    model: FerModel,
+    kept: list[tuple[int, FaceFrame, np.ndarray]],
+    where: str,
+    pixels: str = DEFAULT_PIXEL_MAP,
+) -> Adaptation:
+    """Every kept (track id, face, crop) labelled again by the model adapted to all of them
+    (FramePipeline.relabel_adapted, which keeps them)."""
+    crops = np.array([crop for _, _, crop in kept])
+    adapted, adaptation = adapt_model(model, crops, where=where, pixels=pixels)
+    _label_waiting([(record, crop) for _, record, crop in kept], adapted)
+    return adaptation
+
+
+def keep_best_faces(
+    best: dict[int, tuple[FaceFrame, np.ndarray]],
+    labelled: list[tuple[int, FaceFrame, np.ndarray]],
+) -> None:
+    """Keep in best each track's most confident labelled face and its crop, by track id (the
+    earliest of equally confident ones)."""
+    for track_id, record, crop in labelled:
+        kept = best.get(track_id)
+        if kept is None or _confidence(record) > _confidence(kept[0]):
+            best[track_id] = (record, crop)
 
 
 def _confidence(face: FaceFrame) -> float:

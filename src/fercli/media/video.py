@@ -75,14 +75,24 @@ def is_video(path: Path) -> bool:
 
 class FrameReader:
     """The frames of a video, decoded by a thread a few frames ahead: (number, seconds, BGR
-    frame) for the frames wanted(number, seconds) accepts; the others are only grabbed."""
+    frame) for the frames wanted(number, seconds) accepts; the others are only grabbed.
+    start: the number of the capture's next frame (a capture moved there first); limit: read
+    at most this many frames (None: to the end)."""
 
     def __init__(
-        self, capture, fps: float | None, wanted: Callable[[int, float], bool], frame_bytes: int
+        self,
+        capture,
+        fps: float | None,
+        wanted: Callable[[int, float], bool],
+        frame_bytes: int,
+        start: int = 0,
+        limit: int | None = None,
     ) -> None:
         self.capture = capture
         self.fps = fps
         self.wanted = wanted
+        self.start = start
+        self.limit = limit
         self.frames = queue.Queue(max(1, min(READ_AHEAD, READ_AHEAD_BYTES // max(1, frame_bytes))))
         self.stop = threading.Event()
         self.count = 0  # frames read
@@ -92,9 +102,9 @@ class FrameReader:
     def _run(self) -> None:
         try:
             while not self.stop.is_set():
-                if not self.capture.grab():
+                if self.count == self.limit or not self.capture.grab():
                     break
-                number = self.count
+                number = self.start + self.count
                 self.count += 1
                 seconds = (
                     number / self.fps
@@ -207,9 +217,15 @@ def _avi_problem(data: bytes) -> str:
 
 def reading_problem(reader: FrameReader, declared: int) -> str | None:
     """Why reading stopped early, if it did: a damaged or cut-off file, or no frame at all."""
-    if reader.failure:
-        return f"the decoder failed after {reader.count} frames ({reader.failure})"
-    if reader.count == 0:
+    return stream_problem(reader.count, reader.failure, declared)
+
+
+def stream_problem(count: int, failure: str | None, declared: int) -> str | None:
+    """reading_problem of a video of which count frames were read from the start, then the
+    decoder failed (failure) or the frames ended (None)."""
+    if failure:
+        return f"the decoder failed after {count} frames ({failure})"
+    if count == 0:
         if declared:
             return (
                 f"no frame could be decoded (the header declares {declared}): a codec this OpenCV "
@@ -217,9 +233,9 @@ def reading_problem(reader: FrameReader, declared: int) -> str | None:
                 "cannot decode, or damaged data"
             )
         return "no frames: the video is empty"
-    if declared and reader.count < declared * (1 - FRAME_COUNT_SLACK) - 1:
+    if declared and count < declared * (1 - FRAME_COUNT_SLACK) - 1:
         return (
-            f"the video ends after {reader.count} of the {declared} frames its header declares "
+            f"the video ends after {count} of the {declared} frames its header declares "
             "(truncated or damaged); the frames before are reported"
         )
     return None
