@@ -820,10 +820,10 @@ def test_preprocess_chooses_48x48_crops_for_a_large_dataset_and_says_so(
     """Without --crop-size, a dataset of GENERAL_FROM_IMAGES images or more (lowered here to
     4, so that 4 faces stand for FER2013's 28,709) gets 48x48 crops and a note; fewer get the
     paper's 32x32 and no note; --crop-size still decides."""
-    from fercli.core import config
+    from fercli.core import recipes
     from fercli.data.prepared import load_dataset
 
-    monkeypatch.setattr(config, "GENERAL_FROM_IMAGES", 4)
+    monkeypatch.setattr(recipes, "GENERAL_FROM_IMAGES", 4)
     sizes = {}
     for count, options in ((4, ()), (3, ()), (4, ("--crop-size", "32"))):
         root = make_face_dataset(count, folder=f"faces{count}{len(options)}")
