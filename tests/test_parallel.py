@@ -159,7 +159,16 @@ def test_a_caller_that_stops_reading_stops_the_workers(tmp_path):
     assert no_workers_left() and not marker.exists()
 
 
-def test_ctrl_c_stops_the_workers_at_once(tmp_path):
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler for the test, whatever the runner was started with: a
+    shell's background job ignores SIGINT, and Python then never raises KeyboardInterrupt."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_the_workers_at_once(tmp_path, python_sigint):
     marker = tmp_path / "not-stopped"
     results = run_tasks(partial(sleeps_after, 0, str(marker)), [0, 1, 2, 3], 2)
     # Ctrl-C arrives while this process waits for the workers (they ignore it themselves).
