@@ -21,6 +21,10 @@ from fercli.cli.app import (
     user_errors,
 )
 from fercli.cli.render_data import render_inventory, render_preprocess, size_text
+from fercli.core.config import PREPROCESS_SETTINGS
+
+# --crop-size's range, as PreprocessConfig declares it.
+CROP_SIZE_RULE = PREPROCESS_SETTINGS["crop_size"]
 
 
 def preprocess(
@@ -41,8 +45,8 @@ def preprocess(
     ),
     crop_size: int | None = typer.Option(
         None,
-        min=8,
-        max=256,
+        min=int(CROP_SIZE_RULE.low or 0),
+        max=int(CROP_SIZE_RULE.high or 0),
         show_default=False,
         help="Side of the square crops, in pixels. Default: the paper's 32, or 48 for a "
         "dataset of 5,000 images or more (FER2013), where it keeps more of the faces' detail "
