@@ -16,7 +16,7 @@ from fercli.core.config import PreprocessConfig, TrainConfig
 from fercli.data.cache import CacheEntry, CropCache
 from fercli.faces.align import detect_faces, eye_centres
 from fercli.faces.face_crops import is_face_crop
-from fercli.faces.pipeline import align_faces, find_faces
+from fercli.faces.pipeline import align_faces, align_images, find_faces
 from fercli.learn.training import train_model
 from synthetic import make_dataset
 
@@ -145,3 +145,87 @@ def test_the_cache_tries_again_an_image_an_older_search_found_no_face_in(tmp_pat
     path = next((tmp_path / "cache").rglob("k.json"))
     path.write_text(json.dumps({"reason": "no face found (tried upsampling 0 and 1)"}))
     assert cache.get("k") is None
+
+
+# --face-crops: the caller's word that every image is a face crop (FER2013's test split), so
+# that a face the face check turns down (a hand over it, the head on one side) is labelled
+# rather than counted as no face. The gradient stands for such an image: the check turns it
+# down (test_no_face_is_made_up_where_there_is_none), and its landmarks still outline a face.
+GRADIENT = np.tile(np.linspace(0, 255, 48, dtype=np.uint8), (48, 1))
+
+
+def test_face_crops_takes_the_face_the_check_turned_down_and_says_so():
+    found = find_faces(GRADIENT, CONFIG, every_face=False, face_crops=True)
+    assert len(found.detections) == 1 and found.whole_image and not found.face_check
+    [(_, outcome)] = align_images([(None, GRADIENT)], CONFIG, face_crops=True)
+    [face] = outcome.faces
+    assert face.whole_image and not face.face_check and face.crop.shape == (32, 32)
+    assert "as a face crop" in outcome.reason  # why it would be no face without the word
+
+
+def test_face_crops_leaves_the_faces_that_pass_the_check_as_they_were(tight_face):
+    [(_, plain)] = align_images([(None, tight_face)], CONFIG)
+    [(_, taken)] = align_images([(None, tight_face)], CONFIG, face_crops=True)
+    assert taken.faces[0].face_check and np.array_equal(taken.faces[0].crop, plain.faces[0].crop)
+
+
+def _crops_folder(folder, astronaut_gray):
+    """Two classes, each with a face crop the detector misses and a gradient."""
+    for label, shift in (("happiness", 0), ("surprise", 10)):
+        x0, y0, x1, y1 = TIGHT
+        write_image(
+            folder / label / "face.png",
+            crop_box(astronaut_gray, (x0 + shift, y0, x1 + shift, y1), 32),
+        )
+        write_image(folder / label / "gradient.png", np.roll(GRADIENT, shift, axis=1))
+    return folder
+
+
+def _preprocessed(folder, *options) -> dict:
+    result = runner.invoke(app, ["preprocess", str(folder), "--json", *options])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_preprocess_with_face_crops_aligns_every_image_and_the_cache_keeps_both_ways(
+    tmp_path, astronaut_gray
+):
+    folder = _crops_folder(tmp_path / "crops", astronaut_gray)
+    plain = _preprocessed(folder)
+    assert plain["aligned"] == 2 and plain["unchecked_faces"] == 0
+    assert all("gradient" in item["path"] for item in plain["skipped"])
+    taken = _preprocessed(folder, "--face-crops")
+    assert taken["aligned"] == 4 and taken["unchecked_faces"] == 2 and not taken["skipped"]
+    assert taken["every_image_a_face"] is True
+    assert any("--face-crops" in note for note in taken["notes"])
+    # The same images again without the word: the cache answers, and the gradients are no
+    # faces again.
+    again = _preprocessed(folder)
+    assert again["aligned"] == 2 and again["cache_hits"] == 4 and len(again["skipped"]) == 2
+
+
+def test_evaluate_with_face_crops_counts_every_image(tmp_path, astronaut_gray, newest_model):
+    folder = _crops_folder(tmp_path / "crops", astronaut_gray)
+    reports = []
+    for options in ([], ["--face-crops"], []):
+        result = runner.invoke(app, ["evaluate", str(folder), "--json", *options])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(result.stdout))
+    plain, taken, again = reports
+    assert plain["all_images"]["without_face"] == 2
+    assert taken["all_images"]["without_face"] == 0
+    assert sum(map(sum, taken["confusion_matrix"])) == 4
+    # The dataset evaluate prepared with the word is not taken for one without it.
+    assert again["all_images"]["without_face"] == 2
+
+
+def test_predict_with_face_crops_labels_the_face_and_marks_it(tmp_path, newest_model):
+    path = write_image(tmp_path / "gradient.png", GRADIENT)
+    plain = runner.invoke(app, ["predict", str(path), "--json"])
+    assert json.loads(plain.stdout)[0]["faces"] == []
+    result = runner.invoke(app, ["predict", str(path), "--json", "--face-crops"])
+    assert result.exit_code == 0, result.output
+    [face] = json.loads(result.stdout)[0]["faces"]
+    assert face["whole_image"] is True and face["face_check"] is False
+    table = runner.invoke(app, ["predict", str(path), "--face-crops"])
+    assert "labelled on the word of --face-crops" in table.stdout

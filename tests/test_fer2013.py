@@ -101,6 +101,16 @@ def test_rows_are_aligned_and_bad_rows_skipped_with_the_reason(fer_csv):
     ]
 
 
+def test_face_crops_takes_a_row_the_face_check_turned_down_and_counts_it(fer_csv):
+    """--face-crops: every row is a face crop, so the blank one is taken at its word."""
+    report = preprocess_dataset(fer_csv, workers=1, face_crops=True)
+    assert report.aligned == 9 and report.unchecked_faces == 1 and report.face_crops == 1
+    assert not any(item.path.endswith("#row10") for item in report.skipped)
+    assert any("--face-crops" in note for note in report.notes)
+    dataset = load_dataset(Path(report.dataset))
+    assert dataset.meta["every_image_a_face"] is True and len(dataset.crops) == 9
+
+
 def test_rows_whose_pixels_are_not_whole_numbers_from_0_to_255_are_skipped(
     astronaut_gray, tmp_path
 ):

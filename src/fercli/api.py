@@ -70,11 +70,14 @@ def prepare_dataset(
     progress: Progress | None = None,
     *,
     size_by_images: bool | None = None,
+    face_crops: bool = False,
 ) -> PreprocessReport:
     """fer preprocess: align and cache every image of a dataset folder; the PreprocessReport.
 
     size_by_images: choose the crop size by the number of images (48x48 from 5,000, else
-    32x32) instead of config's; by default, when no config is given."""
+    32x32) instead of config's; by default, when no config is given. face_crops: every image
+    is a face crop (FER2013's), so one whose face the face check turns down is aligned from
+    its own landmarks all the same, not skipped (fer preprocess --face-crops)."""
     from fercli.data.preprocess import preprocess_dataset
 
     return preprocess_dataset(
@@ -84,6 +87,7 @@ def prepare_dataset(
         workers,
         progress=progress,
         size_by_images=config is None if size_by_images is None else size_by_images,
+        face_crops=face_crops,
     )
 
 
@@ -341,6 +345,7 @@ def evaluate_model(
     output: str | Path | None = None,
     progress: Progress | None = None,
     adapt: bool | str = False,
+    face_crops: bool = False,
 ) -> EvaluationReport:
     """fer evaluate: score a model (default: the newest) on another dataset, a preprocessed one
     or an original folder (then preprocessed with the model's settings; progress follows the
@@ -349,7 +354,8 @@ def evaluate_model(
     FER_HOME/runs, named evaluate-<model>-<dataset>-adapted-<time> with adapt). adapt: the
     model adapted to the dataset's unlabelled crops first (fer evaluate --adapt): True, or how
     their per-pixel statistics are mapped onto the training crops' ("mean", the default;
-    "mean+std"; "none": the global statistics only)."""
+    "mean+std"; "none": the global statistics only). face_crops: an original folder's images
+    are all face crops (prepare_dataset's)."""
     from fercli.core.store import check_writable, new_dir, runs_dir, slug, timestamp
     from fercli.infer.adapt import adaptation_mode
     from fercli.learn.crossval_files import save_evaluation
@@ -357,7 +363,7 @@ def evaluate_model(
 
     adaptation_mode(adapt)  # a bad value refused before any work
     loaded = model if isinstance(model, FerModel) else load_model(model)
-    prepared, _ = prepare_for_model(dataset, loaded, workers, progress)
+    prepared, _ = prepare_for_model(dataset, loaded, workers, progress, face_crops)
     report = score_model(loaded, prepared, split, adapt=adapt)
     name = slug(Path(str(loaded.path)).stem)
     folder = (
@@ -385,6 +391,7 @@ def label_media(
     progress: Progress | None = None,
     video_progress: Callable[[str], Progress | None] | None = None,
     adapt: bool | str = False,
+    face_crops: bool = False,
 ) -> MediaReport:
     """fer predict: the faces and labels of every image and video in paths (files and
     folders) with a model (default: the newest), as an infer.files.MediaReport; with annotate,
@@ -397,7 +404,7 @@ def label_media(
     when a later search meets them (media.discover). A picture that cannot be written is in
     media.images.write_failures. adapt: the model adapted to the faces being labelled (the
     photos' together, each video's own) before they are labelled (fer predict --adapt), as
-    evaluate_model's adapt."""
+    evaluate_model's adapt. face_crops: every photo is a face crop (prepare_dataset's)."""
     from fercli.infer.adapt import adaptation_mode
     from fercli.infer.files import annotate_videos, label_files
     from fercli.infer.photos import annotate as annotate_images
@@ -432,6 +439,7 @@ def label_media(
         video_progress=video_progress,
         adapt=adapt,
         keep_best=explain is not None,
+        face_crops=face_crops,
     )
     if annotate is not None:
         media.annotated = annotate_images(media.images, Path(annotate))

@@ -20,6 +20,7 @@ from fercli.cli.app import (
     shown,
     user_errors,
 )
+from fercli.cli.options import FaceCropsOption
 from fercli.cli.render_data import render_inventory, render_preprocess, size_text
 from fercli.core.config import PREPROCESS_SETTINGS
 
@@ -57,6 +58,7 @@ def preprocess(
         help="Contrast equalization: face (the paper's histogram equalization, "
         "counting only pixels inside the photo), midpoint, clahe, whole or none.",
     ),
+    face_crops: bool = FaceCropsOption,
     workers: int | None = typer.Option(
         None, min=1, help="Processes to align with (default: one per core)."
     ),
@@ -84,6 +86,7 @@ def preprocess(
                 workers,
                 progress=None if as_json else update,
                 size_by_images=crop_size is None,
+                face_crops=face_crops,
             )
     failure = (
         f"{dataset_dir}: no image could be aligned ({len(report.skipped)} skipped)"

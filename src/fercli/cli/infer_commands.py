@@ -20,7 +20,13 @@ from fercli.cli.app import (
     shown,
     user_errors,
 )
-from fercli.cli.options import AdaptPixelsOption, ModelOption, video_options, video_progress
+from fercli.cli.options import (
+    AdaptPixelsOption,
+    FaceCropsOption,
+    ModelOption,
+    video_options,
+    video_progress,
+)
 from fercli.cli.render_media import (
     passed_over,
     plural,
@@ -30,6 +36,7 @@ from fercli.cli.render_media import (
     render_media_problems,
     render_media_summary,
     render_training_notes,
+    render_unchecked_note,
     render_write_failures,
 )
 
@@ -102,6 +109,7 @@ def predict(
         "statistics re-estimated. For photos from another camera.",
     ),
     adapt_pixels: AdaptPixels | None = AdaptPixelsOption,
+    face_crops: bool = FaceCropsOption,
 ) -> None:
     """Label the expression of every face in photos and videos."""
     if as_json and as_csv:
@@ -110,7 +118,15 @@ def predict(
         adapting = adapt_mode(adapt, adapt_pixels)
         options = video_options(every, fps, detect_every, smooth)
         media = _label_media(
-            paths, model, options, workers, annotate_dir, explain_dir, adapting, as_json or as_csv
+            paths,
+            model,
+            options,
+            workers,
+            annotate_dir,
+            explain_dir,
+            adapting,
+            face_crops,
+            as_json or as_csv,
         )
     _finish_predict(media, as_json, as_csv, all_scores, annotate_dir, explain_dir)
 
@@ -123,6 +139,7 @@ def _label_media(
     annotate_dir: Path | None,
     explain_dir: Path | None,
     adapting,
+    face_crops: bool,
     machine_readable: bool,
 ):
     """The library's labels of the photos and videos, under progress bars on a terminal: the
@@ -146,6 +163,7 @@ def _label_media(
             progress=None if quiet else update,
             video_progress=None if machine_readable else video_progress(bar),
             adapt=adapting,
+            face_crops=face_crops,
         )
 
 
@@ -172,6 +190,7 @@ def _finish_predict(
         render_explained(media, explain_dir)
     if not as_json:
         render_training_notes(media, as_csv)
+        render_unchecked_note(media, as_csv)
     listed, others = passed_over(media)
     if failure:
         raise fail(failure + (f" ({others})" if others else ""))

@@ -23,6 +23,7 @@ from fercli.cli.options import (
     TRAINING,
     AdaptPixelsOption,
     DatasetArgument,
+    FaceCropsOption,
     ModelOption,
     RayOption,
     epoch_reporter,
@@ -255,6 +256,7 @@ def evaluate(
         "normalisation statistics re-estimated. For photos from another camera.",
     ),
     adapt_pixels: AdaptPixels | None = AdaptPixelsOption,
+    face_crops: bool = FaceCropsOption,
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     """Score a trained model on another dataset: only the classes both have count."""
@@ -273,6 +275,7 @@ def evaluate(
                 output,
                 progress=None if as_json else update,
                 adapt=adapting,
+                face_crops=face_crops,
             )
     files = report.files
     if as_json:

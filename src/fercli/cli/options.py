@@ -27,6 +27,13 @@ SharedClassesOption = typer.Option(
 # Options other commands share word for word: predict, live and evaluate take --model, predict
 # and evaluate --adapt-pixels.
 ModelOption = typer.Option(None, help="Model file (default: the most recently trained).")
+FaceCropsOption = typer.Option(
+    False,
+    "--face-crops",
+    help="Every image is a face crop (FER2013's 48x48 images): one whose face the face check "
+    "turns down (a hand over it, the head on one side) is aligned from its own landmarks all "
+    "the same, not skipped as no face.",
+)
 AdaptPixelsOption = typer.Option(
     None,
     "--adapt-pixels",

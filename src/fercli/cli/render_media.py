@@ -73,6 +73,16 @@ def render_training_notes(media, as_csv: bool) -> None:
             )
 
 
+def render_unchecked_note(media, as_csv: bool) -> None:
+    """A note of the faces --face-crops had labelled though the face check turned them down."""
+    unchecked = sum(not face.face_check for image in media.images.images for face in image.faces)
+    if unchecked:
+        (err if as_csv else out).print(
+            f"note: {plural(unchecked, 'face')} labelled on the word of --face-crops: the face "
+            "check turned them down (a face turned or covered, or no face at all)"
+        )
+
+
 def render_annotated(media, annotate_dir: Path) -> None:
     if media.images.images:  # a run of videos alone has no annotated images to count
         err.print(f"{plural(len(media.annotated), 'annotated image')} in {shown(annotate_dir)}")

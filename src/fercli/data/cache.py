@@ -32,13 +32,22 @@ class CacheEntry:
     padding: float = 0.0  # share of the crop outside the photo, filled in
     # The image is itself a face crop, aligned from its own landmarks (faces.face_crops).
     whole_image: bool = False
+    # False: the face check turned that face down, and it was aligned on the word of
+    # --face-crops; reason then says why it is no face without it (as_checked).
+    face_check: bool = True
+
+    def as_checked(self) -> CacheEntry:
+        """The entry as it is without --face-crops: a face the face check turned down is none."""
+        return self if self.face_check else CacheEntry(crop=None, reason=self.reason)
 
     def to_json(self) -> dict:
         if self.crop is None:
             # Remembered with the version of the face search that found nothing: a later
             # version may find a face (CropCache.get).
             return {"reason": self.reason, "find": FIND_VERSION}
+        unchecked = {} if self.face_check else {"face_check": False, "reason": self.reason}
         return {
+            **unchecked,
             "whole_image": self.whole_image,
             "crop": base64.b64encode(self.crop.tobytes()).decode(),
             "shape": list(self.crop.shape),
@@ -62,6 +71,8 @@ class CacheEntry:
             angle=float(data["angle"]),
             padding=float(data.get("padding", 0.0)),
             whole_image=bool(data.get("whole_image", False)),
+            face_check=bool(data.get("face_check", True)),
+            reason=data.get("reason"),
         )
 
 

@@ -153,23 +153,28 @@ def _pixels(text: str) -> np.ndarray | None:
 
 
 def align_chunk(
-    chunk: list[tuple[int, int, str, np.ndarray]], config: PreprocessConfig
+    chunk: list[tuple[int, int, str, np.ndarray]], config: PreprocessConfig, face_crops: bool
 ) -> list[tuple]:
     """(number, label, split, crop or None, reason, whether the crop was aligned as a face crop
-    (faces.face_crops)) for each row of a chunk; runs in workers."""
+    (faces.face_crops), whether it passed the face check) for each row of a chunk; runs in
+    workers. face_crops: aligned even where the face check turns the face down (--face-crops)."""
     from fercli.faces.pipeline import FAILED, align_images
 
     images = (((number, label, split), image) for number, label, split, image in chunk)
     results = []
-    for (number, label, split), found in align_images(images, config, largest_only=True):
+    aligned = align_images(images, config, largest_only=True, face_crops=face_crops)
+    for (number, label, split), found in aligned:
         if found.faces:
             face = found.faces[0]
-            results.append((number, label, split, face.crop, None, face.whole_image))
+            results.append(
+                (number, label, split, face.crop, None, face.whole_image, face.face_check)
+            )
         elif found.status == FAILED:
-            results.append((number, label, split, None, f"row {number}: {found.reason}", False))
+            reason = f"row {number}: {found.reason}"
+            results.append((number, label, split, None, reason, False, True))
         else:
             reason = f"row {number}: {found.reason} in the 48x48 image"
-            results.append((number, label, split, None, reason, False))
+            results.append((number, label, split, None, reason, False, True))
     return results
 
 
@@ -190,6 +195,7 @@ def aligned_rows(
     workers: int,
     skipped: list[Skipped],
     progress: Progress | None = None,
+    face_crops: bool = False,
 ) -> Iterator[tuple]:
     """align_chunk's results for every good row, in row order. The rows are read as workers
     become free (parallel.run_tasks), so the file is never all in memory."""
@@ -206,7 +212,10 @@ def aligned_rows(
     chunks = _chunks(read_rows(path, skipped), CHUNK)
     with closing(
         run_tasks(
-            partial(align_chunk, config=config), chunks, workers, initializer=single_threaded_opencv
+            partial(align_chunk, config=config, face_crops=face_crops),
+            chunks,
+            workers,
+            initializer=single_threaded_opencv,
         )
     ) as results:
         for chunk_results in results:
@@ -221,12 +230,12 @@ def preprocess_fer2013(
     config: PreprocessConfig,
     workers: int,
     progress: Progress | None = None,
-    *,
     made_by: str = "preprocess",
+    face_crops: bool = False,
 ):
     """Align every face of a FER2013 CSV and save the prepared dataset (with each image's
     split); returns a PreprocessReport. Rows that are not FER2013 rows and faces dlib cannot
-    find are skipped with the reason."""
+    find are skipped with the reason. face_crops: as preprocess_dataset's."""
     from fercli.data.prepared import PreprocessReport
 
     started = time.perf_counter()
@@ -235,12 +244,13 @@ def preprocess_fer2013(
     no_face: list[Skipped] = []
     crops, labels, splits, paths = [], [], [], []
     unaligned: list[tuple[str, str]] = []  # (label, split) of the rows that gave no crop
-    rows = face_crops = 0
-    for number, label, split, crop, reason, whole_image in aligned_rows(
-        path, config, workers, bad_rows, progress
+    rows = whole_images = unchecked = 0
+    for number, label, split, crop, reason, whole_image, face_check in aligned_rows(
+        path, config, workers, bad_rows, progress, face_crops
     ):
         rows += 1
-        face_crops += whole_image
+        whole_images += whole_image
+        unchecked += not face_check
         if crop is None:
             no_face.append(Skipped(f"{path}#row{number}", reason))
             unaligned.append((LABELS[label], split))
@@ -262,7 +272,9 @@ def preprocess_fer2013(
         cache_hits=0,
         seconds=0.0,
         workers=workers,
-        face_crops=face_crops,
+        face_crops=whole_images,
+        unchecked_faces=unchecked,
+        every_image_a_face=face_crops,
         crop_size=config.crop_size,
     )
     report.notes += _fer2013_notes(report, bad_rows, len(no_face), rows, splits)
@@ -281,7 +293,7 @@ def _fer2013_notes(
     each crop's Usage)."""
     notes = []
     if report.face_crops:
-        notes.append(face_crops_note(report.face_crops, report.aligned))
+        notes.append(face_crops_note(report.face_crops, report.aligned, report.unchecked_faces))
     if bad_rows:
         notes.append(
             f"{len(bad_rows)} rows are not FER2013 rows (skipped; the first: {bad_rows[0].reason})"

@@ -289,12 +289,18 @@ def resolve_dataset(choice: str | Path | None) -> PreparedDataset:
     raise DatasetError(reason)
 
 
-def face_crops_note(face_crops: int, aligned: int) -> str:
-    """What to say of the images aligned as face crops (faces.face_crops)."""
+def face_crops_note(face_crops: int, aligned: int, unchecked: int = 0) -> str:
+    """What to say of the images aligned as face crops (faces.face_crops); unchecked: how many
+    of them the face check turned down, taken as faces on the word of --face-crops."""
+    checked = (
+        "a face check passed"
+        if not unchecked
+        else f"a face check passed, but for {unchecked} that it turned down, taken as faces "
+        "because --face-crops says every image is one"
+    )
     return (
         f"{face_crops} of the {aligned} images aligned are face crops in which the detector "
-        "found no face: aligned from the landmarks found in the image itself (a face check "
-        "passed)"
+        f"found no face: aligned from the landmarks found in the image itself ({checked})"
     )
 
 
@@ -322,6 +328,10 @@ class PreprocessReport:
     # Of the aligned images: those that were face crops themselves, aligned from their own
     # landmarks where the detector found nothing (faces.face_crops).
     face_crops: int = 0
+    # Of those: the ones the face check turned down, aligned because of --face-crops.
+    unchecked_faces: int = 0
+    # Made with --face-crops: every image taken for a face crop (faces.pipeline.find_faces).
+    every_image_a_face: bool = False
     crop_size: int = CROP_SIZE  # the side of the crops made
 
     def to_json(self) -> dict:
@@ -332,6 +342,8 @@ class PreprocessReport:
             "found": self.found,
             "aligned": self.aligned,
             "face_crops": self.face_crops,
+            "unchecked_faces": self.unchecked_faces,
+            "every_image_a_face": self.every_image_a_face,
             "skipped": [{"path": item.path, "reason": item.reason} for item in self.skipped],
             "classes": self.classes,
             "subjects": self.subjects,
@@ -365,6 +377,7 @@ def save_prepared(
         **dataset.meta,
         "preprocess": config.to_dict(),
         "preprocess_fingerprint": config.fingerprint(),
+        "every_image_a_face": report.every_image_a_face,
         "classes": report.classes,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

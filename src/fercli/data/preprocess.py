@@ -40,22 +40,29 @@ from fercli.media.images import read_file, single_threaded_opencv
 
 
 def align_file(
-    path: Path, config: PreprocessConfig, cache: CropCache | None
+    path: Path, config: PreprocessConfig, cache: CropCache | None, face_crops: bool = False
 ) -> tuple[CacheEntry, bool]:
     """Align the largest face of one image file, through the cache.
 
     Returns the entry (a crop, or the reason there is none) and whether it came from the
     cache. Never raises for a bad image; StoreError if the cache cannot be written.
+    face_crops: the image is a face crop, aligned even where the face check turns its face
+    down (faces.pipeline.find_faces).
     """
-    return align_files([path], config, cache)[0]
+    return align_files([path], config, cache, face_crops)[0]
 
 
 def align_files(
-    paths: list[Path | str], config: PreprocessConfig, cache: CropCache | None
+    paths: list[Path | str],
+    config: PreprocessConfig,
+    cache: CropCache | None,
+    face_crops: bool = False,
 ) -> list[tuple[CacheEntry, bool]]:
     """align_file for several files, in their order: the files whose crop is not cached go
     through the face pipeline (faces.pipeline.align_images, each image's largest face), and
-    what it makes of each is cached, unless it failed unexpectedly (tried again next run)."""
+    what it makes of each is cached, unless it failed unexpectedly (tried again next run).
+    The cache keeps what was made with face_crops or without: with it, an image remembered
+    without a face is tried again; without it, a face the face check turned down is none."""
     results: list = [None] * len(paths)
 
     def uncached() -> Iterator[tuple[tuple[int, str], bytes]]:
@@ -68,12 +75,13 @@ def align_files(
                 continue
             key = content_key(data)
             cached = cache.get(key) if cache is not None else None
-            if cached is not None:
-                results[index] = cached, True
+            if cached is not None and not (face_crops and cached.crop is None):
+                results[index] = (cached if face_crops else cached.as_checked()), True
                 continue
             yield (index, key), data
 
-    for (index, key), found in align_images(uncached(), config, largest_only=True):
+    aligned = align_images(uncached(), config, largest_only=True, face_crops=face_crops)
+    for (index, key), found in aligned:
         entry = _entry(found)
         if cache is not None and found.lasting:
             cache.put(key, entry)
@@ -93,6 +101,8 @@ def _entry(found: ImageFaces) -> CacheEntry:
         angle=round(face.angle, 3),
         padding=round(face.padding, 4),
         whole_image=face.whole_image,
+        face_check=face.face_check,
+        reason=found.reason,
     )
 
 
@@ -105,6 +115,7 @@ def preprocess_dataset(
     *,
     made_by: str = "preprocess",
     size_by_images: bool = False,
+    face_crops: bool = False,
 ) -> PreprocessReport:
     """Scan a dataset folder, align every image (through the cache) and save the prepared
     dataset and its contact sheet. LayoutError if the folder cannot be read as a dataset;
@@ -112,11 +123,13 @@ def preprocess_dataset(
 
     made_by: the command it is done for, kept in the dataset ("evaluate": a test set, which
     train and crossval never pick by default, see prepared.resolve_dataset). size_by_images:
-    the crop size is chosen by the number of images (core.recipes.auto_crop_size), not config's."""
+    the crop size is chosen by the number of images (core.recipes.auto_crop_size), not config's.
+    face_crops: every image is a face crop, aligned even where the face check turns its face
+    down (--face-crops; faces.pipeline.find_faces)."""
     started = time.perf_counter()
     root = Path(root)
     if is_fer2013(root) or (options.layout or "").lower() == "fer2013":
-        return _preprocess_csv(root, config, workers, progress, made_by, size_by_images)
+        return _preprocess_csv(root, config, workers, progress, made_by, size_by_images, face_crops)
     scan = scan_dataset(root, options)
     note = None
     if size_by_images:
@@ -125,7 +138,7 @@ def preprocess_dataset(
     cache.prepare()
     workers = workers or default_workers()
     records = scan.records
-    outcomes, tasks = _align_records(records, config, cache, workers, progress)
+    outcomes, tasks = _align_records(records, config, cache, workers, progress, face_crops)
     skipped = list(scan.skipped)
     kept, several, unaligned = _sort_outcomes(records, outcomes, skipped)
     classes = Counter(record.label for record, _ in kept)
@@ -144,8 +157,10 @@ def preprocess_dataset(
         workers=effective_workers(tasks, workers),
         notes=list(scan.notes) + ([note] if note else []),
         crop_size=config.crop_size,
+        every_image_a_face=face_crops,
     )
     report.face_crops = sum(entry.whole_image for _, entry in kept)
+    report.unchecked_faces = sum(not entry.face_check for _, entry in kept)
     report.notes += _dataset_notes(report, scan.layout)
     report.edges = edge_summary(kept)
     if kept:
@@ -161,6 +176,7 @@ def _preprocess_csv(
     progress: Progress | None,
     made_by: str,
     size_by_images: bool,
+    face_crops: bool,
 ) -> PreprocessReport:
     """preprocess_dataset of a FER2013 CSV: its rows counted first when the crop size is
     chosen by the number of images."""
@@ -170,7 +186,7 @@ def _preprocess_csv(
     if size_by_images:
         config, note = _sized(config, count_rows(path))
     report = preprocess_fer2013(
-        path, config, workers or default_workers(), progress, made_by=made_by
+        path, config, workers or default_workers(), progress, made_by, face_crops
     )
     report.notes += [note] if note else []
     return report
@@ -190,6 +206,7 @@ def _align_records(
     cache: CropCache,
     workers: int,
     progress: Progress | None,
+    face_crops: bool = False,
 ) -> tuple[list[tuple[CacheEntry, bool]], int]:
     """Align the records' images in worker processes, through the cache, reporting "items"
     progress: each one's CacheEntry and whether it came from the cache, in the records' order,
@@ -199,7 +216,7 @@ def _align_records(
     load_models_for_workers()
     parts = batches([str(record.path) for record in records], workers)
     outcomes: list[tuple[CacheEntry, bool]] = []
-    work = partial(align_files, config=config, cache=cache)
+    work = partial(align_files, config=config, cache=cache, face_crops=face_crops)
     with closing(run_tasks(work, parts, workers, initializer=single_threaded_opencv)) as results:
         for outcome in chain.from_iterable(results):
             outcomes.append(outcome)
@@ -240,7 +257,7 @@ def _dataset_notes(report: PreprocessReport, layout: str) -> list[str]:
     if report.several_faces:
         notes.append(f"{len(report.several_faces)} images had several faces; the largest was used")
     if report.face_crops:
-        notes.append(face_crops_note(report.face_crops, report.aligned))
+        notes.append(face_crops_note(report.face_crops, report.aligned, report.unchecked_faces))
     return notes
 
 

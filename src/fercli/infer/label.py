@@ -30,6 +30,9 @@ class FacePrediction:
     # The image is itself a face crop in which the detector found nothing: the face was found
     # from its own landmarks (faces.face_crops).
     whole_image: bool = False
+    # False: such a face that the face check turned down, labelled on the word of
+    # --face-crops (every image is a face crop).
+    face_check: bool = True
 
     def to_json(self) -> dict:
         return {
@@ -38,6 +41,7 @@ class FacePrediction:
             "probabilities": self.probabilities,
             "in_training_data": self.in_training_data,
             **({"whole_image": True} if self.whole_image else {}),
+            **({} if self.face_check else {"face_check": False}),
         }
 
 

@@ -55,15 +55,18 @@ class PredictReport:
         return sum(1 for image in self.images if image.error is None)
 
 
-def _align_files(paths: list[str], config: PreprocessConfig) -> list[tuple[list, str | None]]:
-    """The faces of each image, aligned by the face pipeline: (crop, box, whether the image
-    is itself the face crop) each, and why the image could not be read (None when it could)."""
+def _align_files(
+    paths: list[str], config: PreprocessConfig, face_crops: bool
+) -> list[tuple[list, str | None]]:
+    """The faces of each image, aligned by the face pipeline: (crop, box, (whether the image
+    is itself the face crop, whether it passed the face check)) each, and why the image could
+    not be read (None when it could)."""
     return [
         (
-            [(face.crop, face.box, face.whole_image) for face in found.faces],
+            [(face.crop, face.box, (face.whole_image, face.face_check)) for face in found.faces],
             None if found.read else found.reason,
         )
-        for _, found in align_images(enumerate(paths), config)
+        for _, found in align_images(enumerate(paths), config, face_crops=face_crops)
     ]
 
 
@@ -73,22 +76,24 @@ def label_photos(
     workers: int | None = None,
     progress: Progress | None = None,
     adapt: bool | str = False,
+    face_crops: bool = False,
 ) -> PredictReport:
     """Find, align and classify every face in the images named by paths (files or folders),
     or in the images a command discovered already. adapt: the model adapted to all these faces
     first (infer.adapt; a name of infer.adapt.PIXEL_MAPS says how, True the default); FerError
-    when there are too few distinct ones."""
+    when there are too few distinct ones. face_crops: every image is a face crop, so one whose
+    face the face check turns down is labelled all the same (faces.pipeline.find_faces)."""
     mode = adaptation_mode(adapt)
     discovered = paths if isinstance(paths, Discovered) else discover(paths)
     files = discovered.files
     images = [ImagePrediction(path=str(path)) for path in files]
-    found: list[tuple[int, np.ndarray, tuple, bool]] = []
+    found: list[tuple[int, np.ndarray, tuple, tuple[bool, bool]]] = []
     if progress:
         progress(items(0, len(files)))
     if files:
         load_models_for_workers()
     workers = workers or default_workers()
-    work = partial(_align_files, config=model.preprocess)
+    work = partial(_align_files, config=model.preprocess, face_crops=face_crops)
     parts = batches([str(path) for path in files], workers)
     with closing(run_tasks(work, parts, workers, initializer=single_threaded_opencv)) as results:
         for index, (faces, error) in enumerate(chain.from_iterable(results)):
@@ -109,8 +114,8 @@ def label_photos(
             [box for _, _, box, _ in found],
             [images[index].path for index, _, _, _ in found],
         )
-        for (index, crop, _, whole_image), face in zip(found, labelled, strict=True):
-            face.whole_image = whole_image
+        for (index, crop, _, (whole_image, face_check)), face in zip(found, labelled, strict=True):
+            face.whole_image, face.face_check = whole_image, face_check
             images[index].faces.append(face)
             images[index].crops.append(crop)
     return PredictReport(

@@ -55,12 +55,14 @@ def prepare_for_model(
     model: FerModel,
     workers: int | None = None,
     progress: Progress | None = None,
+    face_crops: bool = False,
 ) -> tuple[PreparedDataset, object | None]:
     """The dataset to evaluate on, in crops made with the model's own preprocessing settings:
     a preprocessed dataset (name or folder under FER_HOME, or its dataset.npz), or an original
     dataset folder, which is preprocessed first with the model's settings (through the crop
     cache, as `fer preprocess` would). Returns the dataset and the PreprocessReport when it was
-    preprocessed now. DatasetError for a dataset made with other settings."""
+    preprocessed now. DatasetError for a dataset made with other settings. face_crops: an
+    original folder's images are all face crops (preprocess_dataset's)."""
     from fercli.data.preprocess import preprocess_dataset
 
     wanted = model.preprocess.fingerprint()
@@ -72,11 +74,18 @@ def prepare_for_model(
         prepared = dataset_folder(candidate) / DATASET_FILE
         if prepared.exists():
             dataset = load_dataset(prepared)
-            if _fingerprint(dataset) == wanted:
+            made_as = bool(dataset.meta.get("every_image_a_face", False))
+            if _fingerprint(dataset) == wanted and made_as == face_crops:
                 return dataset, None
         # Marked as a test set: evaluating must not change what train and crossval pick.
         report = preprocess_dataset(
-            candidate, ScanConfig(), model.preprocess, workers, progress, made_by="evaluate"
+            candidate,
+            ScanConfig(),
+            model.preprocess,
+            workers,
+            progress,
+            made_by="evaluate",
+            face_crops=face_crops,
         )
         if not report.dataset:
             raise DatasetError(
