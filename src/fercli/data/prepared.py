@@ -295,11 +295,11 @@ def face_crops_note(face_crops: int, aligned: int, unchecked: int = 0) -> str:
     checked = (
         "a face check passed"
         if not unchecked
-        else f"a face check passed, but for {unchecked} that it turned down, taken as faces "
+        else f"a face check passed, but for {unchecked:,} that it turned down, taken as faces "
         "because --face-crops says every image is one"
     )
     return (
-        f"{face_crops} of the {aligned} images aligned are face crops in which the detector "
+        f"{face_crops:,} of the {aligned:,} images aligned are face crops in which the detector "
         f"found no face: aligned from the landmarks found in the image itself ({checked})"
     )
 
