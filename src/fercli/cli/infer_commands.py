@@ -115,36 +115,24 @@ def predict(
     if as_json and as_csv:
         raise fail("choose one of --json and --csv", as_json=True)
     with user_errors(as_json):
-        adapting = adapt_mode(adapt, adapt_pixels)
-        options = video_options(every, fps, detect_every, smooth)
         media = _label_media(
             paths,
-            model,
-            options,
-            workers,
-            annotate_dir,
-            explain_dir,
-            adapting,
-            face_crops,
             as_json or as_csv,
+            model=model,
+            options=video_options(every, fps, detect_every, smooth),
+            workers=workers,
+            annotate=annotate_dir,
+            explain=explain_dir,
+            adapt=adapt_mode(adapt, adapt_pixels),
+            face_crops=face_crops,
         )
     _finish_predict(media, as_json, as_csv, all_scores, annotate_dir, explain_dir)
 
 
-def _label_media(
-    paths: list[Path],
-    model: Path | None,
-    options,
-    workers: int | None,
-    annotate_dir: Path | None,
-    explain_dir: Path | None,
-    adapting,
-    face_crops: bool,
-    machine_readable: bool,
-):
-    """The library's labels of the photos and videos, under progress bars on a terminal: the
-    photos' (for a folder or several files) and each video's; none with --json or --csv
-    (machine_readable)."""
+def _label_media(paths: list[Path], machine_readable: bool, **labelling):
+    """The library's labels of the photos and videos (api.label_media, given labelling's
+    keyword arguments), under progress bars on a terminal: the photos' (for a folder or
+    several files) and each video's; none with --json or --csv (machine_readable)."""
     from fercli.api import label_media
 
     bar, update = progress_bar("predicting")
@@ -155,15 +143,9 @@ def _label_media(
     with bar if not machine_readable else contextlib.nullcontext():
         return label_media(
             paths,
-            model,
-            options=options,
-            workers=workers,
-            annotate=annotate_dir,
-            explain=explain_dir,
             progress=None if quiet else update,
             video_progress=None if machine_readable else video_progress(bar),
-            adapt=adapting,
-            face_crops=face_crops,
+            **labelling,
         )
 
 
