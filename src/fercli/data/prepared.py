@@ -378,6 +378,7 @@ def save_prepared(
         "preprocess": config.to_dict(),
         "preprocess_fingerprint": config.fingerprint(),
         "every_image_a_face": report.every_image_a_face,
+        "face_crops": report.face_crops,
         "classes": report.classes,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

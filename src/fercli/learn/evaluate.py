@@ -216,6 +216,8 @@ def score_model(
         model, selection.crops, selection.targets, predicted, shared, list(matched.values())
     )
     fold = _whole_dataset_fold(model, accuracy, len(selection.crops), started)
+    every = every_image(dataset, dataset_name, shared, int(np.sum(predicted == selection.targets)))
+    warnings += face_crops_hint(dataset, every)
     return EvaluationReport(
         dataset={**dataset_summary(dataset, selection, dataset_name), "split": split},
         protocol=_evaluation_protocol(
@@ -232,9 +234,7 @@ def score_model(
         predictions=rows,
         answer_shares=shares,
         where=where,
-        all_images=every_image(
-            dataset, dataset_name, shared, int(np.sum(predicted == selection.targets))
-        ),
+        all_images=every,
     )
 
 
@@ -403,6 +403,19 @@ def every_image(dataset: PreparedDataset, name: str, shared: list[str], correct:
         "without_face_per_class": missing,
         "accuracy": correct / images if images else None,
     }
+
+
+def face_crops_hint(dataset: PreparedDataset, every: dict) -> list[str]:
+    """A note for a dataset of face crops (some of its images were aligned as such) in which
+    some images gave no face: --face-crops would label them too."""
+    meta = dataset.meta
+    without = every.get("without_face") or 0
+    if not without or not meta.get("face_crops") or meta.get("every_image_a_face"):
+        return []
+    return [
+        f"{without:,} images without a face found: if every image is a face crop (as "
+        "FER2013's are), --face-crops labels them too (the face check turned them down)"
+    ]
 
 
 def shared_probabilities(model: FerModel, crops: np.ndarray, shared: list[str]) -> np.ndarray:
