@@ -136,8 +136,7 @@ def preprocess_dataset(
         config, note = _sized(config, len(scan.records))
     cache = CropCache(config)
     cache.prepare()
-    workers = workers or default_workers()
-    records = scan.records
+    workers, records = workers or default_workers(), scan.records
     outcomes, tasks = _align_records(records, config, cache, workers, progress, face_crops)
     skipped = list(scan.skipped)
     kept, several, unaligned = _sort_outcomes(records, outcomes, skipped)
@@ -157,10 +156,10 @@ def preprocess_dataset(
         workers=effective_workers(tasks, workers),
         notes=list(scan.notes) + ([note] if note else []),
         crop_size=config.crop_size,
+        face_crops=sum(entry.whole_image for _, entry in kept),
+        unchecked_faces=sum(not entry.face_check for _, entry in kept),
         every_image_a_face=face_crops,
     )
-    report.face_crops = sum(entry.whole_image for _, entry in kept)
-    report.unchecked_faces = sum(not entry.face_check for _, entry in kept)
     report.notes += _dataset_notes(report, scan.layout)
     report.edges = edge_summary(kept)
     if kept:
