@@ -4,6 +4,7 @@ nothing, the face is found from the image's own landmarks, if the face check pas
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -219,6 +220,20 @@ def test_evaluate_with_face_crops_counts_every_image(tmp_path, astronaut_gray, n
     assert sum(map(sum, taken["confusion_matrix"])) == 4
     # The dataset evaluate prepared with the word is not taken for one without it.
     assert again["all_images"]["without_face"] == 2
+
+
+def test_evaluate_with_face_crops_refuses_a_dataset_preprocessed_without_it(
+    tmp_path, astronaut_gray, newest_model
+):
+    folder = _crops_folder(tmp_path / "crops", astronaut_gray)
+    made = _preprocessed(folder)
+    name = Path(made["dataset"]).parent.name
+    result = runner.invoke(app, ["evaluate", name, "--face-crops"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "preprocessed without --face-crops" in result.output and str(folder) in result.output
+    taken = _preprocessed(folder, "--face-crops")
+    result = runner.invoke(app, ["evaluate", Path(taken["dataset"]).parent.name, "--face-crops"])
+    assert result.exit_code == 0, result.output
 
 
 def test_predict_with_face_crops_labels_the_face_and_marks_it(tmp_path, newest_model):

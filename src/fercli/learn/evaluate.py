@@ -104,6 +104,12 @@ def prepare_for_model(
             "instead, "
             "and it is preprocessed with the model's settings"
         )
+    if face_crops and not dataset.meta.get("every_image_a_face"):
+        raise DatasetError(
+            f"{choice}: preprocessed without --face-crops; give its original folder "
+            f"({dataset.meta.get('source', 'the folder it was made from')}) with --face-crops, "
+            "and it is preprocessed again"
+        )
     return dataset, None
 
 
