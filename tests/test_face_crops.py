@@ -216,7 +216,8 @@ def test_evaluate_with_face_crops_counts_every_image(tmp_path, astronaut_gray, n
     assert plain["all_images"]["without_face"] == 2
     assert any("--face-crops labels them too" in note for note in plain["warnings"])
     assert taken["all_images"]["without_face"] == 0
-    assert not any("--face-crops" in note for note in taken["warnings"])
+    assert not any("--face-crops labels them too" in note for note in taken["warnings"])
+    assert any("preprocessed with --face-crops: 2 faces" in note for note in taken["warnings"])
     assert sum(map(sum, taken["confusion_matrix"])) == 4
     # The dataset evaluate prepared with the word is not taken for one without it.
     assert again["all_images"]["without_face"] == 2

@@ -379,6 +379,7 @@ def save_prepared(
         "preprocess_fingerprint": config.fingerprint(),
         "every_image_a_face": report.every_image_a_face,
         "face_crops": report.face_crops,
+        "unchecked_faces": report.unchecked_faces,
         "classes": report.classes,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -412,11 +412,19 @@ def every_image(dataset: PreparedDataset, name: str, shared: list[str], correct:
 
 
 def face_crops_hint(dataset: PreparedDataset, every: dict) -> list[str]:
-    """A note for a dataset of face crops (some of its images were aligned as such) in which
-    some images gave no face: --face-crops would label them too."""
+    """What the report says of --face-crops: for a dataset made with it, how many faces were
+    taken on its word (the scores count them); for a dataset of face crops (some of its images
+    were aligned as such) in which some images gave no face, that --face-crops would label them
+    too."""
     meta = dataset.meta
+    if meta.get("every_image_a_face"):
+        taken = int(meta.get("unchecked_faces") or 0)
+        return [
+            f"preprocessed with --face-crops: {taken:,} faces the face check turned down are "
+            "scored too"
+        ]
     without = every.get("without_face") or 0
-    if not without or not meta.get("face_crops") or meta.get("every_image_a_face"):
+    if not without or not meta.get("face_crops"):
         return []
     return [
         f"{without:,} images without a face found: if every image is a face crop (as "
