@@ -20,7 +20,8 @@ time.process_time() around one call (one process, OpenCV and OpenMP on one threa
 detection matches a true face when its centre is inside the true box and its width is 0.5-2
 times the true width; a detection matching none is a false face.
 
-Last, the crops: every face found by both every-face searches aligned from each one's box
+Last, the crops: every face found by YuNet + dlib and by level 0 (preprocessing's boxes, from
+which training crops are made), then by both every-face searches, aligned from each one's box
 (the landmarks start from the box), the two 32x32 crops compared.
 """
 
@@ -156,11 +157,12 @@ def report(photos, results) -> None:
     print(f"true faces by width: {counts}")
 
 
-def crop_agreement(pictures, results) -> None:
-    """The crops of the faces both every-face searches found, aligned from each one's box."""
+def crop_agreement(pictures, results, before_name: str, what: str) -> None:
+    """The crops of the faces both before_name's search and YuNet + dlib found, aligned from
+    each one's box."""
     correlations, differences, widths = [], [], []
     for (photo, picture), before, now in zip(
-        pictures, results["dlib only"], results["YuNet + dlib"], strict=True
+        pictures, results[before_name], results["YuNet + dlib"], strict=True
     ):
         for box, score in before[0]:
             same = [
@@ -182,7 +184,7 @@ def crop_agreement(pictures, results) -> None:
     if not correlations:
         return
     print(
-        f"crops of the {len(correlations)} faces both every-face searches found: correlation "
+        f"crops of the {len(correlations)} faces {what}: correlation "
         f"median {np.median(correlations):.3f} (5th percentile "
         f"{np.percentile(correlations, 5):.3f}, least {min(correlations):.3f}); mean absolute "
         f"difference median {np.median(differences):.1f} grey levels (95th percentile "
@@ -222,7 +224,8 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f}"
     )
     report(photos, results)
-    crop_agreement(pictures, results)
+    crop_agreement(pictures, results, "level 0", "level 0 (preprocessing) found, YuNet + dlib too")
+    crop_agreement(pictures, results, "dlib only", "both every-face searches found")
 
 
 if __name__ == "__main__":

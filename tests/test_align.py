@@ -325,7 +325,11 @@ def test_the_pipeline_says_what_became_of_each_image(astronaut_path, astronaut_g
     photo = found["path"].faces[0]
     assert found["path"].detected == 1 and found["path"].reason is None
     assert np.array_equal(found["bytes"].faces[0].crop, photo.crop)
-    assert np.array_equal(align_faces(astronaut_path, config)[0].crop, photo.crop)
+    # Every face (predict): YuNet's proposal confirmed by dlib, the same face aligned alike.
+    [every] = align_faces(astronaut_path, config)
+    assert (
+        np.corrcoef(every.crop.ravel().astype(float), photo.crop.ravel().astype(float))[0, 1] > 0.93
+    )
     # A video frame's face goes through the same step from box to crop as the photo's.
     [box] = frame_boxes(astronaut_gray, config)
     [frame_face] = align_frame_faces(astronaut_gray, [box], config)

