@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fercli.core.errors import ImageError, ModelError
+from fercli.core.hashing import source_digest
 from fercli.faces.pipeline import align_faces
-from fercli.media.images import image_name
+from fercli.media.images import image_name, read_file
 from fercli.media.video import is_video
 
 if TYPE_CHECKING:
@@ -116,12 +117,27 @@ def label_faces(image: str | os.PathLike | np.ndarray, model: FerModel) -> list[
     if not faces:
         return []
     source = image_name(image) or "the image"
+    # Its largest face, the first, is the one a training photo was trained on.
+    digest = _file_digest(image) if model.training_sources is not None else None
     labelled = label_crops(
         model,
         np.stack([face.crop for face in faces]),
         [face.box for face in faces],
         [source] * len(faces),
+        [digest] + [None] * (len(faces) - 1),
     )
     for face, prediction in zip(faces, labelled, strict=True):
         prediction.whole_image = face.whole_image
     return labelled
+
+
+def _file_digest(image: str | os.PathLike | np.ndarray) -> bytes | None:
+    """The source digest of the file an image argument names (core.hashing.source_digest);
+    None for an array, or a file that can no longer be read."""
+    name = image_name(image)
+    if name is None:
+        return None
+    try:
+        return source_digest(read_file(Path(name)))
+    except ImageError:
+        return None
