@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -24,6 +25,7 @@ from fercli import __version__
 from fercli.cli import app
 from fercli.core.config import MODEL_VARIANTS, NORMALISATIONS, TrainConfig
 from fercli.core.store import models_dir
+from fercli.faces.pipeline import align_faces
 from fercli.infer.model import load_model
 from fercli.learn.training import train_model
 from synthetic import make_dataset, save_synthetic
@@ -868,11 +870,52 @@ def test_predict_notes_an_image_the_model_was_trained_on(
     ]
     images = json.loads(fer("predict", seen, new, "--model", model, "--json").stdout)
     assert [image["faces"][0]["in_training_data"] for image in images] == [True, False]
-    # A model file from before fercli kept the hashes loads as before, and does not say.
+    # The model keeps the digests of the files it was trained on, as the dataset does.
+    training_files = sorted(root.glob("*/*.png"))
+    assert len(training_files) == 4
+    digests = {hashlib.sha256(path.read_bytes()).digest()[:8] for path in training_files}
+    assert {row.tobytes() for row in load_model(model).training_sources} == digests
     with np.load(model, allow_pickle=False) as archive:
-        content = {key: archive[key] for key in archive.files if key != "training_hashes"}
+        content = {key: archive[key] for key in archive.files}
+    # A training photo whose face predict crops otherwise than preprocessing did (no crop
+    # hash matches) is still recognised by its file; a new one still is not.
+    other_crops = tmp_path / "other-crops.npz"
+    np.savez(other_crops, **{**content, "training_hashes": np.zeros((1, 8), np.uint8)})
+    crop = align_faces(seen, load_model(model).preprocess)[0].crop[np.newaxis]
+    assert load_model(model).seen_in_training(crop) == [True]
+    assert load_model(other_crops).seen_in_training(crop) == [False]
+    images = json.loads(fer("predict", seen, new, "--model", other_crops, "--json").stdout)
+    assert [image["faces"][0]["in_training_data"] for image in images] == [True, False]
+    # So does model.predict (fercli.label_faces) given the photo's path; an array names no file.
+    photos = load_model(other_crops)
+    assert [photos.predict(path)[0].in_training_data for path in (seen, new)] == [True, False]
+    assert photos.predict(cv2.imread(str(seen)))[0].in_training_data is False
+    assert notes == [
+        line
+        for line in fer("predict", seen, new, "--model", other_crops).stdout.splitlines()
+        if line.startswith("note: ")
+    ]
+    # So it is by a file that only knows the files; and the same pixels in another file are
+    # known by their crop alone.
+    copy = write_image(tmp_path / "copy.bmp", cv2.imread(str(seen), cv2.IMREAD_GRAYSCALE))
+    only_files = tmp_path / "only-files.npz"
+    np.savez(
+        only_files, **{key: array for key, array in content.items() if key != "training_hashes"}
+    )
+    images = json.loads(fer("predict", seen, new, copy, "--model", only_files, "--json").stdout)
+    assert [image["faces"][0]["in_training_data"] for image in images] == [True, False, False]
+    images = json.loads(fer("predict", copy, "--model", model, "--json").stdout)
+    assert images[0]["faces"][0]["in_training_data"] is True
+    # A model file from before fercli kept either loads as before, and does not say.
     older = tmp_path / "older.npz"
-    np.savez(older, **content)
+    np.savez(
+        older,
+        **{
+            key: array
+            for key, array in content.items()
+            if key not in ("training_hashes", "training_sources")
+        },
+    )
     result = fer("predict", seen, "--model", older, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["faces"][0]["in_training_data"] is None

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from fercli.cli import app
 from fercli.core.config import PreprocessConfig, TrainConfig
 from fercli.core.errors import DatasetError
+from fercli.core.hashing import digest_rows, source_digest
 from fercli.core.store import datasets_dir
 from fercli.data.combined import combine, load_combined, resolve_datasets
 from fercli.data.prepared import PreparedDataset, dataset_folder, save_dataset
@@ -147,6 +148,34 @@ def test_crops_in_an_earlier_dataset_too_are_dropped_and_counted(fer_home):
     assert combined.parts[1]["duplicates_dropped"] == 5
     assert combined.parts[1]["images"] == len(second.crops)
     assert any("5 crops of ck48 are also in an earlier dataset" in note for note in combined.notes)
+    assert combined.sources is None  # neither dataset has its files' digests
+
+
+def file_digests(paths) -> np.ndarray:
+    """A source digest for each path, as though each named a file of its own."""
+    return digest_rows([source_digest(str(path).encode()) for path in paths])
+
+
+def test_the_source_digests_of_combined_datasets_stay_with_their_crops(fer_home):
+    first = synthetic("jaffe", seed=1)
+    second = synthetic("ck48", seed=2)
+    overlap = PreparedDataset(
+        crops=np.concatenate([first.crops[:5], second.crops]),
+        labels=np.concatenate([first.labels[:5], second.labels]),
+        subjects=np.concatenate([first.subjects[:5], second.subjects]),
+        paths=np.concatenate([first.paths[:5], second.paths]),
+        meta=second.meta,
+    )
+    first.sources, overlap.sources = file_digests(first.paths), file_digests(overlap.paths)
+    combined = combine([first, overlap])
+    assert combined.parts[1]["duplicates_dropped"] == 5
+    assert len(combined.sources) == len(combined.crops) == len(first.crops) + len(second.crops)
+    np.testing.assert_array_equal(combined.sources, file_digests(combined.paths))
+    selection = select_classes(combined, ("anger", "surprise"))
+    np.testing.assert_array_equal(selection.sources, file_digests(selection.paths))
+    # One dataset without them: the combination has none (no digest for its rows).
+    overlap.sources = None
+    assert combine([first, overlap]).sources is None
 
 
 def test_datasets_preprocessed_with_different_settings_are_refused_with_the_command(fer_home):

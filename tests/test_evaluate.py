@@ -185,6 +185,20 @@ def test_split_on_a_dataset_without_splits_is_refused(single_path):
     assert result.exit_code == 1 and "no predefined splits" in result.stderr
 
 
+def test_a_split_keeps_the_source_digests_of_its_images():
+    from fercli.core.hashing import digest_rows, source_digest
+    from fercli.learn.evaluate import dataset_split
+
+    dataset = make_dataset(labels=TRAINED, subjects=2, per_subject=2)
+    dataset.splits = np.array(["Training", "PublicTest"] * (len(dataset.crops) // 2))
+    dataset.sources = digest_rows([source_digest(path.encode()) for path in dataset.paths])
+    part = dataset_split(dataset, "PublicTest")
+    assert len(part.sources) == len(part.crops) == len(dataset.crops) // 2
+    np.testing.assert_array_equal(part.sources, dataset.sources[1::2])
+    dataset.sources = None
+    assert dataset_split(dataset, "PublicTest").sources is None
+
+
 # --- ensembles --------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,16 @@ def probe_crops(selection) -> np.ndarray:
 
 
 def save_model(
-    path, keras_model, classes, mean, std, preprocess, training, extra=None, training_crops=None
+    path,
+    keras_model,
+    classes,
+    mean,
+    std,
+    preprocess,
+    training,
+    extra=None,
+    training_crops=None,
+    training_sources=None,
 ):
     """One Keras network to a model file, as fer train writes it (save_networks of one)."""
     return save_networks(
@@ -54,6 +64,7 @@ def save_model(
         training,
         extra,
         training_crops=training_crops,
+        training_sources=training_sources,
     )
 
 
@@ -434,3 +445,52 @@ def test_the_model_file_keeps_hashes_of_its_training_crops(trained, selection, t
     )
     with pytest.raises(ModelError, match="bad.npz: training_hashes"):
         load_model(bad)
+
+
+def test_the_model_file_keeps_the_source_digests_of_its_training_files(
+    trained, selection, tmp_path
+):
+    from fercli.core.hashing import SOURCE_DIGEST_BYTES, digest_rows, source_digest
+
+    files = [b"first photo", b"second photo", b"third photo"]
+    digests = [source_digest(data) for data in files]
+    # Two crops of one file (repeats are kept once), in no particular order.
+    sources = digest_rows([digests[2], digests[0], digests[2]])
+    model, mean, std, _ = trained["paper"]
+    crops = np.random.default_rng(1).integers(0, 256, (3, 32, 32), np.uint8)
+    path = save_model(
+        tmp_path / "m.npz",
+        model,
+        selection.labels,
+        mean,
+        std,
+        PreprocessConfig(),
+        TrainConfig(),
+        training_crops=crops,
+        training_sources=sources,
+    )
+    loaded = load_model(path)
+    assert loaded.training_sources.dtype == np.uint8
+    assert [row.tobytes() for row in loaded.training_sources] == sorted([digests[0], digests[2]])
+    assert [loaded.seen_source(digest) for digest in digests] == [True, False, True]
+    assert digests[2] == hashlib.sha256(b"third photo").digest()[:SOURCE_DIGEST_BYTES]
+    # A file written without them (an older fercli's, or trained on FER2013's CSV) does not say.
+    older = load_model(rewrite_without(path, tmp_path / "older.npz", "training_sources"))
+    assert older.training_sources is None and older.seen_source(digests[0]) is None
+    assert older.seen_in_training(crops[:1]) == [True]  # the crops' hashes still tell
+    # A damaged array is refused like any damaged part of a model file.
+    bad = rewrite(
+        path, tmp_path / "bad.npz", arrays={"training_sources": np.zeros((2, 4), np.uint8)}
+    )
+    with pytest.raises(ModelError, match="bad.npz: training_sources"):
+        load_model(bad)
+    bad = rewrite(path, tmp_path / "text.npz", arrays={"training_sources": np.array(["a", "b"])})
+    with pytest.raises(ModelError, match="text.npz: training_sources"):
+        load_model(bad)
+
+
+def rewrite_without(source: Path, target: Path, key: str) -> Path:
+    """A copy of a model file without one of its arrays (as an older fercli wrote it)."""
+    with np.load(source, allow_pickle=False) as archive:
+        np.savez(target, **{name: archive[name] for name in archive.files if name != key})
+    return target

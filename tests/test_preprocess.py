@@ -3,6 +3,7 @@ aligned, the crop cache, the prepared dataset and its contact sheet, and the CLI
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -213,6 +214,43 @@ def test_second_run_comes_from_the_cache_with_identical_crops(mixed_dataset):
     assert second.aligned == first.aligned
     assert skipped_by_name(second.skipped) == skipped_by_name(first.skipped)
     np.testing.assert_array_equal(load_dataset(second.dataset).crops, crops)
+
+
+def source_digests_of(paths) -> list[bytes]:
+    """The source digest of each file: the first 8 bytes of the SHA-256 of its bytes."""
+    return [hashlib.sha256(Path(path).read_bytes()).digest()[:8] for path in paths]
+
+
+def test_the_dataset_keeps_each_crops_file_digest_also_from_the_cache(mixed_dataset, tmp_path):
+    first = preprocess_dataset(mixed_dataset, workers=1)
+    dataset = load_dataset(first.dataset)
+    assert dataset.sources.dtype == np.uint8 and dataset.sources.shape == (GOOD, 8)
+    expected = source_digests_of(dataset.paths)
+    assert [row.tobytes() for row in dataset.sources] == expected
+    assert len(set(expected)) == GOOD
+
+    second = preprocess_dataset(mixed_dataset, workers=1)
+    assert second.cache_hits == second.aligned + len(BAD_REASONS) - 1  # every crop cached
+    again = load_dataset(second.dataset)
+    assert again.paths.tolist() == dataset.paths.tolist()
+    assert [row.tobytes() for row in again.sources] == expected
+    # Not kept in the cache's entries: the key they are filed under is the file's digest.
+    entries = list(CropCache(PreprocessConfig()).folder.glob("*/*.json"))
+    assert entries and not any("source" in json.loads(path.read_bytes()) for path in entries)
+
+    # A dataset preprocessed before fercli kept them loads, without them.
+    path = Path(first.dataset)
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = dict(archive)
+    older = tmp_path / "older" / "dataset.npz"
+    older.parent.mkdir()
+    np.savez(older, **{name: array for name, array in arrays.items() if name != "sources"})
+    assert load_dataset(older).sources is None
+    # Damaged ones are refused with the rest of a damaged dataset.
+    for damaged in (arrays["sources"][:-1], arrays["sources"][:, :4], arrays["sources"] * 1.0):
+        np.savez(older, **{**arrays, "sources": damaged})
+        with pytest.raises(FerError, match="damaged dataset file \\(sources are"):
+            load_dataset(older)
 
 
 def test_changed_setting_recomputes(make_folders):

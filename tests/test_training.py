@@ -434,6 +434,46 @@ def test_a_crossval_with_image_normalisation_saves_an_ensemble_that_agrees_with_
     assert all(member.per_image for member in model.networks)
 
 
+def with_sources(dataset):
+    """The dataset with a source digest for each crop, as though each came from a file of its
+    own (the digest of the file's path, distinct for each)."""
+    from fercli.core.hashing import digest_rows, source_digest
+
+    dataset.sources = digest_rows([source_digest(path.encode()) for path in dataset.paths])
+    return dataset
+
+
+def test_train_and_crossval_models_keep_the_source_digests_of_the_images_they_learned_from(
+    tmp_path,
+):
+    from fercli.infer.model import load_model
+    from fercli.learn.crossval_files import save_crossval_model
+    from fercli.learn.training import train_model
+
+    dataset = with_sources(make_dataset(subjects=2, per_subject=3))
+    classes = ("anger", "happiness")
+    learned = np.isin(dataset.labels, classes)
+    expected = sorted(row.tobytes() for row in dataset.sources[learned])
+    assert len(set(expected)) == len(expected) == 12
+    config = TrainConfig(epochs=1, copies=0, classes=classes)
+
+    trained = load_model(train_model(dataset, config, tmp_path / "one.npz").path)
+    assert [row.tobytes() for row in trained.training_sources] == expected
+
+    # Each fold network learned from all folds but its own: together, every image selected.
+    run = cross_validate(dataset, config, folds=2, group="random", workers=1)
+    ensemble = load_model(save_crossval_model(run, tmp_path / "folds.npz"))
+    assert [row.tobytes() for row in ensemble.training_sources] == expected
+    left_out = dataset.sources[~learned][0].tobytes()
+    assert ensemble.seen_source(left_out) is False and ensemble.seen_source(expected[0])
+
+    # A dataset without them (FER2013's CSV, or preprocessed before fercli kept them) gives a
+    # model that does not say.
+    dataset.sources = None
+    older = load_model(train_model(dataset, config, tmp_path / "older.npz").path)
+    assert older.training_sources is None and older.seen_source(expected[0]) is None
+
+
 def test_label_smoothing_makes_the_network_less_sure_of_itself(dataset):
     from fercli.core.errors import SettingError
     from fercli.learn.fitting import keras_probabilities

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fercli.core.config import PreprocessConfig
+from fercli.core.hashing import SOURCE_DIGEST_BYTES
 from fercli.core.store import atomic_write_bytes, atomic_write_json, crops_dir, make_dir
 from fercli.faces.pipeline import FIND_VERSION
 
@@ -35,6 +36,9 @@ class CacheEntry:
     # False: the face check turned that face down, and it was aligned on the word of
     # --face-crops; reason then says why it is no face without it (as_checked).
     face_check: bool = True
+    # The image file's source digest (core.hashing.source_digest), for the dataset to keep;
+    # not stored in the cache, whose key it begins (source_of_key).
+    source: bytes | None = None
 
     def as_checked(self) -> CacheEntry:
         """The entry as it is without --face-crops: a face the face check turned down is none."""
@@ -79,6 +83,12 @@ class CacheEntry:
 def content_key(data: bytes) -> str:
     """The cache key of a file: the SHA-256 of its bytes."""
     return hashlib.sha256(data).hexdigest()
+
+
+def source_of_key(key: str) -> bytes:
+    """The source digest of the file a content key was made of (core.hashing.source_digest,
+    without hashing the file twice)."""
+    return bytes.fromhex(key[: 2 * SOURCE_DIGEST_BYTES])
 
 
 class CropCache:

@@ -212,6 +212,7 @@ def combine(
         "subjects": [],
         "paths": [],
         "origins": [],
+        "sources": [],
     }
     parts, notes = [], []
     for name, dataset in zip(names, datasets, strict=True):
@@ -231,6 +232,8 @@ def combine(
         )
         columns["paths"].append(dataset.paths[keep])
         columns["origins"].append(np.full(int(keep.sum()), name))
+        if dataset.sources is not None:
+            columns["sources"].append(dataset.sources[keep])
         parts.append(_part(name, dataset, keep, chosen, dropped))
     notes += _missing_class_notes(parts, chosen)
     labels = np.concatenate(columns["labels"])
@@ -247,6 +250,10 @@ def combine(
             "classes": {label: int(np.count_nonzero(labels == label)) for label in chosen},
             "datasets": parts,
         },
+        # Only where every dataset has them: a row without its file's digest has none to give.
+        sources=(
+            np.concatenate(columns["sources"]) if len(columns["sources"]) == len(datasets) else None
+        ),
         origins=np.concatenate(columns["origins"]),
         parts=parts,
         notes=notes,

@@ -1,8 +1,8 @@
 """A preprocessed dataset: aligned crops with their labels, subjects, source paths and
-predefined splits, as `fer preprocess` writes it (FER_HOME/datasets/<name>-<id>/dataset.npz)
-and train, crossval, sweep and evaluate read it. The file is a pickle-free .npz with a format
-version; every array is checked at load, so that no command meets a shape, type or setting
-it cannot use.
+digests and predefined splits, as `fer preprocess` writes it
+(FER_HOME/datasets/<name>-<id>/dataset.npz) and train, crossval, sweep and evaluate read it.
+The file is a pickle-free .npz with a format version; every array is checked at load, so that
+no command meets a shape, type or setting it cannot use.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from fercli.core.archives import archive_meta
 from fercli.core.config import CROP_SIZE, PreprocessConfig
 from fercli.core.errors import DatasetError, StoreError
+from fercli.core.hashing import SOURCE_DIGEST_BYTES
 from fercli.core.store import (
     abbreviated,
     atomic_write,
@@ -52,6 +53,10 @@ class PreparedDataset:
     location: Path | None = None
     # (n,) str: each image's predefined split (FER2013's Usage); None for datasets without.
     splits: np.ndarray | None = None
+    # (n, SOURCE_DIGEST_BYTES) uint8: each crop's image file's source digest
+    # (core.hashing.source_digest); None where there is no file per image (FER2013's CSV) or
+    # the dataset was preprocessed before fercli kept them.
+    sources: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -120,6 +125,8 @@ def save_dataset(dataset: PreparedDataset, folder: Path) -> Path:
     }
     if dataset.splits is not None:
         arrays["splits"] = dataset.splits.astype(str)
+    if dataset.sources is not None:
+        arrays["sources"] = dataset.sources
     path = atomic_write(folder / DATASET_FILE, lambda stream: np.savez(stream, **arrays))
     dataset.location = path
     return path
@@ -151,6 +158,7 @@ def load_dataset(path: Path) -> PreparedDataset:
                 meta=meta,
                 location=path,
                 splits=archive["splits"] if "splits" in archive.files else None,
+                sources=archive["sources"] if "sources" in archive.files else None,
             )
     except Exception as error:  # BadZipFile, a bad CRC (zlib.error), a truncated member...
         # Nothing is unpickled, so any failure is a damaged or foreign file.
@@ -215,6 +223,14 @@ def _dataset_problem(dataset: PreparedDataset) -> str | None:
         dataset.splits.dtype.kind != "U" or dataset.splits.shape != (len(crops),)
     ):
         return f"splits are {dataset.splits.dtype} {dataset.splits.shape}, not {len(crops)} texts"
+    sources = dataset.sources
+    if sources is not None and (
+        sources.dtype != np.uint8 or sources.shape != (len(crops), SOURCE_DIGEST_BYTES)
+    ):
+        return (
+            f"sources are {sources.dtype} {sources.shape}, not {len(crops)} digests of "
+            f"{SOURCE_DIGEST_BYTES} bytes"
+        )
     return None
 
 

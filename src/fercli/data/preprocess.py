@@ -16,6 +16,7 @@ import numpy as np
 from fercli.core.config import CROP_SIZE, PreprocessConfig, ScanConfig
 from fercli.core.errors import FerError
 from fercli.core.events import Progress, items
+from fercli.core.hashing import digest_rows
 from fercli.core.labels import label_order
 from fercli.core.parallel import (
     batches,
@@ -24,7 +25,7 @@ from fercli.core.parallel import (
     run_tasks,
 )
 from fercli.core.recipes import auto_crop_size, crop_size_note
-from fercli.data.cache import CacheEntry, CropCache, content_key
+from fercli.data.cache import CacheEntry, CropCache, content_key, source_of_key
 from fercli.data.datasets import ImageRecord, scan_dataset
 from fercli.data.fer2013 import is_fer2013
 from fercli.data.prepared import (
@@ -61,6 +62,7 @@ def align_files(
     """align_file for several files, in their order: the files whose crop is not cached go
     through the face pipeline (faces.pipeline.align_images, each image's largest face), and
     what it makes of each is cached, unless it failed unexpectedly (tried again next run).
+    Each entry of a file that could be read carries the file's source digest (source).
     The cache keeps what was made with face_crops or without: with it, an image remembered
     without a face is tried again; without it, a face the face check turned down is none."""
     results: list = [None] * len(paths)
@@ -76,7 +78,8 @@ def align_files(
             key = content_key(data)
             cached = cache.get(key) if cache is not None else None
             if cached is not None and not (face_crops and cached.crop is None):
-                results[index] = (cached if face_crops else cached.as_checked()), True
+                entry = cached if face_crops else cached.as_checked()
+                results[index] = replace(entry, source=source_of_key(key)), True
                 continue
             yield (index, key), data
 
@@ -85,7 +88,7 @@ def align_files(
         entry = _entry(found)
         if cache is not None and found.lasting:
             cache.put(key, entry)
-        results[index] = entry, False
+        results[index] = replace(entry, source=source_of_key(key)), False
     return results
 
 
@@ -282,6 +285,7 @@ def edge_summary(kept: list[tuple[object, CacheEntry]]) -> dict[str, dict]:
 
 
 def _save(report, options, config, kept, made_by: str, unaligned: list[str]) -> None:
+    digests = [entry.source for _, entry in kept]
     dataset = PreparedDataset(
         crops=np.stack([entry.crop for _, entry in kept]),
         labels=np.array([record.label for record, _ in kept]),
@@ -293,5 +297,6 @@ def _save(report, options, config, kept, made_by: str, unaligned: list[str]) -> 
             "made_by": made_by,
             "unaligned": unaligned_counts(unaligned),
         },
+        sources=None if None in digests else digest_rows(digests),
     )
     save_prepared(report, dataset, config, padding=np.array([entry.padding for _, entry in kept]))

@@ -30,7 +30,7 @@ from fercli.core.archives import (
 from fercli.core.archives import READABLE_FORMAT_VERSIONS as READABLE_FORMAT_VERSIONS
 from fercli.core.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
 from fercli.core.errors import ModelError, NoModelError
-from fercli.core.hashing import CROP_DIGEST_BYTES, crop_digests
+from fercli.core.hashing import CROP_DIGEST_BYTES, SOURCE_DIGEST_BYTES, crop_digests
 from fercli.core.store import atomic_write, default_model, models_dir, pack_json
 from fercli.infer.inputs import (
     PIXEL_STATISTICS_VERSION,
@@ -101,6 +101,10 @@ class FerModel:
     path: Path | None = None
     # crop_hashes of the training crops; None for a model file written before fercli kept them.
     training_hashes: np.ndarray | None = None
+    # The sorted, distinct source digests (core.hashing.source_digest) of the image files the
+    # training crops came from; None for a file written before fercli kept them, or a model
+    # trained on images that came from no file of their own (FER2013's CSV).
+    training_sources: np.ndarray | None = None
     # Every network of the file, the first being network/mean/std; empty means just that one.
     members: list[Member] = field(default_factory=list)
     # The training crops' per-pixel statistics; None for a file written before fercli kept them.
@@ -132,6 +136,17 @@ class FerModel:
             row.tobytes() in self._training_digests
             for row in crop_digests(crops, TRAINING_HASH_BYTES)
         ]
+
+    @cached_property
+    def _source_digests(self) -> frozenset[bytes]:
+        return frozenset(row.tobytes() for row in self.training_sources)
+
+    def seen_source(self, digest: bytes) -> bool | None:
+        """Whether the model was trained on (the largest face of) the image file of this
+        source digest (core.hashing.source_digest); None when the model file does not say."""
+        if self.training_sources is None:
+            return None
+        return digest in self._source_digests
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
         """uint8 crops (n, s, s) -> z-scored network input (n, s, s, 1)."""
@@ -200,9 +215,13 @@ def save_networks(
     keep_existing: bool = False,
     training_crops: np.ndarray | None = None,
     check=None,
+    training_sources: np.ndarray | None = None,
 ) -> Path:
     """save_model for exported networks: one, or several that predict averages (an ensemble).
-    The arguments are save_model's; returns the path written."""
+    The arguments are save_model's; returns the path written. training_crops: the crops the
+    networks were trained on (their hashes and pixel statistics are kept); training_sources:
+    the source digests of their image files, (n, SOURCE_DIGEST_BYTES) uint8 (kept sorted and
+    distinct), None where they are not all known."""
     if not 1 <= len(networks) <= MAX_ENSEMBLE_MEMBERS:
         raise ModelError(
             f"a model file holds 1 to {MAX_ENSEMBLE_MEMBERS} networks, not {len(networks)}"
@@ -231,6 +250,9 @@ def save_networks(
     training_arrays = {}
     if training_crops is not None:
         training_arrays, meta["pixel_statistics"] = _training_arrays(training_crops)
+    if training_sources is not None:
+        _digest_array("training_sources", training_sources, SOURCE_DIGEST_BYTES)
+        training_arrays["training_sources"] = np.unique(training_sources, axis=0)
     arrays = {
         "meta": pack_json(meta),
         "norm_mean": np.asarray(first.mean, np.float64),
@@ -279,14 +301,13 @@ def _training_arrays(training_crops: np.ndarray) -> tuple[dict[str, np.ndarray],
     return arrays, entry
 
 
-def _training_hashes(array: np.ndarray | None) -> np.ndarray | None:
-    """A model file's training_hashes, checked; None where the file has none (older files)."""
+def _digest_array(name: str, array: np.ndarray | None, length: int) -> np.ndarray | None:
+    """A model file's array of digests (training_hashes, training_sources), checked to be
+    (n, length) uint8; None where the file has none (older files)."""
     if array is None:
         return None
-    if array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != TRAINING_HASH_BYTES:
-        raise ModelError(
-            f"training_hashes is {array.dtype} {array.shape}, not (n, {TRAINING_HASH_BYTES}) uint8"
-        )
+    if array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != length:
+        raise ModelError(f"{name} is {array.dtype} {array.shape}, not (n, {length}) uint8")
     return array
 
 
@@ -450,7 +471,12 @@ def _assemble_model(meta: dict, arrays: dict, preprocess: PreprocessConfig, path
         preprocess=preprocess,
         meta=meta,
         path=path,
-        training_hashes=_training_hashes(arrays.get("training_hashes")),
+        training_hashes=_digest_array(
+            "training_hashes", arrays.get("training_hashes"), TRAINING_HASH_BYTES
+        ),
+        training_sources=_digest_array(
+            "training_sources", arrays.get("training_sources"), SOURCE_DIGEST_BYTES
+        ),
         pixel_statistics=checked_pixel_statistics(meta, arrays, preprocess.crop_size),
     )
     if described:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
@@ -11,15 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from fercli.core.config import PreprocessConfig
-from fercli.core.errors import FerError
+from fercli.core.errors import FerError, ImageError
 from fercli.core.events import Progress, items
+from fercli.core.hashing import source_digest
 from fercli.core.parallel import batches, default_workers, run_tasks
 from fercli.faces.pipeline import align_images, load_models_for_workers
 from fercli.infer.adapt import Adaptation, adapt_model, adaptation_mode
 from fercli.infer.label import FacePrediction, label_crops
 from fercli.infer.model import FerModel
 from fercli.media.discover import Discovered, Skipped, discover
-from fercli.media.images import single_threaded_opencv
+from fercli.media.images import read_file, single_threaded_opencv
 
 
 @dataclass
@@ -57,17 +59,31 @@ class PredictReport:
 
 def _align_files(
     paths: list[str], config: PreprocessConfig, face_crops: bool
-) -> list[tuple[list, str | None]]:
+) -> list[tuple[list, str | None, bytes | None]]:
     """The faces of each image, aligned by the face pipeline: (crop, box, (whether the image
-    is itself the face crop, whether it passed the face check)) each, and why the image could
-    not be read (None when it could)."""
-    return [
-        (
+    is itself the face crop, whether it passed the face check)) each; why the image could not
+    be read (None when it could); and the file's source digest (None when it could not be
+    read), from the bytes the pipeline decodes, so that each file is read once."""
+    results: list = [None] * len(paths)
+    digests: list[bytes | None] = [None] * len(paths)
+
+    def read() -> Iterator[tuple[int, bytes]]:
+        for index, path in enumerate(paths):
+            try:
+                data = read_file(Path(path))
+            except ImageError as error:  # the reason the pipeline gives for a path it cannot read
+                results[index] = [], str(error), None
+                continue
+            digests[index] = source_digest(data)
+            yield index, data
+
+    for index, found in align_images(read(), config, face_crops=face_crops):
+        results[index] = (
             [(face.crop, face.box, (face.whole_image, face.face_check)) for face in found.faces],
             None if found.read else found.reason,
+            digests[index],
         )
-        for _, found in align_images(enumerate(paths), config, face_crops=face_crops)
-    ]
+    return results
 
 
 def label_photos(
@@ -88,6 +104,8 @@ def label_photos(
     files = discovered.files
     images = [ImagePrediction(path=str(path)) for path in files]
     found: list[tuple[int, np.ndarray, tuple, tuple[bool, bool]]] = []
+    # Per face: its file's source digest where it is the image's largest face (label_crops).
+    digests: list[bytes | None] = []
     if progress:
         progress(items(0, len(files)))
     if files:
@@ -96,9 +114,11 @@ def label_photos(
     work = partial(_align_files, config=model.preprocess, face_crops=face_crops)
     parts = batches([str(path) for path in files], workers)
     with closing(run_tasks(work, parts, workers, initializer=single_threaded_opencv)) as results:
-        for index, (faces, error) in enumerate(chain.from_iterable(results)):
+        for index, (faces, error, digest) in enumerate(chain.from_iterable(results)):
             images[index].error = error
             found.extend((index, *face) for face in faces)
+            # Preprocessing trains on each image's largest face, the first (largest first).
+            digests.extend(digest if number == 0 else None for number in range(len(faces)))
             if progress:
                 progress(items(index + 1, len(files)))
     adaptation = None
@@ -113,6 +133,7 @@ def label_photos(
             np.stack([crop for _, crop, _, _ in found]),
             [box for _, _, box, _ in found],
             [images[index].path for index, _, _, _ in found],
+            digests,
         )
         for (index, crop, _, (whole_image, face_check)), face in zip(found, labelled, strict=True):
             face.whole_image, face.face_check = whole_image, face_check

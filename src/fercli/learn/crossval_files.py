@@ -196,6 +196,7 @@ def save_crossval_model(
         _ensemble_details(run, len(exports), run_folder),
         keep_existing,
         training_crops=selection.crops,
+        training_sources=selection.sources,
         check=check,
     )
 

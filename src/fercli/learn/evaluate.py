@@ -181,6 +181,7 @@ def dataset_split(dataset: PreparedDataset, split: str | None) -> PreparedDatase
         meta={**dataset.meta, "split": split},
         location=dataset.location,
         splits=column[keep],
+        sources=None if dataset.sources is None else dataset.sources[keep],
     )
 
 

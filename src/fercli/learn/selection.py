@@ -27,6 +27,9 @@ class Selection:
     origins: np.ndarray | None = (
         None  # (n,) str: each image's dataset, for several datasets combined
     )
+    # (n, 8) uint8: each crop's image file's source digest (PreparedDataset.sources); None
+    # where the dataset has none.
+    sources: np.ndarray | None = None
 
     @property
     def has_subjects(self) -> bool:
@@ -64,6 +67,7 @@ def select_classes(dataset: PreparedDataset, classes: tuple[str, ...] = ()) -> S
         subjects=dataset.subjects[keep],
         paths=dataset.paths[keep],
         origins=None if origins is None else origins[keep],
+        sources=None if dataset.sources is None else dataset.sources[keep],
     )
 
 

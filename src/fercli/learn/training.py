@@ -250,6 +250,7 @@ def _save_model(
         _model_metadata(dataset, selection, config, [item.fitted for item in trained]),
         keep_existing,
         training_crops=selection.crops,
+        training_sources=selection.sources,
         check=export_check(
             sample,
             np.mean([item.output for item in trained], axis=0),
