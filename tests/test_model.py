@@ -417,6 +417,15 @@ def test_weights_that_do_not_fit_the_layers_are_refused(model_file, tmp_path):
         load_model(fewer_classes)
 
 
+def save_paper_model(trained, selection, path: Path, **training) -> Path:
+    """The trained "paper" network saved with default settings and the given training arrays
+    (training_crops, training_sources)."""
+    model, mean, std, _ = trained["paper"]
+    return save_model(
+        path, model, selection.labels, mean, std, PreprocessConfig(), TrainConfig(), **training
+    )
+
+
 def test_the_model_file_keeps_hashes_of_its_training_crops(trained, selection, tmp_path):
     from fercli.infer.model import TRAINING_HASH_BYTES, crop_hashes
 
@@ -424,17 +433,7 @@ def test_the_model_file_keeps_hashes_of_its_training_crops(trained, selection, t
     hashes = crop_hashes(np.concatenate([crops, crops[:2]]))  # repeats are kept once
     assert hashes.dtype == np.uint8 and hashes.shape == (5, TRAINING_HASH_BYTES)
     assert [row.tobytes() for row in hashes] == sorted(row.tobytes() for row in hashes)
-    model, mean, std, _ = trained["paper"]
-    path = save_model(
-        tmp_path / "m.npz",
-        model,
-        selection.labels,
-        mean,
-        std,
-        PreprocessConfig(),
-        TrainConfig(),
-        training_crops=crops,
-    )
+    path = save_paper_model(trained, selection, tmp_path / "m.npz", training_crops=crops)
     loaded = load_model(path)
     other = crops[0].copy()
     other[0, 0] ^= 1
@@ -456,18 +455,9 @@ def test_the_model_file_keeps_the_source_digests_of_its_training_files(
     digests = [source_digest(data) for data in files]
     # Two crops of one file (repeats are kept once), in no particular order.
     sources = digest_rows([digests[2], digests[0], digests[2]])
-    model, mean, std, _ = trained["paper"]
     crops = np.random.default_rng(1).integers(0, 256, (3, 32, 32), np.uint8)
-    path = save_model(
-        tmp_path / "m.npz",
-        model,
-        selection.labels,
-        mean,
-        std,
-        PreprocessConfig(),
-        TrainConfig(),
-        training_crops=crops,
-        training_sources=sources,
+    path = save_paper_model(
+        trained, selection, tmp_path / "m.npz", training_crops=crops, training_sources=sources
     )
     loaded = load_model(path)
     assert loaded.training_sources.dtype == np.uint8
