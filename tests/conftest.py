@@ -55,6 +55,17 @@ def face_variant(photo: np.ndarray, index: int, size: int = 256, box=FACE_BOX) -
     return np.clip(face.astype(np.int16) + shift, 0, 255).astype(np.uint8)
 
 
+def preprocessed_crop(image, config=None) -> np.ndarray:
+    """The crop fer preprocess makes of an image's largest face (a path, bytes or an array):
+    what a training crop must equal. (Predict, which needs every face, finds them otherwise:
+    faces.yunet.)"""
+    from fercli.core.config import PreprocessConfig
+    from fercli.faces.pipeline import align_images
+
+    [(_, found)] = align_images([(0, image)], config or PreprocessConfig(), largest_only=True)
+    return found.faces[0].crop
+
+
 def write_image(path: Path, image: np.ndarray, ext: str | None = None) -> Path:
     """Write an image with OpenCV, in the format of ext (default: the file's suffix).
 

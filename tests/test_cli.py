@@ -20,12 +20,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_image
+from conftest import preprocessed_crop, write_image
 from fercli import __version__
 from fercli.cli import app
 from fercli.core.config import MODEL_VARIANTS, NORMALISATIONS, TrainConfig
 from fercli.core.store import models_dir
-from fercli.faces.pipeline import align_images
 from fercli.infer.model import load_model
 from fercli.learn.training import train_model
 from synthetic import make_dataset, save_synthetic
@@ -851,12 +850,6 @@ def test_preprocess_chooses_48x48_crops_for_a_large_dataset_and_says_so(
 # --- predict on a model's own training images -------------------------------------------
 
 
-def preprocessed_crop(path: Path, config) -> np.ndarray:
-    """The crop fer preprocess makes of a photo's largest face, (1, s, s)."""
-    [(_, found)] = align_images([(0, path)], config, largest_only=True)
-    return found.faces[0].crop[np.newaxis]
-
-
 @pytest.mark.slow
 def test_predict_notes_an_image_the_model_was_trained_on(
     make_face_dataset, faces, tmp_path, fer_home
@@ -887,7 +880,7 @@ def test_predict_notes_an_image_the_model_was_trained_on(
     # hash matches) is still recognised by its file; a new one still is not.
     other_crops = tmp_path / "other-crops.npz"
     np.savez(other_crops, **{**content, "training_hashes": np.zeros((1, 8), np.uint8)})
-    crop = preprocessed_crop(seen, load_model(model).preprocess)
+    crop = preprocessed_crop(seen, load_model(model).preprocess)[np.newaxis]
     assert load_model(model).seen_in_training(crop) == [True]
     assert load_model(other_crops).seen_in_training(crop) == [False]
     images = json.loads(fer("predict", seen, new, "--model", other_crops, "--json").stdout)
@@ -912,7 +905,8 @@ def test_predict_notes_an_image_the_model_was_trained_on(
     assert [image["faces"][0]["in_training_data"] for image in images] == [True, False, False]
     # (predict crops the copy's face as it crops the photo's: as preprocessing did where YuNet
     # is not asked, faces.yunet)
-    assert load_model(model).seen_in_training(preprocessed_crop(copy, photos.preprocess)) == [True]
+    copied = preprocessed_crop(copy, photos.preprocess)[np.newaxis]
+    assert load_model(model).seen_in_training(copied) == [True]
     # A model file from before fercli kept either loads as before, and does not say.
     older = tmp_path / "older.npz"
     np.savez(

@@ -18,8 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import face_variant, write_image
-from fercli.api import align_faces
+from conftest import face_variant, preprocessed_crop, write_image
 from fercli.core.config import PreprocessConfig
 from fercli.data.cache import CropCache, content_key
 from fercli.data.prepared import dataset_folder, load_dataset
@@ -56,9 +55,9 @@ def assert_consistent(home: Path, dataset_dir: Path, images: int) -> None:
     by_path = dict(zip(dataset.paths.tolist(), dataset.crops, strict=True))
     for path in sorted(dataset_dir.glob("*/*.png"))[:: max(1, images // 6)]:
         data = path.read_bytes()
-        fresh = align_faces(decode_gray(data), PreprocessConfig())[0]
-        np.testing.assert_array_equal(cache.get(content_key(data)).crop, fresh.crop)
-        np.testing.assert_array_equal(by_path[str(path)], fresh.crop)
+        fresh = preprocessed_crop(decode_gray(data))
+        np.testing.assert_array_equal(cache.get(content_key(data)).crop, fresh)
+        np.testing.assert_array_equal(by_path[str(path)], fresh)
     assert cv2.imread(str(dataset_folder(dataset_dir) / "contact_sheet.png")) is not None
 
 

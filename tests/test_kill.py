@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fercli.api import align_faces
+from conftest import preprocessed_crop
 from fercli.core.config import PreprocessConfig
 from fercli.data.cache import CropCache, content_key
 from fercli.data.prepared import load_dataset
@@ -96,8 +96,7 @@ def assert_cache_readable(home: Path) -> None:
 
 
 def fresh_crop(path: Path) -> np.ndarray:
-    largest = align_faces(decode_gray(path.read_bytes()), PreprocessConfig())[0]
-    return largest.crop
+    return preprocessed_crop(decode_gray(path.read_bytes()))
 
 
 @pytest.mark.slow

@@ -30,10 +30,9 @@ from fercli.core.archives import (
 from fercli.core.archives import READABLE_FORMAT_VERSIONS as READABLE_FORMAT_VERSIONS
 from fercli.core.config import ALIGN_VERSION, PreprocessConfig, TrainConfig
 from fercli.core.errors import ModelError, NoModelError
-from fercli.core.hashing import CROP_DIGEST_BYTES, SOURCE_DIGEST_BYTES, crop_digests
+from fercli.core.hashing import SOURCE_DIGEST_BYTES, crop_digests
 from fercli.core.store import atomic_write, default_model, models_dir, pack_json
 from fercli.infer.inputs import (
-    PIXEL_STATISTICS_VERSION,
     PixelMap,
     PixelStatistics,
     checked_pixel_statistics,
@@ -44,17 +43,13 @@ from fercli.infer.inputs import (
 from fercli.infer.inputs import standardise_each as standardise_each
 from fercli.infer.runtime import NumpyNetwork, one_blas_thread
 
+# Re-exported: where the training data a model file keeps was told before.
+from fercli.infer.training_data import TRAINING_HASH_BYTES as TRAINING_HASH_BYTES
+from fercli.infer.training_data import crop_hashes as crop_hashes
+from fercli.infer.training_data import digest_array, training_arrays
+
 # An ensemble averages a few networks (a crossval's folds); more would only cost predict time.
 MAX_ENSEMBLE_MEMBERS = 50
-# The training crops' SHA-256 digests are kept cut to 8 bytes: 80 KB for 10,000 crops, and a
-# chance of about n / 2**64 that a new face is taken for a training face.
-TRAINING_HASH_BYTES = CROP_DIGEST_BYTES
-
-
-def crop_hashes(crops: np.ndarray) -> np.ndarray:
-    """The sorted, distinct crop_digests of crops: (n, TRAINING_HASH_BYTES) uint8, for a model
-    file to recognise its training faces."""
-    return np.unique(crop_digests(crops, TRAINING_HASH_BYTES), axis=0)
 
 
 @dataclass
@@ -221,7 +216,7 @@ def save_networks(
     The arguments are save_model's; returns the path written. training_crops: the crops the
     networks were trained on (their hashes and pixel statistics are kept); training_sources:
     the source digests of their image files, (n, SOURCE_DIGEST_BYTES) uint8 (kept sorted and
-    distinct), None where they are not all known."""
+    distinct, with training_crops), None where they are not all known."""
     if not 1 <= len(networks) <= MAX_ENSEMBLE_MEMBERS:
         raise ModelError(
             f"a model file holds 1 to {MAX_ENSEMBLE_MEMBERS} networks, not {len(networks)}"
@@ -247,18 +242,15 @@ def save_networks(
     }
     if first.per_image:
         meta["per_image_standardisation"] = True
-    training_arrays = {}
+    kept = {}
     if training_crops is not None:
-        training_arrays, meta["pixel_statistics"] = _training_arrays(training_crops)
-    if training_sources is not None:
-        _digest_array("training_sources", training_sources, SOURCE_DIGEST_BYTES)
-        training_arrays["training_sources"] = np.unique(training_sources, axis=0)
+        kept, meta["pixel_statistics"] = training_arrays(training_crops, training_sources)
     arrays = {
         "meta": pack_json(meta),
         "norm_mean": np.asarray(first.mean, np.float64),
         "norm_std": np.asarray(first.std, np.float64),
         **weights,
-        **training_arrays,
+        **kept,
     }
     return atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), keep_existing, check)
 
@@ -281,34 +273,6 @@ def _member_arrays(others: list[ExportedNetwork]) -> tuple[dict[str, np.ndarray]
             {"layers": specs, "norm_mean": prefix + "norm_mean", "norm_std": prefix + "norm_std"}
         )
     return weights, members
-
-
-def _training_arrays(training_crops: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
-    """What a model file keeps of its training crops: their hashes (seen_in_training) and
-    their pixel statistics (the arrays), and the meta entry that names the statistics."""
-    pixels = PixelStatistics.of(training_crops)
-    arrays = {
-        "training_hashes": crop_hashes(training_crops),
-        "pixel_mean": pixels.mean.astype(np.float32),
-        "pixel_std": pixels.std.astype(np.float32),
-    }
-    entry = {
-        "version": PIXEL_STATISTICS_VERSION,
-        "mean": "pixel_mean",
-        "std": "pixel_std",
-        "images": pixels.images,
-    }
-    return arrays, entry
-
-
-def _digest_array(name: str, array: np.ndarray | None, length: int) -> np.ndarray | None:
-    """A model file's array of digests (training_hashes, training_sources), checked to be
-    (n, length) uint8; None where the file has none (older files)."""
-    if array is None:
-        return None
-    if array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != length:
-        raise ModelError(f"{name} is {array.dtype} {array.shape}, not (n, {length}) uint8")
-    return array
 
 
 def library_versions() -> dict[str, str]:
@@ -471,10 +435,10 @@ def _assemble_model(meta: dict, arrays: dict, preprocess: PreprocessConfig, path
         preprocess=preprocess,
         meta=meta,
         path=path,
-        training_hashes=_digest_array(
+        training_hashes=digest_array(
             "training_hashes", arrays.get("training_hashes"), TRAINING_HASH_BYTES
         ),
-        training_sources=_digest_array(
+        training_sources=digest_array(
             "training_sources", arrays.get("training_sources"), SOURCE_DIGEST_BYTES
         ),
         pixel_statistics=checked_pixel_statistics(meta, arrays, preprocess.crop_size),
