@@ -148,7 +148,15 @@ class ScanConfig:
             )
 
 
-MODEL_VARIANTS = ("paper", "dropout", "batchnorm", "batchnorm-dropout", "wide", "vgg")
+MODEL_VARIANTS = (
+    "paper",
+    "dropout",
+    "batchnorm",
+    "batchnorm-dropout",
+    "wide",
+    "vgg",
+    "vgg-wide",
+)
 OPTIMIZERS = ("sgd", "nesterov", "adam")
 # z-score statistics: "global" (one mean/std of the training images), "pixel" (one per pixel),
 # "per-dataset" (several datasets combined: each dataset's own mean/std from its training

@@ -37,7 +37,7 @@ RECIPES: dict[str, dict] = {
     # copies each, 100 epochs of batches of 16) would take hours. See docs/accuracy.md, "A
     # general model", for the measurements behind each value.
     "general": {
-        "variant": "vgg",
+        "variant": "vgg-wide",
         "test_time_flip": True,
         "max_rotation": 10.0,
         "max_scale": 0.15,
