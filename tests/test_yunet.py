@@ -119,6 +119,7 @@ def test_the_faces_preprocessing_finds_are_cropped_alike(astronaut_path, monkeyp
         assert then[0].box == largest.box and np.array_equal(then[0].crop, largest.crop)
         x, y, width, height = now[0].box
         x0, y0, width0, height0 = largest.box
+        # dlib's boxes come in pyramid steps of 6/5: at most one step apart.
         assert 0.8 <= width / width0 <= 1.25 and 0.8 <= height / height0 <= 1.25
         assert abs(x + width / 2 - x0 - width0 / 2) <= 0.15 * width0
         assert abs(y + height / 2 - y0 - height0 / 2) <= 0.15 * height0
