@@ -41,6 +41,7 @@ BAD = [
     ("photometric", "--photometric", -0.5, "-0.5 must be at least 0"),
     ("label_smoothing", "--label-smoothing", 0.9, "0.9 is more than 0.5"),
     ("mixup", "--mixup", math.nan, "must be a finite number, not nan"),
+    ("weight_decay", "--weight-decay", -0.001, "-0.001 must be at least 0"),
 ]
 
 

@@ -474,6 +474,26 @@ def test_train_and_crossval_models_keep_the_source_digests_of_the_images_they_le
     assert older.training_sources is None and older.seen_source(expected[0]) is None
 
 
+def test_weight_decay_shrinks_the_kernels_and_leaves_the_rest_to_the_loss(dataset):
+    selection = select_classes(dataset)
+    configure_tensorflow(None)
+    norms = {}
+    for decay in (0.0, 0.05):
+        config = TrainConfig(
+            epochs=3, copies=0, variant="vgg", batch_size=32, learning_rate=0.05, weight_decay=decay
+        )
+        model = fit(selection.crops, selection.targets, 7, config, 0).model
+        dense = next(layer for layer in model.layers if type(layer).__name__ == "Dense")
+        scale = next(layer for layer in model.layers if "Normalization" in type(layer).__name__)
+        norms[decay] = {
+            "kernel": float(np.linalg.norm(dense.kernel.numpy())),
+            "gamma": float(np.linalg.norm(scale.gamma.numpy())),
+        }
+    # The hidden layer's kernel decays; a batch normalisation's scale (gamma) does not.
+    assert norms[0.05]["kernel"] < 0.9 * norms[0.0]["kernel"]
+    assert norms[0.05]["gamma"] > 0.9 * norms[0.0]["gamma"]
+
+
 def test_label_smoothing_makes_the_network_less_sure_of_itself(dataset):
     from fercli.core.errors import SettingError
     from fercli.learn.fitting import keras_probabilities

@@ -292,6 +292,16 @@ class TrainConfig(JsonConfig):
         high=0.5,
         help="Label smoothing of the training targets, 0 to 0.5.",
     )
+    # L2 weight decay (0: none, the paper): X times each convolution's and dense layer's
+    # weights added to their gradients at every step (batch normalisation's scales and
+    # offsets and the biases are left alone), as SGD's weight decay usually is.
+    weight_decay: float = setting(
+        0.0,
+        "--weight-decay",
+        low=0.0,
+        high=0.1,
+        help="L2 weight decay of the convolution and dense weights, 0 to 0.1 (0: off).",
+    )
     # mixup (0: none, the paper): every training image and its target blended with another's,
     # in a proportion drawn from Beta(mixup, mixup) (0.2: mostly one image, a little of the
     # other). Beta(a, a) with a large a mixes every pair half and half: no longer a training

@@ -149,6 +149,7 @@ def _network_to_train(targets: np.ndarray, num_classes: int, config: TrainConfig
         keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         class_weights(targets, num_classes, config.class_weight),
         config.batch_size,
+        config.weight_decay,
     )
     return model, optimizer, run_chunk
 
@@ -166,14 +167,20 @@ def _train_epoch(images, run_chunk) -> tuple[float, float]:
     return total_loss / len(images), correct / len(images)
 
 
-def _chunk_trainer(model, optimizer, loss_function, weights: np.ndarray, batch_size: int):
+def _chunk_trainer(
+    model, optimizer, loss_function, weights: np.ndarray, batch_size: int, decay: float = 0.0
+):
     """run_chunk(x, y): train on x's batches in order, one TensorFlow graph call for them all;
     returns the summed loss (per image) and the hits. Each image's loss weighs as its class
-    does (weights; soft targets: as their mixture)."""
+    does (weights; soft targets: as their mixture). decay: L2 weight decay, decay times each
+    kernel (convolution, dense) added to its gradient."""
     import tensorflow as tf
 
     size, num_classes = model.input_shape[1], model.output_shape[-1]
     weights = tf.constant(weights)
+    decayed = [
+        decay > 0 and variable.path.endswith("kernel") for variable in model.trainable_variables
+    ]
 
     # One trace for every chunk size (a full chunk, the epoch's last one).
     @tf.function(
@@ -195,6 +202,12 @@ def _chunk_trainer(model, optimizer, loss_function, weights: np.ndarray, batch_s
                     y_batch, predicted, sample_weight=tf.linalg.matvec(y_batch, weights)
                 )
             gradients = tape.gradient(loss, model.trainable_variables)
+            gradients = [
+                gradient + decay * variable if kernel else gradient
+                for gradient, variable, kernel in zip(
+                    gradients, model.trainable_variables, decayed, strict=True
+                )
+            ]
             optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             total_loss += loss * tf.cast(tf.shape(x_batch)[0], tf.float32)
             hits = tf.equal(tf.argmax(predicted, axis=1), tf.argmax(y_batch, axis=1))
