@@ -91,6 +91,42 @@ def test_in_process_false_always_uses_workers():
     assert results[0][0] == 16 and results[0][1] != os.getpid() and results[0][2] == results[0][1]
 
 
+class _Cycle:
+    """An object in a reference cycle whose finaliser writes the pid of the process that ran it."""
+
+    def __init__(self, record: Path) -> None:
+        self.record, self.me = record, self
+
+    def __del__(self) -> None:
+        with open(self.record, "a") as out:
+            out.write(f"{os.getpid()}\n")
+
+
+def _collect(_task) -> int:
+    import gc
+
+    gc.collect()
+    return os.getpid()
+
+
+def test_garbage_left_when_workers_fork_is_freed_here_not_in_them(tmp_path):
+    # What it was not: a video reader's FFmpeg threads, freed in a worker that has none of
+    # them, hung the worker for ever.
+    import gc
+
+    record = tmp_path / "freed-by"
+    gc.disable()
+    try:
+        _Cycle(record)  # garbage at once, freed only by a collection
+        workers = set(run_tasks(_collect, [1, 2], 2, start_method="fork", in_process=False))
+    finally:
+        gc.enable()
+    assert len(workers) >= 1 and os.getpid() not in workers
+    assert not record.exists()  # no worker freed it, though each collected its garbage
+    gc.collect()
+    assert record.read_text().split() == [str(os.getpid())]
+
+
 def test_a_stream_of_tasks_is_read_as_workers_need_it():
     read = []
 

@@ -36,6 +36,7 @@ TensorFlow's threads) is the caller's initializer. Rules a caller can rely on:
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import pickle
@@ -230,7 +231,7 @@ def _run_in_workers(
 def _start_workers(context, count: int, function, initializer, method: str) -> dict:
     """count worker processes serving function, each with its end of a pipe: {our end: process}."""
     processes = {}
-    with _threads_stopped_for_fork(method), _main_hidden(method):
+    with _threads_stopped_for_fork(method), _garbage_kept_here(method), _main_hidden(method):
         for _ in range(count):
             ours, theirs = context.Pipe()
             process = context.Process(
@@ -288,6 +289,23 @@ def _threads_stopped_for_fork(method: str) -> Iterator[None]:
         yield
     finally:
         cv2.setNumThreads(threads)
+
+
+@contextlib.contextmanager
+def _garbage_kept_here(method: str) -> Iterator[None]:
+    """A forked child inherits this process's garbage too: objects in reference cycles that
+    the collector has not freed yet. Freed in the child, an OpenCV video reader left by
+    earlier work waits for ever on its FFmpeg threads, which the child does not have (seen:
+    a video's workers hung in sws_freeContext when their first collection ran). Frozen while
+    workers fork, everything that exists now is left to this process's collector."""
+    if method != "fork":
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _receive(connection: Connection) -> tuple[str, Any]:
