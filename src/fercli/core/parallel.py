@@ -22,7 +22,8 @@ TensorFlow's threads) is the caller's initializer. Rules a caller can rely on:
   picklable (module-level functions, partials of them, never the caller's __main__).
   A spawned worker never runs the caller's script: multiprocessing would re-import it (as
   __mp_main__) in every worker, which re-runs a script without an
-  `if __name__ == "__main__":` guard, fercli call and all (see _main_hidden).
+  `if __name__ == "__main__":` guard, fercli call and all (see _main_hidden). A forked
+  worker never frees what this process left for its garbage collector (_garbage_kept_here).
 - A task that raises: the same exception is raised here, once the tasks running in other
   workers have finished (finish_running=False: they are stopped at once). Ctrl-C, a caller
   that stops reading (closes the generator) and a worker that dies stop every worker at once;
