@@ -168,7 +168,7 @@ def _train_epoch(images, run_chunk) -> tuple[float, float]:
 
 
 def _chunk_trainer(
-    model, optimizer, loss_function, weights: np.ndarray, batch_size: int, decay: float = 0.0
+    model, optimizer, loss_function, weights: np.ndarray, batch_size: int, decay: float
 ):
     """run_chunk(x, y): train on x's batches in order, one TensorFlow graph call for them all;
     returns the summed loss (per image) and the hits. Each image's loss weighs as its class
