@@ -179,8 +179,10 @@ def test_saved_model_gives_kerass_probabilities(trained, probe_crops, variant):
 
 
 def test_batchnorm_statistics_survive_the_round_trip(trained):
+    import keras
+
     model = trained["batchnorm"][0]
-    norms = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms
     for layer in norms:
         moving_mean = np.asarray(layer.moving_mean)

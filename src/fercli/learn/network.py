@@ -35,6 +35,8 @@ def build_model(num_classes: int, variant: str = "paper", input_size: int = 32):
     import keras
     from keras import layers
 
+    from fercli.learn.batchnorm import batch_normalization
+
     if variant not in MODEL_VARIANTS:
         raise ModelError(
             f"unknown model variant {variant!r}; choose from {', '.join(MODEL_VARIANTS)}"
@@ -49,7 +51,7 @@ def build_model(num_classes: int, variant: str = "paper", input_size: int = 32):
         if variant.startswith("batchnorm"):
             stack += [
                 layers.Conv2D(count, 5, use_bias=False),
-                layers.BatchNormalization(),
+                batch_normalization(),
                 layers.Activation("relu"),
             ]
         else:
@@ -68,12 +70,14 @@ def _vgg_layers(num_classes: int, variant: str) -> list:
     """The layers of a "vgg" variant after its input (see build_model)."""
     from keras import layers
 
+    from fercli.learn.batchnorm import batch_normalization
+
     filters, (features_dropout, hidden_dropout) = VGG_SHAPES[variant]
     stack: list = []
     for count in filters:
         stack += [
             layers.Conv2D(count, 3, padding="same", use_bias=False),
-            layers.BatchNormalization(),
+            batch_normalization(),
             layers.Activation("relu"),
             layers.MaxPooling2D(2),
         ]
@@ -81,7 +85,7 @@ def _vgg_layers(num_classes: int, variant: str) -> list:
         layers.Flatten(),
         layers.Dropout(features_dropout),
         layers.Dense(256, use_bias=False),
-        layers.BatchNormalization(),
+        batch_normalization(),
         layers.Activation("relu"),
         layers.Dropout(hidden_dropout),
         layers.Dense(num_classes, activation="softmax"),
@@ -170,7 +174,7 @@ def export_layers(keras_model) -> tuple[list[dict], dict[str, np.ndarray]]:
                 "padding": config["padding"],
             }
             names = []
-        elif kind == "BatchNormalization":
+        elif kind in ("BatchNormalization", "FusedBatchNormalization"):
             spec = {"type": "batchnorm", "epsilon": config["epsilon"]}
             names = [
                 name
