@@ -189,6 +189,41 @@ def test_batchnorm_statistics_survive_the_round_trip(trained):
         assert np.abs(moving_mean).max() > 1e-3  # trained, not the initial zeros
 
 
+@pytest.mark.parametrize("shape", [(4, 6, 6, 3), (2, 2, 2, 5), (1, 1, 1, 2)])
+def test_fused_batch_normalisation_trains_as_kerass_own_layer(shape):
+    """The fused layer (learn/batchnorm.py) gives Keras's outputs, gradients and moving
+    statistics; (2, 2, 2, 5) has 8 values a channel, where the fused op's variance over n - 1
+    would be 14% off Keras's over n if it were not taken back out."""
+    import keras
+    import tensorflow as tf
+
+    from fercli.learn.batchnorm import batch_normalization
+
+    configure_tensorflow(None)
+    rng = np.random.default_rng(3)
+    keras_layer, fused_layer = keras.layers.BatchNormalization(), batch_normalization()
+    assert type(fused_layer).__name__ == "FusedBatchNormalization"
+    gamma, beta = rng.normal(1, 0.3, shape[-1]), rng.normal(0, 0.3, shape[-1])
+    moving_mean, moving_variance = rng.normal(0, 1, shape[-1]), rng.uniform(0.5, 2, shape[-1])
+    for layer in (keras_layer, fused_layer):
+        layer.build(shape)
+        layer.set_weights([gamma, beta, moving_mean, moving_variance])
+    x = tf.constant(rng.normal(1, 3, shape).astype(np.float32))
+    results = []
+    for layer in (keras_layer, fused_layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * y * x)  # a loss whose gradient is not trivially zero
+        gradients = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([y, *gradients, *layer.get_weights()[2:], layer(x, training=False)])
+    for expected, got in zip(*results, strict=True):
+        expected, got = np.asarray(expected), np.asarray(got)
+        assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+    # Training moved the statistics (the comparison above is not between two untouched sets).
+    assert np.abs(results[1][4] - moving_variance).max() > 1e-3
+
+
 def test_test_time_flip_is_applied_by_the_loaded_model(trained, probe_crops, tmp_path):
     model, mean, std, _ = trained["paper"]
     path = save_model(
