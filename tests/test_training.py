@@ -511,3 +511,28 @@ def test_label_smoothing_makes_the_network_less_sure_of_itself(dataset):
     assert confidence[0.3] < confidence[0.0] - 0.05
     with pytest.raises(SettingError, match="label_smoothing"):
         TrainConfig(label_smoothing=0.9)
+
+
+def test_keras_probabilities_in_batches_are_the_networks_own_for_every_image():
+    """Scoring runs the network KERAS_BATCH images at a time (the held-out images after every
+    epoch): each image gets what the network gives it alone, on both sides of a batch's end,
+    with the mirror image averaged in where asked."""
+    import keras
+
+    from fercli.learn import fitting
+    from fercli.learn.network import build_model
+
+    configure_tensorflow(None)
+    keras.utils.set_random_seed(0)
+    model = build_model(7, "batchnorm-dropout", 32)
+    count = fitting.KERAS_BATCH + 3
+    crops = np.random.default_rng(0).integers(0, 256, (count, 32, 32), dtype=np.uint8)
+    got = fitting.keras_probabilities(model, crops, 120.0, 60.0, flip=True)
+    assert got.shape == (count, 7)
+    for index in (0, fitting.KERAS_BATCH - 1, fitting.KERAS_BATCH, count - 1):
+        x = ((crops[index : index + 1].astype(np.float32) - 120) / 60)[..., np.newaxis]
+        alone = np.asarray(model(x, training=False)) + np.asarray(
+            model(x[:, :, ::-1], training=False)
+        )
+        assert np.abs(got[index] - alone[0] / 2).max() < 1e-5
+    assert fitting.keras_probabilities(model, crops[:0], 120.0, 60.0).shape == (0, 7)

@@ -306,10 +306,25 @@ def keras_probabilities(
 
     values = standardise_each(crops) if per_image else crops.astype(np.float32)
     x = ((values - mean) / std).astype(np.float32)[..., np.newaxis]
-    probabilities = np.asarray(model(x, training=False))
+    probabilities = _in_batches(model, x)
     if flip:
-        probabilities = (probabilities + np.asarray(model(x[:, :, ::-1], training=False))) / 2
+        probabilities = (probabilities + _in_batches(model, x[:, :, ::-1])) / 2
     return probabilities
+
+
+# keras_probabilities runs the network this many images at a time: the 2,738 held-out crops
+# of FER2013 scored after every epoch in one call took 5.8 GB (activations of 48x48x32 for
+# every image at once), in batches of 256 1.2 GB, for the same CPU time.
+KERAS_BATCH = 256
+
+
+def _in_batches(model, x: np.ndarray) -> np.ndarray:
+    """The network's probabilities for images x (n, s, s, 1), KERAS_BATCH at a time."""
+    parts = [
+        np.asarray(model(x[start : start + KERAS_BATCH], training=False))
+        for start in range(0, len(x), KERAS_BATCH)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 def fold_seed(seed: int, fold: int) -> int:
