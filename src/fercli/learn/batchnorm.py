@@ -3,7 +3,7 @@
 Keras 3 normalises a training batch with separate ops (moments, then the normalisation) and
 differentiates through each of them; TensorFlow's fused batch normalisation does the same
 arithmetic in one op and one gradient op. On the general recipe's network (48x48 crops,
-batches of 64, two cores) a training step took 68 ms instead of 89 (docs/speed.md,
+batches of 64, two cores) a training step took 75.9 ms instead of 96.7 (docs/speed.md,
 "Training and cross-validation"). The layer is Keras's own otherwise: the same weights in
 the same order, the same moving averages (the fused op's Bessel correction of the batch
 variance is taken back out); Keras's own arithmetic for flat inputs (the hidden layer's).
