@@ -148,6 +148,8 @@ def make_optimizer(config: TrainConfig):
 
 def export_layers(keras_model) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Describe a trained Keras network as layer specs plus named weight arrays."""
+    import keras
+
     specs: list[dict] = []
     weights: dict[str, np.ndarray] = {}
     for index, layer in enumerate(keras_model.layers):
@@ -174,7 +176,7 @@ def export_layers(keras_model) -> tuple[list[dict], dict[str, np.ndarray]]:
                 "padding": config["padding"],
             }
             names = []
-        elif kind in ("BatchNormalization", "FusedBatchNormalization"):
+        elif isinstance(layer, keras.layers.BatchNormalization):  # learn/batchnorm.py's too
             spec = {"type": "batchnorm", "epsilon": config["epsilon"]}
             names = [
                 name
