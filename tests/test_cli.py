@@ -939,3 +939,28 @@ def test_help_shows_text_in_square_brackets():
 
 def test_live_help_says_a_clip_without_loop_ends_the_command():
     assert "ends when the file ends: open the page before, or use --loop." in help_words("live")
+
+
+def test_the_progress_bar_and_a_ctrl_c_follow_the_epochs_a_time_limit_cut():
+    """fer train's bar is planned from the start event; once --time-limit cuts the epochs, its
+    total and the epochs a Ctrl-C's message counts are the new count, and the time left with
+    them."""
+    from rich.progress import Progress
+
+    from fercli.cli.learn_commands import _recording, interrupted_training
+    from fercli.cli.options import epoch_reporter
+    from fercli.core.events import Event
+
+    bar = Progress(disable=True)
+    task = bar.add_task("starting", total=None)
+    reached: dict = {}
+    progress = _recording(reached, epoch_reporter(bar, task))
+    progress(Event("start", folds=1, epochs=40))
+    assert bar.tasks[0].total == 40
+    figures = {"loss": 1.0, "accuracy": 0.5, "validation_accuracy": None}
+    progress(Event("epoch", fold=0, epoch=1, epochs=40, **figures))
+    progress(Event("epoch", fold=0, epoch=2, epochs=23, **figures))
+    assert bar.tasks[0].total == 23 and bar.tasks[0].completed == 2
+    assert interrupted_training(reached, 1) == (
+        "interrupted in epoch 3 of 23 (2 epochs finished); nothing saved"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -536,3 +537,75 @@ def test_keras_probabilities_in_batches_are_the_networks_own_for_every_image():
         )
         assert np.abs(got[index] - alone[0] / 2).max() < 1e-5
     assert fitting.keras_probabilities(model, crops[:0], 120.0, 60.0).shape == (0, 7)
+
+
+def test_epochs_in_time_cuts_what_would_not_fit_and_never_adds():
+    from fercli.learn.fitting import epochs_in_time
+
+    limited = TrainConfig(epochs=40, time_limit=10.0)  # 600 s
+    assert epochs_in_time(TrainConfig(epochs=40), 1, 1e6, 40) == 40  # no limit
+    assert epochs_in_time(limited, 1, 30.0, 40) == 20  # 30 s an epoch: 19 more fit
+    assert epochs_in_time(limited, 1, 10.0, 40) == 40  # 60 would fit: still 40
+    assert epochs_in_time(limited, 10, 590.0, 20) == 10  # not one more: stop here
+    assert epochs_in_time(limited, 10, 700.0, 20) == 10  # over already: never fewer than done
+    assert epochs_in_time(limited, 20, 700.0, 20) == 20
+
+
+class _Clock:
+    """time.perf_counter for fitting: seconds advance only as epochs are trained."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_time_limit_cuts_the_epochs_and_the_schedule_follows(dataset, monkeypatch, tmp_path):
+    """An epoch that takes 25 s under a 1-minute limit: the first says two fit, so two are
+    trained, the cosine schedule over two, and fer train says so and keeps it in the model."""
+    from fercli.infer.model import load_model
+    from fercli.learn import fitting
+    from fercli.learn.training import train_model
+
+    clock, rates = _Clock(), []
+    monkeypatch.setattr(fitting, "time", clock)
+    real_epoch, real_schedule = fitting._train_epoch, fitting._schedule
+
+    def slow_epoch(*args):
+        clock.now += 25.0
+        return real_epoch(*args)
+
+    def schedule(optimizer, config, epoch, epochs):
+        real_schedule(optimizer, config, epoch, epochs)
+        rates.append((epoch, epochs, round(float(optimizer.learning_rate.numpy()), 6)))
+
+    monkeypatch.setattr(fitting, "_train_epoch", slow_epoch)
+    monkeypatch.setattr(fitting, "_schedule", schedule)
+    config = TrainConfig(epochs=10, copies=0, lr_schedule="cosine", learning_rate=0.01)
+    selection = select_classes(dataset)
+    configure_tensorflow(None)
+    seen = []
+    fitted = fit(
+        selection.crops,
+        selection.targets,
+        7,
+        replace(config, time_limit=1.0),
+        0,
+        on_epoch=lambda *figures: seen.append((figures[0], figures[-1])),
+    )
+    assert fitted.epochs_trained == 2 and fitted.seconds == 50.0
+    assert seen == [(1, 2), (2, 2)]
+    assert rates == [(1, 10, 0.01), (2, 2, 0.005)]  # the first epoch's rate is the same in both
+
+    rates.clear()
+    unlimited = fit(selection.crops, selection.targets, 7, replace(config, epochs=3), 0)
+    assert unlimited.epochs_trained == 3 and [epochs for _, epochs, _ in rates] == [3] * 3
+
+    result = train_model(dataset, replace(config, time_limit=1.0), tmp_path / "cut.npz")
+    assert result.epochs == 2
+    assert any("--time-limit 1 minutes: 2 of 10 epochs" in note for note in result.notes)
+    assert load_model(result.path).meta["epochs_trained"] == [2]
+    whole = train_model(dataset, replace(config, epochs=2), tmp_path / "whole.npz")
+    assert not any("time-limit" in note for note in whole.notes)
+    assert "epochs_trained" not in load_model(whole.path).meta

@@ -89,14 +89,15 @@ def train(
 
 def _recording(reached: dict, reporter):
     """A training's progress callback that keeps in reached the plan ("epochs", from the start
-    event) and the last epoch event ("epoch", "network") for a Ctrl-C's message
+    event, then as --time-limit cuts it) and the last epoch event ("epoch", "network") for a
+    Ctrl-C's message
     (interrupted_training), and hands every event on to reporter (if any)."""
 
     def progress(event) -> None:
         if event.kind == "start":
             reached.update(epochs=event.epochs)
         if event.kind == "epoch":
-            reached.update(epoch=event.epoch, network=event.fold)
+            reached.update(epoch=event.epoch, network=event.fold, epochs=event.epochs)
         if reporter:
             reporter(event)
 

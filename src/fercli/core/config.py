@@ -201,6 +201,19 @@ class TrainConfig(JsonConfig):
     epochs: int = setting(
         100, "--epochs", low=1, high=100_000, help="Passes over the (enlarged) training set."
     )
+    # Minutes of training at most for each network (0: no limit). The epochs are timed as
+    # they run and those that would not fit are cut, the learning rate's schedule following
+    # the new count (fitting.epochs_in_time): a machine slower than the one a recipe was
+    # measured on trains fewer epochs in the same time rather than for hours.
+    time_limit: float = setting(
+        0.0,
+        "--time-limit",
+        low=0.0,
+        high=100_000.0,
+        metavar="MINUTES",
+        help="Minutes of training at most for each network: epochs that would not fit are cut, "
+        "timed as they run (0: no limit).",
+    )
     batch_size: int = setting(16, "--batch-size", low=1, high=65_536, help="Mini-batch size.")
     learning_rate: float = setting(0.001, "--lr", low=0.0, help="Learning rate.")
     momentum: float = setting(0.9, "--momentum", low=0.0, high=1.0, help="SGD momentum, 0 to 1.")

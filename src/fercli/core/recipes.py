@@ -44,6 +44,7 @@ RECIPES: dict[str, dict] = {
         "max_shift": 3.0,
         "augment_mode": "online",
         "epochs": 40,
+        "time_limit": 36.0,
         "batch_size": 64,
         "optimizer": "nesterov",
         "learning_rate": 0.01,

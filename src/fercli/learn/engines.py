@@ -59,14 +59,16 @@ def _run_fold(
     """train_fold in a worker; its epochs go to the engine's caller as progress events."""
     from fercli.learn.folds import train_fold
 
-    def on_epoch(epoch: int, loss: float, accuracy: float, validation: float | None) -> None:
+    def on_epoch(
+        epoch: int, loss: float, accuracy: float, validation: float | None, epochs: int
+    ) -> None:
         notify(
             Event(
                 "epoch",
                 fold=task.fold,
                 key=task.key,
                 epoch=epoch,
-                epochs=task.config.epochs,
+                epochs=epochs,
                 loss=loss,
                 accuracy=accuracy,
                 validation_accuracy=validation,

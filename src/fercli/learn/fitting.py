@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,10 @@ class Fitted:
     epoch: int = 0
     validation_accuracy: float | None = None
     validation_images: int = 0
+    # The epochs it was trained for (config.epochs, fewer where config.time_limit cut them)
+    # and the seconds they took.
+    epochs_trained: int = 0
+    seconds: float = 0.0
 
 
 def fit(
@@ -82,7 +87,9 @@ def fit(
 ) -> Fitted:
     """Train a network on uint8 crops.
 
-    on_epoch(epoch, loss, accuracy, validation_accuracy) is called after every epoch. The
+    on_epoch(epoch, loss, accuracy, validation_accuracy, epochs) is called after every epoch,
+    epochs being the count planned then (config.epochs, or fewer once config.time_limit
+    cuts them: epochs_in_time). The
     augmented images are made a chunk at a time (augment.TrainingImages), and each chunk runs
     as one TensorFlow graph call over its batches, which removes most per-batch overhead.
     origins: each crop's dataset, for config.balance. validation: images (crops, targets)
@@ -111,8 +118,10 @@ def fit(
     )
     fitted = Fitted(model, mean, std)
     best: list | None = None
-    for epoch in range(1, config.epochs + 1):
-        _schedule(optimizer, config, epoch)
+    started, epochs, epoch = time.perf_counter(), config.epochs, 0
+    while epoch < epochs:
+        epoch += 1
+        _schedule(optimizer, config, epoch, epochs)
         loss, accuracy = _train_epoch(images, run_chunk)
         scored = None
         if validation is not None and math.isfinite(loss):
@@ -120,8 +129,10 @@ def fit(
             if fitted.validation_accuracy is None or scored > fitted.validation_accuracy:
                 fitted.epoch, fitted.validation_accuracy = epoch, scored
                 best = [np.array(weight) for weight in model.get_weights()]
+        epochs = epochs_in_time(config, epoch, time.perf_counter() - started, epochs)
+        fitted.epochs_trained, fitted.seconds = epoch, time.perf_counter() - started
         if on_epoch:
-            on_epoch(epoch, loss, accuracy, scored)
+            on_epoch(epoch, loss, accuracy, scored, epochs)
         if not math.isfinite(loss):
             break  # diverged: more epochs cannot bring it back (divergence() says so)
     if best is not None:
@@ -232,11 +243,22 @@ def fold_accuracy(probabilities: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(probabilities.argmax(axis=1) == targets)) if len(targets) else math.nan
 
 
-def _schedule(optimizer, config: TrainConfig, epoch: int) -> None:
-    """The learning rate of an epoch, as config.lr_schedule says."""
+def _schedule(optimizer, config: TrainConfig, epoch: int, epochs: int) -> None:
+    """The learning rate of an epoch of epochs, as config.lr_schedule says."""
     if config.lr_schedule == "cosine":
-        rate = 0.5 * config.learning_rate * (1 + math.cos(math.pi * (epoch - 1) / config.epochs))
+        rate = 0.5 * config.learning_rate * (1 + math.cos(math.pi * (epoch - 1) / epochs))
         optimizer.learning_rate.assign(rate)
+
+
+def epochs_in_time(config: TrainConfig, done: int, seconds: float, planned: int) -> int:
+    """The epochs to train, done of them having taken seconds: planned, or fewer where
+    config.time_limit (minutes) would not hold them all at the pace so far (the first epoch,
+    which builds the graph, included). Never more than planned (the schedule only shortens),
+    never fewer than done."""
+    if not config.time_limit or done >= planned:
+        return planned
+    fit = done + int((60 * config.time_limit - seconds) / (seconds / done))
+    return max(done, min(planned, fit))
 
 
 def load_starting_model(config: TrainConfig):

@@ -185,11 +185,13 @@ def train_fold(
     train_index, test_index = task.train_index, task.test_index
     last_epoch, last_loss = 0, math.nan
 
-    def tracked(epoch: int, loss: float, accuracy: float, validation: float | None) -> None:
+    def tracked(
+        epoch: int, loss: float, accuracy: float, validation: float | None, epochs: int
+    ) -> None:
         nonlocal last_epoch, last_loss
         last_epoch, last_loss = epoch, loss
         if on_epoch:
-            on_epoch(epoch, loss, accuracy, validation)
+            on_epoch(epoch, loss, accuracy, validation, epochs)
 
     train_crops, test_crops = fold_inputs(
         crops, task.origins, train_index, test_index, task.config.normalisation

@@ -187,7 +187,7 @@ def train_model(
         path=output,
         classes=selection.labels,
         images=len(selection.crops),
-        epochs=config.epochs,
+        epochs=max(item.fitted.epochs_trained for item in trained),
         loss=last.loss,
         accuracy=last.accuracy,
         seconds=time.perf_counter() - started,
@@ -195,9 +195,23 @@ def train_model(
         networks=ensemble,
         dataset=dataset.name,
         parts=getattr(dataset, "parts", []),
-        notes=getattr(dataset, "notes", []),
+        notes=[*getattr(dataset, "notes", []), *time_limit_notes(config, trained)],
         validation=validation_summary([item.fitted for item in trained]),
     )
+
+
+def time_limit_notes(config: TrainConfig, trained: list) -> list[str]:
+    """What --time-limit cut, if anything: the epochs each network was trained for instead of
+    config.epochs, and the pace that decided it."""
+    cut = [item.fitted for item in trained if item.fitted.epochs_trained < config.epochs]
+    if not cut or any(item.diverged for item in trained):
+        return []
+    done = ", ".join(str(fitted.epochs_trained) for fitted in cut)
+    pace = max(fitted.seconds / fitted.epochs_trained for fitted in cut)
+    return [
+        f"--time-limit {config.time_limit:g} minutes: {done} of {config.epochs} epochs fitted "
+        f"(an epoch took {pace:.0f} s here); --time-limit 0 trains them all"
+    ]
 
 
 @dataclass
@@ -282,7 +296,9 @@ def _train_networks(
     for number in range(ensemble):
         last = {"loss": math.nan, "accuracy": math.nan, "epoch": 0}
 
-        def on_epoch(epoch: int, loss: float, accuracy: float, held: float | None) -> None:
+        def on_epoch(
+            epoch: int, loss: float, accuracy: float, held: float | None, epochs: int
+        ) -> None:
             last.update(loss=loss, accuracy=accuracy, epoch=epoch)
             if progress:
                 progress(
@@ -290,7 +306,7 @@ def _train_networks(
                         "epoch",
                         fold=number,
                         epoch=epoch,
-                        epochs=config.epochs,
+                        epochs=epochs,
                         loss=loss,
                         accuracy=accuracy,
                         validation_accuracy=held,
@@ -352,6 +368,8 @@ def _model_metadata(
         }
     if validation_summary(fitted):
         extra["validation"] = validation_summary(fitted)
+    if any(item.epochs_trained < config.epochs for item in fitted):
+        extra["epochs_trained"] = [item.epochs_trained for item in fitted]
     return extra
 
 
