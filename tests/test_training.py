@@ -609,3 +609,22 @@ def test_time_limit_cuts_the_epochs_and_the_schedule_follows(dataset, monkeypatc
     whole = train_model(dataset, replace(config, epochs=2), tmp_path / "whole.npz")
     assert not any("time-limit" in note for note in whole.notes)
     assert "epochs_trained" not in load_model(whole.path).meta
+
+
+def test_crossval_reports_each_folds_epochs_and_what_a_time_limit_cut(crossval_run):
+    from fercli.learn.crossval import time_limit_warnings
+    from fercli.learn.folds import FoldResult
+
+    report, _ = crossval_run
+    assert [fold["epochs"] for fold in report.to_json()["folds"]] == [EPOCHS] * FOLDS
+    assert time_limit_warnings(TrainConfig(epochs=EPOCHS), report.folds) == []
+
+    def fold(number: int, epochs: int) -> FoldResult:
+        return FoldResult(number, 0.5, 90, 10, [], 60.0, epochs=epochs)
+
+    config = TrainConfig(epochs=40, time_limit=36.0)
+    folds = [fold(1, 40), fold(2, 23), fold(3, 25)]
+    assert time_limit_warnings(config, folds) == [
+        "--time-limit 36 minutes: 2 of 3 folds trained 23-25 of 40 epochs; --time-limit 0 "
+        "trains them all"
+    ]

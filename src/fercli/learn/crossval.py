@@ -354,6 +354,7 @@ def assemble_crossval(
             + protocol_warnings(selection, group, config)
             + starting_notes(config)
             + split_notes(dataset)
+            + time_limit_warnings(config, fold_results)
         ),
         seconds=seconds,
         interrupted=interrupted,
@@ -361,6 +362,19 @@ def assemble_crossval(
         predictions=rows,
         per_dataset=per_dataset_figures(selection, outcomes, fold_results, complete),
     )
+
+
+def time_limit_warnings(config: TrainConfig, folds: list[FoldResult]) -> list[str]:
+    """What --time-limit cut: the folds trained for fewer epochs than config.epochs."""
+    cut = [fold for fold in folds if 0 < fold.epochs < config.epochs and not fold.diverged]
+    if not cut:
+        return []
+    counts = sorted({fold.epochs for fold in cut})
+    spread = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return [
+        f"--time-limit {config.time_limit:g} minutes: {len(cut)} of {len(folds)} folds trained "
+        f"{spread} of {config.epochs} epochs; --time-limit 0 trains them all"
+    ]
 
 
 def _fold_result(
@@ -385,6 +399,7 @@ def _fold_result(
         else [],
         seconds=round(float(outcome.seconds), 2),
         diverged=outcome.diverged,
+        epochs=int(outcome.epochs),
     )
 
 

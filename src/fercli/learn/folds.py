@@ -275,5 +275,6 @@ class FoldResult:
     test_subjects: list[str]
     seconds: float
     diverged: str | None = None  # why the fold's network is unusable
+    epochs: int = 0  # epochs trained: the settings' epochs, fewer where --time-limit cut them
     # Several datasets combined: per dataset in the test part, {"images", "accuracy"}.
     per_dataset: dict[str, dict] = field(default_factory=dict)
