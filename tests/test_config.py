@@ -346,6 +346,7 @@ def test_scan_video_and_live_settings_check_themselves(tmp_path):
     for settings, message in [
         ({"fps": 0.0}, "fps (--fps) 0 must be more than 0"),
         ({"fps": math.nan}, "fps (--fps) must be a finite number, not nan"),
+        ({"fps": 1e308}, "fps (--fps) 1e+308 is more than 1000000, the largest that makes sense"),
         ({"smooth": math.inf}, "smooth (--smooth) must be a finite number, not inf"),
         ({"smooth": -1.0}, "smooth (--smooth) -1 must be at least 0"),
         ({"every": 0}, "every (--every) 0 must be at least 1"),
@@ -369,6 +370,8 @@ def test_the_command_line_refuses_video_settings_as_videoconfig_does(tmp_path):
     for options, message in [
         (["--fps", "0"], "fps (--fps) 0 must be more than 0"),
         (["--fps", "nan"], "fps (--fps) must be a finite number, not nan"),
+        # It once ended in a traceback (OverflowError) once the video was read.
+        (["--fps", "1e308"], "fps (--fps) 1e+308 is more than 1000000, the largest that"),
         (["--smooth", "inf"], "smooth (--smooth) must be a finite number, not inf"),
     ]:
         result = CliRunner().invoke(app, ["predict", str(tmp_path), *options])

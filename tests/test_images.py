@@ -191,6 +191,14 @@ def test_folder_is_not_an_image(tmp_path):
     assert_refused(folder, "folder")
 
 
+def test_a_fifo_or_device_is_not_an_image_and_is_never_opened(tmp_path):
+    # They were reported as "empty file (0 bytes)", from the size stat gives them.
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)  # opening it would wait for a writer for ever
+    assert_refused(fifo, "not a regular file")
+    assert_refused(Path(os.devnull), "not a regular file")
+
+
 def test_missing_file(tmp_path):
     assert_refused(tmp_path / "gone.png", "no such file")
 

@@ -113,6 +113,17 @@ def test_bad_files_are_skipped_with_reasons_and_the_rest_aligned(mixed_dataset):
     assert calls == [(done, total) for done in range(total + 1)]
 
 
+def test_a_strip_one_pixel_high_is_an_image_without_a_face(make_folders):
+    # Shrunk to the 1280 pixels searched, a 20000x1 strip was 0 pixels high, and OpenCV's
+    # assertion was the reason given ("alignment failed: error: OpenCV(...) !dsize.empty()").
+    root = make_folders({"happy": ["face.png"]})
+    write_image(root / "happy" / "strip.png", np.full((1, 20000), 128, np.uint8))
+    report = preprocess_dataset(root, workers=1)
+    assert report.aligned == 1
+    reason = skipped_by_name(report.skipped)["strip.png"]
+    assert reason.startswith("no face found"), reason
+
+
 def test_cli_prints_the_table_and_the_skipped_files(mixed_dataset):
     result = run_cli("preprocess", str(mixed_dataset), "--workers", "1")
 

@@ -161,6 +161,12 @@ def test_cli_refuses_a_bad_grid_in_one_line(tmp_path):
             "[base]\naugment = false\nmixup = 0.4\n[vary]\nepochs = [1, 2]",
             "mixup (--mixup 0.4) does nothing with --no-augment",
         ),
+        # The dataset being swept over is no validation set; a sweep once ignored any dataset
+        # given as validation, training its folds without one.
+        (
+            'folds = 2\n[base]\nvalidation = "synthetic"\n[vary]\nepochs = [1, 2]',
+            "--validation synthetic: 24 of its 24 images are among the images trained on",
+        ),
     ],
 )
 def test_a_grid_whose_recipes_are_refused_leaves_no_sweep_folder(tmp_path, text, message):

@@ -389,6 +389,50 @@ def test_a_dataset_preprocessed_otherwise_is_refused_with_the_command_that_fits(
         cross_validate(other, TrainConfig(epochs=1, init_model=str(starting_model)), folds=2)
 
 
+# --- another dataset to choose the epoch on (--validation DATASET) -----------------------
+
+
+def test_a_validation_dataset_of_another_crop_size_is_refused_before_any_training(tmp_path):
+    import cv2
+
+    from fercli.core.config import PreprocessConfig
+    from fercli.learn.training import train_model
+    from synthetic import save_synthetic
+
+    # It once trained a whole epoch and then failed in Keras with a traceback.
+    held = make_dataset(labels=("anger", "happiness"), subjects=2, seed=4)
+    settings = PreprocessConfig(crop_size=48)
+    held.crops = np.stack([cv2.resize(crop, (48, 48)) for crop in held.crops])
+    held.meta.update(
+        source="/data/held",
+        preprocess=settings.to_dict(),
+        preprocess_fingerprint=settings.fingerprint(),
+    )
+    save_synthetic(held, "held")
+    mine = make_dataset(labels=("anger", "happiness"), subjects=4, seed=5)
+    with pytest.raises(
+        DatasetError,
+        match=r"--validation held: its crops were made with other preprocessing settings than "
+        r".*'s \(crop_size 48 against 32\); run `fer preprocess /data/held --crop-size 32` first",
+    ):
+        train_model(mine, TrainConfig(epochs=1, copies=0, validation="held"), tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_a_validation_dataset_holding_images_trained_on_is_refused(tmp_path):
+    from fercli.learn.training import train_model
+    from synthetic import save_synthetic
+
+    mine = make_dataset(labels=("anger", "happiness"), subjects=4, seed=5)
+    save_synthetic(mine, "mine")
+    config = TrainConfig(epochs=1, copies=0, validation="mine")
+    message = "--validation mine: 32 of its 32 images are among the images trained on"
+    with pytest.raises(DatasetError, match=message):
+        train_model(mine, config, tmp_path / "m.npz")
+    with pytest.raises(DatasetError, match=message):
+        cross_validate(mine, config, folds=2)
+
+
 # --- normalisation by each crop's own statistics (--normalisation image) -----------------
 
 

@@ -284,6 +284,11 @@ def search_image(gray: np.ndarray) -> tuple[np.ndarray, float]:
     if max(gray.shape) <= DETECT_MAX_SIDE:
         return gray, 1.0
     scale = DETECT_MAX_SIDE / max(gray.shape)
+    if min(gray.shape) * scale < 1:
+        # A strip (20000x1 pixels): shrunk by scale it would be no pixel high, which OpenCV
+        # refuses; it keeps one.
+        height, width = (max(1, round(side * scale)) for side in gray.shape)
+        return cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA), scale
     return cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), scale
 
 

@@ -53,8 +53,9 @@ class VideoConfig:
 
     # Analyse one frame in every this many (1: every frame).
     every: int = setting(1, "--every", low=1, high=1_000_000)
-    # Analyse this many frames a second of video instead (None: use every).
-    fps: float | None = setting(None, "--fps", kind=float, low=0.0, above_low=True)
+    # Analyse this many frames a second of video instead (None: use every). Bounded: at 1e308
+    # a second, a frame's time slot (1/fps) is too small to count frames' times in.
+    fps: float | None = setting(None, "--fps", kind=float, low=0.0, above_low=True, high=1_000_000)
     # A full face detection every this many analysed frames; in between, faces are followed
     # by their landmarks. 1: detect on every analysed frame.
     detect_every: int = setting(5, "--detect-every", low=1, high=1_000_000)

@@ -240,7 +240,7 @@ def _cross_validate(
     if progress:
         progress(Event("start", folds=len(splits), epochs=config.epochs, config=config))
     engine = engine or LocalEngine(workers)
-    validation = validation_data(config, selection.labels)
+    validation = validation_data(config, dataset, selection)
     tasks = [
         FoldTask(index, config, index, train, test, selection.origins, validation)
         for index, (train, test) in enumerate(splits)

@@ -33,9 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from fercli.core.config import (
-    fingerprint,
-)
+from fercli.core.config import fingerprint
 from fercli.core.errors import TrainingError
 from fercli.core.events import Event, Progress
 from fercli.core.store import (
@@ -251,9 +249,10 @@ def run_sweep(
     engine = engine or LocalEngine()
     selection = select_classes(dataset, grid.classes)
     data_id = selection_fingerprint(selection)
-    plan, folder = _sweep_plan(grid, dataset, selection, data_id)
+    plan, folder, held = _sweep_plan(grid, dataset, selection, data_id)
     splits = {seed: make_folds(selection, grid.folds, grid.group, seed) for seed in grid.seeds}
     results, tasks = _stored_and_missing(folder, plan, grid.seeds, splits, selection.targets)
+    tasks = [replace(task, validation=held[task.config.validation]) for task in tasks]
     planned = len(results) * grid.folds
     stored_count = planned - len(tasks)
     if progress:
@@ -290,15 +289,16 @@ def run_sweep(
 
 def _sweep_plan(
     grid: Grid, dataset: PreparedDataset, selection: Selection, data_id: str
-) -> tuple[list, Path]:
-    """grid's recipes, checked first (their settings; each starting model once), so that a grid
-    refused leaves no empty sweep folder; and the sweep's folder, made with its grid.json."""
-    from fercli.learn.training import checked_start
+) -> tuple[list, Path, dict]:
+    """grid's recipes, checked first (settings, starting models, --validation), so that a grid
+    refused leaves no sweep folder; the folder, with its grid.json; validation_data's, by value."""
+    from fercli.learn.training import checked_start, validation_data
 
     plan = recipes(grid)
     starts = {(item.config.init_model, item.config.variant): item.config for item in plan}
     for config in starts.values():
         checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
+    held = {one.config.validation: validation_data(one.config, dataset, selection) for one in plan}
     folder = make_dir(sweep_folder(dataset, data_id, grid))
     atomic_write_json(
         folder / "grid.json",
@@ -310,7 +310,7 @@ def _sweep_plan(
             "data_fingerprint": data_id,
         },
     )
-    return plan, folder
+    return plan, folder, held
 
 
 def _stored_and_missing(

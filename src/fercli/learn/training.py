@@ -169,13 +169,14 @@ def train_model(
             "--normalisation global"
         )
     config = checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
+    validation = validation_data(config, dataset, selection)
     configure_tensorflow(threads)
     if progress:
         progress(Event("start", folds=ensemble, epochs=config.epochs, config=config))
     # The exported file must give what Keras gives, in finite numbers: checked on a sample
     # and on the load check's own images, before the file takes its name.
     sample = np.concatenate([selection.crops[:64], probe_crops(selection.crops.shape[1])])
-    trained = _train_networks(selection, config, ensemble, sample, progress)
+    trained = _train_networks(selection, config, ensemble, sample, progress, validation)
     failure = next((item for item in trained if item.diverged), None)
     if failure is not None:
         raise _diverged_error(failure, ensemble, output, keep_existing)
@@ -281,11 +282,12 @@ def _train_networks(
     ensemble: int,
     sample: np.ndarray,
     progress: Progress | None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[_Trained]:
-    """The networks of a model file, one after the other (seeds differ), until one diverges."""
+    """The networks of a model file, one after the other (seeds differ), until one diverges.
+    validation: validation_data's images, scored after every epoch."""
     from fercli.learn.network import export_network
 
-    validation = validation_data(config, selection.labels)
     if ensemble > 1:
         import tensorflow as tf
 
@@ -385,23 +387,44 @@ def validation_summary(fitted: list[Fitted]) -> dict:
     }
 
 
-def validation_data(config: TrainConfig, labels: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """--validation DATASET: that preprocessed dataset's images of these classes (by name,
-    as labels.LABEL_ALIASES spells them), as (crops, targets); None for a share or none.
-    DatasetError when it has none of them, or crops of another size."""
+def validation_data(
+    config: TrainConfig, dataset: PreparedDataset, selection: Selection
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """--validation DATASET: that preprocessed dataset's images of the selection's classes (by
+    name, as labels.LABEL_ALIASES spells them), as (crops, targets); None for a share or none.
+    DatasetError when it has none of them, crops made with other settings than dataset's (a
+    network of another crop size cannot score them), or images being trained on (they would
+    not be held out)."""
     from fercli.core.errors import DatasetError
+    from fercli.core.hashing import crop_digests
     from fercli.core.labels import canonical_label
     from fercli.data.prepared import resolve_dataset
 
     if not config.validation or validation_share(config.validation) is not None:
         return None
     held = resolve_dataset(config.validation)
-    wanted = {canonical_label(label): index for index, label in enumerate(labels)}
+    difference = settings_difference(held.meta["preprocess"], dataset.meta["preprocess"])
+    if difference:
+        source = held.meta.get("source") or held.name
+        raise DatasetError(
+            f"--validation {config.validation}: its crops were made with other preprocessing "
+            f"settings than {dataset.name}'s ({difference}); run "
+            f"`{preprocess_command(str(source), dataset.meta['preprocess'])}` first"
+        )
+    wanted = {canonical_label(label): index for index, label in enumerate(selection.labels)}
     targets = np.array([wanted.get(canonical_label(label), -1) for label in held.labels])
     kept = targets >= 0
     if not kept.any():
         raise DatasetError(
             f"--validation {config.validation}: none of its images is of the classes trained "
-            f"({', '.join(labels)})"
+            f"({', '.join(selection.labels)})"
+        )
+    training = {row.tobytes() for row in crop_digests(selection.crops)}
+    seen = sum(row.tobytes() in training for row in crop_digests(held.crops[kept]))
+    if seen:
+        raise DatasetError(
+            f"--validation {config.validation}: {seen} of its {int(kept.sum())} images are "
+            "among the images trained on, so they are not held out; give another dataset, or "
+            "a share of the training images (--validation 0.1)"
         )
     return held.crops[kept], targets[kept]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import struct
 import sys
 from pathlib import Path
@@ -223,7 +224,12 @@ def quiet_stderr():
 def read_file(path: Path) -> bytes:
     """A file's bytes, refusing empty, huge and unreadable files with a reason."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(info.st_mode):  # whose size says nothing of what it gives
+            raise ImageError("not a regular file (a FIFO, socket or device)")
+        size = info.st_size
         if size == 0:
             raise ImageError("empty file (0 bytes)")
         if size > MAX_FILE_BYTES:
