@@ -271,3 +271,24 @@ def test_a_pattern_removes_the_entries_it_matches(fer_home):
     assert [path.name for path in runs_dir().iterdir()] == ["crossval-a-3"]
     result = fer("remove", "sweep-*")
     assert result.exit_code == 1 and "matches no dataset, model or run" in result.stderr
+
+
+def test_remove_leaves_out_a_hash_or_a_time_and_never_a_word(fer_home):
+    """The hostile tester's: `fer remove evaluate` deleted the one evaluation run there was, and
+    `fer remove sp` the dataset sp-ace-3c7ef3da. A name may leave out a hash or a time only."""
+    save_synthetic(make_dataset(labels=CLASSES, subjects=1), "sp-ace-3c7ef3da")
+    runs = [
+        "evaluate-m-20261207-011500-sp-ace-3c7ef3da-20261207-011501",
+        "crossval-ck48-b6489086-20261207-011500",
+    ]
+    for name in runs:
+        (runs_dir() / name).mkdir(parents=True)
+    for name in ("sp", "evaluate", "evaluate-m", "crossval", "crossval-ck48-b6"):
+        result = fer("remove", name)
+        assert result.exit_code == 1 and "nothing removed" in result.stderr, name
+    assert sorted(path.name for path in runs_dir().iterdir()) == sorted(runs)
+    assert (fer_home / "datasets" / "sp-ace-3c7ef3da").exists()
+    assert fer("remove", "crossval-ck48").exit_code == 0  # hash and time left out
+    assert fer("remove", "evaluate-m-20261207-011500-sp-ace").exit_code == 0  # both left out
+    assert fer("remove", "sp-ace").exit_code == 0  # the hash left out
+    assert list_home().runs == list_home().datasets == []

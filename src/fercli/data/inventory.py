@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -304,6 +305,11 @@ def _listed() -> dict[Path, str]:
 
 PATTERN_CHARACTERS = frozenset("*?[")
 
+# What a dataset's or run's name may leave out in fer remove: its hash, its time or both (and
+# the number of a second run of the same second), never a word: `evaluate` must not name the
+# one evaluation run there is, nor `sp` the dataset sp-ace-3c7ef3da.
+OMISSIBLE_END = re.compile(r"(?:[0-9a-f]{8}|\d{8}-\d{6}|[0-9a-f]{8}-\d{8}-\d{6})(?:-\d+)?")
+
 
 def find_entry(name: str, listed: dict[Path, str] | None = None) -> tuple[str, Path]:
     """The kind and path of the one entry fer list shows that name names: its name (a model
@@ -336,10 +342,14 @@ def find_entry(name: str, listed: dict[Path, str] | None = None) -> tuple[str, P
 
 
 def _abbreviated(name: str, listed: dict[Path, str]) -> list[tuple[str, Path]]:
-    """The one dataset or run name abbreviates (a dataset without its hash); StoreError, with
-    the closest names of every entry, if none or several."""
+    """The one dataset or run name abbreviates, leaving out its hash or time (OMISSIBLE_END);
+    StoreError, with the closest names of every entry, if none or several."""
     entries = {path.name: (kind, path) for path, kind in listed.items()}
-    matches = abbreviated(name, sorted(entries))
+    matches = [
+        match
+        for match in abbreviated(name, sorted(entries))
+        if OMISSIBLE_END.fullmatch(match[len(name) + 1 :])
+    ]
     if len(matches) == 1:
         return [entries[matches[0]]]
     names = sorted({*entries, *(path.name for path in _listed())})
