@@ -364,7 +364,8 @@ class TrainConfig(JsonConfig):
         "scale and position, for photos from other cameras), general (robust for tens of "
         "thousands of photos: online augmentation, larger batches, fewer epochs, class weights, "
         "the epoch chosen on held-out images, 36 minutes at most), best (robust without the "
-        "jitter) or paper (the paper's recipe as written). Options given here override the recipe's.",
+        "jitter) or paper (the paper's recipe as written). Options given here override the "
+        "recipe's.",
     )
     # Loss weights per class (CLASS_WEIGHTS): "none", "balanced" (each class weighs as much
     # as the others in all: n / (k n_class)) or "sqrt" (half way, 1 / sqrt(n_class), scaled to
