@@ -583,16 +583,18 @@ def test_keras_probabilities_in_batches_are_the_networks_own_for_every_image():
     assert fitting.keras_probabilities(model, crops[:0], 120.0, 60.0).shape == (0, 7)
 
 
-def test_epochs_in_time_cuts_what_would_not_fit_and_never_adds():
+def test_epochs_in_time_fits_the_limit_at_the_median_pace_and_grows_back():
     from fercli.learn.fitting import epochs_in_time
 
     limited = TrainConfig(epochs=40, time_limit=10.0)  # 600 s
-    assert epochs_in_time(TrainConfig(epochs=40), 1, 1e6, 40) == 40  # no limit
-    assert epochs_in_time(limited, 1, 30.0, 40) == 20  # 30 s an epoch: 19 more fit
-    assert epochs_in_time(limited, 1, 10.0, 40) == 40  # 60 would fit: still 40
-    assert epochs_in_time(limited, 10, 590.0, 20) == 10  # not one more: stop here
-    assert epochs_in_time(limited, 10, 700.0, 20) == 10  # over already: never fewer than done
-    assert epochs_in_time(limited, 20, 700.0, 20) == 20
+    assert epochs_in_time(TrainConfig(epochs=40), [1e6]) == 40  # no limit
+    assert epochs_in_time(limited, [30.0]) == 20  # 30 s an epoch: 19 more fit
+    assert epochs_in_time(limited, [10.0]) == 40  # 60 would fit: still 40
+    # A first epoch slowed by other work cuts deep; quicker epochs after it win them back.
+    assert epochs_in_time(limited, [120.0]) == 5
+    assert epochs_in_time(limited, [120.0, 20.0, 20.0]) == 3 + 22
+    assert epochs_in_time(limited, [59.0] * 10) == 10  # not one more: stop here
+    assert epochs_in_time(limited, [70.0] * 10) == 10  # over already: never fewer than done
 
 
 class _Clock:

@@ -118,9 +118,10 @@ def fit(
     )
     fitted = Fitted(model, mean, std)
     best: list | None = None
-    started, epochs, epoch = time.perf_counter(), config.epochs, 0
+    epochs, epoch, durations = config.epochs, 0, []
     while epoch < epochs:
         epoch += 1
+        started = time.perf_counter()
         _schedule(optimizer, config, epoch, epochs)
         loss, accuracy = _train_epoch(images, run_chunk)
         scored = None
@@ -129,8 +130,9 @@ def fit(
             if fitted.validation_accuracy is None or scored > fitted.validation_accuracy:
                 fitted.epoch, fitted.validation_accuracy = epoch, scored
                 best = [np.array(weight) for weight in model.get_weights()]
-        epochs = epochs_in_time(config, epoch, time.perf_counter() - started, epochs)
-        fitted.epochs_trained, fitted.seconds = epoch, time.perf_counter() - started
+        durations.append(time.perf_counter() - started)
+        epochs = epochs_in_time(config, durations)
+        fitted.epochs_trained, fitted.seconds = epoch, sum(durations)
         if on_epoch:
             on_epoch(epoch, loss, accuracy, scored, epochs)
         if not math.isfinite(loss):
@@ -250,15 +252,18 @@ def _schedule(optimizer, config: TrainConfig, epoch: int, epochs: int) -> None:
         optimizer.learning_rate.assign(rate)
 
 
-def epochs_in_time(config: TrainConfig, done: int, seconds: float, planned: int) -> int:
-    """The epochs to train, done of them having taken seconds: planned, or fewer where
-    config.time_limit (minutes) would not hold them all at the pace so far (the first epoch,
-    which builds the graph, included). Never more than planned (the schedule only shortens),
-    never fewer than done."""
-    if not config.time_limit or done >= planned:
-        return planned
-    fit = done + int((60 * config.time_limit - seconds) / (seconds / done))
-    return max(done, min(planned, fit))
+def epochs_in_time(config: TrainConfig, durations: list[float]) -> int:
+    """The epochs to train once len(durations) have taken these seconds each: config.epochs,
+    or as many as config.time_limit (minutes) holds at the median epoch's pace (robust to an
+    epoch slowed by other work, or by building the graph). Recomputed after every epoch, so
+    it grows back where the first epochs were slow, up to config.epochs, and the schedule
+    follows; never fewer than done."""
+    done = len(durations)
+    if not config.time_limit or not durations:
+        return config.epochs
+    left = 60 * config.time_limit - sum(durations)
+    fit = done + max(0, int(left / float(np.median(durations))))
+    return max(done, min(config.epochs, fit))
 
 
 def load_starting_model(config: TrainConfig):
