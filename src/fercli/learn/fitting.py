@@ -46,6 +46,10 @@ def configure_tensorflow(threads: int | None) -> None:
     """Quiet, deterministic TensorFlow on a given number of threads; call before any op runs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512 VNNI and
+    # newer; on an AVX2 CPU without them its training steps took 1.3-1.7 times as long
+    # (bench/train_step.py, docs/speed.md). Read when TensorFlow is first imported.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     tf = _quiet_import_tensorflow()
 
     if threads:
