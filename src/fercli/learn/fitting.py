@@ -47,7 +47,7 @@ def configure_tensorflow(threads: int | None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     # TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512 VNNI and
-    # newer; on an AVX2 CPU without them its training steps took 1.3-1.7 times as long
+    # newer; on an AVX2 CPU without them its training steps took 1.3 to 3 times as long
     # (bench/train_step.py, docs/speed.md). Read when TensorFlow is first imported.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     tf = _quiet_import_tensorflow()
@@ -93,9 +93,9 @@ def fit(
 
     on_epoch(epoch, loss, accuracy, validation_accuracy, epochs) is called after every epoch,
     epochs being the count planned then (config.epochs, or fewer once config.time_limit
-    cuts them: epochs_in_time). The
-    augmented images are made a chunk at a time (augment.TrainingImages), and each chunk runs
-    as one TensorFlow graph call over its batches, which removes most per-batch overhead.
+    cuts them: epochs_in_time). The augmented images are made a chunk at a time
+    (augment.TrainingImages), and each chunk runs as one TensorFlow graph call over its
+    batches, which removes most per-batch overhead.
     origins: each crop's dataset, for config.balance. validation: images (crops, targets)
     scored after every epoch, else config.validation's share of crops held out; the weights of
     the epoch that scores best on them are the network returned.
