@@ -964,3 +964,6 @@ def test_the_progress_bar_and_a_ctrl_c_follow_the_epochs_a_time_limit_cut():
     assert interrupted_training(reached, 1) == (
         "interrupted in epoch 3 of 23 (2 epochs finished); nothing saved"
     )
+    # Quicker epochs win some back: the bar's total grows with the plan.
+    progress(Event("epoch", fold=0, epoch=3, epochs=30, **figures))
+    assert bar.tasks[0].total == 30 and bar.tasks[0].completed == 3

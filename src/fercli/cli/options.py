@@ -241,7 +241,7 @@ def epoch_reporter(bar, task, folds: int = 1, epochs: int | None = None, header:
         elif event.kind == "epoch":
             if epochs and seen.get(event.fold) == -1:
                 return  # a late event of a fold already counted in full
-            if epochs and event.epochs < epochs:  # --time-limit cut the epochs
+            if epochs and event.epochs != epochs:  # --time-limit's plan, cut or grown back
                 plan.update(epochs=event.epochs)
                 bar.update(task, total=folds * event.epochs)
             seen[event.fold] = seen.get(event.fold, 0) + 1

@@ -298,7 +298,8 @@ def _sweep_plan(
     starts = {(item.config.init_model, item.config.variant): item.config for item in plan}
     for config in starts.values():
         checked_start(replace(config, classes=tuple(selection.labels)), dataset, selection)
-    held = {one.config.validation: validation_data(one.config, dataset, selection) for one in plan}
+    validations = {one.config.validation: one.config for one in plan}  # each dataset once
+    held = {key: validation_data(config, dataset, selection) for key, config in validations.items()}
     folder = make_dir(sweep_folder(dataset, data_id, grid))
     atomic_write_json(
         folder / "grid.json",
