@@ -153,6 +153,36 @@ def test_evaluating_a_folder_does_not_change_the_default_dataset(single_path, fa
     assert len(resolve_dataset(tmp_path / "test-set").crops) == 2
 
 
+def test_evaluating_a_folder_keeps_the_users_dataset_of_it(single_path, faces, tmp_path):
+    """The hostile tester's finding: evaluating a folder the user had preprocessed with other
+    settings replaced the user's dataset with evaluate's test set."""
+    from conftest import write_image
+    from fercli.core.config import ScanConfig
+    from fercli.data.inventory import find_entry
+    from fercli.data.prepared import dataset_folder, load_dataset
+    from fercli.data.preprocess import preprocess_dataset
+
+    for index in range(2):
+        write_image(tmp_path / "photos" / "happiness" / f"face{index}.png", faces(index))
+    mine = PreprocessConfig(equalization="clahe")
+    preprocess_dataset(tmp_path / "photos", ScanConfig(), mine, workers=1)
+    users = dataset_folder(tmp_path / "photos") / "dataset.npz"
+    before = users.read_bytes()
+    model = load_model(single_path)
+    dataset, preprocessed = prepare_for_model(tmp_path / "photos", model, workers=1)
+    assert preprocessed is not None and dataset.location != users
+    assert dataset.meta["preprocess_fingerprint"] == model.preprocess.fingerprint()
+    assert users.read_bytes() == before  # the user's dataset, untouched
+    assert load_dataset(users).meta["preprocess_fingerprint"] == mine.fingerprint()
+    again, preprocessed = prepare_for_model(tmp_path / "photos", model, workers=1)
+    assert preprocessed is None and again.location == dataset.location  # the test set reused
+    # The folder's name still names the user's dataset only; the test set is named whole.
+    assert find_entry("photos")[1] == users.parent
+    test_set = dataset.location.parent
+    assert find_entry(test_set.name)[1] == test_set
+    assert find_entry(test_set.name.rsplit("-", 1)[0])[1] == test_set  # without its key
+
+
 def test_cli_writes_the_crossval_shaped_report(ensemble_path):
     save_synthetic(other_people(), "others")
     result = fer("evaluate", "--model", ensemble_path, "others")

@@ -105,11 +105,22 @@ def unaligned_counts(labels: list[str], splits: list[str] | None = None) -> dict
     return counts
 
 
-def dataset_folder(source: Path) -> Path:
-    """Where the preprocessed version of a dataset folder is kept (one per source folder)."""
+def dataset_folder(source: Path, test_set: str | None = None) -> Path:
+    """Where the preprocessed version of a dataset folder is kept (one per source folder).
+    test_set: the evaluation_key of a test set fer evaluate made of the folder with other
+    settings than the dataset the user preprocessed there, kept beside it
+    ("<name>-<id>-evaluate-<key>") so that the user's own is never overwritten."""
     resolved = Path(source).resolve()
     digest = hashlib.sha256(str(resolved).encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    return datasets_dir() / f"{slug(resolved.name)}-{digest}"
+    name = f"{slug(resolved.name)}-{digest}"
+    return datasets_dir() / (name if test_set is None else f"{name}-evaluate-{test_set}")
+
+
+def evaluation_key(config: PreprocessConfig, face_crops: bool) -> str:
+    """What tells apart the test sets fer evaluate makes of one folder: the preprocessing
+    settings and whether every image was taken as a face crop."""
+    key = f"{config.fingerprint()}:{face_crops}"
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 def save_dataset(dataset: PreparedDataset, folder: Path) -> Path:
@@ -243,6 +254,11 @@ def made_by(path: Path) -> str:
     except Exception:
         return "preprocess"
     return meta.get("made_by", "preprocess") if isinstance(meta, dict) else "preprocess"
+
+
+def _users_own(path: Path) -> bool:
+    """Whether path is a dataset the user preprocessed (which fer evaluate must not replace)."""
+    return path.is_file() and made_by(path) != "evaluate"
 
 
 def default_dataset() -> Path | None:
@@ -400,6 +416,8 @@ def save_prepared(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     folder = dataset_folder(source)
+    if dataset.meta.get("made_by") == "evaluate" and _users_own(folder / DATASET_FILE):
+        folder = dataset_folder(source, evaluation_key(config, report.every_image_a_face))
     report.dataset = str(save_dataset(dataset, folder))
     try:
         sheet = contact_sheet(

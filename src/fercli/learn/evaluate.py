@@ -32,6 +32,7 @@ from fercli.data.prepared import (
     DATASET_FILE,
     PreparedDataset,
     dataset_folder,
+    evaluation_key,
     load_dataset,
     resolve_dataset,
 )
@@ -71,13 +72,16 @@ def prepare_for_model(
         candidate.is_dir() and not (candidate / DATASET_FILE).exists() or is_fer2013(candidate)
     ) and not _inside(candidate, datasets_dir())
     if original:
-        prepared = dataset_folder(candidate) / DATASET_FILE
-        if prepared.exists():
-            dataset = load_dataset(prepared)
-            made_as = bool(dataset.meta.get("every_image_a_face", False))
-            if _fingerprint(dataset) == wanted and made_as == face_crops:
-                return dataset, None
-        # Marked as a test set: evaluating must not change what train and crossval pick.
+        # The user's own dataset of the folder, or a test set evaluate made beside it.
+        test_set = evaluation_key(model.preprocess, face_crops)
+        for folder in (dataset_folder(candidate), dataset_folder(candidate, test_set)):
+            if (folder / DATASET_FILE).exists():
+                dataset = load_dataset(folder / DATASET_FILE)
+                made_as = bool(dataset.meta.get("every_image_a_face", False))
+                if _fingerprint(dataset) == wanted and made_as == face_crops:
+                    return dataset, None
+        # Marked as a test set: evaluating must not change what train and crossval pick, nor
+        # replace a dataset the user preprocessed from the folder (save_prepared).
         report = preprocess_dataset(
             candidate,
             ScanConfig(),
