@@ -178,6 +178,7 @@ def test_init_trains_the_starting_models_network_unless_variant_names_one(datase
     # The default recipe's network is batchnorm-dropout; the starting model's is used.
     assert load_model(output).meta["training"]["variant"] == "paper"
     assert "started from start.npz (a paper network)" in " ".join(result.output.split())
+    assert "fine-tuned for 1 epoch" in " ".join(result.output.split())
     # A variant named that is not the starting model's is refused, saying which it is.
     refused = fer("train", "--init", start, "--variant", "batchnorm", "--epochs", "1")
     assert refused.exit_code == 1

@@ -287,6 +287,26 @@ def test_no_augment_drops_the_recipes_augmentation_and_says_so():
         TrainConfig(augment=False, max_scale=0.15)
 
 
+def test_a_network_started_from_another_model_trains_the_fine_tuning_epochs(tmp_path: Path):
+    from fercli.core.recipes import FINE_TUNE_EPOCHS
+
+    start = str(tmp_path / "general.npz")
+    # From scratch, each recipe's own epochs; from another model, the fine-tuning's, which
+    # the report's protocol line names as a difference from the recipe.
+    for recipe, epochs in (("robust", 100), ("general", 40), ("paper", 100)):
+        assert recipe_config(recipe).epochs == epochs
+        tuned = recipe_config(recipe, init_model=start)
+        assert tuned.epochs == FINE_TUNE_EPOCHS == 10
+        assert recipe_differences(tuned) == {"epochs": 10, "init_model": start}
+    # Epochs given are kept, the recipe's own number too; the choice of auto is unchanged.
+    assert recipe_config("robust", init_model=start, epochs=100).epochs == 100
+    assert recipe_config("robust", init_model=start, epochs=3).epochs == 3
+    assert recipe_config(DEFAULT_RECIPE, images=30_000, init_model=start).recipe == "general"
+    # A sweep grid's recipes come from the same function.
+    grid = parse_grid({"base": {"init_model": start}, "vary": {"learning_rate": [0.1]}}, "g.toml")
+    assert {recipe.config.epochs for recipe in recipes(grid)} == {10}
+
+
 def test_a_stored_no_augment_run_with_augmentation_settings_still_reads():
     # A model file of an older fercli, trained with --no-augment --mixup 0.4: the mixup was
     # never applied, and reads as off.

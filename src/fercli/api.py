@@ -173,8 +173,8 @@ def _sized(
 def _starting_variant(settings: dict) -> dict:
     """settings with the network variant of the starting model (init_model) where no variant
     is given: a network fine-tuned from a model is of its kind (the general model's vgg-wide,
-    say), whatever the recipe's. A starting model that cannot be read is left to the checks of
-    init_model, which say why."""
+    say), whatever the recipe's (its epochs: core.recipes.recipe_config). A starting model
+    that cannot be read is left to the checks of init_model, which say why."""
     start = settings.get("init_model")
     if not start or settings.get("variant") is not None:
         return settings

@@ -4,7 +4,7 @@ configuration differs from its recipe."""
 
 from __future__ import annotations
 
-from fercli.core.config import CROP_SIZE, TRAIN_SETTINGS, TrainConfig
+from fercli.core.config import CROP_SIZE, FINE_TUNE_EPOCHS, TRAIN_SETTINGS, TrainConfig
 from fercli.core.errors import FerError
 from fercli.core.settings import defaults_of, unused_setting
 
@@ -104,11 +104,14 @@ def recipe_config(name: str, images: int | None = None, **overrides) -> TrainCon
     images: the dataset's size, which decides what "auto" stands for (resolve_recipe).
     A recipe's value of a setting whose switch the overrides turn off (robust's max_scale
     with augment=False) is dropped; an override of such a setting is refused (SettingError),
-    since it would do nothing."""
+    since it would do nothing. A network started from another model (init_model) trains
+    FINE_TUNE_EPOCHS epochs unless epochs are given: the recipes' epochs train from scratch."""
     if name not in RECIPE_NAMES:
         raise FerError(f"unknown recipe {name!r}; choose from {', '.join(RECIPE_NAMES)}")
     name = resolve_recipe(name, images)
     chosen = {key: value for key, value in overrides.items() if value is not None}
+    if chosen.get("init_model") and "epochs" not in chosen:
+        chosen["epochs"] = FINE_TUNE_EPOCHS
     values = {**RECIPES[name], **chosen, "recipe": name}
     defaults = defaults_of(TrainConfig)
     for key, rule in TRAIN_SETTINGS.items():

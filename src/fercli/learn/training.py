@@ -40,7 +40,8 @@ def starting_notes(config: TrainConfig) -> list[str]:
         f"every network started from {Path(config.init_model).name} (a {config.variant} "
         f"network), trained on {trained_on.get('images', '?')} images of "
         f"{trained_on.get('name', 'another dataset')} (data fingerprint "
-        f"{starting.meta.get('data_fingerprint', '?')}), none of them in this dataset"
+        f"{starting.meta.get('data_fingerprint', '?')}), none of them in this dataset; "
+        f"fine-tuned for {config.epochs} epoch{'' if config.epochs == 1 else 's'}"
     ]
 
 
