@@ -10,7 +10,14 @@ import pytest
 
 from conftest import TIGHT_FACE_BOX, crop_box
 from fercli.api import align_faces
-from fercli.core.config import CROP_SIZE, PreprocessConfig
+from fercli.core.config import (
+    ALIGN_VERSION,
+    CROP_SIZE,
+    WIDE_EYE_LINE,
+    WIDE_SIDE,
+    PreprocessConfig,
+    fingerprint,
+)
 from fercli.core.errors import NoFaceError
 from fercli.faces.align import (
     AlignedFace,
@@ -86,6 +93,43 @@ def test_rotated_photo_comes_out_with_level_eyes_and_the_face_in_the_crop(
         face.crop.ravel().astype(float), reference_face.crop.ravel().astype(float)
     )[0, 1]
     assert correlation > 0.9
+
+
+@pytest.mark.parametrize("degrees", [0, -15, 15])
+def test_the_wide_framing_is_a_square_around_the_level_eyes(astronaut_gray, reference, degrees):
+    _, reference_eyes = reference
+    rotated, rotation = rotate(astronaut_gray, degrees)
+    config = PreprocessConfig(framing="wide", crop_size=48)
+
+    face, _ = largest_face(rotated, config)
+    paper, _ = largest_face(rotated, PreprocessConfig(crop_size=48))
+
+    left, right = apply(face.transform, np.array(eye_centres(face.landmarks)))
+    side = config.crop_size
+    # Level eyes, WIDE_SIDE eye distances a side, centred, the eye line at WIDE_EYE_LINE
+    # (within the rounding of the box to whole photo pixels before it is resized).
+    assert abs(left[1] - right[1]) < 0.01
+    assert right[0] - left[0] == pytest.approx(side / WIDE_SIDE, rel=0.01)
+    assert (left[0] + right[0]) / 2 == pytest.approx(side / 2, abs=0.25)
+    assert left[1] == pytest.approx(WIDE_EYE_LINE * side, abs=0.25)
+    # The true eyes (from the unrotated photo) land there too, within a pixel or two.
+    true_left, true_right = apply(face.transform, apply(rotation, reference_eyes))
+    np.testing.assert_allclose([true_left, true_right], [left, right], atol=2.5)
+    # Wider than the paper's crop: the same eyes lie closer together in it.
+    paper_left, paper_right = apply(paper.transform, np.array(eye_centres(paper.landmarks)))
+    assert right[0] - left[0] < 0.9 * (paper_right[0] - paper_left[0])
+    assert not np.array_equal(face.crop, paper.crop)
+
+
+def test_the_paper_framing_keeps_the_fingerprint_it_had_before_framing_was_a_setting():
+    """Crops cached and models trained before --framing existed stay valid: their settings
+    had no framing, and the paper's framing is left out of the fingerprint."""
+    for config in (PreprocessConfig(), PreprocessConfig(crop_size=48, equalization="clahe")):
+        before = {key: value for key, value in config.to_dict().items() if key != "framing"}
+        assert config.fingerprint() == fingerprint({"align_version": ALIGN_VERSION, **before})
+        assert PreprocessConfig.from_dict(before) == config
+        wide = PreprocessConfig(**{**before, "framing": "wide"})
+        assert wide.fingerprint() != config.fingerprint()
 
 
 def test_two_faces_side_by_side_are_both_found(astronaut_gray):

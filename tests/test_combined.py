@@ -192,6 +192,35 @@ def test_datasets_preprocessed_with_different_settings_are_refused_with_the_comm
         resolve_datasets(["jaffe-1", "ck48-2"])
 
 
+def test_a_dataset_from_before_framing_combines_with_one_of_the_papers_framing(fer_home):
+    """A dataset preprocessed before --framing existed has no framing in its settings: it
+    made the paper's crops, so it combines with a new one; a wide one is refused, with the
+    command that makes its crops."""
+    old = synthetic("jaffe", seed=1)
+    before = {key: value for key, value in old.meta["preprocess"].items() if key != "framing"}
+    assert before != old.meta["preprocess"]
+    old.meta.update(preprocess=before)
+    save_synthetic(old, "jaffe-1")
+    save_synthetic(synthetic("ck48", seed=2), "ck48-2")
+    assert len(resolve_datasets(["jaffe-1", "ck48-2"])) == 2
+    wide = synthetic("fer2013", seed=3)
+    settings = PreprocessConfig(framing="wide")
+    wide.meta.update(preprocess=settings.to_dict(), preprocess_fingerprint=settings.fingerprint())
+    save_synthetic(wide, "fer-3")
+    with pytest.raises(
+        DatasetError,
+        match=r"preprocessed with different settings \(framing paper against wide\)"
+        r".*`fer preprocess /data/fer2013 --crop-size 32` to make fer-3's crops as jaffe-1's",
+    ):
+        resolve_datasets(["jaffe-1", "fer-3"])
+    with pytest.raises(
+        DatasetError,
+        match=r"\(framing wide against paper\)"
+        r".*`fer preprocess /data/jaffe --framing wide --crop-size 32` to make jaffe-1's",
+    ):
+        resolve_datasets(["fer-3", "jaffe-1"])
+
+
 def test_an_original_folder_not_yet_preprocessed_is_refused_with_the_exact_command(
     fer_home, tmp_path
 ):

@@ -278,6 +278,26 @@ def test_changed_setting_recomputes(make_folders):
     assert preprocess_dataset(root, workers=1).cache_hits == 3
 
 
+def test_cli_framing_wide_makes_other_crops_and_says_so_in_the_dataset(make_folders):
+    root = make_folders({"happy": ["a.png", "b.png"], "sad": ["c.png"]})
+    paper = load_dataset(
+        Path(json.loads(run_cli("preprocess", str(root), "--json").stdout)["dataset"])
+    )
+
+    result = run_cli("preprocess", str(root), "--framing", "wide", "--json")
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["aligned"] == 3 and report["cache_hits"] == 0
+    wide = load_dataset(Path(report["dataset"]))
+    assert wide.meta["preprocess"]["framing"] == "wide"
+    assert paper.meta["preprocess"]["framing"] == "paper"
+    assert wide.crops.shape == paper.crops.shape
+    assert not np.array_equal(wide.crops, paper.crops)
+    refused = run_cli("preprocess", str(root), "--framing", "square")
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+
+
 def cache_entries(home: Path) -> list[Path]:
     return sorted(
         path for path in (home / "crops").glob("*/*/*.json") if not path.name.startswith(".")

@@ -16,7 +16,7 @@ import typer.rich_utils
 from rich.console import Console
 
 from fercli import __version__
-from fercli.core.config import ADAPT_PIXEL_MAPS, EQUALIZATIONS, LAYOUTS
+from fercli.core.config import ADAPT_PIXEL_MAPS, EQUALIZATIONS, FRAMINGS, LAYOUTS
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -30,6 +30,7 @@ def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 Layout = choices("Layout", LAYOUTS)
 Group = choices("Group", ("random", "subject", "dataset"))
 Equalization = choices("Equalization", EQUALIZATIONS)
+Framing = choices("Framing", FRAMINGS)
 AdaptPixels = choices("AdaptPixels", ADAPT_PIXEL_MAPS)
 
 

@@ -12,6 +12,7 @@ import typer.rich_utils
 
 from fercli.cli.app import (
     Equalization,
+    Framing,
     Layout,
     emit_json,
     fail,
@@ -58,6 +59,12 @@ def preprocess(
         help="Contrast equalization: face (the paper's histogram equalization, "
         "counting only pixels inside the photo), midpoint, clahe, whole or none.",
     ),
+    framing: Framing = typer.Option(
+        Framing.paper,
+        help="How the crop frames the level face: paper (from above the eyebrows to the "
+        "chin, jaw to jaw) or wide (a square 2.7 eye distances a side around the eyes, "
+        "forehead and outline included, as FER2013 frames its faces).",
+    ),
     face_crops: bool = FaceCropsOption,
     workers: int | None = typer.Option(
         None, min=1, help="Processes to align with (default: one per core)."
@@ -75,7 +82,10 @@ def preprocess(
         )
         sized = {} if crop_size is None else {"crop_size": crop_size}
         config = PreprocessConfig(
-            min_face_score=min_face_score, equalization=equalization.value, **sized
+            min_face_score=min_face_score,
+            equalization=equalization.value,
+            framing=framing.value,
+            **sized,
         )
         bar, update = progress_bar("aligning")
         with bar if not as_json else contextlib.nullcontext():

@@ -17,14 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from fercli.core.config import PreprocessConfig
+from fercli.core.config import PREPROCESS_SETTINGS, PreprocessConfig
 from fercli.core.errors import DatasetError
 from fercli.core.hashing import crop_digests, data_fingerprint
 from fercli.core.labels import canonical_label, label_order
 from fercli.data.prepared import DATASET_FILE, PreparedDataset, dataset_folder, resolve_dataset
 
 # Settings `fer preprocess` takes on its command line, by PreprocessConfig field.
-PREPROCESS_OPTIONS = {"min_face_score": "--min-face-score", "equalization": "--equalization"}
+# fer preprocess's options of the settings that have one (crop_size aside: named always).
+PREPROCESS_OPTIONS = {
+    key: rule.option
+    for key, rule in PREPROCESS_SETTINGS.items()
+    if rule.option.startswith("--") and key != "crop_size"
+}
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 dlib finds faces and 68 landmarks; the image is rotated so that the eye centres are level,
 cropped from 0.6 eye distances above the eye line down to the chin and between the jaw
-points 0 and 16, histogram-equalized and downsampled to 32x32. Pure numpy in and out.
+points 0 and 16 (or a wider square around the eyes: PreprocessConfig.framing),
+histogram-equalized and downsampled to 32x32. Pure numpy in and out.
 
 The vocabulary: detect_faces(gray) finds the faces of one image; align_boxes([(gray, box,
 score), ...]) finds the landmarks of faces in given boxes, all together, and aligns them;
@@ -24,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fercli.core.config import PreprocessConfig
+from fercli.core.config import WIDE_EYE_LINE, WIDE_SIDE, PreprocessConfig
 from fercli.core.errors import FerError, NoFaceError
 from fercli.faces import yunet
 
@@ -433,17 +434,23 @@ def crop_transform(
     """The affine map that levels the eyes and moves the crop box to the origin.
 
     Returns the 2x3 matrix, the crop's (width, height) in input pixels and the tilt angle.
+    The box is config.framing's: the paper's (top_margin, the jaw and the chin) or "wide".
     """
     left, right = eye_centres(landmarks)
     angle = math.degrees(math.atan2(right[1] - left[1], right[0] - left[0]))
     eye_distance = float(np.hypot(*(right - left)))
     centre = (left + right) / 2
     rotation = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, 1.0)
-    rotated = landmarks @ rotation[:, :2].T + rotation[:, 2]
-    top = centre[1] - config.top_margin * eye_distance
-    left_edge = rotated[JAW_LEFT, 0]
-    width = rotated[JAW_RIGHT, 0] - left_edge
-    height = rotated[CHIN, 1] - top
+    if config.framing == "wide":
+        # The rotation turns about the eyes' midpoint, which therefore stays where it is.
+        width = height = WIDE_SIDE * eye_distance
+        left_edge, top = centre[0] - width / 2, centre[1] - WIDE_EYE_LINE * height
+    else:
+        rotated = landmarks @ rotation[:, :2].T + rotation[:, 2]
+        top = centre[1] - config.top_margin * eye_distance
+        left_edge = rotated[JAW_LEFT, 0]
+        width = rotated[JAW_RIGHT, 0] - left_edge
+        height = rotated[CHIN, 1] - top
     if width < 4 or height < 4 or eye_distance < 2:
         raise NoFaceError("the landmarks found do not outline a face")
     transform = rotation.copy()
