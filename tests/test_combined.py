@@ -178,12 +178,18 @@ def test_the_source_digests_of_combined_datasets_stay_with_their_crops(fer_home)
     assert combine([first, overlap]).sources is None
 
 
+def save_made_with(kind: str, seed: int, name: str, settings: PreprocessConfig) -> None:
+    """A synthetic dataset saved as if preprocessed with these settings."""
+    dataset = synthetic(kind, seed=seed)
+    dataset.meta.update(
+        preprocess=settings.to_dict(), preprocess_fingerprint=settings.fingerprint()
+    )
+    save_synthetic(dataset, name)
+
+
 def test_datasets_preprocessed_with_different_settings_are_refused_with_the_command(fer_home):
     save_synthetic(synthetic("jaffe", seed=1), "jaffe-1")
-    other = synthetic("ck48", seed=2)
-    settings = PreprocessConfig(equalization="midpoint")
-    other.meta.update(preprocess=settings.to_dict(), preprocess_fingerprint=settings.fingerprint())
-    save_synthetic(other, "ck48-2")
+    save_made_with("ck48", 2, "ck48-2", PreprocessConfig(equalization="midpoint"))
     with pytest.raises(
         DatasetError,
         match=r"preprocessed with different settings \(equalization face against midpoint\)"
@@ -203,31 +209,23 @@ def test_a_dataset_from_before_framing_combines_with_one_of_the_papers_framing(f
     save_synthetic(old, "jaffe-1")
     save_synthetic(synthetic("ck48", seed=2), "ck48-2")
     assert len(resolve_datasets(["jaffe-1", "ck48-2"])) == 2
-    wide = synthetic("fer2013", seed=3)
-    settings = PreprocessConfig(framing="wide")
-    wide.meta.update(preprocess=settings.to_dict(), preprocess_fingerprint=settings.fingerprint())
-    save_synthetic(wide, "fer-3")
-    with pytest.raises(
-        DatasetError,
-        match=r"preprocessed with different settings \(framing paper against wide\)"
-        r".*`fer preprocess /data/fer2013 --crop-size 32` to make fer-3's crops as jaffe-1's",
-    ):
-        resolve_datasets(["jaffe-1", "fer-3"])
-    with pytest.raises(
-        DatasetError,
-        match=r"\(framing wide against paper\)"
-        r".*`fer preprocess /data/jaffe --framing wide --crop-size 32` to make jaffe-1's",
-    ):
-        resolve_datasets(["fer-3", "jaffe-1"])
+    save_made_with("fer2013", 3, "fer-3", PreprocessConfig(framing="wide"))
+    # Each order names the command that makes the second's crops as the first's.
+    refusals = {
+        ("jaffe-1", "fer-3"): r"\(framing paper against wide\).*`fer preprocess /data/fer2013 "
+        r"--crop-size 32` to make fer-3's crops as jaffe-1's",
+        ("fer-3", "jaffe-1"): r"\(framing wide against paper\).*`fer preprocess /data/jaffe "
+        r"--framing wide --crop-size 32` to make jaffe-1's",
+    }
+    for names, refusal in refusals.items():
+        with pytest.raises(DatasetError, match=refusal):
+            resolve_datasets(list(names))
 
 
 def test_an_original_folder_not_yet_preprocessed_is_refused_with_the_exact_command(
     fer_home, tmp_path
 ):
-    settings = PreprocessConfig(equalization="midpoint")
-    first = synthetic("jaffe", seed=1)
-    first.meta.update(preprocess=settings.to_dict(), preprocess_fingerprint=settings.fingerprint())
-    save_synthetic(first, "jaffe-1")
+    save_made_with("jaffe", 1, "jaffe-1", PreprocessConfig(equalization="midpoint"))
     original = tmp_path / "ck48"
     original.mkdir()
     with pytest.raises(
