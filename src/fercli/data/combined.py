@@ -23,8 +23,8 @@ from fercli.core.hashing import crop_digests, data_fingerprint
 from fercli.core.labels import canonical_label, label_order
 from fercli.data.prepared import DATASET_FILE, PreparedDataset, dataset_folder, resolve_dataset
 
-# Settings `fer preprocess` takes on its command line, by PreprocessConfig field.
-# fer preprocess's options of the settings that have one (crop_size aside: named always).
+# Settings `fer preprocess` takes on its command line, by PreprocessConfig field, from the
+# settings' own declarations (crop_size aside: preprocess_command names it always).
 PREPROCESS_OPTIONS = {
     key: rule.option
     for key, rule in PREPROCESS_SETTINGS.items()
