@@ -87,9 +87,21 @@ def test_classes_of_only_some_datasets_are_refused_naming_them(fer_home):
     with pytest.raises(
         DatasetError,
         match=r"classes in only some datasets: .*sadness \(ck48 only\).*neutral \(jaffe only\)"
-        r".*--shared-classes \(anger, happiness, surprise\)",
+        r".*--shared-classes \(anger, happiness, surprise\) or name them with --classes "
+        r"\(--classes anger,happiness,sadness,surprise,neutral: each from the datasets that "
+        r"have it\)",
     ):
         combine([first, second])
+
+
+def test_classes_outside_the_paper_s_seven_get_no_spelt_out_suggestion(fer_home):
+    # Only contempt differs: naming the paper's seven would be --shared-classes again.
+    first = synthetic("jaffe", SHARED, seed=1)
+    second = synthetic("ck48", SHARED + ("contempt",), seed=2)
+    with pytest.raises(DatasetError) as refused:
+        combine([first, second])
+    assert "contempt (ck48 only)" in str(refused.value)
+    assert str(refused.value).endswith("or name them with --classes")
 
 
 def test_shared_classes_keeps_the_classes_every_dataset_has(fer_home):

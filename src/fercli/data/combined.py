@@ -20,7 +20,7 @@ import numpy as np
 from fercli.core.config import PREPROCESS_SETTINGS, PreprocessConfig
 from fercli.core.errors import DatasetError
 from fercli.core.hashing import crop_digests, data_fingerprint
-from fercli.core.labels import canonical_label, label_order
+from fercli.core.labels import BASIC_LABELS, canonical_label, label_order
 from fercli.data.prepared import DATASET_FILE, PreparedDataset, dataset_folder, resolve_dataset
 
 # Settings `fer preprocess` takes on its command line, by PreprocessConfig field, from the
@@ -183,10 +183,18 @@ def combined_classes(
             for label in label_order(every - shared)
         }
         only = "; ".join(f"{label} ({names_of} only)" for label, names_of in having.items())
+        # The paper's classes any dataset has, each learnt from the datasets that have it: what a
+        # general model (fer2013/train with ck48/, which has no neutral) wants, spelt out.
+        basic = [label for label in BASIC_LABELS if label in every]
+        naming = (
+            f"--classes (--classes {','.join(basic)}: each from the datasets that have it)"
+            if set(basic) - shared
+            else "--classes"
+        )
         raise DatasetError(
             f"classes in only some datasets: {only}; keep the classes all datasets have with "
             f"--shared-classes ({', '.join(label_order(shared)) or 'none'}) or name them with "
-            "--classes"
+            f"{naming}"
         )
     else:
         chosen = label_order(every)
