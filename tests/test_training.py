@@ -433,6 +433,42 @@ def test_a_validation_dataset_holding_images_trained_on_is_refused(tmp_path):
         cross_validate(mine, config, folds=2)
 
 
+def test_train_says_how_many_images_a_validation_share_held_out_of_those_selected(fer_home):
+    # 2 classes x 4 subjects x 4 = 32 images; a quarter held out: 4 of each class's 16.
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+    from synthetic import save_synthetic
+
+    save_synthetic(make_dataset(labels=("anger", "happiness"), subjects=4, seed=5), "mine")
+    arguments = ["train", "mine", "--epochs", "1", "--copies", "0", "--validation", "0.25"]
+    result = CliRunner().invoke(app, [*arguments, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["images"] == 32
+    assert report["validation"]["images"] == 8 and report["validation"]["share"] is True
+    text = CliRunner().invoke(app, arguments).stdout
+    assert "trained on 24 of the 32 images of mine" in text
+    assert "the best on the 8 images held out of them" in text
+
+
+def test_train_says_a_validation_dataset_s_images_are_its_own(fer_home):
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+    from synthetic import save_synthetic
+
+    save_synthetic(make_dataset(labels=("anger", "happiness"), subjects=4, seed=5), "mine")
+    other = make_dataset(labels=("anger", "happiness", "fear"), subjects=2, seed=6)
+    save_synthetic(other, "other")
+    arguments = ["train", "mine", "--epochs", "1", "--copies", "0", "--validation", "other"]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    # All 32 trained on; the other dataset's fear images are not of the classes trained.
+    assert "trained on 32 images of mine" in result.stdout
+    assert "the best on --validation's 16 images of these classes" in result.stdout
+
+
 # --- normalisation by each crop's own statistics (--normalisation image) -----------------
 
 

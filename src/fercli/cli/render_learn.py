@@ -48,18 +48,26 @@ def render_training(result, ensemble: int, as_json: bool) -> None:
             }
         )
         return
+    kept = result.validation
+    # A --validation share is held out of the images selected; another dataset's are its own.
+    held = kept["images"] if kept.get("share") else 0
     out.print(
-        f"trained on {result.images} images of {shown(result.dataset)} "
-        f"({shown(', '.join(result.classes))}), "
+        f"trained on {result.images - held}"
+        + (f" of the {result.images}" if held else "")
+        + f" images of {shown(result.dataset)} ({shown(', '.join(result.classes))}), "
         f"{plural(result.epochs, 'epoch')} in {result.seconds:.1f} s; "
         f"final training loss {result.loss:.3f}, "
         f"training accuracy {result.accuracy:.1%} (not a test score: use fer crossval)"
     )
-    if result.validation:
-        kept = result.validation
+    if kept:
+        scored = (
+            f"the {kept['images']} images held out of them"
+            if held
+            else f"--validation's {kept['images']} images of these classes"
+        )
         out.print(
-            f"kept the network of epoch {', '.join(map(str, kept['epochs']))}: the best on the "
-            f"{kept['images']} images held out (validation accuracy "
+            f"kept the network of epoch {', '.join(map(str, kept['epochs']))}: the best on "
+            f"{scored} (validation accuracy "
             f"{', '.join(f'{value:.1%}' for value in kept['accuracies'])})"
         )
     if parts:

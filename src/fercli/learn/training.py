@@ -198,7 +198,7 @@ def train_model(
         dataset=dataset.name,
         parts=getattr(dataset, "parts", []),
         notes=[*getattr(dataset, "notes", []), *time_limit_notes(config, trained)],
-        validation=validation_summary([item.fitted for item in trained]),
+        validation=validation_summary([item.fitted for item in trained], config),
     )
 
 
@@ -369,20 +369,22 @@ def _model_metadata(
             "members": len(fitted),
             "seeds": [config.seed] + [fold_seed(config.seed, n) for n in range(1, len(fitted))],
         }
-    if validation_summary(fitted):
-        extra["validation"] = validation_summary(fitted)
+    if validation_summary(fitted, config):
+        extra["validation"] = validation_summary(fitted, config)
     if any(item.epochs_trained < config.epochs for item in fitted):
         extra["epochs_trained"] = [item.epochs_trained for item in fitted]
     return extra
 
 
-def validation_summary(fitted: list[Fitted]) -> dict:
+def validation_summary(fitted: list[Fitted], config: TrainConfig) -> dict:
     """What --validation chose for each network: the epoch kept and its accuracy on the
-    held-out images; {} without --validation."""
+    held-out images, and whether they were a share of the images selected for training
+    (held out of them) or another dataset's; {} without --validation."""
     if not fitted or fitted[0].validation_accuracy is None:
         return {}
     return {
         "images": fitted[0].validation_images,
+        "share": validation_share(config.validation) is not None,
         "epochs": [item.epoch for item in fitted],
         "accuracies": [round(float(item.validation_accuracy or 0.0), 4) for item in fitted],
     }
