@@ -841,11 +841,40 @@ def test_preprocess_chooses_48x48_crops_for_a_large_dataset_and_says_so(
         48,
         [
             "crops of 48x48, chosen for 4 images (the default: 48x48 from 4 images, where "
-            "train's recipe auto is general; the paper's 32x32 below; --crop-size sets it)"
+            "train's recipe auto is general if as many faces align; the paper's 32x32 below; "
+            "--crop-size sets it)"
         ],
     )
     assert sizes[(3, ())] == (32, [])
     assert sizes[(4, ("--crop-size", "32"))] == (32, [])
+
+
+def test_preprocess_says_when_too_few_faces_align_for_the_general_recipe(
+    make_face_dataset, fer_home, monkeypatch
+):
+    """4 images (GENERAL_FROM_IMAGES lowered to 4) get 48x48 crops, but only 3 are faces:
+    fer train's recipe auto counts the faces aligned and will choose robust, which preprocess
+    says at once; train then does what was said."""
+    from fercli.core import recipes
+
+    monkeypatch.setattr(recipes, "GENERAL_FROM_IMAGES", 4)
+    monkeypatch.setattr("fercli.data.preprocess.GENERAL_FROM_IMAGES", 4)
+    root = make_face_dataset(3, folder="three")
+    write_image(root / "happy" / "blank.png", np.full((256, 256), 128, np.uint8))
+    result = fer("preprocess", root, "--json", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["crop_size"] == 48 and document["aligned"] == 3
+    assert (
+        "3 of the 4 images aligned: fer train's recipe auto will choose robust (general from 4 "
+        "faces) on these 48x48 crops; fer train --recipe general names the other"
+    ) in document["notes"]
+    trained = fer("train", "--epochs", "1", "--json")
+    assert trained.exit_code == 0, trained.output
+    assert any(
+        note.startswith("recipe robust, chosen for 3 images")
+        for note in json.loads(trained.stdout)["notes"]
+    )
 
 
 # --- predict on a model's own training images -------------------------------------------

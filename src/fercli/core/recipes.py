@@ -85,7 +85,8 @@ def crop_size_note(images: int, size: int) -> str:
     return (
         f"crops of {size}x{size}, chosen for {images:,} images (the default: "
         f"{GENERAL_CROP_SIZE}x{GENERAL_CROP_SIZE} from {GENERAL_FROM_IMAGES:,} images, where "
-        f"train's recipe auto is general; the paper's {CROP_SIZE}x{CROP_SIZE} below; "
+        f"train's recipe auto is general if as many faces align; the paper's "
+        f"{CROP_SIZE}x{CROP_SIZE} below; "
         "--crop-size sets it)"
     )
 

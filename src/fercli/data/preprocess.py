@@ -24,7 +24,7 @@ from fercli.core.parallel import (
     effective_workers,
     run_tasks,
 )
-from fercli.core.recipes import auto_crop_size, crop_size_note
+from fercli.core.recipes import GENERAL_FROM_IMAGES, auto_crop_size, crop_size_note
 from fercli.data.cache import CacheEntry, CropCache, content_key, source_of_key
 from fercli.data.datasets import ImageRecord, scan_dataset
 from fercli.data.fer2013 import is_fer2013
@@ -163,7 +163,7 @@ def preprocess_dataset(
         unchecked_faces=sum(not entry.face_check for _, entry in kept),
         every_image_a_face=face_crops,
     )
-    report.notes += _dataset_notes(report, scan.layout)
+    report.notes += _dataset_notes(report, scan.layout) + _recipe_notes(report, note)
     report.edges = edge_summary(kept)
     if kept:
         _save(report, options, config, kept, made_by, unaligned)
@@ -190,7 +190,7 @@ def _preprocess_csv(
     report = preprocess_fer2013(
         path, config, workers or default_workers(), progress, made_by, face_crops
     )
-    report.notes += [note] if note else []
+    report.notes += ([note] if note else []) + _recipe_notes(report, note)
     return report
 
 
@@ -200,6 +200,18 @@ def _sized(config: PreprocessConfig, images: int) -> tuple[PreprocessConfig, str
     size = auto_crop_size(images)
     note = crop_size_note(images, size) if size != CROP_SIZE else None
     return replace(config, crop_size=size), note
+
+
+def _recipe_notes(report: PreprocessReport, size_note: str | None) -> list[str]:
+    """Where the crop size was chosen for GENERAL_FROM_IMAGES images or more but fewer faces
+    aligned: train's recipe auto counts the faces, and chooses robust, which it says here."""
+    if size_note is None or report.aligned >= GENERAL_FROM_IMAGES:
+        return []
+    return [
+        f"{report.aligned:,} of the {report.found:,} images aligned: fer train's recipe auto "
+        f"will choose robust (general from {GENERAL_FROM_IMAGES:,} faces) on these "
+        f"{report.crop_size}x{report.crop_size} crops; fer train --recipe general names the other"
+    ]
 
 
 def _align_records(
