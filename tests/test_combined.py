@@ -210,6 +210,24 @@ def test_datasets_preprocessed_with_different_settings_are_refused_with_the_comm
         resolve_datasets(["jaffe-1", "ck48-2"])
 
 
+def test_the_command_that_remakes_a_dataset_of_face_crops_keeps_face_crops(fer_home):
+    # Made again without --face-crops, it would lose the faces the face check turns down.
+    save_synthetic(synthetic("jaffe", seed=1), "jaffe-1")
+    faces = synthetic("fer2013", seed=2)
+    other = PreprocessConfig(equalization="midpoint")
+    faces.meta.update(
+        preprocess=other.to_dict(),
+        preprocess_fingerprint=other.fingerprint(),
+        every_image_a_face=True,
+    )
+    save_synthetic(faces, "fer-2")
+    with pytest.raises(
+        DatasetError,
+        match=r"`fer preprocess /data/fer2013 --crop-size 32 --face-crops` to make fer-2's",
+    ):
+        resolve_datasets(["jaffe-1", "fer-2"])
+
+
 def test_a_dataset_from_before_framing_combines_with_one_of_the_papers_framing(fer_home):
     """A dataset preprocessed before --framing existed has no framing in its settings: it
     made the paper's crops, so it combines with a new one; a wide one is refused, with the

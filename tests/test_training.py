@@ -469,6 +469,25 @@ def test_train_says_a_validation_dataset_s_images_are_its_own(fer_home):
     assert "the best on --validation's 16 images of these classes" in result.stdout
 
 
+def test_a_validation_folder_not_yet_preprocessed_gets_the_command_with_the_training_settings(
+    fer_home, tmp_path
+):
+    # Preprocessed by default, a small folder would get 32x32 crops whatever the training's.
+    from fercli.core.config import PreprocessConfig
+    from fercli.core.errors import DatasetError
+    from fercli.learn.training import train_model
+
+    mine = make_dataset(labels=("anger", "happiness"), subjects=4, seed=5)
+    settings = PreprocessConfig(crop_size=48)
+    mine.meta.update(preprocess=settings.to_dict())
+    folder = tmp_path / "photos"
+    (folder / "anger").mkdir(parents=True)
+    config = TrainConfig(epochs=1, copies=0, validation=str(folder))
+    message = f"--validation {folder}: not preprocessed yet; run `fer preprocess {folder} --crop"
+    with pytest.raises(DatasetError, match=message + "-size 48` first"):
+        train_model(mine, config, tmp_path / "m.npz")
+
+
 # --- normalisation by each crop's own statistics (--normalisation image) -----------------
 
 

@@ -69,8 +69,10 @@ def short_names(datasets: list[PreparedDataset]) -> list[str]:
     return names
 
 
-def preprocess_command(source: str, settings: dict) -> str:
-    """The `fer preprocess` command that makes crops of source with the given settings."""
+def preprocess_command(source: str, settings: dict, made: dict | None = None) -> str:
+    """The `fer preprocess` command that makes crops of source with the given settings; made:
+    the meta of a dataset already made of source, whose --face-crops the command keeps (made
+    again without it, a dataset of face crops would lose those the face check turns down)."""
     defaults = PreprocessConfig().to_dict()
     options = [
         f"{option} {settings[key]}"
@@ -80,6 +82,8 @@ def preprocess_command(source: str, settings: dict) -> str:
     # Named always: without it the size depends on the dataset's (core.recipes.auto_crop_size).
     if "crop_size" in settings:
         options.append(f"--crop-size {settings['crop_size']}")
+    if made and made.get("every_image_a_face"):
+        options.append("--face-crops")
     return " ".join(["fer preprocess", source, *options])
 
 
@@ -135,7 +139,8 @@ def resolve_datasets(choices: list[str]) -> list[PreparedDataset]:
                 f"{first_choice} and {choice} were preprocessed with different settings "
                 f"({problem}), so their "
                 "crops do not compare; run "
-                f"`{preprocess_command(str(source), first.meta['preprocess'])}` to make "
+                f"`{preprocess_command(str(source), first.meta['preprocess'], dataset.meta)}` "
+                "to make "
                 f"{choice}'s crops as {first_choice}'s"
             )
     return [dataset for _, dataset in found]

@@ -49,7 +49,7 @@ def checked_start(
     config: TrainConfig, dataset: PreparedDataset, selection: Selection
 ) -> TrainConfig:
     """config, once its starting model (if any) is known to fit and to hold nothing of this
-    dataset: a model trained on the same images would have seen every test fold."""
+    dataset: a model trained on the same images would have seen every image it is tested on."""
     if not config.init_model:
         return config
     starting = load_starting_model(config)
@@ -65,16 +65,16 @@ def checked_start(
     if same_source or starting.meta.get("data_fingerprint") == selection_fingerprint(selection):
         raise FerError(
             f"{config.init_model}: the starting model was trained on this dataset "
-            f"({trained_on.get('name', dataset.name)}), so every test fold would be in it; "
-            "start from a model trained on other people"
+            f"({trained_on.get('name', dataset.name)}), so no test on these images (a crossval "
+            "fold, fer evaluate) would be fair; start from a model trained on other people"
         )
     # The same images under another name (a copied folder): the crops' own hashes tell.
     seen = sum(starting.seen_in_training(selection.crops) or [])
     if seen:
         raise FerError(
             f"{config.init_model}: the starting model was trained on {seen} of these "
-            f"{len(selection.crops)} images, so test folds would hold images it has seen; "
-            "start from a model trained on other people"
+            f"{len(selection.crops)} images, so no test on them (a crossval fold, fer evaluate) "
+            "would be fair; start from a model trained on other people"
         )
     difference = settings_difference(starting.preprocess.to_dict(), dataset.meta["preprocess"])
     if difference:
@@ -82,7 +82,8 @@ def checked_start(
         raise FerError(
             f"{config.init_model}: the starting model's crops were made with other "
             f"preprocessing settings than {dataset.name}'s ({difference}); run "
-            f"`{preprocess_command(str(source), starting.preprocess.to_dict())}` first"
+            f"`{preprocess_command(str(source), starting.preprocess.to_dict(), dataset.meta)}` "
+            "first"
         )
     check_starting_layers(starting, config)
     return config
@@ -401,10 +402,21 @@ def validation_data(
     from fercli.core.errors import DatasetError
     from fercli.core.hashing import crop_digests
     from fercli.core.labels import canonical_label
-    from fercli.data.prepared import resolve_dataset
+    from fercli.data.prepared import DATASET_FILE, dataset_folder, resolve_dataset
 
     if not config.validation or validation_share(config.validation) is not None:
         return None
+    folder = Path(config.validation)
+    if (
+        folder.is_dir()
+        and not (folder / DATASET_FILE).exists()
+        and not (dataset_folder(folder) / DATASET_FILE).exists()
+    ):
+        # An original folder not preprocessed yet: it must be made as the training data was.
+        raise DatasetError(
+            f"--validation {config.validation}: not preprocessed yet; run "
+            f"`{preprocess_command(config.validation, dataset.meta['preprocess'])}` first"
+        )
     held = resolve_dataset(config.validation)
     difference = settings_difference(held.meta["preprocess"], dataset.meta["preprocess"])
     if difference:
@@ -412,7 +424,7 @@ def validation_data(
         raise DatasetError(
             f"--validation {config.validation}: its crops were made with other preprocessing "
             f"settings than {dataset.name}'s ({difference}); run "
-            f"`{preprocess_command(str(source), dataset.meta['preprocess'])}` first"
+            f"`{preprocess_command(str(source), dataset.meta['preprocess'], held.meta)}` first"
         )
     wanted = {canonical_label(label): index for index, label in enumerate(selection.labels)}
     targets = np.array([wanted.get(canonical_label(label), -1) for label in held.labels])
