@@ -136,6 +136,8 @@ def test_an_original_folder_is_preprocessed_with_the_models_settings(single_path
     assert result.exit_code == 0, result.output
     assert "accuracy not meaningful with one class" in result.stdout
     assert "1 shared class (happiness)" in result.stdout
+    listing = fer("list").stdout
+    assert "(one class: not meaningful)" in listing
 
 
 def test_evaluating_a_folder_does_not_change_the_default_dataset(single_path, faces, tmp_path):

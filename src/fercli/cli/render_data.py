@@ -185,7 +185,11 @@ def run_cells(details: dict) -> list[str]:
     kind = details.get("run")
     if kind == "evaluate":
         how = "fer evaluate --adapt" if details.get("adapted") else "fer evaluate"
-        return [f"one test ({how})", percent(details.get("pooled_accuracy"), None)]
+        figure = percent(details.get("pooled_accuracy"), None)
+        if details.get("classes") == 1:
+            # Every image is said to be the one class: the figure measures nothing.
+            figure += " (one class: not meaningful)"
+        return [f"one test ({how})", figure]
     if kind == "sweep":
         size = f"sweep: {plural(details['recipes'], 'recipe')} x {plural(details['seeds'], 'seed')}"
         if not details["finished"]:

@@ -177,6 +177,7 @@ def _run(folder: Path) -> Entry:
             "mean_accuracy": report.get("mean_accuracy"),
             "std_accuracy": report.get("std_accuracy"),
             "pooled_accuracy": report.get("pooled_accuracy"),
+            "classes": len(report.get("labels") or []),
         }
     except Exception as error:
         entry.details = {"error": f"no readable report.json ({type(error).__name__})"}
