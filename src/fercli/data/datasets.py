@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fercli.core.config import LAYOUT_ALIASES, LAYOUTS, ScanConfig
 from fercli.core.errors import LayoutError
-from fercli.core.labels import canonical_label
+from fercli.core.labels import KNOWN_LABELS, canonical_label, label_order
 from fercli.media.discover import Skipped, files_under, is_visible, left_out_note
 
 # KA.AN1.39.tiff: subject initials, expression code and repeat, serial number.
@@ -255,4 +255,32 @@ def _scan_folders(root: Path, options: ScanConfig) -> Scan:
             continue
         label = canonical_label(relative.parts[0])
         records.append(ImageRecord(path, label, subject_of(path.name)))
+    _refuse_split_folders(root, records)
     return Scan("folders", root, records, skipped, left_out=left_out)
+
+
+def _refuse_split_folders(root: Path, records: list[ImageRecord]) -> None:
+    """LayoutError when the folders below root are no classes but hold class folders
+    (FER2013's train/ and validation/): read as they are, the splits would be the classes.
+    A class folder holding a folder of any name is left alone: its images are of its class."""
+    if any(record.label in KNOWN_LABELS for record in records):
+        return
+    held: dict[str, set[str]] = {}  # a folder below root: the classes its folders are named
+    counts: dict[str, int] = {}
+    for record in records:
+        parts = record.path.relative_to(root).parts
+        if len(parts) > 2 and canonical_label(parts[1]) in KNOWN_LABELS:
+            held.setdefault(parts[0], set()).add(canonical_label(parts[1]))
+            counts[parts[0]] = counts.get(parts[0], 0) + 1
+    if not held:
+        return
+    folders = sorted(held)
+    shown = ", ".join(folders[:5]) + (f" and {len(folders) - 5} more" if len(folders) > 5 else "")
+    classes = ", ".join(label_order(set().union(*held.values())))
+    largest = max(folders, key=lambda folder: counts[folder])  # the training split, as a rule
+    several = len(folders) > 1
+    raise LayoutError(
+        f"{root}: its folder{'s' if several else ''} {shown} hold{'' if several else 's'} class "
+        f"folders ({classes}); preprocess {'one of them' if several else 'it'}: "
+        f"fer preprocess {root / largest}"
+    )

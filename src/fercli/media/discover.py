@@ -1,7 +1,8 @@
-"""Finding the files a command is given: folders searched through, hidden files left out,
-files whose first bytes are no image's or video's skipped with a reason (Skipped), and the
-folders fercli wrote its own pictures to (--annotate, --explain) left out: fercli's outputs
-are never read back as its inputs."""
+"""Finding the files a command is given: folders searched through (links to folders followed,
+loops and repeats left out and said), hidden files left out, files whose first bytes are no
+image's or video's skipped with a reason (Skipped), and the folders fercli wrote its own
+pictures to (--annotate, --explain) left out: fercli's outputs are never read back as its
+inputs."""
 
 from __future__ import annotations
 
@@ -33,32 +34,91 @@ def is_visible(name: str) -> bool:
 def files_under(
     folder: Path, skipped: list[Skipped] | None = None, left_out: list[Path] | None = None
 ) -> list[Path]:
-    """Every visible regular file below a folder, sorted, without following folder links.
+    """Every visible regular file below a folder, sorted, following links to folders.
 
-    Sub-folders that cannot be read are added to skipped (when given) rather than passed
-    over in silence: their images would otherwise just be missing from the dataset.
-    Sub-folders fercli wrote its pictures to (they hold OUTPUT_MARKER) are left out, and
-    added to left_out when given; the folder itself is searched whatever it holds.
+    A linked folder (a class folder kept elsewhere) is read as if it were there, under the
+    link's name, and every folder once: the folders really below come first, then the links.
+    A link to the folder holding it or to one above (a loop), and a folder met again (a
+    repeat), are not read, and are added to skipped (when given) with the reason, as are
+    sub-folders that cannot be read: images left out must never be just missing. Sub-folders
+    fercli wrote its pictures to (they hold OUTPUT_MARKER) are left out, and added to left_out
+    when given; the folder itself is searched whatever it holds.
     """
+    search = _Search(skipped, left_out)
+    search.first_visit(Path(folder))
+    search.walk(Path(folder))
+    while search.links:
+        link = search.links.pop(0)
+        if _is_loop(link):
+            search.skip(link, "a link to a folder it is in (a loop): not followed")
+        elif search.first_visit(link):
+            search.walk(link)
+    return sorted(search.found)
 
-    def unreadable(error: OSError) -> None:
-        if skipped is not None:
-            skipped.append(
-                Skipped(str(error.filename), f"cannot read the folder: {error.strerror or error}")
+
+class _Search:
+    """The state of one files_under: the files found, the folders read, the links to follow."""
+
+    def __init__(self, skipped: list[Skipped] | None, left_out: list[Path] | None) -> None:
+        self.skipped, self.left_out = skipped, left_out
+        self.found: list[Path] = []
+        self.read: dict[tuple[int, int], Path] = {}  # each folder read, by device and inode
+        self.links: list[Path] = []  # links to folders met, followed after the folders below
+
+    def skip(self, path: str | Path, reason: str) -> None:
+        if self.skipped is not None:
+            self.skipped.append(Skipped(str(path), reason))
+
+    def unreadable(self, error: OSError) -> None:
+        self.skip(error.filename, f"cannot read the folder: {error.strerror or error}")
+
+    def first_visit(self, folder: Path) -> bool:
+        """Whether a folder is met for the first time (a repeat is skipped, saying so)."""
+        identity = _identity(folder)
+        if identity is None:
+            return True  # for os.walk to report, as it cannot read it
+        if identity in self.read:
+            self.skip(
+                folder, f"the same folder as {self.read[identity]}, already read: not read twice"
             )
+            return False
+        self.read[identity] = folder
+        return True
 
-    found = []
-    for directory, subdirectories, names in os.walk(folder, onerror=unreadable):
-        searched = []
-        for name in sorted(name for name in subdirectories if is_visible(name)):
-            if is_output_folder(Path(directory) / name):
-                if left_out is not None:
-                    left_out.append(Path(directory) / name)
-            else:
-                searched.append(name)
-        subdirectories[:] = searched
-        found.extend(Path(directory) / name for name in names if is_visible(name))
-    return sorted(found)
+    def walk(self, top: Path) -> None:
+        """The files below top, its links to folders kept for later."""
+        for directory, subdirectories, names in os.walk(top, onerror=self.unreadable):
+            searched = []
+            for name in sorted(name for name in subdirectories if is_visible(name)):
+                path = Path(directory) / name
+                if is_output_folder(path):
+                    if self.left_out is not None:
+                        self.left_out.append(path)
+                elif path.is_symlink():
+                    self.links.append(path)
+                elif self.first_visit(path):
+                    searched.append(name)
+            subdirectories[:] = searched
+            self.found.extend(Path(directory) / name for name in names if is_visible(name))
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """What tells a folder from every other whatever the path to it: device and inode."""
+    try:
+        status = folder.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _is_loop(link: Path) -> bool:
+    """Whether a link leads to the folder it is in or one above (`dot -> .`, `up -> ..`):
+    reading it would read that folder's content again, or things around the dataset."""
+    try:
+        target, place = link.resolve(strict=True), link.parent.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False  # gone since it was listed: os.walk says it cannot read it
+    return place.is_relative_to(target)
 
 
 def is_output_folder(folder: Path) -> bool:
