@@ -1,4 +1,5 @@
-"""Ctrl-C (a real SIGINT) at each moment of a cross-validation keeps what has finished.
+"""Ctrl-C (a real SIGINT) at each moment of a cross-validation or a training keeps what has
+finished.
 
 While the folds train, Ctrl-C stops them and the finished folds' report is written (no
 model: not every fold finished). Once every fold has finished, a Ctrl-C stops nothing that
@@ -6,9 +7,15 @@ matters: the report and the ensemble model are written; only where.png is left o
 maps were being made (the report says so). `fer crossval` still exits 130 and says what was
 saved; `fercli.crossval` returns normally, with report.interrupted_after_folds set.
 
+Once fer train's networks are trained, a Ctrl-C is held back: the model is saved, and `fer
+train` prints its result, then exits 130 saying the model was saved; `fercli.train` returns
+it, with result.interrupted_after_training set. One that comes as the process exits is
+ignored.
+
 Each test runs fercli in a process of its own and sends SIGINT at a moment it sees: a
 progress event printed by a script's callback (or sent by the callback itself, at the exact
-moment), or the progress display of `fer crossval` on a pseudo-terminal.
+moment), the progress display of `fer crossval` on a pseudo-terminal, or, for fer train, a
+function of fercli's wrapped by the script to send it to its own process.
 """
 
 from __future__ import annotations
@@ -272,3 +279,154 @@ def test_cli_ctrl_c_during_training_saves_the_finished_folds_and_says_so(shapes,
     saved = json.loads((Path(found[2]) / "report.json").read_text())
     assert saved["interrupted"] is True and saved["completed_folds"] == int(found[1])
     assert not (fer_home / "models").exists()
+
+
+# --- fer train and fercli.train ----------------------------------------------------------
+
+# fer train (or fercli.train) in a script that sends SIGINT to its own process at one moment
+# (argv: moment, "cli" or "api", the model file, then more options of fer train): a function
+# the training calls there wrapped. fercli.train's result (or the KeyboardInterrupt that
+# escaped) is printed as one JSON line.
+TRAIN_SCRIPT = """
+import atexit, json, os, signal, sys
+
+def ctrl_c():
+    os.kill(os.getpid(), signal.SIGINT)
+
+moment, call, output, options = *sys.argv[1:4], sys.argv[4:]
+if moment == "exiting":
+    atexit.register(ctrl_c)  # registered first, run last: as late as Python code runs at exit
+
+import fercli
+from fercli.cli import learn_commands
+from fercli.core import store
+from fercli.learn import training
+
+def wrap(module, name, first):
+    original = getattr(module, name)
+    def wrapped(*args, **kwargs):
+        if first:
+            ctrl_c()
+        value = original(*args, **kwargs)
+        if not first:
+            ctrl_c()
+        return value
+    setattr(module, name, wrapped)
+
+if moment == "epoch":  # the last epoch has ended; its network is not exported yet
+    wrap(training, "fit", first=False)
+elif moment == "checking":  # the model file written whole under a temporary name, then checked
+    make_check = training.export_check
+    training.export_check = lambda *args: lambda path: (ctrl_c(), make_check(*args)(path))[1]
+elif moment == "saved":  # the model file has its name
+    wrap(training, "_save_model", first=False)
+elif moment == "noting":  # fercli.train says whether the model is the default now
+    wrap(store, "default_model_change", first=False)
+elif moment == "printing":  # fer train prints its result
+    wrap(learn_commands, "render_training", first=True)
+
+if call == "api":
+    try:
+        result = fercli.train("tiny", output, epochs=1, copies=0)
+    except KeyboardInterrupt:
+        print(json.dumps({"escaped": "KeyboardInterrupt"}), flush=True)
+        raise SystemExit(3)
+    print(json.dumps({
+        "path": str(result.path),
+        "interrupted_after_training": result.interrupted_after_training,
+    }), flush=True)
+else:
+    from fercli.cli import main
+    sys.argv = ["fer", "train", "tiny", "--epochs", "1", "--copies", "0", "--output", output]
+    sys.argv += options
+    main()
+"""
+
+
+@pytest.fixture
+def tiny(fer_home) -> None:
+    """28 synthetic crops of 7 classes: one epoch on them takes a second."""
+    save_synthetic(make_dataset(subjects=2, per_subject=2), "tiny")
+
+
+def train_script(
+    tmp_path: Path, moment: str, call: str, *options: str
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run TRAIN_SCRIPT to its end: what it did, and the model file it was given."""
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    model = tmp_path / "out" / "model.npz"
+    process = interruptible(
+        [sys.executable, str(script), moment, call, str(model), *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), model
+
+
+def assert_saved_whole(model: Path) -> None:
+    """The model file loads, and no temporary file of its write was left beside it."""
+    assert load_model(model).classes
+    assert [path.name for path in model.parent.iterdir()] == [model.name]
+
+
+@pytest.mark.parametrize("moment", ["checking", "saved", "noting", "printing"])
+def test_cli_ctrl_c_once_trained_saves_the_model_and_says_so(tiny, tmp_path, moment):
+    process, model = train_script(tmp_path, moment, "cli")
+    stdout, stderr = process.stdout, process.stderr
+    assert process.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stderr, stderr
+    # The result printed whole, then the interrupt said, naming the file kept.
+    assert stdout.strip().splitlines()[-1] == f"model saved to {model}", stdout
+    assert stderr.strip().splitlines()[-1] == (
+        f"error: interrupted after training had finished; the model was saved to {model}"
+    )
+    assert_saved_whole(model)
+
+
+def test_cli_json_ctrl_c_once_trained_prints_the_result_and_says_so(tiny, tmp_path):
+    process, model = train_script(tmp_path, "saved", "cli", "--json")
+    assert process.returncode == 130, process.stderr
+    assert json.loads(process.stdout)["model"] == str(model)  # one document, whole
+    assert process.stderr.strip().splitlines()[-1] == (
+        f"error: interrupted after training had finished; the model was saved to {model}"
+    )
+    assert_saved_whole(model)
+
+
+def test_cli_ctrl_c_as_fer_train_exits_changes_nothing(tiny, tmp_path):
+    # Python sets SIGINT back to its default action before it unloads TensorFlow (most of a
+    # second), where a Ctrl-C made a saved and printed success exit 130 with nothing said:
+    # from the exit functions on, fer train ignores it.
+    process, model = train_script(tmp_path, "exiting", "cli")
+    assert process.returncode == 0, process.stderr
+    assert process.stderr == ""
+    assert process.stdout.strip().splitlines()[-1] == f"model saved to {model}"
+    assert_saved_whole(model)
+
+
+def test_cli_ctrl_c_as_the_last_epoch_ends_saves_nothing(tiny, tmp_path):
+    process, model = train_script(tmp_path, "epoch", "cli")
+    assert process.returncode == 130
+    assert process.stderr.strip().splitlines()[-1] == (
+        "error: interrupted after epoch 1 of 1; nothing saved"
+    )
+    assert "model saved" not in process.stdout
+    assert not model.parent.exists() or list(model.parent.iterdir()) == []
+
+
+def test_api_ctrl_c_once_trained_returns_the_saved_model(tiny, tmp_path):
+    process, model = train_script(tmp_path, "saved", "api")
+    outcome = json.loads(process.stdout.strip().splitlines()[-1])
+    assert process.returncode == 0, outcome
+    assert outcome == {"path": str(model), "interrupted_after_training": True}
+    assert_saved_whole(model)
+
+
+def test_api_ctrl_c_as_the_last_epoch_ends_raises_and_saves_nothing(tiny, tmp_path):
+    process, model = train_script(tmp_path, "epoch", "api")
+    assert process.returncode == 3
+    assert json.loads(process.stdout.strip().splitlines()[-1]) == {"escaped": "KeyboardInterrupt"}
+    assert not model.parent.exists() or list(model.parent.iterdir()) == []

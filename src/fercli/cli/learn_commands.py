@@ -37,6 +37,7 @@ from fercli.cli.render_learn import (
     render_training,
 )
 from fercli.cli.render_media import plural
+from fercli.core.interrupts import Interrupts, ignore_at_exit
 
 
 @with_training_options
@@ -59,7 +60,9 @@ def train(
 ) -> None:
     """Train the network on every image of one preprocessed dataset or several combined, and save a
     model for predict."""
-    with user_errors(as_json):
+    # The library holds a Ctrl-C back once the networks are trained (learn.training): within
+    # this Interrupts it stays held while the result is printed, and is said after it.
+    with user_errors(as_json), Interrupts() as interrupts:
         from fercli.api import train as train_network
 
         recipe, settings = training_settings(training)
@@ -84,7 +87,14 @@ def train(
         except KeyboardInterrupt:
             message = interrupted_training(reached, ensemble)
             raise fail(message, 130, as_json=as_json) from None
-    render_training(result, ensemble, as_json)
+        ignore_at_exit()  # the model is saved: Python's exit must not make it look failed
+        render_training(result, ensemble, as_json)
+        if interrupts.received:
+            # As crossval after its last fold: the interrupt is said, with what was kept.
+            raise fail(
+                f"interrupted after training had finished; the model was saved to {result.path}",
+                130,
+            )
 
 
 def _recording(reached: dict, reporter):
@@ -129,7 +139,8 @@ def sweep_reporter(bar, update):
 
 def interrupted_training(reached: dict, networks: int) -> str:
     """What a Ctrl-C during fer train stopped: the epoch it was in, and that nothing was
-    saved (the model file is written once, at the end)."""
+    saved (the model file is written once, at the end; a Ctrl-C once the networks are
+    trained is held back until the model is saved)."""
     if "epoch" not in reached:
         return "interrupted before the first epoch finished; nothing saved"
     done, epochs = reached["epoch"], reached["epochs"]

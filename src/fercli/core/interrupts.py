@@ -13,11 +13,16 @@ Python raises KeyboardInterrupt wherever the main thread happens to be, so a Ctr
 wrong moment (while a report is written, or a model checked) would cost everything a
 cross-validation had trained. Only in the main thread and over Python's own SIGINT handler:
 elsewhere (a thread, a caller with a handler of its own, SIGINT ignored) nothing changes,
-and the caller's try/except around the work still sees what is raised.
+and the caller's try/except around the work still sees what is raised. Within another
+Interrupts (a command around the library call that holds them), `with Interrupts()` gives
+that one: what the library holds stays held while the command prints its result.
+
+Once a command has printed its outcome, a Ctrl-C must not change it: ignore_at_exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import signal
 import threading
@@ -34,10 +39,13 @@ class Interrupts:
         self._installed = False
 
     def __enter__(self) -> Interrupts:
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        handler = signal.getsignal(signal.SIGINT)
+        outer = getattr(handler, "__self__", None)
+        if isinstance(outer, Interrupts):
+            return outer  # one Ctrl-C, one state: the outer one's, held past this block
+        if handler is signal.default_int_handler:
             signal.signal(signal.SIGINT, self._handle)
             self._installed = True
         return self
@@ -72,3 +80,27 @@ class Interrupts:
             yield
         finally:
             self._holding = holding
+
+
+_ignoring_at_exit = False
+
+
+def ignore_at_exit() -> None:
+    """A Ctrl-C while the process exits is ignored, not turned into a death by SIGINT.
+
+    Python puts SIGINT back to its default action (ending the process, status 130) before it
+    unloads its modules, which with TensorFlow loaded takes most of a second: a Ctrl-C then
+    would turn a command that has saved its work and printed its outcome into a bare 130,
+    with nothing said. Called by a command once its work is saved; takes effect only at exit
+    (atexit), and only over Python's own SIGINT handler, so a process that goes on (a test,
+    a caller of the library) keeps its Ctrl-C.
+    """
+    global _ignoring_at_exit
+    if not _ignoring_at_exit:
+        atexit.register(_ignore_sigint)
+        _ignoring_at_exit = True
+
+
+def _ignore_sigint() -> None:
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

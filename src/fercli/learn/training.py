@@ -15,6 +15,7 @@ import numpy as np
 from fercli.core.config import PreprocessConfig, TrainConfig, validation_share
 from fercli.core.errors import FerError, TrainingError
 from fercli.core.events import Event, Progress
+from fercli.core.interrupts import Interrupts
 from fercli.data.combined import preprocess_command, settings_difference
 from fercli.data.prepared import PreparedDataset
 from fercli.learn.fitting import (
@@ -138,6 +139,9 @@ class TrainResult:
     # --validation: the held-out images, and the epoch each network was kept at and its
     # accuracy on them (validation_summary).
     validation: dict = field(default_factory=dict)
+    # Not in the JSON: a Ctrl-C came once every network had been trained; it was held back and
+    # the model saved all the same (fer train still exits 130 and says so).
+    interrupted_after_training: bool = False
 
 
 def train_model(
@@ -157,6 +161,9 @@ def train_model(
     The model is checked before it takes the name (finite weights and probabilities, the
     numpy runtime within 1e-4 of Keras): TrainingError when training diverged, and whatever
     was at output stays as it was.
+    Ctrl-C while the networks train raises KeyboardInterrupt (nothing saved); once they are
+    trained it is held back (core.interrupts): the model is saved and the result says so
+    (interrupted_after_training). Within a caller's Interrupts, theirs is held, and stays so.
     """
     from fercli.infer.model import MAX_ENSEMBLE_MEMBERS, probe_crops
 
@@ -178,29 +185,34 @@ def train_model(
     # The exported file must give what Keras gives, in finite numbers: checked on a sample
     # and on the load check's own images, before the file takes its name.
     sample = np.concatenate([selection.crops[:64], probe_crops(selection.crops.shape[1])])
-    trained = _train_networks(selection, config, ensemble, sample, progress, validation)
-    failure = next((item for item in trained if item.diverged), None)
-    if failure is not None:
-        raise _diverged_error(failure, ensemble, output, keep_existing)
-    output, difference = _save_model(
-        output, trained, dataset, selection, config, sample, keep_existing
-    )
-    last = trained[-1]
-    return TrainResult(
-        path=output,
-        classes=selection.labels,
-        images=len(selection.crops),
-        epochs=max(item.fitted.epochs_trained for item in trained),
-        loss=last.loss,
-        accuracy=last.accuracy,
-        seconds=time.perf_counter() - started,
-        runtime_difference=difference,
-        networks=ensemble,
-        dataset=dataset.name,
-        parts=getattr(dataset, "parts", []),
-        notes=[*getattr(dataset, "notes", []), *time_limit_notes(config, trained)],
-        validation=validation_summary([item.fitted for item in trained], config),
-    )
+    with Interrupts() as interrupts:
+        trained = _train_networks(selection, config, ensemble, sample, progress, validation)
+        # The training is done: a Ctrl-C from here on would throw it away, or stop between
+        # the model file's rename and the return that says it is there.
+        interrupts.hold()
+        failure = next((item for item in trained if item.diverged), None)
+        if failure is not None:
+            raise _diverged_error(failure, ensemble, output, keep_existing)
+        output, difference = _save_model(
+            output, trained, dataset, selection, config, sample, keep_existing
+        )
+        last = trained[-1]
+        return TrainResult(
+            path=output,
+            classes=selection.labels,
+            images=len(selection.crops),
+            epochs=max(item.fitted.epochs_trained for item in trained),
+            loss=last.loss,
+            accuracy=last.accuracy,
+            seconds=time.perf_counter() - started,
+            runtime_difference=difference,
+            networks=ensemble,
+            dataset=dataset.name,
+            parts=getattr(dataset, "parts", []),
+            notes=[*getattr(dataset, "notes", []), *time_limit_notes(config, trained)],
+            validation=validation_summary([item.fitted for item in trained], config),
+            interrupted_after_training=interrupts.received,
+        )
 
 
 def time_limit_notes(config: TrainConfig, trained: list) -> list[str]:
