@@ -583,6 +583,17 @@ def test_predict_on_a_file_that_is_no_image_prints_no_table(trained_model, tmp_p
     ]
 
 
+def test_predict_says_a_folder_link_loop_apart_from_the_images(trained_model, photos):
+    folder = photos["one"].parent
+    (folder / "again").symlink_to(".", target_is_directory=True)  # a loop: not followed
+    result = fer("predict", folder, "--model", trained_model)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"skipped {folder / 'again'}: a link to a folder it is in (a loop): not followed"
+    ]
+    assert result.stdout.splitlines()[-1] == "3 images, 3 faces; 1 folder not read"
+
+
 def test_predict_on_a_folder_counts_its_other_files_and_ends_with_a_summary(trained_model, photos):
     folder = photos["one"].parent
     (folder / "README.md").write_text("# my photos\n")

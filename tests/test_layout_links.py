@@ -159,6 +159,11 @@ def test_preprocess_reports_the_linked_class_and_the_loops(linked_dataset):
         "loop",
         "selfloop",
     ]
+    # The folders not read are named, not counted among the images found.
+    assert report["found"] == 5
+    text = fer("preprocess", linked_dataset, "--workers", "1").stdout
+    assert "3 folders not read" in text.splitlines()
+    assert " of 5 skipped" not in text and " of 8 skipped" not in text
 
 
 # A dataset's parent folder -------------------------------------------------------------------

@@ -19,7 +19,7 @@ def render_preprocess(report) -> None:
     table.add_column(justify="right")
     table.add_row("images found", str(report.found))
     table.add_row("aligned", str(report.aligned))
-    table.add_row("skipped", str(len(report.skipped)))
+    table.add_row("skipped", str(sum(not item.folder for item in report.skipped)))
     table.add_row("from cache", str(report.cache_hits))
     table.add_row("time", f"{report.seconds:.2f} s ({plural(report.workers, 'worker')})")
     out.print(table)
@@ -73,8 +73,14 @@ def render_skipped(skipped: list, found: int, limit: int = 50) -> None:
         out.print(
             f"... and {len(skipped) - limit} more skipped (all of them: fer preprocess --json)"
         )
+    files = sum(not item.folder for item in skipped)
+    folders = len(skipped) - files  # loops, repeats, unreadable: no images among those found
+    counts = [
+        f"{files} of {found} skipped" if files else "",
+        f"{plural(folders, 'folder')} not read" if folders else "",
+    ]
     if skipped:
-        out.print(f"{len(skipped)} of {found} skipped")
+        out.print("; ".join(filter(None, counts)))
 
 
 def render_inventory(inventory) -> None:

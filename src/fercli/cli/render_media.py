@@ -109,7 +109,9 @@ def render_explained(media, explain_dir: Path) -> None:
 def render_media_summary(media, listed: int, others: str, as_csv: bool) -> None:
     """predict's last line: images and faces, videos and tracks, what was skipped."""
     report = media.images
-    skipped = listed + len(report.images) - report.processed
+    # Folders not read (loops, repeats, unreadable) are named on stderr; said apart from files.
+    folders = sum(1 for problem in report.problems if problem.listed and problem.folder)
+    skipped = listed - folders + len(report.images) - report.processed
     skipped += sum(1 for video in media.videos if not video.processed)
     faces = sum(len(image.faces) for image in report.images)
     analysed = [video for video in media.videos if video.processed]
@@ -125,6 +127,7 @@ def render_media_summary(media, listed: int, others: str, as_csv: bool) -> None:
                 if media.videos
                 else "",
                 f"{skipped} skipped" if skipped else "",
+                f"{plural(folders, 'folder')} not read" if folders else "",
                 others,
             ],
         )

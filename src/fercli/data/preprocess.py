@@ -148,7 +148,7 @@ def preprocess_dataset(
     report = PreprocessReport(
         source=str(root),
         layout=scan.layout,
-        found=len(records) + len(scan.skipped),
+        found=len(records) + sum(not item.folder for item in scan.skipped),
         aligned=len(kept),
         skipped=skipped,
         classes={label: classes[label] for label in label_order(classes)},

@@ -24,6 +24,8 @@ class Skipped:
     # False for a file that is no image, met while searching a folder (a README.md beside the
     # photos): counted, not named one by one, as it was never asked for.
     listed: bool = True
+    # A folder not read (a loop, a repeat, unreadable): named, but not counted among the images.
+    folder: bool = False
 
 
 def is_visible(name: str) -> bool:
@@ -67,7 +69,7 @@ class _Search:
 
     def skip(self, path: str | Path, reason: str) -> None:
         if self.skipped is not None:
-            self.skipped.append(Skipped(str(path), reason))
+            self.skipped.append(Skipped(str(path), reason, folder=True))
 
     def unreadable(self, error: OSError) -> None:
         self.skip(error.filename, f"cannot read the folder: {error.strerror or error}")
