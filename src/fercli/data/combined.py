@@ -21,7 +21,11 @@ from fercli.core.config import PREPROCESS_SETTINGS, PreprocessConfig
 from fercli.core.errors import DatasetError
 from fercli.core.hashing import crop_digests, data_fingerprint
 from fercli.core.labels import BASIC_LABELS, canonical_label, label_order
-from fercli.data.prepared import DATASET_FILE, PreparedDataset, dataset_folder, resolve_dataset
+from fercli.data.prepared import (
+    PreparedDataset,
+    not_yet_preprocessed,
+    resolve_dataset,
+)
 
 # Settings `fer preprocess` takes on its command line, by PreprocessConfig field, from the
 # settings' own declarations (crop_size aside: preprocess_command names it always).
@@ -94,12 +98,7 @@ def resolve_datasets(choices: list[str]) -> list[PreparedDataset]:
     found: list[tuple[str, PreparedDataset]] = []
     missing: list[str] = []
     for choice in choices:
-        candidate = Path(choice)
-        if (
-            candidate.is_dir()
-            and not (candidate / DATASET_FILE).exists()
-            and not (dataset_folder(candidate) / DATASET_FILE).exists()
-        ):
+        if not_yet_preprocessed(choice):
             missing.append(choice)  # an original folder not yet preprocessed
             continue
         found.append((choice, resolve_dataset(choice)))

@@ -280,6 +280,17 @@ def _modified(path: Path) -> float:
         return 0.0  # removed while we looked
 
 
+def not_yet_preprocessed(path: str | Path) -> bool:
+    """Whether path is an original dataset folder that `fer preprocess` has not made a
+    dataset of (neither a dataset folder itself nor one with its dataset under FER_HOME)."""
+    candidate = Path(path)
+    return (
+        candidate.is_dir()
+        and not (candidate / DATASET_FILE).exists()
+        and not (dataset_folder(candidate) / DATASET_FILE).exists()
+    )
+
+
 def resolve_dataset(choice: str | Path | None) -> PreparedDataset:
     """The dataset a command should use: a path, a dataset name under FER_HOME, or the
     most recently preprocessed one."""

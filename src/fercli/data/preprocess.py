@@ -24,7 +24,13 @@ from fercli.core.parallel import (
     effective_workers,
     run_tasks,
 )
-from fercli.core.recipes import GENERAL_FROM_IMAGES, auto_crop_size, crop_size_note
+from fercli.core.recipes import (
+    AUTO_RECIPE,
+    GENERAL_FROM_IMAGES,
+    auto_crop_size,
+    crop_size_note,
+    resolve_recipe,
+)
 from fercli.data.cache import CacheEntry, CropCache, content_key, source_of_key
 from fercli.data.datasets import ImageRecord, scan_dataset
 from fercli.data.fer2013 import is_fer2013
@@ -205,7 +211,7 @@ def _sized(config: PreprocessConfig, images: int) -> tuple[PreprocessConfig, str
 def _recipe_notes(report: PreprocessReport, size_note: str | None) -> list[str]:
     """Where the crop size was chosen for GENERAL_FROM_IMAGES images or more but fewer faces
     aligned: train's recipe auto counts the faces, and chooses robust, which it says here."""
-    if size_note is None or report.aligned >= GENERAL_FROM_IMAGES:
+    if size_note is None or resolve_recipe(AUTO_RECIPE, report.aligned) == "general":
         return []
     return [
         f"{report.aligned:,} of the {report.found:,} images aligned: fer train's recipe auto "

@@ -414,16 +414,11 @@ def validation_data(
     from fercli.core.errors import DatasetError
     from fercli.core.hashing import crop_digests
     from fercli.core.labels import canonical_label
-    from fercli.data.prepared import DATASET_FILE, dataset_folder, resolve_dataset
+    from fercli.data.prepared import not_yet_preprocessed, resolve_dataset
 
     if not config.validation or validation_share(config.validation) is not None:
         return None
-    folder = Path(config.validation)
-    if (
-        folder.is_dir()
-        and not (folder / DATASET_FILE).exists()
-        and not (dataset_folder(folder) / DATASET_FILE).exists()
-    ):
+    if not_yet_preprocessed(config.validation):
         # An original folder not preprocessed yet: it must be made as the training data was.
         raise DatasetError(
             f"--validation {config.validation}: not preprocessed yet; run "
